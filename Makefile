@@ -1,0 +1,36 @@
+# gpumesh: build, run and test a peer of the GPU compute mesh.
+GO       ?= go
+BIN      ?= bin/gpumesh
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -s -w -X github.com/gpumesh/gpumesh/node.Version=$(VERSION)
+DATA     ?= $(HOME)/.gpumesh
+FUZZTIME ?= 15s
+
+.PHONY: all build run test race lint bench fuzz clean
+
+all: build
+
+build: ## the gpumesh binary in bin/
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/gpumesh
+
+run: build ## one peer with its data dir in $(DATA); Ctrl-C stops it
+	$(BIN) --data $(DATA) node
+
+test: ## what CI runs: every test, with the race detector
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+bench: ## benchmarks: peer startup and RSS, mesh formation at 10 and 100 peers
+	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 20m ./...
+
+fuzz: ## each fuzz target for $(FUZZTIME)
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; done
+
+clean:
+	rm -rf bin

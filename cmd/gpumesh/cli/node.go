@@ -1,0 +1,137 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/node"
+	"github.com/spf13/cobra"
+)
+
+func nodeCmd(g *globals) *cobra.Command {
+	var (
+		listen, bootstrap []string
+		swarmKey          string
+		port              int
+		mdns, nat         bool
+		dhtMode           string
+		api, metrics      string
+	)
+	c := &cobra.Command{
+		Use:   "node",
+		Short: "Run a gpumesh peer until interrupted",
+		Long: `Run a gpumesh peer until SIGINT or SIGTERM, then shut down cleanly.
+
+With --swarm-key (or a swarm.key in the data dir) the peer joins that private
+swarm and connects to no one without the same key. Without, it joins the
+public swarm.`,
+		Example: `  gpumesh node
+  gpumesh node --swarm-key swarm.key --bootstrap /ip4/192.0.2.7/tcp/4021/p2p/12D3KooW...`,
+		RunE: func(c *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return usageError{err}
+			}
+			dir := &node.DataDir{Path: g.dataDir}
+			if err := dir.Init(); err != nil {
+				return err
+			}
+			fc, err := dir.LoadConfig()
+			if err != nil {
+				return err
+			}
+			cfg := node.Config{
+				DataDir:   g.dataDir,
+				Listen:    fc.Listen,
+				Port:      fc.Port,
+				Bootstrap: append(fc.Bootstrap, bootstrap...),
+				NoMDNS:    !mdns,
+				NoNAT:     !nat,
+				APIListen: api,
+				Metrics:   metrics,
+				Logger:    log,
+			}
+			if c.Flags().Changed("listen") {
+				cfg.Listen = listen
+			}
+			if c.Flags().Changed("port") {
+				cfg.Port = port
+			}
+			if cfg.DHTMode, err = parseDHTMode(dhtMode); err != nil {
+				return usageError{err}
+			}
+			keyPath := swarmKey
+			if keyPath == "" {
+				keyPath = fc.SwarmKey
+			}
+			if keyPath == "" {
+				// Like an IPFS repo: a swarm.key in the data dir makes the swarm private.
+				if _, err := os.Stat(filepath.Join(g.dataDir, "swarm.key")); err == nil {
+					keyPath = filepath.Join(g.dataDir, "swarm.key")
+				} else if !errors.Is(err, fs.ErrNotExist) {
+					return err
+				}
+			}
+			if keyPath != "" {
+				if cfg.Swarm, err = node.ReadSwarmKey(keyPath); err != nil {
+					return err
+				}
+			}
+			n, err := node.New(cfg)
+			if err != nil {
+				return usageError{err}
+			}
+			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if err := n.Start(ctx); err != nil {
+				return err
+			}
+			info := n.Info()
+			fmt.Fprintf(g.stdout, "gpumesh peer %s running in swarm %s\n", info.PeerID, info.Swarm)
+			for _, a := range info.Addrs {
+				fmt.Fprintf(g.stdout, "  listening on %s\n", a)
+			}
+			fmt.Fprintln(g.stdout, "Stop it with Ctrl-C.")
+			return n.Run(ctx)
+		},
+	}
+	f := c.Flags()
+	f.StringArrayVar(&listen, "listen", nil, "multiaddr to listen on (repeatable; default every interface on the config's port)")
+	f.IntVar(&port, "port", node.DefaultPort, "port of the default listen addresses")
+	f.StringArrayVar(&bootstrap, "bootstrap", nil, "multiaddr with /p2p/ID of a peer to join (repeatable)")
+	f.StringVar(&swarmKey, "swarm-key", "", "swarm.key file of a private swarm (default: swarm.key in the data dir, if any)")
+	f.BoolVar(&mdns, "mdns", true, "discover peers of the swarm on the LAN by mDNS")
+	f.BoolVar(&nat, "nat", true, "AutoNAT, hole punching and relay client (public swarm only)")
+	f.StringVar(&dhtMode, "dht-mode", "", "auto, server or client (default: server in a private swarm, auto in the public one)")
+	f.StringVar(&api, "api", "", "also serve the local API on this TCP host:port, guarded by the token in the data dir's api.token")
+	f.StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this host:port at /metrics")
+	return c
+}
+
+func parseDHTMode(s string) (dht.Mode, error) {
+	if s == "" {
+		return "", nil
+	}
+	return dht.ParseMode(s)
+}
+
+// client connects to the node running on the data dir.
+func (g *globals) client() (*node.Client, error) {
+	return node.NewClient(g.dataDir)
+}
+
+// withClient runs f against the running node.
+func withClient(c *cobra.Command, g *globals, f func(ctx context.Context, cl *node.Client) error) error {
+	cl, err := g.client()
+	if err != nil {
+		return err
+	}
+	return f(c.Context(), cl)
+}

@@ -1,0 +1,90 @@
+// Package deptest checks the shape of the module: the import graph the
+// design card draws (cmd -> node -> {dht, gossip, exec, chain}, the four
+// never importing each other) and a doc comment on every package.
+package deptest
+
+import (
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/gpumesh/gpumesh"
+
+type pkg struct {
+	ImportPath string
+	Doc        string
+	Imports    []string
+	Name       string
+}
+
+func listPackages(t *testing.T) []pkg {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-json", module+"/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	var pkgs []pkg
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	for dec.More() {
+		var p pkg
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	if len(pkgs) < 6 {
+		t.Fatalf("go list found only %d packages", len(pkgs))
+	}
+	return pkgs
+}
+
+// layer names the top-level folder of a package of this module.
+func layer(path string) string {
+	rest := strings.TrimPrefix(strings.TrimPrefix(path, module), "/")
+	first, _, _ := strings.Cut(rest, "/")
+	return first
+}
+
+func TestImportGraphFollowsTheDesign(t *testing.T) {
+	capability := map[string]bool{"dht": true, "gossip": true, "exec": true, "chain": true}
+	allowed := map[string]map[string]bool{
+		"cmd":    {"cmd": true, "node": true, "dht": true, "gossip": true, "exec": true, "chain": true},
+		"node":   {"node": true, "dht": true, "gossip": true, "exec": true, "chain": true},
+		"dht":    {"dht": true},
+		"gossip": {"gossip": true},
+		"exec":   {"exec": true},
+		"chain":  {"chain": true},
+	}
+	for _, p := range listPackages(t) {
+		from := layer(p.ImportPath)
+		ok, known := allowed[from]
+		if !known {
+			continue // internal/ and the like
+		}
+		for _, imp := range p.Imports {
+			if !strings.HasPrefix(imp, module+"/") {
+				continue
+			}
+			to := layer(imp)
+			if !ok[to] {
+				t.Errorf("%s imports %s: %s may not import %s", p.ImportPath, imp, from, to)
+			}
+			if capability[from] && capability[to] && from != to {
+				t.Errorf("%s imports %s: capability packages do not import each other; pass what is needed through node", p.ImportPath, imp)
+			}
+		}
+	}
+}
+
+func TestEveryPackageHasADocComment(t *testing.T) {
+	for _, p := range listPackages(t) {
+		if p.Name == "main" && strings.HasSuffix(p.ImportPath, "/cmd/gpumesh") && p.Doc != "" {
+			continue
+		}
+		if strings.TrimSpace(p.Doc) == "" {
+			t.Errorf("package %s has no doc comment", p.ImportPath)
+		}
+	}
+}

@@ -1,0 +1,280 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"time"
+)
+
+// APIVersion prefixes every local API path.
+const APIVersion = "/v0"
+
+// maxUnixPath is the longest socket path Linux accepts (sun_path less NUL).
+const maxUnixPath = 107
+
+// IDInfo answers GET /v0/id.
+type IDInfo struct {
+	PeerID        string   `json:"peerID"`
+	SolanaAddress string   `json:"solanaAddress"`
+	Swarm         string   `json:"swarm"`
+	Private       bool     `json:"private"`
+	Addrs         []string `json:"addrs"` // full multiaddrs with /p2p/, to give to --bootstrap
+	Version       string   `json:"version"`
+}
+
+// PeerInfo is one connected peer in GET /v0/peers.
+type PeerInfo struct {
+	PeerID    string   `json:"peerID"`
+	Addrs     []string `json:"addrs"`     // remote addresses of the open connections
+	Direction string   `json:"direction"` // inbound or outbound (of the first connection)
+	Agent     string   `json:"agent,omitempty"`
+	LatencyMS float64  `json:"latencyMs,omitempty"`
+}
+
+// BootstrapState is what the node knows of one bootstrap peer.
+type BootstrapState struct {
+	Peer        string    `json:"peer"`
+	Addrs       []string  `json:"addrs"`
+	Attempts    int       `json:"attempts"`
+	Connected   bool      `json:"connected"`
+	Error       string    `json:"error,omitempty"`
+	LastAttempt time.Time `json:"lastAttempt,omitzero"`
+}
+
+// Status answers GET /v0/status.
+type Status struct {
+	PeerID      string           `json:"peerID"`
+	Swarm       string           `json:"swarm"`
+	Version     string           `json:"version"`
+	UptimeSec   float64          `json:"uptimeSec"`
+	Peers       int              `json:"peers"`
+	DHTPeers    int              `json:"dhtPeers"`  // routing table size
+	DHTServer   bool             `json:"dhtServer"` // serves directory records
+	GossipPeers int              `json:"gossipPeers"`
+	Bootstrap   []BootstrapState `json:"bootstrap"`
+}
+
+// Info describes the peer for GET /v0/id.
+func (n *Node) Info() IDInfo {
+	info := IDInfo{
+		PeerID:        n.id.PeerID.String(),
+		SolanaAddress: n.id.SolanaAddress,
+		Swarm:         n.cfg.Swarm.ID(),
+		Private:       n.cfg.Swarm.Private(),
+		Version:       n.cfg.version(),
+	}
+	for _, a := range n.host.Addrs() {
+		info.Addrs = append(info.Addrs, a.String()+"/p2p/"+info.PeerID)
+	}
+	sort.Strings(info.Addrs)
+	return info
+}
+
+// Peers lists the connected peers, sorted by peer ID.
+func (n *Node) Peers() []PeerInfo {
+	out := []PeerInfo{}
+	for _, p := range n.host.Network().Peers() {
+		conns := n.host.Network().ConnsToPeer(p)
+		if len(conns) == 0 {
+			continue
+		}
+		pi := PeerInfo{PeerID: p.String(), Direction: conns[0].Stat().Direction.String()}
+		for _, c := range conns {
+			pi.Addrs = append(pi.Addrs, c.RemoteMultiaddr().String())
+		}
+		if av, err := n.host.Peerstore().Get(p, "AgentVersion"); err == nil {
+			pi.Agent, _ = av.(string)
+		}
+		if l := n.host.Peerstore().LatencyEWMA(p); l > 0 {
+			pi.LatencyMS = float64(l.Microseconds()) / 1000
+		}
+		out = append(out, pi)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].PeerID < out[j].PeerID })
+	return out
+}
+
+// Status summarizes the peer's health.
+func (n *Node) Status() Status {
+	n.bootMu.Lock()
+	boot := append([]BootstrapState{}, n.boot...)
+	n.bootMu.Unlock()
+	return Status{
+		PeerID:      n.id.PeerID.String(),
+		Swarm:       n.cfg.Swarm.ID(),
+		Version:     n.cfg.version(),
+		UptimeSec:   time.Since(n.started).Seconds(),
+		Peers:       len(n.host.Network().Peers()),
+		DHTPeers:    n.dht.RoutingTableSize(),
+		DHTServer:   n.dht.Server(),
+		GossipPeers: n.gossip.Peers(),
+		Bootstrap:   boot,
+	}
+}
+
+// apiServer serves the local API on the data dir's unix socket and, if asked,
+// on a TCP address guarded by a bearer token.
+type apiServer struct {
+	srv   *http.Server
+	files []string // written at start, removed at close
+	done  chan struct{}
+}
+
+func startAPI(n *Node) (*apiServer, error) {
+	d := n.dir
+	sock := d.APISocket()
+	if len(sock) > maxUnixPath {
+		return nil, fmt.Errorf("local API socket %s is %d bytes, longer than the %d a unix socket allows; use a shorter --data path", sock, len(sock), maxUnixPath)
+	}
+	// The lock says no other node runs here, so a socket left by a crash is stale.
+	if err := os.Remove(sock); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("local API: %w", err)
+	}
+	ul, err := net.Listen("unix", sock)
+	if err != nil {
+		return nil, fmt.Errorf("local API: %w", err)
+	}
+	if err := os.Chmod(sock, 0o600); err != nil {
+		ul.Close()
+		return nil, fmt.Errorf("local API: %w", err)
+	}
+	s := &apiServer{done: make(chan struct{})}
+	lines := []string{"/unix" + sock}
+	var tl net.Listener
+	var token string
+	if n.cfg.APIListen != "" {
+		if token, err = loadOrCreateToken(d.APIToken()); err != nil {
+			ul.Close()
+			return nil, err
+		}
+		if tl, err = net.Listen("tcp", n.cfg.APIListen); err != nil {
+			ul.Close()
+			return nil, fmt.Errorf("local API on %s: %w; pick another address with --api", n.cfg.APIListen, err)
+		}
+		ta := tl.Addr().(*net.TCPAddr)
+		ip := "ip4"
+		if ta.IP.To4() == nil {
+			ip = "ip6"
+		}
+		lines = append(lines, fmt.Sprintf("/%s/%s/tcp/%d", ip, ta.IP, ta.Port))
+	}
+	mux := apiMux(n)
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	serve := func(l net.Listener, h http.Handler) {
+		srv := s.srv
+		if h != nil {
+			srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+			go func() { <-s.done; srv.Close() }()
+		}
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Warn("local API stopped", "err", err)
+		}
+	}
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); serve(ul, nil) }()
+	if tl != nil {
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); serve(tl, requireToken(token, mux)) }()
+	}
+	if err := writeFileAtomic(d.APIFile(), []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		s.close()
+		return nil, err
+	}
+	s.files = []string{d.APIFile(), sock}
+	return s, nil
+}
+
+func (s *apiServer) close() error {
+	close(s.done)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := s.srv.Shutdown(ctx)
+	for _, f := range s.files {
+		os.Remove(f)
+	}
+	return err
+}
+
+func apiMux(n *Node) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+APIVersion+"/id", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Info()) })
+	mux.HandleFunc("GET "+APIVersion+"/peers", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Peers()) })
+	mux.HandleFunc("GET "+APIVersion+"/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Status()) })
+	return mux
+}
+
+func requireToken(token string, next http.Handler) http.Handler {
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			writeError(w, http.StatusUnauthorized, "missing or wrong token: send 'Authorization: Bearer <token>' with the token from the data dir's api.token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// apiError is the body of every failed API call.
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(apiError{Error: msg})
+}
+
+func loadOrCreateToken(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err == nil && len(strings.TrimSpace(string(data))) >= 32 {
+		return strings.TrimSpace(string(data)), nil
+	}
+	buf := make([]byte, 32)
+	if _, err := rand.Read(buf); err != nil {
+		return "", err
+	}
+	tok := hex.EncodeToString(buf)
+	if err := writeFileAtomic(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return tok, nil
+}
+
+// writeFileAtomic writes data to a temp file beside path, syncs it and
+// renames it into place, so a reader never sees half a file.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

@@ -1,0 +1,134 @@
+package node
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+)
+
+// ErrNoNode is returned by client calls when no node answers for a data dir.
+var ErrNoNode = errors.New("node: no running node")
+
+// maxAPIResponse bounds what the client reads from the local API, in bytes.
+const maxAPIResponse = 16 << 20
+
+// Client talks to a running node's local API; the CLI uses nothing else.
+type Client struct {
+	dataDir string
+	base    string
+	token   string
+	http    *http.Client
+}
+
+// NewClient finds the local API of the node running on dataDir from its api
+// file. It does not dial; the first call does.
+func NewClient(dataDir string) (*Client, error) {
+	d := &DataDir{Path: dataDir}
+	data, err := os.ReadFile(d.APIFile())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, noNode(dataDir, "no api file")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("local API: %w", err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	if !sc.Scan() {
+		return nil, noNode(dataDir, "empty api file")
+	}
+	addr, err := ma.NewMultiaddr(strings.TrimSpace(sc.Text()))
+	if err != nil {
+		return nil, fmt.Errorf("api file %s: %v; delete it and restart the node", d.APIFile(), err)
+	}
+	c := &Client{dataDir: dataDir, base: "http://gpumesh"}
+	tr := &http.Transport{}
+	if sock, err := addr.ValueForProtocol(ma.P_UNIX); err == nil {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var dl net.Dialer
+			return dl.DialContext(ctx, "unix", sock)
+		}
+	} else {
+		na, err := manet.ToNetAddr(addr)
+		if err != nil {
+			return nil, fmt.Errorf("api file %s: %v", d.APIFile(), err)
+		}
+		c.base = "http://" + na.String()
+		tok, err := os.ReadFile(d.APIToken())
+		if err != nil {
+			return nil, fmt.Errorf("local API token: %w", err)
+		}
+		c.token = strings.TrimSpace(string(tok))
+	}
+	c.http = &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	return c, nil
+}
+
+func noNode(dataDir, why string) error {
+	return fmt.Errorf("%w for data dir %s (%s): is `gpumesh node` running? start it with `gpumesh node --data %s`",
+		ErrNoNode, dataDir, why, dataDir)
+}
+
+// Get calls GET /v0/<path> and decodes the JSON answer into out.
+func (c *Client) Get(ctx context.Context, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+APIVersion+"/"+path, nil)
+	if err != nil {
+		return err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) {
+			return noNode(c.dataDir, op.Err.Error())
+		}
+		return fmt.Errorf("local API: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAPIResponse))
+	if err != nil {
+		return fmt.Errorf("local API: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e apiError
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			return fmt.Errorf("local API: %s", e.Error)
+		}
+		return fmt.Errorf("local API: %s", resp.Status)
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("local API: bad answer to %s: %w", path, err)
+	}
+	return nil
+}
+
+// ID asks the node who it is.
+func (c *Client) ID(ctx context.Context) (IDInfo, error) {
+	var v IDInfo
+	return v, c.Get(ctx, "id", &v)
+}
+
+// Peers lists the node's connected peers.
+func (c *Client) Peers(ctx context.Context) ([]PeerInfo, error) {
+	var v []PeerInfo
+	return v, c.Get(ctx, "peers", &v)
+}
+
+// Status asks the node how it is doing.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var v Status
+	return v, c.Get(ctx, "status", &v)
+}

@@ -1,0 +1,435 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Version is the gpumesh version a peer announces; the build sets it.
+var Version = "dev"
+
+// Timing of the bootstrap loop.
+const (
+	dialTimeout       = 10 * time.Second // one bootstrap dial
+	rebootstrapPeriod = 30 * time.Second // how often lost bootstrap peers are redialed
+)
+
+// Config of a Node. The zero value runs a public-swarm peer with no data dir
+// (a fresh key each start, no local API), listening on every interface.
+type Config struct {
+	DataDir   string    // data dir; "" runs without one: no lock, no local API, key from Identity or fresh
+	Identity  *Identity // overrides the data dir's key
+	Listen    []string  // listen multiaddrs; empty means all interfaces on Port
+	Port      int       // port of the default listen addresses; 0 means DefaultPort
+	Bootstrap []string  // multiaddrs with /p2p/ID of peers to join
+	Swarm     Swarm     // zero value: the public swarm
+	DHTMode   dht.Mode  // "" means server in a private swarm, auto in the public one
+	NoMDNS    bool      // turn off LAN discovery by mDNS
+	NoNAT     bool      // turn off AutoNAT, hole punching and the relay client
+	APIListen string    // optional host:port for the local API over TCP (token guarded)
+	Metrics   string    // optional host:port serving Prometheus /metrics
+	Logger    *slog.Logger
+	Version   string // announced in identify; "" means Version
+
+	// Host, when set, is used instead of building a libp2p host (meshtest
+	// runs nodes on a simulated network this way). The Node closes it.
+	Host host.Host
+}
+
+func (c *Config) version() string {
+	if c.Version != "" {
+		return c.Version
+	}
+	return Version
+}
+
+// Node is one gpumesh peer: identity, libp2p host, GPU directory (DHT),
+// gossip router, local API and metrics. New starts nothing; Start brings it
+// up; Run serves until the context ends; Close is safe to call twice.
+type Node struct {
+	cfg       Config
+	log       *slog.Logger
+	listen    []ma.Multiaddr
+	bootstrap []peer.AddrInfo
+
+	dir     *DataDir
+	id      Identity
+	host    host.Host
+	dht     *dht.Directory
+	gossip  *gossip.Gossip
+	mdns    io.Closer
+	api     *apiServer
+	metrics *http.Server
+	reg     *prometheus.Registry
+	started time.Time
+
+	bootMu sync.Mutex // guards boot
+	boot   []BootstrapState
+
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New checks cfg and returns a Node that has started nothing.
+func New(cfg Config) (*Node, error) {
+	n := &Node{cfg: cfg, log: cfg.Logger}
+	if n.log == nil {
+		n.log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Port < 0 || cfg.Port > 65535 {
+		return nil, fmt.Errorf("port %d: want 0..65535", cfg.Port)
+	}
+	if cfg.DHTMode != "" {
+		if _, err := dht.ParseMode(string(cfg.DHTMode)); err != nil {
+			return nil, err
+		}
+	}
+	listen := cfg.Listen
+	if len(listen) == 0 {
+		port := cfg.Port
+		if port == 0 {
+			port = DefaultPort
+		}
+		listen = defaultListen(port, cfg.Swarm.Private())
+	}
+	var err error
+	if n.listen, err = parseListen(listen, cfg.Swarm.Private()); err != nil {
+		return nil, err
+	}
+	if n.bootstrap, err = ParseBootstrap(cfg.Bootstrap); err != nil {
+		return nil, err
+	}
+	for _, b := range n.bootstrap {
+		n.boot = append(n.boot, BootstrapState{Peer: b.ID.String(), Addrs: addrStrings(b.Addrs)})
+	}
+	if cfg.APIListen != "" && cfg.DataDir == "" {
+		return nil, errors.New("the local API needs a data dir (for its token); set --data")
+	}
+	return n, nil
+}
+
+// ParseBootstrap turns multiaddrs with a /p2p/ID part into peers to dial.
+func ParseBootstrap(addrs []string) ([]peer.AddrInfo, error) {
+	var infos []*peer.AddrInfo
+	for _, s := range addrs {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("bootstrap address %q: %v; want a multiaddr such as /ip4/192.0.2.7/tcp/%d/p2p/12D3KooW…", s, err, DefaultPort)
+		}
+		info, err := peer.AddrInfoFromP2pAddr(a)
+		if err != nil {
+			return nil, fmt.Errorf("bootstrap address %q: %v; it must end in /p2p/<peer ID> (`gpumesh id` on that peer prints it)", s, err)
+		}
+		infos = append(infos, info)
+	}
+	merged := make(map[peer.ID]*peer.AddrInfo)
+	var out []peer.AddrInfo
+	for _, i := range infos {
+		if m, ok := merged[i.ID]; ok {
+			m.Addrs = append(m.Addrs, i.Addrs...)
+			continue
+		}
+		merged[i.ID] = i
+	}
+	for _, i := range infos {
+		if m, ok := merged[i.ID]; ok {
+			out = append(out, *m)
+			delete(merged, i.ID)
+		}
+	}
+	return out, nil
+}
+
+// Start brings the peer up: takes the data dir, loads the key, starts the
+// libp2p host, DHT, gossip, local API and metrics, and begins to bootstrap.
+// On error everything started so far is stopped again.
+func (n *Node) Start(ctx context.Context) (err error) {
+	if n.cancel != nil {
+		return errors.New("node: already started")
+	}
+	n.started = time.Now()
+	ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	if err := n.openDataDir(); err != nil {
+		return err
+	}
+	if n.cfg.Metrics != "" {
+		n.reg = newRegistry()
+	}
+	if n.cfg.Host != nil {
+		n.host = n.cfg.Host
+	} else {
+		var reg prometheus.Registerer
+		if n.reg != nil {
+			reg = n.reg
+		}
+		if n.host, err = newHost(&n.cfg, n.id, n.listen, reg); err != nil {
+			return err
+		}
+	}
+	mode := n.cfg.DHTMode
+	if mode == "" {
+		mode = dht.ModeAuto
+		if n.cfg.Swarm.Private() || n.cfg.Host != nil {
+			mode = dht.ModeServer
+		}
+	}
+	if n.dht, err = dht.New(ctx, n.host, dht.Config{Swarm: n.cfg.Swarm.ID(), Mode: mode}); err != nil {
+		return err
+	}
+	if n.gossip, err = gossip.New(ctx, n.host, gossip.Config{Swarm: n.cfg.Swarm.ID()}); err != nil {
+		return err
+	}
+	if !n.cfg.NoMDNS && n.cfg.Host == nil {
+		svc := mdns.NewMdnsService(n.host, "gpumesh-"+n.cfg.Swarm.ID(), mdnsNotifee{n: n, ctx: ctx})
+		if err := svc.Start(); err != nil {
+			n.log.Warn("mDNS discovery off", "err", err)
+		} else {
+			n.mdns = svc
+		}
+	}
+	if n.reg != nil {
+		if err := n.startMetrics(); err != nil {
+			return err
+		}
+	}
+	if n.dir != nil {
+		if n.api, err = startAPI(n); err != nil {
+			return err
+		}
+	}
+	n.wg.Add(1)
+	go n.bootstrapLoop(ctx)
+	n.log.Info("node ready",
+		"peer", n.id.PeerID, "solana", n.id.SolanaAddress, "swarm", n.cfg.Swarm.ID(),
+		"listen", addrStrings(n.host.Addrs()), "dht", mode, "startup", time.Since(n.started).Round(time.Millisecond))
+	return nil
+}
+
+func (n *Node) openDataDir() error {
+	if n.cfg.DataDir == "" {
+		switch {
+		case n.cfg.Identity != nil:
+			n.id = *n.cfg.Identity
+		default:
+			id, err := NewIdentity()
+			if err != nil {
+				return err
+			}
+			n.id = id
+		}
+		return nil
+	}
+	d := &DataDir{Path: n.cfg.DataDir}
+	if err := d.Init(); err != nil {
+		return err
+	}
+	if err := d.Lock(); err != nil {
+		return err
+	}
+	n.dir = d
+	if n.cfg.Identity != nil {
+		n.id = *n.cfg.Identity
+		return nil
+	}
+	id, err := ReadKeyFile(d.Key())
+	if err != nil {
+		return err
+	}
+	n.id = id
+	return nil
+}
+
+// Run starts the node if it is not started, serves until ctx ends, then
+// shuts down cleanly.
+func (n *Node) Run(ctx context.Context) error {
+	if n.cancel == nil {
+		if err := n.Start(ctx); err != nil {
+			return err
+		}
+	}
+	<-ctx.Done()
+	n.log.Info("shutting down", "peer", n.id.PeerID)
+	return n.Close()
+}
+
+// Close stops everything Start started, in reverse order. Safe to call twice.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		var errs []error
+		if n.cancel != nil {
+			n.cancel()
+		}
+		if n.api != nil {
+			errs = append(errs, n.api.close())
+		}
+		if n.metrics != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			errs = append(errs, n.metrics.Shutdown(ctx))
+			cancel()
+		}
+		if n.mdns != nil {
+			errs = append(errs, n.mdns.Close())
+		}
+		n.wg.Wait()
+		if n.dht != nil {
+			errs = append(errs, n.dht.Close())
+		}
+		if n.host != nil {
+			errs = append(errs, n.host.Close())
+		}
+		if n.dir != nil {
+			n.dir.Unlock()
+		}
+		n.closeErr = errors.Join(errs...)
+	})
+	return n.closeErr
+}
+
+// Host is the peer's libp2p host (nil before Start).
+func (n *Node) Host() host.Host { return n.host }
+
+// Identity is the peer's key, peer ID and Solana address.
+func (n *Node) Identity() Identity { return n.id }
+
+// Directory is the peer's GPU directory (DHT).
+func (n *Node) Directory() *dht.Directory { return n.dht }
+
+// Gossip is the peer's GossipSub router.
+func (n *Node) Gossip() *gossip.Gossip { return n.gossip }
+
+// Connect dials a peer and records its addresses.
+func (n *Node) Connect(ctx context.Context, info peer.AddrInfo) error {
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	return n.host.Connect(ctx, info)
+}
+
+// bootstrapLoop dials the bootstrap peers, seeds the DHT, and redials lost
+// bootstrap peers every rebootstrapPeriod until the node closes.
+func (n *Node) bootstrapLoop(ctx context.Context) {
+	defer n.wg.Done()
+	t := time.NewTicker(rebootstrapPeriod)
+	defer t.Stop()
+	for first := true; ; first = false {
+		if n.dialBootstrap(ctx, first) && n.dht != nil {
+			if err := n.dht.Bootstrap(ctx); err != nil && ctx.Err() == nil {
+				n.log.Warn("dht bootstrap", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// dialBootstrap dials every bootstrap peer not connected (all of them on the
+// first round) in parallel and records the outcome; it reports whether any
+// dial succeeded.
+func (n *Node) dialBootstrap(ctx context.Context, first bool) bool {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok := false
+	for i, info := range n.bootstrap {
+		if !first && n.host.Network().Connectedness(info.ID) == network.Connected {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := n.Connect(ctx, info)
+			n.bootMu.Lock()
+			st := &n.boot[i]
+			st.Attempts++
+			st.LastAttempt = time.Now().UTC()
+			st.Connected = err == nil
+			st.Error = ""
+			if err != nil {
+				st.Error = dialHint(err)
+			}
+			n.bootMu.Unlock()
+			if err != nil {
+				if ctx.Err() == nil {
+					n.log.Warn("bootstrap peer unreachable", "peer", info.ID, "err", st.Error, "retry", rebootstrapPeriod)
+				}
+				return
+			}
+			n.log.Info("bootstrap peer connected", "peer", info.ID)
+			mu.Lock()
+			ok = true
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return ok
+}
+
+// dialHint adds what a user can do to the dial errors that have a likely
+// cause: a handshake that fails is most often two different swarms.
+func dialHint(err error) string {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "failed to negotiate security protocol"),
+		strings.Contains(msg, "context deadline exceeded"),
+		strings.Contains(msg, "i/o timeout"):
+		return msg + " (is that peer in another swarm? both need the same --swarm-key, or none)"
+	case strings.Contains(msg, "connection refused"):
+		return msg + " (is a gpumesh node running at that address?)"
+	}
+	return msg
+}
+
+// mdnsNotifee connects to the peers of this swarm found on the LAN.
+type mdnsNotifee struct {
+	n   *Node
+	ctx context.Context
+}
+
+func (m mdnsNotifee) HandlePeerFound(info peer.AddrInfo) {
+	if info.ID == m.n.id.PeerID || m.ctx.Err() != nil {
+		return
+	}
+	m.n.wg.Add(1)
+	go func() {
+		defer m.n.wg.Done()
+		if err := m.n.Connect(m.ctx, info); err != nil {
+			m.n.log.Debug("mDNS peer unreachable", "peer", info.ID, "err", err)
+			return
+		}
+		m.n.log.Info("mDNS peer connected", "peer", info.ID)
+	}()
+}
+
+func addrStrings(addrs []ma.Multiaddr) []string {
+	out := make([]string, len(addrs))
+	for i, a := range addrs {
+		out[i] = a.String()
+	}
+	sort.Strings(out)
+	return out
+}
