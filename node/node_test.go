@@ -3,6 +3,9 @@ package node
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -135,11 +138,12 @@ func TestLocalAPIServesIDPeersStatusOnUnixSocket(t *testing.T) {
 		peers, err := cl.Peers(ctx)
 		return err == nil && len(peers) == 1 && peers[0].PeerID == a.Identity().PeerID.String()
 	})
-	status, err := cl.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if status.Peers != 1 || len(status.Bootstrap) != 1 || !status.Bootstrap[0].Connected {
+	var status Status
+	waitFor(t, 10*time.Second, "b's bootstrap dial to be recorded", func() bool {
+		status, err = cl.Status(ctx)
+		return err == nil && len(status.Bootstrap) == 1 && status.Bootstrap[0].Attempts > 0
+	})
+	if status.Peers != 1 || !status.Bootstrap[0].Connected || status.Bootstrap[0].Error != "" {
 		t.Fatalf("status = %+v, want 1 peer and a connected bootstrap peer", status)
 	}
 
@@ -256,5 +260,35 @@ func TestSecondNodeOnDataDirFails(t *testing.T) {
 	// The failed start must not have removed the running node's api file.
 	if _, err := os.Stat(filepath.Join(dir, "api")); err != nil {
 		t.Fatalf("api file of the running node: %v", err)
+	}
+}
+
+func TestMetricsServeLibp2pAndGpumeshSeries(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	a := startNode(t, Config{Metrics: addr})
+	startNode(t, Config{Bootstrap: []string{a.Info().Addrs[0]}})
+	waitFor(t, 10*time.Second, "a peer", func() bool { return len(a.Peers()) == 1 })
+
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		"gpumesh_peers_connected 1",
+		"gpumesh_build_info{swarm=\"public\"",
+		"gpumesh_dht_routing_table_peers",
+		"libp2p_", // the host's own series
+		"go_goroutines",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }
