@@ -1,7 +1,7 @@
-// Package deptest checks the shape of the module: the import graph the
+// The layout tests check the shape of the module: the import graph the
 // design card draws (cmd -> node -> {dht, gossip, exec, chain}, the four
 // never importing each other) and a doc comment on every package.
-package deptest
+package node_test
 
 import (
 	"encoding/json"
