@@ -211,6 +211,8 @@ func apiMux(n *Node) *http.ServeMux {
 	mux.HandleFunc("GET "+APIVersion+"/id", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Info()) })
 	mux.HandleFunc("GET "+APIVersion+"/peers", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Peers()) })
 	mux.HandleFunc("GET "+APIVersion+"/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Status()) })
+	n.directoryRoutes(mux)
+	n.priceRoutes(mux)
 	return mux
 }
 

@@ -1,6 +1,7 @@
 // The layout tests check the shape of the module: the import graph the
 // design card draws (cmd -> node -> {dht, gossip, exec, chain}, the four
 // never importing each other) and a doc comment on every package.
+
 package node_test
 
 import (

@@ -83,6 +83,9 @@ type Node struct {
 	bootMu sync.Mutex // guards boot
 	boot   []BootstrapState
 
+	directoryState // directory.go
+	priceState     // prices.go
+
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -203,6 +206,14 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if n.gossip, err = gossip.New(ctx, n.host, gossip.Config{Swarm: n.cfg.Swarm.ID()}); err != nil {
 		return err
 	}
+	// Capabilities, each in its own file: the GPU directory, then prices
+	// (which reads the directory's inventory and moves its asks).
+	if err := n.startDirectory(ctx); err != nil {
+		return err
+	}
+	if err := n.startPrices(ctx); err != nil {
+		return err
+	}
 	if !n.cfg.NoMDNS && n.cfg.Host == nil {
 		svc := mdns.NewMdnsService(n.host, "gpumesh-"+n.cfg.Swarm.ID(), mdnsNotifee{n: n, ctx: ctx})
 		if err := svc.Start(); err != nil {
@@ -295,6 +306,7 @@ func (n *Node) Close() error {
 			errs = append(errs, n.mdns.Close())
 		}
 		n.wg.Wait()
+		errs = append(errs, n.closePrices(), n.closeDirectory())
 		if n.dht != nil {
 			errs = append(errs, n.dht.Close())
 		}
