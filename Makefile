@@ -5,6 +5,8 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X github.com/gpumesh/gpumesh/node.Version=$(VERSION)
 DATA     ?= $(HOME)/.gpumesh
 FUZZTIME ?= 15s
+# go-nvml's cgo header marks old NVML calls deprecated; we call none of them.
+export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
 .PHONY: all build run test race lint bench fuzz clean
 

@@ -1,18 +1,33 @@
 // Package dht is the GPU directory: a Kademlia DHT (go-libp2p-kad-dht) whose
 // protocol carries the swarm's ID, so two swarms never share a routing table.
-// Every peer in server mode holds a shard of it. Signed GPU offers and the
-// class index are stored here by the directory issue; this file only starts
-// and sizes the DHT.
+// Every peer in server mode holds a shard of it.
+//
+// A provider stores one signed Offer under its peer ID (PutValue, guarded on
+// every peer by a validator: signed by the peer the key names, unexpired,
+// bounded; the highest sequence wins) and announces itself with provider
+// records under index keys: its classes ("class/H100-80GB"), models
+// ("model/H100"), memory buckets ("vram/80") and "any". Find looks up the
+// narrowest index key of a query, fetches the providers' offers and keeps the
+// live ones that match.
 package dht
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
 
+	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
+	dssync "github.com/ipfs/go-datastore/sync"
 	kaddht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/core/routing"
 )
 
 // Mode says whether a peer serves DHT records to others.
@@ -38,8 +53,9 @@ func ParseMode(s string) (Mode, error) {
 // Config of a Directory. The zero value is an auto-mode DHT of the public
 // swarm. Seeding it is the caller's: connect to peers, then call Bootstrap.
 type Config struct {
-	Swarm string // swarm ID; "" means "public"
-	Mode  Mode   // "" means ModeAuto
+	Swarm string           // swarm ID; "" means "public"
+	Mode  Mode             // "" means ModeAuto
+	Now   func() time.Time // clock of the offer validator; nil means time.Now
 }
 
 // ProtocolPrefix is "/gpumesh/<swarm>", so the DHT protocol is
@@ -53,7 +69,12 @@ func ProtocolPrefix(swarm string) protocol.ID {
 
 // Directory is the swarm's DHT on one peer.
 type Directory struct {
-	kad *kaddht.IpfsDHT
+	kad       *kaddht.IpfsDHT
+	store     ds.Batching // this peer's shard: values and provider records
+	validator offerValidator
+
+	mu       sync.Mutex           // guards provided
+	provided map[string]time.Time // index key -> last announcement
 }
 
 // New starts the DHT on h. Close stops it.
@@ -68,14 +89,26 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Directory, error) {
 	default:
 		return nil, fmt.Errorf("dht: unknown mode %q", cfg.Mode)
 	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	d := &Directory{
+		store:     dssync.MutexWrap(ds.NewMapDatastore()),
+		validator: offerValidator{now: now},
+		provided:  map[string]time.Time{},
+	}
 	kad, err := kaddht.New(h,
 		kaddht.Mode(mode),
 		kaddht.ProtocolPrefix(ProtocolPrefix(cfg.Swarm)),
+		kaddht.Datastore(d.store),
+		kaddht.NamespacedValidator(offerNamespace, d.validator),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("dht: %w", err)
 	}
-	return &Directory{kad: kad}, nil
+	d.kad = kad
+	return d, nil
 }
 
 // Bootstrap refreshes the routing table from the peers connected so far.
@@ -113,4 +146,272 @@ func (d *Directory) Close() error {
 		return nil
 	}
 	return err
+}
+
+// Query selects offers. The zero value matches every live offer.
+type Query struct {
+	Model     string // family ("H100") or class ("H100-80GB"), case-insensitive; "" any
+	MinVRAMGB uint32 // memory per GPU, GB
+	Count     int    // GPUs wanted; the result says whether they were found
+	Region    string // region label prefix, e.g. "eu" matches "eu-west/ams1"
+	MaxPrice  uint64 // per GPU-hour in the token's smallest unit; 0 any
+}
+
+// matches reports whether one class offer meets the query.
+func (q Query) matches(o *Offer, g GPUOffer) bool {
+	switch {
+	case g.Available == 0:
+		return false
+	case q.Model != "" && !strings.EqualFold(q.Model, g.Model) && !strings.EqualFold(q.Model, g.Class):
+		return false
+	case g.VRAMGB < q.MinVRAMGB:
+		return false
+	case q.Region != "" && !strings.HasPrefix(strings.ToLower(o.Region), strings.ToLower(q.Region)):
+		return false
+	case q.MaxPrice > 0 && (g.Price == 0 || g.Price > q.MaxPrice):
+		return false
+	}
+	return true
+}
+
+// Match is one class of one provider's live offer that meets a query.
+type Match struct {
+	Offer *Offer   `json:"offer"`
+	GPU   GPUOffer `json:"gpu"`
+}
+
+// FindResult is what a query found, cheapest first.
+type FindResult struct {
+	Matches   []Match       `json:"matches"`
+	Providers int           `json:"providers"` // providers with a matching live offer
+	Indexed   int           `json:"indexed"`   // providers listed under the index key
+	GPUs      int           `json:"gpus"`      // available GPUs in the matches
+	Enough    bool          `json:"enough"`    // GPUs >= the query's Count
+	IndexKey  string        `json:"indexKey"`
+	Hops      int           `json:"hops"`    // longest chain of referrals in the index lookup
+	Queried   int           `json:"queried"` // peers that answered, over the whole search
+	Elapsed   time.Duration `json:"elapsedNs"`
+}
+
+// maxParallelFetch bounds the offer fetches a Find runs at once.
+const maxParallelFetch = 16
+
+// Find looks up the providers indexed under the query's key, fetches their
+// signed offers, and returns the live ones that match, cheapest first
+// (offers without a fixed ask last). Offers that fail validation, are
+// expired or withdrawn (nothing available) are left out.
+func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
+	start := time.Now()
+	res := FindResult{IndexKey: q.lookupKey(), Matches: []Match{}}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	evctx, events := routing.RegisterForQueryEvents(ctx)
+	var hops hopCounter
+	evDone := make(chan struct{})
+	go func() {
+		defer close(evDone)
+		for ev := range events {
+			hops.observe(ev)
+		}
+	}()
+
+	var (
+		mu      sync.Mutex
+		wg      sync.WaitGroup
+		sem     = make(chan struct{}, maxParallelFetch)
+		indexed = map[peer.ID]bool{}
+	)
+	for info := range d.kad.FindProvidersAsync(evctx, indexKeyCID(res.IndexKey), 0) {
+		if indexed[info.ID] {
+			continue
+		}
+		indexed[info.ID] = true
+		wg.Add(1)
+		go func(p peer.ID) {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			defer func() { <-sem }()
+			o, err := d.Offer(evctx, p)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			matched := false
+			for _, g := range o.GPUs {
+				if q.matches(o, g) {
+					res.Matches = append(res.Matches, Match{Offer: o, GPU: g})
+					res.GPUs += int(g.Available)
+					matched = true
+				}
+			}
+			if matched {
+				res.Providers++
+			}
+		}(info.ID)
+	}
+	wg.Wait()
+	cancel()
+	<-evDone
+	if err := ctx.Err(); err != nil && len(indexed) == 0 {
+		return res, fmt.Errorf("dht: find %s: %w", res.IndexKey, err)
+	}
+	sortMatches(res.Matches)
+	res.Indexed = len(indexed)
+	res.Enough = res.GPUs >= q.Count
+	res.Hops, res.Queried = hops.result()
+	res.Elapsed = time.Since(start)
+	return res, nil
+}
+
+// sortMatches orders matches by price (no fixed ask last), then by more
+// GPUs available, then by provider for a stable order.
+func sortMatches(m []Match) {
+	sort.SliceStable(m, func(i, j int) bool {
+		a, b := m[i], m[j]
+		pa, pb := a.GPU.Price, b.GPU.Price
+		if (pa == 0) != (pb == 0) {
+			return pb == 0
+		}
+		if pa != pb {
+			return pa < pb
+		}
+		if a.GPU.Available != b.GPU.Available {
+			return a.GPU.Available > b.GPU.Available
+		}
+		return a.Offer.Provider < b.Offer.Provider
+	})
+}
+
+// Offer fetches and checks the current offer of one provider.
+func (d *Directory) Offer(ctx context.Context, provider peer.ID) (*Offer, error) {
+	data, err := d.kad.GetValue(ctx, OfferKey(provider))
+	if err != nil {
+		return nil, fmt.Errorf("dht: offer of %s: %w", provider, err)
+	}
+	o, err := d.validator.open(OfferKey(provider), data)
+	if err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// Publish stores a sealed offer under its provider's key and announces the
+// provider under the index keys of the classes it has GPUs available in.
+// Index announcements are repeated only every reprovideInterval unless
+// force is set (the routing table changed a lot since).
+func (d *Directory) Publish(ctx context.Context, sealed []byte, force bool) error {
+	o, err := OpenOffer(sealed)
+	if err != nil {
+		return err
+	}
+	if err := d.kad.PutValue(ctx, OfferKey(o.Provider), sealed); err != nil {
+		return fmt.Errorf("dht: put offer: %w", err)
+	}
+	var keys []string
+	for _, g := range o.GPUs {
+		if g.Available > 0 {
+			keys = append(keys, IndexKeys(g)...)
+		}
+	}
+	now := time.Now()
+	var errs []error
+	for _, k := range keys {
+		d.mu.Lock()
+		last, ok := d.provided[k]
+		d.mu.Unlock()
+		if ok && !force && now.Sub(last) < reprovideInterval {
+			continue
+		}
+		if err := d.kad.Provide(ctx, indexKeyCID(k), true); err != nil {
+			errs = append(errs, fmt.Errorf("announce %s: %w", k, err))
+			continue
+		}
+		d.mu.Lock()
+		d.provided[k] = now
+		d.mu.Unlock()
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("dht: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// reprovideInterval is how often a provider repeats its index announcements
+// (DHT provider records live 48 h; offers expire far sooner and are checked).
+const reprovideInterval = 30 * time.Minute
+
+// Records counts the offer values and provider records this peer stores for
+// others: its shard of the directory.
+func (d *Directory) Records(ctx context.Context) (values, providers int, err error) {
+	res, err := d.store.Query(ctx, query.Query{KeysOnly: true})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer res.Close()
+	for r := range res.Next() {
+		if r.Error != nil {
+			return values, providers, r.Error
+		}
+		if strings.HasPrefix(r.Key, "/providers/") {
+			providers++
+		} else {
+			values++
+		}
+	}
+	return values, providers, nil
+}
+
+// hopCounter follows the referrals in a DHT lookup: a peer first named by
+// peer p is one hop further than p; peers queried from the routing table
+// are one hop away.
+type hopCounter struct {
+	mu      sync.Mutex
+	depth   map[peer.ID]int
+	max     int
+	answers int
+}
+
+func (h *hopCounter) observe(ev *routing.QueryEvent) {
+	if ev.Type != routing.PeerResponse {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.depth == nil {
+		h.depth = map[peer.ID]int{}
+	}
+	d, ok := h.depth[ev.ID]
+	if !ok {
+		d = 1
+		h.depth[ev.ID] = 1
+	}
+	h.answers++
+	h.max = max(h.max, d)
+	for _, r := range ev.Responses {
+		if _, seen := h.depth[r.ID]; !seen {
+			h.depth[r.ID] = d + 1
+		}
+	}
+}
+
+func (h *hopCounter) result() (hops, answers int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.max, h.answers
+}
+
+// Get returns the raw record stored under key, after validation.
+func (d *Directory) Get(ctx context.Context, key string) ([]byte, error) {
+	return d.kad.GetValue(ctx, key)
+}
+
+// Put stores a raw record under key. This peer's validator checks it first,
+// and every peer that is asked to store it checks it again.
+func (d *Directory) Put(ctx context.Context, key string, value []byte) error {
+	return d.kad.PutValue(ctx, key, value)
 }

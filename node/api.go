@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -133,7 +134,10 @@ type apiServer struct {
 
 func startAPI(n *Node) (*apiServer, error) {
 	d := n.dir
-	sock := d.APISocket()
+	sock, err := filepath.Abs(d.APISocket())
+	if err != nil {
+		return nil, fmt.Errorf("local API: %w", err)
+	}
 	if len(sock) > maxUnixPath {
 		return nil, fmt.Errorf("local API socket %s is %d bytes, longer than the %d a unix socket allows; use a shorter --data path", sock, len(sock), maxUnixPath)
 	}

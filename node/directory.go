@@ -2,26 +2,336 @@ package node
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/exec"
+	"github.com/libp2p/go-libp2p/core/event"
+)
+
+// Timing of offer publication.
+const (
+	DefaultOfferTTL  = 10 * time.Minute // how long a published offer stays valid
+	publishRetryMin  = time.Second      // first retry after a failed publish
+	publishRetryMax  = 30 * time.Second // retries back off to this
+	withdrawTimeout  = 2 * time.Second  // a stopping peer's last publish
+	identifyDebounce = 500 * time.Millisecond
 )
 
 // directoryState is the node's part of the GPU directory: the local GPU
-// inventory and the offers this peer publishes. Filled in by the directory work.
-type directoryState struct{}
+// inventory and the offer this peer publishes.
+type directoryState struct {
+	gpus      exec.GPUSource
+	republish chan struct{} // a capacity or price change: publish now
 
-// startDirectory finds the local GPUs and starts publishing offers.
-func (n *Node) startDirectory(ctx context.Context) error { return nil }
+	dirMu       sync.Mutex // guards the fields below
+	inventory   exec.Inventory
+	offer       *dht.Offer // last offer published
+	publishedAt time.Time
+	publishErr  error
+}
 
-// closeDirectory withdraws this peer's offers and stops publishing.
-func (n *Node) closeDirectory() error { return nil }
+// LocalGPUs answers GET /v0/gpus/local.
+type LocalGPUs struct {
+	Inventory   exec.Inventory `json:"inventory"`
+	Offer       *dht.Offer     `json:"offer,omitempty"` // as last published
+	PublishedAt time.Time      `json:"publishedAt,omitzero"`
+	Error       string         `json:"error,omitempty"` // of the last publish, if it failed
+}
 
-// directoryRoutes adds the directory's local API calls.
-func (n *Node) directoryRoutes(mux *http.ServeMux) {}
+// startDirectory finds the local GPUs and, if there are any, starts
+// publishing this peer's offer.
+func (n *Node) startDirectory(ctx context.Context) error {
+	src, err := exec.OpenGPUs(n.cfg.GPUs)
+	if err != nil {
+		return err
+	}
+	n.gpus = src
+	inv, err := src.Inventory()
+	if err != nil {
+		return fmt.Errorf("GPU inventory: %w", err)
+	}
+	n.dirMu.Lock()
+	n.inventory = inv
+	n.dirMu.Unlock()
+	if len(inv.GPUs) == 0 {
+		n.log.Info("no GPUs to offer", "why", inv.Note)
+		return nil
+	}
+	classes := map[string]int{}
+	for _, g := range inv.GPUs {
+		classes[g.Class]++
+	}
+	n.log.Info("GPUs found", "source", inv.Source, "classes", classes, "driver", inv.Machine.Driver, "cuda", inv.Machine.CUDA)
+	n.republish = make(chan struct{}, 1)
+	sub, err := n.host.EventBus().Subscribe(new(event.EvtPeerIdentificationCompleted))
+	if err != nil {
+		return err
+	}
+	n.wg.Add(1)
+	go n.publishLoop(ctx, sub)
+	return nil
+}
 
-// OffersChanged asks the directory to republish this peer's offers now (a
-// price or capacity changed). It must not block.
-func (n *Node) OffersChanged() {}
+// publishLoop publishes the offer now, again before it expires, at once
+// when OffersChanged is called, with backoff after a failure, and when the
+// routing table has doubled since the last publication (a young swarm's
+// first records land on the few peers there were).
+func (n *Node) publishLoop(ctx context.Context, sub event.Subscription) {
+	defer n.wg.Done()
+	defer sub.Close()
+	ttl := n.offerTTL()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	retry := publishRetryMin
+	var lastTry time.Time
+	tableAtPublish := 0
+	for {
+		force := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-n.republish:
+		case <-sub.Out():
+			n.dirMu.Lock()
+			failed := n.publishErr != nil || n.offer == nil
+			n.dirMu.Unlock()
+			grown := n.dht.RoutingTableSize() >= 2*max(tableAtPublish, 1)
+			if !(failed || grown) || time.Since(lastTry) < identifyDebounce {
+				continue
+			}
+			force = grown
+		}
+		lastTry = time.Now()
+		err := n.publishOffer(ctx, false, force)
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			n.log.Debug("publish offer", "err", err, "retry", retry)
+			timer.Reset(retry)
+			retry = min(2*retry, publishRetryMax)
+			continue
+		}
+		retry = publishRetryMin
+		tableAtPublish = n.dht.RoutingTableSize()
+		timer.Reset(ttl / 2)
+	}
+}
 
-// LocalUtilization is the fraction (0..1) of this peer's GPUs in use, per
-// GPU class; a class this peer lacks is absent.
-func (n *Node) LocalUtilization() map[string]float64 { return nil }
+func (n *Node) offerTTL() time.Duration {
+	if n.cfg.OfferTTL > 0 {
+		return n.cfg.OfferTTL
+	}
+	return DefaultOfferTTL
+}
+
+// buildOffer turns the inventory into this peer's offer: one entry per GPU
+// class, all of it available (leases come with negotiation), or none of it
+// when withdrawing.
+func (n *Node) buildOffer(inv exec.Inventory, withdraw bool) *dht.Offer {
+	byClass := map[string]*dht.GPUOffer{}
+	var order []string
+	for _, g := range inv.GPUs {
+		c, ok := byClass[g.Class]
+		if !ok {
+			c = &dht.GPUOffer{Class: g.Class, Model: exec.Model(g.Name), VRAMGB: exec.VRAMGB(g.MemoryTotal), Compute: g.ComputeCapability}
+			if p, ok := n.Ask(g.Class); ok {
+				c.Price = p
+			}
+			byClass[g.Class] = c
+			order = append(order, g.Class)
+		}
+		c.Total++
+		if !withdraw {
+			c.Available++
+		}
+	}
+	sort.Strings(order)
+	now := time.Now()
+	o := &dht.Offer{
+		Provider:  n.id.PeerID,
+		Region:    n.cfg.Region,
+		Executors: n.executors(),
+		Seq:       uint64(now.UnixNano()), // later publications win, across restarts too
+		Expires:   now.Add(n.offerTTL()).Unix(),
+	}
+	for _, a := range n.host.Addrs() {
+		if len(o.Addrs) < 8 {
+			o.Addrs = append(o.Addrs, a.String())
+		}
+	}
+	for _, c := range order {
+		o.GPUs = append(o.GPUs, *byClass[c])
+	}
+	return o
+}
+
+func (n *Node) executors() []string {
+	if len(n.cfg.Executors) > 0 {
+		return n.cfg.Executors
+	}
+	return []string{"docker"}
+}
+
+// publishOffer reads the GPUs, signs the offer and stores it in the DHT.
+func (n *Node) publishOffer(ctx context.Context, withdraw, force bool) error {
+	inv, err := n.gpus.Inventory()
+	if err != nil {
+		return err
+	}
+	o := n.buildOffer(inv, withdraw)
+	sealed, err := dht.SealOffer(o, n.id.Key)
+	if err == nil {
+		err = n.dht.Publish(ctx, sealed, force)
+	}
+	n.dirMu.Lock()
+	defer n.dirMu.Unlock()
+	n.inventory = inv
+	n.publishErr = err
+	if err == nil {
+		n.offer, n.publishedAt = o, time.Now()
+		n.log.Debug("offer published", "gpus", o.AvailableGPUs(), "seq", o.Seq, "withdraw", withdraw)
+	}
+	return err
+}
+
+// closeDirectory withdraws this peer's offer (DHT values cannot be deleted:
+// it publishes zero availability) and releases the GPUs.
+func (n *Node) closeDirectory() error {
+	if n.gpus == nil {
+		return nil
+	}
+	n.dirMu.Lock()
+	published := n.offer != nil
+	n.dirMu.Unlock()
+	if published && n.dht != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), withdrawTimeout)
+		if err := n.publishOffer(ctx, true, false); err != nil {
+			n.log.Warn("withdraw offer", "err", err)
+		}
+		cancel()
+	}
+	return n.gpus.Close()
+}
+
+// OffersChanged asks the directory to republish this peer's offer now (a
+// price or capacity changed). It does not block.
+func (n *Node) OffersChanged() {
+	if n.republish == nil {
+		return
+	}
+	select {
+	case n.republish <- struct{}{}:
+	default:
+	}
+}
+
+// LocalUtilization is the mean NVML utilization (0..1) of this peer's GPUs
+// per class; a class this peer lacks is absent.
+func (n *Node) LocalUtilization() map[string]float64 {
+	n.dirMu.Lock()
+	defer n.dirMu.Unlock()
+	sum, count := map[string]float64{}, map[string]int{}
+	for _, g := range n.inventory.GPUs {
+		count[g.Class]++
+		if g.Utilization > 0 {
+			sum[g.Class] += float64(g.Utilization) / 100
+		}
+	}
+	out := make(map[string]float64, len(count))
+	for c, k := range count {
+		out[c] = sum[c] / float64(k)
+	}
+	return out
+}
+
+// LocalGPUs reports the inventory and the offer as last published.
+func (n *Node) LocalGPUs() LocalGPUs {
+	n.dirMu.Lock()
+	defer n.dirMu.Unlock()
+	l := LocalGPUs{Inventory: n.inventory, Offer: n.offer, PublishedAt: n.publishedAt}
+	if n.publishErr != nil {
+		l.Error = n.publishErr.Error()
+	}
+	return l
+}
+
+// FindGPUs searches the swarm's directory.
+func (n *Node) FindGPUs(ctx context.Context, q dht.Query) (dht.FindResult, error) {
+	return n.dht.Find(ctx, q)
+}
+
+// maxFindTime bounds one directory search from the local API.
+const maxFindTime = 30 * time.Second
+
+// directoryRoutes adds GET /v0/gpus/local and GET /v0/gpus/find.
+func (n *Node) directoryRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+APIVersion+"/gpus/local", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, n.LocalGPUs())
+	})
+	mux.HandleFunc("GET "+APIVersion+"/gpus/find", func(w http.ResponseWriter, r *http.Request) {
+		q, err := ParseGPUQuery(r.URL.Query().Get)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), maxFindTime)
+		defer cancel()
+		res, err := n.FindGPUs(ctx, q)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		writeJSON(w, res)
+	})
+}
+
+// ParseGPUQuery reads a directory query from named string parameters (URL
+// query or flags): model, min-vram (GB), count, region, max-price (smallest
+// token units per GPU-hour). Every wrong one is reported at once.
+func ParseGPUQuery(get func(string) string) (dht.Query, error) {
+	var q dht.Query
+	var errs []error
+	q.Model = strings.TrimSpace(get("model"))
+	q.Region = strings.TrimSpace(get("region"))
+	if len(q.Model) > 64 || len(q.Region) > 64 {
+		errs = append(errs, errors.New("model and region: at most 64 characters"))
+	}
+	if v := get("min-vram"); v != "" {
+		gb, err := strconv.ParseUint(strings.TrimSuffix(strings.ToUpper(v), "GB"), 10, 32)
+		if err != nil || gb > 4096 {
+			errs = append(errs, fmt.Errorf("min-vram: want whole GB 0..4096 (e.g. 80), got %q", v))
+		}
+		q.MinVRAMGB = uint32(gb)
+	}
+	if v := get("count"); v != "" {
+		c, err := strconv.Atoi(v)
+		if err != nil || c < 0 || c > 4096 {
+			errs = append(errs, fmt.Errorf("count: want 0..4096 GPUs, got %q", v))
+		}
+		q.Count = c
+	}
+	if v := get("max-price"); v != "" {
+		p, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("max-price: want an integer of the token's smallest unit, got %q", v))
+		}
+		q.MaxPrice = p
+	}
+	return q, errors.Join(errs...)
+}

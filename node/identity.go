@@ -151,7 +151,7 @@ func ParseKey(data []byte) (Identity, error) {
 	}
 	sk := ed25519.NewKeyFromSeed(raw[:ed25519.SeedSize])
 	if !sk.Public().(ed25519.PublicKey).Equal(ed25519.PublicKey(raw[ed25519.SeedSize:])) {
-		return Identity{}, fmt.Errorf("%w: the public key (last 32 numbers) does not match the secret seed (first 32): the file is garbled", ErrBadKey)
+		return Identity{}, fmt.Errorf("%w: the public key (last 32 numbers) does not match the secret seed (first 32): the file is garbled; make a new one with `gpumesh key new`", ErrBadKey)
 	}
 	return IdentityFromEd25519(sk)
 }

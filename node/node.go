@@ -48,6 +48,12 @@ type Config struct {
 	Logger    *slog.Logger
 	Version   string // announced in identify; "" means Version
 
+	// GPU directory.
+	GPUs      string        // GPU source: "auto" (""), "nvml", "none", "mock:dgxa100", "mock:dgxh100"
+	Region    string        // region/zone label in offers, e.g. "eu-west/ams1"
+	Executors []string      // executors offered; empty means "docker"
+	OfferTTL  time.Duration // validity of a published offer; 0 means DefaultOfferTTL
+
 	// Host, when set, is used instead of building a libp2p host (meshtest
 	// runs nodes on a simulated network this way). The Node closes it.
 	Host host.Host
@@ -404,7 +410,8 @@ func (n *Node) dialBootstrap(ctx context.Context, first bool) bool {
 // dialHint adds what a user can do to the dial errors that have a likely
 // cause: a handshake that fails is most often two different swarms.
 func dialHint(err error) string {
-	msg := err.Error()
+	// libp2p lists one failed address a line; keep the status on one line.
+	msg := strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n  * ", "; ")), " ")
 	switch {
 	case strings.Contains(msg, "failed to negotiate security protocol"),
 		strings.Contains(msg, "context deadline exceeded"),

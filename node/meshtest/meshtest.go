@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +25,9 @@ import (
 type Options struct {
 	Seed  uint64 // derives the peers' keys and the dial pattern; 0 is a seed like any other
 	Dials int    // peers each new node dials besides node 0; 0 means 2
+	// Config, if set, adjusts node i's config before it starts (GPUs,
+	// region, ...). Nodes have no GPUs unless it gives them some.
+	Config func(i int, c *node.Config)
 }
 
 // Mesh is a running set of nodes on one simulated network.
@@ -63,7 +67,11 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 		if err != nil {
 			t.Fatalf("meshtest: add peer %d: %v", i, err)
 		}
-		nd, err := node.New(node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true})
+		cfg := node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true, GPUs: "none"}
+		if opts.Config != nil {
+			opts.Config(i, &cfg)
+		}
+		nd, err := node.New(cfg)
 		if err != nil {
 			t.Fatalf("meshtest: node %d: %v", i, err)
 		}
@@ -128,10 +136,30 @@ func (m *Mesh) WaitMeshed(ctx context.Context, minDHT int) error {
 	}
 }
 
-// Close stops every node. Safe to call twice.
-func (m *Mesh) Close() {
+// Isolate cuts node i off from every other node, as if its machine fell off
+// the network: no goodbye, nothing withdrawn.
+func (m *Mesh) Isolate(i int) error {
+	id := m.Nodes[i].Host().ID()
 	for _, nd := range m.Nodes {
-		nd.Close()
+		other := nd.Host().ID()
+		if other == id {
+			continue
+		}
+		if err := m.Net.UnlinkPeers(id, other); err != nil {
+			return err
+		}
+		_ = m.Net.DisconnectPeers(id, other)
 	}
+	return nil
+}
+
+// Close stops every node, all at once. Safe to call twice.
+func (m *Mesh) Close() {
+	var wg sync.WaitGroup
+	for _, nd := range m.Nodes {
+		wg.Add(1)
+		go func() { defer wg.Done(); nd.Close() }()
+	}
+	wg.Wait()
 	m.Net.Close()
 }

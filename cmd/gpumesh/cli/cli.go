@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"strings"
 
 	"github.com/gpumesh/gpumesh/node"
@@ -37,7 +38,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "gpumesh: %v\n", err)
 	var ue usageError
-	if errors.As(err, &ue) {
+	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
 		fmt.Fprintln(stderr, "Run 'gpumesh --help' for usage.")
 		return exitUsage
 	}
@@ -71,6 +72,17 @@ Run a peer with 'gpumesh node'; the other commands talk to it.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	root.PersistentPreRunE = func(c *cobra.Command, _ []string) error {
+		if _, err := g.logger(); err != nil {
+			return usageError{err}
+		}
+		abs, err := filepath.Abs(g.dataDir)
+		if err != nil {
+			return usageError{fmt.Errorf("--data %q: %w", g.dataDir, err)}
+		}
+		g.dataDir = abs
+		return nil
+	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.dataDir, "data", node.DefaultDataDir(), "data dir: key, config, store and local API (env GPUMESH_DATA)")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")

@@ -141,8 +141,8 @@ Peers started with it connect only to peers that hold the same key.`,
 			}
 			fmt.Fprintf(g.stdout, "Wrote the key of private swarm %s to %s (keep it secret).\n\n", sw.ID(), path)
 			fmt.Fprintf(g.stdout, "Start this peer:\n  gpumesh node --data %s --swarm-key %s\n\n", g.dataDir, path)
-			fmt.Fprintf(g.stdout, "Copy %s to each other machine, then run there:\n  gpumesh node --swarm-key swarm.key --bootstrap /ip4/%s/tcp/%d/p2p/%s\n",
-				filepath.Base(path), hostIP(), port, id.PeerID)
+			fmt.Fprintf(g.stdout, "Copy %s to each other machine, then run there:\n  gpumesh node --swarm-key %s --bootstrap /ip4/%s/tcp/%d/p2p/%s\n",
+				filepath.Base(path), filepath.Base(path), hostIP(), port, id.PeerID)
 			return nil
 		},
 	}

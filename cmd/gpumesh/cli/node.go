@@ -86,7 +86,7 @@ public swarm.`,
 			}
 			n, err := node.New(cfg)
 			if err != nil {
-				return usageError{err}
+				return err // the value may come from config.json as well as a flag
 			}
 			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
