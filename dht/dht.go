@@ -203,6 +203,7 @@ const maxParallelFetch = 16
 func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
 	start := time.Now()
 	res := FindResult{IndexKey: q.lookupKey(), Matches: []Match{}}
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	evctx, events := routing.RegisterForQueryEvents(ctx)
@@ -257,7 +258,7 @@ func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
 	wg.Wait()
 	cancel()
 	<-evDone
-	if err := ctx.Err(); err != nil && len(indexed) == 0 {
+	if err := parent.Err(); err != nil && len(indexed) == 0 {
 		return res, fmt.Errorf("dht: find %s: %w", res.IndexKey, err)
 	}
 	sortMatches(res.Matches)

@@ -23,6 +23,7 @@ func nodeCmd(g *globals) *cobra.Command {
 		mdns, nat         bool
 		dhtMode           string
 		api, metrics      string
+		gpus, region      string
 	)
 	c := &cobra.Command{
 		Use:   "node",
@@ -57,6 +58,8 @@ public swarm.`,
 				APIListen: api,
 				Metrics:   metrics,
 				Logger:    log,
+				GPUs:      gpus,
+				Region:    region,
 			}
 			if c.Flags().Changed("listen") {
 				cfg.Listen = listen
@@ -112,7 +115,16 @@ public swarm.`,
 	f.StringVar(&dhtMode, "dht-mode", "", "auto, server or client (default: server in a private swarm, auto in the public one)")
 	f.StringVar(&api, "api", "", "also serve the local API on this TCP host:port, guarded by the token in the data dir's api.token")
 	f.StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this host:port at /metrics")
+	f.StringVar(&gpus, "gpus", envOr("GPUMESH_GPUS", "auto"), "GPUs to offer: auto (NVML if there is a driver), nvml, none, or go-nvml's mock:dgxa100 / mock:dgxh100 (env GPUMESH_GPUS)")
+	f.StringVar(&region, "region", os.Getenv("GPUMESH_REGION"), "region/zone label of this peer's offers, e.g. eu-west/ams1 (env GPUMESH_REGION)")
 	return c
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }
 
 func parseDHTMode(s string) (dht.Mode, error) {

@@ -1,0 +1,152 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/node"
+	"github.com/spf13/cobra"
+)
+
+func gpusCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "gpus",
+		Short: "This peer's GPUs, and GPUs offered in the swarm",
+	}
+	var lo output
+	local := &cobra.Command{
+		Use:   "local",
+		Short: "Show the GPUs this peer has and the offer it publishes",
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := lo.check(); err != nil {
+				return err
+			}
+			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
+				var l node.LocalGPUs
+				if err := cl.Get(ctx, "gpus/local", &l); err != nil {
+					return err
+				}
+				return lo.print(g.stdout, l, func() { printLocal(g, l) })
+			})
+		},
+	}
+	lo.register(local)
+
+	var fo output
+	var model, region string
+	var minVRAM, count int
+	find := &cobra.Command{
+		Use:   "find",
+		Short: "Find live GPU offers in the swarm, cheapest first",
+		Example: `  gpumesh gpus find --model H100 --min-vram 80 --count 8
+  gpumesh gpus find --region eu -o json`,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := fo.check(); err != nil {
+				return err
+			}
+			v := url.Values{}
+			set := func(k, val string) {
+				if val != "" && val != "0" {
+					v.Set(k, val)
+				}
+			}
+			set("model", model)
+			set("region", region)
+			set("min-vram", strconv.Itoa(minVRAM))
+			set("count", strconv.Itoa(count))
+			if _, err := node.ParseGPUQuery(v.Get); err != nil {
+				return usageError{err}
+			}
+			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
+				var res dht.FindResult
+				if err := cl.Get(ctx, "gpus/find?"+v.Encode(), &res); err != nil {
+					return err
+				}
+				return fo.print(g.stdout, res, func() { printFind(g, res, count) })
+			})
+		},
+	}
+	f := find.Flags()
+	f.StringVar(&model, "model", "", "GPU model (H100) or class (H100-80GB)")
+	f.IntVar(&minVRAM, "min-vram", 0, "memory per GPU, GB")
+	f.IntVar(&count, "count", 0, "GPUs needed")
+	f.StringVar(&region, "region", "", "region label prefix (e.g. eu)")
+	fo.register(find)
+	c.AddCommand(local, find)
+	return c
+}
+
+func printLocal(g *globals, l node.LocalGPUs) {
+	w := g.stdout
+	m := l.Inventory.Machine
+	fmt.Fprintf(w, "host:    %s/%s, %d CPUs, %.1f GiB memory\n", m.OS, m.Arch, m.CPUs, float64(m.MemoryBytes)/(1<<30))
+	if m.Driver != "" {
+		fmt.Fprintf(w, "driver:  %s (CUDA %s), source %s\n", m.Driver, m.CUDA, l.Inventory.Source)
+	}
+	if len(l.Inventory.GPUs) == 0 {
+		fmt.Fprintf(w, "no GPUs: %s\n", l.Inventory.Note)
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "#\tCLASS\tNAME\tMEMORY\tFREE\tCOMPUTE\tMIG\tUTIL\tUUID")
+	for _, gp := range l.Inventory.GPUs {
+		util := "-"
+		if gp.Utilization >= 0 {
+			util = fmt.Sprintf("%d%%", gp.Utilization)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%.1f GiB\t%.1f GiB\t%s\t%v\t%s\t%s\n", gp.Index, gp.Class, gp.Name,
+			float64(gp.MemoryTotal)/(1<<30), float64(gp.MemoryFree)/(1<<30), gp.ComputeCapability, gp.MIG, util, gp.UUID)
+	}
+	tw.Flush()
+	switch {
+	case l.Offer != nil:
+		fmt.Fprintf(w, "offer:   %d GPUs available, published %s ago, valid until %s\n",
+			l.Offer.AvailableGPUs(), time.Since(l.PublishedAt).Round(time.Second), l.Offer.ExpiresAt().Format(time.RFC3339))
+	case l.Error != "":
+		fmt.Fprintf(w, "offer:   not published yet: %s\n", l.Error)
+	default:
+		fmt.Fprintln(w, "offer:   not published yet")
+	}
+}
+
+func printFind(g *globals, res dht.FindResult, count int) {
+	w := g.stdout
+	if len(res.Matches) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "PROVIDER\tCLASS\tAVAILABLE\tVRAM\tCOMPUTE\tREGION\tPRICE/GPU-H")
+		for _, m := range res.Matches {
+			price := "-"
+			if m.GPU.Price > 0 {
+				price = strconv.FormatUint(m.GPU.Price, 10)
+				if m.Offer.Token != "" {
+					price += " " + m.Offer.Token
+				}
+			}
+			region := m.Offer.Region
+			if region == "" {
+				region = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d GB\t%s\t%s\t%s\n", m.Offer.Provider, m.GPU.Class, m.GPU.Available, m.GPU.Total,
+				m.GPU.VRAMGB, m.GPU.Compute, region, price)
+		}
+		tw.Flush()
+	}
+	fmt.Fprintf(w, "found %d GPUs from %d providers (%d indexed under %s) in %s",
+		res.GPUs, res.Providers, res.Indexed, res.IndexKey, res.Elapsed.Round(time.Millisecond))
+	if count > 0 {
+		if res.Enough {
+			fmt.Fprintf(w, "; enough for %d", count)
+		} else {
+			fmt.Fprintf(w, "; need %d", count)
+		}
+	}
+	fmt.Fprintln(w)
+	if res.Queried == 0 && res.Indexed == 0 {
+		fmt.Fprintln(w, "no peer answered: is this peer connected to the swarm? (see `gpumesh peers`)")
+	}
+}

@@ -1,0 +1,212 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/meshtest"
+)
+
+// directoryMesh starts n peers: h100 providers of 8x H100-80GB in region
+// eu-west, a100 providers of 8x A100-40GB in us-east, and the rest with no
+// GPUs. It waits until every provider has published into the full mesh.
+func directoryMesh(t *testing.T, n, h100, a100 int, ttl time.Duration) *meshtest.Mesh {
+	t.Helper()
+	m := meshtest.Start(t, n, meshtest.Options{Seed: 42, Config: func(i int, c *node.Config) {
+		c.OfferTTL = ttl
+		switch {
+		case i < h100:
+			c.GPUs, c.Region = "mock:dgxh100", "eu-west/ams1"
+		case i < h100+a100:
+			c.GPUs, c.Region = "mock:dgxa100", "us-east/nyc2"
+		}
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := m.WaitMeshed(ctx, 8); err != nil {
+		t.Fatal(err)
+	}
+	// Republish into the grown mesh, as a provider does when its routing
+	// table has grown, and wait for each to land.
+	meshed := time.Now()
+	for i := range h100 + a100 {
+		m.Nodes[i].OffersChanged()
+	}
+	for i := range h100 + a100 {
+		waitUntil(t, ctx, fmt.Sprintf("provider %d to publish", i), func() bool {
+			l := m.Nodes[i].LocalGPUs()
+			return l.PublishedAt.After(meshed) && l.Error == ""
+		})
+	}
+	return m
+}
+
+// waitUntil polls cond every 10 ms until it holds or ctx ends.
+func waitUntil(t *testing.T, ctx context.Context, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		case <-tick.C:
+		}
+	}
+}
+
+func providersOf(res dht.FindResult) []string {
+	var out []string
+	for _, m := range res.Matches {
+		out = append(out, m.Offer.Provider.String())
+	}
+	sort.Strings(out)
+	return out
+}
+
+func peerIDs(m *meshtest.Mesh, from, to int) []string {
+	var out []string
+	for i := from; i < to; i++ {
+		out = append(out, m.Nodes[i].Identity().PeerID.String())
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestEveryLiveOfferIsFoundFromEveryPeer(t *testing.T) {
+	const n, h100, a100 = 32, 6, 4
+	m := directoryMesh(t, n, h100, a100, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	for _, tc := range []struct {
+		q         dht.Query
+		from, to  int // providers expected: nodes [from, to)
+		gpus      int
+		enough    bool
+		wantModel string
+	}{
+		{dht.Query{Model: "H100", Count: 8}, 0, h100, 8 * h100, true, "H100"},
+		{dht.Query{Model: "a100-40gb"}, h100, h100 + a100, 8 * a100, true, "A100"},
+		{dht.Query{MinVRAMGB: 80, Count: 1000}, 0, h100, 8 * h100, false, "H100"},
+		{dht.Query{Region: "us-east"}, h100, h100 + a100, 8 * a100, true, "A100"},
+	} {
+		want := peerIDs(m, tc.from, tc.to)
+		for i, nd := range m.Nodes {
+			res, err := nd.FindGPUs(ctx, tc.q)
+			if err != nil {
+				t.Fatalf("peer %d, %+v: %v", i, tc.q, err)
+			}
+			if got := providersOf(res); strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Fatalf("peer %d, %+v: found %d providers %v, want %d %v", i, tc.q, len(got), got, len(want), want)
+			}
+			if res.GPUs != tc.gpus || res.Providers != len(want) || res.Enough != tc.enough {
+				t.Fatalf("peer %d, %+v: %d GPUs from %d providers (enough %v), want %d from %d (enough %v)",
+					i, tc.q, res.GPUs, res.Providers, res.Enough, tc.gpus, len(want), tc.enough)
+			}
+			for _, mt := range res.Matches {
+				if mt.GPU.Model != tc.wantModel || mt.GPU.Available != 8 {
+					t.Fatalf("peer %d: match %+v, want 8 available %s", i, mt.GPU, tc.wantModel)
+				}
+			}
+		}
+	}
+}
+
+func TestWithdrawnForgedReplayedAndExpiredOffersAreNotFound(t *testing.T) {
+	const n, h100, a100 = 30, 4, 2
+	const ttl = 3 * time.Second
+	m := directoryMesh(t, n, h100, a100, ttl)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	finder := m.Nodes[n-1]
+	find := func(q dht.Query) dht.FindResult {
+		t.Helper()
+		res, err := finder.FindGPUs(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	if got := len(find(dht.Query{Model: "H100"}).Matches); got != h100 {
+		t.Fatalf("before: %d H100 providers, want %d", got, h100)
+	}
+
+	// A replayed older record of provider 1 is refused; its newest stands.
+	victim := m.Nodes[1]
+	key := dht.OfferKey(victim.Identity().PeerID)
+	old, err := finder.Directory().Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := victim.LocalGPUs().PublishedAt
+	victim.OffersChanged()
+	waitUntil(t, ctx, "provider 1 to republish", func() bool { return victim.LocalGPUs().PublishedAt.After(before) })
+	// (The put itself may "succeed": peers that hold the newer record
+	// refuse the older one, and a peer that held none keeps both and
+	// selects the newer on every read.)
+	_ = finder.Directory().Put(ctx, key, old)
+	got, err := finder.Directory().Offer(ctx, victim.Identity().PeerID)
+	if err != nil || got.Seq != victim.LocalGPUs().Offer.Seq {
+		t.Fatalf("after replay: seq %v (%v), want the newest %d", got, err, victim.LocalGPUs().Offer.Seq)
+	}
+
+	// A forged offer: signed by the finder, naming provider 1.
+	forged := *victim.LocalGPUs().Offer
+	forged.Seq++
+	forged.GPUs = append([]dht.GPUOffer{}, forged.GPUs...)
+	forged.GPUs[0].Price = 1
+	forged.Provider = finder.Identity().PeerID
+	sealed, err := dht.SealOffer(&forged, finder.Identity().Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := finder.Directory().Put(ctx, key, sealed); err == nil {
+		t.Fatal("an offer signed by another peer was stored under provider 1's key")
+	}
+	// An oversized record.
+	if err := finder.Directory().Put(ctx, key, make([]byte, dht.MaxOfferSize+1)); err == nil {
+		t.Fatal("an oversized record was stored")
+	}
+	for _, mt := range find(dht.Query{Model: "H100"}).Matches {
+		if mt.GPU.Price == 1 {
+			t.Fatal("the forged price reached a search")
+		}
+	}
+
+	// Withdrawn: provider 0 stops and publishes zero availability.
+	if err := m.Nodes[0].Close(); err != nil {
+		t.Fatal(err)
+	}
+	gone := m.Nodes[0].Identity().PeerID.String()
+	for _, p := range providersOf(find(dht.Query{Model: "H100"})) {
+		if p == gone {
+			t.Fatal("a withdrawn offer was found")
+		}
+	}
+
+	// Expired: provider h100 (an A100 host) falls off the network without a
+	// word; its offer ages out within its TTL.
+	lost := m.Nodes[h100].Identity().PeerID.String()
+	if err := m.Isolate(h100); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, ctx, "the lost provider's offer to expire", func() bool {
+		for _, p := range providersOf(find(dht.Query{Model: "A100"})) {
+			if p == lost {
+				return false
+			}
+		}
+		return true
+	})
+	res := find(dht.Query{Model: "A100"})
+	if len(res.Matches) != a100-1 {
+		t.Fatalf("after expiry: %d A100 providers, want %d", len(res.Matches), a100-1)
+	}
+}
