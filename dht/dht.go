@@ -346,9 +346,18 @@ func (d *Directory) Publish(ctx context.Context, sealed []byte, force bool) erro
 // (DHT provider records live 48 h; offers expire far sooner and are checked).
 const reprovideInterval = 30 * time.Minute
 
-// Records counts the offer values and provider records this peer stores for
-// others: its shard of the directory.
-func (d *Directory) Records(ctx context.Context) (values, providers int, err error) {
+// Records counts what this peer stores for others, its shard of the
+// directory: offer values, and provider records under the given index keys
+// (provider records are kept in a cache with batched writes, so they are
+// counted key by key).
+func (d *Directory) Records(ctx context.Context, indexKeys []string) (values, providers int, err error) {
+	for _, k := range indexKeys {
+		ps, err := d.kad.ProviderStore().GetProviders(ctx, indexKeyCID(k).Hash())
+		if err != nil {
+			return 0, 0, err
+		}
+		providers += len(ps)
+	}
 	res, err := d.store.Query(ctx, query.Query{KeysOnly: true})
 	if err != nil {
 		return 0, 0, err
@@ -358,9 +367,7 @@ func (d *Directory) Records(ctx context.Context) (values, providers int, err err
 		if r.Error != nil {
 			return values, providers, r.Error
 		}
-		if strings.HasPrefix(r.Key, "/providers/") {
-			providers++
-		} else {
+		if !strings.HasPrefix(r.Key, "/providers/") {
 			values++
 		}
 	}

@@ -75,8 +75,30 @@ func (n *Node) startDirectory(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	n.wg.Add(1)
-	go n.publishLoop(ctx, sub)
+	// The event bus blocks its emitter (identify) while a subscriber's
+	// buffer is full, so events are drained here, apart from the slow
+	// publishing, into a signal that never blocks.
+	identified := make(chan struct{}, 1)
+	n.wg.Add(2)
+	go func() {
+		defer n.wg.Done()
+		defer sub.Close()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case _, ok := <-sub.Out():
+				if !ok {
+					return
+				}
+				select {
+				case identified <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	go n.publishLoop(ctx, identified)
 	return nil
 }
 
@@ -84,9 +106,8 @@ func (n *Node) startDirectory(ctx context.Context) error {
 // when OffersChanged is called, with backoff after a failure, and when the
 // routing table has doubled since the last publication (a young swarm's
 // first records land on the few peers there were).
-func (n *Node) publishLoop(ctx context.Context, sub event.Subscription) {
+func (n *Node) publishLoop(ctx context.Context, identified <-chan struct{}) {
 	defer n.wg.Done()
-	defer sub.Close()
 	ttl := n.offerTTL()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -100,7 +121,7 @@ func (n *Node) publishLoop(ctx context.Context, sub event.Subscription) {
 			return
 		case <-timer.C:
 		case <-n.republish:
-		case <-sub.Out():
+		case <-identified:
 			n.dirMu.Lock()
 			failed := n.publishErr != nil || n.offer == nil
 			n.dirMu.Unlock()
