@@ -7,8 +7,10 @@
 // bounded; the highest sequence wins) and announces itself with provider
 // records under index keys: its classes ("class/H100-80GB"), models
 // ("model/H100"), memory buckets ("vram/80") and "any". Find looks up the
-// narrowest index key of a query, fetches the providers' offers and keeps the
-// live ones that match.
+// narrowest index key of a query, fetches each provider's offer (from the
+// provider itself over "/gpumesh/<swarm>/offer/1.0.0", one round trip; from
+// the DHT's stored copy if the provider does not answer), checks it like a
+// DHT record, and keeps the live ones that match.
 package dht
 
 import (
@@ -73,8 +75,12 @@ type Directory struct {
 	store     ds.Batching // this peer's shard: values and provider records
 	validator offerValidator
 
-	mu       sync.Mutex           // guards provided
+	host       host.Host
+	offerProto protocol.ID
+
+	mu       sync.Mutex           // guards provided and own
 	provided map[string]time.Time // index key -> last announcement
+	own      []byte               // this peer's sealed offer, served on offerProto
 }
 
 // New starts the DHT on h. Close stops it.
@@ -94,9 +100,11 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Directory, error) {
 		now = time.Now
 	}
 	d := &Directory{
-		store:     dssync.MutexWrap(ds.NewMapDatastore()),
-		validator: offerValidator{now: now},
-		provided:  map[string]time.Time{},
+		store:      dssync.MutexWrap(ds.NewMapDatastore()),
+		validator:  offerValidator{now: now},
+		provided:   map[string]time.Time{},
+		host:       h,
+		offerProto: offerProtocol(cfg.Swarm),
 	}
 	kad, err := kaddht.New(h,
 		kaddht.Mode(mode),
@@ -108,6 +116,7 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Directory, error) {
 		return nil, fmt.Errorf("dht: %w", err)
 	}
 	d.kad = kad
+	h.SetStreamHandler(d.offerProto, d.serveOffer)
 	return d, nil
 }
 
@@ -141,6 +150,7 @@ func (d *Directory) Close() error {
 	if d == nil || d.kad == nil {
 		return nil
 	}
+	d.host.RemoveStreamHandler(d.offerProto)
 	err := d.kad.Close()
 	if errors.Is(err, context.Canceled) {
 		return nil
@@ -194,7 +204,7 @@ type FindResult struct {
 }
 
 // maxParallelFetch bounds the offer fetches a Find runs at once.
-const maxParallelFetch = 16
+const maxParallelFetch = 32
 
 // Find looks up the providers indexed under the query's key, fetches their
 // signed offers, and returns the live ones that match, cheapest first
@@ -228,7 +238,7 @@ func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
 		}
 		indexed[info.ID] = true
 		wg.Add(1)
-		go func(p peer.ID) {
+		go func() {
 			defer wg.Done()
 			select {
 			case sem <- struct{}{}:
@@ -236,8 +246,15 @@ func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
 				return
 			}
 			defer func() { <-sem }()
-			o, err := d.Offer(evctx, p)
+			// Ask the provider first (one round trip, freshest); if it does
+			// not answer, read the copy the DHT stores.
+			o, err := d.fetchOffer(evctx, info)
 			if err != nil {
+				if o, err = d.Offer(evctx, info.ID); err != nil {
+					return
+				}
+			}
+			if err := o.Check(d.validator.now()); err != nil {
 				return
 			}
 			mu.Lock()
@@ -253,7 +270,7 @@ func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
 			if matched {
 				res.Providers++
 			}
-		}(info.ID)
+		}()
 	}
 	wg.Wait()
 	cancel()
@@ -309,6 +326,11 @@ func (d *Directory) Publish(ctx context.Context, sealed []byte, force bool) erro
 	o, err := OpenOffer(sealed)
 	if err != nil {
 		return err
+	}
+	if o.Provider == d.host.ID() {
+		d.mu.Lock()
+		d.own = sealed
+		d.mu.Unlock()
 	}
 	if err := d.kad.PutValue(ctx, OfferKey(o.Provider), sealed); err != nil {
 		return fmt.Errorf("dht: put offer: %w", err)
