@@ -89,3 +89,21 @@ func TestEveryPackageHasADocComment(t *testing.T) {
 		}
 	}
 }
+
+func TestOnlyExecImportsNVML(t *testing.T) {
+	found := false
+	for _, p := range listPackages(t) {
+		for _, imp := range p.Imports {
+			if !strings.HasPrefix(imp, "github.com/NVIDIA/go-nvml") {
+				continue
+			}
+			if layer(p.ImportPath) != "exec" {
+				t.Errorf("%s imports %s: only exec may use go-nvml (it needs cgo)", p.ImportPath, imp)
+			}
+			found = found || layer(p.ImportPath) == "exec"
+		}
+	}
+	if !found {
+		t.Error("exec does not import go-nvml: where do GPUs come from?")
+	}
+}
