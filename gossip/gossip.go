@@ -1,15 +1,25 @@
 // Package gossip carries the swarm's broadcast traffic over GossipSub
 // (go-libp2p-pubsub): spot-price ticks and the requests-for-bids of cluster
 // negotiation. Every topic name carries the swarm's ID, and every message is
-// signed by its author and checked before any validator sees it.
+// signed by its author and checked before any validator sees it. Peers that
+// deliver what a validator rejects lose GossipSub score until they are
+// ignored (score.go).
+//
+// The spot market's deciding parts are plain data structures with the time
+// passed in: TickValidator (which ticks to accept and forward), PriceBoard
+// (the market index every peer keeps) and Policy (a provider's ask). The
+// only I/O is PriceFeed, the swarm's price topic.
 package gossip
 
 import (
 	"context"
 	"fmt"
+	"sync"
+	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // MaxMessageSize bounds every message on every gpumesh topic, in bytes.
@@ -24,7 +34,22 @@ type Config struct {
 type Gossip struct {
 	swarm string
 	ps    *pubsub.PubSub
+	stats *statsTracer
+
+	scoreMu sync.Mutex // guards scores
+	scores  map[peer.ID]float64
 }
+
+// Queues of the router. GossipSub drops what does not fit (a full
+// validation queue drops without blame, to be fetched again by gossip a
+// heartbeat later), and its defaults (32) are small for bursts of ticks.
+const (
+	outboundQueue = 256  // messages waiting to be sent to one peer
+	validateQueue = 1024 // messages waiting for validation
+)
+
+// scoreInspectPeriod is how often Score's view of peer scores is refreshed.
+const scoreInspectPeriod = time.Second
 
 // New starts GossipSub on h; it stops when ctx ends.
 func New(ctx context.Context, h host.Host, cfg Config) (*Gossip, error) {
@@ -32,15 +57,43 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Gossip, error) {
 	if swarm == "" {
 		swarm = "public"
 	}
+	g := &Gossip{swarm: swarm, stats: &statsTracer{}}
 	ps, err := pubsub.NewGossipSub(ctx, h,
 		pubsub.WithMessageSigning(true),
 		pubsub.WithStrictSignatureVerification(true),
 		pubsub.WithMaxMessageSize(MaxMessageSize),
+		pubsub.WithPeerScore(scoreParams(TopicName(swarm, PricesTopic)), scoreThresholds()),
+		pubsub.WithPeerScoreInspect(pubsub.PeerScoreInspectFn(g.setScores), scoreInspectPeriod),
+		pubsub.WithRawTracer(g.stats),
+		// A peer's own messages go to every topic peer in good standing, not
+		// only its mesh: a tick is out before the mesh forms, in fewer hops,
+		// and a mesh of attackers cannot hide it.
+		pubsub.WithFloodPublish(true),
+		// Ticks are small and come in bursts (heartbeats meeting, a
+		// provider's classes at once): queue them rather than drop them.
+		pubsub.WithPeerOutboundQueueSize(outboundQueue),
+		pubsub.WithValidateQueueSize(validateQueue),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
-	return &Gossip{swarm: swarm, ps: ps}, nil
+	g.ps = ps
+	return g, nil
+}
+
+func (g *Gossip) setScores(s map[peer.ID]float64) {
+	g.scoreMu.Lock()
+	g.scores = s
+	g.scoreMu.Unlock()
+}
+
+// Score is GossipSub's score of a connected peer, as of at most a second
+// ago; ok is false for a peer it does not score (yet).
+func (g *Gossip) Score(p peer.ID) (score float64, ok bool) {
+	g.scoreMu.Lock()
+	defer g.scoreMu.Unlock()
+	score, ok = g.scores[p]
+	return score, ok
 }
 
 // Topic names a topic of this swarm: "/gpumesh/<swarm>/<name>/1".

@@ -54,6 +54,12 @@ type Config struct {
 	Executors []string      // executors offered; empty means "docker"
 	OfferTTL  time.Duration // validity of a published offer; 0 means DefaultOfferTTL
 
+	// Spot prices.
+	Price      string             // pricing policy: "fixed:2.10" or "auto:floor=1.50,target=0.7"; "" quotes nothing
+	PriceUnit  string             // unit of prices, "TOKEN:DECIMALS"; "" means "USDC:6" (prices are integers of the smallest unit per GPU-hour)
+	PriceBoard gossip.BoardConfig // how the price board weighs quotes; the zero value takes the defaults
+	PriceClock func() time.Time   // the time of ticks, their checks and the board; nil: time.Now (tests move it)
+
 	// Host, when set, is used instead of building a libp2p host (meshtest
 	// runs nodes on a simulated network this way). The Node closes it.
 	Host host.Host
@@ -129,6 +135,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	for _, b := range n.bootstrap {
 		n.boot = append(n.boot, BootstrapState{Peer: b.ID.String(), Addrs: addrStrings(b.Addrs)})
+	}
+	if err := n.configurePrices(); err != nil {
+		return nil, err
 	}
 	if cfg.APIListen != "" && cfg.DataDir == "" {
 		return nil, errors.New("the local API needs a data dir (for its token); set --data")

@@ -24,6 +24,7 @@ func nodeCmd(g *globals) *cobra.Command {
 		dhtMode           string
 		api, metrics      string
 		gpus, region      string
+		price, priceUnit  string
 	)
 	c := &cobra.Command{
 		Use:   "node",
@@ -60,6 +61,8 @@ public swarm.`,
 				Logger:    log,
 				GPUs:      gpus,
 				Region:    region,
+				Price:     price,
+				PriceUnit: priceUnit,
 			}
 			if c.Flags().Changed("listen") {
 				cfg.Listen = listen
@@ -117,6 +120,8 @@ public swarm.`,
 	f.StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this host:port at /metrics")
 	f.StringVar(&gpus, "gpus", envOr("GPUMESH_GPUS", "auto"), "GPUs to offer: auto (NVML if there is a driver), nvml, none, or go-nvml's mock:dgxa100 / mock:dgxh100 (env GPUMESH_GPUS)")
 	f.StringVar(&region, "region", os.Getenv("GPUMESH_REGION"), "region/zone label of this peer's offers, e.g. eu-west/ams1 (env GPUMESH_REGION)")
+	f.StringVar(&price, "price", os.Getenv("GPUMESH_PRICE"), "asking price per GPU-hour of this peer's GPUs: fixed:2.10, or auto:floor=1.50,target=0.7[,max=4.00] to follow the market and the GPUs' utilization (env GPUMESH_PRICE; default: no price)")
+	f.StringVar(&priceUnit, "price-unit", envOr("GPUMESH_PRICE_UNIT", "USDC:6"), "token of prices and its decimals, TOKEN:DECIMALS; every peer of a swarm must use the same (env GPUMESH_PRICE_UNIT)")
 	return c
 }
 

@@ -1,0 +1,208 @@
+package gossip
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Bounds of a price tick. A tick past any of them is rejected by every
+// peer's validator, so no peer forwards it.
+const (
+	MaxTickSize  = 256  // bytes of an encoded tick
+	MaxAvailable = 4096 // GPUs of one class on one provider
+	maxClassLen  = 64   // bytes of a GPU class name
+	maxIDLen     = 64   // bytes of a peer ID
+)
+
+// tickVersion is the first byte of every encoded tick.
+const tickVersion = 1
+
+// ErrBadTick marks a tick that cannot be decoded or breaks a bound.
+var ErrBadTick = errors.New("bad price tick")
+
+// Tick is one provider's ask for one GPU class at one moment: the message of
+// the swarm's price topic. The provider signs it: GossipSub's strict signing
+// covers the whole message, and the validator checks that the signer is the
+// provider the tick names.
+type Tick struct {
+	Provider  peer.ID   `json:"provider"`
+	Class     string    `json:"class"`     // canonical GPU class, e.g. "H100-80GB"
+	Unit      Unit      `json:"unit"`      // what Ask counts
+	Ask       uint64    `json:"ask"`       // per GPU-hour, in Unit's smallest unit; 1..MaxPrice
+	Available uint32    `json:"available"` // GPUs of Class free now; 0..MaxAvailable
+	Seq       uint64    `json:"seq"`       // grows with every tick of the provider; > 0
+	Time      time.Time `json:"time"`      // when the provider made it; millisecond precision on the wire
+}
+
+// The encoding is fixed and small, so that a decoder is easy to bound and to
+// fuzz. Integers are big-endian; strings are a length byte and the bytes.
+//
+//	version   1 byte  = 1
+//	provider  1+n     peer ID bytes, n in 1..64
+//	class     1+n     GPU class, n in 1..64, of A-Z a-z 0-9 . _ + -
+//	token     1+n     token symbol, n in 1..12, of A-Z 0-9
+//	decimals  1       0..9
+//	ask       8       1..MaxPrice
+//	available 4       0..MaxAvailable
+//	seq       8       > 0
+//	time      8       unix milliseconds, > 0
+//
+// Nothing may follow. The encoding of a valid tick is canonical: decoding
+// and encoding again gives the same bytes.
+
+// Check says what is wrong with a tick, if anything.
+func (t *Tick) Check() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrBadTick, fmt.Sprintf(format, a...))
+	}
+	switch {
+	case len(t.Provider) == 0 || len(t.Provider) > maxIDLen:
+		return bad("provider ID of %d bytes, want 1..%d", len(t.Provider), maxIDLen)
+	case !ValidClass(t.Class):
+		return bad("GPU class %q: want 1..%d of A-Z a-z 0-9 . _ + -", t.Class, maxClassLen)
+	case t.Ask == 0 || t.Ask > MaxPrice:
+		return bad("ask %d, want 1..%d", t.Ask, uint64(MaxPrice))
+	case t.Available > MaxAvailable:
+		return bad("%d GPUs available, at most %d", t.Available, MaxAvailable)
+	case t.Seq == 0:
+		return bad("sequence 0")
+	case t.Time.UnixMilli() <= 0:
+		return bad("time %s before 1970", t.Time.UTC().Format(time.RFC3339))
+	}
+	if err := t.Unit.check(); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadTick, err)
+	}
+	if _, err := peer.IDFromBytes([]byte(t.Provider)); err != nil {
+		return bad("provider: %v", err)
+	}
+	return nil
+}
+
+// ValidClass reports whether s can name a GPU class on the wire.
+func ValidClass(s string) bool {
+	if len(s) == 0 || len(s) > maxClassLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case c == '.', c == '_', c == '+', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Marshal encodes a tick; it fails if the tick breaks a bound.
+func (t *Tick) Marshal() ([]byte, error) {
+	if err := t.Check(); err != nil {
+		return nil, err
+	}
+	b := make([]byte, 0, 48+len(t.Provider)+len(t.Class)+len(t.Unit.Token))
+	b = append(b, tickVersion)
+	b = appendString(b, string(t.Provider))
+	b = appendString(b, t.Class)
+	b = appendString(b, t.Unit.Token)
+	b = append(b, t.Unit.Decimals)
+	b = binary.BigEndian.AppendUint64(b, t.Ask)
+	b = binary.BigEndian.AppendUint32(b, t.Available)
+	b = binary.BigEndian.AppendUint64(b, t.Seq)
+	b = binary.BigEndian.AppendUint64(b, uint64(t.Time.UnixMilli()))
+	return b, nil
+}
+
+func appendString(b []byte, s string) []byte {
+	return append(append(b, byte(len(s))), s...)
+}
+
+// UnmarshalTick decodes and checks a tick. Its errors wrap ErrBadTick and
+// say what was wrong.
+func UnmarshalTick(data []byte) (Tick, error) {
+	if len(data) > MaxTickSize {
+		return Tick{}, fmt.Errorf("%w: %d bytes, at most %d", ErrBadTick, len(data), MaxTickSize)
+	}
+	r := reader{b: data}
+	if v := r.byte("version"); v != tickVersion {
+		if r.err != nil {
+			return Tick{}, fmt.Errorf("%w: empty", ErrBadTick)
+		}
+		return Tick{}, fmt.Errorf("%w: version %d, want %d (upgrade gpumesh?)", ErrBadTick, v, tickVersion)
+	}
+	var t Tick
+	t.Provider = peer.ID(r.string("provider"))
+	t.Class = r.string("class")
+	t.Unit.Token = r.string("token")
+	t.Unit.Decimals = r.byte("decimals")
+	t.Ask = r.uint64()
+	t.Available = r.uint32()
+	t.Seq = r.uint64()
+	ms := r.uint64()
+	if r.err != nil {
+		return Tick{}, fmt.Errorf("%w: %w", ErrBadTick, r.err)
+	}
+	if len(r.b) != 0 {
+		return Tick{}, fmt.Errorf("%w: %d bytes after the tick", ErrBadTick, len(r.b))
+	}
+	if ms > 1<<62 {
+		return Tick{}, fmt.Errorf("%w: time %d ms out of range", ErrBadTick, ms)
+	}
+	t.Time = time.UnixMilli(int64(ms))
+	if err := t.Check(); err != nil {
+		return Tick{}, err
+	}
+	return t, nil
+}
+
+// reader takes fields off the front of b; the first short read sets err.
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) take(n int, what string) []byte {
+	if r.err != nil {
+		return nil
+	}
+	if len(r.b) < n {
+		r.err = fmt.Errorf("truncated in %s", what)
+		return nil
+	}
+	v := r.b[:n]
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) byte(what string) byte {
+	if v := r.take(1, what); v != nil {
+		return v[0]
+	}
+	return 0
+}
+
+func (r *reader) string(what string) string {
+	n := r.take(1, what)
+	if n == nil {
+		return ""
+	}
+	return string(r.take(int(n[0]), what))
+}
+
+func (r *reader) uint64() uint64 {
+	if v := r.take(8, "numbers"); v != nil {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
+}
+
+func (r *reader) uint32() uint32 {
+	if v := r.take(4, "numbers"); v != nil {
+		return binary.BigEndian.Uint32(v)
+	}
+	return 0
+}
