@@ -56,7 +56,7 @@ type Offer struct {
 	Addrs     []string   `json:"addrs"`               // multiaddrs to reach the provider
 	Region    string     `json:"region,omitempty"`    // provider's region/zone label, e.g. "eu-west/ams1"
 	Executors []string   `json:"executors,omitempty"` // e.g. "docker", "process"
-	Token     string     `json:"token,omitempty"`     // unit of Price, e.g. "USDC"
+	Token     string     `json:"token,omitempty"`     // unit of Price, "TOKEN:DECIMALS", e.g. "USDC:6"
 	GPUs      []GPUOffer `json:"gpus"`
 	Seq       uint64     `json:"seq"`     // higher replaces lower
 	Expires   int64      `json:"expires"` // unix seconds; an expired offer is ignored

@@ -20,7 +20,7 @@ import (
 )
 
 // ErrNoNode is returned by client calls when no node answers for a data dir.
-var ErrNoNode = errors.New("node: no running node")
+var ErrNoNode = errors.New("no running node")
 
 // maxAPIResponse bounds what the client reads from the local API, in bytes.
 const maxAPIResponse = 16 << 20

@@ -14,7 +14,7 @@ import (
 )
 
 // ErrDataDirInUse is returned when another running node holds the data dir.
-var ErrDataDirInUse = errors.New("node: data dir in use")
+var ErrDataDirInUse = errors.New("data dir in use")
 
 // DefaultPort is the TCP (and QUIC/UDP) port a peer listens on unless the
 // config or --listen says otherwise.

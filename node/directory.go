@@ -13,6 +13,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/libp2p/go-libp2p/core/event"
 )
 
@@ -187,6 +188,7 @@ func (n *Node) buildOffer(inv exec.Inventory, withdraw bool) *dht.Offer {
 	o := &dht.Offer{
 		Provider:  n.id.PeerID,
 		Region:    n.cfg.Region,
+		Token:     n.PriceUnit().String(),
 		Executors: n.executors(),
 		Seq:       uint64(now.UnixNano()), // later publications win, across restarts too
 		Expires:   now.Add(n.offerTTL()).Unix(),
@@ -306,7 +308,7 @@ func (n *Node) directoryRoutes(mux *http.ServeMux) {
 		writeJSON(w, n.LocalGPUs())
 	})
 	mux.HandleFunc("GET "+APIVersion+"/gpus/find", func(w http.ResponseWriter, r *http.Request) {
-		q, err := ParseGPUQuery(r.URL.Query().Get)
+		q, err := ParseGPUQuery(r.URL.Query().Get, n.PriceUnit())
 		if err != nil {
 			writeError(w, http.StatusBadRequest, err.Error())
 			return
@@ -323,9 +325,9 @@ func (n *Node) directoryRoutes(mux *http.ServeMux) {
 }
 
 // ParseGPUQuery reads a directory query from named string parameters (URL
-// query or flags): model, min-vram (GB), count, region, max-price (smallest
-// token units per GPU-hour). Every wrong one is reported at once.
-func ParseGPUQuery(get func(string) string) (dht.Query, error) {
+// query or flags): model, min-vram (GB), count, region, max-price (tokens of
+// unit per GPU-hour, e.g. "2.50"). Every wrong one is reported at once.
+func ParseGPUQuery(get func(string) string, unit gossip.Unit) (dht.Query, error) {
 	var q dht.Query
 	var errs []error
 	q.Model = strings.TrimSpace(get("model"))
@@ -348,9 +350,9 @@ func ParseGPUQuery(get func(string) string) (dht.Query, error) {
 		q.Count = c
 	}
 	if v := get("max-price"); v != "" {
-		p, err := strconv.ParseUint(v, 10, 64)
+		p, err := unit.Parse(v)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("max-price: want an integer of the token's smallest unit, got %q", v))
+			errs = append(errs, fmt.Errorf("max-price: want %s per GPU-hour such as 2.50: %w", unit.Token, err))
 		}
 		q.MaxPrice = p
 	}

@@ -16,7 +16,7 @@ import (
 )
 
 // ErrBadKey marks a key file that is not a Solana CLI keypair.
-var ErrBadKey = errors.New("node: bad key file")
+var ErrBadKey = errors.New("bad key file")
 
 // Identity is a peer's one key seen from both worlds: the libp2p peer ID and
 // the Solana address are the same ed25519 public key.

@@ -15,7 +15,7 @@ import (
 )
 
 // ErrBadSwarmKey marks a swarm key file that cannot be used.
-var ErrBadSwarmKey = errors.New("node: bad swarm key")
+var ErrBadSwarmKey = errors.New("bad swarm key")
 
 // PublicSwarm is the name of the open swarm that peers without a swarm key join.
 const PublicSwarm = "public"

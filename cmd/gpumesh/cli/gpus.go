@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/spf13/cobra"
 )
@@ -38,7 +39,7 @@ func gpusCmd(g *globals) *cobra.Command {
 	lo.register(local)
 
 	var fo output
-	var model, region string
+	var model, region, maxPrice string
 	var minVRAM, count int
 	find := &cobra.Command{
 		Use:   "find",
@@ -59,7 +60,9 @@ func gpusCmd(g *globals) *cobra.Command {
 			set("region", region)
 			set("min-vram", strconv.Itoa(minVRAM))
 			set("count", strconv.Itoa(count))
-			if _, err := node.ParseGPUQuery(v.Get); err != nil {
+			set("max-price", maxPrice)
+			// The node checks max-price in its own price unit.
+			if _, err := node.ParseGPUQuery(v.Get, gossip.Unit{Token: "X", Decimals: 9}); err != nil {
 				return usageError{err}
 			}
 			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
@@ -76,6 +79,7 @@ func gpusCmd(g *globals) *cobra.Command {
 	f.IntVar(&minVRAM, "min-vram", 0, "memory per GPU, GB")
 	f.IntVar(&count, "count", 0, "GPUs needed")
 	f.StringVar(&region, "region", "", "region label prefix (e.g. eu)")
+	f.StringVar(&maxPrice, "max-price", "", "highest ask per GPU-hour, in tokens of the node's price unit (e.g. 2.50)")
 	fo.register(find)
 	c.AddCommand(local, find)
 	return c
@@ -123,8 +127,8 @@ func printFind(g *globals, res dht.FindResult, count int) {
 			price := "-"
 			if m.GPU.Price > 0 {
 				price = strconv.FormatUint(m.GPU.Price, 10)
-				if m.Offer.Token != "" {
-					price += " " + m.Offer.Token
+				if u, err := gossip.ParseUnit(m.Offer.Token); err == nil && m.Offer.Token != "" {
+					price = u.Format(m.GPU.Price) + " " + u.Token
 				}
 			}
 			region := m.Offer.Region
