@@ -22,7 +22,7 @@ func directoryMesh(t *testing.T, n, h100, a100 int, ttl time.Duration) *meshtest
 		c.OfferTTL = ttl
 		switch {
 		case i < h100:
-			c.GPUs, c.Region = "mock:dgxh100", "eu-west/ams1"
+			c.GPUs, c.Region, c.Price = "mock:dgxh100", "eu-west/ams1", "fixed:2.10"
 		case i < h100+a100:
 			c.GPUs, c.Region = "mock:dgxa100", "us-east/nyc2"
 		}
@@ -113,6 +113,14 @@ func TestEveryLiveOfferIsFoundFromEveryPeer(t *testing.T) {
 			for _, mt := range res.Matches {
 				if mt.GPU.Model != tc.wantModel || mt.GPU.Available != 8 {
 					t.Fatalf("peer %d: match %+v, want 8 available %s", i, mt.GPU, tc.wantModel)
+				}
+				// H100 providers ask 2.10 USDC per GPU-hour; A100 ones have no fixed ask.
+				wantPrice := uint64(0)
+				if tc.wantModel == "H100" {
+					wantPrice = 2_100_000
+				}
+				if mt.GPU.Price != wantPrice || mt.Offer.Token != "USDC:6" {
+					t.Fatalf("peer %d: %s offer asks %d %s, want %d USDC:6", i, mt.GPU.Class, mt.GPU.Price, mt.Offer.Token, wantPrice)
 				}
 			}
 		}
