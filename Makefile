@@ -15,8 +15,8 @@ all: build
 build: ## the gpumesh binary in bin/
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/gpumesh
 
-run: build ## one peer with its data dir in $(DATA); Ctrl-C stops it
-	$(BIN) --data $(DATA) node
+run: build ## one peer with its data dir in $(DATA) (more flags: ARGS=...); Ctrl-C stops it
+	$(BIN) --data $(DATA) node $(ARGS)
 
 test: ## what CI runs: every test, with the race detector
 	$(GO) test -race -count=1 -timeout 15m ./...

@@ -140,8 +140,8 @@ func printFind(g *globals, res dht.FindResult, count int) {
 		}
 		tw.Flush()
 	}
-	fmt.Fprintf(w, "found %d GPUs from %d providers (%d indexed under %s) in %s",
-		res.GPUs, res.Providers, res.Indexed, res.IndexKey, res.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(w, "found %s from %s (%d indexed under %s) in %s",
+		plural(res.GPUs, "GPU"), plural(res.Providers, "provider"), res.Indexed, res.IndexKey, res.Elapsed.Round(time.Millisecond))
 	if count > 0 {
 		if res.Enough {
 			fmt.Fprintf(w, "; enough for %d", count)
@@ -153,4 +153,12 @@ func printFind(g *globals, res dht.FindResult, count int) {
 	if res.Queried == 0 && res.Indexed == 0 {
 		fmt.Fprintln(w, "no peer answered: is this peer connected to the swarm? (see `gpumesh peers`)")
 	}
+}
+
+// plural writes "1 GPU", "2 GPUs".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return fmt.Sprintf("%d %s", n, noun)
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
