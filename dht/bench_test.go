@@ -67,15 +67,6 @@ func startSwarm(b *testing.B, n int) []*simPeer {
 		}
 		peers[i] = &simPeer{key: k, h: h, dir: d}
 	}
-	b.Cleanup(func() {
-		var wg sync.WaitGroup
-		for _, p := range peers {
-			wg.Add(1)
-			go func() { defer wg.Done(); p.dir.Close(); p.h.Close() }()
-		}
-		wg.Wait()
-		mn.Close()
-	})
 	if err := mn.LinkAll(); err != nil {
 		b.Fatal(err)
 	}
@@ -104,45 +95,25 @@ func startSwarm(b *testing.B, n int) []*simPeer {
 	return peers
 }
 
+// swarms keeps each simulated swarm for the rest of the process: the
+// benchmark runs once with b.N = 1 before the measured run, and a swarm of
+// 1,000 takes minutes to build. The process ends right after the benchmarks.
+var swarms = map[int]*benchSwarm{}
+
+type benchSwarm struct {
+	peers []*simPeer
+	h100  []string // sorted peer IDs of the H100 providers
+}
+
 func benchLookup(b *testing.B, n int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	setup := time.Now()
-	peers := startSwarm(b, n)
-	b.Logf("%d peers up and refreshed in %v", n, time.Since(setup))
-
-	// One peer in ten offers 8 GPUs: H100s, every other one A100s.
-	var h100 []string
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for i := 0; i < n; i += 10 {
-		g := dht.GPUOffer{Class: "H100-80GB", Model: "H100", VRAMGB: 80, Compute: "9.0", Available: 8, Total: 8, Price: 2_000_000 + uint64(i)}
-		if i%20 == 0 {
-			g = dht.GPUOffer{Class: "A100-40GB", Model: "A100", VRAMGB: 40, Compute: "8.0", Available: 8, Total: 8, Price: 1_000_000 + uint64(i)}
-		} else {
-			h100 = append(h100, peers[i].h.ID().String())
-		}
-		p := peers[i]
-		o := &dht.Offer{Provider: p.h.ID(), GPUs: []dht.GPUOffer{g}, Seq: 1, Expires: time.Now().Add(time.Hour).Unix()}
-		sealed, err := dht.SealOffer(o, p.key)
-		if err != nil {
-			b.Fatal(err)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- p.dir.Publish(ctx, sealed, true)
-		}()
+	sw, ok := swarms[n]
+	if !ok {
+		sw = buildSwarm(ctx, b, n)
+		swarms[n] = sw
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			b.Fatal(err)
-		}
-	}
-	slices.Sort(h100)
-	b.Logf("%d providers published", n/10)
+	peers, h100 := sw.peers, sw.h100
 
 	rng := rand.New(rand.NewPCG(1, 2))
 	var lat, base []time.Duration
@@ -212,6 +183,46 @@ func benchLookup(b *testing.B, n int) {
 	b.ReportMetric(float64(total)/float64(n), "records/peer")
 	b.ReportMetric(expected, "expected-records/peer")
 	b.ReportMetric(float64(most), "records-max")
+}
+
+// buildSwarm starts n peers and has one in ten publish an offer of 8 GPUs:
+// H100s, every other one A100s.
+func buildSwarm(ctx context.Context, b *testing.B, n int) *benchSwarm {
+	setup := time.Now()
+	peers := startSwarm(b, n)
+	b.Logf("%d peers up and refreshed in %v", n, time.Since(setup))
+	var h100 []string
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i += 10 {
+		g := dht.GPUOffer{Class: "H100-80GB", Model: "H100", VRAMGB: 80, Compute: "9.0", Available: 8, Total: 8, Price: 2_000_000 + uint64(i)}
+		if i%20 == 0 {
+			g = dht.GPUOffer{Class: "A100-40GB", Model: "A100", VRAMGB: 40, Compute: "8.0", Available: 8, Total: 8, Price: 1_000_000 + uint64(i)}
+		} else {
+			h100 = append(h100, peers[i].h.ID().String())
+		}
+		p := peers[i]
+		o := &dht.Offer{Provider: p.h.ID(), GPUs: []dht.GPUOffer{g}, Seq: 1, Expires: time.Now().Add(time.Hour).Unix()}
+		sealed, err := dht.SealOffer(o, p.key)
+		if err != nil {
+			b.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- p.dir.Publish(ctx, sealed, true)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	slices.Sort(h100)
+	b.Logf("%d providers published", n/10)
+	return &benchSwarm{peers: peers, h100: h100}
 }
 
 // pct is the p-th percentile of ds, in milliseconds.
