@@ -1,0 +1,496 @@
+package gossip
+
+// Cluster negotiation: how N GPUs from several providers become one cluster
+// for a job, with no coordinator and no GPU promised to two jobs.
+//
+// # Protocol
+//
+//	submitter                                   providers
+//	RequestForBids  --(rfb topic, broadcast)-->  each: Reservations.Bid
+//	                <--(direct stream)--------   Bid (reserves nothing)
+//	Select; Award to every member at once ---->  Reservations.Award: reserve
+//	                <--------------------------  Acceptance (held until HoldUntil) or Refusal
+//	refusal/no answer: award a replacement from the spares, or Release all
+//	all accepted: Confirm to every member ---->  reservation held until the lease expires
+//	cancel / failure: Release ----------------->  reservation dropped
+//
+// Both sides are pure state machines in the manner of etcd's raft: no I/O,
+// no goroutines, no clock. Time is an argument (Step(msg, now), Tick(now));
+// what to send comes out of Ready. Negotiation is the submitter's side, one
+// per job; Reservations is a provider's side, one per peer. Select is the
+// choice of members, a plain function.
+//
+// # Rules
+//
+//   - Closing: bids are collected until a cluster can form. From the first
+//     moment one can (Select succeeds), the submitter waits at most Grace
+//     (20 ms by default) for cheaper bids, then awards; it awards at once if
+//     every provider it expected (Expect, the directory's count of
+//     providers of the class) has bid. It never waits out a fixed window: a
+//     cheap, feasible set closes in Grace. At the deadline it awards what it
+//     has, or fails with the reason.
+//   - Selection: the cheapest set meeting the needs (see Select): bids can
+//     be taken in part unless PerNode is set, in which case every member
+//     gives exactly PerNode GPUs; colocated means one zone.
+//   - Gang award: every member is awarded at once. A provider reserves on
+//     the award and holds the reservation until HoldUntil; only a Confirm,
+//     sent once every member has accepted, holds it for the lease. So a
+//     half-formed cluster holds GPUs at most until HoldUntil even if the
+//     submitter vanishes.
+//   - Replacement: a Refusal, or no answer within AwardTimeout, removes the
+//     member (a silent one is also sent a Release); the missing GPUs are
+//     chosen from the remaining live bids under the same rules (for
+//     colocated, in the zone of the members left), counting what members
+//     bid beyond their award: such a member gets a new Award for its new
+//     total (a top-up), and its answer to the old one is ignored as stale.
+//     A Refusal always means the provider holds nothing for the job, a
+//     refused top-up included. If none can make the GPUs up,
+//     every member awarded so far gets a Release and the negotiation fails:
+//     all or nothing.
+//   - An Acceptance from a provider that is no longer a member (it was
+//     replaced, or the negotiation ended) is answered with a Release.
+//   - Failure reasons carry numbers: "no provider of class H100-80GB bid",
+//     "24 GPUs available at or below 2.50 USDC/GPU-h, need 32", "only
+//     fragments of at most 4 GPUs, perNode 8", "colocation impossible: no
+//     zone has 32 GPUs (best eu-west/ams1 with 16)".
+//   - Provider side: a bid reserves nothing; an award reserves atomically if
+//     the GPUs are free, else it is refused, so of two submitters racing for
+//     the same GPUs one gets a Refusal and replaces. An award is idempotent.
+//     Unconfirmed reservations lapse at HoldUntil, confirmed ones when their
+//     lease expires (Reservations.Tick).
+//
+// # Left for the node
+//
+// The node owns one goroutine per Negotiation (or one for all) that feeds
+// Step with decoded messages whose signer it has checked against Author(),
+// calls Tick at Wake(), sends what Ready returns (RequestForBids on
+// /gpumesh/<swarm>/rfb/1, the rest on /gpumesh/negotiate/1.0.0 streams to
+// the addresses in the bids and the request), persists jobs and outcomes,
+// and keeps its Reservations behind one owner. A Confirm that finds its
+// reservation lapsed (Reservations.Confirm fails: the gang took longer than
+// the hold) must be reported to the submitter, whose cluster has formed by
+// then: the exec layer replaces that member from Outcome.Spares. Measured
+// RTT for colocation, job specs (YAML), persistence, the CLI and the
+// benchmarks are not here.
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// NegotiationConfig tunes a Negotiation. The zero value takes every default.
+type NegotiationConfig struct {
+	Grace        time.Duration // wait for cheaper bids once a cluster can form; 0: 20 ms; negative: none
+	Expect       int           // providers expected to bid; once that many have, close at once; 0: unknown
+	AwardTimeout time.Duration // a member silent this long after its award is replaced; 0: 2 s
+	MaxBids      int           // bids kept; more are ignored; 0: 1024
+}
+
+func (c NegotiationConfig) withDefaults() NegotiationConfig {
+	if c.Grace == 0 {
+		c.Grace = 20 * time.Millisecond
+	}
+	c.Grace = max(c.Grace, 0)
+	if c.AwardTimeout <= 0 {
+		c.AwardTimeout = 2 * time.Second
+	}
+	if c.MaxBids <= 0 {
+		c.MaxBids = 1024
+	}
+	return c
+}
+
+// Phase is where a negotiation stands.
+type Phase int
+
+const (
+	Collecting Phase = iota // taking bids
+	Awarding                // awards out, waiting for every member to accept
+	Formed                  // every member accepted and was confirmed
+	Failed                  // no cluster; nothing is held
+)
+
+func (p Phase) String() string {
+	switch p {
+	case Collecting:
+		return "collecting"
+	case Awarding:
+		return "awarding"
+	case Formed:
+		return "formed"
+	case Failed:
+		return "failed"
+	}
+	return fmt.Sprintf("phase(%d)", int(p))
+}
+
+// Outcome is how a negotiation ended.
+type Outcome struct {
+	Formed  bool
+	Members []Member // when formed
+	Cost    uint64   // per hour, sum of GPUs times price, when formed
+	Spares  []Bid    // runner-up bids, ranked, when formed: hot spares for exec
+	Reason  string   // when failed, with numbers
+}
+
+// Ready is what the caller must do: send the messages and note the outcome.
+type Ready struct {
+	RequestForBids *RequestForBids // broadcast on the swarm's rfb topic
+	Awards         []Award
+	Confirms       []Confirm
+	Releases       []Release
+	Outcome        *Outcome // set once, when the negotiation ends
+}
+
+// Empty reports whether there is nothing to do.
+func (r *Ready) Empty() bool {
+	return r.RequestForBids == nil && len(r.Awards) == 0 && len(r.Confirms) == 0 &&
+		len(r.Releases) == 0 && r.Outcome == nil
+}
+
+// Errors of Step. Each wraps ErrBadNegotiation where the message itself is
+// at fault.
+var (
+	ErrOtherJob   = errors.New("message of another job")
+	ErrNotForUs   = errors.New("not a message a submitter takes")
+	ErrUnexpected = errors.New("unexpected message")
+)
+
+// member is an awarded provider.
+type member struct {
+	Member
+	bid      Bid // its bid: it may be topped up to the bid's GPUs
+	awarded  time.Time
+	accepted bool
+}
+
+// Negotiation is the submitter's side of one job's negotiation. It is not
+// safe for concurrent use: one goroutine owns it.
+type Negotiation struct {
+	rfb      RequestForBids
+	cfg      NegotiationConfig
+	phase    Phase
+	bids     []Bid // live bids, one per provider, in arrival order
+	out      bool  // bid slice full
+	gone     map[peer.ID]bool
+	feasible time.Time // when a cluster first could form; zero: not yet
+	members  []*member
+	spares   []Bid
+	ready    Ready
+}
+
+// NewNegotiation starts a negotiation for a request; Ready then holds the
+// request to broadcast.
+func NewNegotiation(rfb RequestForBids, cfg NegotiationConfig, now time.Time) (*Negotiation, error) {
+	if err := rfb.Check(); err != nil {
+		return nil, err
+	}
+	if !now.Before(rfb.DeadlineTime()) {
+		return nil, badNeg("deadline %s is not after now", rfb.DeadlineTime().UTC().Format(time.RFC3339Nano))
+	}
+	n := &Negotiation{rfb: rfb, cfg: cfg.withDefaults(), gone: map[peer.ID]bool{}}
+	req := rfb
+	n.ready.RequestForBids = &req
+	return n, nil
+}
+
+// Phase is where the negotiation stands.
+func (n *Negotiation) Phase() Phase { return n.phase }
+
+// Members are the awarded providers now (accepted or not).
+func (n *Negotiation) Members() []Member {
+	ms := make([]Member, len(n.members))
+	for i, m := range n.members {
+		ms[i] = m.Member
+	}
+	return ms
+}
+
+// Ready returns what to do since the last call and forgets it: the caller
+// must act on it before it steps the negotiation again.
+func (n *Negotiation) Ready() Ready {
+	r := n.ready
+	n.ready = Ready{}
+	return r
+}
+
+// Wake is the next time at which Tick may change something; zero when the
+// negotiation has ended.
+func (n *Negotiation) Wake() time.Time {
+	switch n.phase {
+	case Collecting:
+		d := n.rfb.DeadlineTime()
+		if !n.feasible.IsZero() {
+			d = earliest(d, n.feasible.Add(n.cfg.Grace))
+		}
+		return d
+	case Awarding:
+		var w time.Time
+		for _, m := range n.members {
+			if !m.accepted {
+				w = earliest(w, m.awarded.Add(n.cfg.AwardTimeout))
+			}
+		}
+		return w
+	}
+	return time.Time{}
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
+}
+
+// Step takes one message from a provider. Messages of an ended negotiation
+// are dropped, except an Acceptance, which is answered with a Release.
+func (n *Negotiation) Step(msg Message, now time.Time) error {
+	if err := msg.Check(); err != nil {
+		return err
+	}
+	if msg.JobID() != n.rfb.Job {
+		return fmt.Errorf("%w: %s, this is %s", ErrOtherJob, msg.JobID(), n.rfb.Job)
+	}
+	switch m := msg.(type) {
+	case *Bid:
+		return n.stepBid(*m, now)
+	case *Acceptance:
+		return n.stepAccept(*m, now)
+	case *Refusal:
+		return n.stepRefuse(*m, now)
+	}
+	return fmt.Errorf("%w: %T", ErrNotForUs, msg)
+}
+
+// Tick moves the negotiation on at time now: closes the bidding, fails at
+// the deadline, replaces members that did not answer.
+func (n *Negotiation) Tick(now time.Time) {
+	switch n.phase {
+	case Collecting:
+		n.maybeClose(now)
+	case Awarding:
+		for _, m := range slices.Clone(n.members) {
+			if n.phase != Awarding {
+				return
+			}
+			if !m.accepted && !now.Before(m.awarded.Add(n.cfg.AwardTimeout)) {
+				n.release(m.Provider, "no answer to the award")
+				n.replace(m, fmt.Sprintf("provider %s did not answer in %v", m.Provider, n.cfg.AwardTimeout), now)
+			}
+		}
+	}
+}
+
+// Cancel ends the negotiation: every member gets a Release.
+func (n *Negotiation) Cancel(reason string) {
+	n.fail("cancelled: " + reason)
+}
+
+func (n *Negotiation) stepBid(b Bid, now time.Time) error {
+	if n.phase == Formed || n.phase == Failed {
+		return nil
+	}
+	if b.Expires <= now.UnixMilli() {
+		return fmt.Errorf("%w: bid of %s expired", ErrUnexpected, b.Provider)
+	}
+	if n.phase == Collecting && !now.Before(n.rfb.DeadlineTime()) {
+		n.maybeClose(now)
+		return fmt.Errorf("%w: bid of %s after the deadline", ErrUnexpected, b.Provider)
+	}
+	if n.gone[b.Provider] || n.isMember(b.Provider) {
+		return nil
+	}
+	if i := slices.IndexFunc(n.bids, func(x Bid) bool { return x.Provider == b.Provider }); i >= 0 {
+		n.bids[i] = b
+	} else if len(n.bids) >= n.cfg.MaxBids {
+		return fmt.Errorf("%w: %d bids already, bid of %s dropped", ErrUnexpected, len(n.bids), b.Provider)
+	} else {
+		n.bids = append(n.bids, b)
+	}
+	if n.phase == Collecting {
+		n.maybeClose(now)
+	}
+	return nil
+}
+
+// live is the bids not expired at now.
+func (n *Negotiation) live(now time.Time) []Bid {
+	ms := now.UnixMilli()
+	n.bids = slices.DeleteFunc(n.bids, func(b Bid) bool { return b.Expires <= ms })
+	return n.bids
+}
+
+func (n *Negotiation) maybeClose(now time.Time) {
+	bids := n.live(now)
+	chosen, _, err := Select(bids, n.rfb.Needs)
+	late := !now.Before(n.rfb.DeadlineTime())
+	if err != nil {
+		n.feasible = time.Time{}
+		if late {
+			n.fail(err.Error())
+		}
+		return
+	}
+	if n.feasible.IsZero() {
+		n.feasible = now
+	}
+	all := n.cfg.Expect > 0 && len(bids) >= n.cfg.Expect
+	if late || all || !now.Before(n.feasible.Add(n.cfg.Grace)) {
+		n.phase = Awarding
+		for _, c := range chosen {
+			n.award(c, now)
+		}
+	}
+}
+
+// award sends an award for c: to a new member, or a top-up of an existing
+// one, whose award then covers its new total.
+func (n *Negotiation) award(c Member, now time.Time) {
+	m := n.member(c.Provider)
+	if m != nil {
+		m.GPUs += c.GPUs
+		m.awarded, m.accepted = now, false
+		n.ready.Awards = slices.DeleteFunc(n.ready.Awards, func(a Award) bool { return a.Provider == c.Provider })
+		c = m.Member
+	} else {
+		m = &member{Member: c, bid: Bid{Provider: c.Provider, Class: c.Class, GPUs: c.GPUs, Price: c.Price}, awarded: now}
+		if i := slices.IndexFunc(n.bids, func(b Bid) bool { return b.Provider == c.Provider }); i >= 0 {
+			m.bid = n.bids[i]
+			n.bids = slices.Delete(n.bids, i, i+1)
+		}
+		n.members = append(n.members, m)
+	}
+	n.ready.Awards = append(n.ready.Awards, Award{
+		Job:          n.rfb.Job,
+		Submitter:    n.rfb.Submitter,
+		Provider:     c.Provider,
+		Class:        c.Class,
+		GPUs:         c.GPUs,
+		Price:        c.Price,
+		LeaseExpires: now.Add(time.Duration(n.rfb.Needs.LeaseSeconds) * time.Second).UnixMilli(),
+		Gang:         n.rfb.Job,
+		GangSize:     0, // set below, once the round's members are known
+	})
+	size := uint32(len(n.members))
+	for i := range n.ready.Awards {
+		n.ready.Awards[i].GangSize = size
+	}
+}
+
+func (n *Negotiation) isMember(p peer.ID) bool { return n.member(p) != nil }
+
+func (n *Negotiation) member(p peer.ID) *member {
+	for _, m := range n.members {
+		if m.Provider == p {
+			return m
+		}
+	}
+	return nil
+}
+
+func (n *Negotiation) stepAccept(a Acceptance, now time.Time) error {
+	m := n.member(a.Provider)
+	if n.phase != Awarding || m == nil {
+		// Not (or no longer) a member: whatever it reserved must go.
+		if n.phase != Formed || m == nil {
+			n.release(a.Provider, "not a member of the cluster")
+		}
+		return nil
+	}
+	if a.GPUs != m.GPUs {
+		// The answer to an earlier award of this member, before a top-up:
+		// the answer to the latest is on its way, or the award times out.
+		return nil
+	}
+	m.accepted = true
+	for _, m := range n.members {
+		if !m.accepted {
+			return nil
+		}
+	}
+	n.phase = Formed
+	o := &Outcome{Formed: true, Members: n.Members(), Cost: TotalCost(n.Members())}
+	o.Spares = spareBids(usableBids(n.live(now), n.rfb.Needs), o.Members, n.rfb.Needs)
+	for _, m := range n.members {
+		n.ready.Confirms = append(n.ready.Confirms, Confirm{Job: n.rfb.Job, Submitter: n.rfb.Submitter, Provider: m.Provider})
+	}
+	n.ready.Outcome = o
+	return nil
+}
+
+func (n *Negotiation) stepRefuse(r Refusal, now time.Time) error {
+	m := n.member(r.Provider)
+	if n.phase != Awarding || m == nil || m.accepted {
+		if m != nil && m.accepted && n.phase == Awarding {
+			// It took the award back: drop it like a refusal.
+			n.replace(m, fmt.Sprintf("provider %s withdrew: %s", r.Provider, r.Reason), now)
+		}
+		return nil
+	}
+	n.replace(m, fmt.Sprintf("provider %s refused: %s", r.Provider, r.Reason), now)
+	return nil
+}
+
+// replace drops member gone and awards its GPUs to the best remaining
+// bids, or fails the whole negotiation.
+func (n *Negotiation) replace(gone *member, why string, now time.Time) {
+	n.gone[gone.Provider] = true
+	n.members = slices.DeleteFunc(n.members, func(m *member) bool { return m == gone })
+	needs := n.rfb.Needs
+	needs.GPUs = gone.GPUs
+	needs.PerNode = min(needs.PerNode, needs.GPUs)
+	bids := slices.Clone(n.live(now))
+	if needs.PerNode == 0 {
+		// What members bid beyond their award can make up the loss too.
+		for _, m := range n.members {
+			if m.bid.GPUs > m.GPUs {
+				rest := m.bid
+				rest.GPUs -= m.GPUs
+				bids = append(bids, rest)
+			}
+		}
+	}
+	if needs.Placement == Colocated && len(n.members) > 0 {
+		zone := n.members[0].Zone
+		bids = slices.DeleteFunc(bids, func(b Bid) bool { return zone == "" || b.Zone != zone })
+	}
+	chosen, _, err := Select(bids, needs)
+	if err != nil {
+		reason := why + "; no replacement: " + err.Error()
+		if needs.Placement == Colocated && len(n.members) > 0 {
+			reason += " in zone " + zoneName(zoneKey(&Bid{Zone: n.members[0].Zone, Provider: n.members[0].Provider}))
+		}
+		n.fail(reason)
+		return
+	}
+	for _, c := range chosen {
+		n.award(c, now)
+	}
+}
+
+// fail releases every member and ends the negotiation.
+func (n *Negotiation) fail(reason string) {
+	for _, m := range n.members {
+		n.release(m.Provider, reason)
+	}
+	n.phase = Failed
+	n.ready.Outcome = &Outcome{Reason: reason}
+}
+
+func (n *Negotiation) release(p peer.ID, reason string) {
+	n.ready.Releases = append(n.ready.Releases, Release{Job: n.rfb.Job, From: n.rfb.Submitter, Provider: p, Reason: clip(reason)})
+}
+
+// clip cuts a reason to what a Release or Refusal may carry.
+func clip(reason string) string {
+	if len(reason) <= maxReasonLen {
+		return reason
+	}
+	return strings.ToValidUTF8(reason[:maxReasonLen], "")
+}

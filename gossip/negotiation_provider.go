@@ -1,0 +1,328 @@
+package gossip
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Capacity is what a provider has of one GPU class and what it asks.
+type Capacity struct {
+	Class  string // canonical class, e.g. "H100-80GB"
+	Model  string // family, e.g. "H100"
+	VRAMGB uint32 // memory per GPU, whole GB
+	GPUs   uint32 // GPUs of the class on this provider; 1..MaxJobGPUs
+	Price  uint64 // ask per GPU-hour in Unit's smallest unit; 1..MaxPrice
+}
+
+// ProviderConfig is a provider's side of negotiation. Durations are
+// defaulted where zero.
+type ProviderConfig struct {
+	ID       peer.ID
+	Unit     string   // unit of Price, "USDC:6"; a request in another unit gets no bid; "": DefaultUnit
+	Zone     string   // region/zone label, e.g. "eu-west/ams1"
+	Addrs    []string // where submitters reach this provider
+	GPUs     []Capacity
+	BidTTL   time.Duration // a bid is good this long; 0: 10 s
+	Hold     time.Duration // an unconfirmed reservation lapses after this; 0: 10 s
+	MaxLease time.Duration // longest lease granted; 0: 24 h
+	MaxBids  int           // outstanding bids remembered; 0: 4096
+}
+
+// ErrRefused marks an award a provider will not take; the error says why.
+var ErrRefused = errors.New("award refused")
+
+// Reservations is a provider's GPUs and who holds them: it decides what to
+// bid and reserves atomically on an award, so no GPU is ever held for two
+// jobs. Like Negotiation it does no I/O and reads no clock; it is not safe
+// for concurrent use: one goroutine owns it.
+type Reservations struct {
+	cfg   ProviderConfig
+	unit  Unit
+	bids  map[JobID]Bid
+	held  map[JobID]*Reservation
+	inUse map[string]uint32 // GPUs held per class
+}
+
+// Reservation is GPUs of one class held for one job.
+type Reservation struct {
+	Job       JobID
+	Submitter peer.ID
+	Class     string
+	GPUs      uint32
+	Price     uint64
+	Bid       uint32    // GPUs of the bid: an award may grow the reservation up to this
+	Confirmed bool      // every member of the gang accepted
+	HoldUntil time.Time // an unconfirmed reservation lapses then
+	LeaseEnd  time.Time // a confirmed one then
+}
+
+// NewReservations makes a provider's reservations; nothing is held.
+func NewReservations(cfg ProviderConfig) (*Reservations, error) {
+	if cfg.BidTTL <= 0 {
+		cfg.BidTTL = 10 * time.Second
+	}
+	if cfg.Hold <= 0 {
+		cfg.Hold = 10 * time.Second
+	}
+	if cfg.MaxLease <= 0 {
+		cfg.MaxLease = 24 * time.Hour
+	}
+	cfg.MaxLease = min(cfg.MaxLease, MaxLeaseSeconds*time.Second)
+	if cfg.MaxBids <= 0 {
+		cfg.MaxBids = 4096
+	}
+	if err := checkPeer("provider", cfg.ID); err != nil {
+		return nil, err
+	}
+	u, err := ParseUnit(cfg.Unit)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkText("zone", cfg.Zone, maxZoneLen); err != nil {
+		return nil, err
+	}
+	if err := checkAddrs(cfg.Addrs); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, c := range cfg.GPUs {
+		switch {
+		case !ValidClass(c.Class) || (c.Model != "" && !ValidClass(c.Model)):
+			return nil, fmt.Errorf("provider: GPU class %q model %q: want 1..%d of A-Z a-z 0-9 . _ + -", c.Class, c.Model, maxClassLen)
+		case seen[c.Class]:
+			return nil, fmt.Errorf("provider: class %s listed twice", c.Class)
+		case c.GPUs == 0 || c.GPUs > MaxJobGPUs:
+			return nil, fmt.Errorf("provider: class %s: %d GPUs, want 1..%d", c.Class, c.GPUs, MaxJobGPUs)
+		case c.Price == 0 || c.Price > MaxPrice:
+			return nil, fmt.Errorf("provider: class %s: price %d, want 1..%d", c.Class, c.Price, uint64(MaxPrice))
+		}
+		seen[c.Class] = true
+	}
+	return &Reservations{cfg: cfg, unit: u, bids: map[JobID]Bid{}, held: map[JobID]*Reservation{}, inUse: map[string]uint32{}}, nil
+}
+
+func (r *Reservations) capacity(class string) (Capacity, bool) {
+	for _, c := range r.cfg.GPUs {
+		if c.Class == class {
+			return c, true
+		}
+	}
+	return Capacity{}, false
+}
+
+// Free is the GPUs of a class not held at time now.
+func (r *Reservations) Free(class string, now time.Time) uint32 {
+	r.Tick(now)
+	c, _ := r.capacity(class)
+	return c.GPUs - r.inUse[class]
+}
+
+// Held is the reservation of a job, if any.
+func (r *Reservations) Held(job JobID) (Reservation, bool) {
+	h, ok := r.held[job]
+	if !ok {
+		return Reservation{}, false
+	}
+	return *h, true
+}
+
+// Bid decides whether and what to bid on a request at time now: the class
+// that matches (the cheapest, if several do) with enough free GPUs (at
+// least perNode), at a price at most the request's maximum, for a lease at
+// least the job's. It offers all its free GPUs up to the number needed. A
+// bid reserves nothing; the reason says why there is no bid.
+func (r *Reservations) Bid(rfb RequestForBids, now time.Time) (Bid, error) {
+	if err := rfb.Check(); err != nil {
+		return Bid{}, err
+	}
+	r.Tick(now)
+	needs := rfb.Needs
+	if !now.Before(rfb.DeadlineTime()) {
+		return Bid{}, fmt.Errorf("no bid: deadline passed")
+	}
+	if needs.unit() != r.unit {
+		return Bid{}, fmt.Errorf("no bid: request in %s, prices in %s", needs.Unit, r.unit)
+	}
+	if lease := time.Duration(needs.LeaseSeconds) * time.Second; lease > r.cfg.MaxLease {
+		return Bid{}, fmt.Errorf("no bid: lease of %v, at most %v", lease, r.cfg.MaxLease)
+	}
+	if _, ok := r.held[rfb.Job]; ok {
+		return Bid{}, fmt.Errorf("no bid: already holding GPUs for job %s", rfb.Job)
+	}
+	if len(r.bids) >= r.cfg.MaxBids {
+		return Bid{}, fmt.Errorf("no bid: %d bids outstanding", len(r.bids))
+	}
+	var best *Bid
+	for _, c := range r.cfg.GPUs {
+		b := Bid{
+			Job: rfb.Job, Provider: r.cfg.ID, Class: c.Class, Model: c.Model, VRAMGB: c.VRAMGB,
+			GPUs: min(c.GPUs-r.inUse[c.Class], needs.GPUs), Price: c.Price,
+			LeaseSeconds: uint32(r.cfg.MaxLease / time.Second), Zone: r.cfg.Zone, Addrs: r.cfg.Addrs,
+			Expires: now.Add(r.cfg.BidTTL).UnixMilli(),
+		}
+		if !needs.usable(&b) {
+			continue
+		}
+		if best == nil || b.Price < best.Price {
+			best = &b
+		}
+	}
+	if best == nil {
+		return Bid{}, fmt.Errorf("no bid: no free GPUs of the class at or below the max price")
+	}
+	r.bids[rfb.Job] = *best
+	return *best, nil
+}
+
+// Award takes an award at time now and answers it: an Acceptance once the
+// GPUs are reserved, or a Refusal saying why not (the bid expired or is
+// unknown, the award asks for more than the bid or a lower price, or the
+// GPUs are gone). Awarding the same job again answers the same way without
+// reserving twice.
+func (r *Reservations) Award(a Award, now time.Time) Message {
+	acc, err := r.award(a, now)
+	if err != nil {
+		return &Refusal{Job: a.Job, Provider: r.cfg.ID, Reason: clip(err.Error())}
+	}
+	return &acc
+}
+
+func (r *Reservations) award(a Award, now time.Time) (Acceptance, error) {
+	if err := a.Check(); err != nil {
+		return Acceptance{}, err
+	}
+	r.Tick(now)
+	if a.Provider != r.cfg.ID {
+		return Acceptance{}, fmt.Errorf("%w: award names provider %s", ErrRefused, a.Provider)
+	}
+	if h, ok := r.held[a.Job]; ok {
+		return r.amend(h, a, now)
+	}
+	b, ok := r.bids[a.Job]
+	switch {
+	case !ok:
+		return Acceptance{}, fmt.Errorf("%w: no live bid for job %s", ErrRefused, a.Job)
+	case a.Class != b.Class:
+		return Acceptance{}, fmt.Errorf("%w: bid %s, award %s", ErrRefused, b.Class, a.Class)
+	case a.GPUs > b.GPUs:
+		return Acceptance{}, fmt.Errorf("%w: award of %d GPUs, bid %d", ErrRefused, a.GPUs, b.GPUs)
+	case a.Price < b.Price:
+		return Acceptance{}, fmt.Errorf("%w: award at %s, bid %s", ErrRefused, r.unit.Format(a.Price), r.unit.Format(b.Price))
+	case a.LeaseExpires <= now.UnixMilli():
+		return Acceptance{}, fmt.Errorf("%w: lease already expired", ErrRefused)
+	case time.UnixMilli(a.LeaseExpires).After(now.Add(r.cfg.MaxLease)):
+		return Acceptance{}, fmt.Errorf("%w: lease longer than %v", ErrRefused, r.cfg.MaxLease)
+	}
+	c, _ := r.capacity(a.Class)
+	if free := c.GPUs - r.inUse[a.Class]; free < a.GPUs {
+		return Acceptance{}, fmt.Errorf("%w: %d GPUs of %s free, award of %d", ErrRefused, free, a.Class, a.GPUs)
+	}
+	h := &Reservation{
+		Job: a.Job, Submitter: a.Submitter, Class: a.Class, GPUs: a.GPUs, Price: a.Price,
+		Bid: b.GPUs, HoldUntil: now.Add(r.cfg.Hold), LeaseEnd: time.UnixMilli(a.LeaseExpires),
+	}
+	r.held[a.Job] = h
+	r.inUse[a.Class] += a.GPUs
+	delete(r.bids, a.Job)
+	return Acceptance{Job: a.Job, Provider: r.cfg.ID, GPUs: h.GPUs, HoldUntil: h.HoldUntil.UnixMilli()}, nil
+}
+
+// amend answers an award for a job already held: the same award again is
+// accepted again; one for a different number of GPUs (up to the bid) moves
+// the reservation to that number if the GPUs are free. A refused amendment
+// drops the reservation: a Refusal always means nothing is held for the job.
+func (r *Reservations) amend(h *Reservation, a Award, now time.Time) (Acceptance, error) {
+	if h.Submitter != a.Submitter || h.Class != a.Class {
+		return Acceptance{}, fmt.Errorf("%w: already holding %d GPUs for job %s", ErrRefused, h.GPUs, a.Job)
+	}
+	if a.GPUs != h.GPUs {
+		c, _ := r.capacity(a.Class)
+		free := c.GPUs - r.inUse[a.Class] + h.GPUs
+		switch {
+		case a.GPUs > h.Bid:
+			r.drop(h)
+			return Acceptance{}, fmt.Errorf("%w: award of %d GPUs, bid %d", ErrRefused, a.GPUs, h.Bid)
+		case a.GPUs > free:
+			r.drop(h)
+			return Acceptance{}, fmt.Errorf("%w: %d GPUs of %s free, award of %d", ErrRefused, free, a.Class, a.GPUs)
+		}
+		r.inUse[a.Class] = r.inUse[a.Class] - h.GPUs + a.GPUs
+		h.GPUs = a.GPUs
+		h.Confirmed = false
+		h.HoldUntil = now.Add(r.cfg.Hold)
+	}
+	return Acceptance{Job: a.Job, Provider: r.cfg.ID, GPUs: h.GPUs, HoldUntil: h.HoldUntil.UnixMilli()}, nil
+}
+
+// Confirm holds a job's reservation until its lease ends: every member of
+// the gang accepted. A confirmation for a reservation that has lapsed is
+// an error: the submitter must replace this member.
+func (r *Reservations) Confirm(c Confirm, now time.Time) error {
+	if err := c.Check(); err != nil {
+		return err
+	}
+	r.Tick(now)
+	h, ok := r.held[c.Job]
+	if !ok || h.Submitter != c.Submitter || c.Provider != r.cfg.ID {
+		return fmt.Errorf("%w: no reservation of %s for job %s", ErrRefused, c.Submitter, c.Job)
+	}
+	h.Confirmed = true
+	return nil
+}
+
+// Release drops a job's reservation, if its submitter asks. It reports
+// whether anything was held.
+func (r *Reservations) Release(rel Release, now time.Time) bool {
+	if rel.Check() != nil || rel.Provider != r.cfg.ID {
+		return false
+	}
+	r.Tick(now)
+	delete(r.bids, rel.Job)
+	h, ok := r.held[rel.Job]
+	if !ok || h.Submitter != rel.From {
+		return false
+	}
+	r.drop(h)
+	return true
+}
+
+func (r *Reservations) drop(h *Reservation) {
+	r.inUse[h.Class] -= h.GPUs
+	delete(r.held, h.Job)
+}
+
+// Tick expires what is due at now: bids past their expiry, unconfirmed
+// reservations past their hold, confirmed ones past their lease. It
+// returns the reservations that ended, oldest job first.
+func (r *Reservations) Tick(now time.Time) []Reservation {
+	ms := now.UnixMilli()
+	for j, b := range r.bids {
+		if b.Expires <= ms {
+			delete(r.bids, j)
+		}
+	}
+	var ended []Reservation
+	for _, h := range r.held {
+		if (!h.Confirmed && !now.Before(h.HoldUntil)) || !now.Before(h.LeaseEnd) {
+			ended = append(ended, *h)
+		}
+	}
+	for i := range ended {
+		r.drop(r.held[ended[i].Job])
+	}
+	slices.SortFunc(ended, func(a, b Reservation) int { return compareJobs(a.Job, b.Job) })
+	return ended
+}
+
+func compareJobs(a, b JobID) int {
+	for i := range a {
+		if a[i] != b[i] {
+			return int(a[i]) - int(b[i])
+		}
+	}
+	return 0
+}

@@ -1,0 +1,307 @@
+package gossip
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// ErrNoCluster marks a request that no set of bids can meet; the error
+// wrapping it says why, with numbers.
+var ErrNoCluster = errors.New("no cluster can form")
+
+// Member is one provider's part of a cluster: GPUs of its bid at its price.
+type Member struct {
+	Provider peer.ID
+	Class    string
+	GPUs     uint32
+	Price    uint64 // per GPU-hour, the bid's price
+	Zone     string
+	Addrs    []string
+}
+
+// Cost is what a member costs per hour: GPUs times price.
+func (m Member) Cost() uint64 { return uint64(m.GPUs) * m.Price }
+
+// TotalCost is what a cluster costs per hour. It cannot overflow for a
+// selection: at most MaxJobGPUs GPUs at at most MaxPrice each.
+func TotalCost(ms []Member) uint64 {
+	var c uint64
+	for _, m := range ms {
+		c += m.Cost()
+	}
+	return c
+}
+
+// Select picks the cheapest set of bids that meets needs, and ranks the
+// other usable bids as spares (cheapest first; for colocated, those of the
+// chosen zone first). It is the negotiation's whole decision of who gets an
+// award; it neither looks at the clock nor at expiry (the caller passes only
+// live bids). A provider should appear once; a later bid of the same
+// provider replaces an earlier one.
+//
+// The rules:
+//   - A bid is usable if its class matches (Needs.Class, or any class of
+//     Needs.Model), its VRAM is at least MinVRAMGB, its price is at most
+//     MaxPrice and its lease is at least LeaseSeconds.
+//   - Without PerNode, a bid may be taken in part: a provider offering 8 can
+//     be awarded 4. Every GPU is then an item with its bid's price, and
+//     taking the cheapest ones first is optimal.
+//   - With PerNode p, every member gives exactly p GPUs (the launcher runs p
+//     processes on every node): a bid of fewer is a fragment and unusable, a
+//     bid of more is taken for p. Every member is then an item of cost
+//     p*price, and again the cheapest first is optimal.
+//   - Colocated: every member in one zone. The cheapest set of every zone is
+//     found as above and the cheapest of those wins. A bid without a zone is
+//     a zone of its own.
+//   - Spread: members in any zones.
+//   - Ties go to the bid with more GPUs (fewer members), then the lower peer
+//     ID, so the choice is deterministic.
+func Select(bids []Bid, needs Needs) (chosen []Member, spares []Bid, err error) {
+	if err := needs.Check(); err != nil {
+		return nil, nil, err
+	}
+	usable := usableBids(bids, needs)
+	chosen, ok := selectIn(usable, needs.GPUs, needs.PerNode, needs.Placement)
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: %s", ErrNoCluster, whyNot(bids, needs))
+	}
+	return chosen, spareBids(usable, chosen, needs), nil
+}
+
+// zoneKey is the colocation group of a bid: its zone, or the provider alone.
+func zoneKey(b *Bid) string {
+	if b.Zone == "" {
+		return "\x00" + string(b.Provider)
+	}
+	return b.Zone
+}
+
+func zoneName(key string) string {
+	if strings.HasPrefix(key, "\x00") {
+		return "provider " + peer.ID(key[1:]).String() + " (no zone)"
+	}
+	return key
+}
+
+func (n *Needs) classMatches(b *Bid) bool {
+	return (n.Class == "" || b.Class == n.Class) &&
+		(n.Model == "" || b.Model == n.Model) &&
+		b.VRAMGB >= n.MinVRAMGB
+}
+
+func (n *Needs) usable(b *Bid) bool {
+	return n.classMatches(b) && b.Price <= n.MaxPrice && b.LeaseSeconds >= n.LeaseSeconds &&
+		b.GPUs >= max(n.PerNode, 1)
+}
+
+// usableBids keeps the last bid of every provider that is usable, sorted
+// cheapest first.
+func usableBids(bids []Bid, needs Needs) []Bid {
+	last := make(map[peer.ID]int, len(bids))
+	for i := range bids {
+		last[bids[i].Provider] = i
+	}
+	var out []Bid
+	for i := range bids {
+		if last[bids[i].Provider] == i && needs.usable(&bids[i]) {
+			out = append(out, bids[i])
+		}
+	}
+	slices.SortFunc(out, compareBids)
+	return out
+}
+
+func compareBids(a, b Bid) int {
+	return cmp.Or(cmp.Compare(a.Price, b.Price), cmp.Compare(b.GPUs, a.GPUs), cmp.Compare(a.Provider, b.Provider))
+}
+
+// selectIn picks need GPUs from sorted usable bids under a placement.
+func selectIn(sorted []Bid, need, perNode uint32, place Placement) ([]Member, bool) {
+	if place != Colocated {
+		return take(sorted, need, perNode)
+	}
+	var zones []string
+	byZone := map[string][]Bid{}
+	for _, b := range sorted {
+		k := zoneKey(&b)
+		if _, ok := byZone[k]; !ok {
+			zones = append(zones, k)
+		}
+		byZone[k] = append(byZone[k], b)
+	}
+	slices.Sort(zones)
+	var best []Member
+	found := false
+	for _, z := range zones {
+		ms, ok := take(byZone[z], need, perNode)
+		if !ok {
+			continue
+		}
+		if !found || TotalCost(ms) < TotalCost(best) || (TotalCost(ms) == TotalCost(best) && len(ms) < len(best)) {
+			best, found = ms, true
+		}
+	}
+	return best, found
+}
+
+// take is the greedy choice: the cheapest GPUs first.
+func take(sorted []Bid, need, perNode uint32) ([]Member, bool) {
+	var ms []Member
+	for _, b := range sorted {
+		if need == 0 {
+			break
+		}
+		g := min(b.GPUs, need)
+		if perNode > 0 {
+			if b.GPUs < perNode {
+				continue
+			}
+			g = perNode
+		}
+		ms = append(ms, memberOf(&b, g))
+		need -= g
+	}
+	return ms, need == 0
+}
+
+func memberOf(b *Bid, gpus uint32) Member {
+	return Member{Provider: b.Provider, Class: b.Class, GPUs: gpus, Price: b.Price, Zone: b.Zone, Addrs: b.Addrs}
+}
+
+func spareBids(usable []Bid, chosen []Member, needs Needs) []Bid {
+	in := map[peer.ID]bool{}
+	for _, m := range chosen {
+		in[m.Provider] = true
+	}
+	var spares []Bid
+	for _, b := range usable {
+		if !in[b.Provider] {
+			spares = append(spares, b)
+		}
+	}
+	if needs.Placement == Colocated && len(chosen) > 0 {
+		zone := chosen[0].Zone
+		slices.SortStableFunc(spares, func(a, b Bid) int {
+			return cmp.Compare(boolInt(a.Zone != zone || zone == ""), boolInt(b.Zone != zone || zone == ""))
+		})
+	}
+	return spares
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// whyNot says, with numbers, why no set of bids meets needs. It walks the
+// filters in the order a person would check them: class, lease, price,
+// perNode, colocation.
+func whyNot(bids []Bid, needs Needs) string {
+	u := needs.unit()
+	price := func(v uint64) string { return u.Format(v) + " " + u.PerHour() }
+	last := make(map[peer.ID]int, len(bids))
+	for i := range bids {
+		last[bids[i].Provider] = i
+	}
+	var class []Bid
+	for i := range bids {
+		if last[bids[i].Provider] == i && needs.classMatches(&bids[i]) {
+			class = append(class, bids[i])
+		}
+	}
+	if len(class) == 0 {
+		what := "class " + needs.Class
+		if needs.Class == "" {
+			what = "model " + needs.Model
+		}
+		if needs.MinVRAMGB > 0 {
+			what += fmt.Sprintf(" with at least %d GB", needs.MinVRAMGB)
+		}
+		if other := len(last); other > 0 {
+			return fmt.Sprintf("no provider of %s bid (%d bids of other GPUs)", what, other)
+		}
+		return fmt.Sprintf("no provider of %s bid", what)
+	}
+	var leased []Bid
+	longest := uint32(0)
+	for _, b := range class {
+		longest = max(longest, b.LeaseSeconds)
+		if b.LeaseSeconds >= needs.LeaseSeconds {
+			leased = append(leased, b)
+		}
+	}
+	if len(leased) == 0 {
+		return fmt.Sprintf("no provider leases for %v, the longest lease bid is %v",
+			time.Duration(needs.LeaseSeconds)*time.Second, time.Duration(longest)*time.Second)
+	}
+	var cheap []Bid
+	var cheapGPUs, dearGPUs uint64
+	cheapestDear := uint64(0)
+	for _, b := range leased {
+		if b.Price <= needs.MaxPrice {
+			cheap = append(cheap, b)
+			cheapGPUs += uint64(b.GPUs)
+		} else {
+			dearGPUs += uint64(b.GPUs)
+			if cheapestDear == 0 || b.Price < cheapestDear {
+				cheapestDear = b.Price
+			}
+		}
+	}
+	if cheapGPUs < uint64(needs.GPUs) {
+		s := fmt.Sprintf("%d GPUs available at or below %s, need %d", cheapGPUs, price(needs.MaxPrice), needs.GPUs)
+		if dearGPUs > 0 {
+			s += fmt.Sprintf(" (%d more from %s)", dearGPUs, price(cheapestDear))
+		}
+		return s
+	}
+	p := max(needs.PerNode, 1)
+	usableGPUs := func(bs []Bid) (usable uint64, whole int, biggestFragment uint32) {
+		for _, b := range bs {
+			if b.GPUs >= p {
+				whole++
+				if needs.PerNode > 0 {
+					usable += uint64(p)
+				} else {
+					usable += uint64(b.GPUs)
+				}
+			} else {
+				biggestFragment = max(biggestFragment, b.GPUs)
+			}
+		}
+		return usable, whole, biggestFragment
+	}
+	if needs.PerNode > 0 {
+		usable, whole, frag := usableGPUs(cheap)
+		if usable < uint64(needs.GPUs) {
+			if whole == 0 {
+				return fmt.Sprintf("only fragments of at most %d GPUs, perNode %d", frag, needs.PerNode)
+			}
+			return fmt.Sprintf("%d providers have %d GPUs (%d GPUs), need %d; the other %d bids are fragments of at most %d GPUs, perNode %d",
+				whole, needs.PerNode, usable, needs.GPUs, len(cheap)-whole, frag, needs.PerNode)
+		}
+	}
+	if needs.Placement == Colocated {
+		byZone := map[string][]Bid{}
+		for _, b := range cheap {
+			byZone[zoneKey(&b)] = append(byZone[zoneKey(&b)], b)
+		}
+		bestZone, bestGPUs := "", uint64(0)
+		for z, bs := range byZone {
+			n, _, _ := usableGPUs(bs)
+			if n > bestGPUs || (n == bestGPUs && z < bestZone) {
+				bestZone, bestGPUs = z, n
+			}
+		}
+		return fmt.Sprintf("colocation impossible: no zone has %d GPUs (best %s with %d)", needs.GPUs, zoneName(bestZone), bestGPUs)
+	}
+	return fmt.Sprintf("%d usable bids cannot make %d GPUs", len(cheap), needs.GPUs)
+}

@@ -1,0 +1,481 @@
+package gossip
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+const h100 = "H100-80GB"
+
+func ms(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+
+func newNeg(t *testing.T, needs Needs, cfg NegotiationConfig) *Negotiation {
+	t.Helper()
+	n, err := NewNegotiation(rfbOf(0, 1, needs), cfg, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func step(t *testing.T, n *Negotiation, m Message, at time.Duration) {
+	t.Helper()
+	if err := n.Step(m, t0.Add(at)); err != nil {
+		t.Fatalf("step %T at %v: %v", m, at, err)
+	}
+}
+
+// jobBid is provider i's bid on the job of newNeg.
+func jobBid(i int, gpus uint32, price uint64, zone string) *Bid {
+	b := bidOf(i, h100, gpus, price, zone)
+	b.Job = rfbOf(0, 1, Needs{}).Job
+	return &b
+}
+
+func awarded(as []Award) string {
+	var s []string
+	for _, a := range as {
+		for i := range 20 {
+			if testID(i) == a.Provider {
+				s = append(s, fmt.Sprintf("%d:%d", i, a.GPUs))
+			}
+		}
+	}
+	return strings.Join(s, " ")
+}
+
+func released(rs []Release) string {
+	var s []string
+	for _, r := range rs {
+		for i := range 20 {
+			if testID(i) == r.Provider {
+				s = append(s, fmt.Sprint(i))
+			}
+		}
+	}
+	return strings.Join(s, " ")
+}
+
+// TestNegotiationStepByStep is the protocol as a script: a request, bids,
+// the grace, a gang award, a refusal replaced from the spares, acceptances,
+// confirmations.
+func TestNegotiationStepByStep(t *testing.T) {
+	n := newNeg(t, needsOf(8, 0, Spread, usdc(250)), NegotiationConfig{})
+	if rd := n.Ready(); rd.RequestForBids == nil || rd.RequestForBids.Needs.GPUs != 8 {
+		t.Fatalf("first Ready %+v, want the request for bids", rd)
+	}
+
+	step(t, n, jobBid(1, 8, usdc(200), "a"), ms(3)) // enough for a cluster: the grace starts
+	step(t, n, jobBid(2, 4, usdc(210), "b"), ms(5))
+	step(t, n, jobBid(3, 8, usdc(220), "c"), ms(6))
+	step(t, n, jobBid(4, 8, usdc(300), "d"), ms(7)) // above the max price
+	if w := n.Wake(); !w.Equal(t0.Add(ms(23))) {
+		t.Errorf("wake at %v, want 3 ms + 20 ms grace", w.Sub(t0))
+	}
+	n.Tick(t0.Add(ms(22)))
+	if rd := n.Ready(); !rd.Empty() || n.Phase() != Collecting {
+		t.Fatalf("before the grace ends: %+v in %v, want nothing", rd, n.Phase())
+	}
+
+	n.Tick(t0.Add(ms(23)))
+	rd := n.Ready()
+	if got := awarded(rd.Awards); got != "1:8" || n.Phase() != Awarding {
+		t.Fatalf("at the grace's end awarded %q in %v, want 1:8", got, n.Phase())
+	}
+	if a := rd.Awards[0]; a.Price != usdc(200) || a.GangSize != 1 || a.LeaseExpires != t0.Add(ms(23)+time.Hour).UnixMilli() {
+		t.Errorf("award %+v: want price 2.00, gang of 1, a lease of an hour", a)
+	}
+
+	step(t, n, &Refusal{Job: n.rfb.Job, Provider: testID(1), Reason: "award refused: 0 GPUs of H100-80GB free, award of 8"}, ms(25))
+	rd = n.Ready()
+	if got := awarded(rd.Awards); got != "2:4 3:4" {
+		t.Fatalf("after the refusal awarded %q, want the spares 2:4 3:4", got)
+	}
+	for _, a := range rd.Awards {
+		if a.GangSize != 2 {
+			t.Errorf("replacement award %+v: gang of %d, want 2", a, a.GangSize)
+		}
+	}
+
+	step(t, n, &Acceptance{Job: n.rfb.Job, Provider: testID(2), GPUs: 4, HoldUntil: 1}, ms(26))
+	if rd := n.Ready(); !rd.Empty() {
+		t.Fatalf("after one of two acceptances: %+v, want nothing", rd)
+	}
+	step(t, n, &Acceptance{Job: n.rfb.Job, Provider: testID(3), GPUs: 4, HoldUntil: 1}, ms(27))
+	rd = n.Ready()
+	if n.Phase() != Formed || rd.Outcome == nil || !rd.Outcome.Formed {
+		t.Fatalf("after all acceptances: %v, %+v, want formed", n.Phase(), rd.Outcome)
+	}
+	if len(rd.Confirms) != 2 {
+		t.Errorf("%d confirmations, want 2", len(rd.Confirms))
+	}
+	if want := 4*usdc(210) + 4*usdc(220); rd.Outcome.Cost != want {
+		t.Errorf("cost %d, want %d", rd.Outcome.Cost, want)
+	}
+
+	// A late acceptance of the refused provider is answered with a release.
+	step(t, n, &Acceptance{Job: n.rfb.Job, Provider: testID(1), GPUs: 8, HoldUntil: 1}, ms(30))
+	if got := released(n.Ready().Releases); got != "1" {
+		t.Errorf("a stray acceptance released %q, want 1", got)
+	}
+}
+
+func TestNegotiationClosesAtOnceWhenEveryExpectedProviderBid(t *testing.T) {
+	n := newNeg(t, needsOf(8, 0, Spread, usdc(250)), NegotiationConfig{Expect: 2})
+	n.Ready()
+	step(t, n, jobBid(1, 8, usdc(220), "a"), ms(1))
+	if n.Phase() != Collecting {
+		t.Fatal("closed before every expected provider bid")
+	}
+	step(t, n, jobBid(2, 8, usdc(200), "a"), ms(2))
+	if got := awarded(n.Ready().Awards); got != "2:8" {
+		t.Errorf("awarded %q at once, want 2:8", got)
+	}
+}
+
+func TestNegotiationFailsAtTheDeadlineWithTheReason(t *testing.T) {
+	n := newNeg(t, needsOf(32, 0, Spread, usdc(250)), NegotiationConfig{})
+	n.Ready()
+	step(t, n, jobBid(1, 16, usdc(240), "a"), ms(1))
+	step(t, n, jobBid(2, 8, usdc(250), "a"), ms(2))
+	step(t, n, jobBid(3, 8, usdc(300), "a"), ms(3))
+	if w := n.Wake(); !w.Equal(t0.Add(time.Second)) {
+		t.Errorf("wake at %v, want the deadline", w.Sub(t0))
+	}
+	n.Tick(t0.Add(time.Second))
+	o := n.Ready().Outcome
+	if o == nil || o.Formed || n.Phase() != Failed {
+		t.Fatalf("at the deadline: %+v, want failed", o)
+	}
+	want := "no cluster can form: 24 GPUs available at or below 2.50 USDC/GPU-h, need 32 (8 more from 3.00 USDC/GPU-h)"
+	if o.Reason != want {
+		t.Errorf("reason %q\nwant %q", o.Reason, want)
+	}
+}
+
+func TestAGangWithoutReplacementReleasesEveryone(t *testing.T) {
+	n := newNeg(t, needsOf(16, 8, Colocated, usdc(250)), NegotiationConfig{Grace: -1})
+	n.Ready()
+	step(t, n, jobBid(1, 8, usdc(200), "eu"), ms(1))
+	step(t, n, jobBid(2, 8, usdc(200), "us"), ms(2)) // another zone: no spare for eu
+	step(t, n, jobBid(3, 8, usdc(210), "eu"), ms(3))
+	if got := awarded(n.Ready().Awards); got != "1:8 3:8" {
+		t.Fatalf("awarded %q, want the eu pair", got)
+	}
+	step(t, n, &Acceptance{Job: n.rfb.Job, Provider: testID(1), GPUs: 8, HoldUntil: 1}, ms(4))
+	step(t, n, &Refusal{Job: n.rfb.Job, Provider: testID(3), Reason: "gone"}, ms(5))
+	rd := n.Ready()
+	if got := released(rd.Releases); got != "1" {
+		t.Errorf("released %q, want the member that accepted", got)
+	}
+	if len(rd.Awards) != 0 || rd.Outcome == nil || rd.Outcome.Formed {
+		t.Fatalf("awards %v outcome %+v, want a failure and no awards", rd.Awards, rd.Outcome)
+	}
+	if !strings.Contains(rd.Outcome.Reason, "refused: gone; no replacement: no cluster can form: no provider of class H100-80GB bid in zone eu") {
+		t.Errorf("reason %q", rd.Outcome.Reason)
+	}
+}
+
+func TestASilentMemberIsReleasedAndReplaced(t *testing.T) {
+	n := newNeg(t, needsOf(8, 0, Spread, usdc(250)), NegotiationConfig{Grace: -1, AwardTimeout: time.Second})
+	n.Ready()
+	step(t, n, jobBid(1, 8, usdc(200), "a"), ms(1))
+	step(t, n, jobBid(2, 8, usdc(240), "a"), ms(2))
+	n.Ready()
+	if w := n.Wake(); !w.Equal(t0.Add(ms(1) + time.Second)) {
+		t.Errorf("wake at %v, want the award timeout", w.Sub(t0))
+	}
+	n.Tick(t0.Add(ms(1) + time.Second))
+	rd := n.Ready()
+	if got, rel := awarded(rd.Awards), released(rd.Releases); got != "2:8" || rel != "1" {
+		t.Errorf("after the timeout awarded %q released %q, want 2:8 and 1", got, rel)
+	}
+}
+
+func TestCancelReleasesEveryMember(t *testing.T) {
+	n := newNeg(t, needsOf(8, 0, Spread, usdc(250)), NegotiationConfig{Grace: -1})
+	n.Ready()
+	step(t, n, jobBid(1, 4, usdc(200), "a"), ms(1))
+	step(t, n, jobBid(2, 4, usdc(240), "a"), ms(2))
+	n.Ready()
+	n.Cancel("by the user")
+	rd := n.Ready()
+	if got := released(rd.Releases); got != "1 2" || rd.Outcome == nil || rd.Outcome.Reason != "cancelled: by the user" {
+		t.Errorf("released %q outcome %+v", got, rd.Outcome)
+	}
+}
+
+func TestStepRejectsWhatIsNotForIt(t *testing.T) {
+	n := newNeg(t, needsOf(8, 0, Spread, usdc(250)), NegotiationConfig{})
+	other := jobBid(1, 8, usdc(200), "a")
+	other.Job[0] ^= 1
+	if err := n.Step(other, t0); err == nil {
+		t.Error("took a bid of another job")
+	}
+	if err := n.Step(&Confirm{Job: n.rfb.Job, Submitter: testID(0), Provider: testID(1)}, t0); err == nil {
+		t.Error("took a confirmation")
+	}
+	expired := jobBid(1, 8, usdc(200), "a")
+	expired.Expires = t0.UnixMilli()
+	if err := n.Step(expired, t0); err == nil {
+		t.Error("took an expired bid")
+	}
+}
+
+// meshNet runs submitters and providers over a synchronous in-memory
+// network: every message goes through the wire encoding and is delivered
+// in an order the seeded generator picks; time moves 1 ms per delivery and
+// jumps to the next Wake when nothing is in flight.
+type meshNet struct {
+	t      *testing.T
+	rng    *rand.Rand
+	now    time.Time
+	negs   map[JobID]*Negotiation
+	provs  map[peer.ID]*Reservations
+	queue  []Message
+	ended  map[JobID]*Outcome
+	trace  []string
+	names  map[peer.ID]string
+	sorted []peer.ID
+}
+
+func newMeshNet(t *testing.T, seed uint64) *meshNet {
+	return &meshNet{t: t, rng: rand.New(rand.NewPCG(seed, 7)), now: t0, negs: map[JobID]*Negotiation{},
+		provs: map[peer.ID]*Reservations{}, ended: map[JobID]*Outcome{}, names: map[peer.ID]string{}}
+}
+
+func (m *meshNet) provider(i int, gpus uint32, price uint64, zone string) {
+	r := providerOf(m.t, i, gpus, price, zone)
+	m.provs[testID(i)] = r
+	m.sorted = append(m.sorted, testID(i))
+	slices.Sort(m.sorted)
+	m.names[testID(i)] = fmt.Sprintf("p%d", i)
+}
+
+func (m *meshNet) submit(rfb RequestForBids, cfg NegotiationConfig) {
+	n, err := NewNegotiation(rfb, cfg, m.now)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	m.negs[rfb.Job] = n
+	m.drain(n)
+}
+
+func (m *meshNet) logf(format string, a ...any) {
+	m.trace = append(m.trace, fmt.Sprintf("%4dms ", m.now.Sub(t0).Milliseconds())+fmt.Sprintf(format, a...))
+}
+
+// send encodes and decodes msg, as the network would.
+func (m *meshNet) send(msg Message) {
+	b, err := MarshalNegotiation(msg)
+	if err != nil {
+		m.t.Fatalf("marshal %T: %v", msg, err)
+	}
+	got, err := UnmarshalNegotiation(b)
+	if err != nil {
+		m.t.Fatalf("unmarshal %T: %v", msg, err)
+	}
+	m.queue = append(m.queue, got)
+}
+
+func (m *meshNet) drain(n *Negotiation) {
+	rd := n.Ready()
+	if rd.RequestForBids != nil {
+		m.logf("rfb %d GPUs", rd.RequestForBids.Needs.GPUs)
+		for _, p := range m.sorted {
+			if b, err := m.provs[p].Bid(*rd.RequestForBids, m.now); err == nil {
+				m.send(&b)
+			}
+		}
+	}
+	for i := range rd.Awards {
+		m.logf("award %s %d GPUs", m.names[rd.Awards[i].Provider], rd.Awards[i].GPUs)
+		m.send(&rd.Awards[i])
+	}
+	for i := range rd.Confirms {
+		m.send(&rd.Confirms[i])
+	}
+	for i := range rd.Releases {
+		m.logf("release %s", m.names[rd.Releases[i].Provider])
+		m.send(&rd.Releases[i])
+	}
+	if o := rd.Outcome; o != nil {
+		m.ended[n.rfb.Job] = o
+		if o.Formed {
+			m.logf("formed %d members, %s/h", len(o.Members), DefaultUnit.Format(o.Cost))
+		} else {
+			m.logf("failed: %s", o.Reason)
+		}
+	}
+}
+
+func (m *meshNet) deliver(msg Message) {
+	switch v := msg.(type) {
+	case *Bid:
+		m.logf("bid %s %d GPUs at %s", m.names[v.Provider], v.GPUs, DefaultUnit.Format(v.Price))
+	case *Refusal:
+		m.logf("refuse %s: %s", m.names[v.Provider], v.Reason)
+	case *Acceptance:
+		m.logf("accept %s %d GPUs", m.names[v.Provider], v.GPUs)
+	}
+	switch v := msg.(type) {
+	case *Award:
+		m.send(m.provs[v.Provider].Award(*v, m.now))
+	case *Confirm:
+		if err := m.provs[v.Provider].Confirm(*v, m.now); err != nil {
+			m.t.Errorf("confirm: %v", err)
+		}
+	case *Release:
+		m.provs[v.Provider].Release(*v, m.now)
+	default:
+		n := m.negs[msg.JobID()]
+		_ = n.Step(msg, m.now) // late and stray messages are errors the node logs
+		m.drain(n)
+	}
+	m.checkNoDoubleLease()
+}
+
+// run delivers until every negotiation has ended and nothing is in flight.
+func (m *meshNet) run(shuffle bool) {
+	for range 100_000 {
+		if len(m.queue) > 0 {
+			i := 0
+			if shuffle {
+				i = m.rng.IntN(len(m.queue))
+			}
+			msg := m.queue[i]
+			m.queue = slices.Delete(m.queue, i, i+1)
+			m.now = m.now.Add(time.Millisecond)
+			m.deliver(msg)
+			continue
+		}
+		var wake time.Time
+		for _, n := range m.negs {
+			wake = earliest(wake, n.Wake())
+		}
+		if wake.IsZero() {
+			return
+		}
+		m.now = later(m.now, wake)
+		for _, n := range m.negs {
+			n.Tick(m.now)
+			m.drain(n)
+		}
+	}
+	m.t.Fatal("the network did not settle")
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+func (m *meshNet) checkNoDoubleLease() {
+	for p, r := range m.provs {
+		var held uint32
+		for _, h := range r.held {
+			held += h.GPUs
+		}
+		c, _ := r.capacity(h100)
+		if held > c.GPUs {
+			m.t.Fatalf("%s holds %d GPUs of %d", m.names[p], held, c.GPUs)
+		}
+	}
+}
+
+func TestWholeNegotiationTranscript(t *testing.T) {
+	m := newMeshNet(t, 1)
+	m.provider(1, 8, usdc(200), "eu-west/ams1")
+	m.provider(2, 8, usdc(180), "us-east/nyc1")
+	m.provider(3, 8, usdc(230), "eu-west/ams1")
+	m.provider(4, 4, usdc(150), "eu-west/ams1")
+	m.provider(5, 8, usdc(300), "eu-west/ams1")
+	// Someone else takes p4's GPUs between its bid and the award.
+	m.submit(rfbOf(0, 1, needsOf(16, 0, Colocated, usdc(250))), NegotiationConfig{})
+	thief := rfbOf(9, 9, needsOf(4, 0, Spread, usdc(250)))
+	tb, _ := m.provs[testID(4)].Bid(thief, m.now)
+	m.provs[testID(4)].Award(awardOf(thief, tb, 4, m.now), m.now)
+	m.run(false)
+	got := strings.Join(m.trace, "\n")
+	names := map[string]string{}
+	for id, n := range m.names {
+		names[id.String()] = n
+	}
+	for id, n := range names {
+		got = strings.ReplaceAll(got, id, n)
+	}
+	// Bids come in the order of the providers' peer IDs, 1 ms apart; the
+	// cheapest colocated set (p4 4, p1 8, p3 4 in ams1; p2 is in nyc1 and p5
+	// above the max) is awarded 20 ms after the first bid that made a cluster
+	// possible. p4's GPUs are gone, so it refuses, and p3, which bid 8, is
+	// topped up to 8. Its answer to the first award (4) is stale and ignored.
+	want := `
+   0ms rfb 16 GPUs
+   1ms bid p3 8 GPUs at 2.30
+   2ms bid p2 8 GPUs at 1.80
+   3ms bid p1 8 GPUs at 2.00
+   4ms bid p4 4 GPUs at 1.50
+  23ms award p4 4 GPUs
+  23ms award p1 8 GPUs
+  23ms award p3 4 GPUs
+  27ms refuse p4: award refused: 0 GPUs of H100-80GB free, award of 4
+  27ms award p3 8 GPUs
+  28ms accept p1 8 GPUs
+  29ms accept p3 4 GPUs
+  31ms accept p3 8 GPUs
+  31ms formed 2 members, 34.40/h`
+	if got != strings.TrimPrefix(want, "\n") {
+		t.Errorf("transcript:\n%s\nwant:\n%s", got, strings.TrimPrefix(want, "\n"))
+	}
+}
+
+// TestRacingSubmittersNeverShareAGPU: 100 jobs of 4 GPUs race for 5
+// providers of 8 GPUs in one zone, messages delivered in shuffled order.
+// No provider ever holds more than it has (checked at every delivery), at
+// most 10 clusters form, every formed cluster is held by its members, and
+// every other job fails with a reason and holds nothing.
+func TestRacingSubmittersNeverShareAGPU(t *testing.T) {
+	for seed := range uint64(5) {
+		m := newMeshNet(t, seed)
+		for i := 1; i <= 5; i++ {
+			m.provider(i, 8, usdc(uint64(200+10*i)), "eu")
+		}
+		for j := range 100 {
+			place := []Placement{Spread, Colocated}[j%2]
+			m.submit(rfbOf(20+j/100, byte(j), needsOf(4, uint32(j%3%2*4), place, usdc(250))), NegotiationConfig{Expect: 5})
+		}
+		m.run(true)
+		formed := 0
+		for job, o := range m.ended {
+			if !o.Formed {
+				if o.Reason == "" {
+					t.Errorf("seed %d: job %s failed without a reason", seed, job)
+				}
+				for p, r := range m.provs {
+					if _, ok := r.Held(job); ok {
+						t.Errorf("seed %d: failed job %s holds GPUs on %s", seed, job, m.names[p])
+					}
+				}
+				continue
+			}
+			formed++
+			for _, mem := range o.Members {
+				h, ok := m.provs[mem.Provider].Held(job)
+				if !ok || !h.Confirmed || h.GPUs != mem.GPUs {
+					t.Errorf("seed %d: member %s of formed job %s holds %+v", seed, m.names[mem.Provider], job, h)
+				}
+			}
+		}
+		if len(m.ended) != 100 || formed == 0 || formed > 10 {
+			t.Errorf("seed %d: %d ended, %d formed; want 100 ended and 1..10 formed", seed, len(m.ended), formed)
+		}
+	}
+}
