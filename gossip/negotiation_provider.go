@@ -114,7 +114,8 @@ func (r *Reservations) capacity(class string) (Capacity, bool) {
 	return Capacity{}, false
 }
 
-// Free is the GPUs of a class not held at time now.
+// Free is the GPUs of a class not held at time now (after expiring what is
+// due, as Tick does).
 func (r *Reservations) Free(class string, now time.Time) uint32 {
 	r.Tick(now)
 	c, _ := r.capacity(class)
@@ -250,8 +251,14 @@ func (r *Reservations) amend(h *Reservation, a Award, now time.Time) (Acceptance
 			r.drop(h)
 			return Acceptance{}, fmt.Errorf("%w: %d GPUs of %s free, award of %d", ErrRefused, free, a.Class, a.GPUs)
 		}
+		end := time.UnixMilli(a.LeaseExpires)
+		if !end.After(now) || end.After(now.Add(r.cfg.MaxLease)) {
+			r.drop(h)
+			return Acceptance{}, fmt.Errorf("%w: lease ends %s, want within %v", ErrRefused, end.UTC().Format(time.RFC3339), r.cfg.MaxLease)
+		}
 		r.inUse[a.Class] = r.inUse[a.Class] - h.GPUs + a.GPUs
 		h.GPUs = a.GPUs
+		h.LeaseEnd = end
 		h.Confirmed = false
 		h.HoldUntil = now.Add(r.cfg.Hold)
 	}

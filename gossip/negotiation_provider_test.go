@@ -237,3 +237,32 @@ func TestRacingAwardsNeverDoubleLease(t *testing.T) {
 		}
 	}
 }
+
+func TestAnAwardCanGrowAReservationUpToTheBid(t *testing.T) {
+	r := providerOf(t, 1, 8, usdc(200), "a")
+	a := rfbOf(2, 1, needsOf(8, 0, Spread, usdc(250)))
+	bid, _ := r.Bid(a, t0)
+	r.Award(awardOf(a, bid, 4, t0), t0)
+	if acc, ok := r.Award(awardOf(a, bid, 6, t0), t0).(*Acceptance); !ok || acc.GPUs != 6 {
+		t.Fatalf("top-up to 6 answered %+v, want an acceptance of 6", acc)
+	}
+	if free := r.Free("H100-80GB", t0); free != 2 {
+		t.Errorf("%d free after a top-up to 6 of 8, want 2", free)
+	}
+
+	// Another job takes the last 2; a top-up to 8 finds them gone and the
+	// refusal leaves nothing held for the job.
+	b := rfbOf(3, 2, needsOf(2, 0, Spread, usdc(250)))
+	bidB, _ := r.Bid(b, t0)
+	r.Award(awardOf(b, bidB, 2, t0), t0)
+	ref, ok := r.Award(awardOf(a, bid, 8, t0), t0).(*Refusal)
+	if !ok || ref.Reason != "award refused: 6 GPUs of H100-80GB free, award of 8" {
+		t.Fatalf("top-up past the free GPUs answered %+v", ref)
+	}
+	if _, held := r.Held(a.Job); held {
+		t.Error("a refused top-up left the reservation in place")
+	}
+	if free := r.Free("H100-80GB", t0); free != 6 {
+		t.Errorf("%d free, want 6", free)
+	}
+}

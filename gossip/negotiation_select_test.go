@@ -292,3 +292,23 @@ func TestSelectIsAsCheapAsBruteForce(t *testing.T) {
 		t.Errorf("%d of %d rounds feasible: the generator should give both kinds often", feasible, rounds)
 	}
 }
+
+// BenchmarkSelect is the selection over 500 bids in 20 zones: what the
+// submitter runs on every bid while collecting.
+func BenchmarkSelect(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var bids []Bid
+	for i := range 500 {
+		bids = append(bids, bidOf(i, "H100-80GB", uint32(1+rng.IntN(8)), usdc(uint64(150+rng.IntN(150))), fmt.Sprintf("zone%d", rng.IntN(20))))
+	}
+	for _, place := range []Placement{Spread, Colocated} {
+		b.Run(string(place), func(b *testing.B) {
+			needs := needsOf(32, 8, place, usdc(250))
+			for b.Loop() {
+				if _, _, err := Select(bids, needs); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

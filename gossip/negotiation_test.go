@@ -479,3 +479,73 @@ func TestRacingSubmittersNeverShareAGPU(t *testing.T) {
 		}
 	}
 }
+
+// TestRandomMeshesFormValidClustersOrHoldNothing: random providers (some
+// of whose GPUs are taken between bid and award), random needs, shuffled
+// delivery. A formed cluster meets the needs (GPUs, perNode, placement,
+// price) and is held, confirmed, by exactly its members; a failed one holds
+// nothing anywhere and says why.
+func TestRandomMeshesFormValidClustersOrHoldNothing(t *testing.T) {
+	zones := []string{"eu", "us", ""}
+	formed, failed := 0, 0
+	for seed := range uint64(300) {
+		m := newMeshNet(t, seed)
+		rng := rand.New(rand.NewPCG(seed, 99))
+		for i := 1; i <= 2+rng.IntN(8); i++ {
+			m.provider(i, uint32(1+rng.IntN(8)), usdc(uint64(150+10*rng.IntN(15))), zones[rng.IntN(len(zones))])
+		}
+		perNode := []uint32{0, 0, 2, 4}[rng.IntN(4)]
+		gpus := uint32(1 + rng.IntN(16))
+		if perNode > 0 {
+			gpus = perNode * uint32(1+rng.IntN(4))
+		}
+		needs := needsOf(gpus, perNode, []Placement{Spread, Colocated}[rng.IntN(2)], usdc(250))
+		rfb := rfbOf(0, 1, needs)
+		m.submit(rfb, NegotiationConfig{Expect: rng.IntN(3)})
+		// Thieves take GPUs between the bids and the awards.
+		for i, p := range m.sorted {
+			if rng.IntN(3) == 0 {
+				thief := rfbOf(30+i, 9, needsOf(1, 0, Spread, usdc(250)))
+				if tb, err := m.provs[p].Bid(thief, m.now); err == nil {
+					m.provs[p].Award(awardOf(thief, tb, 1+uint32(rng.IntN(int(tb.GPUs))), m.now), m.now)
+				}
+			}
+		}
+		m.run(true)
+		o := m.ended[rfb.Job]
+		if o == nil {
+			t.Fatalf("seed %d: the negotiation did not end", seed)
+		}
+		holders := 0
+		for _, r := range m.provs {
+			if _, ok := r.Held(rfb.Job); ok {
+				holders++
+			}
+		}
+		if !o.Formed {
+			failed++
+			if holders != 0 || o.Reason == "" {
+				t.Fatalf("seed %d: failed (%q) with %d providers holding GPUs", seed, o.Reason, holders)
+			}
+			continue
+		}
+		formed++
+		var bids []Bid
+		for _, mem := range o.Members {
+			bids = append(bids, Bid{Provider: mem.Provider, GPUs: mem.GPUs, Price: mem.Price})
+			h, ok := m.provs[mem.Provider].Held(rfb.Job)
+			if !ok || !h.Confirmed || h.GPUs != mem.GPUs {
+				t.Fatalf("seed %d: member %s holds %+v, want %d confirmed", seed, m.names[mem.Provider], h, mem.GPUs)
+			}
+		}
+		if err := checkSelection(o.Members, bids, needs); err != nil {
+			t.Fatalf("seed %d: formed cluster: %v\n%s", seed, err, strings.Join(m.trace, "\n"))
+		}
+		if holders != len(o.Members) {
+			t.Fatalf("seed %d: %d providers hold GPUs for a cluster of %d", seed, holders, len(o.Members))
+		}
+	}
+	if formed < 30 || failed < 30 {
+		t.Errorf("%d formed, %d failed: the generator should give both often", formed, failed)
+	}
+}
