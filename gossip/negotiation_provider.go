@@ -132,10 +132,11 @@ func (r *Reservations) Held(job JobID) (Reservation, bool) {
 }
 
 // Bid decides whether and what to bid on a request at time now: the class
-// that matches (the cheapest, if several do) with enough free GPUs (at
-// least perNode), at a price at most the request's maximum, for a lease at
-// least the job's. It offers all its free GPUs up to the number needed. A
-// bid reserves nothing; the reason says why there is no bid.
+// that matches (the cheapest, if several do) with a free GPU, at a price at
+// most the request's maximum, for a lease at least the job's. It offers all
+// its free GPUs up to the number needed, even fewer than perNode (so the
+// submitter can say that only fragments exist). A bid reserves nothing; the
+// error says why there is no bid.
 func (r *Reservations) Bid(rfb RequestForBids, now time.Time) (Bid, error) {
 	if err := rfb.Check(); err != nil {
 		return Bid{}, err
@@ -165,7 +166,9 @@ func (r *Reservations) Bid(rfb RequestForBids, now time.Time) (Bid, error) {
 			LeaseSeconds: uint32(r.cfg.MaxLease / time.Second), Zone: r.cfg.Zone, Addrs: r.cfg.Addrs,
 			Expires: now.Add(r.cfg.BidTTL).UnixMilli(),
 		}
-		if !needs.usable(&b) {
+		// Fewer GPUs than perNode still get a bid: the submitter finds them
+		// unusable, but can then tell its user that only fragments exist.
+		if b.GPUs == 0 || !needs.classMatches(&b) || b.Price > needs.MaxPrice || b.LeaseSeconds < needs.LeaseSeconds {
 			continue
 		}
 		if best == nil || b.Price < best.Price {

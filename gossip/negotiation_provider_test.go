@@ -48,7 +48,7 @@ func TestProviderBidsWhatItHasFree(t *testing.T) {
 		{"nothing of another class", func(n *Needs) { n.Class = "A100-40GB" }, 0, "no free GPUs of the class"},
 		{"any class of the model", func(n *Needs) { n.Class, n.Model = "", "H100" }, 8, ""},
 		{"nothing with too little memory", func(n *Needs) { n.MinVRAMGB = 141 }, 0, "no free GPUs"},
-		{"nothing for a bigger perNode", func(n *Needs) { n.GPUs, n.PerNode = 16, 16 }, 0, "no free GPUs"},
+		{"its fragment, even for a bigger perNode", func(n *Needs) { n.GPUs, n.PerNode = 16, 16 }, 8, ""},
 		{"nothing in another unit", func(n *Needs) { n.Unit = "SOL:9" }, 0, "request in SOL:9, prices in USDC:6"},
 		{"nothing for a lease longer than it grants", func(n *Needs) { n.LeaseSeconds = 48 * 3600 }, 0, "lease of 48h0m0s, at most 24h0m0s"},
 	}

@@ -226,7 +226,7 @@ func whyNot(bids []Bid, needs Needs) string {
 			what += fmt.Sprintf(" with at least %d GB", needs.MinVRAMGB)
 		}
 		if other := len(last); other > 0 {
-			return fmt.Sprintf("no provider of %s bid (%d bids of other GPUs)", what, other)
+			return fmt.Sprintf("no provider of %s bid (%s of other GPUs)", what, plural(other, "bid"))
 		}
 		return fmt.Sprintf("no provider of %s bid", what)
 	}
@@ -285,8 +285,8 @@ func whyNot(bids []Bid, needs Needs) string {
 			if whole == 0 {
 				return fmt.Sprintf("only fragments of at most %d GPUs, perNode %d", frag, needs.PerNode)
 			}
-			return fmt.Sprintf("%d providers have %d GPUs (%d GPUs), need %d; the other %d bids are fragments of at most %d GPUs, perNode %d",
-				whole, needs.PerNode, usable, needs.GPUs, len(cheap)-whole, frag, needs.PerNode)
+			return fmt.Sprintf("only %s of %d GPUs (%d GPUs), need %d; %d more bids are fragments of at most %d GPUs, perNode %d",
+				plural(whole, "provider"), needs.PerNode, usable, needs.GPUs, len(cheap)-whole, frag, needs.PerNode)
 		}
 	}
 	if needs.Placement == Colocated {
@@ -304,4 +304,11 @@ func whyNot(bids []Bid, needs Needs) string {
 		return fmt.Sprintf("colocation impossible: no zone has %d GPUs (best %s with %d)", needs.GPUs, zoneName(bestZone), bestGPUs)
 	}
 	return fmt.Sprintf("%d usable bids cannot make %d GPUs", len(cheap), needs.GPUs)
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }

@@ -113,7 +113,7 @@ func TestNoClusterReasonsHaveNumbers(t *testing.T) {
 	}{
 		{"nobody", nil, needsOf(8, 0, Spread, usdc(250)), "no cluster can form: no provider of class H100-80GB bid"},
 		{"other classes only", []Bid{bidOf(1, "A100-40GB", 8, usdc(100), "a")}, needsOf(8, 0, Spread, usdc(250)),
-			"no provider of class H100-80GB bid (1 bids of other GPUs)"},
+			"no provider of class H100-80GB bid (1 bid of other GPUs)"},
 		{"too few below the max price",
 			[]Bid{bidOf(1, h, 16, usdc(240), "a"), bidOf(2, h, 8, usdc(250), "a"), bidOf(3, h, 8, usdc(300), "a")},
 			needsOf(32, 0, Spread, usdc(250)), "24 GPUs available at or below 2.50 USDC/GPU-h, need 32 (8 more from 3.00 USDC/GPU-h)"},
@@ -122,7 +122,7 @@ func TestNoClusterReasonsHaveNumbers(t *testing.T) {
 			needsOf(8, 8, Spread, usdc(250)), "only fragments of at most 4 GPUs, perNode 8"},
 		{"some whole nodes, the rest fragments",
 			[]Bid{bidOf(1, h, 8, usdc(200), "a"), bidOf(2, h, 4, usdc(200), "a"), bidOf(3, h, 6, usdc(200), "a")},
-			needsOf(16, 8, Spread, usdc(250)), "1 providers have 8 GPUs (8 GPUs), need 16; the other 2 bids are fragments of at most 6 GPUs, perNode 8"},
+			needsOf(16, 8, Spread, usdc(250)), "only 1 provider of 8 GPUs (8 GPUs), need 16; 2 more bids are fragments of at most 6 GPUs, perNode 8"},
 		{"colocation impossible",
 			[]Bid{bidOf(1, h, 16, usdc(200), "eu-west/ams1"), bidOf(2, h, 8, usdc(200), "us-east/nyc1"), bidOf(3, h, 8, usdc(200), "us-west/sfo1")},
 			needsOf(32, 0, Colocated, usdc(250)), "colocation impossible: no zone has 32 GPUs (best eu-west/ams1 with 16)"},

@@ -1,0 +1,135 @@
+package gossip
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+var rewrite = flag.Bool("rewrite", false, "rewrite the expected transcripts of testdata/negotiation/*.txt")
+
+// TestNegotiationScripts runs the scripts in testdata/negotiation: commands,
+// a line "----", then the transcript the in-memory mesh must print. Run
+// with -rewrite to write the transcripts anew (then read the diff).
+//
+//	provider N gpus=8 price=2.00 zone=eu-west/ams1  provider N (test peer N) with 8 H100-80GB at 2.00 USDC/GPU-h
+//	submit gpus=16 perNode=8 placement=colocated max=2.50 expect=0 grace=20ms
+//	steal N gpus=4    another job takes 4 GPUs of provider N (after its bid)
+//	run               deliver in order until the negotiation ends
+func TestNegotiationScripts(t *testing.T) {
+	files, err := filepath.Glob("testdata/negotiation/*.txt")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no scripts: %v", err)
+	}
+	for _, file := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(file), ".txt"), func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			script, want, ok := strings.Cut(string(data), "\n----\n")
+			if !ok {
+				t.Fatal(`no "----" line before the transcript`)
+			}
+			got := runScript(t, script)
+			if *rewrite {
+				if err := os.WriteFile(file, []byte(script+"\n----\n"+got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if got != want {
+				t.Errorf("transcript:\n%s\nwant:\n%s", got, want)
+			}
+		})
+	}
+}
+
+func runScript(t *testing.T, script string) string {
+	m := newMeshNet(t, 1)
+	for ln, line := range strings.Split(script, "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		words := strings.Fields(line)
+		if len(words) == 0 {
+			continue
+		}
+		fail := func(format string, a ...any) {
+			t.Helper()
+			t.Fatalf("line %d: %s: %s", ln+1, line, fmt.Sprintf(format, a...))
+		}
+		args := map[string]string{}
+		var pos []int
+		for _, w := range words[1:] {
+			if k, v, ok := strings.Cut(w, "="); ok {
+				args[k] = v
+			} else if n, err := strconv.Atoi(w); err == nil {
+				pos = append(pos, n)
+			} else {
+				fail("argument %q", w)
+			}
+		}
+		num := func(k string, def uint64) uint64 {
+			v, ok := args[k]
+			if !ok {
+				return def
+			}
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil {
+				fail("%s=%s: %v", k, v, err)
+			}
+			return n
+		}
+		price := func(k string) uint64 {
+			p, err := DefaultUnit.Parse(args[k])
+			if err != nil {
+				fail("%s: %v", k, err)
+			}
+			return p
+		}
+		switch words[0] {
+		case "provider":
+			if len(pos) != 1 {
+				fail("want the provider's number")
+			}
+			m.provider(pos[0], uint32(num("gpus", 8)), price("price"), args["zone"])
+		case "submit":
+			needs := needsOf(uint32(num("gpus", 8)), uint32(num("perNode", 0)), Placement(args["placement"]), price("max"))
+			cfg := NegotiationConfig{Expect: int(num("expect", 0))}
+			if g, ok := args["grace"]; ok {
+				d, err := time.ParseDuration(g)
+				if err != nil {
+					fail("grace: %v", err)
+				}
+				cfg.Grace = d
+			}
+			m.submit(rfbOf(0, 1, needs), cfg)
+		case "steal":
+			if len(pos) != 1 {
+				fail("want the provider's number")
+			}
+			thief := rfbOf(9, 9, needsOf(uint32(num("gpus", 1)), 0, Spread, MaxPrice))
+			r := m.provs[testID(pos[0])]
+			b, err := r.Bid(thief, m.now)
+			if err != nil {
+				fail("%v", err)
+			}
+			if _, ok := r.Award(awardOf(thief, b, b.GPUs, m.now), m.now).(*Acceptance); !ok {
+				fail("the theft was refused")
+			}
+		case "run":
+			m.run(false)
+		default:
+			fail("unknown command %q", words[0])
+		}
+	}
+	got := strings.Join(m.trace, "\n") + "\n"
+	for id, n := range m.names {
+		got = strings.ReplaceAll(got, id.String(), n)
+	}
+	return got
+}
