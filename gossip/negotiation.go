@@ -53,7 +53,10 @@ package gossip
 //     "24 GPUs available at or below 2.50 USDC/GPU-h, need 32", "only
 //     fragments of at most 4 GPUs, perNode 8", "colocation impossible: no
 //     zone has 32 GPUs (best eu-west/ams1 with 16)".
-//   - Provider side: a bid reserves nothing; an award reserves atomically if
+//   - Provider side: a provider bids whenever it has a free GPU of a matching
+//     class at or below the max price, fewer than perNode included (the
+//     submitter cannot use those, but can say that only fragments exist).
+//     A bid reserves nothing; an award reserves atomically if
 //     the GPUs are free, else it is refused, so of two submitters racing for
 //     the same GPUs one gets a Refusal and replaces. An award is idempotent.
 //     Unconfirmed reservations lapse at HoldUntil, confirmed ones when their
