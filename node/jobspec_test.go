@@ -1,0 +1,459 @@
+package node
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/gpumesh/gpumesh/gossip"
+)
+
+// resnet is the spec of testdata/jobspec/resnet.yaml, the issue's example.
+func resnet() JobSpec {
+	return JobSpec{
+		Name:    "resnet-train",
+		Image:   "pytorch/pytorch:2.4.0-cuda12.1-cudnn9-runtime",
+		Command: []string{"torchrun", "train.py"},
+		Env:     map[string]string{"EPOCHS": "3"},
+		Resources: JobResources{
+			GPUs:    8,
+			GPU:     JobGPU{Model: "H100", MinVRAM: "80GB"},
+			PerNode: 8,
+		},
+		Placement: gossip.Colocated,
+		Launcher:  "torchrun",
+		MaxPrice:  "2.50",
+		Timeout:   "2h",
+	}
+}
+
+func readResnet(t *testing.T) []byte {
+	t.Helper()
+	data, err := os.ReadFile("testdata/jobspec/resnet.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func TestJobSpecOfTheIssueParsesValidatesAndBecomesNeeds(t *testing.T) {
+	got, err := ParseJobSpec(readResnet(t), "yaml")
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	if want := resnet(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("parsed\n%+v\nwant\n%+v", got, want)
+	}
+	if err := got.Validate(gossip.DefaultUnit); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	needs, err := got.Needs(gossip.DefaultUnit)
+	if err != nil {
+		t.Fatalf("needs: %v", err)
+	}
+	want := gossip.Needs{
+		GPUs:         8,
+		Model:        "H100",
+		MinVRAMGB:    80,
+		PerNode:      8,
+		Placement:    gossip.Colocated,
+		MaxPrice:     2_500_000,
+		Unit:         "USDC:6",
+		LeaseSeconds: 2 * 60 * 60,
+	}
+	if needs != want {
+		t.Fatalf("needs\n%+v\nwant\n%+v", needs, want)
+	}
+	if err := needs.Check(); err != nil {
+		t.Fatalf("needs do not pass the negotiation's check: %v", err)
+	}
+}
+
+func TestJobSpecAsJSONIsTheSameSpec(t *testing.T) {
+	js := `{
+		"name": "resnet-train",
+		"image": "pytorch/pytorch:2.4.0-cuda12.1-cudnn9-runtime",
+		"command": ["torchrun", "train.py"],
+		"env": {"EPOCHS": "3"},
+		"resources": {"gpus": 8, "gpu": {"model": "H100", "minVRAM": "80GB"}, "perNode": 8},
+		"placement": "colocated",
+		"launcher": "torchrun",
+		"maxPrice": 2.50,
+		"timeout": "2h"
+	}`
+	fromJSON, err := ParseJobSpec([]byte(js), "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromYAML, err := ParseJobSpec(readResnet(t), "yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(fromJSON, fromYAML) {
+		t.Fatalf("json gives\n%+v\nyaml gives\n%+v", fromJSON, fromYAML)
+	}
+	// And what the API writes back reads as the same spec.
+	out, err := json.Marshal(fromJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := ParseJobSpec(out, "json")
+	if err != nil || !reflect.DeepEqual(again, fromJSON) {
+		t.Fatalf("re-read %s: %+v, %v", out, again, err)
+	}
+}
+
+func TestJobSpecMaxPriceIsExactWhetherNumberOrString(t *testing.T) {
+	six := gossip.DefaultUnit
+	nine := gossip.Unit{Token: "SOL", Decimals: 9}
+	for _, tc := range []struct {
+		yaml string
+		unit gossip.Unit
+		want uint64
+	}{
+		{"2.50", six, 2_500_000},
+		{`"2.50"`, six, 2_500_000},
+		{"'2.50'", six, 2_500_000},
+		{"3", six, 3_000_000},
+		{"0.000001", six, 1},
+		{"0.1", six, 100_000},              // 0.1 is not exact as a float64
+		{"0.30000000", six, 300_000},       // zeros beyond the unit's decimals
+		{"0.123456789", nine, 123_456_789}, // all nine decimals of SOL
+		{"123456789.123456", six, 123_456_789_123_456},
+	} {
+		doc := strings.Replace(string(readResnet(t)), "maxPrice: 2.50", "maxPrice: "+tc.yaml, 1)
+		s, err := ParseJobSpec([]byte(doc), "yaml")
+		if err != nil {
+			t.Fatalf("maxPrice: %s: %v", tc.yaml, err)
+		}
+		n, err := s.Needs(tc.unit)
+		if err != nil {
+			t.Fatalf("maxPrice: %s: %v", tc.yaml, err)
+		}
+		if n.MaxPrice != tc.want {
+			t.Errorf("maxPrice: %s in %s is %d, want %d", tc.yaml, tc.unit, n.MaxPrice, tc.want)
+		}
+	}
+}
+
+func TestJobSpecMinVRAMIsGB(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want uint32
+	}{
+		{"80GB", 80},
+		{"80 GB", 80},
+		{`"80 GB"`, 80},
+		{"80gb", 80},
+		{"80", 80},
+		{"0", 0},
+		{"~", 0},
+	} {
+		doc := strings.Replace(string(readResnet(t)), "minVRAM: 80GB", "minVRAM: "+tc.yaml, 1)
+		s, err := ParseJobSpec([]byte(doc), "yaml")
+		if err != nil {
+			t.Fatalf("minVRAM: %s: %v", tc.yaml, err)
+		}
+		n, err := s.Needs(gossip.DefaultUnit)
+		if err != nil {
+			t.Fatalf("minVRAM: %s: %v", tc.yaml, err)
+		}
+		if n.MinVRAMGB != tc.want {
+			t.Errorf("minVRAM: %s is %d GB, want %d", tc.yaml, n.MinVRAMGB, tc.want)
+		}
+	}
+}
+
+func TestJobSpecDefaults(t *testing.T) {
+	s := JobSpec{
+		Name:      "tiny",
+		Command:   []string{"python", "-c", "print(1)"},
+		Resources: JobResources{GPUs: 3, GPU: JobGPU{Model: "A100"}},
+		MaxPrice:  "1",
+		Timeout:   "90m",
+	}
+	n, err := s.Needs(gossip.DefaultUnit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := gossip.Needs{
+		GPUs:         3,
+		Model:        "A100",
+		Placement:    gossip.Spread, // no placement: anywhere
+		MaxPrice:     1_000_000,
+		Unit:         "USDC:6",
+		LeaseSeconds: 90 * 60,
+	}
+	if n != want {
+		t.Fatalf("needs\n%+v\nwant\n%+v", n, want)
+	}
+}
+
+func TestJobSpecTimeoutRoundsUpToASecondOfLease(t *testing.T) {
+	s := resnet()
+	s.Timeout = "90.5s"
+	n, err := s.Needs(gossip.DefaultUnit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.LeaseSeconds != 91 {
+		t.Fatalf("lease of %d s for a timeout of 90.5s, want 91", n.LeaseSeconds)
+	}
+}
+
+// Each case changes the issue's example and names every line of the error
+// Validate must give.
+func TestJobSpecValidationSaysWhatIsWrong(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(*JobSpec)
+		want   []string
+	}{
+		{"no GPUs", func(s *JobSpec) { s.Resources.GPUs = 0; s.Resources.PerNode = 0 },
+			[]string{"resources.gpus: must be 1..4096, got 0"}},
+		{"too many GPUs", func(s *JobSpec) { s.Resources.GPUs = 4097; s.Resources.PerNode = 0 },
+			[]string{"resources.gpus: must be 1..4096, got 4097"}},
+		{"placement near", func(s *JobSpec) { s.Placement = "near" },
+			[]string{`placement: must be colocated or spread, got "near"`}},
+		{"price not a number", func(s *JobSpec) { s.MaxPrice = "cheap" },
+			[]string{`maxPrice: want USDC per GPU-hour such as 2.50: "cheap": want a decimal number such as 2.10 (digits and one dot)`}},
+		{"price finer than the unit", func(s *JobSpec) { s.MaxPrice = "2.1234567" },
+			[]string{`maxPrice: want USDC per GPU-hour such as 2.50: "2.1234567": USDC has 6 decimals`}},
+		{"price as a float exponent", func(s *JobSpec) { s.MaxPrice = "2.5e0" },
+			[]string{`maxPrice: want USDC per GPU-hour such as 2.50: "2.5e0": want a decimal number such as 2.10 (digits and one dot)`}},
+		{"negative price", func(s *JobSpec) { s.MaxPrice = "-1" },
+			[]string{`maxPrice: want USDC per GPU-hour such as 2.50: "-1": want a decimal number such as 2.10 (digits and one dot)`}},
+		{"free", func(s *JobSpec) { s.MaxPrice = "0.00" },
+			[]string{`maxPrice: must be more than 0 USDC per GPU-hour, got "0.00"`}},
+		{"no price", func(s *JobSpec) { s.MaxPrice = "" },
+			[]string{"maxPrice: required, USDC per GPU-hour such as 2.50"}},
+		{"timeout forever", func(s *JobSpec) { s.Timeout = "forever" },
+			[]string{`timeout: must be a duration like 2h or 90m, 1m..720h, got "forever"`}},
+		{"timeout too short", func(s *JobSpec) { s.Timeout = "59s" },
+			[]string{`timeout: must be a duration like 2h or 90m, 1m..720h, got "59s"`}},
+		{"timeout too long", func(s *JobSpec) { s.Timeout = "721h" },
+			[]string{`timeout: must be a duration like 2h or 90m, 1m..720h, got "721h"`}},
+		{"timeout without a unit", func(s *JobSpec) { s.Timeout = "90" },
+			[]string{`timeout: must be a duration like 2h or 90m, 1m..720h, got "90"`}},
+		{"no timeout", func(s *JobSpec) { s.Timeout = "" },
+			[]string{`timeout: must be a duration like 2h or 90m, 1m..720h, got ""`}},
+		{"neither image nor command", func(s *JobSpec) { s.Image = ""; s.Command = nil },
+			[]string{"image or command: one is required"}},
+		{"command alone", func(s *JobSpec) { s.Image = "" }, nil},
+		{"image alone", func(s *JobSpec) { s.Command = nil }, nil},
+		{"image with a space", func(s *JobSpec) { s.Image = "pytorch torch" },
+			[]string{`image: want a reference such as pytorch/pytorch:2.4.0 (at most 512 printable characters, no spaces), got "pytorch torch"`}},
+		{"empty program", func(s *JobSpec) { s.Command = []string{"", "train.py"} },
+			[]string{"command[0]: the program must not be empty"}},
+		{"NUL in an argument", func(s *JobSpec) { s.Command = []string{"torchrun", "a\x00b"} },
+			[]string{"command[1]: must not contain a NUL byte"}},
+		{"variable with a space", func(s *JobSpec) { s.Env["FOO BAR"] = "1" },
+			[]string{"env.FOO BAR: not a valid variable name (want A-Z a-z 0-9 _, not starting with a digit)"}},
+		{"variable starting with a digit", func(s *JobSpec) { s.Env["1X"] = "1" },
+			[]string{"env.1X: not a valid variable name (want A-Z a-z 0-9 _, not starting with a digit)"}},
+		{"variable with a newline stays on its line", func(s *JobSpec) { s.Env["A\nB"] = "1" },
+			[]string{`env."A\nB": not a valid variable name (want A-Z a-z 0-9 _, not starting with a digit)`}},
+		{"NUL in a value", func(s *JobSpec) { s.Env["EPOCHS"] = "3\x00" },
+			[]string{"env.EPOCHS: value must not contain a NUL byte"}},
+		{"perNode not dividing", func(s *JobSpec) { s.Resources.PerNode = 3 },
+			[]string{"resources.perNode: must divide resources.gpus (8), got 3"}},
+		{"perNode above gpus", func(s *JobSpec) { s.Resources.PerNode = 16 },
+			[]string{"resources.perNode: must divide resources.gpus (8), got 16"}},
+		{"negative perNode", func(s *JobSpec) { s.Resources.PerNode = -1 },
+			[]string{"resources.perNode: must be 0 (any split) or 1..4096, got -1"}},
+		{"minVRAM lots", func(s *JobSpec) { s.Resources.GPU.MinVRAM = "lots" },
+			[]string{`resources.gpu.minVRAM: want GB such as 80GB, 0..4096, got "lots"`}},
+		{"minVRAM in GiB", func(s *JobSpec) { s.Resources.GPU.MinVRAM = "80GiB" },
+			[]string{`resources.gpu.minVRAM: want GB such as 80GB, 0..4096, got "80GiB"`}},
+		{"minVRAM fractional", func(s *JobSpec) { s.Resources.GPU.MinVRAM = "79.5GB" },
+			[]string{`resources.gpu.minVRAM: want GB such as 80GB, 0..4096, got "79.5GB"`}},
+		{"no model", func(s *JobSpec) { s.Resources.GPU.Model = "" },
+			[]string{"resources.gpu.model: required, a GPU family such as H100 or A100"}},
+		{"model with a space", func(s *JobSpec) { s.Resources.GPU.Model = "RTX 4090" },
+			[]string{`resources.gpu.model: want a GPU family such as H100 (A-Z a-z 0-9 . _ + -), got "RTX 4090"`}},
+		{"name with capitals", func(s *JobSpec) { s.Name = "ResNet" },
+			[]string{`name: must be 1..63 of a-z 0-9 -, starting and ending with a letter or digit, got "ResNet"`}},
+		{"name ending in a dash", func(s *JobSpec) { s.Name = "resnet-" },
+			[]string{`name: must be 1..63 of a-z 0-9 -, starting and ending with a letter or digit, got "resnet-"`}},
+		{"no name", func(s *JobSpec) { s.Name = "" },
+			[]string{`name: must be 1..63 of a-z 0-9 -, starting and ending with a letter or digit, got ""`}},
+		{"name of 64", func(s *JobSpec) { s.Name = strings.Repeat("a", 64) },
+			[]string{`name: must be 1..63 of a-z 0-9 -, starting and ending with a letter or digit, got "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa..."`}},
+		{"name of 63", func(s *JobSpec) { s.Name = strings.Repeat("a", 63) }, nil},
+		{"launcher mpi", func(s *JobSpec) { s.Launcher = "mpi" },
+			[]string{`launcher: must be none, torchrun or ray, got "mpi"`}},
+		{"launcher none", func(s *JobSpec) { s.Launcher = "none" }, nil},
+		{"launcher ray", func(s *JobSpec) { s.Launcher = "ray" }, nil},
+		{"retries", func(s *JobSpec) { s.Retries = 3 }, nil},
+		{"too many retries", func(s *JobSpec) { s.Retries = 11 },
+			[]string{"retries: must be 0..10, got 11"}},
+		{"negative retries", func(s *JobSpec) { s.Retries = -1 },
+			[]string{"retries: must be 0..10, got -1"}},
+		{"every error at once, in the order of the fields", func(s *JobSpec) {
+			s.Name = "Bad Name"
+			s.Image, s.Command = "", nil
+			s.Env["FOO BAR"] = "x"
+			s.Resources.GPUs = 0
+			s.Resources.GPU.MinVRAM = "lots"
+			s.Placement = "near"
+			s.MaxPrice = "two"
+			s.Timeout = "forever"
+		}, []string{
+			`name: must be 1..63 of a-z 0-9 -, starting and ending with a letter or digit, got "Bad Name"`,
+			"image or command: one is required",
+			"env.FOO BAR: not a valid variable name (want A-Z a-z 0-9 _, not starting with a digit)",
+			"resources.gpus: must be 1..4096, got 0",
+			`resources.gpu.minVRAM: want GB such as 80GB, 0..4096, got "lots"`,
+			`placement: must be colocated or spread, got "near"`,
+			`maxPrice: want USDC per GPU-hour such as 2.50: "two": want a decimal number such as 2.10 (digits and one dot)`,
+			`timeout: must be a duration like 2h or 90m, 1m..720h, got "forever"`,
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := resnet()
+			tc.change(&s)
+			err := s.Validate(gossip.DefaultUnit)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("got\n%v\nwant no error", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("got no error, want\n%s", strings.Join(tc.want, "\n"))
+			}
+			if got, want := err.Error(), strings.Join(tc.want, "\n"); got != want {
+				t.Fatalf("got\n%s\nwant\n%s", got, want)
+			}
+			if !errors.Is(err, ErrBadJobSpec) {
+				t.Errorf("%v is not ErrBadJobSpec", err)
+			}
+			var list JobSpecErrors
+			if !errors.As(err, &list) || len(list) != len(tc.want) {
+				t.Errorf("errors.As: %d field errors, want %d", len(list), len(tc.want))
+			}
+			if _, nerr := s.Needs(gossip.DefaultUnit); nerr == nil || nerr.Error() != err.Error() {
+				t.Errorf("Needs fails with %v, want the same as Validate", nerr)
+			}
+		})
+	}
+}
+
+func TestJobSpecParserRefusesWhatItCannotRead(t *testing.T) {
+	for _, tc := range []struct {
+		name, format, doc, want string
+	}{
+		{"misspelt yaml field", "yaml", "name: a\nmaxprice: 2.50\n", "field maxprice not found"},
+		{"misspelt nested yaml field", "yaml", "resources: {gpu: {modle: H100}}\n", "field modle not found"},
+		{"misspelt json field", "json", `{"name":"a","timout":"2h"}`, `unknown field "timout"`},
+		{"two yaml documents", "yaml", "name: a\n---\nname: b\n", "more than one document"},
+		{"json after json", "json", `{"name":"a"} {"name":"b"}`, "data after the spec"},
+		{"empty yaml", "yaml", "", "empty"},
+		{"empty json", "json", "", "empty"},
+		{"gpus as a word", "yaml", "resources: {gpus: eight}\n", "cannot unmarshal"},
+		{"maxPrice as a list", "yaml", "maxPrice: [2]\n", "want a number or a string"},
+		{"maxPrice as a bool in json", "json", `{"maxPrice": true}`, "want a number or a string"},
+		{"duplicate key", "yaml", "name: a\nname: b\n", "already defined"},
+		{"toml", "toml", "name = 'a'", `format "toml", want yaml or json`},
+		{"bytes that are not text", "yaml", "command: [!!binary /w==]\n", "command[0]: not UTF-8 text"},
+		{"too big", "yaml", "name: a\n" + strings.Repeat("#", MaxJobSpecSize), "at most 65536 (64 KiB)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseJobSpec([]byte(tc.doc), tc.format)
+			if err == nil {
+				t.Fatalf("parsed, want an error with %q", tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %q, want it to say %q", err, tc.want)
+			}
+			if !errors.Is(err, ErrBadJobSpec) {
+				t.Errorf("%v is not ErrBadJobSpec", err)
+			}
+			if strings.Contains(err.Error(), "node.Job") {
+				t.Errorf("%q names a Go type", err)
+			}
+		})
+	}
+}
+
+// roundTrip writes s in format and reads it back.
+func roundTrip(t *testing.T, s JobSpec, format string) JobSpec {
+	t.Helper()
+	var out []byte
+	var err error
+	if format == "json" {
+		out, err = json.Marshal(s)
+	} else {
+		out, err = yaml.Marshal(s)
+	}
+	if err != nil {
+		t.Fatalf("marshal %s: %v", format, err)
+	}
+	back, err := ParseJobSpec(out, format)
+	if err != nil {
+		t.Fatalf("re-parse %s of %+v:\n%s\n%v", format, s, out, err)
+	}
+	return back
+}
+
+func FuzzParseJobSpec(f *testing.F) {
+	data, err := os.ReadFile("testdata/jobspec/resnet.yaml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(data, true)
+	f.Add([]byte(`{"name":"a","command":["x"],"resources":{"gpus":4,"gpu":{"model":"A100","minVRAM":40}},"maxPrice":"1.5","timeout":"1h","retries":2}`), false)
+	f.Add([]byte("env: {A: 1, B: ~, C: [x]}\nmaxPrice: 0x10\n"), true)
+	f.Add([]byte("a: &a [*a, *a]\n"), true)
+	f.Add([]byte("command: [!!binary /w==]\nname: !!binary aGk=\n"), true)
+	f.Add([]byte("resources: {gpu: {minVRAM: 80 GB}}\ntimeout: 90\n"), true)
+	f.Fuzz(func(t *testing.T, data []byte, asYAML bool) {
+		format := "json"
+		if asYAML {
+			format = "yaml"
+		}
+		s, err := ParseJobSpec(data, format)
+		if err != nil {
+			return
+		}
+		verr := s.Validate(gossip.DefaultUnit)
+		n, nerr := s.Needs(gossip.DefaultUnit)
+		if (verr == nil) != (nerr == nil) {
+			t.Fatalf("Validate: %v, Needs: %v", verr, nerr)
+		}
+		if nerr == nil {
+			if err := n.Check(); err != nil {
+				t.Fatalf("valid spec gives needs that fail the negotiation's check: %v", err)
+			}
+		}
+		for _, f := range []string{"json", "yaml"} {
+			if back := roundTrip(t, s, f); !reflect.DeepEqual(back, s) {
+				t.Fatalf("through %s\n%#v\nbecomes\n%#v", f, s, back)
+			}
+		}
+	})
+}
+
+func TestJobSpecAliasBombIsRefusedQuickly(t *testing.T) {
+	// A billion laughs: 9^29 strings from 1.6 KB of YAML.
+	doc := "env:\n  a0: &a0 [\"xxxxxxxxxxxxxxxx\"]\n"
+	for i := 1; i < 30; i++ {
+		doc += fmt.Sprintf("  a%d: &a%d [%s]\n", i, i, strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*a%d,", i-1), 9), ","))
+	}
+	start := time.Now()
+	_, err := ParseJobSpec([]byte(doc), "yaml")
+	if err == nil {
+		t.Fatal("parsed an alias bomb")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("took %v to refuse an alias bomb", d)
+	}
+	t.Logf("refused in %v: %v", time.Since(start), err)
+}
