@@ -22,10 +22,8 @@ import (
 	"sync"
 	"time"
 
-	ds "github.com/ipfs/go-datastore"
-	"github.com/ipfs/go-datastore/query"
-	dssync "github.com/ipfs/go-datastore/sync"
 	kaddht "github.com/libp2p/go-libp2p-kad-dht"
+	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -72,7 +70,7 @@ func ProtocolPrefix(swarm string) protocol.ID {
 // Directory is the swarm's DHT on one peer.
 type Directory struct {
 	kad       *kaddht.IpfsDHT
-	store     ds.Batching // this peer's shard: values and provider records
+	store     *cappedStore // this peer's shard: values and provider records, bounded
 	validator offerValidator
 
 	host       host.Host
@@ -100,7 +98,7 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Directory, error) {
 		now = time.Now
 	}
 	d := &Directory{
-		store:      dssync.MutexWrap(ds.NewMapDatastore()),
+		store:      newCappedStore(MaxStoredValues, MaxStoredProviders),
 		validator:  offerValidator{now: now},
 		provided:   map[string]time.Time{},
 		host:       h,
@@ -110,7 +108,8 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Directory, error) {
 		kaddht.Mode(mode),
 		kaddht.ProtocolPrefix(ProtocolPrefix(cfg.Swarm)),
 		kaddht.Datastore(d.store),
-		kaddht.NamespacedValidator(offerNamespace, d.validator),
+		// Offers only: no /pk or /ipns records for anyone to fill us with.
+		kaddht.Validator(record.NamespacedValidator{offerNamespace: d.validator}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("dht: %w", err)
@@ -164,7 +163,8 @@ type Query struct {
 	MinVRAMGB uint32 // memory per GPU, GB
 	Count     int    // GPUs wanted; the result says whether they were found
 	Region    string // region label prefix, e.g. "eu" matches "eu-west/ams1"
-	MaxPrice  uint64 // per GPU-hour in the token's smallest unit; 0 any
+	MaxPrice  uint64 // per GPU-hour in Unit's smallest unit; 0 any
+	Unit      string // price unit of MaxPrice and of the order, "TOKEN:DECIMALS"; offers in another unit sort last and never pass MaxPrice
 }
 
 // matches reports whether one class offer meets the query.
@@ -178,7 +178,7 @@ func (q Query) matches(o *Offer, g GPUOffer) bool {
 		return false
 	case q.Region != "" && !strings.HasPrefix(strings.ToLower(o.Region), strings.ToLower(q.Region)):
 		return false
-	case q.MaxPrice > 0 && (g.Price == 0 || g.Price > q.MaxPrice):
+	case q.MaxPrice > 0 && (g.Price == 0 || g.Price > q.MaxPrice || o.Token != q.Unit):
 		return false
 	}
 	return true
@@ -197,6 +197,7 @@ type FindResult struct {
 	Indexed   int           `json:"indexed"`   // providers listed under the index key
 	GPUs      int           `json:"gpus"`      // available GPUs in the matches
 	Enough    bool          `json:"enough"`    // GPUs >= the query's Count
+	Partial   bool          `json:"partial"`   // the search ran out of time or hit MaxIndexed; there may be more
 	IndexKey  string        `json:"indexKey"`
 	Hops      int           `json:"hops"`    // longest chain of referrals in the index lookup
 	Queried   int           `json:"queried"` // peers that answered, over the whole search
@@ -205,6 +206,9 @@ type FindResult struct {
 
 // maxParallelFetch bounds the offer fetches a Find runs at once.
 const maxParallelFetch = 32
+
+// MaxIndexed bounds the providers one Find considers.
+const MaxIndexed = 1000
 
 // Find looks up the providers indexed under the query's key, fetches their
 // signed offers, and returns the live ones that match, cheapest first
@@ -226,59 +230,52 @@ func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
 		}
 	}()
 
+	// A fixed pool fetches offers while the index lookup streams providers
+	// in; a lookup that names more than MaxIndexed is cut short (Partial),
+	// whatever a hostile peer answers.
 	var (
 		mu      sync.Mutex
 		wg      sync.WaitGroup
-		sem     = make(chan struct{}, maxParallelFetch)
+		work    = make(chan peer.AddrInfo)
 		indexed = map[peer.ID]bool{}
 	)
-	for info := range d.kad.FindProvidersAsync(evctx, indexKeyCID(res.IndexKey), 0) {
-		if indexed[info.ID] {
-			continue
-		}
-		indexed[info.ID] = true
+	for range maxParallelFetch {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			defer func() { <-sem }()
-			// Ask the provider first (one round trip, freshest); if it does
-			// not answer, read the copy the DHT stores.
-			o, err := d.fetchOffer(evctx, info)
-			if err != nil {
-				if o, err = d.Offer(evctx, info.ID); err != nil {
-					return
-				}
-			}
-			if err := o.Check(d.validator.now()); err != nil {
-				return
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			matched := false
-			for _, g := range o.GPUs {
-				if q.matches(o, g) {
-					res.Matches = append(res.Matches, Match{Offer: o, GPU: g})
-					res.GPUs += int(g.Available)
-					matched = true
-				}
-			}
-			if matched {
-				res.Providers++
+			for info := range work {
+				d.fetchAndMatch(evctx, info, q, &mu, &res)
 			}
 		}()
 	}
+	lookup, stopLookup := context.WithCancel(evctx)
+	defer stopLookup()
+	for info := range d.kad.FindProvidersAsync(lookup, indexKeyCID(res.IndexKey), 0) {
+		if indexed[info.ID] {
+			continue
+		}
+		if len(indexed) == MaxIndexed {
+			res.Partial = true
+			stopLookup() // the channel closes soon; fetches go on
+			continue
+		}
+		indexed[info.ID] = true
+		select {
+		case work <- info:
+		case <-evctx.Done():
+		}
+	}
+	close(work)
 	wg.Wait()
+	if parent.Err() != nil {
+		res.Partial = true
+	}
 	cancel()
 	<-evDone
 	if err := parent.Err(); err != nil && len(indexed) == 0 {
 		return res, fmt.Errorf("dht: find %s: %w", res.IndexKey, err)
 	}
-	sortMatches(res.Matches)
+	sortMatches(res.Matches, q.Unit)
 	res.Indexed = len(indexed)
 	res.Enough = res.GPUs >= q.Count
 	res.Hops, res.Queried = hops.result()
@@ -286,12 +283,55 @@ func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
 	return res, nil
 }
 
-// sortMatches orders matches by price (no fixed ask last), then by more
-// GPUs available, then by provider for a stable order.
-func sortMatches(m []Match) {
+// offerFallbackTimeout bounds reading a provider's offer from the DHT when
+// the provider itself does not answer.
+const offerFallbackTimeout = 5 * time.Second
+
+// fetchAndMatch reads one provider's offer (from the provider, else from the
+// DHT) and adds what matches q to res.
+func (d *Directory) fetchAndMatch(ctx context.Context, info peer.AddrInfo, q Query, mu *sync.Mutex, res *FindResult) {
+	if ctx.Err() != nil {
+		return
+	}
+	o, err := d.fetchOffer(ctx, info)
+	if err != nil {
+		fctx, cancel := context.WithTimeout(ctx, offerFallbackTimeout)
+		o, err = d.Offer(fctx, info.ID)
+		cancel()
+		if err != nil {
+			return
+		}
+	}
+	if err := o.Check(d.validator.now()); err != nil {
+		return
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	matched := false
+	for _, g := range o.GPUs {
+		if q.matches(o, g) {
+			res.Matches = append(res.Matches, Match{Offer: o, GPU: g})
+			res.GPUs += int(g.Available)
+			matched = true
+		}
+	}
+	if matched {
+		res.Providers++
+	}
+}
+
+// sortMatches orders matches by price in unit (no fixed ask, or an ask in
+// another unit, last), then by more GPUs available, then by provider.
+func sortMatches(m []Match, unit string) {
+	price := func(x Match) uint64 {
+		if x.Offer.Token != unit {
+			return 0
+		}
+		return x.GPU.Price
+	}
 	sort.SliceStable(m, func(i, j int) bool {
 		a, b := m[i], m[j]
-		pa, pb := a.GPU.Price, b.GPU.Price
+		pa, pb := price(a), price(b)
 		if (pa == 0) != (pb == 0) {
 			return pb == 0
 		}
@@ -380,7 +420,7 @@ func (d *Directory) Records(ctx context.Context, indexKeys []string) (values, pr
 		}
 		providers += len(ps)
 	}
-	res, err := d.store.Query(ctx, query.Query{KeysOnly: true})
+	res, err := d.store.queryKeys(ctx)
 	if err != nil {
 		return 0, 0, err
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -118,14 +119,19 @@ func (o *Offer) Check(now time.Time) error {
 	case len(o.Region) > maxLabel || len(o.Token) > maxLabel:
 		return bad("region or token longer than %d bytes", maxLabel)
 	}
+	for _, l := range []struct{ what, s, extra string }{{"region", o.Region, "/"}, {"token", o.Token, ":"}} {
+		if !safeLabel(l.s, l.extra) {
+			return bad("%s %q: only letters, digits and . _ + - %s", l.what, l.s, l.extra)
+		}
+	}
 	for _, a := range o.Addrs {
 		if _, err := ma.NewMultiaddr(a); err != nil {
 			return bad("address %q: %v", a, err)
 		}
 	}
 	for _, e := range o.Executors {
-		if e == "" || len(e) > maxLabel {
-			return bad("executor name %q", e)
+		if e == "" || len(e) > maxLabel || !safeLabel(e, "") {
+			return bad("executor name %q: 1..%d of only letters, digits and . _ + -", e, maxLabel)
 		}
 	}
 	seen := map[string]bool{}
@@ -133,6 +139,8 @@ func (o *Offer) Check(now time.Time) error {
 		switch {
 		case g.Class == "" || len(g.Class) > maxLabel || g.Model == "" || len(g.Model) > maxLabel || len(g.Compute) > maxLabel:
 			return bad("GPU class %q model %q: empty or too long", g.Class, g.Model)
+		case !safeLabel(g.Class, "") || !safeLabel(g.Model, "") || !safeLabel(g.Compute, ""):
+			return bad("GPU class %q model %q compute %q: only letters, digits and . _ + -", g.Class, g.Model, g.Compute)
 		case seen[g.Class]:
 			return bad("class %s listed twice", g.Class)
 		case g.Total == 0 || g.Total > maxGPUsPerHost:
@@ -247,4 +255,18 @@ func (v offerValidator) Select(key string, values [][]byte) (int, error) {
 		return 0, fmt.Errorf("%w: none of %d records is valid", ErrBadOffer, len(values))
 	}
 	return best, nil
+}
+
+// safeLabel reports whether s holds only letters, digits, ". _ + -" and the
+// extra characters: labels end up on people's terminals, so no control
+// characters or escapes get in.
+func safeLabel(s, extra string) bool {
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', strings.ContainsRune("._+-"+extra, r):
+		default:
+			return false
+		}
+	}
+	return true
 }

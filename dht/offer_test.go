@@ -29,7 +29,7 @@ func testOffer(id peer.ID, seq uint64) *Offer {
 		Addrs:     []string{"/ip4/127.0.0.1/tcp/4021"},
 		Region:    "eu-west/ams1",
 		Executors: []string{"docker"},
-		Token:     "USDC",
+		Token:     "USDC:6",
 		GPUs: []GPUOffer{{
 			Class: "H100-80GB", Model: "H100", Available: 8, Total: 8, VRAMGB: 80, Compute: "9.0", Price: 2_100_000,
 		}},
@@ -193,8 +193,11 @@ func TestQueryMatches(t *testing.T) {
 		{Query{MinVRAMGB: 81}, false},
 		{Query{Region: "eu"}, true},
 		{Query{Region: "us"}, false},
-		{Query{MaxPrice: 2_100_000}, true},
-		{Query{MaxPrice: 2_099_999}, false},
+		{Query{MaxPrice: 2_100_000, Unit: "USDC:6"}, true},
+		{Query{MaxPrice: 2_099_999, Unit: "USDC:6"}, false},
+		// An ask in another unit never passes a price limit: 2_100_000
+		// smallest units of SOL:9 are not 2.10 USDC.
+		{Query{MaxPrice: 2_100_000, Unit: "SOL:9"}, false},
 	} {
 		if got := tc.q.matches(o, g); got != tc.want {
 			t.Errorf("%+v matches = %v, want %v", tc.q, got, tc.want)
@@ -226,4 +229,46 @@ func FuzzOpenOffer(f *testing.F) {
 			t.Fatalf("validator error %v does not wrap ErrBadOffer", err)
 		}
 	})
+}
+
+func TestLabelsWithControlCharactersAreRejected(t *testing.T) {
+	sk, id := newKey(t)
+	v := offerValidator{now: func() time.Time { return t0 }}
+	for name, mutate := range map[string]func(o *Offer){
+		"escape in region":  func(o *Offer) { o.Region = "\x1b[2Jeu-west" },
+		"OSC in compute":    func(o *Offer) { o.GPUs[0].Compute = "\x1b]52;c;aGk=\x07" },
+		"newline in class":  func(o *Offer) { o.GPUs[0].Class = "H100\n80GB" },
+		"space in executor": func(o *Offer) { o.Executors = []string{"docker run"} },
+		"slash in token":    func(o *Offer) { o.Token = "USDC/6" },
+	} {
+		t.Run(name, func(t *testing.T) {
+			o := testOffer(id, 1)
+			mutate(o)
+			data, err := SealOffer(o, sk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := v.Validate(OfferKey(id), data); !errors.Is(err, ErrBadOffer) || !strings.Contains(err.Error(), "only letters") {
+				t.Fatalf("err = %v, want a refusal naming the allowed characters", err)
+			}
+		})
+	}
+}
+
+func TestMatchesInAnotherUnitSortLast(t *testing.T) {
+	_, a := newKey(t)
+	_, b := newKey(t)
+	_, c := newKey(t)
+	cheapForeign := testOffer(a, 1)
+	cheapForeign.Token, cheapForeign.GPUs[0].Price = "USDC:0", 3 // 3 whole USDC, not 0.000003
+	mid := testOffer(b, 1)
+	mid.GPUs[0].Price = 2_000_000
+	high := testOffer(c, 1)
+	high.GPUs[0].Price = 2_500_000
+	m := []Match{{cheapForeign, cheapForeign.GPUs[0]}, {high, high.GPUs[0]}, {mid, mid.GPUs[0]}}
+	sortMatches(m, "USDC:6")
+	got := []peer.ID{m[0].Offer.Provider, m[1].Offer.Provider, m[2].Offer.Provider}
+	if got[0] != b || got[1] != c || got[2] != a {
+		t.Fatalf("order %v, want mid, high, then the foreign unit", got)
+	}
 }

@@ -328,7 +328,7 @@ func (n *Node) directoryRoutes(mux *http.ServeMux) {
 // query or flags): model, min-vram (GB), count, region, max-price (tokens of
 // unit per GPU-hour, e.g. "2.50"). Every wrong one is reported at once.
 func ParseGPUQuery(get func(string) string, unit gossip.Unit) (dht.Query, error) {
-	var q dht.Query
+	q := dht.Query{Unit: unit.String()}
 	var errs []error
 	q.Model = strings.TrimSpace(get("model"))
 	q.Region = strings.TrimSpace(get("region"))
