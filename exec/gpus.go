@@ -74,11 +74,13 @@ var ErrNoDriver = errors.New("exec: no NVIDIA driver (libnvidia-ml.so.1 not foun
 func OpenGPUs(spec string) (GPUSource, error) {
 	switch spec {
 	case "", GPUsAuto:
+		// Any NVML failure (no library, driver not loaded, no permission,
+		// a driver/library mismatch) leaves a peer without GPUs, not down.
 		src, err := openNVML()
-		if errors.Is(err, ErrNoDriver) {
+		if err != nil {
 			return noGPUs{note: err.Error() + ": this peer offers no GPUs"}, nil
 		}
-		return src, err
+		return src, nil
 	case GPUsNVML:
 		return openNVML()
 	case GPUsNone:
@@ -163,17 +165,23 @@ func (s *nvmlSource) Inventory() (Inventory, error) {
 		return inv, fmt.Errorf("exec: NVML device count: %s", nvml.ErrorString(ret))
 	}
 	for i := range n {
+		// A GPU that fails (fell off the bus, say) is left out and named in
+		// the note; the others are still offered.
+		var g GPU
 		d, ret := s.lib.DeviceGetHandleByIndex(i)
+		err := error(nil)
 		if ret != nvml.SUCCESS {
-			return inv, fmt.Errorf("exec: NVML device %d: %s", i, nvml.ErrorString(ret))
+			err = fmt.Errorf("exec: NVML device %d: %s", i, nvml.ErrorString(ret))
+		} else {
+			g, err = readGPU(i, d)
 		}
-		g, err := readGPU(i, d)
 		if err != nil {
-			return inv, err
+			inv.Note = strings.TrimPrefix(inv.Note+"; "+err.Error(), "; ")
+			continue
 		}
 		inv.GPUs = append(inv.GPUs, g)
 	}
-	if len(inv.GPUs) == 0 {
+	if n == 0 {
 		inv.Note = "NVML found no GPUs"
 	}
 	return inv, nil

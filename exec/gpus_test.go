@@ -1,6 +1,9 @@
 package exec
 
 import (
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	"strings"
 	"testing"
 )
@@ -101,5 +104,25 @@ func TestOpenGPUsRejectsUnknownSpec(t *testing.T) {
 	_, err := OpenGPUs("mock:dgx1")
 	if err == nil || !strings.Contains(err.Error(), "mock:dgxa100") {
 		t.Fatalf("err = %v, want the list of valid specs", err)
+	}
+}
+
+func TestAFailingGPUIsLeftOutAndNamed(t *testing.T) {
+	srv := dgxa100.New()
+	idle(srv)
+	bad := srv.Devices[3].(*server.Device)
+	bad.GetMemoryInfoFunc = func() (nvml.Memory, nvml.Return) { return nvml.Memory{}, nvml.ERROR_GPU_IS_LOST }
+	src := &nvmlSource{lib: srv, name: "mock:dgxa100"}
+	inv, err := src.Inventory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inv.GPUs) != 7 || !strings.Contains(inv.Note, "device 3 memory") {
+		t.Fatalf("%d GPUs, note %q; want the 7 healthy ones and a note naming device 3", len(inv.GPUs), inv.Note)
+	}
+	for _, g := range inv.GPUs {
+		if g.Index == 3 {
+			t.Fatal("the lost GPU is in the inventory")
+		}
 	}
 }

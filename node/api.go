@@ -132,7 +132,7 @@ type apiServer struct {
 	done  chan struct{}
 }
 
-func startAPI(n *Node) (*apiServer, error) {
+func startAPI(ctx context.Context, n *Node) (*apiServer, error) {
 	d := n.dir
 	sock, err := filepath.Abs(d.APISocket())
 	if err != nil {
@@ -174,11 +174,13 @@ func startAPI(n *Node) (*apiServer, error) {
 		lines = append(lines, fmt.Sprintf("/%s/%s/tcp/%d", ip, ta.IP, ta.Port))
 	}
 	mux := apiMux(n)
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// Requests live within the node: Close cancels the ones in flight.
+	base := func(net.Listener) context.Context { return ctx }
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, BaseContext: base}
 	serve := func(l net.Listener, h http.Handler) {
 		srv := s.srv
 		if h != nil {
-			srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+			srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, BaseContext: base}
 			go func() { <-s.done; srv.Close() }()
 		}
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -203,11 +205,15 @@ func (s *apiServer) close() error {
 	close(s.done)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	err := s.srv.Shutdown(ctx)
+	if err := s.srv.Shutdown(ctx); err != nil {
+		// A handler that ignores its cancelled context: cut it off. Not an
+		// error of the node's shutdown.
+		_ = s.srv.Close()
+	}
 	for _, f := range s.files {
 		os.Remove(f)
 	}
-	return err
+	return nil
 }
 
 func apiMux(n *Node) *http.ServeMux {

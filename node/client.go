@@ -71,7 +71,9 @@ func NewClient(dataDir string) (*Client, error) {
 		}
 		c.token = strings.TrimSpace(string(tok))
 	}
-	c.http = &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	// Longer than any call's own budget (a search has 30 s), so the node's
+	// answer, partial or not, arrives before the client gives up.
+	c.http = &http.Client{Transport: tr, Timeout: maxFindTime + 15*time.Second}
 	return c, nil
 }
 

@@ -83,7 +83,7 @@ func checkPortsFree(addrs []ma.Multiaddr) error {
 			if errors.Is(err, syscall.EADDRINUSE) {
 				return fmt.Errorf("listen on %s: port is already in use (another gpumesh node?); stop that process or pick another port with --listen", a)
 			}
-			return fmt.Errorf("listen on %s: %w", a, err)
+			continue // e.g. no IPv6 on this host: libp2p listens on the rest and says so
 		}
 		closer.Close()
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -117,7 +118,7 @@ const maxKeyFile = 4096
 
 // ReadKeyFile loads a Solana CLI keypair file.
 func ReadKeyFile(path string) (Identity, error) {
-	data, err := os.ReadFile(path)
+	data, err := readBounded(path, maxKeyFile)
 	if err != nil {
 		return Identity{}, fmt.Errorf("read key: %w; make one with `gpumesh key new --out %s`", err, path)
 	}
@@ -154,4 +155,16 @@ func ParseKey(data []byte) (Identity, error) {
 		return Identity{}, fmt.Errorf("%w: the public key (last 32 numbers) does not match the secret seed (first 32): the file is garbled; make a new one with `gpumesh key new`", ErrBadKey)
 	}
 	return IdentityFromEd25519(sk)
+}
+
+// readBounded reads at most max+1 bytes of a file, so a wrong path (a
+// device, a huge file) cannot hang or exhaust memory; the caller's parser
+// reports the size.
+func readBounded(path string, max int) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, int64(max)+1))
 }

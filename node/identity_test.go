@@ -147,3 +147,14 @@ func FuzzParseKey(f *testing.F) {
 		}
 	})
 }
+
+func TestReadingAnEndlessFileStopsAtTheBound(t *testing.T) {
+	_, err := ReadKeyFile("/dev/zero")
+	if !errors.Is(err, ErrBadKey) || !strings.Contains(err.Error(), "too large") {
+		t.Fatalf("err = %v, want a too-large bad key", err)
+	}
+	_, err = ReadSwarmKey("/dev/zero")
+	if !errors.Is(err, ErrBadSwarmKey) || !strings.Contains(err.Error(), "too large") {
+		t.Fatalf("err = %v, want a too-large bad swarm key", err)
+	}
+}

@@ -243,7 +243,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}
 	if n.dir != nil {
-		if n.api, err = startAPI(n); err != nil {
+		if n.api, err = startAPI(ctx, n); err != nil {
 			return err
 		}
 	}

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"github.com/libp2p/go-libp2p/core/pnet"
@@ -86,7 +85,7 @@ func ParseSwarmKey(data []byte) (Swarm, error) {
 
 // ReadSwarmKey loads a swarm.key file.
 func ReadSwarmKey(path string) (Swarm, error) {
-	data, err := os.ReadFile(path)
+	data, err := readBounded(path, maxSwarmKeyFile)
 	if err != nil {
 		return Swarm{}, fmt.Errorf("read swarm key: %w; make one with `gpumesh swarm init --out %s`", err, path)
 	}
