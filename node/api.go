@@ -167,6 +167,9 @@ func startAPI(ctx context.Context, n *Node) (*apiServer, error) {
 			return nil, fmt.Errorf("local API on %s: %w; pick another address with --api", n.cfg.APIListen, err)
 		}
 		ta := tl.Addr().(*net.TCPAddr)
+		if !ta.IP.IsLoopback() {
+			n.log.Warn("the local API listens beyond this machine over plain HTTP: its token can be read on the way; prefer 127.0.0.1 and an SSH tunnel", "addr", ta)
+		}
 		ip := "ip4"
 		if ta.IP.To4() == nil {
 			ip = "ip6"

@@ -22,7 +22,7 @@ const (
 	DefaultOfferTTL  = 10 * time.Minute // how long a published offer stays valid
 	publishRetryMin  = time.Second      // first retry after a failed publish
 	publishRetryMax  = 30 * time.Second // retries back off to this
-	withdrawTimeout  = 2 * time.Second  // a stopping peer's last publish
+	withdrawTimeout  = 5 * time.Second  // a stopping peer's last publish (a DHT put starts with a lookup)
 	identifyDebounce = 500 * time.Millisecond
 )
 
@@ -265,8 +265,9 @@ func (n *Node) OffersChanged() {
 }
 
 // LocalUtilization is the mean NVML utilization (0..1) of this peer's GPUs
-// per class; a class this peer lacks is absent.
+// per class, read now; a class this peer lacks is absent.
 func (n *Node) LocalUtilization() map[string]float64 {
+	n.refreshInventory()
 	n.dirMu.Lock()
 	defer n.dirMu.Unlock()
 	sum, count := map[string]float64{}, map[string]int{}
@@ -281,6 +282,27 @@ func (n *Node) LocalUtilization() map[string]float64 {
 		out[c] = sum[c] / float64(k)
 	}
 	return out
+}
+
+// refreshInventory reads the GPUs again (utilization moves; a GPU can be
+// lost). A failed read keeps the last inventory.
+func (n *Node) refreshInventory() {
+	if n.gpus == nil {
+		return
+	}
+	n.dirMu.Lock()
+	none := len(n.inventory.GPUs) == 0
+	n.dirMu.Unlock()
+	if none {
+		return
+	}
+	inv, err := n.gpus.Inventory()
+	if err != nil {
+		return
+	}
+	n.dirMu.Lock()
+	n.inventory = inv
+	n.dirMu.Unlock()
 }
 
 // LocalGPUs reports the inventory and the offer as last published.

@@ -95,12 +95,23 @@ func WriteKeyFile(path string, id Identity) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("write key: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
+	exists := func() error {
 		return fmt.Errorf("write key: %s already exists; move it away or pick another path with --out", path)
 	}
+	if _, err := os.Lstat(path); err == nil {
+		return exists()
+	}
+	// Written whole to a temp file, then linked into place: a crash leaves
+	// either no key file or a complete one, and link never replaces one.
+	f, err := os.CreateTemp(filepath.Dir(path), ".key-*.tmp")
 	if err != nil {
 		return fmt.Errorf("write key: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return fmt.Errorf("write key %s: %w", path, err)
 	}
 	if _, err := f.Write(data); err != nil {
 		f.Close()
@@ -110,7 +121,16 @@ func WriteKeyFile(path string, id Identity) error {
 		f.Close()
 		return fmt.Errorf("write key %s: %w", path, err)
 	}
-	return f.Close()
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write key %s: %w", path, err)
+	}
+	if err := os.Link(tmp, path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return exists()
+		}
+		return fmt.Errorf("write key %s: %w", path, err)
+	}
+	return nil
 }
 
 // maxKeyFile bounds what ReadKeyFile reads: a keypair file is ~250 bytes.

@@ -98,6 +98,10 @@ type Node struct {
 	directoryState // directory.go
 	priceState     // prices.go
 
+	stopGossip context.CancelFunc
+
+	lifeMu    sync.Mutex // guards closed
+	closed    bool
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -181,11 +185,18 @@ func ParseBootstrap(addrs []string) ([]peer.AddrInfo, error) {
 // libp2p host, DHT, gossip, local API and metrics, and begins to bootstrap.
 // On error everything started so far is stopped again.
 func (n *Node) Start(ctx context.Context) (err error) {
-	if n.cancel != nil {
+	n.lifeMu.Lock()
+	switch {
+	case n.closed:
+		n.lifeMu.Unlock()
+		return errors.New("node: closed; make a new one with New")
+	case n.cancel != nil:
+		n.lifeMu.Unlock()
 		return errors.New("node: already started")
 	}
 	n.started = time.Now()
 	ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	n.lifeMu.Unlock()
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -218,7 +229,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if n.dht, err = dht.New(ctx, n.host, dht.Config{Swarm: n.cfg.Swarm.ID(), Mode: mode}); err != nil {
 		return err
 	}
-	if n.gossip, err = gossip.New(ctx, n.host, gossip.Config{Swarm: n.cfg.Swarm.ID()}); err != nil {
+	// GossipSub lives until Close has left its topics, not until ctx ends.
+	gctx, stopGossip := context.WithCancel(context.WithoutCancel(ctx))
+	n.stopGossip = stopGossip
+	if n.gossip, err = gossip.New(gctx, n.host, gossip.Config{Swarm: n.cfg.Swarm.ID()}); err != nil {
 		return err
 	}
 	// Capabilities, each in its own file: the GPU directory, then prices
@@ -292,7 +306,10 @@ func (n *Node) openDataDir() error {
 // Run starts the node if it is not started, serves until ctx ends, then
 // shuts down cleanly.
 func (n *Node) Run(ctx context.Context) error {
-	if n.cancel == nil {
+	n.lifeMu.Lock()
+	started := n.cancel != nil
+	n.lifeMu.Unlock()
+	if !started {
 		if err := n.Start(ctx); err != nil {
 			return err
 		}
@@ -305,9 +322,13 @@ func (n *Node) Run(ctx context.Context) error {
 // Close stops everything Start started, in reverse order. Safe to call twice.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		n.lifeMu.Lock()
+		n.closed = true
+		cancel := n.cancel
+		n.lifeMu.Unlock()
 		var errs []error
-		if n.cancel != nil {
-			n.cancel()
+		if cancel != nil {
+			cancel()
 		}
 		if n.api != nil {
 			errs = append(errs, n.api.close())
@@ -321,7 +342,11 @@ func (n *Node) Close() error {
 			errs = append(errs, n.mdns.Close())
 		}
 		n.wg.Wait()
-		errs = append(errs, n.closePrices(), n.closeDirectory())
+		errs = append(errs, n.closePrices())
+		if n.stopGossip != nil {
+			n.stopGossip()
+		}
+		errs = append(errs, n.closeDirectory())
 		if n.dht != nil {
 			errs = append(errs, n.dht.Close())
 		}

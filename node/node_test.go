@@ -292,3 +292,16 @@ func TestMetricsServeLibp2pAndGpumeshSeries(t *testing.T) {
 		}
 	}
 }
+
+func TestStartAfterCloseIsRefused(t *testing.T) {
+	n, err := New(Config{Listen: []string{loopback}, NoMDNS: true, NoNAT: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Fatalf("Start after Close: err = %v, want a refusal", err)
+	}
+}
