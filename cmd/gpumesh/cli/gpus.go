@@ -150,6 +150,9 @@ func printFind(g *globals, res dht.FindResult, count int) {
 		}
 	}
 	fmt.Fprintln(w)
+	if res.Partial {
+		fmt.Fprintln(w, "partial: the search was cut short (time, or too many providers); narrow it with --model, --min-vram or --region")
+	}
 	if res.Queried == 0 && res.Indexed == 0 {
 		fmt.Fprintln(w, "no peer answered: is this peer connected to the swarm? (see `gpumesh peers`)")
 	}
