@@ -205,6 +205,9 @@ func NewNegotiation(rfb RequestForBids, cfg NegotiationConfig, now time.Time) (*
 // Phase is where the negotiation stands.
 func (n *Negotiation) Phase() Phase { return n.phase }
 
+// Job is the negotiation's job.
+func (n *Negotiation) Job() JobID { return n.rfb.Job }
+
 // Members are the awarded providers now (accepted or not).
 func (n *Negotiation) Members() []Member {
 	ms := make([]Member, len(n.members))

@@ -226,6 +226,7 @@ func apiMux(n *Node) *http.ServeMux {
 	mux.HandleFunc("GET "+APIVersion+"/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Status()) })
 	n.directoryRoutes(mux)
 	n.priceRoutes(mux)
+	n.jobRoutes(mux)
 	return mux
 }
 

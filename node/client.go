@@ -84,9 +84,30 @@ func noNode(dataDir, why string) error {
 
 // Get calls GET /v0/<path> and decodes the JSON answer into out.
 func (c *Client) Get(ctx context.Context, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+APIVersion+"/"+path, nil)
+	return c.call(ctx, http.MethodGet, path, nil, out)
+}
+
+// Post calls POST /v0/<path> with in as JSON (nil: no body) and decodes the
+// JSON answer into out.
+func (c *Client) Post(ctx context.Context, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		data, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(data)
+	}
+	return c.call(ctx, http.MethodPost, path, body, out)
+}
+
+func (c *Client) call(ctx context.Context, method, path string, body io.Reader, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+APIVersion+"/"+path, body)
 	if err != nil {
 		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
@@ -100,18 +121,18 @@ func (c *Client) Get(ctx context.Context, path string, out any) error {
 		return fmt.Errorf("local API: %w", err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAPIResponse))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxAPIResponse))
 	if err != nil {
 		return fmt.Errorf("local API: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e apiError
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		if json.Unmarshal(answer, &e) == nil && e.Error != "" {
 			return fmt.Errorf("local API: %s", e.Error)
 		}
 		return fmt.Errorf("local API: %s", resp.Status)
 	}
-	if err := json.Unmarshal(body, out); err != nil {
+	if err := json.Unmarshal(answer, out); err != nil {
 		return fmt.Errorf("local API: bad answer to %s: %w", path, err)
 	}
 	return nil

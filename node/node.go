@@ -97,6 +97,7 @@ type Node struct {
 
 	directoryState // directory.go
 	priceState     // prices.go
+	jobState       // jobs.go
 
 	stopGossip context.CancelFunc
 
@@ -243,6 +244,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.startPrices(ctx); err != nil {
 		return err
 	}
+	if err := n.startJobs(ctx); err != nil {
+		return err
+	}
 	if !n.cfg.NoMDNS && n.cfg.Host == nil {
 		svc := mdns.NewMdnsService(n.host, "gpumesh-"+n.cfg.Swarm.ID(), mdnsNotifee{n: n, ctx: ctx})
 		if err := svc.Start(); err != nil {
@@ -342,7 +346,7 @@ func (n *Node) Close() error {
 			errs = append(errs, n.mdns.Close())
 		}
 		n.wg.Wait()
-		errs = append(errs, n.closePrices())
+		errs = append(errs, n.closeJobs(), n.closePrices())
 		if n.stopGossip != nil {
 			n.stopGossip()
 		}

@@ -1,0 +1,250 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/meshtest"
+)
+
+// clusterMesh starts n peers; the first four are providers of 8x H100-80GB
+// at 2.10 USDC/GPU-h, two in eu-west/ams1 and two in us-east/nyc2; the rest
+// have no GPUs.
+func clusterMesh(t *testing.T, n int) *meshtest.Mesh {
+	t.Helper()
+	m := meshtest.Start(t, n, meshtest.Options{Seed: 9, Config: func(i int, c *node.Config) {
+		if i < 4 {
+			c.GPUs, c.Price = "mock:dgxh100", "fixed:2.10"
+			c.Region = []string{"eu-west/ams1", "us-east/nyc2"}[i/2]
+		}
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := m.WaitMeshed(ctx, 6); err != nil {
+		t.Fatal(err)
+	}
+	// Every peer must hear requests for bids: wait for the topic mesh.
+	topic := m.Nodes[0].Gossip().Topic("rfb")
+	waitUntil(t, ctx, "every peer on the rfb topic", func() bool {
+		for _, nd := range m.Nodes {
+			if len(nd.Gossip().PubSub().ListPeers(topic)) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	return m
+}
+
+func jobSpec(t *testing.T, gpus int, extra string) node.JobSpec {
+	t.Helper()
+	price := "2.50"
+	if p, ok := strings.CutPrefix(extra, "maxPrice: "); ok {
+		price, extra = p, ""
+	}
+	y := fmt.Sprintf(`name: test-job
+image: busybox
+resources:
+  gpus: %d
+  gpu: {model: H100}
+maxPrice: %s
+timeout: 1h
+%s`, gpus, price, extra)
+	s, err := node.ParseJobSpec([]byte(y), "yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// submit submits a job and waits for it to leave negotiation.
+func submit(t *testing.T, ctx context.Context, nd *node.Node, spec node.JobSpec) node.Job {
+	t.Helper()
+	job, err := nd.SubmitJob(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var j node.Job
+	waitUntil(t, ctx, "job "+job.ID+" to leave negotiation", func() bool {
+		j, _ = nd.Job(job.ID)
+		return j.State != node.JobNegotiating
+	})
+	return j
+}
+
+func gpusOf(j node.Job) (total int, zones map[string]bool) {
+	zones = map[string]bool{}
+	for _, m := range j.Members {
+		total += int(m.GPUs)
+		zones[m.Zone] = true
+	}
+	return total, zones
+}
+
+func TestClustersFormFromAnyPeer(t *testing.T) {
+	m := clusterMesh(t, 12)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	submitter := m.Nodes[11] // no GPUs
+
+	for _, tc := range []struct {
+		name  string
+		gpus  int
+		extra string
+		zones int // at most
+	}{
+		{"one GPU", 1, "", 1},
+		{"eight GPUs", 8, "", 1},
+		{"sixteen colocated", 16, "placement: colocated", 1},
+		{"thirty-two spread", 32, "placement: spread", 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := submit(t, ctx, submitter, jobSpec(t, tc.gpus, tc.extra))
+			if j.State != node.JobFormed {
+				t.Fatalf("job %s: %s (%s), want formed", j.ID, j.State, j.Reason)
+			}
+			total, zones := gpusOf(j)
+			if total != tc.gpus || len(zones) > tc.zones {
+				t.Fatalf("cluster of %d GPUs over %d zones %v, want %d over at most %d", total, len(zones), zones, tc.gpus, tc.zones)
+			}
+			for _, mb := range j.Members {
+				if mb.Price != 2_100_000 {
+					t.Fatalf("member %s at %d, want the ask 2.10", mb.Provider, mb.Price)
+				}
+			}
+			// Cancelling releases every member's GPUs.
+			if _, err := submitter.CancelJob(ctx, j.ID); err != nil {
+				t.Fatal(err)
+			}
+			waitUntil(t, ctx, "every provider to be free again", func() bool {
+				for _, p := range m.Nodes[:4] {
+					if p.FreeGPUs()["H100-80GB"] != 8 {
+						return false
+					}
+				}
+				return true
+			})
+		})
+	}
+}
+
+func TestImpossibleClustersFailFastWithTheReason(t *testing.T) {
+	m := clusterMesh(t, 10)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	submitter := m.Nodes[9]
+	for _, tc := range []struct {
+		gpus  int
+		extra string
+		want  string
+	}{
+		{64, "", "need 64"},
+		// Providers asking more than the max do not bid at all.
+		{8, "maxPrice: 2.00", "no provider of model H100 bid"},
+		{24, "placement: colocated", "colocation impossible"},
+	} {
+		spec := jobSpec(t, tc.gpus, "")
+		if tc.extra != "" {
+			spec = jobSpec(t, tc.gpus, tc.extra)
+		}
+		start := time.Now()
+		j := submit(t, ctx, submitter, spec)
+		if j.State != node.JobFailed || !strings.Contains(j.Reason, tc.want) {
+			t.Fatalf("%d GPUs %q: %s (%s), want failed saying %q", tc.gpus, tc.extra, j.State, j.Reason, tc.want)
+		}
+		// At most the negotiation window (5 s) when no bid comes; at once
+		// when bids show the cluster cannot form.
+		if took := time.Since(start); took > 7*time.Second {
+			t.Fatalf("failing took %v", took)
+		}
+	}
+}
+
+func TestRacingSubmittersNeverShareAGPU(t *testing.T) {
+	m := clusterMesh(t, 10)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// Three submitters each want 24 of the 32 GPUs: at most one can have them.
+	var jobs []string
+	subs := []*node.Node{m.Nodes[7], m.Nodes[8], m.Nodes[9]}
+	for _, s := range subs {
+		j, err := s.SubmitJob(ctx, jobSpec(t, 24, ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobs = append(jobs, j.ID)
+	}
+	held := map[string]int{}
+	formed := 0
+	for i, s := range subs {
+		var j node.Job
+		waitUntil(t, ctx, "racing job to end", func() bool {
+			j, _ = s.Job(jobs[i])
+			return j.State != node.JobNegotiating
+		})
+		if j.State == node.JobFormed {
+			formed++
+			for _, mb := range j.Members {
+				held[mb.Provider.String()] += int(mb.GPUs)
+			}
+		}
+	}
+	if formed != 1 {
+		t.Fatalf("%d of 3 racing jobs formed, want exactly 1", formed)
+	}
+	for p, g := range held {
+		if g > 8 {
+			t.Fatalf("provider %s leased %d GPUs of 8", p, g)
+		}
+	}
+}
+
+func TestJobsSurviveARestartOfTheSubmitter(t *testing.T) {
+	dir, err := os.MkdirTemp("", "gm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	start := func() *node.Node {
+		n, err := node.New(node.Config{DataDir: dir, Listen: []string{"/ip4/127.0.0.1/tcp/0"}, NoMDNS: true, NoNAT: true, GPUs: "none"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n := start()
+	// Alone, nobody bids: the job fails at its deadline, and is on disk at once.
+	job, err := n.SubmitJob(ctx, jobSpec(t, 8, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "jobs.json")); err != nil {
+		t.Fatalf("job acknowledged but not on disk: %v", err)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n = start()
+	defer n.Close()
+	j, ok := n.Job(job.ID)
+	if !ok {
+		t.Fatalf("job %s lost in the restart", job.ID)
+	}
+	if j.State != node.JobFailed || !strings.Contains(j.Reason, "stopped while negotiating") || j.Spec.Name != "test-job" {
+		t.Fatalf("after restart: %+v, want failed because the peer stopped", j)
+	}
+	if got := n.Jobs(); len(got) != 1 {
+		t.Fatalf("%d jobs after restart, want 1", len(got))
+	}
+}
