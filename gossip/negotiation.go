@@ -26,7 +26,9 @@ package gossip
 //     moment one can (Select succeeds), the submitter waits at most Grace
 //     (20 ms by default) for cheaper bids, then awards; it awards at once if
 //     every provider it expected (Expect, the directory's count of
-//     providers of the class) has bid. It never waits out a fixed window: a
+//     providers of the class) has bid; and when they all have bid and no
+//     cluster can form, it fails once ExpectWait (250 ms) has passed since
+//     the request, not at the deadline. It never waits out a fixed window: a
 //     cheap, feasible set closes in Grace. At the deadline it awards what it
 //     has, or fails with the reason.
 //   - Selection: the cheapest set meeting the needs (see Select): bids can
@@ -90,6 +92,7 @@ import (
 type NegotiationConfig struct {
 	Grace        time.Duration // wait for cheaper bids once a cluster can form; 0: 20 ms; negative: none
 	Expect       int           // providers expected to bid; once that many have, close at once; 0: unknown
+	ExpectWait   time.Duration // with Expect, fail an impossible request after this rather than at the deadline; 0: 250 ms
 	AwardTimeout time.Duration // a member silent this long after its award is replaced; 0: 2 s
 	MaxBids      int           // bids kept; more are ignored; 0: 1024
 }
@@ -99,6 +102,9 @@ func (c NegotiationConfig) withDefaults() NegotiationConfig {
 		c.Grace = 20 * time.Millisecond
 	}
 	c.Grace = max(c.Grace, 0)
+	if c.ExpectWait <= 0 {
+		c.ExpectWait = 250 * time.Millisecond
+	}
 	if c.AwardTimeout <= 0 {
 		c.AwardTimeout = 2 * time.Second
 	}
@@ -182,6 +188,7 @@ type Negotiation struct {
 	out      bool  // bid slice full
 	gone     map[peer.ID]bool
 	feasible time.Time // when a cluster first could form; zero: not yet
+	started  time.Time // when the request went out
 	members  []*member
 	spares   []Bid
 	ready    Ready
@@ -196,7 +203,7 @@ func NewNegotiation(rfb RequestForBids, cfg NegotiationConfig, now time.Time) (*
 	if !now.Before(rfb.DeadlineTime()) {
 		return nil, badNeg("deadline %s is not after now", rfb.DeadlineTime().UTC().Format(time.RFC3339Nano))
 	}
-	n := &Negotiation{rfb: rfb, cfg: cfg.withDefaults(), gone: map[peer.ID]bool{}}
+	n := &Negotiation{rfb: rfb, cfg: cfg.withDefaults(), gone: map[peer.ID]bool{}, started: now}
 	req := rfb
 	n.ready.RequestForBids = &req
 	return n, nil
@@ -233,6 +240,9 @@ func (n *Negotiation) Wake() time.Time {
 		d := n.rfb.DeadlineTime()
 		if !n.feasible.IsZero() {
 			d = earliest(d, n.feasible.Add(n.cfg.Grace))
+		}
+		if n.cfg.Expect > 0 && len(n.bids) >= n.cfg.Expect && n.feasible.IsZero() {
+			d = earliest(d, n.started.Add(n.cfg.ExpectWait))
 		}
 		return d
 	case Awarding:
@@ -338,7 +348,11 @@ func (n *Negotiation) maybeClose(now time.Time) {
 	late := !now.Before(n.rfb.DeadlineTime())
 	if err != nil {
 		n.feasible = time.Time{}
-		if late {
+		// Every provider expected has bid and no cluster can form: more
+		// waiting will not help, once bids have had ExpectWait to arrive
+		// (a directory that undercounts must not fail a job early).
+		allIn := n.cfg.Expect > 0 && len(bids) >= n.cfg.Expect && !now.Before(n.started.Add(n.cfg.ExpectWait))
+		if late || allIn {
 			n.fail(err.Error())
 		}
 		return

@@ -549,3 +549,21 @@ func TestRandomMeshesFormValidClustersOrHoldNothing(t *testing.T) {
 		t.Errorf("%d formed, %d failed: the generator should give both often", formed, failed)
 	}
 }
+
+func TestAnImpossibleRequestFailsOnceEveryExpectedProviderBid(t *testing.T) {
+	n := newNeg(t, needsOf(32, 0, Spread, usdc(250)), NegotiationConfig{Expect: 2, ExpectWait: ms(250)})
+	n.Ready()
+	step(t, n, jobBid(1, 8, usdc(220), "a"), ms(1))
+	step(t, n, jobBid(2, 8, usdc(200), "a"), ms(2))
+	if n.Phase() != Collecting {
+		t.Fatal("failed before ExpectWait: a directory that undercounts must not fail a job early")
+	}
+	if w := n.Wake(); !w.Equal(t0.Add(ms(250))) {
+		t.Fatalf("wake at %v, want 250ms (ExpectWait), not the deadline", w.Sub(t0))
+	}
+	n.Tick(t0.Add(ms(250)))
+	o := n.Ready().Outcome
+	if o == nil || o.Formed || !strings.Contains(o.Reason, "16 GPUs available at or below 2.50 USDC/GPU-h, need 32") {
+		t.Fatalf("outcome %+v, want failed with the numbers", o)
+	}
+}

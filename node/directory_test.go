@@ -48,7 +48,7 @@ func directoryMesh(t *testing.T, n, h100, a100 int, ttl time.Duration) *meshtest
 }
 
 // waitUntil polls cond every 10 ms until it holds or ctx ends.
-func waitUntil(t *testing.T, ctx context.Context, what string, cond func() bool) {
+func waitUntil(t testing.TB, ctx context.Context, what string, cond func() bool) {
 	t.Helper()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()

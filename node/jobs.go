@@ -12,9 +12,12 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/gossip"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -52,7 +55,8 @@ type Job struct {
 	State   string          `json:"state"`
 	Reason  string          `json:"reason,omitempty"` // why it failed, with numbers
 	Members []gossip.Member `json:"members,omitempty"`
-	Cost    uint64          `json:"cost,omitempty"` // per hour, all members, in Unit's smallest unit
+	Spares  []gossip.Bid    `json:"spares,omitempty"` // runner-up bids, ranked: hot spares for execution
+	Cost    uint64          `json:"cost,omitempty"`   // per hour, all members, in Unit's smallest unit
 	Unit    string          `json:"unit"`
 	Created time.Time       `json:"created"`
 	Updated time.Time       `json:"updated"`
@@ -65,6 +69,8 @@ type jobState struct {
 	in       chan negEvent
 	rfbTopic *pubsub.Topic
 	rfbSub   *pubsub.Subscription
+
+	sent atomic.Uint64 // negotiation messages this peer has sent (broadcasts count once)
 
 	jobsMu sync.Mutex // guards jobs, the jobs file and free
 	jobs   map[string]*Job
@@ -328,6 +334,7 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 	if r.RequestForBids != nil {
 		data, err := gossip.MarshalNegotiation(r.RequestForBids)
 		if err == nil {
+			n.sent.Add(1)
 			n.wg.Add(1)
 			go func() {
 				defer n.wg.Done()
@@ -359,6 +366,7 @@ func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.
 		n.log.Warn("negotiation message not sent", "to", to, "err", err)
 		return
 	}
+	n.sent.Add(1)
 	if to == n.id.PeerID { // a peer that is its own provider
 		n.deliver(ctx, negEvent{msg: msg})
 		return
@@ -399,6 +407,11 @@ func (n *Node) noteFree(res *gossip.Reservations, now time.Time) {
 	n.jobsMu.Unlock()
 }
 
+// NegotiationMessages is how many negotiation messages this peer has sent:
+// requests for bids (once each, however far gossip carries them), bids,
+// awards, answers, confirms and releases.
+func (n *Node) NegotiationMessages() uint64 { return n.sent.Load() }
+
 // FreeGPUs is this provider's GPUs per class that no job holds (nil for a
 // peer that offers none).
 func (n *Node) FreeGPUs() map[string]uint32 {
@@ -430,8 +443,15 @@ func (n *Node) SubmitJob(ctx context.Context, spec JobSpec) (*Job, error) {
 			addrs = append(addrs, a.String())
 		}
 	}
+	// The directory says how many providers to expect: once they have all
+	// bid the negotiation closes without waiting for its deadline.
+	expect := 0
+	if found, err := n.directoryFor(ctx, needs); err == nil {
+		expect = found.Providers
+	}
+	now = time.Now()
 	rfb := gossip.RequestForBids{Job: id, Submitter: n.id.PeerID, Needs: needs, Deadline: now.Add(negotiateWindow).UnixMilli(), Addrs: addrs}
-	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{}, now)
+	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{Expect: expect}, now)
 	if err != nil {
 		return nil, err
 	}
@@ -485,6 +505,48 @@ func (n *Node) CancelJob(ctx context.Context, id string) (*Job, error) {
 	return &cp, nil
 }
 
+// directoryFor searches the directory for what a job needs, ignoring price.
+func (n *Node) directoryFor(ctx context.Context, needs gossip.Needs) (dht.FindResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	model := needs.Class
+	if model == "" {
+		model = needs.Model
+	}
+	return n.FindGPUs(ctx, dht.Query{Model: model, MinVRAMGB: needs.MinVRAMGB, Unit: needs.Unit})
+}
+
+// explainNoBids adds the directory's numbers to a failure without bids:
+// whether providers exist, and what the cheapest asks.
+func (n *Node) explainNoBids(ctx context.Context, j Job) string {
+	unit, err := gossip.ParseUnit(j.Unit)
+	if err != nil {
+		return ""
+	}
+	needs, err := j.Spec.Needs(unit)
+	if err != nil {
+		return ""
+	}
+	res, err := n.directoryFor(ctx, needs)
+	if err != nil {
+		return ""
+	}
+	if res.GPUs == 0 {
+		return fmt.Sprintf("the directory lists no %s GPUs with at least %d GB", needs.Model, needs.MinVRAMGB)
+	}
+	cheapest := uint64(0)
+	for _, m := range res.Matches {
+		if m.Offer.Token == needs.Unit && m.GPU.Price > 0 && (cheapest == 0 || m.GPU.Price < cheapest) {
+			cheapest = m.GPU.Price
+		}
+	}
+	s := fmt.Sprintf("the directory lists %d GPUs from %d providers", res.GPUs, res.Providers)
+	if cheapest > needs.MaxPrice {
+		s += fmt.Sprintf(", the cheapest at %s %s, above the max %s", unit.Format(cheapest), unit.PerHour(), unit.Format(needs.MaxPrice))
+	}
+	return s
+}
+
 func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
 	n.jobsMu.Lock()
 	defer n.jobsMu.Unlock()
@@ -492,9 +554,31 @@ func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
 	if !ok {
 		return
 	}
+	if !o.Formed && strings.HasPrefix(o.Reason, "no cluster can form: no provider") && j.State == JobNegotiating {
+		// No bids at all: add what the directory knows (off the loop), then
+		// mark the job failed with the whole reason.
+		cp := *j
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			reason := o.Reason
+			if more := n.explainNoBids(context.Background(), cp); more != "" {
+				reason += "; " + more
+			}
+			n.jobsMu.Lock()
+			defer n.jobsMu.Unlock()
+			if jj, ok := n.jobs[cp.ID]; ok && jj.State == JobNegotiating {
+				jj.State, jj.Reason, jj.Updated = JobFailed, reason, time.Now().UTC()
+				if err := n.saveJobsLocked(); err != nil {
+					n.log.Warn("save jobs", "err", err)
+				}
+			}
+		}()
+		return
+	}
 	if j.State == JobNegotiating {
 		if o.Formed {
-			j.State, j.Members, j.Cost = JobFormed, o.Members, o.Cost
+			j.State, j.Members, j.Cost, j.Spares = JobFormed, o.Members, o.Cost, o.Spares
 		} else {
 			j.State, j.Reason = JobFailed, o.Reason
 		}

@@ -42,7 +42,7 @@ func clusterMesh(t *testing.T, n int) *meshtest.Mesh {
 	return m
 }
 
-func jobSpec(t *testing.T, gpus int, extra string) node.JobSpec {
+func jobSpec(t testing.TB, gpus int, extra string) node.JobSpec {
 	t.Helper()
 	price := "2.50"
 	if p, ok := strings.CutPrefix(extra, "maxPrice: "); ok {
@@ -64,7 +64,7 @@ timeout: 1h
 }
 
 // submit submits a job and waits for it to leave negotiation.
-func submit(t *testing.T, ctx context.Context, nd *node.Node, spec node.JobSpec) node.Job {
+func submit(t testing.TB, ctx context.Context, nd *node.Node, spec node.JobSpec) node.Job {
 	t.Helper()
 	job, err := nd.SubmitJob(ctx, spec)
 	if err != nil {
@@ -145,8 +145,9 @@ func TestImpossibleClustersFailFastWithTheReason(t *testing.T) {
 		want  string
 	}{
 		{64, "", "need 64"},
-		// Providers asking more than the max do not bid at all.
-		{8, "maxPrice: 2.00", "no provider of model H100 bid"},
+		// Providers asking more than the max do not bid at all; the
+		// directory says what there is and what it costs.
+		{8, "maxPrice: 2.00", "the cheapest at 2.10 USDC/GPU-h, above the max 2.00"},
 		{24, "placement: colocated", "colocation impossible"},
 	} {
 		spec := jobSpec(t, tc.gpus, "")
@@ -155,6 +156,7 @@ func TestImpossibleClustersFailFastWithTheReason(t *testing.T) {
 		}
 		start := time.Now()
 		j := submit(t, ctx, submitter, spec)
+		t.Logf("%d GPUs %q: %s", tc.gpus, tc.extra, j.Reason)
 		if j.State != node.JobFailed || !strings.Contains(j.Reason, tc.want) {
 			t.Fatalf("%d GPUs %q: %s (%s), want failed saying %q", tc.gpus, tc.extra, j.State, j.Reason, tc.want)
 		}

@@ -1,0 +1,168 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/meshtest"
+)
+
+// market50 starts 50 peers: ten providers of 8x H100-80GB asking 1.50,
+// 1.60, ... 2.40 USDC/GPU-h, the even ones in eu-west/ams1 and the odd ones
+// in us-east/nyc2; forty peers without GPUs.
+func market50(t testing.TB) *meshtest.Mesh {
+	t.Helper()
+	m := meshtest.Start(t, 50, meshtest.Options{Seed: 50, Config: func(i int, c *node.Config) {
+		if i < 10 {
+			c.GPUs = "mock:dgxh100"
+			c.Price = fmt.Sprintf("fixed:%d.%d0", 1+(5+i)/10, (5+i)%10)
+			c.Region = []string{"eu-west/ams1", "us-east/nyc2"}[i%2]
+		}
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if err := m.WaitMeshed(ctx, 8); err != nil {
+		t.Fatal(err)
+	}
+	topic := m.Nodes[0].Gossip().Topic("rfb")
+	waitUntil(t, ctx, "every peer on the rfb topic", func() bool {
+		for _, nd := range m.Nodes {
+			if len(nd.Gossip().PubSub().ListPeers(topic)) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	return m
+}
+
+func TestClustersOn50Peers(t *testing.T) {
+	m := market50(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	providers := m.Nodes[:10]
+	freeAgain := func() {
+		waitUntil(t, ctx, "every provider free again", func() bool {
+			for _, p := range providers {
+				if p.FreeGPUs()["H100-80GB"] != 8 {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	for _, tc := range []struct {
+		name      string
+		gpus      int
+		extra     string
+		colocated bool
+		maxPrice  uint64
+	}{
+		{"1 GPU", 1, "", false, 2_500_000},
+		{"8 GPUs", 8, "", false, 2_500_000},
+		{"32 GPUs spread", 32, "placement: spread", false, 2_500_000},
+		{"32 GPUs colocated", 32, "placement: colocated", true, 2_500_000},
+		{"16 GPUs at most 1.80", 16, "maxPrice: 1.80", false, 1_800_000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			submitter := m.Nodes[10+len(tc.name)%40]
+			start := time.Now()
+			j := submit(t, ctx, submitter, jobSpec(t, tc.gpus, tc.extra))
+			if j.State != node.JobFormed {
+				t.Fatalf("%s (%s), want formed", j.State, j.Reason)
+			}
+			total, zones := gpusOf(j)
+			if total != tc.gpus {
+				t.Fatalf("%d GPUs, want %d", total, tc.gpus)
+			}
+			if tc.colocated && len(zones) != 1 {
+				t.Fatalf("colocated cluster over zones %v", zones)
+			}
+			for _, mb := range j.Members {
+				if mb.Price > tc.maxPrice {
+					t.Fatalf("member %s asks %d, above the max %d", mb.Provider, mb.Price, tc.maxPrice)
+				}
+			}
+			t.Logf("formed in %v: %d members, %d per hour", time.Since(start).Round(time.Millisecond), len(j.Members), j.Cost)
+			if _, err := submitter.CancelJob(ctx, j.ID); err != nil {
+				t.Fatal(err)
+			}
+			freeAgain()
+		})
+	}
+
+	t.Run("a provider that vanishes is replaced", func(t *testing.T) {
+		// The cheapest provider bids, then stops answering: awards to it go
+		// nowhere, and after the award timeout another takes its place.
+		cheapest := providers[0]
+		cheapest.Host().RemoveStreamHandler(node.NegotiateProtocol)
+		j := submit(t, ctx, m.Nodes[30], jobSpec(t, 8, ""))
+		if j.State != node.JobFormed {
+			t.Fatalf("%s (%s), want formed by a replacement", j.State, j.Reason)
+		}
+		for _, mb := range j.Members {
+			if mb.Provider == cheapest.Identity().PeerID {
+				t.Fatal("the vanished provider is still a member")
+			}
+		}
+	})
+}
+
+func TestHundredRacingSubmissionsNeverShareAGPU(t *testing.T) {
+	m := market50(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	type sub struct {
+		nd *node.Node
+		id string
+	}
+	var (
+		mu   sync.Mutex
+		subs []sub
+		wg   sync.WaitGroup
+	)
+	for i := range 100 {
+		nd := m.Nodes[10+i%40]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			j, err := nd.SubmitJob(ctx, jobSpec(t, 8, ""))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			subs = append(subs, sub{nd, j.ID})
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	held := map[string]int{}
+	formed := 0
+	for _, s := range subs {
+		var j node.Job
+		waitUntil(t, ctx, "racing job to end", func() bool {
+			j, _ = s.nd.Job(s.id)
+			return j.State != node.JobNegotiating
+		})
+		if j.State == node.JobFormed {
+			formed++
+			for _, mb := range j.Members {
+				held[mb.Provider.String()] += int(mb.GPUs)
+			}
+		}
+	}
+	for p, g := range held {
+		if g > 8 {
+			t.Fatalf("provider %s leased %d of its 8 GPUs", p, g)
+		}
+	}
+	if formed == 0 || formed > 10 {
+		t.Fatalf("%d of 100 jobs of 8 GPUs formed on 80 GPUs, want 1..10", formed)
+	}
+	t.Logf("%d of 100 racing jobs formed; no GPU leased twice", formed)
+}
