@@ -24,6 +24,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/core/record"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -173,18 +174,76 @@ func (n *Node) deliver(ctx context.Context, ev negEvent) {
 	}
 }
 
-// handleNegotiate reads one direct message; its author must be the peer at
-// the other end of the (authenticated) connection.
+// negRecord is a negotiation message inside a libp2p signed envelope: each
+// bid, award and answer is signed by its author, so it can be shown to
+// anyone later, not only trusted on the connection it came over.
+type negRecord struct{ data []byte }
+
+func (r *negRecord) Domain() string                 { return "gpumesh-negotiation" }
+func (r *negRecord) Codec() []byte                  { return []byte("/gpumesh/negotiate/1") }
+func (r *negRecord) MarshalRecord() ([]byte, error) { return r.data, nil }
+func (r *negRecord) UnmarshalRecord(b []byte) error {
+	r.data = append([]byte(nil), b...)
+	return nil
+}
+
+// maxSignedNegotiation bounds a signed message: the message and the
+// envelope's key, signature and framing.
+const maxSignedNegotiation = gossip.MaxNegotiationSize + 1024
+
+// sealNegotiation encodes and signs a message with this peer's key.
+func (n *Node) sealNegotiation(msg gossip.Message) ([]byte, error) {
+	data, err := gossip.MarshalNegotiation(msg)
+	if err != nil {
+		return nil, err
+	}
+	env, err := record.Seal(&negRecord{data: data}, n.id.Key)
+	if err != nil {
+		return nil, err
+	}
+	return env.Marshal()
+}
+
+// openNegotiation checks a signed message: the signature, and that the
+// signer is the author the message names.
+func openNegotiation(data []byte) (gossip.Message, error) {
+	if len(data) > maxSignedNegotiation {
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", gossip.ErrBadNegotiation, len(data), maxSignedNegotiation)
+	}
+	rec := &negRecord{}
+	env, err := record.ConsumeTypedEnvelope(data, rec)
+	if err != nil {
+		return nil, fmt.Errorf("%w: envelope: %v", gossip.ErrBadNegotiation, err)
+	}
+	signer, err := peer.IDFromPublicKey(env.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("%w: signer: %v", gossip.ErrBadNegotiation, err)
+	}
+	msg, err := gossip.UnmarshalNegotiation(rec.data)
+	if err != nil {
+		return nil, err
+	}
+	if msg.Author() != signer {
+		return nil, fmt.Errorf("%w: signed by %s, written by %s", gossip.ErrBadNegotiation, signer, msg.Author())
+	}
+	return msg, nil
+}
+
+// handleNegotiate reads one signed direct message; its author must be its
+// signer and the peer at the other end of the connection.
 func (n *Node) handleNegotiate(s network.Stream) {
 	defer s.Close()
 	_ = s.SetReadDeadline(time.Now().Add(sendTimeout))
-	data, err := io.ReadAll(io.LimitReader(s, gossip.MaxNegotiationSize+1))
+	data, err := io.ReadAll(io.LimitReader(s, maxSignedNegotiation+1))
 	if err != nil {
 		_ = s.Reset()
 		return
 	}
-	msg, err := gossip.UnmarshalNegotiation(data)
-	if err != nil || msg.Author() != s.Conn().RemotePeer() {
+	msg, err := openNegotiation(data)
+	if err == nil && msg.Author() != s.Conn().RemotePeer() {
+		err = fmt.Errorf("%w: written by %s, sent by %s", gossip.ErrBadNegotiation, msg.Author(), s.Conn().RemotePeer())
+	}
+	if err != nil {
 		n.log.Debug("negotiation message refused", "from", s.Conn().RemotePeer(), "err", err)
 		_ = s.Reset()
 		return
@@ -361,7 +420,7 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 // send delivers one message to a peer on its own stream, without blocking
 // the loop.
 func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.Message) {
-	data, err := gossip.MarshalNegotiation(msg)
+	data, err := n.sealNegotiation(msg)
 	if err != nil {
 		n.log.Warn("negotiation message not sent", "to", to, "err", err)
 		return
