@@ -176,5 +176,5 @@ func printJob(g *globals, j node.Job, took time.Duration) {
 		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\n", i, m.Provider, m.GPUs, m.Class, zone, u.Format(m.Price))
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "cluster: %d members, %s %s per hour\n", len(j.Members), u.Format(j.Cost), u.Token)
+	fmt.Fprintf(w, "cluster: %s, %s %s per hour\n", plural(len(j.Members), "member"), u.Format(j.Cost), u.Token)
 }
