@@ -37,28 +37,15 @@ type BoardConfig struct {
 }
 
 func (c BoardConfig) withDefaults() BoardConfig {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&c.TTL, 90*time.Second)
-	def(&c.Probation, 2*time.Minute)
-	def(&c.Maturity, time.Hour)
-	def(&c.HalfLife, 10*time.Minute)
+	orDefault(&c.TTL, 90*time.Second)
+	orDefault(&c.Probation, 2*time.Minute)
+	orDefault(&c.Maturity, time.Hour)
+	orDefault(&c.HalfLife, 10*time.Minute)
 	c.Maturity = max(c.Maturity, c.Probation)
-	if c.NewcomerShare == 0 {
-		c.NewcomerShare = 0.2
-	}
-	if c.CapGPUs == 0 {
-		c.CapGPUs = 64
-	}
-	if c.Trim == 0 {
-		c.Trim = 0.2
-	}
-	if c.MaxEntries == 0 {
-		c.MaxEntries = 100_000
-	}
+	orDefault(&c.NewcomerShare, 0.2)
+	orDefault(&c.CapGPUs, 64)
+	orDefault(&c.Trim, 0.2)
+	orDefault(&c.MaxEntries, 100_000)
 	return c
 }
 
@@ -360,4 +347,12 @@ func (b *PriceBoard) summarize(book *classBook, now time.Time, except peer.ID) Q
 	}
 	q.Mean = uint64(math.Round(sum / (hi - lo)))
 	return q
+}
+
+// orDefault sets a zero config field to its default.
+func orDefault[T comparable](field *T, def T) {
+	var zero T
+	if *field == zero {
+		*field = def
+	}
 }

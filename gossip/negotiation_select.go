@@ -103,16 +103,7 @@ func (n *Needs) usable(b *Bid) bool {
 // usableBids keeps the last bid of every provider that is usable, sorted
 // cheapest first.
 func usableBids(bids []Bid, needs Needs) []Bid {
-	last := make(map[peer.ID]int, len(bids))
-	for i := range bids {
-		last[bids[i].Provider] = i
-	}
-	var out []Bid
-	for i := range bids {
-		if last[bids[i].Provider] == i && needs.usable(&bids[i]) {
-			out = append(out, bids[i])
-		}
-	}
+	out := lastBids(bids, needs.usable)
 	slices.SortFunc(out, compareBids)
 	return out
 }
@@ -207,16 +198,7 @@ func boolInt(b bool) int {
 func whyNot(bids []Bid, needs Needs) string {
 	u := needs.unit()
 	price := func(v uint64) string { return u.Format(v) + " " + u.PerHour() }
-	last := make(map[peer.ID]int, len(bids))
-	for i := range bids {
-		last[bids[i].Provider] = i
-	}
-	var class []Bid
-	for i := range bids {
-		if last[bids[i].Provider] == i && needs.classMatches(&bids[i]) {
-			class = append(class, bids[i])
-		}
-	}
+	class := lastBids(bids, needs.classMatches)
 	if len(class) == 0 {
 		what := "class " + needs.Class
 		if needs.Class == "" {
@@ -225,7 +207,7 @@ func whyNot(bids []Bid, needs Needs) string {
 		if needs.MinVRAMGB > 0 {
 			what += fmt.Sprintf(" with at least %d GB", needs.MinVRAMGB)
 		}
-		if other := len(last); other > 0 {
+		if other := len(lastBids(bids, func(*Bid) bool { return true })); other > 0 {
 			return fmt.Sprintf("no provider of %s bid (%s of other GPUs)", what, plural(other, "bid"))
 		}
 		return fmt.Sprintf("no provider of %s bid", what)
@@ -311,4 +293,19 @@ func plural(n int, what string) string {
 		return "1 " + what
 	}
 	return fmt.Sprintf("%d %ss", n, what)
+}
+
+// lastBids keeps, of every provider, its last bid, if keep takes it.
+func lastBids(bids []Bid, keep func(*Bid) bool) []Bid {
+	last := make(map[peer.ID]int, len(bids))
+	for i := range bids {
+		last[bids[i].Provider] = i
+	}
+	var out []Bid
+	for i := range bids {
+		if last[bids[i].Provider] == i && keep(&bids[i]) {
+			out = append(out, bids[i])
+		}
+	}
+	return out
 }

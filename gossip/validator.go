@@ -60,27 +60,13 @@ type ValidatorConfig struct {
 }
 
 func (c ValidatorConfig) withDefaults() ValidatorConfig {
-	if c.Unit == (Unit{}) {
-		c.Unit = DefaultUnit
-	}
-	if c.MaxSkew == 0 {
-		c.MaxSkew = 30 * time.Second
-	}
-	if c.MaxAge == 0 {
-		c.MaxAge = 60 * time.Second
-	}
-	if c.Burst == 0 {
-		c.Burst = 32
-	}
-	if c.Rate == 0 {
-		c.Rate = 2
-	}
-	if c.MaxClasses == 0 {
-		c.MaxClasses = 16
-	}
-	if c.MaxProviders == 0 {
-		c.MaxProviders = 65536
-	}
+	orDefault(&c.Unit, DefaultUnit)
+	orDefault(&c.MaxSkew, 30*time.Second)
+	orDefault(&c.MaxAge, 60*time.Second)
+	orDefault(&c.Burst, 32)
+	orDefault(&c.Rate, 2)
+	orDefault(&c.MaxClasses, 16)
+	orDefault(&c.MaxProviders, 65536)
 	return c
 }
 

@@ -28,15 +28,10 @@ func market50(t testing.TB) *meshtest.Mesh {
 	if err := m.WaitMeshed(ctx, 8); err != nil {
 		t.Fatal(err)
 	}
-	topic := m.Nodes[0].Gossip().Topic("rfb")
-	waitUntil(t, ctx, "every peer on the rfb topic", func() bool {
-		for _, nd := range m.Nodes {
-			if len(nd.Gossip().PubSub().ListPeers(topic)) == 0 {
-				return false
-			}
-		}
-		return true
-	})
+	// Every peer must hear requests for bids: wait for the topic mesh.
+	if err := m.WaitTopic(ctx, "rfb"); err != nil {
+		t.Fatal(err)
+	}
 	return m
 }
 

@@ -30,15 +30,9 @@ func clusterMesh(t *testing.T, n int) *meshtest.Mesh {
 		t.Fatal(err)
 	}
 	// Every peer must hear requests for bids: wait for the topic mesh.
-	topic := m.Nodes[0].Gossip().Topic("rfb")
-	waitUntil(t, ctx, "every peer on the rfb topic", func() bool {
-		for _, nd := range m.Nodes {
-			if len(nd.Gossip().PubSub().ListPeers(topic)) == 0 {
-				return false
-			}
-		}
-		return true
-	})
+	if err := m.WaitTopic(ctx, "rfb"); err != nil {
+		t.Fatal(err)
+	}
 	return m
 }
 

@@ -136,6 +136,31 @@ func (m *Mesh) WaitMeshed(ctx context.Context, minDHT int) error {
 	}
 }
 
+// WaitTopic waits until every node has a GossipSub peer on the swarm topic
+// name (e.g. "rfb"), or ctx ends.
+func (m *Mesh) WaitTopic(ctx context.Context, name string) error {
+	topic := m.Nodes[0].Gossip().Topic(name)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		lagging := -1
+		for i, nd := range m.Nodes {
+			if len(nd.Gossip().PubSub().ListPeers(topic)) == 0 {
+				lagging = i
+				break
+			}
+		}
+		if lagging < 0 || len(m.Nodes) < 2 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("meshtest: node %d has no peer on %s: %w", lagging, topic, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
 // Isolate cuts node i off from every other node, as if its machine fell off
 // the network: no goodbye, nothing withdrawn.
 func (m *Mesh) Isolate(i int) error {
