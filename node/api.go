@@ -227,6 +227,7 @@ func apiMux(n *Node) *http.ServeMux {
 	n.directoryRoutes(mux)
 	n.priceRoutes(mux)
 	n.jobRoutes(mux)
+	n.receiptRoutes(mux)
 	return mux
 }
 

@@ -31,6 +31,7 @@ type Client struct {
 	base    string
 	token   string
 	http    *http.Client
+	stream  *http.Client // no overall timeout: logs that follow a job, files
 }
 
 // NewClient finds the local API of the node running on dataDir from its api
@@ -74,6 +75,7 @@ func NewClient(dataDir string) (*Client, error) {
 	// Longer than any call's own budget (a search has 30 s), so the node's
 	// answer, partial or not, arrives before the client gives up.
 	c.http = &http.Client{Transport: tr, Timeout: maxFindTime + 15*time.Second}
+	c.stream = &http.Client{Transport: tr}
 	return c, nil
 }
 
@@ -101,10 +103,25 @@ func (c *Client) Post(ctx context.Context, path string, in, out any) error {
 	return c.call(ctx, http.MethodPost, path, body, out)
 }
 
-func (c *Client) call(ctx context.Context, method, path string, body io.Reader, out any) error {
+// Stream calls GET /v0/<path> and returns the body as it arrives, for as
+// long as ctx lasts: a log that follows a job, an output file.
+func (c *Client) Stream(ctx context.Context, path string) (io.ReadCloser, error) {
+	resp, err := c.do(ctx, c.stream, http.MethodGet, path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		answer, _ := io.ReadAll(io.LimitReader(resp.Body, maxAPIResponse))
+		return nil, apiStatusError(resp, answer)
+	}
+	return resp.Body, nil
+}
+
+func (c *Client) do(ctx context.Context, hc *http.Client, method, path string, body io.Reader) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.base+APIVersion+"/"+path, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -112,13 +129,29 @@ func (c *Client) call(ctx context.Context, method, path string, body io.Reader, 
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
-	resp, err := c.http.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		var op *net.OpError
 		if errors.As(err, &op) {
-			return noNode(c.dataDir, op.Err.Error())
+			return nil, noNode(c.dataDir, op.Err.Error())
 		}
-		return fmt.Errorf("local API: %w", err)
+		return nil, fmt.Errorf("local API: %w", err)
+	}
+	return resp, nil
+}
+
+func apiStatusError(resp *http.Response, answer []byte) error {
+	var e apiError
+	if json.Unmarshal(answer, &e) == nil && e.Error != "" {
+		return fmt.Errorf("local API: %s", e.Error)
+	}
+	return fmt.Errorf("local API: %s", resp.Status)
+}
+
+func (c *Client) call(ctx context.Context, method, path string, body io.Reader, out any) error {
+	resp, err := c.do(ctx, c.http, method, path, body)
+	if err != nil {
+		return err
 	}
 	defer resp.Body.Close()
 	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxAPIResponse))
@@ -126,11 +159,7 @@ func (c *Client) call(ctx context.Context, method, path string, body io.Reader, 
 		return fmt.Errorf("local API: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		var e apiError
-		if json.Unmarshal(answer, &e) == nil && e.Error != "" {
-			return fmt.Errorf("local API: %s", e.Error)
-		}
-		return fmt.Errorf("local API: %s", resp.Status)
+		return apiStatusError(resp, answer)
 	}
 	if err := json.Unmarshal(answer, out); err != nil {
 		return fmt.Errorf("local API: bad answer to %s: %w", path, err)

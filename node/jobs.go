@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,7 +44,9 @@ const (
 // Job states.
 const (
 	JobNegotiating = "negotiating"
-	JobFormed      = "formed"
+	JobFormed      = "formed"    // a cluster holds the GPUs; the run starts
+	JobRunning     = "running"   // the members run it
+	JobDone        = "done"      // every member exited with 0
 	JobFailed      = "failed"
 	JobCancelled   = "cancelled"
 )
@@ -61,6 +64,17 @@ type Job struct {
 	Unit    string          `json:"unit"`
 	Created time.Time       `json:"created"`
 	Updated time.Time       `json:"updated"`
+
+	Attempt  int         `json:"attempt,omitempty"` // runs before this one that lost a member (at most the spec's retries)
+	Runs     []MemberRun `json:"runs,omitempty"`    // the members' runs of the latest attempt
+	Started  time.Time   `json:"started,omitzero"`
+	Ended    time.Time   `json:"ended,omitzero"`
+	ExitCode *int        `json:"exitCode,omitempty"` // the job's: 0 when every member exited with 0
+}
+
+// Ended reports whether a job state is final.
+func jobEnded(state string) bool {
+	return state == JobDone || state == JobFailed || state == JobCancelled
 }
 
 // jobState is the node's part of cluster negotiation. One goroutine, the
@@ -76,6 +90,7 @@ type jobState struct {
 	jobsMu sync.Mutex // guards jobs, the jobs file and free
 	jobs   map[string]*Job
 	free   map[string]uint32 // GPUs per class not reserved, as the loop last saw
+	moved  chan struct{}     // closed and replaced whenever a job changes
 }
 
 // negEvent is one input of the negotiation loop.
@@ -84,6 +99,7 @@ type negEvent struct {
 	submit *gossip.Negotiation // a new negotiation of this peer's
 	cancel gossip.JobID
 	done   chan error
+	held   *heldQuery // a provider's question: which reservation does a job hold?
 }
 
 func (n *Node) jobsFile() string {
@@ -98,6 +114,7 @@ func (n *Node) jobsFile() string {
 func (n *Node) startJobs(ctx context.Context) error {
 	n.in = make(chan negEvent, 1024)
 	n.jobs = map[string]*Job{}
+	n.moved = make(chan struct{})
 	if err := n.loadJobs(); err != nil {
 		return err
 	}
@@ -116,6 +133,7 @@ func (n *Node) startJobs(ctx context.Context) error {
 	}
 	n.rfbTopic, n.rfbSub = t, sub
 	n.host.SetStreamHandler(NegotiateProtocol, n.handleNegotiate)
+	n.host.SetStreamHandler(JobProtocol, n.handleJob)
 	res, err := n.newReservations()
 	if err != nil {
 		return err
@@ -130,6 +148,7 @@ func (n *Node) startJobs(ctx context.Context) error {
 func (n *Node) closeJobs() error {
 	if n.host != nil {
 		n.host.RemoveStreamHandler(NegotiateProtocol)
+		n.host.RemoveStreamHandler(JobProtocol)
 	}
 	if n.rfbSub != nil {
 		n.rfbSub.Cancel()
@@ -318,6 +337,12 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 				ev.done <- nil
 			case ev.msg != nil:
 				n.stepMessage(ctx, ev.msg, negs, res, now)
+			case ev.held != nil:
+				var r heldReply
+				if res != nil {
+					r.res, r.ok = res.Held(ev.held.job)
+				}
+				ev.held.reply <- r
 			}
 		case <-timer.C:
 		}
@@ -486,9 +511,7 @@ func (n *Node) FreeGPUs() map[string]uint32 {
 // SubmitJob validates a spec, records the job and starts negotiating a
 // cluster for it. The job is persisted before it is acknowledged.
 func (n *Node) SubmitJob(ctx context.Context, spec JobSpec) (*Job, error) {
-	unit := n.PriceUnit()
-	needs, err := spec.Needs(unit)
-	if err != nil {
+	if _, err := spec.Needs(n.PriceUnit()); err != nil {
 		return nil, err
 	}
 	var id gossip.JobID
@@ -496,6 +519,30 @@ func (n *Node) SubmitJob(ctx context.Context, spec JobSpec) (*Job, error) {
 		return nil, err
 	}
 	now := time.Now()
+	job := &Job{ID: id.String(), Spec: spec, State: JobNegotiating, Unit: n.PriceUnit().String(), Created: now.UTC(), Updated: now.UTC()}
+	n.jobsMu.Lock()
+	n.jobs[job.ID] = job
+	err := n.saveJobsLocked()
+	cp := *job
+	n.jobsMu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("job not submitted: %w", err)
+	}
+	if err := n.negotiate(ctx, id, spec); err != nil {
+		n.finishJob(job.ID, JobFailed, err.Error(), nil)
+		return nil, err
+	}
+	return &cp, nil
+}
+
+// negotiate starts a negotiation for a job: a request for bids, then
+// awards to the best bids.
+func (n *Node) negotiate(ctx context.Context, id gossip.JobID, spec JobSpec) error {
+	unit := n.PriceUnit()
+	needs, err := spec.Needs(unit)
+	if err != nil {
+		return err
+	}
 	var addrs []string
 	for _, a := range n.host.Addrs() {
 		if len(addrs) < 8 {
@@ -508,30 +555,42 @@ func (n *Node) SubmitJob(ctx context.Context, spec JobSpec) (*Job, error) {
 	if found, err := n.directoryFor(ctx, needs); err == nil {
 		expect = found.Providers
 	}
-	now = time.Now()
+	now := time.Now()
 	rfb := gossip.RequestForBids{Job: id, Submitter: n.id.PeerID, Needs: needs, Deadline: now.Add(negotiateWindow).UnixMilli(), Addrs: addrs}
 	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{Expect: expect}, now)
 	if err != nil {
-		return nil, err
-	}
-	job := &Job{ID: id.String(), Spec: spec, State: JobNegotiating, Unit: unit.String(), Created: now.UTC(), Updated: now.UTC()}
-	n.jobsMu.Lock()
-	n.jobs[job.ID] = job
-	err = n.saveJobsLocked()
-	cp := *job
-	n.jobsMu.Unlock()
-	if err != nil {
-		return nil, fmt.Errorf("job not submitted: %w", err)
+		return err
 	}
 	select {
 	case n.in <- negEvent{submit: ng}:
+		return nil
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
-	return &cp, nil
 }
 
-// CancelJob stops a job's negotiation (every member is released).
+// retryJob negotiates a new cluster for a job that lost a member.
+func (n *Node) retryJob(id, why string) {
+	var jid gossip.JobID
+	_ = jid.UnmarshalText([]byte(id))
+	var spec JobSpec
+	n.updateJob(id, func(j *Job) {
+		j.State, j.Reason, j.Attempt, j.Members, j.Spares = JobNegotiating, why, j.Attempt+1, nil, nil
+		spec = j.Spec
+	})
+	ctx, done := n.lifeContext()
+	if ctx == nil {
+		n.finishJob(id, JobFailed, why+"; the peer stopped before it could retry", nil)
+		return
+	}
+	defer done()
+	if err := n.negotiate(ctx, jid, spec); err != nil {
+		n.finishJob(id, JobFailed, why+"; the retry could not start: "+err.Error(), nil)
+	}
+}
+
+// CancelJob stops a job: a negotiation is ended and every member released;
+// a running job's members are stopped (it returns once they have).
 func (n *Node) CancelJob(ctx context.Context, id string) (*Job, error) {
 	var jid gossip.JobID
 	if err := jid.UnmarshalText([]byte(id)); err != nil {
@@ -539,6 +598,13 @@ func (n *Node) CancelJob(ctx context.Context, id string) (*Job, error) {
 	}
 	if _, ok := n.Job(id); !ok {
 		return nil, fmt.Errorf("no job %s on this peer (`gpumesh job ls` lists them)", id)
+	}
+	if running, err := n.stopRun(ctx, id, errCancelled); running {
+		if err != nil {
+			return nil, err
+		}
+		j, _ := n.Job(id)
+		return &j, nil
 	}
 	done := make(chan error, 1)
 	select {
@@ -550,6 +616,13 @@ func (n *Node) CancelJob(ctx context.Context, id string) (*Job, error) {
 	case <-done:
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+	if running, err := n.stopRun(ctx, id, errCancelled); running { // it formed meanwhile
+		if err != nil {
+			return nil, err
+		}
+		j, _ := n.Job(id)
+		return &j, nil
 	}
 	n.jobsMu.Lock()
 	j := n.jobs[id]
@@ -635,9 +708,11 @@ func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
 		}()
 		return
 	}
+	formed := false
 	if j.State == JobNegotiating {
 		if o.Formed {
 			j.State, j.Members, j.Cost, j.Spares = JobFormed, o.Members, o.Cost, o.Spares
+			formed = true
 		} else {
 			j.State, j.Reason = JobFailed, o.Reason
 		}
@@ -647,6 +722,9 @@ func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
 		n.log.Warn("save jobs", "err", err)
 	}
 	n.log.Info("job "+j.State, "job", j.ID, "members", len(j.Members), "reason", j.Reason)
+	if formed {
+		n.startRun(j.ID)
+	}
 }
 
 func (n *Node) jobUpdated(id gossip.JobID) time.Time {
@@ -700,16 +778,30 @@ func (n *Node) loadJobs() error {
 		return fmt.Errorf("jobs file %s: %v; move it away to start with no jobs", path, err)
 	}
 	for _, j := range jobs {
-		if j.State == JobNegotiating {
+		switch j.State {
+		case JobNegotiating:
 			j.State, j.Reason = JobFailed, "the peer stopped while negotiating; submit it again"
+		case JobFormed, JobRunning:
+			j.State, j.Reason = JobFailed, "the peer stopped while the job ran, and its members stopped with it; submit it again"
 		}
 		n.jobs[j.ID] = j
 	}
 	return nil
 }
 
+// jobMoved returns a channel closed at the next change of any job.
+func (n *Node) jobMoved() <-chan struct{} {
+	n.jobsMu.Lock()
+	defer n.jobsMu.Unlock()
+	return n.moved
+}
+
 // saveJobsLocked writes jobs.json whole (temp file, fsync, rename).
 func (n *Node) saveJobsLocked() error {
+	if n.moved != nil {
+		close(n.moved)
+		n.moved = make(chan struct{})
+	}
 	path := n.jobsFile()
 	if path == "" {
 		return nil
@@ -754,6 +846,49 @@ func (n *Node) jobRoutes(mux *http.ServeMux) {
 			return
 		}
 		writeJSON(w, j)
+	})
+	mux.HandleFunc("GET "+APIVersion+"/jobs/{id}/logs", func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		if _, ok := n.Job(id); !ok {
+			writeError(w, http.StatusNotFound, "no job "+id+" on this peer (`gpumesh job ls` lists them)")
+			return
+		}
+		follow := r.URL.Query().Get("follow") == "1"
+		if follow { // wait for the run to start
+			for {
+				moved := n.jobMoved()
+				j, _ := n.Job(id)
+				if jobEnded(j.State) || n.liveLog(id) != nil {
+					break
+				}
+				select {
+				case <-moved:
+				case <-r.Context().Done():
+					return
+				}
+			}
+		}
+		n.serveLog(r.Context(), w, id, follow)
+	})
+	mux.HandleFunc("GET "+APIVersion+"/jobs/{id}/outputs/{rank}/{path...}", func(w http.ResponseWriter, r *http.Request) {
+		id, path := r.PathValue("id"), r.PathValue("path")
+		j, ok := n.Job(id)
+		rank, err := strconv.Atoi(r.PathValue("rank"))
+		if !ok || err != nil || rank < 0 || rank >= len(j.Runs) || !validOutputPath(path) {
+			writeError(w, http.StatusNotFound, "no such output; `gpumesh job status ID` lists a job's outputs")
+			return
+		}
+		found := false
+		for _, o := range j.Runs[rank].Outputs {
+			found = found || o.Path == path
+		}
+		dir, err := n.jobDir(id)
+		if !found || err != nil {
+			writeError(w, http.StatusNotFound, "no output "+path+" of member "+r.PathValue("rank"))
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		http.ServeFile(w, r, filepath.Join(dir, "outputs", "rank-"+strconv.Itoa(rank), filepath.FromSlash(path)))
 	})
 	mux.HandleFunc("POST "+APIVersion+"/jobs/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
 		j, err := n.CancelJob(r.Context(), r.PathValue("id"))

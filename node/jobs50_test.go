@@ -19,6 +19,7 @@ func market50(t testing.TB) *meshtest.Mesh {
 	m := meshtest.Start(t, 50, meshtest.Options{Seed: 50, Config: func(i int, c *node.Config) {
 		if i < 10 {
 			c.GPUs = "mock:dgxh100"
+			c.Executors = []string{"process"}
 			c.Price = fmt.Sprintf("fixed:%d.%d0", 1+(5+i)/10, (5+i)%10)
 			c.Region = []string{"eu-west/ams1", "us-east/nyc2"}[i%2]
 		}
@@ -67,7 +68,7 @@ func TestClustersOn50Peers(t *testing.T) {
 			submitter := m.Nodes[10+len(tc.name)%40]
 			start := time.Now()
 			j := submit(t, ctx, submitter, jobSpec(t, tc.gpus, tc.extra))
-			if j.State != node.JobFormed {
+			if !holds(j) {
 				t.Fatalf("%s (%s), want formed", j.State, j.Reason)
 			}
 			total, zones := gpusOf(j)
@@ -96,7 +97,7 @@ func TestClustersOn50Peers(t *testing.T) {
 		cheapest := providers[0]
 		cheapest.Host().RemoveStreamHandler(node.NegotiateProtocol)
 		j := submit(t, ctx, m.Nodes[30], jobSpec(t, 8, ""))
-		if j.State != node.JobFormed {
+		if !holds(j) {
 			t.Fatalf("%s (%s), want formed by a replacement", j.State, j.Reason)
 		}
 		for _, mb := range j.Members {
@@ -144,7 +145,7 @@ func TestHundredRacingSubmissionsNeverShareAGPU(t *testing.T) {
 			j, _ = s.nd.Job(s.id)
 			return j.State != node.JobNegotiating
 		})
-		if j.State == node.JobFormed {
+		if holds(j) {
 			formed++
 			for _, mb := range j.Members {
 				held[mb.Provider.String()] += int(mb.GPUs)

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpumesh/gpumesh/node"
 )
 
 // BenchmarkClusterFormation submits jobs of 8 and 32 H100s from peers
@@ -40,7 +39,7 @@ func BenchmarkClusterFormation(b *testing.B) {
 				start := time.Now()
 				j := submit(b, ctx, submitter, spec)
 				lat = append(lat, time.Since(start))
-				if j.State != node.JobFormed {
+				if !holds(j) {
 					b.Fatalf("%s: %s", j.State, j.Reason)
 				}
 				msgs += count() - before

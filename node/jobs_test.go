@@ -21,6 +21,7 @@ func clusterMesh(t *testing.T, n int) *meshtest.Mesh {
 	m := meshtest.Start(t, n, meshtest.Options{Seed: 9, Config: func(i int, c *node.Config) {
 		if i < 4 {
 			c.GPUs, c.Price = "mock:dgxh100", "fixed:2.10"
+			c.Executors = []string{"process"} // jobs run sleep 3600: a formed cluster holds its GPUs until cancelled
 			c.Region = []string{"eu-west/ams1", "us-east/nyc2"}[i/2]
 		}
 	}})
@@ -43,7 +44,7 @@ func jobSpec(t testing.TB, gpus int, extra string) node.JobSpec {
 		price, extra = p, ""
 	}
 	y := fmt.Sprintf(`name: test-job
-image: busybox
+command: [sleep, "3600"]
 resources:
   gpus: %d
   gpu: {model: H100}
@@ -71,6 +72,10 @@ func submit(t testing.TB, ctx context.Context, nd *node.Node, spec node.JobSpec)
 	})
 	return j
 }
+
+// holds reports whether a job's cluster formed and holds its GPUs: formed,
+// or running (the members run sleep).
+func holds(j node.Job) bool { return j.State == node.JobFormed || j.State == node.JobRunning }
 
 func gpusOf(j node.Job) (total int, zones map[string]bool) {
 	zones = map[string]bool{}
@@ -100,7 +105,7 @@ func TestClustersFormFromAnyPeer(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			j := submit(t, ctx, submitter, jobSpec(t, tc.gpus, tc.extra))
-			if j.State != node.JobFormed {
+			if !holds(j) {
 				t.Fatalf("job %s: %s (%s), want formed", j.ID, j.State, j.Reason)
 			}
 			total, zones := gpusOf(j)
@@ -184,7 +189,7 @@ func TestRacingSubmittersNeverShareAGPU(t *testing.T) {
 			j, _ = s.Job(jobs[i])
 			return j.State != node.JobNegotiating
 		})
-		if j.State == node.JobFormed {
+		if holds(j) {
 			formed++
 			for _, mb := range j.Members {
 				held[mb.Provider.String()] += int(mb.GPUs)

@@ -47,7 +47,7 @@ const (
 	maxEnvNameLen    = 256      // bytes of a variable name
 	maxMinVRAMGB     = 4096     // GB of resources.gpu.minVRAM
 	maxRetries       = 10       // retries of a failed job
-	minTimeout       = time.Minute
+	minTimeout       = time.Second
 	maxTimeout       = gossip.MaxLeaseSeconds * time.Second // 720h
 )
 
@@ -75,7 +75,7 @@ type JobSpec struct {
 	Placement gossip.Placement  `yaml:"placement,omitempty" json:"placement,omitempty"` // colocated or spread; "": spread
 	Launcher  string            `yaml:"launcher,omitempty" json:"launcher,omitempty"`   // none, torchrun or ray; "": none
 	MaxPrice  Literal           `yaml:"maxPrice,omitempty" json:"maxPrice,omitempty"`   // tokens of the swarm's unit per GPU-hour, e.g. 2.50
-	Timeout   string            `yaml:"timeout,omitempty" json:"timeout,omitempty"`     // how long the job may run, 1m..720h, e.g. 2h; the lease asked for
+	Timeout   string            `yaml:"timeout,omitempty" json:"timeout,omitempty"`     // how long the job may run, 1s..720h, e.g. 2h; the lease asked for
 	Retries   int               `yaml:"retries,omitempty" json:"retries,omitempty"`     // runs after a failed one, 0..10; default 0
 }
 
@@ -407,7 +407,7 @@ func (s JobSpec) check(unit gossip.Unit) (gossip.Needs, JobSpecErrors) {
 
 	d, err := time.ParseDuration(s.Timeout)
 	if err != nil || d < minTimeout || d > maxTimeout {
-		bad("timeout", "must be a duration like 2h or 90m, 1m..720h, got %s", clip(s.Timeout))
+		bad("timeout", "must be a duration like 2h or 90m, 1s..720h, got %s", clip(s.Timeout))
 	} else {
 		n.LeaseSeconds = uint32((d + time.Second - 1) / time.Second)
 	}

@@ -51,7 +51,7 @@ type Config struct {
 	// GPU directory.
 	GPUs      string        // GPU source: "auto" (""), "nvml", "none", "mock:dgxa100", "mock:dgxh100"
 	Region    string        // region/zone label in offers, e.g. "eu-west/ams1"
-	Executors []string      // executors offered; empty means "docker"
+	Executors []string      // executors offered: "docker", "process" (trusted private swarms); empty means "docker"
 	OfferTTL  time.Duration // validity of a published offer; 0 means DefaultOfferTTL
 
 	// Spot prices.
@@ -59,6 +59,9 @@ type Config struct {
 	PriceUnit  string             // unit of prices, "TOKEN:DECIMALS"; "" means "USDC:6" (prices are integers of the smallest unit per GPU-hour)
 	PriceBoard gossip.BoardConfig // how the price board weighs quotes; the zero value takes the defaults
 	PriceClock func() time.Time   // the time of ticks, their checks and the board; nil: time.Now (tests move it)
+
+	// Jobs.
+	Heartbeat time.Duration // how often a job's member says it is alive; 0 means DefaultHeartbeat (lost after 3 missed)
 
 	// Host, when set, is used instead of building a libp2p host (meshtest
 	// runs nodes on a simulated network this way). The Node closes it.
@@ -98,11 +101,14 @@ type Node struct {
 	directoryState // directory.go
 	priceState     // prices.go
 	jobState       // jobs.go
+	memberState    // member.go
+	runState       // run.go
 
 	stopGossip context.CancelFunc
 
-	lifeMu    sync.Mutex // guards closed
+	lifeMu    sync.Mutex // guards closed and ctx
 	closed    bool
+	ctx       context.Context // the node's life, from Start to Close
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -197,6 +203,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	n.started = time.Now()
 	ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	n.ctx = ctx
 	n.lifeMu.Unlock()
 	defer func() {
 		if err != nil {
@@ -347,6 +354,7 @@ func (n *Node) Close() error {
 		}
 		n.wg.Wait()
 		errs = append(errs, n.closeJobs(), n.closePrices())
+		n.closeMembers()
 		if n.stopGossip != nil {
 			n.stopGossip()
 		}
@@ -363,6 +371,19 @@ func (n *Node) Close() error {
 		n.closeErr = errors.Join(errs...)
 	})
 	return n.closeErr
+}
+
+// lifeContext is the node's context for work started by a peer (a stream
+// handler), counted in the node's wait group; nil once the node is closing.
+// The caller calls done when the work has ended.
+func (n *Node) lifeContext() (ctx context.Context, done func()) {
+	n.lifeMu.Lock()
+	defer n.lifeMu.Unlock()
+	if n.closed || n.ctx == nil {
+		return nil, nil
+	}
+	n.wg.Add(1)
+	return n.ctx, n.wg.Done
 }
 
 // Host is the peer's libp2p host (nil before Start).

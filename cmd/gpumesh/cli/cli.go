@@ -36,6 +36,13 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
+	var je jobExit
+	if errors.As(err, &je) { // the job's own exit code, its reason already shown
+		if je.reason != "" {
+			fmt.Fprintf(stderr, "gpumesh: %s\n", je.reason)
+		}
+		return je.code
+	}
 	fmt.Fprintf(stderr, "gpumesh: %v\n", err)
 	var ue usageError
 	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
@@ -115,6 +122,14 @@ func wrapArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
 }
 
 // output is the -o flag of commands that print data.
+// jobExit ends the CLI with a job's exit code.
+type jobExit struct {
+	code   int
+	reason string
+}
+
+func (e jobExit) Error() string { return fmt.Sprintf("job exited with code %d: %s", e.code, e.reason) }
+
 type output struct{ format string }
 
 func (o *output) register(c *cobra.Command) {

@@ -2,13 +2,18 @@ package cli
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/spf13/cobra"
@@ -18,12 +23,13 @@ func jobCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "job", Short: "Submit jobs and follow them: a cluster is negotiated from any peer"}
 
 	var so output
-	var wait bool
+	var wait, follow bool
 	submit := &cobra.Command{
 		Use:     "submit FILE",
 		Short:   "Submit a job spec (YAML or JSON) and negotiate a GPU cluster for it",
 		Args:    cobra.ExactArgs(1),
-		Example: `  gpumesh job submit job.yaml --wait`,
+		Example: `  gpumesh job submit job.yaml --wait
+  gpumesh job submit job.yaml -f        # and stream the logs`,
 		RunE: func(c *cobra.Command, args []string) error {
 			if err := so.check(); err != nil {
 				return err
@@ -45,39 +51,18 @@ func jobCmd(g *globals) *cobra.Command {
 				if err := cl.Post(ctx, "jobs", spec, &job); err != nil {
 					return err
 				}
-				if !wait {
+				if !wait && !follow {
 					return so.print(g.stdout, job, func() {
 						fmt.Fprintf(g.stdout, "job %s submitted: negotiating a cluster of %d GPUs (follow it with `gpumesh job status %s`)\n",
 							job.ID, job.Spec.Resources.GPUs, job.ID)
 					})
 				}
-				if so.format == "text" {
-					fmt.Fprintf(g.stdout, "job %s submitted; finding and negotiating %d GPUs...\n", job.ID, job.Spec.Resources.GPUs)
-				}
-				start := time.Now()
-				tick := time.NewTicker(50 * time.Millisecond)
-				defer tick.Stop()
-				for job.State == node.JobNegotiating {
-					select {
-					case <-ctx.Done():
-						return ctx.Err()
-					case <-tick.C:
-					}
-					if err := cl.Get(ctx, "jobs/"+job.ID, &job); err != nil {
-						return err
-					}
-				}
-				if err := so.print(g.stdout, job, func() { printJob(g, job, time.Since(start)) }); err != nil {
-					return err
-				}
-				if job.State != node.JobFormed {
-					return fmt.Errorf("job %s %s: %s", job.ID, job.State, job.Reason)
-				}
-				return nil
+				return waitJob(ctx, g, cl, so, job, follow)
 			})
 		},
 	}
-	submit.Flags().BoolVar(&wait, "wait", false, "wait until the cluster forms or the negotiation fails; exit 1 if it fails")
+	submit.Flags().BoolVar(&wait, "wait", false, "wait until the job ends, showing its progress; exit with the job's exit code")
+	submit.Flags().BoolVarP(&follow, "follow", "f", false, "like --wait, streaming every member's logs")
 	so.register(submit)
 
 	var lo output
@@ -145,7 +130,59 @@ func jobCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	c.AddCommand(submit, ls, status, cancel)
+	var followLogs bool
+	logs := &cobra.Command{
+		Use:   "logs ID",
+		Short: "Show a job's logs: every member's output, each line prefixed by its rank",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
+				return streamLogs(ctx, g, cl, args[0], followLogs)
+			})
+		},
+	}
+	logs.Flags().BoolVarP(&followLogs, "follow", "f", false, "keep streaming until the job ends")
+
+	var outDir string
+	get := &cobra.Command{
+		Use:   "get ID",
+		Short: "Copy a job's outputs into a folder, checking each file's SHA-256",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			if outDir == "" {
+				return usageError{fmt.Errorf("say where the outputs go: -o DIR")}
+			}
+			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
+				return getOutputs(ctx, g, cl, args[0], outDir)
+			})
+		},
+	}
+	get.Flags().StringVarP(&outDir, "output", "o", "", "folder to write the outputs into (made if missing), one subfolder per member: rank-0, rank-1, ...")
+
+	var ro output
+	receipts := &cobra.Command{
+		Use:   "receipts [ID]",
+		Short: "Show the signed receipts of a job's work (all jobs without ID)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			if err := ro.check(); err != nil {
+				return err
+			}
+			path := "receipts"
+			if len(args) == 1 {
+				path += "?job=" + url.QueryEscape(args[0])
+			}
+			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
+				var rs []exec.SignedReceipt
+				if err := cl.Get(ctx, path, &rs); err != nil {
+					return err
+				}
+				return ro.print(g.stdout, rs, func() { printReceipts(g, rs) })
+			})
+		},
+	}
+	ro.register(receipts)
+	c.AddCommand(submit, ls, status, cancel, logs, get, receipts)
 	return c
 }
 
@@ -167,14 +204,203 @@ func printJob(g *globals, j node.Job, took time.Duration) {
 		u = gossip.DefaultUnit
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "RANK\tPROVIDER\tGPUS\tCLASS\tZONE\tPRICE/GPU-H")
+	runs := len(j.Runs) == len(j.Members)
+	head := "RANK\tPROVIDER\tGPUS\tCLASS\tZONE\tPRICE/GPU-H"
+	if runs {
+		head += "\tSTATE\tEXIT\tOUTPUTS\tRECEIPT"
+	}
+	fmt.Fprintln(tw, head)
 	for i, m := range j.Members {
 		zone := m.Zone
 		if zone == "" {
 			zone = "-"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\n", i, m.Provider, m.GPUs, m.Class, zone, u.Format(m.Price))
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s", i, m.Provider, m.GPUs, m.Class, zone, u.Format(m.Price))
+		if runs {
+			r := j.Runs[i]
+			exit, receipt := "-", r.Receipt
+			if r.State == node.MemberExited {
+				exit = fmt.Sprint(r.ExitCode)
+			}
+			if receipt == "" {
+				receipt = "-"
+			}
+			fmt.Fprintf(tw, "\t%s\t%s\t%d\t%s", r.State, exit, len(r.Outputs), receipt)
+		}
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "cluster: %s, %s %s per hour\n", plural(len(j.Members), "member"), u.Format(j.Cost), u.Token)
+	for _, r := range j.Runs {
+		if r.Error != "" {
+			fmt.Fprintf(w, "member %d: %s\n", r.Rank, r.Error)
+		}
+	}
+	if j.ExitCode != nil {
+		fmt.Fprintf(w, "exit code: %d\n", *j.ExitCode)
+	}
+}
+
+// waitJob follows a submitted job to its end, showing each step (and the
+// logs, with follow), and ends with the job's exit code.
+func waitJob(ctx context.Context, g *globals, cl *node.Client, so output, job node.Job, follow bool) error {
+	text := so.format == "text"
+	if text {
+		fmt.Fprintf(g.stdout, "job %s submitted; finding and negotiating %d GPUs...\n", job.ID, job.Spec.Resources.GPUs)
+	}
+	start := time.Now()
+	logsDone := make(chan error, 1)
+	if follow {
+		go func() { logsDone <- streamLogs(ctx, g, cl, job.ID, true) }()
+	} else {
+		logsDone <- nil
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	last, running := "", -1
+	for {
+		if text && job.State != last {
+			switch job.State {
+			case node.JobFormed, node.JobRunning:
+				if last == node.JobNegotiating || last == "" {
+					printJob(g, job, time.Since(start))
+				}
+			}
+			last = job.State
+		}
+		if text && job.State == node.JobRunning && !follow {
+			up := 0
+			for _, r := range job.Runs {
+				if r.State != node.MemberStarting {
+					up++
+				}
+			}
+			if up != running {
+				fmt.Fprintf(g.stdout, "running: %d of %d members started\n", up, len(job.Runs))
+				running = up
+			}
+		}
+		if job.State == node.JobDone || job.State == node.JobFailed || job.State == node.JobCancelled {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		if err := cl.Get(ctx, "jobs/"+job.ID, &job); err != nil {
+			return err
+		}
+	}
+	if err := <-logsDone; err != nil {
+		fmt.Fprintf(g.stderr, "gpumesh: logs: %v\n", err)
+	}
+	if err := so.print(g.stdout, job, func() { printJob(g, job, time.Since(start)) }); err != nil {
+		return err
+	}
+	code := 1
+	if job.ExitCode != nil {
+		code = *job.ExitCode
+	}
+	if job.State == node.JobDone && code == 0 {
+		return nil
+	}
+	if code == 0 {
+		code = 1
+	}
+	return jobExit{code: code, reason: fmt.Sprintf("job %s %s: %s", job.ID, job.State, job.Reason)}
+}
+
+// streamLogs copies a job's logs to stdout.
+func streamLogs(ctx context.Context, g *globals, cl *node.Client, id string, follow bool) error {
+	path := "jobs/" + id + "/logs"
+	if follow {
+		path += "?follow=1"
+	}
+	body, err := cl.Stream(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	_, err = io.Copy(g.stdout, body)
+	return err
+}
+
+// getOutputs copies every member's outputs into dir/rank-N, checking each
+// file's SHA-256 against the one its member reported.
+func getOutputs(ctx context.Context, g *globals, cl *node.Client, id, dir string) error {
+	var job node.Job
+	if err := cl.Get(ctx, "jobs/"+id, &job); err != nil {
+		return err
+	}
+	files, bytes := 0, int64(0)
+	for _, r := range job.Runs {
+		for _, o := range r.Outputs {
+			dst := filepath.Join(dir, fmt.Sprintf("rank-%d", r.Rank), filepath.FromSlash(o.Path))
+			if err := fetchOutput(ctx, cl, fmt.Sprintf("jobs/%s/outputs/%d/%s", id, r.Rank, o.Path), dst, o); err != nil {
+				return err
+			}
+			files++
+			bytes += o.Size
+		}
+	}
+	if files == 0 {
+		if job.State != node.JobDone && job.State != node.JobFailed {
+			return fmt.Errorf("job %s is %s: it has no outputs yet", id, job.State)
+		}
+		fmt.Fprintf(g.stdout, "job %s left no outputs\n", id)
+		return nil
+	}
+	fmt.Fprintf(g.stdout, "%s (%d bytes) of job %s in %s, SHA-256 checked\n", plural(files, "file"), bytes, id, dir)
+	return nil
+}
+
+func fetchOutput(ctx context.Context, cl *node.Client, path, dst string, want exec.OutputFile) error {
+	body, err := cl.Stream(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(dst), ".gpumesh-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), body)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("output %s: %w", want.Path, err)
+	}
+	if sum := hex.EncodeToString(h.Sum(nil)); n != want.Size || sum != want.SHA256 {
+		return fmt.Errorf("output %s: got %d bytes with SHA-256 %s, want %d bytes with %s; run `gpumesh job get` again", want.Path, n, sum, want.Size, want.SHA256)
+	}
+	return os.Rename(f.Name(), dst)
+}
+
+func printReceipts(g *globals, rs []exec.SignedReceipt) {
+	if len(rs) == 0 {
+		fmt.Fprintln(g.stdout, "no receipts yet: a member's provider signs one when its work ends")
+		return
+	}
+	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "JOB\tRANK\tGPUS\tCLASS\tGPU-SECONDS\tAMOUNT\tEXIT\tSIGNED BY")
+	for _, s := range rs {
+		r := s.Receipt
+		u, err := gossip.ParseUnit(r.Unit)
+		if err != nil {
+			u = gossip.DefaultUnit
+		}
+		signed := "provider"
+		if len(s.ConsumerSig) > 0 {
+			signed = "provider, consumer"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%.3f\t%s %s\t%d\t%s\n", r.Job, r.Rank, r.GPUs, r.Class, r.GPUSeconds(), u.Format(r.Amount), u.Token, r.ExitCode, signed)
+	}
+	tw.Flush()
 }

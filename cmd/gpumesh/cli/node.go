@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/node"
@@ -25,6 +27,8 @@ func nodeCmd(g *globals) *cobra.Command {
 		api, metrics      string
 		gpus, region      string
 		price, priceUnit  string
+		executors         []string
+		heartbeat         time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "node",
@@ -63,6 +67,16 @@ public swarm.`,
 				Region:    region,
 				Price:     price,
 				PriceUnit: priceUnit,
+				Executors: executors,
+				Heartbeat: heartbeat,
+			}
+			for _, e := range executors {
+				if e != "docker" && e != "process" {
+					return usageError{fmt.Errorf("--executors %q: want docker, process or both (docker,process)", e)}
+				}
+			}
+			if heartbeat < 0 || (heartbeat > 0 && heartbeat < 10*time.Millisecond) {
+				return usageError{fmt.Errorf("--heartbeat %s: want at least 10ms", heartbeat)}
 			}
 			if c.Flags().Changed("listen") {
 				cfg.Listen = listen
@@ -119,6 +133,8 @@ public swarm.`,
 	f.StringVar(&api, "api", "", "also serve the local API on this TCP host:port, guarded by the token in the data dir's api.token")
 	f.StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this host:port at /metrics")
 	f.StringVar(&gpus, "gpus", envOr("GPUMESH_GPUS", "auto"), "GPUs to offer: auto (NVML if there is a driver), nvml, none, or go-nvml's mock:dgxa100 / mock:dgxh100 (env GPUMESH_GPUS)")
+	f.StringSliceVar(&executors, "executors", envList("GPUMESH_EXECUTORS", []string{"docker"}), "how this provider runs jobs: docker (containers), process (bare commands: only for trusted private swarms), or docker,process (env GPUMESH_EXECUTORS)")
+	f.DurationVar(&heartbeat, "heartbeat", node.DefaultHeartbeat, "how often this peer's job members say they are alive; a member silent for 3 heartbeats is lost")
 	f.StringVar(&region, "region", os.Getenv("GPUMESH_REGION"), "region/zone label of this peer's offers, e.g. eu-west/ams1 (env GPUMESH_REGION)")
 	f.StringVar(&price, "price", os.Getenv("GPUMESH_PRICE"), "asking price per GPU-hour of this peer's GPUs: fixed:2.10, or auto:floor=1.50,target=0.7[,max=4.00] to follow the market and the GPUs' utilization (env GPUMESH_PRICE; default: no price)")
 	f.StringVar(&priceUnit, "price-unit", envOr("GPUMESH_PRICE_UNIT", "USDC:6"), "token of prices and its decimals, TOKEN:DECIMALS; every peer of a swarm must use the same (env GPUMESH_PRICE_UNIT)")
@@ -151,4 +167,12 @@ func withClient(c *cobra.Command, g *globals, f func(ctx context.Context, cl *no
 		return err
 	}
 	return f(c.Context(), cl)
+}
+
+// envList is a comma-separated environment variable, or def.
+func envList(name string, def []string) []string {
+	if v := os.Getenv(name); v != "" {
+		return strings.Split(v, ",")
+	}
+	return def
 }

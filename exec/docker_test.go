@@ -1,0 +1,427 @@
+package exec_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+
+	"github.com/gpumesh/gpumesh/exec"
+)
+
+// newDocker is a Docker executor on the test engine, with TestImage there.
+func newDocker(t *testing.T) *exec.Docker {
+	t.Helper()
+	testImage(t)
+	d, err := exec.NewDocker(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	return d
+}
+
+// dockerTask is a task of the test image running sh -c script.
+func dockerTask(t *testing.T, script string) exec.Task {
+	return exec.Task{
+		Name:    taskName(t),
+		Image:   TestImage,
+		Command: []string{"sh", "-c", script},
+		Outputs: t.TempDir(),
+		WorkDir: t.TempDir(),
+	}
+}
+
+// assertNoContainer fails if a container of the task is left.
+func assertNoContainer(t *testing.T, name string) {
+	t.Helper()
+	cli := dockerClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	list, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", exec.LabelTask+"="+name))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 0 {
+		t.Errorf("container of task %s left behind: %v (%s)", name, list[0].Names, list[0].State)
+	}
+}
+
+func TestDockerName(t *testing.T) {
+	if got := (&exec.Docker{}).Name(); got != "docker" {
+		t.Errorf("Name() = %q", got)
+	}
+}
+
+func TestDockerRunsATaskWithItsGPUsEnvAndOutputs(t *testing.T) {
+	d := newDocker(t)
+	task := dockerTask(t, `echo "nv=$NVIDIA_VISIBLE_DEVICES"; echo "cuda=$CUDA_VISIBLE_DEVICES"; echo "job=$JOB_VAR"; echo "out=$GPUMESH_OUTPUTS"; echo hello > "$GPUMESH_OUTPUTS/result.txt"; echo oops >&2`)
+	task.GPUs = []string{"GPU-5b3c0d1e-aaaa-1111", "GPU-7f2a9c4b-bbbb-2222"}
+	task.Env = map[string]string{"JOB_VAR": "x y", "NVIDIA_VISIBLE_DEVICES": "all"} // the job cannot widen its GPUs
+	stdout, stderr := newSyncBuf(), newSyncBuf()
+	task.Stdout, task.Stderr = stdout, stderr
+	var started atomic.Int32
+	var startedAt atomic.Value
+	task.Started = func(at time.Time) { started.Add(1); startedAt.Store(at) }
+
+	before := time.Now()
+	res, err := d.Run(context.Background(), task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "nv=GPU-5b3c0d1e-aaaa-1111,GPU-7f2a9c4b-bbbb-2222\ncuda=GPU-5b3c0d1e-aaaa-1111,GPU-7f2a9c4b-bbbb-2222\njob=x y\nout=/outputs\n"
+	if got := stdout.String(); got != want {
+		t.Errorf("stdout = %q, want %q", got, want)
+	}
+	if got := stderr.String(); got != "oops\n" {
+		t.Errorf("stderr = %q, want %q", got, "oops\n")
+	}
+	if res.ExitCode != 0 || res.TimedOut || res.Stopped {
+		t.Errorf("result = %+v, want exit 0", res)
+	}
+	b, err := os.ReadFile(filepath.Join(task.Outputs, "result.txt"))
+	if err != nil || string(b) != "hello\n" {
+		t.Errorf("output file: %q, %v", b, err)
+	}
+	if n := started.Load(); n != 1 {
+		t.Errorf("Started called %d times, want 1", n)
+	}
+	if at, _ := startedAt.Load().(time.Time); !at.Equal(res.Start) {
+		t.Errorf("Started(%v), Result.Start %v", at, res.Start)
+	}
+	// The engine's clock is this host's: allow a little for its rounding.
+	if res.Start.Before(before.Add(-time.Second)) || res.End.Before(res.Start) || res.End.After(time.Now().Add(time.Second)) {
+		t.Errorf("times: start %v end %v (run began %v)", res.Start, res.End, before)
+	}
+	assertNoContainer(t, task.Name)
+}
+
+func TestDockerReturnsTheExitCode(t *testing.T) {
+	d := newDocker(t)
+	task := dockerTask(t, "echo bye; exit 3")
+	res, err := d.Run(context.Background(), task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitCode != 3 || res.TimedOut || res.Stopped {
+		t.Errorf("result = %+v, want exit 3", res)
+	}
+	assertNoContainer(t, task.Name)
+}
+
+func TestDockerTimeoutStopsTheContainer(t *testing.T) {
+	d := newDocker(t)
+	task := dockerTask(t, "sleep 60")
+	task.Timeout = time.Second
+	begin := time.Now()
+	res, err := d.Run(context.Background(), task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(begin); el > 30*time.Second {
+		t.Errorf("Run took %v for a 1s timeout", el)
+	}
+	if !res.TimedOut || res.Stopped || res.ExitCode == 0 {
+		t.Errorf("result = %+v, want timed out with a non-zero exit", res)
+	}
+	assertNoContainer(t, task.Name)
+}
+
+func TestDockerCancelStopsTheContainer(t *testing.T) {
+	d := newDocker(t)
+	task := dockerTask(t, "sleep 60")
+	started := make(chan struct{})
+	task.Started = func(time.Time) { close(started) }
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := goRun(ctx, d, task)
+	await(t, started, time.Minute, "the container's start")
+	cancel()
+	r := await(t, done, time.Minute, "Run's return after cancel")
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if !r.res.Stopped || r.res.TimedOut || r.res.ExitCode == 0 {
+		t.Errorf("result = %+v, want stopped with a non-zero exit", r.res)
+	}
+	assertNoContainer(t, task.Name)
+}
+
+func TestDockerMissingImageIsErrNoImage(t *testing.T) {
+	d := newDocker(t)
+	task := dockerTask(t, "true")
+	task.Image = "gpumesh-test:no-such-image-" + strings.ToLower(strings.ReplaceAll(taskName(t), "-", ""))
+	_, err := d.Run(context.Background(), task)
+	if !errors.Is(err, exec.ErrNoImage) {
+		t.Fatalf("err = %v, want ErrNoImage", err)
+	}
+	if !strings.Contains(err.Error(), task.Image) || !strings.Contains(err.Error(), "docker load") {
+		t.Errorf("error does not name the image and how to get it: %v", err)
+	}
+	assertNoContainer(t, task.Name)
+}
+
+func TestDockerBadCommandIsAnError(t *testing.T) {
+	d := newDocker(t)
+	task := dockerTask(t, "")
+	task.Command = []string{"/no/such/program"}
+	_, err := d.Run(context.Background(), task)
+	if err == nil || !strings.Contains(err.Error(), task.Name) {
+		t.Fatalf("err = %v, want an error naming the task", err)
+	}
+	assertNoContainer(t, task.Name)
+}
+
+func TestDockerNetwork(t *testing.T) {
+	d := newDocker(t)
+
+	task := dockerTask(t, "ls /sys/class/net")
+	out := newSyncBuf()
+	task.Stdout = out
+	if _, err := d.Run(context.Background(), task); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Fields(out.String()); !slices.Equal(got, []string{"lo"}) {
+		t.Errorf("without Network the container sees interfaces %v, want only lo", got)
+	}
+
+	host, err := os.ReadDir("/sys/class/net")
+	if err != nil {
+		t.Skipf("cannot list this host's interfaces: %v", err)
+	}
+	var want []string
+	for _, e := range host {
+		want = append(want, e.Name())
+	}
+	task = dockerTask(t, "ls /sys/class/net")
+	task.Network = true
+	out = newSyncBuf()
+	task.Stdout = out
+	if _, err := d.Run(context.Background(), task); err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Fields(out.String())
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("with Network the container sees interfaces %v, want the host's %v", got, want)
+	}
+}
+
+func TestDockerLogsArriveAsWritten(t *testing.T) {
+	d := newDocker(t)
+	task := dockerTask(t, "echo first; sleep 30; echo never")
+	out := newSyncBuf()
+	task.Stdout = out
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := goRun(ctx, d, task)
+	select {
+	case <-out.first:
+	case r := <-done:
+		t.Fatalf("Run ended (%+v, %v) before any output was seen", r.res, r.err)
+	case <-time.After(25 * time.Second):
+		t.Fatal("no output within 25s of a task that prints at once")
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("the task ended (%+v, %v): output came only at its end", r.res, r.err)
+	default:
+	}
+	cancel()
+	r := await(t, done, time.Minute, "Run's return after cancel")
+	if r.err != nil || !r.res.Stopped {
+		t.Errorf("result = %+v, %v", r.res, r.err)
+	}
+	if got := out.String(); got != "first\n" {
+		t.Errorf("stdout = %q", got)
+	}
+}
+
+func TestDockerLosesNoOutputOfFastTasks(t *testing.T) {
+	d := newDocker(t)
+	for i := range 3 {
+		task := dockerTask(t, `i=0; while [ $i -lt 2000 ]; do echo "line $i"; i=$((i+1)); done; echo done >&2`)
+		out, errOut := newSyncBuf(), newSyncBuf()
+		task.Stdout, task.Stderr = out, errOut
+		if _, err := d.Run(context.Background(), task); err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+		if len(lines) != 2000 || lines[0] != "line 0" || lines[1999] != "line 1999" {
+			t.Errorf("run %d: %d lines of stdout, want 2000", i, len(lines))
+		}
+		if errOut.String() != "done\n" {
+			t.Errorf("run %d: stderr %q", i, errOut.String())
+		}
+	}
+	task := dockerTask(t, "echo quick")
+	out := newSyncBuf()
+	task.Stdout = out
+	if _, err := d.Run(context.Background(), task); err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != "quick\n" {
+		t.Errorf("stdout = %q", out.String())
+	}
+}
+
+func TestDockerRemovesAStaleContainerOfTheTask(t *testing.T) {
+	d := newDocker(t)
+	cli := dockerClient(t)
+	ctx := context.Background()
+
+	// A crashed run's container: same name, gpumesh's label.
+	task := dockerTask(t, "echo fresh")
+	cfg, hcfg := exec.ContainerConfig(task)
+	if _, err := cli.ContainerCreate(ctx, cfg, hcfg, nil, nil, task.Name); err != nil {
+		t.Fatal(err)
+	}
+	out := newSyncBuf()
+	task.Stdout = out
+	if _, err := d.Run(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != "fresh\n" {
+		t.Errorf("stdout = %q", out.String())
+	}
+	assertNoContainer(t, task.Name)
+
+	// Someone else's container of that name is left alone.
+	other := dockerTask(t, "true")
+	c, err := cli.ContainerCreate(ctx, &container.Config{Image: TestImage, Cmd: []string{"true"}}, nil, nil, nil, other.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cli.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true}) })
+	_, err = d.Run(ctx, other)
+	if err == nil || !strings.Contains(err.Error(), "did not make") {
+		t.Errorf("err = %v, want a refusal to remove a container gpumesh did not make", err)
+	}
+	if _, err := cli.ContainerInspect(ctx, c.ID); err != nil {
+		t.Errorf("the other container is gone: %v", err)
+	}
+}
+
+func TestDockerContainerConfig(t *testing.T) {
+	uuids := []string{"GPU-5b3c0d1e-aaaa-1111", "GPU-7f2a9c4b-bbbb-2222"}
+	base := exec.Task{
+		Name:    "gpumesh-job-0",
+		Image:   "pytorch/pytorch:latest",
+		Command: []string{"python", "train.py"},
+		Env:     map[string]string{"RANK": "0", "CUDA_VISIBLE_DEVICES": "0,1,2,3"},
+		GPUs:    uuids,
+		Outputs: "/var/lib/gpumesh/jobs/j/outputs",
+		Memory:  8 << 30,
+		CPUs:    2.5,
+	}
+	env := func(cfg *container.Config) map[string]string {
+		m := map[string]string{}
+		for _, kv := range cfg.Env {
+			k, v, _ := strings.Cut(kv, "=")
+			if _, dup := m[k]; dup {
+				t.Errorf("%s set twice", k)
+			}
+			m[k] = v
+		}
+		return m
+	}
+
+	onGPUs := base
+	onGPUs.Real = true
+	cfg, h := exec.ContainerConfig(onGPUs)
+	if len(h.DeviceRequests) != 1 {
+		t.Fatalf("real GPUs: DeviceRequests = %+v, want one", h.DeviceRequests)
+	}
+	dr := h.DeviceRequests[0]
+	if dr.Driver != "nvidia" || !slices.Equal(dr.DeviceIDs, uuids) || len(dr.Capabilities) != 1 || !slices.Equal(dr.Capabilities[0], []string{"gpu"}) || dr.Count != 0 {
+		t.Errorf("device request = %+v", dr)
+	}
+	e := env(cfg)
+	joined := strings.Join(uuids, ",")
+	if e["NVIDIA_VISIBLE_DEVICES"] != joined || e["CUDA_VISIBLE_DEVICES"] != joined || e["RANK"] != "0" || e[exec.EnvOutputs] != exec.OutputsMount {
+		t.Errorf("env = %v", cfg.Env)
+	}
+	if cfg.Image != base.Image || !slices.Equal(cfg.Cmd, base.Command) || cfg.Labels[exec.LabelTask] != base.Name {
+		t.Errorf("config = %+v", cfg)
+	}
+	if h.Privileged || !slices.Equal(h.CapDrop, []string{"ALL"}) || len(h.CapAdd) != 0 || !slices.Contains(h.SecurityOpt, "no-new-privileges") || h.ReadonlyRootfs {
+		t.Errorf("privileges: privileged %v capdrop %v capadd %v secopt %v", h.Privileged, h.CapDrop, h.CapAdd, h.SecurityOpt)
+	}
+	if h.NetworkMode != "none" {
+		t.Errorf("network = %q, want none", h.NetworkMode)
+	}
+	if h.Memory != 8<<30 || h.NanoCPUs != 2_500_000_000 || h.PidsLimit == nil || *h.PidsLimit != exec.PidsLimit {
+		t.Errorf("limits: memory %d nanocpus %d pids %v", h.Memory, h.NanoCPUs, h.PidsLimit)
+	}
+	if len(h.Mounts) != 1 || h.Mounts[0].Source != base.Outputs || h.Mounts[0].Target != exec.OutputsMount || h.Mounts[0].ReadOnly || h.Mounts[0].Type != "bind" {
+		t.Errorf("mounts = %+v", h.Mounts)
+	}
+
+	mock := base // mock GPUs: named in the environment, no devices asked of the runtime
+	mock.Network = true
+	cfg, h = exec.ContainerConfig(mock)
+	if len(h.DeviceRequests) != 0 {
+		t.Errorf("mock GPUs: DeviceRequests = %+v, want none", h.DeviceRequests)
+	}
+	if e := env(cfg); e["NVIDIA_VISIBLE_DEVICES"] != joined || e["CUDA_VISIBLE_DEVICES"] != joined {
+		t.Errorf("mock GPUs: env = %v", cfg.Env)
+	}
+	if h.NetworkMode != "host" {
+		t.Errorf("network = %q, want host", h.NetworkMode)
+	}
+
+	none := base // no GPUs at all
+	none.Real, none.GPUs, none.Memory, none.CPUs, none.Command = true, nil, 0, 0, nil
+	cfg, h = exec.ContainerConfig(none)
+	if len(h.DeviceRequests) != 0 {
+		t.Errorf("no GPUs: DeviceRequests = %+v", h.DeviceRequests)
+	}
+	if e := env(cfg); e["NVIDIA_VISIBLE_DEVICES"] != "void" || e["CUDA_VISIBLE_DEVICES"] != "" {
+		t.Errorf("no GPUs: env = %v", cfg.Env)
+	}
+	if cfg.Cmd != nil || h.Memory != 0 || h.NanoCPUs != 0 || h.MemorySwap != 0 {
+		t.Errorf("no command/limits: cmd %v memory %d nanocpus %d swap %d", cfg.Cmd, h.Memory, h.NanoCPUs, h.MemorySwap)
+	}
+}
+
+func TestDockerContainerUser(t *testing.T) {
+	task := exec.Task{Name: "gpumesh-job-0", Image: TestImage, Outputs: "/o", Env: map[string]string{"A": "1"}}
+	cfg, _ := exec.ContainerConfigFor(task, 0, 0)
+	if cfg.User != "" || slices.ContainsFunc(cfg.Env, func(kv string) bool { return strings.HasPrefix(kv, "HOME=") }) {
+		t.Errorf("a root peer: user %q env %v, want the image's user and HOME", cfg.User, cfg.Env)
+	}
+	cfg, _ = exec.ContainerConfigFor(task, 1000, 1001)
+	if cfg.User != "1000:1001" || !slices.Contains(cfg.Env, "HOME=/tmp") || !slices.Contains(cfg.Env, "A=1") {
+		t.Errorf("a peer of uid 1000: user %q env %v, want 1000:1001 and HOME=/tmp", cfg.User, cfg.Env)
+	}
+	if _, ok := task.Env["HOME"]; ok {
+		t.Error("the task's Env was changed")
+	}
+	task.Env["HOME"] = "/work"
+	cfg, _ = exec.ContainerConfigFor(task, 1000, 1001)
+	if !slices.Contains(cfg.Env, "HOME=/work") || slices.Contains(cfg.Env, "HOME=/tmp") {
+		t.Errorf("the job's HOME is not kept: %v", cfg.Env)
+	}
+}
+
+func TestNewDockerNamesAnUnreachableEngine(t *testing.T) {
+	t.Setenv("DOCKER_HOST", "unix://"+filepath.Join(t.TempDir(), "no.sock"))
+	_, err := exec.NewDocker(context.Background())
+	if err == nil {
+		t.Fatal("NewDocker with no engine: no error")
+	}
+	for _, want := range []string{"not reachable", "no.sock", "start dockerd", "DOCKER_HOST"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+}

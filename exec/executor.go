@@ -1,0 +1,73 @@
+package exec
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// An Executor runs one member's part of a job on this provider: a container
+// (Docker) or a process (trusted private swarms only). Both keep the same
+// contract, so node treats them alike:
+//
+//   - Run blocks until the work has ended and every resource it made
+//     (container, process group) is gone.
+//   - Cancelling ctx stops the work: SIGTERM, then SIGKILL after StopGrace.
+//   - Timeout, when set, stops the work the same way; the Result says so.
+//   - The work sees exactly the leased GPUs: NVIDIA_VISIBLE_DEVICES and
+//     CUDA_VISIBLE_DEVICES name Task.GPUs (UUIDs), and nothing else.
+//   - Its outputs go to the folder Task.Outputs, seen by the work at the path
+//     in $GPUMESH_OUTPUTS.
+//   - Stdout and Stderr receive the work's output as it is written.
+type Executor interface {
+	// Name is "docker" or "process".
+	Name() string
+	// Run runs a task to its end. The error is for a task that could not
+	// run at all (no such image, a bad command): it says what was wrong and
+	// what to do. A task that ran and failed has a nil error and a Result
+	// with its exit code.
+	Run(ctx context.Context, t Task) (Result, error)
+}
+
+// Task is one member's part of a job.
+type Task struct {
+	Name    string            // unique on this provider, e.g. "gpumesh-<job>-<rank>": the container's name
+	Image   string            // container image (docker executor); ignored by the process executor
+	Command []string          // argv; nil runs the image's entrypoint (docker); required by the process executor
+	Env     map[string]string // the job's environment, launcher variables included
+	GPUs    []string          // UUIDs of the leased GPUs, e.g. "GPU-5b3c..."
+	Real    bool              // GPUs are NVIDIA devices to hand to the container runtime (false for mock GPUs)
+	WorkDir string            // a folder of this task's, made by the caller; the process executor runs in it
+	Outputs string            // a folder of this task's, made by the caller, for its outputs
+	Network bool              // the work needs the cluster network (host network); false: no network at all
+	Timeout time.Duration     // 0: none
+	Memory  int64             // bytes; 0: no limit
+	CPUs    float64           // cores; 0: no limit
+
+	Stdout, Stderr io.Writer // where output goes as it is written; nil discards
+
+	// Started, if set, is called once when the work has started.
+	Started func(at time.Time)
+}
+
+// Result is how a task ended.
+type Result struct {
+	ExitCode int       // the work's exit status; 128+signal when killed by one
+	Start    time.Time // when the work started
+	End      time.Time // when it ended
+	TimedOut bool      // stopped because Timeout passed
+	Stopped  bool      // stopped because ctx was cancelled
+}
+
+// Environment variables every task gets.
+const (
+	EnvOutputs = "GPUMESH_OUTPUTS" // where to write outputs
+)
+
+// StopGrace is how long work has between SIGTERM and SIGKILL.
+const StopGrace = 5 * time.Second
+
+// ErrNoImage marks a task whose image is not on this provider and could not
+// be pulled.
+var ErrNoImage = errors.New("image not available")

@@ -1,0 +1,316 @@
+package exec
+
+import (
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/mr-tron/base58"
+)
+
+// A receipt is a provider's signed account of one member's work on a job:
+// who did what for whom, for how long, at what price, with which result.
+// The consumer (the job's submitter) checks it against what it saw and
+// countersigns. Both signatures are plain ed25519 over SigningBytes, by the
+// keys whose Solana addresses (base58 public keys, the peers' own keys) the
+// receipt names, so anyone can check a receipt with no mesh at all.
+
+// ReceiptVersion is the version of the receipt format.
+const ReceiptVersion = 1
+
+// receiptDomain separates receipt signatures from every other signature of
+// the same key.
+const receiptDomain = "gpumesh-receipt/1\n"
+
+// Bounds of a receipt's fields.
+const (
+	maxReceiptText = 256
+	maxReceiptGPUs = 4096
+	MaxReceiptSize = 8 << 10 // bytes of an encoded signed receipt
+)
+
+// ErrBadReceipt marks a receipt that is malformed, inconsistent or wrongly
+// signed.
+var ErrBadReceipt = errors.New("bad receipt")
+
+// Receipt is the work of one member of a job, metered by its provider.
+type Receipt struct {
+	Version    int    `json:"v"`
+	Job        string `json:"job"`
+	Attempt    int    `json:"attempt"`    // the job's run, from 0 (a retry runs again)
+	Rank       int    `json:"rank"`       // the member, from 0
+	Provider   string `json:"provider"`   // Solana address of the provider's key
+	Consumer   string `json:"consumer"`   // Solana address of the submitter's key
+	Class      string `json:"class"`      // GPU class, e.g. "H100-80GB"
+	GPUs       uint32 `json:"gpus"`       // GPUs leased
+	GPUMillis  uint64 `json:"gpuMillis"`  // GPU-milliseconds: GPUs × (end − start)
+	Price      uint64 `json:"price"`      // per GPU-hour, in Unit's smallest unit
+	Unit       string `json:"unit"`       // e.g. "USDC" (6 decimals), "SOL" (9)
+	Amount     uint64 `json:"amount"`     // ⌈price × GPU-ms / 3,600,000⌉, in Unit's smallest unit
+	ExitCode   int    `json:"exitCode"`   // the work's exit status
+	ResultHash string `json:"resultHash"` // hex SHA-256 of the exit code and the outputs (see ResultHash)
+	Start      int64  `json:"start"`      // unix ms
+	End        int64  `json:"end"`        // unix ms
+	Util       int    `json:"util"`       // mean NVML utilization of the leased GPUs in percent; -1: not sampled
+}
+
+// SignedReceipt is a receipt with its provider's signature and, once the
+// consumer has checked it, the consumer's.
+type SignedReceipt struct {
+	Receipt     Receipt `json:"receipt"`
+	ProviderSig []byte  `json:"providerSig"`           // ed25519 over SigningBytes
+	ConsumerSig []byte  `json:"consumerSig,omitempty"` // ed25519 over SigningBytes
+}
+
+// GPUSeconds is the receipt's metered GPU time.
+func (r Receipt) GPUSeconds() float64 { return float64(r.GPUMillis) / 1000 }
+
+// Meter fills in the metered fields from the GPUs, the start and end of the
+// work and the price: GPU-milliseconds and the amount.
+func (r *Receipt) Meter(gpus uint32, start, end time.Time, price uint64) {
+	if end.Before(start) {
+		end = start
+	}
+	r.GPUs, r.Price = gpus, price
+	r.Start, r.End = start.UnixMilli(), end.UnixMilli()
+	r.GPUMillis = uint64(gpus) * uint64(r.End-r.Start)
+	r.Amount = Amount(price, r.GPUMillis)
+}
+
+// Amount is what GPU-milliseconds cost at a price per GPU-hour, rounded up
+// to the unit's smallest unit; it saturates rather than overflow.
+func Amount(pricePerHour, gpuMillis uint64) uint64 {
+	const msPerHour = 3_600_000
+	hi, lo := bits.Mul64(pricePerHour, gpuMillis)
+	if hi >= msPerHour {
+		return ^uint64(0)
+	}
+	q, rem := bits.Div64(hi, lo, msPerHour)
+	if rem > 0 && q < ^uint64(0) {
+		q++
+	}
+	return q
+}
+
+// Check says what is wrong with a receipt's fields, if anything.
+func (r Receipt) Check() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrBadReceipt, fmt.Sprintf(format, a...))
+	}
+	switch {
+	case r.Version != ReceiptVersion:
+		return bad("version %d, want %d", r.Version, ReceiptVersion)
+	case r.Job == "" || len(r.Job) > maxReceiptText:
+		return bad("job ID missing or longer than %d bytes", maxReceiptText)
+	case r.Rank < 0 || r.Rank >= maxReceiptGPUs || r.Attempt < 0 || r.Attempt > 1000:
+		return bad("rank %d or attempt %d out of range", r.Rank, r.Attempt)
+	case r.Class == "" || len(r.Class) > maxReceiptText || len(r.Unit) > maxReceiptText:
+		return bad("class or unit missing or too long")
+	case r.GPUs == 0 || r.GPUs > maxReceiptGPUs:
+		return bad("%d GPUs, want 1..%d", r.GPUs, maxReceiptGPUs)
+	case r.End < r.Start || r.Start <= 0:
+		return bad("end %d before start %d", r.End, r.Start)
+	case r.GPUMillis != uint64(r.GPUs)*uint64(r.End-r.Start):
+		return bad("%d GPU-ms, but %d GPUs for %d ms is %d", r.GPUMillis, r.GPUs, r.End-r.Start, uint64(r.GPUs)*uint64(r.End-r.Start))
+	case r.Amount != Amount(r.Price, r.GPUMillis):
+		return bad("amount %d, but %d GPU-ms at %d per GPU-hour is %d", r.Amount, r.GPUMillis, r.Price, Amount(r.Price, r.GPUMillis))
+	case len(r.ResultHash) != 64 || strings.Trim(r.ResultHash, "0123456789abcdef") != "":
+		return bad("result hash %q is not 64 lowercase hex digits", clipText(r.ResultHash))
+	case r.Util < -1 || r.Util > 100:
+		return bad("utilization %d%%", r.Util)
+	}
+	if _, err := addressKey(r.Provider); err != nil {
+		return bad("provider: %v", err)
+	}
+	if _, err := addressKey(r.Consumer); err != nil {
+		return bad("consumer: %v", err)
+	}
+	return nil
+}
+
+// SigningBytes is what both parties sign: a domain tag, then the receipt
+// as JSON (Go's field order, no spaces).
+func (r Receipt) SigningBytes() []byte {
+	data, err := json.Marshal(r)
+	if err != nil { // a struct of strings and integers always marshals
+		panic(err)
+	}
+	return append([]byte(receiptDomain), data...)
+}
+
+// SignReceipt signs a receipt as its provider. The key must be the one
+// whose address is r.Provider.
+func SignReceipt(r Receipt, key ed25519.PrivateKey) (SignedReceipt, error) {
+	if err := r.Check(); err != nil {
+		return SignedReceipt{}, err
+	}
+	if Address(key) != r.Provider {
+		return SignedReceipt{}, fmt.Errorf("%w: signing key %s is not the provider %s", ErrBadReceipt, Address(key), r.Provider)
+	}
+	return SignedReceipt{Receipt: r, ProviderSig: ed25519.Sign(key, r.SigningBytes())}, nil
+}
+
+// Countersign adds the consumer's signature after checking the provider's.
+func (s *SignedReceipt) Countersign(key ed25519.PrivateKey) error {
+	if err := s.VerifyProvider(); err != nil {
+		return err
+	}
+	if Address(key) != s.Receipt.Consumer {
+		return fmt.Errorf("%w: signing key %s is not the consumer %s", ErrBadReceipt, Address(key), s.Receipt.Consumer)
+	}
+	s.ConsumerSig = ed25519.Sign(key, s.Receipt.SigningBytes())
+	return nil
+}
+
+// VerifyProvider checks the fields and the provider's signature.
+func (s SignedReceipt) VerifyProvider() error {
+	if err := s.Receipt.Check(); err != nil {
+		return err
+	}
+	return verifySig(s.Receipt.Provider, s.Receipt.SigningBytes(), s.ProviderSig, "provider")
+}
+
+// Verify checks the fields and both signatures: a receipt both parties
+// agree on.
+func (s SignedReceipt) Verify() error {
+	if err := s.VerifyProvider(); err != nil {
+		return err
+	}
+	if len(s.ConsumerSig) == 0 {
+		return fmt.Errorf("%w: not countersigned by the consumer %s", ErrBadReceipt, s.Receipt.Consumer)
+	}
+	return verifySig(s.Receipt.Consumer, s.Receipt.SigningBytes(), s.ConsumerSig, "consumer")
+}
+
+// ParseSignedReceipt reads a signed receipt from bytes that came from the
+// network or a file; it checks the fields, not the signatures.
+func ParseSignedReceipt(data []byte) (SignedReceipt, error) {
+	if len(data) > MaxReceiptSize {
+		return SignedReceipt{}, fmt.Errorf("%w: %d bytes, at most %d", ErrBadReceipt, len(data), MaxReceiptSize)
+	}
+	var s SignedReceipt
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return SignedReceipt{}, fmt.Errorf("%w: %v", ErrBadReceipt, err)
+	}
+	if err := s.Receipt.Check(); err != nil {
+		return SignedReceipt{}, err
+	}
+	return s, nil
+}
+
+// Address is the Solana address of an ed25519 key: base58 of its public key.
+func Address(key ed25519.PrivateKey) string {
+	return base58.Encode(key.Public().(ed25519.PublicKey))
+}
+
+func addressKey(addr string) (ed25519.PublicKey, error) {
+	if addr == "" || len(addr) > 64 {
+		return nil, fmt.Errorf("address %q: want a base58 public key", clipText(addr))
+	}
+	b, err := base58.Decode(addr)
+	if err != nil || len(b) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("address %q is not a base58 ed25519 public key", clipText(addr))
+	}
+	return ed25519.PublicKey(b), nil
+}
+
+func verifySig(addr string, msg, sig []byte, who string) error {
+	pub, err := addressKey(addr)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrBadReceipt, who, err)
+	}
+	if len(sig) != ed25519.SignatureSize || !ed25519.Verify(pub, msg, sig) {
+		return fmt.Errorf("%w: the %s signature does not match %s (the receipt was changed, or signed by another key)", ErrBadReceipt, who, addr)
+	}
+	return nil
+}
+
+func clipText(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
+}
+
+// OutputFile is one file a task left in its outputs folder.
+type OutputFile struct {
+	Path   string `json:"path"` // slash-separated, relative to the outputs folder
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"` // hex
+}
+
+// Bounds of a task's outputs.
+const (
+	MaxOutputFiles = 10_000
+	MaxOutputBytes = 4 << 30
+)
+
+// HashOutputs lists the regular files under dir with their sizes and
+// SHA-256, sorted by path. Links and other special files are skipped; more
+// than MaxOutputFiles files or MaxOutputBytes bytes is an error.
+func HashOutputs(dir string) ([]OutputFile, error) {
+	var files []OutputFile
+	var total int64
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		if len(files) == MaxOutputFiles {
+			return fmt.Errorf("more than %d output files; pack them into an archive", MaxOutputFiles)
+		}
+		rel, err := filepath.Rel(dir, path)
+		if err != nil {
+			return err
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		h := sha256.New()
+		n, err := io.Copy(h, f)
+		if err != nil {
+			return err
+		}
+		total += n
+		if total > MaxOutputBytes {
+			return fmt.Errorf("outputs exceed %d GiB", MaxOutputBytes>>30)
+		}
+		files = append(files, OutputFile{Path: filepath.ToSlash(rel), Size: n, SHA256: hex.EncodeToString(h.Sum(nil))})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("outputs: %w", err)
+	}
+	sort.Slice(files, func(i, k int) bool { return files[i].Path < files[k].Path })
+	return files, nil
+}
+
+// ResultHash is the hex SHA-256 of a task's result: its exit code, then a
+// line "sha256 size path" for each output file, sorted by path.
+func ResultHash(exitCode int, files []OutputFile) string {
+	sorted := append([]OutputFile(nil), files...)
+	sort.Slice(sorted, func(i, k int) bool { return sorted[i].Path < sorted[k].Path })
+	h := sha256.New()
+	fmt.Fprintf(h, "gpumesh-result/1\nexit %d\n", exitCode)
+	for _, f := range sorted {
+		fmt.Fprintf(h, "%s %d %s\n", f.SHA256, f.Size, f.Path)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}

@@ -1,0 +1,551 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/mr-tron/base58"
+)
+
+// The provider's side of running a job: a member serves one stream of the
+// job protocol from the job's submitter. It runs only what a confirmed
+// reservation of that submitter's covers, on GPUs no other job holds, and
+// leaves a signed receipt in the data dir whatever happens to the stream.
+
+// Timing of the job protocol.
+const (
+	DefaultHeartbeat = time.Second   // how often a member says it is alive
+	lostAfterBeats   = 3             // heartbeats missed before a member counts as lost
+	startTimeout     = 10 * time.Second
+	countersignWait  = 10 * time.Second // how long a member waits for the submitter's signature
+	stopWait         = exec.StopGrace + 20*time.Second
+)
+
+// memberState is the provider's part of running jobs.
+type memberState struct {
+	gpuMu  sync.Mutex
+	gpuUse map[string]string // GPU UUID → task holding it
+
+	execMu sync.Mutex
+	docker exec.Executor // made at the first container job
+
+	receiptsMu sync.Mutex // guards the receipts folder
+
+	tmpOnce sync.Once
+	tmpDir  string // state of a node without a data dir
+	tmpErr  error
+}
+
+func (n *Node) heartbeat() time.Duration {
+	if n.cfg.Heartbeat > 0 {
+		return n.cfg.Heartbeat
+	}
+	return DefaultHeartbeat
+}
+
+// stateDir is the data dir, or a temporary folder for a node without one.
+func (n *Node) stateDir() (string, error) {
+	if n.dir != nil {
+		return n.dir.Path, nil
+	}
+	n.tmpOnce.Do(func() { n.tmpDir, n.tmpErr = os.MkdirTemp("", "gpumesh-node-") })
+	return n.tmpDir, n.tmpErr
+}
+
+func (n *Node) closeMembers() {
+	n.execMu.Lock()
+	if c, ok := n.docker.(io.Closer); ok {
+		_ = c.Close()
+	}
+	n.docker = nil
+	n.execMu.Unlock()
+	if n.tmpDir != "" {
+		_ = os.RemoveAll(n.tmpDir)
+	}
+}
+
+func (n *Node) handleJob(s network.Stream) {
+	n.serveMember(s, s.Conn().RemotePeer())
+}
+
+// serveMember runs one member of a job for the peer from.
+func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
+	ctx, done := n.lifeContext()
+	if ctx == nil {
+		_ = rw.Close()
+		return
+	}
+	defer done()
+	defer rw.Close()
+	br := bufio.NewReader(rw)
+	fw := &frameWriter{w: rw}
+	timer := time.AfterFunc(startTimeout, func() { _ = rw.Close() })
+	f, err := readFrame(br)
+	timer.Stop()
+	if err != nil || f.T != frameStart {
+		if err == nil {
+			err = fmt.Errorf("%w: first frame is %s, want start", errBadFrame, f.T)
+		}
+		_ = fw.write(frame{T: frameError, Reason: clipRaw(err.Error())})
+		return
+	}
+	st := *f.Start
+	fail := func(format string, a ...any) {
+		reason := fmt.Sprintf(format, a...)
+		n.log.Info("job member not started", "job", st.Job, "rank", st.Rank, "from", from, "reason", reason)
+		_ = fw.write(frame{T: frameError, Reason: clipRaw(reason)})
+	}
+	var jid gossip.JobID
+	_ = jid.UnmarshalText([]byte(st.Job))
+	held, ok := n.heldReservation(ctx, jid)
+	if !ok || held.Submitter != from {
+		fail("this provider holds no reservation of %s for job %s", from, st.Job)
+		return
+	}
+	if !held.Confirmed { // the start overtook the submitter's confirm: it confirms as well
+		n.deliver(ctx, negEvent{msg: &gossip.Confirm{Job: held.Job, Submitter: from, Provider: n.id.PeerID}})
+	}
+	defer n.releaseReservation(ctx, held)
+	if err := st.Spec.Validate(n.PriceUnit()); err != nil {
+		fail("%v", err)
+		return
+	}
+	ex, err := n.executorFor(ctx, st.Spec)
+	if err != nil {
+		fail("%v", err)
+		return
+	}
+	task := fmt.Sprintf("gpumesh-%s-%d-%d", st.Job, st.Attempt, st.Rank)
+	gpus, err := n.allocGPUs(held.Class, int(held.GPUs), task)
+	if err != nil {
+		fail("%v", err)
+		return
+	}
+	defer n.freeGPUs(task)
+
+	state, err := n.stateDir()
+	if err != nil {
+		fail("state folder: %v", err)
+		return
+	}
+	runDir := filepath.Join(state, "runs", task)
+	_ = os.RemoveAll(runDir)
+	outputs, work := filepath.Join(runDir, "outputs"), filepath.Join(runDir, "work")
+	for _, d := range []string{outputs, work} {
+		if err := os.MkdirAll(d, 0o777); err != nil {
+			fail("run folder: %v", err)
+			return
+		}
+	}
+	defer os.RemoveAll(work)
+
+	env := map[string]string{}
+	for k, v := range st.Spec.Env {
+		env[k] = v
+	}
+	pl := exec.Placement{
+		Job: st.Job, Launcher: st.Spec.Launcher, Rank: st.Rank, Members: st.Members,
+		GPUs: len(gpus), WorldGPUs: st.WorldGPUs, MasterAddr: st.MasterAddr, MasterPort: st.MasterPort,
+	}
+	if st.Rendezvous && st.Rank == 0 && st.MasterPort == 0 {
+		port, err := freePort()
+		if err != nil {
+			fail("no free port for the rendezvous: %v", err)
+			return
+		}
+		pl.MasterPort = port
+		if err := fw.write(frame{T: frameReady, Port: port}); err != nil {
+			return
+		}
+	}
+	for k, v := range exec.LaunchEnv(pl) {
+		env[k] = v
+	}
+	timeout, _ := time.ParseDuration(st.Spec.Timeout)
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	countersig := make(chan []byte, 1)
+	gone := make(chan struct{})
+	go func() { // what the submitter says while the work runs
+		defer close(gone)
+		defer stop()
+		for {
+			f, err := readFrame(br)
+			if err != nil {
+				return
+			}
+			switch f.T {
+			case frameStop:
+				n.log.Info("job member stopped by its submitter", "job", st.Job, "rank", st.Rank, "reason", f.Reason)
+				stop()
+			case frameCountersign:
+				select {
+				case countersig <- f.Sig:
+				default:
+				}
+			}
+		}
+	}()
+	beatDone := make(chan struct{})
+	var beats sync.WaitGroup
+	beats.Add(1)
+	go func() {
+		defer beats.Done()
+		t := time.NewTicker(n.heartbeat())
+		defer t.Stop()
+		for {
+			select {
+			case <-beatDone:
+				return
+			case <-t.C:
+				_ = fw.write(frame{T: frameHeartbeat})
+			}
+		}
+	}()
+	var uuids []string
+	for _, g := range gpus {
+		uuids = append(uuids, g.UUID)
+	}
+	n.log.Info("job member starting", "job", st.Job, "rank", st.Rank, "executor", ex.Name(), "gpus", len(gpus))
+	util := newUtilSampler(n, held.Class)
+	res, runErr := ex.Run(runCtx, exec.Task{
+		Name:    task,
+		Image:   st.Spec.Image,
+		Command: exec.LaunchCommand(st.Spec.Launcher, st.Rank, st.Spec.Command),
+		Env:     env,
+		GPUs:    uuids,
+		Real:    n.LocalGPUs().Inventory.Source == "nvml",
+		WorkDir: work,
+		Outputs: outputs,
+		Network: st.Rendezvous,
+		Timeout: timeout,
+		Stdout:  logWriter{fw: fw, stream: "out"},
+		Stderr:  logWriter{fw: fw, stream: "err"},
+		Started: func(at time.Time) {
+			util.start()
+			_ = fw.write(frame{T: frameStarted, At: at.UnixMilli()})
+		},
+	})
+	util.stop()
+	close(beatDone)
+	beats.Wait()
+	if runErr != nil {
+		fail("%v", runErr)
+		return
+	}
+	files, err := exec.HashOutputs(outputs)
+	if err != nil {
+		n.log.Warn("job outputs", "job", st.Job, "err", err)
+	}
+	if sendOutputs(fw, outputs, files) != nil {
+		files = nil
+	}
+	_ = fw.write(frame{T: frameExit, Exit: &exitFrame{
+		Code: res.ExitCode, Start: res.Start.UnixMilli(), End: res.End.UnixMilli(),
+		TimedOut: res.TimedOut, Stopped: res.Stopped, Outputs: files,
+	}})
+
+	// The receipt: signed and kept before it is sent, countersigned when
+	// the submitter agrees.
+	r := exec.Receipt{
+		Version: exec.ReceiptVersion, Job: st.Job, Attempt: st.Attempt, Rank: st.Rank,
+		Provider: n.id.SolanaAddress, Consumer: solanaAddress(from), Class: held.Class,
+		Unit: n.PriceUnit().String(), ExitCode: res.ExitCode,
+		ResultHash: exec.ResultHash(res.ExitCode, files), Util: util.mean(),
+	}
+	r.Meter(uint32(len(gpus)), res.Start, res.End, held.Price)
+	key, err := n.ed25519Key()
+	if err != nil {
+		n.log.Error("receipt not signed", "job", st.Job, "err", err)
+		return
+	}
+	sr, err := exec.SignReceipt(r, key)
+	if err != nil {
+		n.log.Error("receipt not signed", "job", st.Job, "err", err)
+		return
+	}
+	if err := n.saveReceipt(sr); err != nil {
+		n.log.Error("receipt not saved", "job", st.Job, "err", err)
+	}
+	if fw.write(frame{T: frameReceipt, Receipt: &sr}) != nil {
+		return
+	}
+	select {
+	case sig := <-countersig:
+		sr.ConsumerSig = sig
+		if err := sr.Verify(); err != nil {
+			n.log.Warn("countersignature refused", "job", st.Job, "err", err)
+			return
+		}
+		if err := n.saveReceipt(sr); err != nil {
+			n.log.Error("receipt not saved", "job", st.Job, "err", err)
+		}
+	case <-gone:
+		n.log.Warn("job submitter left before countersigning; the receipt is kept with the provider's signature only", "job", st.Job)
+	case <-time.After(countersignWait):
+		n.log.Warn("job submitter did not countersign in time", "job", st.Job)
+	}
+}
+
+// sendOutputs streams each output file: a header, then its bytes.
+func sendOutputs(fw *frameWriter, dir string, files []exec.OutputFile) error {
+	buf := make([]byte, maxChunk)
+	for _, of := range files {
+		if err := fw.write(frame{T: frameFile, File: &of}); err != nil {
+			return err
+		}
+		f, err := os.Open(filepath.Join(dir, filepath.FromSlash(of.Path)))
+		if err != nil {
+			return err
+		}
+		var sent int64
+		for sent < of.Size {
+			k, err := io.ReadFull(f, buf[:min(int64(len(buf)), of.Size-sent)])
+			if k > 0 {
+				if err := fw.write(frame{T: frameChunk, Data: buf[:k]}); err != nil {
+					f.Close()
+					return err
+				}
+				sent += int64(k)
+			}
+			if err != nil {
+				f.Close()
+				return fmt.Errorf("output %s changed while it was sent: %w", of.Path, err)
+			}
+		}
+		f.Close()
+	}
+	return nil
+}
+
+// executorFor picks the executor of a job: Docker for an image, the process
+// executor for a bare command where this provider allows it.
+func (n *Node) executorFor(ctx context.Context, spec JobSpec) (exec.Executor, error) {
+	want := "docker"
+	if spec.Image == "" {
+		want = "process"
+	}
+	offered := false
+	for _, e := range n.executors() {
+		offered = offered || e == want
+	}
+	if !offered {
+		if want == "process" {
+			return nil, errors.New("this provider runs containers only; give the job an image (the process executor is for trusted private swarms, turned on with --executors docker,process)")
+		}
+		return nil, fmt.Errorf("this provider offers the executors %s, not docker", strings.Join(n.executors(), ","))
+	}
+	if want == "process" {
+		return exec.Process{}, nil
+	}
+	n.execMu.Lock()
+	defer n.execMu.Unlock()
+	if n.docker == nil {
+		d, err := exec.NewDocker(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("this provider cannot run containers: %w", err)
+		}
+		n.docker = d
+	}
+	return n.docker, nil
+}
+
+// allocGPUs takes count free GPUs of a class for a task: two tasks never
+// share a GPU.
+func (n *Node) allocGPUs(class string, count int, task string) ([]exec.GPU, error) {
+	inv := n.LocalGPUs().Inventory
+	n.gpuMu.Lock()
+	defer n.gpuMu.Unlock()
+	if n.gpuUse == nil {
+		n.gpuUse = map[string]string{}
+	}
+	var got []exec.GPU
+	for _, g := range inv.GPUs {
+		if g.Class == class && n.gpuUse[g.UUID] == "" && len(got) < count {
+			got = append(got, g)
+		}
+	}
+	if len(got) < count {
+		return nil, fmt.Errorf("only %d of the %d reserved %s GPUs are free on this provider", len(got), count, class)
+	}
+	for _, g := range got {
+		n.gpuUse[g.UUID] = task
+	}
+	return got, nil
+}
+
+func (n *Node) freeGPUs(task string) {
+	n.gpuMu.Lock()
+	defer n.gpuMu.Unlock()
+	for u, t := range n.gpuUse {
+		if t == task {
+			delete(n.gpuUse, u)
+		}
+	}
+}
+
+// GPUsInUse maps the UUIDs of this provider's GPUs that jobs run on to the
+// task running there.
+func (n *Node) GPUsInUse() map[string]string {
+	n.gpuMu.Lock()
+	defer n.gpuMu.Unlock()
+	out := make(map[string]string, len(n.gpuUse))
+	for u, t := range n.gpuUse {
+		out[u] = t
+	}
+	return out
+}
+
+// heldReservation asks the negotiation loop for a job's reservation.
+func (n *Node) heldReservation(ctx context.Context, job gossip.JobID) (gossip.Reservation, bool) {
+	reply := make(chan heldReply, 1)
+	select {
+	case n.in <- negEvent{held: &heldQuery{job: job, reply: reply}}:
+	case <-ctx.Done():
+		return gossip.Reservation{}, false
+	}
+	select {
+	case r := <-reply:
+		return r.res, r.ok
+	case <-ctx.Done():
+		return gossip.Reservation{}, false
+	}
+}
+
+// releaseReservation gives a job's GPUs back once its member has ended.
+func (n *Node) releaseReservation(ctx context.Context, held gossip.Reservation) {
+	n.deliver(ctx, negEvent{msg: &gossip.Release{Job: held.Job, From: held.Submitter, Provider: n.id.PeerID, Reason: "the job's member ended"}})
+}
+
+type heldQuery struct {
+	job   gossip.JobID
+	reply chan heldReply
+}
+
+type heldReply struct {
+	res gossip.Reservation
+	ok  bool
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", ":0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// ed25519Key is the peer's key in the form receipts are signed with.
+func (n *Node) ed25519Key() (ed25519.PrivateKey, error) {
+	raw, err := n.id.ed25519Bytes()
+	if err != nil {
+		return nil, err
+	}
+	return ed25519.PrivateKey(raw), nil
+}
+
+// solanaAddress is the Solana address of a peer: its ed25519 public key.
+func solanaAddress(p peer.ID) string {
+	pub, err := p.ExtractPublicKey()
+	if err != nil {
+		return ""
+	}
+	raw, err := pub.Raw()
+	if err != nil {
+		return ""
+	}
+	return base58.Encode(raw)
+}
+
+// utilSampler takes the mean NVML utilization of a class while work runs.
+type utilSampler struct {
+	n       *Node
+	class   string
+	mu      sync.Mutex
+	sum     float64
+	count   int
+	started bool
+	stopped bool
+	quit    chan struct{}
+	done    chan struct{}
+}
+
+func newUtilSampler(n *Node, class string) *utilSampler {
+	return &utilSampler{n: n, class: class, quit: make(chan struct{}), done: make(chan struct{})}
+}
+
+const utilPeriod = 5 * time.Second
+
+func (u *utilSampler) start() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.started || u.stopped {
+		return
+	}
+	u.started = true
+	go func() {
+		defer close(u.done)
+		t := time.NewTicker(utilPeriod)
+		defer t.Stop()
+		for {
+			u.sample()
+			select {
+			case <-u.quit:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+func (u *utilSampler) sample() {
+	v, ok := u.n.LocalUtilization()[u.class]
+	if !ok {
+		return
+	}
+	u.mu.Lock()
+	u.sum += v
+	u.count++
+	u.mu.Unlock()
+}
+
+func (u *utilSampler) stop() {
+	u.mu.Lock()
+	if u.stopped {
+		u.mu.Unlock()
+		return
+	}
+	u.stopped = true
+	started := u.started
+	close(u.quit)
+	u.mu.Unlock()
+	if started {
+		<-u.done
+	}
+}
+
+// mean is the mean utilization in percent, or -1 when none was sampled.
+func (u *utilSampler) mean() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.count == 0 {
+		return -1
+	}
+	return int(u.sum/float64(u.count)*100 + 0.5)
+}

@@ -1,0 +1,111 @@
+package node
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/gpumesh/gpumesh/exec"
+)
+
+// Receipts are kept in the data dir's receipts folder, one file a member's
+// run (<job>-<attempt>-<rank>.json), by the provider that signed it and by
+// the consumer that countersigned it. A provider's copy is written before
+// the receipt is sent, and again once countersigned: nothing earned is lost
+// to a crash or a vanished submitter.
+
+func (n *Node) receiptsDir() (string, error) {
+	state, err := n.stateDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(state, "receipts"), nil
+}
+
+// saveReceipt writes a receipt durably (temp file, fsync, rename). A copy
+// with the consumer's signature is never replaced by one without.
+func (n *Node) saveReceipt(sr exec.SignedReceipt) error {
+	dir, err := n.receiptsDir()
+	if err != nil {
+		return err
+	}
+	n.receiptsMu.Lock()
+	defer n.receiptsMu.Unlock()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	r := sr.Receipt
+	path := filepath.Join(dir, fmt.Sprintf("%s-%d-%d.json", r.Job, r.Attempt, r.Rank))
+	if len(sr.ConsumerSig) == 0 {
+		if old, err := readReceipt(path); err == nil && len(old.ConsumerSig) > 0 {
+			return nil
+		}
+	}
+	data, err := json.MarshalIndent(sr, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, append(data, '\n'), 0o600)
+}
+
+func readReceipt(path string) (exec.SignedReceipt, error) {
+	data, err := readBounded(path, exec.MaxReceiptSize)
+	if err != nil {
+		return exec.SignedReceipt{}, err
+	}
+	return exec.ParseSignedReceipt(data)
+}
+
+// Receipts lists the receipts this peer keeps, of one job or ("") all,
+// oldest first.
+func (n *Node) Receipts(job string) ([]exec.SignedReceipt, error) {
+	dir, err := n.receiptsDir()
+	if err != nil {
+		return nil, err
+	}
+	n.receiptsMu.Lock()
+	defer n.receiptsMu.Unlock()
+	entries, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return []exec.SignedReceipt{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := []exec.SignedReceipt{}
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".json") || (job != "" && !strings.HasPrefix(e.Name(), job+"-")) {
+			continue
+		}
+		sr, err := readReceipt(filepath.Join(dir, e.Name()))
+		if err != nil {
+			n.log.Warn("receipt unreadable", "file", e.Name(), "err", err)
+			continue
+		}
+		out = append(out, sr)
+	}
+	sort.Slice(out, func(i, k int) bool {
+		a, b := out[i].Receipt, out[k].Receipt
+		if a.Start != b.Start {
+			return a.Start < b.Start
+		}
+		return a.Rank < b.Rank
+	})
+	return out, nil
+}
+
+// receiptRoutes adds the receipts' local API calls.
+func (n *Node) receiptRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+APIVersion+"/receipts", func(w http.ResponseWriter, r *http.Request) {
+		rs, err := n.Receipts(r.URL.Query().Get("job"))
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		writeJSON(w, rs)
+	})
+}
