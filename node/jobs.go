@@ -44,9 +44,9 @@ const (
 // Job states.
 const (
 	JobNegotiating = "negotiating"
-	JobFormed      = "formed"    // a cluster holds the GPUs; the run starts
-	JobRunning     = "running"   // the members run it
-	JobDone        = "done"      // every member exited with 0
+	JobFormed      = "formed"  // a cluster holds the GPUs; the run starts
+	JobRunning     = "running" // the members run it
+	JobDone        = "done"    // every member exited with 0
 	JobFailed      = "failed"
 	JobCancelled   = "cancelled"
 )

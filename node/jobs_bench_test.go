@@ -6,7 +6,6 @@ import (
 	"slices"
 	"testing"
 	"time"
-
 )
 
 // BenchmarkClusterFormation submits jobs of 8 and 32 H100s from peers

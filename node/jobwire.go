@@ -41,7 +41,7 @@ const (
 
 // Bounds of the job protocol.
 const (
-	maxFrame      = 1 << 20  // bytes of one frame
+	maxFrame      = 1 << 20   // bytes of one frame
 	maxChunk      = 256 << 10 // bytes of output data in one frame
 	maxLogChunk   = 64 << 10  // bytes of log data in one frame
 	maxFrameText  = 1024      // bytes of a reason

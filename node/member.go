@@ -28,8 +28,8 @@ import (
 
 // Timing of the job protocol.
 const (
-	DefaultHeartbeat = time.Second   // how often a member says it is alive
-	lostAfterBeats   = 3             // heartbeats missed before a member counts as lost
+	DefaultHeartbeat = time.Second // how often a member says it is alive
+	lostAfterBeats   = 3           // heartbeats missed before a member counts as lost
 	startTimeout     = 10 * time.Second
 	countersignWait  = 10 * time.Second // how long a member waits for the submitter's signature
 	stopWait         = exec.StopGrace + 20*time.Second

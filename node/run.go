@@ -220,12 +220,12 @@ func (n *Node) runJob(ctx context.Context, id string) {
 	ticker := time.NewTicker(n.heartbeat())
 	defer ticker.Stop()
 	var (
-		failure    string // why the job failed, first cause
-		exitCode   *int
-		lost       []int
-		stopping   bool
-		stopTimer  <-chan time.Time
-		done       = ctx.Done()
+		failure   string // why the job failed, first cause
+		exitCode  *int
+		lost      []int
+		stopping  bool
+		stopTimer <-chan time.Time
+		done      = ctx.Done()
 	)
 	stopAll := func(why string) {
 		if stopping {

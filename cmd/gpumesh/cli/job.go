@@ -25,9 +25,9 @@ func jobCmd(g *globals) *cobra.Command {
 	var so output
 	var wait, follow bool
 	submit := &cobra.Command{
-		Use:     "submit FILE",
-		Short:   "Submit a job spec (YAML or JSON) and negotiate a GPU cluster for it",
-		Args:    cobra.ExactArgs(1),
+		Use:   "submit FILE",
+		Short: "Submit a job spec (YAML or JSON) and negotiate a GPU cluster for it",
+		Args:  cobra.ExactArgs(1),
 		Example: `  gpumesh job submit job.yaml --wait
   gpumesh job submit job.yaml -f        # and stream the logs`,
 		RunE: func(c *cobra.Command, args []string) error {
