@@ -13,6 +13,7 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/client"
@@ -27,6 +28,9 @@ const (
 	// LabelTask is the container label holding Task.Name; it marks the
 	// containers gpumesh made.
 	LabelTask = "gpumesh.task"
+	// LabelOwner is the container label holding Task.Owner: the peer that
+	// runs it, so a peer restarted after a crash finds what it left.
+	LabelOwner = "gpumesh.owner"
 	// PidsLimit caps the processes of one container.
 	PidsLimit = 4096
 )
@@ -326,6 +330,26 @@ func (d *Docker) removeStale(ctx context.Context, name string) error {
 	return nil
 }
 
+// RemoveOwned removes every container an owner's tasks left behind (a
+// peer killed while its jobs ran) and says how many there were.
+func (d *Docker) RemoveOwned(ctx context.Context, owner string) (int, error) {
+	if owner == "" {
+		return 0, nil
+	}
+	list, err := d.cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", LabelOwner+"="+owner))})
+	if err != nil {
+		return 0, fmt.Errorf("docker executor: listing the containers of %s: %w", owner, err)
+	}
+	removed := 0
+	for _, c := range list {
+		if err := d.cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !cerrdefs.IsNotFound(err) {
+			return removed, fmt.Errorf("docker executor: removing container %s: %w; remove it with `docker rm -f %s`", shortID(c.ID), err, shortID(c.ID))
+		}
+		removed++
+	}
+	return removed, nil
+}
+
 // containerConfig is the container a task runs in. It starts nothing, so
 // tests can check what a task would get.
 func containerConfig(t Task) (*container.Config, *container.HostConfig) {
@@ -359,6 +383,9 @@ func containerConfigFor(t Task, uid, gid int) (*container.Config, *container.Hos
 		Env:    taskEnv(t, OutputsMount),
 		User:   user,
 		Labels: map[string]string{LabelTask: t.Name},
+	}
+	if t.Owner != "" {
+		cfg.Labels[LabelOwner] = t.Owner
 	}
 	pids := int64(PidsLimit)
 	useInit := true // docker-init as PID 1: forwards SIGTERM, reaps zombies

@@ -33,6 +33,7 @@ type Executor interface {
 // Task is one member's part of a job.
 type Task struct {
 	Name    string            // unique on this provider, e.g. "gpumesh-<job>-<rank>": the container's name
+	Owner   string            // the peer running it (its peer ID): containers are labelled with it
 	Image   string            // container image (docker executor); ignored by the process executor
 	Command []string          // argv; nil runs the image's entrypoint (docker); required by the process executor
 	Env     map[string]string // the job's environment, launcher variables included

@@ -138,7 +138,8 @@ func (n *Node) startJobs(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	n.wg.Add(2)
+	n.wg.Add(3)
+	go func() { defer n.wg.Done(); n.cleanLeftovers(ctx) }()
 	go n.readRFBs(ctx)
 	go n.negotiationLoop(ctx, res)
 	return nil

@@ -225,6 +225,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	util := newUtilSampler(n, held.Class)
 	res, runErr := ex.Run(runCtx, exec.Task{
 		Name:    task,
+		Owner:   n.id.PeerID.String(),
 		Image:   st.Spec.Image,
 		Command: exec.LaunchCommand(st.Spec.Launcher, st.Rank, st.Spec.Command),
 		Env:     env,
@@ -353,6 +354,13 @@ func (n *Node) executorFor(ctx context.Context, spec JobSpec) (exec.Executor, er
 	if want == "process" {
 		return exec.Process{}, nil
 	}
+	return n.dockerExecutor(ctx)
+}
+
+// dockerExecutor connects to the Docker engine once; the first time it
+// removes the containers this peer left when it last stopped without
+// cleaning up (killed while jobs ran).
+func (n *Node) dockerExecutor(ctx context.Context) (exec.Executor, error) {
 	n.execMu.Lock()
 	defer n.execMu.Unlock()
 	if n.docker == nil {
@@ -360,9 +368,29 @@ func (n *Node) executorFor(ctx context.Context, spec JobSpec) (exec.Executor, er
 		if err != nil {
 			return nil, fmt.Errorf("this provider cannot run containers: %w", err)
 		}
+		if k, err := d.RemoveOwned(ctx, n.id.PeerID.String()); err != nil {
+			n.log.Warn("containers left by an earlier run", "err", err)
+		} else if k > 0 {
+			n.log.Info("removed containers left by an earlier run of this peer", "containers", k)
+		}
 		n.docker = d
 	}
 	return n.docker, nil
+}
+
+// cleanLeftovers removes, at start, the containers of jobs this peer ran
+// when it was last killed; without a Docker engine there is nothing to do.
+func (n *Node) cleanLeftovers(ctx context.Context) {
+	offered := false
+	for _, e := range n.executors() {
+		offered = offered || e == "docker"
+	}
+	if !offered || len(n.LocalGPUs().Inventory.GPUs) == 0 {
+		return
+	}
+	if _, err := n.dockerExecutor(ctx); err != nil {
+		n.log.Debug("no Docker engine at start", "err", err)
+	}
 }
 
 // allocGPUs takes count free GPUs of a class for a task: two tasks never

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+
+	gmexec "github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/internal/testdocker"
+	"github.com/gpumesh/gpumesh/node"
+)
+
+// jobSwarm starts providers of 8 mock H100s each, running containers with
+// fast heartbeats, and a submitter without GPUs, and waits until the
+// submitter finds them all.
+func jobSwarm(t *testing.T, providers int) (provs []*gmNode, sub *gmNode) {
+	t.Helper()
+	common := []string{"--nat=false", "--dht-mode", "server", "--heartbeat", "200ms"}
+	for i := range providers {
+		args := append(slices.Clone(common), "--gpus", "mock:dgxh100", "--price", "fixed:2.10")
+		if i > 0 {
+			args = append(args, "--bootstrap", provs[0].bootstrapAddr(t))
+		}
+		provs = append(provs, startNode(t, fmt.Sprintf("provider-%d", i), dataDir(t), args...))
+	}
+	sub = startNode(t, "submitter", dataDir(t), append(common, "--bootstrap", provs[0].bootstrapAddr(t))...)
+	waitFor(t, meshWait, "every provider found", func() (bool, string) {
+		res, err := findGPUs(sub.data, "--model", "H100")
+		if err != nil {
+			return false, err.Error()
+		}
+		return res.Providers == providers, fmt.Sprintf("%d providers", res.Providers)
+	})
+	return provs, sub
+}
+
+// writeJob writes a job spec running script in the test image.
+func writeJob(t *testing.T, gpus, perNode int, script, extra string) string {
+	t.Helper()
+	y := fmt.Sprintf(`name: e2e
+image: %s
+command: [sh, -c, %q]
+resources:
+  gpus: %d
+  perNode: %d
+  gpu: {model: H100}
+maxPrice: 2.50
+timeout: 5m
+%s`, testdocker.Image, script, gpus, perNode, extra)
+	path := filepath.Join(t.TempDir(), "job.yaml")
+	if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// removeJobContainers removes what a killed provider could not.
+func removeJobContainers(t *testing.T, owner string) {
+	cli := testdocker.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	list, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", gmexec.LabelOwner+"="+owner))})
+	if err != nil {
+		t.Log(err)
+		return
+	}
+	for _, c := range list {
+		_ = cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+	}
+}
+
+func TestTorchrunJobOnDockerEndToEnd(t *testing.T) {
+	testdocker.EnsureImage(t)
+	provs, sub := jobSwarm(t, 2)
+
+	// Two members of 8 GPUs each; each prints its rank env and leaves a file.
+	spec := writeJob(t, 16, 8, `echo "rank=$NODE_RANK nnodes=$NNODES nproc=$NPROC_PER_NODE world=$WORLD_SIZE master=$MASTER_ADDR:$MASTER_PORT gpus=$CUDA_VISIBLE_DEVICES"
+echo "result of $NODE_RANK" > "$GPUMESH_OUTPUTS/result.txt"`, "launcher: torchrun")
+	out, err := gm(sub.data, "job", "submit", spec, "-f")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	text := string(out)
+	for r := range 2 {
+		want := fmt.Sprintf("[%d] rank=%d nnodes=2 nproc=8 world=16 master=127.0.0.1:", r, r)
+		if !strings.Contains(text, want) {
+			t.Fatalf("output lacks %q:\n%s", want, text)
+		}
+	}
+	if !strings.Contains(text, ": done") || !strings.Contains(text, "exit code: 0") {
+		t.Fatalf("no done with exit code 0:\n%s", text)
+	}
+	var jobs []node.Job
+	if err := gmJSON(sub.data, &jobs, "job", "ls"); err != nil || len(jobs) != 1 {
+		t.Fatalf("job ls: %v %v", jobs, err)
+	}
+	j := jobs[0]
+
+	// Logs again, after the fact; outputs into a folder of the user's.
+	logs, err := gm(sub.data, "job", "logs", j.ID)
+	if err != nil || !strings.Contains(string(logs), "[1] rank=1") {
+		t.Fatalf("job logs: %v\n%s", err, logs)
+	}
+	dst := t.TempDir()
+	if out, err := gm(sub.data, "job", "get", j.ID, "-o", dst); err != nil || !strings.Contains(string(out), "SHA-256 checked") {
+		t.Fatalf("job get: %v\n%s", err, out)
+	}
+	for r := range 2 {
+		data, err := os.ReadFile(filepath.Join(dst, fmt.Sprintf("rank-%d", r), "result.txt"))
+		if err != nil || string(data) != fmt.Sprintf("result of %d\n", r) {
+			t.Fatalf("rank %d's output: %q %v", r, data, err)
+		}
+	}
+
+	// Receipts: co-signed, kept by the submitter (both) and by each provider.
+	var rs []gmexec.SignedReceipt
+	if err := gmJSON(sub.data, &rs, "job", "receipts", j.ID); err != nil || len(rs) != 2 {
+		t.Fatalf("submitter's receipts: %d, %v", len(rs), err)
+	}
+	for _, r := range rs {
+		if err := r.Verify(); err != nil {
+			t.Fatal(err)
+		}
+		if r.Receipt.GPUs != 8 || r.Receipt.Consumer != sub.id.SolanaAddress {
+			t.Fatalf("receipt %+v", r.Receipt)
+		}
+	}
+	for _, p := range provs {
+		waitFor(t, cliWait, "the provider's countersigned receipt", func() (bool, string) {
+			var prs []gmexec.SignedReceipt
+			if err := gmJSON(p.data, &prs, "job", "receipts"); err != nil {
+				return false, err.Error()
+			}
+			return len(prs) == 1 && prs[0].Verify() == nil, fmt.Sprintf("%d receipts", len(prs))
+		})
+	}
+
+	// A failing job ends `job submit --wait` with its exit code.
+	spec = writeJob(t, 8, 8, "echo bye; exit 7", "")
+	out, err = gm(sub.data, "job", "submit", spec, "--wait")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 7 {
+		t.Fatalf("submit --wait of a job exiting 7: %v\n%s", err, out)
+	}
+}
+
+func TestProviderKilledMidJob(t *testing.T) {
+	testdocker.EnsureImage(t)
+	provs, sub := jobSwarm(t, 1)
+	spec := writeJob(t, 8, 8, `echo up; exec sleep 300`, "")
+	var j node.Job
+	if err := gmJSON(sub.data, &j, "job", "submit", spec); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, cliWait, "the member to run", func() (bool, string) {
+		if err := gmJSON(sub.data, &j, "job", "status", j.ID); err != nil {
+			return false, err.Error()
+		}
+		return j.State == node.JobRunning && len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning, j.State
+	})
+	t.Cleanup(func() { removeJobContainers(t, provs[0].id.PeerID) })
+
+	// Frozen, not dead: the connection stays up, the heartbeats stop.
+	if err := provs[0].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	waitFor(t, cliWait, "the job to fail", func() (bool, string) {
+		if err := gmJSON(sub.data, &j, "job", "status", j.ID); err != nil {
+			return false, err.Error()
+		}
+		return j.State == node.JobFailed, j.State
+	})
+	noticed := time.Since(stopped)
+	t.Logf("a frozen provider was noticed in %v: %s", noticed, j.Reason)
+	if !strings.Contains(j.Reason, "stopped answering") || !strings.Contains(j.Reason, "retries: 0") {
+		t.Fatalf("reason: %s", j.Reason)
+	}
+	_ = provs[0].cmd.Process.Kill()
+	_ = provs[0].cmd.Process.Signal(syscall.SIGCONT)
+	<-provs[0].done
+}
