@@ -156,6 +156,21 @@ func (n *Node) WriteLog(ctx context.Context, w io.Writer, id string, follow bool
 		return err
 	}
 	flusher, _ := w.(http.Flusher)
+	for follow { // a job still negotiating: wait for its run to start
+		moved := n.jobMoved()
+		j, ok := n.Job(id)
+		if !ok || jobEnded(j.State) || n.liveLog(id) != nil {
+			break
+		}
+		if flusher != nil {
+			flusher.Flush() // the headers: the client sees the request taken
+		}
+		select {
+		case <-moved:
+		case <-ctx.Done():
+			return nil
+		}
+	}
 	var off int64
 	buf := make([]byte, 64<<10)
 	copyNew := func() error {

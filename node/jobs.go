@@ -854,22 +854,7 @@ func (n *Node) jobRoutes(mux *http.ServeMux) {
 			writeError(w, http.StatusNotFound, "no job "+id+" on this peer (`gpumesh job ls` lists them)")
 			return
 		}
-		follow := r.URL.Query().Get("follow") == "1"
-		if follow { // wait for the run to start
-			for {
-				moved := n.jobMoved()
-				j, _ := n.Job(id)
-				if jobEnded(j.State) || n.liveLog(id) != nil {
-					break
-				}
-				select {
-				case <-moved:
-				case <-r.Context().Done():
-					return
-				}
-			}
-		}
-		n.serveLog(r.Context(), w, id, follow)
+		n.serveLog(r.Context(), w, id, r.URL.Query().Get("follow") == "1")
 	})
 	mux.HandleFunc("GET "+APIVersion+"/jobs/{id}/outputs/{rank}/{path...}", func(w http.ResponseWriter, r *http.Request) {
 		id, path := r.PathValue("id"), r.PathValue("path")
