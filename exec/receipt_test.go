@@ -188,7 +188,7 @@ func TestReceiptMeter(t *testing.T) {
 	}
 }
 
-func TestSignReceiptNeedsTheProvidersKey(t *testing.T) {
+func TestReceiptSignNeedsTheProvidersKey(t *testing.T) {
 	p, c := rcptKey(t), rcptKey(t)
 	r := rcptReceipt(p, c)
 
@@ -221,7 +221,7 @@ func TestSignReceiptNeedsTheProvidersKey(t *testing.T) {
 	wantBad(t, err, "amount")
 }
 
-func TestCountersignNeedsAValidProviderSignatureAndTheConsumersKey(t *testing.T) {
+func TestReceiptCountersignNeedsAValidProviderSignatureAndTheConsumersKey(t *testing.T) {
 	p, c := rcptKey(t), rcptKey(t)
 	fresh := func() exec.SignedReceipt {
 		s, err := exec.SignReceipt(rcptReceipt(p, c), p)
@@ -268,7 +268,7 @@ func TestCountersignNeedsAValidProviderSignatureAndTheConsumersKey(t *testing.T)
 	}
 }
 
-func TestVerifyCatchesEveryChange(t *testing.T) {
+func TestReceiptVerifyCatchesEveryChange(t *testing.T) {
 	p, c := rcptKey(t), rcptKey(t)
 	good := rcptSigned(t, p, c)
 	if err := good.Verify(); err != nil {

@@ -385,7 +385,9 @@ func (n *Node) cleanLeftovers(ctx context.Context) {
 	for _, e := range n.executors() {
 		offered = offered || e == "docker"
 	}
-	if !offered || len(n.LocalGPUs().Inventory.GPUs) == 0 {
+	// A peer without a data dir has a fresh key each start: nothing of its
+	// own can be left.
+	if !offered || n.dir == nil || len(n.LocalGPUs().Inventory.GPUs) == 0 {
 		return
 	}
 	if _, err := n.dockerExecutor(ctx); err != nil {

@@ -26,7 +26,7 @@ import (
 // submitter finds them all.
 func jobSwarm(t *testing.T, providers int) (provs []*gmNode, sub *gmNode) {
 	t.Helper()
-	common := []string{"--nat=false", "--dht-mode", "server", "--heartbeat", "200ms"}
+	common := []string{"--nat=false", "--dht-mode", "server", "--heartbeat", "500ms"}
 	for i := range providers {
 		args := append(slices.Clone(common), "--gpus", "mock:dgxh100", "--price", "fixed:2.10")
 		if i > 0 {
