@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mr-tron/base58"
 )
@@ -38,6 +39,9 @@ const (
 	maxReceiptText = 256
 	maxReceiptGPUs = 4096
 	MaxReceiptSize = 8 << 10 // bytes of an encoded signed receipt
+	// maxReceiptMillis bounds a receipt's duration (a year; leases are at
+	// most 30 days), so GPUs × duration cannot overflow.
+	maxReceiptMillis = 366 * 24 * 3600 * 1000
 )
 
 // ErrBadReceipt marks a receipt that is malformed, inconsistent or wrongly
@@ -115,12 +119,18 @@ func (r Receipt) Check() error {
 		return bad("job ID missing or longer than %d bytes", maxReceiptText)
 	case r.Rank < 0 || r.Rank >= maxReceiptGPUs || r.Attempt < 0 || r.Attempt > 1000:
 		return bad("rank %d or attempt %d out of range", r.Rank, r.Attempt)
-	case r.Class == "" || len(r.Class) > maxReceiptText || len(r.Unit) > maxReceiptText:
-		return bad("class or unit missing or too long")
+	case r.Class == "" || len(r.Class) > maxReceiptText:
+		return bad("class missing or longer than %d bytes", maxReceiptText)
+	case len(r.Unit) > maxReceiptText:
+		return bad("unit longer than %d bytes", maxReceiptText)
 	case r.GPUs == 0 || r.GPUs > maxReceiptGPUs:
 		return bad("%d GPUs, want 1..%d", r.GPUs, maxReceiptGPUs)
-	case r.End < r.Start || r.Start <= 0:
+	case r.Start <= 0:
+		return bad("start %d is not a time (unix ms)", r.Start)
+	case r.End < r.Start:
 		return bad("end %d before start %d", r.End, r.Start)
+	case r.End-r.Start > maxReceiptMillis:
+		return bad("%d ms of work, more than the longest lease", r.End-r.Start)
 	case r.GPUMillis != uint64(r.GPUs)*uint64(r.End-r.Start):
 		return bad("%d GPU-ms, but %d GPUs for %d ms is %d", r.GPUMillis, r.GPUs, r.End-r.Start, uint64(r.GPUs)*uint64(r.End-r.Start))
 	case r.Amount != Amount(r.Price, r.GPUMillis):
@@ -205,6 +215,9 @@ func ParseSignedReceipt(data []byte) (SignedReceipt, error) {
 	if err := dec.Decode(&s); err != nil {
 		return SignedReceipt{}, fmt.Errorf("%w: %v", ErrBadReceipt, err)
 	}
+	if dec.More() {
+		return SignedReceipt{}, fmt.Errorf("%w: data after the receipt", ErrBadReceipt)
+	}
 	if err := s.Receipt.Check(); err != nil {
 		return SignedReceipt{}, err
 	}
@@ -278,6 +291,9 @@ func HashOutputs(dir string) ([]OutputFile, error) {
 		if err != nil {
 			return err
 		}
+		if err := CheckOutputPath(filepath.ToSlash(rel)); err != nil {
+			return err
+		}
 		f, err := os.Open(path)
 		if err != nil {
 			return err
@@ -300,6 +316,33 @@ func HashOutputs(dir string) ([]OutputFile, error) {
 	}
 	sort.Slice(files, func(i, k int) bool { return files[i].Path < files[k].Path })
 	return files, nil
+}
+
+// MaxOutputPath bounds the length of an output's path, in bytes.
+const MaxOutputPath = 1024
+
+// CheckOutputPath says what is wrong with an output's path, if anything: it
+// must be relative, slash-separated, inside the outputs folder, valid UTF-8
+// without control characters or backslashes, at most MaxOutputPath bytes.
+// The same rule holds on the provider (HashOutputs) and the submitter.
+func CheckOutputPath(p string) error {
+	bad := func(why string) error { return fmt.Errorf("output file %q: %s; rename it", clipText(p), why) }
+	switch {
+	case p == "":
+		return bad("empty path")
+	case len(p) > MaxOutputPath:
+		return bad(fmt.Sprintf("path longer than %d bytes", MaxOutputPath))
+	case !utf8.ValidString(p):
+		return bad("name is not UTF-8")
+	case strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\\' }):
+		return bad("name has a control character or a backslash")
+	}
+	for _, part := range strings.Split(p, "/") {
+		if part == "" || part == "." || part == ".." {
+			return bad("path must be relative and stay inside the outputs folder")
+		}
+	}
+	return nil
 }
 
 // ResultHash is the hex SHA-256 of a task's result: its exit code, then a

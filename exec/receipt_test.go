@@ -701,3 +701,19 @@ func TestResultHash(t *testing.T) {
 		t.Fatalf("result of HashOutputs: %s, want %x", got, want)
 	}
 }
+
+func TestHashOutputsRefusesNamesTheSubmitterCannotTake(t *testing.T) {
+	for _, name := range []string{"a\nb 2 c", "back\\slash", "bad-\xff.pt"} {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := exec.HashOutputs(dir)
+		if err == nil || !strings.Contains(err.Error(), "rename it") {
+			t.Errorf("%q: %v, want an error saying to rename it", name, err)
+		}
+	}
+	if err := exec.CheckOutputPath("ckpt/step-1.pt"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -38,15 +38,16 @@ import (
 
 // Bounds of a job spec.
 const (
-	MaxJobSpecSize   = 64 << 10 // bytes of an encoded spec
-	maxJobNameLen    = 63       // a DNS label
-	maxImageLen      = 512      // bytes of an image reference
-	maxCommandArgs   = 256      // arguments of command
-	maxCommandArgLen = 4096     // bytes of one argument
-	maxEnvVars       = 256      // variables of env
-	maxEnvNameLen    = 256      // bytes of a variable name
-	maxMinVRAMGB     = 4096     // GB of resources.gpu.minVRAM
-	maxRetries       = 10       // retries of a failed job
+	MaxJobSpecSize   = 64 << 10  // bytes of an encoded spec
+	maxJobNameLen    = 63        // a DNS label
+	maxImageLen      = 512       // bytes of an image reference
+	maxCommandArgs   = 256       // arguments of command
+	maxCommandArgLen = 4096      // bytes of one argument
+	maxEnvVars       = 256       // variables of env
+	maxEnvNameLen    = 256       // bytes of a variable name
+	maxArgBytes      = 256 << 10 // bytes of command and env together
+	maxMinVRAMGB     = 4096      // GB of resources.gpu.minVRAM
+	maxRetries       = 10        // retries of a failed job
 	minTimeout       = time.Second
 	maxTimeout       = gossip.MaxLeaseSeconds * time.Second // 720h
 )
@@ -346,6 +347,10 @@ func (s JobSpec) check(unit gossip.Unit) (gossip.Needs, JobSpecErrors) {
 		}
 	}
 
+	if total := argBytes(s); total > maxArgBytes {
+		bad("command and env", "at most %d KiB in all, got %d bytes", maxArgBytes>>10, total)
+	}
+
 	r := s.Resources
 	gpusOK := r.GPUs >= 1 && r.GPUs <= gossip.MaxJobGPUs
 	if !gpusOK {
@@ -493,4 +498,16 @@ func clipRaw(s string) string {
 	}
 	r := []rune(s)
 	return string(r[:max]) + "..."
+}
+
+// argBytes is the size of a spec's command and environment.
+func argBytes(s JobSpec) int {
+	total := 0
+	for _, a := range s.Command {
+		total += len(a)
+	}
+	for k, v := range s.Env {
+		total += len(k) + len(v)
+	}
+	return total
 }

@@ -46,7 +46,7 @@ const (
 	maxLogChunk   = 64 << 10  // bytes of log data in one frame
 	maxFrameText  = 1024      // bytes of a reason
 	maxRank       = 4096
-	maxOutputPath = 1024
+	maxOutputPath = exec.MaxOutputPath
 )
 
 // errBadFrame marks a frame that breaks the job protocol.
@@ -84,12 +84,11 @@ type startFrame struct {
 
 // exitFrame is how a member's work ended.
 type exitFrame struct {
-	Code     int               `json:"code"`
-	Start    int64             `json:"start"` // unix ms
-	End      int64             `json:"end"`
-	TimedOut bool              `json:"timedOut,omitempty"`
-	Stopped  bool              `json:"stopped,omitempty"`
-	Outputs  []exec.OutputFile `json:"outputs,omitempty"`
+	Code     int   `json:"code"`
+	Start    int64 `json:"start"` // unix ms
+	End      int64 `json:"end"`
+	TimedOut bool  `json:"timedOut,omitempty"`
+	Stopped  bool  `json:"stopped,omitempty"`
 }
 
 // check says what is wrong with a frame that decoded.
@@ -136,21 +135,22 @@ func (f *frame) check() error {
 			return bad("%d bytes of log, at most %d", len(f.Data), maxLogChunk)
 		}
 	case frameFile:
-		if f.File == nil || !validOutputPath(f.File.Path) || f.File.Size < 0 || f.File.Size > exec.MaxOutputBytes || len(f.File.SHA256) != 64 {
-			return bad("bad file header")
+		if f.File == nil {
+			return bad("no file")
+		}
+		if err := exec.CheckOutputPath(f.File.Path); err != nil {
+			return bad("%v", err)
+		}
+		if f.File.Size < 0 || f.File.Size > exec.MaxOutputBytes || len(f.File.SHA256) != 64 {
+			return bad("file %s: size %d or SHA-256 %q", clip(f.File.Path), f.File.Size, clipRaw(f.File.SHA256))
 		}
 	case frameChunk:
 		if len(f.Data) == 0 || len(f.Data) > maxChunk {
 			return bad("%d bytes of data, want 1..%d", len(f.Data), maxChunk)
 		}
 	case frameExit:
-		if f.Exit == nil || len(f.Exit.Outputs) > exec.MaxOutputFiles || f.Exit.End < f.Exit.Start {
-			return bad("bad exit")
-		}
-		for _, o := range f.Exit.Outputs {
-			if !validOutputPath(o.Path) {
-				return bad("output path %s", clip(o.Path))
-			}
+		if f.Exit == nil || f.Exit.End < f.Exit.Start || f.Exit.Start <= 0 {
+			return bad("no exit, or it ends before it starts")
 		}
 	case frameReceipt:
 		if f.Receipt == nil {
@@ -169,19 +169,8 @@ func (f *frame) check() error {
 	return nil
 }
 
-// validOutputPath accepts a relative, slash-separated path that stays
-// inside the outputs folder.
-func validOutputPath(p string) bool {
-	if p == "" || len(p) > maxOutputPath || bytes.ContainsAny([]byte(p), "\\\x00") {
-		return false
-	}
-	for _, part := range bytes.Split([]byte(p), []byte("/")) {
-		if len(part) == 0 || string(part) == "." || string(part) == ".." {
-			return false
-		}
-	}
-	return true
-}
+// validOutputPath is exec's rule for an output's path.
+func validOutputPath(p string) bool { return exec.CheckOutputPath(p) == nil }
 
 // readFrame reads and checks one frame.
 func readFrame(r *bufio.Reader) (frame, error) {
@@ -202,6 +191,9 @@ func readFrame(r *bufio.Reader) (frame, error) {
 	if err := dec.Decode(&f); err != nil {
 		return frame{}, fmt.Errorf("%w: %v", errBadFrame, err)
 	}
+	if dec.More() {
+		return frame{}, fmt.Errorf("%w: data after the frame", errBadFrame)
+	}
 	if err := f.check(); err != nil {
 		return frame{}, err
 	}
@@ -219,6 +211,9 @@ func (fw *frameWriter) write(f frame) error {
 	data, err := json.Marshal(f)
 	if err != nil {
 		return err
+	}
+	if len(data) > maxFrame {
+		return fmt.Errorf("%w: %s frame of %d bytes, at most %d", errBadFrame, f.T, len(data), maxFrame)
 	}
 	buf := binary.AppendUvarint(make([]byte, 0, len(data)+binary.MaxVarintLen64), uint64(len(data)))
 	buf = append(buf, data...)

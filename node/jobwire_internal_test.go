@@ -83,8 +83,7 @@ func wireFrames(tb testing.TB) []frame {
 		{T: frameHeartbeat},
 		{T: frameFile, File: &exec.OutputFile{Path: "ckpt/model.pt", Size: 3, SHA256: sha}},
 		{T: frameChunk, Data: []byte{1, 2, 3}},
-		{T: frameExit, Exit: &exitFrame{Code: 0, Start: 1_700_000_000_000, End: 1_700_003_600_000,
-			Outputs: []exec.OutputFile{{Path: "ckpt/model.pt", Size: 3, SHA256: sha}, {Path: "log.txt", SHA256: sha}}}},
+		{T: frameExit, Exit: &exitFrame{Code: 0, Start: 1_700_000_000_000, End: 1_700_003_600_000}},
 		{T: frameExit, Exit: &exitFrame{Code: 137, Start: 5, End: 5, TimedOut: true, Stopped: true}},
 		{T: frameReceipt, Receipt: wireReceipt(tb)},
 		{T: frameCountersign, Sig: bytes.Repeat([]byte{7}, 64)},
@@ -120,13 +119,6 @@ func normalFrame(f frame) frame {
 	}
 	if len(f.Sig) == 0 {
 		f.Sig = nil
-	}
-	if f.Exit != nil {
-		x := *f.Exit
-		if len(x.Outputs) == 0 {
-			x.Outputs = nil
-		}
-		f.Exit = &x
 	}
 	if f.Receipt != nil {
 		r := *f.Receipt
@@ -278,22 +270,18 @@ func TestFrameBounds(t *testing.T) {
 		{"no kind", frame{}, `unknown kind ""`},
 		{"log over maxLogChunk", frame{T: frameLog, Stream: "out", Data: make([]byte, maxLogChunk+1)}, "65537 bytes of log, at most 65536"},
 		{"log stream", frame{T: frameLog, Stream: "in", Data: []byte("x")}, `stream "in", want out or err`},
-		{"file ../x", frame{T: frameFile, File: &exec.OutputFile{Path: "../x", SHA256: sha}}, "file header"},
-		{"file /abs", frame{T: frameFile, File: &exec.OutputFile{Path: "/abs", SHA256: sha}}, "file header"},
-		{"file a//b", frame{T: frameFile, File: &exec.OutputFile{Path: "a//b", SHA256: sha}}, "file header"},
-		{"file a/./b", frame{T: frameFile, File: &exec.OutputFile{Path: "a/./b", SHA256: sha}}, "file header"},
-		{`file a\b`, frame{T: frameFile, File: &exec.OutputFile{Path: `a\b`, SHA256: sha}}, "file header"},
-		{"file NUL", frame{T: frameFile, File: &exec.OutputFile{Path: "a\x00", SHA256: sha}}, "file header"},
-		{"file long path", frame{T: frameFile, File: &exec.OutputFile{Path: strings.Repeat("a", maxOutputPath+1), SHA256: sha}}, "file header"},
-		{"file no header", frame{T: frameFile}, "file header"},
-		{"file negative size", frame{T: frameFile, File: &exec.OutputFile{Path: "a", Size: -1, SHA256: sha}}, "file header"},
-		{"file short hash", frame{T: frameFile, File: &exec.OutputFile{Path: "a", SHA256: sha[:63]}}, "file header"},
-		{"exit output ../x", frame{T: frameExit, Exit: &exitFrame{Outputs: []exec.OutputFile{{Path: "ok"}, {Path: "../x"}}}}, `output path "../x"`},
-		{"exit output /abs", frame{T: frameExit, Exit: &exitFrame{Outputs: []exec.OutputFile{{Path: "/abs"}}}}, `output path "/abs"`},
-		{"exit output a//b", frame{T: frameExit, Exit: &exitFrame{Outputs: []exec.OutputFile{{Path: "a//b"}}}}, `output path "a//b"`},
-		{"exit output trailing slash", frame{T: frameExit, Exit: &exitFrame{Outputs: []exec.OutputFile{{Path: "a/"}}}}, `output path "a/"`},
-		{"exit none", frame{T: frameExit}, "exit frame: bad exit"},
-		{"exit end before start", frame{T: frameExit, Exit: &exitFrame{Start: 2, End: 1}}, "bad exit"},
+		{"file ../x", frame{T: frameFile, File: &exec.OutputFile{Path: "../x", SHA256: sha}}, "stay inside the outputs folder"},
+		{"file /abs", frame{T: frameFile, File: &exec.OutputFile{Path: "/abs", SHA256: sha}}, "must be relative"},
+		{"file a//b", frame{T: frameFile, File: &exec.OutputFile{Path: "a//b", SHA256: sha}}, "must be relative"},
+		{"file a/./b", frame{T: frameFile, File: &exec.OutputFile{Path: "a/./b", SHA256: sha}}, "must be relative"},
+		{`file a\b`, frame{T: frameFile, File: &exec.OutputFile{Path: `a\b`, SHA256: sha}}, "backslash"},
+		{"file NUL", frame{T: frameFile, File: &exec.OutputFile{Path: "a\x00", SHA256: sha}}, "control character"},
+		{"file long path", frame{T: frameFile, File: &exec.OutputFile{Path: strings.Repeat("a", maxOutputPath+1), SHA256: sha}}, "path longer than 1024 bytes"},
+		{"file no header", frame{T: frameFile}, "no file"},
+		{"file negative size", frame{T: frameFile, File: &exec.OutputFile{Path: "a", Size: -1, SHA256: sha}}, "size -1"},
+		{"file short hash", frame{T: frameFile, File: &exec.OutputFile{Path: "a", SHA256: sha[:63]}}, "or SHA-256"},
+		{"exit none", frame{T: frameExit}, "exit frame: no exit"},
+		{"exit end before start", frame{T: frameExit, Exit: &exitFrame{Start: 2, End: 1}}, "ends before it starts"},
 		{"chunk empty", frame{T: frameChunk}, "0 bytes of data, want 1..262144"},
 		{"chunk over maxChunk", frame{T: frameChunk, Data: make([]byte, maxChunk+1)}, "262145 bytes of data"},
 		{"ready no port", frame{T: frameReady}, "port 0"},

@@ -252,13 +252,15 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	files, err := exec.HashOutputs(outputs)
 	if err != nil {
 		n.log.Warn("job outputs", "job", st.Job, "err", err)
+		_, _ = logWriter{fw: fw, stream: "err"}.Write([]byte("gpumesh: outputs not returned: " + err.Error() + "\n"))
+		files = nil
 	}
 	if sendOutputs(fw, outputs, files) != nil {
 		files = nil
 	}
 	_ = fw.write(frame{T: frameExit, Exit: &exitFrame{
 		Code: res.ExitCode, Start: res.Start.UnixMilli(), End: res.End.UnixMilli(),
-		TimedOut: res.TimedOut, Stopped: res.Stopped, Outputs: files,
+		TimedOut: res.TimedOut, Stopped: res.Stopped,
 	}})
 
 	// The receipt: signed and kept before it is sent, countersigned when

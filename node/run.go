@@ -74,9 +74,10 @@ type jobRun struct {
 
 // memberEvent is a frame from a member, or the end of its stream.
 type memberEvent struct {
-	rank int
-	f    frame
-	err  error
+	rank    int
+	f       frame
+	outputs []exec.OutputFile // with an exit: the outputs received whole
+	err     error
 }
 
 // startRun runs a formed job in the background.
@@ -306,7 +307,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 				save()
 			case frameExit:
 				x := ev.f.Exit
-				runs[r].State, runs[r].ExitCode, runs[r].Outputs = MemberExited, x.Code, x.Outputs
+				runs[r].State, runs[r].ExitCode, runs[r].Outputs = MemberExited, x.Code, ev.outputs
 				runs[r].Started, runs[r].Ended = time.UnixMilli(x.Start).UTC(), time.UnixMilli(x.End).UTC()
 				jl.note(fmt.Sprintf("%s exited with code %d", name(r), x.Code))
 				switch {
@@ -428,10 +429,11 @@ func (n *Node) openMember(ctx context.Context, m gossip.Member) (*memberConn, er
 func (n *Node) readMember(rank int, rw io.Reader, dir string, events chan<- memberEvent) {
 	br := bufio.NewReader(rw)
 	var (
-		cur  *os.File
-		want exec.OutputFile
-		got  int64
-		h    hash.Hash
+		cur      *os.File
+		want     exec.OutputFile
+		got      int64
+		h        hash.Hash
+		received []exec.OutputFile
 	)
 	closeCur := func() {
 		if cur != nil {
@@ -448,6 +450,10 @@ func (n *Node) readMember(rank int, rw io.Reader, dir string, events chan<- memb
 		if sum := hex.EncodeToString(h.Sum(nil)); sum != want.SHA256 {
 			return fmt.Errorf("output %s arrived with SHA-256 %s, not the %s its member sent", want.Path, sum, want.SHA256)
 		}
+		if len(received) == exec.MaxOutputFiles {
+			return fmt.Errorf("more than %d output files", exec.MaxOutputFiles)
+		}
+		received = append(received, want)
 		return nil
 	}
 	for {
@@ -486,7 +492,11 @@ func (n *Node) readMember(rank int, rw io.Reader, dir string, events chan<- memb
 			events <- memberEvent{rank: rank, err: err}
 			return
 		}
-		events <- memberEvent{rank: rank, f: f}
+		ev := memberEvent{rank: rank, f: f}
+		if f.T == frameExit {
+			ev.outputs, received = received, nil
+		}
+		events <- ev
 	}
 }
 
