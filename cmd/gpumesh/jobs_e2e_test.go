@@ -82,18 +82,18 @@ func removeJobContainers(t *testing.T, owner string) {
 
 func TestTorchrunJobOnDockerEndToEnd(t *testing.T) {
 	testdocker.EnsureImage(t)
-	provs, sub := jobSwarm(t, 2)
+	provs, sub := jobSwarm(t, 3)
 
-	// Two members of 8 GPUs each; each prints its rank env and leaves a file.
-	spec := writeJob(t, 16, 8, `echo "rank=$NODE_RANK nnodes=$NNODES nproc=$NPROC_PER_NODE world=$WORLD_SIZE master=$MASTER_ADDR:$MASTER_PORT gpus=$CUDA_VISIBLE_DEVICES"
+	// Three members of 8 GPUs each; each prints its rank env and leaves a file.
+	spec := writeJob(t, 24, 8, `echo "rank=$NODE_RANK nnodes=$NNODES nproc=$NPROC_PER_NODE world=$WORLD_SIZE master=$MASTER_ADDR:$MASTER_PORT gpus=$CUDA_VISIBLE_DEVICES"
 echo "result of $NODE_RANK" > "$GPUMESH_OUTPUTS/result.txt"`, "launcher: torchrun")
 	out, err := gm(sub.data, "job", "submit", spec, "-f")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	text := string(out)
-	for r := range 2 {
-		want := fmt.Sprintf("[%d] rank=%d nnodes=2 nproc=8 world=16 master=127.0.0.1:", r, r)
+	for r := range 3 {
+		want := fmt.Sprintf("[%d] rank=%d nnodes=3 nproc=8 world=24 master=127.0.0.1:", r, r)
 		if !strings.Contains(text, want) {
 			t.Fatalf("output lacks %q:\n%s", want, text)
 		}
@@ -116,7 +116,7 @@ echo "result of $NODE_RANK" > "$GPUMESH_OUTPUTS/result.txt"`, "launcher: torchru
 	if out, err := gm(sub.data, "job", "get", j.ID, "-o", dst); err != nil || !strings.Contains(string(out), "SHA-256 checked") {
 		t.Fatalf("job get: %v\n%s", err, out)
 	}
-	for r := range 2 {
+	for r := range 3 {
 		data, err := os.ReadFile(filepath.Join(dst, fmt.Sprintf("rank-%d", r), "result.txt"))
 		if err != nil || string(data) != fmt.Sprintf("result of %d\n", r) {
 			t.Fatalf("rank %d's output: %q %v", r, data, err)
@@ -125,7 +125,7 @@ echo "result of $NODE_RANK" > "$GPUMESH_OUTPUTS/result.txt"`, "launcher: torchru
 
 	// Receipts: co-signed, kept by the submitter (both) and by each provider.
 	var rs []gmexec.SignedReceipt
-	if err := gmJSON(sub.data, &rs, "job", "receipts", j.ID); err != nil || len(rs) != 2 {
+	if err := gmJSON(sub.data, &rs, "job", "receipts", j.ID); err != nil || len(rs) != 3 {
 		t.Fatalf("submitter's receipts: %d, %v", len(rs), err)
 	}
 	for _, r := range rs {
