@@ -151,7 +151,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			return
 		}
 	}
-	defer os.RemoveAll(work)
+	defer os.RemoveAll(runDir) // the outputs have gone to the submitter; the receipt stays
 
 	env := map[string]string{}
 	for k, v := range st.Spec.Env {
@@ -302,6 +302,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		n.log.Warn("job submitter left before countersigning; the receipt is kept with the provider's signature only", "job", st.Job)
 	case <-time.After(countersignWait):
 		n.log.Warn("job submitter did not countersign in time", "job", st.Job)
+	case <-ctx.Done():
 	}
 }
 

@@ -382,6 +382,8 @@ func (n *Node) runJob(ctx context.Context, id string) {
 			name(lost[0]), j.Attempt+2, j.Spec.Retries+1, j.Spec.Retries)
 		jl.note(why)
 		n.retryJob(id, why)
+	case failure == "" && ctx.Err() != nil:
+		n.finishJob(id, JobFailed, "this peer stopped while the job ran; every member was stopped", nil)
 	case failure != "":
 		if len(lost) > 0 {
 			failure += fmt.Sprintf("; not retried (the spec's retries: %d)", j.Spec.Retries)

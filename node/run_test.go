@@ -317,3 +317,32 @@ func TestLostMemberFailsOrIsReplaced(t *testing.T) {
 		}
 	}
 }
+
+func TestSubmitterStoppingStopsItsJobs(t *testing.T) {
+	m := runMesh(t, 3, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sub, provider := m.Nodes[2], m.Nodes[0]
+	job, err := sub.SubmitJob(ctx, scriptSpec(t, 4, 0, "exec sleep 300", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, ctx, "the member to run", func() bool {
+		j, _ := sub.Job(job.ID)
+		return len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning
+	})
+	if err := sub.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if j, _ := sub.Job(job.ID); j.State != node.JobFailed || !strings.Contains(j.Reason, "this peer stopped") {
+		t.Fatalf("after the submitter stopped: %s (%s)", j.State, j.Reason)
+	}
+	waitUntil(t, ctx, "the provider's GPUs free", func() bool {
+		return provider.FreeGPUs()["H100-80GB"] == 8 && len(provider.GPUsInUse()) == 0
+	})
+	// The provider kept its receipt for the work done, signed by itself.
+	rs, err := provider.Receipts(job.ID)
+	if err != nil || len(rs) != 1 || rs[0].VerifyProvider() != nil {
+		t.Fatalf("provider's receipts: %+v %v", rs, err)
+	}
+}
