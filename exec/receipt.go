@@ -357,3 +357,15 @@ func ResultHash(exitCode int, files []OutputFile) string {
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
+
+// LeafData is what a co-signed receipt's leaf in an anchoring batch
+// hashes: the signed bytes, then the provider's and the consumer's
+// signatures.
+func (s SignedReceipt) LeafData() []byte {
+	out := s.Receipt.SigningBytes()
+	out = append(out, s.ProviderSig...)
+	return append(out, s.ConsumerSig...)
+}
+
+// Key names a receipt: <job>-<attempt>-<rank>.
+func (r Receipt) Key() string { return fmt.Sprintf("%s-%d-%d", r.Job, r.Attempt, r.Rank) }

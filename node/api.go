@@ -228,6 +228,7 @@ func apiMux(n *Node) *http.ServeMux {
 	n.priceRoutes(mux)
 	n.jobRoutes(mux)
 	n.receiptRoutes(mux)
+	n.proofRoutes(mux)
 	return mux
 }
 

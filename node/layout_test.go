@@ -107,3 +107,21 @@ func TestOnlyExecImportsNVML(t *testing.T) {
 		t.Error("exec does not import go-nvml: where do GPUs come from?")
 	}
 }
+
+func TestOnlyChainTalksToSolana(t *testing.T) {
+	found := false
+	for _, p := range listPackages(t) {
+		for _, imp := range p.Imports {
+			if !strings.HasPrefix(imp, "github.com/gagliardetto/solana-go") {
+				continue
+			}
+			if p.ImportPath != module+"/chain" {
+				t.Errorf("%s imports %s: only the chain package may use solana-go", p.ImportPath, imp)
+			}
+			found = true
+		}
+	}
+	if !found {
+		t.Error("chain does not import solana-go: how are proofs anchored?")
+	}
+}

@@ -60,6 +60,11 @@ type Config struct {
 	PriceBoard gossip.BoardConfig // how the price board weighs quotes; the zero value takes the defaults
 	PriceClock func() time.Time   // the time of ticks, their checks and the board; nil: time.Now (tests move it)
 
+	// Anchoring receipts on Solana.
+	SolanaRPC   string        // JSON-RPC URL; "" anchors nothing
+	AnchorBatch int           // receipts per batch; 0: chain.DefaultBatchSize
+	AnchorAge   time.Duration // longest wait of a receipt for its batch; 0: chain.DefaultBatchAge
+
 	// Jobs.
 	Heartbeat time.Duration // how often a job's member says it is alive; 0 means DefaultHeartbeat (lost after 3 missed)
 
@@ -103,6 +108,7 @@ type Node struct {
 	jobState       // jobs.go
 	memberState    // member.go
 	runState       // run.go
+	anchorState    // anchor.go
 
 	stopGossip context.CancelFunc
 
@@ -251,6 +257,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.startPrices(ctx); err != nil {
 		return err
 	}
+	if err := n.startAnchor(ctx); err != nil {
+		return err
+	}
 	if err := n.startJobs(ctx); err != nil {
 		return err
 	}
@@ -353,7 +362,7 @@ func (n *Node) Close() error {
 			errs = append(errs, n.mdns.Close())
 		}
 		n.wg.Wait()
-		errs = append(errs, n.closeJobs(), n.closePrices())
+		errs = append(errs, n.closeJobs(), n.closePrices(), n.closeAnchor())
 		n.closeMembers()
 		if n.stopGossip != nil {
 			n.stopGossip()

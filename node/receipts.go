@@ -49,7 +49,11 @@ func (n *Node) saveReceipt(sr exec.SignedReceipt) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, append(data, '\n'), 0o600)
+	if err := writeFileAtomic(path, append(data, '\n'), 0o600); err != nil {
+		return err
+	}
+	n.anchorReceipt(sr)
+	return nil
 }
 
 func readReceipt(path string) (exec.SignedReceipt, error) {

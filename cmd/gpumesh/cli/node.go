@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/spf13/cobra"
@@ -29,6 +30,9 @@ func nodeCmd(g *globals) *cobra.Command {
 		price, priceUnit  string
 		executors         []string
 		heartbeat         time.Duration
+		solanaRPC         string
+		anchorBatch       int
+		anchorAge         time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "node",
@@ -54,21 +58,27 @@ public swarm.`,
 				return err
 			}
 			cfg := node.Config{
-				DataDir:   g.dataDir,
-				Listen:    fc.Listen,
-				Port:      fc.Port,
-				Bootstrap: append(fc.Bootstrap, bootstrap...),
-				NoMDNS:    !mdns,
-				NoNAT:     !nat,
-				APIListen: api,
-				Metrics:   metrics,
-				Logger:    log,
-				GPUs:      gpus,
-				Region:    region,
-				Price:     price,
-				PriceUnit: priceUnit,
-				Executors: executors,
-				Heartbeat: heartbeat,
+				DataDir:     g.dataDir,
+				Listen:      fc.Listen,
+				Port:        fc.Port,
+				Bootstrap:   append(fc.Bootstrap, bootstrap...),
+				NoMDNS:      !mdns,
+				NoNAT:       !nat,
+				APIListen:   api,
+				Metrics:     metrics,
+				Logger:      log,
+				GPUs:        gpus,
+				Region:      region,
+				Price:       price,
+				PriceUnit:   priceUnit,
+				Executors:   executors,
+				Heartbeat:   heartbeat,
+				SolanaRPC:   solanaRPC,
+				AnchorBatch: anchorBatch,
+				AnchorAge:   anchorAge,
+			}
+			if anchorBatch < 0 || anchorBatch > chain.MaxBatchSize {
+				return usageError{fmt.Errorf("--anchor-batch %d: want 1..%d", anchorBatch, chain.MaxBatchSize)}
 			}
 			for _, e := range executors {
 				if e != "docker" && e != "process" {
@@ -135,6 +145,9 @@ public swarm.`,
 	f.StringVar(&gpus, "gpus", envOr("GPUMESH_GPUS", "auto"), "GPUs to offer: auto (NVML if there is a driver), nvml, none, or go-nvml's mock:dgxa100 / mock:dgxh100 (env GPUMESH_GPUS)")
 	f.StringSliceVar(&executors, "executors", envList("GPUMESH_EXECUTORS", []string{"docker"}), "how this provider runs jobs: docker (containers), process (bare commands: only for trusted private swarms), or docker,process (env GPUMESH_EXECUTORS)")
 	f.DurationVar(&heartbeat, "heartbeat", node.DefaultHeartbeat, "how often this peer's job members say they are alive; a member silent for 3 heartbeats is lost")
+	f.StringVar(&solanaRPC, "solana-rpc", os.Getenv("GPUMESH_SOLANA_RPC"), "Solana JSON-RPC URL: anchor the receipts this provider co-signed there (devnet, mainnet, a validator or chain/localnet; env GPUMESH_SOLANA_RPC)")
+	f.IntVar(&anchorBatch, "anchor-batch", chain.DefaultBatchSize, "receipts per anchoring batch (one memo transaction each)")
+	f.DurationVar(&anchorAge, "anchor-age", chain.DefaultBatchAge, "longest a receipt waits for its batch to close")
 	f.StringVar(&region, "region", os.Getenv("GPUMESH_REGION"), "region/zone label of this peer's offers, e.g. eu-west/ams1 (env GPUMESH_REGION)")
 	f.StringVar(&price, "price", os.Getenv("GPUMESH_PRICE"), "asking price per GPU-hour of this peer's GPUs: fixed:2.10, or auto:floor=1.50,target=0.7[,max=4.00] to follow the market and the GPUs' utilization (env GPUMESH_PRICE; default: no price)")
 	f.StringVar(&priceUnit, "price-unit", envOr("GPUMESH_PRICE_UNIT", "USDC:6"), "token of prices and its decimals, TOKEN:DECIMALS; every peer of a swarm must use the same (env GPUMESH_PRICE_UNIT)")
