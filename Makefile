@@ -8,7 +8,7 @@ FUZZTIME ?= 15s
 # go-nvml's cgo header marks old NVML calls deprecated; we call none of them.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: all build run test race lint bench fuzz clean
+.PHONY: all build run test race lint bench fuzz clean localnet
 
 all: build
 
@@ -21,12 +21,15 @@ run: build ## one peer with its data dir in $(DATA) (more flags: ARGS=...); Ctrl
 test: ## what CI runs: every test, with the race detector
 	$(GO) test -race -count=1 -timeout 15m ./...
 
+localnet: ## npm packages of the local Solana RPC that the chain tests run against (chain/localnet; Node.js >= 20.18)
+	npm ci --prefix chain/localnet --no-audit --no-fund
+
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
 bench: ## benchmarks: peer startup and RSS, mesh formation, price ticks at 100/500 peers, directory lookups at 100/1,000 peers, cluster formation on 50 peers
-	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 30m ./cmd/... ./node/meshtest/... ./gossip/... ./exec/...
+	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 30m ./cmd/... ./node/meshtest/... ./gossip/... ./exec/... ./chain/...
 	$(GO) test -run '^$$' -bench . -benchtime 50x -timeout 30m ./dht/... ./node/
 
 fuzz: ## each fuzz target for $(FUZZTIME)

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	solana "github.com/gagliardetto/solana-go"
-	"github.com/gagliardetto/solana-go/programs/memo"
 	"github.com/gagliardetto/solana-go/rpc"
 )
 
@@ -532,7 +531,8 @@ func (a *Anchorer) send(ctx context.Context, b *Batch) error {
 		return fmt.Errorf("latest blockhash: %w", err)
 	}
 	text := Memo(b.Root, len(b.Keys))
-	ix := memo.NewMemoInstructionBuilder().SetMessage([]byte(text)).SetSigner(a.payer.PublicKey()).Build()
+	// The memo program takes the bytes as they are (no length prefix).
+	ix := solana.NewInstruction(solana.MemoProgramID, solana.AccountMetaSlice{solana.Meta(a.payer.PublicKey()).SIGNER()}, []byte(text))
 	tx, err := solana.NewTransaction([]solana.Instruction{ix}, recent.Value.Blockhash, solana.TransactionPayer(a.payer.PublicKey()))
 	if err != nil {
 		return fmt.Errorf("memo transaction: %w", err)
