@@ -271,6 +271,7 @@ func (d *Docker) stop(id string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), StopGrace+dockerCallTimeout)
 	defer cancel()
 	grace := int(StopGrace / time.Second)
+	_ = d.cli.ContainerUnpause(ctx, id) // a paused task takes its SIGTERM too (an error: it was not paused)
 	if err := d.cli.ContainerStop(ctx, id, container.StopOptions{Timeout: &grace}); err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("stopping container %s: %w", shortID(id), err)
 	}
@@ -326,6 +327,23 @@ func (d *Docker) removeStale(ctx context.Context, name string) error {
 	}
 	if err := d.cli.ContainerRemove(ctx, ins.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("docker executor: removing the old container of task %q (%s): %w; remove it with `docker rm -f %s`", name, shortID(ins.ID), err, name)
+	}
+	return nil
+}
+
+// Pause freezes a running task's container (docker pause): its memory and
+// GPUs stay, its processes do no work until Resume.
+func (d *Docker) Pause(ctx context.Context, name string) error {
+	if err := d.cli.ContainerPause(ctx, name); err != nil {
+		return fmt.Errorf("docker executor: pausing %s: %w", name, err)
+	}
+	return nil
+}
+
+// Resume lets a paused task's container go on (docker unpause).
+func (d *Docker) Resume(ctx context.Context, name string) error {
+	if err := d.cli.ContainerUnpause(ctx, name); err != nil {
+		return fmt.Errorf("docker executor: resuming %s: %w", name, err)
 	}
 	return nil
 }

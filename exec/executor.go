@@ -30,6 +30,14 @@ type Executor interface {
 	Run(ctx context.Context, t Task) (Result, error)
 }
 
+// Pauser is an Executor that can pause a running task (it keeps its memory
+// and GPUs, does no work) and let it go on: what a provider does while a
+// consumer is late to pay.
+type Pauser interface {
+	Pause(ctx context.Context, name string) error
+	Resume(ctx context.Context, name string) error
+}
+
 // Task is one member's part of a job.
 type Task struct {
 	Name    string            // unique on this provider, e.g. "gpumesh-<job>-<rank>": the container's name

@@ -8,6 +8,7 @@ import (
 	"os"
 	osexec "os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -119,6 +120,8 @@ func (Process) Run(ctx context.Context, t Task) (Result, error) {
 	}
 
 	pgid := cmd.Process.Pid
+	running.Store(t.Name, pgid)
+	defer running.Delete(t.Name)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 
@@ -138,6 +141,7 @@ func (Process) Run(ctx context.Context, t Task) (Result, error) {
 	}
 	if res.TimedOut || res.Stopped {
 		_ = syscall.Kill(-pgid, syscall.SIGTERM)
+		_ = syscall.Kill(-pgid, syscall.SIGCONT) // a paused task takes its SIGTERM too
 		grace := time.NewTimer(StopGrace)
 		select {
 		case waitErr = <-done:
@@ -218,4 +222,26 @@ func sameWriter(a, b io.Writer) (same bool) {
 		}
 	}()
 	return a == b
+}
+
+// running maps the names of the process tasks running now to their process
+// groups, for Pause and Resume.
+var running sync.Map
+
+// Pause stops a running task's whole process group (SIGSTOP): it keeps its
+// memory and GPUs but does no work until Resume.
+func (Process) Pause(_ context.Context, name string) error { return signalTask(name, syscall.SIGSTOP) }
+
+// Resume lets a paused task go on (SIGCONT).
+func (Process) Resume(_ context.Context, name string) error { return signalTask(name, syscall.SIGCONT) }
+
+func signalTask(name string, sig syscall.Signal) error {
+	v, ok := running.Load(name)
+	if !ok {
+		return fmt.Errorf("process executor: no task %q is running", name)
+	}
+	if err := syscall.Kill(-v.(int), sig); err != nil {
+		return fmt.Errorf("process executor: %s task %q: %w", sig, name, err)
+	}
+	return nil
 }

@@ -38,7 +38,8 @@ const receiptDomain = "gpumesh-receipt/1\n"
 const (
 	maxReceiptText = 256
 	maxReceiptGPUs = 4096
-	MaxReceiptSize = 8 << 10 // bytes of an encoded signed receipt
+	MaxReceiptSize = 128 << 10 // bytes of an encoded signed receipt (a long job lists its payments)
+	maxPayments = 1000 // payment signatures in one receipt
 	// maxReceiptMillis bounds a receipt's duration (a year; leases are at
 	// most 30 days), so GPUs × duration cannot overflow.
 	maxReceiptMillis = 366 * 24 * 3600 * 1000
@@ -67,6 +68,11 @@ type Receipt struct {
 	Start      int64  `json:"start"`      // unix ms
 	End        int64  `json:"end"`        // unix ms
 	Util       int    `json:"util"`       // mean NVML utilization of the leased GPUs in percent; -1: not sampled
+
+	// Settlement, where the swarm's unit is paid on chain as the job runs.
+	PausedMillis uint64   `json:"pausedMillis,omitempty"` // time the work was paused (a late payment): not billed
+	Paid         uint64   `json:"paid,omitempty"`         // confirmed payments, in Unit's smallest unit
+	Payments     []string `json:"payments,omitempty"`     // their transaction signatures
 }
 
 // SignedReceipt is a receipt with its provider's signature and, once the
@@ -83,12 +89,19 @@ func (r Receipt) GPUSeconds() float64 { return float64(r.GPUMillis) / 1000 }
 // Meter fills in the metered fields from the GPUs, the start and end of the
 // work and the price: GPU-milliseconds and the amount.
 func (r *Receipt) Meter(gpus uint32, start, end time.Time, price uint64) {
+	r.MeterPaused(gpus, start, end, 0, price)
+}
+
+// MeterPaused is Meter for work that was paused for a while: that time is
+// not billed.
+func (r *Receipt) MeterPaused(gpus uint32, start, end time.Time, paused time.Duration, price uint64) {
 	if end.Before(start) {
 		end = start
 	}
 	r.GPUs, r.Price = gpus, price
 	r.Start, r.End = start.UnixMilli(), end.UnixMilli()
-	r.GPUMillis = uint64(gpus) * uint64(r.End-r.Start)
+	r.PausedMillis = min(uint64(max(paused.Milliseconds(), 0)), uint64(r.End-r.Start))
+	r.GPUMillis = uint64(gpus) * (uint64(r.End-r.Start) - r.PausedMillis)
 	r.Amount = Amount(price, r.GPUMillis)
 }
 
@@ -131,14 +144,27 @@ func (r Receipt) Check() error {
 		return bad("end %d before start %d", r.End, r.Start)
 	case r.End-r.Start > maxReceiptMillis:
 		return bad("%d ms of work, more than the longest lease", r.End-r.Start)
-	case r.GPUMillis != uint64(r.GPUs)*uint64(r.End-r.Start):
-		return bad("%d GPU-ms, but %d GPUs for %d ms is %d", r.GPUMillis, r.GPUs, r.End-r.Start, uint64(r.GPUs)*uint64(r.End-r.Start))
+	case r.PausedMillis > uint64(r.End-r.Start):
+		return bad("paused %d ms of %d", r.PausedMillis, r.End-r.Start)
+	case r.GPUMillis != uint64(r.GPUs)*(uint64(r.End-r.Start)-r.PausedMillis):
+		ran := fmt.Sprintf("%d ms", r.End-r.Start)
+		if r.PausedMillis > 0 {
+			ran += fmt.Sprintf(" less %d paused", r.PausedMillis)
+		}
+		return bad("%d GPU-ms, but %d GPUs for %s is %d", r.GPUMillis, r.GPUs, ran, uint64(r.GPUs)*(uint64(r.End-r.Start)-r.PausedMillis))
+	case len(r.Payments) > maxPayments:
+		return bad("%d payments, at most %d", len(r.Payments), maxPayments)
 	case r.Amount != Amount(r.Price, r.GPUMillis):
 		return bad("amount %d, but %d GPU-ms at %d per GPU-hour is %d", r.Amount, r.GPUMillis, r.Price, Amount(r.Price, r.GPUMillis))
 	case len(r.ResultHash) != 64 || strings.Trim(r.ResultHash, "0123456789abcdef") != "":
 		return bad("result hash %q is not 64 lowercase hex digits", clipText(r.ResultHash))
 	case r.Util < -1 || r.Util > 100:
 		return bad("utilization %d%%", r.Util)
+	}
+	for _, p := range r.Payments {
+		if p == "" || len(p) > 100 {
+			return bad("payment signature %q", clipText(p))
+		}
 	}
 	if _, err := addressKey(r.Provider); err != nil {
 		return bad("provider: %v", err)

@@ -512,7 +512,11 @@ func (n *Node) FreeGPUs() map[string]uint32 {
 // SubmitJob validates a spec, records the job and starts negotiating a
 // cluster for it. The job is persisted before it is acknowledged.
 func (n *Node) SubmitJob(ctx context.Context, spec JobSpec) (*Job, error) {
-	if _, err := spec.Needs(n.PriceUnit()); err != nil {
+	needs, err := spec.Needs(n.PriceUnit())
+	if err != nil {
+		return nil, err
+	}
+	if err := n.checkFunds(ctx, int(needs.GPUs), needs.MaxPrice); err != nil {
 		return nil, err
 	}
 	var id gossip.JobID
@@ -523,7 +527,7 @@ func (n *Node) SubmitJob(ctx context.Context, spec JobSpec) (*Job, error) {
 	job := &Job{ID: id.String(), Spec: spec, State: JobNegotiating, Unit: n.PriceUnit().String(), Created: now.UTC(), Updated: now.UTC()}
 	n.jobsMu.Lock()
 	n.jobs[job.ID] = job
-	err := n.saveJobsLocked()
+	err = n.saveJobsLocked()
 	cp := *job
 	n.jobsMu.Unlock()
 	if err != nil {

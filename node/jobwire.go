@@ -37,6 +37,8 @@ const (
 	frameExit        = "exit"
 	frameReceipt     = "receipt"
 	frameError       = "error"
+	frameBill        = "bill" // member → submitter: pay for an interval
+	framePaid        = "paid" // submitter → member: it is paid
 )
 
 // Bounds of the job protocol.
@@ -54,19 +56,19 @@ var errBadFrame = errors.New("bad job frame")
 
 // frame is one message of the job protocol; T says which fields it uses.
 type frame struct {
-	T        string              `json:"t"`
-	Start    *startFrame         `json:"start,omitempty"`
-	Port     int                 `json:"port,omitempty"`   // ready
-	At       int64               `json:"at,omitempty"`     // started: unix ms
-	Stream   string              `json:"stream,omitempty"` // log: "out" or "err"
-	Data     []byte              `json:"data,omitempty"`   // log, chunk
-	File     *exec.OutputFile    `json:"file,omitempty"`
-	Exit     *exitFrame          `json:"exit,omitempty"`
-	Receipt  *exec.SignedReceipt `json:"receipt,omitempty"`
-	Sig      []byte              `json:"sig,omitempty"`    // countersign
-	Reason   string              `json:"reason,omitempty"` // stop, error
-	Attempt  int                 `json:"attempt,omitempty"`
-	Deadline int64               `json:"deadline,omitempty"`
+	T       string              `json:"t"`
+	Start   *startFrame         `json:"start,omitempty"`
+	Port    int                 `json:"port,omitempty"`   // ready
+	At      int64               `json:"at,omitempty"`     // started: unix ms
+	Stream  string              `json:"stream,omitempty"` // log: "out" or "err"
+	Data    []byte              `json:"data,omitempty"`   // log, chunk
+	File    *exec.OutputFile    `json:"file,omitempty"`
+	Exit    *exitFrame          `json:"exit,omitempty"`
+	Receipt *exec.SignedReceipt `json:"receipt,omitempty"`
+	Sig     []byte              `json:"sig,omitempty"`    // countersign
+	Reason  string              `json:"reason,omitempty"` // stop, error
+	Bill    *billFrame          `json:"bill,omitempty"`
+	Paid    *paidFrame          `json:"paid,omitempty"`
 }
 
 // startFrame is what a member runs.
@@ -80,15 +82,17 @@ type startFrame struct {
 	MasterAddr string  `json:"masterAddr,omitempty"`
 	MasterPort int     `json:"masterPort,omitempty"` // 0 on member 0 of a multi-member job: it picks one and says ready
 	Rendezvous bool    `json:"rendezvous"`           // the members meet over the network (several members, or a launcher)
+	Pays       bool    `json:"pays,omitempty"`       // the submitter pays bills on chain as the job runs
 }
 
 // exitFrame is how a member's work ended.
 type exitFrame struct {
-	Code     int   `json:"code"`
-	Start    int64 `json:"start"` // unix ms
-	End      int64 `json:"end"`
-	TimedOut bool  `json:"timedOut,omitempty"`
-	Stopped  bool  `json:"stopped,omitempty"`
+	Code     int    `json:"code"`
+	Start    int64  `json:"start"` // unix ms
+	End      int64  `json:"end"`
+	TimedOut bool   `json:"timedOut,omitempty"`
+	Stopped  bool   `json:"stopped,omitempty"`
+	Reason   string `json:"reason,omitempty"` // why the member stopped it (an unpaid bill)
 }
 
 // check says what is wrong with a frame that decoded.
@@ -149,7 +153,7 @@ func (f *frame) check() error {
 			return bad("%d bytes of data, want 1..%d", len(f.Data), maxChunk)
 		}
 	case frameExit:
-		if f.Exit == nil || f.Exit.End < f.Exit.Start || f.Exit.Start <= 0 {
+		if f.Exit == nil || f.Exit.End < f.Exit.Start || f.Exit.Start <= 0 || len(f.Exit.Reason) > maxFrameText {
 			return bad("no exit, or it ends before it starts")
 		}
 	case frameReceipt:
@@ -158,6 +162,16 @@ func (f *frame) check() error {
 		}
 		if err := f.Receipt.Receipt.Check(); err != nil {
 			return bad("%v", err)
+		}
+	case frameBill:
+		b := f.Bill
+		if b == nil || b.Interval < 1 || b.Interval > 1<<20 || b.Lamports == 0 || len(b.Ref) == 0 || len(b.Ref) > 128 {
+			return bad("no bill, or one with interval 0, nothing to pay or a bad reference")
+		}
+	case framePaid:
+		p := f.Paid
+		if p == nil || p.Interval < 1 || p.Signature == "" || len(p.Signature) > 100 {
+			return bad("no payment, or a bad interval or signature")
 		}
 	case frameCountersign:
 		if len(f.Sig) != 64 {

@@ -74,8 +74,8 @@ func wireFrames(tb testing.TB) []frame {
 	return []frame{
 		{T: frameStart, Start: &startFrame{
 			Job: wireJobID, Attempt: 1, Rank: 1, Members: 2, WorldGPUs: 16, Spec: wireSpec(tb),
-			MasterAddr: "10.0.0.1", MasterPort: 29500, Rendezvous: true,
-		}, Deadline: 1_700_000_360_000},
+			MasterAddr: "10.0.0.1", MasterPort: 29500, Rendezvous: true, Pays: true,
+		}},
 		{T: frameReady, Port: 29500},
 		{T: frameStarted, At: 1_700_000_000_000},
 		{T: frameLog, Stream: "out", Data: []byte("epoch 1 loss 0.5\n")},
@@ -87,7 +87,9 @@ func wireFrames(tb testing.TB) []frame {
 		{T: frameExit, Exit: &exitFrame{Code: 137, Start: 5, End: 5, TimedOut: true, Stopped: true}},
 		{T: frameReceipt, Receipt: wireReceipt(tb)},
 		{T: frameCountersign, Sig: bytes.Repeat([]byte{7}, 64)},
-		{T: frameStop, Reason: "cancelled by the submitter", Attempt: 1},
+		{T: frameStop, Reason: "cancelled by the submitter"},
+		{T: frameBill, Bill: &billFrame{Interval: 2, Lamports: 583_334, Ref: wireJobID + "-0-1-2", Millis: 60_000}},
+		{T: framePaid, Paid: &paidFrame{Interval: 2, Signature: "5ZDvFrd9x8r9bgy18XocGkGChCC2sTfYvgGYhDJnahcs"}},
 		{T: frameError, Reason: "no such image"},
 	}
 }

@@ -129,6 +129,11 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		fail("%v", err)
 		return
 	}
+	settle := n.settles()
+	if settle && !st.Pays {
+		fail("this provider is paid in SOL as jobs run (a bill every %s): the submitting peer needs --solana-rpc URL and SOL at its address", n.settleInterval())
+		return
+	}
 	task := fmt.Sprintf("gpumesh-%s-%d-%d", st.Job, st.Attempt, st.Rank)
 	gpus, err := n.allocGPUs(held.Class, int(held.GPUs), task)
 	if err != nil {
@@ -181,6 +186,29 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	defer stop()
 	countersig := make(chan []byte, 1)
 	gone := make(chan struct{})
+	var side sync.WaitGroup // the biller and payment checks
+	defer side.Wait()
+	var stopMu sync.Mutex
+	stopReason := ""
+	var bl *biller
+	if settle {
+		pauser, _ := ex.(exec.Pauser)
+		bl = n.newBiller(task, fmt.Sprintf("%s-%d-%d", st.Job, st.Attempt, st.Rank), solanaAddress(from), held.Price, uint32(held.GPUs), pauser)
+		bl.send = fw.write
+		bl.note = func(msg string) {
+			n.log.Info("job member settlement", "job", st.Job, "rank", st.Rank, "note", msg)
+			_, _ = logWriter{fw: fw, stream: "err"}.Write([]byte("gpumesh: " + msg + "\n"))
+		}
+		bl.stop = func(reason string) {
+			stopMu.Lock()
+			if stopReason == "" {
+				stopReason = reason
+			}
+			stopMu.Unlock()
+			bl.note("stopping the work: " + reason)
+			stop()
+		}
+	}
 	go func() { // what the submitter says while the work runs
 		defer close(gone)
 		defer stop()
@@ -197,6 +225,11 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 				select {
 				case countersig <- f.Sig:
 				default:
+				}
+			case framePaid:
+				if bl != nil {
+					side.Add(1)
+					go func() { defer side.Done(); bl.paidFor(ctx, *f.Paid) }()
 				}
 			}
 		}
@@ -223,6 +256,8 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	}
 	n.log.Info("job member starting", "job", st.Job, "rank", st.Rank, "executor", ex.Name(), "gpus", len(gpus))
 	util := newUtilSampler(n, held.Class)
+	billCtx, stopBilling := context.WithCancel(runCtx)
+	defer stopBilling()
 	res, runErr := ex.Run(runCtx, exec.Task{
 		Name:    task,
 		Owner:   n.id.PeerID.String(),
@@ -240,8 +275,13 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		Started: func(at time.Time) {
 			util.start()
 			_ = fw.write(frame{T: frameStarted, At: at.UnixMilli()})
+			if bl != nil {
+				side.Add(1)
+				go func() { defer side.Done(); bl.run(billCtx, at) }()
+			}
 		},
 	})
+	stopBilling()
 	util.stop()
 	close(beatDone)
 	beats.Wait()
@@ -258,10 +298,19 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	if sendOutputs(fw, outputs, files) != nil {
 		files = nil
 	}
+	stopMu.Lock()
+	reason := stopReason
+	stopMu.Unlock()
 	_ = fw.write(frame{T: frameExit, Exit: &exitFrame{
 		Code: res.ExitCode, Start: res.Start.UnixMilli(), End: res.End.UnixMilli(),
-		TimedOut: res.TimedOut, Stopped: res.Stopped,
+		TimedOut: res.TimedOut, Stopped: res.Stopped, Reason: clipText(reason, maxFrameText),
 	}})
+	var paid uint64
+	var payments []string
+	var paused time.Duration
+	if bl != nil { // the last bill, then wait for what is owed
+		paid, payments, paused = bl.finish(ctx, res.End, gone, reason == "")
+	}
 
 	// The receipt: signed and kept before it is sent, countersigned when
 	// the submitter agrees.
@@ -271,7 +320,8 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		Unit: n.PriceUnit().String(), ExitCode: res.ExitCode,
 		ResultHash: exec.ResultHash(res.ExitCode, files), Util: util.mean(),
 	}
-	r.Meter(uint32(len(gpus)), res.Start, res.End, held.Price)
+	r.MeterPaused(uint32(len(gpus)), res.Start, res.End, paused, held.Price)
+	r.Paid, r.Payments = paid, payments
 	key, err := n.ed25519Key()
 	if err != nil {
 		n.log.Error("receipt not signed", "job", st.Job, "err", err)
@@ -581,4 +631,12 @@ func (u *utilSampler) mean() int {
 		return -1
 	}
 	return int(u.sum/float64(u.count)*100 + 0.5)
+}
+
+// clipText cuts s to at most n bytes.
+func clipText(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
 }

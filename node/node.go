@@ -64,6 +64,9 @@ type Config struct {
 	SolanaRPC   string        // JSON-RPC URL; "" anchors nothing
 	AnchorBatch int           // receipts per batch; 0: chain.DefaultBatchSize
 	AnchorAge   time.Duration // longest wait of a receipt for its batch; 0: chain.DefaultBatchAge
+	// Settlement (price unit SOL:9 and SolanaRPC set): a provider bills
+	// every SettleInterval (0: DefaultSettleInterval).
+	SettleInterval time.Duration
 
 	// Jobs.
 	Heartbeat time.Duration // how often a job's member says it is alive; 0 means DefaultHeartbeat (lost after 3 missed)

@@ -51,6 +51,7 @@ type MemberRun struct {
 	Outputs  []exec.OutputFile `json:"outputs,omitempty"`
 	Receipt  string            `json:"receipt,omitempty"` // "countersigned", or why not
 	Error    string            `json:"error,omitempty"`
+	Paid     uint64            `json:"paid,omitempty"` // paid to its provider as it ran (settlement), in the unit's smallest unit
 }
 
 var (
@@ -190,7 +191,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 				}
 				err = c.fw.write(frame{T: frameStart, Start: &startFrame{
 					Job: id, Attempt: j.Attempt, Rank: rank, Members: len(members), WorldGPUs: world,
-					Spec: j.Spec, MasterAddr: addr, MasterPort: masterPort, Rendezvous: rendezvous,
+					Spec: j.Spec, MasterAddr: addr, MasterPort: masterPort, Rendezvous: rendezvous, Pays: n.settles(),
 				}})
 				if err != nil {
 					_ = c.rw.Close()
@@ -212,6 +213,11 @@ func (n *Node) runJob(ctx context.Context, id string) {
 			start(r, "", 0)
 		}
 	}
+
+	pay := newPayer(n, jl, members, func(rank int) string {
+		return fmt.Sprintf("member %d (%s)", rank, shortPeer(members[rank].Provider))
+	})
+	defer pay.wait()
 
 	lostAfter := n.heartbeat() * lostAfterBeats
 	lastSeen := make([]time.Time, len(members))
@@ -311,6 +317,8 @@ func (n *Node) runJob(ctx context.Context, id string) {
 				runs[r].Started, runs[r].Ended = time.UnixMilli(x.Start).UTC(), time.UnixMilli(x.End).UTC()
 				jl.note(fmt.Sprintf("%s exited with code %d", name(r), x.Code))
 				switch {
+				case x.Reason != "":
+					fail(fmt.Sprintf("%s stopped the work: %s", name(r), x.Reason))
 				case x.TimedOut:
 					fail(fmt.Sprintf("timed out after %s (the spec's timeout)", j.Spec.Timeout))
 				case x.Code != 0 && !stopping:
@@ -321,8 +329,11 @@ func (n *Node) runJob(ctx context.Context, id string) {
 					stopAll("member 0 (the head) has ended")
 				}
 				save()
+			case frameBill:
+				pay.bill(ctx, r, conns[r], *ev.f.Bill)
 			case frameReceipt:
-				runs[r].Receipt = n.countersign(ctx, conns[r], members[r], runs[r], ev.f.Receipt, id, j.Attempt)
+				runs[r].Paid = pay.total(r)
+				runs[r].Receipt = n.countersign(ctx, conns[r], members[r], runs[r], ev.f.Receipt, id, j.Attempt, pay.signatures(r))
 				if runs[r].Receipt != "countersigned" {
 					jl.note(fmt.Sprintf("receipt of %s refused: %s", name(r), runs[r].Receipt))
 				}
@@ -505,9 +516,19 @@ func (n *Node) readMember(rank int, rw io.Reader, dir string, events chan<- memb
 // countersign checks a member's receipt against what this peer saw and
 // agreed, signs it, keeps it and sends the signature back. It returns
 // "countersigned" or why not.
-func (n *Node) countersign(ctx context.Context, c *memberConn, m gossip.Member, run MemberRun, sr *exec.SignedReceipt, job string, attempt int) string {
+func (n *Node) countersign(ctx context.Context, c *memberConn, m gossip.Member, run MemberRun, sr *exec.SignedReceipt, job string, attempt int, paid map[string]uint64) string {
 	r := sr.Receipt
+	var sum uint64
+	for _, p := range r.Payments {
+		v, ok := paid[p]
+		if !ok {
+			return "it lists a payment this peer did not make: " + p
+		}
+		sum += v
+	}
 	switch {
+	case r.Paid != sum:
+		return fmt.Sprintf("it says %d was paid, the payments it lists are %d", r.Paid, sum)
 	case r.Job != job || r.Rank != run.Rank || r.Attempt != attempt:
 		return fmt.Sprintf("it is for job %s attempt %d member %d", r.Job, r.Attempt, r.Rank)
 	case r.Consumer != n.id.SolanaAddress:

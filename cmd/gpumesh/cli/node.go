@@ -33,6 +33,7 @@ func nodeCmd(g *globals) *cobra.Command {
 		solanaRPC         string
 		anchorBatch       int
 		anchorAge         time.Duration
+		settleInterval    time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "node",
@@ -58,24 +59,28 @@ public swarm.`,
 				return err
 			}
 			cfg := node.Config{
-				DataDir:     g.dataDir,
-				Listen:      fc.Listen,
-				Port:        fc.Port,
-				Bootstrap:   append(fc.Bootstrap, bootstrap...),
-				NoMDNS:      !mdns,
-				NoNAT:       !nat,
-				APIListen:   api,
-				Metrics:     metrics,
-				Logger:      log,
-				GPUs:        gpus,
-				Region:      region,
-				Price:       price,
-				PriceUnit:   priceUnit,
-				Executors:   executors,
-				Heartbeat:   heartbeat,
-				SolanaRPC:   solanaRPC,
-				AnchorBatch: anchorBatch,
-				AnchorAge:   anchorAge,
+				DataDir:        g.dataDir,
+				Listen:         fc.Listen,
+				Port:           fc.Port,
+				Bootstrap:      append(fc.Bootstrap, bootstrap...),
+				NoMDNS:         !mdns,
+				NoNAT:          !nat,
+				APIListen:      api,
+				Metrics:        metrics,
+				Logger:         log,
+				GPUs:           gpus,
+				Region:         region,
+				Price:          price,
+				PriceUnit:      priceUnit,
+				Executors:      executors,
+				Heartbeat:      heartbeat,
+				SolanaRPC:      solanaRPC,
+				AnchorBatch:    anchorBatch,
+				AnchorAge:      anchorAge,
+				SettleInterval: settleInterval,
+			}
+			if settleInterval < time.Second {
+				return usageError{fmt.Errorf("--settle-interval %s: want at least 1s", settleInterval)}
 			}
 			if anchorBatch < 0 || anchorBatch > chain.MaxBatchSize {
 				return usageError{fmt.Errorf("--anchor-batch %d: want 1..%d", anchorBatch, chain.MaxBatchSize)}
@@ -148,6 +153,7 @@ public swarm.`,
 	f.StringVar(&solanaRPC, "solana-rpc", os.Getenv("GPUMESH_SOLANA_RPC"), "Solana JSON-RPC URL: anchor the receipts this provider co-signed there (devnet, mainnet, a validator or chain/localnet; env GPUMESH_SOLANA_RPC)")
 	f.IntVar(&anchorBatch, "anchor-batch", chain.DefaultBatchSize, "receipts per anchoring batch (one memo transaction each)")
 	f.DurationVar(&anchorAge, "anchor-age", chain.DefaultBatchAge, "longest a receipt waits for its batch to close")
+	f.DurationVar(&settleInterval, "settle-interval", node.DefaultSettleInterval, "with --price-unit SOL:9 and --solana-rpc: how often a provider bills a running job (paid at once, or the work pauses, then stops)")
 	f.StringVar(&region, "region", os.Getenv("GPUMESH_REGION"), "region/zone label of this peer's offers, e.g. eu-west/ams1 (env GPUMESH_REGION)")
 	f.StringVar(&price, "price", os.Getenv("GPUMESH_PRICE"), "asking price per GPU-hour of this peer's GPUs: fixed:2.10, or auto:floor=1.50,target=0.7[,max=4.00] to follow the market and the GPUs' utilization (env GPUMESH_PRICE; default: no price)")
 	f.StringVar(&priceUnit, "price-unit", envOr("GPUMESH_PRICE_UNIT", "USDC:6"), "token of prices and its decimals, TOKEN:DECIMALS; every peer of a swarm must use the same (env GPUMESH_PRICE_UNIT)")

@@ -1,0 +1,478 @@
+package chain
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	solana "github.com/gagliardetto/solana-go"
+	"github.com/gagliardetto/solana-go/rpc"
+	"github.com/gagliardetto/solana-go/rpc/jsonrpc"
+)
+
+// Settlement: a payment is one Solana transaction holding a System transfer
+// from the payer to the payee and a memo naming what it pays for
+// (PaymentMemo). Pay sends one and waits for it; CheckPayment lets anyone
+// confirm one from its signature with a single RPC call.
+
+// PaymentFee is the fee, in lamports, of a payment's transaction: one
+// signature at 5,000 lamports and no priority fee.
+const PaymentFee uint64 = 5000
+
+// Timing of Pay.
+const (
+	payPollEvery   = 200 * time.Millisecond // between getSignatureStatuses calls
+	payResendEvery = 2 * time.Second        // between sends of the same transaction while the chain has not seen it
+	maxRefLen      = 200                    // bytes of a payment's ref
+)
+
+// ErrUnderfunded is the error of a payment whose payer cannot cover the
+// amount and the fee; nothing was sent.
+var ErrUnderfunded = errors.New("not enough lamports")
+
+// ErrBadPayment marks a payment that CheckPayment does not accept (as
+// opposed to an RPC that could not be asked).
+var ErrBadPayment = errors.New("payment does not hold")
+
+// Payment is a payment on chain.
+type Payment struct {
+	Signature string `json:"signature"` // of its transaction, base58
+	Slot      uint64 `json:"slot"`      // the slot it landed in
+	From      string `json:"from"`      // the payer, base58
+	To        string `json:"to"`        // the payee, base58
+	Lamports  uint64 `json:"lamports"`  // moved from From to To
+	Ref       string `json:"ref"`       // what it pays for (its memo is PaymentMemo(Ref))
+	Fee       uint64 `json:"fee"`       // lamports the transaction cost its payer, besides Lamports
+}
+
+// PaymentMemo is the memo a payment carries: "gpumesh:pay:<ref>" (ref like
+// <job>-<attempt>-<rank>-<interval>).
+func PaymentMemo(ref string) string {
+	return "gpumesh:pay:" + ref
+}
+
+// checkRef says what is wrong with a payment ref, if anything.
+func checkRef(ref string) error {
+	switch {
+	case ref == "":
+		return errors.New("payment: empty ref: give what the payment is for, e.g. <job>-<attempt>-<rank>-<interval>")
+	case len(ref) > maxRefLen:
+		return fmt.Errorf("payment: ref of %d bytes: at most %d", len(ref), maxRefLen)
+	case !utf8.ValidString(ref):
+		return fmt.Errorf("payment: ref %q is not UTF-8 (the memo program takes only UTF-8)", ref)
+	case strings.IndexFunc(ref, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
+		return fmt.Errorf("payment: ref %q holds spaces or control characters: use letters, digits and - . _ :", ref)
+	}
+	return nil
+}
+
+// parseAddress reads a base58 address, saying which one was wrong.
+func parseAddress(what, address string) (solana.PublicKey, error) {
+	pk, err := solana.PublicKeyFromBase58(address)
+	if err != nil {
+		return solana.PublicKey{}, fmt.Errorf("%s %q is not a Solana address (32 bytes in base58): %v", what, address, err)
+	}
+	return pk, nil
+}
+
+// Balance is an address's lamports.
+func Balance(ctx context.Context, rpcURL, address string) (uint64, error) {
+	pk, err := parseAddress("balance: address", address)
+	if err != nil {
+		return 0, err
+	}
+	if rpcURL == "" {
+		return 0, errors.New("balance: no Solana RPC URL (--solana-rpc)")
+	}
+	res, err := rpc.New(rpcURL).GetBalance(ctx, pk, rpc.CommitmentConfirmed)
+	if err != nil {
+		return 0, fmt.Errorf("balance of %s: asking %s: %w", address, rpcURL, err)
+	}
+	return res.Value, nil
+}
+
+// Pay moves lamports from key's address to `to` in one transaction holding
+// a System transfer and a memo instruction (memo = PaymentMemo(ref)), waits
+// until it is confirmed and returns it (its signature, base58, and slot).
+//
+// Before sending, Pay refuses (ErrUnderfunded) when the payer's balance
+// cannot cover lamports plus PaymentFee. A transaction the chain refuses or
+// that fails on chain returns an error with the chain's error.
+//
+// While waiting, Pay polls getSignatureStatuses every 200 ms and sends the
+// same transaction again every 2 s while the chain has not seen it. It builds
+// a new one (with a fresh blockhash) only once the old one's blockhash has
+// expired with the old one unseen, so two of its transactions can never both
+// land. The wait is bounded by ctx only.
+//
+// Pay does not look for an earlier payment with the same ref. When it fails
+// after sending, the Payment it returns holds the signature of the
+// transaction that may still land: check it with CheckPayment before paying
+// again.
+func Pay(ctx context.Context, rpcURL string, key ed25519.PrivateKey, to string, lamports uint64, ref string) (Payment, error) {
+	if len(key) != ed25519.PrivateKeySize {
+		return Payment{}, errors.New("payment: no key to pay with (want an ed25519 private key)")
+	}
+	if rpcURL == "" {
+		return Payment{}, errors.New("payment: no Solana RPC URL (--solana-rpc)")
+	}
+	payee, err := parseAddress("payment: payee", to)
+	if err != nil {
+		return Payment{}, err
+	}
+	if err := checkRef(ref); err != nil {
+		return Payment{}, err
+	}
+	payer := solana.PrivateKey(key)
+	from := payer.PublicKey()
+	p := Payment{From: from.String(), To: payee.String(), Lamports: lamports, Ref: ref, Fee: PaymentFee}
+	switch {
+	case lamports == 0:
+		return p, fmt.Errorf("payment %s: 0 lamports: pay at least 1", ref)
+	case from.Equals(payee):
+		return p, fmt.Errorf("payment %s: payer and payee are both %s: pay another address", ref, p.From)
+	case lamports > ^uint64(0)-PaymentFee:
+		return p, fmt.Errorf("payment %s: %d lamports is more than any account can hold", ref, lamports)
+	}
+	client := rpc.New(rpcURL)
+
+	bal, err := client.GetBalance(ctx, from, rpc.CommitmentConfirmed)
+	if err != nil {
+		return p, fmt.Errorf("payment %s: balance of the payer %s: asking %s: %w", ref, p.From, rpcURL, err)
+	}
+	if need := lamports + PaymentFee; bal.Value < need {
+		return p, fmt.Errorf("payment %s: %w: address %s holds %d lamports (%s SOL); paying %d plus the %d-lamport fee needs %d, %d more; fund it (transfer SOL to it, or airdrop on devnet/localnet) and pay again",
+			ref, ErrUnderfunded, p.From, bal.Value, sol(bal.Value), lamports, PaymentFee, need, need-bal.Value)
+	}
+
+	memo := solana.NewInstruction(solana.MemoProgramID, solana.AccountMetaSlice{solana.Meta(from).SIGNER()}, []byte(PaymentMemo(ref)))
+	transfer := solana.NewInstruction(solana.SystemProgramID,
+		solana.AccountMetaSlice{solana.Meta(from).WRITE().SIGNER(), solana.Meta(payee).WRITE()}, transferData(lamports))
+
+	for {
+		// Build and sign a transaction on a fresh blockhash.
+		p.Signature = ""
+		recent, err := client.GetLatestBlockhash(ctx, rpc.CommitmentConfirmed)
+		if err != nil {
+			return p, fmt.Errorf("payment %s: latest blockhash from %s: %w (nothing was paid)", ref, rpcURL, err)
+		}
+		tx, err := solana.NewTransaction([]solana.Instruction{transfer, memo}, recent.Value.Blockhash, solana.TransactionPayer(from))
+		if err != nil {
+			return p, fmt.Errorf("payment %s: building its transaction: %w", ref, err)
+		}
+		if _, err := tx.Sign(func(k solana.PublicKey) *solana.PrivateKey {
+			if k.Equals(from) {
+				return &payer
+			}
+			return nil
+		}); err != nil {
+			return p, fmt.Errorf("payment %s: signing its transaction: %w", ref, err)
+		}
+		sig := tx.Signatures[0]
+		p.Signature = sig.String()
+		lastValid := recent.Value.LastValidBlockHeight
+
+		expired, err := sendAndConfirm(ctx, client, tx, lastValid, &p)
+		if err != nil || !expired {
+			return p, err
+		}
+		// Expired unseen: it can never land, so another may be sent.
+	}
+}
+
+// sendAndConfirm sends tx and waits until it is confirmed (p gets its slot),
+// fails, or can no longer land: expired is true when its blockhash expired
+// with it unseen, or when the RPC node refused it at once for an unknown
+// blockhash (a refused transaction is not forwarded).
+func sendAndConfirm(ctx context.Context, client *rpc.Client, tx *solana.Transaction, lastValid uint64, p *Payment) (expired bool, err error) {
+	sig := tx.Signatures[0]
+	var lastErr error // the last RPC problem while waiting
+	// send sends tx; first says whether it was never sent before, so that a
+	// refusal means it cannot land.
+	send := func(first bool) (retry bool, refused error) {
+		_, err := client.SendTransactionWithOpts(ctx, tx, rpc.TransactionOpts{PreflightCommitment: rpc.CommitmentConfirmed})
+		if err == nil {
+			return false, nil
+		}
+		msg, chainErr, preflight := preflightError(err)
+		switch {
+		case !preflight:
+			// Unknown whether it got there: keep looking for it, send again.
+			lastErr = fmt.Errorf("sending it: %w", err)
+			return false, nil
+		case chainErr == "AlreadyProcessed" || strings.Contains(msg, "already been processed"):
+			return false, nil
+		case !first:
+			// An earlier send may have got through: only the chain can tell.
+			lastErr = fmt.Errorf("sending it again: %s%s", msg, errSuffix(chainErr))
+			return false, nil
+		case chainErr == "BlockhashNotFound":
+			// The RPC node does not know the blockhash it just gave (a node
+			// behind a load balancer lagging): build again.
+			lastErr = fmt.Errorf("sending it: %s", msg)
+			return true, nil
+		}
+		return false, fmt.Errorf("payment %s: the chain refused it, nothing was paid: %s%s%s", p.Ref, msg, errSuffix(chainErr), hint(chainErr, p))
+	}
+	retry, err := send(true)
+	if err != nil || retry {
+		p.Signature = "" // refused before it was forwarded: it cannot land
+		if err == nil {
+			err = sleepCtx(ctx, payPollEvery)
+		}
+		if err != nil {
+			return false, err
+		}
+		return true, nil
+	}
+	sentAt := time.Now()
+	timer := time.NewTimer(payPollEvery)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			why := ""
+			if lastErr != nil {
+				why = fmt.Sprintf(" (last problem: %v)", lastErr)
+			}
+			return false, fmt.Errorf("payment %s: transaction %s sent but not confirmed: %w%s; it may still land: check it with CheckPayment before paying again", p.Ref, p.Signature, ctx.Err(), why)
+		case <-timer.C:
+		}
+		timer.Reset(payPollEvery)
+
+		// The height first: if it is past lastValid and the status asked
+		// after it is still unknown, the transaction can never land.
+		height, herr := client.GetBlockHeight(ctx, rpc.CommitmentConfirmed)
+		st, err := client.GetSignatureStatuses(ctx, true, sig)
+		if err != nil && !errors.Is(err, rpc.ErrNotFound) {
+			lastErr = fmt.Errorf("its status: %w", err)
+			continue
+		}
+		var s *rpc.SignatureStatusesResult
+		if st != nil && len(st.Value) > 0 {
+			s = st.Value[0]
+		}
+		switch {
+		case s == nil:
+			if herr != nil {
+				lastErr = fmt.Errorf("block height: %w", herr)
+			} else if height > lastValid {
+				return true, nil
+			}
+			if time.Since(sentAt) >= payResendEvery {
+				_, _ = send(false)
+				sentAt = time.Now()
+			}
+		case s.ConfirmationStatus != rpc.ConfirmationStatusConfirmed && s.ConfirmationStatus != rpc.ConfirmationStatusFinalized:
+			// Processed: wait for confirmation, success or failure (a
+			// processed block may yet be dropped).
+		case s.Err != nil:
+			p.Slot = s.Slot
+			return false, fmt.Errorf("payment %s: transaction %s failed on chain in slot %d: %s; its fee was charged, the %d lamports were not paid",
+				p.Ref, p.Signature, s.Slot, errJSON(s.Err), p.Lamports)
+		default:
+			p.Slot = s.Slot
+			return false, nil
+		}
+	}
+}
+
+// sleepCtx waits d, or less if ctx ends (its error).
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// preflightError reads an RPC node's refusal of a transaction: its message
+// and the transaction error in its data (a string like "BlockhashNotFound"
+// or an object). ok is false for any other error (the network, HTTP).
+func preflightError(err error) (msg string, chainErr any, ok bool) {
+	var re *jsonrpc.RPCError
+	if !errors.As(err, &re) {
+		return "", nil, false
+	}
+	if data, isMap := re.Data.(map[string]any); isMap {
+		chainErr = data["err"]
+	}
+	return re.Message, chainErr, true
+}
+
+// errSuffix shows a transaction error after a message, when there is one.
+func errSuffix(chainErr any) string {
+	if chainErr == nil {
+		return ""
+	}
+	return " (" + errJSON(chainErr) + ")"
+}
+
+// errJSON shows a transaction error as the chain gave it.
+func errJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	return string(b)
+}
+
+// hint says what to do about a payment the chain refused, where it is clear.
+func hint(chainErr any, p *Payment) string {
+	m, _ := chainErr.(map[string]any)
+	rent, ok := m["InsufficientFundsForRent"].(map[string]any)
+	if !ok {
+		return ""
+	}
+	// A payment's accounts: 0 the payer, 1 the payee, then the programs.
+	switch fmt.Sprint(rent["account_index"]) {
+	case "0":
+		return fmt.Sprintf("; the payer %s would be left with less than the rent-exempt minimum (890,880 lamports for a plain account): leave it at least that much", p.From)
+	case "1":
+		return fmt.Sprintf("; the payee %s would hold less than the rent-exempt minimum (890,880 lamports for a plain account): a first payment to an empty address must be at least that much, or fund the address first", p.To)
+	}
+	return ""
+}
+
+// transferData is a System program Transfer: u32 LE 2, then u64 LE lamports.
+func transferData(lamports uint64) []byte {
+	data := make([]byte, 12)
+	binary.LittleEndian.PutUint32(data[0:4], 2)
+	binary.LittleEndian.PutUint64(data[4:12], lamports)
+	return data
+}
+
+// sol shows lamports as SOL.
+func sol(lamports uint64) string {
+	return fmt.Sprintf("%d.%09d", lamports/1_000_000_000, lamports%1_000_000_000)
+}
+
+// CheckPayment confirms, with one getTransaction call (commitment
+// confirmed), that signature is a successful transaction that moves at least
+// lamports from `from` to `to` by System transfer(s) among its top-level
+// instructions (summed) and carries the memo PaymentMemo(ref). It returns the
+// payment as found (Lamports: the sum moved; Fee: what the transaction cost).
+//
+// A payment that does not hold gives an error wrapping ErrBadPayment that
+// says which check failed; an RPC that cannot be asked gives another error.
+func CheckPayment(ctx context.Context, rpcURL, signature, from, to string, lamports uint64, ref string) (Payment, error) {
+	sig, err := solana.SignatureFromBase58(signature)
+	if err != nil {
+		return Payment{}, fmt.Errorf("%w: %q is not a transaction signature (64 bytes in base58): %v", ErrBadPayment, signature, err)
+	}
+	payer, err := parseAddress("payer", from)
+	if err != nil {
+		return Payment{}, err
+	}
+	payee, err := parseAddress("payee", to)
+	if err != nil {
+		return Payment{}, err
+	}
+	if rpcURL == "" {
+		return Payment{}, errors.New("payment check: no Solana RPC URL (--solana-rpc)")
+	}
+	p := Payment{Signature: signature, From: from, To: to, Ref: ref}
+	zero := uint64(0)
+	res, err := rpc.New(rpcURL).GetTransaction(ctx, sig, &rpc.GetTransactionOpts{
+		Encoding: solana.EncodingBase64, Commitment: rpc.CommitmentConfirmed, MaxSupportedTransactionVersion: &zero,
+	})
+	if errors.Is(err, rpc.ErrNotFound) || (err == nil && (res == nil || res.Transaction == nil)) {
+		return p, fmt.Errorf("%w: transaction %s is not found on the chain behind %s (not confirmed yet, or a different cluster?)", ErrBadPayment, signature, rpcURL)
+	}
+	if err != nil {
+		return p, fmt.Errorf("payment check: asking %s for transaction %s: %w", rpcURL, signature, err)
+	}
+	p.Slot = res.Slot
+	if res.Meta != nil {
+		p.Fee = res.Meta.Fee
+		if res.Meta.Err != nil {
+			return p, fmt.Errorf("%w: transaction %s failed on chain: %s; it paid nothing", ErrBadPayment, signature, errJSON(res.Meta.Err))
+		}
+	}
+	tx, err := res.Transaction.GetTransaction()
+	if err != nil {
+		return p, fmt.Errorf("%w: transaction %s cannot be read: %v", ErrBadPayment, signature, err)
+	}
+	// The accounts its instructions name: the message's own, then any loaded
+	// from address lookup tables (a v0 transaction).
+	keys := append(solana.PublicKeySlice(nil), tx.Message.AccountKeys...)
+	if res.Meta != nil {
+		keys = append(keys, res.Meta.LoadedAddresses.Writable...)
+		keys = append(keys, res.Meta.LoadedAddresses.ReadOnly...)
+	}
+	key := func(i uint16) (solana.PublicKey, bool) {
+		if int(i) >= len(keys) {
+			return solana.PublicKey{}, false
+		}
+		return keys[i], true
+	}
+	memo := PaymentMemo(ref)
+	var sum uint64
+	var others []string // transfers between other accounts
+	memos := 0
+	hasMemo := false
+	for _, ix := range tx.Message.Instructions {
+		prog, ok := key(ix.ProgramIDIndex)
+		if !ok {
+			continue
+		}
+		switch {
+		case prog.Equals(solana.MemoProgramID):
+			memos++
+			if string(ix.Data) == memo {
+				hasMemo = true
+			}
+		case prog.Equals(solana.SystemProgramID):
+			n, ok := parseTransfer(ix.Data)
+			if !ok || len(ix.Accounts) < 2 {
+				continue
+			}
+			src, ok1 := key(ix.Accounts[0])
+			dst, ok2 := key(ix.Accounts[1])
+			if !ok1 || !ok2 {
+				continue
+			}
+			if src.Equals(payer) && dst.Equals(payee) {
+				if sum+n < sum {
+					return p, fmt.Errorf("%w: transaction %s: its transfers overflow", ErrBadPayment, signature)
+				}
+				sum += n
+			} else {
+				others = append(others, fmt.Sprintf("%d lamports from %s to %s", n, src, dst))
+			}
+		}
+	}
+	p.Lamports = sum
+	switch {
+	case sum == 0 && len(others) == 0:
+		return p, fmt.Errorf("%w: transaction %s holds no System transfer: it is not a payment (wrong signature?)", ErrBadPayment, signature)
+	case sum == 0:
+		return p, fmt.Errorf("%w: wrong payer or payee: transaction %s moves nothing from %s to %s (it moves %s)", ErrBadPayment, signature, from, to, strings.Join(others, "; "))
+	case sum < lamports:
+		return p, fmt.Errorf("%w: too little: transaction %s moves %d of %d lamports from %s to %s", ErrBadPayment, signature, sum, lamports, from, to)
+	case !hasMemo && memos == 0:
+		return p, fmt.Errorf("%w: no memo for ref %s: transaction %s carries no memo, want %q", ErrBadPayment, ref, signature, memo)
+	case !hasMemo:
+		return p, fmt.Errorf("%w: no memo for ref %s: transaction %s carries no memo %q (it pays for something else)", ErrBadPayment, ref, signature, memo)
+	}
+	return p, nil
+}
+
+// parseTransfer reads a System program Transfer's lamports: data is u32 LE 2
+// then u64 LE lamports (the runtime ignores bytes after them).
+func parseTransfer(data []byte) (uint64, bool) {
+	if len(data) < 12 || binary.LittleEndian.Uint32(data[0:4]) != 2 {
+		return 0, false
+	}
+	return binary.LittleEndian.Uint64(data[4:12]), true
+}
