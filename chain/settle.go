@@ -110,9 +110,12 @@ func Balance(ctx context.Context, rpcURL, address string) (uint64, error) {
 // same transaction again every 2 s while the chain has not seen it. It builds
 // a new one (with a fresh blockhash) only once the old one's blockhash has
 // expired with the old one unseen, so two of its transactions can never both
-// land. The wait is bounded by ctx only.
+// land. A failure counts once it is confirmed, as a success does. The wait
+// is bounded by ctx only.
 //
-// Pay does not look for an earlier payment with the same ref. When it fails
+// Pay does not look for an earlier payment with the same ref (two calls with
+// the same arguments on the same blockhash make the same transaction, which
+// lands once; otherwise they are two payments). When it fails
 // after sending, the Payment it returns holds the signature of the
 // transaction that may still land: check it with CheckPayment before paying
 // again.
