@@ -39,7 +39,7 @@ const (
 	maxReceiptText = 256
 	maxReceiptGPUs = 4096
 	MaxReceiptSize = 128 << 10 // bytes of an encoded signed receipt (a long job lists its payments)
-	maxPayments = 1000 // payment signatures in one receipt
+	maxPayments    = 1000      // payment signatures in one receipt
 	// maxReceiptMillis bounds a receipt's duration (a year; leases are at
 	// most 30 days), so GPUs × duration cannot overflow.
 	maxReceiptMillis = 366 * 24 * 3600 * 1000
