@@ -40,6 +40,8 @@ type Options struct {
 	// Dir is the folder holding server.mjs and its node_modules. "" means
 	// $GPUMESH_LOCALNET_DIR if set, else the folder of this source file.
 	Dir string
+	// Port to listen on (127.0.0.1); 0 means any free port.
+	Port int
 	// SlotTime is how often the slot advances; 0 means the server's default
 	// (400 ms, as on mainnet).
 	SlotTime time.Duration
@@ -84,7 +86,7 @@ func Start(ctx context.Context, opts Options) (*Localnet, error) {
 		return nil, fmt.Errorf("localnet: %s has no node_modules/litesvm: run `npm ci` in %s (or `make localnet`)", dir, dir)
 	}
 
-	args := []string{"server.mjs", "--host", "127.0.0.1", "--port", "0"}
+	args := []string{"server.mjs", "--host", "127.0.0.1", "--port", strconv.Itoa(opts.Port)}
 	if opts.SlotTime > 0 {
 		args = append(args, "--slot-ms", strconv.FormatInt(max(1, opts.SlotTime.Milliseconds()), 10))
 	}
@@ -165,22 +167,33 @@ func Start(ctx context.Context, opts Options) (*Localnet, error) {
 }
 
 // findDir picks the server's folder: the option, then the environment, then
-// the folder this file was compiled from.
+// the folder this file was compiled from, then chain/localnet beside the
+// running binary's folder (bin/gpumesh in a checkout) or below the working
+// directory.
 func findDir(dir string) (string, error) {
 	if dir == "" {
 		dir = os.Getenv("GPUMESH_LOCALNET_DIR")
 	}
-	if dir == "" {
-		_, file, _, ok := runtime.Caller(0)
-		if !ok {
-			return "", errors.New("localnet: cannot tell where server.mjs is: set Options.Dir or GPUMESH_LOCALNET_DIR")
+	if dir != "" {
+		if _, err := os.Stat(filepath.Join(dir, "server.mjs")); err != nil {
+			return "", fmt.Errorf("localnet: no server.mjs in %s: point --localnet-dir (or GPUMESH_LOCALNET_DIR) at the chain/localnet folder of a gpumesh checkout", dir)
 		}
-		dir = filepath.Dir(file)
+		return dir, nil
 	}
-	if _, err := os.Stat(filepath.Join(dir, "server.mjs")); err != nil {
-		return "", fmt.Errorf("localnet: no server.mjs in %s: set Options.Dir or GPUMESH_LOCALNET_DIR to the chain/localnet folder", dir)
+	var candidates []string
+	if _, file, _, ok := runtime.Caller(0); ok {
+		candidates = append(candidates, filepath.Dir(file))
 	}
-	return dir, nil
+	if exe, err := os.Executable(); err == nil {
+		candidates = append(candidates, filepath.Join(filepath.Dir(exe), "..", "chain", "localnet"))
+	}
+	candidates = append(candidates, filepath.Join("chain", "localnet"))
+	for _, c := range candidates {
+		if _, err := os.Stat(filepath.Join(c, "server.mjs")); err == nil {
+			return filepath.Abs(c)
+		}
+	}
+	return "", fmt.Errorf("localnet: no server.mjs found (looked in %s): point --localnet-dir (or GPUMESH_LOCALNET_DIR) at the chain/localnet folder of a gpumesh checkout", strings.Join(candidates, ", "))
 }
 
 func (l *Localnet) crashed(what string) error {
