@@ -8,7 +8,7 @@ FUZZTIME ?= 15s
 # go-nvml's cgo header marks old NVML calls deprecated; we call none of them.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: all build run test race lint bench fuzz clean localnet
+.PHONY: all build run demo test race lint bench fuzz clean localnet
 
 all: build
 
@@ -17,6 +17,12 @@ build: ## the gpumesh binary in bin/
 
 run: build ## one peer with its data dir in $(DATA) (more flags: ARGS=...); Ctrl-C stops it
 	$(BIN) --data $(DATA) node $(ARGS)
+
+demo: build chain/localnet/node_modules ## a whole swarm on this machine and a job through it, end to end; then it keeps running until Ctrl-C (ARGS=--exit to stop after)
+	$(BIN) demo $(ARGS)
+
+chain/localnet/node_modules: chain/localnet/package-lock.json
+	npm ci --prefix chain/localnet --no-audit --no-fund
 
 test: ## what CI runs: every test, with the race detector
 	$(GO) test -race -count=1 -timeout 15m ./...

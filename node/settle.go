@@ -95,9 +95,9 @@ type biller struct {
 
 	mu          sync.Mutex
 	started     bool
-	billedUntil time.Time // running time up to here is billed
-	pausedAt    time.Time // zero: running
-	paused      time.Duration
+	billedUntil int64 // unix ms: running time up to here is billed (the receipt's millisecond clock)
+	pausedAt    int64 // unix ms; 0: running
+	paused      int64 // ms
 	next        int
 	unpaid      map[int]billFrame
 	due         map[int]time.Time
@@ -118,7 +118,7 @@ func (n *Node) newBiller(task, job, consumer string, price uint64, gpus uint32, 
 // run bills every interval and enforces payment until ctx ends.
 func (b *biller) run(ctx context.Context, start time.Time) {
 	b.mu.Lock()
-	b.started, b.billedUntil = true, start
+	b.started, b.billedUntil = true, start.UnixMilli()
 	b.mu.Unlock()
 	tick := time.NewTicker(min(b.grace, b.interval) / 2)
 	defer tick.Stop()
@@ -140,11 +140,11 @@ func (b *biller) run(ctx context.Context, start time.Time) {
 // bill sends the bill of the running time not yet billed.
 func (b *biller) bill(now time.Time) {
 	b.mu.Lock()
-	until := now
-	if !b.pausedAt.IsZero() {
+	until := now.UnixMilli()
+	if b.pausedAt != 0 {
 		until = b.pausedAt
 	}
-	ms := uint64(max(until.Sub(b.billedUntil).Milliseconds(), 0))
+	ms := uint64(max(until-b.billedUntil, 0))
 	if ms == 0 {
 		b.mu.Unlock()
 		return
@@ -152,7 +152,7 @@ func (b *biller) bill(now time.Time) {
 	k := b.next
 	bf := billFrame{Interval: k, Lamports: exec.Amount(b.price, uint64(b.gpus)*ms), Ref: fmt.Sprintf("%s-%d", b.job, k), Millis: ms}
 	b.next++
-	b.billedUntil = b.billedUntil.Add(time.Duration(ms) * time.Millisecond)
+	b.billedUntil += int64(ms)
 	if bf.Lamports > 0 {
 		b.unpaid[k] = bf
 		b.due[k] = now.Add(b.grace)
@@ -178,7 +178,7 @@ func (b *biller) enforce(ctx context.Context, now time.Time) {
 	b.mu.Unlock()
 	u := b.n.PriceUnit()
 	switch {
-	case overdue && pausedAt.IsZero():
+	case overdue && pausedAt == 0:
 		if b.pauser == nil {
 			b.stop(fmt.Sprintf("interval %d (%s SOL) not paid within %s", oldest, u.Format(bf.Lamports), b.grace))
 			return
@@ -188,11 +188,11 @@ func (b *biller) enforce(ctx context.Context, now time.Time) {
 			return
 		}
 		b.mu.Lock()
-		b.pausedAt = now
+		b.pausedAt = now.UnixMilli()
 		b.mu.Unlock()
 		b.note(fmt.Sprintf("paused: interval %d (%s SOL) not paid within %s; the work stops at %s unless it is paid",
 			oldest, u.Format(bf.Lamports), b.grace, now.Add(b.interval).UTC().Format(time.TimeOnly)))
-	case overdue && now.Sub(pausedAt) > b.interval:
+	case overdue && now.Sub(time.UnixMilli(pausedAt)) > b.interval:
 		b.stop(fmt.Sprintf("interval %d (%s SOL) still not paid %s after the work was paused", oldest, u.Format(bf.Lamports), b.interval))
 	}
 }
@@ -222,12 +222,12 @@ func (b *biller) paidFor(ctx context.Context, p paidFrame) {
 	delete(b.due, p.Interval)
 	b.paid += pay.Lamports
 	b.payments = append(b.payments, p.Signature)
-	resume := !b.pausedAt.IsZero() && len(b.unpaid) == 0
+	resume := b.pausedAt != 0 && len(b.unpaid) == 0
 	if resume {
-		d := time.Since(b.pausedAt)
+		d := max(time.Now().UnixMilli()-b.pausedAt, 0)
 		b.paused += d
-		b.billedUntil = b.billedUntil.Add(d) // paused time is not billed
-		b.pausedAt = time.Time{}
+		b.billedUntil += d // paused time is not billed
+		b.pausedAt = 0
 	}
 	close(b.settled)
 	b.settled = make(chan struct{})
@@ -247,11 +247,11 @@ func (b *biller) paidFor(ctx context.Context, p paidFrame) {
 func (b *biller) finish(ctx context.Context, end time.Time, gone <-chan struct{}, wait bool) (uint64, []string, time.Duration) {
 	b.mu.Lock()
 	started := b.started
-	if !b.pausedAt.IsZero() { // paused to the end: that time is not billed
-		d := max(end.Sub(b.pausedAt), 0)
+	if b.pausedAt != 0 { // paused to the end: that time is not billed
+		d := max(end.UnixMilli()-b.pausedAt, 0)
 		b.paused += d
-		b.billedUntil = b.billedUntil.Add(d)
-		b.pausedAt = time.Time{}
+		b.billedUntil += d
+		b.pausedAt = 0
 	}
 	b.mu.Unlock()
 	if started {
@@ -281,7 +281,7 @@ func (b *biller) finish(ctx context.Context, end time.Time, gone <-chan struct{}
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.paid, append([]string(nil), b.payments...), b.paused
+	return b.paid, append([]string(nil), b.payments...), time.Duration(b.paused) * time.Millisecond
 }
 
 // payer is the submitter's settlement of one run: it pays each member's

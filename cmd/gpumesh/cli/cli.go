@@ -97,7 +97,7 @@ Run a peer with 'gpumesh node'; the other commands talk to it.`,
 	root.AddCommand(
 		nodeCmd(g), keyCmd(g), swarmCmd(g),
 		idCmd(g), peersCmd(g), statusCmd(g),
-		gpusCmd(g), jobCmd(g), pricesCmd(g), proofCmd(g), localnetCmd(g),
+		gpusCmd(g), jobCmd(g), pricesCmd(g), proofCmd(g), localnetCmd(g), demoCmd(g),
 	)
 	for _, c := range root.Commands() {
 		c.Args = wrapArgs(c.Args)

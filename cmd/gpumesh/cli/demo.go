@@ -1,0 +1,414 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gpumesh/gpumesh/chain"
+	"github.com/gpumesh/gpumesh/chain/localnet"
+	"github.com/gpumesh/gpumesh/dht"
+	gmexec "github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/node"
+	"github.com/spf13/cobra"
+)
+
+// The demo: a whole swarm on this machine, a job through it end to end,
+// then the swarm left running to explore until Ctrl-C.
+
+// demoPeer is one `gpumesh node` process of the demo.
+type demoPeer struct {
+	name string
+	data string
+	cmd  *exec.Cmd
+	done chan struct{}
+	cl   *node.Client
+	id   node.IDInfo
+}
+
+// Deadlines of the demo's steps; a healthy run needs a fraction of each.
+const (
+	demoPeerStart = 30 * time.Second
+	demoMesh      = 60 * time.Second
+	demoJob       = 3 * time.Minute
+	demoAnchor    = 90 * time.Second
+	demoStop      = 15 * time.Second
+)
+
+func demoCmd(g *globals) *cobra.Command {
+	var (
+		explorer string
+		exit     bool
+		keep     bool
+		dir      string
+	)
+	c := &cobra.Command{
+		Use:   "demo",
+		Short: "Run a whole swarm on this machine and a job through it, end to end, then leave it running",
+		Long: `Start a local Solana (LiteSVM), three providers with mock GPUs of two classes at
+different prices and a peer without GPUs, each its own gpumesh process on
+127.0.0.1; wait for them to mesh; submit a two-member torchrun-style job from
+the peer without GPUs; stream its logs; show the cluster and its price, the
+co-signed receipts, the payments, the anchoring transaction and a proof
+verified as anyone would. Then the swarm keeps running for you to explore
+(the explorer page, the CLI with --data) until Ctrl-C, which stops every
+process the demo started and removes its files.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			d := &demo{g: g, out: g.stdout, explorer: explorer, lnDir: dir}
+			defer d.cleanup(keep)
+			if err := d.run(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil // interrupted
+				}
+				return err
+			}
+			if exit {
+				return nil
+			}
+			fmt.Fprintf(d.out, "\nThe swarm keeps running. Try:\n")
+			if explorer != "" {
+				fmt.Fprintf(d.out, "  open http://%s                      # the explorer\n", explorer)
+			}
+			fmt.Fprintf(d.out, "  gpumesh --data %s gpus find --model H100\n", d.peers[3].data)
+			fmt.Fprintf(d.out, "  gpumesh --data %s prices\n", d.peers[3].data)
+			fmt.Fprintf(d.out, "  gpumesh --data %s job submit YOUR-JOB.yaml -f   (price unit SOL; see the README)\n", d.peers[3].data)
+			fmt.Fprintf(d.out, "Ctrl-C stops every process the demo started.\n")
+			<-ctx.Done()
+			fmt.Fprintln(d.out, "\nstopping the swarm...")
+			return nil
+		},
+	}
+	c.Flags().StringVar(&explorer, "explorer", "127.0.0.1:8080", "where the submitter serves the explorer page (\"\": none)")
+	c.Flags().BoolVar(&exit, "exit", false, "stop once the walk-through is done instead of leaving the swarm running")
+	c.Flags().BoolVar(&keep, "keep", false, "keep the peers' data dirs (their logs are in peer.log) when the demo ends")
+	c.Flags().StringVar(&dir, "localnet-dir", os.Getenv("GPUMESH_LOCALNET_DIR"), "the chain/localnet folder (default: found beside the binary)")
+	return c
+}
+
+type demo struct {
+	g        *globals
+	out      io.Writer
+	explorer string
+	lnDir    string
+	base     string
+	ln       *localnet.Localnet
+	peers    []*demoPeer // the four peers, once they answer
+	procs    []*demoPeer // every process started
+	step     int
+}
+
+const demoSteps = 8
+
+func (d *demo) say(format string, a ...any) {
+	d.step++
+	fmt.Fprintf(d.out, "\n[%d/%d] %s\n", d.step, demoSteps, fmt.Sprintf(format, a...))
+}
+
+func (d *demo) run(ctx context.Context) error {
+	var err error
+	if d.base, err = os.MkdirTemp("", "gpumesh-demo-"); err != nil {
+		return err
+	}
+	fmt.Fprintf(d.out, "gpumesh demo: everything lives in %s and goes when the demo ends\n", d.base)
+
+	d.say("starting a local Solana (LiteSVM: the real System, SPL Token and Memo programs)")
+	sctx, cancel := context.WithTimeout(ctx, demoPeerStart)
+	d.ln, err = localnet.Start(sctx, localnet.Options{Dir: d.lnDir})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("the demo needs the local Solana: %w", err)
+	}
+	fmt.Fprintf(d.out, "      RPC at %s\n", d.ln.URL())
+
+	d.say("starting three providers and a peer without GPUs, each its own process")
+	common := []string{"--listen", "/ip4/127.0.0.1/tcp/0", "--mdns=false", "--nat=false", "--dht-mode", "server",
+		"--price-unit", "SOL:9", "--solana-rpc", d.ln.URL(), "--executors", "process",
+		"--anchor-age", "2s", "--settle-interval", "3s"}
+	specs := []struct{ name, gpus, price, region string }{
+		{"provider-ams", "mock:dgxh100", "fixed:0.90", "eu-west/ams1"},
+		{"provider-nyc", "mock:dgxh100", "fixed:1.10", "us-east/nyc2"},
+		{"provider-a100", "mock:dgxa100", "fixed:0.45", "eu-west/ams1"},
+		{"submitter", "none", "", ""},
+	}
+	for i, s := range specs {
+		args := append([]string{}, common...)
+		args = append(args, "--gpus", s.gpus)
+		if s.price != "" {
+			args = append(args, "--price", s.price, "--region", s.region)
+		}
+		if i > 0 {
+			args = append(args, "--bootstrap", d.peers[0].id.Addrs[0])
+		}
+		if s.name == "submitter" && d.explorer != "" {
+			args = append(args, "--explorer", d.explorer)
+		}
+		p, err := d.startPeer(ctx, s.name, args)
+		if err != nil {
+			return err
+		}
+		d.peers = append(d.peers, p)
+		what := "no GPUs"
+		if s.price != "" {
+			what = fmt.Sprintf("8x %s at %s SOL/GPU-h in %s", strings.TrimPrefix(s.gpus, "mock:"), strings.TrimPrefix(s.price, "fixed:"), s.region)
+		}
+		fmt.Fprintf(d.out, "      %-14s %s  (%s)\n", s.name, p.id.PeerID, what)
+	}
+	fctx, cancel := context.WithTimeout(ctx, demoPeerStart)
+	defer cancel()
+	for _, p := range d.peers {
+		if err := d.ln.Airdrop(fctx, p.id.SolanaAddress, 10_000_000_000); err != nil {
+			return fmt.Errorf("funding %s: %w", p.name, err)
+		}
+	}
+	fmt.Fprintf(d.out, "      each peer's Solana address (its libp2p key) funded with 10 SOL\n")
+
+	d.say("waiting for the swarm to mesh and every provider's GPUs to show in the directory")
+	sub := d.peers[3]
+	var found dht.FindResult
+	if err := d.until(ctx, demoMesh, "the directory to list all three providers", func(ctx context.Context) (bool, error) {
+		err := sub.cl.Get(ctx, "gpus/find", &found)
+		return err == nil && found.Providers == 3, err
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(d.out, "      found %d GPUs from %d providers in %s\n", found.GPUs, found.Providers, found.Elapsed.Round(time.Millisecond))
+
+	d.say("submitting a job from the peer without GPUs: 16 H100s, two members, torchrun")
+	spec := node.JobSpec{
+		Name:      "demo-train",
+		Command:   []string{"sh", "-c", `echo "rank $NODE_RANK of $NNODES: $NPROC_PER_NODE GPUs ($CUDA_VISIBLE_DEVICES), master $MASTER_ADDR:$MASTER_PORT"; for i in 1 2 3 4; do echo "rank $NODE_RANK step $i"; sleep 1; done; echo "weights of rank $NODE_RANK" > "$GPUMESH_OUTPUTS/model.txt"`},
+		Resources: node.JobResources{GPUs: 16, PerNode: 8, GPU: node.JobGPU{Model: "H100"}},
+		Launcher:  "torchrun",
+		MaxPrice:  "1.50",
+		Timeout:   "10m",
+	}
+	var job node.Job
+	if err := sub.cl.Post(ctx, "jobs", spec, &job); err != nil {
+		return err
+	}
+	fmt.Fprintf(d.out, "      job %s; its logs:\n", job.ID)
+	if err := d.follow(ctx, sub.cl, job.ID); err != nil {
+		return err
+	}
+	if err := d.until(ctx, demoJob, "the job to end", func(ctx context.Context) (bool, error) {
+		err := sub.cl.Get(ctx, "jobs/"+job.ID, &job)
+		return err == nil && (job.State == node.JobDone || job.State == node.JobFailed || job.State == node.JobCancelled), err
+	}); err != nil {
+		return err
+	}
+
+	d.say("the cluster the negotiation formed, and how it ended")
+	printJob(d.g, job, 0)
+	if job.State != node.JobDone {
+		return fmt.Errorf("the demo job %s: %s", job.State, job.Reason)
+	}
+
+	d.say("the receipts: metered by each provider, paid as it ran, countersigned by the submitter")
+	var rs []gmexec.SignedReceipt
+	if err := sub.cl.Get(ctx, "receipts?job="+job.ID, &rs); err != nil {
+		return err
+	}
+	printReceipts(d.g, rs)
+	for _, r := range rs {
+		fmt.Fprintf(d.out, "      member %d: paid %.9f SOL in %d transfers as it ran\n", r.Receipt.Rank, float64(r.Receipt.Paid)/1e9, len(r.Receipt.Payments))
+	}
+
+	d.say("anchoring on Solana: each provider batches its receipts and puts the Merkle root in a memo")
+	var member *demoPeer
+	for _, p := range d.peers {
+		if p.id.PeerID == job.Members[0].Provider.String() {
+			member = p
+		}
+	}
+	if member == nil {
+		return errors.New("member 0's provider is not a peer of the demo")
+	}
+	var st node.AnchorStatus
+	if err := d.until(ctx, demoAnchor, "member 0's receipt anchored", func(ctx context.Context) (bool, error) {
+		err := member.cl.Get(ctx, "proofs?job="+job.ID, &st)
+		return err == nil && len(st.Proofs) == 1 && st.Proofs[0].Status == "anchored", err
+	}); err != nil {
+		return err
+	}
+	var proof chain.Proof
+	if err := member.cl.Get(ctx, "proofs/"+st.Proofs[0].Key, &proof); err != nil {
+		return err
+	}
+	fmt.Fprintf(d.out, "      memo %q\n      in transaction %s, slot %d\n", proof.Memo, proof.Signature, proof.Slot)
+
+	d.say("verifying the proof as anyone would: no mesh, no data dir, one RPC call")
+	data, err := json.MarshalIndent(proof, "", "  ")
+	if err != nil {
+		return err
+	}
+	file := filepath.Join(d.base, st.Proofs[0].Key+".proof.json")
+	if err := os.WriteFile(file, append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	vctx, vcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer vcancel()
+	p, rec, a, err := node.VerifyProof(vctx, d.ln.URL(), data)
+	if err != nil {
+		return fmt.Errorf("the demo's proof did not verify: %w", err)
+	}
+	fmt.Fprintf(d.out, "      $ gpumesh proof verify %s --solana-rpc %s\n", file, d.ln.URL())
+	fmt.Fprintf(d.out, "      OK: receipt of job %s member %d signed by provider %s and consumer %s;\n", rec.Receipt.Job, rec.Receipt.Rank, rec.Receipt.Provider, rec.Receipt.Consumer)
+	fmt.Fprintf(d.out, "          leaf %d of %d under root %s, on chain in slot %d (fee %d lamports)\n", p.Index, p.Count, p.Root, a.Slot, a.Fee)
+	return nil
+}
+
+// startPeer runs one `gpumesh node` and waits until its API answers.
+func (d *demo) startPeer(ctx context.Context, name string, args []string) (*demoPeer, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	data := filepath.Join(d.base, name)
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(filepath.Join(data, "peer.log"))
+	if err != nil {
+		return nil, err
+	}
+	p := &demoPeer{name: name, data: data, done: make(chan struct{})}
+	p.cmd = exec.Command(exe, append([]string{"--data", data, "--log-level", "info", "node"}, args...)...)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C in the terminal reaches the demo, which stops them in order
+	if err := p.cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	go func() { _ = p.cmd.Wait(); logf.Close(); close(p.done) }()
+	d.started(p)
+	err = d.until(ctx, demoPeerStart, name+" to answer", func(ctx context.Context) (bool, error) {
+		select {
+		case <-p.done:
+			return false, fmt.Errorf("%s exited; its log is %s", name, filepath.Join(data, "peer.log"))
+		default:
+		}
+		if p.cl == nil {
+			cl, err := node.NewClient(data)
+			if err != nil {
+				return false, nil
+			}
+			p.cl = cl
+		}
+		return p.cl.Get(ctx, "id", &p.id) == nil, nil
+	})
+	return p, err
+}
+
+// started remembers every process, for cleanup, even before it answers.
+func (d *demo) started(p *demoPeer) { d.procs = append(d.procs, p) }
+
+// until polls cond every 100 ms until it holds, fails, or timeout passes.
+func (d *demo) until(ctx context.Context, timeout time.Duration, what string, cond func(context.Context) (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+		ok, err := cond(cctx)
+		ccancel()
+		if ok {
+			return nil
+		}
+		if err != nil {
+			last = err
+			if strings.Contains(err.Error(), "exited; its log is") {
+				return err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if last != nil {
+				return fmt.Errorf("waited %s for %s: %w", timeout, what, last)
+			}
+			return fmt.Errorf("waited %s for %s", timeout, what)
+		case <-tick.C:
+		}
+	}
+}
+
+// follow streams a job's logs, indented, until it ends.
+func (d *demo) follow(ctx context.Context, cl *node.Client, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, demoJob)
+	defer cancel()
+	body, err := cl.Stream(ctx, "jobs/"+id+"/logs?follow=1")
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	_, err = io.Copy(&indent{w: d.out, prefix: "        ", start: true}, body)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("the job ran longer than %s", demoJob)
+	}
+	return nil
+}
+
+// cleanup stops every process the demo started, the localnet, and removes
+// its files unless keep.
+func (d *demo) cleanup(keep bool) {
+	for i := len(d.procs) - 1; i >= 0; i-- {
+		_ = d.procs[i].cmd.Process.Signal(os.Interrupt)
+	}
+	for _, p := range d.procs {
+		select {
+		case <-p.done:
+		case <-time.After(demoStop):
+			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			<-p.done
+		}
+	}
+	d.procs = nil
+	if d.ln != nil {
+		_ = d.ln.Close()
+	}
+	if d.base != "" {
+		if keep {
+			fmt.Fprintf(d.out, "the peers' data dirs are kept in %s\n", d.base)
+		} else {
+			_ = os.RemoveAll(d.base)
+		}
+	}
+}
+
+// indent prefixes every line written through it.
+type indent struct {
+	w      io.Writer
+	prefix string
+	start  bool
+}
+
+func (i *indent) Write(p []byte) (int, error) {
+	var b strings.Builder
+	for _, c := range string(p) {
+		if i.start {
+			b.WriteString(i.prefix)
+			i.start = false
+		}
+		b.WriteRune(c)
+		if c == '\n' {
+			i.start = true
+		}
+	}
+	if _, err := io.WriteString(i.w, b.String()); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
