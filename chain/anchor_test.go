@@ -12,7 +12,6 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -22,22 +21,13 @@ import (
 
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/chain/localnet"
+	"github.com/gpumesh/gpumesh/internal/testlocalnet"
 )
 
 // startLocalnet runs the LiteSVM-backed Solana RPC for a test.
 func startLocalnet(t testing.TB) *localnet.Localnet {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	ln, err := localnet.Start(ctx, localnet.Options{})
-	if err != nil {
-		if os.Getenv("CI") == "" {
-			t.Skipf("no Solana localnet here (%v); CI runs these tests", err)
-		}
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	return ln
+	return testlocalnet.Start(t, localnet.Options{})
 }
 
 // fundedKey is a fresh key with 1 SOL on the localnet.

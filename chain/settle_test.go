@@ -14,7 +14,6 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/chain/localnet"
+	"github.com/gpumesh/gpumesh/internal/testlocalnet"
 )
 
 // addrOf is a key's base58 address.
@@ -68,17 +68,7 @@ func fundedKeys(t testing.TB, ln *localnet.Localnet, n int) []ed25519.PrivateKey
 // startLocalnetWith is startLocalnet with options (a faster slot clock).
 func startLocalnetWith(t testing.TB, opts localnet.Options) *localnet.Localnet {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	ln, err := localnet.Start(ctx, opts)
-	if err != nil {
-		if os.Getenv("CI") == "" {
-			t.Skipf("no Solana localnet here (%v); CI runs these tests", err)
-		}
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	return ln
+	return testlocalnet.Start(t, opts)
 }
 
 func balanceOf(t testing.TB, ln *localnet.Localnet, key ed25519.PrivateKey) uint64 {

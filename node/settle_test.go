@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/chain/localnet"
 	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/internal/testlocalnet"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 )
@@ -26,14 +26,7 @@ func solMesh(t *testing.T, fund uint64) (*meshtest.Mesh, *localnet.Localnet) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ln, err := localnet.Start(ctx, localnet.Options{})
-	if err != nil {
-		if os.Getenv("CI") == "" {
-			t.Skipf("no Solana localnet here (%v); CI runs this test", err)
-		}
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
+	ln := testlocalnet.Start(t, localnet.Options{})
 	m := meshtest.Start(t, 2, meshtest.Options{Seed: 77, Config: func(i int, c *node.Config) {
 		c.PriceUnit, c.SolanaRPC, c.AnchorAge = "SOL:9", ln.URL(), time.Hour
 		if i == 0 {

@@ -12,20 +12,14 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/chain/localnet"
+	"github.com/gpumesh/gpumesh/internal/testlocalnet"
 	"github.com/gpumesh/gpumesh/node"
 )
 
 func TestJobReceiptAnchoredAndItsProofVerifiedAnywhere(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ln, err := localnet.Start(ctx, localnet.Options{})
-	if err != nil {
-		if os.Getenv("CI") == "" {
-			t.Skipf("no Solana localnet here (%v); CI runs this test", err)
-		}
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := testlocalnet.Start(t, localnet.Options{})
 
 	common := []string{"--nat=false", "--dht-mode", "server"}
 	prov := startNode(t, "provider", dataDir(t), append(common, "--gpus", "mock:dgxh100", "--price", "fixed:2.10",
