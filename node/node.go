@@ -45,6 +45,7 @@ type Config struct {
 	NoNAT     bool      // turn off AutoNAT, hole punching and the relay client
 	APIListen string    // optional host:port for the local API over TCP (token guarded)
 	Metrics   string    // optional host:port serving Prometheus /metrics
+	Explorer  string    // optional host:port serving the read-only web explorer (keep it on loopback); "" off
 	Logger    *slog.Logger
 	Version   string // announced in identify; "" means Version
 
@@ -92,16 +93,17 @@ type Node struct {
 	listen    []ma.Multiaddr
 	bootstrap []peer.AddrInfo
 
-	dir     *DataDir
-	id      Identity
-	host    host.Host
-	dht     *dht.Directory
-	gossip  *gossip.Gossip
-	mdns    io.Closer
-	api     *apiServer
-	metrics *http.Server
-	reg     *prometheus.Registry
-	started time.Time
+	dir      *DataDir
+	id       Identity
+	host     host.Host
+	dht      *dht.Directory
+	gossip   *gossip.Gossip
+	mdns     io.Closer
+	api      *apiServer
+	explorer *explorer
+	metrics  *http.Server
+	reg      *prometheus.Registry
+	started  time.Time
 
 	bootMu sync.Mutex // guards boot
 	boot   []BootstrapState
@@ -159,6 +161,9 @@ func New(cfg Config) (*Node, error) {
 	if err := n.configurePrices(); err != nil {
 		return nil, err
 	}
+	if err := checkExplorerAddr(cfg.Explorer); err != nil {
+		return nil, err
+	}
 	if cfg.APIListen != "" && cfg.DataDir == "" {
 		return nil, errors.New("the local API needs a data dir (for its token); set --data")
 	}
@@ -198,7 +203,8 @@ func ParseBootstrap(addrs []string) ([]peer.AddrInfo, error) {
 }
 
 // Start brings the peer up: takes the data dir, loads the key, starts the
-// libp2p host, DHT, gossip, local API and metrics, and begins to bootstrap.
+// libp2p host, DHT, gossip, local API, metrics and explorer, and begins to
+// bootstrap.
 // On error everything started so far is stopped again.
 func (n *Node) Start(ctx context.Context) (err error) {
 	n.lifeMu.Lock()
@@ -284,6 +290,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	if n.cfg.Explorer != "" {
+		if n.explorer, err = startExplorer(ctx, n); err != nil {
+			return err
+		}
+	}
 	n.wg.Add(1)
 	go n.bootstrapLoop(ctx)
 	n.log.Info("node ready",
@@ -352,6 +363,9 @@ func (n *Node) Close() error {
 		var errs []error
 		if cancel != nil {
 			cancel()
+		}
+		if n.explorer != nil {
+			errs = append(errs, n.explorer.close())
 		}
 		if n.api != nil {
 			errs = append(errs, n.api.close())

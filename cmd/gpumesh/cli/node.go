@@ -26,6 +26,7 @@ func nodeCmd(g *globals) *cobra.Command {
 		mdns, nat         bool
 		dhtMode           string
 		api, metrics      string
+		explorer          string
 		gpus, region      string
 		price, priceUnit  string
 		executors         []string
@@ -67,6 +68,7 @@ public swarm.`,
 				NoNAT:          !nat,
 				APIListen:      api,
 				Metrics:        metrics,
+				Explorer:       explorer,
 				Logger:         log,
 				GPUs:           gpus,
 				Region:         region,
@@ -133,6 +135,9 @@ public swarm.`,
 			for _, a := range info.Addrs {
 				fmt.Fprintf(g.stdout, "  listening on %s\n", a)
 			}
+			if a := n.ExplorerAddr(); a != "" {
+				fmt.Fprintf(g.stdout, "  explorer on http://%s/\n", a)
+			}
 			fmt.Fprintln(g.stdout, "Stop it with Ctrl-C.")
 			return n.Run(ctx)
 		},
@@ -147,6 +152,7 @@ public swarm.`,
 	f.StringVar(&dhtMode, "dht-mode", "", "auto, server or client (default: server in a private swarm, auto in the public one)")
 	f.StringVar(&api, "api", "", "also serve the local API on this TCP host:port, guarded by the token in the data dir's api.token")
 	f.StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this host:port at /metrics")
+	f.StringVar(&explorer, "explorer", os.Getenv("GPUMESH_EXPLORER"), "serve the read-only web explorer (this peer, its peers, GPUs, prices, jobs, receipts; live) on this host:port, e.g. 127.0.0.1:8080; keep it on loopback or behind your own proxy (env GPUMESH_EXPLORER)")
 	f.StringVar(&gpus, "gpus", envOr("GPUMESH_GPUS", "auto"), "GPUs to offer: auto (NVML if there is a driver), nvml, none, or go-nvml's mock:dgxa100 / mock:dgxh100 (env GPUMESH_GPUS)")
 	f.StringSliceVar(&executors, "executors", envList("GPUMESH_EXECUTORS", []string{"docker"}), "how this provider runs jobs: docker (containers), process (bare commands: only for trusted private swarms), or docker,process (env GPUMESH_EXECUTORS)")
 	f.DurationVar(&heartbeat, "heartbeat", node.DefaultHeartbeat, "how often this peer's job members say they are alive; a member silent for 3 heartbeats is lost")
