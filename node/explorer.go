@@ -215,10 +215,11 @@ type ExplorerAnchoring struct {
 // explorer serves the page and keeps what it shows between requests: the
 // directory summary, the price history, the latest snapshot.
 type explorer struct {
-	n    *Node
-	srv  *http.Server
-	addr string
-	done chan struct{} // closed by close: event streams end
+	n        *Node
+	srv      *http.Server
+	addr     string
+	loopback bool          // bound to this machine only: requests must name it
+	done     chan struct{} // closed by close: event streams end
 
 	refreshMu sync.Mutex // one snapshot built at a time
 
@@ -272,6 +273,7 @@ func startExplorer(ctx context.Context, n *Node) (*explorer, error) {
 		txs: map[string]anchoredTx{}, checked: map[string]checkedReceipt{},
 		wantDir: make(chan struct{}, 1), poke: make(chan struct{}, 1),
 	}
+	e.loopback = ta.IP.IsLoopback()
 	e.srv = &http.Server{
 		Handler:           e.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -359,6 +361,13 @@ func (e *explorer) routes() http.Handler {
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("Cache-Control", "no-cache")
 		h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+		if e.loopback && !loopbackHost(r.Host) {
+			// Bound to this machine, the page answers only names of this
+			// machine: another site's name resolved to 127.0.0.1 (DNS
+			// rebinding) gets nothing.
+			http.Error(w, "the explorer answers only to localhost, 127.0.0.1 or [::1]", http.StatusMisdirectedRequest)
+			return
+		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			h.Set("Allow", "GET, HEAD")
 			http.Error(w, "the explorer is read-only: GET only", http.StatusMethodNotAllowed)
@@ -911,4 +920,17 @@ func (e *explorer) historyAfter(after uint64) ([]PricePoint, uint64) {
 		out = append(out, s...)
 	}
 	return out, e.sampleSeq
+}
+
+// loopbackHost reports whether a request's Host names this machine.
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.Trim(host, "[]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

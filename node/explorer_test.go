@@ -138,6 +138,20 @@ func TestExplorerStateAndPage(t *testing.T) {
 		}
 	}
 
+	// Bound to loopback, it answers no other site's name (DNS rebinding).
+	for host, want := range map[string]int{"evil.example:80": http.StatusMisdirectedRequest, "localhost": http.StatusOK, "[::1]:9": http.StatusOK} {
+		req, _ := http.NewRequest(http.MethodGet, base+"/explorer/state", nil)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("Host %s: %s, want %d", host, resp.Status, want)
+		}
+	}
+
 	// A second peer on the same address is refused with what to do.
 	other, err := node.New(node.Config{Listen: []string{"/ip4/127.0.0.1/tcp/0"}, NoMDNS: true, NoNAT: true, GPUs: "none", Explorer: viewer.ExplorerAddr()})
 	if err != nil {
