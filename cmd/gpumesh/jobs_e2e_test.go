@@ -191,3 +191,51 @@ func TestProviderKilledMidJob(t *testing.T) {
 	_ = provs[0].cmd.Process.Signal(syscall.SIGCONT)
 	<-provs[0].done
 }
+
+func TestCancelAndTimeoutStopContainers(t *testing.T) {
+	testdocker.EnsureImage(t)
+	provs, sub := jobSwarm(t, 1)
+	cli := testdocker.Client(t)
+	owned := func() int {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		list, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", gmexec.LabelOwner+"="+provs[0].id.PeerID))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(list)
+	}
+
+	// A timeout of 2 s stops a container that would sleep 300 s.
+	spec := writeJob(t, 8, 8, "exec sleep 300", "")
+	data, _ := os.ReadFile(spec)
+	if err := os.WriteFile(spec, []byte(strings.Replace(string(data), "timeout: 5m", "timeout: 2s", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	out, err := gm(sub.data, "job", "submit", spec, "--wait")
+	if err == nil || !strings.Contains(string(out), "timed out after 2s") {
+		t.Fatalf("a job past its timeout: %v\n%s", err, out)
+	}
+	t.Logf("timed out and stopped in %v", time.Since(start))
+
+	// Cancel stops the running container, and it is removed.
+	spec = writeJob(t, 8, 8, "echo up; exec sleep 300", "")
+	var j node.Job
+	if err := gmJSON(sub.data, &j, "job", "submit", spec); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, cliWait, "the container to run", func() (bool, string) {
+		if err := gmJSON(sub.data, &j, "job", "status", j.ID); err != nil {
+			return false, err.Error()
+		}
+		return len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning && owned() == 1, j.State
+	})
+	out, err = gm(sub.data, "job", "cancel", j.ID)
+	if err != nil || !strings.Contains(string(out), "cancelled") {
+		t.Fatalf("cancel: %v\n%s", err, out)
+	}
+	if n := owned(); n != 0 {
+		t.Fatalf("%d containers left after cancel", n)
+	}
+}
