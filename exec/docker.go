@@ -176,20 +176,8 @@ func (d *Docker) Run(ctx context.Context, t Task) (res Result, err error) {
 		}
 	}()
 
-	var timeout <-chan time.Time
-	if t.Timeout > 0 {
-		timer := time.NewTimer(t.Timeout)
-		defer timer.Stop()
-		timeout = timer.C
-	}
 	var w waitOut
-	select {
-	case w = <-waited:
-	case <-timeout:
-		res.TimedOut = true
-	case <-ctx.Done():
-		res.Stopped = true
-	}
+	w, res.TimedOut, res.Stopped = awaitWork(ctx, t.Timeout, waited)
 	if res.TimedOut || res.Stopped {
 		if serr := d.stop(id); serr != nil {
 			w = waitOut{-1, serr}

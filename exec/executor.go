@@ -80,3 +80,22 @@ const StopGrace = 5 * time.Second
 // ErrNoImage marks a task whose image is not on this provider and could not
 // be pulled.
 var ErrNoImage = errors.New("image not available")
+
+// awaitWork waits for the work to end (a value on ended), its timeout to
+// pass (0: none) or ctx to end, whichever comes first, and says which.
+func awaitWork[T any](ctx context.Context, timeout time.Duration, ended <-chan T) (v T, timedOut, stopped bool) {
+	var expired <-chan time.Time
+	if timeout > 0 {
+		timer := time.NewTimer(timeout)
+		defer timer.Stop()
+		expired = timer.C
+	}
+	select {
+	case v = <-ended:
+	case <-expired:
+		timedOut = true
+	case <-ctx.Done():
+		stopped = true
+	}
+	return v, timedOut, stopped
+}

@@ -125,20 +125,8 @@ func (Process) Run(ctx context.Context, t Task) (Result, error) {
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 
-	var timeout <-chan time.Time
-	if t.Timeout > 0 {
-		timer := time.NewTimer(t.Timeout)
-		defer timer.Stop()
-		timeout = timer.C
-	}
 	var waitErr error
-	select {
-	case waitErr = <-done:
-	case <-timeout:
-		res.TimedOut = true
-	case <-ctx.Done():
-		res.Stopped = true
-	}
+	waitErr, res.TimedOut, res.Stopped = awaitWork(ctx, t.Timeout, done)
 	if res.TimedOut || res.Stopped {
 		_ = syscall.Kill(-pgid, syscall.SIGTERM)
 		_ = syscall.Kill(-pgid, syscall.SIGCONT) // a paused task takes its SIGTERM too
