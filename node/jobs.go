@@ -576,8 +576,6 @@ func (n *Node) negotiate(ctx context.Context, id gossip.JobID, spec JobSpec) err
 
 // retryJob negotiates a new cluster for a job that lost a member.
 func (n *Node) retryJob(id, why string) {
-	var jid gossip.JobID
-	_ = jid.UnmarshalText([]byte(id))
 	var spec JobSpec
 	n.updateJob(id, func(j *Job) {
 		j.State, j.Reason, j.Attempt, j.Members, j.Spares = JobNegotiating, why, j.Attempt+1, nil, nil
@@ -589,7 +587,7 @@ func (n *Node) retryJob(id, why string) {
 		return
 	}
 	defer done()
-	if err := n.negotiate(ctx, jid, spec); err != nil {
+	if err := n.negotiate(ctx, jobID(id), spec); err != nil {
 		n.finishJob(id, JobFailed, why+"; the retry could not start: "+err.Error(), nil)
 	}
 }

@@ -43,7 +43,8 @@ type memberState struct {
 	execMu sync.Mutex
 	docker exec.Executor // made at the first container job
 
-	receiptsMu sync.Mutex // guards the receipts folder
+	receiptsMu sync.Mutex                    // guards the receipts folder and receipts
+	receipts   map[string]exec.SignedReceipt // by key, once the folder was read (receipts.go)
 
 	tmpOnce sync.Once
 	tmpDir  string // state of a node without a data dir
@@ -109,9 +110,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		n.log.Info("job member not started", "job", st.Job, "rank", st.Rank, "from", from, "reason", reason)
 		_ = fw.write(frame{T: frameError, Reason: clipRaw(reason)})
 	}
-	var jid gossip.JobID
-	_ = jid.UnmarshalText([]byte(st.Job))
-	held, ok := n.heldReservation(ctx, jid)
+	held, ok := n.heldReservation(ctx, jobID(st.Job)) // the start frame's ID was checked on reading
 	if !ok || held.Submitter != from {
 		fail("this provider holds no reservation of %s for job %s", from, st.Job)
 		return

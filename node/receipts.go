@@ -2,7 +2,6 @@ package node
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,7 +15,8 @@ import (
 // run (<job>-<attempt>-<rank>.json), by the provider that signed it and by
 // the consumer that countersigned it. A provider's copy is written before
 // the receipt is sent, and again once countersigned: nothing earned is lost
-// to a crash or a vanished submitter.
+// to a crash or a vanished submitter. The folder is read once; after that
+// the receipts are also kept in memory, so listing them costs no disk.
 
 func (n *Node) receiptsDir() (string, error) {
 	state, err := n.stateDir()
@@ -35,24 +35,50 @@ func (n *Node) saveReceipt(sr exec.SignedReceipt) error {
 	}
 	n.receiptsMu.Lock()
 	defer n.receiptsMu.Unlock()
+	if err := n.loadReceiptsLocked(dir); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	r := sr.Receipt
-	path := filepath.Join(dir, fmt.Sprintf("%s-%d-%d.json", r.Job, r.Attempt, r.Rank))
-	if len(sr.ConsumerSig) == 0 {
-		if old, err := readReceipt(path); err == nil && len(old.ConsumerSig) > 0 {
-			return nil
-		}
+	key := sr.Receipt.Key()
+	if old, ok := n.receipts[key]; ok && len(sr.ConsumerSig) == 0 && len(old.ConsumerSig) > 0 {
+		return nil
 	}
 	data, err := json.MarshalIndent(sr, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(path, append(data, '\n'), 0o600); err != nil {
+	if err := writeFileAtomic(filepath.Join(dir, key+".json"), append(data, '\n'), 0o600); err != nil {
 		return err
 	}
+	n.receipts[key] = sr
 	n.anchorReceipt(sr)
+	return nil
+}
+
+// loadReceiptsLocked reads the receipts folder once; from then on the
+// receipts are kept in memory as they are saved.
+func (n *Node) loadReceiptsLocked(dir string) error {
+	if n.receipts != nil {
+		return nil
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	n.receipts = map[string]exec.SignedReceipt{}
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		sr, err := readReceipt(filepath.Join(dir, e.Name()))
+		if err != nil {
+			n.log.Warn("receipt unreadable", "file", e.Name(), "err", err)
+			continue
+		}
+		n.receipts[sr.Receipt.Key()] = sr
+	}
 	return nil
 }
 
@@ -73,24 +99,14 @@ func (n *Node) Receipts(job string) ([]exec.SignedReceipt, error) {
 	}
 	n.receiptsMu.Lock()
 	defer n.receiptsMu.Unlock()
-	entries, err := os.ReadDir(dir)
-	if os.IsNotExist(err) {
-		return []exec.SignedReceipt{}, nil
-	}
-	if err != nil {
+	if err := n.loadReceiptsLocked(dir); err != nil {
 		return nil, err
 	}
 	out := []exec.SignedReceipt{}
-	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".json") || (job != "" && !strings.HasPrefix(e.Name(), job+"-")) {
-			continue
+	for _, sr := range n.receipts {
+		if job == "" || sr.Receipt.Job == job {
+			out = append(out, sr)
 		}
-		sr, err := readReceipt(filepath.Join(dir, e.Name()))
-		if err != nil {
-			n.log.Warn("receipt unreadable", "file", e.Name(), "err", err)
-			continue
-		}
-		out = append(out, sr)
 	}
 	sort.Slice(out, func(i, k int) bool {
 		a, b := out[i].Receipt, out[k].Receipt

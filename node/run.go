@@ -126,6 +126,13 @@ func (n *Node) stopRun(ctx context.Context, id string, cause error) (bool, error
 	}
 }
 
+// openedMember is a member's stream, once opened and started (or why not).
+type openedMember struct {
+	rank int
+	c    *memberConn
+	err  error
+}
+
 // memberConn is the submitter's stream to one member.
 type memberConn struct {
 	rw io.ReadWriteCloser
@@ -171,11 +178,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 	outDir = filepath.Join(outDir, "outputs")
 	events := make(chan memberEvent, 64)
 	conns := make([]*memberConn, len(members))
-	opened := make(chan struct {
-		rank int
-		c    *memberConn
-		err  error
-	}, len(members))
+	opened := make(chan openedMember, len(members))
 	var readers sync.WaitGroup
 	pending := 0 // members started whose streams have not ended
 	start := func(rank int, masterAddr string, masterPort int) {
@@ -197,11 +200,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 					_ = c.rw.Close()
 				}
 			}
-			opened <- struct {
-				rank int
-				c    *memberConn
-				err  error
-			}{rank, c, err}
+			opened <- openedMember{rank, c, err}
 			if err == nil {
 				n.readMember(rank, c.rw, filepath.Join(outDir, fmt.Sprintf("rank-%d", rank)), events)
 			}

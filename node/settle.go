@@ -258,6 +258,7 @@ func (b *biller) finish(ctx context.Context, end time.Time, gone <-chan struct{}
 		b.bill(end)
 	}
 	deadline := time.After(paymentWait)
+wait:
 	for wait {
 		b.mu.Lock()
 		left, settled := len(b.unpaid), b.settled
@@ -269,14 +270,11 @@ func (b *biller) finish(ctx context.Context, end time.Time, gone <-chan struct{}
 		case <-settled:
 		case <-deadline:
 			b.note(fmt.Sprintf("%d bills unpaid at the end of the work", left))
-			left = 0
+			break wait
 		case <-gone:
-			left = 0
+			break wait
 		case <-ctx.Done():
-			left = 0
-		}
-		if left == 0 {
-			break
+			break wait
 		}
 	}
 	b.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -180,15 +181,12 @@ func readProofFile(path string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	data := make([]byte, chain.MaxProofSize+1)
-	n, err := f.Read(data)
-	for err == nil && n < len(data) {
-		var k int
-		k, err = f.Read(data[n:])
-		n += k
+	data, err := io.ReadAll(io.LimitReader(f, chain.MaxProofSize+1))
+	if err != nil {
+		return nil, err
 	}
-	if n > chain.MaxProofSize {
+	if len(data) > chain.MaxProofSize {
 		return nil, fmt.Errorf("%s: larger than a proof (%d bytes at most)", path, chain.MaxProofSize)
 	}
-	return data[:n], nil
+	return data, nil
 }
