@@ -5,12 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"strings"
 
 	"github.com/gpumesh/gpumesh/chain"
-	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/exec/receipt"
 )
 
 // Anchoring: a provider with --solana-rpc puts every receipt it co-signed
@@ -76,7 +75,7 @@ func (n *Node) closeAnchor() error {
 
 // anchorItem is a receipt as the anchorer takes it: only the provider
 // anchors, and only what both parties signed.
-func (n *Node) anchorItem(sr exec.SignedReceipt) (chain.Item, bool) {
+func (n *Node) anchorItem(sr receipt.Signed) (chain.Item, bool) {
 	if sr.Receipt.Provider != n.id.SolanaAddress || len(sr.ConsumerSig) == 0 {
 		return chain.Item{}, false
 	}
@@ -88,7 +87,7 @@ func (n *Node) anchorItem(sr exec.SignedReceipt) (chain.Item, bool) {
 }
 
 // anchorReceipt hands a newly saved receipt to the anchorer.
-func (n *Node) anchorReceipt(sr exec.SignedReceipt) {
+func (n *Node) anchorReceipt(sr receipt.Signed) {
 	if n.anchor == nil {
 		return
 	}
@@ -142,39 +141,15 @@ func (n *Node) Proof(key string) (chain.Proof, error) {
 	return n.anchor.Proof(key)
 }
 
-// proofRoutes adds the proofs' local API calls.
-func (n *Node) proofRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET "+APIVersion+"/proofs", func(w http.ResponseWriter, r *http.Request) {
-		st, err := n.Proofs(r.URL.Query().Get("job"))
-		if err != nil {
-			writeError(w, http.StatusNotFound, err.Error())
-			return
-		}
-		writeJSON(w, st)
-	})
-	mux.HandleFunc("GET "+APIVersion+"/proofs/{key}", func(w http.ResponseWriter, r *http.Request) {
-		p, err := n.Proof(r.PathValue("key"))
-		if err != nil {
-			code := http.StatusNotFound
-			if errors.Is(err, chain.ErrNotAnchored) {
-				code = http.StatusConflict
-			}
-			writeError(w, code, err.Error())
-			return
-		}
-		writeJSON(w, p)
-	})
-}
-
 // VerifyProof checks a proof file anywhere, with no mesh and no data dir:
 // both signatures of its receipt, the Merkle path, and (one RPC call) the
 // memo transaction carrying the root.
-func VerifyProof(ctx context.Context, rpcURL string, data []byte) (chain.Proof, exec.SignedReceipt, chain.Anchor, error) {
+func VerifyProof(ctx context.Context, rpcURL string, data []byte) (chain.Proof, receipt.Signed, chain.Anchor, error) {
 	p, err := chain.ParseProof(data)
 	if err != nil {
-		return p, exec.SignedReceipt{}, chain.Anchor{}, err
+		return p, receipt.Signed{}, chain.Anchor{}, err
 	}
-	sr, err := exec.ParseSignedReceipt(p.Record)
+	sr, err := receipt.Parse(p.Record)
 	if err != nil {
 		return p, sr, chain.Anchor{}, fmt.Errorf("%w: its receipt: %v", chain.ErrBadProof, err)
 	}

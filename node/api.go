@@ -8,16 +8,22 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/gpumesh/gpumesh/chain"
+	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/atomicfile"
+	"github.com/gpumesh/gpumesh/node/jobspec"
+	"github.com/gpumesh/gpumesh/node/jobwire"
 )
 
 // APIVersion prefixes every local API path.
@@ -281,4 +287,141 @@ func loadOrCreateToken(path string) (string, error) {
 // renames it into place, so a reader never sees half a file.
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	return atomicfile.Write(path, data, mode)
+}
+
+// proofRoutes adds the proofs' local API calls.
+func (n *Node) proofRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+APIVersion+"/proofs", func(w http.ResponseWriter, r *http.Request) {
+		st, err := n.Proofs(r.URL.Query().Get("job"))
+		if err != nil {
+			writeError(w, http.StatusNotFound, err.Error())
+			return
+		}
+		writeJSON(w, st)
+	})
+	mux.HandleFunc("GET "+APIVersion+"/proofs/{key}", func(w http.ResponseWriter, r *http.Request) {
+		p, err := n.Proof(r.PathValue("key"))
+		if err != nil {
+			code := http.StatusNotFound
+			if errors.Is(err, chain.ErrNotAnchored) {
+				code = http.StatusConflict
+			}
+			writeError(w, code, err.Error())
+			return
+		}
+		writeJSON(w, p)
+	})
+}
+
+// directoryRoutes adds GET /v0/gpus/local and GET /v0/gpus/find.
+func (n *Node) directoryRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+APIVersion+"/gpus/local", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, n.LocalGPUs())
+	})
+	mux.HandleFunc("GET "+APIVersion+"/gpus/find", func(w http.ResponseWriter, r *http.Request) {
+		q, err := ParseGPUQuery(r.URL.Query().Get, n.PriceUnit())
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), maxFindTime)
+		defer cancel()
+		res, err := n.FindGPUs(ctx, q)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		writeJSON(w, res)
+	})
+}
+
+// jobRoutes adds the jobs' local API calls.
+func (n *Node) jobRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST "+APIVersion+"/jobs", func(w http.ResponseWriter, r *http.Request) {
+		data, err := io.ReadAll(io.LimitReader(r.Body, jobspec.MaxSize+1))
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		spec, err := jobspec.Parse(data, "json")
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		job, err := n.SubmitJob(r.Context(), spec)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		writeJSON(w, job)
+	})
+	mux.HandleFunc("GET "+APIVersion+"/jobs", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Jobs()) })
+	mux.HandleFunc("GET "+APIVersion+"/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		j, ok := n.Job(r.PathValue("id"))
+		if !ok {
+			writeError(w, http.StatusNotFound, "no job "+r.PathValue("id")+" on this peer (`gpumesh job ls` lists them)")
+			return
+		}
+		writeJSON(w, j)
+	})
+	mux.HandleFunc("GET "+APIVersion+"/jobs/{id}/logs", func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		if _, ok := n.Job(id); !ok {
+			writeError(w, http.StatusNotFound, "no job "+id+" on this peer (`gpumesh job ls` lists them)")
+			return
+		}
+		n.serveLog(r.Context(), w, id, r.URL.Query().Get("follow") == "1")
+	})
+	mux.HandleFunc("GET "+APIVersion+"/jobs/{id}/outputs/{rank}/{path...}", func(w http.ResponseWriter, r *http.Request) {
+		id, path := r.PathValue("id"), r.PathValue("path")
+		j, ok := n.Job(id)
+		rank, err := strconv.Atoi(r.PathValue("rank"))
+		if !ok || err != nil || rank < 0 || rank >= len(j.Runs) || !jobwire.ValidOutputPath(path) {
+			writeError(w, http.StatusNotFound, "no such output; `gpumesh job status ID` lists a job's outputs")
+			return
+		}
+		found := false
+		for _, o := range j.Runs[rank].Outputs {
+			found = found || o.Path == path
+		}
+		dir, err := n.jobDir(id)
+		if !found || err != nil {
+			writeError(w, http.StatusNotFound, "no output "+path+" of member "+r.PathValue("rank"))
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		http.ServeFile(w, r, filepath.Join(dir, "outputs", "rank-"+strconv.Itoa(rank), filepath.FromSlash(path)))
+	})
+	mux.HandleFunc("POST "+APIVersion+"/jobs/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
+		j, err := n.CancelJob(r.Context(), r.PathValue("id"))
+		if err != nil {
+			writeError(w, http.StatusNotFound, err.Error())
+			return
+		}
+		writeJSON(w, j)
+	})
+}
+
+// priceRoutes adds GET /v0/prices[?class=C].
+func (n *Node) priceRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+APIVersion+"/prices", func(w http.ResponseWriter, r *http.Request) {
+		class := r.URL.Query().Get("class")
+		if class != "" && !gossip.ValidClass(class) {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("class %q: want a GPU class such as H100-80GB", class))
+			return
+		}
+		writeJSON(w, n.Prices(class))
+	})
+}
+
+// receiptRoutes adds the receipts' local API calls.
+func (n *Node) receiptRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+APIVersion+"/receipts", func(w http.ResponseWriter, r *http.Request) {
+		rs, err := n.Receipts(r.URL.Query().Get("job"))
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		writeJSON(w, rs)
+	})
 }

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -183,4 +184,15 @@ func (c *Client) Peers(ctx context.Context) ([]PeerInfo, error) {
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var v Status
 	return v, c.Get(ctx, "status", &v)
+}
+
+// Prices asks the node for its price board (one class, or all when class
+// is "").
+func (c *Client) Prices(ctx context.Context, class string) (Prices, error) {
+	var v Prices
+	path := "prices"
+	if class != "" {
+		path += "?class=" + url.QueryEscape(class)
+	}
+	return v, c.Get(ctx, path, &v)
 }

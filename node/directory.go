@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"sort"
 	"strconv"
 	"strings"
@@ -323,28 +322,6 @@ func (n *Node) FindGPUs(ctx context.Context, q dht.Query) (dht.FindResult, error
 
 // maxFindTime bounds one directory search from the local API.
 const maxFindTime = 30 * time.Second
-
-// directoryRoutes adds GET /v0/gpus/local and GET /v0/gpus/find.
-func (n *Node) directoryRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET "+APIVersion+"/gpus/local", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, n.LocalGPUs())
-	})
-	mux.HandleFunc("GET "+APIVersion+"/gpus/find", func(w http.ResponseWriter, r *http.Request) {
-		q, err := ParseGPUQuery(r.URL.Query().Get, n.PriceUnit())
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), maxFindTime)
-		defer cancel()
-		res, err := n.FindGPUs(ctx, q)
-		if err != nil {
-			writeError(w, http.StatusServiceUnavailable, err.Error())
-			return
-		}
-		writeJSON(w, res)
-	})
-}
 
 // ParseGPUQuery reads a directory query from named string parameters (URL
 // query or flags): model, min-vram (GB), count, region, max-price (tokens of

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 )
 
@@ -37,7 +38,7 @@ func clusterMesh(t *testing.T, n int) *meshtest.Mesh {
 	return m
 }
 
-func jobSpec(t testing.TB, gpus int, extra string) node.JobSpec {
+func jobSpec(t testing.TB, gpus int, extra string) jobspec.Spec {
 	t.Helper()
 	price := "2.50"
 	if p, ok := strings.CutPrefix(extra, "maxPrice: "); ok {
@@ -51,7 +52,7 @@ resources:
 maxPrice: %s
 timeout: 1h
 %s`, gpus, price, extra)
-	s, err := node.ParseJobSpec([]byte(y), "yaml")
+	s, err := jobspec.Parse([]byte(y), "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +60,7 @@ timeout: 1h
 }
 
 // submit submits a job and waits for it to leave negotiation.
-func submit(t testing.TB, ctx context.Context, nd *node.Node, spec node.JobSpec) node.Job {
+func submit(t testing.TB, ctx context.Context, nd *node.Node, spec jobspec.Spec) node.Job {
 	t.Helper()
 	job, err := nd.SubmitJob(ctx, spec)
 	if err != nil {

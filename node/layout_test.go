@@ -125,3 +125,53 @@ func TestOnlyChainTalksToSolana(t *testing.T) {
 		t.Error("chain does not import solana-go: how are proofs anchored?")
 	}
 }
+
+// deps lists every package a package links, itself included.
+func deps(t *testing.T, pkg string) []string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-deps", pkg).Output()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v", pkg, err)
+	}
+	return strings.Fields(string(out))
+}
+
+func TestOnlyExecImportsDocker(t *testing.T) {
+	found := false
+	for _, p := range listPackages(t) {
+		for _, imp := range p.Imports {
+			if !strings.HasPrefix(imp, "github.com/docker/") {
+				continue
+			}
+			if p.ImportPath != module+"/exec" && p.ImportPath != module+"/internal/testdocker" {
+				t.Errorf("%s imports %s: only the exec package (and the tests' engine kit) may use the Docker client", p.ImportPath, imp)
+			}
+			found = true
+		}
+	}
+	if !found {
+		t.Error("exec does not import the Docker client: how do containers run?")
+	}
+}
+
+// The pure pieces (a job spec, the job protocol's frames, receipts, the run
+// attempt machine, the job store) link no GPU, container or Solana code and
+// no node, so a verifier, a client or a test can use them alone.
+func TestPurePackagesLinkNoNodeGPUOrContainerCode(t *testing.T) {
+	heavy := []string{"github.com/NVIDIA/go-nvml", "github.com/docker/", "github.com/gagliardetto/solana-go", module + "/node", module + "/exec", module + "/chain"}
+	for _, pure := range []string{"node/jobspec", "node/jobwire", "node/attempt", "node/jobstore", "exec/receipt"} {
+		for _, d := range deps(t, module+"/"+pure) {
+			if d == module+"/"+pure || strings.HasPrefix(d, module+"/"+pure+"/") {
+				continue
+			}
+			for _, h := range heavy {
+				if d == h || strings.HasPrefix(d, h+"/") || (strings.HasSuffix(h, "/") && strings.HasPrefix(d, h)) {
+					if d == module+"/exec/receipt" || d == module+"/node/jobspec" {
+						continue // pure themselves
+					}
+					t.Errorf("%s links %s", pure, d)
+				}
+			}
+		}
+	}
+}

@@ -3,8 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"net/url"
 	"sort"
 	"sync"
 	"time"
@@ -377,27 +375,4 @@ func (n *Node) WatchPrices(f func(gossip.Tick)) (stop func()) {
 		delete(n.watchers, id)
 		n.priceMu.Unlock()
 	}
-}
-
-// priceRoutes adds GET /v0/prices[?class=C].
-func (n *Node) priceRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET "+APIVersion+"/prices", func(w http.ResponseWriter, r *http.Request) {
-		class := r.URL.Query().Get("class")
-		if class != "" && !gossip.ValidClass(class) {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("class %q: want a GPU class such as H100-80GB", class))
-			return
-		}
-		writeJSON(w, n.Prices(class))
-	})
-}
-
-// Prices asks the node for its price board (one class, or all when class
-// is "").
-func (c *Client) Prices(ctx context.Context, class string) (Prices, error) {
-	var v Prices
-	path := "prices"
-	if class != "" {
-		path += "?class=" + url.QueryEscape(class)
-	}
-	return v, c.Get(ctx, path, &v)
 }

@@ -2,13 +2,12 @@ package node
 
 import (
 	"encoding/json"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 
-	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/exec/receipt"
 )
 
 // Receipts are kept in the data dir's receipts folder, one file a member's
@@ -28,7 +27,7 @@ func (n *Node) receiptsDir() (string, error) {
 
 // saveReceipt writes a receipt durably (temp file, fsync, rename). A copy
 // with the consumer's signature is never replaced by one without.
-func (n *Node) saveReceipt(sr exec.SignedReceipt) error {
+func (n *Node) saveReceipt(sr receipt.Signed) error {
 	dir, err := n.receiptsDir()
 	if err != nil {
 		return err
@@ -67,7 +66,7 @@ func (n *Node) loadReceiptsLocked(dir string) error {
 	if err != nil && !os.IsNotExist(err) {
 		return err
 	}
-	n.receipts = map[string]exec.SignedReceipt{}
+	n.receipts = map[string]receipt.Signed{}
 	for _, e := range entries {
 		if !strings.HasSuffix(e.Name(), ".json") {
 			continue
@@ -82,17 +81,17 @@ func (n *Node) loadReceiptsLocked(dir string) error {
 	return nil
 }
 
-func readReceipt(path string) (exec.SignedReceipt, error) {
-	data, err := readBounded(path, exec.MaxReceiptSize)
+func readReceipt(path string) (receipt.Signed, error) {
+	data, err := readBounded(path, receipt.MaxSize)
 	if err != nil {
-		return exec.SignedReceipt{}, err
+		return receipt.Signed{}, err
 	}
-	return exec.ParseSignedReceipt(data)
+	return receipt.Parse(data)
 }
 
 // Receipts lists the receipts this peer keeps, of one job or ("") all,
 // oldest first.
-func (n *Node) Receipts(job string) ([]exec.SignedReceipt, error) {
+func (n *Node) Receipts(job string) ([]receipt.Signed, error) {
 	dir, err := n.receiptsDir()
 	if err != nil {
 		return nil, err
@@ -102,7 +101,7 @@ func (n *Node) Receipts(job string) ([]exec.SignedReceipt, error) {
 	if err := n.loadReceiptsLocked(dir); err != nil {
 		return nil, err
 	}
-	out := []exec.SignedReceipt{}
+	out := []receipt.Signed{}
 	for _, sr := range n.receipts {
 		if job == "" || sr.Receipt.Job == job {
 			out = append(out, sr)
@@ -116,16 +115,4 @@ func (n *Node) Receipts(job string) ([]exec.SignedReceipt, error) {
 		return a.Rank < b.Rank
 	})
 	return out, nil
-}
-
-// receiptRoutes adds the receipts' local API calls.
-func (n *Node) receiptRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET "+APIVersion+"/receipts", func(w http.ResponseWriter, r *http.Request) {
-		rs, err := n.Receipts(r.URL.Query().Get("job"))
-		if err != nil {
-			writeError(w, http.StatusInternalServerError, err.Error())
-			return
-		}
-		writeJSON(w, rs)
-	})
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/internal/testdocker"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 )
 
@@ -39,14 +40,14 @@ func dockerMesh(b *testing.B) *meshtest.Mesh {
 	return m
 }
 
-func dockerSpec(b *testing.B, image string, command ...string) node.JobSpec {
+func dockerSpec(b *testing.B, image string, command ...string) jobspec.Spec {
 	b.Helper()
 	var q []string
 	for _, c := range command {
 		q = append(q, strconv.Quote(c))
 	}
 	y := fmt.Sprintf("name: bench\nimage: %s\ncommand: [%s]\nresources:\n  gpus: 1\n  gpu: {model: H100}\nmaxPrice: 2.50\ntimeout: 5m\n", image, strings.Join(q, ", "))
-	s, err := node.ParseJobSpec([]byte(y), "yaml")
+	s, err := jobspec.Parse([]byte(y), "yaml")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -13,8 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 )
 
@@ -42,7 +43,7 @@ func runMesh(t *testing.T, n, providers int) *meshtest.Mesh {
 }
 
 // scriptSpec is a job running a shell script with the process executor.
-func scriptSpec(t *testing.T, gpus, perNode int, script, extra string) node.JobSpec {
+func scriptSpec(t *testing.T, gpus, perNode int, script, extra string) jobspec.Spec {
 	t.Helper()
 	y := fmt.Sprintf(`name: run-test
 command: [sh, -c, %q]
@@ -53,7 +54,7 @@ resources:
 maxPrice: 2.50
 timeout: 1h
 %s`, script, gpus, perNode, extra)
-	s, err := node.ParseJobSpec([]byte(y), "yaml")
+	s, err := jobspec.Parse([]byte(y), "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +62,7 @@ timeout: 1h
 }
 
 // runToEnd submits a job and waits for it to end.
-func runToEnd(t *testing.T, ctx context.Context, nd *node.Node, spec node.JobSpec) node.Job {
+func runToEnd(t *testing.T, ctx context.Context, nd *node.Node, spec jobspec.Spec) node.Job {
 	t.Helper()
 	job, err := nd.SubmitJob(ctx, spec)
 	if err != nil {
@@ -138,7 +139,7 @@ mkdir -p "$GPUMESH_OUTPUTS/sub" && echo "$CUDA_VISIBLE_DEVICES" > "$GPUMESH_OUTP
 
 	// Both sides keep the receipt, signed by both; it bills what ran.
 	for _, nd := range []*node.Node{provider, submitter} {
-		var rs []exec.SignedReceipt
+		var rs []receipt.Signed
 		waitUntil(t, ctx, "a countersigned receipt", func() bool {
 			var err error
 			rs, err = nd.Receipts(j.ID)
@@ -148,8 +149,8 @@ mkdir -p "$GPUMESH_OUTPUTS/sub" && echo "$CUDA_VISIBLE_DEVICES" > "$GPUMESH_OUTP
 		if err := r.Verify(); err != nil {
 			t.Fatal(err)
 		}
-		if r.Receipt.GPUs != 2 || r.Receipt.Price != 2_100_000 || r.Receipt.Amount != exec.Amount(2_100_000, r.Receipt.GPUMillis) ||
-			r.Receipt.ResultHash != exec.ResultHash(0, run.Outputs) || r.Receipt.Provider != provider.Info().SolanaAddress ||
+		if r.Receipt.GPUs != 2 || r.Receipt.Price != 2_100_000 || r.Receipt.Amount != receipt.Amount(2_100_000, r.Receipt.GPUMillis) ||
+			r.Receipt.ResultHash != receipt.ResultHash(0, run.Outputs) || r.Receipt.Provider != provider.Info().SolanaAddress ||
 			r.Receipt.Consumer != submitter.Info().SolanaAddress {
 			t.Fatalf("receipt %+v does not match the run", r.Receipt)
 		}

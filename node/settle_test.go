@@ -12,9 +12,10 @@ import (
 
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/chain/localnet"
-	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/internal/testlocalnet"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 )
 
@@ -47,9 +48,9 @@ func solMesh(t *testing.T, fund uint64) (*meshtest.Mesh, *localnet.Localnet) {
 	return m, ln
 }
 
-func solSpec(t *testing.T, script string) node.JobSpec {
+func solSpec(t *testing.T, script string) jobspec.Spec {
 	t.Helper()
-	s, err := node.ParseJobSpec([]byte(`name: paid
+	s, err := jobspec.Parse([]byte(`name: paid
 command: [sh, -c, "`+script+`"]
 resources: {gpus: 1, gpu: {model: H100}}
 maxPrice: 4
@@ -83,7 +84,7 @@ func TestJobsPayAsTheyRun(t *testing.T) {
 	if j.State != node.JobDone {
 		t.Fatalf("job %s: %s\n%s", j.State, j.Reason, jobLog(t, sub, j.ID))
 	}
-	var rs []exec.SignedReceipt
+	var rs []receipt.Signed
 	waitUntil(t, ctx, "the co-signed receipt", func() bool {
 		got, err := prov.Receipts(j.ID)
 		rs = got
@@ -96,7 +97,7 @@ func TestJobsPayAsTheyRun(t *testing.T) {
 	// Each bill is rounded up (and the last interval's may end a moment
 	// after the work's clock stopped), so what was paid is the amount or a
 	// little more, never less.
-	if r.Paid-r.Amount > exec.Amount(r.Price, uint64(r.GPUs)*500) {
+	if r.Paid-r.Amount > receipt.Amount(r.Price, uint64(r.GPUs)*500) {
 		t.Fatalf("paid %d for an amount of %d", r.Paid, r.Amount)
 	}
 	provAfter, subAfter := balance(t, ln, prov.Info().SolanaAddress), balance(t, ln, sub.Info().SolanaAddress)

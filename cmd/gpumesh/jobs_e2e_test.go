@@ -17,6 +17,7 @@ import (
 	"github.com/docker/docker/api/types/filters"
 
 	gmexec "github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/internal/testdocker"
 	"github.com/gpumesh/gpumesh/node"
 )
@@ -124,7 +125,7 @@ echo "result of $NODE_RANK" > "$GPUMESH_OUTPUTS/result.txt"`, "launcher: torchru
 	}
 
 	// Receipts: co-signed, kept by the submitter (both) and by each provider.
-	var rs []gmexec.SignedReceipt
+	var rs []receipt.Signed
 	if err := gmJSON(sub.data, &rs, "job", "receipts", j.ID); err != nil || len(rs) != 3 {
 		t.Fatalf("submitter's receipts: %d, %v", len(rs), err)
 	}
@@ -138,7 +139,7 @@ echo "result of $NODE_RANK" > "$GPUMESH_OUTPUTS/result.txt"`, "launcher: torchru
 	}
 	for _, p := range provs {
 		waitFor(t, cliWait, "the provider's countersigned receipt", func() (bool, string) {
-			var prs []gmexec.SignedReceipt
+			var prs []receipt.Signed
 			if err := gmJSON(p.data, &prs, "job", "receipts"); err != nil {
 				return false, err.Error()
 			}

@@ -17,8 +17,9 @@ import (
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/chain/localnet"
 	"github.com/gpumesh/gpumesh/dht"
-	gmexec "github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/spf13/cobra"
 )
 
@@ -186,10 +187,10 @@ func (d *demo) run(ctx context.Context) error {
 	fmt.Fprintf(d.out, "      found %d GPUs from %d providers in %s\n", found.GPUs, found.Providers, found.Elapsed.Round(time.Millisecond))
 
 	d.say("submitting a job from the peer without GPUs: 16 H100s, two members, torchrun")
-	spec := node.JobSpec{
+	spec := jobspec.Spec{
 		Name:      "demo-train",
 		Command:   []string{"sh", "-c", `echo "rank $NODE_RANK of $NNODES: $NPROC_PER_NODE GPUs ($CUDA_VISIBLE_DEVICES), master $MASTER_ADDR:$MASTER_PORT"; for i in 1 2 3 4; do echo "rank $NODE_RANK step $i"; sleep 1; done; echo "weights of rank $NODE_RANK" > "$GPUMESH_OUTPUTS/model.txt"`},
-		Resources: node.JobResources{GPUs: 16, PerNode: 8, GPU: node.JobGPU{Model: "H100"}},
+		Resources: jobspec.Resources{GPUs: 16, PerNode: 8, GPU: jobspec.GPU{Model: "H100"}},
 		Launcher:  "torchrun",
 		MaxPrice:  "1.50",
 		Timeout:   "10m",
@@ -216,7 +217,7 @@ func (d *demo) run(ctx context.Context) error {
 	}
 
 	d.say("the receipts: metered by each provider, paid as it ran, countersigned by the submitter")
-	var rs []gmexec.SignedReceipt
+	var rs []receipt.Signed
 	if err := sub.cl.Get(ctx, "receipts?job="+job.ID, &rs); err != nil {
 		return err
 	}

@@ -13,9 +13,10 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/spf13/cobra"
 )
 
@@ -42,7 +43,7 @@ func jobCmd(g *globals) *cobra.Command {
 			if strings.EqualFold(filepath.Ext(args[0]), ".json") {
 				format = "json"
 			}
-			spec, err := node.ParseJobSpec(data, format)
+			spec, err := jobspec.Parse(data, format)
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
@@ -173,7 +174,7 @@ func jobCmd(g *globals) *cobra.Command {
 				path += "?job=" + url.QueryEscape(args[0])
 			}
 			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
-				var rs []exec.SignedReceipt
+				var rs []receipt.Signed
 				if err := cl.Get(ctx, path, &rs); err != nil {
 					return err
 				}
@@ -355,7 +356,7 @@ func getOutputs(ctx context.Context, g *globals, cl *node.Client, id, dir string
 	return nil
 }
 
-func fetchOutput(ctx context.Context, cl *node.Client, path, dst string, want exec.OutputFile) error {
+func fetchOutput(ctx context.Context, cl *node.Client, path, dst string, want receipt.OutputFile) error {
 	body, err := cl.Stream(ctx, path)
 	if err != nil {
 		return err
@@ -383,7 +384,7 @@ func fetchOutput(ctx context.Context, cl *node.Client, path, dst string, want ex
 	return os.Rename(f.Name(), dst)
 }
 
-func printReceipts(g *globals, rs []exec.SignedReceipt) {
+func printReceipts(g *globals, rs []receipt.Signed) {
 	if len(rs) == 0 {
 		fmt.Fprintln(g.stdout, "no receipts yet: a member's provider signs one when its work ends")
 		return

@@ -15,7 +15,11 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/text"
+	"github.com/gpumesh/gpumesh/node/jobspec"
+	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/mr-tron/base58"
@@ -43,8 +47,8 @@ type memberState struct {
 	execMu sync.Mutex
 	docker exec.Executor // made at the first container job
 
-	receiptsMu sync.Mutex                    // guards the receipts folder and receipts
-	receipts   map[string]exec.SignedReceipt // by key, once the folder was read (receipts.go)
+	receiptsMu sync.Mutex                // guards the receipts folder and receipts
+	receipts   map[string]receipt.Signed // by key, once the folder was read (receipts.go)
 
 	tmpOnce sync.Once
 	tmpDir  string // state of a node without a data dir
@@ -93,22 +97,22 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	defer done()
 	defer rw.Close()
 	br := bufio.NewReader(rw)
-	fw := &frameWriter{w: rw}
+	fw := jobwire.NewWriter(rw)
 	timer := time.AfterFunc(startTimeout, func() { _ = rw.Close() })
-	f, err := readFrame(br)
+	f, err := jobwire.Read(br)
 	timer.Stop()
-	if err != nil || f.T != frameStart {
+	if err != nil || f.T != jobwire.KindStart {
 		if err == nil {
-			err = fmt.Errorf("%w: first frame is %s, want start", errBadFrame, f.T)
+			err = fmt.Errorf("%w: first jobwire.Frame is %s, want start", jobwire.ErrBadFrame, f.T)
 		}
-		_ = fw.write(frame{T: frameError, Reason: clipRaw(err.Error())})
+		_ = fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.ClipRaw(err.Error())})
 		return
 	}
 	st := *f.Start
 	fail := func(format string, a ...any) {
 		reason := fmt.Sprintf(format, a...)
 		n.log.Info("job member not started", "job", st.Job, "rank", st.Rank, "from", from, "reason", reason)
-		_ = fw.write(frame{T: frameError, Reason: clipRaw(reason)})
+		_ = fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.ClipRaw(reason)})
 	}
 	held, ok := n.heldReservation(ctx, jobID(st.Job)) // the start frame's ID was checked on reading
 	if !ok || held.Submitter != from {
@@ -172,7 +176,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			return
 		}
 		pl.MasterPort = port
-		if err := fw.write(frame{T: frameReady, Port: port}); err != nil {
+		if err := fw.Write(jobwire.Frame{T: jobwire.KindReady, Port: port}); err != nil {
 			return
 		}
 	}
@@ -193,10 +197,10 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	if settle {
 		pauser, _ := ex.(exec.Pauser)
 		bl = n.newBiller(task, fmt.Sprintf("%s-%d-%d", st.Job, st.Attempt, st.Rank), solanaAddress(from), held.Price, uint32(held.GPUs), pauser)
-		bl.send = fw.write
+		bl.send = fw.Write
 		bl.note = func(msg string) {
 			n.log.Info("job member settlement", "job", st.Job, "rank", st.Rank, "note", msg)
-			_, _ = logWriter{fw: fw, stream: "err"}.Write([]byte("gpumesh: " + msg + "\n"))
+			_, _ = jobwire.NewLogWriter(fw, "err").Write([]byte("gpumesh: " + msg + "\n"))
 		}
 		bl.stop = func(reason string) {
 			stopMu.Lock()
@@ -212,20 +216,20 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		defer close(gone)
 		defer stop()
 		for {
-			f, err := readFrame(br)
+			f, err := jobwire.Read(br)
 			if err != nil {
 				return
 			}
 			switch f.T {
-			case frameStop:
+			case jobwire.KindStop:
 				n.log.Info("job member stopped by its submitter", "job", st.Job, "rank", st.Rank, "reason", f.Reason)
 				stop()
-			case frameCountersign:
+			case jobwire.KindCountersign:
 				select {
 				case countersig <- f.Sig:
 				default:
 				}
-			case framePaid:
+			case jobwire.KindPaid:
 				if bl != nil {
 					side.Add(1)
 					go func() { defer side.Done(); bl.paidFor(ctx, *f.Paid) }()
@@ -245,7 +249,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			case <-beatDone:
 				return
 			case <-t.C:
-				_ = fw.write(frame{T: frameHeartbeat})
+				_ = fw.Write(jobwire.Frame{T: jobwire.KindHeartbeat})
 			}
 		}
 	}()
@@ -269,11 +273,11 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		Outputs: outputs,
 		Network: st.Rendezvous,
 		Timeout: timeout,
-		Stdout:  logWriter{fw: fw, stream: "out"},
-		Stderr:  logWriter{fw: fw, stream: "err"},
+		Stdout:  jobwire.NewLogWriter(fw, "out"),
+		Stderr:  jobwire.NewLogWriter(fw, "err"),
 		Started: func(at time.Time) {
 			util.start()
-			_ = fw.write(frame{T: frameStarted, At: at.UnixMilli()})
+			_ = fw.Write(jobwire.Frame{T: jobwire.KindStarted, At: at.UnixMilli()})
 			if bl != nil {
 				side.Add(1)
 				go func() { defer side.Done(); bl.run(billCtx, at) }()
@@ -288,10 +292,10 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		fail("%v", runErr)
 		return
 	}
-	files, err := exec.HashOutputs(outputs)
+	files, err := receipt.HashOutputs(outputs)
 	if err != nil {
 		n.log.Warn("job outputs", "job", st.Job, "err", err)
-		_, _ = logWriter{fw: fw, stream: "err"}.Write([]byte("gpumesh: outputs not returned: " + err.Error() + "\n"))
+		_, _ = jobwire.NewLogWriter(fw, "err").Write([]byte("gpumesh: outputs not returned: " + err.Error() + "\n"))
 		files = nil
 	}
 	if sendOutputs(fw, outputs, files) != nil {
@@ -300,9 +304,9 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	stopMu.Lock()
 	reason := stopReason
 	stopMu.Unlock()
-	_ = fw.write(frame{T: frameExit, Exit: &exitFrame{
+	_ = fw.Write(jobwire.Frame{T: jobwire.KindExit, Exit: &jobwire.ExitFrame{
 		Code: res.ExitCode, Start: res.Start.UnixMilli(), End: res.End.UnixMilli(),
-		TimedOut: res.TimedOut, Stopped: res.Stopped, Reason: clipText(reason, maxFrameText),
+		TimedOut: res.TimedOut, Stopped: res.Stopped, Reason: text.Cut(reason, jobwire.MaxText),
 	}})
 	var paid uint64
 	var payments []string
@@ -313,11 +317,11 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 
 	// The receipt: signed and kept before it is sent, countersigned when
 	// the submitter agrees.
-	r := exec.Receipt{
-		Version: exec.ReceiptVersion, Job: st.Job, Attempt: st.Attempt, Rank: st.Rank,
+	r := receipt.Receipt{
+		Version: receipt.Version, Job: st.Job, Attempt: st.Attempt, Rank: st.Rank,
 		Provider: n.id.SolanaAddress, Consumer: solanaAddress(from), Class: held.Class,
 		Unit: n.PriceUnit().String(), ExitCode: res.ExitCode,
-		ResultHash: exec.ResultHash(res.ExitCode, files), Util: util.mean(),
+		ResultHash: receipt.ResultHash(res.ExitCode, files), Util: util.mean(),
 	}
 	r.MeterPaused(uint32(len(gpus)), res.Start, res.End, paused, held.Price)
 	r.Paid, r.Payments = paid, payments
@@ -326,7 +330,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		n.log.Error("receipt not signed", "job", st.Job, "err", err)
 		return
 	}
-	sr, err := exec.SignReceipt(r, key)
+	sr, err := receipt.Sign(r, key)
 	if err != nil {
 		n.log.Error("receipt not signed", "job", st.Job, "err", err)
 		return
@@ -334,7 +338,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	if err := n.saveReceipt(sr); err != nil {
 		n.log.Error("receipt not saved", "job", st.Job, "err", err)
 	}
-	if fw.write(frame{T: frameReceipt, Receipt: &sr}) != nil {
+	if fw.Write(jobwire.Frame{T: jobwire.KindReceipt, Receipt: &sr}) != nil {
 		return
 	}
 	select {
@@ -356,10 +360,10 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 }
 
 // sendOutputs streams each output file: a header, then its bytes.
-func sendOutputs(fw *frameWriter, dir string, files []exec.OutputFile) error {
-	buf := make([]byte, maxChunk)
+func sendOutputs(fw *jobwire.Writer, dir string, files []receipt.OutputFile) error {
+	buf := make([]byte, jobwire.MaxChunk)
 	for _, of := range files {
-		if err := fw.write(frame{T: frameFile, File: &of}); err != nil {
+		if err := fw.Write(jobwire.Frame{T: jobwire.KindFile, File: &of}); err != nil {
 			return err
 		}
 		f, err := os.Open(filepath.Join(dir, filepath.FromSlash(of.Path)))
@@ -370,7 +374,7 @@ func sendOutputs(fw *frameWriter, dir string, files []exec.OutputFile) error {
 		for sent < of.Size {
 			k, err := io.ReadFull(f, buf[:min(int64(len(buf)), of.Size-sent)])
 			if k > 0 {
-				if err := fw.write(frame{T: frameChunk, Data: buf[:k]}); err != nil {
+				if err := fw.Write(jobwire.Frame{T: jobwire.KindChunk, Data: buf[:k]}); err != nil {
 					f.Close()
 					return err
 				}
@@ -388,7 +392,7 @@ func sendOutputs(fw *frameWriter, dir string, files []exec.OutputFile) error {
 
 // executorFor picks the executor of a job: Docker for an image, the process
 // executor for a bare command where this provider allows it.
-func (n *Node) executorFor(ctx context.Context, spec JobSpec) (exec.Executor, error) {
+func (n *Node) executorFor(ctx context.Context, spec jobspec.Spec) (exec.Executor, error) {
 	want := "docker"
 	if spec.Image == "" {
 		want = "process"
@@ -445,83 +449,6 @@ func (n *Node) cleanLeftovers(ctx context.Context) {
 	if _, err := n.dockerExecutor(ctx); err != nil {
 		n.log.Debug("no Docker engine at start", "err", err)
 	}
-}
-
-// allocGPUs takes count free GPUs of a class for a task: two tasks never
-// share a GPU.
-func (n *Node) allocGPUs(class string, count int, task string) ([]exec.GPU, error) {
-	inv := n.LocalGPUs().Inventory
-	n.gpuMu.Lock()
-	defer n.gpuMu.Unlock()
-	if n.gpuUse == nil {
-		n.gpuUse = map[string]string{}
-	}
-	var got []exec.GPU
-	for _, g := range inv.GPUs {
-		if g.Class == class && n.gpuUse[g.UUID] == "" && len(got) < count {
-			got = append(got, g)
-		}
-	}
-	if len(got) < count {
-		return nil, fmt.Errorf("only %d of the %d reserved %s GPUs are free on this provider", len(got), count, class)
-	}
-	for _, g := range got {
-		n.gpuUse[g.UUID] = task
-	}
-	return got, nil
-}
-
-func (n *Node) freeGPUs(task string) {
-	n.gpuMu.Lock()
-	defer n.gpuMu.Unlock()
-	for u, t := range n.gpuUse {
-		if t == task {
-			delete(n.gpuUse, u)
-		}
-	}
-}
-
-// GPUsInUse maps the UUIDs of this provider's GPUs that jobs run on to the
-// task running there.
-func (n *Node) GPUsInUse() map[string]string {
-	n.gpuMu.Lock()
-	defer n.gpuMu.Unlock()
-	out := make(map[string]string, len(n.gpuUse))
-	for u, t := range n.gpuUse {
-		out[u] = t
-	}
-	return out
-}
-
-// heldReservation asks the negotiation loop for a job's reservation.
-func (n *Node) heldReservation(ctx context.Context, job gossip.JobID) (gossip.Reservation, bool) {
-	reply := make(chan heldReply, 1)
-	select {
-	case n.in <- negEvent{held: &heldQuery{job: job, reply: reply}}:
-	case <-ctx.Done():
-		return gossip.Reservation{}, false
-	}
-	select {
-	case r := <-reply:
-		return r.res, r.ok
-	case <-ctx.Done():
-		return gossip.Reservation{}, false
-	}
-}
-
-// releaseReservation gives a job's GPUs back once its member has ended.
-func (n *Node) releaseReservation(ctx context.Context, held gossip.Reservation) {
-	n.deliver(ctx, negEvent{msg: &gossip.Release{Job: held.Job, From: held.Submitter, Provider: n.id.PeerID, Reason: "the job's member ended"}})
-}
-
-type heldQuery struct {
-	job   gossip.JobID
-	reply chan heldReply
-}
-
-type heldReply struct {
-	res gossip.Reservation
-	ok  bool
 }
 
 func freePort() (int, error) {
@@ -630,12 +557,4 @@ func (u *utilSampler) mean() int {
 		return -1
 	}
 	return int(u.sum/float64(u.count)*100 + 0.5)
-}
-
-// clipText cuts s to at most n bytes.
-func clipText(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }

@@ -16,7 +16,10 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/text"
+	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
@@ -40,18 +43,18 @@ const (
 
 // MemberRun is one member's part of a job's run, as its submitter saw it.
 type MemberRun struct {
-	Rank     int               `json:"rank"`
-	Provider peer.ID           `json:"provider"`
-	Class    string            `json:"class"`
-	GPUs     uint32            `json:"gpus"`
-	State    string            `json:"state"`
-	ExitCode int               `json:"exitCode"`
-	Started  time.Time         `json:"started,omitzero"`
-	Ended    time.Time         `json:"ended,omitzero"`
-	Outputs  []exec.OutputFile `json:"outputs,omitempty"`
-	Receipt  string            `json:"receipt,omitempty"` // "countersigned", or why not
-	Error    string            `json:"error,omitempty"`
-	Paid     uint64            `json:"paid,omitempty"` // paid to its provider as it ran (settlement), in the unit's smallest unit
+	Rank     int                  `json:"rank"`
+	Provider peer.ID              `json:"provider"`
+	Class    string               `json:"class"`
+	GPUs     uint32               `json:"gpus"`
+	State    string               `json:"state"`
+	ExitCode int                  `json:"exitCode"`
+	Started  time.Time            `json:"started,omitzero"`
+	Ended    time.Time            `json:"ended,omitzero"`
+	Outputs  []receipt.OutputFile `json:"outputs,omitempty"`
+	Receipt  string               `json:"receipt,omitempty"` // "countersigned", or why not
+	Error    string               `json:"error,omitempty"`
+	Paid     uint64               `json:"paid,omitempty"` // paid to its provider as it ran (settlement), in the unit's smallest unit
 }
 
 var (
@@ -76,8 +79,8 @@ type jobRun struct {
 // memberEvent is a frame from a member, or the end of its stream.
 type memberEvent struct {
 	rank    int
-	f       frame
-	outputs []exec.OutputFile // with an exit: the outputs received whole
+	f       jobwire.Frame
+	outputs []receipt.OutputFile // with an exit: the outputs received whole
 	err     error
 }
 
@@ -136,7 +139,7 @@ type openedMember struct {
 // memberConn is the submitter's stream to one member.
 type memberConn struct {
 	rw io.ReadWriteCloser
-	fw *frameWriter
+	fw *jobwire.Writer
 	ip string // the member's address as this peer reaches it
 }
 
@@ -192,7 +195,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 				if rank == 0 {
 					addr = c.ip
 				}
-				err = c.fw.write(frame{T: frameStart, Start: &startFrame{
+				err = c.fw.Write(jobwire.Frame{T: jobwire.KindStart, Start: &jobwire.StartFrame{
 					Job: id, Attempt: j.Attempt, Rank: rank, Members: len(members), WorldGPUs: world,
 					Spec: j.Spec, MasterAddr: addr, MasterPort: masterPort, Rendezvous: rendezvous, Pays: n.settles(),
 				}})
@@ -241,7 +244,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 		jl.note("stopping every member: " + why)
 		for _, c := range conns {
 			if c != nil {
-				go func() { _ = c.fw.write(frame{T: frameStop, Reason: clipRaw(why)}) }()
+				go func() { _ = c.fw.Write(jobwire.Frame{T: jobwire.KindStop, Reason: text.ClipRaw(why)}) }()
 			}
 		}
 		stopTimer = time.After(stopWait)
@@ -268,7 +271,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 			conns[o.rank] = o.c
 			lastSeen[o.rank] = time.Now()
 			if stopping {
-				go func() { _ = o.c.fw.write(frame{T: frameStop, Reason: "the job is stopping"}) }()
+				go func() { _ = o.c.fw.Write(jobwire.Frame{T: jobwire.KindStop, Reason: "the job is stopping"}) }()
 			}
 		case ev := <-events:
 			r := ev.rank
@@ -291,7 +294,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 				continue
 			}
 			switch ev.f.T {
-			case frameReady:
+			case jobwire.KindReady:
 				if r == 0 && rendezvous && !stopping {
 					ip := ""
 					if conns[0] != nil {
@@ -301,16 +304,16 @@ func (n *Node) runJob(ctx context.Context, id string) {
 						start(k, ip, ev.f.Port)
 					}
 				}
-			case frameStarted:
+			case jobwire.KindStarted:
 				runs[r].State, runs[r].Started = MemberRunning, time.UnixMilli(ev.f.At).UTC()
 				save()
-			case frameLog:
+			case jobwire.KindLog:
 				jl.write(r, ev.f.Data)
-			case frameError:
+			case jobwire.KindError:
 				runs[r].State, runs[r].Error = MemberFailed, ev.f.Reason
 				fail(fmt.Sprintf("%s could not run the job: %s", name(r), ev.f.Reason))
 				save()
-			case frameExit:
+			case jobwire.KindExit:
 				x := ev.f.Exit
 				runs[r].State, runs[r].ExitCode, runs[r].Outputs = MemberExited, x.Code, ev.outputs
 				runs[r].Started, runs[r].Ended = time.UnixMilli(x.Start).UTC(), time.UnixMilli(x.End).UTC()
@@ -328,9 +331,9 @@ func (n *Node) runJob(ctx context.Context, id string) {
 					stopAll("member 0 (the head) has ended")
 				}
 				save()
-			case frameBill:
+			case jobwire.KindBill:
 				pay.bill(ctx, r, conns[r], *ev.f.Bill)
-			case frameReceipt:
+			case jobwire.KindReceipt:
 				runs[r].Paid = pay.total(r)
 				runs[r].Receipt = n.countersign(ctx, conns[r], members[r], runs[r], ev.f.Receipt, id, j.Attempt, pay.signatures(r))
 				if runs[r].Receipt != "countersigned" {
@@ -415,7 +418,7 @@ func (n *Node) openMember(ctx context.Context, m gossip.Member) (*memberConn, er
 	if m.Provider == n.id.PeerID {
 		a, b := net.Pipe()
 		go n.serveMember(b, n.id.PeerID)
-		return &memberConn{rw: a, fw: &frameWriter{w: a}, ip: "127.0.0.1"}, nil
+		return &memberConn{rw: a, fw: jobwire.NewWriter(a), ip: "127.0.0.1"}, nil
 	}
 	for _, s := range m.Addrs {
 		if a, err := ma.NewMultiaddr(s); err == nil {
@@ -424,7 +427,7 @@ func (n *Node) openMember(ctx context.Context, m gossip.Member) (*memberConn, er
 	}
 	sctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	s, err := n.host.NewStream(sctx, m.Provider, JobProtocol)
+	s, err := n.host.NewStream(sctx, m.Provider, jobwire.Protocol)
 	if err != nil {
 		return nil, err
 	}
@@ -432,7 +435,7 @@ func (n *Node) openMember(ctx context.Context, m gossip.Member) (*memberConn, er
 	if a, err := manet.ToIP(s.Conn().RemoteMultiaddr()); err == nil {
 		ip = a.String()
 	}
-	return &memberConn{rw: s, fw: &frameWriter{w: s}, ip: ip}, nil
+	return &memberConn{rw: s, fw: jobwire.NewWriter(s), ip: ip}, nil
 }
 
 // readMember reads a member's frames into events until its stream ends.
@@ -442,10 +445,10 @@ func (n *Node) readMember(rank int, rw io.Reader, dir string, events chan<- memb
 	br := bufio.NewReader(rw)
 	var (
 		cur      *os.File
-		want     exec.OutputFile
+		want     receipt.OutputFile
 		got      int64
 		h        hash.Hash
-		received []exec.OutputFile
+		received []receipt.OutputFile
 	)
 	closeCur := func() {
 		if cur != nil {
@@ -462,17 +465,17 @@ func (n *Node) readMember(rank int, rw io.Reader, dir string, events chan<- memb
 		if sum := hex.EncodeToString(h.Sum(nil)); sum != want.SHA256 {
 			return fmt.Errorf("output %s arrived with SHA-256 %s, not the %s its member sent", want.Path, sum, want.SHA256)
 		}
-		if len(received) == exec.MaxOutputFiles {
-			return fmt.Errorf("more than %d output files", exec.MaxOutputFiles)
+		if len(received) == receipt.MaxOutputFiles {
+			return fmt.Errorf("more than %d output files", receipt.MaxOutputFiles)
 		}
 		received = append(received, want)
 		return nil
 	}
 	for {
-		f, err := readFrame(br)
+		f, err := jobwire.Read(br)
 		if err == nil {
 			switch f.T {
-			case frameFile:
+			case jobwire.KindFile:
 				closeCur()
 				want, got, h = *f.File, 0, sha256.New()
 				path := filepath.Join(dir, filepath.FromSlash(want.Path))
@@ -482,10 +485,10 @@ func (n *Node) readMember(rank int, rw io.Reader, dir string, events chan<- memb
 				if err == nil {
 					err = finish()
 				}
-				f = frame{T: frameHeartbeat}
-			case frameChunk:
+				f = jobwire.Frame{T: jobwire.KindHeartbeat}
+			case jobwire.KindChunk:
 				if cur == nil || got+int64(len(f.Data)) > want.Size {
-					err = fmt.Errorf("%w: output data beyond the announced size", errBadFrame)
+					err = fmt.Errorf("%w: output data beyond the announced size", jobwire.ErrBadFrame)
 					break
 				}
 				if _, err = cur.Write(f.Data); err == nil {
@@ -493,8 +496,8 @@ func (n *Node) readMember(rank int, rw io.Reader, dir string, events chan<- memb
 					got += int64(len(f.Data))
 					err = finish()
 				}
-				f = frame{T: frameHeartbeat}
-			case frameExit:
+				f = jobwire.Frame{T: jobwire.KindHeartbeat}
+			case jobwire.KindExit:
 				if cur != nil {
 					err = fmt.Errorf("output %s ended short: %d of %d bytes", want.Path, got, want.Size)
 				}
@@ -505,7 +508,7 @@ func (n *Node) readMember(rank int, rw io.Reader, dir string, events chan<- memb
 			return
 		}
 		ev := memberEvent{rank: rank, f: f}
-		if f.T == frameExit {
+		if f.T == jobwire.KindExit {
 			ev.outputs, received = received, nil
 		}
 		events <- ev
@@ -515,7 +518,7 @@ func (n *Node) readMember(rank int, rw io.Reader, dir string, events chan<- memb
 // countersign checks a member's receipt against what this peer saw and
 // agreed, signs it, keeps it and sends the signature back. It returns
 // "countersigned" or why not.
-func (n *Node) countersign(ctx context.Context, c *memberConn, m gossip.Member, run MemberRun, sr *exec.SignedReceipt, job string, attempt int, paid map[string]uint64) string {
+func (n *Node) countersign(ctx context.Context, c *memberConn, m gossip.Member, run MemberRun, sr *receipt.Signed, job string, attempt int, paid map[string]uint64) string {
 	r := sr.Receipt
 	var sum uint64
 	for _, p := range r.Payments {
@@ -538,7 +541,7 @@ func (n *Node) countersign(ctx context.Context, c *memberConn, m gossip.Member, 
 		return fmt.Sprintf("it bills %d %s GPUs, the lease was %d %s", r.GPUs, r.Class, m.GPUs, m.Class)
 	case r.Price != m.Price:
 		return fmt.Sprintf("it bills %d per GPU-hour, the bid was %d", r.Price, m.Price)
-	case r.ExitCode != run.ExitCode || r.ResultHash != exec.ResultHash(run.ExitCode, run.Outputs):
+	case r.ExitCode != run.ExitCode || r.ResultHash != receipt.ResultHash(run.ExitCode, run.Outputs):
 		return "its result does not match the exit code and outputs received"
 	case run.State != MemberExited:
 		return "the member's exit was not received"
@@ -558,44 +561,7 @@ func (n *Node) countersign(ctx context.Context, c *memberConn, m gossip.Member, 
 		return "not saved: " + err.Error()
 	}
 	if c != nil {
-		go func() { _ = c.fw.write(frame{T: frameCountersign, Sig: signed.ConsumerSig}) }()
+		go func() { _ = c.fw.Write(jobwire.Frame{T: jobwire.KindCountersign, Sig: signed.ConsumerSig}) }()
 	}
 	return "countersigned"
-}
-
-// updateJob changes a job and saves the jobs file.
-func (n *Node) updateJob(id string, change func(*Job)) {
-	n.jobsMu.Lock()
-	defer n.jobsMu.Unlock()
-	j, ok := n.jobs[id]
-	if !ok {
-		return
-	}
-	change(j)
-	j.Updated = time.Now().UTC()
-	if err := n.saveJobsLocked(); err != nil {
-		n.log.Warn("save jobs", "err", err)
-	}
-}
-
-// finishJob records how a job ended.
-func (n *Node) finishJob(id, state, reason string, code *int) {
-	n.updateJob(id, func(j *Job) {
-		j.State, j.Reason, j.ExitCode, j.Ended = state, reason, code, time.Now().UTC()
-	})
-	n.log.Info("job "+state, "job", id, "reason", reason)
-}
-
-func shortPeer(p peer.ID) string {
-	s := p.String()
-	if len(s) > 12 {
-		return s[:4] + "…" + s[len(s)-6:]
-	}
-	return s
-}
-
-func jobID(id string) gossip.JobID {
-	var jid gossip.JobID
-	_ = jid.UnmarshalText([]byte(id))
-	return jid
 }

@@ -1,4 +1,4 @@
-package node
+package jobspec
 
 import (
 	"encoding/json"
@@ -15,16 +15,16 @@ import (
 	"github.com/gpumesh/gpumesh/gossip"
 )
 
-// resnet is the spec of testdata/jobspec/resnet.yaml, the issue's example.
-func resnet() JobSpec {
-	return JobSpec{
+// resnet is the spec of testdata/resnet.yaml, the issue's example.
+func resnet() Spec {
+	return Spec{
 		Name:    "resnet-train",
 		Image:   "pytorch/pytorch:2.4.0-cuda12.1-cudnn9-runtime",
 		Command: []string{"torchrun", "train.py"},
 		Env:     map[string]string{"EPOCHS": "3"},
-		Resources: JobResources{
+		Resources: Resources{
 			GPUs:    8,
-			GPU:     JobGPU{Model: "H100", MinVRAM: "80GB"},
+			GPU:     GPU{Model: "H100", MinVRAM: "80GB"},
 			PerNode: 8,
 		},
 		Placement: gossip.Colocated,
@@ -36,7 +36,7 @@ func resnet() JobSpec {
 
 func readResnet(t *testing.T) []byte {
 	t.Helper()
-	data, err := os.ReadFile("testdata/jobspec/resnet.yaml")
+	data, err := os.ReadFile("testdata/resnet.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func readResnet(t *testing.T) []byte {
 }
 
 func TestJobSpecOfTheIssueParsesValidatesAndBecomesNeeds(t *testing.T) {
-	got, err := ParseJobSpec(readResnet(t), "yaml")
+	got, err := Parse(readResnet(t), "yaml")
 	if err != nil {
 		t.Fatalf("parse: %v", err)
 	}
@@ -88,11 +88,11 @@ func TestJobSpecAsJSONIsTheSameSpec(t *testing.T) {
 		"maxPrice": 2.50,
 		"timeout": "2h"
 	}`
-	fromJSON, err := ParseJobSpec([]byte(js), "json")
+	fromJSON, err := Parse([]byte(js), "json")
 	if err != nil {
 		t.Fatal(err)
 	}
-	fromYAML, err := ParseJobSpec(readResnet(t), "yaml")
+	fromYAML, err := Parse(readResnet(t), "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestJobSpecAsJSONIsTheSameSpec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := ParseJobSpec(out, "json")
+	again, err := Parse(out, "json")
 	if err != nil || !reflect.DeepEqual(again, fromJSON) {
 		t.Fatalf("re-read %s: %+v, %v", out, again, err)
 	}
@@ -129,7 +129,7 @@ func TestJobSpecMaxPriceIsExactWhetherNumberOrString(t *testing.T) {
 		{"123456789.123456", six, 123_456_789_123_456},
 	} {
 		doc := strings.Replace(string(readResnet(t)), "maxPrice: 2.50", "maxPrice: "+tc.yaml, 1)
-		s, err := ParseJobSpec([]byte(doc), "yaml")
+		s, err := Parse([]byte(doc), "yaml")
 		if err != nil {
 			t.Fatalf("maxPrice: %s: %v", tc.yaml, err)
 		}
@@ -157,7 +157,7 @@ func TestJobSpecMinVRAMIsGB(t *testing.T) {
 		{"~", 0},
 	} {
 		doc := strings.Replace(string(readResnet(t)), "minVRAM: 80GB", "minVRAM: "+tc.yaml, 1)
-		s, err := ParseJobSpec([]byte(doc), "yaml")
+		s, err := Parse([]byte(doc), "yaml")
 		if err != nil {
 			t.Fatalf("minVRAM: %s: %v", tc.yaml, err)
 		}
@@ -172,10 +172,10 @@ func TestJobSpecMinVRAMIsGB(t *testing.T) {
 }
 
 func TestJobSpecDefaults(t *testing.T) {
-	s := JobSpec{
+	s := Spec{
 		Name:      "tiny",
 		Command:   []string{"python", "-c", "print(1)"},
-		Resources: JobResources{GPUs: 3, GPU: JobGPU{Model: "A100"}},
+		Resources: Resources{GPUs: 3, GPU: GPU{Model: "A100"}},
 		MaxPrice:  "1",
 		Timeout:   "90m",
 	}
@@ -213,90 +213,90 @@ func TestJobSpecTimeoutRoundsUpToASecondOfLease(t *testing.T) {
 func TestJobSpecValidationSaysWhatIsWrong(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
-		change func(*JobSpec)
+		change func(*Spec)
 		want   []string
 	}{
-		{"no GPUs", func(s *JobSpec) { s.Resources.GPUs = 0; s.Resources.PerNode = 0 },
+		{"no GPUs", func(s *Spec) { s.Resources.GPUs = 0; s.Resources.PerNode = 0 },
 			[]string{"resources.gpus: must be 1..4096, got 0"}},
-		{"too many GPUs", func(s *JobSpec) { s.Resources.GPUs = 4097; s.Resources.PerNode = 0 },
+		{"too many GPUs", func(s *Spec) { s.Resources.GPUs = 4097; s.Resources.PerNode = 0 },
 			[]string{"resources.gpus: must be 1..4096, got 4097"}},
-		{"placement near", func(s *JobSpec) { s.Placement = "near" },
+		{"placement near", func(s *Spec) { s.Placement = "near" },
 			[]string{`placement: must be colocated or spread, got "near"`}},
-		{"price not a number", func(s *JobSpec) { s.MaxPrice = "cheap" },
+		{"price not a number", func(s *Spec) { s.MaxPrice = "cheap" },
 			[]string{`maxPrice: want USDC per GPU-hour such as 2.50: "cheap": want a decimal number such as 2.10 (digits and one dot)`}},
-		{"price finer than the unit", func(s *JobSpec) { s.MaxPrice = "2.1234567" },
+		{"price finer than the unit", func(s *Spec) { s.MaxPrice = "2.1234567" },
 			[]string{`maxPrice: want USDC per GPU-hour such as 2.50: "2.1234567": USDC has 6 decimals`}},
-		{"price as a float exponent", func(s *JobSpec) { s.MaxPrice = "2.5e0" },
+		{"price as a float exponent", func(s *Spec) { s.MaxPrice = "2.5e0" },
 			[]string{`maxPrice: want USDC per GPU-hour such as 2.50: "2.5e0": want a decimal number such as 2.10 (digits and one dot)`}},
-		{"negative price", func(s *JobSpec) { s.MaxPrice = "-1" },
+		{"negative price", func(s *Spec) { s.MaxPrice = "-1" },
 			[]string{`maxPrice: want USDC per GPU-hour such as 2.50: "-1": want a decimal number such as 2.10 (digits and one dot)`}},
-		{"free", func(s *JobSpec) { s.MaxPrice = "0.00" },
+		{"free", func(s *Spec) { s.MaxPrice = "0.00" },
 			[]string{`maxPrice: must be more than 0 USDC per GPU-hour, got "0.00"`}},
-		{"no price", func(s *JobSpec) { s.MaxPrice = "" },
+		{"no price", func(s *Spec) { s.MaxPrice = "" },
 			[]string{"maxPrice: required, USDC per GPU-hour such as 2.50"}},
-		{"timeout forever", func(s *JobSpec) { s.Timeout = "forever" },
+		{"timeout forever", func(s *Spec) { s.Timeout = "forever" },
 			[]string{`timeout: must be a duration like 2h or 90m, 1s..720h, got "forever"`}},
-		{"timeout too short", func(s *JobSpec) { s.Timeout = "900ms" },
+		{"timeout too short", func(s *Spec) { s.Timeout = "900ms" },
 			[]string{`timeout: must be a duration like 2h or 90m, 1s..720h, got "900ms"`}},
-		{"timeout too long", func(s *JobSpec) { s.Timeout = "721h" },
+		{"timeout too long", func(s *Spec) { s.Timeout = "721h" },
 			[]string{`timeout: must be a duration like 2h or 90m, 1s..720h, got "721h"`}},
-		{"timeout without a unit", func(s *JobSpec) { s.Timeout = "90" },
+		{"timeout without a unit", func(s *Spec) { s.Timeout = "90" },
 			[]string{`timeout: must be a duration like 2h or 90m, 1s..720h, got "90"`}},
-		{"no timeout", func(s *JobSpec) { s.Timeout = "" },
+		{"no timeout", func(s *Spec) { s.Timeout = "" },
 			[]string{`timeout: must be a duration like 2h or 90m, 1s..720h, got ""`}},
-		{"neither image nor command", func(s *JobSpec) { s.Image = ""; s.Command = nil },
+		{"neither image nor command", func(s *Spec) { s.Image = ""; s.Command = nil },
 			[]string{"image or command: one is required"}},
-		{"command alone", func(s *JobSpec) { s.Image = "" }, nil},
-		{"image alone", func(s *JobSpec) { s.Command = nil }, nil},
-		{"image with a space", func(s *JobSpec) { s.Image = "pytorch torch" },
+		{"command alone", func(s *Spec) { s.Image = "" }, nil},
+		{"image alone", func(s *Spec) { s.Command = nil }, nil},
+		{"image with a space", func(s *Spec) { s.Image = "pytorch torch" },
 			[]string{`image: want a reference such as pytorch/pytorch:2.4.0 (at most 512 printable characters, no spaces), got "pytorch torch"`}},
-		{"empty program", func(s *JobSpec) { s.Command = []string{"", "train.py"} },
+		{"empty program", func(s *Spec) { s.Command = []string{"", "train.py"} },
 			[]string{"command[0]: the program must not be empty"}},
-		{"NUL in an argument", func(s *JobSpec) { s.Command = []string{"torchrun", "a\x00b"} },
+		{"NUL in an argument", func(s *Spec) { s.Command = []string{"torchrun", "a\x00b"} },
 			[]string{"command[1]: must not contain a NUL byte"}},
-		{"variable with a space", func(s *JobSpec) { s.Env["FOO BAR"] = "1" },
+		{"variable with a space", func(s *Spec) { s.Env["FOO BAR"] = "1" },
 			[]string{"env.FOO BAR: not a valid variable name (want A-Z a-z 0-9 _, not starting with a digit)"}},
-		{"variable starting with a digit", func(s *JobSpec) { s.Env["1X"] = "1" },
+		{"variable starting with a digit", func(s *Spec) { s.Env["1X"] = "1" },
 			[]string{"env.1X: not a valid variable name (want A-Z a-z 0-9 _, not starting with a digit)"}},
-		{"variable with a newline stays on its line", func(s *JobSpec) { s.Env["A\nB"] = "1" },
+		{"variable with a newline stays on its line", func(s *Spec) { s.Env["A\nB"] = "1" },
 			[]string{`env."A\nB": not a valid variable name (want A-Z a-z 0-9 _, not starting with a digit)`}},
-		{"NUL in a value", func(s *JobSpec) { s.Env["EPOCHS"] = "3\x00" },
+		{"NUL in a value", func(s *Spec) { s.Env["EPOCHS"] = "3\x00" },
 			[]string{"env.EPOCHS: value must not contain a NUL byte"}},
-		{"perNode not dividing", func(s *JobSpec) { s.Resources.PerNode = 3 },
+		{"perNode not dividing", func(s *Spec) { s.Resources.PerNode = 3 },
 			[]string{"resources.perNode: must divide resources.gpus (8), got 3"}},
-		{"perNode above gpus", func(s *JobSpec) { s.Resources.PerNode = 16 },
+		{"perNode above gpus", func(s *Spec) { s.Resources.PerNode = 16 },
 			[]string{"resources.perNode: must divide resources.gpus (8), got 16"}},
-		{"negative perNode", func(s *JobSpec) { s.Resources.PerNode = -1 },
+		{"negative perNode", func(s *Spec) { s.Resources.PerNode = -1 },
 			[]string{"resources.perNode: must be 0 (any split) or 1..4096, got -1"}},
-		{"minVRAM lots", func(s *JobSpec) { s.Resources.GPU.MinVRAM = "lots" },
+		{"minVRAM lots", func(s *Spec) { s.Resources.GPU.MinVRAM = "lots" },
 			[]string{`resources.gpu.minVRAM: want GB such as 80GB, 0..4096, got "lots"`}},
-		{"minVRAM in GiB", func(s *JobSpec) { s.Resources.GPU.MinVRAM = "80GiB" },
+		{"minVRAM in GiB", func(s *Spec) { s.Resources.GPU.MinVRAM = "80GiB" },
 			[]string{`resources.gpu.minVRAM: want GB such as 80GB, 0..4096, got "80GiB"`}},
-		{"minVRAM fractional", func(s *JobSpec) { s.Resources.GPU.MinVRAM = "79.5GB" },
+		{"minVRAM fractional", func(s *Spec) { s.Resources.GPU.MinVRAM = "79.5GB" },
 			[]string{`resources.gpu.minVRAM: want GB such as 80GB, 0..4096, got "79.5GB"`}},
-		{"no model", func(s *JobSpec) { s.Resources.GPU.Model = "" },
+		{"no model", func(s *Spec) { s.Resources.GPU.Model = "" },
 			[]string{"resources.gpu.model: required, a GPU family such as H100 or A100"}},
-		{"model with a space", func(s *JobSpec) { s.Resources.GPU.Model = "RTX 4090" },
+		{"model with a space", func(s *Spec) { s.Resources.GPU.Model = "RTX 4090" },
 			[]string{`resources.gpu.model: want a GPU family such as H100 (A-Z a-z 0-9 . _ + -), got "RTX 4090"`}},
-		{"name with capitals", func(s *JobSpec) { s.Name = "ResNet" },
+		{"name with capitals", func(s *Spec) { s.Name = "ResNet" },
 			[]string{`name: must be 1..63 of a-z 0-9 -, starting and ending with a letter or digit, got "ResNet"`}},
-		{"name ending in a dash", func(s *JobSpec) { s.Name = "resnet-" },
+		{"name ending in a dash", func(s *Spec) { s.Name = "resnet-" },
 			[]string{`name: must be 1..63 of a-z 0-9 -, starting and ending with a letter or digit, got "resnet-"`}},
-		{"no name", func(s *JobSpec) { s.Name = "" },
+		{"no name", func(s *Spec) { s.Name = "" },
 			[]string{`name: must be 1..63 of a-z 0-9 -, starting and ending with a letter or digit, got ""`}},
-		{"name of 64", func(s *JobSpec) { s.Name = strings.Repeat("a", 64) },
+		{"name of 64", func(s *Spec) { s.Name = strings.Repeat("a", 64) },
 			[]string{`name: must be 1..63 of a-z 0-9 -, starting and ending with a letter or digit, got "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa..."`}},
-		{"name of 63", func(s *JobSpec) { s.Name = strings.Repeat("a", 63) }, nil},
-		{"launcher mpi", func(s *JobSpec) { s.Launcher = "mpi" },
+		{"name of 63", func(s *Spec) { s.Name = strings.Repeat("a", 63) }, nil},
+		{"launcher mpi", func(s *Spec) { s.Launcher = "mpi" },
 			[]string{`launcher: must be none, torchrun or ray, got "mpi"`}},
-		{"launcher none", func(s *JobSpec) { s.Launcher = "none" }, nil},
-		{"launcher ray", func(s *JobSpec) { s.Launcher = "ray" }, nil},
-		{"retries", func(s *JobSpec) { s.Retries = 3 }, nil},
-		{"too many retries", func(s *JobSpec) { s.Retries = 11 },
+		{"launcher none", func(s *Spec) { s.Launcher = "none" }, nil},
+		{"launcher ray", func(s *Spec) { s.Launcher = "ray" }, nil},
+		{"retries", func(s *Spec) { s.Retries = 3 }, nil},
+		{"too many retries", func(s *Spec) { s.Retries = 11 },
 			[]string{"retries: must be 0..10, got 11"}},
-		{"negative retries", func(s *JobSpec) { s.Retries = -1 },
+		{"negative retries", func(s *Spec) { s.Retries = -1 },
 			[]string{"retries: must be 0..10, got -1"}},
-		{"every error at once, in the order of the fields", func(s *JobSpec) {
+		{"every error at once, in the order of the fields", func(s *Spec) {
 			s.Name = "Bad Name"
 			s.Image, s.Command = "", nil
 			s.Env["FOO BAR"] = "x"
@@ -332,10 +332,10 @@ func TestJobSpecValidationSaysWhatIsWrong(t *testing.T) {
 			if got, want := err.Error(), strings.Join(tc.want, "\n"); got != want {
 				t.Fatalf("got\n%s\nwant\n%s", got, want)
 			}
-			if !errors.Is(err, ErrBadJobSpec) {
-				t.Errorf("%v is not ErrBadJobSpec", err)
+			if !errors.Is(err, ErrBad) {
+				t.Errorf("%v is not ErrBad", err)
 			}
-			var list JobSpecErrors
+			var list Errors
 			if !errors.As(err, &list) || len(list) != len(tc.want) {
 				t.Errorf("errors.As: %d field errors, want %d", len(list), len(tc.want))
 			}
@@ -363,18 +363,18 @@ func TestJobSpecParserRefusesWhatItCannotRead(t *testing.T) {
 		{"duplicate key", "yaml", "name: a\nname: b\n", "already defined"},
 		{"toml", "toml", "name = 'a'", `format "toml", want yaml or json`},
 		{"bytes that are not text", "yaml", "command: [!!binary /w==]\n", "command[0]: not UTF-8 text"},
-		{"too big", "yaml", "name: a\n" + strings.Repeat("#", MaxJobSpecSize), "at most 65536 (64 KiB)"},
+		{"too big", "yaml", "name: a\n" + strings.Repeat("#", MaxSize), "at most 65536 (64 KiB)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseJobSpec([]byte(tc.doc), tc.format)
+			_, err := Parse([]byte(tc.doc), tc.format)
 			if err == nil {
 				t.Fatalf("parsed, want an error with %q", tc.want)
 			}
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %q, want it to say %q", err, tc.want)
 			}
-			if !errors.Is(err, ErrBadJobSpec) {
-				t.Errorf("%v is not ErrBadJobSpec", err)
+			if !errors.Is(err, ErrBad) {
+				t.Errorf("%v is not ErrBad", err)
 			}
 			if strings.Contains(err.Error(), "node.Job") {
 				t.Errorf("%q names a Go type", err)
@@ -384,7 +384,7 @@ func TestJobSpecParserRefusesWhatItCannotRead(t *testing.T) {
 }
 
 // roundTrip writes s in format and reads it back.
-func roundTrip(t *testing.T, s JobSpec, format string) JobSpec {
+func roundTrip(t *testing.T, s Spec, format string) Spec {
 	t.Helper()
 	var out []byte
 	var err error
@@ -396,7 +396,7 @@ func roundTrip(t *testing.T, s JobSpec, format string) JobSpec {
 	if err != nil {
 		t.Fatalf("marshal %s: %v", format, err)
 	}
-	back, err := ParseJobSpec(out, format)
+	back, err := Parse(out, format)
 	if err != nil {
 		t.Fatalf("re-parse %s of %+v:\n%s\n%v", format, s, out, err)
 	}
@@ -404,7 +404,7 @@ func roundTrip(t *testing.T, s JobSpec, format string) JobSpec {
 }
 
 func FuzzParseJobSpec(f *testing.F) {
-	data, err := os.ReadFile("testdata/jobspec/resnet.yaml")
+	data, err := os.ReadFile("testdata/resnet.yaml")
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -419,7 +419,7 @@ func FuzzParseJobSpec(f *testing.F) {
 		if asYAML {
 			format = "yaml"
 		}
-		s, err := ParseJobSpec(data, format)
+		s, err := Parse(data, format)
 		if err != nil {
 			return
 		}
@@ -448,7 +448,7 @@ func TestJobSpecAliasBombIsRefusedQuickly(t *testing.T) {
 		doc += fmt.Sprintf("  a%d: &a%d [%s]\n", i, i, strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*a%d,", i-1), 9), ","))
 	}
 	start := time.Now()
-	_, err := ParseJobSpec([]byte(doc), "yaml")
+	_, err := Parse([]byte(doc), "yaml")
 	if err == nil {
 		t.Fatal("parsed an alias bomb")
 	}

@@ -8,7 +8,8 @@ import (
 
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/exec"
-	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/exec/receipt"
+	"github.com/gpumesh/gpumesh/node/jobwire"
 )
 
 // Settlement: in a swarm whose price unit is SOL (--price-unit SOL:9) and
@@ -45,39 +46,6 @@ func (n *Node) settleInterval() time.Duration {
 	return DefaultSettleInterval
 }
 
-// billFrame asks the submitter to pay for one interval of a member's work.
-type billFrame struct {
-	Interval int    `json:"interval"` // from 1
-	Lamports uint64 `json:"lamports"`
-	Ref      string `json:"ref"` // <job>-<attempt>-<rank>-<interval>: the payment's memo
-	Millis   uint64 `json:"millis"`
-}
-
-// paidFrame says a bill was paid.
-type paidFrame struct {
-	Interval  int    `json:"interval"`
-	Signature string `json:"signature"`
-}
-
-// checkFunds refuses a job the submitter cannot pay the first interval of.
-func (n *Node) checkFunds(ctx context.Context, gpus int, maxPrice uint64) error {
-	if !n.settles() {
-		return nil
-	}
-	interval := DefaultSettleInterval
-	need := exec.Amount(maxPrice, uint64(gpus)*uint64(interval.Milliseconds())) + uint64(gpus)*lamportsPerSignature
-	bal, err := chain.Balance(ctx, n.cfg.SolanaRPC, n.id.SolanaAddress)
-	if err != nil {
-		return fmt.Errorf("job not submitted: jobs here are paid on chain and the balance of %s could not be read: %w", n.id.SolanaAddress, err)
-	}
-	if bal < need {
-		u := n.PriceUnit()
-		return fmt.Errorf("job not submitted: your address %s holds %s SOL; the first %s of %d GPUs at up to %s SOL/GPU-h needs %s SOL with fees: fund it",
-			n.id.SolanaAddress, u.Format(bal), interval, gpus, u.Format(maxPrice), u.Format(need))
-	}
-	return nil
-}
-
 // biller is a provider's settlement of one member's run.
 type biller struct {
 	n        *Node
@@ -89,7 +57,7 @@ type biller struct {
 	interval time.Duration
 	grace    time.Duration
 	pauser   exec.Pauser // nil: the executor cannot pause (the work is stopped instead)
-	send     func(frame) error
+	send     func(jobwire.Frame) error
 	note     func(string)
 	stop     func(reason string)
 
@@ -99,7 +67,7 @@ type biller struct {
 	pausedAt    int64 // unix ms; 0: running
 	paused      int64 // ms
 	next        int
-	unpaid      map[int]billFrame
+	unpaid      map[int]jobwire.BillFrame
 	due         map[int]time.Time
 	paid        uint64
 	payments    []string
@@ -111,7 +79,7 @@ func (n *Node) newBiller(task, job, consumer string, price uint64, gpus uint32, 
 	return &biller{
 		n: n, task: task, job: job, consumer: consumer, price: price, gpus: gpus,
 		interval: interval, grace: max(interval/4, minSettleGrace), pauser: pauser,
-		unpaid: map[int]billFrame{}, due: map[int]time.Time{}, settled: make(chan struct{}), next: 1,
+		unpaid: map[int]jobwire.BillFrame{}, due: map[int]time.Time{}, settled: make(chan struct{}), next: 1,
 	}
 }
 
@@ -150,7 +118,7 @@ func (b *biller) bill(now time.Time) {
 		return
 	}
 	k := b.next
-	bf := billFrame{Interval: k, Lamports: exec.Amount(b.price, uint64(b.gpus)*ms), Ref: fmt.Sprintf("%s-%d", b.job, k), Millis: ms}
+	bf := jobwire.BillFrame{Interval: k, Lamports: receipt.Amount(b.price, uint64(b.gpus)*ms), Ref: fmt.Sprintf("%s-%d", b.job, k), Millis: ms}
 	b.next++
 	b.billedUntil += int64(ms)
 	if bf.Lamports > 0 {
@@ -159,7 +127,7 @@ func (b *biller) bill(now time.Time) {
 	}
 	b.mu.Unlock()
 	if bf.Lamports > 0 {
-		_ = b.send(frame{T: frameBill, Bill: &bf})
+		_ = b.send(jobwire.Frame{T: jobwire.KindBill, Bill: &bf})
 	}
 }
 
@@ -199,7 +167,7 @@ func (b *biller) enforce(ctx context.Context, now time.Time) {
 
 // paidFor takes the submitter's word that a bill is paid and checks it on
 // chain; a paid bill lets paused work go on.
-func (b *biller) paidFor(ctx context.Context, p paidFrame) {
+func (b *biller) paidFor(ctx context.Context, p jobwire.PaidFrame) {
 	b.mu.Lock()
 	bf, ok := b.unpaid[p.Interval]
 	b.mu.Unlock()
@@ -281,86 +249,3 @@ wait:
 	defer b.mu.Unlock()
 	return b.paid, append([]string(nil), b.payments...), time.Duration(b.paused) * time.Millisecond
 }
-
-// payer is the submitter's settlement of one run: it pays each member's
-// bills as they come and remembers what it paid.
-type payer struct {
-	n       *Node
-	jl      *jobLog
-	members []gossip.Member
-	names   func(int) string
-	wg      sync.WaitGroup
-
-	mu   sync.Mutex
-	paid []map[string]uint64 // per rank: payment signature → lamports
-}
-
-func newPayer(n *Node, jl *jobLog, members []gossip.Member, names func(int) string) *payer {
-	p := &payer{n: n, jl: jl, members: members, names: names, paid: make([]map[string]uint64, len(members))}
-	for i := range p.paid {
-		p.paid[i] = map[string]uint64{}
-	}
-	return p
-}
-
-// bill pays a member's bill in the background, if it is what the lease
-// allows for the time billed.
-func (p *payer) bill(ctx context.Context, rank int, c *memberConn, b billFrame) {
-	m := p.members[rank]
-	u := p.n.PriceUnit()
-	if !p.n.settles() {
-		p.jl.note(fmt.Sprintf("%s sent a bill of %s %s, but this peer pays nothing on chain (no --solana-rpc, or the unit is not SOL)", p.names(rank), u.Format(b.Lamports), u.Token))
-		return
-	}
-	if most := exec.Amount(m.Price, uint64(m.GPUs)*b.Millis); b.Lamports > most {
-		p.jl.note(fmt.Sprintf("bill %d of %s refused: %s SOL for %d GPUs over %d ms at %s SOL/GPU-h is more than the %s SOL the lease allows",
-			b.Interval, p.names(rank), u.Format(b.Lamports), m.GPUs, b.Millis, u.Format(m.Price), u.Format(most)))
-		return
-	}
-	key, err := p.n.ed25519Key()
-	if err != nil {
-		return
-	}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), paymentWait)
-		defer cancel()
-		pay, err := chain.Pay(pctx, p.n.cfg.SolanaRPC, key, solanaAddress(m.Provider), b.Lamports, b.Ref)
-		if err != nil {
-			p.jl.note(fmt.Sprintf("could not pay bill %d of %s (%s SOL): %v", b.Interval, p.names(rank), u.Format(b.Lamports), err))
-			return
-		}
-		p.mu.Lock()
-		p.paid[rank][pay.Signature] = pay.Lamports
-		p.mu.Unlock()
-		p.jl.note(fmt.Sprintf("paid %s %s SOL for interval %d (transaction %s)", p.names(rank), u.Format(b.Lamports), b.Interval, pay.Signature))
-		if c != nil {
-			_ = c.fw.write(frame{T: framePaid, Paid: &paidFrame{Interval: b.Interval, Signature: pay.Signature}})
-		}
-	}()
-}
-
-// total is what was paid to a member.
-func (p *payer) total(rank int) uint64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var t uint64
-	for _, v := range p.paid[rank] {
-		t += v
-	}
-	return t
-}
-
-// signatures are the payments made to a member.
-func (p *payer) signatures(rank int) map[string]uint64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make(map[string]uint64, len(p.paid[rank]))
-	for k, v := range p.paid[rank] {
-		out[k] = v
-	}
-	return out
-}
-
-func (p *payer) wait() { p.wg.Wait() }

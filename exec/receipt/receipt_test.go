@@ -1,4 +1,4 @@
-package exec_test
+package receipt_test
 
 import (
 	"bytes"
@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/exec/receipt"
 )
 
 // rcptKey is a fresh ed25519 key.
@@ -37,18 +37,18 @@ var rcptStart = time.UnixMilli(1_700_000_000_000)
 
 // rcptReceipt is a valid receipt of provider's work for consumer: 2 GPUs for
 // 90 minutes at 2.10 USDC per GPU-hour.
-func rcptReceipt(provider, consumer ed25519.PrivateKey) exec.Receipt {
-	r := exec.Receipt{
-		Version:    exec.ReceiptVersion,
+func rcptReceipt(provider, consumer ed25519.PrivateKey) receipt.Receipt {
+	r := receipt.Receipt{
+		Version:    receipt.Version,
 		Job:        "0123456789abcdef0123456789abcdef",
 		Attempt:    1,
 		Rank:       2,
-		Provider:   exec.Address(provider),
-		Consumer:   exec.Address(consumer),
+		Provider:   receipt.Address(provider),
+		Consumer:   receipt.Address(consumer),
 		Class:      "H100-80GB",
 		Unit:       "USDC",
 		ExitCode:   0,
-		ResultHash: exec.ResultHash(0, nil),
+		ResultHash: receipt.ResultHash(0, nil),
 		Util:       87,
 	}
 	r.Meter(2, rcptStart, rcptStart.Add(90*time.Minute), 2_100_000)
@@ -57,9 +57,9 @@ func rcptReceipt(provider, consumer ed25519.PrivateKey) exec.Receipt {
 
 // rcptSigned is rcptReceipt signed by the provider and countersigned by the
 // consumer.
-func rcptSigned(tb testing.TB, provider, consumer ed25519.PrivateKey) exec.SignedReceipt {
+func rcptSigned(tb testing.TB, provider, consumer ed25519.PrivateKey) receipt.Signed {
 	tb.Helper()
-	s, err := exec.SignReceipt(rcptReceipt(provider, consumer), provider)
+	s, err := receipt.Sign(rcptReceipt(provider, consumer), provider)
 	if err != nil {
 		tb.Fatalf("sign: %v", err)
 	}
@@ -69,15 +69,15 @@ func rcptSigned(tb testing.TB, provider, consumer ed25519.PrivateKey) exec.Signe
 	return s
 }
 
-// wantBad fails unless err wraps ErrBadReceipt and its message has every
+// wantBad fails unless err wraps ErrBad and its message has every
 // one of the words.
 func wantBad(tb testing.TB, err error, words ...string) {
 	tb.Helper()
 	if err == nil {
 		tb.Fatalf("no error, want one saying %q", words)
 	}
-	if !errors.Is(err, exec.ErrBadReceipt) {
-		tb.Fatalf("error %q does not wrap ErrBadReceipt", err)
+	if !errors.Is(err, receipt.ErrBad) {
+		tb.Fatalf("error %q does not wrap ErrBad", err)
 	}
 	for _, w := range words {
 		if !strings.Contains(err.Error(), w) {
@@ -126,7 +126,7 @@ func TestAmountIsRoundedUpAndSaturates(t *testing.T) {
 		{1 << 63, 1 << 63, max}, // saturates
 		{1 << 40, 1 << 40, 1<<80/3_600_000 + 1},
 	} {
-		if got := exec.Amount(c.price, c.ms); got != c.want {
+		if got := receipt.Amount(c.price, c.ms); got != c.want {
 			t.Errorf("Amount(%d, %d) = %d, want %d", c.price, c.ms, got, c.want)
 		}
 		if o := amountOracle(c.price, c.ms); o != c.want {
@@ -138,21 +138,21 @@ func TestAmountIsRoundedUpAndSaturates(t *testing.T) {
 	edges := []uint64{0, 1, 2, 3_599_999, 3_600_000, 3_600_001, 1 << 32, 1<<32 - 1, 1 << 63, max - 1, max}
 	for _, p := range edges {
 		for _, m := range edges {
-			if got, want := exec.Amount(p, m), amountOracle(p, m); got != want {
+			if got, want := receipt.Amount(p, m), amountOracle(p, m); got != want {
 				t.Errorf("Amount(%d, %d) = %d, want %d", p, m, got, want)
 			}
 		}
 	}
 	for i := 0; i < 10_000; i++ {
 		p, m := rng.Uint64()>>rng.Intn(64), rng.Uint64()>>rng.Intn(64)
-		if got, want := exec.Amount(p, m), amountOracle(p, m); got != want {
+		if got, want := receipt.Amount(p, m), amountOracle(p, m); got != want {
 			t.Fatalf("Amount(%d, %d) = %d, want %d", p, m, got, want)
 		}
 	}
 }
 
 func TestReceiptMeter(t *testing.T) {
-	var r exec.Receipt
+	var r receipt.Receipt
 	r.Meter(2, rcptStart, rcptStart.Add(90*time.Minute), 2_100_000)
 	if r.GPUs != 2 || r.Price != 2_100_000 || r.Start != rcptStart.UnixMilli() || r.End != rcptStart.Add(90*time.Minute).UnixMilli() {
 		t.Fatalf("meter: %+v", r)
@@ -192,7 +192,7 @@ func TestReceiptSignNeedsTheProvidersKey(t *testing.T) {
 	p, c := rcptKey(t), rcptKey(t)
 	r := rcptReceipt(p, c)
 
-	s, err := exec.SignReceipt(r, p)
+	s, err := receipt.Sign(r, p)
 	if err != nil {
 		t.Fatalf("sign with the provider's key: %v", err)
 	}
@@ -210,21 +210,21 @@ func TestReceiptSignNeedsTheProvidersKey(t *testing.T) {
 	}
 
 	for _, key := range []ed25519.PrivateKey{c, rcptKey(t)} { // the consumer, a stranger
-		_, err := exec.SignReceipt(r, key)
-		wantBad(t, err, "signing key "+exec.Address(key), "is not the provider "+r.Provider)
+		_, err := receipt.Sign(r, key)
+		wantBad(t, err, "signing key "+receipt.Address(key), "is not the provider "+r.Provider)
 	}
 
 	// A receipt that does not check is not signed.
 	broken := r
 	broken.Amount++
-	_, err = exec.SignReceipt(broken, p)
+	_, err = receipt.Sign(broken, p)
 	wantBad(t, err, "amount")
 }
 
 func TestReceiptCountersignNeedsAValidProviderSignatureAndTheConsumersKey(t *testing.T) {
 	p, c := rcptKey(t), rcptKey(t)
-	fresh := func() exec.SignedReceipt {
-		s, err := exec.SignReceipt(rcptReceipt(p, c), p)
+	fresh := func() receipt.Signed {
+		s, err := receipt.Sign(rcptReceipt(p, c), p)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -275,53 +275,53 @@ func TestReceiptVerifyCatchesEveryChange(t *testing.T) {
 		t.Fatalf("co-signed receipt: %v", err)
 	}
 
-	otherHash := exec.ResultHash(1, nil)
+	otherHash := receipt.ResultHash(1, nil)
 	for _, tc := range []struct {
 		name   string
-		change func(*exec.SignedReceipt)
+		change func(*receipt.Signed)
 		words  []string
 	}{
-		{"amount", func(s *exec.SignedReceipt) { s.Receipt.Amount-- }, []string{"amount 6299999", "is 6300000"}},
-		{"gpuMillis alone", func(s *exec.SignedReceipt) { s.Receipt.GPUMillis *= 2 }, []string{"GPU-ms"}},
-		{"gpuMillis and amount, consistently", func(s *exec.SignedReceipt) {
+		{"amount", func(s *receipt.Signed) { s.Receipt.Amount-- }, []string{"amount 6299999", "is 6300000"}},
+		{"gpuMillis alone", func(s *receipt.Signed) { s.Receipt.GPUMillis *= 2 }, []string{"GPU-ms"}},
+		{"gpuMillis and amount, consistently", func(s *receipt.Signed) {
 			r := &s.Receipt
 			r.Meter(r.GPUs, time.UnixMilli(r.Start), time.UnixMilli(r.End).Add(time.Hour), r.Price)
 			if err := r.Check(); err != nil {
 				t.Fatalf("the consistent tamper does not check: %v", err)
 			}
 		}, []string{"provider signature does not match " + good.Receipt.Provider}},
-		{"price and amount, consistently", func(s *exec.SignedReceipt) {
+		{"price and amount, consistently", func(s *receipt.Signed) {
 			s.Receipt.Price /= 2
-			s.Receipt.Amount = exec.Amount(s.Receipt.Price, s.Receipt.GPUMillis)
+			s.Receipt.Amount = receipt.Amount(s.Receipt.Price, s.Receipt.GPUMillis)
 		}, []string{"provider signature does not match"}},
-		{"resultHash", func(s *exec.SignedReceipt) { s.Receipt.ResultHash = otherHash }, []string{"provider signature does not match"}},
-		{"consumer", func(s *exec.SignedReceipt) { s.Receipt.Consumer = exec.Address(rcptKey(t)) }, []string{"provider signature does not match"}},
-		{"provider", func(s *exec.SignedReceipt) { s.Receipt.Provider = exec.Address(rcptKey(t)) }, []string{"provider signature does not match"}},
-		{"exit code", func(s *exec.SignedReceipt) { s.Receipt.ExitCode = 137 }, []string{"provider signature does not match"}},
-		{"job", func(s *exec.SignedReceipt) { s.Receipt.Job = "ffffffffffffffffffffffffffffffff" }, []string{"provider signature does not match"}},
-		{"rank", func(s *exec.SignedReceipt) { s.Receipt.Rank = 0 }, []string{"provider signature does not match"}},
-		{"attempt", func(s *exec.SignedReceipt) { s.Receipt.Attempt = 0 }, []string{"provider signature does not match"}},
-		{"class", func(s *exec.SignedReceipt) { s.Receipt.Class = "A100-40GB" }, []string{"provider signature does not match"}},
-		{"unit", func(s *exec.SignedReceipt) { s.Receipt.Unit = "SOL" }, []string{"provider signature does not match"}},
-		{"util", func(s *exec.SignedReceipt) { s.Receipt.Util = 100 }, []string{"provider signature does not match"}},
-		{"swapped signatures", func(s *exec.SignedReceipt) {
+		{"resultHash", func(s *receipt.Signed) { s.Receipt.ResultHash = otherHash }, []string{"provider signature does not match"}},
+		{"consumer", func(s *receipt.Signed) { s.Receipt.Consumer = receipt.Address(rcptKey(t)) }, []string{"provider signature does not match"}},
+		{"provider", func(s *receipt.Signed) { s.Receipt.Provider = receipt.Address(rcptKey(t)) }, []string{"provider signature does not match"}},
+		{"exit code", func(s *receipt.Signed) { s.Receipt.ExitCode = 137 }, []string{"provider signature does not match"}},
+		{"job", func(s *receipt.Signed) { s.Receipt.Job = "ffffffffffffffffffffffffffffffff" }, []string{"provider signature does not match"}},
+		{"rank", func(s *receipt.Signed) { s.Receipt.Rank = 0 }, []string{"provider signature does not match"}},
+		{"attempt", func(s *receipt.Signed) { s.Receipt.Attempt = 0 }, []string{"provider signature does not match"}},
+		{"class", func(s *receipt.Signed) { s.Receipt.Class = "A100-40GB" }, []string{"provider signature does not match"}},
+		{"unit", func(s *receipt.Signed) { s.Receipt.Unit = "SOL" }, []string{"provider signature does not match"}},
+		{"util", func(s *receipt.Signed) { s.Receipt.Util = 100 }, []string{"provider signature does not match"}},
+		{"swapped signatures", func(s *receipt.Signed) {
 			s.ProviderSig, s.ConsumerSig = s.ConsumerSig, s.ProviderSig
 		}, []string{"provider signature does not match"}},
-		{"consumer's signature as both", func(s *exec.SignedReceipt) {
+		{"consumer's signature as both", func(s *receipt.Signed) {
 			s.ProviderSig = append([]byte(nil), s.ConsumerSig...)
 		}, []string{"provider signature does not match"}},
-		{"provider's signature as both", func(s *exec.SignedReceipt) {
+		{"provider's signature as both", func(s *receipt.Signed) {
 			s.ConsumerSig = append([]byte(nil), s.ProviderSig...)
 		}, []string{"consumer signature does not match " + good.Receipt.Consumer}},
-		{"no consumer signature", func(s *exec.SignedReceipt) { s.ConsumerSig = nil }, []string{"not countersigned by the consumer " + good.Receipt.Consumer}},
-		{"empty consumer signature", func(s *exec.SignedReceipt) { s.ConsumerSig = []byte{} }, []string{"not countersigned"}},
-		{"short consumer signature", func(s *exec.SignedReceipt) { s.ConsumerSig = s.ConsumerSig[:63] }, []string{"consumer signature does not match"}},
-		{"flipped consumer signature", func(s *exec.SignedReceipt) { s.ConsumerSig[10] ^= 0x80 }, []string{"consumer signature does not match"}},
-		{"consumer signature by a stranger", func(s *exec.SignedReceipt) {
+		{"no consumer signature", func(s *receipt.Signed) { s.ConsumerSig = nil }, []string{"not countersigned by the consumer " + good.Receipt.Consumer}},
+		{"empty consumer signature", func(s *receipt.Signed) { s.ConsumerSig = []byte{} }, []string{"not countersigned"}},
+		{"short consumer signature", func(s *receipt.Signed) { s.ConsumerSig = s.ConsumerSig[:63] }, []string{"consumer signature does not match"}},
+		{"flipped consumer signature", func(s *receipt.Signed) { s.ConsumerSig[10] ^= 0x80 }, []string{"consumer signature does not match"}},
+		{"consumer signature by a stranger", func(s *receipt.Signed) {
 			s.ConsumerSig = ed25519.Sign(rcptKey(t), s.Receipt.SigningBytes())
 		}, []string{"consumer signature does not match"}},
-		{"no provider signature", func(s *exec.SignedReceipt) { s.ProviderSig = nil }, []string{"provider signature does not match"}},
-		{"long provider signature", func(s *exec.SignedReceipt) { s.ProviderSig = append(s.ProviderSig, 0) }, []string{"provider signature does not match"}},
+		{"no provider signature", func(s *receipt.Signed) { s.ProviderSig = nil }, []string{"provider signature does not match"}},
+		{"long provider signature", func(s *receipt.Signed) { s.ProviderSig = append(s.ProviderSig, 0) }, []string{"provider signature does not match"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := rcptSigned(t, p, c)
@@ -338,38 +338,38 @@ func TestReceiptCheck(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name   string
-		change func(*exec.Receipt)
+		change func(*receipt.Receipt)
 		words  []string
 	}{
-		{"version", func(r *exec.Receipt) { r.Version = 2 }, []string{"version 2, want 1"}},
-		{"no job", func(r *exec.Receipt) { r.Job = "" }, []string{"job ID"}},
-		{"long job", func(r *exec.Receipt) { r.Job = strings.Repeat("a", 257) }, []string{"job ID"}},
-		{"negative rank", func(r *exec.Receipt) { r.Rank = -1 }, []string{"rank -1"}},
-		{"negative attempt", func(r *exec.Receipt) { r.Attempt = -1 }, []string{"attempt -1"}},
-		{"no class", func(r *exec.Receipt) { r.Class = "" }, []string{"class"}},
-		{"no GPUs", func(r *exec.Receipt) { r.GPUs = 0; r.GPUMillis = 0; r.Amount = 0 }, []string{"0 GPUs"}},
-		{"too many GPUs", func(r *exec.Receipt) { r.Meter(4097, rcptStart, rcptStart.Add(time.Second), r.Price) }, []string{"4097 GPUs"}},
-		{"end before start", func(r *exec.Receipt) { r.End = r.Start - 1 }, []string{"before start"}},
-		{"no start", func(r *exec.Receipt) { r.Start, r.End, r.GPUMillis, r.Amount = 0, 0, 0, 0 }, []string{"start 0"}},
-		{"GPU-ms inconsistent", func(r *exec.Receipt) { r.GPUMillis++ }, []string{"10800001 GPU-ms", "2 GPUs for 5400000 ms is 10800000"}},
-		{"amount inconsistent", func(r *exec.Receipt) { r.Amount++ }, []string{"amount 6300001", "at 2100000 per GPU-hour is 6300000"}},
-		{"amount rounded down", func(r *exec.Receipt) {
+		{"version", func(r *receipt.Receipt) { r.Version = 2 }, []string{"version 2, want 1"}},
+		{"no job", func(r *receipt.Receipt) { r.Job = "" }, []string{"job ID"}},
+		{"long job", func(r *receipt.Receipt) { r.Job = strings.Repeat("a", 257) }, []string{"job ID"}},
+		{"negative rank", func(r *receipt.Receipt) { r.Rank = -1 }, []string{"rank -1"}},
+		{"negative attempt", func(r *receipt.Receipt) { r.Attempt = -1 }, []string{"attempt -1"}},
+		{"no class", func(r *receipt.Receipt) { r.Class = "" }, []string{"class"}},
+		{"no GPUs", func(r *receipt.Receipt) { r.GPUs = 0; r.GPUMillis = 0; r.Amount = 0 }, []string{"0 GPUs"}},
+		{"too many GPUs", func(r *receipt.Receipt) { r.Meter(4097, rcptStart, rcptStart.Add(time.Second), r.Price) }, []string{"4097 GPUs"}},
+		{"end before start", func(r *receipt.Receipt) { r.End = r.Start - 1 }, []string{"before start"}},
+		{"no start", func(r *receipt.Receipt) { r.Start, r.End, r.GPUMillis, r.Amount = 0, 0, 0, 0 }, []string{"start 0"}},
+		{"GPU-ms inconsistent", func(r *receipt.Receipt) { r.GPUMillis++ }, []string{"10800001 GPU-ms", "2 GPUs for 5400000 ms is 10800000"}},
+		{"amount inconsistent", func(r *receipt.Receipt) { r.Amount++ }, []string{"amount 6300001", "at 2100000 per GPU-hour is 6300000"}},
+		{"amount rounded down", func(r *receipt.Receipt) {
 			r.Meter(1, rcptStart, rcptStart.Add(time.Millisecond), 2_100_000)
 			r.Amount = 0
 		}, []string{"amount 0", "is 1"}},
-		{"hash short", func(r *exec.Receipt) { r.ResultHash = r.ResultHash[:63] }, []string{"result hash", "64 lowercase hex"}},
-		{"hash upper case", func(r *exec.Receipt) { r.ResultHash = strings.ToUpper(r.ResultHash) }, []string{"result hash"}},
-		{"hash not hex", func(r *exec.Receipt) { r.ResultHash = strings.Repeat("g", 64) }, []string{"result hash"}},
-		{"hash empty", func(r *exec.Receipt) { r.ResultHash = "" }, []string{"result hash"}},
-		{"util", func(r *exec.Receipt) { r.Util = 101 }, []string{"utilization 101%"}},
-		{"util below -1", func(r *exec.Receipt) { r.Util = -2 }, []string{"utilization -2%"}},
-		{"no provider", func(r *exec.Receipt) { r.Provider = "" }, []string{"provider"}},
-		{"provider not base58", func(r *exec.Receipt) { r.Provider = "0OIl" + r.Provider[4:] }, []string{"provider", "not a base58 ed25519 public key"}},
-		{"provider too short", func(r *exec.Receipt) { r.Provider = r.Provider[:20] }, []string{"provider", "not a base58 ed25519 public key"}},
-		{"provider too long", func(r *exec.Receipt) { r.Provider = strings.Repeat("1", 65) }, []string{"provider"}},
-		{"no consumer", func(r *exec.Receipt) { r.Consumer = "" }, []string{"consumer"}},
-		{"consumer not base58", func(r *exec.Receipt) { r.Consumer = "not an address" }, []string{"consumer", "not a base58"}},
-		{"consumer a peer ID", func(r *exec.Receipt) { r.Consumer = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN" }, []string{"consumer"}},
+		{"hash short", func(r *receipt.Receipt) { r.ResultHash = r.ResultHash[:63] }, []string{"result hash", "64 lowercase hex"}},
+		{"hash upper case", func(r *receipt.Receipt) { r.ResultHash = strings.ToUpper(r.ResultHash) }, []string{"result hash"}},
+		{"hash not hex", func(r *receipt.Receipt) { r.ResultHash = strings.Repeat("g", 64) }, []string{"result hash"}},
+		{"hash empty", func(r *receipt.Receipt) { r.ResultHash = "" }, []string{"result hash"}},
+		{"util", func(r *receipt.Receipt) { r.Util = 101 }, []string{"utilization 101%"}},
+		{"util below -1", func(r *receipt.Receipt) { r.Util = -2 }, []string{"utilization -2%"}},
+		{"no provider", func(r *receipt.Receipt) { r.Provider = "" }, []string{"provider"}},
+		{"provider not base58", func(r *receipt.Receipt) { r.Provider = "0OIl" + r.Provider[4:] }, []string{"provider", "not a base58 ed25519 public key"}},
+		{"provider too short", func(r *receipt.Receipt) { r.Provider = r.Provider[:20] }, []string{"provider", "not a base58 ed25519 public key"}},
+		{"provider too long", func(r *receipt.Receipt) { r.Provider = strings.Repeat("1", 65) }, []string{"provider"}},
+		{"no consumer", func(r *receipt.Receipt) { r.Consumer = "" }, []string{"consumer"}},
+		{"consumer not base58", func(r *receipt.Receipt) { r.Consumer = "not an address" }, []string{"consumer", "not a base58"}},
+		{"consumer a peer ID", func(r *receipt.Receipt) { r.Consumer = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN" }, []string{"consumer"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := rcptReceipt(p, c)
@@ -394,10 +394,10 @@ func TestParseSignedReceiptRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(data) > exec.MaxReceiptSize {
-		t.Fatalf("a receipt is %d bytes, more than MaxReceiptSize", len(data))
+	if len(data) > receipt.MaxSize {
+		t.Fatalf("a receipt is %d bytes, more than MaxSize", len(data))
 	}
-	got, err := exec.ParseSignedReceipt(data)
+	got, err := receipt.Parse(data)
 	if err != nil {
 		t.Fatalf("parse: %v", err)
 	}
@@ -409,7 +409,7 @@ func TestParseSignedReceiptRoundTrip(t *testing.T) {
 	}
 
 	// Not yet countersigned: parses, the provider's signature holds.
-	one, err := exec.SignReceipt(rcptReceipt(p, c), p)
+	one, err := receipt.Sign(rcptReceipt(p, c), p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -417,7 +417,7 @@ func TestParseSignedReceiptRoundTrip(t *testing.T) {
 	if bytes.Contains(data1, []byte("consumerSig")) {
 		t.Fatalf("no consumer signature, but %s", data1)
 	}
-	got1, err := exec.ParseSignedReceipt(data1)
+	got1, err := receipt.Parse(data1)
 	if err != nil || got1.VerifyProvider() != nil {
 		t.Fatalf("provider-signed receipt: %v", err)
 	}
@@ -426,7 +426,7 @@ func TestParseSignedReceiptRoundTrip(t *testing.T) {
 	forged := s
 	forged.ConsumerSig = bytes.Repeat([]byte{1}, 64)
 	fdata, _ := json.Marshal(forged)
-	if _, err := exec.ParseSignedReceipt(fdata); err != nil {
+	if _, err := receipt.Parse(fdata); err != nil {
 		t.Fatalf("parse of a wrongly signed receipt: %v", err)
 	}
 }
@@ -443,8 +443,8 @@ func TestParseSignedReceiptRejects(t *testing.T) {
 		// Valid JSON, padded with spaces past the bound.
 		return append(bytes.Repeat([]byte(" "), n-len(data)), data...)
 	}
-	if _, err := exec.ParseSignedReceipt(bigger(exec.MaxReceiptSize)); err != nil {
-		t.Fatalf("receipt of exactly MaxReceiptSize bytes: %v", err)
+	if _, err := receipt.Parse(bigger(receipt.MaxSize)); err != nil {
+		t.Fatalf("receipt of exactly MaxSize bytes: %v", err)
 	}
 	// edit is the good receipt with old replaced by new.
 	edit := func(old, new string) []byte {
@@ -462,8 +462,8 @@ func TestParseSignedReceiptRejects(t *testing.T) {
 	}{
 		{"unknown field", edit(`{"receipt":`, `{"extra":1,"receipt":`), []string{`unknown field "extra"`}},
 		{"unknown receipt field", edit(`"v":1,`, `"v":1,"tip":5,`), []string{`unknown field "tip"`}},
-		{"oversize", bigger(exec.MaxReceiptSize + 1), []string{fmt.Sprintf("%d bytes, at most %d", exec.MaxReceiptSize+1, exec.MaxReceiptSize)}},
-		{"oversize garbage", bytes.Repeat([]byte("x"), 1<<20), []string{fmt.Sprintf("at most %d", exec.MaxReceiptSize)}},
+		{"oversize", bigger(receipt.MaxSize + 1), []string{fmt.Sprintf("%d bytes, at most %d", receipt.MaxSize+1, receipt.MaxSize)}},
+		{"oversize garbage", bytes.Repeat([]byte("x"), 1<<20), []string{fmt.Sprintf("at most %d", receipt.MaxSize)}},
 		{"empty", nil, []string{"EOF"}},
 		{"not JSON", []byte("receipt"), []string{"invalid character"}},
 		{"truncated", data[:len(data)/2], []string{"EOF"}},
@@ -474,7 +474,7 @@ func TestParseSignedReceiptRejects(t *testing.T) {
 		{"signature not base64", edit(`"providerSig":"`, `"providerSig":"!`), []string{"illegal base64"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := exec.ParseSignedReceipt(tc.data)
+			_, err := receipt.Parse(tc.data)
 			wantBad(t, err, tc.words...)
 		})
 	}
@@ -488,7 +488,7 @@ func FuzzParseSignedReceipt(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(data)
-	one, _ := exec.SignReceipt(rcptReceipt(p, c), p)
+	one, _ := receipt.Sign(rcptReceipt(p, c), p)
 	data1, _ := json.Marshal(one)
 	f.Add(data1)
 	f.Add([]byte(strings.Replace(string(data), `"consumerSig":"`, `"consumerSig":"", "x":"`, 1)))
@@ -498,10 +498,10 @@ func FuzzParseSignedReceipt(f *testing.F) {
 	f.Add([]byte(`null`))
 
 	f.Fuzz(func(t *testing.T, data []byte) {
-		got, err := exec.ParseSignedReceipt(data)
+		got, err := receipt.Parse(data)
 		if err != nil {
-			if !errors.Is(err, exec.ErrBadReceipt) {
-				t.Fatalf("error %q does not wrap ErrBadReceipt", err)
+			if !errors.Is(err, receipt.ErrBad) {
+				t.Fatalf("error %q does not wrap ErrBad", err)
 			}
 			return
 		}
@@ -512,7 +512,7 @@ func FuzzParseSignedReceipt(f *testing.F) {
 		if err != nil {
 			t.Fatalf("marshal accepted receipt: %v", err)
 		}
-		back, err := exec.ParseSignedReceipt(again)
+		back, err := receipt.Parse(again)
 		if err != nil {
 			t.Fatalf("accepted %q, but not its re-encoding %q: %v", data, again, err)
 		}
@@ -530,7 +530,7 @@ func FuzzParseSignedReceipt(f *testing.F) {
 
 // sameSignedReceipt is equality, with a nil and an empty signature the same
 // (an empty consumerSig is omitted when written).
-func sameSignedReceipt(a, b exec.SignedReceipt) bool {
+func sameSignedReceipt(a, b receipt.Signed) bool {
 	return bytes.Equal(a.Receipt.SigningBytes(), b.Receipt.SigningBytes()) && bytes.Equal(a.ProviderSig, b.ProviderSig) && bytes.Equal(a.ConsumerSig, b.ConsumerSig)
 }
 
@@ -573,14 +573,14 @@ func TestHashOutputs(t *testing.T) {
 		}
 	}
 
-	got, err := exec.HashOutputs(dir)
+	got, err := receipt.HashOutputs(dir)
 	if err != nil {
 		t.Fatalf("hash outputs: %v", err)
 	}
-	var want []exec.OutputFile
+	var want []receipt.OutputFile
 	for _, name := range []string{"a.txt", "empty", "sub-a/x", "sub.txt", "sub/b.bin", "sub/deeper/c.json", "z"} {
 		sum := sha256.Sum256([]byte(files[name]))
-		want = append(want, exec.OutputFile{Path: name, Size: int64(len(files[name])), SHA256: hex.EncodeToString(sum[:])})
+		want = append(want, receipt.OutputFile{Path: name, Size: int64(len(files[name])), SHA256: hex.EncodeToString(sum[:])})
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("outputs\n%+v\nwant\n%+v", got, want)
@@ -590,10 +590,10 @@ func TestHashOutputs(t *testing.T) {
 	}
 
 	// An empty folder has no outputs; a missing one is an error.
-	if got, err := exec.HashOutputs(t.TempDir()); err != nil || len(got) != 0 {
+	if got, err := receipt.HashOutputs(t.TempDir()); err != nil || len(got) != 0 {
 		t.Fatalf("empty folder: %v, %v", got, err)
 	}
-	if _, err := exec.HashOutputs(filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "outputs") {
+	if _, err := receipt.HashOutputs(filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "outputs") {
 		t.Fatalf("missing folder: %v", err)
 	}
 }
@@ -603,30 +603,30 @@ func TestHashOutputsRefusesTooManyFiles(t *testing.T) {
 		t.Skip("makes 10,001 files")
 	}
 	dir := t.TempDir()
-	for i := 0; i <= exec.MaxOutputFiles; i++ {
+	for i := 0; i <= receipt.MaxOutputFiles; i++ {
 		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%05d", i)), nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err := exec.HashOutputs(dir)
+	_, err := receipt.HashOutputs(dir)
 	if err == nil || !strings.Contains(err.Error(), "more than 10000 output files") {
-		t.Fatalf("%d files: %v", exec.MaxOutputFiles+1, err)
+		t.Fatalf("%d files: %v", receipt.MaxOutputFiles+1, err)
 	}
 	if err := os.Remove(filepath.Join(dir, "f00000")); err != nil {
 		t.Fatal(err)
 	}
-	if files, err := exec.HashOutputs(dir); err != nil || len(files) != exec.MaxOutputFiles {
-		t.Fatalf("%d files: %d, %v", exec.MaxOutputFiles, len(files), err)
+	if files, err := receipt.HashOutputs(dir); err != nil || len(files) != receipt.MaxOutputFiles {
+		t.Fatalf("%d files: %d, %v", receipt.MaxOutputFiles, len(files), err)
 	}
 }
 
 func TestResultHash(t *testing.T) {
-	files := []exec.OutputFile{
+	files := []receipt.OutputFile{
 		{Path: "a.txt", Size: 6, SHA256: strings.Repeat("1", 64)},
 		{Path: "sub/b", Size: 0, SHA256: strings.Repeat("2", 64)},
 		{Path: "sub.txt", Size: 9, SHA256: strings.Repeat("3", 64)},
 	}
-	h := exec.ResultHash(0, files)
+	h := receipt.ResultHash(0, files)
 	if len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "" {
 		t.Fatalf("result hash %q is not 64 lowercase hex digits", h)
 	}
@@ -642,17 +642,17 @@ func TestResultHash(t *testing.T) {
 
 	// Stable, whatever the order of the files, and leaves them in order.
 	for i := 0; i < 10; i++ {
-		shuffled := append([]exec.OutputFile(nil), files...)
+		shuffled := append([]receipt.OutputFile(nil), files...)
 		rand.New(rand.NewSource(int64(i))).Shuffle(len(shuffled), func(a, b int) { shuffled[a], shuffled[b] = shuffled[b], shuffled[a] })
-		before := append([]exec.OutputFile(nil), shuffled...)
-		if got := exec.ResultHash(0, shuffled); got != h {
+		before := append([]receipt.OutputFile(nil), shuffled...)
+		if got := receipt.ResultHash(0, shuffled); got != h {
 			t.Fatalf("order %v: %s, want %s", shuffled, got, h)
 		}
 		if !reflect.DeepEqual(shuffled, before) {
 			t.Fatal("ResultHash reordered its argument")
 		}
 	}
-	if exec.ResultHash(0, files) != h {
+	if receipt.ResultHash(0, files) != h {
 		t.Fatal("result hash is not stable")
 	}
 
@@ -665,24 +665,24 @@ func TestResultHash(t *testing.T) {
 		}
 		seen[got] = name
 	}
-	distinct("exit 1", exec.ResultHash(1, files))
-	distinct("exit -1", exec.ResultHash(-1, files))
-	distinct("exit 256", exec.ResultHash(256, files))
-	distinct("no files", exec.ResultHash(0, nil))
-	distinct("no files, exit 1", exec.ResultHash(1, nil))
-	distinct("one file fewer", exec.ResultHash(0, files[:2]))
+	distinct("exit 1", receipt.ResultHash(1, files))
+	distinct("exit -1", receipt.ResultHash(-1, files))
+	distinct("exit 256", receipt.ResultHash(256, files))
+	distinct("no files", receipt.ResultHash(0, nil))
+	distinct("no files, exit 1", receipt.ResultHash(1, nil))
+	distinct("one file fewer", receipt.ResultHash(0, files[:2]))
 	for i := range files {
-		for field, change := range map[string]func(*exec.OutputFile){
-			"hash": func(f *exec.OutputFile) { f.SHA256 = strings.Repeat("f", 64) },
-			"size": func(f *exec.OutputFile) { f.Size++ },
-			"path": func(f *exec.OutputFile) { f.Path += "x" },
+		for field, change := range map[string]func(*receipt.OutputFile){
+			"hash": func(f *receipt.OutputFile) { f.SHA256 = strings.Repeat("f", 64) },
+			"size": func(f *receipt.OutputFile) { f.Size++ },
+			"path": func(f *receipt.OutputFile) { f.Path += "x" },
 		} {
-			changed := append([]exec.OutputFile(nil), files...)
+			changed := append([]receipt.OutputFile(nil), files...)
 			change(&changed[i])
-			distinct(fmt.Sprintf("file %d's %s", i, field), exec.ResultHash(0, changed))
+			distinct(fmt.Sprintf("file %d's %s", i, field), receipt.ResultHash(0, changed))
 		}
 	}
-	if exec.ResultHash(0, nil) != exec.ResultHash(0, []exec.OutputFile{}) {
+	if receipt.ResultHash(0, nil) != receipt.ResultHash(0, []receipt.OutputFile{}) {
 		t.Fatal("nil and no files differ")
 	}
 
@@ -691,13 +691,13 @@ func TestResultHash(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "out"), []byte("42"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	found, err := exec.HashOutputs(dir)
+	found, err := receipt.HashOutputs(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256([]byte("42"))
 	want = sha256.Sum256([]byte(fmt.Sprintf("gpumesh-result/1\nexit 3\n%x 2 out\n", sum)))
-	if got := exec.ResultHash(3, found); got != hex.EncodeToString(want[:]) {
+	if got := receipt.ResultHash(3, found); got != hex.EncodeToString(want[:]) {
 		t.Fatalf("result of HashOutputs: %s, want %x", got, want)
 	}
 }
@@ -708,12 +708,12 @@ func TestHashOutputsRefusesNamesTheSubmitterCannotTake(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte("x"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		_, err := exec.HashOutputs(dir)
+		_, err := receipt.HashOutputs(dir)
 		if err == nil || !strings.Contains(err.Error(), "rename it") {
 			t.Errorf("%q: %v, want an error saying to rename it", name, err)
 		}
 	}
-	if err := exec.CheckOutputPath("ckpt/step-1.pt"); err != nil {
+	if err := receipt.CheckOutputPath("ckpt/step-1.pt"); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -1,4 +1,8 @@
-package node
+// Package jobspec reads and checks a job spec, the YAML (or JSON) a user
+// submits: Parse reads the syntax, Validate says everything wrong with the
+// values at once, and Needs turns a valid spec into what negotiation asks
+// the swarm for. It is pure: the CLI checks a spec without linking a node.
+package jobspec
 
 import (
 	"bytes"
@@ -15,10 +19,11 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/text"
 )
 
 // A job spec is what a user submits: a YAML file on the command line, or the
-// same fields as JSON through the local API. ParseJobSpec reads one (the
+// same fields as JSON through the local API. Parse reads one (the
 // syntax, the field names, the types); Validate checks the values and says
 // everything that is wrong at once; Needs turns a valid spec into what the
 // negotiation asks the swarm for.
@@ -38,7 +43,7 @@ import (
 
 // Bounds of a job spec.
 const (
-	MaxJobSpecSize   = 64 << 10  // bytes of an encoded spec
+	MaxSize          = 64 << 10  // bytes of an encoded spec
 	maxJobNameLen    = 63        // a DNS label
 	maxImageLen      = 512       // bytes of an image reference
 	maxCommandArgs   = 256       // arguments of command
@@ -59,20 +64,20 @@ const (
 	LauncherRay      = "ray"      // a Ray cluster over the members
 )
 
-// ErrBadJobSpec marks a job spec that cannot be read or has wrong values.
-// Every error of ParseJobSpec, Validate and Needs wraps it.
-var ErrBadJobSpec = errors.New("bad job spec")
+// ErrBad marks a job spec that cannot be read or has wrong values.
+// Every error of Parse, Validate and Needs wraps it.
+var ErrBad = errors.New("bad job spec")
 
-// JobSpec is a job as a user writes it. Values are kept as written; Validate
+// Spec is a job as a user writes it. Values are kept as written; Validate
 // says which are wrong, and Needs converts them. The zero value is not a
 // valid spec: name, image or command, resources.gpus,
 // resources.gpu.model, maxPrice and timeout are required.
-type JobSpec struct {
+type Spec struct {
 	Name      string            `yaml:"name" json:"name"`                               // 1..63 of a-z 0-9 -, starting and ending with a letter or digit
 	Image     string            `yaml:"image,omitempty" json:"image,omitempty"`         // container image; "" runs command with the process executor
 	Command   []string          `yaml:"command,omitempty" json:"command,omitempty"`     // argv; nil runs the image's entrypoint
 	Env       map[string]string `yaml:"env,omitempty" json:"env,omitempty"`             // environment of the job's processes
-	Resources JobResources      `yaml:"resources" json:"resources"`                     // GPUs wanted
+	Resources Resources         `yaml:"resources" json:"resources"`                     // GPUs wanted
 	Placement gossip.Placement  `yaml:"placement,omitempty" json:"placement,omitempty"` // colocated or spread; "": spread
 	Launcher  string            `yaml:"launcher,omitempty" json:"launcher,omitempty"`   // none, torchrun or ray; "": none
 	MaxPrice  Literal           `yaml:"maxPrice,omitempty" json:"maxPrice,omitempty"`   // tokens of the swarm's unit per GPU-hour, e.g. 2.50
@@ -80,15 +85,15 @@ type JobSpec struct {
 	Retries   int               `yaml:"retries,omitempty" json:"retries,omitempty"`     // runs after a failed one, 0..10; default 0
 }
 
-// JobResources is the GPUs a job wants.
-type JobResources struct {
-	GPUs    int    `yaml:"gpus" json:"gpus"`                           // GPUs in all, 1..4096
-	GPU     JobGPU `yaml:"gpu" json:"gpu"`                             // which GPUs
-	PerNode int    `yaml:"perNode,omitempty" json:"perNode,omitempty"` // GPUs of every member, exactly; 0: any split
+// Resources is the GPUs a job wants.
+type Resources struct {
+	GPUs    int `yaml:"gpus" json:"gpus"`                           // GPUs in all, 1..4096
+	GPU     GPU `yaml:"gpu" json:"gpu"`                             // which GPUs
+	PerNode int `yaml:"perNode,omitempty" json:"perNode,omitempty"` // GPUs of every member, exactly; 0: any split
 }
 
-// JobGPU says which GPUs a job can use.
-type JobGPU struct {
+// GPU says which GPUs a job can use.
+type GPU struct {
 	Model   string  `yaml:"model" json:"model"`                         // family, e.g. H100
 	MinVRAM Literal `yaml:"minVRAM,omitempty" json:"minVRAM,omitempty"` // memory per GPU in GB: 80GB, "80 GB" or 80; "": any
 }
@@ -125,7 +130,7 @@ func (l *Literal) UnmarshalJSON(b []byte) error {
 	case len(b) > 0 && (b[0] == '-' || b[0] >= '0' && b[0] <= '9'):
 		*l = Literal(b)
 	default:
-		return fmt.Errorf("want a number or a string, got %s", clip(string(b)))
+		return fmt.Errorf("want a number or a string, got %s", text.Clip(string(b)))
 	}
 	return nil
 }
@@ -142,11 +147,11 @@ type FieldError struct {
 
 func (e FieldError) Error() string { return e.Field + ": " + e.Problem }
 
-// JobSpecErrors is every problem Validate found, in the order of the
+// Errors is every problem Validate found, in the order of the
 // fields. Its message has one problem a line.
-type JobSpecErrors []FieldError
+type Errors []FieldError
 
-func (es JobSpecErrors) Error() string {
+func (es Errors) Error() string {
 	lines := make([]string, len(es))
 	for i, e := range es {
 		lines[i] = e.Error()
@@ -154,16 +159,16 @@ func (es JobSpecErrors) Error() string {
 	return strings.Join(lines, "\n")
 }
 
-// Is makes errors.Is(err, ErrBadJobSpec) true.
-func (es JobSpecErrors) Is(target error) bool { return target == ErrBadJobSpec }
+// Is makes errors.Is(err, ErrBad) true.
+func (es Errors) Is(target error) bool { return target == ErrBad }
 
-// ParseJobSpec reads a spec of at most MaxJobSpecSize bytes in format
+// Parse reads a spec of at most MaxSize bytes in format
 // "yaml" (or "yml") or "json". A field it does not know is an error, so a
 // misspelt one is not silently ignored. It does not check values: call
 // Validate.
-func ParseJobSpec(data []byte, format string) (s JobSpec, err error) {
-	if len(data) > MaxJobSpecSize {
-		return JobSpec{}, fmt.Errorf("%w: %d bytes, at most %d (64 KiB)", ErrBadJobSpec, len(data), MaxJobSpecSize)
+func Parse(data []byte, format string) (s Spec, err error) {
+	if len(data) > MaxSize {
+		return Spec{}, fmt.Errorf("%w: %d bytes, at most %d (64 KiB)", ErrBad, len(data), MaxSize)
 	}
 	switch format {
 	case "yaml", "yml":
@@ -171,15 +176,15 @@ func ParseJobSpec(data []byte, format string) (s JobSpec, err error) {
 	case "json":
 		err = parseJSON(data, &s)
 	default:
-		return JobSpec{}, fmt.Errorf("%w: format %q, want yaml or json", ErrBadJobSpec, format)
+		return Spec{}, fmt.Errorf("%w: format %q, want yaml or json", ErrBad, format)
 	}
 	if err != nil {
-		return JobSpec{}, err
+		return Spec{}, err
 	}
 	// YAML's !!binary can make a string of any bytes; JSON, the API's
 	// format, cannot carry them, and no field needs them.
 	if field := notUTF8(s); field != "" {
-		return JobSpec{}, fmt.Errorf("%w: %s: not UTF-8 text", ErrBadJobSpec, field)
+		return Spec{}, fmt.Errorf("%w: %s: not UTF-8 text", ErrBad, field)
 	}
 	// One value for "none": an empty list or map is a missing one.
 	if len(s.Command) == 0 {
@@ -192,7 +197,7 @@ func ParseJobSpec(data []byte, format string) (s JobSpec, err error) {
 }
 
 // notUTF8 names the first field of s that is not UTF-8, or is "".
-func notUTF8(s JobSpec) string {
+func notUTF8(s Spec) string {
 	fields := []struct{ name, value string }{
 		{"name", s.Name},
 		{"image", s.Image},
@@ -218,31 +223,31 @@ func notUTF8(s JobSpec) string {
 			return "env: a name"
 		}
 		if !utf8.ValidString(v) {
-			return "env." + printable(k)
+			return "env." + text.Printable(k)
 		}
 	}
 	return ""
 }
 
-func parseYAML(data []byte, s *JobSpec) (err error) {
+func parseYAML(data []byte, s *Spec) (err error) {
 	defer func() {
 		// The spec comes from a user or the API: a bug in the YAML
 		// library must not take the node down.
 		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: yaml: cannot read: %v", ErrBadJobSpec, r)
+			err = fmt.Errorf("%w: yaml: cannot read: %v", ErrBad, r)
 		}
 	}()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(s); err != nil {
 		if err == io.EOF {
-			return fmt.Errorf("%w: empty", ErrBadJobSpec)
+			return fmt.Errorf("%w: empty", ErrBad)
 		}
-		return fmt.Errorf("%w: %s", ErrBadJobSpec, yamlMessage(err))
+		return fmt.Errorf("%w: %s", ErrBad, yamlMessage(err))
 	}
 	var more yaml.Node
 	if err := dec.Decode(&more); err != io.EOF {
-		return fmt.Errorf("%w: yaml: more than one document (one job a file)", ErrBadJobSpec)
+		return fmt.Errorf("%w: yaml: more than one document (one job a file)", ErrBad)
 	}
 	return nil
 }
@@ -250,30 +255,30 @@ func parseYAML(data []byte, s *JobSpec) (err error) {
 // yamlMessage makes yaml.v3's errors name fields, not Go types.
 func yamlMessage(err error) string {
 	msg := err.Error()
-	for _, t := range []string{"node.JobSpec", "node.JobResources", "node.JobGPU"} {
+	for _, t := range []string{"node.Spec", "node.Resources", "node.GPU"} {
 		msg = strings.ReplaceAll(msg, " in type "+t, "")
 	}
 	return msg
 }
 
-func parseJSON(data []byte, s *JobSpec) error {
+func parseJSON(data []byte, s *Spec) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(s); err != nil {
 		if err == io.EOF {
-			return fmt.Errorf("%w: empty", ErrBadJobSpec)
+			return fmt.Errorf("%w: empty", ErrBad)
 		}
-		return fmt.Errorf("%w: json: %v", ErrBadJobSpec, err)
+		return fmt.Errorf("%w: json: %v", ErrBad, err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return fmt.Errorf("%w: json: data after the spec", ErrBadJobSpec)
+		return fmt.Errorf("%w: json: data after the spec", ErrBad)
 	}
 	return nil
 }
 
-// Validate says everything that is wrong with a spec, as JobSpecErrors, or
+// Validate says everything that is wrong with a spec, as Errors, or
 // nil. unit is the swarm's price unit, the one maxPrice is in.
-func (s JobSpec) Validate(unit gossip.Unit) error {
+func (s Spec) Validate(unit gossip.Unit) error {
 	_, errs := s.check(unit)
 	if len(errs) > 0 {
 		return errs
@@ -284,34 +289,34 @@ func (s JobSpec) Validate(unit gossip.Unit) error {
 // Needs is what the negotiation asks the swarm for: the spec's GPUs, its
 // price in unit's smallest units and its timeout as the lease, rounded up
 // to a second. It fails as Validate does.
-func (s JobSpec) Needs(unit gossip.Unit) (gossip.Needs, error) {
+func (s Spec) Needs(unit gossip.Unit) (gossip.Needs, error) {
 	n, errs := s.check(unit)
 	if len(errs) > 0 {
 		return gossip.Needs{}, errs
 	}
 	if err := n.Check(); err != nil {
-		return gossip.Needs{}, fmt.Errorf("%w: %w", ErrBadJobSpec, err)
+		return gossip.Needs{}, fmt.Errorf("%w: %w", ErrBad, err)
 	}
 	return n, nil
 }
 
 // check validates every field, and converts those it can.
-func (s JobSpec) check(unit gossip.Unit) (gossip.Needs, JobSpecErrors) {
-	var errs JobSpecErrors
+func (s Spec) check(unit gossip.Unit) (gossip.Needs, Errors) {
+	var errs Errors
 	bad := func(field, format string, a ...any) {
 		errs = append(errs, FieldError{Field: field, Problem: fmt.Sprintf(format, a...)})
 	}
 	n := gossip.Needs{Unit: unit.String()}
 
 	if !validJobName(s.Name) {
-		bad("name", "must be 1..%d of a-z 0-9 -, starting and ending with a letter or digit, got %s", maxJobNameLen, clip(s.Name))
+		bad("name", "must be 1..%d of a-z 0-9 -, starting and ending with a letter or digit, got %s", maxJobNameLen, text.Clip(s.Name))
 	}
 
 	if s.Image == "" && len(s.Command) == 0 {
 		bad("image or command", "one is required")
 	}
 	if s.Image != "" && !validImage(s.Image) {
-		bad("image", "want a reference such as pytorch/pytorch:2.4.0 (at most %d printable characters, no spaces), got %s", maxImageLen, clip(s.Image))
+		bad("image", "want a reference such as pytorch/pytorch:2.4.0 (at most %d printable characters, no spaces), got %s", maxImageLen, text.Clip(s.Image))
 	}
 	if len(s.Command) > maxCommandArgs {
 		bad("command", "at most %d arguments, got %d", maxCommandArgs, len(s.Command))
@@ -340,7 +345,7 @@ func (s JobSpec) check(unit gossip.Unit) (gossip.Needs, JobSpecErrors) {
 		for _, k := range names {
 			switch {
 			case !validEnvName(k):
-				bad("env."+printable(k), "not a valid variable name (want A-Z a-z 0-9 _, not starting with a digit)")
+				bad("env."+text.Printable(k), "not a valid variable name (want A-Z a-z 0-9 _, not starting with a digit)")
 			case strings.IndexByte(s.Env[k], 0) >= 0:
 				bad("env."+k, "value must not contain a NUL byte")
 			}
@@ -362,14 +367,14 @@ func (s JobSpec) check(unit gossip.Unit) (gossip.Needs, JobSpecErrors) {
 	case r.GPU.Model == "":
 		bad("resources.gpu.model", "required, a GPU family such as H100 or A100")
 	case !gossip.ValidClass(r.GPU.Model):
-		bad("resources.gpu.model", "want a GPU family such as H100 (A-Z a-z 0-9 . _ + -), got %s", clip(r.GPU.Model))
+		bad("resources.gpu.model", "want a GPU family such as H100 (A-Z a-z 0-9 . _ + -), got %s", text.Clip(r.GPU.Model))
 	default:
 		n.Model = r.GPU.Model
 	}
 	if r.GPU.MinVRAM != "" {
 		gb, ok := parseGB(string(r.GPU.MinVRAM))
 		if !ok {
-			bad("resources.gpu.minVRAM", "want GB such as 80GB, 0..%d, got %s", maxMinVRAMGB, clip(string(r.GPU.MinVRAM)))
+			bad("resources.gpu.minVRAM", "want GB such as 80GB, 0..%d, got %s", maxMinVRAMGB, text.Clip(string(r.GPU.MinVRAM)))
 		} else {
 			n.MinVRAMGB = gb
 		}
@@ -389,13 +394,13 @@ func (s JobSpec) check(unit gossip.Unit) (gossip.Needs, JobSpecErrors) {
 	case gossip.Colocated:
 		n.Placement = gossip.Colocated
 	default:
-		bad("placement", "must be colocated or spread, got %s", clip(string(s.Placement)))
+		bad("placement", "must be colocated or spread, got %s", text.Clip(string(s.Placement)))
 	}
 
 	switch s.Launcher {
 	case "", LauncherNone, LauncherTorchrun, LauncherRay:
 	default:
-		bad("launcher", "must be none, torchrun or ray, got %s", clip(s.Launcher))
+		bad("launcher", "must be none, torchrun or ray, got %s", text.Clip(s.Launcher))
 	}
 
 	switch price, err := unit.Parse(string(s.MaxPrice)); {
@@ -405,14 +410,14 @@ func (s JobSpec) check(unit gossip.Unit) (gossip.Needs, JobSpecErrors) {
 		why := strings.TrimPrefix(err.Error(), gossip.ErrBadPrice.Error()+": ")
 		bad("maxPrice", "want %s per GPU-hour such as 2.50: %s", unit.Token, why)
 	case price == 0:
-		bad("maxPrice", "must be more than 0 %s per GPU-hour, got %s", unit.Token, clip(string(s.MaxPrice)))
+		bad("maxPrice", "must be more than 0 %s per GPU-hour, got %s", unit.Token, text.Clip(string(s.MaxPrice)))
 	default:
 		n.MaxPrice = price
 	}
 
 	d, err := time.ParseDuration(s.Timeout)
 	if err != nil || d < minTimeout || d > maxTimeout {
-		bad("timeout", "must be a duration like 2h or 90m, 1s..720h, got %s", clip(s.Timeout))
+		bad("timeout", "must be a duration like 2h or 90m, 1s..720h, got %s", text.Clip(s.Timeout))
 	} else {
 		n.LeaseSeconds = uint32((d + time.Second - 1) / time.Second)
 	}
@@ -477,31 +482,8 @@ func parseGB(s string) (uint32, bool) {
 	return uint32(v), true
 }
 
-// clip quotes a value for an error message, shortened to 40 characters.
-func clip(s string) string { return strconv.Quote(clipRaw(s)) }
-
-// printable is s, clipped, or quoted if it has a character that would not
-// show in a message of one problem a line.
-func printable(s string) string {
-	for _, r := range s {
-		if !strconv.IsPrint(r) {
-			return clip(s)
-		}
-	}
-	return clipRaw(s)
-}
-
-func clipRaw(s string) string {
-	const max = 40
-	if utf8.RuneCountInString(s) <= max {
-		return s
-	}
-	r := []rune(s)
-	return string(r[:max]) + "..."
-}
-
 // argBytes is the size of a spec's command and environment.
-func argBytes(s JobSpec) int {
+func argBytes(s Spec) int {
 	total := 0
 	for _, a := range s.Command {
 		total += len(a)

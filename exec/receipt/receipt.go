@@ -1,4 +1,9 @@
-package exec
+// Package receipt is the signed account of one member's work on a job
+// (who, for whom, how many GPUs for how long, at what price, paid how, with
+// which result), the provider's and the consumer's signatures over it, and
+// the output-file hashes its result names. It links no GPU or container
+// code, so anyone can verify a receipt.
+package receipt
 
 import (
 	"crypto/ed25519"
@@ -27,8 +32,8 @@ import (
 // keys whose Solana addresses (base58 public keys, the peers' own keys) the
 // receipt names, so anyone can check a receipt with no mesh at all.
 
-// ReceiptVersion is the version of the receipt format.
-const ReceiptVersion = 1
+// Version is the version of the receipt format.
+const Version = 1
 
 // receiptDomain separates receipt signatures from every other signature of
 // the same key.
@@ -38,16 +43,16 @@ const receiptDomain = "gpumesh-receipt/1\n"
 const (
 	maxReceiptText = 256
 	maxReceiptGPUs = 4096
-	MaxReceiptSize = 128 << 10 // bytes of an encoded signed receipt (a long job lists its payments)
+	MaxSize        = 128 << 10 // bytes of an encoded signed receipt (a long job lists its payments)
 	maxPayments    = 1000      // payment signatures in one receipt
 	// maxReceiptMillis bounds a receipt's duration (a year; leases are at
 	// most 30 days), so GPUs × duration cannot overflow.
 	maxReceiptMillis = 366 * 24 * 3600 * 1000
 )
 
-// ErrBadReceipt marks a receipt that is malformed, inconsistent or wrongly
+// ErrBad marks a receipt that is malformed, inconsistent or wrongly
 // signed.
-var ErrBadReceipt = errors.New("bad receipt")
+var ErrBad = errors.New("bad receipt")
 
 // Receipt is the work of one member of a job, metered by its provider.
 type Receipt struct {
@@ -75,9 +80,9 @@ type Receipt struct {
 	Payments     []string `json:"payments,omitempty"`     // their transaction signatures
 }
 
-// SignedReceipt is a receipt with its provider's signature and, once the
+// Signed is a receipt with its provider's signature and, once the
 // consumer has checked it, the consumer's.
-type SignedReceipt struct {
+type Signed struct {
 	Receipt     Receipt `json:"receipt"`
 	ProviderSig []byte  `json:"providerSig"`           // ed25519 over SigningBytes
 	ConsumerSig []byte  `json:"consumerSig,omitempty"` // ed25519 over SigningBytes
@@ -123,11 +128,11 @@ func Amount(pricePerHour, gpuMillis uint64) uint64 {
 // Check says what is wrong with a receipt's fields, if anything.
 func (r Receipt) Check() error {
 	bad := func(format string, a ...any) error {
-		return fmt.Errorf("%w: %s", ErrBadReceipt, fmt.Sprintf(format, a...))
+		return fmt.Errorf("%w: %s", ErrBad, fmt.Sprintf(format, a...))
 	}
 	switch {
-	case r.Version != ReceiptVersion:
-		return bad("version %d, want %d", r.Version, ReceiptVersion)
+	case r.Version != Version:
+		return bad("version %d, want %d", r.Version, Version)
 	case r.Job == "" || len(r.Job) > maxReceiptText:
 		return bad("job ID missing or longer than %d bytes", maxReceiptText)
 	case r.Rank < 0 || r.Rank >= maxReceiptGPUs || r.Attempt < 0 || r.Attempt > 1000:
@@ -185,32 +190,32 @@ func (r Receipt) SigningBytes() []byte {
 	return append([]byte(receiptDomain), data...)
 }
 
-// SignReceipt signs a receipt as its provider. The key must be the one
+// Sign signs a receipt as its provider. The key must be the one
 // whose address is r.Provider.
-func SignReceipt(r Receipt, key ed25519.PrivateKey) (SignedReceipt, error) {
+func Sign(r Receipt, key ed25519.PrivateKey) (Signed, error) {
 	if err := r.Check(); err != nil {
-		return SignedReceipt{}, err
+		return Signed{}, err
 	}
 	if Address(key) != r.Provider {
-		return SignedReceipt{}, fmt.Errorf("%w: signing key %s is not the provider %s", ErrBadReceipt, Address(key), r.Provider)
+		return Signed{}, fmt.Errorf("%w: signing key %s is not the provider %s", ErrBad, Address(key), r.Provider)
 	}
-	return SignedReceipt{Receipt: r, ProviderSig: ed25519.Sign(key, r.SigningBytes())}, nil
+	return Signed{Receipt: r, ProviderSig: ed25519.Sign(key, r.SigningBytes())}, nil
 }
 
 // Countersign adds the consumer's signature after checking the provider's.
-func (s *SignedReceipt) Countersign(key ed25519.PrivateKey) error {
+func (s *Signed) Countersign(key ed25519.PrivateKey) error {
 	if err := s.VerifyProvider(); err != nil {
 		return err
 	}
 	if Address(key) != s.Receipt.Consumer {
-		return fmt.Errorf("%w: signing key %s is not the consumer %s", ErrBadReceipt, Address(key), s.Receipt.Consumer)
+		return fmt.Errorf("%w: signing key %s is not the consumer %s", ErrBad, Address(key), s.Receipt.Consumer)
 	}
 	s.ConsumerSig = ed25519.Sign(key, s.Receipt.SigningBytes())
 	return nil
 }
 
 // VerifyProvider checks the fields and the provider's signature.
-func (s SignedReceipt) VerifyProvider() error {
+func (s Signed) VerifyProvider() error {
 	if err := s.Receipt.Check(); err != nil {
 		return err
 	}
@@ -219,33 +224,33 @@ func (s SignedReceipt) VerifyProvider() error {
 
 // Verify checks the fields and both signatures: a receipt both parties
 // agree on.
-func (s SignedReceipt) Verify() error {
+func (s Signed) Verify() error {
 	if err := s.VerifyProvider(); err != nil {
 		return err
 	}
 	if len(s.ConsumerSig) == 0 {
-		return fmt.Errorf("%w: not countersigned by the consumer %s", ErrBadReceipt, s.Receipt.Consumer)
+		return fmt.Errorf("%w: not countersigned by the consumer %s", ErrBad, s.Receipt.Consumer)
 	}
 	return verifySig(s.Receipt.Consumer, s.Receipt.SigningBytes(), s.ConsumerSig, "consumer")
 }
 
-// ParseSignedReceipt reads a signed receipt from bytes that came from the
+// Parse reads a signed receipt from bytes that came from the
 // network or a file; it checks the fields, not the signatures.
-func ParseSignedReceipt(data []byte) (SignedReceipt, error) {
-	if len(data) > MaxReceiptSize {
-		return SignedReceipt{}, fmt.Errorf("%w: %d bytes, at most %d", ErrBadReceipt, len(data), MaxReceiptSize)
+func Parse(data []byte) (Signed, error) {
+	if len(data) > MaxSize {
+		return Signed{}, fmt.Errorf("%w: %d bytes, at most %d", ErrBad, len(data), MaxSize)
 	}
-	var s SignedReceipt
+	var s Signed
 	dec := json.NewDecoder(strings.NewReader(string(data)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&s); err != nil {
-		return SignedReceipt{}, fmt.Errorf("%w: %v", ErrBadReceipt, err)
+		return Signed{}, fmt.Errorf("%w: %v", ErrBad, err)
 	}
 	if dec.More() {
-		return SignedReceipt{}, fmt.Errorf("%w: data after the receipt", ErrBadReceipt)
+		return Signed{}, fmt.Errorf("%w: data after the receipt", ErrBad)
 	}
 	if err := s.Receipt.Check(); err != nil {
-		return SignedReceipt{}, err
+		return Signed{}, err
 	}
 	return s, nil
 }
@@ -269,10 +274,10 @@ func addressKey(addr string) (ed25519.PublicKey, error) {
 func verifySig(addr string, msg, sig []byte, who string) error {
 	pub, err := addressKey(addr)
 	if err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrBadReceipt, who, err)
+		return fmt.Errorf("%w: %s: %v", ErrBad, who, err)
 	}
 	if len(sig) != ed25519.SignatureSize || !ed25519.Verify(pub, msg, sig) {
-		return fmt.Errorf("%w: the %s signature does not match %s (the receipt was changed, or signed by another key)", ErrBadReceipt, who, addr)
+		return fmt.Errorf("%w: the %s signature does not match %s (the receipt was changed, or signed by another key)", ErrBad, who, addr)
 	}
 	return nil
 }
@@ -387,7 +392,7 @@ func ResultHash(exitCode int, files []OutputFile) string {
 // LeafData is what a co-signed receipt's leaf in an anchoring batch
 // hashes: the signed bytes, then the provider's and the consumer's
 // signatures.
-func (s SignedReceipt) LeafData() []byte {
+func (s Signed) LeafData() []byte {
 	out := s.Receipt.SigningBytes()
 	out = append(out, s.ProviderSig...)
 	return append(out, s.ConsumerSig...)

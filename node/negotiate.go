@@ -1,0 +1,381 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/node/jobwire"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/core/record"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// NegotiateProtocol carries the direct messages of cluster negotiation
+// (bids, awards, acceptances, refusals, confirms, releases): one message a
+// stream, from its author.
+const NegotiateProtocol = protocol.ID("/gpumesh/negotiate/1.0.0")
+
+// Timing of negotiation.
+const (
+	negotiateWindow = 5 * time.Second // a request's deadline: bids after it are not taken
+	sendTimeout     = 5 * time.Second // one direct message
+	reservationTick = time.Second     // how often reservations are checked for lapses
+)
+
+// negEvent is one input of the negotiation loop.
+type negEvent struct {
+	msg    gossip.Message      // from a peer (its author checked)
+	submit *gossip.Negotiation // a new negotiation of this peer's
+	cancel gossip.JobID
+	done   chan error
+	held   *heldQuery // a provider's question: which reservation does a job hold?
+}
+
+// startJobs loads the jobs, joins the request-for-bids topic and starts the
+// negotiation loop.
+func (n *Node) startJobs(ctx context.Context) error {
+	n.in = make(chan negEvent, 1024)
+	n.jobs = map[string]*Job{}
+	n.moved = make(chan struct{})
+	if err := n.loadJobs(); err != nil {
+		return err
+	}
+	ps := n.gossip.PubSub()
+	topic := n.gossip.Topic("rfb")
+	if err := ps.RegisterTopicValidator(topic, validateRFB); err != nil {
+		return fmt.Errorf("rfb topic: %w", err)
+	}
+	t, err := ps.Join(topic)
+	if err != nil {
+		return fmt.Errorf("rfb topic: %w", err)
+	}
+	sub, err := t.Subscribe()
+	if err != nil {
+		return fmt.Errorf("rfb topic: %w", err)
+	}
+	n.rfbTopic, n.rfbSub = t, sub
+	n.host.SetStreamHandler(NegotiateProtocol, n.handleNegotiate)
+	n.host.SetStreamHandler(jobwire.Protocol, n.handleJob)
+	res, err := n.newReservations()
+	if err != nil {
+		return err
+	}
+	n.wg.Add(3)
+	go func() { defer n.wg.Done(); n.cleanLeftovers(ctx) }()
+	go n.readRFBs(ctx)
+	go n.negotiationLoop(ctx, res)
+	return nil
+}
+
+// closeJobs leaves the topic; the loop has ended with the node's context.
+func (n *Node) closeJobs() error {
+	if n.host != nil {
+		n.host.RemoveStreamHandler(NegotiateProtocol)
+		n.host.RemoveStreamHandler(jobwire.Protocol)
+	}
+	if n.rfbSub != nil {
+		n.rfbSub.Cancel()
+	}
+	if n.rfbTopic != nil {
+		_ = n.rfbTopic.Close()
+	}
+	return nil
+}
+
+// validateRFB rejects requests that do not decode or whose submitter is not
+// the message's signer, so GossipSub scoring penalizes who forwards them.
+func validateRFB(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	rfb, err := gossip.UnmarshalRequestForBids(m.Data)
+	if err != nil || rfb.Submitter != m.GetFrom() {
+		return pubsub.ValidationReject
+	}
+	m.ValidatorData = &rfb
+	return pubsub.ValidationAccept
+}
+
+func (n *Node) readRFBs(ctx context.Context) {
+	defer n.wg.Done()
+	for {
+		m, err := n.rfbSub.Next(ctx)
+		if err != nil {
+			return
+		}
+		rfb, ok := m.ValidatorData.(*gossip.RequestForBids)
+		if !ok {
+			continue
+		}
+		n.deliver(ctx, negEvent{msg: rfb})
+	}
+}
+
+// deliver hands an event to the loop, or drops it when the node stops.
+func (n *Node) deliver(ctx context.Context, ev negEvent) {
+	select {
+	case n.in <- ev:
+	case <-ctx.Done():
+	}
+}
+
+// negRecord is a negotiation message inside a libp2p signed envelope: each
+// bid, award and answer is signed by its author, so it can be shown to
+// anyone later, not only trusted on the connection it came over.
+type negRecord struct{ data []byte }
+
+func (r *negRecord) Domain() string { return "gpumesh-negotiation" }
+
+func (r *negRecord) Codec() []byte { return []byte("/gpumesh/negotiate/1") }
+
+func (r *negRecord) MarshalRecord() ([]byte, error) { return r.data, nil }
+
+func (r *negRecord) UnmarshalRecord(b []byte) error {
+	r.data = append([]byte(nil), b...)
+	return nil
+}
+
+// maxSignedNegotiation bounds a signed message: the message and the
+// envelope's key, signature and framing.
+const maxSignedNegotiation = gossip.MaxNegotiationSize + 1024
+
+// sealNegotiation encodes and signs a message with this peer's key.
+func (n *Node) sealNegotiation(msg gossip.Message) ([]byte, error) {
+	data, err := gossip.MarshalNegotiation(msg)
+	if err != nil {
+		return nil, err
+	}
+	env, err := record.Seal(&negRecord{data: data}, n.id.Key)
+	if err != nil {
+		return nil, err
+	}
+	return env.Marshal()
+}
+
+// openNegotiation checks a signed message: the signature, and that the
+// signer is the author the message names.
+func openNegotiation(data []byte) (gossip.Message, error) {
+	if len(data) > maxSignedNegotiation {
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", gossip.ErrBadNegotiation, len(data), maxSignedNegotiation)
+	}
+	rec := &negRecord{}
+	env, err := record.ConsumeTypedEnvelope(data, rec)
+	if err != nil {
+		return nil, fmt.Errorf("%w: envelope: %v", gossip.ErrBadNegotiation, err)
+	}
+	signer, err := peer.IDFromPublicKey(env.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("%w: signer: %v", gossip.ErrBadNegotiation, err)
+	}
+	msg, err := gossip.UnmarshalNegotiation(rec.data)
+	if err != nil {
+		return nil, err
+	}
+	if msg.Author() != signer {
+		return nil, fmt.Errorf("%w: signed by %s, written by %s", gossip.ErrBadNegotiation, signer, msg.Author())
+	}
+	return msg, nil
+}
+
+// handleNegotiate reads one signed direct message; its author must be its
+// signer and the peer at the other end of the connection.
+func (n *Node) handleNegotiate(s network.Stream) {
+	defer s.Close()
+	_ = s.SetReadDeadline(time.Now().Add(sendTimeout))
+	data, err := io.ReadAll(io.LimitReader(s, maxSignedNegotiation+1))
+	if err != nil {
+		_ = s.Reset()
+		return
+	}
+	msg, err := openNegotiation(data)
+	if err == nil && msg.Author() != s.Conn().RemotePeer() {
+		err = fmt.Errorf("%w: written by %s, sent by %s", gossip.ErrBadNegotiation, msg.Author(), s.Conn().RemotePeer())
+	}
+	if err != nil {
+		n.log.Debug("negotiation message refused", "from", s.Conn().RemotePeer(), "err", err)
+		_ = s.Reset()
+		return
+	}
+	select {
+	case n.in <- negEvent{msg: msg}:
+	default:
+		n.log.Warn("negotiation queue full: message dropped", "from", s.Conn().RemotePeer())
+	}
+}
+
+// negotiationLoop owns every Negotiation of this peer's jobs and its
+// Reservations: it steps them with messages and time and sends what they say.
+func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
+	defer n.wg.Done()
+	negs := map[gossip.JobID]*gossip.Negotiation{}
+	timer := time.NewTimer(reservationTick)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-n.in:
+			now := time.Now()
+			switch {
+			case ev.submit != nil:
+				negs[ev.submit.Job()] = ev.submit
+				n.flush(ctx, ev.submit, ev.submit.Ready())
+			case ev.done != nil:
+				ng, ok := negs[ev.cancel]
+				if ok {
+					ng.Cancel("by the submitter")
+					n.flush(ctx, ng, ng.Ready())
+				}
+				ev.done <- nil
+			case ev.msg != nil:
+				n.stepMessage(ctx, ev.msg, negs, res, now)
+			case ev.held != nil:
+				var r heldReply
+				if res != nil {
+					r.res, r.ok = res.Held(ev.held.job)
+				}
+				ev.held.reply <- r
+			}
+		case <-timer.C:
+		}
+		now := time.Now()
+		next := now.Add(reservationTick)
+		for id, ng := range negs {
+			ng.Tick(now)
+			n.flush(ctx, ng, ng.Ready())
+			switch w := ng.Wake(); {
+			case ng.Phase() == gossip.Formed || ng.Phase() == gossip.Failed:
+				if now.Sub(n.jobUpdated(id)) > time.Minute {
+					delete(negs, id) // late acceptances have had their answer window
+				}
+			case !w.IsZero() && w.Before(next):
+				next = w
+			}
+		}
+		if res != nil {
+			res.Tick(now)
+			n.noteFree(res, now)
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(max(time.Until(next), time.Millisecond))
+	}
+}
+
+func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gossip.JobID]*gossip.Negotiation, res *gossip.Reservations, now time.Time) {
+	switch m := msg.(type) {
+	case *gossip.RequestForBids:
+		if res == nil {
+			return
+		}
+		bid, err := res.Bid(*m, now)
+		if err != nil {
+			return
+		}
+		n.send(ctx, m.Submitter, m.Addrs, &bid)
+	case *gossip.Award:
+		if res == nil {
+			n.send(ctx, m.Submitter, nil, &gossip.Refusal{Job: m.Job, Provider: n.id.PeerID, Reason: "this peer offers no GPUs"})
+			return
+		}
+		n.send(ctx, m.Submitter, nil, res.Award(*m, now))
+	case *gossip.Confirm:
+		if res != nil {
+			if err := res.Confirm(*m, now); err != nil {
+				n.log.Warn("confirm of a lapsed reservation", "job", m.Job, "err", err)
+			}
+		}
+	case *gossip.Release:
+		if res != nil {
+			res.Release(*m, now)
+		}
+	default: // bids, acceptances, refusals: for one of our negotiations
+		ng, ok := negs[msg.JobID()]
+		if !ok {
+			return
+		}
+		if err := ng.Step(msg, now); err != nil {
+			n.log.Debug("negotiation step", "job", msg.JobID(), "err", err)
+		}
+		n.flush(ctx, ng, ng.Ready())
+	}
+}
+
+// flush acts on what a negotiation says: broadcast, send, record.
+func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready) {
+	if r.RequestForBids != nil {
+		data, err := gossip.MarshalNegotiation(r.RequestForBids)
+		if err == nil {
+			n.sent.Add(1)
+			n.wg.Add(1)
+			go func() {
+				defer n.wg.Done()
+				if err := n.rfbTopic.Publish(ctx, data); err != nil && ctx.Err() == nil {
+					n.log.Warn("publish request for bids", "err", err)
+				}
+			}()
+		}
+	}
+	for i := range r.Awards {
+		n.send(ctx, r.Awards[i].Provider, nil, &r.Awards[i])
+	}
+	for i := range r.Confirms {
+		n.send(ctx, r.Confirms[i].Provider, nil, &r.Confirms[i])
+	}
+	for i := range r.Releases {
+		n.send(ctx, r.Releases[i].Provider, nil, &r.Releases[i])
+	}
+	if r.Outcome != nil {
+		n.recordOutcome(ng.Job(), *r.Outcome)
+	}
+}
+
+// send delivers one message to a peer on its own stream, without blocking
+// the loop.
+func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.Message) {
+	data, err := n.sealNegotiation(msg)
+	if err != nil {
+		n.log.Warn("negotiation message not sent", "to", to, "err", err)
+		return
+	}
+	n.sent.Add(1)
+	if to == n.id.PeerID { // a peer that is its own provider
+		n.deliver(ctx, negEvent{msg: msg})
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		sctx, cancel := context.WithTimeout(ctx, sendTimeout)
+		defer cancel()
+		for _, a := range addrs {
+			if m, err := ma.NewMultiaddr(a); err == nil {
+				n.host.Peerstore().AddAddr(to, m, time.Minute)
+			}
+		}
+		s, err := n.host.NewStream(sctx, to, NegotiateProtocol)
+		if err != nil {
+			n.log.Debug("negotiation send", "to", to, "err", err)
+			return
+		}
+		stop := context.AfterFunc(sctx, func() { _ = s.Reset() })
+		defer stop()
+		if _, err := s.Write(data); err != nil {
+			_ = s.Reset()
+			return
+		}
+		_ = s.Close()
+	}()
+}
+
+// NegotiationMessages is how many negotiation messages this peer has sent:
+// requests for bids (once each, however far gossip carries them), bids,
+// awards, answers, confirms and releases.
+func (n *Node) NegotiationMessages() uint64 { return n.sent.Load() }

@@ -1,0 +1,148 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/gossip"
+)
+
+// newReservations makes this peer's provider side from its GPUs and asks;
+// nil when it has nothing to offer.
+func (n *Node) newReservations() (*gossip.Reservations, error) {
+	inv := n.LocalGPUs().Inventory
+	byClass := map[string]*gossip.Capacity{}
+	var classes []string
+	for _, g := range inv.GPUs {
+		c, ok := byClass[g.Class]
+		if !ok {
+			price, _ := n.Ask(g.Class)
+			c = &gossip.Capacity{Class: g.Class, Model: exec.Model(g.Name), VRAMGB: exec.VRAMGB(g.MemoryTotal), Price: price}
+			byClass[g.Class] = c
+			classes = append(classes, g.Class)
+		}
+		c.GPUs++
+	}
+	sort.Strings(classes)
+	var caps []gossip.Capacity
+	for _, c := range classes {
+		if byClass[c].Price > 0 { // no ask, no bid
+			caps = append(caps, *byClass[c])
+		}
+	}
+	if len(caps) == 0 {
+		return nil, nil
+	}
+	var addrs []string
+	for _, a := range n.host.Addrs() {
+		if len(addrs) < 8 {
+			addrs = append(addrs, a.String())
+		}
+	}
+	return gossip.NewReservations(gossip.ProviderConfig{
+		ID: n.id.PeerID, Unit: n.PriceUnit().String(), Zone: n.cfg.Region, Addrs: addrs, GPUs: caps,
+	})
+}
+
+// noteFree records the unreserved GPUs per class for FreeGPUs.
+func (n *Node) noteFree(res *gossip.Reservations, now time.Time) {
+	free := map[string]uint32{}
+	for _, g := range n.LocalGPUs().Inventory.GPUs {
+		free[g.Class] = res.Free(g.Class, now)
+	}
+	n.jobsMu.Lock()
+	n.free = free
+	n.jobsMu.Unlock()
+}
+
+// FreeGPUs is this provider's GPUs per class that no job holds (nil for a
+// peer that offers none).
+func (n *Node) FreeGPUs() map[string]uint32 {
+	n.jobsMu.Lock()
+	defer n.jobsMu.Unlock()
+	out := make(map[string]uint32, len(n.free))
+	for c, f := range n.free {
+		out[c] = f
+	}
+	return out
+}
+
+// allocGPUs takes count free GPUs of a class for a task: two tasks never
+// share a GPU.
+func (n *Node) allocGPUs(class string, count int, task string) ([]exec.GPU, error) {
+	inv := n.LocalGPUs().Inventory
+	n.gpuMu.Lock()
+	defer n.gpuMu.Unlock()
+	if n.gpuUse == nil {
+		n.gpuUse = map[string]string{}
+	}
+	var got []exec.GPU
+	for _, g := range inv.GPUs {
+		if g.Class == class && n.gpuUse[g.UUID] == "" && len(got) < count {
+			got = append(got, g)
+		}
+	}
+	if len(got) < count {
+		return nil, fmt.Errorf("only %d of the %d reserved %s GPUs are free on this provider", len(got), count, class)
+	}
+	for _, g := range got {
+		n.gpuUse[g.UUID] = task
+	}
+	return got, nil
+}
+
+func (n *Node) freeGPUs(task string) {
+	n.gpuMu.Lock()
+	defer n.gpuMu.Unlock()
+	for u, t := range n.gpuUse {
+		if t == task {
+			delete(n.gpuUse, u)
+		}
+	}
+}
+
+// GPUsInUse maps the UUIDs of this provider's GPUs that jobs run on to the
+// task running there.
+func (n *Node) GPUsInUse() map[string]string {
+	n.gpuMu.Lock()
+	defer n.gpuMu.Unlock()
+	out := make(map[string]string, len(n.gpuUse))
+	for u, t := range n.gpuUse {
+		out[u] = t
+	}
+	return out
+}
+
+// heldReservation asks the negotiation loop for a job's reservation.
+func (n *Node) heldReservation(ctx context.Context, job gossip.JobID) (gossip.Reservation, bool) {
+	reply := make(chan heldReply, 1)
+	select {
+	case n.in <- negEvent{held: &heldQuery{job: job, reply: reply}}:
+	case <-ctx.Done():
+		return gossip.Reservation{}, false
+	}
+	select {
+	case r := <-reply:
+		return r.res, r.ok
+	case <-ctx.Done():
+		return gossip.Reservation{}, false
+	}
+}
+
+// releaseReservation gives a job's GPUs back once its member has ended.
+func (n *Node) releaseReservation(ctx context.Context, held gossip.Reservation) {
+	n.deliver(ctx, negEvent{msg: &gossip.Release{Job: held.Job, From: held.Submitter, Provider: n.id.PeerID, Reason: "the job's member ended"}})
+}
+
+type heldQuery struct {
+	job   gossip.JobID
+	reply chan heldReply
+}
+
+type heldReply struct {
+	res gossip.Reservation
+	ok  bool
+}

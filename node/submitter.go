@@ -1,0 +1,234 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/node/jobspec"
+)
+
+// SubmitJob validates a spec, records the job and starts negotiating a
+// cluster for it. The job is persisted before it is acknowledged.
+func (n *Node) SubmitJob(ctx context.Context, spec jobspec.Spec) (*Job, error) {
+	needs, err := spec.Needs(n.PriceUnit())
+	if err != nil {
+		return nil, err
+	}
+	if err := n.checkFunds(ctx, int(needs.GPUs), needs.MaxPrice); err != nil {
+		return nil, err
+	}
+	var id gossip.JobID
+	if _, err := rand.Read(id[:]); err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	job := &Job{ID: id.String(), Spec: spec, State: JobNegotiating, Unit: n.PriceUnit().String(), Created: now.UTC(), Updated: now.UTC()}
+	n.jobsMu.Lock()
+	n.jobs[job.ID] = job
+	err = n.saveJobsLocked()
+	cp := *job
+	n.jobsMu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("job not submitted: %w", err)
+	}
+	if err := n.negotiate(ctx, id, spec); err != nil {
+		n.finishJob(job.ID, JobFailed, err.Error(), nil)
+		return nil, err
+	}
+	return &cp, nil
+}
+
+// negotiate starts a negotiation for a job: a request for bids, then
+// awards to the best bids.
+func (n *Node) negotiate(ctx context.Context, id gossip.JobID, spec jobspec.Spec) error {
+	unit := n.PriceUnit()
+	needs, err := spec.Needs(unit)
+	if err != nil {
+		return err
+	}
+	var addrs []string
+	for _, a := range n.host.Addrs() {
+		if len(addrs) < 8 {
+			addrs = append(addrs, a.String())
+		}
+	}
+	// The directory says how many providers to expect: once they have all
+	// bid the negotiation closes without waiting for its deadline.
+	expect := 0
+	if found, err := n.directoryFor(ctx, needs); err == nil {
+		expect = found.Providers
+	}
+	now := time.Now()
+	rfb := gossip.RequestForBids{Job: id, Submitter: n.id.PeerID, Needs: needs, Deadline: now.Add(negotiateWindow).UnixMilli(), Addrs: addrs}
+	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{Expect: expect}, now)
+	if err != nil {
+		return err
+	}
+	select {
+	case n.in <- negEvent{submit: ng}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// retryJob negotiates a new cluster for a job that lost a member.
+func (n *Node) retryJob(id, why string) {
+	var spec jobspec.Spec
+	n.updateJob(id, func(j *Job) {
+		j.State, j.Reason, j.Attempt, j.Members, j.Spares = JobNegotiating, why, j.Attempt+1, nil, nil
+		spec = j.Spec
+	})
+	ctx, done := n.lifeContext()
+	if ctx == nil {
+		n.finishJob(id, JobFailed, why+"; the peer stopped before it could retry", nil)
+		return
+	}
+	defer done()
+	if err := n.negotiate(ctx, jobID(id), spec); err != nil {
+		n.finishJob(id, JobFailed, why+"; the retry could not start: "+err.Error(), nil)
+	}
+}
+
+// CancelJob stops a job: a negotiation is ended and every member released;
+// a running job's members are stopped (it returns once they have).
+func (n *Node) CancelJob(ctx context.Context, id string) (*Job, error) {
+	var jid gossip.JobID
+	if err := jid.UnmarshalText([]byte(id)); err != nil {
+		return nil, fmt.Errorf("job ID %q: %w", id, err)
+	}
+	if _, ok := n.Job(id); !ok {
+		return nil, fmt.Errorf("no job %s on this peer (`gpumesh job ls` lists them)", id)
+	}
+	if running, err := n.stopRun(ctx, id, errCancelled); running {
+		if err != nil {
+			return nil, err
+		}
+		j, _ := n.Job(id)
+		return &j, nil
+	}
+	done := make(chan error, 1)
+	select {
+	case n.in <- negEvent{cancel: jid, done: done}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if running, err := n.stopRun(ctx, id, errCancelled); running { // it formed meanwhile
+		if err != nil {
+			return nil, err
+		}
+		j, _ := n.Job(id)
+		return &j, nil
+	}
+	n.jobsMu.Lock()
+	j := n.jobs[id]
+	if j.State == JobNegotiating || j.State == JobFormed {
+		j.State, j.Updated = JobCancelled, time.Now().UTC()
+		if err := n.saveJobsLocked(); err != nil {
+			n.log.Warn("save jobs", "err", err)
+		}
+	}
+	cp := *j
+	n.jobsMu.Unlock()
+	return &cp, nil
+}
+
+// directoryFor searches the directory for what a job needs, ignoring price.
+func (n *Node) directoryFor(ctx context.Context, needs gossip.Needs) (dht.FindResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	model := needs.Class
+	if model == "" {
+		model = needs.Model
+	}
+	return n.FindGPUs(ctx, dht.Query{Model: model, MinVRAMGB: needs.MinVRAMGB, Unit: needs.Unit})
+}
+
+// explainNoBids adds the directory's numbers to a failure without bids:
+// whether providers exist, and what the cheapest asks.
+func (n *Node) explainNoBids(ctx context.Context, j Job) string {
+	unit, err := gossip.ParseUnit(j.Unit)
+	if err != nil {
+		return ""
+	}
+	needs, err := j.Spec.Needs(unit)
+	if err != nil {
+		return ""
+	}
+	res, err := n.directoryFor(ctx, needs)
+	if err != nil {
+		return ""
+	}
+	if res.GPUs == 0 {
+		return fmt.Sprintf("the directory lists no %s GPUs with at least %d GB", needs.Model, needs.MinVRAMGB)
+	}
+	cheapest := uint64(0)
+	for _, m := range res.Matches {
+		if m.Offer.Token == needs.Unit && m.GPU.Price > 0 && (cheapest == 0 || m.GPU.Price < cheapest) {
+			cheapest = m.GPU.Price
+		}
+	}
+	s := fmt.Sprintf("the directory lists %d GPUs from %d providers", res.GPUs, res.Providers)
+	if cheapest > needs.MaxPrice {
+		s += fmt.Sprintf(", the cheapest at %s %s, above the max %s", unit.Format(cheapest), unit.PerHour(), unit.Format(needs.MaxPrice))
+	}
+	return s
+}
+
+func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
+	n.jobsMu.Lock()
+	defer n.jobsMu.Unlock()
+	j, ok := n.jobs[id.String()]
+	if !ok {
+		return
+	}
+	if !o.Formed && strings.HasPrefix(o.Reason, "no cluster can form: no provider") && j.State == JobNegotiating {
+		// No bids at all: add what the directory knows (off the loop), then
+		// mark the job failed with the whole reason.
+		cp := *j
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			reason := o.Reason
+			if more := n.explainNoBids(context.Background(), cp); more != "" {
+				reason += "; " + more
+			}
+			n.jobsMu.Lock()
+			defer n.jobsMu.Unlock()
+			if jj, ok := n.jobs[cp.ID]; ok && jj.State == JobNegotiating {
+				jj.State, jj.Reason, jj.Updated = JobFailed, reason, time.Now().UTC()
+				if err := n.saveJobsLocked(); err != nil {
+					n.log.Warn("save jobs", "err", err)
+				}
+			}
+		}()
+		return
+	}
+	formed := false
+	if j.State == JobNegotiating {
+		if o.Formed {
+			j.State, j.Members, j.Cost, j.Spares = JobFormed, o.Members, o.Cost, o.Spares
+			formed = true
+		} else {
+			j.State, j.Reason = JobFailed, o.Reason
+		}
+	}
+	j.Updated = time.Now().UTC()
+	if err := n.saveJobsLocked(); err != nil {
+		n.log.Warn("save jobs", "err", err)
+	}
+	n.log.Info("job "+j.State, "job", j.ID, "members", len(j.Members), "reason", j.Reason)
+	if formed {
+		n.startRun(j.ID)
+	}
+}
