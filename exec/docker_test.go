@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,6 +39,30 @@ func dockerTask(t *testing.T, script string) exec.Task {
 	}
 }
 
+// dockerSubject is the Docker executor, for the contract: containers of the
+// test image on the test engine.
+func dockerSubject() subject {
+	return subject{
+		name:        "docker",
+		zero:        &exec.Docker{},
+		start:       func(t *testing.T) exec.Executor { return newDocker(t) },
+		task:        dockerTask,
+		outputsSeen: func(exec.Task) string { return exec.OutputsMount },
+		paused: func(t *testing.T, task exec.Task) bool {
+			t.Helper()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			ins, err := dockerClient(t).ContainerInspect(ctx, task.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ins.State != nil && ins.State.Paused
+		},
+		// The container gone is every process of the task gone.
+		assertNothingLeft: func(t *testing.T, task exec.Task) { assertNoContainer(t, task.Name) },
+	}
+}
+
 // assertNoContainer fails if a container of the task is left.
 func assertNoContainer(t *testing.T, name string) {
 	t.Helper()
@@ -55,106 +78,6 @@ func assertNoContainer(t *testing.T, name string) {
 	}
 }
 
-func TestDockerName(t *testing.T) {
-	if got := (&exec.Docker{}).Name(); got != "docker" {
-		t.Errorf("Name() = %q", got)
-	}
-}
-
-func TestDockerRunsATaskWithItsGPUsEnvAndOutputs(t *testing.T) {
-	d := newDocker(t)
-	task := dockerTask(t, `echo "nv=$NVIDIA_VISIBLE_DEVICES"; echo "cuda=$CUDA_VISIBLE_DEVICES"; echo "job=$JOB_VAR"; echo "out=$GPUMESH_OUTPUTS"; echo hello > "$GPUMESH_OUTPUTS/result.txt"; echo oops >&2`)
-	task.GPUs = []string{"GPU-5b3c0d1e-aaaa-1111", "GPU-7f2a9c4b-bbbb-2222"}
-	task.Env = map[string]string{"JOB_VAR": "x y", "NVIDIA_VISIBLE_DEVICES": "all"} // the job cannot widen its GPUs
-	stdout, stderr := newSyncBuf(), newSyncBuf()
-	task.Stdout, task.Stderr = stdout, stderr
-	var started atomic.Int32
-	var startedAt atomic.Value
-	task.Started = func(at time.Time) { started.Add(1); startedAt.Store(at) }
-
-	before := time.Now()
-	res, err := d.Run(context.Background(), task)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := "nv=GPU-5b3c0d1e-aaaa-1111,GPU-7f2a9c4b-bbbb-2222\ncuda=GPU-5b3c0d1e-aaaa-1111,GPU-7f2a9c4b-bbbb-2222\njob=x y\nout=/outputs\n"
-	if got := stdout.String(); got != want {
-		t.Errorf("stdout = %q, want %q", got, want)
-	}
-	if got := stderr.String(); got != "oops\n" {
-		t.Errorf("stderr = %q, want %q", got, "oops\n")
-	}
-	if res.ExitCode != 0 || res.TimedOut || res.Stopped {
-		t.Errorf("result = %+v, want exit 0", res)
-	}
-	b, err := os.ReadFile(filepath.Join(task.Outputs, "result.txt"))
-	if err != nil || string(b) != "hello\n" {
-		t.Errorf("output file: %q, %v", b, err)
-	}
-	if n := started.Load(); n != 1 {
-		t.Errorf("Started called %d times, want 1", n)
-	}
-	if at, _ := startedAt.Load().(time.Time); !at.Equal(res.Start) {
-		t.Errorf("Started(%v), Result.Start %v", at, res.Start)
-	}
-	// The engine's clock is this host's: allow a little for its rounding.
-	if res.Start.Before(before.Add(-time.Second)) || res.End.Before(res.Start) || res.End.After(time.Now().Add(time.Second)) {
-		t.Errorf("times: start %v end %v (run began %v)", res.Start, res.End, before)
-	}
-	assertNoContainer(t, task.Name)
-}
-
-func TestDockerReturnsTheExitCode(t *testing.T) {
-	d := newDocker(t)
-	task := dockerTask(t, "echo bye; exit 3")
-	res, err := d.Run(context.Background(), task)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.ExitCode != 3 || res.TimedOut || res.Stopped {
-		t.Errorf("result = %+v, want exit 3", res)
-	}
-	assertNoContainer(t, task.Name)
-}
-
-func TestDockerTimeoutStopsTheContainer(t *testing.T) {
-	d := newDocker(t)
-	task := dockerTask(t, "sleep 60")
-	task.Timeout = time.Second
-	begin := time.Now()
-	res, err := d.Run(context.Background(), task)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if el := time.Since(begin); el > 30*time.Second {
-		t.Errorf("Run took %v for a 1s timeout", el)
-	}
-	if !res.TimedOut || res.Stopped || res.ExitCode == 0 {
-		t.Errorf("result = %+v, want timed out with a non-zero exit", res)
-	}
-	assertNoContainer(t, task.Name)
-}
-
-func TestDockerCancelStopsTheContainer(t *testing.T) {
-	d := newDocker(t)
-	task := dockerTask(t, "sleep 60")
-	started := make(chan struct{})
-	task.Started = func(time.Time) { close(started) }
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := goRun(ctx, d, task)
-	await(t, started, time.Minute, "the container's start")
-	cancel()
-	r := await(t, done, time.Minute, "Run's return after cancel")
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	if !r.res.Stopped || r.res.TimedOut || r.res.ExitCode == 0 {
-		t.Errorf("result = %+v, want stopped with a non-zero exit", r.res)
-	}
-	assertNoContainer(t, task.Name)
-}
-
 func TestDockerMissingImageIsErrNoImage(t *testing.T) {
 	d := newDocker(t)
 	task := dockerTask(t, "true")
@@ -165,17 +88,6 @@ func TestDockerMissingImageIsErrNoImage(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), task.Image) || !strings.Contains(err.Error(), "docker load") {
 		t.Errorf("error does not name the image and how to get it: %v", err)
-	}
-	assertNoContainer(t, task.Name)
-}
-
-func TestDockerBadCommandIsAnError(t *testing.T) {
-	d := newDocker(t)
-	task := dockerTask(t, "")
-	task.Command = []string{"/no/such/program"}
-	_, err := d.Run(context.Background(), task)
-	if err == nil || !strings.Contains(err.Error(), task.Name) {
-		t.Fatalf("err = %v, want an error naming the task", err)
 	}
 	assertNoContainer(t, task.Name)
 }
@@ -213,64 +125,6 @@ func TestDockerNetwork(t *testing.T) {
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Errorf("with Network the container sees interfaces %v, want the host's %v", got, want)
-	}
-}
-
-func TestDockerLogsArriveAsWritten(t *testing.T) {
-	d := newDocker(t)
-	task := dockerTask(t, "echo first; sleep 30; echo never")
-	out := newSyncBuf()
-	task.Stdout = out
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := goRun(ctx, d, task)
-	select {
-	case <-out.first:
-	case r := <-done:
-		t.Fatalf("Run ended (%+v, %v) before any output was seen", r.res, r.err)
-	case <-time.After(25 * time.Second):
-		t.Fatal("no output within 25s of a task that prints at once")
-	}
-	select {
-	case r := <-done:
-		t.Fatalf("the task ended (%+v, %v): output came only at its end", r.res, r.err)
-	default:
-	}
-	cancel()
-	r := await(t, done, time.Minute, "Run's return after cancel")
-	if r.err != nil || !r.res.Stopped {
-		t.Errorf("result = %+v, %v", r.res, r.err)
-	}
-	if got := out.String(); got != "first\n" {
-		t.Errorf("stdout = %q", got)
-	}
-}
-
-func TestDockerLosesNoOutputOfFastTasks(t *testing.T) {
-	d := newDocker(t)
-	for i := range 3 {
-		task := dockerTask(t, `i=0; while [ $i -lt 2000 ]; do echo "line $i"; i=$((i+1)); done; echo done >&2`)
-		out, errOut := newSyncBuf(), newSyncBuf()
-		task.Stdout, task.Stderr = out, errOut
-		if _, err := d.Run(context.Background(), task); err != nil {
-			t.Fatal(err)
-		}
-		lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
-		if len(lines) != 2000 || lines[0] != "line 0" || lines[1999] != "line 1999" {
-			t.Errorf("run %d: %d lines of stdout, want 2000", i, len(lines))
-		}
-		if errOut.String() != "done\n" {
-			t.Errorf("run %d: stderr %q", i, errOut.String())
-		}
-	}
-	task := dockerTask(t, "echo quick")
-	out := newSyncBuf()
-	task.Stdout = out
-	if _, err := d.Run(context.Background(), task); err != nil {
-		t.Fatal(err)
-	}
-	if out.String() != "quick\n" {
-		t.Errorf("stdout = %q", out.String())
 	}
 }
 

@@ -145,6 +145,7 @@ type Outcome struct {
 	Cost    uint64   // per hour, sum of GPUs times price, when formed
 	Spares  []Bid    // runner-up bids, ranked, when formed: hot spares for exec
 	Reason  string   // when failed, with numbers
+	Err     error    // when failed by Select: wraps ErrNoCluster, and ErrNoBids if no bid was for the GPUs asked for
 }
 
 // Ready is what the caller must do: send the messages and note the outcome.
@@ -354,6 +355,7 @@ func (n *Negotiation) maybeClose(now time.Time) {
 		allIn := n.cfg.Expect > 0 && len(bids) >= n.cfg.Expect && !now.Before(n.started.Add(n.cfg.ExpectWait))
 		if late || allIn {
 			n.fail(err.Error())
+			n.ready.Outcome.Err = err
 		}
 		return
 	}

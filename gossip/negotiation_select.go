@@ -15,6 +15,16 @@ import (
 // wrapping it says why, with numbers.
 var ErrNoCluster = errors.New("no cluster can form")
 
+// ErrNoBids marks a request that failed without a single bid for the GPUs
+// it asked for: wrapped, with ErrNoCluster, by Select's error then.
+var ErrNoBids = errors.New("no provider of the GPUs asked for bid")
+
+// noBidsError is the reason of a failure without bids of the class.
+type noBidsError string
+
+func (e noBidsError) Error() string        { return string(e) }
+func (e noBidsError) Is(target error) bool { return target == ErrNoBids }
+
 // Member is one provider's part of a cluster: GPUs of its bid at its price.
 type Member struct {
 	Provider peer.ID
@@ -69,7 +79,11 @@ func Select(bids []Bid, needs Needs) (chosen []Member, spares []Bid, err error) 
 	usable := usableBids(bids, needs)
 	chosen, ok := selectIn(usable, needs.GPUs, needs.PerNode, needs.Placement)
 	if !ok {
-		return nil, nil, fmt.Errorf("%w: %s", ErrNoCluster, whyNot(bids, needs))
+		why, none := whyNot(bids, needs)
+		if none {
+			return nil, nil, fmt.Errorf("%w: %w", ErrNoCluster, noBidsError(why))
+		}
+		return nil, nil, fmt.Errorf("%w: %s", ErrNoCluster, why)
 	}
 	return chosen, spareBids(usable, chosen, needs), nil
 }
@@ -195,7 +209,8 @@ func boolInt(b bool) int {
 // whyNot says, with numbers, why no set of bids meets needs. It walks the
 // filters in the order a person would check them: class, lease, price,
 // perNode, colocation.
-func whyNot(bids []Bid, needs Needs) string {
+// none reports that no bid at all was for the GPUs asked for.
+func whyNot(bids []Bid, needs Needs) (why string, none bool) {
 	u := needs.unit()
 	price := func(v uint64) string { return u.Format(v) + " " + u.PerHour() }
 	class := lastBids(bids, needs.classMatches)
@@ -208,9 +223,9 @@ func whyNot(bids []Bid, needs Needs) string {
 			what += fmt.Sprintf(" with at least %d GB", needs.MinVRAMGB)
 		}
 		if other := len(lastBids(bids, func(*Bid) bool { return true })); other > 0 {
-			return fmt.Sprintf("no provider of %s bid (%s of other GPUs)", what, plural(other, "bid"))
+			return fmt.Sprintf("no provider of %s bid (%s of other GPUs)", what, plural(other, "bid")), true
 		}
-		return fmt.Sprintf("no provider of %s bid", what)
+		return fmt.Sprintf("no provider of %s bid", what), true
 	}
 	var leased []Bid
 	longest := uint32(0)
@@ -222,7 +237,7 @@ func whyNot(bids []Bid, needs Needs) string {
 	}
 	if len(leased) == 0 {
 		return fmt.Sprintf("no provider leases for %v, the longest lease bid is %v",
-			time.Duration(needs.LeaseSeconds)*time.Second, time.Duration(longest)*time.Second)
+			time.Duration(needs.LeaseSeconds)*time.Second, time.Duration(longest)*time.Second), false
 	}
 	var cheap []Bid
 	var cheapGPUs, dearGPUs uint64
@@ -243,7 +258,7 @@ func whyNot(bids []Bid, needs Needs) string {
 		if dearGPUs > 0 {
 			s += fmt.Sprintf(" (%d more from %s)", dearGPUs, price(cheapestDear))
 		}
-		return s
+		return s, false
 	}
 	p := max(needs.PerNode, 1)
 	usableGPUs := func(bs []Bid) (usable uint64, whole int, biggestFragment uint32) {
@@ -265,10 +280,10 @@ func whyNot(bids []Bid, needs Needs) string {
 		usable, whole, frag := usableGPUs(cheap)
 		if usable < uint64(needs.GPUs) {
 			if whole == 0 {
-				return fmt.Sprintf("only fragments of at most %d GPUs, perNode %d", frag, needs.PerNode)
+				return fmt.Sprintf("only fragments of at most %d GPUs, perNode %d", frag, needs.PerNode), false
 			}
 			return fmt.Sprintf("only %s of %d GPUs (%d GPUs), need %d; %d more bids are fragments of at most %d GPUs, perNode %d",
-				plural(whole, "provider"), needs.PerNode, usable, needs.GPUs, len(cheap)-whole, frag, needs.PerNode)
+				plural(whole, "provider"), needs.PerNode, usable, needs.GPUs, len(cheap)-whole, frag, needs.PerNode), false
 		}
 	}
 	if needs.Placement == Colocated {
@@ -283,9 +298,9 @@ func whyNot(bids []Bid, needs Needs) string {
 				bestZone, bestGPUs = z, n
 			}
 		}
-		return fmt.Sprintf("colocation impossible: no zone has %d GPUs (best %s with %d)", needs.GPUs, zoneName(bestZone), bestGPUs)
+		return fmt.Sprintf("colocation impossible: no zone has %d GPUs (best %s with %d)", needs.GPUs, zoneName(bestZone), bestGPUs), false
 	}
-	return fmt.Sprintf("%d usable bids cannot make %d GPUs", len(cheap), needs.GPUs)
+	return fmt.Sprintf("%d usable bids cannot make %d GPUs", len(cheap), needs.GPUs), false
 }
 
 func plural(n int, what string) string {

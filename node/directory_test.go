@@ -3,35 +3,33 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 )
 
 // directoryMesh starts n peers: h100 providers of 8x H100-80GB in region
-// eu-west, a100 providers of 8x A100-40GB in us-east, and the rest with no
-// GPUs. It waits until every provider has published into the full mesh.
+// eu-west at 2.10 USDC/GPU-h, a100 providers of 8x A100-40GB in us-east
+// asking nothing, and the rest with no GPUs; offers live for ttl (0: the
+// default). It waits until every provider has published into the full mesh.
 func directoryMesh(t *testing.T, n, h100, a100 int, ttl time.Duration) *meshtest.Mesh {
 	t.Helper()
-	m := meshtest.Start(t, n, meshtest.Options{Seed: 42, Config: func(i int, c *node.Config) {
+	m := meshtest.Start(t, n, meshtest.Options{Seed: 42, Providers: h100, Price: "fixed:2.10", Config: func(i int, c *node.Config) {
 		c.OfferTTL = ttl
 		switch {
 		case i < h100:
-			c.GPUs, c.Region, c.Price = "mock:dgxh100", "eu-west/ams1", "fixed:2.10"
+			c.Region = "eu-west/ams1"
 		case i < h100+a100:
 			c.GPUs, c.Region = "mock:dgxa100", "us-east/nyc2"
 		}
 	}})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := m.WaitMeshed(ctx, 8); err != nil {
-		t.Fatal(err)
-	}
 	// Republish into the grown mesh, as a provider does when its routing
 	// table has grown, and wait for each to land.
 	meshed := time.Now()
@@ -39,26 +37,12 @@ func directoryMesh(t *testing.T, n, h100, a100 int, ttl time.Duration) *meshtest
 		m.Nodes[i].OffersChanged()
 	}
 	for i := range h100 + a100 {
-		waitUntil(t, ctx, fmt.Sprintf("provider %d to publish", i), func() bool {
+		testwait.For(t, time.Minute, fmt.Sprintf("provider %d to publish", i), func() (bool, string) {
 			l := m.Nodes[i].LocalGPUs()
-			return l.PublishedAt.After(meshed) && l.Error == ""
+			return l.PublishedAt.After(meshed) && l.Error == "", fmt.Sprintf("published at %v: %q", l.PublishedAt, l.Error)
 		})
 	}
 	return m
-}
-
-// waitUntil polls cond every 10 ms until it holds or ctx ends.
-func waitUntil(t testing.TB, ctx context.Context, what string, cond func() bool) {
-	t.Helper()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		case <-tick.C:
-		}
-	}
 }
 
 func providersOf(res dht.FindResult) []string {
@@ -155,7 +139,7 @@ func TestWithdrawnForgedReplayedAndExpiredOffersAreNotFound(t *testing.T) {
 	}
 	before := victim.LocalGPUs().PublishedAt
 	victim.OffersChanged()
-	waitUntil(t, ctx, "provider 1 to republish", func() bool { return victim.LocalGPUs().PublishedAt.After(before) })
+	testwait.Until(t, ctx, "provider 1 to republish", func() bool { return victim.LocalGPUs().PublishedAt.After(before) })
 	// (The put itself may "succeed": peers that hold the newer record
 	// refuse the older one, and a peer that held none keeps both and
 	// selects the newer on every read.)
@@ -205,13 +189,8 @@ func TestWithdrawnForgedReplayedAndExpiredOffersAreNotFound(t *testing.T) {
 	if err := m.Isolate(h100); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, ctx, "the lost provider's offer to expire", func() bool {
-		for _, p := range providersOf(find(dht.Query{Model: "A100"})) {
-			if p == lost {
-				return false
-			}
-		}
-		return true
+	testwait.Until(t, ctx, "the lost provider's offer to expire", func() bool {
+		return !slices.Contains(providersOf(find(dht.Query{Model: "A100"})), lost)
 	})
 	res := find(dht.Query{Model: "A100"})
 	if len(res.Matches) != a100-1 {

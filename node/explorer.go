@@ -629,9 +629,12 @@ func (e *explorer) state() ExplorerState {
 		}
 	}
 
-	jobs := n.Jobs()
-	st.JobsTotal = len(jobs)
-	for _, j := range jobs[:min(len(jobs), explorerMaxJobs)] {
+	jobs, _, err := n.JobsPage("", explorerMaxJobs)
+	if err != nil {
+		n.log.Debug("explorer: jobs", "err", err)
+	}
+	st.JobsTotal = n.JobCount()
+	for _, j := range jobs {
 		st.Jobs = append(st.Jobs, explorerJob(j))
 	}
 
@@ -739,7 +742,7 @@ func (e *explorer) redact(s string) string {
 func explorerJob(j Job) ExplorerJob {
 	ej := ExplorerJob{
 		ID: j.ID, Name: j.Spec.Name, Image: j.Spec.Image, Launcher: j.Spec.Launcher, GPUs: j.Spec.Resources.GPUs,
-		Model: j.Spec.Resources.GPU.Model, State: j.State, Reason: j.Reason, Attempt: j.Attempt, Cost: j.Cost, Unit: j.Unit,
+		Model: j.Spec.Resources.GPU.Model, State: string(j.State), Reason: j.Reason, Attempt: j.Attempt, Cost: j.Cost, Unit: j.Unit,
 		Created: j.Created, Updated: j.Updated, Started: j.Started, Ended: j.Ended, ExitCode: j.ExitCode,
 		Members: []ExplorerMember{},
 	}

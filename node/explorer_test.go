@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 )
@@ -25,25 +27,17 @@ import (
 func explorerMesh(t *testing.T) (m *meshtest.Mesh, provider, viewer *node.Node, dataDir string) {
 	t.Helper()
 	dataDir = t.TempDir()
-	m = meshtest.Start(t, 2, meshtest.Options{Seed: 21, Config: func(i int, c *node.Config) {
-		if i == 0 {
-			c.GPUs, c.Price, c.Executors = "mock:dgxh100", "fixed:2.10", []string{"process"}
-			return
+	o := h100s(21, 1)
+	o.Config = func(i int, c *node.Config) {
+		if i == 1 {
+			c.DataDir, c.APIListen, c.Explorer = dataDir, "127.0.0.1:0", "127.0.0.1:0"
 		}
-		c.DataDir, c.APIListen, c.Explorer = dataDir, "127.0.0.1:0", "127.0.0.1:0"
-	}})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := m.WaitMeshed(ctx, 1); err != nil {
-		t.Fatal(err)
 	}
-	if err := m.WaitTopic(ctx, "rfb"); err != nil {
-		t.Fatal(err)
-	}
+	m = meshtest.Start(t, 2, o)
 	provider, viewer = m.Nodes[0], m.Nodes[1]
-	waitUntil(t, ctx, "the viewer to find the provider", func() bool {
-		res, err := viewer.FindGPUs(ctx, dht.Query{Model: "H100"})
-		return err == nil && res.Providers == 1
+	testwait.For(t, time.Minute, "the viewer to find the provider", func() (bool, string) {
+		res, err := viewer.FindGPUs(t.Context(), dht.Query{Model: "H100"})
+		return err == nil && res.Providers == 1, fmt.Sprintf("%d providers, %v", res.Providers, err)
 	})
 	return m, provider, viewer, dataDir
 }
@@ -283,7 +277,7 @@ func TestExplorerEventsFollowJobsAndEndWithTheNode(t *testing.T) {
 			t.Fatalf("job %s in the snapshot, want %s", j.ID, job.ID)
 		}
 		seen[j.State] = true
-		if j.State == node.JobDone && len(last.Receipts) == 1 {
+		if j.State == string(node.JobDone) && len(last.Receipts) == 1 {
 			if len(j.Members) != 1 || j.Members[0].State != node.MemberExited || j.Members[0].ExitCode == nil || *j.Members[0].ExitCode != 0 || j.ExitCode == nil || *j.ExitCode != 0 {
 				t.Fatalf("done job %+v", j)
 			}
@@ -293,7 +287,7 @@ func TestExplorerEventsFollowJobsAndEndWithTheNode(t *testing.T) {
 			}
 			break
 		}
-		if j.State == node.JobFailed || j.State == node.JobCancelled {
+		if j.State == string(node.JobFailed) || j.State == string(node.JobCancelled) {
 			t.Fatalf("job %s: %s", j.State, j.Reason)
 		}
 	}

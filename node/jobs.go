@@ -2,38 +2,66 @@ package node
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
-	"sort"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/node/jobspec"
-	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/gpumesh/gpumesh/node/jobstore"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
+// The job record: what a submitter knows of each job it submitted, and the
+// only code that changes a job's state. A job moves
+//
+//	negotiating → formed → running → done | failed | cancelled
+//	             ↘ failed | cancelled     ↘ negotiating (a retry, after a lost member)
+//
+// and nothing moves an ended job. Every change is written to the job store
+// (jobs.db in the data dir, one record a job, one transaction a change)
+// before the call that made it returns; jobs that have not ended are also
+// kept in memory, ended ones only on disk.
+
+// JobState is where a job is in its life.
+type JobState string
+
 // Job states.
 const (
-	JobNegotiating = "negotiating"
-	JobFormed      = "formed"  // a cluster holds the GPUs; the run starts
-	JobRunning     = "running" // the members run it
-	JobDone        = "done"    // every member exited with 0
-	JobFailed      = "failed"
-	JobCancelled   = "cancelled"
+	JobNegotiating JobState = "negotiating"
+	JobFormed      JobState = "formed"  // a cluster holds the GPUs; the run starts
+	JobRunning     JobState = "running" // the members run it
+	JobDone        JobState = "done"    // every member exited with 0
+	JobFailed      JobState = "failed"
+	JobCancelled   JobState = "cancelled"
 )
 
+// Ended reports whether a job in state s has ended for good.
+func (s JobState) Ended() bool { return s == JobDone || s == JobFailed || s == JobCancelled }
+
+// jobMoves lists the states a job may move to from each state.
+var jobMoves = map[JobState][]JobState{
+	JobNegotiating: {JobFormed, JobFailed, JobCancelled},
+	JobFormed:      {JobRunning, JobFailed, JobCancelled},
+	JobRunning:     {JobNegotiating, JobDone, JobFailed, JobCancelled},
+}
+
+func canMove(from, to JobState) bool {
+	for _, s := range jobMoves[from] {
+		if s == to {
+			return true
+		}
+	}
+	return false
+}
+
 // Job is a submitted job as this peer (its submitter) knows it. Jobs are
-// kept in the data dir's jobs.json and survive a restart.
+// kept in the data dir's job store and survive a restart.
 type Job struct {
 	ID      string          `json:"id"`
 	Spec    jobspec.Spec    `json:"spec"`
-	State   string          `json:"state"`
+	State   JobState        `json:"state"`
 	Reason  string          `json:"reason,omitempty"` // why it failed, with numbers
 	Members []gossip.Member `json:"members,omitempty"`
 	Spares  []gossip.Bid    `json:"spares,omitempty"` // runner-up bids, ranked: hot spares for execution
@@ -49,94 +77,175 @@ type Job struct {
 	ExitCode *int        `json:"exitCode,omitempty"` // the job's: 0 when every member exited with 0
 }
 
-// Ended reports whether a job state is final.
-func jobEnded(state string) bool {
-	return state == JobDone || state == JobFailed || state == JobCancelled
+// jobBook is the submitter's record of its jobs.
+type jobBook struct {
+	jobsMu sync.Mutex      // guards active, moved, and the order of writes to store
+	store  *jobstore.Store // every job
+	active map[string]*Job // jobs that have not ended
+	recent []Job           // the last jobs that ended here, newest last (at most recentJobs)
+	moved  chan struct{}   // closed and replaced whenever a job changes
 }
 
-// jobState is the node's part of cluster negotiation. One goroutine, the
-// negotiation loop, owns the Negotiations and the Reservations; everything
-// else talks to it through in.
-type jobState struct {
-	in       chan negEvent
-	rfbTopic *pubsub.Topic
-	rfbSub   *pubsub.Subscription
+// recentJobs is how many ended jobs stay in memory, for the callers that
+// read a job again just after it ended (and after Close).
+const recentJobs = 64
 
-	sent atomic.Uint64 // negotiation messages this peer has sent (broadcasts count once)
+// jobsDBFile and jobsJSONFile are the job store, and the file of jobs that
+// peers before it kept (migrated into the store on start).
+const (
+	jobsDBFile   = "jobs.db"
+	jobsJSONFile = "jobs.json"
+)
 
-	jobsMu sync.Mutex // guards jobs, the jobs file and free
-	jobs   map[string]*Job
-	free   map[string]uint32 // GPUs per class not reserved, as the loop last saw
-	moved  chan struct{}     // closed and replaced whenever a job changes
-}
-
-func (n *Node) jobsFile() string {
-	if n.dir == nil {
-		return ""
-	}
-	return filepath.Join(n.dir.Path, "jobs.json")
-}
-
-func (n *Node) jobUpdated(id gossip.JobID) time.Time {
-	n.jobsMu.Lock()
-	defer n.jobsMu.Unlock()
-	if j, ok := n.jobs[id.String()]; ok {
-		return j.Updated
-	}
-	return time.Time{}
-}
-
-// Job returns one of this peer's jobs.
-func (n *Node) Job(id string) (Job, bool) {
-	n.jobsMu.Lock()
-	defer n.jobsMu.Unlock()
-	j, ok := n.jobs[id]
-	if !ok {
-		return Job{}, false
-	}
-	return *j, true
-}
-
-// Jobs lists this peer's jobs, newest first.
-func (n *Node) Jobs() []Job {
-	n.jobsMu.Lock()
-	defer n.jobsMu.Unlock()
-	out := make([]Job, 0, len(n.jobs))
-	for _, j := range n.jobs {
-		out = append(out, *j)
-	}
-	sort.Slice(out, func(i, k int) bool { return out[i].Created.After(out[k].Created) })
-	return out
-}
-
-// loadJobs reads jobs.json. A job still negotiating when the node stopped
-// has lost its negotiation: it is marked failed with that reason.
-func (n *Node) loadJobs() error {
-	path := n.jobsFile()
-	if path == "" {
-		return nil
-	}
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
+// openJobs opens the job store (in the state dir: the data dir, or a
+// temporary folder), moves an old jobs.json into it, and marks failed the
+// jobs that were still negotiating or running when the peer stopped.
+func (n *Node) openJobs() error {
+	n.active = map[string]*Job{}
+	n.moved = make(chan struct{})
+	dir, err := n.stateDir()
 	if err != nil {
 		return fmt.Errorf("jobs: %w", err)
 	}
-	var jobs []*Job
-	if err := json.Unmarshal(data, &jobs); err != nil {
-		return fmt.Errorf("jobs file %s: %v; move it away to start with no jobs", path, err)
+	st, err := jobstore.Open(filepath.Join(dir, jobsDBFile))
+	if err != nil {
+		return fmt.Errorf("jobs: %w", err)
 	}
-	for _, j := range jobs {
+	if added, err := st.Migrate(filepath.Join(dir, jobsJSONFile)); err != nil {
+		_ = st.Close()
+		return fmt.Errorf("jobs: %w", err)
+	} else if added > 0 {
+		n.log.Info("jobs moved from jobs.json into the job store", "jobs", added, "store", st.Path())
+	}
+	var stale []Job
+	err = st.Each(func(id string, data []byte) error {
+		var j Job
+		if err := json.Unmarshal(data, &j); err != nil {
+			return fmt.Errorf("job %s in %s: %v", id, st.Path(), err)
+		}
 		switch j.State {
 		case JobNegotiating:
 			j.State, j.Reason = JobFailed, "the peer stopped while negotiating; submit it again"
 		case JobFormed, JobRunning:
 			j.State, j.Reason = JobFailed, "the peer stopped while the job ran, and its members stopped with it; submit it again"
+		default:
+			return nil
 		}
-		n.jobs[j.ID] = j
+		stale = append(stale, j)
+		return nil
+	})
+	if err == nil {
+		for i := range stale {
+			if err = putJob(st, &stale[i]); err != nil {
+				break
+			}
+		}
 	}
+	if err != nil {
+		_ = st.Close()
+		return fmt.Errorf("jobs: %w", err)
+	}
+	n.store = st
 	return nil
+}
+
+func (n *Node) closeJobStore() error {
+	if n.store == nil {
+		return nil
+	}
+	return n.store.Close()
+}
+
+func putJob(st *jobstore.Store, j *Job) error {
+	data, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	return st.Put(j.ID, j.Created, data)
+}
+
+// addJob records a new job, on disk before it returns.
+func (n *Node) addJob(j *Job) error {
+	n.jobsMu.Lock()
+	defer n.jobsMu.Unlock()
+	if err := putJob(n.store, j); err != nil {
+		return err
+	}
+	n.active[j.ID] = j
+	n.movedLocked()
+	return nil
+}
+
+// moveJob is the only code that changes a job's state. It moves job id to
+// state to, if the job has not ended, its state is one of from (any, if
+// from is empty) and jobMoves allows the move; applies change; and saves
+// the job before it returns. It returns the job as saved, and false if
+// nothing changed.
+func (n *Node) moveJob(id string, to JobState, from []JobState, change func(*Job)) (Job, bool) {
+	n.jobsMu.Lock()
+	defer n.jobsMu.Unlock()
+	j, ok := n.active[id]
+	if !ok || !canMove(j.State, to) {
+		return Job{}, false
+	}
+	if len(from) > 0 {
+		found := false
+		for _, s := range from {
+			found = found || j.State == s
+		}
+		if !found {
+			return Job{}, false
+		}
+	}
+	j.State = to
+	if change != nil {
+		change(j)
+	}
+	n.saveLocked(j)
+	if to.Ended() {
+		delete(n.active, id)
+		if len(n.recent) == recentJobs {
+			n.recent = append(n.recent[:0], n.recent[1:]...)
+		}
+		n.recent = append(n.recent, *j)
+	}
+	n.log.Info("job "+string(to), "job", id, "attempt", j.Attempt, "members", len(j.Members), "reason", j.Reason)
+	return *j, true
+}
+
+// updateJob changes a job's other fields (its members' runs) and saves it;
+// an ended job does not change.
+func (n *Node) updateJob(id string, change func(*Job)) {
+	n.jobsMu.Lock()
+	defer n.jobsMu.Unlock()
+	j, ok := n.active[id]
+	if !ok {
+		return
+	}
+	state := j.State
+	change(j)
+	j.State = state
+	n.saveLocked(j)
+}
+
+// finishJob records how a job ended.
+func (n *Node) finishJob(id string, state JobState, reason string, code *int) {
+	n.moveJob(id, state, nil, func(j *Job) {
+		j.Reason, j.ExitCode, j.Ended = reason, code, time.Now().UTC()
+	})
+}
+
+func (n *Node) saveLocked(j *Job) {
+	j.Updated = time.Now().UTC()
+	if err := putJob(n.store, j); err != nil {
+		n.log.Warn("save job", "job", j.ID, "err", err)
+	}
+	n.movedLocked()
+}
+
+func (n *Node) movedLocked() {
+	close(n.moved)
+	n.moved = make(chan struct{})
 }
 
 // jobMoved returns a channel closed at the next change of any job.
@@ -146,49 +255,94 @@ func (n *Node) jobMoved() <-chan struct{} {
 	return n.moved
 }
 
-// saveJobsLocked writes jobs.json whole (temp file, fsync, rename).
-func (n *Node) saveJobsLocked() error {
-	if n.moved != nil {
-		close(n.moved)
-		n.moved = make(chan struct{})
+func (n *Node) jobUpdated(id gossip.JobID) time.Time {
+	j, ok := n.Job(id.String())
+	if !ok {
+		return time.Time{}
 	}
-	path := n.jobsFile()
-	if path == "" {
-		return nil
+	return j.Updated
+}
+
+// Job returns one of this peer's jobs.
+func (n *Node) Job(id string) (Job, bool) {
+	n.jobsMu.Lock()
+	if j, ok := n.active[id]; ok {
+		defer n.jobsMu.Unlock()
+		return *j, true
 	}
-	jobs := make([]*Job, 0, len(n.jobs))
-	for _, j := range n.jobs {
+	for i := len(n.recent) - 1; i >= 0; i-- {
+		if n.recent[i].ID == id {
+			defer n.jobsMu.Unlock()
+			return n.recent[i], true
+		}
+	}
+	n.jobsMu.Unlock()
+	if n.store == nil {
+		return Job{}, false
+	}
+	data, ok, err := n.store.Get(id)
+	if err != nil || !ok {
+		return Job{}, false
+	}
+	var j Job
+	if err := json.Unmarshal(data, &j); err != nil {
+		n.log.Warn("job record unreadable", "job", id, "err", err)
+		return Job{}, false
+	}
+	return j, true
+}
+
+// DefaultJobsPage and MaxJobsPage bound a page of JobsPage.
+const (
+	DefaultJobsPage = 50
+	MaxJobsPage     = 500
+)
+
+// JobsPage lists at most limit of this peer's jobs, newest first, from the
+// cursor before ("" for the newest); next is the cursor of the page after,
+// "" on the last.
+func (n *Node) JobsPage(before string, limit int) (jobs []Job, next string, err error) {
+	if limit <= 0 {
+		limit = DefaultJobsPage
+	}
+	if limit > MaxJobsPage {
+		return nil, "", fmt.Errorf("a page of jobs has at most %d (asked for %d)", MaxJobsPage, limit)
+	}
+	if n.store == nil {
+		return nil, "", nil
+	}
+	page, next, err := n.store.List(before, limit)
+	if err != nil {
+		return nil, "", err
+	}
+	jobs = make([]Job, 0, len(page))
+	for _, data := range page {
+		var j Job
+		if err := json.Unmarshal(data, &j); err != nil {
+			return nil, "", fmt.Errorf("job record unreadable: %v", err)
+		}
 		jobs = append(jobs, j)
 	}
-	sort.Slice(jobs, func(i, k int) bool { return jobs[i].Created.Before(jobs[k].Created) })
-	data, err := json.MarshalIndent(jobs, "", "  ")
+	return jobs, next, nil
+}
+
+// JobCount is how many jobs this peer has submitted.
+func (n *Node) JobCount() int {
+	if n.store == nil {
+		return 0
+	}
+	c, _ := n.store.Count()
+	return c
+}
+
+// Jobs lists this peer's jobs, newest first (at most MaxJobsPage: use
+// JobsPage for more).
+func (n *Node) Jobs() []Job {
+	jobs, _, err := n.JobsPage("", MaxJobsPage)
 	if err != nil {
-		return err
+		n.log.Warn("list jobs", "err", err)
 	}
-	return writeFileAtomic(path, append(data, '\n'), 0o600)
-}
-
-// updateJob changes a job and saves the jobs file.
-func (n *Node) updateJob(id string, change func(*Job)) {
-	n.jobsMu.Lock()
-	defer n.jobsMu.Unlock()
-	j, ok := n.jobs[id]
-	if !ok {
-		return
-	}
-	change(j)
-	j.Updated = time.Now().UTC()
-	if err := n.saveJobsLocked(); err != nil {
-		n.log.Warn("save jobs", "err", err)
-	}
-}
-
-// finishJob records how a job ended.
-func (n *Node) finishJob(id, state, reason string, code *int) {
-	n.updateJob(id, func(j *Job) {
-		j.State, j.Reason, j.ExitCode, j.Ended = state, reason, code, time.Now().UTC()
-	})
-	n.log.Info("job "+state, "job", id, "reason", reason)
+	return jobs
 }
 
 func shortPeer(p peer.ID) string {

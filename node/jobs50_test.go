@@ -15,25 +15,12 @@ import (
 // 1.60, ... 2.40 USDC/GPU-h, the even ones in eu-west/ams1 and the odd ones
 // in us-east/nyc2; forty peers without GPUs.
 func market50(t testing.TB) *meshtest.Mesh {
-	t.Helper()
-	m := meshtest.Start(t, 50, meshtest.Options{Seed: 50, Config: func(i int, c *node.Config) {
+	return meshtest.Start(t, 50, meshtest.Options{Seed: 50, Providers: 10, Executors: []string{"process"}, Config: func(i int, c *node.Config) {
 		if i < 10 {
-			c.GPUs = "mock:dgxh100"
-			c.Executors = []string{"process"}
 			c.Price = fmt.Sprintf("fixed:%d.%d0", 1+(5+i)/10, (5+i)%10)
 			c.Region = []string{"eu-west/ams1", "us-east/nyc2"}[i%2]
 		}
 	}})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	if err := m.WaitMeshed(ctx, 8); err != nil {
-		t.Fatal(err)
-	}
-	// Every peer must hear requests for bids: wait for the topic mesh.
-	if err := m.WaitTopic(ctx, "rfb"); err != nil {
-		t.Fatal(err)
-	}
-	return m
 }
 
 func TestClustersOn50Peers(t *testing.T) {
@@ -41,16 +28,6 @@ func TestClustersOn50Peers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	providers := m.Nodes[:10]
-	freeAgain := func() {
-		waitUntil(t, ctx, "every provider free again", func() bool {
-			for _, p := range providers {
-				if p.FreeGPUs()["H100-80GB"] != 8 {
-					return false
-				}
-			}
-			return true
-		})
-	}
 	for _, tc := range []struct {
 		name      string
 		gpus      int
@@ -87,7 +64,7 @@ func TestClustersOn50Peers(t *testing.T) {
 			if _, err := submitter.CancelJob(ctx, j.ID); err != nil {
 				t.Fatal(err)
 			}
-			freeAgain()
+			waitFree(t, ctx, providers)
 		})
 	}
 
@@ -140,11 +117,7 @@ func TestHundredRacingSubmissionsNeverShareAGPU(t *testing.T) {
 	held := map[string]int{}
 	formed := 0
 	for _, s := range subs {
-		var j node.Job
-		waitUntil(t, ctx, "racing job to end", func() bool {
-			j, _ = s.nd.Job(s.id)
-			return j.State != node.JobNegotiating
-		})
+		j := waitJob(t, ctx, s.nd, s.id, "to end its race", func(j node.Job) bool { return j.State != node.JobNegotiating })
 		if holds(j) {
 			formed++
 			for _, mb := range j.Members {

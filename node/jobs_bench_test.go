@@ -46,14 +46,7 @@ func BenchmarkClusterFormation(b *testing.B) {
 				if _, err := submitter.CancelJob(ctx, j.ID); err != nil {
 					b.Fatal(err)
 				}
-				waitUntil(b, ctx, "providers free again", func() bool {
-					for _, p := range providers {
-						if p.FreeGPUs()["H100-80GB"] != 8 {
-							return false
-						}
-					}
-					return true
-				})
+				waitFree(b, ctx, providers)
 				b.StartTimer()
 			}
 			b.StopTimer()

@@ -9,33 +9,32 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
+	"github.com/gpumesh/gpumesh/node/jobstore"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 )
 
-// clusterMesh starts n peers; the first four are providers of 8x H100-80GB
-// at 2.10 USDC/GPU-h, two in eu-west/ams1 and two in us-east/nyc2; the rest
-// have no GPUs.
+// h100s are the options of a mesh whose first `providers` peers offer 8x
+// H100-80GB each at 2.10 USDC/GPU-h and run jobs with the process executor;
+// the rest have no GPUs. (Heartbeats keep their default: under the race
+// detector on two busy cores a few hundred milliseconds of silence happens.)
+func h100s(seed uint64, providers int) meshtest.Options {
+	return meshtest.Options{Seed: seed, Providers: providers, Price: "fixed:2.10", Executors: []string{"process"}}
+}
+
+// clusterMesh starts n peers; the first four are h100s (jobs run sleep
+// 3600: a formed cluster holds its GPUs until cancelled), two in
+// eu-west/ams1 and two in us-east/nyc2.
 func clusterMesh(t *testing.T, n int) *meshtest.Mesh {
-	t.Helper()
-	m := meshtest.Start(t, n, meshtest.Options{Seed: 9, Config: func(i int, c *node.Config) {
+	o := h100s(9, 4)
+	o.Config = func(i int, c *node.Config) {
 		if i < 4 {
-			c.GPUs, c.Price = "mock:dgxh100", "fixed:2.10"
-			c.Executors = []string{"process"} // jobs run sleep 3600: a formed cluster holds its GPUs until cancelled
 			c.Region = []string{"eu-west/ams1", "us-east/nyc2"}[i/2]
 		}
-	}})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := m.WaitMeshed(ctx, 6); err != nil {
-		t.Fatal(err)
 	}
-	// Every peer must hear requests for bids: wait for the topic mesh.
-	if err := m.WaitTopic(ctx, "rfb"); err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return meshtest.Start(t, n, o)
 }
 
 func jobSpec(t testing.TB, gpus int, extra string) jobspec.Spec {
@@ -66,12 +65,46 @@ func submit(t testing.TB, ctx context.Context, nd *node.Node, spec jobspec.Spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var j node.Job
-	waitUntil(t, ctx, "job "+job.ID+" to leave negotiation", func() bool {
-		j, _ = nd.Job(job.ID)
-		return j.State != node.JobNegotiating
+	return waitJob(t, ctx, nd, job.ID, "to leave negotiation", func(j node.Job) bool { return j.State != node.JobNegotiating })
+}
+
+// waitJob waits on nd's job-change notification until job id satisfies ok,
+// and returns it; it fails t with the job's last state when ctx ends first.
+func waitJob(t testing.TB, ctx context.Context, nd *node.Node, id, what string, ok func(node.Job) bool) node.Job {
+	t.Helper()
+	for {
+		moved := nd.JobMoved() // before the read: no change is missed
+		j, found := nd.Job(id)
+		if found && ok(j) {
+			return j
+		}
+		select {
+		case <-moved:
+		case <-ctx.Done():
+			t.Fatalf("gave up waiting for job %s %s: %v; last seen: %s (%s)", id, what, ctx.Err(), j.State, j.Reason)
+		}
+	}
+}
+
+// waitEnded waits until job id is done, failed or cancelled.
+func waitEnded(t testing.TB, ctx context.Context, nd *node.Node, id string) node.Job {
+	t.Helper()
+	return waitJob(t, ctx, nd, id, "to end", func(j node.Job) bool {
+		return j.State == node.JobDone || j.State == node.JobFailed || j.State == node.JobCancelled
 	})
-	return j
+}
+
+// waitFree waits until every provider has its 8 H100s free and none in use.
+func waitFree(t testing.TB, ctx context.Context, providers []*node.Node) {
+	t.Helper()
+	testwait.Until(t, ctx, "every provider's GPUs free again", func() (bool, string) {
+		for i, p := range providers {
+			if free, used := p.FreeGPUs()[h100], len(p.GPUsInUse()); free != 8 || used != 0 {
+				return false, fmt.Sprintf("provider %d: %d of 8 free, %d in use", i, free, used)
+			}
+		}
+		return true, ""
+	})
 }
 
 // holds reports whether a job's cluster formed and holds its GPUs: formed,
@@ -122,14 +155,7 @@ func TestClustersFormFromAnyPeer(t *testing.T) {
 			if _, err := submitter.CancelJob(ctx, j.ID); err != nil {
 				t.Fatal(err)
 			}
-			waitUntil(t, ctx, "every provider to be free again", func() bool {
-				for _, p := range m.Nodes[:4] {
-					if p.FreeGPUs()["H100-80GB"] != 8 {
-						return false
-					}
-				}
-				return true
-			})
+			waitFree(t, ctx, m.Nodes[:4])
 		})
 	}
 }
@@ -185,11 +211,7 @@ func TestRacingSubmittersNeverShareAGPU(t *testing.T) {
 	held := map[string]int{}
 	formed := 0
 	for i, s := range subs {
-		var j node.Job
-		waitUntil(t, ctx, "racing job to end", func() bool {
-			j, _ = s.Job(jobs[i])
-			return j.State != node.JobNegotiating
-		})
+		j := waitJob(t, ctx, s, jobs[i], "to end its race", func(j node.Job) bool { return j.State != node.JobNegotiating })
 		if holds(j) {
 			formed++
 			for _, mb := range j.Members {
@@ -231,10 +253,17 @@ func TestJobsSurviveARestartOfTheSubmitter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "jobs.json")); err != nil {
-		t.Fatalf("job acknowledged but not on disk: %v", err)
-	}
 	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := jobstore.Open(filepath.Join(dir, "jobs.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := st.Get(job.ID); !ok || err != nil {
+		t.Fatalf("job acknowledged but not in the job store: %v", err)
+	}
+	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
 	n = start()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gpumesh/gpumesh/gossip"
@@ -37,13 +39,25 @@ type negEvent struct {
 	held   *heldQuery // a provider's question: which reservation does a job hold?
 }
 
-// startJobs loads the jobs, joins the request-for-bids topic and starts the
-// negotiation loop.
+// negState is the node's part of cluster negotiation. One goroutine, the
+// negotiation loop, owns the Negotiations and the Reservations; everything
+// else talks to it through in.
+type negState struct {
+	in       chan negEvent
+	rfbTopic *pubsub.Topic
+	rfbSub   *pubsub.Subscription
+
+	sent atomic.Uint64 // negotiation messages this peer has sent (broadcasts count once)
+
+	freeMu sync.Mutex        // guards free
+	free   map[string]uint32 // GPUs per class not reserved, as the loop last saw
+}
+
+// startJobs opens the job record, joins the request-for-bids topic and
+// starts the negotiation loop.
 func (n *Node) startJobs(ctx context.Context) error {
 	n.in = make(chan negEvent, 1024)
-	n.jobs = map[string]*Job{}
-	n.moved = make(chan struct{})
-	if err := n.loadJobs(); err != nil {
+	if err := n.openJobs(); err != nil {
 		return err
 	}
 	ps := n.gossip.PubSub()
@@ -73,8 +87,10 @@ func (n *Node) startJobs(ctx context.Context) error {
 	return nil
 }
 
-// closeJobs leaves the topic; the loop has ended with the node's context.
+// closeJobs leaves the topic and closes the job store; the loop and the
+// runs have ended with the node's context.
 func (n *Node) closeJobs() error {
+	defer n.closeJobStore()
 	if n.host != nil {
 		n.host.RemoveStreamHandler(NegotiateProtocol)
 		n.host.RemoveStreamHandler(jobwire.Protocol)

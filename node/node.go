@@ -110,9 +110,10 @@ type Node struct {
 
 	directoryState // directory.go
 	priceState     // prices.go
-	jobState       // jobs.go
-	memberState    // member.go
-	runState       // run.go
+	negState       // negotiate.go
+	jobBook        // jobs.go
+	memberState    // provider_member.go
+	runState       // submitter_run.go
 	anchorState    // anchor.go
 
 	stopGossip context.CancelFunc

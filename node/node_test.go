@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -45,18 +47,6 @@ func startNode(t *testing.T, cfg Config) *Node {
 	return n
 }
 
-// waitFor polls cond every 10 ms until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func addrInfo(n *Node) peer.AddrInfo {
 	return peer.AddrInfo{ID: n.Host().ID(), Addrs: n.Host().Addrs()}
 }
@@ -73,15 +63,18 @@ func TestPrivateSwarmMembersConnectOutsidersDoNot(t *testing.T) {
 	other := startNode(t, Config{Swarm: swarmB, Bootstrap: boot})
 	public := startNode(t, Config{Bootstrap: boot})
 
-	waitFor(t, 10*time.Second, "b to join a's swarm", func() bool { return len(a.Peers()) == 1 && len(b.Peers()) == 1 })
+	testwait.For(t, 10*time.Second, "b to join a's swarm", func() (bool, string) {
+		na, nb := len(a.Peers()), len(b.Peers())
+		return na == 1 && nb == 1, fmt.Sprintf("a has %d peers, b %d", na, nb)
+	})
 	if got := a.Peers()[0].PeerID; got != b.Identity().PeerID.String() {
 		t.Fatalf("a's peer is %s, want b %s", got, b.Identity().PeerID)
 	}
 	// Both outsiders have tried the bootstrap peer and failed.
 	for _, o := range []*Node{other, public} {
-		waitFor(t, 20*time.Second, "the outsider's bootstrap attempt", func() bool {
+		testwait.For(t, 20*time.Second, "the outsider's bootstrap attempt", func() (bool, string) {
 			st := o.Status().Bootstrap
-			return len(st) == 1 && st[0].Attempts > 0
+			return len(st) == 1 && st[0].Attempts > 0, fmt.Sprintf("bootstrap %+v", st)
 		})
 		st := o.Status()
 		if st.Bootstrap[0].Connected || st.Peers != 0 {
@@ -134,14 +127,14 @@ func TestLocalAPIServesIDPeersStatusOnUnixSocket(t *testing.T) {
 	if err != nil || disk.PeerID.String() != id.PeerID {
 		t.Fatalf("key on disk %v (%v), node runs %s", disk.PeerID, err, id.PeerID)
 	}
-	waitFor(t, 10*time.Second, "b to see a", func() bool {
+	testwait.For(t, 10*time.Second, "b to see a", func() (bool, string) {
 		peers, err := cl.Peers(ctx)
-		return err == nil && len(peers) == 1 && peers[0].PeerID == a.Identity().PeerID.String()
+		return err == nil && len(peers) == 1 && peers[0].PeerID == a.Identity().PeerID.String(), fmt.Sprintf("peers %+v, %v", peers, err)
 	})
 	var status Status
-	waitFor(t, 10*time.Second, "b's bootstrap dial to be recorded", func() bool {
+	testwait.For(t, 10*time.Second, "b's bootstrap dial to be recorded", func() (bool, string) {
 		status, err = cl.Status(ctx)
-		return err == nil && len(status.Bootstrap) == 1 && status.Bootstrap[0].Attempts > 0
+		return err == nil && len(status.Bootstrap) == 1 && status.Bootstrap[0].Attempts > 0, fmt.Sprintf("bootstrap %+v, %v", status.Bootstrap, err)
 	})
 	if status.Peers != 1 || !status.Bootstrap[0].Connected || status.Bootstrap[0].Error != "" {
 		t.Fatalf("status = %+v, want 1 peer and a connected bootstrap peer", status)
@@ -272,7 +265,7 @@ func TestMetricsServeLibp2pAndGpumeshSeries(t *testing.T) {
 	l.Close()
 	a := startNode(t, Config{Metrics: addr})
 	startNode(t, Config{Bootstrap: []string{a.Info().Addrs[0]}})
-	waitFor(t, 10*time.Second, "a peer", func() bool { return len(a.Peers()) == 1 })
+	testwait.For(t, 10*time.Second, "a peer", func() bool { return len(a.Peers()) == 1 })
 
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -24,38 +25,18 @@ const h100 = "H100-80GB"
 // usd is a price in USDC units: usd(2.10) = 2_100_000.
 func usd(v float64) uint64 { return uint64(math.Round(v * 1e6)) }
 
-// waitCond polls cond every 10 ms until it holds or ctx ends.
-func waitCond(ctx context.Context, t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	waitEvery(ctx, t, 10*time.Millisecond, what, cond)
-}
-
-// waitEvery polls cond every period until it holds or ctx ends.
-func waitEvery(ctx context.Context, t testing.TB, period time.Duration, what string, cond func() bool) {
-	t.Helper()
-	tick := time.NewTicker(period)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("gave up waiting for %s: %v", what, ctx.Err())
-		case <-tick.C:
-		}
-	}
-}
-
 // waitPriceMesh waits until every node has a GossipSub mesh on the price
 // topic, so a tick reaches everyone.
 func waitPriceMesh(ctx context.Context, t testing.TB, m *meshtest.Mesh) {
 	t.Helper()
 	topic := gossip.TopicName("public", gossip.PricesTopic)
-	waitCond(ctx, t, "every node to have a price-topic mesh", func() bool {
-		for _, nd := range m.Nodes {
+	testwait.Until(t, ctx, "every node to have a price-topic mesh", func() (bool, string) {
+		for i, nd := range m.Nodes {
 			if nd.Gossip().Stats(topic).Mesh == 0 {
-				return false
+				return false, fmt.Sprintf("node %d has none", i)
 			}
 		}
-		return true
+		return true, ""
 	})
 }
 
@@ -94,8 +75,9 @@ func newOutsider(ctx context.Context, t testing.TB, m *meshtest.Mesh, index int,
 			t.Fatal(err)
 		}
 	}
-	waitCond(ctx, t, "the outsider to see its peers on the price topic", func() bool {
-		return len(topic.ListPeers()) == len(to)
+	testwait.Until(t, ctx, "the outsider to see its peers on the price topic", func() (bool, string) {
+		n := len(topic.ListPeers())
+		return n == len(to), fmt.Sprintf("%d of %d", n, len(to))
 	})
 	return &outsider{host: h, topic: topic}
 }
@@ -155,9 +137,6 @@ func TestSpotMarketOn50Peers(t *testing.T) {
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	if err := m.WaitMeshed(ctx, 8); err != nil {
-		t.Fatal(err)
-	}
 	waitPriceMesh(ctx, t, m)
 
 	// 20 providers ask 1.90, 1.91, ... 2.09 for 8 GPUs each.
@@ -175,7 +154,7 @@ func TestSpotMarketOn50Peers(t *testing.T) {
 		t.Helper()
 		quoteAll()
 		last := time.Now()
-		waitEvery(ctx, t, 50*time.Millisecond, what, func() bool {
+		testwait.Until(t, ctx, what, func() bool {
 			if time.Since(last) > time.Second {
 				quoteAll()
 				last = time.Now()
@@ -232,21 +211,13 @@ func TestSpotMarketOn50Peers(t *testing.T) {
 		evil.publish(ctx, t, marshal(t, old), &victim)       // replay of an older sequence: ignore
 		evil.publish(ctx, t, marshal(t, stale)[:20], &sybil) // truncated: reject
 		topic := gossip.TopicName("public", gossip.PricesTopic)
-		wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
-		defer wcancel()
-		waitCond(wctx, t, "the attacker's neighbours to refuse all six", func() bool {
+		testwait.For(t, 20*time.Second, "the attacker's neighbours to refuse all six", func() (bool, string) {
 			for _, i := range neighbours {
-				st := m.Nodes[i].Gossip().Stats(topic)
-				if st.Rejected < 4 || st.Ignored < 2 {
-					if time.Since(now) > 19*time.Second {
-						for _, j := range neighbours {
-							t.Logf("node %d: %+v", j, m.Nodes[j].Gossip().Stats(topic))
-						}
-					}
-					return false
+				if st := m.Nodes[i].Gossip().Stats(topic); st.Rejected < 4 || st.Ignored < 2 {
+					return false, fmt.Sprintf("node %d: %+v", i, st)
 				}
 			}
-			return true
+			return true, ""
 		})
 		for i, nd := range m.Nodes {
 			p := nd.Prices(h100)
@@ -254,9 +225,9 @@ func TestSpotMarketOn50Peers(t *testing.T) {
 				t.Fatalf("node %d's board changed: %+v", i, p.Classes)
 			}
 		}
-		waitCond(ctx, t, "the attacker's score to fall below the gossip threshold", func() bool {
+		testwait.Until(t, ctx, "the attacker's score to fall below the gossip threshold", func() (bool, string) {
 			s, ok := m.Nodes[neighbours[0]].Gossip().Score(evil.host.ID())
-			return ok && s < gossip.GossipThreshold
+			return ok && s < gossip.GossipThreshold, fmt.Sprintf("score %v (known %v)", s, ok)
 		})
 	})
 
@@ -282,13 +253,13 @@ func TestSpotMarketOn50Peers(t *testing.T) {
 			tk := gossip.Tick{Provider: id.PeerID, Class: h100, Unit: gossip.DefaultUnit, Ask: 1000 * want.Median, Available: gossip.MaxAvailable, Seq: 1, Time: now}
 			flooder.publish(ctx, t, marshal(t, tk), &id)
 		}
-		waitCond(ctx, t, "every board to take the 100 newcomers", func() bool {
+		testwait.Until(t, ctx, "every board to take the 100 newcomers", func() (bool, string) {
 			for i := range took {
-				if took[i].Load() != 100 {
-					return false
+				if n := took[i].Load(); n != 100 {
+					return false, fmt.Sprintf("node %d took %d", i, n)
 				}
 			}
-			return true
+			return true, ""
 		})
 		t.Logf("the flood reached all 50 boards in %v", clock().Sub(now).Round(time.Millisecond))
 		worst := map[string]float64{}
@@ -315,17 +286,11 @@ func TestSpotMarketOn50Peers(t *testing.T) {
 // TestAProviderQuotesItsPolicyForItsGPUs: a peer with GPUs and a fixed price
 // gossips its ask, every board shows it, and the directory's offer carries it.
 func TestAProviderQuotesItsPolicyForItsGPUs(t *testing.T) {
-	m := meshtest.Start(t, 4, meshtest.Options{Seed: 5, Config: func(i int, c *node.Config) {
+	m := meshtest.Start(t, 4, meshtest.Options{Seed: 5, Providers: 1, Price: "fixed:2.10", Config: func(i int, c *node.Config) {
 		c.PriceBoard = gossip.BoardConfig{Probation: time.Millisecond, Maturity: time.Millisecond}
-		if i == 0 {
-			c.GPUs, c.Price = "mock:dgxh100", "fixed:2.10"
-		}
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := m.WaitMeshed(ctx, 3); err != nil {
-		t.Fatal(err)
-	}
 	if ask, ok := m.Nodes[0].Ask(h100); !ok || ask != usd(2.10) {
 		t.Fatalf("provider's ask %d, %v; want 2.10", ask, ok)
 	}
@@ -334,15 +299,15 @@ func TestAProviderQuotesItsPolicyForItsGPUs(t *testing.T) {
 	}
 	// The first tick may have gone out before the others joined the topic;
 	// the loop sends it again within a few seconds.
-	waitCond(ctx, t, "every board to show the provider's ask", func() bool {
-		for _, nd := range m.Nodes {
+	testwait.Until(t, ctx, "every board to show the provider's ask", func() (bool, string) {
+		for i, nd := range m.Nodes {
 			if q := board(nd); q.Median != usd(2.10) || q.GPUs != 8 {
-				return false
+				return false, fmt.Sprintf("node %d: median %d, %d GPUs", i, q.Median, q.GPUs)
 			}
 		}
-		return true
+		return true, ""
 	})
-	waitCond(ctx, t, "the offer to carry the price", func() bool {
+	testwait.Until(t, ctx, "the offer to carry the price", func() bool {
 		o := m.Nodes[0].LocalGPUs().Offer
 		return o != nil && len(o.GPUs) == 1 && o.GPUs[0].Price == usd(2.10)
 	})
@@ -376,7 +341,7 @@ func TestPricesOverTheLocalAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	var p node.Prices
-	waitCond(ctx, t, "the node's own quote on its board", func() bool {
+	testwait.Until(t, ctx, "the node's own quote on its board", func() bool {
 		p, err = cl.Prices(ctx, "A100-40GB")
 		return err == nil && len(p.Classes) == 1
 	})

@@ -53,16 +53,16 @@ func (n *Node) noteFree(res *gossip.Reservations, now time.Time) {
 	for _, g := range n.LocalGPUs().Inventory.GPUs {
 		free[g.Class] = res.Free(g.Class, now)
 	}
-	n.jobsMu.Lock()
+	n.freeMu.Lock()
 	n.free = free
-	n.jobsMu.Unlock()
+	n.freeMu.Unlock()
 }
 
 // FreeGPUs is this provider's GPUs per class that no job holds (nil for a
 // peer that offers none).
 func (n *Node) FreeGPUs() map[string]uint32 {
-	n.jobsMu.Lock()
-	defer n.jobsMu.Unlock()
+	n.freeMu.Lock()
+	defer n.freeMu.Unlock()
 	out := make(map[string]uint32, len(n.free))
 	for c, f := range n.free {
 		out[c] = f

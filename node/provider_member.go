@@ -105,14 +105,14 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		if err == nil {
 			err = fmt.Errorf("%w: first jobwire.Frame is %s, want start", jobwire.ErrBadFrame, f.T)
 		}
-		_ = fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.ClipRaw(err.Error())})
+		_ = fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.Cut(err.Error(), jobwire.MaxText)})
 		return
 	}
 	st := *f.Start
 	fail := func(format string, a ...any) {
 		reason := fmt.Sprintf(format, a...)
 		n.log.Info("job member not started", "job", st.Job, "rank", st.Rank, "from", from, "reason", reason)
-		_ = fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.ClipRaw(reason)})
+		_ = fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.Cut(reason, jobwire.MaxText)})
 	}
 	held, ok := n.heldReservation(ctx, jobID(st.Job)) // the start frame's ID was checked on reading
 	if !ok || held.Submitter != from {

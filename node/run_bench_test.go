@@ -23,21 +23,7 @@ import (
 // dockerMesh is a provider of 8 mock H100s running containers, and a
 // submitter without GPUs.
 func dockerMesh(b *testing.B) *meshtest.Mesh {
-	b.Helper()
-	m := meshtest.Start(b, 2, meshtest.Options{Seed: 61, Config: func(i int, c *node.Config) {
-		if i == 0 {
-			c.GPUs, c.Price = "mock:dgxh100", "fixed:2.10"
-		}
-	}})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := m.WaitMeshed(ctx, 1); err != nil {
-		b.Fatal(err)
-	}
-	if err := m.WaitTopic(ctx, "rfb"); err != nil {
-		b.Fatal(err)
-	}
-	return m
+	return meshtest.Start(b, 2, meshtest.Options{Seed: 61, Providers: 1, Price: "fixed:2.10"})
 }
 
 func dockerSpec(b *testing.B, image string, command ...string) jobspec.Spec {
@@ -86,18 +72,7 @@ func BenchmarkJobOnDocker(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		var j node.Job
-		for {
-			j, _ = sub.Job(job.ID)
-			if j.State == node.JobDone || j.State == node.JobFailed || j.State == node.JobCancelled {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				b.Fatal("job did not end")
-			case <-time.After(time.Millisecond):
-			}
-		}
+		j := waitEnded(b, ctx, sub, job.ID)
 		toResult = append(toResult, time.Since(t0))
 		if j.State != node.JobDone {
 			b.Fatalf("job %s: %s", j.State, j.Reason)

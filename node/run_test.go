@@ -14,33 +14,11 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/exec/receipt"
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 )
-
-// runMesh starts n peers; the first `providers` offer 8x H100-80GB each at
-// 2.10 USDC/GPU-h and run jobs with the process executor; the rest have no
-// GPUs. (Heartbeats keep their default: under the race detector on two busy
-// cores a few hundred milliseconds of silence happens.)
-func runMesh(t *testing.T, n, providers int) *meshtest.Mesh {
-	t.Helper()
-	m := meshtest.Start(t, n, meshtest.Options{Seed: 6, Config: func(i int, c *node.Config) {
-		if i < providers {
-			c.GPUs, c.Price = "mock:dgxh100", "fixed:2.10"
-			c.Executors = []string{"process"}
-		}
-	}})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := m.WaitMeshed(ctx, min(n-1, 6)); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.WaitTopic(ctx, "rfb"); err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
 
 // scriptSpec is a job running a shell script with the process executor.
 func scriptSpec(t *testing.T, gpus, perNode int, script, extra string) jobspec.Spec {
@@ -71,16 +49,6 @@ func runToEnd(t *testing.T, ctx context.Context, nd *node.Node, spec jobspec.Spe
 	return waitEnded(t, ctx, nd, job.ID)
 }
 
-func waitEnded(t *testing.T, ctx context.Context, nd *node.Node, id string) node.Job {
-	t.Helper()
-	var j node.Job
-	waitUntil(t, ctx, "job "+id+" to end", func() bool {
-		j, _ = nd.Job(id)
-		return j.State == node.JobDone || j.State == node.JobFailed || j.State == node.JobCancelled
-	})
-	return j
-}
-
 // jobLog reads a job's log as the API serves it.
 func jobLog(t *testing.T, nd *node.Node, id string) string {
 	t.Helper()
@@ -92,7 +60,7 @@ func jobLog(t *testing.T, nd *node.Node, id string) string {
 }
 
 func TestJobRunsLogsOutputsAndCosignedReceipts(t *testing.T) {
-	m := runMesh(t, 4, 1)
+	m := meshtest.Start(t, 4, h100s(6, 1))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	provider, submitter := m.Nodes[0], m.Nodes[3]
@@ -140,10 +108,10 @@ mkdir -p "$GPUMESH_OUTPUTS/sub" && echo "$CUDA_VISIBLE_DEVICES" > "$GPUMESH_OUTP
 	// Both sides keep the receipt, signed by both; it bills what ran.
 	for _, nd := range []*node.Node{provider, submitter} {
 		var rs []receipt.Signed
-		waitUntil(t, ctx, "a countersigned receipt", func() bool {
+		testwait.Until(t, ctx, "a countersigned receipt", func() (bool, string) {
 			var err error
 			rs, err = nd.Receipts(j.ID)
-			return err == nil && len(rs) == 1 && len(rs[0].ConsumerSig) > 0
+			return err == nil && len(rs) == 1 && len(rs[0].ConsumerSig) > 0, fmt.Sprintf("%d receipts, %v", len(rs), err)
 		})
 		r := rs[0]
 		if err := r.Verify(); err != nil {
@@ -159,13 +127,11 @@ mkdir -p "$GPUMESH_OUTPUTS/sub" && echo "$CUDA_VISIBLE_DEVICES" > "$GPUMESH_OUTP
 		t.Fatalf("member's receipt: %s", run.Receipt)
 	}
 	// The GPUs are free again.
-	waitUntil(t, ctx, "the provider's GPUs free", func() bool {
-		return len(provider.GPUsInUse()) == 0 && provider.FreeGPUs()["H100-80GB"] == 8
-	})
+	waitFree(t, ctx, []*node.Node{provider})
 }
 
 func TestTorchrunMembersGetTheirRanks(t *testing.T) {
-	m := runMesh(t, 5, 3)
+	m := meshtest.Start(t, 5, h100s(6, 3))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	spec := scriptSpec(t, 24, 8, `echo "rank=$NODE_RANK nnodes=$NNODES nproc=$NPROC_PER_NODE world=$WORLD_SIZE master=$MASTER_ADDR:$MASTER_PORT pet=$PET_NODE_RANK/$PET_NNODES"`, "launcher: torchrun")
@@ -201,7 +167,7 @@ func TestTorchrunMembersGetTheirRanks(t *testing.T) {
 }
 
 func TestJobExitCodeAndTimeout(t *testing.T) {
-	m := runMesh(t, 3, 1)
+	m := meshtest.Start(t, 3, h100s(6, 1))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	j := runToEnd(t, ctx, m.Nodes[2], scriptSpec(t, 1, 0, "echo failing; exit 3", ""))
@@ -221,7 +187,7 @@ func TestJobExitCodeAndTimeout(t *testing.T) {
 }
 
 func TestCancelStopsEveryMember(t *testing.T) {
-	m := runMesh(t, 4, 2)
+	m := meshtest.Start(t, 4, h100s(6, 2))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	sub := m.Nodes[3]
@@ -230,10 +196,10 @@ func TestCancelStopsEveryMember(t *testing.T) {
 		t.Fatal(err)
 	}
 	var pids []int
-	waitUntil(t, ctx, "both members to print their pids", func() bool {
+	testwait.Until(t, ctx, "both members to print their pids", func() (bool, string) {
 		j, _ := sub.Job(job.ID)
 		if j.State != node.JobRunning {
-			return false
+			return false, fmt.Sprintf("job %s", j.State)
 		}
 		pids = pids[:0]
 		for _, l := range strings.Split(jobLog(t, sub, job.ID), "\n") {
@@ -242,7 +208,7 @@ func TestCancelStopsEveryMember(t *testing.T) {
 				pids = append(pids, pid)
 			}
 		}
-		return len(pids) == 2
+		return len(pids) == 2, fmt.Sprintf("pids %v", pids)
 	})
 	j, err := sub.CancelJob(ctx, job.ID)
 	if err != nil {
@@ -256,13 +222,11 @@ func TestCancelStopsEveryMember(t *testing.T) {
 			t.Fatalf("member process %d still runs after cancel", pid)
 		}
 	}
-	for _, p := range m.Nodes[:2] {
-		waitUntil(t, ctx, "GPUs free after cancel", func() bool { return p.FreeGPUs()["H100-80GB"] == 8 && len(p.GPUsInUse()) == 0 })
-	}
+	waitFree(t, ctx, m.Nodes[:2])
 }
 
 func TestLostMemberFailsOrIsReplaced(t *testing.T) {
-	m := runMesh(t, 5, 3)
+	m := meshtest.Start(t, 5, h100s(6, 3))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	sub := m.Nodes[4]
@@ -275,25 +239,21 @@ func TestLostMemberFailsOrIsReplaced(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var victim int
-		waitUntil(t, ctx, "the member to start", func() bool {
-			j, _ := sub.Job(job.ID)
-			if j.State != node.JobRunning || len(j.Runs) != 1 || j.Runs[0].State != node.MemberRunning {
-				return false
-			}
-			for i := range m.Nodes {
-				if m.Nodes[i].Host().ID() == j.Members[0].Provider {
-					victim = i
-				}
-			}
-			return true
+		j := waitJob(t, ctx, sub, job.ID, "to start its member", func(j node.Job) bool {
+			return j.State == node.JobRunning && len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning
 		})
+		var victim int
+		for i := range m.Nodes {
+			if m.Nodes[i].Host().ID() == j.Members[0].Provider {
+				victim = i
+			}
+		}
 		lostAt := time.Now()
 		if err := m.Isolate(victim); err != nil {
 			t.Fatal(err)
 		}
 		if retries == 0 {
-			j := waitEnded(t, ctx, sub, job.ID)
+			j = waitEnded(t, ctx, sub, job.ID)
 			if j.State != node.JobFailed || !strings.Contains(j.Reason, "stopped answering") || !strings.Contains(j.Reason, "retries: 0") {
 				t.Fatalf("job %s: %s, want failed: a member stopped answering, no retries", j.State, j.Reason)
 			}
@@ -301,15 +261,14 @@ func TestLostMemberFailsOrIsReplaced(t *testing.T) {
 			continue
 		}
 		// Retried on another provider: let the new member finish.
-		waitUntil(t, ctx, "the job to run again elsewhere", func() bool {
-			j, _ := sub.Job(job.ID)
+		waitJob(t, ctx, sub, job.ID, "to run again elsewhere", func(j node.Job) bool {
 			return j.Attempt == 1 && j.State == node.JobRunning && len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning
 		})
 		t.Logf("replaced in %v", time.Since(lostAt))
 		if err := os.WriteFile(marker, nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		j := waitEnded(t, ctx, sub, job.ID)
+		j = waitEnded(t, ctx, sub, job.ID)
 		if j.State != node.JobDone || j.Attempt != 1 || j.Members[0].Provider == m.Nodes[victim].Host().ID() {
 			t.Fatalf("job %s attempt %d: %s", j.State, j.Attempt, j.Reason)
 		}
@@ -320,7 +279,7 @@ func TestLostMemberFailsOrIsReplaced(t *testing.T) {
 }
 
 func TestSubmitterStoppingStopsItsJobs(t *testing.T) {
-	m := runMesh(t, 3, 1)
+	m := meshtest.Start(t, 3, h100s(6, 1))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	sub, provider := m.Nodes[2], m.Nodes[0]
@@ -328,8 +287,7 @@ func TestSubmitterStoppingStopsItsJobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, ctx, "the member to run", func() bool {
-		j, _ := sub.Job(job.ID)
+	waitJob(t, ctx, sub, job.ID, "to run its member", func(j node.Job) bool {
 		return len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning
 	})
 	if err := sub.Close(); err != nil {
@@ -338,9 +296,7 @@ func TestSubmitterStoppingStopsItsJobs(t *testing.T) {
 	if j, _ := sub.Job(job.ID); j.State != node.JobFailed || !strings.Contains(j.Reason, "this peer stopped") {
 		t.Fatalf("after the submitter stopped: %s (%s)", j.State, j.Reason)
 	}
-	waitUntil(t, ctx, "the provider's GPUs free", func() bool {
-		return provider.FreeGPUs()["H100-80GB"] == 8 && len(provider.GPUsInUse()) == 0
-	})
+	waitFree(t, ctx, []*node.Node{provider})
 	// The provider kept its receipt for the work done, signed by itself.
 	rs, err := provider.Receipts(job.ID)
 	if err != nil || len(rs) != 1 || rs[0].VerifyProvider() != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/gpumesh/gpumesh/chain/localnet"
 	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/internal/testlocalnet"
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/meshtest"
@@ -28,18 +30,12 @@ func solMesh(t *testing.T, fund uint64) (*meshtest.Mesh, *localnet.Localnet) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	ln := testlocalnet.Start(t, localnet.Options{})
-	m := meshtest.Start(t, 2, meshtest.Options{Seed: 77, Config: func(i int, c *node.Config) {
+	m := meshtest.Start(t, 2, meshtest.Options{Seed: 77, Providers: 1, Price: "fixed:3.6", Executors: []string{"process"}, Config: func(i int, c *node.Config) {
 		c.PriceUnit, c.SolanaRPC, c.AnchorAge = "SOL:9", ln.URL(), time.Hour
 		if i == 0 {
-			c.GPUs, c.Price, c.Executors, c.SettleInterval = "mock:dgxh100", "fixed:3.6", []string{"process"}, time.Second
+			c.SettleInterval = time.Second
 		}
 	}})
-	if err := m.WaitMeshed(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.WaitTopic(ctx, "rfb"); err != nil {
-		t.Fatal(err)
-	}
 	for _, nd := range m.Nodes {
 		if err := ln.Airdrop(ctx, nd.Info().SolanaAddress, fund); err != nil {
 			t.Fatal(err)
@@ -85,10 +81,10 @@ func TestJobsPayAsTheyRun(t *testing.T) {
 		t.Fatalf("job %s: %s\n%s", j.State, j.Reason, jobLog(t, sub, j.ID))
 	}
 	var rs []receipt.Signed
-	waitUntil(t, ctx, "the co-signed receipt", func() bool {
-		got, err := prov.Receipts(j.ID)
-		rs = got
-		return err == nil && len(got) == 1 && len(got[0].ConsumerSig) > 0
+	testwait.Until(t, ctx, "the co-signed receipt", func() (bool, string) {
+		var err error
+		rs, err = prov.Receipts(j.ID)
+		return err == nil && len(rs) == 1 && len(rs[0].ConsumerSig) > 0, fmt.Sprintf("%d receipts, %v", len(rs), err)
 	})
 	r := rs[0].Receipt
 	if len(r.Payments) < 2 || r.Paid < r.Amount || r.Paid != j.Runs[0].Paid {
@@ -119,7 +115,7 @@ func TestUnpaidWorkIsPausedThenStopped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, ctx, "the first bill paid", func() bool {
+	testwait.Until(t, ctx, "the first bill paid", func() bool {
 		return strings.Contains(jobLog(t, sub, job.ID), "paid member 0")
 	})
 	// The submitter's money leaves: the next bill cannot be paid.

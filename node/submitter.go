@@ -3,8 +3,8 @@ package node
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/gpumesh/gpumesh/dht"
@@ -26,14 +26,10 @@ func (n *Node) SubmitJob(ctx context.Context, spec jobspec.Spec) (*Job, error) {
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	job := &Job{ID: id.String(), Spec: spec, State: JobNegotiating, Unit: n.PriceUnit().String(), Created: now.UTC(), Updated: now.UTC()}
-	n.jobsMu.Lock()
-	n.jobs[job.ID] = job
-	err = n.saveJobsLocked()
+	now := time.Now().UTC()
+	job := &Job{ID: id.String(), Spec: spec, State: JobNegotiating, Unit: n.PriceUnit().String(), Created: now, Updated: now}
 	cp := *job
-	n.jobsMu.Unlock()
-	if err != nil {
+	if err := n.addJob(job); err != nil {
 		return nil, fmt.Errorf("job not submitted: %w", err)
 	}
 	if err := n.negotiate(ctx, id, spec); err != nil {
@@ -80,10 +76,13 @@ func (n *Node) negotiate(ctx context.Context, id gossip.JobID, spec jobspec.Spec
 // retryJob negotiates a new cluster for a job that lost a member.
 func (n *Node) retryJob(id, why string) {
 	var spec jobspec.Spec
-	n.updateJob(id, func(j *Job) {
-		j.State, j.Reason, j.Attempt, j.Members, j.Spares = JobNegotiating, why, j.Attempt+1, nil, nil
-		spec = j.Spec
+	j, ok := n.moveJob(id, JobNegotiating, []JobState{JobRunning}, func(j *Job) {
+		j.Reason, j.Attempt, j.Members, j.Spares = why, j.Attempt+1, nil, nil
 	})
+	if !ok {
+		return
+	}
+	spec = j.Spec
 	ctx, done := n.lifeContext()
 	if ctx == nil {
 		n.finishJob(id, JobFailed, why+"; the peer stopped before it could retry", nil)
@@ -130,17 +129,9 @@ func (n *Node) CancelJob(ctx context.Context, id string) (*Job, error) {
 		j, _ := n.Job(id)
 		return &j, nil
 	}
-	n.jobsMu.Lock()
-	j := n.jobs[id]
-	if j.State == JobNegotiating || j.State == JobFormed {
-		j.State, j.Updated = JobCancelled, time.Now().UTC()
-		if err := n.saveJobsLocked(); err != nil {
-			n.log.Warn("save jobs", "err", err)
-		}
-	}
-	cp := *j
-	n.jobsMu.Unlock()
-	return &cp, nil
+	n.moveJob(id, JobCancelled, []JobState{JobNegotiating, JobFormed}, func(j *Job) { j.Ended = time.Now().UTC() })
+	j, _ := n.Job(id)
+	return &j, nil
 }
 
 // directoryFor searches the directory for what a job needs, ignoring price.
@@ -185,50 +176,33 @@ func (n *Node) explainNoBids(ctx context.Context, j Job) string {
 	return s
 }
 
+// recordOutcome records how a negotiation of this peer's ended: a formed
+// cluster starts running; a failure without a single bid says what the
+// directory knows, so the user learns whether to raise the price or wait.
 func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
-	n.jobsMu.Lock()
-	defer n.jobsMu.Unlock()
-	j, ok := n.jobs[id.String()]
-	if !ok {
+	j, ok := n.Job(id.String())
+	if !ok || j.State != JobNegotiating {
 		return
 	}
-	if !o.Formed && strings.HasPrefix(o.Reason, "no cluster can form: no provider") && j.State == JobNegotiating {
-		// No bids at all: add what the directory knows (off the loop), then
-		// mark the job failed with the whole reason.
-		cp := *j
+	switch {
+	case o.Formed:
+		if _, ok := n.moveJob(j.ID, JobFormed, []JobState{JobNegotiating}, func(j *Job) {
+			j.Members, j.Cost, j.Spares = o.Members, o.Cost, o.Spares
+		}); ok {
+			n.startRun(j.ID)
+		}
+	case errors.Is(o.Err, gossip.ErrNoBids):
+		// Off the loop: the directory is asked over the network.
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
 			reason := o.Reason
-			if more := n.explainNoBids(context.Background(), cp); more != "" {
+			if more := n.explainNoBids(context.Background(), j); more != "" {
 				reason += "; " + more
 			}
-			n.jobsMu.Lock()
-			defer n.jobsMu.Unlock()
-			if jj, ok := n.jobs[cp.ID]; ok && jj.State == JobNegotiating {
-				jj.State, jj.Reason, jj.Updated = JobFailed, reason, time.Now().UTC()
-				if err := n.saveJobsLocked(); err != nil {
-					n.log.Warn("save jobs", "err", err)
-				}
-			}
+			n.finishJob(j.ID, JobFailed, reason, nil)
 		}()
-		return
-	}
-	formed := false
-	if j.State == JobNegotiating {
-		if o.Formed {
-			j.State, j.Members, j.Cost, j.Spares = JobFormed, o.Members, o.Cost, o.Spares
-			formed = true
-		} else {
-			j.State, j.Reason = JobFailed, o.Reason
-		}
-	}
-	j.Updated = time.Now().UTC()
-	if err := n.saveJobsLocked(); err != nil {
-		n.log.Warn("save jobs", "err", err)
-	}
-	n.log.Info("job "+j.State, "job", j.ID, "members", len(j.Members), "reason", j.Reason)
-	if formed {
-		n.startRun(j.ID)
+	default:
+		n.finishJob(j.ID, JobFailed, o.Reason, nil)
 	}
 }

@@ -159,7 +159,7 @@ func (n *Node) WriteLog(ctx context.Context, w io.Writer, id string, follow bool
 	for follow { // a job still negotiating: wait for its run to start
 		moved := n.jobMoved()
 		j, ok := n.Job(id)
-		if !ok || jobEnded(j.State) || n.liveLog(id) != nil {
+		if !ok || j.State.Ended() || n.liveLog(id) != nil {
 			break
 		}
 		if flusher != nil {

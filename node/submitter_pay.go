@@ -3,11 +3,11 @@ package node
 import (
 	"context"
 	"fmt"
-	"sync"
 
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/node/attempt"
 	"github.com/gpumesh/gpumesh/node/jobwire"
 )
 
@@ -30,85 +30,25 @@ func (n *Node) checkFunds(ctx context.Context, gpus int, maxPrice uint64) error 
 	return nil
 }
 
-// payer is the submitter's settlement of one run: it pays each member's
-// bills as they come and remembers what it paid.
-type payer struct {
-	n       *Node
-	jl      *jobLog
-	members []gossip.Member
-	names   func(int) string
-	wg      sync.WaitGroup
-
-	mu   sync.Mutex
-	paid []map[string]uint64 // per rank: payment signature → lamports
-}
-
-func newPayer(n *Node, jl *jobLog, members []gossip.Member, names func(int) string) *payer {
-	p := &payer{n: n, jl: jl, members: members, names: names, paid: make([]map[string]uint64, len(members))}
-	for i := range p.paid {
-		p.paid[i] = map[string]uint64{}
-	}
-	return p
-}
-
-// bill pays a member's bill in the background, if it is what the lease
-// allows for the time billed.
-func (p *payer) bill(ctx context.Context, rank int, c *memberConn, b jobwire.BillFrame) {
-	m := p.members[rank]
-	u := p.n.PriceUnit()
-	if !p.n.settles() {
-		p.jl.note(fmt.Sprintf("%s sent a bill of %s %s, but this peer pays nothing on chain (no --solana-rpc, or the unit is not SOL)", p.names(rank), u.Format(b.Lamports), u.Token))
-		return
-	}
-	if most := receipt.Amount(m.Price, uint64(m.GPUs)*b.Millis); b.Lamports > most {
-		p.jl.note(fmt.Sprintf("bill %d of %s refused: %s SOL for %d GPUs over %d ms at %s SOL/GPU-h is more than the %s SOL the lease allows",
-			b.Interval, p.names(rank), u.Format(b.Lamports), m.GPUs, b.Millis, u.Format(m.Price), u.Format(most)))
-		return
-	}
-	key, err := p.n.ed25519Key()
+// payBill pays a member's bill that the run attempt allowed: the amount to
+// the member's provider, in a transfer whose memo is the bill's reference;
+// then it tells the member. It returns the payment's signature.
+func (n *Node) payBill(ctx context.Context, jl *jobLog, m gossip.Member, name string, c *memberConn, b attempt.Bill) (string, error) {
+	key, err := n.ed25519Key()
 	if err != nil {
-		return
+		return "", err
 	}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), paymentWait)
-		defer cancel()
-		pay, err := chain.Pay(pctx, p.n.cfg.SolanaRPC, key, solanaAddress(m.Provider), b.Lamports, b.Ref)
-		if err != nil {
-			p.jl.note(fmt.Sprintf("could not pay bill %d of %s (%s SOL): %v", b.Interval, p.names(rank), u.Format(b.Lamports), err))
-			return
-		}
-		p.mu.Lock()
-		p.paid[rank][pay.Signature] = pay.Lamports
-		p.mu.Unlock()
-		p.jl.note(fmt.Sprintf("paid %s %s SOL for interval %d (transaction %s)", p.names(rank), u.Format(b.Lamports), b.Interval, pay.Signature))
-		if c != nil {
-			_ = c.fw.Write(jobwire.Frame{T: jobwire.KindPaid, Paid: &jobwire.PaidFrame{Interval: b.Interval, Signature: pay.Signature}})
-		}
-	}()
-}
-
-// total is what was paid to a member.
-func (p *payer) total(rank int) uint64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var t uint64
-	for _, v := range p.paid[rank] {
-		t += v
+	u := n.PriceUnit()
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), paymentWait)
+	defer cancel()
+	pay, err := chain.Pay(pctx, n.cfg.SolanaRPC, key, solanaAddress(m.Provider), b.Amount, b.Ref)
+	if err != nil {
+		jl.note(fmt.Sprintf("could not pay bill %d of %s (%s SOL): %v", b.Interval, name, u.Format(b.Amount), err))
+		return "", err
 	}
-	return t
-}
-
-// signatures are the payments made to a member.
-func (p *payer) signatures(rank int) map[string]uint64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make(map[string]uint64, len(p.paid[rank]))
-	for k, v := range p.paid[rank] {
-		out[k] = v
+	jl.note(fmt.Sprintf("paid %s %s SOL for interval %d (transaction %s)", name, u.Format(b.Amount), b.Interval, pay.Signature))
+	if c != nil {
+		_ = c.fw.Write(jobwire.Frame{T: jobwire.KindPaid, Paid: &jobwire.PaidFrame{Interval: b.Interval, Signature: pay.Signature}})
 	}
-	return out
+	return pay.Signature, nil
 }
-
-func (p *payer) wait() { p.wg.Wait() }

@@ -19,6 +19,8 @@ import (
 	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/text"
+	"github.com/gpumesh/gpumesh/node/attempt"
+	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
@@ -32,13 +34,13 @@ import (
 // answering within three heartbeats, stops every member on cancel,
 // failure or timeout, and records how the job ended.
 
-// Member run states.
+// Member run states (the run attempt's).
 const (
-	MemberStarting = "starting"
-	MemberRunning  = "running"
-	MemberExited   = "exited"
-	MemberLost     = "lost"   // stopped answering
-	MemberFailed   = "failed" // could not run
+	MemberStarting = attempt.MemberStarting
+	MemberRunning  = attempt.MemberRunning
+	MemberExited   = attempt.MemberExited
+	MemberLost     = attempt.MemberLost   // stopped answering
+	MemberFailed   = attempt.MemberFailed // could not run
 )
 
 // MemberRun is one member's part of a job's run, as its submitter saw it.
@@ -57,10 +59,7 @@ type MemberRun struct {
 	Paid     uint64               `json:"paid,omitempty"` // paid to its provider as it ran (settlement), in the unit's smallest unit
 }
 
-var (
-	errCancelled = errors.New("cancelled by the submitter")
-	errTimedOut  = errors.New("timed out")
-)
+var errCancelled = errors.New("cancelled by the submitter")
 
 // runState is the submitter's part of running jobs.
 type runState struct {
@@ -82,6 +81,16 @@ type memberEvent struct {
 	f       jobwire.Frame
 	outputs []receipt.OutputFile // with an exit: the outputs received whole
 	err     error
+}
+
+// runEvent is an input of a run's loop: an event for the attempt machine,
+// with what the loop keeps of it.
+type runEvent struct {
+	ev      attempt.Event
+	conn    *memberConn          // with Opened
+	outputs []receipt.OutputFile // with Exited
+	sr      *receipt.Signed      // with Receipted
+	log     []byte               // with Heard: a log frame's data
 }
 
 // startRun runs a formed job in the background.
@@ -129,13 +138,6 @@ func (n *Node) stopRun(ctx context.Context, id string, cause error) (bool, error
 	}
 }
 
-// openedMember is a member's stream, once opened and started (or why not).
-type openedMember struct {
-	rank int
-	c    *memberConn
-	err  error
-}
-
 // memberConn is the submitter's stream to one member.
 type memberConn struct {
 	rw io.ReadWriteCloser
@@ -143,7 +145,10 @@ type memberConn struct {
 	ip string // the member's address as this peer reaches it
 }
 
-// runJob drives one attempt of a formed job to its end.
+// runJob drives one attempt of a formed job to its end. The decisions are
+// the attempt machine's (node/attempt); this loop only carries them out:
+// it opens streams and reads frames, writes the job's log, pays bills,
+// countersigns receipts and saves the members' runs.
 func (n *Node) runJob(ctx context.Context, id string) {
 	j, ok := n.Job(id)
 	if !ok {
@@ -155,261 +160,239 @@ func (n *Node) runJob(ctx context.Context, id string) {
 		return
 	}
 	defer jl.end()
-	timeout, _ := time.ParseDuration(j.Spec.Timeout)
-	ctx, cancelTimeout := context.WithTimeoutCause(ctx, timeout+stopWait+startTimeout, errTimedOut)
-	defer cancelTimeout()
-
 	members := j.Members
-	world := 0
+	a, err := attempt.New(n.attemptConfig(j), time.Now())
+	if err != nil {
+		n.finishJob(id, JobFailed, err.Error(), nil)
+		return
+	}
 	runs := make([]MemberRun, len(members))
 	for i, m := range members {
-		world += int(m.GPUs)
 		runs[i] = MemberRun{Rank: i, Provider: m.Provider, Class: m.Class, GPUs: m.GPUs, State: MemberStarting}
 	}
-	launcher := j.Spec.Launcher
-	rendezvous := len(members) > 1 || (launcher != "" && launcher != exec.LauncherNone)
-	n.updateJob(id, func(j *Job) {
-		j.State, j.Runs, j.Started = JobRunning, append([]MemberRun(nil), runs...), time.Now().UTC()
-	})
-	jl.note(fmt.Sprintf("attempt %d: running on %d members (%d GPUs)", j.Attempt+1, len(members), world))
-
+	if _, ok := n.moveJob(id, JobRunning, []JobState{JobFormed}, func(j *Job) {
+		j.Runs, j.Started = append([]MemberRun(nil), runs...), time.Now().UTC()
+	}); !ok {
+		return // cancelled meanwhile
+	}
 	outDir, err := n.jobDir(id)
 	if err != nil {
 		n.finishJob(id, JobFailed, err.Error(), nil)
 		return
 	}
 	outDir = filepath.Join(outDir, "outputs")
-	events := make(chan memberEvent, 64)
+
+	events := make(chan runEvent, 64)
+	over := make(chan struct{}) // closed when the loop has returned
+	send := func(e runEvent) {
+		select {
+		case events <- e:
+		case <-over:
+		}
+	}
+	var bg sync.WaitGroup // openers and readers, payments
+	defer func() { close(over); bg.Wait() }()
 	conns := make([]*memberConn, len(members))
-	opened := make(chan openedMember, len(members))
-	var readers sync.WaitGroup
-	pending := 0 // members started whose streams have not ended
-	start := func(rank int, masterAddr string, masterPort int) {
-		pending++
-		readers.Add(1)
+	signed := make([]*receipt.Signed, len(members))
+	name := func(rank int) string { return fmt.Sprintf("member %d (%s)", rank, shortPeer(members[rank].Provider)) }
+	start := func(s attempt.Start) {
+		bg.Add(1)
 		go func() {
-			defer readers.Done()
-			c, err := n.openMember(ctx, members[rank])
-			if err == nil {
-				addr := masterAddr
-				if rank == 0 {
-					addr = c.ip
-				}
-				err = c.fw.Write(jobwire.Frame{T: jobwire.KindStart, Start: &jobwire.StartFrame{
-					Job: id, Attempt: j.Attempt, Rank: rank, Members: len(members), WorldGPUs: world,
-					Spec: j.Spec, MasterAddr: addr, MasterPort: masterPort, Rendezvous: rendezvous, Pays: n.settles(),
-				}})
-				if err != nil {
-					_ = c.rw.Close()
-				}
-			}
-			opened <- openedMember{rank, c, err}
-			if err == nil {
-				n.readMember(rank, c.rw, filepath.Join(outDir, fmt.Sprintf("rank-%d", rank)), events)
-			}
+			defer bg.Done()
+			n.startMember(ctx, j, s, filepath.Join(outDir, fmt.Sprintf("rank-%d", s.Rank)), send)
 		}()
 	}
-	start(0, "", 0)
-	if !rendezvous {
-		for r := 1; r < len(members); r++ {
-			start(r, "", 0)
+	timer := time.NewTimer(n.heartbeat())
+	defer timer.Stop()
+	stopped := ctx.Done()
+	for {
+		for a.HasReady() {
+			rd := a.Ready()
+			for _, line := range rd.Notes {
+				jl.note(line)
+			}
+			for _, st := range rd.Stop {
+				if c := conns[st.Rank]; c != nil {
+					go func() {
+						_ = c.fw.Write(jobwire.Frame{T: jobwire.KindStop, Reason: text.Cut(st.Reason, jobwire.MaxText)})
+					}()
+				}
+			}
+			for _, r := range rd.Close {
+				if c := conns[r]; c != nil {
+					_ = c.rw.Close()
+				}
+			}
+			for _, st := range rd.Start {
+				start(st)
+			}
+			for _, p := range rd.Pay {
+				bg.Add(1)
+				go func() {
+					defer bg.Done()
+					sig, err := n.payBill(ctx, jl, members[p.Rank], name(p.Rank), conns[p.Rank], p.Bill)
+					if err == nil {
+						send(runEvent{ev: attempt.Paid{Rank: p.Rank, Signature: sig, Amount: p.Bill.Amount}})
+					}
+				}()
+			}
+			for _, r := range rd.Countersign {
+				why := n.signReceipt(conns[r], signed[r])
+				_ = a.Step(attempt.Countersigned{Rank: r, Err: why}, time.Now())
+			}
+			if rd.Runs != nil {
+				for _, ar := range rd.Runs {
+					r := &runs[ar.Rank]
+					r.State, r.ExitCode, r.Started, r.Ended, r.Error, r.Receipt, r.Paid = ar.State, ar.ExitCode, ar.Started, ar.Ended, ar.Error, ar.Receipt, ar.Paid
+				}
+				n.updateJob(id, func(j *Job) { j.Runs = append([]MemberRun(nil), runs...) })
+			}
+			if d := rd.Done; d != nil {
+				for _, c := range conns {
+					if c != nil {
+						_ = c.rw.Close()
+					}
+				}
+				// Every member releases its GPUs when its part ends; a
+				// member that never ran is told to.
+				for _, r := range d.Release {
+					m := members[r]
+					n.send(context.WithoutCancel(ctx), m.Provider, m.Addrs, &gossip.Release{Job: jobID(id), From: n.id.PeerID, Provider: m.Provider, Reason: "the job ended"})
+				}
+				switch d.State {
+				case attempt.StateRetry:
+					n.retryJob(id, d.Reason)
+				case attempt.StateDone:
+					n.finishJob(id, JobDone, "", d.ExitCode)
+				case attempt.StateCancelled:
+					n.finishJob(id, JobCancelled, d.Reason, d.ExitCode)
+				default:
+					n.finishJob(id, JobFailed, d.Reason, d.ExitCode)
+				}
+				return
+			}
+			a.Advance()
 		}
-	}
-
-	pay := newPayer(n, jl, members, func(rank int) string {
-		return fmt.Sprintf("member %d (%s)", rank, shortPeer(members[rank].Provider))
-	})
-	defer pay.wait()
-
-	lostAfter := n.heartbeat() * lostAfterBeats
-	lastSeen := make([]time.Time, len(members))
-	for i := range lastSeen {
-		lastSeen[i] = time.Now()
-	}
-	ticker := time.NewTicker(n.heartbeat())
-	defer ticker.Stop()
-	var (
-		failure   string // why the job failed, first cause
-		exitCode  *int
-		lost      []int
-		stopping  bool
-		stopTimer <-chan time.Time
-		done      = ctx.Done()
-	)
-	stopAll := func(why string) {
-		if stopping {
-			return
+		wait := n.heartbeat()
+		if w := a.Wake(); !w.IsZero() {
+			wait = min(wait, max(time.Until(w), time.Millisecond))
 		}
-		stopping = true
-		jl.note("stopping every member: " + why)
-		for _, c := range conns {
-			if c != nil {
-				go func() { _ = c.fw.Write(jobwire.Frame{T: jobwire.KindStop, Reason: text.ClipRaw(why)}) }()
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
 			}
 		}
-		stopTimer = time.After(stopWait)
-	}
-	fail := func(why string) {
-		if failure == "" {
-			failure = why
-		}
-		stopAll(why)
-	}
-	save := func() { n.updateJob(id, func(j *Job) { j.Runs = append([]MemberRun(nil), runs...) }) }
-	name := func(rank int) string { return fmt.Sprintf("member %d (%s)", rank, shortPeer(members[rank].Provider)) }
-
-	for pending > 0 {
+		timer.Reset(wait)
 		select {
-		case o := <-opened:
-			if o.err != nil {
-				pending--
-				runs[o.rank].State, runs[o.rank].Error = MemberFailed, o.err.Error()
-				fail(fmt.Sprintf("%s could not be reached: %v", name(o.rank), o.err))
-				save()
-				continue
-			}
-			conns[o.rank] = o.c
-			lastSeen[o.rank] = time.Now()
-			if stopping {
-				go func() { _ = o.c.fw.Write(jobwire.Frame{T: jobwire.KindStop, Reason: "the job is stopping"}) }()
-			}
-		case ev := <-events:
-			r := ev.rank
-			lastSeen[r] = time.Now()
-			if ev.err != nil {
-				pending--
-				if runs[r].State == MemberStarting || runs[r].State == MemberRunning {
-					runs[r].State, runs[r].Error = MemberLost, "its stream ended: "+ev.err.Error()
-					runs[r].Ended = time.Now().UTC()
-					if !stopping { // gone on its own, not stopped by us
-						lost = append(lost, r)
-						jl.note(name(r) + " is gone: " + ev.err.Error())
-						fail(name(r) + " stopped answering (its stream closed)")
-					}
-					save()
-				}
-				if runs[r].Receipt == "" && runs[r].State == MemberExited {
-					runs[r].Receipt = "missing: the member left before sending one"
-				}
-				continue
-			}
-			switch ev.f.T {
-			case jobwire.KindReady:
-				if r == 0 && rendezvous && !stopping {
-					ip := ""
-					if conns[0] != nil {
-						ip = conns[0].ip
-					}
-					for k := 1; k < len(members); k++ {
-						start(k, ip, ev.f.Port)
-					}
-				}
-			case jobwire.KindStarted:
-				runs[r].State, runs[r].Started = MemberRunning, time.UnixMilli(ev.f.At).UTC()
-				save()
-			case jobwire.KindLog:
-				jl.write(r, ev.f.Data)
-			case jobwire.KindError:
-				runs[r].State, runs[r].Error = MemberFailed, ev.f.Reason
-				fail(fmt.Sprintf("%s could not run the job: %s", name(r), ev.f.Reason))
-				save()
-			case jobwire.KindExit:
-				x := ev.f.Exit
-				runs[r].State, runs[r].ExitCode, runs[r].Outputs = MemberExited, x.Code, ev.outputs
-				runs[r].Started, runs[r].Ended = time.UnixMilli(x.Start).UTC(), time.UnixMilli(x.End).UTC()
-				jl.note(fmt.Sprintf("%s exited with code %d", name(r), x.Code))
-				switch {
-				case x.Reason != "":
-					fail(fmt.Sprintf("%s stopped the work: %s", name(r), x.Reason))
-				case x.TimedOut:
-					fail(fmt.Sprintf("timed out after %s (the spec's timeout)", j.Spec.Timeout))
-				case x.Code != 0 && !stopping:
-					code := x.Code
-					exitCode = &code
-					fail(fmt.Sprintf("%s exited with code %d", name(r), x.Code))
-				case r == 0 && exec.EndsWithRankZero(launcher):
-					stopAll("member 0 (the head) has ended")
-				}
-				save()
-			case jobwire.KindBill:
-				pay.bill(ctx, r, conns[r], *ev.f.Bill)
-			case jobwire.KindReceipt:
-				runs[r].Paid = pay.total(r)
-				runs[r].Receipt = n.countersign(ctx, conns[r], members[r], runs[r], ev.f.Receipt, id, j.Attempt, pay.signatures(r))
-				if runs[r].Receipt != "countersigned" {
-					jl.note(fmt.Sprintf("receipt of %s refused: %s", name(r), runs[r].Receipt))
-				}
-				save()
-			}
-		case <-ticker.C:
-			now := time.Now()
-			for r, c := range conns {
-				if c != nil && (runs[r].State == MemberStarting || runs[r].State == MemberRunning) && now.Sub(lastSeen[r]) > lostAfter {
-					runs[r].State, runs[r].Error = MemberLost, fmt.Sprintf("no heartbeat for %s", now.Sub(lastSeen[r]).Round(time.Millisecond))
-					runs[r].Ended = now.UTC()
-					lost = append(lost, r)
-					jl.note(fmt.Sprintf("%s stopped answering: no heartbeat for %s", name(r), now.Sub(lastSeen[r]).Round(time.Millisecond)))
-					fail(fmt.Sprintf("%s stopped answering (no heartbeat for %s)", name(r), lostAfter))
-					_ = c.rw.Close()
-					save()
+		case e := <-events:
+			switch ev := e.ev.(type) {
+			case attempt.Opened:
+				conns[ev.Rank] = e.conn
+			case attempt.Exited:
+				runs[ev.Rank].Outputs = e.outputs
+			case attempt.Receipted:
+				signed[ev.Rank] = e.sr
+			case attempt.Heard:
+				if e.log != nil {
+					jl.write(ev.Rank, e.log)
 				}
 			}
-		case <-done:
-			done = nil
-			cause := context.Cause(ctx)
-			if errors.Is(cause, errTimedOut) {
-				fail(fmt.Sprintf("timed out after %s (the spec's timeout)", j.Spec.Timeout))
+			_ = a.Step(e.ev, time.Now())
+		case now := <-timer.C:
+			a.Tick(now)
+		case <-stopped:
+			stopped = nil
+			if errors.Is(context.Cause(ctx), errCancelled) {
+				_ = a.Step(attempt.Cancelled{}, time.Now())
 			} else {
-				stopAll(cause.Error())
+				_ = a.Step(attempt.PeerStopping{}, time.Now())
 			}
-		case <-stopTimer:
-			for _, c := range conns {
-				if c != nil {
-					_ = c.rw.Close()
-				}
-			}
-			stopTimer = nil
 		}
 	}
-	for _, c := range conns {
-		if c != nil {
+}
+
+// attemptConfig is the run attempt's view of a formed job.
+func (n *Node) attemptConfig(j Job) attempt.Config {
+	timeout, _ := time.ParseDuration(j.Spec.Timeout)
+	launcher := j.Spec.Launcher
+	ms := make([]attempt.Member, len(j.Members))
+	for i, m := range j.Members {
+		ms[i] = attempt.Member{Name: shortPeer(m.Provider), Provider: solanaAddress(m.Provider), GPUs: m.GPUs, Class: m.Class, Price: m.Price}
+	}
+	u := n.PriceUnit()
+	return attempt.Config{
+		Job: j.ID, Consumer: n.id.SolanaAddress, Members: ms, Attempt: j.Attempt, Retries: j.Spec.Retries,
+		Timeout: timeout, TimeoutText: j.Spec.Timeout,
+		Rendezvous:       len(j.Members) > 1 || (launcher != "" && launcher != jobspec.LauncherNone),
+		EndsWithRankZero: exec.EndsWithRankZero(launcher),
+		Settles:          n.settles(),
+		Heartbeat:        n.heartbeat(), LostAfterBeats: lostAfterBeats,
+		StartTimeout: startTimeout, StopWait: stopWait,
+		Unit: u.Token, FormatAmount: u.Format,
+	}
+}
+
+// startMember opens a member's stream, sends its start frame and reads its
+// frames until the stream ends, reporting each as an attempt event.
+func (n *Node) startMember(ctx context.Context, j Job, s attempt.Start, dir string, send func(runEvent)) {
+	world := 0
+	for _, m := range j.Members {
+		world += int(m.GPUs)
+	}
+	cfg := n.attemptConfig(j)
+	c, err := n.openMember(ctx, j.Members[s.Rank])
+	if err == nil {
+		addr := s.MasterAddr
+		if s.Rank == 0 {
+			addr = c.ip
+		}
+		err = c.fw.Write(jobwire.Frame{T: jobwire.KindStart, Start: &jobwire.StartFrame{
+			Job: j.ID, Attempt: j.Attempt, Rank: s.Rank, Members: len(j.Members), WorldGPUs: world,
+			Spec: j.Spec, MasterAddr: addr, MasterPort: s.MasterPort, Rendezvous: cfg.Rendezvous, Pays: cfg.Settles,
+		}})
+		if err != nil {
 			_ = c.rw.Close()
 		}
 	}
-	readers.Wait()
-	save()
-	// Every member releases its GPUs when its part ends; a member that
-	// never ran is told to.
-	for r, m := range members {
-		if runs[r].State != MemberExited {
-			n.send(context.WithoutCancel(ctx), m.Provider, m.Addrs, &gossip.Release{Job: jobID(id), From: n.id.PeerID, Provider: m.Provider, Reason: "the job ended"})
-		}
+	if err != nil {
+		send(runEvent{ev: attempt.Opened{Rank: s.Rank, Err: err.Error()}})
+		return
 	}
-
-	cause := context.Cause(ctx)
-	switch {
-	case errors.Is(cause, errCancelled):
-		n.finishJob(id, JobCancelled, "cancelled by the submitter; every member was stopped", nil)
-	case len(lost) > 0 && j.Attempt < j.Spec.Retries:
-		why := fmt.Sprintf("%s was lost; retrying (attempt %d of %d, the spec's retries: %d) on a cluster negotiated again, with the spares of the market",
-			name(lost[0]), j.Attempt+2, j.Spec.Retries+1, j.Spec.Retries)
-		jl.note(why)
-		n.retryJob(id, why)
-	case failure == "" && ctx.Err() != nil:
-		n.finishJob(id, JobFailed, "this peer stopped while the job ran; every member was stopped", nil)
-	case failure != "":
-		if len(lost) > 0 {
-			failure += fmt.Sprintf("; not retried (the spec's retries: %d)", j.Spec.Retries)
+	send(runEvent{ev: attempt.Opened{Rank: s.Rank, Addr: c.ip}, conn: c})
+	n.readMember(s.Rank, c.rw, dir, func(me memberEvent) {
+		r := me.rank
+		if me.err != nil {
+			send(runEvent{ev: attempt.StreamEnded{Rank: r, Err: me.err.Error()}})
+			return
 		}
-		if exitCode == nil {
-			one := 1
-			exitCode = &one
+		f := me.f
+		switch f.T {
+		case jobwire.KindReady:
+			send(runEvent{ev: attempt.Listening{Rank: r, Port: f.Port}})
+		case jobwire.KindStarted:
+			send(runEvent{ev: attempt.Started{Rank: r, At: f.At}})
+		case jobwire.KindError:
+			send(runEvent{ev: attempt.Errored{Rank: r, Reason: f.Reason}})
+		case jobwire.KindExit:
+			x := f.Exit
+			send(runEvent{ev: attempt.Exited{Rank: r, Code: x.Code, Start: x.Start, End: x.End, TimedOut: x.TimedOut, Reason: x.Reason,
+				ResultHash: receipt.ResultHash(x.Code, me.outputs)}, outputs: me.outputs})
+		case jobwire.KindBill:
+			b := f.Bill
+			send(runEvent{ev: attempt.Billed{Rank: r, Bill: attempt.Bill{Interval: b.Interval, Millis: b.Millis, Amount: b.Lamports, Ref: b.Ref}}})
+		case jobwire.KindReceipt:
+			rc := f.Receipt.Receipt
+			send(runEvent{ev: attempt.Receipted{Rank: r, Receipt: attempt.Receipt{
+				Job: rc.Job, Attempt: rc.Attempt, Rank: rc.Rank, Provider: rc.Provider, Consumer: rc.Consumer, Class: rc.Class, GPUs: rc.GPUs,
+				Price: rc.Price, ExitCode: rc.ExitCode, ResultHash: rc.ResultHash, Start: rc.Start, End: rc.End, Paid: rc.Paid, Payments: rc.Payments,
+			}}, sr: f.Receipt})
+		case jobwire.KindLog:
+			send(runEvent{ev: attempt.Heard{Rank: r}, log: f.Data})
+		default:
+			send(runEvent{ev: attempt.Heard{Rank: r}})
 		}
-		n.finishJob(id, JobFailed, failure, exitCode)
-	default:
-		zero := 0
-		n.finishJob(id, JobDone, "", &zero)
-	}
+	})
 }
 
 // openMember opens the job stream to a member; a peer that is its own
@@ -441,7 +424,7 @@ func (n *Node) openMember(ctx context.Context, m gossip.Member) (*memberConn, er
 // readMember reads a member's frames into events until its stream ends.
 // Output files are written under dir as they arrive and checked against
 // their SHA-256.
-func (n *Node) readMember(rank int, rw io.Reader, dir string, events chan<- memberEvent) {
+func (n *Node) readMember(rank int, rw io.Reader, dir string, events func(memberEvent)) {
 	br := bufio.NewReader(rw)
 	var (
 		cur      *os.File
@@ -504,50 +487,22 @@ func (n *Node) readMember(rank int, rw io.Reader, dir string, events chan<- memb
 			}
 		}
 		if err != nil {
-			events <- memberEvent{rank: rank, err: err}
+			events(memberEvent{rank: rank, err: err})
 			return
 		}
 		ev := memberEvent{rank: rank, f: f}
 		if f.T == jobwire.KindExit {
 			ev.outputs, received = received, nil
 		}
-		events <- ev
+		events(ev)
 	}
 }
 
-// countersign checks a member's receipt against what this peer saw and
-// agreed, signs it, keeps it and sends the signature back. It returns
-// "countersigned" or why not.
-func (n *Node) countersign(ctx context.Context, c *memberConn, m gossip.Member, run MemberRun, sr *receipt.Signed, job string, attempt int, paid map[string]uint64) string {
-	r := sr.Receipt
-	var sum uint64
-	for _, p := range r.Payments {
-		v, ok := paid[p]
-		if !ok {
-			return "it lists a payment this peer did not make: " + p
-		}
-		sum += v
-	}
-	switch {
-	case r.Paid != sum:
-		return fmt.Sprintf("it says %d was paid, the payments it lists are %d", r.Paid, sum)
-	case r.Job != job || r.Rank != run.Rank || r.Attempt != attempt:
-		return fmt.Sprintf("it is for job %s attempt %d member %d", r.Job, r.Attempt, r.Rank)
-	case r.Consumer != n.id.SolanaAddress:
-		return "it names another consumer, " + r.Consumer
-	case r.Provider != solanaAddress(m.Provider):
-		return "it names another provider, " + r.Provider
-	case r.GPUs != m.GPUs || r.Class != m.Class:
-		return fmt.Sprintf("it bills %d %s GPUs, the lease was %d %s", r.GPUs, r.Class, m.GPUs, m.Class)
-	case r.Price != m.Price:
-		return fmt.Sprintf("it bills %d per GPU-hour, the bid was %d", r.Price, m.Price)
-	case r.ExitCode != run.ExitCode || r.ResultHash != receipt.ResultHash(run.ExitCode, run.Outputs):
-		return "its result does not match the exit code and outputs received"
-	case run.State != MemberExited:
-		return "the member's exit was not received"
-	}
-	if d := time.Duration(r.End-r.Start) * time.Millisecond; d > time.Since(run.Started)+time.Minute {
-		return fmt.Sprintf("it bills %s, longer than the member ran", d)
+// signReceipt countersigns a member's receipt that the run attempt found
+// true, keeps it and sends the signature back. It returns "" or why not.
+func (n *Node) signReceipt(c *memberConn, sr *receipt.Signed) string {
+	if sr == nil {
+		return "no receipt"
 	}
 	key, err := n.ed25519Key()
 	if err != nil {
@@ -563,5 +518,5 @@ func (n *Node) countersign(ctx context.Context, c *memberConn, m gossip.Member, 
 	if c != nil {
 		go func() { _ = c.fw.Write(jobwire.Frame{T: jobwire.KindCountersign, Sig: signed.ConsumerSig}) }()
 	}
-	return "countersigned"
+	return ""
 }

@@ -168,7 +168,7 @@ func TestProviderKilledMidJob(t *testing.T) {
 		if err := gmJSON(sub.data, &j, "job", "status", j.ID); err != nil {
 			return false, err.Error()
 		}
-		return j.State == node.JobRunning && len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning, j.State
+		return j.State == node.JobRunning && len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning, string(j.State)
 	})
 	t.Cleanup(func() { removeJobContainers(t, provs[0].id.PeerID) })
 
@@ -181,7 +181,7 @@ func TestProviderKilledMidJob(t *testing.T) {
 		if err := gmJSON(sub.data, &j, "job", "status", j.ID); err != nil {
 			return false, err.Error()
 		}
-		return j.State == node.JobFailed, j.State
+		return j.State == node.JobFailed, string(j.State)
 	})
 	noticed := time.Since(stopped)
 	t.Logf("a frozen provider was noticed in %v: %s", noticed, j.Reason)
@@ -230,7 +230,7 @@ func TestCancelAndTimeoutStopContainers(t *testing.T) {
 		if err := gmJSON(sub.data, &j, "job", "status", j.ID); err != nil {
 			return false, err.Error()
 		}
-		return len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning && owned() == 1, j.State
+		return len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning && owned() == 1, string(j.State)
 	})
 	out, err = gm(sub.data, "job", "cancel", j.ID)
 	if err != nil || !strings.Contains(string(out), "cancelled") {

@@ -15,20 +15,41 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/libp2p/go-libp2p/core/peer"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
-// Options of a Mesh. The zero value is a good default.
+// Options of a Mesh. The zero value is a good default: nodes without GPUs,
+// meshed and ready for jobs when Start returns. A test states what differs.
 type Options struct {
 	Seed  uint64 // derives the peers' keys and the dial pattern; 0 is a seed like any other
 	Dials int    // peers each new node dials besides node 0; 0 means 2
-	// Config, if set, adjusts node i's config before it starts (GPUs,
-	// region, ...). Nodes have no GPUs unless it gives them some.
+
+	// Providers: nodes 0 to Providers-1 offer the GPUs of go-nvml's mock
+	// machine GPUs ("mock:dgxh100", 8x H100-80GB, if empty; or
+	// "mock:dgxa100"), priced by Price ("fixed:2.10"; "" quotes nothing) and
+	// run by Executors (nil: the node's default, docker). The other nodes
+	// have no GPUs.
+	Providers int
+	GPUs      string
+	Price     string
+	Executors []string
+
+	// MeshDHT is how many peers each node's DHT routing table must hold
+	// before Start returns (at most n-1); 0 means 8.
+	MeshDHT int
+
+	// Config, if set, adjusts node i's config after the options above
+	// (region, data dir, clock, ...).
 	Config func(i int, c *node.Config)
 }
+
+// setupTimeout bounds Start's wait for the mesh: a healthy start of 50 peers
+// under the race detector on two cores takes a fraction of it.
+const setupTimeout = 2 * time.Minute
 
 // Mesh is a running set of nodes on one simulated network.
 type Mesh struct {
@@ -49,13 +70,17 @@ func Key(seed uint64, i int) node.Identity {
 	return id
 }
 
-// Start starts n nodes, links every pair, and has each node dial node 0 and
-// a few earlier ones. It does not wait for the DHT and GossipSub to fill:
-// call WaitMeshed. Everything is stopped when the test ends.
+// Start starts n nodes, links every pair, has each node dial node 0 and a
+// few earlier ones, and waits until they are meshed (WaitMeshed with
+// opts.MeshDHT) and every node hears requests for bids (WaitTopic "rfb").
+// Everything is stopped when the test ends.
 func Start(t testing.TB, n int, opts Options) *Mesh {
 	t.Helper()
 	if opts.Dials == 0 {
 		opts.Dials = 2
+	}
+	if opts.GPUs == "" {
+		opts.GPUs = "mock:dgxh100"
 	}
 	m := &Mesh{Net: mocknet.New()}
 	t.Cleanup(func() { m.Close() })
@@ -68,6 +93,9 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 			t.Fatalf("meshtest: add peer %d: %v", i, err)
 		}
 		cfg := node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true, GPUs: "none"}
+		if i < opts.Providers {
+			cfg.GPUs, cfg.Price, cfg.Executors = opts.GPUs, opts.Price, opts.Executors
+		}
 		if opts.Config != nil {
 			opts.Config(i, &cfg)
 		}
@@ -100,6 +128,17 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 			t.Fatalf("meshtest: dht bootstrap: %v", err)
 		}
 	}
+	wctx, cancel := context.WithTimeout(ctx, setupTimeout)
+	defer cancel()
+	if opts.MeshDHT == 0 {
+		opts.MeshDHT = 8
+	}
+	if err := m.WaitMeshed(wctx, opts.MeshDHT); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitTopic(wctx, "rfb"); err != nil {
+		t.Fatal(err)
+	}
 	return m
 }
 
@@ -113,52 +152,40 @@ func (m *Mesh) Connect(ctx context.Context, i, j int) error {
 // its DHT routing table and at least one GossipSub peer, or ctx ends.
 func (m *Mesh) WaitMeshed(ctx context.Context, minDHT int) error {
 	want := min(minDHT, len(m.Nodes)-1)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		lagging := -1
+	err := testwait.Poll(ctx, func() (bool, string) {
 		for i, nd := range m.Nodes {
-			if nd.Directory().RoutingTableSize() < want || (len(m.Nodes) > 1 && nd.Gossip().Peers() == 0) {
-				lagging = i
-				break
+			dht, gossip := nd.Directory().RoutingTableSize(), nd.Gossip().Peers()
+			if dht < want || (len(m.Nodes) > 1 && gossip == 0) {
+				return false, fmt.Sprintf("node %d has %d DHT peers (want %d) and %d gossip peers", i, dht, want, gossip)
 			}
 		}
-		if lagging < 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			nd := m.Nodes[lagging]
-			return fmt.Errorf("meshtest: node %d not meshed: %d DHT peers (want %d), %d gossip peers: %w",
-				lagging, nd.Directory().RoutingTableSize(), want, nd.Gossip().Peers(), ctx.Err())
-		case <-tick.C:
-		}
+		return true, ""
+	})
+	if err != nil {
+		return fmt.Errorf("meshtest: not meshed: %w", err)
 	}
+	return nil
 }
 
 // WaitTopic waits until every node has a GossipSub peer on the swarm topic
 // name (e.g. "rfb"), or ctx ends.
 func (m *Mesh) WaitTopic(ctx context.Context, name string) error {
+	if len(m.Nodes) < 2 {
+		return nil
+	}
 	topic := m.Nodes[0].Gossip().Topic(name)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		lagging := -1
+	err := testwait.Poll(ctx, func() (bool, string) {
 		for i, nd := range m.Nodes {
 			if len(nd.Gossip().PubSub().ListPeers(topic)) == 0 {
-				lagging = i
-				break
+				return false, fmt.Sprintf("node %d has no peer on it", i)
 			}
 		}
-		if lagging < 0 || len(m.Nodes) < 2 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("meshtest: node %d has no peer on %s: %w", lagging, topic, ctx.Err())
-		case <-tick.C:
-		}
+		return true, ""
+	})
+	if err != nil {
+		return fmt.Errorf("meshtest: topic %s: %w", topic, err)
 	}
+	return nil
 }
 
 // Isolate cuts node i off from every other node, as if its machine fell off

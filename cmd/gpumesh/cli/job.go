@@ -258,7 +258,7 @@ func waitJob(ctx context.Context, g *globals, cl *node.Client, so output, job no
 	}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	last, running := "", -1
+	last, running := node.JobState(""), -1
 	for {
 		if text && job.State != last {
 			switch job.State {

@@ -1,0 +1,73 @@
+package attempt
+
+import (
+	"fmt"
+	"math/bits"
+	"time"
+)
+
+// bill decides whether to pay a member's bill: a stranger's bill is bounded
+// by what this peer measured (see the package doc).
+func (a *Attempt) bill(m *member, b Bill, now time.Time) {
+	r := m.run.Rank
+	refuse := func(why string) {
+		a.ready.Refused = append(a.ready.Refused, RefusedBill{Rank: r, Bill: b, Reason: why})
+		a.note(why)
+	}
+	if !a.cfg.Settles {
+		refuse(fmt.Sprintf("%s sent a bill of %s, but this peer pays nothing on chain (no --solana-rpc, or the unit is not SOL)",
+			a.name(r), a.money(b.Amount)))
+		return
+	}
+	refused := fmt.Sprintf("bill %d of %s refused: ", b.Interval, a.name(r))
+	if b.Interval < 1 {
+		refuse(refused + "intervals count from 1")
+		return
+	}
+	if m.intervals[b.Interval] {
+		refuse(refused + fmt.Sprintf("interval %d was billed already", b.Interval))
+		return
+	}
+	m.intervals[b.Interval] = true
+	if m.startedSeen.IsZero() {
+		refuse(refused + "the member's work has not started")
+		return
+	}
+	if m.exited {
+		m.afterExit++
+		if m.afterExit > 1 {
+			refuse(refused + "it came after the member's last bill (one bill may follow its exit)")
+			return
+		}
+	}
+	if most := amount(m.Price, m.GPUs, b.Millis); b.Amount > most {
+		refuse(refused + fmt.Sprintf("%s for %d GPUs over %d ms at %s/GPU-h is more than the %s the lease allows",
+			a.money(b.Amount), m.GPUs, b.Millis, a.money(m.Price), a.money(most)))
+		return
+	}
+	end := now
+	if !m.workEnd.IsZero() {
+		end = m.workEnd
+	}
+	worked := max(end.Sub(m.startedSeen), 0)
+	allowed := uint64((worked + a.cfg.BillSlack) / time.Millisecond)
+	total, carry := bits.Add64(m.billed, b.Millis, 0)
+	if carry != 0 || total > allowed {
+		if carry != 0 {
+			total = ^uint64(0)
+		}
+		refuse(refused + fmt.Sprintf("its bills come to %s of work, but this peer saw the member work %s (%s of slack allowed)",
+			msDuration(total), worked.Round(time.Millisecond), a.cfg.BillSlack))
+		return
+	}
+	m.billed = total
+	a.ready.Pay = append(a.ready.Pay, Payment{Rank: r, Bill: b})
+}
+
+// money writes an amount with its unit.
+func (a *Attempt) money(v uint64) string {
+	if a.cfg.Unit == "" {
+		return a.cfg.FormatAmount(v)
+	}
+	return a.cfg.FormatAmount(v) + " " + a.cfg.Unit
+}
