@@ -1,4 +1,18 @@
-// Package exec runs jobs on a provider's GPUs: the GPU inventory (NVIDIA
-// go-nvml), the Docker and process executors, metering and receipts of work.
-// It is filled in by the directory and exec issues.
+// Package exec runs jobs on a provider's GPUs. It holds the three things a
+// provider needs from its machine:
+//
+//   - the GPU inventory (gpus.go, class.go): NVIDIA's go-nvml where a driver
+//     is present, or go-nvml's own mock machines (mock:dgxa100,
+//     mock:dgxh100) for tests and demos; each GPU with its class
+//     ("H100-80GB"), memory and utilization;
+//   - the executors (executor.go): one contract, Run blocks until the work
+//     and everything it made are gone, with Docker (docker.go: containers
+//     with GPU device requests, no privileges, labelled so a restarted peer
+//     removes what it left) and plain processes (process.go: own folder, own
+//     process group); both can pause and resume a task (unpaid work);
+//   - the launchers' environment (launch.go): torchrun and Ray variables for
+//     a multi-member job.
+//
+// Receipts of work, which anyone must be able to verify without linking
+// NVML or the Docker client, are in exec/receipt.
 package exec

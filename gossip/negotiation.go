@@ -516,3 +516,40 @@ func clip(reason string) string {
 	}
 	return strings.ToValidUTF8(reason[:maxReasonLen], "")
 }
+
+// Settled is what an ended negotiation keeps once the negotiation itself
+// is dropped: enough to answer a late acceptance with a release, as the
+// negotiation would. It is a few words a job, where a negotiation holds
+// every bid.
+type Settled struct {
+	job       JobID
+	submitter peer.ID
+	formed    bool
+	members   []peer.ID
+}
+
+// Settle returns the negotiation's settled record; nil until it has ended.
+func (n *Negotiation) Settle() *Settled {
+	if n.phase != Formed && n.phase != Failed {
+		return nil
+	}
+	s := &Settled{job: n.rfb.Job, submitter: n.rfb.Submitter, formed: n.phase == Formed}
+	if s.formed {
+		s.members = make([]peer.ID, len(n.members))
+		for i, m := range n.members {
+			s.members[i] = m.Provider
+		}
+	}
+	return s
+}
+
+// Step answers a message for the ended negotiation: an acceptance from a
+// provider that is not a member (any provider, if it failed) is released;
+// everything else needs no answer.
+func (s *Settled) Step(msg Message) *Release {
+	a, ok := msg.(*Acceptance)
+	if !ok || a.Check() != nil || a.Job != s.job || slices.Contains(s.members, a.Provider) {
+		return nil
+	}
+	return &Release{Job: s.job, From: s.submitter, Provider: a.Provider, Reason: "not a member of the cluster"}
+}

@@ -120,9 +120,47 @@ func TestNegotiationStepByStep(t *testing.T) {
 	}
 
 	// A late acceptance of the refused provider is answered with a release.
+	settled := n.Settle()
 	step(t, n, &Acceptance{Job: n.rfb.Job, Provider: testID(1), GPUs: 8, HoldUntil: 1}, ms(30))
 	if got := released(n.Ready().Releases); got != "1" {
 		t.Errorf("a stray acceptance released %q, want 1", got)
+	}
+	// The settled record, all a peer keeps of an ended negotiation, answers
+	// the same: a release for a stranger's acceptance, nothing for a
+	// member's, nothing for another job's or for other messages.
+	if rel := settled.Step(&Acceptance{Job: n.rfb.Job, Provider: testID(1), GPUs: 8, HoldUntil: 1}); rel == nil || rel.Provider != testID(1) || rel.From != n.rfb.Submitter || rel.Job != n.rfb.Job {
+		t.Errorf("settled: a stray acceptance answered %+v, want a release of 1", rel)
+	}
+	if rel := settled.Step(&Acceptance{Job: n.rfb.Job, Provider: testID(2), GPUs: 4, HoldUntil: 1}); rel != nil {
+		t.Errorf("settled: a member's acceptance answered %+v, want nothing", rel)
+	}
+	other := n.rfb.Job
+	other[0] ^= 1
+	if rel := settled.Step(&Acceptance{Job: other, Provider: testID(1), GPUs: 8, HoldUntil: 1}); rel != nil {
+		t.Errorf("settled: another job's acceptance answered %+v, want nothing", rel)
+	}
+	if rel := settled.Step(jobBid(5, 8, usdc(200), "e")); rel != nil {
+		t.Errorf("settled: a late bid answered %+v, want nothing", rel)
+	}
+}
+
+func TestSettledFailedNegotiationReleasesEveryAcceptance(t *testing.T) {
+	n := newNeg(t, needsOf(8, 0, Spread, usdc(250)), NegotiationConfig{})
+	n.Ready()
+	if n.Settle() != nil {
+		t.Fatal("a negotiation still collecting bids is settled")
+	}
+	step(t, n, jobBid(1, 8, usdc(200), "a"), ms(3))
+	n.Tick(t0.Add(ms(23)))
+	n.Ready()
+	n.Cancel("by the user")
+	n.Ready()
+	s := n.Settle()
+	if s == nil {
+		t.Fatal("a cancelled negotiation has no settled record")
+	}
+	if rel := s.Step(&Acceptance{Job: n.rfb.Job, Provider: testID(1), GPUs: 8, HoldUntil: 1}); rel == nil || rel.Provider != testID(1) {
+		t.Errorf("a late acceptance of a failed negotiation answered %+v, want a release", rel)
 	}
 }
 

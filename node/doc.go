@@ -1,12 +1,59 @@
-// Package node wires a gpumesh peer together: its identity (one ed25519 key,
-// stored as a Solana CLI keypair, that is both the libp2p peer ID and the
-// Solana address), its data dir, the libp2p host, the GPU directory (dht),
-// the gossip router (gossip), the local API the CLI talks to, and metrics.
+// Package node wires a gpumesh peer together and runs both sides of a job:
+// the submitter's (a user asked this peer to run a job) and the provider's
+// (another peer's job runs on this peer's GPUs).
 //
-// Lifecycle: New checks a Config and starts nothing; Start brings the peer up
-// (and stops what it started if a step fails); Run serves until its context
-// ends; Close is safe to call twice. A running node owns its data dir through
-// a lock file, and writes an api file there that tells client commands where
-// its local API listens (a unix socket, mode 0600, and optionally a TCP
-// address guarded by a bearer token).
+// # Where things are
+//
+// The peer itself:
+//
+//	node.go           Config, New, Start, Run, Close; bootstrap and mDNS
+//	identity.go       the one ed25519 key: libp2p peer ID and Solana address
+//	datadir.go        the data dir: key, config, lock, api file
+//	swarm.go          private swarms: the pre-shared key and the swarm ID
+//	host.go           the libp2p host's options
+//	directory.go      this peer's GPUs, its offer in the DHT, directory lookups
+//	prices.go         asks and the spot-price board (gossip)
+//	api.go            the local API: every route, in one table
+//	client.go         the typed client of the local API (the CLI's)
+//	explorer.go       the read-only web page of the swarm
+//	metrics.go        Prometheus metrics
+//
+// A job, in the order it moves:
+//
+//	negotiate.go         the negotiation loop, both sides: requests for bids,
+//	                     bids, awards, answers, confirms, releases (decided by
+//	                     gossip.Negotiation and gossip.Reservations)
+//	jobs.go              the job record: JobState and the only code that
+//	                     changes it; records in the job store (jobstore)
+//	submitter.go         submit, cancel, negotiation outcomes, retry
+//	submitter_run.go     running a formed job: streams to the members, frames
+//	                     in, the run attempt's decisions out (attempt)
+//	submitter_pay.go     paying bills the attempt allowed; funds checked first
+//	submitter_logs.go    the job's log: kept, followed, served
+//	provider_gpus.go     reservations and which GPUs a member holds
+//	provider_member.go   serving a member: checks, executor, logs, outputs,
+//	                     the signed receipt
+//	provider_bill.go     billing a member's work as it runs; pausing and
+//	                     stopping unpaid work
+//	receipts.go          receipts kept on disk, both sides
+//	anchor.go            anchoring co-signed receipts on Solana
+//
+// The pure pieces, in packages of their own that link no node, GPU,
+// container or Solana code:
+//
+//	node/jobspec    the job spec: parse, validate, what it needs
+//	node/jobwire    the job protocol's frames and their bounds
+//	node/attempt    one run attempt as a state machine (Step, Tick, Ready),
+//	                with golden scripts in node/attempt/testdata
+//	node/jobstore   job records in a bbolt file, paged newest first
+//	node/meshtest   many real nodes in one test process
+//
+// # Lifecycle
+//
+// New checks a Config and starts nothing; Start brings the peer up (and
+// stops what it started if a step fails); Run serves until its context
+// ends; Close is safe to call twice. A running node owns its data dir
+// through a lock file, and writes an api file there that tells client
+// commands where its local API listens (a unix socket, mode 0600, and
+// optionally a TCP address guarded by a bearer token).
 package node

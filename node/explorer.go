@@ -638,11 +638,11 @@ func (e *explorer) state() ExplorerState {
 		st.Jobs = append(st.Jobs, explorerJob(j))
 	}
 
-	rs, err := n.Receipts("")
+	rs, total, err := n.RecentReceipts(explorerMaxReceipts)
 	if err != nil {
 		n.log.Debug("explorer: receipts", "err", err)
 	}
-	st.ReceiptsTotal = len(rs)
+	st.ReceiptsTotal = total
 	for i := len(rs) - 1; i >= 0 && len(st.Receipts) < explorerMaxReceipts; i-- {
 		sr := rs[i]
 		r := sr.Receipt

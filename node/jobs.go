@@ -255,14 +255,6 @@ func (n *Node) jobMoved() <-chan struct{} {
 	return n.moved
 }
 
-func (n *Node) jobUpdated(id gossip.JobID) time.Time {
-	j, ok := n.Job(id.String())
-	if !ok {
-		return time.Time{}
-	}
-	return j.Updated
-}
-
 // Job returns one of this peer's jobs.
 func (n *Node) Job(id string) (Job, bool) {
 	n.jobsMu.Lock()

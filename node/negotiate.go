@@ -28,6 +28,9 @@ const (
 	negotiateWindow = 5 * time.Second // a request's deadline: bids after it are not taken
 	sendTimeout     = 5 * time.Second // one direct message
 	reservationTick = time.Second     // how often reservations are checked for lapses
+	// negotiationLinger is how long an ended negotiation still answers
+	// late acceptances (with a release) before it is forgotten.
+	negotiationLinger = time.Minute
 )
 
 // negEvent is one input of the negotiation loop.
@@ -226,7 +229,8 @@ func (n *Node) handleNegotiate(s network.Stream) {
 // Reservations: it steps them with messages and time and sends what they say.
 func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 	defer n.wg.Done()
-	negs := map[gossip.JobID]*gossip.Negotiation{}
+	negs := map[gossip.JobID]*gossip.Negotiation{} // negotiating now
+	settled := map[gossip.JobID]settledNeg{}       // ended, for late acceptances
 	timer := time.NewTimer(reservationTick)
 	defer timer.Stop()
 	for {
@@ -238,6 +242,7 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 			switch {
 			case ev.submit != nil:
 				negs[ev.submit.Job()] = ev.submit
+				delete(settled, ev.submit.Job()) // a retry's negotiation
 				n.flush(ctx, ev.submit, ev.submit.Ready())
 			case ev.done != nil:
 				ng, ok := negs[ev.cancel]
@@ -247,7 +252,7 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 				}
 				ev.done <- nil
 			case ev.msg != nil:
-				n.stepMessage(ctx, ev.msg, negs, res, now)
+				n.stepMessage(ctx, ev.msg, negs, settled, res, now)
 			case ev.held != nil:
 				var r heldReply
 				if res != nil {
@@ -264,11 +269,16 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 			n.flush(ctx, ng, ng.Ready())
 			switch w := ng.Wake(); {
 			case ng.Phase() == gossip.Formed || ng.Phase() == gossip.Failed:
-				if now.Sub(n.jobUpdated(id)) > time.Minute {
-					delete(negs, id) // late acceptances have had their answer window
-				}
+				// Ended: keep only what answers late acceptances.
+				settled[id] = settledNeg{ng.Settle(), now}
+				delete(negs, id)
 			case !w.IsZero() && w.Before(next):
 				next = w
+			}
+		}
+		for id, s := range settled {
+			if now.Sub(s.at) > negotiationLinger {
+				delete(settled, id) // late acceptances have had their answer window
 			}
 		}
 		if res != nil {
@@ -285,7 +295,13 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 	}
 }
 
-func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gossip.JobID]*gossip.Negotiation, res *gossip.Reservations, now time.Time) {
+// settledNeg is an ended negotiation of this peer's, and when it ended.
+type settledNeg struct {
+	s  *gossip.Settled
+	at time.Time
+}
+
+func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gossip.JobID]*gossip.Negotiation, settled map[gossip.JobID]settledNeg, res *gossip.Reservations, now time.Time) {
 	switch m := msg.(type) {
 	case *gossip.RequestForBids:
 		if res == nil {
@@ -315,6 +331,11 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 	default: // bids, acceptances, refusals: for one of our negotiations
 		ng, ok := negs[msg.JobID()]
 		if !ok {
+			if s, ok := settled[msg.JobID()]; ok {
+				if rel := s.s.Step(msg); rel != nil {
+					n.send(ctx, rel.Provider, nil, rel)
+				}
+			}
 			return
 		}
 		if err := ng.Step(msg, now); err != nil {

@@ -47,8 +47,8 @@ type memberState struct {
 	execMu sync.Mutex
 	docker exec.Executor // made at the first container job
 
-	receiptsMu sync.Mutex                // guards the receipts folder and receipts
-	receipts   map[string]receipt.Signed // by key, once the folder was read (receipts.go)
+	receiptsMu sync.Mutex             // guards the receipts folder and receipts
+	receipts   map[string]receiptMeta // the index, by key, once the folder was read (receipts.go)
 
 	tmpOnce sync.Once
 	tmpDir  string // state of a node without a data dir

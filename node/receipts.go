@@ -15,7 +15,16 @@ import (
 // the consumer that countersigned it. A provider's copy is written before
 // the receipt is sent, and again once countersigned: nothing earned is lost
 // to a crash or a vanished submitter. The folder is read once; after that
-// the receipts are also kept in memory, so listing them costs no disk.
+// an index of the receipts (a few words each, not the receipts) is kept in
+// memory, so listing them reads only the files asked for.
+
+// receiptMeta is what the index keeps of a receipt.
+type receiptMeta struct {
+	job      string
+	start    int64 // unix ms
+	rank     int
+	cosigned bool
+}
 
 func (n *Node) receiptsDir() (string, error) {
 	state, err := n.stateDir()
@@ -41,7 +50,7 @@ func (n *Node) saveReceipt(sr receipt.Signed) error {
 		return err
 	}
 	key := sr.Receipt.Key()
-	if old, ok := n.receipts[key]; ok && len(sr.ConsumerSig) == 0 && len(old.ConsumerSig) > 0 {
+	if old, ok := n.receipts[key]; ok && len(sr.ConsumerSig) == 0 && old.cosigned {
 		return nil
 	}
 	data, err := json.MarshalIndent(sr, "", "  ")
@@ -51,13 +60,16 @@ func (n *Node) saveReceipt(sr receipt.Signed) error {
 	if err := writeFileAtomic(filepath.Join(dir, key+".json"), append(data, '\n'), 0o600); err != nil {
 		return err
 	}
-	n.receipts[key] = sr
+	n.receipts[key] = metaOf(sr)
 	n.anchorReceipt(sr)
 	return nil
 }
 
-// loadReceiptsLocked reads the receipts folder once; from then on the
-// receipts are kept in memory as they are saved.
+func metaOf(sr receipt.Signed) receiptMeta {
+	return receiptMeta{job: sr.Receipt.Job, start: sr.Receipt.Start, rank: sr.Receipt.Rank, cosigned: len(sr.ConsumerSig) > 0}
+}
+
+// loadReceiptsLocked reads the receipts folder once into the index.
 func (n *Node) loadReceiptsLocked(dir string) error {
 	if n.receipts != nil {
 		return nil
@@ -66,7 +78,7 @@ func (n *Node) loadReceiptsLocked(dir string) error {
 	if err != nil && !os.IsNotExist(err) {
 		return err
 	}
-	n.receipts = map[string]receipt.Signed{}
+	n.receipts = map[string]receiptMeta{}
 	for _, e := range entries {
 		if !strings.HasSuffix(e.Name(), ".json") {
 			continue
@@ -76,7 +88,7 @@ func (n *Node) loadReceiptsLocked(dir string) error {
 			n.log.Warn("receipt unreadable", "file", e.Name(), "err", err)
 			continue
 		}
-		n.receipts[sr.Receipt.Key()] = sr
+		n.receipts[sr.Receipt.Key()] = metaOf(sr)
 	}
 	return nil
 }
@@ -92,27 +104,61 @@ func readReceipt(path string) (receipt.Signed, error) {
 // Receipts lists the receipts this peer keeps, of one job or ("") all,
 // oldest first.
 func (n *Node) Receipts(job string) ([]receipt.Signed, error) {
+	rs, _, err := n.receiptsWhere(func(m receiptMeta) bool { return job == "" || m.job == job }, 0)
+	return rs, err
+}
+
+// RecentReceipts lists the newest receipts this peer keeps (at most
+// limit), oldest first, and how many it keeps in all.
+func (n *Node) RecentReceipts(limit int) ([]receipt.Signed, int, error) {
+	return n.receiptsWhere(func(receiptMeta) bool { return true }, limit)
+}
+
+// receiptsWhere reads the receipts whose index entry passes keep, the
+// newest limit of them (0: all), oldest first, and counts those that pass.
+func (n *Node) receiptsWhere(keep func(receiptMeta) bool, limit int) ([]receipt.Signed, int, error) {
 	dir, err := n.receiptsDir()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
+	type entry struct {
+		key string
+		m   receiptMeta
+	}
+	var picked []entry
 	n.receiptsMu.Lock()
-	defer n.receiptsMu.Unlock()
 	if err := n.loadReceiptsLocked(dir); err != nil {
-		return nil, err
+		n.receiptsMu.Unlock()
+		return nil, 0, err
 	}
-	out := []receipt.Signed{}
-	for _, sr := range n.receipts {
-		if job == "" || sr.Receipt.Job == job {
-			out = append(out, sr)
+	for k, m := range n.receipts {
+		if keep(m) {
+			picked = append(picked, entry{k, m})
 		}
 	}
-	sort.Slice(out, func(i, k int) bool {
-		a, b := out[i].Receipt, out[k].Receipt
-		if a.Start != b.Start {
-			return a.Start < b.Start
+	n.receiptsMu.Unlock()
+	sort.Slice(picked, func(i, k int) bool {
+		a, b := picked[i].m, picked[k].m
+		if a.start != b.start {
+			return a.start < b.start
 		}
-		return a.Rank < b.Rank
+		if a.rank != b.rank {
+			return a.rank < b.rank
+		}
+		return picked[i].key < picked[k].key
 	})
-	return out, nil
+	total := len(picked)
+	if limit > 0 && len(picked) > limit {
+		picked = picked[len(picked)-limit:]
+	}
+	out := make([]receipt.Signed, 0, len(picked))
+	for _, e := range picked {
+		sr, err := readReceipt(filepath.Join(dir, e.key+".json"))
+		if err != nil {
+			n.log.Warn("receipt unreadable", "key", e.key, "err", err)
+			continue
+		}
+		out = append(out, sr)
+	}
+	return out, total, nil
 }

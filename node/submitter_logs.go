@@ -132,6 +132,17 @@ func (l *jobLog) wait() (<-chan struct{}, bool) {
 	return l.changed, l.ended
 }
 
+// closeLog ends a job's log of a run and forgets it: followers find the
+// rest in the file.
+func (n *Node) closeLog(id string, l *jobLog) {
+	l.end()
+	n.logsMu.Lock()
+	if n.logs[id] == l {
+		delete(n.logs, id)
+	}
+	n.logsMu.Unlock()
+}
+
 func (n *Node) liveLog(id string) *jobLog {
 	n.logsMu.Lock()
 	defer n.logsMu.Unlock()

@@ -159,7 +159,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 		n.finishJob(id, JobFailed, fmt.Sprintf("job log: %v", err), nil)
 		return
 	}
-	defer jl.end()
+	defer n.closeLog(id, jl)
 	members := j.Members
 	a, err := attempt.New(n.attemptConfig(j), time.Now())
 	if err != nil {
