@@ -22,7 +22,9 @@ import (
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/atomicfile"
+	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node/jobspec"
+	"github.com/gpumesh/gpumesh/node/jobstore"
 	"github.com/gpumesh/gpumesh/node/jobwire"
 )
 
@@ -227,19 +229,6 @@ func (s *apiServer) close() error {
 	return nil
 }
 
-func apiMux(n *Node) *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+APIVersion+"/id", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Info()) })
-	mux.HandleFunc("GET "+APIVersion+"/peers", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Peers()) })
-	mux.HandleFunc("GET "+APIVersion+"/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Status()) })
-	n.directoryRoutes(mux)
-	n.priceRoutes(mux)
-	n.jobRoutes(mux)
-	n.receiptRoutes(mux)
-	n.proofRoutes(mux)
-	return mux
-}
-
 func requireToken(token string, next http.Handler) http.Handler {
 	want := []byte("Bearer " + token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -249,22 +238,6 @@ func requireToken(token string, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
-}
-
-// apiError is the body of every failed API call.
-type apiError struct {
-	Error string `json:"error"`
-}
-
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(v)
-}
-
-func writeError(w http.ResponseWriter, code int, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(apiError{Error: msg})
 }
 
 func loadOrCreateToken(path string) (string, error) {
@@ -289,139 +262,262 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	return atomicfile.Write(path, data, mode)
 }
 
-// proofRoutes adds the proofs' local API calls.
-func (n *Node) proofRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET "+APIVersion+"/proofs", func(w http.ResponseWriter, r *http.Request) {
-		st, err := n.Proofs(r.URL.Query().Get("job"))
-		if err != nil {
-			writeError(w, http.StatusNotFound, err.Error())
-			return
-		}
-		writeJSON(w, st)
-	})
-	mux.HandleFunc("GET "+APIVersion+"/proofs/{key}", func(w http.ResponseWriter, r *http.Request) {
-		p, err := n.Proof(r.PathValue("key"))
-		if err != nil {
-			code := http.StatusNotFound
-			if errors.Is(err, chain.ErrNotAnchored) {
-				code = http.StatusConflict
-			}
-			writeError(w, code, err.Error())
-			return
-		}
-		writeJSON(w, p)
-	})
+// The local API's routes, below APIVersion. The server's mux patterns and
+// the client's paths are both made from these, so they cannot drift apart;
+// apiRoutes says which method serves each.
+const (
+	routeID        = "/id"
+	routePeers     = "/peers"
+	routeStatus    = "/status"
+	routeGPUsLocal = "/gpus/local"
+	routeGPUsFind  = "/gpus/find" // ?model=&region=&min-vram=&count=&max-price=
+	routePrices    = "/prices"    // ?class=
+	routeJobs      = "/jobs"      // GET ?limit=&before=: a JobsPage; POST a jobspec.Spec: the Job
+	routeJob       = "/jobs/{id}"
+	routeJobCancel = "/jobs/{id}/cancel"
+	routeJobLogs   = "/jobs/{id}/logs" // ?follow=1
+	routeJobOutput = "/jobs/{id}/outputs/{rank}/{path...}"
+	routeReceipts  = "/receipts" // ?job=
+	routeProofs    = "/proofs"   // ?job=
+	routeProof     = "/proofs/{key}"
+)
+
+// apiRoute is one call of the local API.
+type apiRoute struct {
+	method  string
+	pattern string // a route constant
+	serve   http.HandlerFunc
 }
 
-// directoryRoutes adds GET /v0/gpus/local and GET /v0/gpus/find.
-func (n *Node) directoryRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET "+APIVersion+"/gpus/local", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, n.LocalGPUs())
-	})
-	mux.HandleFunc("GET "+APIVersion+"/gpus/find", func(w http.ResponseWriter, r *http.Request) {
-		q, err := ParseGPUQuery(r.URL.Query().Get, n.PriceUnit())
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), maxFindTime)
-		defer cancel()
-		res, err := n.FindGPUs(ctx, q)
-		if err != nil {
-			writeError(w, http.StatusServiceUnavailable, err.Error())
-			return
-		}
-		writeJSON(w, res)
-	})
+// apiRoutes is the whole local API: every call a node answers, and the
+// only place one is added.
+func (n *Node) apiRoutes() []apiRoute {
+	get, post := http.MethodGet, http.MethodPost
+	return []apiRoute{
+		{get, routeID, func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Info()) }},
+		{get, routePeers, func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Peers()) }},
+		{get, routeStatus, func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Status()) }},
+		{get, routeGPUsLocal, func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.LocalGPUs()) }},
+		{get, routeGPUsFind, n.serveFindGPUs},
+		{get, routePrices, n.servePrices},
+		{get, routeJobs, n.serveJobs},
+		{post, routeJobs, n.serveSubmitJob},
+		{get, routeJob, n.serveJob},
+		{post, routeJobCancel, n.serveCancelJob},
+		{get, routeJobLogs, n.serveJobLogs},
+		{get, routeJobOutput, n.serveJobOutput},
+		{get, routeReceipts, n.serveReceipts},
+		{get, routeProofs, n.serveProofs},
+		{get, routeProof, n.serveProof},
+	}
 }
 
-// jobRoutes adds the jobs' local API calls.
-func (n *Node) jobRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("POST "+APIVersion+"/jobs", func(w http.ResponseWriter, r *http.Request) {
-		data, err := io.ReadAll(io.LimitReader(r.Body, jobspec.MaxSize+1))
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		spec, err := jobspec.Parse(data, "json")
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		job, err := n.SubmitJob(r.Context(), spec)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		writeJSON(w, job)
-	})
-	mux.HandleFunc("GET "+APIVersion+"/jobs", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Jobs()) })
-	mux.HandleFunc("GET "+APIVersion+"/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
-		j, ok := n.Job(r.PathValue("id"))
-		if !ok {
-			writeError(w, http.StatusNotFound, "no job "+r.PathValue("id")+" on this peer (`gpumesh job ls` lists them)")
-			return
-		}
-		writeJSON(w, j)
-	})
-	mux.HandleFunc("GET "+APIVersion+"/jobs/{id}/logs", func(w http.ResponseWriter, r *http.Request) {
-		id := r.PathValue("id")
-		if _, ok := n.Job(id); !ok {
-			writeError(w, http.StatusNotFound, "no job "+id+" on this peer (`gpumesh job ls` lists them)")
-			return
-		}
-		n.serveLog(r.Context(), w, id, r.URL.Query().Get("follow") == "1")
-	})
-	mux.HandleFunc("GET "+APIVersion+"/jobs/{id}/outputs/{rank}/{path...}", func(w http.ResponseWriter, r *http.Request) {
-		id, path := r.PathValue("id"), r.PathValue("path")
-		j, ok := n.Job(id)
-		rank, err := strconv.Atoi(r.PathValue("rank"))
-		if !ok || err != nil || rank < 0 || rank >= len(j.Runs) || !jobwire.ValidOutputPath(path) {
-			writeError(w, http.StatusNotFound, "no such output; `gpumesh job status ID` lists a job's outputs")
-			return
-		}
-		found := false
-		for _, o := range j.Runs[rank].Outputs {
-			found = found || o.Path == path
-		}
-		dir, err := n.jobDir(id)
-		if !found || err != nil {
-			writeError(w, http.StatusNotFound, "no output "+path+" of member "+r.PathValue("rank"))
-			return
-		}
-		w.Header().Set("Content-Type", "application/octet-stream")
-		http.ServeFile(w, r, filepath.Join(dir, "outputs", "rank-"+strconv.Itoa(rank), filepath.FromSlash(path)))
-	})
-	mux.HandleFunc("POST "+APIVersion+"/jobs/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
-		j, err := n.CancelJob(r.Context(), r.PathValue("id"))
-		if err != nil {
-			writeError(w, http.StatusNotFound, err.Error())
-			return
-		}
-		writeJSON(w, j)
-	})
+func apiMux(n *Node) *http.ServeMux {
+	mux := http.NewServeMux()
+	for _, rt := range n.apiRoutes() {
+		mux.HandleFunc(rt.method+" "+APIVersion+rt.pattern, rt.serve)
+	}
+	return mux
 }
 
-// priceRoutes adds GET /v0/prices[?class=C].
-func (n *Node) priceRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET "+APIVersion+"/prices", func(w http.ResponseWriter, r *http.Request) {
-		class := r.URL.Query().Get("class")
-		if class != "" && !gossip.ValidClass(class) {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("class %q: want a GPU class such as H100-80GB", class))
-			return
-		}
-		writeJSON(w, n.Prices(class))
-	})
+// apiError is the body of every failed API call. Code names the HTTP
+// status (apiCodes) so that a reader of the JSON alone can tell them apart.
+type apiError struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
 }
 
-// receiptRoutes adds the receipts' local API calls.
-func (n *Node) receiptRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET "+APIVersion+"/receipts", func(w http.ResponseWriter, r *http.Request) {
-		rs, err := n.Receipts(r.URL.Query().Get("job"))
-		if err != nil {
-			writeError(w, http.StatusInternalServerError, err.Error())
+// apiCodes are the codes of apiError, by HTTP status.
+var apiCodes = map[int]string{
+	http.StatusBadRequest:          "bad_request",
+	http.StatusUnauthorized:        "unauthorized",
+	http.StatusNotFound:            "not_found",
+	http.StatusConflict:            "conflict",
+	http.StatusInternalServerError: "internal",
+	http.StatusServiceUnavailable:  "unavailable",
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	code, ok := apiCodes[status]
+	if !ok {
+		code = strings.ReplaceAll(strings.ToLower(http.StatusText(status)), " ", "_")
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(apiError{Error: msg, Code: code})
+}
+
+func (n *Node) serveFindGPUs(w http.ResponseWriter, r *http.Request) {
+	q, err := ParseGPUQuery(r.URL.Query().Get, n.PriceUnit())
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), maxFindTime)
+	defer cancel()
+	res, err := n.FindGPUs(ctx, q)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	writeJSON(w, res)
+}
+
+func (n *Node) servePrices(w http.ResponseWriter, r *http.Request) {
+	class := r.URL.Query().Get("class")
+	if class != "" && !gossip.ValidClass(class) {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("class %q: want a GPU class such as H100-80GB", class))
+		return
+	}
+	writeJSON(w, n.Prices(class))
+}
+
+// JobsPage answers GET /v0/jobs: a page of the jobs submitted from a peer,
+// newest first.
+type JobsPage struct {
+	Jobs []Job  `json:"jobs"`
+	Next string `json:"next"` // cursor of the page after this one (?before=Next); "" on the last page
+}
+
+// jobsPage is the page of jobs GET /v0/jobs answers: at most limit
+// (1..MaxJobsPage) jobs, newest first, after the cursor before ("" for the
+// newest). A cursor this peer did not hand out is an error that
+// errors.Is(err, jobstore.ErrBadCursor).
+func jobsPage(n *Node, before string, limit int) (JobsPage, error) {
+	jobs, next, err := n.JobsPage(before, limit)
+	if jobs == nil {
+		jobs = []Job{}
+	}
+	return JobsPage{Jobs: jobs, Next: next}, err
+}
+
+func (n *Node) serveJobs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit := DefaultJobsPage
+	if v := q.Get("limit"); v != "" {
+		l, err := strconv.Atoi(v)
+		if err != nil || l < 1 || l > MaxJobsPage {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit %s: want 1 to %d jobs a page (default %d)", text.Clip(v), MaxJobsPage, DefaultJobsPage))
 			return
 		}
-		writeJSON(w, rs)
-	})
+		limit = l
+	}
+	before := q.Get("before")
+	page, err := jobsPage(n, before, limit)
+	switch {
+	case errors.Is(err, jobstore.ErrBadCursor):
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("before %s: not a cursor this peer handed out; pass the \"next\" of the page before (`gpumesh job ls --before NEXT`), or none for the newest jobs", text.Clip(before)))
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	default:
+		writeJSON(w, page)
+	}
+}
+
+func (n *Node) serveSubmitJob(w http.ResponseWriter, r *http.Request) {
+	data, err := io.ReadAll(io.LimitReader(r.Body, jobspec.MaxSize+1))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	spec, err := jobspec.Parse(data, "json")
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	job, err := n.SubmitJob(r.Context(), spec)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	writeJSON(w, job)
+}
+
+// noJob is the answer about a job this peer does not have.
+func noJob(w http.ResponseWriter, id string) {
+	writeError(w, http.StatusNotFound, "no job "+text.Printable(id)+" on this peer (`gpumesh job ls` lists them)")
+}
+
+func (n *Node) serveJob(w http.ResponseWriter, r *http.Request) {
+	j, ok := n.Job(r.PathValue("id"))
+	if !ok {
+		noJob(w, r.PathValue("id"))
+		return
+	}
+	writeJSON(w, j)
+}
+
+func (n *Node) serveCancelJob(w http.ResponseWriter, r *http.Request) {
+	j, err := n.CancelJob(r.Context(), r.PathValue("id"))
+	if err != nil {
+		writeError(w, http.StatusNotFound, err.Error())
+		return
+	}
+	writeJSON(w, j)
+}
+
+func (n *Node) serveJobLogs(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if _, ok := n.Job(id); !ok {
+		noJob(w, id)
+		return
+	}
+	n.serveLog(r.Context(), w, id, r.URL.Query().Get("follow") == "1")
+}
+
+func (n *Node) serveJobOutput(w http.ResponseWriter, r *http.Request) {
+	id, path := r.PathValue("id"), r.PathValue("path")
+	j, ok := n.Job(id)
+	rank, err := strconv.Atoi(r.PathValue("rank"))
+	if !ok || err != nil || rank < 0 || rank >= len(j.Runs) || !jobwire.ValidOutputPath(path) {
+		writeError(w, http.StatusNotFound, "no such output; `gpumesh job status ID` lists a job's outputs")
+		return
+	}
+	found := false
+	for _, o := range j.Runs[rank].Outputs {
+		found = found || o.Path == path
+	}
+	dir, err := n.jobDir(id)
+	if !found || err != nil {
+		writeError(w, http.StatusNotFound, "no output "+path+" of member "+r.PathValue("rank"))
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeFile(w, r, filepath.Join(dir, "outputs", "rank-"+strconv.Itoa(rank), filepath.FromSlash(path)))
+}
+
+func (n *Node) serveReceipts(w http.ResponseWriter, r *http.Request) {
+	rs, err := n.Receipts(r.URL.Query().Get("job"))
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, rs)
+}
+
+func (n *Node) serveProofs(w http.ResponseWriter, r *http.Request) {
+	st, err := n.Proofs(r.URL.Query().Get("job"))
+	if err != nil {
+		writeError(w, http.StatusNotFound, err.Error())
+		return
+	}
+	writeJSON(w, st)
+}
+
+func (n *Node) serveProof(w http.ResponseWriter, r *http.Request) {
+	p, err := n.Proof(r.PathValue("key"))
+	if err != nil {
+		code := http.StatusNotFound
+		if errors.Is(err, chain.ErrNotAnchored) {
+			code = http.StatusConflict
+		}
+		writeError(w, code, err.Error())
+		return
+	}
+	writeJSON(w, p)
 }

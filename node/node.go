@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -127,19 +129,15 @@ type Node struct {
 	closeErr  error
 }
 
-// New checks cfg and returns a Node that has started nothing.
+// New checks cfg (Config.validate) and returns a Node that has started
+// nothing.
 func New(cfg Config) (*Node, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
 	n := &Node{cfg: cfg, log: cfg.Logger}
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
-	}
-	if cfg.Port < 0 || cfg.Port > 65535 {
-		return nil, fmt.Errorf("port %d: want 0..65535", cfg.Port)
-	}
-	if cfg.DHTMode != "" {
-		if _, err := dht.ParseMode(string(cfg.DHTMode)); err != nil {
-			return nil, err
-		}
 	}
 	listen := cfg.Listen
 	if len(listen) == 0 {
@@ -162,13 +160,96 @@ func New(cfg Config) (*Node, error) {
 	if err := n.configurePrices(); err != nil {
 		return nil, err
 	}
-	if err := checkExplorerAddr(cfg.Explorer); err != nil {
-		return nil, err
-	}
-	if cfg.APIListen != "" && cfg.DataDir == "" {
-		return nil, errors.New("the local API needs a data dir (for its token); set --data")
-	}
 	return n, nil
+}
+
+// ConfigError is a Config field that New refuses; its message says what
+// the field wants.
+type ConfigError struct {
+	Flag string // the `gpumesh node` flag that sets the field, without "--"; "" if none does
+	Err  error
+}
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// Bounds that Config.validate checks.
+const (
+	MinHeartbeat      = 10 * time.Millisecond
+	MinSettleInterval = time.Second
+)
+
+// validate checks each field of c on its own, so that whoever fills a
+// Config (the CLI from its flags, a test, an embedding program) is refused
+// the same things, with every problem at once. New parses the listen and
+// bootstrap addresses after it.
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(flag, format string, args ...any) {
+		errs = append(errs, &ConfigError{Flag: flag, Err: fmt.Errorf(format, args...)})
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		bad("port", "port %d: want 0..65535", c.Port)
+	}
+	if c.DHTMode != "" {
+		if _, err := dht.ParseMode(string(c.DHTMode)); err != nil {
+			bad("dht-mode", "--dht-mode: %w", err)
+		}
+	}
+	if err := checkExplorerAddr(c.Explorer); err != nil {
+		bad("explorer", "%w", err)
+	}
+	if c.APIListen != "" {
+		if c.DataDir == "" {
+			bad("api", "the local API needs a data dir (for its token); set --data")
+		} else if err := checkHostPort(c.APIListen); err != nil {
+			bad("api", "--api %q: %w", c.APIListen, err)
+		}
+	}
+	if c.Metrics != "" {
+		if err := checkHostPort(c.Metrics); err != nil {
+			bad("metrics", "--metrics %q: %w", c.Metrics, err)
+		}
+	}
+	for _, e := range c.Executors {
+		if e != "docker" && e != "process" {
+			bad("executors", "--executors %q: want docker, process or both (docker,process)", e)
+		}
+	}
+	if c.OfferTTL < 0 {
+		bad("", "offer TTL %s: want a positive duration, or 0 for %s", c.OfferTTL, DefaultOfferTTL)
+	}
+	if u, err := gossip.ParseUnit(c.PriceUnit); err != nil {
+		bad("price-unit", "--price-unit: %w", err)
+	} else if c.Price != "" {
+		if _, err := gossip.ParsePolicy(c.Price, u); err != nil {
+			bad("price", "--price: %w", err)
+		}
+	}
+	if err := c.PriceBoard.Check(); err != nil {
+		bad("", "%w", err)
+	}
+	if c.AnchorBatch < 0 || c.AnchorBatch > chain.MaxBatchSize {
+		bad("anchor-batch", "--anchor-batch %d: want 1..%d (0: the default, %d)", c.AnchorBatch, chain.MaxBatchSize, chain.DefaultBatchSize)
+	}
+	if c.AnchorAge < 0 {
+		bad("anchor-age", "--anchor-age %s: want a positive duration (0: the default, %s)", c.AnchorAge, chain.DefaultBatchAge)
+	}
+	if c.SettleInterval < 0 || (c.SettleInterval > 0 && c.SettleInterval < MinSettleInterval) {
+		bad("settle-interval", "--settle-interval %s: want at least %s (0: the default, %s)", c.SettleInterval, MinSettleInterval, DefaultSettleInterval)
+	}
+	if c.Heartbeat < 0 || (c.Heartbeat > 0 && c.Heartbeat < MinHeartbeat) {
+		bad("heartbeat", "--heartbeat %s: want at least %s (0: the default, %s)", c.Heartbeat, MinHeartbeat, DefaultHeartbeat)
+	}
+	return errors.Join(errs...)
+}
+
+// checkHostPort checks a TCP listen address.
+func checkHostPort(addr string) error {
+	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+		return errors.New("want HOST:PORT, such as 127.0.0.1:8080")
+	}
+	return nil
 }
 
 // ParseBootstrap turns multiaddrs with a /p2p/ID part into peers to dial.

@@ -103,7 +103,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	timer.Stop()
 	if err != nil || f.T != jobwire.KindStart {
 		if err == nil {
-			err = fmt.Errorf("%w: first jobwire.Frame is %s, want start", jobwire.ErrBadFrame, f.T)
+			err = fmt.Errorf("%w: first frame is %s, want start", jobwire.ErrBadFrame, f.T)
 		}
 		_ = fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.Cut(err.Error(), jobwire.MaxText)})
 		return

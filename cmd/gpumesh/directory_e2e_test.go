@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 )
 
@@ -58,7 +59,7 @@ func TestPeerWithoutGPUsFindsProvidersWithTheCLI(t *testing.T) {
 	wantH100 := []string{provs[0].id.PeerID, provs[1].id.PeerID}
 	slices.Sort(wantH100)
 	var res dht.FindResult
-	waitFor(t, meshWait, "both H100 providers found", func() (bool, string) {
+	testwait.For(t, meshWait, "both H100 providers found", func() (bool, string) {
 		var err error
 		res, err = findGPUs(finder.data, "--model", "H100", "--min-vram", "80", "--count", "8")
 		if err != nil {
@@ -70,7 +71,7 @@ func TestPeerWithoutGPUsFindsProvidersWithTheCLI(t *testing.T) {
 		t.Fatalf("H100 search: %d GPUs, enough %v, key %s; want 16, true, model/H100", res.GPUs, res.Enough, res.IndexKey)
 	}
 
-	waitFor(t, meshWait, "all four providers found", func() (bool, string) {
+	testwait.For(t, meshWait, "all four providers found", func() (bool, string) {
 		all, err := findGPUs(finder.data)
 		if err != nil {
 			return false, err.Error()

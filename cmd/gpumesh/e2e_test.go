@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 )
 
@@ -214,25 +215,6 @@ func (n *gmNode) status() (node.Status, error) {
 	return st, err
 }
 
-// waitFor polls cond until it holds or timeout passes; on timeout the test
-// fails with what cond last said.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v, still not %s: %s", timeout, what, state)
-		}
-		<-tick.C
-	}
-}
-
 // swarmInit runs `gpumesh swarm init` on data and returns the key's path.
 func swarmInit(t *testing.T, data string) string {
 	t.Helper()
@@ -287,7 +269,7 @@ func TestPrivateSwarmAdmitsOnlyPeersWithItsKey(t *testing.T) {
 				want = append(want, o.id.PeerID)
 			}
 		}
-		waitFor(t, meshWait, n.name+" connected to the other two members", func() (bool, string) {
+		testwait.For(t, meshWait, n.name+" connected to the other two members", func() (bool, string) {
 			got, err := n.peerIDs()
 			if err != nil {
 				return false, err.Error()
@@ -310,7 +292,7 @@ func TestPrivateSwarmAdmitsOnlyPeersWithItsKey(t *testing.T) {
 	outsiders := []*gmNode{n4, n5}
 	for _, n := range outsiders {
 		var last node.Status
-		waitFor(t, meshWait, n.name+"'s bootstrap dial to have failed", func() (bool, string) {
+		testwait.For(t, meshWait, n.name+"'s bootstrap dial to have failed", func() (bool, string) {
 			st, err := n.status()
 			if err != nil {
 				return false, err.Error()
@@ -391,7 +373,7 @@ func TestNodeReportsDeadBootstrapPeerAndExitsCleanlyOnSIGTERM(t *testing.T) {
 	}
 	dead := "/ip4/127.0.0.1/tcp/1/p2p/" + k.PeerID
 	n := startNode(t, "node", dataDir(t), "--bootstrap", dead)
-	waitFor(t, meshWait, "the dead bootstrap peer marked unreachable", func() (bool, string) {
+	testwait.For(t, meshWait, "the dead bootstrap peer marked unreachable", func() (bool, string) {
 		st, err := n.status()
 		if err != nil {
 			return false, err.Error()

@@ -15,6 +15,7 @@ import (
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 )
 
@@ -115,7 +116,7 @@ func explorerURL(t *testing.T, n *gmNode) string {
 	t.Helper()
 	re := regexp.MustCompile(`explorer on (http://127\.0\.0\.1:\d+/)`)
 	var url string
-	waitFor(t, startWait, n.name+" to say where its explorer is", func() (bool, string) {
+	testwait.For(t, startWait, n.name+" to say where its explorer is", func() (bool, string) {
 		if m := re.FindStringSubmatch(n.out.String()); m != nil {
 			url = m[1]
 			return true, ""
@@ -153,7 +154,7 @@ func TestExplorerInBrowserEndToEnd(t *testing.T) {
 	prov := startNode(t, "provider", dataDir(t), append(common, "--gpus", "mock:dgxh100", "--price", "fixed:2.10", "--executors", "process")...)
 	sub := startNode(t, "submitter", dataDir(t), append(common, "--bootstrap", prov.bootstrapAddr(t), "--explorer", "127.0.0.1:0")...)
 	url := explorerURL(t, sub)
-	waitFor(t, meshWait, "the provider in the submitter's directory", func() (bool, string) {
+	testwait.For(t, meshWait, "the provider in the submitter's directory", func() (bool, string) {
 		res, err := findGPUs(sub.data, "--model", "H100")
 		if err != nil {
 			return false, err.Error()

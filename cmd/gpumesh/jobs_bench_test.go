@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 )
@@ -45,23 +47,21 @@ func startBenchPeer(b *testing.B, args ...string) *benchPeer {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), startWait)
 	defer cancel()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if cl, err := node.NewClient(p.data); err == nil {
-			if id, err := cl.ID(ctx); err == nil {
-				p.cl, p.id = cl, id
-				return p
-			}
-		}
+	testwait.Until(b, ctx, "the node's local API to answer", func() (bool, string) {
 		select {
 		case err := <-p.done:
+			p.done <- err // for the cleanup
 			b.Fatalf("node exited before it answered: %v", err)
-		case <-ctx.Done():
-			b.Fatalf("node did not answer within %v", startWait)
-		case <-tick.C:
+		default:
 		}
-	}
+		cl, err := node.NewClient(p.data)
+		if err == nil {
+			p.id, err = cl.ID(ctx)
+		}
+		p.cl = cl
+		return err == nil, fmt.Sprint(err)
+	})
+	return p
 }
 
 // BenchmarkSequentialJobs submits b.N trivial jobs (a process that exits
@@ -93,29 +93,35 @@ timeout: 1m
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	// The provider in the submitter's directory first.
-	waitBench(b, ctx, "the provider in the submitter's directory", func() bool {
-		var res struct{ GPUs int }
-		return sub.cl.Get(ctx, "gpus/find?model=H100", &res) == nil && res.GPUs == 8
+	testwait.Until(b, ctx, "the provider in the submitter's directory", func() bool {
+		res, err := sub.cl.FindGPUs(ctx, node.FindQuery{Model: "H100"})
+		return err == nil && res.GPUs == 8
 	})
 
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := range b.N {
 		start := time.Now()
-		var job node.Job
-		if err := sub.cl.Post(ctx, "jobs", spec, &job); err != nil {
+		job, err := sub.cl.SubmitJob(ctx, spec)
+		if err != nil {
 			b.Fatalf("job %d: %v", i+1, err)
 		}
 		lat = append(lat, time.Since(start))
-		waitBench(b, ctx, fmt.Sprintf("job %d to end", i+1), func() bool {
-			var j node.Job
-			if err := sub.cl.Get(ctx, "jobs/"+job.ID, &j); err != nil {
+		// The followed log ends with the run; the job's end is recorded
+		// at about the same moment.
+		if logs, err := sub.cl.JobLogs(ctx, job.ID, true); err == nil {
+			_, _ = io.Copy(io.Discard, logs)
+			logs.Close()
+		}
+		testwait.Until(b, ctx, fmt.Sprintf("job %d to end", i+1), func() (bool, string) {
+			j, err := sub.cl.Job(ctx, job.ID)
+			if err != nil {
 				b.Fatal(err)
 			}
 			if j.State.Ended() && j.State != node.JobDone {
 				b.Fatalf("job %d %s: %s", i+1, j.State, j.Reason)
 			}
-			return j.State == node.JobDone
+			return j.State == node.JobDone, string(j.State)
 		})
 	}
 	b.StopTimer()
@@ -141,19 +147,4 @@ timeout: 1m
 	b.ReportMetric(subRSS, "submitter-rss-MB")
 	b.ReportMetric(idleRSS, "idle-rss-MB")
 	b.ReportMetric(subRSS/idleRSS, "submitter/idle")
-}
-
-// waitBench polls cond every few milliseconds until it holds; past ctx's
-// deadline the benchmark fails.
-func waitBench(b *testing.B, ctx context.Context, what string, cond func() bool) {
-	b.Helper()
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			b.Fatalf("timed out waiting for %s", what)
-		case <-tick.C:
-		}
-	}
 }

@@ -19,6 +19,7 @@ import (
 	gmexec "github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/internal/testdocker"
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 )
 
@@ -36,7 +37,7 @@ func jobSwarm(t *testing.T, providers int) (provs []*gmNode, sub *gmNode) {
 		provs = append(provs, startNode(t, fmt.Sprintf("provider-%d", i), dataDir(t), args...))
 	}
 	sub = startNode(t, "submitter", dataDir(t), append(common, "--bootstrap", provs[0].bootstrapAddr(t))...)
-	waitFor(t, meshWait, "every provider found", func() (bool, string) {
+	testwait.For(t, meshWait, "every provider found", func() (bool, string) {
 		res, err := findGPUs(sub.data, "--model", "H100")
 		if err != nil {
 			return false, err.Error()
@@ -102,11 +103,11 @@ echo "result of $NODE_RANK" > "$GPUMESH_OUTPUTS/result.txt"`, "launcher: torchru
 	if !strings.Contains(text, ": done") || !strings.Contains(text, "exit code: 0") {
 		t.Fatalf("no done with exit code 0:\n%s", text)
 	}
-	var jobs []node.Job
-	if err := gmJSON(sub.data, &jobs, "job", "ls"); err != nil || len(jobs) != 1 {
+	var jobs node.JobsPage
+	if err := gmJSON(sub.data, &jobs, "job", "ls"); err != nil || len(jobs.Jobs) != 1 {
 		t.Fatalf("job ls: %v %v", jobs, err)
 	}
-	j := jobs[0]
+	j := jobs.Jobs[0]
 
 	// Logs again, after the fact; outputs into a folder of the user's.
 	logs, err := gm(sub.data, "job", "logs", j.ID)
@@ -138,7 +139,7 @@ echo "result of $NODE_RANK" > "$GPUMESH_OUTPUTS/result.txt"`, "launcher: torchru
 		}
 	}
 	for _, p := range provs {
-		waitFor(t, cliWait, "the provider's countersigned receipt", func() (bool, string) {
+		testwait.For(t, cliWait, "the provider's countersigned receipt", func() (bool, string) {
 			var prs []receipt.Signed
 			if err := gmJSON(p.data, &prs, "job", "receipts"); err != nil {
 				return false, err.Error()
@@ -164,7 +165,7 @@ func TestProviderKilledMidJob(t *testing.T) {
 	if err := gmJSON(sub.data, &j, "job", "submit", spec); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, cliWait, "the member to run", func() (bool, string) {
+	testwait.For(t, cliWait, "the member to run", func() (bool, string) {
 		if err := gmJSON(sub.data, &j, "job", "status", j.ID); err != nil {
 			return false, err.Error()
 		}
@@ -177,7 +178,7 @@ func TestProviderKilledMidJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopped := time.Now()
-	waitFor(t, cliWait, "the job to fail", func() (bool, string) {
+	testwait.For(t, cliWait, "the job to fail", func() (bool, string) {
 		if err := gmJSON(sub.data, &j, "job", "status", j.ID); err != nil {
 			return false, err.Error()
 		}
@@ -226,7 +227,7 @@ func TestCancelAndTimeoutStopContainers(t *testing.T) {
 	if err := gmJSON(sub.data, &j, "job", "submit", spec); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, cliWait, "the container to run", func() (bool, string) {
+	testwait.For(t, cliWait, "the container to run", func() (bool, string) {
 		if err := gmJSON(sub.data, &j, "job", "status", j.ID); err != nil {
 			return false, err.Error()
 		}

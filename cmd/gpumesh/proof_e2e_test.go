@@ -13,6 +13,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/chain/localnet"
 	"github.com/gpumesh/gpumesh/internal/testlocalnet"
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 )
 
@@ -28,7 +29,7 @@ func TestJobReceiptAnchoredAndItsProofVerifiedAnywhere(t *testing.T) {
 		t.Fatal(err)
 	}
 	sub := startNode(t, "submitter", dataDir(t), append(common, "--bootstrap", prov.bootstrapAddr(t))...)
-	waitFor(t, meshWait, "the provider found", func() (bool, string) {
+	testwait.For(t, meshWait, "the provider found", func() (bool, string) {
 		res, err := findGPUs(sub.data, "--model", "H100")
 		if err != nil {
 			return false, err.Error()
@@ -47,15 +48,15 @@ timeout: 5m
 	if out, err := gm(sub.data, "job", "submit", spec, "--wait"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	var jobs []node.Job
-	if err := gmJSON(sub.data, &jobs, "job", "ls"); err != nil || len(jobs) != 1 {
+	var jobs node.JobsPage
+	if err := gmJSON(sub.data, &jobs, "job", "ls"); err != nil || len(jobs.Jobs) != 1 {
 		t.Fatalf("jobs: %v %v", jobs, err)
 	}
-	id := jobs[0].ID
+	id := jobs.Jobs[0].ID
 
 	// The provider anchors the co-signed receipt; its proof comes out as a file.
 	dir := t.TempDir()
-	waitFor(t, meshWait, "the receipt anchored", func() (bool, string) {
+	testwait.For(t, meshWait, "the receipt anchored", func() (bool, string) {
 		var st node.AnchorStatus
 		if err := gmJSON(prov.data, &st, "proof", "ls"); err != nil {
 			return false, err.Error()

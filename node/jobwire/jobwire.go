@@ -59,7 +59,7 @@ const (
 )
 
 // ErrBadFrame marks a frame that breaks the job protocol.
-var ErrBadFrame = errors.New("bad job Frame")
+var ErrBadFrame = errors.New("bad job frame")
 
 // Frame is one message of the job protocol; T says which fields it uses.
 type Frame struct {
@@ -105,7 +105,7 @@ type ExitFrame struct {
 // check says what is wrong with a frame that decoded.
 func (f *Frame) check() error {
 	bad := func(format string, a ...any) error {
-		return fmt.Errorf("%w: %s Frame: %s", ErrBadFrame, f.T, fmt.Sprintf(format, a...))
+		return fmt.Errorf("%w: %s frame: %s", ErrBadFrame, f.T, fmt.Sprintf(format, a...))
 	}
 	if len(f.Reason) > MaxText {
 		return bad("reason of %d bytes, at most %d", len(f.Reason), MaxText)
@@ -213,7 +213,7 @@ func Read(r *bufio.Reader) (Frame, error) {
 		return Frame{}, fmt.Errorf("%w: %v", ErrBadFrame, err)
 	}
 	if dec.More() {
-		return Frame{}, fmt.Errorf("%w: data after the Frame", ErrBadFrame)
+		return Frame{}, fmt.Errorf("%w: data after the frame", ErrBadFrame)
 	}
 	if err := f.check(); err != nil {
 		return Frame{}, err
@@ -234,7 +234,7 @@ func (fw *Writer) Write(f Frame) error {
 		return err
 	}
 	if len(data) > MaxFrame {
-		return fmt.Errorf("%w: %s Frame of %d bytes, at most %d", ErrBadFrame, f.T, len(data), MaxFrame)
+		return fmt.Errorf("%w: %s frame of %d bytes, at most %d", ErrBadFrame, f.T, len(data), MaxFrame)
 	}
 	buf := binary.AppendUvarint(make([]byte, 0, len(data)+binary.MaxVarintLen64), uint64(len(data)))
 	buf = append(buf, data...)

@@ -177,15 +177,15 @@ func FuzzReadFrame(f *testing.F) {
 				return
 			}
 			if err := got.check(); err != nil {
-				t.Fatalf("Frame %d: Read accepted a Frame that fails check: %v", i, err)
+				t.Fatalf("frame %d: Read accepted a frame that fails check: %v", i, err)
 			}
 			again := encodeFrame(t, got)
 			back, err := readOne(again)
 			if err != nil {
-				t.Fatalf("Frame %d: accepted %+v, but not its re-encoding %q: %v", i, got, again, err)
+				t.Fatalf("frame %d: accepted %+v, but not its re-encoding %q: %v", i, got, again, err)
 			}
 			if !sameFrame(got, back) {
-				t.Fatalf("Frame %d: round trip changed the Frame:\n%#v\n%#v", i, normalFrame(got), normalFrame(back))
+				t.Fatalf("frame %d: round trip changed the frame:\n%#v\n%#v", i, normalFrame(got), normalFrame(back))
 			}
 		}
 	})
@@ -197,14 +197,14 @@ func TestFrameRoundTrip(t *testing.T) {
 	fw := &Writer{w: &stream}
 	for _, f := range frames {
 		if err := f.check(); err != nil {
-			t.Fatalf("%s Frame of the test does not check: %v", f.T, err)
+			t.Fatalf("%s frame of the test does not check: %v", f.T, err)
 		}
 		got, err := readOne(encodeFrame(t, f))
 		if err != nil {
-			t.Fatalf("%s Frame: %v", f.T, err)
+			t.Fatalf("%s frame: %v", f.T, err)
 		}
 		if !reflect.DeepEqual(got, f) {
-			t.Fatalf("%s Frame came back as\n%#v\nwant\n%#v", f.T, got, f)
+			t.Fatalf("%s frame came back as\n%#v\nwant\n%#v", f.T, got, f)
 		}
 		if err := fw.Write(f); err != nil {
 			t.Fatal(err)
@@ -215,16 +215,16 @@ func TestFrameRoundTrip(t *testing.T) {
 	for _, f := range frames {
 		got, err := Read(r)
 		if err != nil || !reflect.DeepEqual(got, f) {
-			t.Fatalf("%s Frame on a stream: %+v, %v", f.T, got, err)
+			t.Fatalf("%s frame on a stream: %+v, %v", f.T, got, err)
 		}
 	}
 	if _, err := Read(r); err != io.EOF {
-		t.Fatalf("after the last Frame: %v, want EOF", err)
+		t.Fatalf("after the last frame: %v, want EOF", err)
 	}
 	// The receipt still verifies on the other side.
 	got, err := readOne(encodeFrame(t, frames[10]))
 	if err != nil || got.T != KindReceipt || got.Receipt.Verify() != nil {
-		t.Fatalf("receipt Frame: %+v, %v", got, err)
+		t.Fatalf("receipt frame: %+v, %v", got, err)
 	}
 }
 
@@ -249,17 +249,17 @@ func TestFrameBounds(t *testing.T) {
 				t.Fatal("accepted")
 			}
 			if errors.Is(err, ErrBadFrame) != tc.isBad || !strings.Contains(err.Error(), tc.words) {
-				t.Fatalf("error %q: want one saying %q (bad Frame: %v)", err, tc.words, tc.isBad)
+				t.Fatalf("error %q: want one saying %q (bad frame: %v)", err, tc.words, tc.isBad)
 			}
 		})
 	}
 	if _, err := readOne(nil); err != io.EOF {
-		t.Fatalf("no Frame: %v, want io.EOF", err)
+		t.Fatalf("no frame: %v, want io.EOF", err)
 	}
 	// A frame of exactly MaxFrame bytes is read.
 	pad := MaxFrame - len(`{"t":"hb","reason":""}`)
 	if _, err := readOne(rawFrame(`{"t":"hb","reason":""}` + strings.Repeat(" ", pad))); err != nil {
-		t.Fatalf("Frame of MaxFrame bytes: %v", err)
+		t.Fatalf("frame of MaxFrame bytes: %v", err)
 	}
 
 	sha := strings.Repeat("0", 64)
@@ -283,7 +283,7 @@ func TestFrameBounds(t *testing.T) {
 		{"file no header", Frame{T: KindFile}, "no file"},
 		{"file negative size", Frame{T: KindFile, File: &receipt.OutputFile{Path: "a", Size: -1, SHA256: sha}}, "size -1"},
 		{"file short hash", Frame{T: KindFile, File: &receipt.OutputFile{Path: "a", SHA256: sha[:63]}}, "or SHA-256"},
-		{"exit none", Frame{T: KindExit}, "exit Frame: no exit"},
+		{"exit none", Frame{T: KindExit}, "exit frame: no exit"},
 		{"exit end before start", Frame{T: KindExit, Exit: &ExitFrame{Start: 2, End: 1}}, "ends before it starts"},
 		{"chunk empty", Frame{T: KindChunk}, "0 bytes of data, want 1..262144"},
 		{"chunk over MaxChunk", Frame{T: KindChunk, Data: make([]byte, MaxChunk+1)}, "262145 bytes of data"},
@@ -304,7 +304,7 @@ func TestFrameBounds(t *testing.T) {
 			data := encodeFrame(t, tc.f)
 			_, err := readOne(data)
 			if !errors.Is(err, ErrBadFrame) {
-				t.Fatalf("%q: error %v, want a bad Frame", data, err)
+				t.Fatalf("%q: error %v, want a bad frame", data, err)
 			}
 			if !strings.Contains(err.Error(), tc.words) {
 				t.Fatalf("error %q does not say %q", err, tc.words)
@@ -322,7 +322,7 @@ func TestFrameBounds(t *testing.T) {
 	} {
 		_, err := readOne(rawFrame(tc.json))
 		if !errors.Is(err, ErrBadFrame) || !strings.Contains(err.Error(), tc.words) {
-			t.Errorf("%s: error %v, want a bad Frame saying %q", tc.json, err, tc.words)
+			t.Errorf("%s: error %v, want a bad frame saying %q", tc.json, err, tc.words)
 		}
 	}
 
@@ -337,7 +337,7 @@ func TestFrameBounds(t *testing.T) {
 		{T: KindFile, File: &receipt.OutputFile{Path: "..a/b../.c/...", SHA256: sha}},
 	} {
 		if _, err := readOne(encodeFrame(t, f)); err != nil {
-			t.Errorf("%s Frame at its bounds: %v", f.T, err)
+			t.Errorf("%s frame at its bounds: %v", f.T, err)
 		}
 	}
 }
@@ -362,10 +362,10 @@ func TestFrameLogWriterSplits(t *testing.T) {
 			break
 		}
 		if err != nil {
-			t.Fatalf("Frame %d: %v", len(sizes), err)
+			t.Fatalf("frame %d: %v", len(sizes), err)
 		}
 		if f.T != KindLog || f.Stream != "err" {
-			t.Fatalf("Frame %d: %s on %q", len(sizes), f.T, f.Stream)
+			t.Fatalf("frame %d: %s on %q", len(sizes), f.T, f.Stream)
 		}
 		sizes = append(sizes, len(f.Data))
 		got = append(got, f.Data...)
@@ -401,7 +401,7 @@ func TestFrameLogWriterSplits(t *testing.T) {
 	// A failing stream stops the writer at the chunk it failed on.
 	fail := LogWriter{fw: &Writer{w: &failAfter{n: 2}}, stream: "out"}
 	if n, err := fail.Write(p); err == nil || n != 2*MaxLogChunk {
-		t.Fatalf("write to a stream that fails on the third Frame: %d, %v; want %d and an error", n, err, 2*MaxLogChunk)
+		t.Fatalf("write to a stream that fails on the third frame: %d, %v; want %d and an error", n, err, 2*MaxLogChunk)
 	}
 }
 

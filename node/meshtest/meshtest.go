@@ -28,9 +28,9 @@ type Options struct {
 	Seed  uint64 // derives the peers' keys and the dial pattern; 0 is a seed like any other
 	Dials int    // peers each new node dials besides node 0; 0 means 2
 
-	// Providers: nodes 0 to Providers-1 offer the GPUs of go-nvml's mock
-	// machine GPUs ("mock:dgxh100", 8x H100-80GB, if empty; or
-	// "mock:dgxa100"), priced by Price ("fixed:2.10"; "" quotes nothing) and
+	// Providers: nodes 0 to Providers-1 offer the GPUs of the go-nvml mock
+	// machine named by GPUs ("" means "mock:dgxh100", 8x H100-80GB; or
+	// "mock:dgxa100"), priced by Price ("fixed:2.10"; "" quotes nothing),
 	// run by Executors (nil: the node's default, docker). The other nodes
 	// have no GPUs.
 	Providers int
@@ -71,9 +71,10 @@ func Key(seed uint64, i int) node.Identity {
 }
 
 // Start starts n nodes, links every pair, has each node dial node 0 and a
-// few earlier ones, and waits until they are meshed (WaitMeshed with
-// opts.MeshDHT) and every node hears requests for bids (WaitTopic "rfb").
-// Everything is stopped when the test ends.
+// few earlier ones, and waits until they are meshed (every DHT routing table
+// holds opts.MeshDHT peers, every node has a GossipSub peer) and every node
+// hears requests for bids (a peer on topic "rfb"). Everything is stopped
+// when the test ends.
 func Start(t testing.TB, n int, opts Options) *Mesh {
 	t.Helper()
 	if opts.Dials == 0 {
@@ -133,10 +134,10 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 	if opts.MeshDHT == 0 {
 		opts.MeshDHT = 8
 	}
-	if err := m.WaitMeshed(wctx, opts.MeshDHT); err != nil {
+	if err := m.waitMeshed(wctx, opts.MeshDHT); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.WaitTopic(wctx, "rfb"); err != nil {
+	if err := m.waitTopic(wctx, "rfb"); err != nil {
 		t.Fatal(err)
 	}
 	return m
@@ -148,9 +149,9 @@ func (m *Mesh) Connect(ctx context.Context, i, j int) error {
 	return m.Nodes[i].Connect(ctx, peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()})
 }
 
-// WaitMeshed waits until every node has at least min(minDHT, n-1) peers in
+// waitMeshed waits until every node has at least min(minDHT, n-1) peers in
 // its DHT routing table and at least one GossipSub peer, or ctx ends.
-func (m *Mesh) WaitMeshed(ctx context.Context, minDHT int) error {
+func (m *Mesh) waitMeshed(ctx context.Context, minDHT int) error {
 	want := min(minDHT, len(m.Nodes)-1)
 	err := testwait.Poll(ctx, func() (bool, string) {
 		for i, nd := range m.Nodes {
@@ -167,9 +168,9 @@ func (m *Mesh) WaitMeshed(ctx context.Context, minDHT int) error {
 	return nil
 }
 
-// WaitTopic waits until every node has a GossipSub peer on the swarm topic
+// waitTopic waits until every node has a GossipSub peer on the swarm topic
 // name (e.g. "rfb"), or ctx ends.
-func (m *Mesh) WaitTopic(ctx context.Context, name string) error {
+func (m *Mesh) waitTopic(ctx context.Context, name string) error {
 	if len(m.Nodes) < 2 {
 		return nil
 	}

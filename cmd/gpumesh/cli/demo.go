@@ -14,10 +14,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/chain/localnet"
 	"github.com/gpumesh/gpumesh/dht"
-	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/spf13/cobra"
@@ -179,7 +177,8 @@ func (d *demo) run(ctx context.Context) error {
 	sub := d.peers[3]
 	var found dht.FindResult
 	if err := d.until(ctx, demoMesh, "the directory to list all three providers", func(ctx context.Context) (bool, error) {
-		err := sub.cl.Get(ctx, "gpus/find", &found)
+		var err error
+		found, err = sub.cl.FindGPUs(ctx, node.FindQuery{})
 		return err == nil && found.Providers == 3, err
 	}); err != nil {
 		return err
@@ -195,8 +194,8 @@ func (d *demo) run(ctx context.Context) error {
 		MaxPrice:  "1.50",
 		Timeout:   "10m",
 	}
-	var job node.Job
-	if err := sub.cl.Post(ctx, "jobs", spec, &job); err != nil {
+	job, err := sub.cl.SubmitJob(ctx, spec)
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(d.out, "      job %s; its logs:\n", job.ID)
@@ -204,7 +203,8 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	if err := d.until(ctx, demoJob, "the job to end", func(ctx context.Context) (bool, error) {
-		err := sub.cl.Get(ctx, "jobs/"+job.ID, &job)
+		var err error
+		job, err = sub.cl.Job(ctx, job.ID)
 		return err == nil && (job.State == node.JobDone || job.State == node.JobFailed || job.State == node.JobCancelled), err
 	}); err != nil {
 		return err
@@ -217,8 +217,8 @@ func (d *demo) run(ctx context.Context) error {
 	}
 
 	d.say("the receipts: metered by each provider, paid as it ran, countersigned by the submitter")
-	var rs []receipt.Signed
-	if err := sub.cl.Get(ctx, "receipts?job="+job.ID, &rs); err != nil {
+	rs, err := sub.cl.Receipts(ctx, job.ID)
+	if err != nil {
 		return err
 	}
 	printReceipts(d.g, rs)
@@ -238,13 +238,14 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	var st node.AnchorStatus
 	if err := d.until(ctx, demoAnchor, "member 0's receipt anchored", func(ctx context.Context) (bool, error) {
-		err := member.cl.Get(ctx, "proofs?job="+job.ID, &st)
+		var err error
+		st, err = member.cl.Proofs(ctx, job.ID)
 		return err == nil && len(st.Proofs) == 1 && st.Proofs[0].Status == "anchored", err
 	}); err != nil {
 		return err
 	}
-	var proof chain.Proof
-	if err := member.cl.Get(ctx, "proofs/"+st.Proofs[0].Key, &proof); err != nil {
+	proof, err := member.cl.Proof(ctx, st.Proofs[0].Key)
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(d.out, "      memo %q\n      in transaction %s, slot %d\n", proof.Memo, proof.Signature, proof.Slot)
@@ -307,7 +308,9 @@ func (d *demo) startPeer(ctx context.Context, name string, args []string) (*demo
 			}
 			p.cl = cl
 		}
-		return p.cl.Get(ctx, "id", &p.id) == nil, nil
+		id, err := p.cl.ID(ctx)
+		p.id = id
+		return err == nil, nil
 	})
 	return p, err
 }
@@ -350,7 +353,7 @@ func (d *demo) until(ctx context.Context, timeout time.Duration, what string, co
 func (d *demo) follow(ctx context.Context, cl *node.Client, id string) error {
 	ctx, cancel := context.WithTimeout(ctx, demoJob)
 	defer cancel()
-	body, err := cl.Stream(ctx, "jobs/"+id+"/logs?follow=1")
+	body, err := cl.JobLogs(ctx, id, true)
 	if err != nil {
 		return err
 	}

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -28,8 +27,8 @@ func gpusCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
-				var l node.LocalGPUs
-				if err := cl.Get(ctx, "gpus/local", &l); err != nil {
+				l, err := cl.LocalGPUs(ctx)
+				if err != nil {
 					return err
 				}
 				return lo.print(g.stdout, l, func() { printLocal(g, l) })
@@ -50,24 +49,14 @@ func gpusCmd(g *globals) *cobra.Command {
 			if err := fo.check(); err != nil {
 				return err
 			}
-			v := url.Values{}
-			set := func(k, val string) {
-				if val != "" && val != "0" {
-					v.Set(k, val)
-				}
-			}
-			set("model", model)
-			set("region", region)
-			set("min-vram", strconv.Itoa(minVRAM))
-			set("count", strconv.Itoa(count))
-			set("max-price", maxPrice)
+			q := node.FindQuery{Model: model, Region: region, MinVRAMGB: minVRAM, Count: count, MaxPrice: maxPrice}
 			// The node checks max-price in its own price unit.
-			if _, err := node.ParseGPUQuery(v.Get, gossip.Unit{Token: "X", Decimals: 9}); err != nil {
+			if err := q.Check(); err != nil {
 				return usageError{err}
 			}
 			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
-				var res dht.FindResult
-				if err := cl.Get(ctx, "gpus/find?"+v.Encode(), &res); err != nil {
+				res, err := cl.FindGPUs(ctx, q)
+				if err != nil {
 					return err
 				}
 				return fo.print(g.stdout, res, func() { printFind(g, res, count) })

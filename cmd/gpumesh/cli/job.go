@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,8 +47,8 @@ func jobCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
 			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
-				var job node.Job
-				if err := cl.Post(ctx, "jobs", spec, &job); err != nil {
+				job, err := cl.SubmitJob(ctx, spec)
+				if err != nil {
 					return err
 				}
 				if !wait && !follow {
@@ -66,35 +65,7 @@ func jobCmd(g *globals) *cobra.Command {
 	submit.Flags().BoolVarP(&follow, "follow", "f", false, "like --wait, streaming every member's logs")
 	so.register(submit)
 
-	var lo output
-	ls := &cobra.Command{
-		Use:   "ls",
-		Short: "List the jobs submitted from this peer, newest first",
-		RunE: func(c *cobra.Command, _ []string) error {
-			if err := lo.check(); err != nil {
-				return err
-			}
-			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
-				var jobs []node.Job
-				if err := cl.Get(ctx, "jobs", &jobs); err != nil {
-					return err
-				}
-				return lo.print(g.stdout, jobs, func() {
-					if len(jobs) == 0 {
-						fmt.Fprintln(g.stdout, "no jobs yet: submit one with `gpumesh job submit job.yaml`")
-						return
-					}
-					tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "ID\tNAME\tSTATE\tGPUS\tMEMBERS\tCREATED")
-					for _, j := range jobs {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", j.ID, j.Spec.Name, j.State, j.Spec.Resources.GPUs, len(j.Members), j.Created.Local().Format(time.DateTime))
-					}
-					tw.Flush()
-				})
-			})
-		},
-	}
-	lo.register(ls)
+	ls := jobLsCmd(g)
 
 	var sto output
 	status := &cobra.Command{
@@ -106,8 +77,8 @@ func jobCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
-				var job node.Job
-				if err := cl.Get(ctx, "jobs/"+args[0], &job); err != nil {
+				job, err := cl.Job(ctx, args[0])
+				if err != nil {
 					return err
 				}
 				return sto.print(g.stdout, job, func() { printJob(g, job, 0) })
@@ -122,8 +93,8 @@ func jobCmd(g *globals) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
-				var job node.Job
-				if err := cl.Post(ctx, "jobs/"+args[0]+"/cancel", nil, &job); err != nil {
+				job, err := cl.CancelJob(ctx, args[0])
+				if err != nil {
 					return err
 				}
 				fmt.Fprintf(g.stdout, "job %s %s\n", job.ID, job.State)
@@ -169,13 +140,13 @@ func jobCmd(g *globals) *cobra.Command {
 			if err := ro.check(); err != nil {
 				return err
 			}
-			path := "receipts"
+			job := ""
 			if len(args) == 1 {
-				path += "?job=" + url.QueryEscape(args[0])
+				job = args[0]
 			}
 			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
-				var rs []receipt.Signed
-				if err := cl.Get(ctx, path, &rs); err != nil {
+				rs, err := cl.Receipts(ctx, job)
+				if err != nil {
 					return err
 				}
 				return ro.print(g.stdout, rs, func() { printReceipts(g, rs) })
@@ -289,7 +260,8 @@ func waitJob(ctx context.Context, g *globals, cl *node.Client, so output, job no
 			return ctx.Err()
 		case <-tick.C:
 		}
-		if err := cl.Get(ctx, "jobs/"+job.ID, &job); err != nil {
+		var err error
+		if job, err = cl.Job(ctx, job.ID); err != nil {
 			return err
 		}
 	}
@@ -314,11 +286,7 @@ func waitJob(ctx context.Context, g *globals, cl *node.Client, so output, job no
 
 // streamLogs copies a job's logs to stdout.
 func streamLogs(ctx context.Context, g *globals, cl *node.Client, id string, follow bool) error {
-	path := "jobs/" + id + "/logs"
-	if follow {
-		path += "?follow=1"
-	}
-	body, err := cl.Stream(ctx, path)
+	body, err := cl.JobLogs(ctx, id, follow)
 	if err != nil {
 		return err
 	}
@@ -330,15 +298,15 @@ func streamLogs(ctx context.Context, g *globals, cl *node.Client, id string, fol
 // getOutputs copies every member's outputs into dir/rank-N, checking each
 // file's SHA-256 against the one its member reported.
 func getOutputs(ctx context.Context, g *globals, cl *node.Client, id, dir string) error {
-	var job node.Job
-	if err := cl.Get(ctx, "jobs/"+id, &job); err != nil {
+	job, err := cl.Job(ctx, id)
+	if err != nil {
 		return err
 	}
 	files, bytes := 0, int64(0)
 	for _, r := range job.Runs {
 		for _, o := range r.Outputs {
 			dst := filepath.Join(dir, fmt.Sprintf("rank-%d", r.Rank), filepath.FromSlash(o.Path))
-			if err := fetchOutput(ctx, cl, fmt.Sprintf("jobs/%s/outputs/%d/%s", id, r.Rank, o.Path), dst, o); err != nil {
+			if err := fetchOutput(ctx, cl, id, r.Rank, dst, o); err != nil {
 				return err
 			}
 			files++
@@ -356,8 +324,8 @@ func getOutputs(ctx context.Context, g *globals, cl *node.Client, id, dir string
 	return nil
 }
 
-func fetchOutput(ctx context.Context, cl *node.Client, path, dst string, want receipt.OutputFile) error {
-	body, err := cl.Stream(ctx, path)
+func fetchOutput(ctx context.Context, cl *node.Client, id string, rank int, dst string, want receipt.OutputFile) error {
+	body, err := cl.JobOutput(ctx, id, rank, want.Path)
 	if err != nil {
 		return err
 	}
@@ -404,4 +372,90 @@ func printReceipts(g *globals, rs []receipt.Signed) {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%.3f\t%s %s\t%d\t%s\n", r.Job, r.Rank, r.GPUs, r.Class, r.GPUSeconds(), u.Format(r.Amount), u.Token, r.ExitCode, signed)
 	}
 	tw.Flush()
+}
+
+func jobLsCmd(g *globals) *cobra.Command {
+	var o output
+	var q node.JobsQuery
+	var all bool
+	c := &cobra.Command{
+		Use:   "ls",
+		Short: "List the jobs submitted from this peer, newest first, a page at a time",
+		Long: fmt.Sprintf(`List the jobs submitted from this peer, newest first: the newest %d, or
+--limit of them (up to %d). When there are more, the list ends with the
+command that shows the next page (--before CURSOR); --all shows them all.
+With -o json the answer is {"jobs": [...], "next": CURSOR}, next "" on the
+last page.`, node.DefaultJobsPage, node.MaxJobsPage),
+		Example: `  gpumesh job ls
+  gpumesh job ls --limit 10 --before CURSOR
+  gpumesh job ls --all -o json`,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := o.check(); err != nil {
+				return err
+			}
+			if q.Limit < 0 || q.Limit > node.MaxJobsPage {
+				return usageError{fmt.Errorf("--limit %d: want 1 to %d jobs a page", q.Limit, node.MaxJobsPage)}
+			}
+			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
+				page, err := listJobs(ctx, cl, q, all)
+				if err != nil {
+					return err
+				}
+				return o.print(g.stdout, page, func() { printJobs(g, page, q) })
+			})
+		},
+	}
+	f := c.Flags()
+	f.IntVar(&q.Limit, "limit", 0, fmt.Sprintf("jobs a page, 1 to %d (default %d)", node.MaxJobsPage, node.DefaultJobsPage))
+	f.StringVar(&q.Before, "before", "", "start after this cursor: the one the page before ended with")
+	f.BoolVar(&all, "all", false, "every job (from --before on), page after page")
+	o.register(c)
+	return c
+}
+
+// listJobs is one page of jobs, or with all every page from q.Before on
+// in one.
+func listJobs(ctx context.Context, cl *node.Client, q node.JobsQuery, all bool) (node.JobsPage, error) {
+	if !all {
+		return cl.Jobs(ctx, q)
+	}
+	if q.Limit == 0 {
+		q.Limit = node.MaxJobsPage // fewer calls
+	}
+	out := node.JobsPage{Jobs: []node.Job{}}
+	for {
+		page, err := cl.Jobs(ctx, q)
+		if err != nil {
+			return node.JobsPage{}, err
+		}
+		out.Jobs = append(out.Jobs, page.Jobs...)
+		if page.Next == "" {
+			return out, nil
+		}
+		q.Before = page.Next
+	}
+}
+
+func printJobs(g *globals, page node.JobsPage, q node.JobsQuery) {
+	if len(page.Jobs) == 0 {
+		if q.Before == "" {
+			fmt.Fprintln(g.stdout, "no jobs yet: submit one with `gpumesh job submit job.yaml`")
+		} else {
+			fmt.Fprintln(g.stdout, "no more jobs")
+		}
+		return
+	}
+	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tNAME\tSTATE\tGPUS\tMEMBERS\tCREATED")
+	for _, j := range page.Jobs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", j.ID, j.Spec.Name, j.State, j.Spec.Resources.GPUs, len(j.Members), j.Created.Local().Format(time.DateTime))
+	}
+	tw.Flush()
+	if page.Next != "" {
+		more := "gpumesh job ls --before " + page.Next
+		if q.Limit != 0 {
+			more += fmt.Sprintf(" --limit %d", q.Limit)
+		}
+		fmt.Fprintf(g.stdout, "%s shown; for more: %s (or --all for every job)\n", plural(len(page.Jobs), "job"), more)
+	}
 }

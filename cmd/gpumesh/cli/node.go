@@ -81,29 +81,13 @@ public swarm.`,
 				AnchorAge:      anchorAge,
 				SettleInterval: settleInterval,
 			}
-			if settleInterval < time.Second {
-				return usageError{fmt.Errorf("--settle-interval %s: want at least 1s", settleInterval)}
-			}
-			if anchorBatch < 0 || anchorBatch > chain.MaxBatchSize {
-				return usageError{fmt.Errorf("--anchor-batch %d: want 1..%d", anchorBatch, chain.MaxBatchSize)}
-			}
-			for _, e := range executors {
-				if e != "docker" && e != "process" {
-					return usageError{fmt.Errorf("--executors %q: want docker, process or both (docker,process)", e)}
-				}
-			}
-			if heartbeat < 0 || (heartbeat > 0 && heartbeat < 10*time.Millisecond) {
-				return usageError{fmt.Errorf("--heartbeat %s: want at least 10ms", heartbeat)}
-			}
 			if c.Flags().Changed("listen") {
 				cfg.Listen = listen
 			}
 			if c.Flags().Changed("port") {
 				cfg.Port = port
 			}
-			if cfg.DHTMode, err = parseDHTMode(dhtMode); err != nil {
-				return usageError{err}
-			}
+			cfg.DHTMode = dht.Mode(dhtMode)
 			keyPath := swarmKey
 			if keyPath == "" {
 				keyPath = fc.SwarmKey
@@ -123,7 +107,7 @@ public swarm.`,
 			}
 			n, err := node.New(cfg)
 			if err != nil {
-				return err // the value may come from config.json as well as a flag
+				return newError(c, err)
 			}
 			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -173,11 +157,19 @@ func envOr(name, def string) string {
 	return def
 }
 
-func parseDHTMode(s string) (dht.Mode, error) {
-	if s == "" {
-		return "", nil
+// fileFlags are the node flags whose value may come from the data dir's
+// config.json as well.
+var fileFlags = map[string]bool{"listen": true, "port": true, "bootstrap": true, "swarm-key": true}
+
+// newError is node.New's error, as a usage error (exit 2) when a flag on
+// the command line (or its environment variable) is wrong; a value that
+// may come from config.json fails with exit 1.
+func newError(c *cobra.Command, err error) error {
+	var ce *node.ConfigError
+	if errors.As(err, &ce) && ce.Flag != "" && (!fileFlags[ce.Flag] || c.Flags().Changed(ce.Flag)) {
+		return usageError{err}
 	}
-	return dht.ParseMode(s)
+	return err
 }
 
 // client connects to the node running on the data dir.

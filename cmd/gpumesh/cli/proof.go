@@ -80,13 +80,9 @@ succeeded and was signed by the proof's payer. Exit 1 if any proof fails.`,
 			if err := lo.check(); err != nil {
 				return err
 			}
-			path := "proofs"
-			if job != "" {
-				path += "?job=" + url.QueryEscape(job)
-			}
 			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
-				var st node.AnchorStatus
-				if err := cl.Get(ctx, path, &st); err != nil {
+				st, err := cl.Proofs(ctx, job)
+				if err != nil {
 					return err
 				}
 				return lo.print(g.stdout, st, func() {
@@ -116,8 +112,8 @@ succeeded and was signed by the proof's payer. Exit 1 if any proof fails.`,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
-				var st node.AnchorStatus
-				if err := cl.Get(ctx, "proofs?job="+url.QueryEscape(args[0]), &st); err != nil {
+				st, err := cl.Proofs(ctx, args[0])
+				if err != nil {
 					return err
 				}
 				var proofs []chain.Proof
@@ -127,8 +123,8 @@ succeeded and was signed by the proof's payer. Exit 1 if any proof fails.`,
 						waiting++
 						continue
 					}
-					var pr chain.Proof
-					if err := cl.Get(ctx, "proofs/"+p.Key, &pr); err != nil {
+					pr, err := cl.Proof(ctx, p.Key)
+					if err != nil {
 						return err
 					}
 					proofs = append(proofs, pr)
