@@ -231,12 +231,12 @@ func (n *Node) updateJob(id string, change func(*Job)) {
 // finishJob records how a job ended.
 func (n *Node) finishJob(id string, state JobState, reason string, code *int) {
 	n.moveJob(id, state, nil, func(j *Job) {
-		j.Reason, j.ExitCode, j.Ended = reason, code, time.Now().UTC()
+		j.Reason, j.ExitCode, j.Ended = reason, code, n.now().UTC()
 	})
 }
 
 func (n *Node) saveLocked(j *Job) {
-	j.Updated = time.Now().UTC()
+	j.Updated = n.now().UTC()
 	if err := putJob(n.store, j); err != nil {
 		n.log.Warn("save job", "job", j.ID, "err", err)
 	}

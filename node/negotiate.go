@@ -238,7 +238,7 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 		case <-ctx.Done():
 			return
 		case ev := <-n.in:
-			now := time.Now()
+			now := n.now()
 			switch {
 			case ev.submit != nil:
 				negs[ev.submit.Job()] = ev.submit
@@ -262,7 +262,7 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 			}
 		case <-timer.C:
 		}
-		now := time.Now()
+		now := n.now()
 		next := now.Add(reservationTick)
 		for id, ng := range negs {
 			ng.Tick(now)
@@ -291,7 +291,7 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 			default:
 			}
 		}
-		timer.Reset(max(time.Until(next), time.Millisecond))
+		timer.Reset(max(next.Sub(n.now()), time.Millisecond))
 	}
 }
 

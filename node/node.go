@@ -36,6 +36,11 @@ const (
 // Config of a Node. The zero value runs a public-swarm peer with no data dir
 // (a fresh key each start, no local API), listening on every interface.
 type Config struct {
+	// Clock is the peer's one clock: the time of price ticks and the board,
+	// of negotiation, of job records and of run attempts. nil: time.Now.
+	// Timers and deadlines on streams stay on the wall clock.
+	Clock func() time.Time
+
 	DataDir   string    // data dir; "" runs without one: no lock, no local API, key from Identity or fresh
 	Identity  *Identity // overrides the data dir's key
 	Listen    []string  // listen multiaddrs; empty means all interfaces on Port
@@ -61,7 +66,6 @@ type Config struct {
 	Price      string             // pricing policy: "fixed:2.10" or "auto:floor=1.50,target=0.7"; "" quotes nothing
 	PriceUnit  string             // unit of prices, "TOKEN:DECIMALS"; "" means "USDC:6" (prices are integers of the smallest unit per GPU-hour)
 	PriceBoard gossip.BoardConfig // how the price board weighs quotes; the zero value takes the defaults
-	PriceClock func() time.Time   // the time of ticks, their checks and the board; nil: time.Now (tests move it)
 
 	// Anchoring receipts on Solana.
 	SolanaRPC   string        // JSON-RPC URL; "" anchors nothing
@@ -479,6 +483,14 @@ func (n *Node) Close() error {
 		n.closeErr = errors.Join(errs...)
 	})
 	return n.closeErr
+}
+
+// now is the time on the peer's one clock (Config.Clock).
+func (n *Node) now() time.Time {
+	if n.cfg.Clock != nil {
+		return n.cfg.Clock()
+	}
+	return time.Now()
 }
 
 // lifeContext is the node's context for work started by a peer (a stream

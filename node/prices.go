@@ -95,20 +95,11 @@ func (n *Node) configurePrices() error {
 	return nil
 }
 
-// priceNow is the time of the spot market: of ticks, their checks and the
-// board.
-func (n *Node) priceNow() time.Time {
-	if n.cfg.PriceClock != nil {
-		return n.cfg.PriceClock()
-	}
-	return time.Now()
-}
-
 // startPrices joins the swarm's price topic and starts the pricing policy.
 func (n *Node) startPrices(ctx context.Context) error {
 	feed, err := n.gossip.JoinPrices(gossip.PriceFeedConfig{
 		Validator: gossip.ValidatorConfig{Unit: n.unit},
-		Now:       n.cfg.PriceClock,
+		Now:       n.cfg.Clock,
 		Logger:    n.log,
 	})
 	if err != nil {
@@ -119,7 +110,7 @@ func (n *Node) startPrices(ctx context.Context) error {
 	go n.readTicks(ctx)
 	// The first asks are set (and gossiped to whoever is there) before
 	// Start returns; the loop sends them again once the mesh has formed.
-	n.stepPrices(ctx, n.priceNow())
+	n.stepPrices(ctx, n.now())
 	go n.priceLoop(ctx)
 	return nil
 }
@@ -141,7 +132,7 @@ func (n *Node) readTicks(ctx context.Context) {
 			return
 		}
 		n.priceMu.Lock()
-		applied := n.board.Apply(t, n.priceNow())
+		applied := n.board.Apply(t, n.now())
 		var ws []func(gossip.Tick)
 		if applied {
 			for _, w := range n.watchers {
@@ -167,7 +158,7 @@ func (n *Node) priceLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		now := n.priceNow()
+		now := n.now()
 		n.priceMu.Lock()
 		n.board.Advance(now)
 		n.priceMu.Unlock()
@@ -256,7 +247,7 @@ func (n *Node) stepPrices(ctx context.Context, now time.Time) {
 func (n *Node) publishAsk(ctx context.Context, class string) error {
 	n.pubMu.Lock()
 	defer n.pubMu.Unlock()
-	now := n.priceNow()
+	now := n.now()
 	n.priceMu.Lock()
 	a := n.asks[class]
 	if a == nil {
@@ -302,7 +293,7 @@ func (n *Node) Quote(ctx context.Context, class string, ask uint64, available in
 	if available < 0 || available > gossip.MaxAvailable {
 		return fmt.Errorf("quote: %d GPUs available, want 0..%d", available, gossip.MaxAvailable)
 	}
-	t := gossip.Tick{Provider: n.id.PeerID, Class: class, Unit: n.unit, Ask: ask, Available: uint32(available), Seq: 1, Time: n.priceNow()}
+	t := gossip.Tick{Provider: n.id.PeerID, Class: class, Unit: n.unit, Ask: ask, Available: uint32(available), Seq: 1, Time: n.now()}
 	if err := t.Check(); err != nil {
 		return fmt.Errorf("quote: %w", err)
 	}
@@ -337,7 +328,7 @@ func (n *Node) PriceUnit() gossip.Unit { return n.unit }
 // Prices reads the price board (one class, or all when class is "") and
 // this peer's own quotes.
 func (n *Node) Prices(class string) Prices {
-	now := n.priceNow()
+	now := n.now()
 	p := Prices{Token: n.unit.Token, Decimals: int(n.unit.Decimals), Asks: []LocalAsk{}, Classes: []gossip.Quote{}}
 	if n.policy != nil {
 		p.Policy = n.policy.Format(n.unit)

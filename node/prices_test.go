@@ -133,7 +133,7 @@ func TestSpotMarketOn50Peers(t *testing.T) {
 	clock := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
 	m := meshtest.Start(t, n, meshtest.Options{Seed: 4, Config: func(i int, c *node.Config) {
 		c.PriceBoard = gossip.BoardConfig{Probation: time.Millisecond, Maturity: maturity}
-		c.PriceClock = clock
+		c.Clock = clock
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()

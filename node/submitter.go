@@ -26,7 +26,7 @@ func (n *Node) SubmitJob(ctx context.Context, spec jobspec.Spec) (*Job, error) {
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, err
 	}
-	now := time.Now().UTC()
+	now := n.now().UTC()
 	job := &Job{ID: id.String(), Spec: spec, State: JobNegotiating, Unit: n.PriceUnit().String(), Created: now, Updated: now}
 	cp := *job
 	if err := n.addJob(job); err != nil {
@@ -59,7 +59,7 @@ func (n *Node) negotiate(ctx context.Context, id gossip.JobID, spec jobspec.Spec
 	if found, err := n.directoryFor(ctx, needs); err == nil {
 		expect = found.Providers
 	}
-	now := time.Now()
+	now := n.now()
 	rfb := gossip.RequestForBids{Job: id, Submitter: n.id.PeerID, Needs: needs, Deadline: now.Add(negotiateWindow).UnixMilli(), Addrs: addrs}
 	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{Expect: expect}, now)
 	if err != nil {
@@ -129,7 +129,7 @@ func (n *Node) CancelJob(ctx context.Context, id string) (*Job, error) {
 		j, _ := n.Job(id)
 		return &j, nil
 	}
-	n.moveJob(id, JobCancelled, []JobState{JobNegotiating, JobFormed}, func(j *Job) { j.Ended = time.Now().UTC() })
+	n.moveJob(id, JobCancelled, []JobState{JobNegotiating, JobFormed}, func(j *Job) { j.Ended = n.now().UTC() })
 	j, _ := n.Job(id)
 	return &j, nil
 }

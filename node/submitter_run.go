@@ -161,7 +161,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 	}
 	defer n.closeLog(id, jl)
 	members := j.Members
-	a, err := attempt.New(n.attemptConfig(j), time.Now())
+	a, err := attempt.New(n.attemptConfig(j), n.now())
 	if err != nil {
 		n.finishJob(id, JobFailed, err.Error(), nil)
 		return
@@ -171,7 +171,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 		runs[i] = MemberRun{Rank: i, Provider: m.Provider, Class: m.Class, GPUs: m.GPUs, State: MemberStarting}
 	}
 	if _, ok := n.moveJob(id, JobRunning, []JobState{JobFormed}, func(j *Job) {
-		j.Runs, j.Started = append([]MemberRun(nil), runs...), time.Now().UTC()
+		j.Runs, j.Started = append([]MemberRun(nil), runs...), n.now().UTC()
 	}); !ok {
 		return // cancelled meanwhile
 	}
@@ -238,7 +238,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 			}
 			for _, r := range rd.Countersign {
 				why := n.signReceipt(conns[r], signed[r])
-				_ = a.Step(attempt.Countersigned{Rank: r, Err: why}, time.Now())
+				_ = a.Step(attempt.Countersigned{Rank: r, Err: why}, n.now())
 			}
 			if rd.Runs != nil {
 				for _, ar := range rd.Runs {
@@ -275,7 +275,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 		}
 		wait := n.heartbeat()
 		if w := a.Wake(); !w.IsZero() {
-			wait = min(wait, max(time.Until(w), time.Millisecond))
+			wait = min(wait, max(w.Sub(n.now()), time.Millisecond))
 		}
 		if !timer.Stop() {
 			select {
@@ -298,15 +298,15 @@ func (n *Node) runJob(ctx context.Context, id string) {
 					jl.write(ev.Rank, e.log)
 				}
 			}
-			_ = a.Step(e.ev, time.Now())
+			_ = a.Step(e.ev, n.now())
 		case now := <-timer.C:
 			a.Tick(now)
 		case <-stopped:
 			stopped = nil
 			if errors.Is(context.Cause(ctx), errCancelled) {
-				_ = a.Step(attempt.Cancelled{}, time.Now())
+				_ = a.Step(attempt.Cancelled{}, n.now())
 			} else {
-				_ = a.Step(attempt.PeerStopping{}, time.Now())
+				_ = a.Step(attempt.PeerStopping{}, n.now())
 			}
 		}
 	}
