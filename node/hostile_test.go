@@ -1,0 +1,83 @@
+package node_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+
+	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/jobwire"
+)
+
+// hostileMember replaces a provider's side of the job protocol: it reads
+// the submitter's start frame, then writes what script says, then reads
+// until the submitter closes the stream.
+func hostileMember(t *testing.T, prov *node.Node, script func(st *jobwire.StartFrame, fw *jobwire.Writer) error) {
+	t.Helper()
+	prov.Host().SetStreamHandler(jobwire.Protocol, func(s network.Stream) {
+		defer s.Close()
+		br := bufio.NewReader(s)
+		f, err := jobwire.Read(br)
+		if err != nil || f.T != jobwire.KindStart {
+			t.Errorf("hostile member: first frame %v, %v", f.T, err)
+			return
+		}
+		if err := script(f.Start, jobwire.NewWriter(s)); err != nil {
+			t.Errorf("hostile member: %v", err)
+			return
+		}
+		_ = s.CloseWrite()
+		_, _ = io.Copy(io.Discard, br)
+	})
+}
+
+// A provider that bills a minute of work as soon as its member has
+// started, speaking the real job protocol with a bill whose amount matches
+// its price, is not paid: a bill is bounded by the time this submitter saw
+// the member work, not by what the provider says.
+func TestProviderIsNotPaidForTimeItDidNotWork(t *testing.T) {
+	m, ln := solMesh(t, 2_000_000_000)
+	prov, sub := m.Nodes[0], m.Nodes[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	hostileMember(t, prov, func(st *jobwire.StartFrame, fw *jobwire.Writer) error {
+		start := time.Now().UnixMilli()
+		ref := func(k int) string { return fmt.Sprintf("%s-%d-%d-%d", st.Job, st.Attempt, st.Rank, k) }
+		frames := []jobwire.Frame{
+			{T: jobwire.KindStarted, At: start},
+			// 60 s of one GPU at 3.6 SOL/GPU-h: the right amount for the
+			// time it claims, and 60 s more than the member worked.
+			{T: jobwire.KindBill, Bill: &jobwire.BillFrame{Interval: 1, Lamports: 60_000_000, Millis: 60_000, Ref: ref(1)}},
+			// The same interval again, smaller.
+			{T: jobwire.KindBill, Bill: &jobwire.BillFrame{Interval: 1, Lamports: 1_000_000, Millis: 1_000, Ref: ref(1)}},
+			{T: jobwire.KindExit, Exit: &jobwire.ExitFrame{Code: 0, Start: start, End: time.Now().UnixMilli()}},
+		}
+		for _, f := range frames {
+			if err := fw.Write(f); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	provBefore := balance(t, ln, prov.Info().SolanaAddress)
+	j := runToEnd(t, ctx, sub, solSpec(t, "true"))
+	log := jobLog(t, sub, j.ID)
+	if !strings.Contains(log, "bill 1 of member 0") || !strings.Contains(log, "refused: its bills come to 1m0s of work, but this peer saw the member work") {
+		t.Errorf("the log does not say the minute's bill was refused for the time worked:\n%s", log)
+	}
+	if !strings.Contains(log, "interval 1 was billed already") {
+		t.Errorf("the log does not say the second bill of interval 1 was refused:\n%s", log)
+	}
+	if len(j.Runs) != 1 || j.Runs[0].Paid != 0 {
+		t.Errorf("runs %+v: want one member, paid nothing", j.Runs)
+	}
+	if got := balance(t, ln, prov.Info().SolanaAddress); got != provBefore {
+		t.Errorf("the hostile provider's balance went from %d to %d lamports", provBefore, got)
+	}
+}
