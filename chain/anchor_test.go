@@ -22,6 +22,7 @@ import (
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/chain/localnet"
 	"github.com/gpumesh/gpumesh/internal/testlocalnet"
+	"github.com/gpumesh/gpumesh/internal/testwait"
 )
 
 // startLocalnet runs the LiteSVM-backed Solana RPC for a test.
@@ -67,20 +68,12 @@ func run(t testing.TB, a *chain.Anchorer) (stop func()) {
 
 func waitStats(t testing.TB, a *chain.Anchorer, what string, d time.Duration, cond func(chain.Stats) bool) chain.Stats {
 	t.Helper()
-	deadline := time.After(d)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		st := a.Stats()
-		if cond(st) {
-			return st
-		}
-		select {
-		case <-deadline:
-			t.Fatalf("after %v, still not %s: %+v", d, what, st)
-		case <-tick.C:
-		}
-	}
+	var st chain.Stats
+	testwait.For(t, d, what, func() (bool, string) {
+		st = a.Stats()
+		return cond(st), fmt.Sprintf("%+v", st)
+	})
+	return st
 }
 
 func TestTenThousandReceiptsAnchoredAndVerified(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/internal/testwait"
 )
 
 // A subject is one Executor the contract runs against, and what the contract
@@ -391,22 +392,6 @@ func letGo(t *testing.T, task exec.Task, d time.Duration) {
 	}
 }
 
-// waitFor waits up to d for cond, which has no event to wait on, to hold.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline.C:
-			t.Fatalf("%s did not happen within %v", what, d)
-		}
-	}
-}
-
 func contractPauseResume(t *testing.T, s subject) {
 	e := s.start(t)
 	p := e.(exec.Pauser)
@@ -417,11 +402,11 @@ func contractPauseResume(t *testing.T, s subject) {
 	if err := p.Pause(ctx, task.Name); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "the pause", func() bool { return s.paused(t, task) })
+	testwait.For(t, 30*time.Second, "the pause", func() bool { return s.paused(t, task) })
 	if err := p.Resume(ctx, task.Name); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "the resume", func() bool { return !s.paused(t, task) })
+	testwait.For(t, 30*time.Second, "the resume", func() bool { return !s.paused(t, task) })
 	letGo(t, task, 30*time.Second)
 	r := await(t, done, time.Minute, "Run's return")
 	if r.err != nil || r.res.ExitCode != 0 || r.res.Stopped || r.res.TimedOut {
@@ -444,7 +429,7 @@ func contractCancelWhilePaused(t *testing.T, s subject) {
 	if err := e.(exec.Pauser).Pause(context.Background(), task.Name); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "the pause", func() bool { return s.paused(t, task) })
+	testwait.For(t, 30*time.Second, "the pause", func() bool { return s.paused(t, task) })
 	cancel()
 	r := await(t, done, exec.StopGrace+time.Minute, "Run's return after cancel")
 	if r.err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -116,7 +117,7 @@ func benchPropagation(b *testing.B, n int) {
 	}
 	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
 	defer wcancel()
-	waitUntil(wctx, b, "every peer to have a mesh on both topics", func() bool {
+	testwait.Until(b, wctx, "every peer to have a mesh on both topics", func() bool {
 		for _, p := range peers {
 			if p.g.Stats(p.feed.Topic()).Mesh < 3 || p.g.Stats(p.raw.String()).Mesh < 3 {
 				return false
@@ -144,12 +145,12 @@ func benchPropagation(b *testing.B, n int) {
 			b.Fatal(err)
 		}
 		need := int64((99*n + 99) / 100)
-		waitUntil(wctx, b, "99% of the peers to get it", func() bool { return seen.Load() >= need })
+		testwait.Until(b, wctx, "99% of the peers to get it", func() bool { return seen.Load() >= need })
 		took := time.Since(start)
-		waitUntil(wctx, b, "every peer to get it", func() bool { return seen.Load() == int64(n) })
+		testwait.Until(b, wctx, "every peer to get it", func() bool { return seen.Load() == int64(n) })
 		last := received(topic)
 		quiet := time.Now()
-		waitUntil(wctx, b, "the copies to stop", func() bool {
+		testwait.Until(b, wctx, "the copies to stop", func() bool {
 			if r := received(topic); r != last {
 				last, quiet = r, time.Now()
 			}

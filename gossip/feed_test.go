@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
@@ -26,18 +27,6 @@ func mockHosts(t testing.TB, mn mocknet.Mocknet, first, n int) []host.Host {
 		hs = append(hs, h)
 	}
 	return hs
-}
-
-// waitUntil polls cond every 5 ms until it holds or ctx ends.
-func waitUntil(ctx context.Context, t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("gave up waiting for %s: %v", what, ctx.Err())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
 }
 
 func TestPriceFeedCarriesTicksAndPenalizesForgers(t *testing.T) {
@@ -80,7 +69,7 @@ func TestPriceFeedCarriesTicksAndPenalizesForgers(t *testing.T) {
 	if err := mn.ConnectAllButSelf(); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(ctx, t, "every peer to see every other on the topic", func() bool {
+	testwait.Until(t, ctx, "every peer to see every other on the topic", func() bool {
 		for _, f := range feeds {
 			if f.Peers() < len(hs) {
 				return false
@@ -119,7 +108,7 @@ func TestPriceFeedCarriesTicksAndPenalizesForgers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitUntil(ctx, t, "the attacker's score to fall below the gossip threshold", func() bool {
+	testwait.Until(t, ctx, "the attacker's score to fall below the gossip threshold", func() bool {
 		s, ok := gs[0].Score(evil.ID())
 		return ok && s < GossipThreshold
 	})
