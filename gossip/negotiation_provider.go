@@ -42,9 +42,19 @@ var ErrRefused = errors.New("award refused")
 type Reservations struct {
 	cfg   ProviderConfig
 	unit  Unit
-	bids  map[JobID]Bid
-	held  map[JobID]*Reservation
+	bids  map[holder]Bid
+	held  map[holder]*Reservation
 	inUse map[string]uint32 // GPUs held per class
+}
+
+// holder names a bid or a reservation: the job and the submitter that
+// asked. A job's ID is public once its request is out, so a bid or a
+// reservation is never found by the ID alone: another peer's request or
+// award with the same ID is another submitter's, and touches nothing of
+// the first's.
+type holder struct {
+	job       JobID
+	submitter peer.ID
 }
 
 // Reservation is GPUs of one class held for one job.
@@ -102,7 +112,7 @@ func NewReservations(cfg ProviderConfig) (*Reservations, error) {
 		}
 		seen[c.Class] = true
 	}
-	return &Reservations{cfg: cfg, unit: u, bids: map[JobID]Bid{}, held: map[JobID]*Reservation{}, inUse: map[string]uint32{}}, nil
+	return &Reservations{cfg: cfg, unit: u, bids: map[holder]Bid{}, held: map[holder]*Reservation{}, inUse: map[string]uint32{}}, nil
 }
 
 func (r *Reservations) capacity(class string) (Capacity, bool) {
@@ -122,9 +132,9 @@ func (r *Reservations) Free(class string, now time.Time) uint32 {
 	return c.GPUs - r.inUse[class]
 }
 
-// Held is the reservation of a job, if any.
-func (r *Reservations) Held(job JobID) (Reservation, bool) {
-	h, ok := r.held[job]
+// Held is the reservation of a job for its submitter, if any.
+func (r *Reservations) Held(job JobID, submitter peer.ID) (Reservation, bool) {
+	h, ok := r.held[holder{job, submitter}]
 	if !ok {
 		return Reservation{}, false
 	}
@@ -152,7 +162,8 @@ func (r *Reservations) Bid(rfb RequestForBids, now time.Time) (Bid, error) {
 	if lease := time.Duration(needs.LeaseSeconds) * time.Second; lease > r.cfg.MaxLease {
 		return Bid{}, fmt.Errorf("no bid: lease of %v, at most %v", lease, r.cfg.MaxLease)
 	}
-	if _, ok := r.held[rfb.Job]; ok {
+	key := holder{rfb.Job, rfb.Submitter}
+	if _, ok := r.held[key]; ok {
 		return Bid{}, fmt.Errorf("no bid: already holding GPUs for job %s", rfb.Job)
 	}
 	if len(r.bids) >= r.cfg.MaxBids {
@@ -178,7 +189,7 @@ func (r *Reservations) Bid(rfb RequestForBids, now time.Time) (Bid, error) {
 	if best == nil {
 		return Bid{}, fmt.Errorf("no bid: no free GPUs of the class at or below the max price")
 	}
-	r.bids[rfb.Job] = *best
+	r.bids[key] = *best
 	return *best, nil
 }
 
@@ -203,13 +214,14 @@ func (r *Reservations) award(a Award, now time.Time) (Acceptance, error) {
 	if a.Provider != r.cfg.ID {
 		return Acceptance{}, fmt.Errorf("%w: award names provider %s", ErrRefused, a.Provider)
 	}
-	if h, ok := r.held[a.Job]; ok {
+	key := holder{a.Job, a.Submitter}
+	if h, ok := r.held[key]; ok {
 		return r.amend(h, a, now)
 	}
-	b, ok := r.bids[a.Job]
+	b, ok := r.bids[key]
 	switch {
 	case !ok:
-		return Acceptance{}, fmt.Errorf("%w: no live bid for job %s", ErrRefused, a.Job)
+		return Acceptance{}, fmt.Errorf("%w: no live bid for job %s of %s", ErrRefused, a.Job, a.Submitter)
 	case a.Class != b.Class:
 		return Acceptance{}, fmt.Errorf("%w: bid %s, award %s", ErrRefused, b.Class, a.Class)
 	case a.GPUs > b.GPUs:
@@ -229,9 +241,9 @@ func (r *Reservations) award(a Award, now time.Time) (Acceptance, error) {
 		Job: a.Job, Submitter: a.Submitter, Class: a.Class, GPUs: a.GPUs, Price: a.Price,
 		Bid: b.GPUs, HoldUntil: now.Add(r.cfg.Hold), LeaseEnd: time.UnixMilli(a.LeaseExpires),
 	}
-	r.held[a.Job] = h
+	r.held[key] = h
 	r.inUse[a.Class] += a.GPUs
-	delete(r.bids, a.Job)
+	delete(r.bids, key)
 	return Acceptance{Job: a.Job, Provider: r.cfg.ID, GPUs: h.GPUs, HoldUntil: h.HoldUntil.UnixMilli()}, nil
 }
 
@@ -276,8 +288,8 @@ func (r *Reservations) Confirm(c Confirm, now time.Time) error {
 		return err
 	}
 	r.Tick(now)
-	h, ok := r.held[c.Job]
-	if !ok || h.Submitter != c.Submitter || c.Provider != r.cfg.ID {
+	h, ok := r.held[holder{c.Job, c.Submitter}]
+	if !ok || c.Provider != r.cfg.ID {
 		return fmt.Errorf("%w: no reservation of %s for job %s", ErrRefused, c.Submitter, c.Job)
 	}
 	h.Confirmed = true
@@ -291,9 +303,10 @@ func (r *Reservations) Release(rel Release, now time.Time) bool {
 		return false
 	}
 	r.Tick(now)
-	delete(r.bids, rel.Job)
-	h, ok := r.held[rel.Job]
-	if !ok || h.Submitter != rel.From {
+	key := holder{rel.Job, rel.From}
+	delete(r.bids, key)
+	h, ok := r.held[key]
+	if !ok {
 		return false
 	}
 	r.drop(h)
@@ -302,7 +315,7 @@ func (r *Reservations) Release(rel Release, now time.Time) bool {
 
 func (r *Reservations) drop(h *Reservation) {
 	r.inUse[h.Class] -= h.GPUs
-	delete(r.held, h.Job)
+	delete(r.held, holder{h.Job, h.Submitter})
 }
 
 // Tick expires what is due at now: bids past their expiry, unconfirmed
@@ -322,7 +335,7 @@ func (r *Reservations) Tick(now time.Time) []Reservation {
 		}
 	}
 	for i := range ended {
-		r.drop(r.held[ended[i].Job])
+		r.drop(r.held[holder{ended[i].Job, ended[i].Submitter}])
 	}
 	slices.SortFunc(ended, func(a, b Reservation) int { return compareJobs(a.Job, b.Job) })
 	return ended

@@ -259,10 +259,77 @@ func TestAnAwardCanGrowAReservationUpToTheBid(t *testing.T) {
 	if !ok || ref.Reason != "award refused: 6 GPUs of H100-80GB free, award of 8" {
 		t.Fatalf("top-up past the free GPUs answered %+v", ref)
 	}
-	if _, held := r.Held(a.Job); held {
+	if _, held := r.Held(a.Job, a.Submitter); held {
 		t.Error("a refused top-up left the reservation in place")
 	}
 	if free := r.Free("H100-80GB", t0); free != 6 {
 		t.Errorf("%d free, want 6", free)
+	}
+}
+
+// heldAny is any reservation a provider holds for a job, whoever asked.
+func heldAny(r *Reservations, job JobID) (Reservation, bool) {
+	for k, h := range r.held {
+		if k.job == job {
+			return *h, true
+		}
+	}
+	return Reservation{}, false
+}
+
+// A bystander reads a public request for bids and sends its own award for
+// that job, before the submitter's: the provider bid to the request's
+// author, so the award of anyone else is refused and holds nothing; the
+// author's award then takes the GPUs.
+func TestAnAwardFromAnyoneButTheRequestsAuthorIsRefused(t *testing.T) {
+	r := providerOf(t, 1, 8, usdc(200), "a")
+	honest := rfbOf(2, 1, needsOf(8, 0, Spread, usdc(250)))
+	bid, err := r.Bid(honest, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hijack := awardOf(honest, bid, 8, t0)
+	hijack.Submitter = testID(9)
+	hijack.LeaseExpires = t0.Add(24 * time.Hour).UnixMilli()
+	ref, ok := r.Award(hijack, t0).(*Refusal)
+	if !ok || !strings.Contains(ref.Reason, "no live bid for job") {
+		t.Fatalf("the bystander's award answered %+v, want a refusal", ref)
+	}
+	if _, held := heldAny(r, honest.Job); held || r.Free("H100-80GB", t0) != 8 {
+		t.Fatalf("a refused award holds GPUs: %d free", r.Free("H100-80GB", t0))
+	}
+	// Nor can the bystander confirm or release what the author holds.
+	if acc, ok := r.Award(awardOf(honest, bid, 8, t0), t0).(*Acceptance); !ok || acc.GPUs != 8 {
+		t.Fatalf("the author's award answered %+v, want an acceptance of 8", acc)
+	}
+	if err := r.Confirm(Confirm{Job: honest.Job, Submitter: testID(9), Provider: testID(1)}, t0); err == nil {
+		t.Error("a bystander's confirm of the author's reservation was taken")
+	}
+	if r.Release(Release{Job: honest.Job, From: testID(9), Provider: testID(1)}, t0) {
+		t.Error("a bystander's release freed the author's reservation")
+	}
+	if h, ok := r.Held(honest.Job, honest.Submitter); !ok || h.GPUs != 8 || h.Confirmed {
+		t.Fatalf("the author's reservation: %+v %v, want 8 GPUs, unconfirmed", h, ok)
+	}
+}
+
+// A request for bids that reuses another submitter's job ID is another
+// job: it gets its own bid and does not replace the first submitter's, so
+// the first submitter's award still finds the bid it was made for.
+func TestARequestReusingAJobIDDoesNotTakeTheFirstSubmittersBid(t *testing.T) {
+	r := providerOf(t, 1, 8, usdc(200), "a")
+	honest := rfbOf(2, 1, needsOf(8, 0, Spread, usdc(250)))
+	bid, err := r.Bid(honest, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copycat := honest
+	copycat.Submitter = testID(9)
+	copycat.Needs = needsOf(1, 0, Spread, usdc(250))
+	if _, err := r.Bid(copycat, t0); err != nil {
+		t.Fatal(err)
+	}
+	if acc, ok := r.Award(awardOf(honest, bid, 8, t0), t0).(*Acceptance); !ok || acc.GPUs != 8 {
+		t.Fatalf("the first submitter's award answered %+v, want an acceptance of 8", acc)
 	}
 }

@@ -498,7 +498,7 @@ func TestRacingSubmittersNeverShareAGPU(t *testing.T) {
 					t.Errorf("seed %d: job %s failed without a reason", seed, job)
 				}
 				for p, r := range m.provs {
-					if _, ok := r.Held(job); ok {
+					if _, ok := heldAny(r, job); ok {
 						t.Errorf("seed %d: failed job %s holds GPUs on %s", seed, job, m.names[p])
 					}
 				}
@@ -506,7 +506,7 @@ func TestRacingSubmittersNeverShareAGPU(t *testing.T) {
 			}
 			formed++
 			for _, mem := range o.Members {
-				h, ok := m.provs[mem.Provider].Held(job)
+				h, ok := heldAny(m.provs[mem.Provider], job)
 				if !ok || !h.Confirmed || h.GPUs != mem.GPUs {
 					t.Errorf("seed %d: member %s of formed job %s holds %+v", seed, m.names[mem.Provider], job, h)
 				}
@@ -556,7 +556,7 @@ func TestRandomMeshesFormValidClustersOrHoldNothing(t *testing.T) {
 		}
 		holders := 0
 		for _, r := range m.provs {
-			if _, ok := r.Held(rfb.Job); ok {
+			if _, ok := heldAny(r, rfb.Job); ok {
 				holders++
 			}
 		}
@@ -571,7 +571,7 @@ func TestRandomMeshesFormValidClustersOrHoldNothing(t *testing.T) {
 		var bids []Bid
 		for _, mem := range o.Members {
 			bids = append(bids, Bid{Provider: mem.Provider, GPUs: mem.GPUs, Price: mem.Price})
-			h, ok := m.provs[mem.Provider].Held(rfb.Job)
+			h, ok := heldAny(m.provs[mem.Provider], rfb.Job)
 			if !ok || !h.Confirmed || h.GPUs != mem.GPUs {
 				t.Fatalf("seed %d: member %s holds %+v, want %d confirmed", seed, m.names[mem.Provider], h, mem.GPUs)
 			}

@@ -256,7 +256,7 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 			case ev.held != nil:
 				var r heldReply
 				if res != nil {
-					r.res, r.ok = res.Held(ev.held.job)
+					r.res, r.ok = res.Held(ev.held.job, ev.held.submitter)
 				}
 				ev.held.reply <- r
 			}

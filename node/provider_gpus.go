@@ -8,6 +8,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // newReservations makes this peer's provider side from its GPUs and asks;
@@ -116,11 +117,12 @@ func (n *Node) GPUsInUse() map[string]string {
 	return out
 }
 
-// heldReservation asks the negotiation loop for a job's reservation.
-func (n *Node) heldReservation(ctx context.Context, job gossip.JobID) (gossip.Reservation, bool) {
+// heldReservation asks the negotiation loop for a job's reservation held
+// for submitter.
+func (n *Node) heldReservation(ctx context.Context, job gossip.JobID, submitter peer.ID) (gossip.Reservation, bool) {
 	reply := make(chan heldReply, 1)
 	select {
-	case n.in <- negEvent{held: &heldQuery{job: job, reply: reply}}:
+	case n.in <- negEvent{held: &heldQuery{job: job, submitter: submitter, reply: reply}}:
 	case <-ctx.Done():
 		return gossip.Reservation{}, false
 	}
@@ -138,8 +140,9 @@ func (n *Node) releaseReservation(ctx context.Context, held gossip.Reservation) 
 }
 
 type heldQuery struct {
-	job   gossip.JobID
-	reply chan heldReply
+	job       gossip.JobID
+	submitter peer.ID
+	reply     chan heldReply
 }
 
 type heldReply struct {

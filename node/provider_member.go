@@ -114,7 +114,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		n.log.Info("job member not started", "job", st.Job, "rank", st.Rank, "from", from, "reason", reason)
 		_ = fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.Cut(reason, jobwire.MaxText)})
 	}
-	held, ok := n.heldReservation(ctx, jobID(st.Job)) // the start frame's ID was checked on reading
+	held, ok := n.heldReservation(ctx, jobID(st.Job), from) // the start frame's ID was checked on reading
 	if !ok || held.Submitter != from {
 		fail("this provider holds no reservation of %s for job %s", from, st.Job)
 		return
