@@ -13,6 +13,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobwire"
+	"github.com/gpumesh/gpumesh/node/meshtest"
 )
 
 // hostileMember replaces a provider's side of the job protocol: it reads
@@ -80,4 +81,50 @@ func TestProviderIsNotPaidForTimeItDidNotWork(t *testing.T) {
 	if got := balance(t, ln, prov.Info().SolanaAddress); got != provBefore {
 		t.Errorf("the hostile provider's balance went from %d to %d lamports", provBefore, got)
 	}
+}
+
+// A submitter that holds a reservation of one GPU and sends a second start
+// for it, on a stream of its own while its member runs, is refused: the
+// provider runs one member a reservation, so no GPU nobody leased is used
+// and the running member (same task name) is untouched.
+func TestASecondStartOnOneReservationIsRefused(t *testing.T) {
+	m := meshtest.Start(t, 2, h100s(31, 1))
+	prov, sub := m.Nodes[0], m.Nodes[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	job, err := sub.SubmitJob(ctx, scriptSpec(t, 1, 0, "exec sleep 300", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := waitJob(t, ctx, sub, job.ID, "to run its member", func(j node.Job) bool {
+		return len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning
+	})
+	// The submitter's own host, the reservation's holder, speaks the job
+	// protocol to the provider again.
+	s, err := sub.Host().NewStream(ctx, prov.Host().ID(), jobwire.Protocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	start := &jobwire.StartFrame{Job: j.ID, Attempt: j.Attempt, Rank: 0, Members: 1, WorldGPUs: 1, Spec: j.Spec}
+	if err := jobwire.NewWriter(s).Write(jobwire.Frame{T: jobwire.KindStart, Start: start}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := jobwire.Read(bufio.NewReader(s))
+	if err != nil || f.T != jobwire.KindError || !strings.Contains(f.Reason, "already runs on this provider") {
+		t.Fatalf("the second start answered %+v, %v; want an error frame", f, err)
+	}
+	if inUse := len(prov.GPUsInUse()); inUse != 1 {
+		t.Errorf("%d GPUs in use after a second start on a 1-GPU reservation, want 1", inUse)
+	}
+	if free := prov.FreeGPUs()["H100-80GB"]; free != 7 {
+		t.Errorf("%d GPUs free for new bids, want 7: the refused start must not release the running member's reservation", free)
+	}
+	if j, _ := sub.Job(job.ID); j.State != node.JobRunning || j.Runs[0].State != node.MemberRunning {
+		t.Errorf("the running job: %s, member %s; want it running on", j.State, j.Runs[0].State)
+	}
+	if _, err := sub.CancelJob(ctx, job.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFree(t, ctx, []*node.Node{prov})
 }

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -71,15 +72,25 @@ func (n *Node) FreeGPUs() map[string]uint32 {
 	return out
 }
 
-// allocGPUs takes count free GPUs of a class for a task: two tasks never
-// share a GPU.
-func (n *Node) allocGPUs(class string, count int, task string) ([]exec.GPU, error) {
+// errMemberRuns refuses a second start on a reservation whose member runs.
+var errMemberRuns = errors.New("a member of this job already runs on this provider")
+
+// allocGPUs takes the GPUs of a reservation for a task: two tasks never
+// hold one GPU, and a reservation runs one member at a time (a second
+// start on it is refused, whoever sends it: it would run GPUs nobody
+// leased, and its task's name is the running one's).
+func (n *Node) allocGPUs(held gossip.Reservation, task string) ([]exec.GPU, error) {
 	inv := n.LocalGPUs().Inventory
 	n.gpuMu.Lock()
 	defer n.gpuMu.Unlock()
 	if n.gpuUse == nil {
-		n.gpuUse = map[string]string{}
+		n.gpuUse, n.running = map[string]string{}, map[gossip.Reservation]string{}
 	}
+	key := gossip.Reservation{Job: held.Job, Submitter: held.Submitter}
+	if t, ok := n.running[key]; ok {
+		return nil, fmt.Errorf("%w: job %s (%s); a reservation runs one member at a time", errMemberRuns, held.Job, t)
+	}
+	count, class := int(held.GPUs), held.Class
 	var got []exec.GPU
 	for _, g := range inv.GPUs {
 		if g.Class == class && n.gpuUse[g.UUID] == "" && len(got) < count {
@@ -92,15 +103,22 @@ func (n *Node) allocGPUs(class string, count int, task string) ([]exec.GPU, erro
 	for _, g := range got {
 		n.gpuUse[g.UUID] = task
 	}
+	n.running[key] = task
 	return got, nil
 }
 
+// freeGPUs gives back what a task took.
 func (n *Node) freeGPUs(task string) {
 	n.gpuMu.Lock()
 	defer n.gpuMu.Unlock()
 	for u, t := range n.gpuUse {
 		if t == task {
 			delete(n.gpuUse, u)
+		}
+	}
+	for k, t := range n.running {
+		if t == task {
+			delete(n.running, k)
 		}
 	}
 }

@@ -41,8 +41,9 @@ const (
 
 // memberState is the provider's part of running jobs.
 type memberState struct {
-	gpuMu  sync.Mutex
-	gpuUse map[string]string // GPU UUID → task holding it
+	gpuMu   sync.Mutex
+	gpuUse  map[string]string             // GPU UUID → task holding it
+	running map[gossip.Reservation]string // reservation → the task of the member it runs (one a reservation)
 
 	execMu sync.Mutex
 	docker exec.Executor // made at the first container job
@@ -122,7 +123,12 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	if !held.Confirmed { // the start overtook the submitter's confirm: it confirms as well
 		n.deliver(ctx, negEvent{msg: &gossip.Confirm{Job: held.Job, Submitter: from, Provider: n.id.PeerID}})
 	}
-	defer n.releaseReservation(ctx, held)
+	release := true // unless another start runs this reservation's member
+	defer func() {
+		if release {
+			n.releaseReservation(ctx, held)
+		}
+	}()
 	if err := st.Spec.Validate(n.PriceUnit()); err != nil {
 		fail("%v", err)
 		return
@@ -138,8 +144,9 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		return
 	}
 	task := fmt.Sprintf("gpumesh-%s-%d-%d", st.Job, st.Attempt, st.Rank)
-	gpus, err := n.allocGPUs(held.Class, int(held.GPUs), task)
+	gpus, err := n.allocGPUs(held, task)
 	if err != nil {
+		release = !errors.Is(err, errMemberRuns)
 		fail("%v", err)
 		return
 	}
