@@ -132,6 +132,20 @@ func (r *Reservations) Free(class string, now time.Time) uint32 {
 	return c.GPUs - r.inUse[class]
 }
 
+// SetPrice sets a class's ask (per GPU-hour, in the provider's unit): bids
+// from now on are at it; reservations keep the price they were awarded at.
+// A price of 0 makes no bids for the class. It reports whether the
+// provider has the class.
+func (r *Reservations) SetPrice(class string, price uint64) bool {
+	for i := range r.cfg.GPUs {
+		if r.cfg.GPUs[i].Class == class {
+			r.cfg.GPUs[i].Price = price
+			return true
+		}
+	}
+	return false
+}
+
 // Held is the reservation of a job for its submitter, if any.
 func (r *Reservations) Held(job JobID, submitter peer.ID) (Reservation, bool) {
 	h, ok := r.held[holder{job, submitter}]
@@ -179,7 +193,7 @@ func (r *Reservations) Bid(rfb RequestForBids, now time.Time) (Bid, error) {
 		}
 		// Fewer GPUs than perNode still get a bid: the submitter finds them
 		// unusable, but can then tell its user that only fragments exist.
-		if b.GPUs == 0 || !needs.classMatches(&b) || b.Price > needs.MaxPrice || b.LeaseSeconds < needs.LeaseSeconds {
+		if b.GPUs == 0 || b.Price == 0 || !needs.classMatches(&b) || b.Price > needs.MaxPrice || b.LeaseSeconds < needs.LeaseSeconds {
 			continue
 		}
 		if best == nil || b.Price < best.Price {

@@ -333,3 +333,31 @@ func TestARequestReusingAJobIDDoesNotTakeTheFirstSubmittersBid(t *testing.T) {
 		t.Fatalf("the first submitter's award answered %+v, want an acceptance of 8", acc)
 	}
 }
+
+// A provider whose ask moves (an auto policy) bids at the ask of now; a
+// reservation keeps the price it was awarded at; no ask, no bid.
+func TestBidsFollowTheProvidersAskOfNow(t *testing.T) {
+	r := providerOf(t, 1, 8, usdc(200), "a")
+	needs := needsOf(4, 0, Spread, usdc(250))
+	first := rfbOf(2, 1, needs)
+	bid, err := r.Bid(first, t0)
+	if err != nil || bid.Price != usdc(200) {
+		t.Fatalf("bid %+v, %v: want one at 2.00", bid, err)
+	}
+	if _, ok := r.Award(awardOf(first, bid, 4, t0), t0).(*Acceptance); !ok {
+		t.Fatal("award refused")
+	}
+	if !r.SetPrice("H100-80GB", usdc(230)) || r.SetPrice("A100-40GB", usdc(1)) {
+		t.Fatal("SetPrice: want true for the class it has, false for one it has not")
+	}
+	if b, err := r.Bid(rfbOf(3, 2, needs), t0); err != nil || b.Price != usdc(230) {
+		t.Errorf("after the ask moved: bid %+v, %v; want one at 2.30", b, err)
+	}
+	if h, _ := r.Held(first.Job, first.Submitter); h.Price != usdc(200) {
+		t.Errorf("the reservation's price moved to %d with the ask, want the awarded 2.00", h.Price)
+	}
+	r.SetPrice("H100-80GB", 0)
+	if b, err := r.Bid(rfbOf(4, 3, needs), t0); err == nil {
+		t.Errorf("without an ask: bid %+v, want none", b)
+	}
+}

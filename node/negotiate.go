@@ -307,6 +307,7 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 		if res == nil {
 			return
 		}
+		n.syncAsks(res)
 		bid, err := res.Bid(*m, now)
 		if err != nil {
 			return

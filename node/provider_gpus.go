@@ -49,6 +49,15 @@ func (n *Node) newReservations() (*gossip.Reservations, error) {
 	})
 }
 
+// syncAsks brings the prices this provider bids at to its asks of now (an
+// auto policy moves them; a class without an ask gets no bid).
+func (n *Node) syncAsks(res *gossip.Reservations) {
+	for _, g := range n.LocalGPUs().Inventory.GPUs {
+		price, _ := n.Ask(g.Class)
+		res.SetPrice(g.Class, price)
+	}
+}
+
 // noteFree records the unreserved GPUs per class for FreeGPUs.
 func (n *Node) noteFree(res *gossip.Reservations, now time.Time) {
 	free := map[string]uint32{}
