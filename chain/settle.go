@@ -362,9 +362,11 @@ func sol(lamports uint64) string {
 
 // CheckPayment confirms, with one getTransaction call (commitment
 // confirmed), that signature is a successful transaction that moves at least
-// lamports from `from` to `to` by System transfer(s) among its top-level
-// instructions (summed) and carries the memo PaymentMemo(ref). It returns the
-// payment as found (Lamports: the sum moved; Fee: what the transaction cost).
+// lamports from `from` to `to` by exactly one System transfer among its
+// top-level instructions and carries exactly one memo, PaymentMemo(ref): a
+// payment is one transfer for one bill, so one transaction cannot be shown
+// as the payment of several bills. It returns the payment as found
+// (Lamports: the amount moved; Fee: what the transaction cost).
 //
 // A payment that does not hold gives an error wrapping ErrBadPayment that
 // says which check failed; an RPC that cannot be asked gives another error.
@@ -422,6 +424,7 @@ func CheckPayment(ctx context.Context, rpcURL, signature, from, to string, lampo
 	memo := PaymentMemo(ref)
 	var sum uint64
 	var others []string // transfers between other accounts
+	transfers := 0      // from the payer to the payee
 	memos := 0
 	hasMemo := false
 	for _, ix := range tx.Message.Instructions {
@@ -450,6 +453,7 @@ func CheckPayment(ctx context.Context, rpcURL, signature, from, to string, lampo
 					return p, fmt.Errorf("%w: transaction %s: its transfers overflow", ErrBadPayment, signature)
 				}
 				sum += n
+				transfers++
 			} else {
 				others = append(others, fmt.Sprintf("%d lamports from %s to %s", n, src, dst))
 			}
@@ -467,6 +471,10 @@ func CheckPayment(ctx context.Context, rpcURL, signature, from, to string, lampo
 		return p, fmt.Errorf("%w: no memo for ref %s: transaction %s carries no memo, want %q", ErrBadPayment, ref, signature, memo)
 	case !hasMemo:
 		return p, fmt.Errorf("%w: no memo for ref %s: transaction %s carries no memo %q (it pays for something else)", ErrBadPayment, ref, signature, memo)
+	case memos > 1:
+		return p, fmt.Errorf("%w: transaction %s carries %d memos: a payment is one transfer with one memo for one bill", ErrBadPayment, signature, memos)
+	case transfers > 1:
+		return p, fmt.Errorf("%w: transaction %s makes %d transfers to %s: a payment is one transfer with one memo for one bill", ErrBadPayment, signature, transfers, to)
 	}
 	return p, nil
 }

@@ -261,6 +261,22 @@ func TestPayMovesLamportsAndCheckPaymentAcceptsOnlyIt(t *testing.T) {
 			t.Logf("%s: %v", tc.name, err)
 		}
 	}
+	// One transaction shown as the payment of several bills: one transfer
+	// and a memo for each bill, or the amount in several transfers.
+	many, err := chain.PayOddly(ctx, ln.URL(), a, B, []uint64{amount}, []string{"job44-0-0-1", "job44-0-0-2", "job44-0-0-3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []string{"job44-0-0-1", "job44-0-0-2"} {
+		_, err := chain.CheckPayment(ctx, ln.URL(), many, A, B, 1, r)
+		wantErr(t, "three memos, bill "+r, err, chain.ErrBadPayment, "carries 3 memos: a payment is one transfer with one memo for one bill")
+	}
+	split, err := chain.PayOddly(ctx, ln.URL(), a, B, []uint64{amount / 2, amount / 2}, []string{"job45-0-0-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = chain.CheckPayment(ctx, ln.URL(), split, A, B, amount/2, "job45-0-0-1")
+	wantErr(t, "two transfers", err, chain.ErrBadPayment, "makes 2 transfers")
 	// The other payment checks out on its own terms.
 	if _, err := chain.CheckPayment(ctx, ln.URL(), other.Signature, B, C, 1_000_000, "job43-0-0-0"); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,53 @@
+package chain
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+
+	"github.com/gagliardetto/solana-go"
+	"github.com/gagliardetto/solana-go/rpc"
+)
+
+// PayOddly sends what a hostile payer might: one transaction of the given
+// transfers from key to `to`, each of lamports, and one memo for each ref.
+// It returns the transaction's signature once confirmed.
+func PayOddly(ctx context.Context, rpcURL string, key ed25519.PrivateKey, to string, transfers []uint64, refs []string) (string, error) {
+	payer := solana.PrivateKey(key)
+	from := payer.PublicKey()
+	payee, err := parseAddress("payee", to)
+	if err != nil {
+		return "", err
+	}
+	var ixs []solana.Instruction
+	for _, l := range transfers {
+		ixs = append(ixs, solana.NewInstruction(solana.SystemProgramID,
+			solana.AccountMetaSlice{solana.Meta(from).WRITE().SIGNER(), solana.Meta(payee).WRITE()}, transferData(l)))
+	}
+	for _, r := range refs {
+		ixs = append(ixs, solana.NewInstruction(solana.MemoProgramID, solana.AccountMetaSlice{solana.Meta(from).SIGNER()}, []byte(PaymentMemo(r))))
+	}
+	client := rpc.New(rpcURL)
+	recent, err := client.GetLatestBlockhash(ctx, rpc.CommitmentConfirmed)
+	if err != nil {
+		return "", err
+	}
+	tx, err := solana.NewTransaction(ixs, recent.Value.Blockhash, solana.TransactionPayer(from))
+	if err != nil {
+		return "", err
+	}
+	if _, err := tx.Sign(func(k solana.PublicKey) *solana.PrivateKey {
+		if k.Equals(from) {
+			return &payer
+		}
+		return nil
+	}); err != nil {
+		return "", err
+	}
+	p := Payment{Signature: tx.Signatures[0].String()}
+	expired, err := sendAndConfirm(ctx, client, tx, recent.Value.LastValidBlockHeight, &p)
+	if err == nil && expired {
+		err = fmt.Errorf("expired unseen")
+	}
+	return p.Signature, err
+}
