@@ -41,7 +41,8 @@ func hostileMember(t *testing.T, prov *node.Node, script func(st *jobwire.StartF
 // A provider that bills a minute of work as soon as its member has
 // started, speaking the real job protocol with a bill whose amount matches
 // its price, is not paid: a bill is bounded by the time this submitter saw
-// the member work, not by what the provider says.
+// the member work, not by what the provider says; the member is stopped and
+// the job fails, the provider's fault.
 func TestProviderIsNotPaidForTimeItDidNotWork(t *testing.T) {
 	m, ln := solMesh(t, 2_000_000_000)
 	prov, sub := m.Nodes[0], m.Nodes[1]
@@ -74,6 +75,9 @@ func TestProviderIsNotPaidForTimeItDidNotWork(t *testing.T) {
 	}
 	if !strings.Contains(log, "interval 1 was billed already") {
 		t.Errorf("the log does not say the second bill of interval 1 was refused:\n%s", log)
+	}
+	if j.State != node.JobFailed || !strings.Contains(j.Reason, "its provider billed what it is not owed") {
+		t.Errorf("job %s (%s): want failed, the provider's fault", j.State, j.Reason)
 	}
 	if len(j.Runs) != 1 || j.Runs[0].Paid != 0 {
 		t.Errorf("runs %+v: want one member, paid nothing", j.Runs)

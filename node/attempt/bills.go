@@ -3,6 +3,7 @@ package attempt
 import (
 	"fmt"
 	"math/bits"
+	"strings"
 	"time"
 )
 
@@ -20,6 +21,13 @@ func (a *Attempt) bill(m *member, b Bill, now time.Time) {
 		return
 	}
 	refused := fmt.Sprintf("bill %d of %s refused: ", b.Interval, a.name(r))
+	// The rest are the provider's fault: the bill is refused and a member
+	// still at work is stopped with the job.
+	fault := refuse
+	refuse = func(why string) {
+		fault(why)
+		a.overbilled(m, fmt.Sprintf("bill %d: %s", b.Interval, strings.TrimPrefix(why, refused)), now)
+	}
 	if b.Interval < 1 {
 		refuse(refused + "intervals count from 1")
 		return
@@ -62,6 +70,26 @@ func (a *Attempt) bill(m *member, b Bill, now time.Time) {
 	}
 	m.billed = total
 	a.ready.Pay = append(a.ready.Pay, Payment{Rank: r, Bill: b})
+}
+
+// overbilled stops the job of a member whose provider billed what this
+// peer does not owe. The provider is at fault, so the job fails rather than
+// being retried (a retry could form on the same provider). A member that
+// has exited keeps its exit: its work is done, only the bill is refused.
+func (a *Attempt) overbilled(m *member, why string, now time.Time) {
+	if !a.alive(m) {
+		return
+	}
+	r := m.run.Rank
+	m.run.State, m.run.Error = MemberFailed, "its provider billed what it is not owed: "+why
+	m.run.Ended = now.UTC()
+	if m.workEnd.IsZero() {
+		m.workEnd = now
+	}
+	m.closed = true // its stream closed: the provider stops the work
+	a.ready.Close = append(a.ready.Close, r)
+	a.fail(fmt.Sprintf("%s was stopped: its provider billed what it is not owed (%s)", a.name(r), why), now)
+	a.dirty = true
 }
 
 // money writes an amount with its unit.

@@ -84,6 +84,12 @@
 //   - After a member's exit one bill, its last, may still come (a provider
 //     bills the rest once its work has ended); any further bill is refused.
 //
+// Each of these refusals is the provider's fault: a member still at work
+// is stopped (its stream closed) and the attempt fails, not retried (a
+// retry could form on the same provider); a refused bill of a member that
+// has exited only goes unpaid. A peer that does not settle on chain
+// refuses every bill, and that is no one's fault.
+//
 // A receipt is countersigned only when CheckReceipt finds nothing wrong
 // with it: it names this job, attempt, member, consumer and provider, the
 // lease's GPUs, class and price, the exit code and outputs received, only
