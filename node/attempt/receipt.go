@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math/bits"
 	"time"
+
+	"github.com/gpumesh/gpumesh/exec/receipt"
 )
 
 // Receipt is what CheckReceipt reads of a member's signed receipt (the
@@ -91,23 +93,14 @@ func CheckReceipt(r Receipt, want Expect, now time.Time) string {
 	return ""
 }
 
-// amount is ⌈price × GPU-ms / 3,600,000⌉, saturated: exec.Amount, which
-// this package does not import.
+// amount is what a lease allows for gpus over millis: receipt.Amount of
+// the GPU-ms, saturated where GPUs × ms overflows.
 func amount(pricePerHour uint64, gpus uint32, millis uint64) uint64 {
-	const msPerHour = 3_600_000
 	hi, gpuMillis := bits.Mul64(uint64(gpus), millis)
 	if hi != 0 {
 		return ^uint64(0)
 	}
-	hi, lo := bits.Mul64(pricePerHour, gpuMillis)
-	if hi >= msPerHour {
-		return ^uint64(0)
-	}
-	q, rem := bits.Div64(hi, lo, msPerHour)
-	if rem > 0 && q < ^uint64(0) {
-		q++
-	}
-	return q
+	return receipt.Amount(pricePerHour, gpuMillis)
 }
 
 // msDuration writes ms as a duration, saturated.
