@@ -51,7 +51,7 @@ type Reservations struct {
 // asked. A job's ID is public once its request is out, so a bid or a
 // reservation is never found by the ID alone: another peer's request or
 // award with the same ID is another submitter's, and touches nothing of
-// the first's.
+// the first's. A job ID is held for one submitter at a time.
 type holder struct {
 	job       JobID
 	submitter peer.ID
@@ -67,7 +67,8 @@ type Reservation struct {
 	Bid       uint32    // GPUs of the bid: an award may grow the reservation up to this
 	Confirmed bool      // every member of the gang accepted
 	HoldUntil time.Time // an unconfirmed reservation lapses then
-	LeaseEnd  time.Time // a confirmed one then
+	LeaseEnd  time.Time // a confirmed one then, unless its member runs
+	Running   bool      // its member runs: it ends only by a Release, when the member has ended
 }
 
 // NewReservations makes a provider's reservations; nothing is held.
@@ -130,6 +131,30 @@ func (r *Reservations) Free(class string, now time.Time) uint32 {
 	r.Tick(now)
 	c, _ := r.capacity(class)
 	return c.GPUs - r.inUse[class]
+}
+
+// Errors of Start.
+var (
+	ErrNoReservation = errors.New("no reservation")
+	ErrMemberRuns    = errors.New("a member of this job already runs on this provider")
+)
+
+// Start marks a job's reservation for submitter as running its member,
+// confirming it (a start may overtake the confirm). A running reservation
+// does not lapse and its lease does not end under its member: it ends by a
+// Release once the member has ended. A reservation runs one member: a
+// second start is refused with ErrMemberRuns.
+func (r *Reservations) Start(job JobID, submitter peer.ID, now time.Time) (Reservation, error) {
+	r.Tick(now)
+	h, ok := r.held[holder{job, submitter}]
+	switch {
+	case !ok:
+		return Reservation{}, fmt.Errorf("%w of %s for job %s", ErrNoReservation, submitter, job)
+	case h.Running:
+		return *h, fmt.Errorf("%w: job %s; a reservation runs one member at a time", ErrMemberRuns, job)
+	}
+	h.Confirmed, h.Running = true, true
+	return *h, nil
 }
 
 // SetPrice sets a class's ask (per GPU-hour, in the provider's unit): bids
@@ -232,6 +257,13 @@ func (r *Reservations) award(a Award, now time.Time) (Acceptance, error) {
 	if h, ok := r.held[key]; ok {
 		return r.amend(h, a, now)
 	}
+	// One reservation a job ID: the member's task, bills and receipt are
+	// named by it, so another submitter reusing the ID gets nothing.
+	for k, h := range r.held {
+		if k.job == a.Job {
+			return Acceptance{}, fmt.Errorf("%w: already holding %d GPUs for job %s", ErrRefused, h.GPUs, a.Job)
+		}
+	}
 	b, ok := r.bids[key]
 	switch {
 	case !ok:
@@ -310,8 +342,8 @@ func (r *Reservations) Confirm(c Confirm, now time.Time) error {
 	return nil
 }
 
-// Release drops a job's reservation, if its submitter asks. It reports
-// whether anything was held.
+// Release drops a job's reservation, if its submitter asks and no member
+// runs on it. It reports whether anything was dropped.
 func (r *Reservations) Release(rel Release, now time.Time) bool {
 	if rel.Check() != nil || rel.Provider != r.cfg.ID {
 		return false
@@ -320,6 +352,17 @@ func (r *Reservations) Release(rel Release, now time.Time) bool {
 	key := holder{rel.Job, rel.From}
 	delete(r.bids, key)
 	h, ok := r.held[key]
+	if !ok || h.Running {
+		return false // a running member's GPUs are freed by its end (End)
+	}
+	r.drop(h)
+	return true
+}
+
+// End frees a reservation whose member has ended (the provider's own
+// word; a submitter's Release does not free GPUs a member still runs on).
+func (r *Reservations) End(job JobID, submitter peer.ID) bool {
+	h, ok := r.held[holder{job, submitter}]
 	if !ok {
 		return false
 	}
@@ -344,7 +387,7 @@ func (r *Reservations) Tick(now time.Time) []Reservation {
 	}
 	var ended []Reservation
 	for _, h := range r.held {
-		if (!h.Confirmed && !now.Before(h.HoldUntil)) || !now.Before(h.LeaseEnd) {
+		if !h.Running && ((!h.Confirmed && !now.Before(h.HoldUntil)) || !now.Before(h.LeaseEnd)) {
 			ended = append(ended, *h)
 		}
 	}

@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"errors"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -332,6 +333,23 @@ func TestARequestReusingAJobIDDoesNotTakeTheFirstSubmittersBid(t *testing.T) {
 	if acc, ok := r.Award(awardOf(honest, bid, 8, t0), t0).(*Acceptance); !ok || acc.GPUs != 8 {
 		t.Fatalf("the first submitter's award answered %+v, want an acceptance of 8", acc)
 	}
+	// The job ID is held now: the copycat's own award for it is refused
+	// (a member's task, bills and receipt are named by the ID).
+	r.Release(Release{Job: honest.Job, From: honest.Submitter, Provider: testID(1)}, t0)
+	again, err := r.Bid(honest, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.Award(awardOf(honest, again, 4, t0), t0).(*Acceptance); !ok {
+		t.Fatal("the first submitter's award after a release was refused")
+	}
+	cbid, err := r.Bid(copycat, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref, ok := r.Award(awardOf(copycat, cbid, 1, t0), t0).(*Refusal); !ok || !strings.Contains(ref.Reason, "already holding") {
+		t.Fatalf("the copycat's award for a held job ID answered %+v, want a refusal", ref)
+	}
 }
 
 // A provider whose ask moves (an auto policy) bids at the ask of now; a
@@ -359,5 +377,51 @@ func TestBidsFollowTheProvidersAskOfNow(t *testing.T) {
 	r.SetPrice("H100-80GB", 0)
 	if b, err := r.Bid(rfbOf(4, 3, needs), t0); err == nil {
 		t.Errorf("without an ask: bid %+v, want none", b)
+	}
+}
+
+// A reservation whose member runs neither lapses nor ends with its lease,
+// nor by a release: its GPUs are never leased again under a running
+// member. It runs one member: a second start is refused. The member's end
+// frees it.
+func TestARunningReservationOutlivesItsLeaseUntilReleased(t *testing.T) {
+	r := providerOf(t, 1, 8, usdc(200), "a")
+	a := rfbOf(2, 1, needsOf(8, 0, Spread, usdc(250)))
+	bid, err := r.Bid(a, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	award := awardOf(a, bid, 8, t0)
+	award.LeaseExpires = t0.Add(time.Minute).UnixMilli()
+	if _, ok := r.Award(award, t0).(*Acceptance); !ok {
+		t.Fatal("award refused")
+	}
+	if _, err := r.Start(a.Job, testID(9), t0); !errors.Is(err, ErrNoReservation) {
+		t.Fatalf("a stranger's start: %v, want ErrNoReservation", err)
+	}
+	h, err := r.Start(a.Job, a.Submitter, t0) // before the confirm: it confirms
+	if err != nil || !h.Running || !h.Confirmed {
+		t.Fatalf("start: %+v, %v", h, err)
+	}
+	if _, err := r.Start(a.Job, a.Submitter, t0); !errors.Is(err, ErrMemberRuns) {
+		t.Fatalf("a second start: %v, want ErrMemberRuns", err)
+	}
+	later := t0.Add(2 * time.Hour) // past the hold and the lease
+	if ended := r.Tick(later); len(ended) != 0 {
+		t.Fatalf("reservations ended under a running member: %+v", ended)
+	}
+	if free := r.Free("H100-80GB", later); free != 0 {
+		t.Fatalf("%d GPUs free under a running member, want 0", free)
+	}
+	if b, err := r.Bid(rfbOf(3, 2, needsOf(1, 0, Spread, usdc(250))), later); err == nil {
+		t.Fatalf("bid %+v on GPUs a running member holds", b)
+	}
+	// Nor does the submitter's release free GPUs a member still runs on:
+	// the member's end does.
+	if r.Release(Release{Job: a.Job, From: a.Submitter, Provider: testID(1)}, later) || r.Free("H100-80GB", later) != 0 {
+		t.Fatal("a release freed the GPUs of a running member")
+	}
+	if !r.End(a.Job, a.Submitter) || r.Free("H100-80GB", later) != 8 {
+		t.Fatal("the member's end did not free its GPUs")
 	}
 }

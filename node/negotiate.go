@@ -39,7 +39,8 @@ type negEvent struct {
 	submit *gossip.Negotiation // a new negotiation of this peer's
 	cancel gossip.JobID
 	done   chan error
-	held   *heldQuery // a provider's question: which reservation does a job hold?
+	held   *heldQuery          // a provider's member starting: its reservation, now running
+	ended  *gossip.Reservation // a provider's member has ended: its reservation ends
 }
 
 // negState is the node's part of cluster negotiation. One goroutine, the
@@ -253,10 +254,14 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 				ev.done <- nil
 			case ev.msg != nil:
 				n.stepMessage(ctx, ev.msg, negs, settled, res, now)
-			case ev.held != nil:
-				var r heldReply
+			case ev.ended != nil:
 				if res != nil {
-					r.res, r.ok = res.Held(ev.held.job, ev.held.submitter)
+					res.End(ev.ended.Job, ev.ended.Submitter)
+				}
+			case ev.held != nil:
+				r := heldReply{err: fmt.Errorf("this provider holds no reservation of %s for job %s", ev.held.submitter, ev.held.job)}
+				if res != nil {
+					r.res, r.err = res.Start(ev.held.job, ev.held.submitter, now)
 				}
 				ev.held.reply <- r
 			}

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -81,9 +80,6 @@ func (n *Node) FreeGPUs() map[string]uint32 {
 	return out
 }
 
-// errMemberRuns refuses a second start on a reservation whose member runs.
-var errMemberRuns = errors.New("a member of this job already runs on this provider")
-
 // allocGPUs takes the GPUs of a reservation for a task: two tasks never
 // hold one GPU, and a reservation runs one member at a time (a second
 // start on it is refused, whoever sends it: it would run GPUs nobody
@@ -97,7 +93,7 @@ func (n *Node) allocGPUs(held gossip.Reservation, task string) ([]exec.GPU, erro
 	}
 	key := gossip.Reservation{Job: held.Job, Submitter: held.Submitter}
 	if t, ok := n.running[key]; ok {
-		return nil, fmt.Errorf("%w: job %s (%s); a reservation runs one member at a time", errMemberRuns, held.Job, t)
+		return nil, fmt.Errorf("%w: job %s (%s); a reservation runs one member at a time", gossip.ErrMemberRuns, held.Job, t)
 	}
 	count, class := int(held.GPUs), held.Class
 	var got []exec.GPU
@@ -144,26 +140,28 @@ func (n *Node) GPUsInUse() map[string]string {
 	return out
 }
 
-// heldReservation asks the negotiation loop for a job's reservation held
-// for submitter.
-func (n *Node) heldReservation(ctx context.Context, job gossip.JobID, submitter peer.ID) (gossip.Reservation, bool) {
+// startReservation asks the negotiation loop to run a member on a job's
+// reservation held for submitter: it is confirmed, and it no longer lapses
+// or ends under its member (releaseReservation ends it). A reservation runs
+// one member: a second start gets gossip.ErrMemberRuns.
+func (n *Node) startReservation(ctx context.Context, job gossip.JobID, submitter peer.ID) (gossip.Reservation, error) {
 	reply := make(chan heldReply, 1)
 	select {
 	case n.in <- negEvent{held: &heldQuery{job: job, submitter: submitter, reply: reply}}:
 	case <-ctx.Done():
-		return gossip.Reservation{}, false
+		return gossip.Reservation{}, ctx.Err()
 	}
 	select {
 	case r := <-reply:
-		return r.res, r.ok
+		return r.res, r.err
 	case <-ctx.Done():
-		return gossip.Reservation{}, false
+		return gossip.Reservation{}, ctx.Err()
 	}
 }
 
 // releaseReservation gives a job's GPUs back once its member has ended.
 func (n *Node) releaseReservation(ctx context.Context, held gossip.Reservation) {
-	n.deliver(ctx, negEvent{msg: &gossip.Release{Job: held.Job, From: held.Submitter, Provider: n.id.PeerID, Reason: "the job's member ended"}})
+	n.deliver(ctx, negEvent{ended: &held})
 }
 
 type heldQuery struct {
@@ -174,5 +172,5 @@ type heldQuery struct {
 
 type heldReply struct {
 	res gossip.Reservation
-	ok  bool
+	err error
 }

@@ -37,6 +37,10 @@ const (
 	startTimeout     = 10 * time.Second
 	countersignWait  = 10 * time.Second // how long a member waits for the submitter's signature
 	stopWait         = exec.StopGrace + 20*time.Second
+	// leaseGrace is how far past its lease a member may run: a lease runs
+	// from the award, the work from its start a little later, and an honest
+	// job's timeout is its lease.
+	leaseGrace = time.Minute
 )
 
 // memberState is the provider's part of running jobs.
@@ -115,13 +119,16 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		n.log.Info("job member not started", "job", st.Job, "rank", st.Rank, "from", from, "reason", reason)
 		_ = fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.Cut(reason, jobwire.MaxText)})
 	}
-	held, ok := n.heldReservation(ctx, jobID(st.Job), from) // the start frame's ID was checked on reading
-	if !ok || held.Submitter != from {
+	// The reservation runs this member from now (a start that overtook the
+	// submitter's confirm confirms it); only its end releases it.
+	held, err := n.startReservation(ctx, jobID(st.Job), from) // the start frame's ID was checked on reading
+	switch {
+	case errors.Is(err, gossip.ErrMemberRuns):
+		fail("%v", err)
+		return
+	case err != nil:
 		fail("this provider holds no reservation of %s for job %s", from, st.Job)
 		return
-	}
-	if !held.Confirmed { // the start overtook the submitter's confirm: it confirms as well
-		n.deliver(ctx, negEvent{msg: &gossip.Confirm{Job: held.Job, Submitter: from, Provider: n.id.PeerID}})
 	}
 	release := true // unless another start runs this reservation's member
 	defer func() {
@@ -146,7 +153,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	task := fmt.Sprintf("gpumesh-%s-%d-%d", st.Job, st.Attempt, st.Rank)
 	gpus, err := n.allocGPUs(held, task)
 	if err != nil {
-		release = !errors.Is(err, errMemberRuns)
+		release = !errors.Is(err, gossip.ErrMemberRuns)
 		fail("%v", err)
 		return
 	}
@@ -190,7 +197,12 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	for k, v := range exec.LaunchEnv(pl) {
 		env[k] = v
 	}
+	// The work ends with the lease (and leaseGrace) at the latest, whatever
+	// timeout the start frame's spec says: the GPUs are leased no longer.
 	timeout, _ := time.ParseDuration(st.Spec.Timeout)
+	if left := time.Until(held.LeaseEnd) + leaseGrace; timeout <= 0 || left < timeout {
+		timeout = max(left, time.Millisecond)
+	}
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
