@@ -30,6 +30,13 @@ type ProviderConfig struct {
 	Hold     time.Duration // an unconfirmed reservation lapses after this; 0: 10 s
 	MaxLease time.Duration // longest lease granted; 0: 24 h
 	MaxBids  int           // outstanding bids remembered; 0: 4096
+	// StartWithin is how long a confirmed reservation waits for its member
+	// to start (the start frame; the image pull comes after) before it
+	// lapses; 0: 1 min.
+	StartWithin time.Duration
+	// MaxWaiting is how many reservations not yet running one submitter may
+	// hold here at once; an award past it is refused; 0: 4.
+	MaxWaiting int
 }
 
 // ErrRefused marks an award a provider will not take; the error says why.
@@ -68,13 +75,20 @@ type Reservation struct {
 	Confirmed bool      // every member of the gang accepted
 	HoldUntil time.Time // an unconfirmed reservation lapses then
 	LeaseEnd  time.Time // a confirmed one then, unless its member runs
-	Running   bool      // its member runs: it ends only by a Release, when the member has ended
+	Running   bool      // its member runs: it ends only by End, when the member has ended
+	StartBy   time.Time // a confirmed one lapses then unless its member has started
 }
 
 // NewReservations makes a provider's reservations; nothing is held.
 func NewReservations(cfg ProviderConfig) (*Reservations, error) {
 	if cfg.BidTTL <= 0 {
 		cfg.BidTTL = 10 * time.Second
+	}
+	if cfg.StartWithin <= 0 {
+		cfg.StartWithin = time.Minute
+	}
+	if cfg.MaxWaiting <= 0 {
+		cfg.MaxWaiting = 4
 	}
 	if cfg.Hold <= 0 {
 		cfg.Hold = 10 * time.Second
@@ -258,11 +272,19 @@ func (r *Reservations) award(a Award, now time.Time) (Acceptance, error) {
 		return r.amend(h, a, now)
 	}
 	// One reservation a job ID: the member's task, bills and receipt are
-	// named by it, so another submitter reusing the ID gets nothing.
+	// named by it, so another submitter reusing the ID gets nothing. And a
+	// submitter holds at most MaxWaiting reservations not yet running.
+	waiting := 0
 	for k, h := range r.held {
 		if k.job == a.Job {
 			return Acceptance{}, fmt.Errorf("%w: already holding %d GPUs for job %s", ErrRefused, h.GPUs, a.Job)
 		}
+		if k.submitter == a.Submitter && !h.Running {
+			waiting++
+		}
+	}
+	if waiting >= r.cfg.MaxWaiting {
+		return Acceptance{}, fmt.Errorf("%w: %s holds %d reservations here that have not started, at most %d", ErrRefused, a.Submitter, waiting, r.cfg.MaxWaiting)
 	}
 	b, ok := r.bids[key]
 	switch {
@@ -338,7 +360,9 @@ func (r *Reservations) Confirm(c Confirm, now time.Time) error {
 	if !ok || c.Provider != r.cfg.ID {
 		return fmt.Errorf("%w: no reservation of %s for job %s", ErrRefused, c.Submitter, c.Job)
 	}
-	h.Confirmed = true
+	if !h.Confirmed {
+		h.Confirmed, h.StartBy = true, now.Add(r.cfg.StartWithin)
+	}
 	return nil
 }
 
@@ -387,7 +411,9 @@ func (r *Reservations) Tick(now time.Time) []Reservation {
 	}
 	var ended []Reservation
 	for _, h := range r.held {
-		if !h.Running && ((!h.Confirmed && !now.Before(h.HoldUntil)) || !now.Before(h.LeaseEnd)) {
+		lapsed := !h.Confirmed && !now.Before(h.HoldUntil)
+		unstarted := h.Confirmed && !h.StartBy.IsZero() && !now.Before(h.StartBy)
+		if !h.Running && (lapsed || unstarted || !now.Before(h.LeaseEnd)) {
 			ended = append(ended, *h)
 		}
 	}

@@ -425,3 +425,61 @@ func TestARunningReservationOutlivesItsLeaseUntilReleased(t *testing.T) {
 		t.Fatal("the member's end did not free its GPUs")
 	}
 }
+
+// Reserve everything and never start: a confirmed reservation whose member
+// has not started StartWithin after the confirm lapses, and one submitter
+// holds at most MaxWaiting reservations that have not started.
+func TestReservationsThatNeverStartLapseAndAreCapped(t *testing.T) {
+	r, err := NewReservations(ProviderConfig{
+		ID: testID(1), Unit: "USDC:6", Zone: "a", Addrs: []string{"/ip4/127.0.0.1/tcp/4001"},
+		GPUs:        []Capacity{{Class: "H100-80GB", Model: "H100", VRAMGB: 80, GPUs: 8, Price: usdc(200)}},
+		StartWithin: time.Minute, MaxWaiting: 2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reserve := func(sub int, j byte) RequestForBids {
+		t.Helper()
+		req := rfbOf(sub, j, needsOf(1, 0, Spread, usdc(250)))
+		bid, err := r.Bid(req, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := r.Award(awardOf(req, bid, 1, t0), t0).(*Acceptance); !ok {
+			t.Fatalf("award of job %d refused", j)
+		}
+		if err := r.Confirm(Confirm{Job: req.Job, Submitter: req.Submitter, Provider: testID(1)}, t0); err != nil {
+			t.Fatal(err)
+		}
+		return req
+	}
+	first, second := reserve(2, 1), reserve(2, 2)
+	// A third for the same submitter: refused; another submitter's: taken.
+	third := rfbOf(2, 3, needsOf(1, 0, Spread, usdc(250)))
+	bid, err := r.Bid(third, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref, ok := r.Award(awardOf(third, bid, 1, t0), t0).(*Refusal); !ok || !strings.Contains(ref.Reason, "2 reservations here that have not started, at most 2") {
+		t.Fatalf("a third waiting reservation answered %+v, want a refusal", ref)
+	}
+	reserve(3, 4)
+	// The first starts; the second never does and lapses with the other
+	// submitter's a minute after the confirm.
+	if _, err := r.Start(first.Job, first.Submitter, t0.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	ended := r.Tick(t0.Add(time.Minute))
+	if len(ended) != 2 || ended[0].Job == first.Job || ended[1].Job == first.Job {
+		t.Fatalf("lapsed at the start deadline: %+v, want the two that never started", ended)
+	}
+	if _, ok := r.Held(second.Job, second.Submitter); ok {
+		t.Error("a reservation that never started still holds its GPU")
+	}
+	if h, ok := r.Held(first.Job, first.Submitter); !ok || !h.Running {
+		t.Errorf("the started reservation: %+v %v, want it running", h, ok)
+	}
+	if free := r.Free("H100-80GB", t0.Add(time.Minute)); free != 7 {
+		t.Errorf("%d GPUs free, want 7", free)
+	}
+}
