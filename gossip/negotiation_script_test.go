@@ -3,12 +3,12 @@ package gossip
 import (
 	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gpumesh/gpumesh/internal/golden"
 )
 
 var rewrite = flag.Bool("rewrite", false, "rewrite the expected transcripts of testdata/negotiation/*.txt")
@@ -22,32 +22,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected transcripts of t
 //	steal N gpus=4    another job takes 4 GPUs of provider N (after its bid)
 //	run               deliver in order until the negotiation ends
 func TestNegotiationScripts(t *testing.T) {
-	files, err := filepath.Glob("testdata/negotiation/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scripts: %v", err)
-	}
-	for _, file := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(file), ".txt"), func(t *testing.T) {
-			data, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			script, want, ok := strings.Cut(string(data), "\n----\n")
-			if !ok {
-				t.Fatal(`no "----" line before the transcript`)
-			}
-			got := runScript(t, script)
-			if *rewrite {
-				if err := os.WriteFile(file, []byte(script+"\n----\n"+got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if got != want {
-				t.Errorf("transcript:\n%s\nwant:\n%s", got, want)
-			}
-		})
-	}
+	golden.Run(t, "testdata/negotiation/*.txt", *rewrite, runScript)
 }
 
 func runScript(t *testing.T, script string) string {

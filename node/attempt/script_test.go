@@ -3,13 +3,13 @@ package attempt
 import (
 	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gpumesh/gpumesh/internal/golden"
 )
 
 var rewrite = flag.Bool("rewrite", false, "rewrite the expected transcripts of testdata/*.txt")
@@ -34,32 +34,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected transcripts of t
 //	                       open members beat, the silent ones do not
 //	tick                   a tick now
 func TestScripts(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scripts: %v", err)
-	}
-	for _, file := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(file), ".txt"), func(t *testing.T) {
-			data, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			script, want, ok := strings.Cut(string(data), "\n----\n")
-			if !ok {
-				t.Fatal(`no "----" line before the transcript`)
-			}
-			got := runScript(t, script)
-			if *rewrite {
-				if err := os.WriteFile(file, []byte(script+"\n----\n"+got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if got != want {
-				t.Errorf("transcript:\n%s\nwant:\n%s", got, want)
-			}
-		})
-	}
+	golden.Run(t, "testdata/*.txt", *rewrite, runScript)
 }
 
 var t0 = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
