@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -47,14 +48,7 @@ var jobMoves = map[JobState][]JobState{
 	JobRunning:     {JobNegotiating, JobDone, JobFailed, JobCancelled},
 }
 
-func canMove(from, to JobState) bool {
-	for _, s := range jobMoves[from] {
-		if s == to {
-			return true
-		}
-	}
-	return false
-}
+func canMove(from, to JobState) bool { return slices.Contains(jobMoves[from], to) }
 
 // Job is a submitted job as this peer (its submitter) knows it. Jobs are
 // kept in the data dir's job store and survive a restart.
@@ -188,14 +182,8 @@ func (n *Node) moveJob(id string, to JobState, from []JobState, change func(*Job
 	if !ok || !canMove(j.State, to) {
 		return Job{}, false
 	}
-	if len(from) > 0 {
-		found := false
-		for _, s := range from {
-			found = found || j.State == s
-		}
-		if !found {
-			return Job{}, false
-		}
+	if len(from) > 0 && !slices.Contains(from, j.State) {
+		return Job{}, false
 	}
 	j.State = to
 	if change != nil {

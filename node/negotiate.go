@@ -39,7 +39,7 @@ type negEvent struct {
 	submit *gossip.Negotiation // a new negotiation of this peer's
 	cancel gossip.JobID
 	done   chan error
-	held   *heldQuery          // a provider's member starting: its reservation, now running
+	start  *startQuery         // a provider's member starting: its reservation, now running
 	ended  *gossip.Reservation // a provider's member has ended: its reservation ends
 }
 
@@ -258,12 +258,12 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 				if res != nil {
 					res.End(ev.ended.Job, ev.ended.Submitter)
 				}
-			case ev.held != nil:
-				r := heldReply{err: fmt.Errorf("this provider holds no reservation of %s for job %s", ev.held.submitter, ev.held.job)}
+			case ev.start != nil:
+				r := startReply{err: fmt.Errorf("this provider holds no reservation of %s for job %s", ev.start.submitter, ev.start.job)}
 				if res != nil {
-					r.res, r.err = res.Start(ev.held.job, ev.held.submitter, now)
+					r.res, r.err = res.Start(ev.start.job, ev.start.submitter, now)
 				}
-				ev.held.reply <- r
+				ev.start.reply <- r
 			}
 		case <-timer.C:
 		}

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -51,7 +52,12 @@ func (n *Node) newReservations() (*gossip.Reservations, error) {
 // syncAsks brings the prices this provider bids at to its asks of now (an
 // auto policy moves them; a class without an ask gets no bid).
 func (n *Node) syncAsks(res *gossip.Reservations) {
+	var done []string
 	for _, g := range n.LocalGPUs().Inventory.GPUs {
+		if slices.Contains(done, g.Class) {
+			continue
+		}
+		done = append(done, g.Class)
 		price, _ := n.Ask(g.Class)
 		res.SetPrice(g.Class, price)
 	}
@@ -81,19 +87,14 @@ func (n *Node) FreeGPUs() map[string]uint32 {
 }
 
 // allocGPUs takes the GPUs of a reservation for a task: two tasks never
-// hold one GPU, and a reservation runs one member at a time (a second
-// start on it is refused, whoever sends it: it would run GPUs nobody
-// leased, and its task's name is the running one's).
+// hold one GPU. (A reservation runs one member at a time: the negotiation
+// loop's Reservations.Start refuses a second start before this.)
 func (n *Node) allocGPUs(held gossip.Reservation, task string) ([]exec.GPU, error) {
 	inv := n.LocalGPUs().Inventory
 	n.gpuMu.Lock()
 	defer n.gpuMu.Unlock()
 	if n.gpuUse == nil {
-		n.gpuUse, n.running = map[string]string{}, map[gossip.Reservation]string{}
-	}
-	key := gossip.Reservation{Job: held.Job, Submitter: held.Submitter}
-	if t, ok := n.running[key]; ok {
-		return nil, fmt.Errorf("%w: job %s (%s); a reservation runs one member at a time", gossip.ErrMemberRuns, held.Job, t)
+		n.gpuUse = map[string]string{}
 	}
 	count, class := int(held.GPUs), held.Class
 	var got []exec.GPU
@@ -108,7 +109,6 @@ func (n *Node) allocGPUs(held gossip.Reservation, task string) ([]exec.GPU, erro
 	for _, g := range got {
 		n.gpuUse[g.UUID] = task
 	}
-	n.running[key] = task
 	return got, nil
 }
 
@@ -119,11 +119,6 @@ func (n *Node) freeGPUs(task string) {
 	for u, t := range n.gpuUse {
 		if t == task {
 			delete(n.gpuUse, u)
-		}
-	}
-	for k, t := range n.running {
-		if t == task {
-			delete(n.running, k)
 		}
 	}
 }
@@ -145,9 +140,9 @@ func (n *Node) GPUsInUse() map[string]string {
 // or ends under its member (releaseReservation ends it). A reservation runs
 // one member: a second start gets gossip.ErrMemberRuns.
 func (n *Node) startReservation(ctx context.Context, job gossip.JobID, submitter peer.ID) (gossip.Reservation, error) {
-	reply := make(chan heldReply, 1)
+	reply := make(chan startReply, 1)
 	select {
-	case n.in <- negEvent{held: &heldQuery{job: job, submitter: submitter, reply: reply}}:
+	case n.in <- negEvent{start: &startQuery{job: job, submitter: submitter, reply: reply}}:
 	case <-ctx.Done():
 		return gossip.Reservation{}, ctx.Err()
 	}
@@ -164,13 +159,13 @@ func (n *Node) releaseReservation(ctx context.Context, held gossip.Reservation) 
 	n.deliver(ctx, negEvent{ended: &held})
 }
 
-type heldQuery struct {
+type startQuery struct {
 	job       gossip.JobID
 	submitter peer.ID
-	reply     chan heldReply
+	reply     chan startReply
 }
 
-type heldReply struct {
+type startReply struct {
 	res gossip.Reservation
 	err error
 }

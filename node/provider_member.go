@@ -45,9 +45,8 @@ const (
 
 // memberState is the provider's part of running jobs.
 type memberState struct {
-	gpuMu   sync.Mutex
-	gpuUse  map[string]string             // GPU UUID → task holding it
-	running map[gossip.Reservation]string // reservation → the task of the member it runs (one a reservation)
+	gpuMu  sync.Mutex
+	gpuUse map[string]string // GPU UUID → task holding it
 
 	execMu sync.Mutex
 	docker exec.Executor // made at the first container job
@@ -130,12 +129,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		fail("this provider holds no reservation of %s for job %s", from, st.Job)
 		return
 	}
-	release := true // unless another start runs this reservation's member
-	defer func() {
-		if release {
-			n.releaseReservation(ctx, held)
-		}
-	}()
+	defer n.releaseReservation(ctx, held)
 	if err := st.Spec.Validate(n.PriceUnit()); err != nil {
 		fail("%v", err)
 		return
@@ -153,7 +147,6 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	task := fmt.Sprintf("gpumesh-%s-%d-%d", st.Job, st.Attempt, st.Rank)
 	gpus, err := n.allocGPUs(held, task)
 	if err != nil {
-		release = !errors.Is(err, gossip.ErrMemberRuns)
 		fail("%v", err)
 		return
 	}

@@ -161,7 +161,8 @@ func (n *Node) runJob(ctx context.Context, id string) {
 	}
 	defer n.closeLog(id, jl)
 	members := j.Members
-	a, err := attempt.New(n.attemptConfig(j), n.now())
+	cfg := n.attemptConfig(j)
+	a, err := attempt.New(cfg, n.now())
 	if err != nil {
 		n.finishJob(id, JobFailed, err.Error(), nil)
 		return
@@ -199,7 +200,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 		bg.Add(1)
 		go func() {
 			defer bg.Done()
-			n.startMember(ctx, j, s, filepath.Join(outDir, fmt.Sprintf("rank-%d", s.Rank)), send)
+			n.startMember(ctx, j, cfg, s, filepath.Join(outDir, fmt.Sprintf("rank-%d", s.Rank)), send)
 		}()
 	}
 	timer := time.NewTimer(n.heartbeat())
@@ -335,12 +336,11 @@ func (n *Node) attemptConfig(j Job) attempt.Config {
 
 // startMember opens a member's stream, sends its start frame and reads its
 // frames until the stream ends, reporting each as an attempt event.
-func (n *Node) startMember(ctx context.Context, j Job, s attempt.Start, dir string, send func(runEvent)) {
+func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s attempt.Start, dir string, send func(runEvent)) {
 	world := 0
 	for _, m := range j.Members {
 		world += int(m.GPUs)
 	}
-	cfg := n.attemptConfig(j)
 	c, err := n.openMember(ctx, j.Members[s.Rank])
 	if err == nil {
 		addr := s.MasterAddr
