@@ -11,6 +11,10 @@
 // provider itself over "/gpumesh/<swarm>/offer/1.0.0", one round trip; from
 // the DHT's stored copy if the provider does not answer), checks it like a
 // DHT record, and keeps the live ones that match.
+//
+// A server's shard is bounded against strangers (shard.go): offers from the
+// wire are admitted by sender rate and quota, per peer and per /24, and when
+// full by the closeness of their key to the server.
 package dht
 
 import (

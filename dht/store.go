@@ -2,6 +2,7 @@ package dht
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -60,7 +61,8 @@ type shardStore struct {
 	stats     shardStats
 }
 
-// shardStats counts what the shard did with remote puts.
+// shardStats counts what the shard did with remote puts. A rate-limited
+// put is counted twice: RateLimited on the wire, Unattributed at its write.
 type shardStats struct {
 	Stored, Replaced, Evicted                             int
 	RateLimited, PeerQuota, GroupQuota, Far, Unattributed int
@@ -84,10 +86,15 @@ func (s *shardStore) onRequest(_ context.Context, st network.Stream, req *pb.Mes
 		return
 	}
 	c := st.Conn()
-	from := origin{peer: c.RemotePeer(), group: netGroup(c.RemoteMultiaddr())}
+	s.charge(string(req.GetKey()), origin{peer: c.RemotePeer(), group: netGroup(c.RemoteMultiaddr())})
+}
+
+// charge files the ticket of a remote put of key (or counts it as
+// rate-limited: its write then finds no ticket and is refused).
+func (s *shardStore) charge(key string, from origin) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.shard.attribute(s.now(), string(req.GetKey()), from); err != nil {
+	if err := s.shard.attribute(s.now(), key, from); err != nil {
 		s.stats.RateLimited++
 	}
 }
@@ -155,11 +162,17 @@ func offerExpiry(value []byte, now time.Time) time.Time {
 	if err != nil {
 		return limit
 	}
-	var o Offer
-	if err := o.UnmarshalRecord(env.RawPayload); err != nil || o.ExpiresAt().After(limit) {
+	var o struct {
+		Expires int64 `json:"expires"`
+	}
+	if err := json.Unmarshal(env.RawPayload, &o); err != nil {
 		return limit
 	}
-	return o.ExpiresAt()
+	exp := time.Unix(o.Expires, 0)
+	if exp.After(limit) {
+		return limit
+	}
+	return exp
 }
 
 func (s *shardStore) putProvider(ctx context.Context, k ds.Key, v []byte) error {
