@@ -141,8 +141,9 @@ type ticket struct {
 }
 
 const (
-	ticketTTL  = 30 * time.Second // a put not written by then failed
-	maxTickets = 8192             // puts waiting for their write at once
+	ticketTTL       = 30 * time.Second // a put not written by then failed
+	maxTickets      = 8192             // puts waiting for their write at once
+	maxGroupTickets = 64               // of them from one network group
 )
 
 // shard is the admission state of this peer's stored value records.
@@ -158,7 +159,10 @@ type shard struct {
 
 	peerRate, groupRate     map[string]*rate.Limiter
 	peerPruned, groupPruned int // bucket count after the last prune
-	tickets                 map[string]ticket
+
+	tickets      map[string]ticket // by record key
+	groupTickets map[string]int    // tickets by network group
+	ticketsSwept time.Time         // last sweep of stale tickets
 }
 
 func newShard(self peer.ID, lim shardLimits) *shard {
@@ -171,6 +175,8 @@ func newShard(self peer.ID, lim shardLimits) *shard {
 		peerRate:  map[string]*rate.Limiter{},
 		groupRate: map[string]*rate.Limiter{},
 		tickets:   map[string]ticket{},
+
+		groupTickets: map[string]int{},
 	}
 }
 
@@ -185,18 +191,33 @@ func (s *shard) attribute(now time.Time, key string, from origin) error {
 		!allow(now, s.peerRate, &s.peerPruned, string(from.peer), s.lim.PeerEvery, s.lim.PeerBurst) {
 		return errRateLimited
 	}
-	if len(s.tickets) >= maxTickets {
-		for k, t := range s.tickets {
-			if now.Sub(t.at) > ticketTTL {
-				delete(s.tickets, k)
+	if old, ok := s.tickets[key]; ok {
+		s.dropTicket(key, old)
+	}
+	if len(s.tickets) >= maxTickets || s.groupTickets[from.group] >= maxGroupTickets {
+		// Tickets of puts that failed their check linger until swept; a
+		// sweep runs at most once a second, so a flood cannot make every
+		// put pay for one.
+		if now.Sub(s.ticketsSwept) >= time.Second {
+			s.ticketsSwept = now
+			for k, t := range s.tickets {
+				if now.Sub(t.at) > ticketTTL {
+					s.dropTicket(k, t)
+				}
 			}
 		}
-		if len(s.tickets) >= maxTickets {
+		if len(s.tickets) >= maxTickets || s.groupTickets[from.group] >= maxGroupTickets {
 			return errRateLimited
 		}
 	}
 	s.tickets[key] = ticket{from: from, at: now}
+	s.groupTickets[from.group]++
 	return nil
+}
+
+func (s *shard) dropTicket(key string, t ticket) {
+	delete(s.tickets, key)
+	decr(s.groupTickets, t.from.group)
 }
 
 // allow takes a token from name's bucket in m. Buckets that have filled up
@@ -221,7 +242,9 @@ func allow(now time.Time, m map[string]*rate.Limiter, pruned *int, name string, 
 // takeTicket returns and forgets the sender of the latest PUT of key.
 func (s *shard) takeTicket(now time.Time, key string) (origin, bool) {
 	t, ok := s.tickets[key]
-	delete(s.tickets, key)
+	if ok {
+		s.dropTicket(key, t)
+	}
 	if !ok || now.Sub(t.at) > ticketTTL {
 		return origin{}, false
 	}

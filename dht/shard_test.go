@@ -357,3 +357,33 @@ func TestNetGroup(t *testing.T) {
 		}
 	}
 }
+
+func TestPutsThatNeverReachTheStoreBlockOnlyTheirOwnNetwork(t *testing.T) {
+	_, self := newKey(t)
+	s := newShard(self, defaultShardLimits)
+	// A flood of puts that fail their check (no write takes their ticket),
+	// from fresh peers of one /24.
+	bad := "ip4:203.0.113.0/24"
+	refused := 0
+	for i := range 1000 {
+		if err := s.attribute(t0, fakeKey(i), origin{peer: peer.ID(fmt.Sprint(i)), group: bad}); errors.Is(err, errRateLimited) {
+			refused++
+		}
+	}
+	if refused != 1000-maxGroupTickets {
+		t.Fatalf("%d of 1000 refused, want all past the network's %d waiting puts", refused, maxGroupTickets)
+	}
+	// Another network's put is charged and written as usual.
+	honest := OfferKey("honest")
+	if err := put(s, t0, honest, origin{peer: "honest", group: "ip4:198.51.100.0/24"}, t0.Add(time.Hour)); err != nil {
+		t.Fatalf("honest put during the flood: %v", err)
+	}
+	// Once the flood's tickets are stale, its network may put again.
+	later := t0.Add(ticketTTL + time.Second)
+	if err := s.attribute(later, fakeKey(5000), origin{peer: "new", group: bad}); err != nil {
+		t.Fatalf("put after the stale tickets: %v", err)
+	}
+	if len(s.tickets) != 1 {
+		t.Fatalf("%d tickets kept, want the one fresh", len(s.tickets))
+	}
+}

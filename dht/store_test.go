@@ -37,3 +37,18 @@ func TestShardRefusesProviderRecordsPastItsBound(t *testing.T) {
 		t.Fatalf("counts = %d values, %d providers; want 0, 1", v, p)
 	}
 }
+
+// FuzzOfferExpiry: the expiry read from any bytes is never past MaxOfferTTL
+// from now, and reading never panics.
+func FuzzOfferExpiry(f *testing.F) {
+	sk, id := newKey(f)
+	f.Add(seal(f, testOffer(id, 1), sk))
+	f.Add([]byte{})
+	f.Add([]byte("\x0a\x00"))
+	now := t0
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if got := offerExpiry(b, now); got.After(now.Add(MaxOfferTTL)) {
+			t.Fatalf("expiry %v past the bound %v", got, now.Add(MaxOfferTTL))
+		}
+	})
+}
