@@ -11,6 +11,10 @@
 // provider itself over "/gpumesh/<swarm>/offer/1.0.0", one round trip; from
 // the DHT's stored copy if the provider does not answer), checks it like a
 // DHT record, and keeps the live ones that match.
+//
+// A server's shard is bounded against strangers (shard.go): offers from the
+// wire are admitted by sender rate and quota, per peer and per /24, and when
+// full by the closeness of their key to the server.
 package dht
 
 import (
@@ -55,7 +59,9 @@ func ParseMode(s string) (Mode, error) {
 type Config struct {
 	Swarm string           // swarm ID; "" means "public"
 	Mode  Mode             // "" means ModeAuto
-	Now   func() time.Time // clock of the offer validator; nil means time.Now
+	Now   func() time.Time // clock of the offer validator and the shard's rates; nil means time.Now
+
+	limits shardLimits // what remote peers may store here; zero means defaultShardLimits (tests shrink it)
 }
 
 // ProtocolPrefix is "/gpumesh/<swarm>", so the DHT protocol is
@@ -70,7 +76,7 @@ func ProtocolPrefix(swarm string) protocol.ID {
 // Directory is the swarm's DHT on one peer.
 type Directory struct {
 	kad       *kaddht.IpfsDHT
-	store     *cappedStore // this peer's shard: values and provider records, bounded
+	store     *shardStore // this peer's shard: values and provider records, bounded
 	validator offerValidator
 
 	host       host.Host
@@ -97,8 +103,12 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Directory, error) {
 	if now == nil {
 		now = time.Now
 	}
+	lim := cfg.limits
+	if lim == (shardLimits{}) {
+		lim = defaultShardLimits
+	}
 	d := &Directory{
-		store:      newCappedStore(MaxStoredValues, MaxStoredProviders),
+		store:      newShardStore(h.ID(), lim, MaxStoredProviders, now),
 		validator:  offerValidator{now: now},
 		provided:   map[string]time.Time{},
 		host:       h,
@@ -108,6 +118,11 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Directory, error) {
 		kaddht.Mode(mode),
 		kaddht.ProtocolPrefix(ProtocolPrefix(cfg.Swarm)),
 		kaddht.Datastore(d.store),
+		// The store admits each remote PUT_VALUE by its sender (shard.go).
+		kaddht.OnRequestHook(d.store.onRequest),
+		// No offer is valid longer than MaxOfferTTL after it was received.
+		kaddht.MaxRecordAge(MaxOfferTTL),
+		kaddht.ValueGCInterval(time.Hour),
 		// Offers only: no /pk or /ipns records for anyone to fill us with.
 		kaddht.Validator(record.NamespacedValidator{offerNamespace: d.validator}),
 	)
@@ -347,7 +362,7 @@ func sortMatches(m []Match, unit string) {
 
 // Offer fetches and checks the current offer of one provider.
 func (d *Directory) Offer(ctx context.Context, provider peer.ID) (*Offer, error) {
-	data, err := d.kad.GetValue(ctx, OfferKey(provider))
+	data, err := d.kad.GetValue(withLocal(ctx), OfferKey(provider))
 	if err != nil {
 		return nil, fmt.Errorf("dht: offer of %s: %w", provider, err)
 	}
@@ -372,7 +387,7 @@ func (d *Directory) Publish(ctx context.Context, sealed []byte, force bool) erro
 		d.own = sealed
 		d.mu.Unlock()
 	}
-	if err := d.kad.PutValue(ctx, OfferKey(o.Provider), sealed); err != nil {
+	if err := d.kad.PutValue(withLocal(ctx), OfferKey(o.Provider), sealed); err != nil {
 		return fmt.Errorf("dht: put offer: %w", err)
 	}
 	var keys []string
@@ -477,11 +492,11 @@ func (h *hopCounter) result() (hops, answers int) {
 
 // Get returns the raw record stored under key, after validation.
 func (d *Directory) Get(ctx context.Context, key string) ([]byte, error) {
-	return d.kad.GetValue(ctx, key)
+	return d.kad.GetValue(withLocal(ctx), key)
 }
 
 // Put stores a raw record under key. This peer's validator checks it first,
 // and every peer that is asked to store it checks it again.
 func (d *Directory) Put(ctx context.Context, key string, value []byte) error {
-	return d.kad.PutValue(ctx, key, value)
+	return d.kad.PutValue(withLocal(ctx), key, value)
 }

@@ -2,43 +2,180 @@ package dht
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	ds "github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/query"
 	dssync "github.com/ipfs/go-datastore/sync"
+	pb "github.com/libp2p/go-libp2p-kad-dht/pb"
+	recpb "github.com/libp2p/go-libp2p-record/pb"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/record"
+	"google.golang.org/protobuf/proto"
 )
 
 // Bounds of a peer's shard of the directory. Any peer may ask a DHT server
-// to store records; past these the server refuses, so no one can make it
-// hold more than a bounded amount of memory.
+// to store records; past these the server refuses (values: see shard.go for
+// which ones it keeps), so no one can make it hold more than a bounded
+// amount of memory.
 const (
 	MaxStoredValues    = 100_000 // offer records (≤ 4 KiB each)
 	MaxStoredProviders = 500_000 // provider records (index announcements)
 )
 
-// errShardFull is returned to a put past the bounds.
+// errShardFull is returned to a put of a provider record past the bound.
 var errShardFull = errors.New("dht: this peer's directory shard is full")
 
-// cappedStore is an in-memory datastore that refuses new keys past a bound,
-// counted apart for provider records (under /providers/) and values.
-type cappedStore struct {
+// localPut marks the context of this peer's own puts (its Put, Publish and
+// the corrections of its own lookups): they are stored without a sender's
+// limits. Puts from the wire run under the DHT's own context, unmarked.
+type localPut struct{}
+
+func withLocal(ctx context.Context) context.Context { return context.WithValue(ctx, localPut{}, true) }
+
+func isLocal(ctx context.Context) bool { return ctx.Value(localPut{}) != nil }
+
+// shardStore is this peer's shard of the directory: an in-memory datastore
+// whose value records are admitted by the shard's rule (per-sender rates and
+// quotas, closeness when full) and whose provider records (under
+// /providers/) are capped in count.
+//
+// The DHT hands a datastore write no sender, so the sender comes from the
+// DHT's request hook: onRequest sees every PUT_VALUE with its connection,
+// charges its rates and files a ticket; the write it leads to takes the
+// ticket. A remote write without one is refused.
+type shardStore struct {
 	ds.Batching
-	mu                   sync.Mutex // guards the counts
-	values, providers    int
-	maxValues, maxProvid int
+	now func() time.Time
+
+	mu        sync.Mutex // guards shard, providers and stats, and makes each check-and-write one step
+	shard     *shard
+	providers int
+	maxProvid int
+	stats     shardStats
 }
 
-func newCappedStore(maxValues, maxProviders int) *cappedStore {
-	return &cappedStore{Batching: dssync.MutexWrap(ds.NewMapDatastore()), maxValues: maxValues, maxProvid: maxProviders}
+// shardStats counts what the shard did with remote puts. A rate-limited
+// put is counted twice: RateLimited on the wire, Unattributed at its write.
+type shardStats struct {
+	Stored, Replaced, Evicted                             int
+	RateLimited, PeerQuota, GroupQuota, Far, Unattributed int
+}
+
+func newShardStore(self peer.ID, lim shardLimits, maxProviders int, now func() time.Time) *shardStore {
+	return &shardStore{
+		Batching:  dssync.MutexWrap(ds.NewMapDatastore()),
+		now:       now,
+		shard:     newShard(self, lim),
+		maxProvid: maxProviders,
+	}
 }
 
 func isProviderKey(k ds.Key) bool { return strings.HasPrefix(k.String(), "/providers/") }
 
-func (s *cappedStore) Put(ctx context.Context, k ds.Key, v []byte) error {
+// onRequest is the DHT's request hook: it charges each PUT_VALUE to its
+// sender before the DHT checks and stores the record. It must not block.
+func (s *shardStore) onRequest(_ context.Context, st network.Stream, req *pb.Message) {
+	if req.GetType() != pb.Message_PUT_VALUE {
+		return
+	}
+	c := st.Conn()
+	s.charge(string(req.GetKey()), origin{peer: c.RemotePeer(), group: netGroup(c.RemoteMultiaddr())})
+}
+
+// charge files the ticket of a remote put of key (or counts it as
+// rate-limited: its write then finds no ticket and is refused).
+func (s *shardStore) charge(key string, from origin) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.shard.attribute(s.now(), key, from); err != nil {
+		s.stats.RateLimited++
+	}
+}
+
+func (s *shardStore) Put(ctx context.Context, k ds.Key, v []byte) error {
+	if isProviderKey(k) {
+		return s.putProvider(ctx, k, v)
+	}
+	rec := &recpb.Record{}
+	if err := proto.Unmarshal(v, rec); err != nil {
+		return fmt.Errorf("dht: store %s: not a DHT record: %w", k, err)
+	}
+	now := s.now()
+	expires := offerExpiry(rec.GetValue(), now)
+	point := kadPoint(rec.GetKey())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	from := origin{}
+	if !isLocal(ctx) {
+		var ok bool
+		if from, ok = s.shard.takeTicket(now, string(rec.GetKey())); !ok {
+			s.stats.Unattributed++
+			return errUnattributed
+		}
+	}
+	_, had := s.shard.stored(k.String())
+	evict, err := s.shard.admit(now, k.String(), point, from, expires)
+	for _, e := range evict {
+		if derr := s.Batching.Delete(ctx, ds.RawKey(e)); derr != nil {
+			err = errors.Join(err, derr)
+		}
+	}
+	s.stats.Evicted += len(evict)
+	if err != nil {
+		if !from.local() {
+			s.count(err)
+		}
+		return err
+	}
+	if had {
+		s.stats.Replaced++
+	} else if !from.local() {
+		s.stats.Stored++
+	}
+	return s.Batching.Put(ctx, k, v)
+}
+
+func (s *shardStore) count(err error) {
+	switch {
+	case errors.Is(err, errPeerQuota):
+		s.stats.PeerQuota++
+	case errors.Is(err, errGroupQuota):
+		s.stats.GroupQuota++
+	case errors.Is(err, errFarKey):
+		s.stats.Far++
+	}
+}
+
+// offerExpiry reads when an offer record expires, without checking its
+// signature (the DHT's validator did, just before the write); a record past
+// MaxOfferTTL from now, or unreadable, is given MaxOfferTTL.
+func offerExpiry(value []byte, now time.Time) time.Time {
+	limit := now.Add(MaxOfferTTL)
+	env, err := record.UnmarshalEnvelope(value)
+	if err != nil {
+		return limit
+	}
+	var o struct {
+		Expires int64 `json:"expires"`
+	}
+	if err := json.Unmarshal(env.RawPayload, &o); err != nil {
+		return limit
+	}
+	exp := time.Unix(o.Expires, 0)
+	if exp.After(limit) {
+		return limit
+	}
+	return exp
+}
+
+func (s *shardStore) putProvider(ctx context.Context, k ds.Key, v []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	has, err := s.Batching.Has(ctx, k)
@@ -46,51 +183,54 @@ func (s *cappedStore) Put(ctx context.Context, k ds.Key, v []byte) error {
 		return err
 	}
 	if !has {
-		count, limit := &s.values, s.maxValues
-		if isProviderKey(k) {
-			count, limit = &s.providers, s.maxProvid
+		if s.providers >= s.maxProvid {
+			return fmt.Errorf("%w (%d provider records)", errShardFull, s.maxProvid)
 		}
-		if *count >= limit {
-			return fmt.Errorf("%w (%d records)", errShardFull, limit)
-		}
-		*count++
+		s.providers++
 	}
 	return s.Batching.Put(ctx, k, v)
 }
 
-func (s *cappedStore) Delete(ctx context.Context, k ds.Key) error {
+func (s *shardStore) Delete(ctx context.Context, k ds.Key) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	has, err := s.Batching.Has(ctx, k)
-	if err != nil {
-		return err
-	}
-	if has {
-		if isProviderKey(k) {
-			s.providers--
-		} else {
-			s.values--
+	if isProviderKey(k) {
+		has, err := s.Batching.Has(ctx, k)
+		if err != nil {
+			return err
 		}
+		if has {
+			s.providers--
+		}
+	} else {
+		s.shard.remove(k.String())
 	}
 	return s.Batching.Delete(ctx, k)
 }
 
 // Batch applies its puts and deletes through the bounds.
-func (s *cappedStore) Batch(ctx context.Context) (ds.Batch, error) {
+func (s *shardStore) Batch(ctx context.Context) (ds.Batch, error) {
 	return ds.NewBasicBatch(s), nil
 }
 
 // Query, Get, Has, GetSize, Sync and Close come from the wrapped store.
-var _ ds.Batching = (*cappedStore)(nil)
+var _ ds.Batching = (*shardStore)(nil)
 
 // counts returns how many values and provider records are stored.
-func (s *cappedStore) counts() (values, providers int) {
+func (s *shardStore) counts() (values, providers int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.values, s.providers
+	return s.shard.len(), s.providers
+}
+
+// snapshot returns the counters of remote puts.
+func (s *shardStore) snapshot() shardStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
 }
 
 // queryKeys lists the stored keys; for tests and the benchmark.
-func (s *cappedStore) queryKeys(ctx context.Context) (query.Results, error) {
+func (s *shardStore) queryKeys(ctx context.Context) (query.Results, error) {
 	return s.Batching.Query(ctx, query.Query{KeysOnly: true})
 }
