@@ -4,39 +4,14 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/libp2p/go-libp2p/core/network"
 
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 )
-
-// hostileMember replaces a provider's side of the job protocol: it reads
-// the submitter's start frame, then writes what script says, then reads
-// until the submitter closes the stream.
-func hostileMember(t *testing.T, prov *node.Node, script func(st *jobwire.StartFrame, fw *jobwire.Writer) error) {
-	t.Helper()
-	prov.Host().SetStreamHandler(jobwire.Protocol, func(s network.Stream) {
-		defer s.Close()
-		br := bufio.NewReader(s)
-		f, err := jobwire.Read(br)
-		if err != nil || f.T != jobwire.KindStart {
-			t.Errorf("hostile member: first frame %v, %v", f.T, err)
-			return
-		}
-		if err := script(f.Start, jobwire.NewWriter(s)); err != nil {
-			t.Errorf("hostile member: %v", err)
-			return
-		}
-		_ = s.CloseWrite()
-		_, _ = io.Copy(io.Discard, br)
-	})
-}
 
 // A provider that bills a minute of work as soon as its member has
 // started, speaking the real job protocol with a bill whose amount matches
@@ -48,7 +23,7 @@ func TestProviderIsNotPaidForTimeItDidNotWork(t *testing.T) {
 	prov, sub := m.Nodes[0], m.Nodes[1]
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	hostileMember(t, prov, func(st *jobwire.StartFrame, fw *jobwire.Writer) error {
+	meshtest.ServeJobs(t, prov.Host(), func(js *meshtest.JobStream, st *jobwire.StartFrame) error {
 		start := time.Now().UnixMilli()
 		ref := func(k int) string { return fmt.Sprintf("%s-%d-%d-%d", st.Job, st.Attempt, st.Rank, k) }
 		frames := []jobwire.Frame{
@@ -60,12 +35,7 @@ func TestProviderIsNotPaidForTimeItDidNotWork(t *testing.T) {
 			{T: jobwire.KindBill, Bill: &jobwire.BillFrame{Interval: 1, Lamports: 1_000_000, Millis: 1_000, Ref: ref(1)}},
 			{T: jobwire.KindExit, Exit: &jobwire.ExitFrame{Code: 0, Start: start, End: time.Now().UnixMilli()}},
 		}
-		for _, f := range frames {
-			if err := fw.Write(f); err != nil {
-				return err
-			}
-		}
-		return nil
+		return js.Send(frames...)
 	})
 	provBefore := balance(t, ln, prov.Info().SolanaAddress)
 	j := runToEnd(t, ctx, sub, solSpec(t, "true"))

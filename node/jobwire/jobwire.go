@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/gossip"
@@ -55,6 +56,7 @@ const (
 	MaxLogChunk   = 64 << 10  // bytes of log data in one frame
 	MaxText       = 1024      // bytes of a reason
 	MaxRank       = 4096
+	MaxSeq        = 1 << 53   // a heartbeat's sequence number (a year of heartbeats is 2^25)
 	maxOutputPath = receipt.MaxOutputPath
 )
 
@@ -76,6 +78,7 @@ type Frame struct {
 	Reason  string              `json:"reason,omitempty"` // stop, error
 	Bill    *BillFrame          `json:"bill,omitempty"`
 	Paid    *PaidFrame          `json:"paid,omitempty"`
+	Seq     uint64              `json:"seq,omitempty"` // hb: one more than the last heartbeat's, from 1
 }
 
 // StartFrame is what a member runs.
@@ -129,7 +132,11 @@ func (f *Frame) check() error {
 		if jid.UnmarshalText([]byte(s.Job)) != nil {
 			return bad("job ID %s", text.Clip(s.Job))
 		}
-	case KindStop, KindHeartbeat, KindError:
+	case KindStop, KindError:
+	case KindHeartbeat:
+		if f.Seq == 0 || f.Seq > MaxSeq {
+			return bad("sequence number %d, want 1..%d", f.Seq, uint64(MaxSeq))
+		}
 	case KindReady:
 		if f.Port < 1 || f.Port > 65535 {
 			return bad("port %d", f.Port)
@@ -224,9 +231,22 @@ func Read(r *bufio.Reader) (Frame, error) {
 // Writer writes frames from several goroutines, one whole frame at a
 // time.
 type Writer struct {
-	mu sync.Mutex
-	w  io.Writer
+	mu      sync.Mutex
+	w       io.Writer
+	timeout time.Duration // a frame not written in this long fails; 0: no bound
 }
+
+// SetTimeout bounds how long one frame may take to write (a peer that
+// stops reading holds a writer no longer): where the stream can set a
+// write deadline (libp2p streams, net.Conn), a frame not written within d
+// fails with the deadline's error. 0 removes the bound.
+func (fw *Writer) SetTimeout(d time.Duration) {
+	fw.mu.Lock()
+	fw.timeout = d
+	fw.mu.Unlock()
+}
+
+type writeDeadliner interface{ SetWriteDeadline(time.Time) error }
 
 func (fw *Writer) Write(f Frame) error {
 	data, err := json.Marshal(f)
@@ -240,6 +260,10 @@ func (fw *Writer) Write(f Frame) error {
 	buf = append(buf, data...)
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
+	if wd, ok := fw.w.(writeDeadliner); ok && fw.timeout > 0 {
+		_ = wd.SetWriteDeadline(time.Now().Add(fw.timeout))
+		defer func() { _ = wd.SetWriteDeadline(time.Time{}) }()
+	}
 	_, err = fw.w.Write(buf)
 	return err
 }
