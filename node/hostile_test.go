@@ -5,8 +5,15 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/testwait"
+	"github.com/gpumesh/gpumesh/node/jobspec"
 
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobwire"
@@ -100,5 +107,194 @@ func TestASecondStartOnOneReservationIsRefused(t *testing.T) {
 	if _, err := sub.CancelJob(ctx, job.ID); err != nil {
 		t.Fatal(err)
 	}
+	waitFree(t, ctx, []*node.Node{prov})
+}
+
+// shiftClock is a peer's clock that a test moves on: the wall clock plus
+// an offset.
+type shiftClock struct{ off atomic.Int64 }
+
+func (c *shiftClock) now() time.Time { return time.Now().Add(time.Duration(c.off.Load())) }
+
+func (c *shiftClock) add(d time.Duration) { c.off.Add(int64(d)) }
+
+// bidFor asks prov for bids on gpus H100s as adv, open until 10 s after
+// now on the provider's clock, and returns the bid.
+func bidFor(t *testing.T, ctx context.Context, adv *meshtest.Adversary, prov peer.ID, gpus uint32, now time.Time) gossip.Bid {
+	t.Helper()
+	job := meshtest.NewJobID()
+	rfb := adv.Request(job, "H100-80GB", gpus, 2_500_000, "USDC:6")
+	rfb.Deadline = now.Add(10 * time.Second).UnixMilli()
+	if err := adv.Publish(ctx, rfb); err != nil {
+		t.Fatal(err)
+	}
+	m, err := adv.Received(ctx, func(m gossip.Message) bool {
+		b, ok := m.(*gossip.Bid)
+		return ok && b.Job == job && b.Provider == prov
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return *m.(*gossip.Bid)
+}
+
+// A bystander that reads a public request for bids and races the real
+// submitter with its own award and confirm for that job (signed by
+// itself, as the protocol demands; one that names the real submitter as
+// its author is refused unread) gets nothing: the provider refuses it, the
+// honest job forms on all 8 GPUs and runs.
+func TestAnAwardFromABystanderIsRefused(t *testing.T) {
+	m := meshtest.Start(t, 2, h100s(32, 1))
+	prov, sub := m.Nodes[0], m.Nodes[1]
+	adv := m.AddAdversary(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	job, err := sub.SubmitJob(ctx, jobSpec(t, 8, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rfb, err := adv.Heard(ctx, func(r gossip.RequestForBids) bool { return r.Submitter == sub.Host().ID() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	provID := prov.Host().ID()
+	hijack := &gossip.Award{Job: rfb.Job, Submitter: adv.ID.PeerID, Provider: provID, Class: "H100-80GB", GPUs: 8,
+		Price: 2_100_000, LeaseExpires: time.Now().Add(24 * time.Hour).UnixMilli(), Gang: rfb.Job, GangSize: 1}
+	if err := adv.Send(ctx, provID, hijack); err != nil {
+		t.Fatal(err)
+	}
+	if err := adv.Send(ctx, provID, &gossip.Confirm{Job: rfb.Job, Submitter: adv.ID.PeerID, Provider: provID}); err != nil {
+		t.Fatal(err)
+	}
+	forged := *hijack
+	forged.Submitter = sub.Host().ID() // written as the submitter, signed by the bystander
+	data, err := node.SealNegotiation(adv.ID, &forged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = adv.SendRaw(ctx, provID, data)
+	ans, err := adv.Received(ctx, func(m gossip.Message) bool { return m.JobID() == rfb.Job })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := ans.(*gossip.Refusal); !ok {
+		t.Fatalf("the bystander's award was answered %T %+v, want a refusal", ans, ans)
+	}
+	j := waitJob(t, ctx, sub, job.ID, "to run on the provider", func(j node.Job) bool {
+		return j.State == node.JobRunning && len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning
+	})
+	if len(j.Members) != 1 || j.Members[0].Provider != provID || j.Members[0].GPUs != 8 {
+		t.Fatalf("members %+v: want the provider's 8 GPUs", j.Members)
+	}
+	if inUse := prov.GPUsInUse(); len(inUse) != 8 {
+		t.Errorf("%d GPUs in use, want the honest job's 8", len(inUse))
+	}
+	for _, msg := range adv.Inbox() {
+		if a, ok := msg.(*gossip.Acceptance); ok {
+			t.Errorf("the provider accepted the bystander's award: %+v", a)
+		}
+	}
+	if _, err := sub.CancelJob(ctx, job.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFree(t, ctx, []*node.Node{prov})
+}
+
+// A submitter that reserves GPUs and never starts anything holds them a
+// minute at most, and at most 4 reservations at once: its fifth award is
+// refused though GPUs are free, and a minute later (on the provider's
+// clock) every GPU is free again and an honest 8-GPU job forms.
+func TestReservationsThatNeverStartLapse(t *testing.T) {
+	clock := &shiftClock{} // the peers' one clock, moved on together
+	o := h100s(33, 1)
+	o.Config = func(i int, c *node.Config) { c.Clock = clock.now }
+	m := meshtest.Start(t, 2, o)
+	prov, sub := m.Nodes[0], m.Nodes[1]
+	adv := m.AddAdversary(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	provID := prov.Host().ID()
+	for k := range 4 {
+		if _, err := adv.Reserve(ctx, provID, meshtest.NewJobID(), "H100-80GB", 1, 2_500_000, "USDC:6"); err != nil {
+			t.Fatalf("reservation %d: %v", k+1, err)
+		}
+	}
+	_, err := adv.Reserve(ctx, provID, meshtest.NewJobID(), "H100-80GB", 1, 2_500_000, "USDC:6")
+	if err == nil || !strings.Contains(err.Error(), "award refused") {
+		t.Fatalf("a fifth reservation: %v, want it refused", err)
+	}
+	testwait.Until(t, ctx, "the 4 reservations to hold 4 GPUs", func() (bool, string) {
+		free := prov.FreeGPUs()["H100-80GB"]
+		return free == 4, fmt.Sprintf("%d free", free)
+	})
+	clock.add(61 * time.Second)
+	waitFree(t, ctx, []*node.Node{prov})
+	j := waitJob(t, ctx, sub, mustSubmit(t, ctx, sub, jobSpec(t, 8, "")), "to run", func(j node.Job) bool {
+		return j.State == node.JobRunning
+	})
+	if _, err := sub.CancelJob(ctx, j.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustSubmit(t *testing.T, ctx context.Context, nd *node.Node, spec jobspec.Spec) string {
+	t.Helper()
+	j, err := nd.SubmitJob(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j.ID
+}
+
+// A reservation whose member runs does not end with its lease: with the
+// provider's clock moved two hours past it, the member's GPU stays held
+// (GPUs in use never exceed those reserved: a new request gets a bid for
+// the other 7 only), until the member ends.
+func TestALeaseDoesNotEndWhileItsMemberRuns(t *testing.T) {
+	clock := &shiftClock{}
+	o := h100s(34, 1)
+	o.Config = func(i int, c *node.Config) {
+		if i == 0 {
+			c.Clock = clock.now
+		}
+	}
+	m := meshtest.Start(t, 1, o)
+	prov := m.Nodes[0]
+	adv, other := m.AddAdversary(t, 0), m.AddAdversary(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	provID := prov.Host().ID()
+	job := meshtest.NewJobID()
+	if _, err := adv.Reserve(ctx, provID, job, "H100-80GB", 1, 2_500_000, "USDC:6"); err != nil {
+		t.Fatal(err)
+	}
+	js, err := adv.OpenJob(ctx, provID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer js.Close()
+	start := &jobwire.StartFrame{Job: job.String(), Members: 1, WorldGPUs: 1, Spec: scriptSpec(t, 1, 0, "exec sleep 300", "")}
+	if err := js.Send(jobwire.Frame{T: jobwire.KindStart, Start: start}); err != nil {
+		t.Fatal(err)
+	}
+	if fs, err := js.Until(ctx, func(f jobwire.Frame) bool { return f.T == jobwire.KindStarted }); err != nil {
+		t.Fatalf("frames %s: %v", kinds(fs), err)
+	}
+	clock.add(2 * time.Hour) // past the lease of an hour, and the start deadline
+	for k := range 2 {       // the second bid comes after the loop has seen the new time
+		if b := bidFor(t, ctx, other, provID, 8, clock.now()); b.GPUs != 7 {
+			t.Fatalf("bid %d after the lease: %d GPUs, want 7 (one runs the member)", k+1, b.GPUs)
+		}
+	}
+	if inUse := prov.GPUsInUse(); len(inUse) != 1 {
+		t.Fatalf("%d GPUs in use, want 1", len(inUse))
+	}
+	if err := js.Send(jobwire.Frame{T: jobwire.KindStop, Reason: "done"}); err != nil {
+		t.Fatal(err)
+	}
+	if fs, err := js.Until(ctx, func(f jobwire.Frame) bool { return f.T == jobwire.KindExit }); err != nil {
+		t.Fatalf("frames %s: %v", kinds(fs), err)
+	}
+	_ = js.Close()
 	waitFree(t, ctx, []*node.Node{prov})
 }

@@ -56,7 +56,7 @@ const (
 	MaxLogChunk   = 64 << 10  // bytes of log data in one frame
 	MaxText       = 1024      // bytes of a reason
 	MaxRank       = 4096
-	MaxSeq        = 1 << 53   // a heartbeat's sequence number (a year of heartbeats is 2^25)
+	MaxSeq        = 1 << 53 // a heartbeat's sequence number (a year of heartbeats is 2^25)
 	maxOutputPath = receipt.MaxOutputPath
 )
 
