@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -297,4 +298,89 @@ func TestALeaseDoesNotEndWhileItsMemberRuns(t *testing.T) {
 	}
 	_ = js.Close()
 	waitFree(t, ctx, []*node.Node{prov})
+}
+
+// A member whose heartbeats repeat one number, however much else it says
+// (log lines every 100 ms), does not count as alive: it is lost three
+// heartbeats after its last fresh frame, and the job fails saying so.
+func TestAMemberReplayingHeartbeatsIsLost(t *testing.T) {
+	m := meshtest.Start(t, 2, h100s(36, 1))
+	prov, sub := m.Nodes[0], m.Nodes[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	meshtest.ServeJobs(t, prov.Host(), func(js *meshtest.JobStream, st *jobwire.StartFrame) error {
+		if err := js.Send(jobwire.Frame{T: jobwire.KindStarted, At: time.Now().UnixMilli()}); err != nil {
+			return err
+		}
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for range 300 { // 30 s at most; the submitter closes the stream long before
+			<-tick.C
+			err := js.Send(jobwire.Frame{T: jobwire.KindHeartbeat, Seq: 1},
+				jobwire.Frame{T: jobwire.KindLog, Stream: "out", Data: []byte("still here\n")})
+			if err != nil {
+				return nil // closed by the submitter: the point
+			}
+		}
+		return fmt.Errorf("the submitter kept a member that replays one heartbeat for 30 s")
+	})
+	j := runToEnd(t, ctx, sub, scriptSpec(t, 1, 0, "exec sleep 300", ""))
+	if j.State != node.JobFailed || !strings.Contains(j.Reason, "stopped answering (no heartbeat for 3s)") {
+		t.Fatalf("job %s (%s): want failed, its member lost", j.State, j.Reason)
+	}
+	if len(j.Runs) != 1 || j.Runs[0].State != node.MemberLost {
+		t.Fatalf("runs %+v: want the member lost", j.Runs)
+	}
+}
+
+// Member 0 of a two-member job that says ready five times starts the
+// other member once: the submitter takes one ready frame (its rendezvous
+// port) and starts the rest on it, never again.
+func TestReadyFiveTimesStartsTheOthersOnce(t *testing.T) {
+	m := meshtest.Start(t, 3, h100s(37, 2))
+	sub := m.Nodes[2]
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	starts := map[int]int{} // rank → start frames received
+	member := func(js *meshtest.JobStream, st *jobwire.StartFrame) error {
+		mu.Lock()
+		starts[st.Rank]++
+		mu.Unlock()
+		now := time.Now().UnixMilli()
+		var fs []jobwire.Frame
+		if st.Rank == 0 {
+			for k := range 5 {
+				fs = append(fs, jobwire.Frame{T: jobwire.KindReady, Port: 29500 + k})
+			}
+		}
+		fs = append(fs, jobwire.Frame{T: jobwire.KindStarted, At: now}, jobwire.Frame{T: jobwire.KindHeartbeat, Seq: 1})
+		if err := js.Send(fs...); err != nil {
+			return err
+		}
+		if st.Rank == 0 { // runs until the job is cancelled
+			_, _ = js.Until(ctx, func(f jobwire.Frame) bool { return f.T == jobwire.KindStop })
+			return nil
+		}
+		return js.Send(jobwire.Frame{T: jobwire.KindExit, Exit: &jobwire.ExitFrame{Code: 0, Start: now, End: time.Now().UnixMilli()}})
+	}
+	for _, p := range m.Nodes[:2] {
+		meshtest.ServeJobs(t, p.Host(), member)
+	}
+	job, err := sub.SubmitJob(ctx, scriptSpec(t, 16, 8, "true", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitJob(t, ctx, sub, job.ID, "member 1 to exit", func(j node.Job) bool {
+		return len(j.Runs) == 2 && j.Runs[1].State == node.MemberExited
+	})
+	if _, err := sub.CancelJob(ctx, job.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitEnded(t, ctx, sub, job.ID)
+	mu.Lock()
+	defer mu.Unlock()
+	if starts[0] != 1 || starts[1] != 1 {
+		t.Fatalf("start frames by rank %v: want one each", starts)
+	}
 }

@@ -36,6 +36,7 @@ const (
 	lostAfterBeats   = 3           // heartbeats missed before a member counts as lost
 	startTimeout     = 10 * time.Second
 	countersignWait  = 10 * time.Second // how long a member waits for the submitter's signature
+	writeTimeout     = 30 * time.Second // one frame to a peer that stops reading, either side
 	stopWait         = exec.StopGrace + 20*time.Second
 	// leaseGrace is how far past its lease a member may run: a lease runs
 	// from the award, the work from its start a little later, and an honest
@@ -258,9 +259,9 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	// Heartbeats, each with a number one higher than the last, from now
 	// until the exit frame: also while the last bill waits for its payment
 	// and the outputs go out. A submitter that stops reading is gone: a
-	// frame that cannot be written within lostAfterBeats heartbeats closes
-	// the stream, and that stops the work.
-	fw.SetTimeout(n.heartbeat() * lostAfterBeats)
+	// frame that cannot be written within writeTimeout ends the stream,
+	// and that stops the work.
+	fw.SetTimeout(writeTimeout)
 	beatDone := make(chan struct{})
 	var beats sync.WaitGroup
 	beats.Add(1)

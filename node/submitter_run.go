@@ -428,7 +428,7 @@ func (n *Node) openMember(ctx context.Context, m gossip.Member) (*memberConn, er
 		ip = a.String()
 	}
 	fw := jobwire.NewWriter(s)
-	fw.SetTimeout(startTimeout) // a member that stops reading holds no writer
+	fw.SetTimeout(writeTimeout) // a member that stops reading holds no writer
 	return &memberConn{rw: s, fw: fw, ip: ip}, nil
 }
 

@@ -236,10 +236,12 @@ type Writer struct {
 	timeout time.Duration // a frame not written in this long fails; 0: no bound
 }
 
-// SetTimeout bounds how long one frame may take to write (a peer that
-// stops reading holds a writer no longer): where the stream can set a
-// write deadline (libp2p streams, net.Conn), a frame not written within d
-// fails with the deadline's error. 0 removes the bound.
+// SetTimeout bounds how long one frame may take to write, so a peer that
+// stops reading holds a writer no longer: a frame not written within d
+// fails, by the stream's write deadline where it has one (libp2p streams
+// over real connections, net.Conn), and otherwise by resetting (or
+// closing) the stream under it; after that the stream is useless. 0
+// removes the bound.
 func (fw *Writer) SetTimeout(d time.Duration) {
 	fw.mu.Lock()
 	fw.timeout = d
@@ -247,6 +249,18 @@ func (fw *Writer) SetTimeout(d time.Duration) {
 }
 
 type writeDeadliner interface{ SetWriteDeadline(time.Time) error }
+
+type resetter interface{ Reset() error }
+
+// abort ends a stream whose write is stuck.
+func abort(w io.Writer) {
+	switch s := w.(type) {
+	case resetter:
+		_ = s.Reset()
+	case io.Closer:
+		_ = s.Close()
+	}
+}
 
 func (fw *Writer) Write(f Frame) error {
 	data, err := json.Marshal(f)
@@ -260,9 +274,15 @@ func (fw *Writer) Write(f Frame) error {
 	buf = append(buf, data...)
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	if wd, ok := fw.w.(writeDeadliner); ok && fw.timeout > 0 {
-		_ = wd.SetWriteDeadline(time.Now().Add(fw.timeout))
-		defer func() { _ = wd.SetWriteDeadline(time.Time{}) }()
+	if fw.timeout > 0 {
+		if wd, ok := fw.w.(writeDeadliner); ok {
+			_ = wd.SetWriteDeadline(time.Now().Add(fw.timeout))
+			defer func() { _ = wd.SetWriteDeadline(time.Time{}) }()
+		}
+		// A stream whose deadline does nothing (or is not there) is ended
+		// a little later.
+		stuck := time.AfterFunc(fw.timeout+fw.timeout/4, func() { abort(fw.w) })
+		defer stuck.Stop()
 	}
 	_, err = fw.w.Write(buf)
 	return err

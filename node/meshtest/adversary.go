@@ -326,12 +326,11 @@ func (j *JobStream) Send(fs ...jobwire.Frame) error {
 	return nil
 }
 
-// Next reads one frame, waiting until ctx ends at most.
+// Next reads one frame, waiting until ctx ends at most (then the stream
+// is reset: mocknet streams have no deadlines).
 func (j *JobStream) Next(ctx context.Context) (jobwire.Frame, error) {
-	if d, ok := ctx.Deadline(); ok {
-		_ = j.S.SetReadDeadline(d)
-		defer func() { _ = j.S.SetReadDeadline(time.Time{}) }()
-	}
+	stop := context.AfterFunc(ctx, func() { _ = j.S.Reset() })
+	defer stop()
 	return jobwire.Read(j.br)
 }
 
