@@ -384,3 +384,40 @@ func TestReadyFiveTimesStartsTheOthersOnce(t *testing.T) {
 		t.Fatalf("start frames by rank %v: want one each", starts)
 	}
 }
+
+// A provider priced by an auto policy bids at its ask of now, not at its
+// first: once the market (another provider asking 4.00) has moved its ask
+// up from its floor, a request gets a bid at the new ask.
+func TestBidsFollowAnAutoPrice(t *testing.T) {
+	clock := &shiftClock{} // the peers' one clock, moved on together
+	o := h100s(38, 2)
+	o.Config = func(i int, c *node.Config) {
+		c.Clock = clock.now
+		c.PriceBoard = gossip.BoardConfig{Probation: time.Millisecond, Maturity: time.Millisecond}
+		switch i {
+		case 0:
+			c.Price = "auto:floor=1.00,target=0.7"
+		case 1:
+			c.Price = "fixed:4.00"
+		}
+	}
+	m := meshtest.Start(t, 2, o)
+	prov := m.Nodes[0]
+	adv := m.AddAdversary(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	first := bidFor(t, ctx, adv, prov.Host().ID(), 1, clock.now())
+	testwait.Until(t, ctx, "the provider's board to hear the other's ask", func() (bool, string) {
+		q := board(prov)
+		return q.GPUs == 16, fmt.Sprintf("%d GPUs on the board", q.GPUs)
+	})
+	clock.add(31 * time.Second) // a policy step is due
+	var ask uint64
+	testwait.Until(t, ctx, "the ask to move", func() (bool, string) {
+		ask, _ = prov.Ask("H100-80GB")
+		return ask != first.Price, fmt.Sprintf("ask %d", ask)
+	})
+	if b := bidFor(t, ctx, adv, prov.Host().ID(), 1, clock.now()); b.Price != ask {
+		t.Fatalf("bid at %d after the ask moved from %d to %d: want the ask of now", b.Price, first.Price, ask)
+	}
+}
