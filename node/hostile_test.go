@@ -1,7 +1,6 @@
 package node_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"strings"
@@ -83,16 +82,16 @@ func TestASecondStartOnOneReservationIsRefused(t *testing.T) {
 	})
 	// The submitter's own host, the reservation's holder, speaks the job
 	// protocol to the provider again.
-	s, err := sub.Host().NewStream(ctx, prov.Host().ID(), jobwire.Protocol)
+	js, err := meshtest.OpenJob(ctx, sub.Host(), prov.Host().ID())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	defer js.Close()
 	start := &jobwire.StartFrame{Job: j.ID, Attempt: j.Attempt, Rank: 0, Members: 1, WorldGPUs: 1, Spec: j.Spec}
-	if err := jobwire.NewWriter(s).Write(jobwire.Frame{T: jobwire.KindStart, Start: start}); err != nil {
+	if err := js.Send(jobwire.Frame{T: jobwire.KindStart, Start: start}); err != nil {
 		t.Fatal(err)
 	}
-	f, err := jobwire.Read(bufio.NewReader(s))
+	f, err := js.Next(ctx)
 	if err != nil || f.T != jobwire.KindError || !strings.Contains(f.Reason, "already runs on this provider") {
 		t.Fatalf("the second start answered %+v, %v; want an error frame", f, err)
 	}

@@ -309,7 +309,13 @@ func newJobStream(s network.Stream) *JobStream {
 
 // OpenJob opens a job stream to a provider, as the submitter of a job.
 func (a *Adversary) OpenJob(ctx context.Context, to peer.ID) (*JobStream, error) {
-	s, err := a.Host.NewStream(ctx, to, jobwire.Protocol)
+	return OpenJob(ctx, a.Host, to)
+}
+
+// OpenJob opens a job stream from any host (a real node's, say, to send
+// what its node would not) to a provider.
+func OpenJob(ctx context.Context, h host.Host, to peer.ID) (*JobStream, error) {
+	s, err := h.NewStream(ctx, to, jobwire.Protocol)
 	if err != nil {
 		return nil, err
 	}
