@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node/jobspec"
@@ -418,5 +420,61 @@ func TestBidsFollowAnAutoPrice(t *testing.T) {
 	})
 	if b := bidFor(t, ctx, adv, prov.Host().ID(), 1, clock.now()); b.Price != ask {
 		t.Fatalf("bid at %d after the ask moved from %d to %d: want the ask of now", b.Price, first.Price, ask)
+	}
+}
+
+// A provider whose receipt bills more GPUs than it leased is told why the
+// submitter will not countersign it (an error frame on the job stream), so
+// the record it anchors says who refused what.
+func TestAReceiptRefusedIsAnsweredWithWhy(t *testing.T) {
+	m := meshtest.Start(t, 2, h100s(39, 1))
+	prov, sub := m.Nodes[0], m.Nodes[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	raw, err := meshtest.Key(39, 0).Key.Raw()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := ed25519.PrivateKey(raw[:64])
+	declined := make(chan string, 1)
+	meshtest.ServeJobs(t, prov.Host(), func(js *meshtest.JobStream, st *jobwire.StartFrame) error {
+		start := time.Now()
+		if err := js.Send(jobwire.Frame{T: jobwire.KindStarted, At: start.UnixMilli()}, jobwire.Frame{T: jobwire.KindHeartbeat, Seq: 1}); err != nil {
+			return err
+		}
+		end := time.Now()
+		if err := js.Send(jobwire.Frame{T: jobwire.KindExit, Exit: &jobwire.ExitFrame{Start: start.UnixMilli(), End: end.UnixMilli()}}); err != nil {
+			return err
+		}
+		r := receipt.Receipt{
+			Version: receipt.Version, Job: st.Job, Provider: receipt.Address(key), Consumer: sub.Info().SolanaAddress,
+			Class: "H100-80GB", Unit: "USDC:6", ResultHash: receipt.ResultHash(0, nil), Util: -1,
+		}
+		r.Meter(8, start, end, 2_100_000) // 8 GPUs of a 1-GPU lease
+		sr, err := receipt.Sign(r, key)
+		if err != nil {
+			return err
+		}
+		if err := js.Send(jobwire.Frame{T: jobwire.KindReceipt, Receipt: &sr}); err != nil {
+			return err
+		}
+		fs, err := js.Until(ctx, func(f jobwire.Frame) bool { return f.T == jobwire.KindError || f.T == jobwire.KindCountersign })
+		if err != nil {
+			return fmt.Errorf("no answer to the receipt: %v", err)
+		}
+		declined <- fs[len(fs)-1].T + ": " + fs[len(fs)-1].Reason
+		return nil
+	})
+	j := runToEnd(t, ctx, sub, scriptSpec(t, 1, 0, "true", ""))
+	if len(j.Runs) != 1 || !strings.Contains(j.Runs[0].Receipt, "it bills 8 H100-80GB GPUs, the lease was 1") {
+		t.Fatalf("runs %+v: want the receipt refused for its GPUs", j.Runs)
+	}
+	select {
+	case got := <-declined:
+		if got != "error: receipt refused: it bills 8 H100-80GB GPUs, the lease was 1 H100-80GB" {
+			t.Fatalf("the provider heard %q", got)
+		}
+	case <-ctx.Done():
+		t.Fatal("the hostile provider heard no answer to its receipt")
 	}
 }
