@@ -74,9 +74,10 @@ func (n *Node) closeAnchor() error {
 }
 
 // anchorItem is a receipt as the anchorer takes it: only the provider
-// anchors, and only what both parties signed.
+// anchors, and only what both parties signed, or what the consumer did not
+// countersign with the provider's signed word of why (receipt.Unsigned).
 func (n *Node) anchorItem(sr receipt.Signed) (chain.Item, bool) {
-	if sr.Receipt.Provider != n.id.SolanaAddress || len(sr.ConsumerSig) == 0 {
+	if sr.Receipt.Provider != n.id.SolanaAddress || (len(sr.ConsumerSig) == 0 && sr.Unsigned == nil) {
 		return chain.Item{}, false
 	}
 	data, err := json.Marshal(sr)
@@ -142,8 +143,9 @@ func (n *Node) Proof(key string) (chain.Proof, error) {
 }
 
 // VerifyProof checks a proof file anywhere, with no mesh and no data dir:
-// both signatures of its receipt, the Merkle path, and (one RPC call) the
-// memo transaction carrying the root.
+// both signatures of its receipt (or the provider's and its signed word
+// that the consumer did not countersign: sr.Unsigned), the Merkle path, and
+// (one RPC call) the memo transaction carrying the root.
 func VerifyProof(ctx context.Context, rpcURL string, data []byte) (chain.Proof, receipt.Signed, chain.Anchor, error) {
 	p, err := chain.ParseProof(data)
 	if err != nil {
@@ -153,7 +155,7 @@ func VerifyProof(ctx context.Context, rpcURL string, data []byte) (chain.Proof, 
 	if err != nil {
 		return p, sr, chain.Anchor{}, fmt.Errorf("%w: its receipt: %v", chain.ErrBadProof, err)
 	}
-	if err := sr.Verify(); err != nil {
+	if err := sr.VerifyRecord(); err != nil {
 		return p, sr, chain.Anchor{}, fmt.Errorf("%w: %v", chain.ErrBadProof, err)
 	}
 	if !strings.EqualFold(p.Key, sr.Receipt.Key()) {

@@ -36,7 +36,10 @@
 //	provider_bill.go     billing a member's work as it runs; pausing and
 //	                     stopping unpaid work
 //	receipts.go          receipts kept on disk, both sides
-//	anchor.go            anchoring co-signed receipts on Solana
+//	anchor.go            anchoring receipts on Solana: co-signed, or marked
+//	                     unsigned by the provider with why
+//	wire.go              the negotiation protocol's signed envelope, for
+//	                     peers that speak it without a Node
 //
 // The pure pieces, in packages of their own that link no node, GPU,
 // container or Solana code:
@@ -46,7 +49,8 @@
 //	node/attempt    one run attempt as a state machine (Step, Tick, Ready),
 //	                with golden scripts in node/attempt/testdata
 //	node/jobstore   job records in a bbolt file, paged newest first
-//	node/meshtest   many real nodes in one test process
+//	node/meshtest   many real nodes in one test process, and hostile peers
+//	                that speak the real protocols (adversary.go)
 //
 // # Lifecycle
 //

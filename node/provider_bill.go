@@ -23,14 +23,19 @@ import (
 // on; still unpaid an interval later, the member stops with the reason. So
 // a provider is never owed more than about one interval, and a consumer
 // who is late loses no work until the stop. The last bill, at the end,
-// covers the rest; the member's receipt records what was paid and the
-// payment transactions.
+// covers the rest, and comes before the member's outputs and exit: the
+// outputs go to the submitter only once every bill is paid, so a submitter
+// that takes the outputs and leaves owes nothing; one that does not pay
+// the last bill (within paymentWait) gets no outputs, and the exit says
+// why. The member's receipt records what was paid and the payment
+// transactions.
 
 // Settlement defaults.
 const (
 	DefaultSettleInterval = time.Minute
 	minSettleGrace        = time.Second
 	paymentWait           = 30 * time.Second // the submitter's payment of one bill
+	lastBillWait          = 10 * time.Second // the least time the last bill waits for its payment (the outputs wait with it)
 	lamportsPerSignature  = 5000
 )
 
@@ -83,11 +88,16 @@ func (n *Node) newBiller(task, job, consumer string, price uint64, gpus uint32, 
 	}
 }
 
-// run bills every interval and enforces payment until ctx ends.
-func (b *biller) run(ctx context.Context, start time.Time) {
+// begin starts the meter at the work's start; it is called before run, at
+// once, so that work shorter than a goroutine's start is billed too.
+func (b *biller) begin(start time.Time) {
 	b.mu.Lock()
 	b.started, b.billedUntil = true, start.UnixMilli()
 	b.mu.Unlock()
+}
+
+// run bills every interval and enforces payment until ctx ends.
+func (b *biller) run(ctx context.Context, start time.Time) {
 	tick := time.NewTicker(min(b.grace, b.interval) / 2)
 	defer tick.Stop()
 	nextBill := start.Add(b.interval)
@@ -209,10 +219,18 @@ func (b *biller) paidFor(ctx context.Context, p jobwire.PaidFrame) {
 	}
 }
 
+// settlement is how a member's run was paid, once its work has ended.
+type settlement struct {
+	paid     uint64        // confirmed payments, lamports
+	payments []string      // their transactions
+	paused   time.Duration // time the work was paused for a late payment
+	unpaid   int           // bills not paid
+}
+
 // finish bills what is left at the end and, with wait, waits (bounded) for
-// every bill to be paid; it returns the paid total, the payments and the
-// paused time.
-func (b *biller) finish(ctx context.Context, end time.Time, gone <-chan struct{}, wait bool) (uint64, []string, time.Duration) {
+// every bill to be paid. It runs before the member's outputs and exit go
+// out: a submitter gets the outputs only once it has paid the last bill.
+func (b *biller) finish(ctx context.Context, end time.Time, gone <-chan struct{}, wait bool) settlement {
 	b.mu.Lock()
 	started := b.started
 	if b.pausedAt != 0 { // paused to the end: that time is not billed
@@ -225,7 +243,9 @@ func (b *biller) finish(ctx context.Context, end time.Time, gone <-chan struct{}
 	if started {
 		b.bill(end)
 	}
-	deadline := time.After(paymentWait)
+	// The last bill gets what a bill gets while the work runs (the grace,
+	// then an interval more), and at least lastBillWait.
+	deadline := time.After(max(b.grace+b.interval, lastBillWait))
 wait:
 	for wait {
 		b.mu.Lock()
@@ -247,5 +267,8 @@ wait:
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.paid, append([]string(nil), b.payments...), time.Duration(b.paused) * time.Millisecond
+	return settlement{
+		paid: b.paid, payments: append([]string(nil), b.payments...),
+		paused: time.Duration(b.paused) * time.Millisecond, unpaid: len(b.unpaid),
+	}
 }

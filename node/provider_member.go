@@ -36,6 +36,7 @@ const (
 	lostAfterBeats   = 3           // heartbeats missed before a member counts as lost
 	startTimeout     = 10 * time.Second
 	countersignWait  = 10 * time.Second // how long a member waits for the submitter's signature
+	writeTimeout     = 30 * time.Second // one frame to a peer that stops reading, either side
 	stopWait         = exec.StopGrace + 20*time.Second
 	// leaseGrace is how far past its lease a member may run: a lease runs
 	// from the award, the work from its start a little later, and an honest
@@ -200,6 +201,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	countersig := make(chan []byte, 1)
+	declined := make(chan string, 1) // the submitter's word that it will not countersign
 	gone := make(chan struct{})
 	var side sync.WaitGroup // the biller and payment checks
 	defer side.Wait()
@@ -241,6 +243,11 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 				case countersig <- f.Sig:
 				default:
 				}
+			case jobwire.KindError: // the submitter refuses the receipt
+				select {
+				case declined <- f.Reason:
+				default:
+				}
 			case jobwire.KindPaid:
 				if bl != nil {
 					side.Add(1)
@@ -249,6 +256,12 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			}
 		}
 	}()
+	// Heartbeats, each with a number one higher than the last, from now
+	// until the exit frame: also while the last bill waits for its payment
+	// and the outputs go out. A submitter that stops reading is gone: a
+	// frame that cannot be written within writeTimeout ends the stream,
+	// and that stops the work.
+	fw.SetTimeout(writeTimeout)
 	beatDone := make(chan struct{})
 	var beats sync.WaitGroup
 	beats.Add(1)
@@ -256,15 +269,20 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		defer beats.Done()
 		t := time.NewTicker(n.heartbeat())
 		defer t.Stop()
-		for {
+		for seq := uint64(1); ; seq++ {
 			select {
 			case <-beatDone:
 				return
 			case <-t.C:
-				_ = fw.Write(jobwire.Frame{T: jobwire.KindHeartbeat})
+				if fw.Write(jobwire.Frame{T: jobwire.KindHeartbeat, Seq: seq}) != nil {
+					_ = rw.Close()
+					return
+				}
 			}
 		}
 	}()
+	stopBeats := sync.OnceFunc(func() { close(beatDone); beats.Wait() })
+	defer stopBeats()
 	var uuids []string
 	for _, g := range gpus {
 		uuids = append(uuids, g.UUID)
@@ -291,6 +309,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			util.start()
 			_ = fw.Write(jobwire.Frame{T: jobwire.KindStarted, At: at.UnixMilli()})
 			if bl != nil {
+				bl.begin(at)
 				side.Add(1)
 				go func() { defer side.Done(); bl.run(billCtx, at) }()
 			}
@@ -298,11 +317,18 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	})
 	stopBilling()
 	util.stop()
-	close(beatDone)
-	beats.Wait()
 	if runErr != nil {
 		fail("%v", runErr)
 		return
+	}
+	stopMu.Lock()
+	reason := stopReason
+	stopMu.Unlock()
+	// The last bill, then the wait for what is owed: the outputs are
+	// released only to a submitter that has paid every bill.
+	var set settlement
+	if bl != nil {
+		set = bl.finish(ctx, res.End, gone, reason == "")
 	}
 	files, err := receipt.HashOutputs(outputs)
 	if err != nil {
@@ -310,22 +336,22 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		_, _ = jobwire.NewLogWriter(fw, "err").Write([]byte("gpumesh: outputs not returned: " + err.Error() + "\n"))
 		files = nil
 	}
+	if set.unpaid > 0 {
+		withheld := fmt.Sprintf("its outputs are withheld: %d of its bills are unpaid", set.unpaid)
+		n.log.Info("job member outputs withheld", "job", st.Job, "rank", st.Rank, "unpaid", set.unpaid)
+		if reason == "" {
+			reason = withheld
+		}
+		files = nil
+	}
 	if sendOutputs(fw, outputs, files) != nil {
 		files = nil
 	}
-	stopMu.Lock()
-	reason := stopReason
-	stopMu.Unlock()
 	_ = fw.Write(jobwire.Frame{T: jobwire.KindExit, Exit: &jobwire.ExitFrame{
 		Code: res.ExitCode, Start: res.Start.UnixMilli(), End: res.End.UnixMilli(),
 		TimedOut: res.TimedOut, Stopped: res.Stopped, Reason: text.Cut(reason, jobwire.MaxText),
 	}})
-	var paid uint64
-	var payments []string
-	var paused time.Duration
-	if bl != nil { // the last bill, then wait for what is owed
-		paid, payments, paused = bl.finish(ctx, res.End, gone, reason == "")
-	}
+	stopBeats()
 
 	// The receipt: signed and kept before it is sent, countersigned when
 	// the submitter agrees.
@@ -335,8 +361,8 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		Unit: n.PriceUnit().String(), ExitCode: res.ExitCode,
 		ResultHash: receipt.ResultHash(res.ExitCode, files), Util: util.mean(),
 	}
-	r.MeterPaused(uint32(len(gpus)), res.Start, res.End, paused, held.Price)
-	r.Paid, r.Payments = paid, payments
+	r.MeterPaused(uint32(len(gpus)), res.Start, res.End, set.paused, held.Price)
+	r.Paid, r.Payments = set.paid, set.payments
 	key, err := n.ed25519Key()
 	if err != nil {
 		n.log.Error("receipt not signed", "job", st.Job, "err", err)
@@ -353,21 +379,57 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	if fw.Write(jobwire.Frame{T: jobwire.KindReceipt, Receipt: &sr}) != nil {
 		return
 	}
-	select {
-	case sig := <-countersig:
+	why := n.awaitCountersign(ctx, sr, countersig, declined, gone)
+	if why == "" {
+		return
+	}
+	// Not countersigned: the receipt is kept and anchored with this
+	// provider's signed word of why, so the record shows who walked away.
+	n.log.Warn("job receipt not countersigned; anchored with the provider's signature and the reason", "job", st.Job, "rank", st.Rank, "reason", why)
+	if err := sr.MarkUnsigned(key, why, time.Now()); err != nil {
+		n.log.Error("receipt not marked unsigned", "job", st.Job, "err", err)
+		return
+	}
+	if err := n.saveReceipt(sr); err != nil {
+		n.log.Error("receipt not saved", "job", st.Job, "err", err)
+	}
+}
+
+// awaitCountersign waits (at most countersignWait) for the submitter's
+// countersignature of sr and keeps the countersigned receipt; it returns
+// "" then, or why the receipt stays without one: the submitter refused,
+// left, sent a signature that does not verify, or did not answer.
+func (n *Node) awaitCountersign(ctx context.Context, sr receipt.Signed, countersig <-chan []byte, declined <-chan string, gone <-chan struct{}) string {
+	signed := func(sig []byte) string {
 		sr.ConsumerSig = sig
 		if err := sr.Verify(); err != nil {
-			n.log.Warn("countersignature refused", "job", st.Job, "err", err)
-			return
+			return "the consumer's countersignature does not verify: " + err.Error()
 		}
 		if err := n.saveReceipt(sr); err != nil {
-			n.log.Error("receipt not saved", "job", st.Job, "err", err)
+			n.log.Error("receipt not saved", "job", sr.Receipt.Job, "err", err)
 		}
+		return ""
+	}
+	timeout := time.NewTimer(countersignWait)
+	defer timeout.Stop()
+	select {
+	case sig := <-countersig:
+		return signed(sig)
+	case why := <-declined:
+		return "the consumer refused to countersign: " + text.Cut(why, jobwire.MaxText)
 	case <-gone:
-		n.log.Warn("job submitter left before countersigning; the receipt is kept with the provider's signature only", "job", st.Job)
-	case <-time.After(countersignWait):
-		n.log.Warn("job submitter did not countersign in time", "job", st.Job)
+		select { // a signature sent just before the stream closed
+		case sig := <-countersig:
+			return signed(sig)
+		case why := <-declined:
+			return "the consumer refused to countersign: " + text.Cut(why, jobwire.MaxText)
+		default:
+		}
+		return "the consumer left before countersigning"
+	case <-timeout.C:
+		return fmt.Sprintf("the consumer did not countersign within %s", countersignWait)
 	case <-ctx.Done():
+		return "this provider stopped before the consumer countersigned"
 	}
 }
 

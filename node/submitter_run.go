@@ -241,6 +241,13 @@ func (n *Node) runJob(ctx context.Context, id string) {
 				why := n.signReceipt(conns[r], signed[r])
 				_ = a.Step(attempt.Countersigned{Rank: r, Err: why}, n.now())
 			}
+			for _, d := range rd.Decline { // its provider records why
+				if c := conns[d.Rank]; c != nil {
+					go func() {
+						_ = c.fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.Cut(d.Reason, jobwire.MaxText)})
+					}()
+				}
+			}
 			if rd.Runs != nil {
 				for _, ar := range rd.Runs {
 					r := &runs[ar.Rank]
@@ -389,6 +396,8 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 			}}, sr: f.Receipt})
 		case jobwire.KindLog:
 			send(runEvent{ev: attempt.Heard{Rank: r}, log: f.Data})
+		case jobwire.KindHeartbeat:
+			send(runEvent{ev: attempt.Heard{Rank: r, Beat: f.Seq}})
 		default:
 			send(runEvent{ev: attempt.Heard{Rank: r}})
 		}
@@ -418,7 +427,9 @@ func (n *Node) openMember(ctx context.Context, m gossip.Member) (*memberConn, er
 	if a, err := manet.ToIP(s.Conn().RemoteMultiaddr()); err == nil {
 		ip = a.String()
 	}
-	return &memberConn{rw: s, fw: jobwire.NewWriter(s), ip: ip}, nil
+	fw := jobwire.NewWriter(s)
+	fw.SetTimeout(writeTimeout) // a member that stops reading holds no writer
+	return &memberConn{rw: s, fw: fw, ip: ip}, nil
 }
 
 // readMember reads a member's frames into events until its stream ends.
@@ -468,7 +479,7 @@ func (n *Node) readMember(rank int, rw io.Reader, dir string, events func(member
 				if err == nil {
 					err = finish()
 				}
-				f = jobwire.Frame{T: jobwire.KindHeartbeat}
+				f = jobwire.Frame{T: jobwire.KindFile}
 			case jobwire.KindChunk:
 				if cur == nil || got+int64(len(f.Data)) > want.Size {
 					err = fmt.Errorf("%w: output data beyond the announced size", jobwire.ErrBadFrame)
@@ -479,7 +490,7 @@ func (n *Node) readMember(rank int, rw io.Reader, dir string, events func(member
 					got += int64(len(f.Data))
 					err = finish()
 				}
-				f = jobwire.Frame{T: jobwire.KindHeartbeat}
+				f = jobwire.Frame{T: jobwire.KindChunk}
 			case jobwire.KindExit:
 				if cur != nil {
 					err = fmt.Errorf("output %s ended short: %d of %d bytes", want.Path, got, want.Size)

@@ -81,11 +81,63 @@ type Receipt struct {
 }
 
 // Signed is a receipt with its provider's signature and, once the
-// consumer has checked it, the consumer's.
+// consumer has checked it, the consumer's; or, where the consumer refused,
+// left or did not answer, the provider's signed word that it did not
+// (Unsigned), so the record shows who walked away.
 type Signed struct {
-	Receipt     Receipt `json:"receipt"`
-	ProviderSig []byte  `json:"providerSig"`           // ed25519 over SigningBytes
-	ConsumerSig []byte  `json:"consumerSig,omitempty"` // ed25519 over SigningBytes
+	Receipt     Receipt   `json:"receipt"`
+	ProviderSig []byte    `json:"providerSig"`           // ed25519 over SigningBytes
+	ConsumerSig []byte    `json:"consumerSig,omitempty"` // ed25519 over SigningBytes
+	Unsigned    *Unsigned `json:"unsigned,omitempty"`    // never with ConsumerSig
+}
+
+// Unsigned is a provider's signed statement that the consumer did not
+// countersign a receipt: it refused (Reason says what it said), left
+// before signing, or did not answer in time. It is the provider's word, no
+// more: a consumer holding the receipt with its own signature shows
+// otherwise.
+type Unsigned struct {
+	Reason string `json:"reason"` // what happened, as the provider saw it
+	At     int64  `json:"at"`     // unix ms
+	Sig    []byte `json:"sig"`    // the provider's ed25519 over UnsignedBytes
+}
+
+// unsignedDomain separates a provider's statement of a refusal from its
+// receipt signatures.
+const unsignedDomain = "gpumesh-receipt-unsigned/1\n"
+
+// MaxUnsignedReason bounds the reason of an Unsigned, in bytes.
+const MaxUnsignedReason = 1024
+
+// UnsignedBytes is what a provider signs to say its receipt was not
+// countersigned: a domain tag, the time, the reason, then the receipt's
+// signing bytes.
+func (r Receipt) UnsignedBytes(reason string, at int64) []byte {
+	out := fmt.Appendf([]byte(unsignedDomain), "%d\n%d\n%s\n", at, len(reason), reason)
+	return append(out, r.SigningBytes()...)
+}
+
+// MarkUnsigned records, with the provider's key, that the consumer did not
+// countersign: the receipt can then be kept and anchored as the provider's
+// word alone, with the reason.
+func (s *Signed) MarkUnsigned(key ed25519.PrivateKey, reason string, at time.Time) error {
+	if len(s.ConsumerSig) > 0 {
+		return fmt.Errorf("%w: the consumer countersigned it", ErrBad)
+	}
+	if err := s.VerifyProvider(); err != nil {
+		return err
+	}
+	if Address(key) != s.Receipt.Provider {
+		return fmt.Errorf("%w: signing key %s is not the provider %s", ErrBad, Address(key), s.Receipt.Provider)
+	}
+	reason = strings.ToValidUTF8(reason, "?")
+	if len(reason) > MaxUnsignedReason {
+		reason = reason[:MaxUnsignedReason]
+		reason = strings.ToValidUTF8(reason, "")
+	}
+	ms := at.UnixMilli()
+	s.Unsigned = &Unsigned{Reason: reason, At: ms, Sig: ed25519.Sign(key, s.Receipt.UnsignedBytes(reason, ms))}
+	return nil
 }
 
 // GPUSeconds is the receipt's metered GPU time.
@@ -234,6 +286,38 @@ func (s Signed) Verify() error {
 	return verifySig(s.Receipt.Consumer, s.Receipt.SigningBytes(), s.ConsumerSig, "consumer")
 }
 
+// VerifyRecord checks a receipt as a record of work: the fields, the
+// provider's signature, and either the consumer's countersignature or the
+// provider's signed statement that the consumer did not countersign.
+func (s Signed) VerifyRecord() error {
+	if s.Unsigned == nil {
+		return s.Verify()
+	}
+	if err := s.VerifyProvider(); err != nil {
+		return err
+	}
+	if err := s.checkUnsigned(); err != nil {
+		return err
+	}
+	return verifySig(s.Receipt.Provider, s.Receipt.UnsignedBytes(s.Unsigned.Reason, s.Unsigned.At), s.Unsigned.Sig, "provider's unsigned-statement")
+}
+
+// checkUnsigned says what is wrong with the shape of an Unsigned.
+func (s Signed) checkUnsigned() error {
+	u := s.Unsigned
+	switch {
+	case u == nil:
+		return nil
+	case len(s.ConsumerSig) > 0:
+		return fmt.Errorf("%w: countersigned and marked unsigned at once", ErrBad)
+	case len(u.Reason) > MaxUnsignedReason || !utf8.ValidString(u.Reason):
+		return fmt.Errorf("%w: the unsigned statement's reason is longer than %d bytes or not UTF-8", ErrBad, MaxUnsignedReason)
+	case u.At <= 0:
+		return fmt.Errorf("%w: the unsigned statement's time %d is not a time (unix ms)", ErrBad, u.At)
+	}
+	return nil
+}
+
 // Parse reads a signed receipt from bytes that came from the
 // network or a file; it checks the fields, not the signatures.
 func Parse(data []byte) (Signed, error) {
@@ -250,6 +334,9 @@ func Parse(data []byte) (Signed, error) {
 		return Signed{}, fmt.Errorf("%w: data after the receipt", ErrBad)
 	}
 	if err := s.Receipt.Check(); err != nil {
+		return Signed{}, err
+	}
+	if err := s.checkUnsigned(); err != nil {
 		return Signed{}, err
 	}
 	return s, nil
@@ -389,12 +476,17 @@ func ResultHash(exitCode int, files []OutputFile) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// LeafData is what a co-signed receipt's leaf in an anchoring batch
-// hashes: the signed bytes, then the provider's and the consumer's
-// signatures.
+// LeafData is what a receipt's leaf in an anchoring batch hashes: the
+// signed bytes, then the provider's and the consumer's signatures; for a
+// receipt the consumer did not countersign, the provider's signature, then
+// its signed statement of why (UnsignedBytes and its signature).
 func (s Signed) LeafData() []byte {
 	out := s.Receipt.SigningBytes()
 	out = append(out, s.ProviderSig...)
+	if s.Unsigned != nil && len(s.ConsumerSig) == 0 {
+		out = append(out, s.Receipt.UnsignedBytes(s.Unsigned.Reason, s.Unsigned.At)...)
+		return append(out, s.Unsigned.Sig...)
+	}
 	return append(out, s.ConsumerSig...)
 }
 

@@ -493,6 +493,10 @@ func FuzzParseSignedReceipt(f *testing.F) {
 	f.Add(data1)
 	f.Add([]byte(strings.Replace(string(data), `"consumerSig":"`, `"consumerSig":"", "x":"`, 1)))
 	f.Add([]byte(`{"receipt":{"v":1},"providerSig":null,"consumerSig":""}`))
+	walked, _ := receipt.Sign(rcptReceipt(p, c), p)
+	_ = walked.MarkUnsigned(p, "the consumer left before countersigning", rcptStart)
+	data2, _ := json.Marshal(walked)
+	f.Add(data2)
 	f.Add([]byte(`{}`))
 	f.Add([]byte(``))
 	f.Add([]byte(`null`))
@@ -522,7 +526,7 @@ func FuzzParseSignedReceipt(f *testing.F) {
 		if !bytes.Equal(got.Receipt.SigningBytes(), back.Receipt.SigningBytes()) {
 			t.Fatal("round trip changed the signing bytes")
 		}
-		if (got.Verify() == nil) != (back.Verify() == nil) {
+		if (got.Verify() == nil) != (back.Verify() == nil) || (got.VerifyRecord() == nil) != (back.VerifyRecord() == nil) {
 			t.Fatal("round trip changed whether the receipt verifies")
 		}
 	})
@@ -715,5 +719,58 @@ func TestHashOutputsRefusesNamesTheSubmitterCannotTake(t *testing.T) {
 	}
 	if err := receipt.CheckOutputPath("ckpt/step-1.pt"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A receipt the consumer did not countersign is kept as the provider's
+// signed word of why: it verifies as a record (not as a co-signed receipt),
+// any change to the statement or the receipt breaks it, it cannot carry a
+// consumer's signature too, and its anchoring leaf differs from a
+// co-signed one's.
+func TestReceiptMarkedUnsignedIsTheProvidersSignedWord(t *testing.T) {
+	p, c := rcptKey(t), rcptKey(t)
+	s, err := receipt.Sign(rcptReceipt(p, c), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.VerifyRecord(); err == nil {
+		t.Fatal("a receipt with the provider's signature alone verifies as a record")
+	}
+	wantBad(t, s.MarkUnsigned(c, "left", rcptStart), "not the provider")
+	if err := s.MarkUnsigned(p, "the consumer left before countersigning", rcptStart); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.VerifyRecord(); err != nil {
+		t.Fatalf("marked unsigned: %v", err)
+	}
+	wantBad(t, s.Verify(), "not countersigned")
+	data, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := receipt.Parse(data)
+	if err != nil || back.VerifyRecord() != nil {
+		t.Fatalf("parsed back: %v, %v", err, back.VerifyRecord())
+	}
+	changed := back
+	u := *back.Unsigned
+	u.Reason = "the consumer refused"
+	changed.Unsigned = &u
+	wantBad(t, changed.VerifyRecord(), "unsigned-statement")
+	changed = back
+	changed.Receipt.ExitCode = 1
+	wantBad(t, changed.VerifyRecord(), "provider signature")
+	both := back
+	both.ConsumerSig = rcptSigned(t, p, c).ConsumerSig
+	bothData, _ := json.Marshal(both)
+	_, err = receipt.Parse(bothData)
+	wantBad(t, err, "countersigned and marked unsigned")
+	cosigned := rcptSigned(t, p, c)
+	wantBad(t, cosigned.MarkUnsigned(p, "x", rcptStart), "countersigned")
+	if bytes.Equal(cosigned.LeafData(), back.LeafData()) {
+		t.Error("a co-signed receipt and one marked unsigned have the same leaf")
+	}
+	if !bytes.Contains(back.LeafData(), []byte("the consumer left before countersigning")) {
+		t.Error("the leaf of a receipt marked unsigned does not hold the reason")
 	}
 }

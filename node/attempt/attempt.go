@@ -82,6 +82,7 @@ type Ready struct {
 	Pay         []Payment
 	Refused     []RefusedBill
 	Countersign []int    // ranks whose receipt passed CheckReceipt: sign it, keep it, send the signature, step Countersigned
+	Decline     []Stop   // members whose receipt this peer will not countersign, and why: tell them (their provider records it)
 	Notes       []string // lines for the job's log
 	Runs        []Run    // set when a member's run changed: every member's, to save
 	Done        *Done    // set once, when the attempt has ended
@@ -90,7 +91,7 @@ type Ready struct {
 // Empty reports whether there is nothing to do.
 func (r *Ready) Empty() bool {
 	return len(r.Start) == 0 && len(r.Stop) == 0 && len(r.Close) == 0 && len(r.Pay) == 0 &&
-		len(r.Refused) == 0 && len(r.Countersign) == 0 && len(r.Notes) == 0 && r.Runs == nil && r.Done == nil
+		len(r.Refused) == 0 && len(r.Countersign) == 0 && len(r.Decline) == 0 && len(r.Notes) == 0 && r.Runs == nil && r.Done == nil
 }
 
 func (r *Ready) merge(o Ready) {
@@ -100,6 +101,7 @@ func (r *Ready) merge(o Ready) {
 	r.Pay = append(r.Pay, o.Pay...)
 	r.Refused = append(r.Refused, o.Refused...)
 	r.Countersign = append(r.Countersign, o.Countersign...)
+	r.Decline = append(r.Decline, o.Decline...)
 	r.Notes = append(r.Notes, o.Notes...)
 	if o.Runs != nil {
 		r.Runs = o.Runs
@@ -125,14 +127,16 @@ type member struct {
 	addr        string    // its address, once opened
 	ended       bool      // its stream ended, or could not be opened
 	closed      bool      // its stream was closed by a decision
-	lastSeen    time.Time
+	lastSeen    time.Time // when it last showed it is alive (a fresh frame: see fresh)
+	beat        uint64    // the highest heartbeat number seen
+	listened    bool      // its ready frame arrived
+	receipted   bool      // its receipt frame arrived
 	startedSeen time.Time // when its started frame arrived; zero: not yet
 	workEnd     time.Time // when its exit frame arrived or it was found lost; zero: not yet
 	exited      bool
 	resultHash  string            // from its exit frame
 	intervals   map[int]bool      // intervals billed
 	billed      uint64            // ms of the bills accepted
-	afterExit   int               // bills that came after its exit
 	paid        map[string]uint64 // payments: signature → amount
 	signing     bool              // a Countersign is outstanding
 }
@@ -229,6 +233,7 @@ func (a *Attempt) Ready() Ready {
 	r := a.out
 	r.Start, r.Stop, r.Close = slices.Clone(r.Start), slices.Clone(r.Stop), slices.Clone(r.Close)
 	r.Pay, r.Refused, r.Countersign = slices.Clone(r.Pay), slices.Clone(r.Refused), slices.Clone(r.Countersign)
+	r.Decline = slices.Clone(r.Decline)
 	r.Notes = slices.Clone(r.Notes)
 	return r
 }
@@ -251,6 +256,9 @@ func (a *Attempt) Wake() time.Time {
 	for _, m := range a.ms {
 		if m.opened && a.alive(m) {
 			w = earliest(w, m.lastSeen.Add(lostAfter+time.Nanosecond))
+		}
+		if a.lingering(m) {
+			w = earliest(w, m.workEnd.Add(a.cfg.StopWait))
 		}
 		if !a.stopping && a.cfg.StartWithin > 0 && a.waitingStart(m) {
 			w = earliest(w, m.startAt.Add(a.cfg.StartWithin))
@@ -339,6 +347,7 @@ func (a *Attempt) step(ev Event, now time.Time) error {
 		if e.Err != "" {
 			m.run.Receipt = e.Err
 			a.note(fmt.Sprintf("receipt of %s refused: %s", a.name(e.Rank), e.Err))
+			a.ready.Decline = append(a.ready.Decline, Stop{Rank: e.Rank, Reason: "receipt not countersigned: " + e.Err})
 		}
 		a.dirty = true
 		return nil
@@ -356,11 +365,14 @@ func (a *Attempt) step(ev Event, now time.Time) error {
 	if !m.opened || m.ended {
 		return fmt.Errorf("%w: %T of member %d, whose stream is not open", ErrUnexpected, ev, rank)
 	}
-	m.lastSeen = now
+	if a.fresh(m, ev) {
+		m.lastSeen = now
+	}
 	switch e := ev.(type) {
 	case StreamEnded:
 		a.streamEnded(m, e.Err, now)
 	case Listening:
+		m.listened = true
 		if rank == 0 && a.cfg.Rendezvous && !a.stopping && !a.restSent {
 			a.restSent = true
 			for r := 1; r < len(a.ms); r++ {
@@ -374,6 +386,7 @@ func (a *Attempt) step(ev Event, now time.Time) error {
 			a.dirty = true
 		}
 	case Heard:
+		m.beat = max(m.beat, e.Beat)
 	case Errored:
 		if m.run.State == MemberStarting || m.run.State == MemberRunning {
 			m.run.State, m.run.Error = MemberFailed, e.Reason
@@ -390,6 +403,33 @@ func (a *Attempt) step(ev Event, now time.Time) error {
 		a.receipted(m, e.Receipt, now)
 	}
 	return nil
+}
+
+// fresh reports whether a frame of a member shows that it is alive: a
+// heartbeat numbered above every earlier one, or the first of a frame that
+// moves its run on (ready, started, exit, receipt). Repeats of any frame,
+// logs, output data and bills do not: a member whose work has hung cannot
+// stay alive by replaying frames or by talking.
+func (a *Attempt) fresh(m *member, ev Event) bool {
+	switch e := ev.(type) {
+	case Heard:
+		return e.Beat > m.beat
+	case Listening:
+		return !m.listened
+	case Started:
+		return m.run.State == MemberStarting
+	case Exited:
+		return !m.exited
+	case Receipted:
+		return !m.receipted
+	}
+	return false
+}
+
+// lingering reports whether a member has exited and its stream is still
+// open: it has StopWait from its exit to send its receipt and end.
+func (a *Attempt) lingering(m *member) bool {
+	return m.exited && m.opened && !m.ended && !m.closed && !m.signing
 }
 
 func rankOf(ev Event) (int, bool) {
@@ -487,6 +527,7 @@ func (a *Attempt) exited(m *member, x Exited, now time.Time) {
 
 func (a *Attempt) receipted(m *member, sr Receipt, now time.Time) {
 	r := m.run.Rank
+	m.receipted = true
 	if m.signing || m.run.Receipt != "" {
 		return // one receipt a member
 	}
@@ -505,6 +546,7 @@ func (a *Attempt) receipted(m *member, sr Receipt, now time.Time) {
 	}
 	m.run.Receipt = why
 	a.note(fmt.Sprintf("receipt of %s refused: %s", a.name(r), why))
+	a.ready.Decline = append(a.ready.Decline, Stop{Rank: r, Reason: "receipt refused: " + why})
 	a.dirty = true
 }
 
@@ -526,6 +568,13 @@ func (a *Attempt) Tick(now time.Time) {
 			a.note(fmt.Sprintf("%s stopped answering: no heartbeat for %s", a.name(r), silent))
 			a.fail(fmt.Sprintf("%s stopped answering (no heartbeat for %s)", a.name(r), lostAfter), now)
 			a.dirty = true
+		}
+	}
+	for r, m := range a.ms {
+		if a.lingering(m) && !now.Before(m.workEnd.Add(a.cfg.StopWait)) {
+			m.closed = true
+			a.ready.Close = append(a.ready.Close, r)
+			a.note(fmt.Sprintf("%s exited %s ago and has not ended its stream: closed", a.name(r), a.cfg.StopWait))
 		}
 	}
 	if !a.stopping && a.cfg.StartWithin > 0 {

@@ -167,7 +167,7 @@ func TestWakeIsTheNextDeadline(t *testing.T) {
 		t.Errorf("opened: Wake %s, want just after 3 heartbeats", got.Sub(t0))
 	}
 	mustStep(t, a, Cancelled{}, t0)
-	mustStep(t, a, Heard{Rank: 0}, t0.Add(4*time.Second))
+	mustStep(t, a, Heard{Rank: 0, Beat: 1}, t0.Add(4*time.Second))
 	if got, want := a.Wake(), t0.Add(5*time.Second); !got.Equal(want) {
 		t.Errorf("stopping: Wake %s, want the end of the stop wait %s", got.Sub(t0), want.Sub(t0))
 	}
@@ -192,7 +192,9 @@ func TestBillsOfAMemberLostAreBoundedByItsLoss(t *testing.T) {
 	cfg := twoMembers()
 	cfg.Settles, cfg.Heartbeat = true, time.Second
 	a := run(t, cfg)
-	mustStep(t, a, Heard{Rank: 0}, t0.Add(10*time.Second))
+	for s := range 10 {
+		mustStep(t, a, Heard{Rank: 0, Beat: uint64(s + 1)}, t0.Add(time.Duration(s+1)*time.Second))
+	}
 	a.Tick(t0.Add(10 * time.Second)) // member 1 is lost at 10 s
 	a.Ready()
 	a.Advance()

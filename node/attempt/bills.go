@@ -42,11 +42,8 @@ func (a *Attempt) bill(m *member, b Bill, now time.Time) {
 		return
 	}
 	if m.exited {
-		m.afterExit++
-		if m.afterExit > 1 {
-			refuse(refused + "it came after the member's last bill (one bill may follow its exit)")
-			return
-		}
+		refuse(refused + "it came after the member's exit (a member's last bill comes before its exit and outputs)")
+		return
 	}
 	if most := amount(m.Price, m.GPUs, b.Millis); b.Amount > most {
 		refuse(refused + fmt.Sprintf("%s for %d GPUs over %d ms at %s/GPU-h is more than the %s the lease allows",

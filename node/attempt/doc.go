@@ -81,8 +81,10 @@
 //   - An interval billed twice is refused, whatever became of the first
 //     bill; intervals count from 1.
 //   - A bill of a member whose started frame has not arrived is refused.
-//   - After a member's exit one bill, its last, may still come (a provider
-//     bills the rest once its work has ended); any further bill is refused.
+//   - A member bills its last interval before its exit frame: its provider
+//     releases the outputs once that bill is paid, so a submitter that
+//     leaves with the outputs owes nothing. A bill after the exit is
+//     refused.
 //
 // Each of these refusals is the provider's fault: a member still at work
 // is stopped (its stream closed) and the attempt fails, not retried (a
@@ -90,8 +92,20 @@
 // has exited only goes unpaid. A peer that does not settle on chain
 // refuses every bill, and that is no one's fault.
 //
+// Liveness: only fresh frames show that a member is alive: a heartbeat
+// numbered above every earlier one of the member, or the first of a frame
+// that moves its run on (ready, started, exit, receipt). Repeats, log
+// lines, output data and bills do not, so a member whose work hangs cannot
+// stay alive by replaying or talking. Every wait is bounded: a member
+// silent (in that sense) for LostAfterBeats heartbeats is lost; one not
+// started StartWithin after its start is lost; one that has exited has
+// StopWait to send its receipt and end its stream, then it is closed.
+//
 // A receipt is countersigned only when CheckReceipt finds nothing wrong
 // with it: it names this job, attempt, member, consumer and provider, the
 // lease's GPUs, class and price, the exit code and outputs received, only
 // payments this peer made (each once), and no more time than the member ran.
+// A receipt refused (or not countersigned for a reason of this peer's) is
+// declined: the member is told why (Ready.Decline), and its provider
+// anchors the receipt with that reason and its own signature alone.
 package attempt

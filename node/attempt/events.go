@@ -25,9 +25,14 @@ type Started struct {
 	At   int64
 }
 
-// Heard is any other frame of a member (a heartbeat, a log line, output
-// data): it is alive.
-type Heard struct{ Rank int }
+// Heard is any other frame of a member: a heartbeat (Beat, its sequence
+// number), or a log line, output data or the like (Beat 0). Only a
+// heartbeat numbered above every earlier one shows that the member is
+// alive: a repeat, or a frame of any other kind, does not.
+type Heard struct {
+	Rank int
+	Beat uint64 // a heartbeat's sequence number; 0: not a heartbeat
+}
 
 // Errored is a member's error frame: it could not run the job.
 type Errored struct {

@@ -51,7 +51,7 @@ func FuzzAttempt(f *testing.F) {
 			case 2:
 				fz.step(Started{Rank: r, At: fz.now.UnixMilli() - int64(next())})
 			case 3:
-				fz.step(Heard{Rank: r})
+				fz.step(Heard{Rank: r, Beat: uint64(next() % 4)})
 			case 4:
 				fz.step(Errored{Rank: r, Reason: "bad"})
 			case 5:

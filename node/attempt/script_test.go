@@ -24,7 +24,9 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected transcripts of t
 //	    every Start opens at once (address 10.0.0.<rank>), every Countersign
 //	    succeeds, every Close ends its stream
 //	open 1 addr=10.0.0.9 err="dial: refused"   the I/O layer's Opened
-//	ready 0 port=29500   started 0 [at=MS]   heard 0   error 0 reason="..."
+//	ready 0 port=29500   started 0 [at=MS]   heard 0   beat 0 [seq=N]   error 0 reason="..."
+//	                       (heard: a log line or output data; beat: a heartbeat,
+//	                       numbered one past the member's last unless seq says)
 //	exit 0 code=3 [timedout] [reason="..."] [hash=H]
 //	bill 1 interval=1 ms=1000 [amount=N]      the exact amount by default
 //	paid 1 sig=S amount=N
@@ -46,7 +48,8 @@ type harness struct {
 	cfg      Config
 	now      time.Time
 	auto     bool
-	open     map[int]bool // streams open now
+	open     map[int]bool   // streams open now
+	seq      map[int]uint64 // the last heartbeat number of each member
 	prevRuns []Run
 	out      []string
 }
@@ -97,6 +100,9 @@ func (h *harness) drain() {
 		}
 		for _, c := range rd.Countersign {
 			h.printf("  countersign %d", c)
+		}
+		for _, d := range rd.Decline {
+			h.printf("  decline %d %q", d.Rank, d.Reason)
 		}
 		if rd.Runs != nil {
 			for i, r := range rd.Runs {
@@ -181,7 +187,7 @@ func words(line string) []string {
 }
 
 func runScript(t *testing.T, script string) string {
-	h := &harness{t: t, now: t0, open: map[int]bool{}}
+	h := &harness{t: t, now: t0, open: map[int]bool{}, seq: map[int]uint64{}}
 	for ln, raw := range strings.Split(script, "\n") {
 		line, _, _ := strings.Cut(raw, "#")
 		line = strings.TrimSpace(line)
@@ -278,6 +284,11 @@ func runScript(t *testing.T, script string) string {
 			h.step(Started{Rank: rank(), At: num("at", h.now.UnixMilli())}, line)
 		case "heard":
 			h.step(Heard{Rank: rank()}, line)
+		case "beat":
+			r := rank()
+			seq := uint64(num("seq", int64(h.seq[r]+1)))
+			h.seq[r] = max(h.seq[r], seq)
+			h.step(Heard{Rank: r, Beat: seq}, line)
 		case "error":
 			h.step(Errored{Rank: rank(), Reason: args["reason"]}, line)
 		case "exit":
@@ -364,7 +375,8 @@ func (h *harness) wait(d time.Duration, silent []int) {
 		h.now = next
 		for r := range h.cfg.Members {
 			if h.open[r] && !slices.Contains(silent, r) && h.a.Outcome() == nil {
-				_ = h.a.Step(Heard{Rank: r}, h.now)
+				h.seq[r]++
+				_ = h.a.Step(Heard{Rank: r, Beat: h.seq[r]}, h.now)
 			}
 		}
 		before := len(h.out)

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/gossip"
@@ -55,6 +56,7 @@ const (
 	MaxLogChunk   = 64 << 10  // bytes of log data in one frame
 	MaxText       = 1024      // bytes of a reason
 	MaxRank       = 4096
+	MaxSeq        = 1 << 53 // a heartbeat's sequence number (a year of heartbeats is 2^25)
 	maxOutputPath = receipt.MaxOutputPath
 )
 
@@ -76,6 +78,7 @@ type Frame struct {
 	Reason  string              `json:"reason,omitempty"` // stop, error
 	Bill    *BillFrame          `json:"bill,omitempty"`
 	Paid    *PaidFrame          `json:"paid,omitempty"`
+	Seq     uint64              `json:"seq,omitempty"` // hb: one more than the last heartbeat's, from 1
 }
 
 // StartFrame is what a member runs.
@@ -129,7 +132,11 @@ func (f *Frame) check() error {
 		if jid.UnmarshalText([]byte(s.Job)) != nil {
 			return bad("job ID %s", text.Clip(s.Job))
 		}
-	case KindStop, KindHeartbeat, KindError:
+	case KindStop, KindError:
+	case KindHeartbeat:
+		if f.Seq == 0 || f.Seq > MaxSeq {
+			return bad("sequence number %d, want 1..%d", f.Seq, uint64(MaxSeq))
+		}
 	case KindReady:
 		if f.Port < 1 || f.Port > 65535 {
 			return bad("port %d", f.Port)
@@ -224,8 +231,35 @@ func Read(r *bufio.Reader) (Frame, error) {
 // Writer writes frames from several goroutines, one whole frame at a
 // time.
 type Writer struct {
-	mu sync.Mutex
-	w  io.Writer
+	mu      sync.Mutex
+	w       io.Writer
+	timeout time.Duration // a frame not written in this long fails; 0: no bound
+}
+
+// SetTimeout bounds how long one frame may take to write, so a peer that
+// stops reading holds a writer no longer: a frame not written within d
+// fails, by the stream's write deadline where it has one (libp2p streams
+// over real connections, net.Conn), and otherwise by resetting (or
+// closing) the stream under it; after that the stream is useless. 0
+// removes the bound.
+func (fw *Writer) SetTimeout(d time.Duration) {
+	fw.mu.Lock()
+	fw.timeout = d
+	fw.mu.Unlock()
+}
+
+type writeDeadliner interface{ SetWriteDeadline(time.Time) error }
+
+type resetter interface{ Reset() error }
+
+// abort ends a stream whose write is stuck.
+func abort(w io.Writer) {
+	switch s := w.(type) {
+	case resetter:
+		_ = s.Reset()
+	case io.Closer:
+		_ = s.Close()
+	}
 }
 
 func (fw *Writer) Write(f Frame) error {
@@ -240,6 +274,16 @@ func (fw *Writer) Write(f Frame) error {
 	buf = append(buf, data...)
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
+	if fw.timeout > 0 {
+		if wd, ok := fw.w.(writeDeadliner); ok {
+			_ = wd.SetWriteDeadline(time.Now().Add(fw.timeout))
+			defer func() { _ = wd.SetWriteDeadline(time.Time{}) }()
+		}
+		// A stream whose deadline does nothing (or is not there) is ended
+		// a little later.
+		stuck := time.AfterFunc(fw.timeout+fw.timeout/4, func() { abort(fw.w) })
+		defer stuck.Stop()
+	}
 	_, err = fw.w.Write(buf)
 	return err
 }

@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"net"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -81,7 +83,7 @@ func wireFrames(tb testing.TB) []Frame {
 		{T: KindStarted, At: 1_700_000_000_000},
 		{T: KindLog, Stream: "out", Data: []byte("epoch 1 loss 0.5\n")},
 		{T: KindLog, Stream: "err", Data: []byte{0, 0xff, '\n'}},
-		{T: KindHeartbeat},
+		{T: KindHeartbeat, Seq: 7},
 		{T: KindFile, File: &receipt.OutputFile{Path: "ckpt/model.pt", Size: 3, SHA256: sha}},
 		{T: KindChunk, Data: []byte{1, 2, 3}},
 		{T: KindExit, Exit: &ExitFrame{Code: 0, Start: 1_700_000_000_000, End: 1_700_003_600_000}},
@@ -257,8 +259,8 @@ func TestFrameBounds(t *testing.T) {
 		t.Fatalf("no frame: %v, want io.EOF", err)
 	}
 	// A frame of exactly MaxFrame bytes is read.
-	pad := MaxFrame - len(`{"t":"hb","reason":""}`)
-	if _, err := readOne(rawFrame(`{"t":"hb","reason":""}` + strings.Repeat(" ", pad))); err != nil {
+	pad := MaxFrame - len(`{"t":"hb","seq":1}`)
+	if _, err := readOne(rawFrame(`{"t":"hb","seq":1}` + strings.Repeat(" ", pad))); err != nil {
 		t.Fatalf("frame of MaxFrame bytes: %v", err)
 	}
 
@@ -290,6 +292,8 @@ func TestFrameBounds(t *testing.T) {
 		{"ready no port", Frame{T: KindReady}, "port 0"},
 		{"ready port too big", Frame{T: KindReady, Port: 65536}, "port 65536"},
 		{"started no time", Frame{T: KindStarted}, "no start time"},
+		{"heartbeat unnumbered", Frame{T: KindHeartbeat}, "sequence number 0"},
+		{"heartbeat number too big", Frame{T: KindHeartbeat, Seq: MaxSeq + 1}, "sequence number 9007199254740993"},
 		{"countersign short", Frame{T: KindCountersign, Sig: make([]byte, 63)}, "signature of 63 bytes, want 64"},
 		{"receipt none", Frame{T: KindReceipt}, "no receipt"},
 		{"receipt bad", Frame{T: KindReceipt, Receipt: &receipt.Signed{}}, "bad receipt: version 0"},
@@ -414,4 +418,47 @@ func (w *failAfter) Write(p []byte) (int, error) {
 	}
 	w.n--
 	return len(p), nil
+}
+
+// A writer with a timeout gives up on a peer that stops reading: the frame
+// fails with the deadline's error instead of blocking for good, and the
+// next frame to a reading peer goes through.
+func TestWriterTimeoutBoundsAPeerThatDoesNotRead(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	fw := NewWriter(a)
+	fw.SetTimeout(50 * time.Millisecond)
+	err := fw.Write(Frame{T: KindHeartbeat, Seq: 1}) // nobody reads b
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("write to a peer that does not read: %v, want the deadline exceeded", err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := Read(bufio.NewReader(b))
+		got <- err
+	}()
+	if err := fw.Write(Frame{T: KindHeartbeat, Seq: 2}); err != nil {
+		t.Fatalf("write to a reading peer: %v", err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("read: %v", err)
+	}
+}
+
+// stuckWriter blocks every write until it is closed, like a stream whose
+// peer stopped reading and whose deadlines do nothing.
+type stuckWriter struct{ closed chan struct{} }
+
+func (s stuckWriter) Write([]byte) (int, error) { <-s.closed; return 0, io.ErrClosedPipe }
+func (s stuckWriter) Close() error              { close(s.closed); return nil }
+
+// Without a write deadline the timeout still holds: the stream is closed
+// under the stuck write.
+func TestWriterTimeoutClosesAStreamWithoutDeadlines(t *testing.T) {
+	fw := NewWriter(stuckWriter{closed: make(chan struct{})})
+	fw.SetTimeout(20 * time.Millisecond)
+	if err := fw.Write(Frame{T: KindHeartbeat, Seq: 1}); !errors.Is(err, io.ErrClosedPipe) {
+		t.Fatalf("stuck write: %v, want it ended by closing the stream", err)
+	}
 }

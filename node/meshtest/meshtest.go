@@ -55,6 +55,10 @@ const setupTimeout = 2 * time.Minute
 type Mesh struct {
 	Net   mocknet.Mocknet
 	Nodes []*node.Node
+
+	seed   uint64
+	ctx    context.Context // ends with Close: the adversaries' loops
+	cancel context.CancelFunc
 }
 
 // Key returns the deterministic identity of peer i under seed.
@@ -83,7 +87,8 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 	if opts.GPUs == "" {
 		opts.GPUs = "mock:dgxh100"
 	}
-	m := &Mesh{Net: mocknet.New()}
+	m := &Mesh{Net: mocknet.New(), seed: opts.Seed}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
 	t.Cleanup(func() { m.Close() })
 	ctx := context.Background()
 	for i := range n {
@@ -208,6 +213,7 @@ func (m *Mesh) Isolate(i int) error {
 
 // Close stops every node, all at once. Safe to call twice.
 func (m *Mesh) Close() {
+	m.cancel()
 	var wg sync.WaitGroup
 	for _, nd := range m.Nodes {
 		wg.Add(1)

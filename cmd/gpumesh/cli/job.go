@@ -366,8 +366,11 @@ func printReceipts(g *globals, rs []receipt.Signed) {
 			u = gossip.DefaultUnit
 		}
 		signed := "provider"
-		if len(s.ConsumerSig) > 0 {
+		switch {
+		case len(s.ConsumerSig) > 0:
 			signed = "provider, consumer"
+		case s.Unsigned != nil:
+			signed = "provider; not countersigned: " + s.Unsigned.Reason
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%.3f\t%s %s\t%d\t%s\n", r.Job, r.Rank, r.GPUs, r.Class, r.GPUSeconds(), u.Format(r.Amount), u.Token, r.ExitCode, signed)
 	}

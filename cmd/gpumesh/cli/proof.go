@@ -28,7 +28,12 @@ func proofCmd(g *globals) *cobra.Command {
 		Long: `Check proof files with no mesh and no data dir: the receipt's provider and
 consumer signatures, the Merkle path from the receipt to the batch's root,
 and, with one RPC call, that the memo transaction carrying the root exists,
-succeeded and was signed by the proof's payer. Exit 1 if any proof fails.`,
+succeeded and was signed by the proof's payer. Exit 1 if any proof fails.
+
+A receipt the consumer did not countersign (it refused, left, or did not
+answer) is anchored by its provider with the provider's signed statement of
+why; verify shows it as "NOT countersigned", with that reason: the record
+shows who walked away, in the provider's words.`,
 		Example: `  gpumesh proof verify 3f2a...-0-0.proof.json --solana-rpc https://api.devnet.solana.com`,
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
@@ -54,7 +59,12 @@ succeeded and was signed by the proof's payer. Exit 1 if any proof fails.`,
 						}
 						fmt.Fprintf(g.stdout, "%s: OK: job %s member %d, %d %s GPUs for %.3f GPU-seconds, %s %s, exit %d\n",
 							f, r.Job, r.Rank, r.GPUs, r.Class, r.GPUSeconds(), u.Format(r.Amount), u.Token, r.ExitCode)
-						fmt.Fprintf(g.stdout, "  signed by provider %s and consumer %s\n", r.Provider, r.Consumer)
+						if un := rec.Unsigned; un != nil {
+							fmt.Fprintf(g.stdout, "  signed by provider %s only: NOT countersigned by consumer %s\n", r.Provider, r.Consumer)
+							fmt.Fprintf(g.stdout, "  the provider's signed word, %s: %s\n", time.UnixMilli(un.At).UTC().Format(time.RFC3339), un.Reason)
+						} else {
+							fmt.Fprintf(g.stdout, "  signed by provider %s and consumer %s\n", r.Provider, r.Consumer)
+						}
 						fmt.Fprintf(g.stdout, "  leaf %d of %d under root %s, anchored by %s in transaction %s (slot %d, fee %d lamports)\n",
 							p.Index, p.Count, p.Root, a.Payer, p.Signature, a.Slot, a.Fee)
 						continue
