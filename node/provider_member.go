@@ -320,8 +320,8 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		Disk:     disk,
 		LogBytes: n.cfg.JobLog,
 		StartBy:  startBy,
-		Stdout:  jobwire.NewLogWriter(fw, "out"),
-		Stderr:  jobwire.NewLogWriter(fw, "err"),
+		Stdout:   jobwire.NewLogWriter(fw, "out"),
+		Stderr:   jobwire.NewLogWriter(fw, "err"),
 		Started: func(at time.Time) {
 			util.start()
 			_ = fw.Write(jobwire.Frame{T: jobwire.KindStarted, At: at.UnixMilli()})
