@@ -136,6 +136,10 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		n.log.Info("job member not started", "job", st.Job, "rank", st.Rank, "from", from, "reason", reason)
 		_ = fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.Cut(reason, jobwire.MaxText)})
 	}
+	if st.Members > 1 && n.cfg.NoHostNetwork {
+		fail("%s", multiMemberNetwork)
+		return
+	}
 	// The reservation runs this member from now (a start that overtook the
 	// submitter's confirm confirms it); only its end releases it.
 	held, err := n.startReservation(ctx, jobID(st.Job), from) // the start frame's ID was checked on reading
@@ -150,10 +154,6 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	defer n.releaseReservation(ctx, held)
 	if err := st.Spec.Validate(n.PriceUnit()); err != nil {
 		fail("%v", err)
-		return
-	}
-	if st.Members > 1 && n.cfg.NoHostNetwork {
-		fail("%s", multiMemberNetwork)
 		return
 	}
 	ex, err := n.executorFor(ctx, st.Spec)
