@@ -65,6 +65,8 @@ type Docker struct {
 	// container's writable layer (overlay2 not on xfs with pquota, ...):
 	// from then on Task.Disk is kept by measuring it.
 	noStorageOpt atomic.Bool
+
+	egress bool // OpenEgress made the egress network and rules; guarded by egressMu
 }
 
 // DockerConfig bounds what jobs bring onto this machine. The zero value
@@ -83,6 +85,9 @@ type DockerConfig struct {
 	// cannot cap it; 0: 2 s. Work may overshoot Task.Disk by what it writes
 	// in that time before it is stopped.
 	DiskCheck time.Duration
+	// EgressDNS are the resolvers of tasks with egress; nil:
+	// DefaultEgressDNS.
+	EgressDNS []string
 	Log       *slog.Logger
 }
 
@@ -149,8 +154,13 @@ func (d *Docker) log() *slog.Logger {
 	return d.cfg.Log
 }
 
-// Close releases the connection to the engine.
-func (d *Docker) Close() error { return d.cli.Close() }
+// Close removes the egress network and its rules if this executor made
+// them (and no other of this process uses them), and releases the
+// connection to the engine.
+func (d *Docker) Close() error {
+	err := d.closeEgress()
+	return errors.Join(err, d.cli.Close())
+}
 
 // Name is "docker".
 func (d *Docker) Name() string { return "docker" }
@@ -180,7 +190,16 @@ func (d *Docker) Run(ctx context.Context, t Task) (res Result, err error) {
 		return Result{}, err
 	}
 
+	if t.Egress && !d.egressOpen() {
+		return Result{}, fmt.Errorf("docker executor: task %q asks for egress, which this provider has not set up (OpenEgress)", t.Name)
+	}
 	cfg, hcfg := containerConfig(t)
+	if t.Egress && !t.Network {
+		hcfg.DNS = d.cfg.EgressDNS
+		if hcfg.DNS == nil {
+			hcfg.DNS = DefaultEgressDNS
+		}
+	}
 	capDisk := t.Disk > 0 && !d.noStorageOpt.Load()
 	if capDisk {
 		hcfg.StorageOpt = map[string]string{"size": strconv.FormatInt(t.Disk, 10)}
@@ -727,8 +746,11 @@ func containerConfigFor(t Task, uid, gid int) (*container.Config, *container.Hos
 	pids := int64(PidsLimit)
 	useInit := true // docker-init as PID 1: forwards SIGTERM, reaps zombies
 	network := container.NetworkMode("none")
-	if t.Network {
+	switch {
+	case t.Network:
 		network = "host"
+	case t.Egress:
+		network = EgressNetwork
 	}
 	h := &container.HostConfig{
 		NetworkMode:    network,

@@ -53,6 +53,10 @@ type Task struct {
 	Timeout time.Duration     // 0: none
 	Memory  int64             // bytes; 0: no limit
 	CPUs    float64           // cores; 0: no limit
+	// Egress lets work without Network reach the internet, never this host,
+	// its LAN or link-local addresses (docker: the egress network, set up
+	// by Docker.OpenEgress).
+	Egress bool
 	// Disk caps the bytes the work may write (docker: its container's
 	// writable layer and its outputs folder); 0: no limit.
 	Disk int64

@@ -93,6 +93,12 @@ type Config struct {
 	PullTimeout   time.Duration // longest image pull; 0: exec.DefaultPullTimeout; the submitter's start deadline bounds it too
 	PullMax       int64         // largest image pulled, bytes (compressed layers); 0: exec.DefaultPullMaxBytes; negative: no cap
 	ImageCache    int64         // bytes of images pulled for jobs kept, least recently used removed first; 0: exec.DefaultImageCache; negative: no cap
+	// JobEgress lets one-member container jobs reach the internet through
+	// a bridge network of their own whose firewall rules (installed at the
+	// first container job, removed when the node stops) keep them off this
+	// host, its LAN, link-local and metadata addresses. Off: no network at
+	// all but their own loopback. Needs root and iptables.
+	JobEgress bool
 
 	// Host, when set, is used instead of building a libp2p host (meshtest
 	// runs nodes on a simulated network this way). The Node closes it.

@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	osexec "os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -111,4 +113,61 @@ func TestANoHostNetworkProviderTakesOnlyWholeJobs(t *testing.T) {
 		t.Fatalf("a start of a member of 2 answered %+v, %v; want an error frame naming --no-host-network", f, err)
 	}
 	waitFree(t, ctx, m.Nodes[:2])
+}
+
+// With JobEgress a one-member container job has a network (the egress
+// bridge's), still without a way to the host; the node's Close takes the
+// network and its firewall rules away.
+func TestJobEgressGivesOneMemberANetworkButNotTheHost(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("job egress installs firewall rules: run as root")
+	}
+	img := testdocker.EnsureImage(t)
+	l, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			_ = c.Close()
+		}
+	}()
+	port := l.Addr().(*net.TCPAddr).Port
+	m := meshtest.Start(t, 2, meshtest.Options{Seed: 75, Providers: 1, Price: "fixed:2.10", Config: func(i int, c *node.Config) {
+		c.JobEgress = i == 0
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	script := fmt.Sprintf(`echo "nets=$(ls /sys/class/net | busybox tr '\n' ' ')"; `+
+		`gw=$(busybox ip route | busybox awk '/default/ {print $3}'); echo "gw=$gw"; `+
+		`for a in 127.0.0.1 $gw; do echo "$a: $(busybox nc -w 1 $a %d </dev/null 2>&1)"; done`, port)
+	y := fmt.Sprintf("name: egress\nimage: %s\ncommand: [sh, -c, %q]\nresources:\n  gpus: 1\n  gpu: {model: H100}\nmaxPrice: 2.50\ntimeout: 5m\n", img, script)
+	spec, err := jobspec.Parse([]byte(y), "yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := runToEnd(t, ctx, m.Nodes[1], spec)
+	log := jobLog(t, m.Nodes[1], j.ID)
+	t.Logf("the job's log:\n%s", log)
+	if j.State != node.JobDone {
+		t.Fatalf("job %s (%s)", j.State, j.Reason)
+	}
+	if !strings.Contains(log, "nets=eth0 lo") || strings.Contains(log, "gw=\n") {
+		t.Errorf("the job has no network of its own:\n%s", log)
+	}
+	if accepted.Load() != 0 {
+		t.Errorf("the job reached the host (%d connections)", accepted.Load())
+	}
+	m.Close()
+	rules, _ := osexec.Command("iptables", "-S").CombinedOutput()
+	if strings.Contains(string(rules), "GPUMESH-EGRESS") {
+		t.Errorf("firewall rules left after the node closed:\n%s", rules)
+	}
 }

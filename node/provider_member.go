@@ -65,6 +65,7 @@ type memberState struct {
 	// asked once with docker (0: unknown).
 	machineMemory int64
 	machineCPUs   int
+	egress        bool // the Docker executor set up egress (Config.JobEgress)
 
 	receiptsMu sync.Mutex             // guards the receipts folder and receipts
 	receipts   map[string]receiptMeta // the index, by key, once the folder was read (receipts.go)
@@ -314,6 +315,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		// Only the members of a job of several meet over the network (the
 		// host's, for now); one member, launcher or not, has none.
 		Network:  st.Rendezvous && st.Members > 1,
+		Egress:   n.egressOn() && st.Members == 1,
 		Timeout:  timeout,
 		Memory:   mem,
 		CPUs:     cpus,
@@ -478,6 +480,14 @@ func (n *Node) dockerExecutor(ctx context.Context) (exec.Executor, error) {
 		if err != nil {
 			return nil, fmt.Errorf("this provider cannot run containers: %w", err)
 		}
+		if n.cfg.JobEgress {
+			if err := d.OpenEgress(ctx); err != nil {
+				// Jobs run on, with no network: safe, if less useful.
+				n.log.Error("job egress not set up: one-member jobs run without a network", "err", err)
+			} else {
+				n.egress = true
+			}
+		}
 		if mem, cpus, err := d.Machine(ctx); err != nil {
 			n.log.Warn("no memory and CPU limits on jobs", "err", err)
 		} else {
@@ -491,6 +501,12 @@ func (n *Node) dockerExecutor(ctx context.Context) (exec.Executor, error) {
 		n.docker = d
 	}
 	return n.docker, nil
+}
+
+func (n *Node) egressOn() bool {
+	n.execMu.Lock()
+	defer n.execMu.Unlock()
+	return n.egress
 }
 
 // memberShare is what a member with gpus of this provider's GPUs may take
