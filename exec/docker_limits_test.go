@@ -196,11 +196,14 @@ func TestALogFloodIsCapped(t *testing.T) {
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	if got := len(out.String()) + len(errs.String()); got > logCap+1024 {
+	got := len(out.String()) + len(errs.String())
+	if got > logCap+1024 {
 		t.Errorf("read back %d bytes of a 20 MB flood, want at most the cap %d and a note", got, logCap)
 	}
-	if !strings.Contains(errs.String(), "output cut at 256KiB") {
-		t.Errorf("stderr does not say the output was cut: %q", text(errs.String(), 300))
+	// What was read was cut at the cap, or was all the log files still
+	// held (the flood rotated away before the reader came).
+	if cut := strings.Contains(errs.String(), "output cut at 256KiB"); !cut && got >= logCap {
+		t.Errorf("read back %d bytes without saying the output was cut: %q", got, text(errs.String(), 300))
 	}
 }
 
