@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"time"
+
+	"github.com/docker/go-units"
 )
 
 // An Executor runs one member's part of a job on this provider: a container
@@ -121,3 +123,10 @@ func awaitWork[T any](ctx context.Context, timeout time.Duration, ended <-chan T
 	}
 	return v, timedOut, stopped
 }
+
+// ParseSize reads a size in bytes as people write it: 64GiB, 512m, 1.5g,
+// 1024 (bytes); the units are powers of 1024.
+func ParseSize(s string) (int64, error) { return units.RAMInBytes(s) }
+
+// FormatSize writes a size in bytes as people read it: 64GiB, 512MiB.
+func FormatSize(n int64) string { return units.BytesSize(float64(n)) }

@@ -199,6 +199,12 @@ type ConfigError struct {
 func (e *ConfigError) Error() string { return e.Err.Error() }
 func (e *ConfigError) Unwrap() error { return e.Err }
 
+// ParseSize reads a size flag's value in bytes: 64GiB, 512m, 1024.
+func ParseSize(s string) (int64, error) { return exec.ParseSize(s) }
+
+// FormatSize writes bytes as a size flag reads them: 64GiB, 512MiB.
+func FormatSize(n int64) string { return exec.FormatSize(n) }
+
 // Bounds that Config.validate checks.
 const (
 	MinHeartbeat      = 10 * time.Millisecond

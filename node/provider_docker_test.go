@@ -49,7 +49,7 @@ func TestASingleMemberDockerJobRunsIsolatedWithItsShare(t *testing.T) {
 			c.JobMemory, c.JobCPUs = 8<<30, 16 // one GPU of 8: 1 GiB, 2 cores
 		}
 	}})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	script := `echo "master=$MASTER_ADDR"; echo "nets=$(ls /sys/class/net)"; ` +
 		`echo "mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max)"; ` +
@@ -86,7 +86,7 @@ func TestANoHostNetworkProviderTakesOnlyWholeJobs(t *testing.T) {
 	o.Config = func(i int, c *node.Config) { c.NoHostNetwork = i < 2 }
 	m := meshtest.Start(t, 3, o)
 	sub := m.Nodes[2]
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
 	j := runToEnd(t, ctx, sub, scriptSpec(t, 16, 8, "echo never", ""))
@@ -143,7 +143,7 @@ func TestJobEgressGivesOneMemberANetworkButNotTheHost(t *testing.T) {
 	m := meshtest.Start(t, 2, meshtest.Options{Seed: 75, Providers: 1, Price: "fixed:2.10", Config: func(i int, c *node.Config) {
 		c.JobEgress = i == 0
 	}})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	script := fmt.Sprintf(`echo "nets=$(ls /sys/class/net | busybox tr '\n' ' ')"; `+
 		`gw=$(busybox ip route | busybox awk '/default/ {print $3}'); echo "gw=$gw"; `+

@@ -12,8 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/docker/go-units"
-
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/node"
@@ -190,7 +188,7 @@ func (v *sizeValue) String() string {
 	case v.n == 0:
 		return ""
 	}
-	return units.BytesSize(float64(v.n))
+	return node.FormatSize(v.n)
 }
 
 func (v *sizeValue) Set(s string) error {
@@ -198,7 +196,7 @@ func (v *sizeValue) Set(s string) error {
 		v.n = -1
 		return nil
 	}
-	n, err := units.RAMInBytes(s)
+	n, err := node.ParseSize(s)
 	if err != nil || n <= 0 {
 		return fmt.Errorf("want a size such as 64GiB, 512MiB or 1024 (bytes), or none")
 	}
