@@ -172,6 +172,15 @@ func (d *Docker) closeEgress() error {
 	defer cancel()
 	nerr := d.cli.NetworkRemove(ctx, EgressNetwork)
 	if nerr != nil && !cerrdefs.IsNotFound(nerr) {
+		// A slow engine may have removed it all the same.
+		ictx, icancel := context.WithTimeout(context.Background(), dockerCallTimeout)
+		_, ierr := d.cli.NetworkInspect(ictx, EgressNetwork, network.InspectOptions{})
+		icancel()
+		if cerrdefs.IsNotFound(ierr) {
+			nerr = nil
+		}
+	}
+	if nerr != nil && !cerrdefs.IsNotFound(nerr) {
 		// A task still on it (another process's?): the rules stay with it.
 		return fmt.Errorf("job egress: removing the Docker network %s: %w; the firewall rules stay until it is gone", EgressNetwork, nerr)
 	}

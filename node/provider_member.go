@@ -94,7 +94,9 @@ func (n *Node) stateDir() (string, error) {
 func (n *Node) closeMembers() {
 	n.execMu.Lock()
 	if c, ok := n.docker.(io.Closer); ok {
-		_ = c.Close()
+		if err := c.Close(); err != nil {
+			n.log.Warn("closing the Docker executor", "err", err)
+		}
 	}
 	n.docker = nil
 	n.execMu.Unlock()
