@@ -7,8 +7,11 @@
 //     ("H100-80GB"), memory and utilization;
 //   - the executors (executor.go): one contract, Run blocks until the work
 //     and everything it made are gone, with Docker (docker.go: containers
-//     with GPU device requests, no privileges, labelled so a restarted peer
-//     removes what it left) and plain processes (process.go: own folder, own
+//     with GPU device requests, no privileges, no network but their own
+//     loopback unless they must meet, memory, CPU, disk and log limits,
+//     bounded pulls, labelled so a restarted peer removes what it left;
+//     imagecache.go: the images it pulled, removed least recently used
+//     first over a cap) and plain processes (process.go: own folder, own
 //     process group); both can pause and resume a task (unpaid work);
 //   - the launchers' environment (launch.go): torchrun and Ray variables for
 //     a multi-member job.

@@ -2,13 +2,18 @@ package exec
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -19,6 +24,7 @@ import (
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/jsonmessage"
 	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/docker/go-units"
 )
 
 // Container settings every docker task gets.
@@ -39,6 +45,9 @@ const (
 // done (stop, inspect, remove), so a wedged engine cannot hang Run forever.
 const dockerCallTimeout = 30 * time.Second
 
+// minLogFile is the smallest json-file log file a container gets, bytes.
+const minLogFile = 64 << 10
+
 // logDrainTimeout is how long Run waits, once the container has exited, for
 // the last of its logs before it gives up on them.
 const logDrainTimeout = 10 * time.Second
@@ -48,8 +57,53 @@ const logDrainTimeout = 10 * time.Second
 // network, and only the leased GPUs handed to it (through the NVIDIA
 // container toolkit when they are real).
 type Docker struct {
-	cli *client.Client
+	cli   *client.Client
+	cfg   DockerConfig
+	cache *ImageCache
+
+	// noStorageOpt is set once the engine has refused a size on a
+	// container's writable layer (overlay2 not on xfs with pquota, ...):
+	// from then on Task.Disk is kept by measuring it.
+	noStorageOpt atomic.Bool
+
+	egress bool // OpenEgress made the egress network and rules; guarded by egressMu
 }
+
+// DockerConfig bounds what jobs bring onto this machine. The zero value
+// takes the defaults.
+type DockerConfig struct {
+	// PullTimeout is the longest an image pull may take; 0:
+	// DefaultPullTimeout. Task.StartBy may end it sooner.
+	PullTimeout time.Duration
+	// PullMaxBytes caps an image's download (its layers as the registry
+	// sizes them, compressed); 0: DefaultPullMaxBytes; negative: no cap.
+	PullMaxBytes int64
+	// Cache is the images pulled for jobs, evicted least recently used
+	// first over its cap; nil: one in memory with the default cap.
+	Cache *ImageCache
+	// DiskCheck is how often a task's disk use is measured, where the engine
+	// cannot cap it; 0: 2 s. Work may overshoot Task.Disk by what it writes
+	// in that time before it is stopped.
+	DiskCheck time.Duration
+	// EgressDNS are the resolvers of tasks with egress; nil:
+	// DefaultEgressDNS.
+	EgressDNS []string
+	Log       *slog.Logger
+}
+
+// Defaults of DockerConfig.
+const (
+	// DefaultPullTimeout stays under the submitter's start deadline
+	// (5 min from a member's start to its work running), so a slow pull
+	// fails here with its reason rather than as "never started".
+	DefaultPullTimeout  = 4 * time.Minute
+	DefaultPullMaxBytes = 30 << 30
+	defaultDiskCheck    = 2 * time.Second
+)
+
+// ErrImageTooBig marks an image pull given up because the image is larger
+// than this provider takes (DockerConfig.PullMaxBytes).
+var ErrImageTooBig = errors.New("image too large")
 
 var _ Executor = (*Docker)(nil)
 
@@ -58,6 +112,11 @@ var _ Executor = (*Docker)(nil)
 // the local socket by default), agrees on an API version with it (API 1.41,
 // Docker 20.10, and newer) and checks that it answers.
 func NewDocker(ctx context.Context) (*Docker, error) {
+	return NewDockerWith(ctx, DockerConfig{})
+}
+
+// NewDockerWith is NewDocker with the bounds of cfg.
+func NewDockerWith(ctx context.Context, cfg DockerConfig) (*Docker, error) {
 	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err != nil {
 		return nil, fmt.Errorf("docker executor: bad Docker client settings in the environment (DOCKER_HOST, DOCKER_CERT_PATH, ...): %w", err)
@@ -69,11 +128,39 @@ func NewDocker(ctx context.Context) (*Docker, error) {
 		_ = cli.Close()
 		return nil, fmt.Errorf("docker executor: the Docker engine is not reachable at %s: %w; start dockerd (or install it: apt-get install docker.io), make sure this user may use its socket (the docker group), or set DOCKER_HOST to the engine's address", host, err)
 	}
-	return &Docker{cli: cli}, nil
+	cache := cfg.Cache
+	if cache == nil {
+		cache = &ImageCache{Log: cfg.Log}
+	}
+	return &Docker{cli: cli, cfg: cfg, cache: cache}, nil
 }
 
-// Close releases the connection to the engine.
-func (d *Docker) Close() error { return d.cli.Close() }
+// Machine is the memory (bytes) and CPU cores of the engine's machine.
+func (d *Docker) Machine(ctx context.Context) (memory int64, cpus int, err error) {
+	info, err := d.cli.Info(ctx)
+	if err != nil {
+		return 0, 0, fmt.Errorf("docker executor: asking the engine about its machine: %w", err)
+	}
+	return info.MemTotal, info.NCPU, nil
+}
+
+// Cache is the executor's image cache.
+func (d *Docker) Cache() *ImageCache { return d.cache }
+
+func (d *Docker) log() *slog.Logger {
+	if d.cfg.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return d.cfg.Log
+}
+
+// Close removes the egress network and its rules if this executor made
+// them (and no other of this process uses them), and releases the
+// connection to the engine.
+func (d *Docker) Close() error {
+	err := d.closeEgress()
+	return errors.Join(err, d.cli.Close())
+}
 
 // Name is "docker".
 func (d *Docker) Name() string { return "docker" }
@@ -93,15 +180,39 @@ func (d *Docker) Run(ctx context.Context, t Task) (res Result, err error) {
 		return Result{}, fmt.Errorf("docker executor: outputs folder %q: %w", t.Outputs, err)
 	}
 	t.Outputs = abs
-	if err := d.ensureImage(ctx, t.Image); err != nil {
+	// In use from before the pull, so the eviction after it spares it.
+	d.cache.Acquire(t.Image, time.Now())
+	defer d.cache.Release(t.Image)
+	if err := d.ensureImage(ctx, t.Image, t.StartBy); err != nil {
 		return Result{}, err
 	}
 	if err := d.removeStale(ctx, t.Name); err != nil {
 		return Result{}, err
 	}
 
+	if t.Egress && !d.egressOpen() {
+		return Result{}, fmt.Errorf("docker executor: task %q asks for egress, which this provider has not set up (OpenEgress)", t.Name)
+	}
 	cfg, hcfg := containerConfig(t)
+	if t.Egress && !t.Network {
+		hcfg.DNS = d.cfg.EgressDNS
+		if hcfg.DNS == nil {
+			hcfg.DNS = DefaultEgressDNS
+		}
+	}
+	capDisk := t.Disk > 0 && !d.noStorageOpt.Load()
+	if capDisk {
+		hcfg.StorageOpt = map[string]string{"size": strconv.FormatInt(t.Disk, 10)}
+	}
 	created, err := d.cli.ContainerCreate(ctx, cfg, hcfg, nil, nil, t.Name)
+	if err != nil && capDisk && storageOptRefused(err) {
+		// This engine's storage driver cannot cap a container's writable
+		// layer: the disk watch below measures it instead.
+		d.noStorageOpt.Store(true)
+		d.log().Info("the Docker storage driver cannot cap a container's disk (--storage-opt size); measuring each task's disk use instead", "err", err)
+		capDisk, hcfg.StorageOpt = false, nil
+		created, err = d.cli.ContainerCreate(ctx, cfg, hcfg, nil, nil, t.Name)
+	}
 	if err != nil {
 		return Result{}, fmt.Errorf("docker executor: creating the container of task %q (image %s): %w", t.Name, t.Image, err)
 	}
@@ -142,9 +253,11 @@ func (d *Docker) Run(ctx context.Context, t Task) (res Result, err error) {
 	}
 
 	// The logs from the json-file log, from the container's first byte,
-	// followed until it stops.
+	// followed until it stops or the cap on them is reached.
 	logsDone := make(chan error, 1)
-	stderrHead := &headWriter{w: orDiscard(t.Stderr)}
+	lc := newLogCap(t.logBytes(), orDiscard(t.Stdout), orDiscard(t.Stderr))
+	stdout, stderr := lc.writers()
+	stderrHead := &headWriter{w: stderr}
 	logs, lerr := d.cli.ContainerLogs(bg, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Follow: true})
 	if lerr != nil {
 		// The work runs on; say on its stderr why its output is missing.
@@ -153,7 +266,7 @@ func (d *Docker) Run(ctx context.Context, t Task) (res Result, err error) {
 	} else {
 		go func() {
 			defer logs.Close()
-			_, cerr := stdcopy.StdCopy(orDiscard(t.Stdout), stderrHead, logs)
+			_, cerr := stdcopy.StdCopy(stdout, stderrHead, logs)
 			logsDone <- cerr
 		}()
 	}
@@ -176,9 +289,30 @@ func (d *Docker) Run(ctx context.Context, t Task) (res Result, err error) {
 		}
 	}()
 
+	// The disk watch stops work that writes more than it may.
+	workCtx, stopWork := context.WithCancel(ctx)
+	defer stopWork()
+	var diskFull atomic.Bool
+	watchDone := make(chan struct{})
+	if t.Disk > 0 {
+		go func() {
+			defer close(watchDone)
+			if d.watchDisk(workCtx, id, t, !capDisk) {
+				diskFull.Store(true)
+				lc.note(fmt.Sprintf("gpumesh: the work wrote more than its disk limit of %s; stopping it\n", units.BytesSize(float64(t.Disk))))
+				stopWork()
+			}
+		}()
+	} else {
+		close(watchDone)
+	}
+
 	var w waitOut
-	w, res.TimedOut, res.Stopped = awaitWork(ctx, t.Timeout, waited)
-	if res.TimedOut || res.Stopped {
+	w, res.TimedOut, res.Stopped = awaitWork(workCtx, t.Timeout, waited)
+	if diskFull.Load() && ctx.Err() == nil {
+		res.Stopped, res.DiskFull = false, true
+	}
+	if res.TimedOut || res.Stopped || res.DiskFull {
 		if serr := d.stop(id); serr != nil {
 			w = waitOut{-1, serr}
 		} else {
@@ -190,6 +324,8 @@ func (d *Docker) Run(ctx context.Context, t Task) (res Result, err error) {
 		}
 	}
 	exit, waitErr := w.code, w.err
+	stopWork()
+	<-watchDone
 
 	// Every log byte is copied before Run returns; a log stream that does not
 	// end after the container has is cut off.
@@ -212,6 +348,10 @@ func (d *Docker) Run(ctx context.Context, t Task) (res Result, err error) {
 		}
 		if at, ok := engineTime(ins.State.FinishedAt); ok && !at.Before(res.Start) {
 			res.End = at
+		}
+		if ins.State.OOMKilled && waitErr == nil {
+			res.OOMKilled = true
+			lc.note(fmt.Sprintf("gpumesh: the work ran out of its memory limit of %s; the kernel killed a process of it\n", units.BytesSize(float64(t.Memory))))
 		}
 	}
 	if waitErr != nil {
@@ -266,8 +406,12 @@ func (d *Docker) stop(id string) error {
 	return nil
 }
 
-// ensureImage makes sure the image is on this provider, pulling it if not.
-func (d *Docker) ensureImage(ctx context.Context, ref string) error {
+// ensureImage makes sure the image is on this provider, pulling it if not:
+// within DockerConfig.PullTimeout and by startBy (zero: no such bound), and
+// no larger than DockerConfig.PullMaxBytes. A pull given up leaves no image
+// behind. A pulled image goes into the cache, which then evicts what is over
+// its cap.
+func (d *Docker) ensureImage(ctx context.Context, ref string, startBy time.Time) error {
 	_, err := d.cli.ImageInspect(ctx, ref)
 	if err == nil {
 		return nil
@@ -275,25 +419,231 @@ func (d *Docker) ensureImage(ctx context.Context, ref string) error {
 	if !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("docker executor: looking up image %s: %w", ref, err)
 	}
-	pull := func() error {
-		rc, err := d.cli.ImagePull(ctx, ref, image.PullOptions{})
-		if err != nil {
-			return err
-		}
-		defer rc.Close()
-		// The progress stream carries the pull's own errors.
-		return jsonmessage.DisplayJSONMessagesStream(rc, io.Discard, 0, false, nil)
+	timeout := d.cfg.PullTimeout
+	if timeout <= 0 {
+		timeout = DefaultPullTimeout
 	}
-	if err := pull(); err != nil {
-		if ctx.Err() != nil {
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if !startBy.IsZero() {
+		var cancel2 context.CancelFunc
+		pctx, cancel2 = context.WithDeadline(pctx, startBy)
+		defer cancel2()
+	}
+	limit := d.cfg.PullMaxBytes
+	if limit == 0 {
+		limit = DefaultPullMaxBytes
+	}
+	if err := d.pull(pctx, ref, limit); err != nil {
+		d.dropPartial(ref)
+		switch {
+		case ctx.Err() != nil:
 			return fmt.Errorf("docker executor: pulling image %s: %w", ref, ctx.Err())
+		case errors.Is(err, ErrImageTooBig):
+			return fmt.Errorf("%w: %w; use a smaller image, or ask a provider that takes larger ones", ErrNoImage, err)
+		case pctx.Err() != nil:
+			left := time.Until(startBy).Round(time.Second)
+			why := fmt.Sprintf("its time limit of %s", timeout)
+			if !startBy.IsZero() && left < timeout {
+				why = "the job's start deadline"
+			}
+			return fmt.Errorf("%w: pulling image %s did not finish within %s; use a smaller image, a registry closer to this provider, or a provider that has the image", ErrNoImage, ref, why)
 		}
 		return fmt.Errorf("%w: image %s is not on this provider and pulling it failed (%v); get it here with `docker pull %s` from a reachable registry, or `docker load -i <file>` from an export made with `docker save`", ErrNoImage, ref, err, ref)
 	}
-	if _, err := d.cli.ImageInspect(ctx, ref); err != nil {
+	ins, err := d.cli.ImageInspect(ctx, ref)
+	if err != nil {
 		return fmt.Errorf("%w: image %s is still not on this provider after a pull (%v); get it here with `docker pull %s` or `docker load -i <file>`", ErrNoImage, ref, err, ref)
 	}
+	d.cache.Pulled(ref, ins.ID, ins.Size, time.Now())
+	if removed, err := d.cache.Evict(ctx, d.cli); err != nil {
+		d.log().Warn("image cache eviction", "err", err)
+	} else if len(removed) > 0 {
+		d.log().Info("image cache over its cap: removed images", "images", removed)
+	}
 	return nil
+}
+
+// pull pulls ref, and gives up once the layers it downloads add up to more
+// than limit bytes (negative: no limit). The engine ends a pull whose client
+// went away.
+func (d *Docker) pull(ctx context.Context, ref string, limit int64) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rc, err := d.cli.ImagePull(ctx, ref, image.PullOptions{})
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	// The progress stream carries the pull's own errors and the size of
+	// every layer it downloads.
+	layers := map[string]int64{}
+	var total int64
+	dec := json.NewDecoder(io.LimitReader(rc, 64<<20))
+	for {
+		var m jsonmessage.JSONMessage
+		if err := dec.Decode(&m); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		if m.Error != nil {
+			return m.Error
+		}
+		if m.Progress == nil || m.ID == "" {
+			continue
+		}
+		size := max(m.Progress.Total, m.Progress.Current)
+		if size > layers[m.ID] {
+			total += size - layers[m.ID]
+			layers[m.ID] = size
+		}
+		if limit >= 0 && total > limit {
+			return fmt.Errorf("%w: image %s has more than %s of layers to download, over this provider's cap of %s", ErrImageTooBig, ref, units.BytesSize(float64(total)), units.BytesSize(float64(limit)))
+		}
+	}
+}
+
+// dropPartial removes what a pull given up may have left under the name:
+// an image the engine finished just as the pull was given up.
+func (d *Docker) dropPartial(ref string) {
+	ctx, cancel := context.WithTimeout(context.Background(), dockerCallTimeout)
+	defer cancel()
+	if _, err := d.cli.ImageInspect(ctx, ref); err == nil {
+		_, _ = d.cli.ImageRemove(ctx, ref, image.RemoveOptions{PruneChildren: true})
+	}
+}
+
+// storageOptRefused says whether a create failed because the storage
+// driver cannot cap a container's writable layer.
+func storageOptRefused(err error) bool {
+	msg := strings.ToLower(err.Error())
+	return strings.Contains(msg, "storage-opt") || strings.Contains(msg, "storage opt") || strings.Contains(msg, "storageopt")
+}
+
+// watchDisk measures, every DiskCheck, what a running task has written: its
+// outputs folder and, when layer is set (the engine could not cap it), its
+// container's writable layer. It says true once that is over t.Disk, and
+// false when ctx ends first.
+func (d *Docker) watchDisk(ctx context.Context, id string, t Task, layer bool) bool {
+	every := d.cfg.DiskCheck
+	if every <= 0 {
+		every = defaultDiskCheck
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+		used := dirSize(t.Outputs, t.Disk)
+		if layer && used <= t.Disk {
+			ictx, cancel := context.WithTimeout(ctx, dockerCallTimeout)
+			ins, _, err := d.cli.ContainerInspectWithRaw(ictx, id, true)
+			cancel()
+			if err == nil && ins.SizeRw != nil {
+				used += *ins.SizeRw
+			}
+		}
+		if used > t.Disk {
+			return true
+		}
+	}
+}
+
+// dirSize is the bytes of the files under dir, counted until they pass
+// stop.
+func dirSize(dir string, stop int64) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(_ string, e os.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if info, err := e.Info(); err == nil && info.Mode().IsRegular() {
+			n += info.Size()
+		}
+		if n > stop {
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	return n
+}
+
+// logCap passes a task's stdout and stderr on until, together, they reach
+// its cap; then it says so once on stderr and refuses more, which ends the
+// reading of the container's log.
+type logCap struct {
+	mu     sync.Mutex // guards left, cut and writes to out and err
+	left   int64
+	limit  int64
+	cut    bool
+	stdout io.Writer
+	stderr io.Writer
+}
+
+var errLogCap = errors.New("log cap reached")
+
+func newLogCap(limit int64, stdout, stderr io.Writer) *logCap {
+	return &logCap{left: limit, limit: limit, stdout: stdout, stderr: stderr}
+}
+
+func (c *logCap) writers() (stdout, stderr io.Writer) {
+	return capWriter{c, false}, capWriter{c, true}
+}
+
+// note writes a line of gpumesh's own to stderr, past the cap.
+func (c *logCap) note(msg string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, _ = io.WriteString(c.stderr, msg)
+}
+
+type capWriter struct {
+	c   *logCap
+	err bool
+}
+
+func (w capWriter) Write(p []byte) (int, error) {
+	c := w.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cut {
+		return 0, errLogCap
+	}
+	out := c.stdout
+	if w.err {
+		out = c.stderr
+	}
+	k := int64(len(p))
+	if k > c.left {
+		k = c.left
+	}
+	if k > 0 {
+		if _, err := out.Write(p[:k]); err != nil {
+			return 0, err
+		}
+		c.left -= k
+	}
+	if k < int64(len(p)) {
+		c.cut = true
+		_, _ = fmt.Fprintf(c.stderr, "\ngpumesh: output cut at %s (this provider's cap on a task's log); the rest is dropped\n", units.BytesSize(float64(c.limit)))
+		return int(k), errLogCap
+	}
+	return len(p), nil
+}
+
+func (t Task) logBytes() int64 {
+	if t.LogBytes > 0 {
+		return t.LogBytes
+	}
+	return DefaultLogBytes
 }
 
 // removeStale removes a container left by an earlier run of the same task
@@ -396,8 +746,11 @@ func containerConfigFor(t Task, uid, gid int) (*container.Config, *container.Hos
 	pids := int64(PidsLimit)
 	useInit := true // docker-init as PID 1: forwards SIGTERM, reaps zombies
 	network := container.NetworkMode("none")
-	if t.Network {
+	switch {
+	case t.Network:
 		network = "host"
+	case t.Egress:
+		network = EgressNetwork
 	}
 	h := &container.HostConfig{
 		NetworkMode:    network,
@@ -408,7 +761,11 @@ func containerConfigFor(t Task, uid, gid int) (*container.Config, *container.Hos
 		Init:           &useInit,
 		// The logs are read back from the json-file log, which every engine
 		// supports, whatever its default log driver.
-		LogConfig: container.LogConfig{Type: "json-file"},
+		// Its files are capped at the bytes read back: two files of half.
+		LogConfig: container.LogConfig{Type: "json-file", Config: map[string]string{
+			"max-size": strconv.FormatInt(max(t.logBytes()/2, minLogFile), 10),
+			"max-file": "2",
+		}},
 		Resources: container.Resources{
 			Memory:    t.Memory,
 			NanoCPUs:  int64(t.CPUs * 1e9),

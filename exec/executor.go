@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"time"
+
+	"github.com/docker/go-units"
 )
 
 // An Executor runs one member's part of a job on this provider: a container
@@ -49,10 +51,23 @@ type Task struct {
 	Real    bool              // GPUs are NVIDIA devices to hand to the container runtime (false for mock GPUs)
 	WorkDir string            // a folder of this task's, made by the caller; the process executor runs in it
 	Outputs string            // a folder of this task's, made by the caller, for its outputs
-	Network bool              // the work needs the cluster network (host network); false: no network at all
+	Network bool              // the work needs the cluster network (host network); false: no network at all, its own loopback only
 	Timeout time.Duration     // 0: none
 	Memory  int64             // bytes; 0: no limit
 	CPUs    float64           // cores; 0: no limit
+	// Egress lets work without Network reach the internet, never this host,
+	// its LAN or link-local addresses (docker: the egress network, set up
+	// by Docker.OpenEgress).
+	Egress bool
+	// Disk caps the bytes the work may write (docker: its container's
+	// writable layer and its outputs folder); 0: no limit.
+	Disk int64
+	// LogBytes caps the output read back from the work, stdout and stderr
+	// together (docker: the container's log files too); 0: DefaultLogBytes.
+	LogBytes int64
+	// StartBy, when set, is when the work must have started: an image pull
+	// still running then is given up (docker).
+	StartBy time.Time
 
 	Stdout, Stderr io.Writer // where output goes as it is written; nil discards
 
@@ -67,7 +82,16 @@ type Result struct {
 	End      time.Time // when it ended
 	TimedOut bool      // stopped because Timeout passed
 	Stopped  bool      // stopped because ctx was cancelled
+	// OOMKilled: the work ran out of its memory limit (Task.Memory) and
+	// the kernel killed a process of it (docker).
+	OOMKilled bool
+	// DiskFull: the work wrote more than Task.Disk and was stopped.
+	DiskFull bool
 }
+
+// DefaultLogBytes is how much output of one task is read back when
+// Task.LogBytes is 0.
+const DefaultLogBytes = 64 << 20
 
 // Environment variables every task gets.
 const (
@@ -99,3 +123,10 @@ func awaitWork[T any](ctx context.Context, timeout time.Duration, ended <-chan T
 	}
 	return v, timedOut, stopped
 }
+
+// ParseSize reads a size in bytes as people write it: 64GiB, 512m, 1.5g,
+// 1024 (bytes); the units are powers of 1024.
+func ParseSize(s string) (int64, error) { return units.RAMInBytes(s) }
+
+// FormatSize writes a size in bytes as people read it: 64GiB, 512MiB.
+func FormatSize(n int64) string { return units.BytesSize(float64(n)) }

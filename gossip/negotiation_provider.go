@@ -37,6 +37,10 @@ type ProviderConfig struct {
 	// MaxWaiting is how many reservations not yet running one submitter may
 	// hold here at once; an award past it is refused; 0: 4.
 	MaxWaiting int
+	// WholeJobsOnly bids only on requests this provider can take whole,
+	// as one member: every GPU needed free here in one class, and no
+	// perNode split into several members.
+	WholeJobsOnly bool
 }
 
 // ErrRefused marks an award a provider will not take; the error says why.
@@ -223,6 +227,7 @@ func (r *Reservations) Bid(rfb RequestForBids, now time.Time) (Bid, error) {
 		return Bid{}, fmt.Errorf("no bid: %d bids outstanding", len(r.bids))
 	}
 	var best *Bid
+	notWhole := false
 	for _, c := range r.cfg.GPUs {
 		b := Bid{
 			Job: rfb.Job, Provider: r.cfg.ID, Class: c.Class, Model: c.Model, VRAMGB: c.VRAMGB,
@@ -235,9 +240,16 @@ func (r *Reservations) Bid(rfb RequestForBids, now time.Time) (Bid, error) {
 		if b.GPUs == 0 || b.Price == 0 || !needs.classMatches(&b) || b.Price > needs.MaxPrice || b.LeaseSeconds < needs.LeaseSeconds {
 			continue
 		}
+		if r.cfg.WholeJobsOnly && (b.GPUs < needs.GPUs || (needs.PerNode != 0 && needs.PerNode < needs.GPUs)) {
+			notWhole = true
+			continue
+		}
 		if best == nil || b.Price < best.Price {
 			best = &b
 		}
+	}
+	if best == nil && notWhole {
+		return Bid{}, fmt.Errorf("no bid: this provider takes only jobs it can run whole, as one member, and has not %d GPUs of the class free for it", needs.GPUs)
 	}
 	if best == nil {
 		return Bid{}, fmt.Errorf("no bid: no free GPUs of the class at or below the max price")

@@ -71,6 +71,42 @@ func TestProviderBidsWhatItHasFree(t *testing.T) {
 	}
 }
 
+func TestAProviderOfWholeJobsOnlyBidsOnlyOnJobsItCanTakeWhole(t *testing.T) {
+	tests := []struct {
+		name  string
+		needs func(*Needs)
+		gpus  uint32 // bid, 0: none
+	}{
+		{"all the GPUs needed, as one member", func(n *Needs) { n.GPUs = 4 }, 4},
+		{"every GPU it has", func(n *Needs) { n.GPUs = 8 }, 8},
+		{"not more than it has (several members)", func(n *Needs) { n.GPUs = 16 }, 0},
+		{"not a perNode split into several members", func(n *Needs) { n.GPUs, n.PerNode = 4, 2 }, 0},
+		{"one member of perNode", func(n *Needs) { n.GPUs, n.PerNode = 4, 4 }, 4},
+	}
+	for _, tt := range tests {
+		r, err := NewReservations(ProviderConfig{
+			ID: testID(1), Unit: "USDC:6", Zone: "a", WholeJobsOnly: true,
+			GPUs: []Capacity{{Class: "H100-80GB", Model: "H100", VRAMGB: 80, GPUs: 8, Price: usdc(200)}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		needs := needsOf(8, 0, Spread, usdc(250))
+		tt.needs(&needs)
+		b, err := r.Bid(rfbOf(0, 1, needs), t0)
+		switch {
+		case tt.gpus == 0 && err == nil:
+			t.Errorf("%s: bid %d GPUs, want no bid", tt.name, b.GPUs)
+		case tt.gpus == 0 && !strings.Contains(err.Error(), "only jobs it can run whole"):
+			t.Errorf("%s: no bid because %q, want it to say it takes whole jobs only", tt.name, err)
+		case tt.gpus != 0 && err != nil:
+			t.Errorf("%s: no bid: %v", tt.name, err)
+		case tt.gpus != 0 && b.GPUs != tt.gpus:
+			t.Errorf("%s: bid %d GPUs, want %d", tt.name, b.GPUs, tt.gpus)
+		}
+	}
+}
+
 func TestTheSecondAwardForTheSameGPUsIsRefused(t *testing.T) {
 	r := providerOf(t, 1, 8, usdc(200), "a")
 	needs := needsOf(8, 0, Spread, usdc(250))

@@ -31,8 +31,8 @@
 //	submitter_pay.go     paying bills the attempt allowed; funds checked first
 //	submitter_logs.go    the job's log: kept, followed, served
 //	provider_gpus.go     reservations and which GPUs a member holds
-//	provider_member.go   serving a member: checks, executor, logs, outputs,
-//	                     the signed receipt
+//	provider_member.go   serving a member: checks, executor, its share of
+//	                     the machine, logs, outputs, the signed receipt
 //	provider_bill.go     billing a member's work as it runs; pausing and
 //	                     stopping unpaid work
 //	receipts.go          receipts kept on disk, both sides

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -77,6 +78,27 @@ type Config struct {
 
 	// Jobs.
 	Heartbeat time.Duration // how often a job's member says it is alive; 0 means DefaultHeartbeat (lost after 3 missed)
+
+	// What a container job may take of this machine. A member gets the
+	// share of its GPUs among those offered (2 of 8: a quarter) of the
+	// memory, cores and disk below.
+	JobMemory int64   // bytes of memory for jobs in all; 0: 7/8 of the Docker engine's machine
+	JobCPUs   float64 // cores for jobs in all; 0: every core of the engine's machine (a member gets at least one, or JobCPUs if less)
+	JobDisk   int64   // bytes jobs may write in all (writable layers and outputs); 0: DefaultJobDisk; negative: no cap
+	JobLog    int64   // bytes of output read back from one member, its log files capped alike; 0: exec.DefaultLogBytes
+	// NoHostNetwork refuses jobs of several members (no bid on a request
+	// this provider cannot take whole, a start of such a member refused):
+	// they run on the host network until jobs get a network of their own.
+	NoHostNetwork bool
+	PullTimeout   time.Duration // longest image pull; 0: exec.DefaultPullTimeout; the submitter's start deadline bounds it too
+	PullMax       int64         // largest image pulled, bytes (compressed layers); 0: exec.DefaultPullMaxBytes; negative: no cap
+	ImageCache    int64         // bytes of images pulled for jobs kept, least recently used removed first; 0: exec.DefaultImageCache; negative: no cap
+	// JobEgress lets one-member container jobs reach the internet through
+	// a bridge network of their own whose firewall rules (installed at the
+	// first container job, removed when the node stops) keep them off this
+	// host, its LAN, link-local and metadata addresses. Off: no network at
+	// all but their own loopback. Needs root and iptables.
+	JobEgress bool
 
 	// Host, when set, is used instead of building a libp2p host (meshtest
 	// runs nodes on a simulated network this way). The Node closes it.
@@ -177,6 +199,12 @@ type ConfigError struct {
 func (e *ConfigError) Error() string { return e.Err.Error() }
 func (e *ConfigError) Unwrap() error { return e.Err }
 
+// ParseSize reads a size flag's value in bytes: 64GiB, 512m, 1024.
+func ParseSize(s string) (int64, error) { return exec.ParseSize(s) }
+
+// FormatSize writes bytes as a size flag reads them: 64GiB, 512MiB.
+func FormatSize(n int64) string { return exec.FormatSize(n) }
+
 // Bounds that Config.validate checks.
 const (
 	MinHeartbeat      = 10 * time.Millisecond
@@ -241,6 +269,18 @@ func (c *Config) validate() error {
 	}
 	if c.SettleInterval < 0 || (c.SettleInterval > 0 && c.SettleInterval < MinSettleInterval) {
 		bad("settle-interval", "--settle-interval %s: want at least %s (0: the default, %s)", c.SettleInterval, MinSettleInterval, DefaultSettleInterval)
+	}
+	if c.JobMemory < 0 {
+		bad("job-memory", "--job-memory %d: want a size such as 64GiB (0: 7/8 of the machine's memory)", c.JobMemory)
+	}
+	if c.JobCPUs < 0 {
+		bad("job-cpus", "--job-cpus %g: want a number of cores such as 12 (0: every core)", c.JobCPUs)
+	}
+	if c.JobLog < 0 {
+		bad("job-log", "--job-log %d: want a size such as 64MiB (0: %d bytes)", c.JobLog, exec.DefaultLogBytes)
+	}
+	if c.PullTimeout < 0 {
+		bad("pull-timeout", "--pull-timeout %s: want a positive duration (0: the default, %s)", c.PullTimeout, exec.DefaultPullTimeout)
 	}
 	if c.Heartbeat < 0 || (c.Heartbeat > 0 && c.Heartbeat < MinHeartbeat) {
 		bad("heartbeat", "--heartbeat %s: want at least %s (0: the default, %s)", c.Heartbeat, MinHeartbeat, DefaultHeartbeat)

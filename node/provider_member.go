@@ -18,6 +18,7 @@ import (
 	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/text"
+	"github.com/gpumesh/gpumesh/node/attempt"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -42,6 +43,16 @@ const (
 	// from the award, the work from its start a little later, and an honest
 	// job's timeout is its lease.
 	leaseGrace = time.Minute
+	// pullMargin is how long before the submitter's start deadline
+	// (attempt.DefaultStartWithin from the start frame) an image pull is
+	// given up, so the member fails with the pull's reason in time.
+	pullMargin = 30 * time.Second
+	// DefaultJobDisk is what container jobs may write in all
+	// (Config.JobDisk), shared among them by GPU.
+	DefaultJobDisk = 100 << 30
+	// multiMemberNetwork is why a provider with NoHostNetwork refuses a
+	// member of a job of several.
+	multiMemberNetwork = "this provider runs no job of several members: their members meet over the host network until jobs get a network of their own, and this provider refuses that (--no-host-network); run the job on one provider, with all its GPUs on one member"
 )
 
 // memberState is the provider's part of running jobs.
@@ -51,6 +62,11 @@ type memberState struct {
 
 	execMu sync.Mutex
 	docker exec.Executor // made at the first container job
+	// machineMemory and machineCPUs are the Docker engine's machine,
+	// asked once with docker (0: unknown).
+	machineMemory int64
+	machineCPUs   int
+	egress        bool // the Docker executor set up egress (Config.JobEgress)
 
 	receiptsMu sync.Mutex             // guards the receipts folder and receipts
 	receipts   map[string]receiptMeta // the index, by key, once the folder was read (receipts.go)
@@ -79,7 +95,9 @@ func (n *Node) stateDir() (string, error) {
 func (n *Node) closeMembers() {
 	n.execMu.Lock()
 	if c, ok := n.docker.(io.Closer); ok {
-		_ = c.Close()
+		if err := c.Close(); err != nil {
+			n.log.Warn("closing the Docker executor", "err", err)
+		}
 	}
 	n.docker = nil
 	n.execMu.Unlock()
@@ -114,10 +132,17 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		return
 	}
 	st := *f.Start
+	// The submitter gives up on a member not running this long after its
+	// start: an image pull must end before.
+	startBy := time.Now().Add(attempt.DefaultStartWithin - pullMargin)
 	fail := func(format string, a ...any) {
 		reason := fmt.Sprintf(format, a...)
 		n.log.Info("job member not started", "job", st.Job, "rank", st.Rank, "from", from, "reason", reason)
 		_ = fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.Cut(reason, jobwire.MaxText)})
+	}
+	if st.Members > 1 && n.cfg.NoHostNetwork {
+		fail("%s", multiMemberNetwork)
+		return
 	}
 	// The reservation runs this member from now (a start that overtook the
 	// submitter's confirm confirms it); only its end releases it.
@@ -187,6 +212,11 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		if err := fw.Write(jobwire.Frame{T: jobwire.KindReady, Port: port}); err != nil {
 			return
 		}
+	}
+	if st.Members == 1 && st.Rendezvous {
+		// One member meets itself over its own loopback: it has no other
+		// network.
+		pl.MasterAddr = "127.0.0.1"
 	}
 	for k, v := range exec.LaunchEnv(pl) {
 		env[k] = v
@@ -291,6 +321,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	util := newUtilSampler(n, held.Class)
 	billCtx, stopBilling := context.WithCancel(runCtx)
 	defer stopBilling()
+	mem, cpus, disk := n.memberShare(len(gpus))
 	res, runErr := ex.Run(runCtx, exec.Task{
 		Name:    task,
 		Owner:   n.id.PeerID.String(),
@@ -301,10 +332,18 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		Real:    n.LocalGPUs().Inventory.Source == "nvml",
 		WorkDir: work,
 		Outputs: outputs,
-		Network: st.Rendezvous,
-		Timeout: timeout,
-		Stdout:  jobwire.NewLogWriter(fw, "out"),
-		Stderr:  jobwire.NewLogWriter(fw, "err"),
+		// Only the members of a job of several meet over the network (the
+		// host's, for now); one member, launcher or not, has none.
+		Network:  st.Rendezvous && st.Members > 1,
+		Egress:   n.egressOn() && st.Members == 1,
+		Timeout:  timeout,
+		Memory:   mem,
+		CPUs:     cpus,
+		Disk:     disk,
+		LogBytes: n.cfg.JobLog,
+		StartBy:  startBy,
+		Stdout:   jobwire.NewLogWriter(fw, "out"),
+		Stderr:   jobwire.NewLogWriter(fw, "err"),
 		Started: func(at time.Time) {
 			util.start()
 			_ = fw.Write(jobwire.Frame{T: jobwire.KindStarted, At: at.UnixMilli()})
@@ -494,9 +533,29 @@ func (n *Node) dockerExecutor(ctx context.Context) (exec.Executor, error) {
 	n.execMu.Lock()
 	defer n.execMu.Unlock()
 	if n.docker == nil {
-		d, err := exec.NewDocker(ctx)
+		state, err := n.stateDir()
+		if err != nil {
+			return nil, fmt.Errorf("state folder: %w", err)
+		}
+		d, err := exec.NewDockerWith(ctx, exec.DockerConfig{
+			PullTimeout: n.cfg.PullTimeout, PullMaxBytes: n.cfg.PullMax, Log: n.log,
+			Cache: &exec.ImageCache{Path: filepath.Join(state, "images.json"), MaxBytes: n.cfg.ImageCache, Log: n.log},
+		})
 		if err != nil {
 			return nil, fmt.Errorf("this provider cannot run containers: %w", err)
+		}
+		if n.cfg.JobEgress {
+			if err := d.OpenEgress(ctx); err != nil {
+				// Jobs run on, with no network: safe, if less useful.
+				n.log.Error("job egress not set up: one-member jobs run without a network", "err", err)
+			} else {
+				n.egress = true
+			}
+		}
+		if mem, cpus, err := d.Machine(ctx); err != nil {
+			n.log.Warn("no memory and CPU limits on jobs", "err", err)
+		} else {
+			n.machineMemory, n.machineCPUs = mem, cpus
 		}
 		if k, err := d.RemoveOwned(ctx, n.id.PeerID.String()); err != nil {
 			n.log.Warn("containers left by an earlier run", "err", err)
@@ -506,6 +565,46 @@ func (n *Node) dockerExecutor(ctx context.Context) (exec.Executor, error) {
 		n.docker = d
 	}
 	return n.docker, nil
+}
+
+func (n *Node) egressOn() bool {
+	n.execMu.Lock()
+	defer n.execMu.Unlock()
+	return n.egress
+}
+
+// memberShare is what a member with gpus of this provider's GPUs may take
+// of the machine: memory (bytes), cores and disk (bytes), each the share of
+// its GPUs among those offered; 0 is no limit (the process executor, or an
+// engine that did not say).
+func (n *Node) memberShare(gpus int) (memory int64, cpus float64, disk int64) {
+	offered := len(n.LocalGPUs().Inventory.GPUs)
+	if offered == 0 || gpus <= 0 {
+		return 0, 0, 0
+	}
+	share := min(float64(gpus)/float64(offered), 1)
+	n.execMu.Lock()
+	machineMem, machineCPUs := n.machineMemory, n.machineCPUs
+	n.execMu.Unlock()
+	if total := n.cfg.JobMemory; total > 0 {
+		memory = int64(float64(total) * share)
+	} else if machineMem > 0 {
+		memory = int64(float64(machineMem/8*7) * share)
+	}
+	totalCPUs := n.cfg.JobCPUs
+	if totalCPUs == 0 {
+		totalCPUs = float64(machineCPUs)
+	}
+	if totalCPUs > 0 {
+		cpus = max(totalCPUs*share, min(1, totalCPUs))
+	}
+	switch total := n.cfg.JobDisk; {
+	case total > 0:
+		disk = int64(float64(total) * share)
+	case total == 0:
+		disk = int64(float64(DefaultJobDisk) * share)
+	}
+	return memory, cpus, disk
 }
 
 // cleanLeftovers removes, at start, the containers of jobs this peer ran

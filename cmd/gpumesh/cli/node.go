@@ -35,6 +35,15 @@ func nodeCmd(g *globals) *cobra.Command {
 		anchorBatch       int
 		anchorAge         time.Duration
 		settleInterval    time.Duration
+		jobMemory         = sizeValue{}
+		jobDisk           = sizeValue{}
+		jobLog            = sizeValue{}
+		pullMax           = sizeValue{}
+		imageCache        = sizeValue{}
+		jobCPUs           float64
+		pullTimeout       time.Duration
+		noHostNetwork     bool
+		jobEgress         bool
 	)
 	c := &cobra.Command{
 		Use:   "node",
@@ -80,6 +89,15 @@ public swarm.`,
 				AnchorBatch:    anchorBatch,
 				AnchorAge:      anchorAge,
 				SettleInterval: settleInterval,
+				JobMemory:      jobMemory.n,
+				JobCPUs:        jobCPUs,
+				JobDisk:        jobDisk.n,
+				JobLog:         jobLog.n,
+				NoHostNetwork:  noHostNetwork,
+				JobEgress:      jobEgress,
+				PullTimeout:    pullTimeout,
+				PullMax:        pullMax.n,
+				ImageCache:     imageCache.n,
 			}
 			if c.Flags().Changed("listen") {
 				cfg.Listen = listen
@@ -147,8 +165,46 @@ public swarm.`,
 	f.StringVar(&region, "region", os.Getenv("GPUMESH_REGION"), "region/zone label of this peer's offers, e.g. eu-west/ams1 (env GPUMESH_REGION)")
 	f.StringVar(&price, "price", os.Getenv("GPUMESH_PRICE"), "asking price per GPU-hour of this peer's GPUs: fixed:2.10, or auto:floor=1.50,target=0.7[,max=4.00] to follow the market and the GPUs' utilization (env GPUMESH_PRICE; default: no price)")
 	f.StringVar(&priceUnit, "price-unit", envOr("GPUMESH_PRICE_UNIT", "USDC:6"), "token of prices and its decimals, TOKEN:DECIMALS; every peer of a swarm must use the same (env GPUMESH_PRICE_UNIT)")
+	f.Var(&jobMemory, "job-memory", "memory container jobs may use in all, e.g. 200GiB; each member gets its GPUs' share of it (default 7/8 of the machine's)")
+	f.Float64Var(&jobCPUs, "job-cpus", 0, "CPU cores container jobs may use in all; each member gets its GPUs' share, at least one core (default every core)")
+	f.Var(&jobDisk, "job-disk", "disk container jobs may write in all (writable layers and outputs), e.g. 500GiB, or none; each member gets its GPUs' share (default 100GiB)")
+	f.Var(&jobLog, "job-log", "output read back from one member, its log files capped alike, e.g. 64MiB (default 64MiB)")
+	f.BoolVar(&noHostNetwork, "no-host-network", false, "refuse jobs of several members (their members meet over the host network until jobs get a network of their own): no bid unless this provider can take a job whole")
+	f.BoolVar(&jobEgress, "job-egress", false, "let one-member container jobs reach the internet (never this host, its LAN, link-local or metadata addresses: a bridge network of their own and iptables rules this node installs and removes; needs root); default: no network but their own loopback")
+	f.DurationVar(&pullTimeout, "pull-timeout", 0, "longest image pull of a job (default 4m, under the submitter's 5-minute start deadline)")
+	f.Var(&pullMax, "pull-max", "largest image a job may pull (its compressed layers), e.g. 30GiB, or none (default 30GiB)")
+	f.Var(&imageCache, "image-cache", "images pulled for jobs kept, least recently used removed first (never the operator's own), e.g. 100GiB, or none for no cap (default 100GiB)")
 	return c
 }
+
+// sizeValue is a flag of a size in bytes: 512MiB, 64g, 1024, or none (-1:
+// no cap); unset is 0, the default.
+type sizeValue struct{ n int64 }
+
+func (v *sizeValue) String() string {
+	switch {
+	case v.n < 0:
+		return "none"
+	case v.n == 0:
+		return ""
+	}
+	return node.FormatSize(v.n)
+}
+
+func (v *sizeValue) Set(s string) error {
+	if strings.EqualFold(s, "none") {
+		v.n = -1
+		return nil
+	}
+	n, err := node.ParseSize(s)
+	if err != nil || n <= 0 {
+		return fmt.Errorf("want a size such as 64GiB, 512MiB or 1024 (bytes), or none")
+	}
+	v.n = n
+	return nil
+}
+
+func (v *sizeValue) Type() string { return "size" }
 
 func envOr(name, def string) string {
 	if v := os.Getenv(name); v != "" {

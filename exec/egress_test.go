@@ -1,0 +1,143 @@
+package exec_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	osexec "os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/network"
+
+	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/internal/testwait"
+)
+
+// fakeInternet is a network namespace joined to this host by a veth pair,
+// 198.51.100.1 (the host's end) to 198.51.100.2 (a documentation range: a
+// clearly fake "internet"), with an HTTP server on 198.51.100.2:8080 that
+// serves /hello. It needs root and `ip`.
+func fakeInternet(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the egress test makes a network namespace and firewall rules: run it as root")
+	}
+	if _, err := osexec.LookPath("ip"); err != nil {
+		t.Skip("no `ip` (iproute2) to make the fake internet")
+	}
+	ns := fmt.Sprintf("gpm-inet-%d", os.Getpid())
+	host, peer := fmt.Sprintf("gpmi%dh", os.Getpid()%100000), fmt.Sprintf("gpmi%dn", os.Getpid()%100000)
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := osexec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	run("ip", "netns", "add", ns)
+	t.Cleanup(func() { _ = osexec.Command("ip", "netns", "del", ns).Run() }) // the veth goes with it
+	run("ip", "link", "add", host, "type", "veth", "peer", "name", peer)
+	run("ip", "link", "set", peer, "netns", ns)
+	run("ip", "addr", "add", "198.51.100.1/24", "dev", host)
+	run("ip", "link", "set", host, "up")
+	run("ip", "netns", "exec", ns, "ip", "addr", "add", "198.51.100.2/24", "dev", peer)
+	run("ip", "netns", "exec", ns, "ip", "link", "set", peer, "up")
+	run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hello"), []byte("internet-ok\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	httpd := osexec.Command("ip", "netns", "exec", ns, "busybox", "httpd", "-f", "-p", "198.51.100.2:8080", "-h", dir)
+	if err := httpd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = httpd.Process.Kill(); _ = httpd.Wait() })
+	testwait.For(t, 10*time.Second, "the fake internet's server", func() bool {
+		c, err := net.DialTimeout("tcp", "198.51.100.2:8080", time.Second)
+		if err == nil {
+			_ = c.Close()
+		}
+		return err == nil
+	})
+}
+
+func TestEgressReachesTheInternetButNotTheHost(t *testing.T) {
+	testImage(t)
+	fakeInternet(t)
+	cli := dockerClient(t)
+	d, err := exec.NewDocker(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			_ = d.Close()
+		}
+	})
+	if err := d.OpenEgress(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ins, err := cli.NetworkInspect(context.Background(), exec.EgressNetwork, network.InspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gateway string
+	for _, c := range ins.IPAM.Config {
+		gateway = c.Gateway
+	}
+
+	lo := listenHost(t, "127.0.0.1:0")
+	all := listenHost(t, "0.0.0.0:0")
+	targets := []string{fmt.Sprintf("127.0.0.1 %d", lo.port()), "198.51.100.1 " + fmt.Sprint(all.port()), "169.254.169.254 80"}
+	if gateway != "" {
+		targets = append(targets, fmt.Sprintf("%s %d", gateway, all.port()))
+	}
+	for _, ip := range hostAddrs(t) {
+		targets = append(targets, fmt.Sprintf("%s %d", ip, all.port()))
+	}
+	script := `echo "internet: $(printf 'GET /hello HTTP/1.0\r\n\r\n' | busybox nc -w 3 198.51.100.2 8080 | busybox tail -n 1)"; `
+	for _, tg := range targets {
+		script += fmt.Sprintf(`echo "%s: $(busybox nc -w 1 %s </dev/null 2>&1)"; `, tg, tg)
+	}
+	task := dockerTask(t, script)
+	task.Egress = true
+	out := newSyncBuf()
+	task.Stdout = out
+	if _, err := d.Run(context.Background(), task); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("what the task saw:\n%s", out.String())
+	if !strings.Contains(out.String(), "internet: internet-ok") {
+		t.Errorf("the task with egress did not reach the (fake) internet:\n%s", out.String())
+	}
+	if n := lo.accepted.Load() + all.accepted.Load(); n != 0 || strings.Contains(out.String(), "host secret") {
+		t.Errorf("the task with egress reached the host's servers (%d connections):\n%s", n, out.String())
+	}
+
+	// Closed, the executor takes its network and rules away.
+	closed = true
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.NetworkInspect(context.Background(), exec.EgressNetwork, network.InspectOptions{}); !cerrdefs.IsNotFound(err) {
+		t.Errorf("the egress network is still there after Close (inspect: %v)", err)
+	}
+	rules, _ := osexec.Command("iptables", "-S").CombinedOutput()
+	if strings.Contains(string(rules), exec.EgressBridge) || strings.Contains(string(rules), "GPUMESH-EGRESS") {
+		t.Errorf("firewall rules left after Close:\n%s", rules)
+	}
+}
+
+func TestATaskWithoutEgressSetUpIsRefused(t *testing.T) {
+	d := newDocker(t)
+	task := dockerTask(t, "true")
+	task.Egress = true
+	if _, err := d.Run(context.Background(), task); err == nil || !strings.Contains(err.Error(), "egress") {
+		t.Errorf("err = %v, want a refusal naming egress", err)
+	}
+}
