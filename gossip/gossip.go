@@ -62,7 +62,7 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Gossip, error) {
 		pubsub.WithMessageSigning(true),
 		pubsub.WithStrictSignatureVerification(true),
 		pubsub.WithMaxMessageSize(MaxMessageSize),
-		pubsub.WithPeerScore(scoreParams(TopicName(swarm, PricesTopic)), scoreThresholds()),
+		pubsub.WithPeerScore(scoreParams(TopicName(swarm, PricesTopic), TopicName(swarm, RFBTopic)), scoreThresholds()),
 		pubsub.WithPeerScoreInspect(pubsub.PeerScoreInspectFn(g.setScores), scoreInspectPeriod),
 		pubsub.WithRawTracer(g.stats),
 		// A peer's own messages go to every topic peer in good standing, not

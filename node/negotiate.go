@@ -13,6 +13,7 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/core/record"
 	ma "github.com/multiformats/go-multiaddr"
@@ -51,6 +52,14 @@ type negState struct {
 	rfbTopic *pubsub.Topic
 	rfbSub   *pubsub.Subscription
 
+	rfbMu  sync.Mutex           // guards rfbVal; GossipSub validates on several goroutines
+	rfbVal *gossip.RFBValidator // which requests for bids this peer takes and forwards
+
+	// paceMu serializes this peer's own requests for bids and guards
+	// rfbPace, which keeps them within what every peer's validator allows.
+	paceMu  sync.Mutex
+	rfbPace *gossip.RFBPacer
+
 	sent atomic.Uint64 // negotiation messages this peer has sent (broadcasts count once)
 
 	freeMu sync.Mutex        // guards free
@@ -65,8 +74,11 @@ func (n *Node) startJobs(ctx context.Context) error {
 		return err
 	}
 	ps := n.gossip.PubSub()
-	topic := n.gossip.Topic("rfb")
-	if err := ps.RegisterTopicValidator(topic, validateRFB); err != nil {
+	topic := n.gossip.Topic(gossip.RFBTopic)
+	var limits gossip.RFBLimits // the defaults, the same on every peer
+	n.rfbVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: limits})
+	n.rfbPace = gossip.NewRFBPacer(limits.Pace())
+	if err := ps.RegisterTopicValidator(topic, n.validateRFB); err != nil {
 		return fmt.Errorf("rfb topic: %w", err)
 	}
 	t, err := ps.Join(topic)
@@ -108,15 +120,55 @@ func (n *Node) closeJobs() error {
 	return nil
 }
 
-// validateRFB rejects requests that do not decode or whose submitter is not
-// the message's signer, so GossipSub scoring penalizes who forwards them.
-func validateRFB(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-	rfb, err := gossip.UnmarshalRequestForBids(m.Data)
-	if err != nil || rfb.Submitter != m.GetFrom() {
+// validateRFB is the request-for-bids topic's GossipSub validator; from is
+// the neighbour that delivered the message (this peer for its own). What
+// gossip.RFBValidator rejects (garbage, forgeries, a submitter over its
+// rate or open requests that sent them itself) costs the peer that
+// delivered it score (gossip/score.go) until it is ignored altogether.
+func (n *Node) validateRFB(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	if len(m.Data) > gossip.MaxNegotiationSize { // before taking the lock
 		return pubsub.ValidationReject
 	}
-	m.ValidatorData = &rfb
-	return pubsub.ValidationAccept
+	n.rfbMu.Lock()
+	rfb, v, err := n.rfbVal.Validate(m.Data, m.GetFrom(), from, n.now())
+	n.rfbMu.Unlock()
+	switch v {
+	case gossip.Accept:
+		m.ValidatorData = &rfb
+		return pubsub.ValidationAccept
+	case gossip.Ignore:
+		n.log.Debug("request for bids ignored", "from", from, "signer", m.GetFrom(), "err", err)
+		return pubsub.ValidationIgnore
+	}
+	n.log.Debug("request for bids rejected", "from", from, "signer", m.GetFrom(), "err", err)
+	return pubsub.ValidationReject
+}
+
+// publishRFB broadcasts one of this peer's requests for bids once its
+// pacer allows it (at once, unless this peer has asked more than every
+// validator allows a submitter), or gives up when its deadline comes first.
+func (n *Node) publishRFB(ctx context.Context, rfb *gossip.RequestForBids, data []byte) error {
+	n.paceMu.Lock()
+	defer n.paceMu.Unlock()
+	deadline := rfb.DeadlineTime()
+	for {
+		now := n.now()
+		at := n.rfbPace.Next(now)
+		if !at.After(now) && n.rfbPace.Take(deadline, now) {
+			break
+		}
+		if !at.Before(deadline) {
+			return fmt.Errorf("request for bids of job %s not sent before its deadline: this peer asks for bids more often than peers take from one submitter; submit fewer jobs at once", rfb.Job)
+		}
+		t := time.NewTimer(at.Sub(now))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+	return n.rfbTopic.Publish(ctx, data)
 }
 
 func (n *Node) readRFBs(ctx context.Context) {
@@ -317,7 +369,8 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 		if err != nil {
 			return
 		}
-		n.send(ctx, m.Submitter, m.Addrs, &bid)
+		// To the submitter by its ID: connected, or found in the DHT.
+		n.send(ctx, m.Submitter, nil, &bid)
 	case *gossip.Award:
 		if res == nil {
 			n.send(ctx, m.Submitter, nil, &gossip.Refusal{Job: m.Job, Provider: n.id.PeerID, Reason: "this peer offers no GPUs"})
@@ -353,15 +406,15 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 
 // flush acts on what a negotiation says: broadcast, send, record.
 func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready) {
-	if r.RequestForBids != nil {
-		data, err := gossip.MarshalNegotiation(r.RequestForBids)
+	if rfb := r.RequestForBids; rfb != nil {
+		data, err := gossip.MarshalNegotiation(rfb)
 		if err == nil {
 			n.sent.Add(1)
 			n.wg.Add(1)
 			go func() {
 				defer n.wg.Done()
-				if err := n.rfbTopic.Publish(ctx, data); err != nil && ctx.Err() == nil {
-					n.log.Warn("publish request for bids", "err", err)
+				if err := n.publishRFB(ctx, rfb, data); err != nil && ctx.Err() == nil {
+					n.log.Warn("publish request for bids", "job", rfb.Job, "err", err)
 				}
 			}()
 		}
@@ -381,7 +434,10 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 }
 
 // send delivers one message to a peer on its own stream, without blocking
-// the loop.
+// the loop. It reaches the peer over a connection it has, at addresses this
+// peer knows of it (identify, the DHT), at addrs (a bid's own addresses:
+// its author's word for where it listens), or at the addresses the DHT
+// finds for its ID.
 func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.Message) {
 	data, err := n.sealNegotiation(msg)
 	if err != nil {
@@ -402,6 +458,14 @@ func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.
 			if m, err := ma.NewMultiaddr(a); err == nil {
 				n.host.Peerstore().AddAddr(to, m, time.Minute)
 			}
+		}
+		if n.host.Network().Connectedness(to) != network.Connected && len(n.host.Peerstore().Addrs(to)) == 0 {
+			ai, err := n.dht.FindPeer(sctx, to)
+			if err != nil {
+				n.log.Debug("negotiation send: peer not found", "to", to, "err", err)
+				return
+			}
+			n.host.Peerstore().AddAddrs(to, ai.Addrs, peerstore.TempAddrTTL)
 		}
 		s, err := n.host.NewStream(sctx, to, NegotiateProtocol)
 		if err != nil {
