@@ -247,3 +247,94 @@ func (p *RFBPacer) start(now time.Time) {
 		p.bucket, p.init = newBucket(p.limits, now), true
 	}
 }
+
+// RequestQueue holds the accepted requests for bids a provider has yet to
+// answer, and hands them out fairly: Pop takes the submitters in turn, one
+// request each, so a submitter with many waiting requests delays another's
+// by at most one of its own, not by all of them. A submitter has at most
+// PerSubmitter requests waiting (a newer one replaces its oldest), and the
+// queue at most Max (when full, the submitter with the most waiting loses
+// its oldest). Like the validator it does no I/O and reads no clock; it is
+// not safe for concurrent use.
+type RequestQueue struct {
+	max, per int
+	waiting  map[peer.ID][]RequestForBids // each submitter's, oldest first
+	turn     []peer.ID                    // submitters with requests waiting, next first
+	n        int
+}
+
+// NewRequestQueue makes an empty queue of at most max requests, per of
+// them one submitter's; zero or less takes 1024 and 16.
+func NewRequestQueue(max, per int) *RequestQueue {
+	if max <= 0 {
+		max = 1024
+	}
+	if per <= 0 {
+		per = 16
+	}
+	return &RequestQueue{max: max, per: min(per, max), waiting: map[peer.ID][]RequestForBids{}}
+}
+
+// Push adds a request; it reports how many waiting requests it pushed out
+// (0 or 1).
+func (q *RequestQueue) Push(r RequestForBids) (dropped int) {
+	s := r.Submitter
+	if len(q.waiting[s]) >= q.per {
+		q.dropOldest(s)
+		dropped++
+	} else if q.n >= q.max {
+		var most peer.ID
+		for _, id := range q.turn {
+			if len(q.waiting[id]) > len(q.waiting[most]) {
+				most = id
+			}
+		}
+		q.dropOldest(most)
+		dropped++
+	}
+	if len(q.waiting[s]) == 0 {
+		q.turn = append(q.turn, s)
+	}
+	q.waiting[s] = append(q.waiting[s], r)
+	q.n++
+	return dropped
+}
+
+func (q *RequestQueue) dropOldest(s peer.ID) {
+	w := q.waiting[s]
+	if len(w) == 0 {
+		return
+	}
+	q.n--
+	if len(w) == 1 {
+		delete(q.waiting, s)
+		q.turn = slices.DeleteFunc(q.turn, func(id peer.ID) bool { return id == s })
+		return
+	}
+	q.waiting[s] = slices.Delete(w, 0, 1)
+}
+
+// Pop takes the next submitter's oldest request whose deadline has not
+// passed at now (dropping those that have); false when none is left.
+func (q *RequestQueue) Pop(now time.Time) (RequestForBids, bool) {
+	for len(q.turn) > 0 {
+		s := q.turn[0]
+		w := q.waiting[s]
+		r := w[0]
+		q.n--
+		if len(w) == 1 {
+			delete(q.waiting, s)
+			q.turn = q.turn[1:]
+		} else {
+			q.waiting[s] = w[1:]
+			q.turn = append(q.turn[1:], s) // its next waits for the others' turn
+		}
+		if r.DeadlineTime().After(now) {
+			return r, true
+		}
+	}
+	return RequestForBids{}, false
+}
+
+// Len is the number of requests waiting.
+func (q *RequestQueue) Len() int { return q.n }

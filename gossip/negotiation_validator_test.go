@@ -3,6 +3,7 @@ package gossip
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -179,5 +180,62 @@ func TestPacedRequestsPassEveryValidator(t *testing.T) {
 				t.Fatalf("trial %d: paced request %d: %v (%v)", trial, n, verdict, err)
 			}
 		}
+	}
+}
+
+// A provider answers waiting requests one submitter at a time: an honest
+// request behind a flood waits for one request of each other submitter,
+// not for the whole flood; a submitter keeps at most its newest
+// PerSubmitter requests waiting; a full queue takes from the submitter with
+// the most; requests past their deadline are dropped.
+func TestWaitingRequestsAreAnsweredOneSubmitterAtATime(t *testing.T) {
+	q := NewRequestQueue(64, 16)
+	req := func(i, n int, d time.Duration) RequestForBids {
+		r := floodJob(i, n)
+		r.Deadline = t0.Add(d).UnixMilli()
+		return r
+	}
+	dropped := 0
+	for n := range 100 {
+		dropped += q.Push(req(1, n, time.Second))
+	}
+	for n := range 3 {
+		dropped += q.Push(req(2, n, time.Second))
+	}
+	q.Push(req(3, 0, time.Second))
+	if q.Len() != 16+3+1 || dropped != 84 {
+		t.Fatalf("%d waiting, %d pushed out; want 20 and 84", q.Len(), dropped)
+	}
+	var order []string
+	for {
+		r, ok := q.Pop(t0)
+		if !ok {
+			break
+		}
+		order = append(order, fmt.Sprintf("%d:%d", r.Job[14], int(r.Job[1])<<8|int(r.Job[2])))
+	}
+	want := "1:84 2:0 3:0 1:85 2:1 1:86 2:2 1:87 1:88 1:89 1:90 1:91 1:92 1:93 1:94 1:95 1:96 1:97 1:98 1:99"
+	if got := strings.Join(order, " "); got != want {
+		t.Fatalf("answered in the order\n%s\nwant\n%s", got, want)
+	}
+
+	// Full: the submitter with the most waiting gives up its oldest.
+	q = NewRequestQueue(4, 4)
+	for n := range 4 {
+		q.Push(req(1, n, time.Second))
+	}
+	if d := q.Push(req(2, 0, time.Second)); d != 1 || q.Len() != 4 {
+		t.Fatalf("a push to a full queue pushed out %d, %d waiting; want 1 and 4", d, q.Len())
+	}
+	if r, _ := q.Pop(t0); r.Job != req(1, 1, 0).Job {
+		t.Errorf("first answered %v, want submitter 1's second request", r.Job)
+	}
+
+	// Past its deadline: dropped, not answered.
+	q = NewRequestQueue(0, 0)
+	q.Push(req(1, 0, time.Millisecond))
+	q.Push(req(2, 0, time.Hour))
+	if r, ok := q.Pop(t0.Add(time.Second)); !ok || r.Submitter != testID(2) || q.Len() != 0 {
+		t.Errorf("popped %v (%v), %d left; want submitter 2's live request and nothing left", r.Submitter, ok, q.Len())
 	}
 }

@@ -48,7 +48,13 @@ type negEvent struct {
 // negotiation loop, owns the Negotiations and the Reservations; everything
 // else talks to it through in.
 type negState struct {
-	in       chan negEvent
+	in chan negEvent
+	// Accepted requests for bids wait in rfbQueue (guarded by rfbQMu)
+	// apart from in, answered one submitter at a time; rfbReady tells the
+	// loop some wait. The loop takes them after what is in in.
+	rfbQMu   sync.Mutex
+	rfbQueue *gossip.RequestQueue
+	rfbReady chan struct{}
 	rfbTopic *pubsub.Topic
 	rfbSub   *pubsub.Subscription
 
@@ -62,6 +68,9 @@ type negState struct {
 
 	sent atomic.Uint64 // negotiation messages this peer has sent (broadcasts count once)
 
+	lookupMu sync.Mutex           // guards lookups
+	lookups  map[peer.ID]struct{} // peers being looked up in the DHT to send them a message
+
 	freeMu sync.Mutex        // guards free
 	free   map[string]uint32 // GPUs per class not reserved, as the loop last saw
 }
@@ -70,6 +79,8 @@ type negState struct {
 // starts the negotiation loop.
 func (n *Node) startJobs(ctx context.Context) error {
 	n.in = make(chan negEvent, 1024)
+	n.rfbQueue = gossip.NewRequestQueue(0, 0)
+	n.rfbReady = make(chan struct{}, 1)
 	if err := n.openJobs(); err != nil {
 		return err
 	}
@@ -182,7 +193,18 @@ func (n *Node) readRFBs(ctx context.Context) {
 		if !ok {
 			continue
 		}
-		n.deliver(ctx, negEvent{msg: rfb})
+		// Requests wait apart from the direct messages (bids, awards,
+		// answers) and local calls, so a burst of requests never delays
+		// those nor fills their queue.
+		n.rfbQMu.Lock()
+		if n.rfbQueue.Push(*rfb) > 0 {
+			n.log.Debug("requests for bids waiting: one pushed out", "submitter", rfb.Submitter)
+		}
+		n.rfbQMu.Unlock()
+		select {
+		case n.rfbReady <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -287,38 +309,32 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 	timer := time.NewTimer(reservationTick)
 	defer timer.Stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev := <-n.in:
-			now := n.now()
-			switch {
-			case ev.submit != nil:
-				negs[ev.submit.Job()] = ev.submit
-				delete(settled, ev.submit.Job()) // a retry's negotiation
-				n.flush(ctx, ev.submit, ev.submit.Ready())
-			case ev.done != nil:
-				ng, ok := negs[ev.cancel]
+		var ev negEvent
+		select { // direct messages and local calls before requests for bids
+		case ev = <-n.in:
+		default:
+			select {
+			case <-ctx.Done():
+				return
+			case ev = <-n.in:
+			case <-n.rfbReady:
+				n.rfbQMu.Lock()
+				rfb, ok := n.rfbQueue.Pop(n.now())
+				more := n.rfbQueue.Len() > 0
+				n.rfbQMu.Unlock()
+				if more {
+					select {
+					case n.rfbReady <- struct{}{}:
+					default: // readRFBs signalled already
+					}
+				}
 				if ok {
-					ng.Cancel("by the submitter")
-					n.flush(ctx, ng, ng.Ready())
+					ev.msg = &rfb
 				}
-				ev.done <- nil
-			case ev.msg != nil:
-				n.stepMessage(ctx, ev.msg, negs, settled, res, now)
-			case ev.ended != nil:
-				if res != nil {
-					res.End(ev.ended.Job, ev.ended.Submitter)
-				}
-			case ev.start != nil:
-				r := startReply{err: fmt.Errorf("this provider holds no reservation of %s for job %s", ev.start.submitter, ev.start.job)}
-				if res != nil {
-					r.res, r.err = res.Start(ev.start.job, ev.start.submitter, now)
-				}
-				ev.start.reply <- r
+			case <-timer.C:
 			}
-		case <-timer.C:
 		}
+		n.handleEvent(ctx, ev, negs, settled, res)
 		now := n.now()
 		next := now.Add(reservationTick)
 		for id, ng := range negs {
@@ -349,6 +365,37 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 			}
 		}
 		timer.Reset(max(next.Sub(n.now()), time.Millisecond))
+	}
+}
+
+// handleEvent steps the negotiations and the reservations with one input
+// of the loop (none, for a timer).
+func (n *Node) handleEvent(ctx context.Context, ev negEvent, negs map[gossip.JobID]*gossip.Negotiation, settled map[gossip.JobID]settledNeg, res *gossip.Reservations) {
+	now := n.now()
+	switch {
+	case ev.submit != nil:
+		negs[ev.submit.Job()] = ev.submit
+		delete(settled, ev.submit.Job()) // a retry's negotiation
+		n.flush(ctx, ev.submit, ev.submit.Ready())
+	case ev.done != nil:
+		ng, ok := negs[ev.cancel]
+		if ok {
+			ng.Cancel("by the submitter")
+			n.flush(ctx, ng, ng.Ready())
+		}
+		ev.done <- nil
+	case ev.msg != nil:
+		n.stepMessage(ctx, ev.msg, negs, settled, res, now)
+	case ev.ended != nil:
+		if res != nil {
+			res.End(ev.ended.Job, ev.ended.Submitter)
+		}
+	case ev.start != nil:
+		r := startReply{err: fmt.Errorf("this provider holds no reservation of %s for job %s", ev.start.submitter, ev.start.job)}
+		if res != nil {
+			r.res, r.err = res.Start(ev.start.job, ev.start.submitter, now)
+		}
+		ev.start.reply <- r
 	}
 }
 
@@ -460,7 +507,12 @@ func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.
 			}
 		}
 		if n.host.Network().Connectedness(to) != network.Connected && len(n.host.Peerstore().Addrs(to)) == 0 {
+			if !n.startLookup(to) {
+				n.log.Debug("negotiation message not sent: peer not connected and lookups busy", "to", to, "msg", fmt.Sprintf("%T", msg))
+				return
+			}
 			ai, err := n.dht.FindPeer(sctx, to)
+			n.endLookup(to)
 			if err != nil {
 				n.log.Debug("negotiation send: peer not found", "to", to, "err", err)
 				return
@@ -480,6 +532,33 @@ func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.
 		}
 		_ = s.Close()
 	}()
+}
+
+// maxLookups bounds the DHT lookups of peers this peer is not connected to
+// that sending negotiation messages makes at once: a flood of requests from
+// strangers then costs this peer and the DHT at most this many lookups at
+// a time (and one a stranger), not one a request.
+const maxLookups = 4
+
+// startLookup reserves a lookup of p; false when p is being looked up
+// already or maxLookups are under way (the message is then not sent).
+func (n *Node) startLookup(p peer.ID) bool {
+	n.lookupMu.Lock()
+	defer n.lookupMu.Unlock()
+	if _, busy := n.lookups[p]; busy || len(n.lookups) >= maxLookups {
+		return false
+	}
+	if n.lookups == nil {
+		n.lookups = map[peer.ID]struct{}{}
+	}
+	n.lookups[p] = struct{}{}
+	return true
+}
+
+func (n *Node) endLookup(p peer.ID) {
+	n.lookupMu.Lock()
+	delete(n.lookups, p)
+	n.lookupMu.Unlock()
 }
 
 // NegotiationMessages is how many negotiation messages this peer has sent:

@@ -158,9 +158,9 @@ func TestARequestCannotMakeProvidersDialAnAddressItNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	topic := relay.Gossip().Topic(gossip.RFBTopic)
-	testwait.Until(t, ctx, "the relay to hear the hostile peer's requests, and the provider to have the relay in its DHT", func() bool {
+	testwait.Until(t, ctx, "the relay to have the hostile peer and the provider in its mesh, and the provider the relay in its DHT", func() bool {
 		return slices.Contains(relay.Gossip().PubSub().ListPeers(topic), h.h.ID()) && len(h.topic.ListPeers()) > 0 &&
-			prov.Directory().RoutingTableSize() >= 1 && len(prov.Gossip().PubSub().ListPeers(topic)) > 0
+			prov.Directory().RoutingTableSize() >= 1 && relay.Gossip().Stats(topic).Mesh == 2
 	})
 	if prov.Host().Network().Connectedness(h.h.ID()) == network.Connected {
 		t.Fatal("the provider is connected to the hostile peer already; the test needs it not to be")
@@ -176,8 +176,8 @@ func TestARequestCannotMakeProvidersDialAnAddressItNames(t *testing.T) {
 	if err := h.topic.Publish(ctx, data); err != nil {
 		t.Fatal(err)
 	}
-	testwait.Until(t, ctx, "the provider's bid for the plain request at the hostile peer, or a dial of the victim", func() bool {
-		return h.bidsFor(plain) == 1 || dialed.Load() > 0
+	testwait.Until(t, ctx, "the provider's bid for the plain request at the hostile peer, or a dial of the victim", func() (bool, string) {
+		return h.bidsFor(plain) == 1 || dialed.Load() > 0, fmt.Sprintf("relay %+v, provider %+v", relay.Gossip().Stats(topic), prov.Gossip().Stats(topic))
 	})
 	if got := dialed.Load(); got != 0 {
 		t.Fatalf("the address the request named was dialed %d times", got)
