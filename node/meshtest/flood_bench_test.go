@@ -36,9 +36,10 @@ import (
 // fast as its router takes them. Each iteration starts a fresh flood and
 // forms jobs one after another (each cancelled and its GPUs seen free,
 // outside the timing) until the flood is sent and at least floodJobs have
-// formed; the no-flood baseline runs first on the same mesh. It reports
-// formation p50/p99 and p99 over the baseline's, the flood's sending
-// time, and the bids providers sent the flooders per flood.
+// been tried; the no-flood baseline runs first on the same mesh. It
+// reports formation p50/p99 of the jobs that formed and p99 over the
+// baseline's, the jobs that failed to form, the flood's sending time, and
+// the bids providers sent the flooders per flood.
 func BenchmarkFormationUnderFlood(b *testing.B) {
 	m := meshtest.Start(b, 50, meshtest.Options{Seed: 50, Providers: 10, Executors: []string{"process"}, Config: func(i int, c *node.Config) {
 		if i < 10 {
@@ -66,6 +67,7 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 			var lat []time.Duration
 			var sendTime time.Duration
 			var bids int64
+			failed := 0
 			b.ResetTimer()
 			for range b.N {
 				b.StopTimer()
@@ -81,7 +83,12 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 					if sent == nil && i >= floodJobs {
 						break
 					}
-					lat = append(lat, formOne(b, ctx, m, m.Nodes[10+len(lat)%40], spec))
+					took, formed := formOne(b, ctx, m, m.Nodes[10+i%40], spec)
+					if !formed {
+						failed++
+						continue
+					}
+					lat = append(lat, took)
 				}
 				b.StopTimer()
 				sendTime += f.took
@@ -98,6 +105,10 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 			b.ReportMetric(q(50), "p50-ms")
 			b.ReportMetric(q(99), "p99-ms")
 			b.ReportMetric(float64(len(lat)), "jobs")
+			b.ReportMetric(float64(failed), "failed-jobs")
+			if len(lat) == 0 {
+				b.Fatalf("no honest job formed (%d failed)", failed)
+			}
 			if fl.identities == 0 {
 				baseP99 = q(99)
 				return
@@ -114,10 +125,10 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 // floodJobs is how many honest jobs an iteration forms at least.
 const floodJobs = 10
 
-// formOne submits the job from nd, waits until it has formed, and returns
-// how long that took; then it cancels the job and waits until every
-// provider has its GPUs free again.
-func formOne(b *testing.B, ctx context.Context, m *meshtest.Mesh, nd *node.Node, spec jobspec.Spec) time.Duration {
+// formOne submits the job from nd, waits until it has left negotiation,
+// and returns how long that took and whether it formed; then it cancels
+// the job and waits until every provider has its GPUs free again.
+func formOne(b *testing.B, ctx context.Context, m *meshtest.Mesh, nd *node.Node, spec jobspec.Spec) (time.Duration, bool) {
 	b.Helper()
 	start := time.Now()
 	job, err := nd.SubmitJob(ctx, spec)
@@ -130,13 +141,16 @@ func formOne(b *testing.B, ctx context.Context, m *meshtest.Mesh, nd *node.Node,
 		return j.State != node.JobNegotiating, string(j.State)
 	})
 	took := time.Since(start)
-	if j.State != node.JobFormed && j.State != node.JobRunning {
-		b.Fatalf("the honest job %s: %s", j.State, j.Reason)
+	formed := j.State == node.JobFormed || j.State == node.JobRunning
+	if !formed {
+		b.Logf("an honest job %s after %v: %s", j.State, took.Round(time.Millisecond), j.Reason)
 	}
 	b.StopTimer()
 	defer b.StartTimer()
-	if _, err := nd.CancelJob(ctx, job.ID); err != nil {
-		b.Fatal(err)
+	if formed {
+		if _, err := nd.CancelJob(ctx, job.ID); err != nil {
+			b.Fatal(err)
+		}
 	}
 	testwait.Until(b, ctx, "every provider's GPUs free again", func() (bool, string) {
 		for i, p := range m.Nodes[:10] {
@@ -146,7 +160,7 @@ func formOne(b *testing.B, ctx context.Context, m *meshtest.Mesh, nd *node.Node,
 		}
 		return true, ""
 	})
-	return took
+	return took, formed
 }
 
 // flood is a set of hostile identities on the mesh's network, each a
