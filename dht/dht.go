@@ -149,6 +149,12 @@ func (d *Directory) Refresh(ctx context.Context) error {
 	}
 }
 
+// FindPeer finds a peer's addresses by its ID: from this peer's own
+// connections and routing table if it knows them, else by asking the DHT.
+func (d *Directory) FindPeer(ctx context.Context, id peer.ID) (peer.AddrInfo, error) {
+	return d.kad.FindPeer(ctx, id)
+}
+
 // RoutingTableSize is the number of peers in this peer's routing table.
 func (d *Directory) RoutingTableSize() int {
 	return d.kad.RoutingTable().Size()

@@ -8,7 +8,11 @@
 // The spot market's deciding parts are plain data structures with the time
 // passed in: TickValidator (which ticks to accept and forward), PriceBoard
 // (the market index every peer keeps) and Policy (a provider's ask). The
-// only I/O is PriceFeed, the swarm's price topic.
+// only I/O is PriceFeed, the swarm's price topic. Cluster negotiation's
+// are Negotiation and Reservations (negotiation.go), RFBValidator (which
+// requests for bids to accept and forward: a rate and open requests per
+// submitter) and RequestQueue (which waiting request a provider answers
+// next: one submitter at a time).
 package gossip
 
 import (
@@ -62,7 +66,7 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Gossip, error) {
 		pubsub.WithMessageSigning(true),
 		pubsub.WithStrictSignatureVerification(true),
 		pubsub.WithMaxMessageSize(MaxMessageSize),
-		pubsub.WithPeerScore(scoreParams(TopicName(swarm, PricesTopic)), scoreThresholds()),
+		pubsub.WithPeerScore(scoreParams(TopicName(swarm, PricesTopic), TopicName(swarm, RFBTopic)), scoreThresholds()),
 		pubsub.WithPeerScoreInspect(pubsub.PeerScoreInspectFn(g.setScores), scoreInspectPeriod),
 		pubsub.WithRawTracer(g.stats),
 		// A peer's own messages go to every topic peer in good standing, not

@@ -69,8 +69,10 @@ package gossip
 // The node owns one goroutine per Negotiation (or one for all) that feeds
 // Step with decoded messages whose signer it has checked against Author(),
 // calls Tick at Wake(), sends what Ready returns (RequestForBids on
-// /gpumesh/<swarm>/rfb/1, the rest on /gpumesh/negotiate/1.0.0 streams to
-// the addresses in the bids and the request), persists jobs and outcomes,
+// /gpumesh/<swarm>/rfb/1 through an RFBValidator, the rest on
+// /gpumesh/negotiate/1.0.0 streams: a provider's answer to a request goes to
+// its submitter by peer ID, connected or found in the DHT, never to an
+// address someone named), persists jobs and outcomes,
 // and keeps its Reservations behind one owner. A Confirm that finds its
 // reservation lapsed (Reservations.Confirm fails: the gang took longer than
 // the hold) must be reported to the submitter, whose cluster has formed by

@@ -30,6 +30,13 @@ type ProviderConfig struct {
 	Hold     time.Duration // an unconfirmed reservation lapses after this; 0: 10 s
 	MaxLease time.Duration // longest lease granted; 0: 24 h
 	MaxBids  int           // outstanding bids remembered; 0: 4096
+	// MaxSubmitterBids is how many of those one submitter may hold: a
+	// newer request of a submitter at the cap replaces its oldest bid, so
+	// no submitter fills the provider's memory of bids; 0: 16. When all
+	// MaxBids are out, a submitter holding fewer bids than the one holding
+	// the most takes that one's oldest: a crowd of identities shares the
+	// room evenly and cannot keep a newcomer out.
+	MaxSubmitterBids int
 	// StartWithin is how long a confirmed reservation waits for its member
 	// to start (the start frame; the image pull comes after) before it
 	// lapses; 0: 1 min.
@@ -54,6 +61,7 @@ type Reservations struct {
 	cfg   ProviderConfig
 	unit  Unit
 	bids  map[holder]Bid
+	order map[peer.ID][]holder // each submitter's bids, oldest first
 	held  map[holder]*Reservation
 	inUse map[string]uint32 // GPUs held per class
 }
@@ -104,6 +112,10 @@ func NewReservations(cfg ProviderConfig) (*Reservations, error) {
 	if cfg.MaxBids <= 0 {
 		cfg.MaxBids = 4096
 	}
+	if cfg.MaxSubmitterBids <= 0 {
+		cfg.MaxSubmitterBids = 16
+	}
+	cfg.MaxSubmitterBids = min(cfg.MaxSubmitterBids, cfg.MaxBids)
 	if err := checkPeer("provider", cfg.ID); err != nil {
 		return nil, err
 	}
@@ -131,7 +143,7 @@ func NewReservations(cfg ProviderConfig) (*Reservations, error) {
 		}
 		seen[c.Class] = true
 	}
-	return &Reservations{cfg: cfg, unit: u, bids: map[holder]Bid{}, held: map[holder]*Reservation{}, inUse: map[string]uint32{}}, nil
+	return &Reservations{cfg: cfg, unit: u, bids: map[holder]Bid{}, order: map[peer.ID][]holder{}, held: map[holder]*Reservation{}, inUse: map[string]uint32{}}, nil
 }
 
 func (r *Reservations) capacity(class string) (Capacity, bool) {
@@ -223,9 +235,6 @@ func (r *Reservations) Bid(rfb RequestForBids, now time.Time) (Bid, error) {
 	if _, ok := r.held[key]; ok {
 		return Bid{}, fmt.Errorf("no bid: already holding GPUs for job %s", rfb.Job)
 	}
-	if len(r.bids) >= r.cfg.MaxBids {
-		return Bid{}, fmt.Errorf("no bid: %d bids outstanding", len(r.bids))
-	}
 	var best *Bid
 	notWhole := false
 	for _, c := range r.cfg.GPUs {
@@ -254,8 +263,58 @@ func (r *Reservations) Bid(rfb RequestForBids, now time.Time) (Bid, error) {
 	if best == nil {
 		return Bid{}, fmt.Errorf("no bid: no free GPUs of the class at or below the max price")
 	}
+	if err := r.makeRoom(key); err != nil {
+		return Bid{}, err
+	}
 	r.bids[key] = *best
+	r.order[key.submitter] = append(r.order[key.submitter], key)
 	return *best, nil
+}
+
+// makeRoom makes room for a bid of key: it drops an earlier bid of the
+// same key, the submitter's oldest bid when it is at MaxSubmitterBids, and,
+// when all MaxBids are out, the oldest bid of the submitter that holds the
+// most, if that is more than this submitter holds. It fails when none can
+// go.
+func (r *Reservations) makeRoom(key holder) error {
+	r.dropBid(key)
+	if mine := r.order[key.submitter]; len(mine) >= r.cfg.MaxSubmitterBids {
+		r.dropBid(mine[0])
+	}
+	if len(r.bids) < r.cfg.MaxBids {
+		return nil
+	}
+	var most peer.ID
+	for s, keys := range r.order {
+		if len(keys) > len(r.order[most]) || (len(keys) == len(r.order[most]) && s < most) {
+			most = s
+		}
+	}
+	if len(r.order[most]) <= len(r.order[key.submitter]) {
+		return fmt.Errorf("no bid: %d bids outstanding, %d of them for %s", len(r.bids), len(r.order[key.submitter]), key.submitter)
+	}
+	r.dropBid(r.order[most][0])
+	return nil
+}
+
+// dropBid forgets the bid of key, if any.
+func (r *Reservations) dropBid(key holder) {
+	if _, ok := r.bids[key]; !ok {
+		return
+	}
+	delete(r.bids, key)
+	keys := slices.DeleteFunc(r.order[key.submitter], func(k holder) bool { return k == key })
+	if len(keys) == 0 {
+		delete(r.order, key.submitter)
+	} else {
+		r.order[key.submitter] = keys
+	}
+}
+
+// Bids is the number of outstanding bids, and how many of them submitter
+// holds.
+func (r *Reservations) Bids(submitter peer.ID) (all, its int) {
+	return len(r.bids), len(r.order[submitter])
 }
 
 // Award takes an award at time now and answers it: an Acceptance once the
@@ -323,7 +382,7 @@ func (r *Reservations) award(a Award, now time.Time) (Acceptance, error) {
 	}
 	r.held[key] = h
 	r.inUse[a.Class] += a.GPUs
-	delete(r.bids, key)
+	r.dropBid(key)
 	return Acceptance{Job: a.Job, Provider: r.cfg.ID, GPUs: h.GPUs, HoldUntil: h.HoldUntil.UnixMilli()}, nil
 }
 
@@ -386,7 +445,7 @@ func (r *Reservations) Release(rel Release, now time.Time) bool {
 	}
 	r.Tick(now)
 	key := holder{rel.Job, rel.From}
-	delete(r.bids, key)
+	r.dropBid(key)
 	h, ok := r.held[key]
 	if !ok || h.Running {
 		return false // a running member's GPUs are freed by its end (End)
@@ -416,9 +475,9 @@ func (r *Reservations) drop(h *Reservation) {
 // returns the reservations that ended, oldest job first.
 func (r *Reservations) Tick(now time.Time) []Reservation {
 	ms := now.UnixMilli()
-	for j, b := range r.bids {
+	for k, b := range r.bids {
 		if b.Expires <= ms {
-			delete(r.bids, j)
+			r.dropBid(k)
 		}
 	}
 	var ended []Reservation

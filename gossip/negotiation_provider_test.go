@@ -519,3 +519,93 @@ func TestReservationsThatNeverStartLapseAndAreCapped(t *testing.T) {
 		t.Errorf("%d GPUs free, want 7", free)
 	}
 }
+
+// floodJob is request n of submitter i.
+func floodJob(i, n int) RequestForBids {
+	rfb := rfbOf(i, 0, needsOf(8, 0, Spread, usdc(250)))
+	rfb.Job[0], rfb.Job[1], rfb.Job[2] = byte(n>>16), byte(n>>8), byte(n)
+	return rfb
+}
+
+// One submitter's 6,000 requests (the flood that filled the 4,096 bids a
+// provider kept) leave it at most MaxSubmitterBids bids, its newest; the
+// provider still bids for everyone else, and still takes an award for the
+// other submitter's bid.
+func TestOneSubmitterCannotFillTheProvidersBids(t *testing.T) {
+	r := providerOf(t, 1, 8, usdc(200), "a")
+	for n := range 6000 {
+		if _, err := r.Bid(floodJob(5, n), t0); err != nil {
+			t.Fatalf("request %d: %v", n, err)
+		}
+	}
+	all, its := r.Bids(testID(5))
+	if all != 16 || its != 16 {
+		t.Fatalf("%d bids, %d of the flooder's; want 16 and 16", all, its)
+	}
+	honest := floodJob(6, 1)
+	b, err := r.Bid(honest, t0)
+	if err != nil {
+		t.Fatalf("the honest request got no bid: %v", err)
+	}
+	// The flooder's oldest bids went; its newest is still good.
+	if _, ok := r.Award(awardOf(floodJob(5, 0), b, 1, t0), t0).(*Refusal); !ok {
+		t.Errorf("an award for the flooder's first request was taken; its bid should have gone")
+	}
+	if _, ok := r.Award(awardOf(floodJob(5, 5999), b, 1, t0), t0).(*Acceptance); !ok {
+		t.Errorf("an award for the flooder's newest request was refused")
+	}
+	if m, ok := r.Award(awardOf(honest, b, 8-1, t0), t0).(*Acceptance); !ok {
+		t.Errorf("the honest award was refused: %+v", m)
+	}
+}
+
+// When every one of MaxBids is out, a submitter holding fewer bids than
+// the one holding the most takes that one's oldest; one holding as many as
+// anyone gets no bid.
+func TestAFullProviderSharesItsBidsEvenly(t *testing.T) {
+	r, err := NewReservations(ProviderConfig{
+		ID: testID(1), Unit: "USDC:6", MaxBids: 8, MaxSubmitterBids: 4,
+		GPUs: []Capacity{{Class: "H100-80GB", Model: "H100", VRAMGB: 80, GPUs: 8, Price: usdc(200)}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{5, 6} { // two identities, four bids each: full
+		for n := range 4 {
+			if _, err := r.Bid(floodJob(i, n), t0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := r.Bid(floodJob(7, 1), t0); err != nil {
+		t.Fatalf("a newcomer to a full provider got no bid: %v", err)
+	}
+	all5, its5 := r.Bids(testID(5))
+	_, its6 := r.Bids(testID(6))
+	if all5 != 8 || its5+its6 != 7 || its5 != 3 {
+		t.Fatalf("%d bids, %d and %d of the two; want 8, the first to give one up", all5, its5, its6)
+	}
+	// Submitter 5 (3 bids) may take from 6 (4), and then no one holds more
+	// than it: its next request gets no bid, but replaces nothing.
+	if _, err := r.Bid(floodJob(5, 4), t0); err != nil {
+		t.Fatal(err)
+	}
+	_, its5 = r.Bids(testID(5))
+	_, its6 = r.Bids(testID(6))
+	if its5 != 4 || its6 != 3 {
+		t.Fatalf("%d and %d bids, want 4 and 3", its5, its6)
+	}
+	// 5 is at its own cap: a newer request replaces its oldest bid.
+	if _, err := r.Bid(floodJob(5, 5), t0); err != nil {
+		t.Fatal(err)
+	}
+	for n := 2; n <= 3; n++ {
+		if _, err := r.Bid(floodJob(7, n), t0); err != nil {
+			t.Fatalf("the newcomer's request %d: %v", n, err)
+		}
+	}
+	// 8 bids among three: 3, 2 and 3 (or 2, 3 and 3).
+	if _, err := r.Bid(floodJob(7, 4), t0); err == nil || !strings.Contains(err.Error(), "no bid: 8 bids outstanding, 3 of them") {
+		t.Fatalf("a request when no one holds more than it: %v, want no bid", err)
+	}
+}

@@ -141,13 +141,15 @@ const (
 	kindRelease
 )
 
-// RequestForBids is the submitter's broadcast on the swarm's rfb topic.
+// RequestForBids is the submitter's broadcast on the swarm's rfb topic. It
+// names no address: a provider answers only a submitter it is connected to
+// or finds by peer ID in the DHT, so a request cannot make providers dial a
+// third party.
 type RequestForBids struct {
-	Job       JobID    `json:"job"`
-	Submitter peer.ID  `json:"submitter"`
-	Needs     Needs    `json:"needs"`
-	Deadline  int64    `json:"deadline"` // unix ms: bids after it are not taken, and a cluster that cannot form by then fails
-	Addrs     []string `json:"addrs"`    // multiaddrs where the submitter takes bids
+	Job       JobID   `json:"job"`
+	Submitter peer.ID `json:"submitter"`
+	Needs     Needs   `json:"needs"`
+	Deadline  int64   `json:"deadline"` // unix ms: bids after it are not taken, and a cluster that cannot form by then fails
 }
 
 // Bid is a provider's answer to a RequestForBids, sent to the submitter.
@@ -294,10 +296,7 @@ func (m *RequestForBids) Check() error {
 	if err := m.Needs.Check(); err != nil {
 		return err
 	}
-	if err := checkMillis("deadline", m.Deadline); err != nil {
-		return err
-	}
-	return checkAddrs(m.Addrs)
+	return checkMillis("deadline", m.Deadline)
 }
 
 // DeadlineTime is Deadline as a time.

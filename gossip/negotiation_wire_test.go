@@ -19,8 +19,7 @@ func negNeeds() Needs {
 
 func sampleMessages() []Message {
 	return []Message{
-		&RequestForBids{Job: negJob, Submitter: testID(0), Needs: negNeeds(), Deadline: t0.Add(5e9).UnixMilli(),
-			Addrs: []string{"/ip4/127.0.0.1/tcp/4001"}},
+		&RequestForBids{Job: negJob, Submitter: testID(0), Needs: negNeeds(), Deadline: t0.Add(5e9).UnixMilli()},
 		&Bid{Job: negJob, Provider: testID(1), Class: "H100-80GB", Model: "H100", VRAMGB: 80, GPUs: 8, Price: 2_100_000,
 			LeaseSeconds: 86400, Zone: "eu-west/ams1", Addrs: []string{"/ip4/10.0.0.1/udp/4001/quic-v1"}, Expires: t0.Add(1e10).UnixMilli()},
 		&Award{Job: negJob, Submitter: testID(0), Provider: testID(1), Class: "H100-80GB", GPUs: 4, Price: 2_100_000,
@@ -89,8 +88,8 @@ func TestBadNegotiationMessagesSayWhatIsWrong(t *testing.T) {
 		{"no class", rfb(func(m *RequestForBids) { m.Needs.Class, m.Needs.Model = "", "" }), "neither a GPU class nor a model"},
 		{"unit", rfb(func(m *RequestForBids) { m.Needs.Unit = "usdc" }), "unit"},
 		{"deadline", rfb(func(m *RequestForBids) { m.Deadline = -1 }), "deadline -1 ms"},
-		{"addrs", rfb(func(m *RequestForBids) { m.Addrs = []string{"not an addr"} }), `address "not an addr"`},
-		{"too many addrs", rfb(func(m *RequestForBids) { m.Addrs = make([]string, 17) }), "17 addresses"},
+		{"bid addrs", bid(func(m *Bid) { m.Addrs = []string{"not an addr"} }), `address "not an addr"`},
+		{"too many bid addrs", bid(func(m *Bid) { m.Addrs = make([]string, 17) }), "17 addresses"},
 		{"bid price", bid(func(m *Bid) { m.Price = 0 }), "price 0"},
 		{"bid class", bid(func(m *Bid) { m.Class = "H100 80GB" }), "GPU class"},
 		{"bid zone", bid(func(m *Bid) { m.Zone = "a\nb" }), "zone: control character"},

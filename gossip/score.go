@@ -38,8 +38,9 @@ func scoreThresholds() *pubsub.PeerScoreThresholds {
 	}
 }
 
-// scoreParams scores the topics a gpumesh peer knows at start; topics added
-// later score nothing but invalid messages through the app's own validator.
+// scoreParams scores the topics a gpumesh peer knows at start (prices and
+// requests for bids); a topic not named here scores nothing, not even the
+// messages its validator rejects.
 func scoreParams(topics ...string) *pubsub.PeerScoreParams {
 	p := &pubsub.PeerScoreParams{
 		Topics:            map[string]*pubsub.TopicScoreParams{},
@@ -65,7 +66,8 @@ func scoreParams(topics ...string) *pubsub.PeerScoreParams {
 }
 
 // topicScore scores a low-rate topic: no penalty for a quiet mesh peer (P3
-// off: ticks come every few seconds at most), a small reward for time in
+// off: ticks come every few seconds at most, requests for bids when
+// someone submits a job), a small reward for time in
 // the mesh and for first deliveries, and a heavy one for invalid messages.
 func topicScore() *pubsub.TopicScoreParams {
 	return &pubsub.TopicScoreParams{

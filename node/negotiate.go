@@ -13,6 +13,7 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/core/record"
 	ma "github.com/multiformats/go-multiaddr"
@@ -47,11 +48,28 @@ type negEvent struct {
 // negotiation loop, owns the Negotiations and the Reservations; everything
 // else talks to it through in.
 type negState struct {
-	in       chan negEvent
+	in chan negEvent
+	// Accepted requests for bids wait in rfbQueue (guarded by rfbQMu)
+	// apart from in, answered one submitter at a time; rfbReady tells the
+	// loop some wait. The loop takes them after what is in in.
+	rfbQMu   sync.Mutex
+	rfbQueue *gossip.RequestQueue
+	rfbReady chan struct{}
 	rfbTopic *pubsub.Topic
 	rfbSub   *pubsub.Subscription
 
+	rfbMu  sync.Mutex           // guards rfbVal; GossipSub validates on several goroutines
+	rfbVal *gossip.RFBValidator // which requests for bids this peer takes and forwards
+
+	// paceMu serializes this peer's own requests for bids and guards
+	// rfbPace, which keeps them within what every peer's validator allows.
+	paceMu  sync.Mutex
+	rfbPace *gossip.RFBPacer
+
 	sent atomic.Uint64 // negotiation messages this peer has sent (broadcasts count once)
+
+	lookupMu sync.Mutex           // guards lookups
+	lookups  map[peer.ID]struct{} // peers being looked up in the DHT to send them a message
 
 	freeMu sync.Mutex        // guards free
 	free   map[string]uint32 // GPUs per class not reserved, as the loop last saw
@@ -61,12 +79,17 @@ type negState struct {
 // starts the negotiation loop.
 func (n *Node) startJobs(ctx context.Context) error {
 	n.in = make(chan negEvent, 1024)
+	n.rfbQueue = gossip.NewRequestQueue(0, 0)
+	n.rfbReady = make(chan struct{}, 1)
 	if err := n.openJobs(); err != nil {
 		return err
 	}
 	ps := n.gossip.PubSub()
-	topic := n.gossip.Topic("rfb")
-	if err := ps.RegisterTopicValidator(topic, validateRFB); err != nil {
+	topic := n.gossip.Topic(gossip.RFBTopic)
+	var limits gossip.RFBLimits // the defaults, the same on every peer
+	n.rfbVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: limits})
+	n.rfbPace = gossip.NewRFBPacer(limits.Pace())
+	if err := ps.RegisterTopicValidator(topic, n.validateRFB); err != nil {
 		return fmt.Errorf("rfb topic: %w", err)
 	}
 	t, err := ps.Join(topic)
@@ -108,15 +131,55 @@ func (n *Node) closeJobs() error {
 	return nil
 }
 
-// validateRFB rejects requests that do not decode or whose submitter is not
-// the message's signer, so GossipSub scoring penalizes who forwards them.
-func validateRFB(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-	rfb, err := gossip.UnmarshalRequestForBids(m.Data)
-	if err != nil || rfb.Submitter != m.GetFrom() {
+// validateRFB is the request-for-bids topic's GossipSub validator; from is
+// the neighbour that delivered the message (this peer for its own). What
+// gossip.RFBValidator rejects (garbage, forgeries, a submitter over its
+// rate or open requests that sent them itself) costs the peer that
+// delivered it score (gossip/score.go) until it is ignored altogether.
+func (n *Node) validateRFB(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	if len(m.Data) > gossip.MaxNegotiationSize { // before taking the lock
 		return pubsub.ValidationReject
 	}
-	m.ValidatorData = &rfb
-	return pubsub.ValidationAccept
+	n.rfbMu.Lock()
+	rfb, v, err := n.rfbVal.Validate(m.Data, m.GetFrom(), from, n.now())
+	n.rfbMu.Unlock()
+	switch v {
+	case gossip.Accept:
+		m.ValidatorData = &rfb
+		return pubsub.ValidationAccept
+	case gossip.Ignore:
+		n.log.Debug("request for bids ignored", "from", from, "signer", m.GetFrom(), "err", err)
+		return pubsub.ValidationIgnore
+	}
+	n.log.Debug("request for bids rejected", "from", from, "signer", m.GetFrom(), "err", err)
+	return pubsub.ValidationReject
+}
+
+// publishRFB broadcasts one of this peer's requests for bids once its
+// pacer allows it (at once, unless this peer has asked more than every
+// validator allows a submitter), or gives up when its deadline comes first.
+func (n *Node) publishRFB(ctx context.Context, rfb *gossip.RequestForBids, data []byte) error {
+	n.paceMu.Lock()
+	defer n.paceMu.Unlock()
+	deadline := rfb.DeadlineTime()
+	for {
+		now := n.now()
+		at := n.rfbPace.Next(now)
+		if !at.After(now) && n.rfbPace.Take(deadline, now) {
+			break
+		}
+		if !at.Before(deadline) {
+			return fmt.Errorf("request for bids of job %s not sent before its deadline: this peer asks for bids more often than peers take from one submitter; submit fewer jobs at once", rfb.Job)
+		}
+		t := time.NewTimer(at.Sub(now))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+	return n.rfbTopic.Publish(ctx, data)
 }
 
 func (n *Node) readRFBs(ctx context.Context) {
@@ -130,7 +193,18 @@ func (n *Node) readRFBs(ctx context.Context) {
 		if !ok {
 			continue
 		}
-		n.deliver(ctx, negEvent{msg: rfb})
+		// Requests wait apart from the direct messages (bids, awards,
+		// answers) and local calls, so a burst of requests never delays
+		// those nor fills their queue.
+		n.rfbQMu.Lock()
+		if n.rfbQueue.Push(*rfb) > 0 {
+			n.log.Debug("requests for bids waiting: one pushed out", "submitter", rfb.Submitter)
+		}
+		n.rfbQMu.Unlock()
+		select {
+		case n.rfbReady <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -235,38 +309,32 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 	timer := time.NewTimer(reservationTick)
 	defer timer.Stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev := <-n.in:
-			now := n.now()
-			switch {
-			case ev.submit != nil:
-				negs[ev.submit.Job()] = ev.submit
-				delete(settled, ev.submit.Job()) // a retry's negotiation
-				n.flush(ctx, ev.submit, ev.submit.Ready())
-			case ev.done != nil:
-				ng, ok := negs[ev.cancel]
+		var ev negEvent
+		select { // direct messages and local calls before requests for bids
+		case ev = <-n.in:
+		default:
+			select {
+			case <-ctx.Done():
+				return
+			case ev = <-n.in:
+			case <-n.rfbReady:
+				n.rfbQMu.Lock()
+				rfb, ok := n.rfbQueue.Pop(n.now())
+				more := n.rfbQueue.Len() > 0
+				n.rfbQMu.Unlock()
+				if more {
+					select {
+					case n.rfbReady <- struct{}{}:
+					default: // readRFBs signalled already
+					}
+				}
 				if ok {
-					ng.Cancel("by the submitter")
-					n.flush(ctx, ng, ng.Ready())
+					ev.msg = &rfb
 				}
-				ev.done <- nil
-			case ev.msg != nil:
-				n.stepMessage(ctx, ev.msg, negs, settled, res, now)
-			case ev.ended != nil:
-				if res != nil {
-					res.End(ev.ended.Job, ev.ended.Submitter)
-				}
-			case ev.start != nil:
-				r := startReply{err: fmt.Errorf("this provider holds no reservation of %s for job %s", ev.start.submitter, ev.start.job)}
-				if res != nil {
-					r.res, r.err = res.Start(ev.start.job, ev.start.submitter, now)
-				}
-				ev.start.reply <- r
+			case <-timer.C:
 			}
-		case <-timer.C:
 		}
+		n.handleEvent(ctx, ev, negs, settled, res)
 		now := n.now()
 		next := now.Add(reservationTick)
 		for id, ng := range negs {
@@ -300,6 +368,37 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 	}
 }
 
+// handleEvent steps the negotiations and the reservations with one input
+// of the loop (none, for a timer).
+func (n *Node) handleEvent(ctx context.Context, ev negEvent, negs map[gossip.JobID]*gossip.Negotiation, settled map[gossip.JobID]settledNeg, res *gossip.Reservations) {
+	now := n.now()
+	switch {
+	case ev.submit != nil:
+		negs[ev.submit.Job()] = ev.submit
+		delete(settled, ev.submit.Job()) // a retry's negotiation
+		n.flush(ctx, ev.submit, ev.submit.Ready())
+	case ev.done != nil:
+		ng, ok := negs[ev.cancel]
+		if ok {
+			ng.Cancel("by the submitter")
+			n.flush(ctx, ng, ng.Ready())
+		}
+		ev.done <- nil
+	case ev.msg != nil:
+		n.stepMessage(ctx, ev.msg, negs, settled, res, now)
+	case ev.ended != nil:
+		if res != nil {
+			res.End(ev.ended.Job, ev.ended.Submitter)
+		}
+	case ev.start != nil:
+		r := startReply{err: fmt.Errorf("this provider holds no reservation of %s for job %s", ev.start.submitter, ev.start.job)}
+		if res != nil {
+			r.res, r.err = res.Start(ev.start.job, ev.start.submitter, now)
+		}
+		ev.start.reply <- r
+	}
+}
+
 // settledNeg is an ended negotiation of this peer's, and when it ended.
 type settledNeg struct {
 	s  *gossip.Settled
@@ -317,7 +416,8 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 		if err != nil {
 			return
 		}
-		n.send(ctx, m.Submitter, m.Addrs, &bid)
+		// To the submitter by its ID: connected, or found in the DHT.
+		n.send(ctx, m.Submitter, nil, &bid)
 	case *gossip.Award:
 		if res == nil {
 			n.send(ctx, m.Submitter, nil, &gossip.Refusal{Job: m.Job, Provider: n.id.PeerID, Reason: "this peer offers no GPUs"})
@@ -353,15 +453,15 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 
 // flush acts on what a negotiation says: broadcast, send, record.
 func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready) {
-	if r.RequestForBids != nil {
-		data, err := gossip.MarshalNegotiation(r.RequestForBids)
+	if rfb := r.RequestForBids; rfb != nil {
+		data, err := gossip.MarshalNegotiation(rfb)
 		if err == nil {
 			n.sent.Add(1)
 			n.wg.Add(1)
 			go func() {
 				defer n.wg.Done()
-				if err := n.rfbTopic.Publish(ctx, data); err != nil && ctx.Err() == nil {
-					n.log.Warn("publish request for bids", "err", err)
+				if err := n.publishRFB(ctx, rfb, data); err != nil && ctx.Err() == nil {
+					n.log.Warn("publish request for bids", "job", rfb.Job, "err", err)
 				}
 			}()
 		}
@@ -381,7 +481,10 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 }
 
 // send delivers one message to a peer on its own stream, without blocking
-// the loop.
+// the loop. It reaches the peer over a connection it has, at addresses this
+// peer knows of it (identify, the DHT), at addrs (a bid's own addresses:
+// its author's word for where it listens), or at the addresses the DHT
+// finds for its ID.
 func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.Message) {
 	data, err := n.sealNegotiation(msg)
 	if err != nil {
@@ -403,6 +506,19 @@ func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.
 				n.host.Peerstore().AddAddr(to, m, time.Minute)
 			}
 		}
+		if n.host.Network().Connectedness(to) != network.Connected && len(n.host.Peerstore().Addrs(to)) == 0 {
+			if !n.startLookup(to) {
+				n.log.Debug("negotiation message not sent: peer not connected and lookups busy", "to", to, "msg", fmt.Sprintf("%T", msg))
+				return
+			}
+			ai, err := n.dht.FindPeer(sctx, to)
+			n.endLookup(to)
+			if err != nil {
+				n.log.Debug("negotiation send: peer not found", "to", to, "err", err)
+				return
+			}
+			n.host.Peerstore().AddAddrs(to, ai.Addrs, peerstore.TempAddrTTL)
+		}
 		s, err := n.host.NewStream(sctx, to, NegotiateProtocol)
 		if err != nil {
 			n.log.Debug("negotiation send", "to", to, "err", err)
@@ -416,6 +532,33 @@ func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.
 		}
 		_ = s.Close()
 	}()
+}
+
+// maxLookups bounds the DHT lookups of peers this peer is not connected to
+// that sending negotiation messages makes at once: a flood of requests from
+// strangers then costs this peer and the DHT at most this many lookups at
+// a time (and one a stranger), not one a request.
+const maxLookups = 4
+
+// startLookup reserves a lookup of p; false when p is being looked up
+// already or maxLookups are under way (the message is then not sent).
+func (n *Node) startLookup(p peer.ID) bool {
+	n.lookupMu.Lock()
+	defer n.lookupMu.Unlock()
+	if _, busy := n.lookups[p]; busy || len(n.lookups) >= maxLookups {
+		return false
+	}
+	if n.lookups == nil {
+		n.lookups = map[peer.ID]struct{}{}
+	}
+	n.lookups[p] = struct{}{}
+	return true
+}
+
+func (n *Node) endLookup(p peer.ID) {
+	n.lookupMu.Lock()
+	delete(n.lookups, p)
+	n.lookupMu.Unlock()
 }
 
 // NegotiationMessages is how many negotiation messages this peer has sent:

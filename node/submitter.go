@@ -47,12 +47,6 @@ func (n *Node) negotiate(ctx context.Context, id gossip.JobID, spec jobspec.Spec
 	if err != nil {
 		return err
 	}
-	var addrs []string
-	for _, a := range n.host.Addrs() {
-		if len(addrs) < 8 {
-			addrs = append(addrs, a.String())
-		}
-	}
 	// The directory says how many providers to expect: once they have all
 	// bid the negotiation closes without waiting for its deadline.
 	expect := 0
@@ -60,7 +54,7 @@ func (n *Node) negotiate(ctx context.Context, id gossip.JobID, spec jobspec.Spec
 		expect = found.Providers
 	}
 	now := n.now()
-	rfb := gossip.RequestForBids{Job: id, Submitter: n.id.PeerID, Needs: needs, Deadline: now.Add(negotiateWindow).UnixMilli(), Addrs: addrs}
+	rfb := gossip.RequestForBids{Job: id, Submitter: n.id.PeerID, Needs: needs, Deadline: now.Add(negotiateWindow).UnixMilli()}
 	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{Expect: expect}, now)
 	if err != nil {
 		return err

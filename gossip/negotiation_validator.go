@@ -1,0 +1,340 @@
+package gossip
+
+import (
+	"container/list"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// RFBTopic is the name of the swarm's request-for-bids topic:
+// "/gpumesh/<swarm>/rfb/1".
+const RFBTopic = "rfb"
+
+// Why a request for bids was not accepted; the validator's errors wrap one
+// of these or ErrBadNegotiation.
+var (
+	ErrForgedRequest   = errors.New("request names a submitter other than its signer")
+	ErrStaleRequest    = errors.New("request's deadline has passed")
+	ErrFarRequest      = errors.New("request's deadline too far ahead")
+	ErrRequestRate     = errors.New("submitter over its request rate")
+	ErrTooManyRequests = errors.New("submitter has too many open requests")
+)
+
+// RFBLimits bound what one submitter may broadcast on the request-for-bids
+// topic. Every provider answers every request it can serve with a signed
+// bid on a stream of its own, so a request costs the whole swarm work; an
+// honest submitter asks once a job (and once a retry). The zero value takes
+// the defaults.
+type RFBLimits struct {
+	Burst    int           // requests a submitter may send at once; 0: 8
+	Rate     float64       // requests a second on average; 0: 5
+	MaxOpen  int           // requests of one submitter whose deadline has not passed; 0: 32
+	MaxAhead time.Duration // latest deadline, from now; 0: 60 s
+}
+
+func (l RFBLimits) withDefaults() RFBLimits {
+	orDefault(&l.Burst, 8)
+	orDefault(&l.Rate, 5)
+	orDefault(&l.MaxOpen, 32)
+	orDefault(&l.MaxAhead, time.Minute)
+	return l
+}
+
+// Pace is the limits a peer keeps its own requests under: a little below
+// what every validator allows (half the burst and open requests, four
+// fifths of the rate), so that requests sent evenly and delivered
+// unevenly, or read by a peer whose clock runs behind, still pass.
+func (l RFBLimits) Pace() RFBLimits {
+	l = l.withDefaults()
+	return RFBLimits{Burst: max(l.Burst/2, 1), Rate: l.Rate * 4 / 5, MaxOpen: max(l.MaxOpen/2, 1), MaxAhead: l.MaxAhead}
+}
+
+// RFBValidatorConfig bounds what an RFBValidator accepts. The zero value
+// takes the defaults.
+type RFBValidatorConfig struct {
+	Limits     RFBLimits
+	MaxAuthors int // submitters remembered (least recently seen go first); 0: 65536
+}
+
+// RFBValidator decides which requests for bids a peer accepts and forwards.
+// Like TickValidator it is a state machine with no I/O and no clock: the
+// time is an argument. It remembers, per submitter, a token bucket of its
+// request rate and the deadlines of its open requests. It is not safe for
+// concurrent use.
+type RFBValidator struct {
+	cfg     RFBValidatorConfig
+	authors map[peer.ID]*list.Element // of *author, most recently seen at the front
+	lru     *list.List
+}
+
+// author is what the validator keeps of one submitter.
+type author struct {
+	id     peer.ID
+	bucket requestBucket
+}
+
+// requestBucket is one submitter's allowance: tokens of its rate and the
+// deadlines of its open requests (at most MaxOpen, in no order).
+type requestBucket struct {
+	tokens float64
+	at     time.Time // when tokens was last refilled
+	open   []int64   // unix ms deadlines of accepted requests
+}
+
+func newBucket(l RFBLimits, now time.Time) requestBucket {
+	return requestBucket{tokens: float64(l.Burst), at: now}
+}
+
+func (b *requestBucket) refill(l RFBLimits, now time.Time) {
+	if dt := now.Sub(b.at).Seconds(); dt > 0 {
+		b.tokens = min(float64(l.Burst), b.tokens+dt*l.Rate)
+		b.at = now
+	}
+	ms := now.UnixMilli()
+	b.open = slices.DeleteFunc(b.open, func(d int64) bool { return d <= ms })
+}
+
+// check says whether a request may go out at now; it takes nothing.
+func (b *requestBucket) check(l RFBLimits, now time.Time) error {
+	b.refill(l, now)
+	if b.tokens < 1-tokenSlack {
+		return fmt.Errorf("%w: more than %d at once or %.3g a second", ErrRequestRate, l.Burst, l.Rate)
+	}
+	if len(b.open) >= l.MaxOpen {
+		return fmt.Errorf("%w: %d whose deadline has not passed, at most %d", ErrTooManyRequests, len(b.open), l.MaxOpen)
+	}
+	return nil
+}
+
+// tokenSlack absorbs the rounding of refills: a bucket refilled to one
+// token at the time next named has a token.
+const tokenSlack = 1e-9
+
+// take counts a request that check allowed.
+func (b *requestBucket) take(deadline time.Time) {
+	b.tokens--
+	b.open = append(b.open, deadline.UnixMilli())
+}
+
+// next is the earliest time from now at which check may allow a request.
+func (b *requestBucket) next(l RFBLimits, now time.Time) time.Time {
+	b.refill(l, now)
+	at := now
+	if b.tokens < 1-tokenSlack {
+		at = now.Add(time.Duration(math.Ceil((1 - b.tokens) / l.Rate * float64(time.Second))))
+	}
+	if len(b.open) >= l.MaxOpen {
+		// The open request whose deadline comes first frees a slot.
+		at = latest(at, time.UnixMilli(slices.Min(b.open)+1))
+	}
+	return at
+}
+
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// NewRFBValidator returns a validator that knows no submitter yet.
+func NewRFBValidator(cfg RFBValidatorConfig) *RFBValidator {
+	cfg.Limits = cfg.Limits.withDefaults()
+	orDefault(&cfg.MaxAuthors, 65536)
+	return &RFBValidator{cfg: cfg, authors: make(map[peer.ID]*list.Element), lru: list.New()}
+}
+
+// Validate decides about an encoded request for bids, published by signer
+// (the key GossipSub checked) and delivered by from (the neighbour it came
+// from, or this peer for its own requests), at time now. It returns the
+// request when it accepts it, and an error that says why when it does not.
+// An accepted request counts against its submitter's rate and open
+// requests.
+//
+// What no honest peer sends or forwards is Rejected: a request that does
+// not decode or breaks a bound, or names a submitter other than its signer.
+// A deadline that has passed or lies too far ahead is Ignored (clocks
+// differ; gossip is late). A submitter over its rate or its open requests
+// is Rejected when it delivered the request itself, and Ignored when a
+// relay did: relays may each have let through a different part of a
+// burst, but the submitter knows what it sent.
+func (v *RFBValidator) Validate(data []byte, signer, from peer.ID, now time.Time) (RequestForBids, Verdict, error) {
+	rfb, err := UnmarshalRequestForBids(data)
+	if err != nil {
+		return RequestForBids{}, Reject, err
+	}
+	if rfb.Submitter != signer {
+		return RequestForBids{}, Reject, fmt.Errorf("%w: submitter %s, signer %s", ErrForgedRequest, rfb.Submitter, signer)
+	}
+	l := v.cfg.Limits
+	deadline := rfb.DeadlineTime()
+	if !deadline.After(now) {
+		return RequestForBids{}, Ignore, fmt.Errorf("%w: %v ago", ErrStaleRequest, now.Sub(deadline).Round(time.Millisecond))
+	}
+	if d := deadline.Sub(now); d > l.MaxAhead {
+		return RequestForBids{}, Ignore, fmt.Errorf("%w: %v from now, at most %v", ErrFarRequest, d.Round(time.Millisecond), l.MaxAhead)
+	}
+	a := v.lookup(signer, now)
+	if err := a.bucket.check(l, now); err != nil {
+		verdict := Ignore
+		if from == signer {
+			verdict = Reject
+		}
+		return RequestForBids{}, verdict, err
+	}
+	a.bucket.take(deadline)
+	return rfb, Accept, nil
+}
+
+// lookup finds or makes the state of a submitter and marks it most
+// recently seen, forgetting the least recently seen one when full.
+func (v *RFBValidator) lookup(id peer.ID, now time.Time) *author {
+	if e, ok := v.authors[id]; ok {
+		v.lru.MoveToFront(e)
+		return e.Value.(*author)
+	}
+	for v.lru.Len() >= v.cfg.MaxAuthors {
+		old := v.lru.Back()
+		v.lru.Remove(old)
+		delete(v.authors, old.Value.(*author).id)
+	}
+	a := &author{id: id, bucket: newBucket(v.cfg.Limits, now)}
+	v.authors[id] = v.lru.PushFront(a)
+	return a
+}
+
+// Submitters is the number of submitters the validator remembers.
+func (v *RFBValidator) Submitters() int { return v.lru.Len() }
+
+// RFBPacer keeps a peer's own requests for bids within limits (its
+// validator's Pace): a request waits until Next, then Take counts it. It is
+// not safe for concurrent use.
+type RFBPacer struct {
+	limits RFBLimits
+	bucket requestBucket
+	init   bool
+}
+
+// NewRFBPacer returns a pacer with a full allowance.
+func NewRFBPacer(l RFBLimits) *RFBPacer {
+	return &RFBPacer{limits: l.withDefaults()}
+}
+
+// Next is the earliest time, at or after now, at which a request may go.
+func (p *RFBPacer) Next(now time.Time) time.Time {
+	p.start(now)
+	return p.bucket.next(p.limits, now)
+}
+
+// Take counts a request with deadline going out at now; it reports false,
+// and counts nothing, if the request must wait (see Next).
+func (p *RFBPacer) Take(deadline, now time.Time) bool {
+	p.start(now)
+	if p.bucket.check(p.limits, now) != nil {
+		return false
+	}
+	p.bucket.take(deadline)
+	return true
+}
+
+func (p *RFBPacer) start(now time.Time) {
+	if !p.init {
+		p.bucket, p.init = newBucket(p.limits, now), true
+	}
+}
+
+// RequestQueue holds the accepted requests for bids a provider has yet to
+// answer, and hands them out fairly: Pop takes the submitters in turn, one
+// request each, so a submitter with many waiting requests delays another's
+// by at most one of its own, not by all of them. A submitter has at most
+// PerSubmitter requests waiting (a newer one replaces its oldest), and the
+// queue at most Max (when full, the submitter with the most waiting loses
+// its oldest). Like the validator it does no I/O and reads no clock; it is
+// not safe for concurrent use.
+type RequestQueue struct {
+	max, per int
+	waiting  map[peer.ID][]RequestForBids // each submitter's, oldest first
+	turn     []peer.ID                    // submitters with requests waiting, next first
+	n        int
+}
+
+// NewRequestQueue makes an empty queue of at most max requests, per of
+// them one submitter's; zero or less takes 1024 and 16.
+func NewRequestQueue(max, per int) *RequestQueue {
+	if max <= 0 {
+		max = 1024
+	}
+	if per <= 0 {
+		per = 16
+	}
+	return &RequestQueue{max: max, per: min(per, max), waiting: map[peer.ID][]RequestForBids{}}
+}
+
+// Push adds a request; it reports how many waiting requests it pushed out
+// (0 or 1).
+func (q *RequestQueue) Push(r RequestForBids) (dropped int) {
+	s := r.Submitter
+	if len(q.waiting[s]) >= q.per {
+		q.dropOldest(s)
+		dropped++
+	} else if q.n >= q.max {
+		var most peer.ID
+		for _, id := range q.turn {
+			if len(q.waiting[id]) > len(q.waiting[most]) {
+				most = id
+			}
+		}
+		q.dropOldest(most)
+		dropped++
+	}
+	if len(q.waiting[s]) == 0 {
+		q.turn = append(q.turn, s)
+	}
+	q.waiting[s] = append(q.waiting[s], r)
+	q.n++
+	return dropped
+}
+
+func (q *RequestQueue) dropOldest(s peer.ID) {
+	w := q.waiting[s]
+	if len(w) == 0 {
+		return
+	}
+	q.n--
+	if len(w) == 1 {
+		delete(q.waiting, s)
+		q.turn = slices.DeleteFunc(q.turn, func(id peer.ID) bool { return id == s })
+		return
+	}
+	q.waiting[s] = slices.Delete(w, 0, 1)
+}
+
+// Pop takes the next submitter's oldest request whose deadline has not
+// passed at now (dropping those that have); false when none is left.
+func (q *RequestQueue) Pop(now time.Time) (RequestForBids, bool) {
+	for len(q.turn) > 0 {
+		s := q.turn[0]
+		w := q.waiting[s]
+		r := w[0]
+		q.n--
+		if len(w) == 1 {
+			delete(q.waiting, s)
+			q.turn = q.turn[1:]
+		} else {
+			q.waiting[s] = w[1:]
+			q.turn = append(q.turn[1:], s) // its next waits for the others' turn
+		}
+		if r.DeadlineTime().After(now) {
+			return r, true
+		}
+	}
+	return RequestForBids{}, false
+}
+
+// Len is the number of requests waiting.
+func (q *RequestQueue) Len() int { return q.n }

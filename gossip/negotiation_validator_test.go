@@ -1,0 +1,241 @@
+package gossip
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// floodRFB is request n of submitter i, with a deadline d after at.
+func floodRFB(t testing.TB, i, n int, at time.Time, d time.Duration) []byte {
+	t.Helper()
+	rfb := RequestForBids{Submitter: testID(i), Needs: needsOf(8, 0, Spread, usdc(250)), Deadline: at.Add(d).UnixMilli()}
+	binary.BigEndian.PutUint32(rfb.Job[:4], uint32(i))
+	binary.BigEndian.PutUint64(rfb.Job[8:], uint64(n))
+	data, err := MarshalNegotiation(&rfb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func TestRequestsThatNoHonestPeerSendsAreRejected(t *testing.T) {
+	v := NewRFBValidator(RFBValidatorConfig{})
+	good := floodRFB(t, 1, 1, t0, 5*time.Second)
+	withAddrs := append(slices.Clone(good[:len(good)-1]), []byte(`,"addrs":["/ip4/127.0.0.1/tcp/4001"]}`)...)
+	tests := []struct {
+		name    string
+		data    []byte
+		signer  int
+		now     time.Time
+		verdict Verdict
+		err     string
+	}{
+		{"a good request", good, 1, t0, Accept, ""},
+		{"garbage", []byte("\x01{"), 1, t0, Reject, "bad negotiation message"},
+		{"another kind", append([]byte{kindBid}, good[1:]...), 1, t0, Reject, "kind"},
+		{"addresses to dial", withAddrs, 1, t0, Reject, `unknown field "addrs"`},
+		{"signed by another peer", good, 2, t0, Reject, "names a submitter other than its signer"},
+		{"past its deadline", good, 1, t0.Add(5 * time.Second), Ignore, "deadline has passed"},
+		{"a deadline too far ahead", floodRFB(t, 1, 2, t0, 2*time.Minute), 1, t0, Ignore, "2m0s from now, at most 1m0s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, verdict, err := v.Validate(tt.data, testID(tt.signer), testID(tt.signer), tt.now)
+			if verdict != tt.verdict {
+				t.Errorf("verdict %v (%v), want %v", verdict, err, tt.verdict)
+			}
+			if tt.err == "" && err != nil || tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)) {
+				t.Errorf("err = %v, want one saying %q", err, tt.err)
+			}
+		})
+	}
+}
+
+// A submitter that sends faster than its rate is rejected when it delivers
+// its requests itself (GossipSub lowers its score) and ignored through a
+// relay (which may have let a different part of the burst through); other
+// submitters are not touched, and the submitter may go on at its rate.
+func TestASubmitterOverItsRateIsRejected(t *testing.T) {
+	v := NewRFBValidator(RFBValidatorConfig{Limits: RFBLimits{Burst: 4, Rate: 2}})
+	flooder, relay, honest := testID(1), testID(2), testID(3)
+	var accepted, rejected, ignored int
+	for n := range 6000 {
+		now := t0.Add(time.Duration(n) * 766 * time.Microsecond) // 6,000 in 4.6 s
+		from := flooder
+		if n%2 == 1 {
+			from = relay
+		}
+		_, verdict, err := v.Validate(floodRFB(t, 1, n, now, 5*time.Second), flooder, from, now)
+		switch verdict {
+		case Accept:
+			accepted++
+		case Reject:
+			rejected++
+			if !errors.Is(err, ErrRequestRate) {
+				t.Fatalf("request %d rejected for %v, want the rate", n, err)
+			}
+		case Ignore:
+			ignored++
+			if from != relay {
+				t.Fatalf("request %d from the submitter itself ignored, want rejected: %v", n, err)
+			}
+		}
+	}
+	// 4 at once, then 2 a second for 4.6 s.
+	if accepted < 4+9 || accepted > 4+10 {
+		t.Errorf("%d of 6000 accepted, want the burst of 4 and 2 a second (13 or 14)", accepted)
+	}
+	if rejected < 2900 || ignored < 2900 {
+		t.Errorf("%d rejected, %d ignored; want about half of the rest each", rejected, ignored)
+	}
+	now := t0.Add(4600 * time.Millisecond)
+	if _, verdict, err := v.Validate(floodRFB(t, 3, 1, now, 5*time.Second), honest, relay, now); verdict != Accept {
+		t.Fatalf("the honest submitter's request: %v (%v), want accepted", verdict, err)
+	}
+	later := now.Add(time.Second)
+	if _, verdict, err := v.Validate(floodRFB(t, 1, 7000, later, 5*time.Second), flooder, flooder, later); verdict != Accept {
+		t.Fatalf("the flooder's request at its rate: %v (%v), want accepted", verdict, err)
+	}
+}
+
+// A submitter may have at most MaxOpen requests whose deadline has not
+// passed, however slowly it sends them.
+func TestOpenRequestsOfASubmitterAreCapped(t *testing.T) {
+	v := NewRFBValidator(RFBValidatorConfig{Limits: RFBLimits{Burst: 100, Rate: 100, MaxOpen: 3}})
+	for n := range 3 {
+		if _, verdict, err := v.Validate(floodRFB(t, 1, n, t0, 50*time.Second), testID(1), testID(1), t0); verdict != Accept {
+			t.Fatalf("request %d: %v (%v)", n, verdict, err)
+		}
+	}
+	at := t0.Add(10 * time.Second)
+	_, verdict, err := v.Validate(floodRFB(t, 1, 3, at, 5*time.Second), testID(1), testID(1), at)
+	if verdict != Reject || !errors.Is(err, ErrTooManyRequests) || !strings.Contains(err.Error(), "3 whose deadline has not passed, at most 3") {
+		t.Fatalf("the fourth open request: %v (%v), want rejected for too many open", verdict, err)
+	}
+	at = t0.Add(50 * time.Second) // the first three have passed their deadline
+	if _, verdict, err := v.Validate(floodRFB(t, 1, 4, at, 5*time.Second), testID(1), testID(1), at); verdict != Accept {
+		t.Fatalf("a request once the others closed: %v (%v)", verdict, err)
+	}
+}
+
+func TestTheValidatorForgetsTheLeastRecentlySeenSubmitter(t *testing.T) {
+	v := NewRFBValidator(RFBValidatorConfig{MaxAuthors: 3, Limits: RFBLimits{Burst: 1, Rate: 0.001}})
+	for i := 1; i <= 4; i++ {
+		if _, verdict, err := v.Validate(floodRFB(t, i, 1, t0, time.Second), testID(i), testID(i), t0); verdict != Accept {
+			t.Fatalf("submitter %d: %v (%v)", i, verdict, err)
+		}
+	}
+	if got := v.Submitters(); got != 3 {
+		t.Fatalf("%d submitters remembered, want 3", got)
+	}
+	// Submitter 4 is remembered (its bucket is empty); 1 was forgotten.
+	if _, verdict, _ := v.Validate(floodRFB(t, 4, 2, t0, time.Second), testID(4), testID(4), t0); verdict != Reject {
+		t.Errorf("submitter 4 again: %v, want rejected", verdict)
+	}
+	if _, verdict, _ := v.Validate(floodRFB(t, 1, 2, t0, time.Second), testID(1), testID(1), t0); verdict != Accept {
+		t.Errorf("submitter 1 after it was forgotten: %v, want accepted", verdict)
+	}
+}
+
+// Requests a peer paces with its limits' Pace pass every validator with
+// those limits, even when gossip delivers them late by up to a second,
+// unevenly, out of order, and to a peer whose clock runs a second behind.
+func TestPacedRequestsPassEveryValidator(t *testing.T) {
+	limits := RFBLimits{}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for trial := range 20 {
+		pacer := NewRFBPacer(limits.Pace())
+		type sent struct {
+			data []byte
+			at   time.Time
+		}
+		var out []sent
+		now := t0
+		if at := pacer.Next(now); !at.Equal(now) {
+			t.Fatalf("a fresh pacer makes the first request wait %v", at.Sub(now))
+		}
+		for n := range 200 {
+			// A submitter that wants to go as fast as it can, in bursts.
+			if rng.IntN(4) == 0 {
+				now = now.Add(time.Duration(rng.IntN(3000)) * time.Millisecond)
+			}
+			now = pacer.Next(now)
+			deadline := now.Add(5 * time.Second)
+			if !pacer.Take(deadline, now) {
+				t.Fatalf("trial %d: request %d refused at the time Next gave", trial, n)
+			}
+			out = append(out, sent{floodRFB(t, 1, n, now, 5*time.Second), now.Add(time.Duration(rng.IntN(1000)) * time.Millisecond)})
+		}
+		slices.SortStableFunc(out, func(a, b sent) int { return a.at.Compare(b.at) })
+		v := NewRFBValidator(RFBValidatorConfig{Limits: limits})
+		for n, s := range out {
+			behind := s.at.Add(-time.Second)
+			if _, verdict, err := v.Validate(s.data, testID(1), testID(1), behind); verdict != Accept {
+				t.Fatalf("trial %d: paced request %d: %v (%v)", trial, n, verdict, err)
+			}
+		}
+	}
+}
+
+// A provider answers waiting requests one submitter at a time: an honest
+// request behind a flood waits for one request of each other submitter,
+// not for the whole flood; a submitter keeps at most its newest
+// PerSubmitter requests waiting; a full queue takes from the submitter with
+// the most; requests past their deadline are dropped.
+func TestWaitingRequestsAreAnsweredOneSubmitterAtATime(t *testing.T) {
+	q := NewRequestQueue(64, 16)
+	req := func(i, n int, d time.Duration) RequestForBids {
+		r := floodJob(i, n)
+		r.Deadline = t0.Add(d).UnixMilli()
+		return r
+	}
+	dropped := 0
+	for n := range 100 {
+		dropped += q.Push(req(1, n, time.Second))
+	}
+	for n := range 3 {
+		dropped += q.Push(req(2, n, time.Second))
+	}
+	q.Push(req(3, 0, time.Second))
+	if q.Len() != 16+3+1 || dropped != 84 {
+		t.Fatalf("%d waiting, %d pushed out; want 20 and 84", q.Len(), dropped)
+	}
+	var order []string
+	for {
+		r, ok := q.Pop(t0)
+		if !ok {
+			break
+		}
+		order = append(order, fmt.Sprintf("%d:%d", r.Job[14], int(r.Job[1])<<8|int(r.Job[2])))
+	}
+	want := "1:84 2:0 3:0 1:85 2:1 1:86 2:2 1:87 1:88 1:89 1:90 1:91 1:92 1:93 1:94 1:95 1:96 1:97 1:98 1:99"
+	if got := strings.Join(order, " "); got != want {
+		t.Fatalf("answered in the order\n%s\nwant\n%s", got, want)
+	}
+
+	// Full: the submitter with the most waiting gives up its oldest.
+	q = NewRequestQueue(4, 4)
+	for n := range 4 {
+		q.Push(req(1, n, time.Second))
+	}
+	if d := q.Push(req(2, 0, time.Second)); d != 1 || q.Len() != 4 {
+		t.Fatalf("a push to a full queue pushed out %d, %d waiting; want 1 and 4", d, q.Len())
+	}
+	if r, _ := q.Pop(t0); r.Job != req(1, 1, 0).Job {
+		t.Errorf("first answered %v, want submitter 1's second request", r.Job)
+	}
+
+	// Past its deadline: dropped, not answered.
+	q = NewRequestQueue(0, 0)
+	q.Push(req(1, 0, time.Millisecond))
+	q.Push(req(2, 0, time.Hour))
+	if r, ok := q.Pop(t0.Add(time.Second)); !ok || r.Submitter != testID(2) || q.Len() != 0 {
+		t.Errorf("popped %v (%v), %d left; want submitter 2's live request and nothing left", r.Submitter, ok, q.Len())
+	}
+}

@@ -1,0 +1,275 @@
+package meshtest_test
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+
+	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/testwait"
+	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/jobspec"
+	"github.com/gpumesh/gpumesh/node/meshtest"
+)
+
+// BenchmarkFormationUnderFlood measures how long an honest 8-GPU job takes
+// to form (submit to formed) on a 50-peer mesh — ten providers of 8 H100s
+// in two zones, as in node's BenchmarkClusterFormation — while strangers
+// flood the request-for-bids topic with 10,000 well-formed requests for
+// the same GPUs: from one identity, and from 100 identities (100 each).
+// Each flooder is a libp2p host with a stock GossipSub router on the same
+// simulated network, connected to 4 of the mesh's peers, publishing as
+// fast as its router takes them. Each iteration starts a fresh flood and
+// forms jobs one after another (each cancelled and its GPUs seen free,
+// outside the timing) until the flood is sent and at least floodJobs have
+// been tried; the no-flood baseline runs first on the same mesh. It
+// reports formation p50/p99 of the jobs that formed and p99 over the
+// baseline's, the jobs that failed to form, the flood's sending time, and
+// the bids providers sent the flooders per flood.
+func BenchmarkFormationUnderFlood(b *testing.B) {
+	m := meshtest.Start(b, 50, meshtest.Options{Seed: 50, Providers: 10, Executors: []string{"process"}, Config: func(i int, c *node.Config) {
+		if i < 10 {
+			c.Price = fmt.Sprintf("fixed:%d.%d0", 1+(5+i)/10, (5+i)%10)
+			c.Region = []string{"eu-west/ams1", "us-east/nyc2"}[i%2]
+		}
+	}})
+	spec, err := jobspec.Parse([]byte("name: honest\ncommand: [sleep, \"3600\"]\nresources: {gpus: 8, gpu: {model: H100}}\nmaxPrice: 2.50\ntimeout: 1h\n"), "yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var baseP99 float64
+	var flooders atomic.Int64 // identities made so far, for fresh keys and addresses
+	for _, fl := range []struct {
+		name            string
+		identities, per int
+	}{
+		{"none", 0, 0},
+		{"one-identity", 1, 10_000},
+		{"100-identities", 100, 100},
+	} {
+		b.Run("flood="+fl.name, func(b *testing.B) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			defer cancel()
+			var lat []time.Duration
+			var sendTime time.Duration
+			var bids int64
+			failed := 0
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				f := newFlood(b, ctx, m, fl.identities, &flooders)
+				b.StartTimer()
+				sent := f.start(ctx, fl.per)
+				for i := 0; ; i++ {
+					select {
+					case <-sent:
+						sent = nil
+					default:
+					}
+					if sent == nil && i >= floodJobs {
+						break
+					}
+					took, formed := formOne(b, ctx, m, m.Nodes[10+i%40], spec)
+					if !formed {
+						failed++
+						continue
+					}
+					lat = append(lat, took)
+				}
+				b.StopTimer()
+				sendTime += f.took
+				bids += f.bids.Load()
+				f.close()
+				b.StartTimer()
+			}
+			b.StopTimer()
+			slices.Sort(lat)
+			q := func(p int) float64 {
+				i := min(max((len(lat)*p+99)/100-1, 0), len(lat)-1)
+				return float64(lat[i]) / float64(time.Millisecond)
+			}
+			b.ReportMetric(q(50), "p50-ms")
+			b.ReportMetric(q(99), "p99-ms")
+			b.ReportMetric(float64(len(lat)), "jobs")
+			b.ReportMetric(float64(failed), "failed-jobs")
+			if len(lat) == 0 {
+				b.Fatalf("no honest job formed (%d failed)", failed)
+			}
+			if fl.identities == 0 {
+				baseP99 = q(99)
+				return
+			}
+			if baseP99 > 0 {
+				b.ReportMetric(q(99)/baseP99, "p99/no-flood")
+			}
+			b.ReportMetric(sendTime.Seconds()/float64(b.N), "flood-send-s")
+			b.ReportMetric(float64(bids)/float64(b.N), "bids-to-flooders")
+		})
+	}
+}
+
+// floodJobs is how many honest jobs an iteration forms at least.
+const floodJobs = 10
+
+// formOne submits the job from nd, waits until it has left negotiation,
+// and returns how long that took and whether it formed; then it cancels
+// the job and waits until every provider has its GPUs free again.
+func formOne(b *testing.B, ctx context.Context, m *meshtest.Mesh, nd *node.Node, spec jobspec.Spec) (time.Duration, bool) {
+	b.Helper()
+	start := time.Now()
+	job, err := nd.SubmitJob(ctx, spec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var j node.Job
+	testwait.Until(b, ctx, "the honest job to leave negotiation", func() (bool, string) {
+		j, _ = nd.Job(job.ID)
+		return j.State != node.JobNegotiating, string(j.State)
+	})
+	took := time.Since(start)
+	formed := j.State == node.JobFormed || j.State == node.JobRunning
+	if !formed {
+		b.Logf("an honest job %s after %v: %s", j.State, took.Round(time.Millisecond), j.Reason)
+	}
+	b.StopTimer()
+	defer b.StartTimer()
+	if formed {
+		if _, err := nd.CancelJob(ctx, job.ID); err != nil {
+			b.Fatal(err)
+		}
+	}
+	testwait.Until(b, ctx, "every provider's GPUs free again", func() (bool, string) {
+		for i, p := range m.Nodes[:10] {
+			if free, used := p.FreeGPUs()["H100-80GB"], len(p.GPUsInUse()); free != 8 || used != 0 {
+				return false, fmt.Sprintf("provider %d: %d of 8 free, %d in use", i, free, used)
+			}
+		}
+		return true, ""
+	})
+	return took, formed
+}
+
+// flood is a set of hostile identities on the mesh's network, each a
+// libp2p host with a stock GossipSub router on the request-for-bids topic.
+type flood struct {
+	hosts  []host.Host
+	topics []*pubsub.Topic
+	cancel context.CancelFunc
+	bids   atomic.Int64 // bids the providers sent the flooders
+	took   time.Duration
+}
+
+// newFlood adds n flooders to m's network, each linked to every peer and
+// connected to 4 of them, and waits until each has a topic peer.
+func newFlood(b *testing.B, ctx context.Context, m *meshtest.Mesh, n int, made *atomic.Int64) *flood {
+	b.Helper()
+	fctx, cancel := context.WithCancel(ctx)
+	f := &flood{cancel: cancel}
+	topic := gossip.TopicName("", gossip.RFBTopic)
+	for range n {
+		k := made.Add(1)
+		sk, _, err := crypto.GenerateEd25519Key(rand.Reader)
+		if err != nil {
+			b.Fatal(err)
+		}
+		// One address each, in the benchmarking range (198.18.0.0/15):
+		// distinct IPs, as a flood from many machines would have.
+		addr := ma.StringCast(fmt.Sprintf("/ip4/198.%d.%d.%d/tcp/4021", 18+(k>>16)&1, (k>>8)&0xff, k&0xff))
+		h, err := m.Net.AddPeer(sk, addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		h.SetStreamHandler(node.NegotiateProtocol, func(s network.Stream) {
+			f.bids.Add(1)
+			_, _ = io.Copy(io.Discard, io.LimitReader(s, 64<<10))
+			s.Close()
+		})
+		ps, err := pubsub.NewGossipSub(fctx, h, pubsub.WithFloodPublish(true), pubsub.WithPeerOutboundQueueSize(16384))
+		if err != nil {
+			b.Fatal(err)
+		}
+		t, err := ps.Join(topic)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := t.Subscribe(); err != nil {
+			b.Fatal(err)
+		}
+		for _, nd := range m.Nodes {
+			if _, err := m.Net.LinkPeers(h.ID(), nd.Host().ID()); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for j := range 4 {
+			nd := m.Nodes[(int(k)*7+j*13)%len(m.Nodes)]
+			if err := h.Connect(ctx, peer.AddrInfo{ID: nd.Host().ID(), Addrs: nd.Host().Addrs()}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		f.hosts, f.topics = append(f.hosts, h), append(f.topics, t)
+	}
+	testwait.Until(b, ctx, "every flooder to have a peer on the request topic", func() (bool, string) {
+		for i, t := range f.topics {
+			if len(t.ListPeers()) == 0 {
+				return false, fmt.Sprintf("flooder %d has none", i)
+			}
+		}
+		return true, ""
+	})
+	return f
+}
+
+// start has every flooder publish per requests as fast as its router
+// takes them; the channel is closed once all are sent.
+func (f *flood) start(ctx context.Context, per int) <-chan struct{} {
+	done := make(chan struct{})
+	begin := time.Now()
+	var wg sync.WaitGroup
+	for i, t := range f.topics {
+		id := f.hosts[i].ID()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range per {
+				rfb := gossip.RequestForBids{Submitter: id, Deadline: time.Now().Add(5 * time.Second).UnixMilli(), Needs: gossip.Needs{
+					GPUs: 8, Model: "H100", Placement: gossip.Spread, MaxPrice: 2_500_000, Unit: "USDC:6", LeaseSeconds: 3600}}
+				_, _ = rand.Read(rfb.Job[:8])
+				rfb.Job[8], rfb.Job[9] = byte(n>>8), byte(n)
+				data, err := gossip.MarshalNegotiation(&rfb)
+				if err != nil {
+					panic(err) // a request made here always encodes
+				}
+				if t.Publish(ctx, data) != nil {
+					return
+				}
+			}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		f.took = time.Since(begin)
+		close(done)
+	}()
+	return done
+}
+
+func (f *flood) close() {
+	f.cancel()
+	for _, h := range f.hosts {
+		h.Close()
+	}
+}
