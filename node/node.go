@@ -56,6 +56,11 @@ type Config struct {
 	Logger    *slog.Logger
 	Version   string // announced in identify; "" means Version
 
+	// PrivateMDNS turns LAN discovery by mDNS on in a private swarm, where
+	// it is off by default: it would announce the swarm's ID and every
+	// address of this peer to the whole LAN. NoMDNS wins over it.
+	PrivateMDNS bool
+
 	// GPU directory.
 	GPUs      string        // GPU source: "auto" (""), "nvml", "none", "mock:dgxa100", "mock:dgxh100"
 	Region    string        // region/zone label in offers, e.g. "eu-west/ams1"
@@ -81,6 +86,16 @@ type Config struct {
 	// Host, when set, is used instead of building a libp2p host (meshtest
 	// runs nodes on a simulated network this way). The Node closes it.
 	Host host.Host
+}
+
+// mdns says whether the peer discovers its swarm on the LAN by mDNS: on
+// in the public swarm unless NoMDNS, off in a private one unless
+// PrivateMDNS.
+func (c *Config) mdns() bool {
+	if c.NoMDNS {
+		return false
+	}
+	return !c.Swarm.Private() || c.PrivateMDNS
 }
 
 func (c *Config) version() string {
@@ -358,7 +373,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.startJobs(ctx); err != nil {
 		return err
 	}
-	if !n.cfg.NoMDNS && n.cfg.Host == nil {
+	if n.cfg.mdns() && n.cfg.Host == nil {
 		svc := mdns.NewMdnsService(n.host, "gpumesh-"+n.cfg.Swarm.ID(), mdnsNotifee{n: n, ctx: ctx})
 		if err := svc.Start(); err != nil {
 			n.log.Warn("mDNS discovery off", "err", err)
