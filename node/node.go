@@ -16,6 +16,7 @@ import (
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -82,6 +83,11 @@ type Config struct {
 
 	// Jobs.
 	Heartbeat time.Duration // how often a job's member says it is alive; 0 means DefaultHeartbeat (lost after 3 missed)
+	// What this peer keeps of a job it submitted, over all its attempts
+	// (submitter_quota.go); a provider that sends more fails the job.
+	JobLogBytes    int64 // bytes of its log; 0 means DefaultJobLogBytes (1 GiB)
+	JobOutputBytes int64 // bytes of its outputs, a file counted at its announced size; 0 means DefaultJobOutputBytes (20 GiB)
+	JobOutputFiles int   // output files and folders; 0 means DefaultJobOutputFiles (10,000)
 
 	// Host, when set, is used instead of building a libp2p host (meshtest
 	// runs nodes on a simulated network this way). The Node closes it.
@@ -256,6 +262,15 @@ func (c *Config) validate() error {
 	}
 	if c.SettleInterval < 0 || (c.SettleInterval > 0 && c.SettleInterval < MinSettleInterval) {
 		bad("settle-interval", "--settle-interval %s: want at least %s (0: the default, %s)", c.SettleInterval, MinSettleInterval, DefaultSettleInterval)
+	}
+	if c.JobLogBytes < 0 {
+		bad("job-log-quota", "--job-log-quota %d: want a size such as 1GiB (0: the default, %s)", c.JobLogBytes, text.Size(DefaultJobLogBytes))
+	}
+	if c.JobOutputBytes < 0 {
+		bad("job-output-quota", "--job-output-quota %d: want a size such as 20GiB (0: the default, %s)", c.JobOutputBytes, text.Size(DefaultJobOutputBytes))
+	}
+	if c.JobOutputFiles < 0 {
+		bad("job-output-files", "--job-output-files %d: want a count (0: the default, %d)", c.JobOutputFiles, DefaultJobOutputFiles)
 	}
 	if c.Heartbeat < 0 || (c.Heartbeat > 0 && c.Heartbeat < MinHeartbeat) {
 		bad("heartbeat", "--heartbeat %s: want at least %s (0: the default, %s)", c.Heartbeat, MinHeartbeat, DefaultHeartbeat)

@@ -3,12 +3,15 @@ package node
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
+
+	"github.com/gpumesh/gpumesh/internal/text"
 )
 
 // A job's logs, on its submitter: every member's output, a line at a time,
@@ -24,6 +27,9 @@ type jobLog struct {
 	partial map[int][]byte // per rank: the line not yet ended
 	changed chan struct{}  // closed and replaced on every write
 	ended   bool
+	size    int64 // bytes in the file
+	max     int64 // bytes of members' output the file may reach (the job's log quota)
+	full    bool  // a member's output passed max: no more of it is kept
 }
 
 // StateDir is where this peer keeps its state: the data dir, or a
@@ -42,8 +48,9 @@ func (n *Node) jobDir(id string) (string, error) {
 	return filepath.Join(state, "jobs", id), nil
 }
 
-// openLog opens (appending) the log of a job for its run.
-func (n *Node) openLog(id string) (*jobLog, error) {
+// openLog opens (appending) the log of a job for its run; members' output
+// is kept while the file is within max bytes.
+func (n *Node) openLog(id string, max int64) (*jobLog, error) {
 	dir, err := n.jobDir(id)
 	if err != nil {
 		return nil, err
@@ -55,7 +62,12 @@ func (n *Node) openLog(id string) (*jobLog, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &jobLog{f: f, partial: map[int][]byte{}, changed: make(chan struct{})}
+	info, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	l := &jobLog{f: f, partial: map[int][]byte{}, changed: make(chan struct{}), size: info.Size(), max: max}
 	n.logsMu.Lock()
 	if n.logs == nil {
 		n.logs = map[string]*jobLog{}
@@ -65,10 +77,15 @@ func (n *Node) openLog(id string) (*jobLog, error) {
 	return l, nil
 }
 
-// write adds output of a member; whole lines go to the file at once.
-func (l *jobLog) write(rank int, data []byte) {
+// write adds output of a member; whole lines go to the file at once. Output
+// that would take the file past its quota is dropped, with all that
+// follows, and the first such write returns a *quotaError.
+func (l *jobLog) write(rank int, data []byte) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.full || l.ended {
+		return nil
+	}
 	buf := append(l.partial[rank], data...)
 	var out bytes.Buffer
 	prefix := "[" + strconv.Itoa(rank) + "] "
@@ -87,8 +104,13 @@ func (l *jobLog) write(rank int, data []byte) {
 		out.WriteByte('\n')
 		buf = nil
 	}
+	if l.size+int64(out.Len()) > l.max {
+		l.full, l.partial = true, nil
+		return &quotaError{fmt.Sprintf("its output would take the job's log past %s, what this peer keeps of a job's log (--job-log-quota)", text.Size(l.max))}
+	}
 	l.partial[rank] = append([]byte(nil), buf...)
 	l.emit(out.Bytes())
+	return nil
 }
 
 // note adds a line of the submitter's own ("[gpumesh] member 1 lost").
@@ -102,7 +124,8 @@ func (l *jobLog) emit(b []byte) {
 	if len(b) == 0 {
 		return
 	}
-	_, _ = l.f.Write(b)
+	k, _ := l.f.Write(b)
+	l.size += int64(k)
 	close(l.changed)
 	l.changed = make(chan struct{})
 }
@@ -115,8 +138,9 @@ func (l *jobLog) end() {
 		return
 	}
 	for rank, rest := range l.partial {
-		if len(rest) > 0 {
-			l.emit([]byte("[" + strconv.Itoa(rank) + "] " + string(rest) + "\n"))
+		line := "[" + strconv.Itoa(rank) + "] " + string(rest) + "\n"
+		if len(rest) > 0 && l.size+int64(len(line)) <= l.max {
+			l.emit([]byte(line))
 		}
 	}
 	l.ended = true

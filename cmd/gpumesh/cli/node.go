@@ -14,6 +14,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/spf13/cobra"
 )
@@ -35,6 +36,9 @@ func nodeCmd(g *globals) *cobra.Command {
 		anchorBatch       int
 		anchorAge         time.Duration
 		settleInterval    time.Duration
+		jobLogQuota       string
+		jobOutputQuota    string
+		jobOutputFiles    int
 	)
 	c := &cobra.Command{
 		Use:   "node",
@@ -59,6 +63,14 @@ public swarm.`,
 			if err != nil {
 				return err
 			}
+			logQuota, err := text.ParseSize(jobLogQuota)
+			if err != nil {
+				return usageError{fmt.Errorf("--job-log-quota: %w", err)}
+			}
+			outQuota, err := text.ParseSize(jobOutputQuota)
+			if err != nil {
+				return usageError{fmt.Errorf("--job-output-quota: %w", err)}
+			}
 			cfg := node.Config{
 				DataDir:        g.dataDir,
 				Listen:         fc.Listen,
@@ -80,6 +92,9 @@ public swarm.`,
 				AnchorBatch:    anchorBatch,
 				AnchorAge:      anchorAge,
 				SettleInterval: settleInterval,
+				JobLogBytes:    logQuota,
+				JobOutputBytes: outQuota,
+				JobOutputFiles: jobOutputFiles,
 			}
 			// mDNS would tell the whole LAN a private swarm's ID and
 			// this peer's addresses: there it runs only when asked for.
@@ -147,6 +162,9 @@ public swarm.`,
 	f.IntVar(&anchorBatch, "anchor-batch", chain.DefaultBatchSize, "receipts per anchoring batch (one memo transaction each)")
 	f.DurationVar(&anchorAge, "anchor-age", chain.DefaultBatchAge, "longest a receipt waits for its batch to close")
 	f.DurationVar(&settleInterval, "settle-interval", node.DefaultSettleInterval, "with --price-unit SOL:9 and --solana-rpc: how often a provider bills a running job (paid at once, or the work pauses, then stops)")
+	f.StringVar(&jobLogQuota, "job-log-quota", text.Size(node.DefaultJobLogBytes), "most of a job's log this peer keeps when it submitted the job (512MiB, 1GiB, ...); a provider that sends more fails the job")
+	f.StringVar(&jobOutputQuota, "job-output-quota", text.Size(node.DefaultJobOutputBytes), "most bytes of a job's outputs this peer keeps when it submitted the job (a file counts at its announced size from its first frame); a provider that sends more fails the job")
+	f.IntVar(&jobOutputFiles, "job-output-files", node.DefaultJobOutputFiles, "most output files and folders of a job this peer keeps when it submitted the job; a provider that sends more fails the job")
 	f.StringVar(&region, "region", os.Getenv("GPUMESH_REGION"), "region/zone label of this peer's offers, e.g. eu-west/ams1 (env GPUMESH_REGION)")
 	f.StringVar(&price, "price", os.Getenv("GPUMESH_PRICE"), "asking price per GPU-hour of this peer's GPUs: fixed:2.10, or auto:floor=1.50,target=0.7[,max=4.00] to follow the market and the GPUs' utilization (env GPUMESH_PRICE; default: no price)")
 	f.StringVar(&priceUnit, "price-unit", envOr("GPUMESH_PRICE_UNIT", "USDC:6"), "token of prices and its decimals, TOKEN:DECIMALS; every peer of a swarm must use the same (env GPUMESH_PRICE_UNIT)")
