@@ -16,7 +16,10 @@ import (
 
 // A job's logs, on its submitter: every member's output, a line at a time,
 // each prefixed by the member's rank ("[0] epoch 1 ..."), in the order the
-// lines arrived, in jobs/<id>/log. Followers wait on changed.
+// lines arrived, in jobs/<id>/log. Followers wait on changed. A provider's
+// output is a stranger's: each line is made safe for a terminal
+// (text.LogLine: no escape sequences, a carriage return keeps the line's
+// last state, other controls shown as escapes) before it is written.
 
 // maxLogLine is the longest line kept whole; longer ones are cut there.
 const maxLogLine = 64 << 10
@@ -95,12 +98,13 @@ func (l *jobLog) write(rank int, data []byte) error {
 			break
 		}
 		out.WriteString(prefix)
-		out.Write(buf[:i+1])
+		out.Write(text.LogLine(buf[:i]))
+		out.WriteByte('\n')
 		buf = buf[i+1:]
 	}
 	if len(buf) > maxLogLine {
 		out.WriteString(prefix)
-		out.Write(buf)
+		out.Write(text.LogLine(buf))
 		out.WriteByte('\n')
 		buf = nil
 	}
@@ -117,7 +121,7 @@ func (l *jobLog) write(rank int, data []byte) error {
 func (l *jobLog) note(line string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.emit([]byte("[gpumesh] " + line + "\n"))
+	l.emit([]byte("[gpumesh] " + text.Line(line) + "\n"))
 }
 
 func (l *jobLog) emit(b []byte) {
@@ -138,7 +142,7 @@ func (l *jobLog) end() {
 		return
 	}
 	for rank, rest := range l.partial {
-		line := "[" + strconv.Itoa(rank) + "] " + string(rest) + "\n"
+		line := "[" + strconv.Itoa(rank) + "] " + string(text.LogLine(rest)) + "\n"
 		if len(rest) > 0 && l.size+int64(len(line)) <= l.max {
 			l.emit([]byte(line))
 		}
