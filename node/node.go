@@ -61,6 +61,10 @@ type Config struct {
 	// it is off by default: it would announce the swarm's ID and every
 	// address of this peer to the whole LAN. NoMDNS wins over it.
 	PrivateMDNS bool
+	// ExplorerHosts are names the explorer answers to besides localhost,
+	// this machine's host name and the address a request came in on: the
+	// names of this machine on the LAN, or of the user's own proxy.
+	ExplorerHosts []string
 
 	// GPU directory.
 	GPUs      string        // GPU source: "auto" (""), "nvml", "none", "mock:dgxa100", "mock:dgxh100"
@@ -223,6 +227,11 @@ func (c *Config) validate() error {
 	}
 	if err := checkExplorerAddr(c.Explorer); err != nil {
 		bad("explorer", "%w", err)
+	}
+	for _, h := range c.ExplorerHosts {
+		if !validHostName(h) {
+			bad("explorer-host", "--explorer-host %s: want a host name such as gpubox.lan (no port, no scheme)", text.Clip(h))
+		}
 	}
 	if c.APIListen != "" {
 		if c.DataDir == "" {

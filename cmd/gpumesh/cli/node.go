@@ -39,6 +39,7 @@ func nodeCmd(g *globals) *cobra.Command {
 		jobLogQuota       string
 		jobOutputQuota    string
 		jobOutputFiles    int
+		explorerHosts     []string
 	)
 	c := &cobra.Command{
 		Use:   "node",
@@ -81,6 +82,7 @@ public swarm.`,
 				APIListen:      api,
 				Metrics:        metrics,
 				Explorer:       explorer,
+				ExplorerHosts:  explorerHosts,
 				Logger:         log,
 				GPUs:           gpus,
 				Region:         region,
@@ -155,6 +157,7 @@ public swarm.`,
 	f.StringVar(&api, "api", "", "also serve the local API on this TCP host:port, guarded by the token in the data dir's api.token")
 	f.StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this host:port at /metrics")
 	f.StringVar(&explorer, "explorer", os.Getenv("GPUMESH_EXPLORER"), "serve the read-only web explorer (this peer, its peers, GPUs, prices, jobs, receipts; live) on this host:port, e.g. 127.0.0.1:8080; keep it on loopback or behind your own proxy (env GPUMESH_EXPLORER)")
+	f.StringArrayVar(&explorerHosts, "explorer-host", nil, "a name the explorer answers to besides localhost, this machine's host name and the address it is reached at: this machine's name on the LAN, or your proxy's (repeatable); other names are refused, so no other site can read it through DNS rebinding")
 	f.StringVar(&gpus, "gpus", envOr("GPUMESH_GPUS", "auto"), "GPUs to offer: auto (NVML if there is a driver), nvml, none, or go-nvml's mock:dgxa100 / mock:dgxh100 (env GPUMESH_GPUS)")
 	f.StringSliceVar(&executors, "executors", envList("GPUMESH_EXECUTORS", []string{"docker"}), "how this provider runs jobs: docker (containers), process (bare commands: only for trusted private swarms), or docker,process (env GPUMESH_EXECUTORS)")
 	f.DurationVar(&heartbeat, "heartbeat", node.DefaultHeartbeat, "how often this peer's job members say they are alive; a member silent for 3 heartbeats is lost")
