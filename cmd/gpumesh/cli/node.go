@@ -56,14 +56,6 @@ public swarm.`,
 			if err != nil {
 				return usageError{err}
 			}
-			dir := &node.DataDir{Path: g.dataDir}
-			if err := dir.Init(); err != nil {
-				return err
-			}
-			fc, err := dir.LoadConfig()
-			if err != nil {
-				return err
-			}
 			logQuota, err := text.ParseSize(jobLogQuota)
 			if err != nil {
 				return usageError{fmt.Errorf("--job-log-quota: %w", err)}
@@ -71,6 +63,14 @@ public swarm.`,
 			outQuota, err := text.ParseSize(jobOutputQuota)
 			if err != nil {
 				return usageError{fmt.Errorf("--job-output-quota: %w", err)}
+			}
+			dir := &node.DataDir{Path: g.dataDir}
+			if err := dir.Init(); err != nil {
+				return err
+			}
+			fc, err := dir.LoadConfig()
+			if err != nil {
+				return err
 			}
 			cfg := node.Config{
 				DataDir:        g.dataDir,
