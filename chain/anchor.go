@@ -1,6 +1,7 @@
 package chain
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -28,13 +30,25 @@ import (
 // Its state is two kinds of files in one folder, so a kill at any point
 // loses nothing and anchors nothing twice:
 //
-//	records.log          every record added, one JSON line each, appended and
-//	                     fsynced before Add returns
+//	records.log          every record added and not yet anchored, one JSON
+//	                     line each, appended and fsynced before Add returns
 //	batches/<seq>.json   a closed batch (written whole: temp file, fsync,
 //	                     rename): its keys and leaves, its root, and once
 //	                     built its signed transaction, kept before it is sent
 //	                     so that a restart looks that one up rather than
 //	                     sending another; once on chain, its slot and fee
+//	batches/<seq>.records  an anchored batch's records, lines as in
+//	                     records.log, written whole before the batch is
+//	                     marked anchored
+//
+// records.log stays small: once a batch is anchored the log is written
+// anew (whole, as a batch file is) with only the records not yet anchored.
+// An append that fails or is cut short is truncated back before Add
+// returns its error. A line that does not parse (a disk's torn write) is
+// skipped with a warning, and the log written anew without it; its record
+// is lost to the log, so whoever adds records adds them all again at each
+// start (the node does, from its receipts), and a key anchored already is
+// taken once.
 //
 // A key belongs to one batch, and a batch to one memo transaction at a time:
 // a new transaction is built only when the old one is unknown to the chain
@@ -127,9 +141,10 @@ type Anchorer struct {
 	wake   chan struct{}
 
 	mu       sync.Mutex
-	logFile  *os.File
-	logSize  int64
-	records  map[string]recordAt // every key added: where its record is in the log
+	logFile  recordFile
+	logSize  int64               // bytes of whole lines in the log
+	torn     bool                // a failed append could not be truncated back: do so before the next
+	records  map[string]recordAt // every key in the log: where its record is
 	pending  []pendingRecord     // in no batch yet, in order of arrival
 	batchOf  map[string]*Batch   // key → its batch
 	batches  []*Batch            // not yet anchored, oldest first
@@ -142,6 +157,20 @@ type Anchorer struct {
 }
 
 type recordAt struct{ off, n int64 }
+
+// recordFile is the record log as the anchorer uses it (an *os.File).
+type recordFile interface {
+	io.ReaderAt
+	io.WriterAt
+	Truncate(size int64) error
+	Sync() error
+	Close() error
+}
+
+// openRecordFile opens the record log; tests put a failing disk in.
+var openRecordFile = func(path string) (recordFile, error) {
+	return os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+}
 
 type pendingRecord struct {
 	Key    string          `json:"key"`
@@ -225,31 +254,35 @@ func (a *Anchorer) load() error {
 	}
 	sort.Slice(a.batches, func(i, k int) bool { return a.batches[i].Seq < a.batches[k].Seq })
 
-	f, err := os.OpenFile(a.path("records.log"), os.O_CREATE|os.O_RDWR, 0o600)
+	f, err := openRecordFile(a.path("records.log"))
 	if err != nil {
 		return fmt.Errorf("anchor: %w", err)
 	}
-	data, err := io.ReadAll(f)
+	data, err := io.ReadAll(io.NewSectionReader(f, 0, 1<<62))
 	if err != nil {
 		f.Close()
 		return err
 	}
 	var off int64
+	var bad, old int
 	for len(data) > 0 {
 		i := bytes.IndexByte(data, '\n')
 		if i < 0 { // a line cut short by a crash: its Add never returned
 			break
 		}
 		var p pendingRecord
-		if err := json.Unmarshal(data[:i], &p); err != nil {
-			f.Close()
-			return fmt.Errorf("anchor: records.log at byte %d: %v", off, err)
-		}
-		if _, dup := a.records[p.Key]; !dup {
+		if err := json.Unmarshal(data[:i], &p); err != nil || !keyPattern.MatchString(p.Key) {
+			bad++
+			a.log.Warn("anchor: records.log: a line that does not parse is skipped; its record is anchored when it is added again",
+				"byte", off, "bytes", i, "err", err)
+		} else if _, dup := a.records[p.Key]; !dup {
 			a.records[p.Key] = recordAt{off: off, n: int64(i)}
-			if a.batchOf[p.Key] == nil {
-				p.Record = nil // read again when its proof is asked for
+			switch b := a.batchOf[p.Key]; {
+			case b == nil:
+				p.Record = nil // read again when its batch is anchored or its proof is asked for
 				a.pending = append(a.pending, p)
+			case b.State == BatchAnchored:
+				old++
 			}
 		}
 		off += int64(i) + 1
@@ -259,11 +292,89 @@ func (a *Anchorer) load() error {
 		f.Close()
 		return err
 	}
-	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		f.Close()
-		return err
-	}
 	a.logFile, a.logSize = f, off
+	if bad > 0 || old > 0 {
+		return a.compactLocked()
+	}
+	return nil
+}
+
+// recordsPath is the file of an anchored batch's records.
+func (a *Anchorer) recordsPath(seq int) string {
+	return a.path("batches", fmt.Sprintf("%08d.records", seq))
+}
+
+// compactLocked writes the record log anew with only the records of no
+// anchored batch, first writing the records file of any anchored batch
+// that lacks one (a batch anchored before records files were kept).
+func (a *Anchorer) compactLocked() error {
+	type line struct {
+		key string
+		at  recordAt
+	}
+	var keep []line
+	old := map[*Batch]bool{}
+	for k, at := range a.records {
+		if b := a.batchOf[k]; b != nil && b.State == BatchAnchored {
+			old[b] = true
+			continue
+		}
+		keep = append(keep, line{k, at})
+	}
+	for b := range old {
+		if _, err := os.Stat(a.recordsPath(b.Seq)); errors.Is(err, fs.ErrNotExist) {
+			if err := a.writeRecordsLocked(b); err != nil {
+				return err
+			}
+		} else if err != nil {
+			return fmt.Errorf("anchor: %w", err)
+		}
+	}
+	sort.Slice(keep, func(i, k int) bool { return keep[i].at.off < keep[k].at.off })
+	var buf bytes.Buffer
+	at := make(map[string]recordAt, len(keep))
+	for _, l := range keep {
+		rec := make([]byte, l.at.n)
+		if _, err := a.logFile.ReadAt(rec, l.at.off); err != nil {
+			return fmt.Errorf("anchor: records.log: %w", err)
+		}
+		at[l.key] = recordAt{off: int64(buf.Len()), n: l.at.n}
+		buf.Write(rec)
+		buf.WriteByte('\n')
+	}
+	if err := atomicfile.Write(a.path("records.log"), buf.Bytes(), 0o600); err != nil {
+		return fmt.Errorf("anchor: records.log: %w", err)
+	}
+	f, err := openRecordFile(a.path("records.log"))
+	if err != nil {
+		return fmt.Errorf("anchor: %w", err)
+	}
+	_ = a.logFile.Close()
+	a.logFile, a.logSize, a.records, a.torn = f, int64(buf.Len()), at, false
+	return nil
+}
+
+// writeRecordsLocked writes an anchored batch's records file from the
+// log. A key whose record is not in the log (its line was torn and it was
+// not added again) has none: it gets no proof.
+func (a *Anchorer) writeRecordsLocked(b *Batch) error {
+	var buf bytes.Buffer
+	for _, k := range b.Keys {
+		at, ok := a.records[k]
+		if !ok {
+			a.log.Warn("anchor: a record of an anchored batch is missing from records.log; it has no proof", "batch", b.Seq, "key", k)
+			continue
+		}
+		rec := make([]byte, at.n)
+		if _, err := a.logFile.ReadAt(rec, at.off); err != nil {
+			return fmt.Errorf("anchor: records.log: %w", err)
+		}
+		buf.Write(rec)
+		buf.WriteByte('\n')
+	}
+	if err := atomicfile.Write(a.recordsPath(b.Seq), buf.Bytes(), 0o600); err != nil {
+		return fmt.Errorf("anchor: records of batch %d: %w", b.Seq, err)
+	}
 	return nil
 }
 
@@ -310,6 +421,9 @@ func (a *Anchorer) AddAll(items []Item) error {
 		if _, ok := a.records[it.Key]; ok || seen[it.Key] {
 			continue
 		}
+		if b := a.batchOf[it.Key]; b != nil && b.State == BatchAnchored {
+			continue // anchored: its record is in its batch's records file
+		}
 		seen[it.Key] = true
 		var compact bytes.Buffer
 		if err := json.Compact(&compact, it.Record); err != nil {
@@ -329,39 +443,78 @@ func (a *Anchorer) AddAll(items []Item) error {
 	if len(add) == 0 {
 		return nil
 	}
-	if _, err := a.logFile.Write(buf.Bytes()); err != nil {
-		return fmt.Errorf("anchor: records.log: %w", err)
+	if a.torn {
+		if err := a.logFile.Truncate(a.logSize); err != nil {
+			return fmt.Errorf("anchor: records.log: a failed write could not be undone: %w", err)
+		}
+		a.torn = false
 	}
-	if err := a.logFile.Sync(); err != nil {
+	_, err := a.logFile.WriteAt(buf.Bytes(), a.logSize)
+	if err == nil {
+		err = a.logFile.Sync()
+	}
+	if err != nil {
+		// Undo what part of the lines was written, so the next append
+		// starts on a whole line; try again then if it cannot be undone.
+		if terr := a.logFile.Truncate(a.logSize); terr != nil {
+			a.torn = true
+		}
 		return fmt.Errorf("anchor: records.log: %w", err)
 	}
 	a.logSize += int64(buf.Len())
 	for k, r := range at {
 		a.records[k] = r
 	}
-	a.pending = append(a.pending, add...)
+	for _, p := range add {
+		if a.batchOf[p.Key] == nil { // a key of a batch whose line was lost is only kept
+			a.pending = append(a.pending, p)
+		}
+	}
 	if len(a.pending) >= a.cfg.BatchSize {
 		a.signal()
 	}
 	return nil
 }
 
-// record reads a key's record from the log.
+// record reads a key's record from the log or, once its batch is
+// anchored, from the batch's records file.
 func (a *Anchorer) record(key string) (pendingRecord, error) {
 	a.mu.Lock()
 	at, ok := a.records[key]
-	f := a.logFile
+	var buf []byte
+	var err error
+	if ok && a.logFile != nil {
+		buf = make([]byte, at.n)
+		_, err = a.logFile.ReadAt(buf, at.off)
+	}
+	b := a.batchOf[key]
 	a.mu.Unlock()
-	if !ok || f == nil {
-		return pendingRecord{}, fmt.Errorf("no record %s", key)
-	}
-	buf := make([]byte, at.n)
-	if _, err := f.ReadAt(buf, at.off); err != nil {
-		return pendingRecord{}, err
-	}
 	var p pendingRecord
-	err := json.Unmarshal(buf, &p)
-	return p, err
+	switch {
+	case err != nil:
+		return p, err
+	case buf != nil:
+		err = json.Unmarshal(buf, &p)
+		return p, err
+	case b == nil:
+		return p, fmt.Errorf("no record %s", key)
+	}
+	f, err := os.Open(a.recordsPath(b.Seq))
+	if err != nil {
+		return p, fmt.Errorf("record %s: %w", key, err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 4*maxRecord)
+	for sc.Scan() {
+		if json.Unmarshal(sc.Bytes(), &p) == nil && p.Key == key {
+			return p, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return p, fmt.Errorf("record %s: %w", key, err)
+	}
+	return pendingRecord{}, fmt.Errorf("no record %s: its line in records.log was lost before its batch was anchored", key)
 }
 
 func (a *Anchorer) signal() {
@@ -492,6 +645,12 @@ func (a *Anchorer) advance(ctx context.Context, b *Batch) error {
 		if err != nil {
 			return a.rebuild(b, "its signature is unreadable")
 		}
+		// The height first, as payments do: if it is past LastValid and
+		// the status asked after it is still unknown, the transaction can
+		// never land. Asked the other way round, the transaction may land
+		// between the two answers, and a second one would anchor the batch
+		// again.
+		height, herr := a.client.GetBlockHeight(ctx, rpc.CommitmentConfirmed)
 		st, err := a.client.GetSignatureStatuses(ctx, true, sig)
 		if err != nil && !errors.Is(err, rpc.ErrNotFound) {
 			return fmt.Errorf("status of batch %d's transaction: %w", b.Seq, err)
@@ -502,9 +661,8 @@ func (a *Anchorer) advance(ctx context.Context, b *Batch) error {
 		}
 		switch {
 		case s == nil:
-			height, err := a.client.GetBlockHeight(ctx, rpc.CommitmentConfirmed)
-			if err != nil {
-				return fmt.Errorf("block height: %w", err)
+			if herr != nil {
+				return fmt.Errorf("block height: %w", herr)
 			}
 			if height > b.LastValid {
 				return a.rebuild(b, "its transaction expired before it landed")
@@ -609,6 +767,11 @@ func (a *Anchorer) markAnchored(ctx context.Context, b *Batch, sig solana.Signat
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// Its records go to a file of their own before it is marked anchored,
+	// and leave the log after.
+	if err := a.writeRecordsLocked(b); err != nil {
+		return err
+	}
 	b.State, b.Slot, b.Anchored, b.Error = BatchAnchored, res.Slot, time.Now().UTC(), ""
 	if res.Meta != nil {
 		b.Fee = res.Meta.Fee
@@ -616,6 +779,9 @@ func (a *Anchorer) markAnchored(ctx context.Context, b *Batch, sig solana.Signat
 	b.Tx = nil
 	if err := a.saveBatch(b); err != nil {
 		return err
+	}
+	if err := a.compactLocked(); err != nil {
+		a.log.Warn("anchor: records.log not compacted; it is at the next anchoring", "err", err)
 	}
 	a.anchored += len(b.Keys)
 	a.fees += b.Fee
@@ -646,6 +812,7 @@ func (a *Anchorer) Proof(key string) (Proof, error) {
 		keys, leaves, state, sig, slot = b.Keys, b.Leaves, b.State, b.Signature, b.Slot
 	}
 	_, known := a.records[key]
+	known = known || b != nil
 	a.mu.Unlock()
 	switch {
 	case !known:
@@ -679,10 +846,10 @@ func (a *Anchorer) Proof(key string) (Proof, error) {
 func (a *Anchorer) Status(key string) string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, ok := a.records[key]; !ok {
+	b := a.batchOf[key]
+	if _, ok := a.records[key]; !ok && b == nil {
 		return ""
 	}
-	b := a.batchOf[key]
 	switch {
 	case b == nil:
 		return "pending"

@@ -3,7 +3,9 @@ package chain
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/gagliardetto/solana-go"
 	"github.com/gagliardetto/solana-go/rpc"
@@ -50,4 +52,32 @@ func PayOddly(ctx context.Context, rpcURL string, key ed25519.PrivateKey, to str
 		err = fmt.Errorf("expired unseen")
 	}
 	return p.Signature, err
+}
+
+// ShortWrites makes the record log's appends fail, while fail is set,
+// after writing half of what they were given: a disk that filled up in
+// the middle of a line. It returns what puts the real disk back.
+func ShortWrites(fail *atomic.Bool) (restore func()) {
+	real := openRecordFile
+	openRecordFile = func(path string) (recordFile, error) {
+		f, err := real(path)
+		if err != nil {
+			return nil, err
+		}
+		return shortFile{f, fail}, nil
+	}
+	return func() { openRecordFile = real }
+}
+
+type shortFile struct {
+	recordFile
+	fail *atomic.Bool
+}
+
+func (f shortFile) WriteAt(p []byte, off int64) (int, error) {
+	if !f.fail.Load() {
+		return f.recordFile.WriteAt(p, off)
+	}
+	n, _ := f.recordFile.WriteAt(p[:len(p)/2], off)
+	return n, errors.New("no space left on device")
 }

@@ -30,6 +30,7 @@
 //	                     in, the run attempt's decisions out (attempt)
 //	submitter_pay.go     paying bills the attempt allowed; funds checked first
 //	submitter_logs.go    the job's log: kept, followed, served
+//	submitter_quota.go   what a job's providers may put on this peer's disk
 //	provider_gpus.go     reservations and which GPUs a member holds
 //	provider_member.go   serving a member: checks, executor, its share of
 //	                     the machine, logs, outputs, the signed receipt

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/text"
 )
 
 // The explorer is a read-only web page every peer can serve (Config.Explorer,
@@ -29,7 +31,9 @@ import (
 // It is its own HTTP server with GET endpoints only and no token: it shows
 // nothing secret (never the API token, keys, data-dir paths, the Solana RPC
 // URL, or a job's command and environment). It is meant for loopback or the
-// user's own proxy.
+// user's own proxy. Whatever it is bound to, it answers only requests whose
+// Host names it (hostAllowed), so a web page elsewhere cannot read it
+// through a name of its own resolved to this machine (DNS rebinding).
 //
 //	GET /                  the page (index.html, app.js, style.css, favicon.svg: embedded)
 //	GET /explorer/state    one JSON snapshot (ExplorerState)
@@ -215,11 +219,11 @@ type ExplorerAnchoring struct {
 // explorer serves the page and keeps what it shows between requests: the
 // directory summary, the price history, the latest snapshot.
 type explorer struct {
-	n        *Node
-	srv      *http.Server
-	addr     string
-	loopback bool          // bound to this machine only: requests must name it
-	done     chan struct{} // closed by close: event streams end
+	n     *Node
+	srv   *http.Server
+	addr  string
+	hosts map[string]bool // names it answers to besides addresses (lower case): the machine's, Config.ExplorerHosts
+	done  chan struct{}   // closed by close: event streams end
 
 	refreshMu sync.Mutex // one snapshot built at a time
 
@@ -273,7 +277,7 @@ func startExplorer(ctx context.Context, n *Node) (*explorer, error) {
 		txs: map[string]anchoredTx{}, checked: map[string]checkedReceipt{},
 		wantDir: make(chan struct{}, 1), poke: make(chan struct{}, 1),
 	}
-	e.loopback = ta.IP.IsLoopback()
+	e.hosts = explorerHosts(n.cfg.ExplorerHosts)
 	e.srv = &http.Server{
 		Handler:           e.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -361,11 +365,12 @@ func (e *explorer) routes() http.Handler {
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("Cache-Control", "no-cache")
 		h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
-		if e.loopback && !loopbackHost(r.Host) {
-			// Bound to this machine, the page answers only names of this
-			// machine: another site's name resolved to 127.0.0.1 (DNS
-			// rebinding) gets nothing.
-			http.Error(w, "the explorer answers only to localhost, 127.0.0.1 or [::1]", http.StatusMisdirectedRequest)
+		if !e.hostAllowed(r.Host, localIP(r)) {
+			// Another site's name that resolves to this machine (DNS
+			// rebinding) gets nothing: the page answers only this
+			// machine's names and the address the request came in on.
+			http.Error(w, fmt.Sprintf("the explorer answers to localhost, this machine's name, the address it was reached at and the names given with --explorer-host, not %s", text.Clip(r.Host)),
+				http.StatusMisdirectedRequest)
 			return
 		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -925,15 +930,63 @@ func (e *explorer) historyAfter(after uint64) ([]PricePoint, uint64) {
 	return out, e.sampleSeq
 }
 
-// loopbackHost reports whether a request's Host names this machine.
-func loopbackHost(host string) bool {
+// explorerHosts are the names the explorer answers to besides addresses:
+// localhost, this machine's host name (and its .local name, as mDNS
+// resolvers on the LAN know it), and the names given.
+func explorerHosts(given []string) map[string]bool {
+	hosts := map[string]bool{"localhost": true}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		h = strings.ToLower(h)
+		hosts[h] = true
+		if first, _, _ := strings.Cut(h, "."); first != "" {
+			hosts[first+".local"] = true
+		}
+	}
+	for _, h := range given {
+		hosts[strings.ToLower(strings.TrimSuffix(h, "."))] = true
+	}
+	return hosts
+}
+
+// localIP is the address of this machine that a request came in on.
+func localIP(r *http.Request) net.IP {
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok {
+		return a.IP
+	}
+	return nil
+}
+
+// hostAllowed reports whether a request's Host names this explorer: a
+// loopback address, the address the request came in on (a browser that
+// was given an address, not a name, cannot be another site), or one of
+// its names. A name resolved by someone else's DNS to this machine is not.
+func (e *explorer) hostAllowed(host string, local net.IP) bool {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
-	host = strings.Trim(host, "[]")
-	if strings.EqualFold(host, "localhost") {
-		return true
+	host = strings.TrimSuffix(strings.ToLower(strings.Trim(host, "[]")), ".")
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.IsLoopback() || (local != nil && ip.Equal(local))
 	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return host != "" && e.hosts[host]
+}
+
+// validHostName reports whether s is a DNS name: labels of letters,
+// digits and hyphens, dot-separated, at most 253 bytes.
+func validHostName(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }

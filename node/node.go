@@ -17,6 +17,7 @@ import (
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -57,6 +58,15 @@ type Config struct {
 	Logger    *slog.Logger
 	Version   string // announced in identify; "" means Version
 
+	// PrivateMDNS turns LAN discovery by mDNS on in a private swarm, where
+	// it is off by default: it would announce the swarm's ID and every
+	// address of this peer to the whole LAN. NoMDNS wins over it.
+	PrivateMDNS bool
+	// ExplorerHosts are names the explorer answers to besides localhost,
+	// this machine's host name and the address a request came in on: the
+	// names of this machine on the LAN, or of the user's own proxy.
+	ExplorerHosts []string
+
 	// GPU directory.
 	GPUs      string        // GPU source: "auto" (""), "nvml", "none", "mock:dgxa100", "mock:dgxh100"
 	Region    string        // region/zone label in offers, e.g. "eu-west/ams1"
@@ -78,6 +88,11 @@ type Config struct {
 
 	// Jobs.
 	Heartbeat time.Duration // how often a job's member says it is alive; 0 means DefaultHeartbeat (lost after 3 missed)
+	// What this peer keeps of a job it submitted, over all its attempts
+	// (submitter_quota.go); a provider that sends more fails the job.
+	JobLogBytes    int64 // bytes of its log; 0 means DefaultJobLogBytes (1 GiB)
+	JobOutputBytes int64 // bytes of its outputs, a file counted at its announced size; 0 means DefaultJobOutputBytes (20 GiB)
+	JobOutputFiles int   // output files and folders; 0 means DefaultJobOutputFiles (10,000)
 
 	// What a container job may take of this machine. A member gets the
 	// share of its GPUs among those offered (2 of 8: a quarter) of the
@@ -103,6 +118,16 @@ type Config struct {
 	// Host, when set, is used instead of building a libp2p host (meshtest
 	// runs nodes on a simulated network this way). The Node closes it.
 	Host host.Host
+}
+
+// mdns says whether the peer discovers its swarm on the LAN by mDNS: on
+// in the public swarm unless NoMDNS, off in a private one unless
+// PrivateMDNS.
+func (c *Config) mdns() bool {
+	if c.NoMDNS {
+		return false
+	}
+	return !c.Swarm.Private() || c.PrivateMDNS
 }
 
 func (c *Config) version() string {
@@ -231,6 +256,11 @@ func (c *Config) validate() error {
 	if err := checkExplorerAddr(c.Explorer); err != nil {
 		bad("explorer", "%w", err)
 	}
+	for _, h := range c.ExplorerHosts {
+		if !validHostName(h) {
+			bad("explorer-host", "--explorer-host %s: want a host name such as gpubox.lan (no port, no scheme)", text.Clip(h))
+		}
+	}
 	if c.APIListen != "" {
 		if c.DataDir == "" {
 			bad("api", "the local API needs a data dir (for its token); set --data")
@@ -281,6 +311,15 @@ func (c *Config) validate() error {
 	}
 	if c.PullTimeout < 0 {
 		bad("pull-timeout", "--pull-timeout %s: want a positive duration (0: the default, %s)", c.PullTimeout, exec.DefaultPullTimeout)
+	}
+	if c.JobLogBytes < 0 {
+		bad("job-log-quota", "--job-log-quota %d: want a size such as 1GiB (0: the default, %s)", c.JobLogBytes, text.Size(DefaultJobLogBytes))
+	}
+	if c.JobOutputBytes < 0 {
+		bad("job-output-quota", "--job-output-quota %d: want a size such as 20GiB (0: the default, %s)", c.JobOutputBytes, text.Size(DefaultJobOutputBytes))
+	}
+	if c.JobOutputFiles < 0 {
+		bad("job-output-files", "--job-output-files %d: want a count (0: the default, %d)", c.JobOutputFiles, DefaultJobOutputFiles)
 	}
 	if c.Heartbeat < 0 || (c.Heartbeat > 0 && c.Heartbeat < MinHeartbeat) {
 		bad("heartbeat", "--heartbeat %s: want at least %s (0: the default, %s)", c.Heartbeat, MinHeartbeat, DefaultHeartbeat)
@@ -398,7 +437,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.startJobs(ctx); err != nil {
 		return err
 	}
-	if !n.cfg.NoMDNS && n.cfg.Host == nil {
+	if n.cfg.mdns() && n.cfg.Host == nil {
 		svc := mdns.NewMdnsService(n.host, "gpumesh-"+n.cfg.Swarm.ID(), mdnsNotifee{n: n, ctx: ctx})
 		if err := svc.Start(); err != nil {
 			n.log.Warn("mDNS discovery off", "err", err)

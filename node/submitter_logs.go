@@ -3,17 +3,23 @@ package node
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
+
+	"github.com/gpumesh/gpumesh/internal/text"
 )
 
 // A job's logs, on its submitter: every member's output, a line at a time,
 // each prefixed by the member's rank ("[0] epoch 1 ..."), in the order the
-// lines arrived, in jobs/<id>/log. Followers wait on changed.
+// lines arrived, in jobs/<id>/log. Followers wait on changed. A provider's
+// output is a stranger's: each line is made safe for a terminal
+// (text.LogLine: no escape sequences, a carriage return keeps the line's
+// last state, other controls shown as escapes) before it is written.
 
 // maxLogLine is the longest line kept whole; longer ones are cut there.
 const maxLogLine = 64 << 10
@@ -24,6 +30,9 @@ type jobLog struct {
 	partial map[int][]byte // per rank: the line not yet ended
 	changed chan struct{}  // closed and replaced on every write
 	ended   bool
+	size    int64 // bytes in the file
+	max     int64 // bytes of members' output the file may reach (the job's log quota)
+	full    bool  // a member's output passed max: no more of it is kept
 }
 
 // StateDir is where this peer keeps its state: the data dir, or a
@@ -42,8 +51,9 @@ func (n *Node) jobDir(id string) (string, error) {
 	return filepath.Join(state, "jobs", id), nil
 }
 
-// openLog opens (appending) the log of a job for its run.
-func (n *Node) openLog(id string) (*jobLog, error) {
+// openLog opens (appending) the log of a job for its run; members' output
+// is kept while the file is within max bytes.
+func (n *Node) openLog(id string, max int64) (*jobLog, error) {
 	dir, err := n.jobDir(id)
 	if err != nil {
 		return nil, err
@@ -55,7 +65,12 @@ func (n *Node) openLog(id string) (*jobLog, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &jobLog{f: f, partial: map[int][]byte{}, changed: make(chan struct{})}
+	info, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	l := &jobLog{f: f, partial: map[int][]byte{}, changed: make(chan struct{}), size: info.Size(), max: max}
 	n.logsMu.Lock()
 	if n.logs == nil {
 		n.logs = map[string]*jobLog{}
@@ -65,10 +80,15 @@ func (n *Node) openLog(id string) (*jobLog, error) {
 	return l, nil
 }
 
-// write adds output of a member; whole lines go to the file at once.
-func (l *jobLog) write(rank int, data []byte) {
+// write adds output of a member; whole lines go to the file at once. Output
+// that would take the file past its quota is dropped, with all that
+// follows, and the first such write returns a *quotaError.
+func (l *jobLog) write(rank int, data []byte) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.full || l.ended {
+		return nil
+	}
 	buf := append(l.partial[rank], data...)
 	var out bytes.Buffer
 	prefix := "[" + strconv.Itoa(rank) + "] "
@@ -78,31 +98,38 @@ func (l *jobLog) write(rank int, data []byte) {
 			break
 		}
 		out.WriteString(prefix)
-		out.Write(buf[:i+1])
+		out.Write(text.LogLine(buf[:i]))
+		out.WriteByte('\n')
 		buf = buf[i+1:]
 	}
 	if len(buf) > maxLogLine {
 		out.WriteString(prefix)
-		out.Write(buf)
+		out.Write(text.LogLine(buf))
 		out.WriteByte('\n')
 		buf = nil
 	}
+	if l.size+int64(out.Len()) > l.max {
+		l.full, l.partial = true, nil
+		return &quotaError{fmt.Sprintf("its output would take the job's log past %s, what this peer keeps of a job's log (--job-log-quota)", text.Size(l.max))}
+	}
 	l.partial[rank] = append([]byte(nil), buf...)
 	l.emit(out.Bytes())
+	return nil
 }
 
 // note adds a line of the submitter's own ("[gpumesh] member 1 lost").
 func (l *jobLog) note(line string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.emit([]byte("[gpumesh] " + line + "\n"))
+	l.emit([]byte("[gpumesh] " + text.Line(line) + "\n"))
 }
 
 func (l *jobLog) emit(b []byte) {
 	if len(b) == 0 {
 		return
 	}
-	_, _ = l.f.Write(b)
+	k, _ := l.f.Write(b)
+	l.size += int64(k)
 	close(l.changed)
 	l.changed = make(chan struct{})
 }
@@ -115,8 +142,9 @@ func (l *jobLog) end() {
 		return
 	}
 	for rank, rest := range l.partial {
-		if len(rest) > 0 {
-			l.emit([]byte("[" + strconv.Itoa(rank) + "] " + string(rest) + "\n"))
+		line := "[" + strconv.Itoa(rank) + "] " + string(text.LogLine(rest)) + "\n"
+		if len(rest) > 0 && l.size+int64(len(line)) <= l.max {
+			l.emit([]byte(line))
 		}
 	}
 	l.ended = true

@@ -154,7 +154,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 	if !ok {
 		return
 	}
-	jl, err := n.openLog(id)
+	jl, err := n.openLog(id, n.jobLogBytes())
 	if err != nil {
 		n.finishJob(id, JobFailed, fmt.Sprintf("job log: %v", err), nil)
 		return
@@ -182,6 +182,11 @@ func (n *Node) runJob(ctx context.Context, id string) {
 		return
 	}
 	outDir = filepath.Join(outDir, "outputs")
+	quota, err := newOutputQuota(outDir, n.jobOutputBytes(), n.jobOutputFiles())
+	if err != nil {
+		n.finishJob(id, JobFailed, err.Error(), nil)
+		return
+	}
 
 	events := make(chan runEvent, 64)
 	over := make(chan struct{}) // closed when the loop has returned
@@ -200,7 +205,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 		bg.Add(1)
 		go func() {
 			defer bg.Done()
-			n.startMember(ctx, j, cfg, s, filepath.Join(outDir, fmt.Sprintf("rank-%d", s.Rank)), send)
+			n.startMember(ctx, j, cfg, s, filepath.Join(outDir, fmt.Sprintf("rank-%d", s.Rank)), quota, send)
 		}()
 	}
 	timer := time.NewTimer(n.heartbeat())
@@ -302,8 +307,12 @@ func (n *Node) runJob(ctx context.Context, id string) {
 			case attempt.Receipted:
 				signed[ev.Rank] = e.sr
 			case attempt.Heard:
-				if e.log != nil {
-					jl.write(ev.Rank, e.log)
+				if e.log == nil {
+					break
+				}
+				if err := jl.write(ev.Rank, e.log); err != nil { // past the job's log quota
+					_ = a.Step(ev, n.now())
+					e.ev = attempt.Overran{Rank: ev.Rank, Reason: err.Error()}
 				}
 			}
 			_ = a.Step(e.ev, n.now())
@@ -343,7 +352,7 @@ func (n *Node) attemptConfig(j Job) attempt.Config {
 
 // startMember opens a member's stream, sends its start frame and reads its
 // frames until the stream ends, reporting each as an attempt event.
-func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s attempt.Start, dir string, send func(runEvent)) {
+func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s attempt.Start, dir string, quota *outputQuota, send func(runEvent)) {
 	world := 0
 	for _, m := range j.Members {
 		world += int(m.GPUs)
@@ -367,9 +376,12 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 		return
 	}
 	send(runEvent{ev: attempt.Opened{Rank: s.Rank, Addr: c.ip}, conn: c})
-	n.readMember(s.Rank, c.rw, dir, func(me memberEvent) {
+	n.readMember(s.Rank, c.rw, dir, quota, func(me memberEvent) {
 		r := me.rank
 		if me.err != nil {
+			if qe := (*quotaError)(nil); errors.As(me.err, &qe) {
+				send(runEvent{ev: attempt.Overran{Rank: r, Reason: qe.why}})
+			}
 			send(runEvent{ev: attempt.StreamEnded{Rank: r, Err: me.err.Error()}})
 			return
 		}
@@ -434,8 +446,9 @@ func (n *Node) openMember(ctx context.Context, m gossip.Member) (*memberConn, er
 
 // readMember reads a member's frames into events until its stream ends.
 // Output files are written under dir as they arrive and checked against
-// their SHA-256.
-func (n *Node) readMember(rank int, rw io.Reader, dir string, events func(memberEvent)) {
+// their SHA-256; each takes its room in quota before it is made, and
+// reading stops with a *quotaError when there is none.
+func (n *Node) readMember(rank int, rw io.Reader, dir string, quota *outputQuota, events func(memberEvent)) {
 	br := bufio.NewReader(rw)
 	var (
 		cur      *os.File
@@ -473,7 +486,11 @@ func (n *Node) readMember(rank int, rw io.Reader, dir string, events func(member
 				closeCur()
 				want, got, h = *f.File, 0, sha256.New()
 				path := filepath.Join(dir, filepath.FromSlash(want.Path))
-				if err = os.MkdirAll(filepath.Dir(path), 0o700); err == nil {
+				err = quota.reserve(path, want.Size, text.Printable(want.Path))
+				if err == nil {
+					err = os.MkdirAll(filepath.Dir(path), 0o700)
+				}
+				if err == nil {
 					cur, err = os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 				}
 				if err == nil {

@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -84,4 +85,42 @@ func FuzzParseSwarmKey(f *testing.F) {
 			t.Fatalf("accepted a %d-byte key with ID %q", len(s.PSK), s.ID())
 		}
 	})
+}
+
+// mDNS would announce a private swarm's ID and every address of its peer
+// to the whole LAN: it is off there unless asked for, and on in the public
+// swarm unless turned off. A private peer started with the defaults has
+// no mDNS service.
+func TestMDNSIsOffInPrivateSwarmsUnlessAskedFor(t *testing.T) {
+	key, _ := NewSwarmKey()
+	private, err := ParseSwarmKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want bool
+	}{
+		{"public, default", Config{}, true},
+		{"public, --mdns=false", Config{NoMDNS: true}, false},
+		{"private, default", Config{Swarm: private}, false},
+		{"private, --mdns", Config{Swarm: private, PrivateMDNS: true}, true},
+		{"private, both", Config{Swarm: private, PrivateMDNS: true, NoMDNS: true}, false},
+	} {
+		if got := tc.cfg.mdns(); got != tc.want {
+			t.Errorf("%s: mDNS on = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	n, err := New(Config{Swarm: private, Listen: []string{loopback}, NoNAT: true, GPUs: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if n.mdns != nil {
+		t.Error("a private peer started with the defaults runs mDNS")
+	}
 }

@@ -401,6 +401,8 @@ func (a *Attempt) step(ev Event, now time.Time) error {
 		a.bill(m, e.Bill, now)
 	case Receipted:
 		a.receipted(m, e.Receipt, now)
+	case Overran:
+		a.overran(m, e.Reason, now)
 	}
 	return nil
 }
@@ -432,6 +434,25 @@ func (a *Attempt) lingering(m *member) bool {
 	return m.exited && m.opened && !m.ended && !m.closed && !m.signing
 }
 
+// overran stops the job of a member whose provider sent more than this
+// peer keeps. Like a bill it is not owed, it is the provider's fault: the
+// job fails rather than being retried (on the same provider, perhaps).
+func (a *Attempt) overran(m *member, why string, now time.Time) {
+	if !a.alive(m) {
+		return
+	}
+	r := m.run.Rank
+	m.run.State, m.run.Error = MemberFailed, "its provider sent more than this peer keeps of a job: "+why
+	m.run.Ended = now.UTC()
+	if m.workEnd.IsZero() {
+		m.workEnd = now
+	}
+	m.closed = true
+	a.ready.Close = append(a.ready.Close, r)
+	a.fail(fmt.Sprintf("%s was stopped: its provider sent more than this peer keeps of a job (%s)", a.name(r), why), now)
+	a.dirty = true
+}
+
 func rankOf(ev Event) (int, bool) {
 	switch e := ev.(type) {
 	case StreamEnded:
@@ -449,6 +470,8 @@ func rankOf(ev Event) (int, bool) {
 	case Billed:
 		return e.Rank, true
 	case Receipted:
+		return e.Rank, true
+	case Overran:
 		return e.Rank, true
 	}
 	return 0, false

@@ -101,6 +101,11 @@
 // started StartWithin after its start is lost; one that has exited has
 // StopWait to send its receipt and end its stream, then it is closed.
 //
+// A member whose provider sends more than this peer keeps of a job (its
+// log, output bytes or output files: the caller counts them and reports
+// Overran) is the provider's fault in the same way: stopped, and the
+// attempt fails, not retried.
+//
 // A receipt is countersigned only when CheckReceipt finds nothing wrong
 // with it: it names this job, attempt, member, consumer and provider, the
 // lease's GPUs, class and price, the exit code and outputs received, only

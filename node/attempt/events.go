@@ -92,6 +92,14 @@ type StreamEnded struct {
 	Err  string // e.g. "EOF"
 }
 
+// Overran is a member whose provider sent more than this peer keeps of a
+// job (its log, output bytes or output files, by the submitter's quotas):
+// the caller has stopped writing what it sends.
+type Overran struct {
+	Rank   int
+	Reason string // what was sent, and the quota
+}
+
 // Cancelled is the submitter cancelling the job.
 type Cancelled struct {
 	Reason string // for the stop frames; "": "cancelled by the submitter"
@@ -113,5 +121,6 @@ func (Paid) event()          {}
 func (Receipted) event()     {}
 func (Countersigned) event() {}
 func (StreamEnded) event()   {}
+func (Overran) event()       {}
 func (Cancelled) event()     {}
 func (PeerStopping) event()  {}

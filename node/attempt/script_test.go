@@ -32,6 +32,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected transcripts of t
 //	paid 1 sig=S amount=N
 //	receipt 1 [paid=N] [payments=S,T] [job=J] [gpus=N] [code=N] [hash=H] [ms=N]
 //	countersigned 1 [err="..."]   end 1 [err=EOF]   cancel   shutdown
+//	overran 1 reason="..."   its provider sent more than the quotas allow
 //	wait 5s [silent=1,2]   the clock moves on, ticking at every heartbeat;
 //	                       open members beat, the silent ones do not
 //	tick                   a tick now
@@ -334,6 +335,8 @@ func runScript(t *testing.T, script string) string {
 			h.step(Receipted{Rank: r, Receipt: rc}, line)
 		case "countersigned":
 			h.step(Countersigned{Rank: rank(), Err: args["err"]}, line)
+		case "overran":
+			h.step(Overran{Rank: rank(), Reason: args["reason"]}, line)
 		case "end":
 			h.step(StreamEnded{Rank: rank(), Err: or(args["err"], "EOF")}, line)
 		case "cancel":

@@ -9,6 +9,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/spf13/cobra"
 )
@@ -120,12 +121,12 @@ func printFind(g *globals, res dht.FindResult, count int) {
 					price = u.Format(m.GPU.Price) + " " + u.Token
 				}
 			}
-			region := m.Offer.Region
+			region := text.Line(m.Offer.Region)
 			if region == "" {
 				region = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d GB\t%s\t%s\t%s\n", m.Offer.Provider, m.GPU.Class, m.GPU.Available, m.GPU.Total,
-				m.GPU.VRAMGB, m.GPU.Compute, region, price)
+			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d GB\t%s\t%s\t%s\n", m.Offer.Provider, text.Line(m.GPU.Class), m.GPU.Available, m.GPU.Total,
+				m.GPU.VRAMGB, text.Line(m.GPU.Compute), region, price)
 		}
 		tw.Flush()
 	}

@@ -1,9 +1,12 @@
 package cli
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +17,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/spf13/cobra"
@@ -166,7 +170,7 @@ func printJob(g *globals, j node.Job, took time.Duration) {
 	}
 	fmt.Fprintln(w)
 	if j.Reason != "" {
-		fmt.Fprintf(w, "reason: %s\n", j.Reason)
+		fmt.Fprintf(w, "reason: %s\n", text.Line(j.Reason))
 	}
 	if len(j.Members) == 0 {
 		return
@@ -183,11 +187,11 @@ func printJob(g *globals, j node.Job, took time.Duration) {
 	}
 	fmt.Fprintln(tw, head)
 	for i, m := range j.Members {
-		zone := m.Zone
+		zone := text.Line(m.Zone)
 		if zone == "" {
 			zone = "-"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s", i, m.Provider, m.GPUs, m.Class, zone, u.Format(m.Price))
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s", i, m.Provider, m.GPUs, text.Line(m.Class), zone, u.Format(m.Price))
 		if runs {
 			r := j.Runs[i]
 			exit, receipt := "-", r.Receipt
@@ -197,7 +201,7 @@ func printJob(g *globals, j node.Job, took time.Duration) {
 			if receipt == "" {
 				receipt = "-"
 			}
-			fmt.Fprintf(tw, "\t%s\t%s\t%d\t%s", r.State, exit, len(r.Outputs), receipt)
+			fmt.Fprintf(tw, "\t%s\t%s\t%d\t%s", r.State, exit, len(r.Outputs), text.Line(receipt))
 		}
 		fmt.Fprintln(tw)
 	}
@@ -205,7 +209,7 @@ func printJob(g *globals, j node.Job, took time.Duration) {
 	fmt.Fprintf(w, "cluster: %s, %s %s per hour\n", plural(len(j.Members), "member"), u.Format(j.Cost), u.Token)
 	for _, r := range j.Runs {
 		if r.Error != "" {
-			fmt.Fprintf(w, "member %d: %s\n", r.Rank, r.Error)
+			fmt.Fprintf(w, "member %d: %s\n", r.Rank, text.Line(r.Error))
 		}
 	}
 	if j.ExitCode != nil {
@@ -216,8 +220,8 @@ func printJob(g *globals, j node.Job, took time.Duration) {
 // waitJob follows a submitted job to its end, showing each step (and the
 // logs, with follow), and ends with the job's exit code.
 func waitJob(ctx context.Context, g *globals, cl *node.Client, so output, job node.Job, follow bool) error {
-	text := so.format == "text"
-	if text {
+	human := so.format == "text"
+	if human {
 		fmt.Fprintf(g.stdout, "job %s submitted; finding and negotiating %d GPUs...\n", job.ID, job.Spec.Resources.GPUs)
 	}
 	start := time.Now()
@@ -231,7 +235,7 @@ func waitJob(ctx context.Context, g *globals, cl *node.Client, so output, job no
 	defer tick.Stop()
 	last, running := node.JobState(""), -1
 	for {
-		if text && job.State != last {
+		if human && job.State != last {
 			switch job.State {
 			case node.JobFormed, node.JobRunning:
 				if last == node.JobNegotiating || last == "" {
@@ -240,7 +244,7 @@ func waitJob(ctx context.Context, g *globals, cl *node.Client, so output, job no
 			}
 			last = job.State
 		}
-		if text && job.State == node.JobRunning && !follow {
+		if human && job.State == node.JobRunning && !follow {
 			up := 0
 			for _, r := range job.Runs {
 				if r.State != node.MemberStarting {
@@ -281,18 +285,39 @@ func waitJob(ctx context.Context, g *globals, cl *node.Client, so output, job no
 	if code == 0 {
 		code = 1
 	}
-	return jobExit{code: code, reason: fmt.Sprintf("job %s %s: %s", job.ID, job.State, job.Reason)}
+	return jobExit{code: code, reason: fmt.Sprintf("job %s %s: %s", job.ID, job.State, text.Line(job.Reason))}
 }
 
-// streamLogs copies a job's logs to stdout.
+// streamLogs copies a job's logs to stdout, each line made safe for a
+// terminal (the node does so as it writes them; this keeps a terminal safe
+// from a node that did not).
 func streamLogs(ctx context.Context, g *globals, cl *node.Client, id string, follow bool) error {
 	body, err := cl.JobLogs(ctx, id, follow)
 	if err != nil {
 		return err
 	}
 	defer body.Close()
-	_, err = io.Copy(g.stdout, body)
-	return err
+	br := bufio.NewReaderSize(body, 128<<10)
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			end := bytes.HasSuffix(line, []byte("\n"))
+			out := text.LogLine(bytes.TrimSuffix(line, []byte("\n")))
+			if end {
+				out = append(out, '\n')
+			}
+			if _, werr := g.stdout.Write(out); werr != nil {
+				return werr
+			}
+		}
+		switch {
+		case err == nil, errors.Is(err, bufio.ErrBufferFull):
+		case errors.Is(err, io.EOF):
+			return nil
+		default:
+			return err
+		}
+	}
 }
 
 // getOutputs copies every member's outputs into dir/rank-N, checking each
@@ -372,7 +397,7 @@ func printReceipts(g *globals, rs []receipt.Signed) {
 		case s.Unsigned != nil:
 			signed = "provider; not countersigned: " + s.Unsigned.Reason
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%.3f\t%s %s\t%d\t%s\n", r.Job, r.Rank, r.GPUs, r.Class, r.GPUSeconds(), u.Format(r.Amount), u.Token, r.ExitCode, signed)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%.3f\t%s %s\t%d\t%s\n", text.Line(r.Job), r.Rank, r.GPUs, text.Line(r.Class), r.GPUSeconds(), u.Format(r.Amount), u.Token, r.ExitCode, signed)
 	}
 	tw.Flush()
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/spf13/cobra"
 )
@@ -44,6 +45,10 @@ func nodeCmd(g *globals) *cobra.Command {
 		pullTimeout       time.Duration
 		noHostNetwork     bool
 		jobEgress         bool
+		jobLogQuota       string
+		jobOutputQuota    string
+		jobOutputFiles    int
+		explorerHosts     []string
 	)
 	c := &cobra.Command{
 		Use:   "node",
@@ -59,6 +64,14 @@ public swarm.`,
 			log, err := g.logger()
 			if err != nil {
 				return usageError{err}
+			}
+			logQuota, err := text.ParseSize(jobLogQuota)
+			if err != nil {
+				return usageError{fmt.Errorf("--job-log-quota: %w", err)}
+			}
+			outQuota, err := text.ParseSize(jobOutputQuota)
+			if err != nil {
+				return usageError{fmt.Errorf("--job-output-quota: %w", err)}
 			}
 			dir := &node.DataDir{Path: g.dataDir}
 			if err := dir.Init(); err != nil {
@@ -78,6 +91,7 @@ public swarm.`,
 				APIListen:      api,
 				Metrics:        metrics,
 				Explorer:       explorer,
+				ExplorerHosts:  explorerHosts,
 				Logger:         log,
 				GPUs:           gpus,
 				Region:         region,
@@ -98,7 +112,13 @@ public swarm.`,
 				PullTimeout:    pullTimeout,
 				PullMax:        pullMax.n,
 				ImageCache:     imageCache.n,
+				JobLogBytes:    logQuota,
+				JobOutputBytes: outQuota,
+				JobOutputFiles: jobOutputFiles,
 			}
+			// mDNS would tell the whole LAN a private swarm's ID and
+			// this peer's addresses: there it runs only when asked for.
+			cfg.PrivateMDNS = mdns && c.Flags().Changed("mdns")
 			if c.Flags().Changed("listen") {
 				cfg.Listen = listen
 			}
@@ -149,12 +169,13 @@ public swarm.`,
 	f.IntVar(&port, "port", node.DefaultPort, "port of the default listen addresses")
 	f.StringArrayVar(&bootstrap, "bootstrap", nil, "multiaddr with /p2p/ID of a peer to join (repeatable)")
 	f.StringVar(&swarmKey, "swarm-key", "", "swarm.key file of a private swarm (default: swarm.key in the data dir, if any)")
-	f.BoolVar(&mdns, "mdns", true, "discover peers of the swarm on the LAN by mDNS")
+	f.BoolVar(&mdns, "mdns", true, "discover peers of the swarm on the LAN by mDNS; in a private swarm only when given (it announces the swarm's ID and every address of this peer to the LAN)")
 	f.BoolVar(&nat, "nat", true, "AutoNAT, hole punching and relay client (public swarm only)")
 	f.StringVar(&dhtMode, "dht-mode", "", "auto, server or client (default: server in a private swarm, auto in the public one)")
 	f.StringVar(&api, "api", "", "also serve the local API on this TCP host:port, guarded by the token in the data dir's api.token")
 	f.StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this host:port at /metrics")
 	f.StringVar(&explorer, "explorer", os.Getenv("GPUMESH_EXPLORER"), "serve the read-only web explorer (this peer, its peers, GPUs, prices, jobs, receipts; live) on this host:port, e.g. 127.0.0.1:8080; keep it on loopback or behind your own proxy (env GPUMESH_EXPLORER)")
+	f.StringArrayVar(&explorerHosts, "explorer-host", nil, "a name the explorer answers to besides localhost, this machine's host name and the address it is reached at: this machine's name on the LAN, or your proxy's (repeatable); other names are refused, so no other site can read it through DNS rebinding")
 	f.StringVar(&gpus, "gpus", envOr("GPUMESH_GPUS", "auto"), "GPUs to offer: auto (NVML if there is a driver), nvml, none, or go-nvml's mock:dgxa100 / mock:dgxh100 (env GPUMESH_GPUS)")
 	f.StringSliceVar(&executors, "executors", envList("GPUMESH_EXECUTORS", []string{"docker"}), "how this provider runs jobs: docker (containers), process (bare commands: only for trusted private swarms), or docker,process (env GPUMESH_EXECUTORS)")
 	f.DurationVar(&heartbeat, "heartbeat", node.DefaultHeartbeat, "how often this peer's job members say they are alive; a member silent for 3 heartbeats is lost")
@@ -162,6 +183,9 @@ public swarm.`,
 	f.IntVar(&anchorBatch, "anchor-batch", chain.DefaultBatchSize, "receipts per anchoring batch (one memo transaction each)")
 	f.DurationVar(&anchorAge, "anchor-age", chain.DefaultBatchAge, "longest a receipt waits for its batch to close")
 	f.DurationVar(&settleInterval, "settle-interval", node.DefaultSettleInterval, "with --price-unit SOL:9 and --solana-rpc: how often a provider bills a running job (paid at once, or the work pauses, then stops)")
+	f.StringVar(&jobLogQuota, "job-log-quota", text.Size(node.DefaultJobLogBytes), "most of a job's log this peer keeps when it submitted the job (512MiB, 1GiB, ...); a provider that sends more fails the job")
+	f.StringVar(&jobOutputQuota, "job-output-quota", text.Size(node.DefaultJobOutputBytes), "most bytes of a job's outputs this peer keeps when it submitted the job (a file counts at its announced size from its first frame); a provider that sends more fails the job")
+	f.IntVar(&jobOutputFiles, "job-output-files", node.DefaultJobOutputFiles, "most output files and folders of a job this peer keeps when it submitted the job; a provider that sends more fails the job")
 	f.StringVar(&region, "region", os.Getenv("GPUMESH_REGION"), "region/zone label of this peer's offers, e.g. eu-west/ams1 (env GPUMESH_REGION)")
 	f.StringVar(&price, "price", os.Getenv("GPUMESH_PRICE"), "asking price per GPU-hour of this peer's GPUs: fixed:2.10, or auto:floor=1.50,target=0.7[,max=4.00] to follow the market and the GPUs' utilization (env GPUMESH_PRICE; default: no price)")
 	f.StringVar(&priceUnit, "price-unit", envOr("GPUMESH_PRICE_UNIT", "USDC:6"), "token of prices and its decimals, TOKEN:DECIMALS; every peer of a swarm must use the same (env GPUMESH_PRICE_UNIT)")
