@@ -60,9 +60,9 @@ type Config struct {
 	Version   string // announced in identify; "" means Version
 
 	// GPU directory.
-	GPUs      string        // GPU source: "auto" (""), "nvml", "none", "mock:dgxa100", "mock:dgxh100"
-	Region    string        // region/zone label in offers, e.g. "eu-west/ams1"
-	Executors []string      // executors offered: "docker", "process" (private swarms only: see JobUser); empty means "docker"
+	GPUs      string   // GPU source: "auto" (""), "nvml", "none", "mock:dgxa100", "mock:dgxh100"
+	Region    string   // region/zone label in offers, e.g. "eu-west/ams1"
+	Executors []string // executors offered: "docker", "process" (private swarms only: see JobUser); empty means "docker"
 	// The process executor. Its work runs in folders of JobDir (outside the
 	// data dir; "": /var/lib/gpumesh-jobs/<peer ID> for root, the user's
 	// cache dir's gpumesh-jobs/<peer ID> otherwise, a temporary folder for
@@ -73,7 +73,7 @@ type Config struct {
 	JobDir         string
 	JobUser        string
 	JobsAsNodeUser bool
-	OfferTTL  time.Duration // validity of a published offer; 0 means DefaultOfferTTL
+	OfferTTL       time.Duration // validity of a published offer; 0 means DefaultOfferTTL
 
 	// Spot prices.
 	Price      string             // pricing policy: "fixed:2.10" or "auto:floor=1.50,target=0.7"; "" quotes nothing
