@@ -296,7 +296,9 @@ func (n *Node) reapTasks(ctx context.Context) {
 			switch {
 			case err != nil:
 				what = append(what, fmt.Sprintf("killing its processes failed: %v", err))
-			case k > 0:
+			case k == 1:
+				what = append(what, "killed the 1 process it had left")
+			case k > 1:
 				what = append(what, fmt.Sprintf("killed the %d processes it had left", k))
 			default:
 				what = append(what, "none of its processes was left")
