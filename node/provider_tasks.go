@@ -316,7 +316,11 @@ func (n *Node) reapTasks(ctx context.Context) {
 				what = append(what, "removed its container")
 			}
 		}
-		if rec.RunDir != "" && n.ownRunDir(rec.RunDir) {
+		switch {
+		case rec.RunDir == "":
+		case !n.ownRunDir(rec.RunDir):
+			what = append(what, fmt.Sprintf("left its folder %s, which is not in this peer's job folder now (was --job-dir changed?)", rec.RunDir))
+		default:
 			if err := os.RemoveAll(rec.RunDir); err != nil {
 				what = append(what, fmt.Sprintf("its folder could not be removed: %v", err))
 			} else {

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -35,6 +37,82 @@ func TestPublicSwarmNodeRefusesTheProcessExecutor(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("the refusal does not say %q: %v", want, err)
 		}
+	}
+}
+
+// A node that is not root cannot run jobs as another user: it offers the
+// process executor only when its operator accepts, with
+// --jobs-as-node-user, that jobs run as the node's own user.
+func TestNonRootNodeOffersProcessesOnlyWhenTold(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to run the node as another user")
+	}
+	nobody, err := gmexec.LookupJobUser("nobody", false)
+	if err != nil {
+		t.Skip(err)
+	}
+	home, err := os.MkdirTemp("", "gmnobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(home) })
+	key, err := node.NewSwarmKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(home, "swarm.key"), key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{home, filepath.Join(home, "swarm.key")} {
+		if err := os.Chown(p, int(nobody.UID), int(nobody.GID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	command := func(extra ...string) *exec.Cmd {
+		argv := append([]string{"--data", filepath.Join(home, "data"), "node", "--listen", "/ip4/127.0.0.1/tcp/0", "--mdns=false",
+			"--gpus", "none", "--executors", "process", "--job-dir", filepath.Join(home, "jobs")}, extra...)
+		cmd := exec.Command(gmBin, argv...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody.UID, Gid: nobody.GID, Groups: []uint32{}}}
+		cmd.Env = append(os.Environ(), "HOME="+home)
+		return cmd
+	}
+	out, err := command().CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("a node run as nobody offering processes: %v, want exit code 2\n%s", err, out)
+	}
+	for _, want := range []string{"public swarm", "not root", "could read its data dir, key.json (its wallet) included", "--jobs-as-node-user"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the refusal does not say %q:\n%s", want, out)
+		}
+	}
+
+	// In its private swarm and told: it runs, until Ctrl-C.
+	cmd := command("--swarm-key", filepath.Join(home, "swarm.key"), "--jobs-as-node-user")
+	var buf syncBuffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	testwait.For(t, startWait, "the node to run", func() (bool, string) {
+		select {
+		case err := <-done:
+			t.Fatalf("the node exited: %v\n%s", err, buf.String())
+		default:
+		}
+		return strings.Contains(buf.String(), "Stop it with Ctrl-C."), buf.String()
+	})
+	_ = cmd.Process.Signal(os.Interrupt)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("SIGINT: %v\n%s", err, buf.String())
+		}
+	case <-time.After(stopWait):
+		_ = cmd.Process.Kill()
+		t.Fatalf("the node did not stop on SIGINT")
 	}
 }
 

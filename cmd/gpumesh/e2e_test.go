@@ -36,6 +36,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	_ = os.Chmod(dir, 0o755) // tests run it as other users too
 	gmBin = filepath.Join(dir, "gpumesh")
 	goTool, err := exec.LookPath("go")
 	if err != nil {
