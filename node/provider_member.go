@@ -447,7 +447,7 @@ func (n *Node) executorFor(ctx context.Context, spec jobspec.Spec) (exec.Executo
 	}
 	if !offered {
 		if want == "process" {
-			return nil, errors.New("this provider runs containers only; give the job an image (the process executor is for private swarms, turned on with --executors docker,process)")
+			return nil, errors.New("this provider runs containers only; give the job an image (the process executor is for trusted private swarms, turned on with --executors docker,process)")
 		}
 		return nil, fmt.Errorf("this provider offers the executors %s, not docker", strings.Join(n.executors(), ","))
 	}
