@@ -146,7 +146,7 @@ public swarm.`,
 	f.StringVar(&gpus, "gpus", envOr("GPUMESH_GPUS", "auto"), "GPUs to offer: auto (NVML if there is a driver), nvml, none, or go-nvml's mock:dgxa100 / mock:dgxh100 (env GPUMESH_GPUS)")
 	f.StringSliceVar(&executors, "executors", envList("GPUMESH_EXECUTORS", []string{"docker"}), "how this provider runs jobs: docker (containers), process (bare commands as an unprivileged user: private swarms only), or docker,process (env GPUMESH_EXECUTORS)")
 	f.StringVar(&jobUser, "job-user", "", "with --executors process on a root node: the unprivileged user jobs run as (default "+exec.DefaultJobUser+", made if missing)")
-	f.StringVar(&jobDir, "job-dir", "", "with --executors process: where jobs get their work folders, outside the data dir (default "+node.DefaultJobDir+"/<peer ID> for root)")
+	f.StringVar(&jobDir, "job-dir", "", "with --executors process: where jobs get their work folders, outside the data dir (default "+node.DefaultJobDir+"/<peer ID> for root, else ~/.cache/gpumesh-jobs/<peer ID>)")
 	f.BoolVar(&jobsAsNodeUser, "jobs-as-node-user", false, "with --executors process on a node not run as root: accept that jobs run as this node's own user and can read its data dir")
 	f.DurationVar(&heartbeat, "heartbeat", node.DefaultHeartbeat, "how often this peer's job members say they are alive; a member silent for 3 heartbeats is lost")
 	f.StringVar(&solanaRPC, "solana-rpc", os.Getenv("GPUMESH_SOLANA_RPC"), "Solana JSON-RPC URL: anchor the receipts this provider co-signed there (devnet, mainnet, a validator or chain/localnet; env GPUMESH_SOLANA_RPC)")
