@@ -12,7 +12,9 @@
 //     bounded pulls, labelled so a restarted peer removes what it left;
 //     imagecache.go: the images it pulled, removed least recently used
 //     first over a cap) and plain processes (process.go: own folder, own
-//     process group); both can pause and resume a task (unpaid work);
+//     process group with a parent-death signal, an unprivileged job user;
+//     procgroup.go: the group recorded and killed after a crash, the job
+//     user found or made); both can pause and resume a task (unpaid work);
 //   - the launchers' environment (launch.go): torchrun and Ray variables for
 //     a multi-member job.
 //

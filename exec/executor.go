@@ -73,6 +73,14 @@ type Task struct {
 
 	// Started, if set, is called once when the work has started.
 	Started func(at time.Time)
+
+	// Spawned, if set, is called by the process executor once the work's
+	// process group exists and before its output is read or Started is
+	// called: a provider records the group there, so that after a crash it
+	// can kill what is left. An error stops the work at once, and Run
+	// returns it. The docker executor does not call it (containers carry
+	// their owner's label instead).
+	Spawned func(ProcessGroup) error
 }
 
 // Result is how a task ended.

@@ -8,6 +8,7 @@ import (
 	"os"
 	osexec "os/exec"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -21,15 +22,22 @@ const processDrainTimeout = 2 * time.Second
 // defaultPath is the PATH of a task when this peer has none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// Process runs tasks as plain processes of this peer's user, in their own
-// process group, with no isolation: no container, no network isolation
+// Process runs tasks as plain processes, as User (or this peer's own user
+// when nil), each in its own process group with a parent-death signal
+// (SIGKILL: the work's first process dies with this peer), and with no
+// other isolation: no container, no network isolation
 // (Task.Network is ignored: the work always has the host's network), no
 // memory or CPU limits (Task.Memory and Task.CPUs are ignored) and the same
 // view of the host's GPUs as this peer, bounded only by the
 // NVIDIA_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES it is given. It is for
 // trusted private swarms, whose members run each other's code anyway.
 // The zero value is ready to use.
-type Process struct{}
+type Process struct {
+	// User, when set, is the unprivileged account the work runs as (this
+	// peer must be root to switch to it), with no supplementary groups; the
+	// caller gives it WorkDir and Outputs. nil: this peer's own user.
+	User *JobUser
+}
 
 var _ Executor = Process{}
 
@@ -40,7 +48,12 @@ func (Process) Name() string { return "process" }
 // GPUMESH_OUTPUTS=t.Outputs. A timeout or a cancelled ctx sends SIGTERM to
 // the whole process group, then SIGKILL after StopGrace; when the command
 // ends, whatever it left running in its group is killed.
-func (Process) Run(ctx context.Context, t Task) (Result, error) {
+//
+// The work's first process gets SIGKILL when this peer dies, but what it
+// started lives on: Task.Spawned is told the group before the work goes on,
+// so a provider can record it and kill the rest (KillGroup) when it starts
+// again.
+func (p Process) Run(ctx context.Context, t Task) (Result, error) {
 	if len(t.Command) == 0 || t.Command[0] == "" {
 		return Result{}, fmt.Errorf("process executor: task %q has no command; the process executor needs one (it has no image entrypoint to fall back on)", t.Name)
 	}
@@ -57,7 +70,12 @@ func (Process) Run(ctx context.Context, t Task) (Result, error) {
 	cmd := osexec.Command(t.Command[0], t.Command[1:]...)
 	cmd.Dir = t.WorkDir
 	cmd.Env = processEnv(t, outputs)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if p.User != nil {
+		// The kernel clears a parent-death signal when the credentials
+		// change; Go sets it after switching user, so it holds.
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: p.User.UID, Gid: p.User.GID, Groups: []uint32{}}
+	}
 
 	// Our own pipes, not os/exec's: Wait then returns when the process ends,
 	// and the output is drained after the rest of its group is killed, so a
@@ -98,9 +116,43 @@ func (Process) Run(ctx context.Context, t Task) (Result, error) {
 		return Result{}, err
 	}
 
-	if err := cmd.Start(); err != nil {
+	// The parent-death signal fires when the thread that forked the work
+	// ends, not this process: the thread that starts it is locked to its
+	// goroutine, which lives until the work has ended.
+	type spawned struct {
+		group ProcessGroup
+		err   error
+	}
+	spawn := make(chan spawned, 1)
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			spawn <- spawned{err: err}
+			return
+		}
+		// Not waited for yet, so /proc still has the leader even if it ended.
+		g, err := GroupOf(cmd.Process.Pid)
+		if err != nil {
+			g = ProcessGroup{PGID: cmd.Process.Pid, Boot: bootID()}
+		}
+		spawn <- spawned{group: g}
+		done <- cmd.Wait()
+	}()
+	sp := <-spawn
+	if sp.err != nil {
 		closeAll()
-		return Result{}, fmt.Errorf("process executor: starting task %q (command %q in %q): %w; check that the command exists on this host and is executable", t.Name, t.Command, t.WorkDir, err)
+		return Result{}, fmt.Errorf("process executor: starting task %q (command %q in %q): %w; check that the command exists on this host and is executable", t.Name, t.Command, t.WorkDir, sp.err)
+	}
+	pgid := sp.group.PGID
+	if t.Spawned != nil {
+		if err := t.Spawned(sp.group); err != nil {
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			<-done
+			closeAll()
+			return Result{}, fmt.Errorf("process executor: task %q stopped before its work began: %w", t.Name, err)
+		}
 	}
 	res := Result{Start: time.Now()}
 	for _, f := range childEnds {
@@ -119,11 +171,8 @@ func (Process) Run(ctx context.Context, t Task) (Result, error) {
 		t.Started(res.Start)
 	}
 
-	pgid := cmd.Process.Pid
 	running.Store(t.Name, pgid)
 	defer running.Delete(t.Name)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 
 	var waitErr error
 	waitErr, res.TimedOut, res.Stopped = awaitWork(ctx, t.Timeout, done)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/internal/testwait"
 )
 
 // processTask is a task running /bin/sh -c script on this host.
@@ -165,5 +167,137 @@ func TestProcessNeedsACommand(t *testing.T) {
 	_, err := exec.Process{}.Run(context.Background(), task)
 	if err == nil || !strings.Contains(err.Error(), "needs") {
 		t.Errorf("err = %v, want one saying the process executor needs a command", err)
+	}
+}
+
+// jobUserDirs makes a work and an outputs folder that the job user owns, in
+// a folder it may enter, and returns them with the user.
+func jobUserDirs(t *testing.T) (exec.JobUser, string, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("running work as another user needs root")
+	}
+	u, err := exec.LookupJobUser(exec.DefaultJobUser, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := os.MkdirTemp("", "gpumesh-jobuser-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	var dirs []string
+	for _, d := range []string{"work", "outputs"} {
+		p := filepath.Join(base, d)
+		if err := os.Mkdir(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(p, int(u.UID), int(u.GID)); err != nil {
+			t.Fatal(err)
+		}
+		dirs = append(dirs, p)
+	}
+	return u, dirs[0], dirs[1]
+}
+
+// Work run as the job user reads nothing of its owner's: not a key file,
+// not even the listing of the folder that holds it.
+func TestProcessAsJobUserCannotReadTheOwnersFiles(t *testing.T) {
+	u, work, outputs := jobUserDirs(t)
+	secret := t.TempDir() // 0700, root's
+	if err := os.WriteFile(filepath.Join(secret, "key.json"), []byte("[1,2,3]"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	task := exec.Task{
+		Name:    taskName(t),
+		Command: []string{"/bin/sh", "-c", `id -u; cat "$SECRET/key.json"; echo "cat=$?"; ls "$SECRET"; echo "ls=$?"; echo ok > "$GPUMESH_OUTPUTS/out"`},
+		Env:     map[string]string{"SECRET": secret},
+		WorkDir: work, Outputs: outputs,
+	}
+	out := newSyncBuf()
+	task.Stdout, task.Stderr = out, out
+	res, err := exec.Process{User: &u}.Run(context.Background(), task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	if !strings.HasPrefix(got, strconv.Itoa(int(u.UID))+"\n") {
+		t.Errorf("the work ran as %q, want uid %d", strings.SplitN(got, "\n", 2)[0], u.UID)
+	}
+	if strings.Contains(got, "[1,2,3]") || !strings.Contains(got, "Permission denied") || strings.Contains(got, "cat=0") || strings.Contains(got, "ls=0") {
+		t.Errorf("the job user read the owner's folder:\n%s", got)
+	}
+	if res.ExitCode != 0 {
+		t.Errorf("exit code %d, want 0", res.ExitCode)
+	}
+	if b, err := os.ReadFile(filepath.Join(outputs, "out")); err != nil || string(b) != "ok\n" {
+		t.Errorf("its own outputs: %q, %v", b, err)
+	}
+}
+
+// What a task leaves behind when its provider dies (a background child
+// of its killed first process) is found again by the recorded group and
+// killed; a group whose ID names another process now is left alone.
+func TestKillGroupKillsWhatATaskLeft(t *testing.T) {
+	task := processTask(t, `sleep 300 & echo $! > "$GPUMESH_OUTPUTS/child"; echo $$ > "$GPUMESH_OUTPUTS/pid"; wait`)
+	groups := make(chan exec.ProcessGroup, 1)
+	task.Spawned = func(g exec.ProcessGroup) error { groups <- g; return nil }
+	ran := make(chan exec.Result, 1)
+	go func() {
+		res, err := exec.Process{}.Run(context.Background(), task)
+		if err != nil {
+			t.Error(err)
+		}
+		ran <- res
+	}()
+	g := <-groups
+	if g.PGID <= 1 || g.Start == 0 || g.Boot == "" {
+		t.Fatalf("group %+v: want its ID, start time and boot", g)
+	}
+	child := filepath.Join(task.Outputs, "child")
+	testwait.For(t, 10*time.Second, "the task's child", func() (bool, string) {
+		b, err := os.ReadFile(child)
+		return err == nil && len(b) > 0 && b[len(b)-1] == '\n', fmt.Sprint(err)
+	})
+	pid := readPid(t, child)
+
+	// Another start time: the ID is someone else's; nothing is killed.
+	if n, err := exec.KillGroup(exec.ProcessGroup{PGID: g.PGID, Start: g.Start + 1, Boot: g.Boot}, time.Second); n != 0 || err != nil {
+		t.Fatalf("KillGroup of a reused ID killed %d (%v), want 0", n, err)
+	}
+	// Another boot: nothing of it can be left.
+	if n, err := exec.KillGroup(exec.ProcessGroup{PGID: g.PGID, Start: g.Start, Boot: "another-boot"}, time.Second); n != 0 || err != nil {
+		t.Fatalf("KillGroup of another boot killed %d (%v), want 0", n, err)
+	}
+	if processGone(pid) {
+		t.Fatal("the child died of a KillGroup that named another group")
+	}
+
+	n, err := exec.KillGroup(g, 10*time.Second)
+	if err != nil || n != 2 {
+		t.Fatalf("KillGroup = %d, %v; want the shell and its child, 2", n, err)
+	}
+	if !waitGone(t, pid, 10*time.Second) {
+		t.Fatalf("child %d outlived KillGroup", pid)
+	}
+	if res := <-ran; res.ExitCode != 128+int(syscall.SIGKILL) {
+		t.Errorf("exit code %d, want %d (SIGKILL)", res.ExitCode, 128+int(syscall.SIGKILL))
+	}
+}
+
+// A task whose group could not be recorded does not run on.
+func TestProcessStopsWhenSpawnedFails(t *testing.T) {
+	task := processTask(t, `echo $$ > "$GPUMESH_OUTPUTS/pid"; exec sleep 300`)
+	var pgid int
+	task.Spawned = func(g exec.ProcessGroup) error { pgid = g.PGID; return errors.New("disk full") }
+	_, err := exec.Process{}.Run(context.Background(), task)
+	if err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("err = %v, want the Spawned error", err)
+	}
+	if !waitGone(t, pgid, 10*time.Second) {
+		t.Fatalf("the task's process %d runs on", pgid)
 	}
 }

@@ -297,7 +297,7 @@ func (n *Node) apiRoutes() []apiRoute {
 		{get, routeID, func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Info()) }},
 		{get, routePeers, func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Peers()) }},
 		{get, routeStatus, func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.Status()) }},
-		{get, routeGPUsLocal, func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.LocalGPUs()) }},
+		{get, routeGPUsLocal, func(w http.ResponseWriter, r *http.Request) { writeJSON(w, n.localReport()) }},
 		{get, routeGPUsFind, n.serveFindGPUs},
 		{get, routePrices, n.servePrices},
 		{get, routeJobs, n.serveJobs},

@@ -2,6 +2,7 @@ package node
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +10,34 @@ import (
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/gossip"
 )
+
+// privateSwarm is a private swarm for configs that need one.
+var privateSwarm = Swarm{PSK: make([]byte, 32)}
+
+// Whoever runs the node decides how honest its process executor can be:
+// as root its jobs run as another user; as anyone else only with the
+// operator's word that they run as the node's own user.
+func TestConfigValidateProcessExecutorAndTheNodesUser(t *testing.T) {
+	cfg := Config{Executors: []string{"process"}, Swarm: privateSwarm}
+	err := cfg.validate()
+	if os.Geteuid() == 0 {
+		if err != nil {
+			t.Fatalf("root, private swarm: %v, want nil", err)
+		}
+		cfg.JobsAsNodeUser = true
+		if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), "jobs never run as root") {
+			t.Errorf("root with --jobs-as-node-user: %v, want a refusal", err)
+		}
+		return
+	}
+	if err == nil || !strings.Contains(err.Error(), "could read its data dir, key.json (its wallet) included") || !strings.Contains(err.Error(), "--jobs-as-node-user") {
+		t.Fatalf("not root: %v, want a refusal naming the risk and the flag", err)
+	}
+	cfg.JobsAsNodeUser = true
+	if err := cfg.validate(); err != nil {
+		t.Errorf("not root, acknowledged: %v, want nil", err)
+	}
+}
 
 // Config.validate is what the local API's node and the CLI's flags are
 // both held to: each refusal names the flag to fix and what it wants.
@@ -28,6 +57,12 @@ func TestConfigValidateRefusesWithTheFlagAndWhatItWants(t *testing.T) {
 		{"metrics without port", Config{Metrics: "metrics"}, "metrics", `--metrics "metrics": want HOST:PORT`},
 		{"unknown executor", Config{Executors: []string{"docker", "vm"}}, "executors", `--executors "vm": want docker, process or both (docker,process)`},
 		{"empty executor", Config{Executors: []string{""}}, "executors", `--executors "": want docker, process`},
+		{"process executor in the public swarm", Config{Executors: []string{"docker", "process"}}, "executors",
+			"--executors process runs other peers' commands on this machine with no container, so it is only for a private swarm"},
+		{"job dir in the data dir", Config{Executors: []string{"process"}, Swarm: privateSwarm, DataDir: "/d", JobDir: "/d/jobs"}, "job-dir",
+			`--job-dir "/d/jobs" is inside the data dir "/d", which jobs must never see`},
+		{"relative job dir", Config{Executors: []string{"process"}, Swarm: privateSwarm, JobDir: "jobs"}, "job-dir", `--job-dir "jobs": want an absolute path`},
+		{"job flags without the process executor", Config{JobUser: "nobody"}, "executors", "--job-user, --job-dir and --jobs-as-node-user are for the process executor"},
 		{"negative offer TTL", Config{OfferTTL: -time.Second}, "", "offer TTL -1s: want a positive duration"},
 		{"price unit without decimals", Config{PriceUnit: "USDC"}, "price-unit", "--price-unit: bad price: unit \"USDC\": want TOKEN:DECIMALS"},
 		{"price policy", Config{Price: "fixed:cheap"}, "price", "--price: "},
@@ -60,7 +95,7 @@ func TestConfigValidateRefusesWithTheFlagAndWhatItWants(t *testing.T) {
 func TestConfigValidateTakesZeroValuesAndBounds(t *testing.T) {
 	for _, cfg := range []Config{
 		{},
-		{Executors: []string{"docker", "process"}, Heartbeat: MinHeartbeat, SettleInterval: MinSettleInterval,
+		{Executors: []string{"docker", "process"}, Swarm: privateSwarm, JobDir: "/var/lib/j", JobsAsNodeUser: os.Geteuid() != 0, Heartbeat: MinHeartbeat, SettleInterval: MinSettleInterval,
 			AnchorBatch: chain.MaxBatchSize, AnchorAge: time.Minute, Port: 65535, DHTMode: "client",
 			DataDir: "d", APIListen: "127.0.0.1:0", Metrics: ":9100", Explorer: "127.0.0.1:8080",
 			PriceUnit: "SOL:9", Price: "auto:floor=0.5,target=0.7"},

@@ -44,6 +44,11 @@ type LocalGPUs struct {
 	Offer       *dht.Offer     `json:"offer,omitempty"` // as last published
 	PublishedAt time.Time      `json:"publishedAt,omitzero"`
 	Error       string         `json:"error,omitempty"` // of the last publish, if it failed
+	// InUse maps the UUIDs of the GPUs that jobs run on now to the task there.
+	InUse map[string]string `json:"inUse,omitempty"`
+	// Ended are members whose work this provider was running when it
+	// stopped, ended at its restart, newest first.
+	Ended []EndedTask `json:"ended,omitempty"`
 }
 
 // startDirectory finds the local GPUs and, if there are any, starts
@@ -307,11 +312,22 @@ func (n *Node) refreshInventory() {
 // LocalGPUs reports the inventory and the offer as last published.
 func (n *Node) LocalGPUs() LocalGPUs {
 	n.dirMu.Lock()
-	defer n.dirMu.Unlock()
 	l := LocalGPUs{Inventory: n.inventory, Offer: n.offer, PublishedAt: n.publishedAt}
 	if n.publishErr != nil {
 		l.Error = n.publishErr.Error()
 	}
+	n.dirMu.Unlock()
+	return l
+}
+
+// localReport is LocalGPUs with the GPUs in use and the members a restart
+// ended: what `gpumesh gpus local` shows.
+func (n *Node) localReport() LocalGPUs {
+	l := n.LocalGPUs()
+	if use := n.GPUsInUse(); len(use) > 0 {
+		l.InUse = use
+	}
+	l.Ended = n.EndedTasks()
 	return l
 }
 

@@ -34,6 +34,9 @@
 //	provider_gpus.go     reservations and which GPUs a member holds
 //	provider_member.go   serving a member: checks, executor, its share of
 //	                     the machine, logs, outputs, the signed receipt
+//	provider_tasks.go    members recorded on disk while they run; what a
+//	                     crash left, ended at the next start; the process
+//	                     executor's user and folders
 //	provider_bill.go     billing a member's work as it runs; pausing and
 //	                     stopping unpaid work
 //	receipts.go          receipts kept on disk, both sides

@@ -76,7 +76,7 @@ func TestExplorerStateAndPage(t *testing.T) {
 	if err := json.Unmarshal(raw, &st); err != nil {
 		t.Fatal(err)
 	}
-	if st.Peer.PeerID != viewer.Identity().PeerID.String() || st.Peer.SolanaAddress != viewer.Identity().SolanaAddress || st.Peer.Swarm != node.PublicSwarm {
+	if st.Peer.PeerID != viewer.Identity().PeerID.String() || st.Peer.SolanaAddress != viewer.Identity().SolanaAddress || st.Peer.Swarm != meshtest.SwarmOf(21).ID() {
 		t.Fatalf("peer %+v", st.Peer)
 	}
 	if len(st.Peers) != 1 || st.Peers[0].PeerID != provider.Identity().PeerID.String() {

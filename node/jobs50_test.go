@@ -15,7 +15,7 @@ import (
 // 1.60, ... 2.40 USDC/GPU-h, the even ones in eu-west/ams1 and the odd ones
 // in us-east/nyc2; forty peers without GPUs.
 func market50(t testing.TB) *meshtest.Mesh {
-	return meshtest.Start(t, 50, meshtest.Options{Seed: 50, Providers: 10, Executors: []string{"process"}, Config: func(i int, c *node.Config) {
+	return meshtest.Start(t, 50, meshtest.Options{Seed: 50, Providers: 10, Executors: []string{"process"}, Private: true, Config: func(i int, c *node.Config) {
 		if i < 10 {
 			c.Price = fmt.Sprintf("fixed:%d.%d0", 1+(5+i)/10, (5+i)%10)
 			c.Region = []string{"eu-west/ams1", "us-east/nyc2"}[i%2]

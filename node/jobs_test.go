@@ -17,11 +17,12 @@ import (
 )
 
 // h100s are the options of a mesh whose first `providers` peers offer 8x
-// H100-80GB each at 2.10 USDC/GPU-h and run jobs with the process executor;
+// H100-80GB each at 2.10 USDC/GPU-h and run jobs with the process executor
+// (in a private swarm, which that executor needs);
 // the rest have no GPUs. (Heartbeats keep their default: under the race
 // detector on two busy cores a few hundred milliseconds of silence happens.)
 func h100s(seed uint64, providers int) meshtest.Options {
-	return meshtest.Options{Seed: seed, Providers: providers, Price: "fixed:2.10", Executors: []string{"process"}}
+	return meshtest.Options{Seed: seed, Providers: providers, Price: "fixed:2.10", Executors: []string{"process"}, Private: true}
 }
 
 // clusterMesh starts n peers; the first four are h100s (jobs run sleep

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -68,10 +70,20 @@ type Config struct {
 	ExplorerHosts []string
 
 	// GPU directory.
-	GPUs      string        // GPU source: "auto" (""), "nvml", "none", "mock:dgxa100", "mock:dgxh100"
-	Region    string        // region/zone label in offers, e.g. "eu-west/ams1"
-	Executors []string      // executors offered: "docker", "process" (trusted private swarms); empty means "docker"
-	OfferTTL  time.Duration // validity of a published offer; 0 means DefaultOfferTTL
+	GPUs      string   // GPU source: "auto" (""), "nvml", "none", "mock:dgxa100", "mock:dgxh100"
+	Region    string   // region/zone label in offers, e.g. "eu-west/ams1"
+	Executors []string // executors offered: "docker", "process" (private swarms only: see JobUser); empty means "docker"
+	// The process executor. Its work runs in folders of JobDir (outside the
+	// data dir; "": /var/lib/gpumesh-jobs/<peer ID> for root, the user's
+	// cache dir's gpumesh-jobs/<peer ID> otherwise, a temporary folder for
+	// a node without a data dir). A node run as root runs it as JobUser
+	// ("": exec.DefaultJobUser, made if missing); a node run as another
+	// user runs it as itself, so it can read the data dir: such a node
+	// offers the process executor only with JobsAsNodeUser set.
+	JobDir         string
+	JobUser        string
+	JobsAsNodeUser bool
+	OfferTTL       time.Duration // validity of a published offer; 0 means DefaultOfferTTL
 
 	// Spot prices.
 	Price      string             // pricing policy: "fixed:2.10" or "auto:floor=1.50,target=0.7"; "" quotes nothing
@@ -166,6 +178,7 @@ type Node struct {
 	negState       // negotiate.go
 	jobBook        // jobs.go
 	memberState    // provider_member.go
+	taskState      // provider_tasks.go
 	runState       // submitter_run.go
 	anchorState    // anchor.go
 
@@ -273,10 +286,17 @@ func (c *Config) validate() error {
 			bad("metrics", "--metrics %q: %w", c.Metrics, err)
 		}
 	}
+	process := false
 	for _, e := range c.Executors {
 		if e != "docker" && e != "process" {
 			bad("executors", "--executors %q: want docker, process or both (docker,process)", e)
 		}
+		process = process || e == "process"
+	}
+	if process {
+		c.validateProcess(bad)
+	} else if c.JobUser != "" || c.JobDir != "" || c.JobsAsNodeUser {
+		bad("executors", "--job-user, --job-dir and --jobs-as-node-user are for the process executor; add --executors docker,process (in a private swarm) or leave them out")
 	}
 	if c.OfferTTL < 0 {
 		bad("", "offer TTL %s: want a positive duration, or 0 for %s", c.OfferTTL, DefaultOfferTTL)
@@ -325,6 +345,43 @@ func (c *Config) validate() error {
 		bad("heartbeat", "--heartbeat %s: want at least %s (0: the default, %s)", c.Heartbeat, MinHeartbeat, DefaultHeartbeat)
 	}
 	return errors.Join(errs...)
+}
+
+// validateProcess checks what the process executor needs: a private swarm,
+// and either root (to run the work as the job user) or the operator's word
+// that the work may run as this node's own user.
+func (c *Config) validateProcess(bad func(flag, format string, args ...any)) {
+	if !c.Swarm.Private() {
+		bad("executors", "--executors process runs other peers' commands on this machine with no container, so it is only for a private swarm, whose members trust each other; this node is in the public swarm. "+
+			"Make a private swarm with `gpumesh swarm init` and start every peer with --swarm-key FILE, or offer containers only (--executors docker)")
+	}
+	root := os.Geteuid() == 0
+	switch {
+	case !root && c.JobUser != "":
+		bad("job-user", "--job-user %s: running jobs as another user needs the node to run as root (it runs as uid %d)", c.JobUser, os.Geteuid())
+	case !root && !c.JobsAsNodeUser:
+		bad("executors", "--executors process: this node runs as uid %d, not root, so it cannot run jobs as a separate user; they would run as this node's own user and could read its data dir, key.json (its wallet) included. "+
+			"Run the node as root (jobs then run as --job-user, default %s), or accept that with --jobs-as-node-user", os.Geteuid(), exec.DefaultJobUser)
+	case root && c.JobsAsNodeUser:
+		bad("jobs-as-node-user", "--jobs-as-node-user: this node runs as root, and jobs never run as root; they run as --job-user (default %s). Leave the flag out", exec.DefaultJobUser)
+	}
+	if c.JobDir != "" && !filepath.IsAbs(c.JobDir) {
+		bad("job-dir", "--job-dir %q: want an absolute path, such as /var/lib/gpumesh-jobs", c.JobDir)
+	}
+	if c.JobDir != "" && c.DataDir != "" && within(c.DataDir, c.JobDir) {
+		bad("job-dir", "--job-dir %q is inside the data dir %q, which jobs must never see; put it elsewhere, such as /var/lib/gpumesh-jobs", c.JobDir, c.DataDir)
+	}
+}
+
+// within reports whether path is dir or inside it.
+func within(dir, path string) bool {
+	d, err1 := filepath.Abs(dir)
+	p, err2 := filepath.Abs(path)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	rel, err := filepath.Rel(d, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
 // checkHostPort checks a TCP listen address.
@@ -391,6 +448,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}()
 	if err := n.openDataDir(); err != nil {
+		return err
+	}
+	// Work a crash left ends before this peer offers its GPUs again.
+	if err := n.startTasks(ctx); err != nil {
 		return err
 	}
 	if n.cfg.Metrics != "" {
@@ -546,6 +607,7 @@ func (n *Node) Close() error {
 		n.wg.Wait()
 		errs = append(errs, n.closeJobs(), n.closePrices(), n.closeAnchor())
 		n.closeMembers()
+		n.closeTasks()
 		if n.stopGossip != nil {
 			n.stopGossip()
 		}

@@ -178,12 +178,11 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	}
 	defer n.freeGPUs(task)
 
-	state, err := n.stateDir()
+	runDir, err := n.runDir(ex.Name(), task)
 	if err != nil {
-		fail("state folder: %v", err)
+		fail("run folder: %v", err)
 		return
 	}
-	runDir := filepath.Join(state, "runs", task)
 	_ = os.RemoveAll(runDir)
 	outputs, work := filepath.Join(runDir, "outputs"), filepath.Join(runDir, "work")
 	for _, d := range []string{outputs, work} {
@@ -192,7 +191,26 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			return
 		}
 	}
+	// Kept before the work starts, removed after its folder: a crash in
+	// between is ended at the next start (provider_tasks.go).
+	rec := taskRecord{Task: task, Job: st.Job, Attempt: st.Attempt, Rank: st.Rank, Submitter: from.String(),
+		Executor: ex.Name(), RunDir: runDir, Created: time.Now().UTC()}
+	for _, g := range gpus {
+		rec.GPUs = append(rec.GPUs, g.UUID)
+	}
+	if err := n.recordTask(rec); err != nil {
+		_ = os.RemoveAll(runDir)
+		fail("%v", err)
+		return
+	}
+	defer n.forgetTask(task)
 	defer os.RemoveAll(runDir) // the outputs have gone to the submitter; the receipt stays
+	if ex.Name() == "process" {
+		if err := n.giveToJobUser(runDir, outputs, work); err != nil {
+			fail("run folder for the job user: %v", err)
+			return
+		}
+	}
 
 	env := map[string]string{}
 	for k, v := range st.Spec.Env {
@@ -344,6 +362,10 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		StartBy:  startBy,
 		Stdout:   jobwire.NewLogWriter(fw, "out"),
 		Stderr:   jobwire.NewLogWriter(fw, "err"),
+		Spawned: func(g exec.ProcessGroup) error {
+			rec.Group = &g
+			return n.recordTask(rec)
+		},
 		Started: func(at time.Time) {
 			util.start()
 			_ = fw.Write(jobwire.Frame{T: jobwire.KindStarted, At: at.UnixMilli()})
@@ -474,12 +496,22 @@ func (n *Node) awaitCountersign(ctx context.Context, sr receipt.Signed, counters
 
 // sendOutputs streams each output file: a header, then its bytes.
 func sendOutputs(fw *jobwire.Writer, dir string, files []receipt.OutputFile) error {
+	if len(files) == 0 {
+		return nil
+	}
+	// Opened beneath dir only: a symlink the work left (or swapped in)
+	// cannot make this peer send a file of its own.
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
 	buf := make([]byte, jobwire.MaxChunk)
 	for _, of := range files {
 		if err := fw.Write(jobwire.Frame{T: jobwire.KindFile, File: &of}); err != nil {
 			return err
 		}
-		f, err := os.Open(filepath.Join(dir, filepath.FromSlash(of.Path)))
+		f, err := root.Open(filepath.FromSlash(of.Path))
 		if err != nil {
 			return err
 		}
@@ -521,7 +553,7 @@ func (n *Node) executorFor(ctx context.Context, spec jobspec.Spec) (exec.Executo
 		return nil, fmt.Errorf("this provider offers the executors %s, not docker", strings.Join(n.executors(), ","))
 	}
 	if want == "process" {
-		return exec.Process{}, nil
+		return n.processExecutor(), nil
 	}
 	return n.dockerExecutor(ctx)
 }

@@ -230,8 +230,17 @@ func TestLostMemberFailsOrIsReplaced(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	sub := m.Nodes[4]
-	// The script ends once a marker file exists: the test says when.
-	marker := filepath.Join(t.TempDir(), "go")
+	// The script ends once a marker file exists: the test says when. The
+	// job user must see it: not in the test's own folder (closed to others).
+	shared, err := os.MkdirTemp("", "gm-marker-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	if err := os.Chmod(shared, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	marker := filepath.Join(shared, "go")
 	script := fmt.Sprintf(`echo started; while [ ! -e %s ]; do sleep 0.05; done; echo finished`, marker)
 
 	for _, retries := range []int{0, 1} {

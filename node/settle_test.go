@@ -30,7 +30,7 @@ func solMesh(t *testing.T, fund uint64) (*meshtest.Mesh, *localnet.Localnet) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	ln := testlocalnet.Start(t, localnet.Options{})
-	m := meshtest.Start(t, 2, meshtest.Options{Seed: 77, Providers: 1, Price: "fixed:3.6", Executors: []string{"process"}, Config: func(i int, c *node.Config) {
+	m := meshtest.Start(t, 2, meshtest.Options{Seed: 77, Providers: 1, Price: "fixed:3.6", Executors: []string{"process"}, Private: true, Config: func(i int, c *node.Config) {
 		c.PriceUnit, c.SolanaRPC, c.AnchorAge = "SOL:9", ln.URL(), time.Hour
 		if i == 0 {
 			c.SettleInterval = time.Second

@@ -36,6 +36,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	_ = os.Chmod(dir, 0o755) // tests run it as other users too
 	gmBin = filepath.Join(dir, "gpumesh")
 	goTool, err := exec.LookPath("go")
 	if err != nil {
@@ -404,4 +405,39 @@ func TestNodeReportsDeadBootstrapPeerAndExitsCleanlyOnSIGTERM(t *testing.T) {
 	if n.err != nil {
 		t.Errorf("SIGTERM gave %v, want exit code 0", n.err)
 	}
+}
+
+// privateSwarm returns the flags that put a peer in a private swarm of the
+// test's own (a fresh key): the process executor runs only in one.
+func privateSwarm(tb testing.TB) []string {
+	tb.Helper()
+	key, err := node.NewSwarmKey()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	path := filepath.Join(tb.TempDir(), "swarm.key")
+	if err := os.WriteFile(path, key, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return []string{"--swarm-key", path}
+}
+
+// jobDir returns a folder for a provider's process jobs that the job user
+// may enter (a test's temporary folders are closed to other users), and
+// with it the flags that give it to the provider.
+func jobDir(tb testing.TB) (string, []string) {
+	tb.Helper()
+	dir, err := os.MkdirTemp("", "gmjobs")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o711); err != nil {
+		tb.Fatal(err)
+	}
+	flags := []string{"--job-dir", dir}
+	if os.Geteuid() != 0 {
+		flags = append(flags, "--jobs-as-node-user")
+	}
+	return dir, flags
 }

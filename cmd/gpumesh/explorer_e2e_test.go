@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -150,8 +151,9 @@ func TestExplorerInBrowserEndToEnd(t *testing.T) {
 	needChromium(t)
 	// The swarm: a provider of 8 mock H100s running processes, and a peer
 	// without GPUs that serves the explorer on a free port.
-	common := []string{"--nat=false", "--dht-mode", "server", "--heartbeat", "500ms"}
-	prov := startNode(t, "provider", dataDir(t), append(common, "--gpus", "mock:dgxh100", "--price", "fixed:2.10", "--executors", "process")...)
+	common := append([]string{"--nat=false", "--dht-mode", "server", "--heartbeat", "500ms"}, privateSwarm(t)...)
+	_, jobFlags := jobDir(t)
+	prov := startNode(t, "provider", dataDir(t), append(append(slices.Clone(common), jobFlags...), "--gpus", "mock:dgxh100", "--price", "fixed:2.10", "--executors", "process")...)
 	sub := startNode(t, "submitter", dataDir(t), append(common, "--bootstrap", prov.bootstrapAddr(t), "--explorer", "127.0.0.1:0")...)
 	url := explorerURL(t, sub)
 	testwait.For(t, meshWait, "the provider in the submitter's directory", func() (bool, string) {

@@ -77,10 +77,12 @@ func BenchmarkSequentialJobs(b *testing.B) {
 		// -benchtime 10x or more (the first and the last tenth).
 		return
 	}
-	prov := startBenchPeer(b, "--gpus", "mock:dgxh100", "--price", "fixed:2.10", "--executors", "docker,process", "--heartbeat", "1s")
+	swarm := privateSwarm(b)
+	_, jobFlags := jobDir(b)
+	prov := startBenchPeer(b, append(append(slices.Clone(swarm), jobFlags...), "--gpus", "mock:dgxh100", "--price", "fixed:2.10", "--executors", "docker,process", "--heartbeat", "1s")...)
 	boot := "--bootstrap=" + prov.id.Addrs[0]
-	sub := startBenchPeer(b, boot)
-	idle := startBenchPeer(b, boot)
+	sub := startBenchPeer(b, append(slices.Clone(swarm), boot)...)
+	idle := startBenchPeer(b, append(slices.Clone(swarm), boot)...)
 	spec, err := jobspec.Parse([]byte(`name: trivial
 command: ["true"]
 resources: {gpus: 1, gpu: {model: H100}}

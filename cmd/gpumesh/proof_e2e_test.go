@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -22,8 +23,9 @@ func TestJobReceiptAnchoredAndItsProofVerifiedAnywhere(t *testing.T) {
 	defer cancel()
 	ln := testlocalnet.Start(t, localnet.Options{})
 
-	common := []string{"--nat=false", "--dht-mode", "server"}
-	prov := startNode(t, "provider", dataDir(t), append(common, "--gpus", "mock:dgxh100", "--price", "fixed:2.10",
+	common := append([]string{"--nat=false", "--dht-mode", "server"}, privateSwarm(t)...)
+	_, jobFlags := jobDir(t)
+	prov := startNode(t, "provider", dataDir(t), append(append(slices.Clone(common), jobFlags...), "--gpus", "mock:dgxh100", "--price", "fixed:2.10",
 		"--executors", "process", "--solana-rpc", ln.URL(), "--anchor-age", "200ms")...)
 	if err := ln.Airdrop(ctx, prov.id.SolanaAddress, 1_000_000_000); err != nil {
 		t.Fatal(err)

@@ -395,7 +395,12 @@ const (
 func HashOutputs(dir string) ([]OutputFile, error) {
 	var files []OutputFile
 	var total int64
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("outputs: %w", err)
+	}
+	defer root.Close()
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -412,7 +417,7 @@ func HashOutputs(dir string) ([]OutputFile, error) {
 		if err := CheckOutputPath(filepath.ToSlash(rel)); err != nil {
 			return err
 		}
-		f, err := os.Open(path)
+		f, err := root.Open(rel) // beneath dir only: a symlink swapped in is refused
 		if err != nil {
 			return err
 		}

@@ -38,6 +38,10 @@ type Options struct {
 	Price     string
 	Executors []string
 
+	// Private puts every node in one private swarm, its key derived from
+	// Seed (a node offering the process executor must be in one).
+	Private bool
+
 	// MeshDHT is how many peers each node's DHT routing table must hold
 	// before Start returns (at most n-1); 0 means 8.
 	MeshDHT int
@@ -74,6 +78,15 @@ func Key(seed uint64, i int) node.Identity {
 	return id
 }
 
+// SwarmOf is the private swarm of the meshes of seed.
+func SwarmOf(seed uint64) node.Swarm {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], seed)
+	copy(b[8:], "swarmkey")
+	s := sha256.Sum256(b[:])
+	return node.Swarm{PSK: s[:]}
+}
+
 // Start starts n nodes, links every pair, has each node dial node 0 and a
 // few earlier ones, and waits until they are meshed (every DHT routing table
 // holds opts.MeshDHT peers, every node has a GossipSub peer) and every node
@@ -99,6 +112,9 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 			t.Fatalf("meshtest: add peer %d: %v", i, err)
 		}
 		cfg := node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true, GPUs: "none"}
+		if opts.Private {
+			cfg.Swarm = SwarmOf(opts.Seed)
+		}
 		if i < opts.Providers {
 			cfg.GPUs, cfg.Price, cfg.Executors = opts.GPUs, opts.Price, opts.Executors
 		}

@@ -131,10 +131,28 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	fmt.Fprintf(d.out, "      RPC at %s\n", d.ln.URL())
 
-	d.say("starting three providers and a peer without GPUs, each its own process")
+	d.say("starting three providers and a peer without GPUs, each its own process, in a private swarm of their own")
+	// The providers run the job as bare processes, which only a private
+	// swarm may do; as root they run it as an unprivileged job user, in
+	// folders it can reach (the demo's folder lets others pass, not list).
+	key, err := node.NewSwarmKey()
+	if err != nil {
+		return err
+	}
+	keyPath := filepath.Join(d.base, "swarm.key")
+	if err := os.WriteFile(keyPath, key, 0o600); err != nil {
+		return err
+	}
+	if err := os.Chmod(d.base, 0o711); err != nil {
+		return err
+	}
 	common := []string{"--listen", "/ip4/127.0.0.1/tcp/0", "--mdns=false", "--nat=false", "--dht-mode", "server",
+		"--swarm-key", keyPath,
 		"--price-unit", "SOL:9", "--solana-rpc", d.ln.URL(), "--executors", "process",
 		"--anchor-age", "2s", "--settle-interval", "3s"}
+	if os.Geteuid() != 0 {
+		common = append(common, "--jobs-as-node-user") // the demo's own jobs, on the demo's own peers
+	}
 	specs := []struct{ name, gpus, price, region string }{
 		{"provider-ams", "mock:dgxh100", "fixed:0.90", "eu-west/ams1"},
 		{"provider-nyc", "mock:dgxh100", "fixed:1.10", "us-east/nyc2"},
@@ -145,7 +163,7 @@ func (d *demo) run(ctx context.Context) error {
 		args := append([]string{}, common...)
 		args = append(args, "--gpus", s.gpus)
 		if s.price != "" {
-			args = append(args, "--price", s.price, "--region", s.region)
+			args = append(args, "--price", s.price, "--region", s.region, "--job-dir", filepath.Join(d.base, "jobs-"+s.name))
 		}
 		if i > 0 {
 			args = append(args, "--bootstrap", d.peers[0].id.Addrs[0])

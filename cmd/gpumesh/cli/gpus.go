@@ -106,6 +106,11 @@ func printLocal(g *globals, l node.LocalGPUs) {
 	default:
 		fmt.Fprintln(w, "offer:   not published yet")
 	}
+	fmt.Fprintf(w, "in use:  %d of %d GPUs run jobs\n", len(l.InUse), len(l.Inventory.GPUs))
+	for _, e := range l.Ended {
+		fmt.Fprintf(w, "ended at restart %s: job %s rank %d (%s, %d GPUs): %s\n",
+			e.Ended.Local().Format(time.DateTime), e.Job, e.Rank, e.Executor, e.GPUs, e.Reason)
+	}
 }
 
 func printFind(g *globals, res dht.FindResult, count int) {

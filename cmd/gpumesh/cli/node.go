@@ -14,6 +14,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/spf13/cobra"
@@ -31,6 +32,8 @@ func nodeCmd(g *globals) *cobra.Command {
 		gpus, region      string
 		price, priceUnit  string
 		executors         []string
+		jobUser, jobDir   string
+		jobsAsNodeUser    bool
 		heartbeat         time.Duration
 		solanaRPC         string
 		anchorBatch       int
@@ -98,6 +101,9 @@ public swarm.`,
 				Price:          price,
 				PriceUnit:      priceUnit,
 				Executors:      executors,
+				JobUser:        jobUser,
+				JobDir:         jobDir,
+				JobsAsNodeUser: jobsAsNodeUser,
 				Heartbeat:      heartbeat,
 				SolanaRPC:      solanaRPC,
 				AnchorBatch:    anchorBatch,
@@ -177,7 +183,10 @@ public swarm.`,
 	f.StringVar(&explorer, "explorer", os.Getenv("GPUMESH_EXPLORER"), "serve the read-only web explorer (this peer, its peers, GPUs, prices, jobs, receipts; live) on this host:port, e.g. 127.0.0.1:8080; keep it on loopback or behind your own proxy (env GPUMESH_EXPLORER)")
 	f.StringArrayVar(&explorerHosts, "explorer-host", nil, "a name the explorer answers to besides localhost, this machine's host name and the address it is reached at: this machine's name on the LAN, or your proxy's (repeatable); other names are refused, so no other site can read it through DNS rebinding")
 	f.StringVar(&gpus, "gpus", envOr("GPUMESH_GPUS", "auto"), "GPUs to offer: auto (NVML if there is a driver), nvml, none, or go-nvml's mock:dgxa100 / mock:dgxh100 (env GPUMESH_GPUS)")
-	f.StringSliceVar(&executors, "executors", envList("GPUMESH_EXECUTORS", []string{"docker"}), "how this provider runs jobs: docker (containers), process (bare commands: only for trusted private swarms), or docker,process (env GPUMESH_EXECUTORS)")
+	f.StringSliceVar(&executors, "executors", envList("GPUMESH_EXECUTORS", []string{"docker"}), "how this provider runs jobs: docker (containers), process (bare commands as an unprivileged user: private swarms only), or docker,process (env GPUMESH_EXECUTORS)")
+	f.StringVar(&jobUser, "job-user", "", "with --executors process on a root node: the unprivileged user jobs run as (default "+exec.DefaultJobUser+", made if missing)")
+	f.StringVar(&jobDir, "job-dir", "", "with --executors process: where jobs get their work folders, outside the data dir (default "+node.DefaultJobDir+"/<peer ID> for root, else ~/.cache/gpumesh-jobs/<peer ID>)")
+	f.BoolVar(&jobsAsNodeUser, "jobs-as-node-user", false, "with --executors process on a node not run as root: accept that jobs run as this node's own user and can read its data dir")
 	f.DurationVar(&heartbeat, "heartbeat", node.DefaultHeartbeat, "how often this peer's job members say they are alive; a member silent for 3 heartbeats is lost")
 	f.StringVar(&solanaRPC, "solana-rpc", os.Getenv("GPUMESH_SOLANA_RPC"), "Solana JSON-RPC URL: anchor the receipts this provider co-signed there (devnet, mainnet, a validator or chain/localnet; env GPUMESH_SOLANA_RPC)")
 	f.IntVar(&anchorBatch, "anchor-batch", chain.DefaultBatchSize, "receipts per anchoring batch (one memo transaction each)")
