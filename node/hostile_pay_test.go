@@ -27,7 +27,7 @@ func anchoredProvider(t *testing.T) (*node.Node, *meshtest.Adversary, *localnet.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	ln := testlocalnet.Start(t, localnet.Options{})
-	m := meshtest.Start(t, 1, meshtest.Options{Seed: 78, Providers: 1, Price: "fixed:3.6", Executors: []string{"process"}, Config: func(i int, c *node.Config) {
+	m := meshtest.Start(t, 1, meshtest.Options{Seed: 78, Private: true, Providers: 1, Price: "fixed:3.6", Executors: []string{"process"}, Config: func(i int, c *node.Config) {
 		c.PriceUnit, c.SolanaRPC, c.SettleInterval = "SOL:9", ln.URL(), time.Second
 		c.AnchorBatch, c.AnchorAge = 1, 100*time.Millisecond
 	}})

@@ -24,11 +24,17 @@ import (
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/meshtest"
 )
 
 // tcpNode starts a real node on a loopback TCP port, a DHT server.
+// hostileSwarm is the private swarm of this file's peers: their providers
+// offer the process executor, which only a private swarm may.
+var hostileSwarm = meshtest.SwarmOf(0x5eed)
+
 func tcpNode(t *testing.T, cfg node.Config) *node.Node {
 	t.Helper()
+	cfg.Swarm = hostileSwarm
 	cfg.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
 	cfg.NoMDNS, cfg.NoNAT, cfg.DHTMode = true, true, dht.ModeServer
 	nd, err := node.New(cfg)
@@ -56,7 +62,7 @@ type rfbPeer struct {
 
 func newRFBPeer(t *testing.T, ctx context.Context) *rfbPeer {
 	t.Helper()
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.PrivateNetwork(hostileSwarm.PSK))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +73,7 @@ func newRFBPeer(t *testing.T, ctx context.Context) *rfbPeer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	topic, err := ps.Join(gossip.TopicName("", gossip.RFBTopic))
+	topic, err := ps.Join(gossip.TopicName(hostileSwarm.ID(), gossip.RFBTopic))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,7 +72,7 @@ func (m *Mesh) AddAdversary(t testing.TB, i int) *Adversary {
 		t.Fatalf("meshtest: link adversary %d: %v", i, err)
 	}
 	a := &Adversary{Host: h, ID: id, arrived: make(chan struct{})}
-	g, err := gossip.New(m.ctx, h, gossip.Config{})
+	g, err := gossip.New(m.ctx, h, gossip.Config{Swarm: m.swarm})
 	if err != nil {
 		t.Fatalf("meshtest: adversary %d: %v", i, err)
 	}

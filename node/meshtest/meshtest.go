@@ -61,6 +61,7 @@ type Mesh struct {
 	Nodes []*node.Node
 
 	seed   uint64
+	swarm  string          // the swarm ID of node 0: the adversaries join its topics
 	ctx    context.Context // ends with Close: the adversaries' loops
 	cancel context.CancelFunc
 }
@@ -120,6 +121,9 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 		}
 		if opts.Config != nil {
 			opts.Config(i, &cfg)
+		}
+		if i == 0 {
+			m.swarm = cfg.Swarm.ID()
 		}
 		nd, err := node.New(cfg)
 		if err != nil {
