@@ -333,10 +333,10 @@ func (c *Config) validate() error {
 		bad("pull-timeout", "--pull-timeout %s: want a positive duration (0: the default, %s)", c.PullTimeout, exec.DefaultPullTimeout)
 	}
 	if c.JobLogBytes < 0 {
-		bad("job-log-quota", "--job-log-quota %d: want a size such as 1GiB (0: the default, %s)", c.JobLogBytes, text.Size(DefaultJobLogBytes))
+		bad("job-log-quota", "--job-log-quota %d: want a size such as 1GiB (0: the default, %s)", c.JobLogBytes, FormatSize(DefaultJobLogBytes))
 	}
 	if c.JobOutputBytes < 0 {
-		bad("job-output-quota", "--job-output-quota %d: want a size such as 20GiB (0: the default, %s)", c.JobOutputBytes, text.Size(DefaultJobOutputBytes))
+		bad("job-output-quota", "--job-output-quota %d: want a size such as 20GiB (0: the default, %s)", c.JobOutputBytes, FormatSize(DefaultJobOutputBytes))
 	}
 	if c.JobOutputFiles < 0 {
 		bad("job-output-files", "--job-output-files %d: want a count (0: the default, %d)", c.JobOutputFiles, DefaultJobOutputFiles)

@@ -110,7 +110,7 @@ func (l *jobLog) write(rank int, data []byte) error {
 	}
 	if l.size+int64(out.Len()) > l.max {
 		l.full, l.partial = true, nil
-		return &quotaError{fmt.Sprintf("its output would take the job's log past %s, what this peer keeps of a job's log (--job-log-quota)", text.Size(l.max))}
+		return &quotaError{fmt.Sprintf("its output would take the job's log past %s, what this peer keeps of a job's log (--job-log-quota)", FormatSize(l.max))}
 	}
 	l.partial[rank] = append([]byte(nil), buf...)
 	l.emit(out.Bytes())

@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-
-	"github.com/gpumesh/gpumesh/internal/text"
 )
 
 // A job's room on its submitter's disk. Its providers send its log and its
@@ -113,7 +111,7 @@ func (q *outputQuota) reserve(path string, size int64, shown string) error {
 	}
 	if size > q.maxBytes-q.bytes {
 		return &quotaError{fmt.Sprintf("output %s of %s would bring the job's outputs to %s, and this peer keeps %s a job (--job-output-quota)",
-			shown, text.Size(size), text.Size(q.bytes+size), text.Size(q.maxBytes))}
+			shown, FormatSize(size), FormatSize(q.bytes+size), FormatSize(q.maxBytes))}
 	}
 	q.entries += 1 + len(dirs)
 	q.bytes += size

@@ -25,27 +25,3 @@ func TestClipAndCut(t *testing.T) {
 		t.Errorf("Cut(long, 33) = %q: %d bytes, valid %v", s, len(s), utf8.ValidString(s))
 	}
 }
-
-func TestSizeAndParseSize(t *testing.T) {
-	for _, tc := range []struct {
-		in   int64
-		want string
-	}{{0, "0B"}, {512, "512B"}, {4 << 20, "4MiB"}, {1 << 30, "1GiB"}, {3 << 29, "1.5GiB"}, {20 << 30, "20GiB"}} {
-		if got := Size(tc.in); got != tc.want {
-			t.Errorf("Size(%d) = %q, want %q", tc.in, got, tc.want)
-		}
-	}
-	for _, tc := range []struct {
-		in   string
-		want int64
-	}{{"4096", 4096}, {"512MiB", 512 << 20}, {"1.5GiB", 3 << 29}, {"20G", 20 << 30}, {"1 tib", 1 << 40}, {"7B", 7}} {
-		if got, err := ParseSize(tc.in); err != nil || got != tc.want {
-			t.Errorf("ParseSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
-		}
-	}
-	for _, in := range []string{"", "GiB", "-1", "1GB", "1 furlong", "1e3", "99999999PiB"} {
-		if got, err := ParseSize(in); err == nil || !strings.Contains(err.Error(), "such as 512MiB") {
-			t.Errorf("ParseSize(%q) = %d, %v; want an error that shows the form", in, got, err)
-		}
-	}
-}

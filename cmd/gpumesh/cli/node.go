@@ -15,7 +15,6 @@ import (
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/exec"
-	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/spf13/cobra"
 )
@@ -48,8 +47,8 @@ func nodeCmd(g *globals) *cobra.Command {
 		pullTimeout       time.Duration
 		noHostNetwork     bool
 		jobEgress         bool
-		jobLogQuota       string
-		jobOutputQuota    string
+		jobLogQuota       = sizeValue{node.DefaultJobLogBytes}
+		jobOutputQuota    = sizeValue{node.DefaultJobOutputBytes}
 		jobOutputFiles    int
 		explorerHosts     []string
 	)
@@ -68,13 +67,10 @@ public swarm.`,
 			if err != nil {
 				return usageError{err}
 			}
-			logQuota, err := text.ParseSize(jobLogQuota)
-			if err != nil {
-				return usageError{fmt.Errorf("--job-log-quota: %w", err)}
-			}
-			outQuota, err := text.ParseSize(jobOutputQuota)
-			if err != nil {
-				return usageError{fmt.Errorf("--job-output-quota: %w", err)}
+			for name, v := range map[string]sizeValue{"job-log-quota": jobLogQuota, "job-output-quota": jobOutputQuota} {
+				if v.n < 0 {
+					return usageError{fmt.Errorf("--%s none: what a provider may put on this peer's disk needs a cap; give a size such as 64GiB", name)}
+				}
 			}
 			dir := &node.DataDir{Path: g.dataDir}
 			if err := dir.Init(); err != nil {
@@ -118,8 +114,8 @@ public swarm.`,
 				PullTimeout:    pullTimeout,
 				PullMax:        pullMax.n,
 				ImageCache:     imageCache.n,
-				JobLogBytes:    logQuota,
-				JobOutputBytes: outQuota,
+				JobLogBytes:    jobLogQuota.n,
+				JobOutputBytes: jobOutputQuota.n,
 				JobOutputFiles: jobOutputFiles,
 			}
 			// mDNS would tell the whole LAN a private swarm's ID and
@@ -192,8 +188,8 @@ public swarm.`,
 	f.IntVar(&anchorBatch, "anchor-batch", chain.DefaultBatchSize, "receipts per anchoring batch (one memo transaction each)")
 	f.DurationVar(&anchorAge, "anchor-age", chain.DefaultBatchAge, "longest a receipt waits for its batch to close")
 	f.DurationVar(&settleInterval, "settle-interval", node.DefaultSettleInterval, "with --price-unit SOL:9 and --solana-rpc: how often a provider bills a running job (paid at once, or the work pauses, then stops)")
-	f.StringVar(&jobLogQuota, "job-log-quota", text.Size(node.DefaultJobLogBytes), "most of a job's log this peer keeps when it submitted the job (512MiB, 1GiB, ...); a provider that sends more fails the job")
-	f.StringVar(&jobOutputQuota, "job-output-quota", text.Size(node.DefaultJobOutputBytes), "most bytes of a job's outputs this peer keeps when it submitted the job (a file counts at its announced size from its first frame); a provider that sends more fails the job")
+	f.Var(&jobLogQuota, "job-log-quota", "most of a job's log this peer keeps when it submitted the job (512MiB, 1GiB, ...); a provider that sends more fails the job")
+	f.Var(&jobOutputQuota, "job-output-quota", "most bytes of a job's outputs this peer keeps when it submitted the job (a file counts at its announced size from its first frame); a provider that sends more fails the job")
 	f.IntVar(&jobOutputFiles, "job-output-files", node.DefaultJobOutputFiles, "most output files and folders of a job this peer keeps when it submitted the job; a provider that sends more fails the job")
 	f.StringVar(&region, "region", os.Getenv("GPUMESH_REGION"), "region/zone label of this peer's offers, e.g. eu-west/ams1 (env GPUMESH_REGION)")
 	f.StringVar(&price, "price", os.Getenv("GPUMESH_PRICE"), "asking price per GPU-hour of this peer's GPUs: fixed:2.10, or auto:floor=1.50,target=0.7[,max=4.00] to follow the market and the GPUs' utilization (env GPUMESH_PRICE; default: no price)")
