@@ -41,7 +41,7 @@ import (
 // baseline's, the jobs that failed to form, the flood's sending time, and
 // the bids providers sent the flooders per flood.
 func BenchmarkFormationUnderFlood(b *testing.B) {
-	m := meshtest.Start(b, 50, meshtest.Options{Seed: 50, Providers: 10, Executors: []string{"process"}, Config: func(i int, c *node.Config) {
+	m := meshtest.Start(b, 50, meshtest.Options{Seed: 50, Private: true, Providers: 10, Executors: []string{"process"}, Config: func(i int, c *node.Config) {
 		if i < 10 {
 			c.Price = fmt.Sprintf("fixed:%d.%d0", 1+(5+i)/10, (5+i)%10)
 			c.Region = []string{"eu-west/ams1", "us-east/nyc2"}[i%2]
@@ -179,7 +179,7 @@ func newFlood(b *testing.B, ctx context.Context, m *meshtest.Mesh, n int, made *
 	b.Helper()
 	fctx, cancel := context.WithCancel(ctx)
 	f := &flood{cancel: cancel}
-	topic := gossip.TopicName("", gossip.RFBTopic)
+	topic := gossip.TopicName(meshtest.SwarmOf(50).ID(), gossip.RFBTopic) // the mesh's swarm (Seed 50)
 	for range n {
 		k := made.Add(1)
 		sk, _, err := crypto.GenerateEd25519Key(rand.Reader)
