@@ -435,22 +435,9 @@ func (a *Attempt) lingering(m *member) bool {
 }
 
 // overran stops the job of a member whose provider sent more than this
-// peer keeps. Like a bill it is not owed, it is the provider's fault: the
-// job fails rather than being retried (on the same provider, perhaps).
+// peer keeps: like a bill it is not owed, the provider's fault.
 func (a *Attempt) overran(m *member, why string, now time.Time) {
-	if !a.alive(m) {
-		return
-	}
-	r := m.run.Rank
-	m.run.State, m.run.Error = MemberFailed, "its provider sent more than this peer keeps of a job: "+why
-	m.run.Ended = now.UTC()
-	if m.workEnd.IsZero() {
-		m.workEnd = now
-	}
-	m.closed = true
-	a.ready.Close = append(a.ready.Close, r)
-	a.fail(fmt.Sprintf("%s was stopped: its provider sent more than this peer keeps of a job (%s)", a.name(r), why), now)
-	a.dirty = true
+	a.providerFault(m, "its provider sent more than this peer keeps of a job", why, now)
 }
 
 func rankOf(ev Event) (int, bool) {

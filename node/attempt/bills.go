@@ -70,22 +70,28 @@ func (a *Attempt) bill(m *member, b Bill, now time.Time) {
 }
 
 // overbilled stops the job of a member whose provider billed what this
-// peer does not owe. The provider is at fault, so the job fails rather than
-// being retried (a retry could form on the same provider). A member that
-// has exited keeps its exit: its work is done, only the bill is refused.
+// peer does not owe. A member that has exited keeps its exit: its work is
+// done, only the bill is refused.
 func (a *Attempt) overbilled(m *member, why string, now time.Time) {
+	a.providerFault(m, "its provider billed what it is not owed", why, now)
+}
+
+// providerFault stops a member whose provider broke a rule of this peer's
+// (what is said, then why). The provider is at fault, so the job fails
+// rather than being retried (a retry could form on the same provider).
+func (a *Attempt) providerFault(m *member, what, why string, now time.Time) {
 	if !a.alive(m) {
 		return
 	}
 	r := m.run.Rank
-	m.run.State, m.run.Error = MemberFailed, "its provider billed what it is not owed: "+why
+	m.run.State, m.run.Error = MemberFailed, what+": "+why
 	m.run.Ended = now.UTC()
 	if m.workEnd.IsZero() {
 		m.workEnd = now
 	}
 	m.closed = true // its stream closed: the provider stops the work
 	a.ready.Close = append(a.ready.Close, r)
-	a.fail(fmt.Sprintf("%s was stopped: its provider billed what it is not owed (%s)", a.name(r), why), now)
+	a.fail(fmt.Sprintf("%s was stopped: %s (%s)", a.name(r), what, why), now)
 	a.dirty = true
 }
 
