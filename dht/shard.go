@@ -152,8 +152,8 @@ type shard struct {
 	self [32]byte
 
 	entries  map[string]*shardEntry
-	far      farHeap // remote records, farthest first
-	exp      expHeap // all records, soonest expiry first
+	far      *entryHeap // remote records, farthest from this peer first
+	exp      *entryHeap // all records, soonest expiry first
 	perPeer  map[peer.ID]int
 	perGroup map[string]int
 
@@ -167,9 +167,17 @@ type shard struct {
 
 func newShard(self peer.ID, lim shardLimits) *shard {
 	return &shard{
-		lim:       lim,
-		self:      kadPoint([]byte(self)),
-		entries:   map[string]*shardEntry{},
+		lim:     lim,
+		self:    kadPoint([]byte(self)),
+		entries: map[string]*shardEntry{},
+		far: &entryHeap{
+			first: func(a, b *shardEntry) bool { return b.dist.less(a.dist) },
+			slot:  func(e *shardEntry) *int { return &e.farIdx },
+		},
+		exp: &entryHeap{
+			first: func(a, b *shardEntry) bool { return a.expires.Before(b.expires) },
+			slot:  func(e *shardEntry) *int { return &e.expIdx },
+		},
 		perPeer:   map[peer.ID]int{},
 		perGroup:  map[string]int{},
 		peerRate:  map[string]*rate.Limiter{},
@@ -258,7 +266,7 @@ func (s *shard) takeTicket(now time.Time, key string) (origin, bool) {
 func (s *shard) admit(now time.Time, key string, point [32]byte, from origin, expires time.Time) (evict []string, err error) {
 	if e, ok := s.entries[key]; ok { // a newer version of a stored record
 		e.expires = expires
-		heap.Fix(&s.exp, e.expIdx)
+		heap.Fix(s.exp, e.expIdx)
 		return nil, nil
 	}
 	if !from.local() {
@@ -270,12 +278,12 @@ func (s *shard) admit(now time.Time, key string, point [32]byte, from origin, ex
 		}
 	}
 	e := &shardEntry{key: key, dist: xorDistance(point, s.self), from: from, expires: expires, farIdx: -1}
-	for len(s.entries) >= s.lim.Capacity && len(s.exp) > 0 && !s.exp[0].expires.After(now) {
-		evict = append(evict, s.exp[0].key)
-		s.remove(s.exp[0].key)
+	for len(s.entries) >= s.lim.Capacity && s.exp.Len() > 0 && !s.exp.es[0].expires.After(now) {
+		evict = append(evict, s.exp.es[0].key)
+		s.remove(s.exp.es[0].key)
 	}
-	if len(s.entries) >= s.lim.Capacity && len(s.far) > 0 {
-		f := s.far[0]
+	if len(s.entries) >= s.lim.Capacity && s.far.Len() > 0 {
+		f := s.far.es[0]
 		if !from.local() && !e.dist.less(f.dist) {
 			return evict, fmt.Errorf("%w (%d records)", errFarKey, s.lim.Capacity)
 		}
@@ -286,9 +294,9 @@ func (s *shard) admit(now time.Time, key string, point [32]byte, from origin, ex
 		return evict, fmt.Errorf("%w (%d records)", errFarKey, s.lim.Capacity)
 	}
 	s.entries[key] = e
-	heap.Push(&s.exp, e)
+	heap.Push(s.exp, e)
 	if !from.local() {
-		heap.Push(&s.far, e)
+		heap.Push(s.far, e)
 		s.perPeer[from.peer]++
 		s.perGroup[from.group]++
 	}
@@ -302,9 +310,9 @@ func (s *shard) remove(key string) {
 		return
 	}
 	delete(s.entries, key)
-	heap.Remove(&s.exp, e.expIdx)
+	heap.Remove(s.exp, e.expIdx)
 	if e.farIdx >= 0 {
-		heap.Remove(&s.far, e.farIdx)
+		heap.Remove(s.far, e.farIdx)
 		decr(s.perPeer, e.from.peer)
 		decr(s.perGroup, e.from.group)
 	}
@@ -327,48 +335,30 @@ func (s *shard) stored(key string) (origin, bool) {
 	return e.from, true
 }
 
-// farHeap orders remote records farthest from this peer first.
-type farHeap []*shardEntry
-
-func (h farHeap) Len() int           { return len(h) }
-func (h farHeap) Less(i, j int) bool { return h[j].dist.less(h[i].dist) }
-func (h farHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].farIdx, h[j].farIdx = i, j
+// entryHeap is a heap of records in the order first says, each record
+// keeping its place in it in the field slot names (-1 when out of it), so
+// that heap.Fix and heap.Remove find it.
+type entryHeap struct {
+	es    []*shardEntry
+	first func(a, b *shardEntry) bool
+	slot  func(e *shardEntry) *int
 }
-func (h *farHeap) Push(x any) {
+
+func (h *entryHeap) Len() int           { return len(h.es) }
+func (h *entryHeap) Less(i, j int) bool { return h.first(h.es[i], h.es[j]) }
+func (h *entryHeap) Swap(i, j int) {
+	h.es[i], h.es[j] = h.es[j], h.es[i]
+	*h.slot(h.es[i]), *h.slot(h.es[j]) = i, j
+}
+func (h *entryHeap) Push(x any) {
 	e := x.(*shardEntry)
-	e.farIdx = len(*h)
-	*h = append(*h, e)
+	*h.slot(e) = len(h.es)
+	h.es = append(h.es, e)
 }
-func (h *farHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	e.farIdx = -1
-	return e
-}
-
-// expHeap orders records soonest expiry first.
-type expHeap []*shardEntry
-
-func (h expHeap) Len() int           { return len(h) }
-func (h expHeap) Less(i, j int) bool { return h[i].expires.Before(h[j].expires) }
-func (h expHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].expIdx, h[j].expIdx = i, j
-}
-func (h *expHeap) Push(x any) {
-	e := x.(*shardEntry)
-	e.expIdx = len(*h)
-	*h = append(*h, e)
-}
-func (h *expHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	e.expIdx = -1
+func (h *entryHeap) Pop() any {
+	e := h.es[len(h.es)-1]
+	h.es[len(h.es)-1] = nil
+	h.es = h.es[:len(h.es)-1]
+	*h.slot(e) = -1
 	return e
 }
