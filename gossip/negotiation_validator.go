@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"golang.org/x/time/rate"
 )
 
 // RFBTopic is the name of the swarm's request-for-bids topic:
@@ -81,28 +82,24 @@ type author struct {
 // requestBucket is one submitter's allowance: tokens of its rate and the
 // deadlines of its open requests (at most MaxOpen, in no order).
 type requestBucket struct {
-	tokens float64
-	at     time.Time // when tokens was last refilled
-	open   []int64   // unix ms deadlines of accepted requests
+	tokens *rate.Limiter
+	open   []int64 // unix ms deadlines of accepted requests
 }
 
-func newBucket(l RFBLimits, now time.Time) requestBucket {
-	return requestBucket{tokens: float64(l.Burst), at: now}
+func newBucket(l RFBLimits) requestBucket {
+	return requestBucket{tokens: rate.NewLimiter(rate.Limit(l.Rate), l.Burst)}
 }
 
-func (b *requestBucket) refill(l RFBLimits, now time.Time) {
-	if dt := now.Sub(b.at).Seconds(); dt > 0 {
-		b.tokens = min(float64(l.Burst), b.tokens+dt*l.Rate)
-		b.at = now
-	}
+// refill forgets the open requests whose deadline has passed at now.
+func (b *requestBucket) refill(now time.Time) {
 	ms := now.UnixMilli()
 	b.open = slices.DeleteFunc(b.open, func(d int64) bool { return d <= ms })
 }
 
 // check says whether a request may go out at now; it takes nothing.
 func (b *requestBucket) check(l RFBLimits, now time.Time) error {
-	b.refill(l, now)
-	if b.tokens < 1-tokenSlack {
+	b.refill(now)
+	if b.tokens.TokensAt(now) < 1-tokenSlack {
 		return fmt.Errorf("%w: more than %d at once or %.3g a second", ErrRequestRate, l.Burst, l.Rate)
 	}
 	if len(b.open) >= l.MaxOpen {
@@ -115,18 +112,19 @@ func (b *requestBucket) check(l RFBLimits, now time.Time) error {
 // token at the time next named has a token.
 const tokenSlack = 1e-9
 
-// take counts a request that check allowed.
-func (b *requestBucket) take(deadline time.Time) {
-	b.tokens--
+// take counts a request that check allowed at now (a token short by
+// tokenSlack is taken all the same).
+func (b *requestBucket) take(deadline, now time.Time) {
+	b.tokens.ReserveN(now, 1)
 	b.open = append(b.open, deadline.UnixMilli())
 }
 
 // next is the earliest time from now at which check may allow a request.
 func (b *requestBucket) next(l RFBLimits, now time.Time) time.Time {
-	b.refill(l, now)
+	b.refill(now)
 	at := now
-	if b.tokens < 1-tokenSlack {
-		at = now.Add(time.Duration(math.Ceil((1 - b.tokens) / l.Rate * float64(time.Second))))
+	if t := b.tokens.TokensAt(now); t < 1-tokenSlack {
+		at = now.Add(time.Duration(math.Ceil((1 - t) / l.Rate * float64(time.Second))))
 	}
 	if len(b.open) >= l.MaxOpen {
 		// The open request whose deadline comes first frees a slot.
@@ -187,7 +185,7 @@ func (v *RFBValidator) Validate(data []byte, signer, from peer.ID, now time.Time
 		}
 		return RequestForBids{}, verdict, err
 	}
-	a.bucket.take(deadline)
+	a.bucket.take(deadline, now)
 	return rfb, Accept, nil
 }
 
@@ -203,7 +201,7 @@ func (v *RFBValidator) lookup(id peer.ID, now time.Time) *author {
 		v.lru.Remove(old)
 		delete(v.authors, old.Value.(*author).id)
 	}
-	a := &author{id: id, bucket: newBucket(v.cfg.Limits, now)}
+	a := &author{id: id, bucket: newBucket(v.cfg.Limits)}
 	v.authors[id] = v.lru.PushFront(a)
 	return a
 }
@@ -217,35 +215,27 @@ func (v *RFBValidator) Submitters() int { return v.lru.Len() }
 type RFBPacer struct {
 	limits RFBLimits
 	bucket requestBucket
-	init   bool
 }
 
 // NewRFBPacer returns a pacer with a full allowance.
 func NewRFBPacer(l RFBLimits) *RFBPacer {
-	return &RFBPacer{limits: l.withDefaults()}
+	l = l.withDefaults()
+	return &RFBPacer{limits: l, bucket: newBucket(l)}
 }
 
 // Next is the earliest time, at or after now, at which a request may go.
 func (p *RFBPacer) Next(now time.Time) time.Time {
-	p.start(now)
 	return p.bucket.next(p.limits, now)
 }
 
 // Take counts a request with deadline going out at now; it reports false,
 // and counts nothing, if the request must wait (see Next).
 func (p *RFBPacer) Take(deadline, now time.Time) bool {
-	p.start(now)
 	if p.bucket.check(p.limits, now) != nil {
 		return false
 	}
-	p.bucket.take(deadline)
+	p.bucket.take(deadline, now)
 	return true
-}
-
-func (p *RFBPacer) start(now time.Time) {
-	if !p.init {
-		p.bucket, p.init = newBucket(p.limits, now), true
-	}
 }
 
 // RequestQueue holds the accepted requests for bids a provider has yet to
