@@ -6,7 +6,9 @@
 // signature checks, fees), with a slot clock, recent blockhashes and the
 // signature statuses a validator would report (processed, then confirmed a
 // slot later, then finalized). It speaks the JSON-RPC methods the chain
-// package uses through solana-go. Its npm packages are installed with
+// package uses through solana-go, the SPL token calls a plain client makes
+// (getTokenAccountsByOwner, getTokenAccountBalance), and mints test tokens
+// (CreateMint, MintTo). Its npm packages are installed with
 // `npm ci` in this folder (`make localnet`); Node.js 20.18 or newer runs it.
 //
 // Start launches the server as a child process with a pipe as its stdin, so
@@ -247,6 +249,36 @@ func (l *Localnet) Airdrop(ctx context.Context, address string, lamports uint64)
 	if err := l.call(ctx, "requestAirdrop", []any{address, lamports}, &sig); err != nil {
 		return fmt.Errorf("localnet: airdrop to %s: %w", address, err)
 	}
+	return l.confirm(ctx, sig, "airdrop")
+}
+
+// CreateMint makes a new SPL token mint with the given decimals, whose mint
+// authority is the server's faucet, and returns its address (base58) once
+// confirmed.
+func (l *Localnet) CreateMint(ctx context.Context, decimals uint8) (string, error) {
+	var out struct {
+		Mint      string `json:"mint"`
+		Signature string `json:"signature"`
+	}
+	if err := l.call(ctx, "gpumesh_createMint", []any{decimals}, &out); err != nil {
+		return "", fmt.Errorf("localnet: create a mint: %w", err)
+	}
+	return out.Mint, l.confirm(ctx, out.Signature, "mint creation")
+}
+
+// MintTo credits amount (the token's smallest unit) of a mint made by
+// CreateMint to owner's associated token account, made first if missing,
+// and waits until it is confirmed.
+func (l *Localnet) MintTo(ctx context.Context, mint, owner string, amount uint64) error {
+	var sig string
+	if err := l.call(ctx, "gpumesh_mintTo", []any{mint, owner, strconv.FormatUint(amount, 10)}, &sig); err != nil {
+		return fmt.Errorf("localnet: mint %d of %s to %s: %w", amount, mint, owner, err)
+	}
+	return l.confirm(ctx, sig, "mint")
+}
+
+// confirm waits until a transaction is confirmed, and fails if it failed.
+func (l *Localnet) confirm(ctx context.Context, sig, what string) error {
 	for {
 		var out struct {
 			Value []*struct {
@@ -255,12 +287,12 @@ func (l *Localnet) Airdrop(ctx context.Context, address string, lamports uint64)
 			} `json:"value"`
 		}
 		if err := l.call(ctx, "getSignatureStatuses", []any{[]string{sig}}, &out); err != nil {
-			return fmt.Errorf("localnet: airdrop %s: %w", sig, err)
+			return fmt.Errorf("localnet: %s %s: %w", what, sig, err)
 		}
 		if len(out.Value) == 1 && out.Value[0] != nil {
 			st := out.Value[0]
 			if st.Err != nil {
-				return fmt.Errorf("localnet: airdrop %s failed: %v", sig, st.Err)
+				return fmt.Errorf("localnet: %s %s failed: %v", what, sig, st.Err)
 			}
 			if st.ConfirmationStatus == "confirmed" || st.ConfirmationStatus == "finalized" {
 				return nil
@@ -268,7 +300,7 @@ func (l *Localnet) Airdrop(ctx context.Context, address string, lamports uint64)
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("localnet: airdrop %s not confirmed: %w", sig, ctx.Err())
+			return fmt.Errorf("localnet: %s %s not confirmed: %w", what, sig, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

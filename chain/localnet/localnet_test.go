@@ -339,3 +339,113 @@ func TestStartErrors(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+type uiAmount struct {
+	Amount         string  `json:"amount"`
+	Decimals       int     `json:"decimals"`
+	UIAmount       float64 `json:"uiAmount"`
+	UIAmountString string  `json:"uiAmountString"`
+}
+
+// A test mint, tokens minted to an owner, and the token calls a plain
+// client makes to see them.
+func TestTokenMintAndTheTokenCalls(t *testing.T) {
+	l := start(t)
+	mint, err := l.CreateMint(ctx(t), 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner, stranger := newAddress(t), newAddress(t)
+	if err := l.MintTo(ctx(t), mint, owner, 1_000_500_000); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.MintTo(ctx(t), mint, owner, 250_000); err != nil { // into the same account, made once
+		t.Fatal(err)
+	}
+	var supply struct{ Value uiAmount }
+	if err := l.call(ctx(t), "getTokenSupply", []any{mint}, &supply); err != nil {
+		t.Fatal(err)
+	}
+	if want := (uiAmount{"1000750000", 6, 1000.75, "1000.75"}); supply.Value != want {
+		t.Errorf("getTokenSupply = %+v, want %+v", supply.Value, want)
+	}
+
+	type parsedAccount struct {
+		Pubkey  string `json:"pubkey"`
+		Account struct {
+			Owner string `json:"owner"`
+			Data  struct {
+				Program string `json:"program"`
+				Parsed  struct {
+					Type string `json:"type"`
+					Info struct {
+						Mint        string   `json:"mint"`
+						Owner       string   `json:"owner"`
+						State       string   `json:"state"`
+						TokenAmount uiAmount `json:"tokenAmount"`
+					} `json:"info"`
+				} `json:"parsed"`
+			} `json:"data"`
+		} `json:"account"`
+	}
+	var byOwner struct{ Value []parsedAccount }
+	if err := l.call(ctx(t), "getTokenAccountsByOwner", []any{owner, map[string]any{"mint": mint}, map[string]any{"encoding": "jsonParsed"}}, &byOwner); err != nil {
+		t.Fatal(err)
+	}
+	if len(byOwner.Value) != 1 {
+		t.Fatalf("getTokenAccountsByOwner = %+v, want one account", byOwner.Value)
+	}
+	acc := byOwner.Value[0]
+	info := acc.Account.Data.Parsed.Info
+	if acc.Account.Owner != "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA" || acc.Account.Data.Program != "spl-token" || acc.Account.Data.Parsed.Type != "account" ||
+		info.Mint != mint || info.Owner != owner || info.State != "initialized" || info.TokenAmount.Amount != "1000750000" {
+		t.Errorf("the owner's token account = %+v", acc)
+	}
+	// By program, base64: the same account, its amount at bytes 64..72.
+	var raw struct {
+		Value []struct {
+			Pubkey  string `json:"pubkey"`
+			Account struct {
+				Data []string `json:"data"`
+			} `json:"account"`
+		}
+	}
+	if err := l.call(ctx(t), "getTokenAccountsByOwner", []any{owner, map[string]any{"programId": "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA"}, map[string]any{"encoding": "base64"}}, &raw); err != nil {
+		t.Fatal(err)
+	}
+	if len(raw.Value) != 1 || raw.Value[0].Pubkey != acc.Pubkey || len(raw.Value[0].Account.Data) != 2 || raw.Value[0].Account.Data[1] != "base64" {
+		t.Errorf("by program: %+v", raw.Value)
+	}
+	var bal struct{ Value uiAmount }
+	if err := l.call(ctx(t), "getTokenAccountBalance", []any{acc.Pubkey}, &bal); err != nil {
+		t.Fatal(err)
+	}
+	if bal.Value.Amount != "1000750000" || bal.Value.Decimals != 6 || bal.Value.UIAmountString != "1000.75" {
+		t.Errorf("getTokenAccountBalance = %+v", bal.Value)
+	}
+	if err := l.call(ctx(t), "getTokenAccountsByOwner", []any{stranger, map[string]any{"mint": mint}}, &byOwner); err != nil || len(byOwner.Value) != 0 {
+		t.Errorf("a stranger's token accounts: %+v, %v", byOwner.Value, err)
+	}
+
+	// What is not a token account or a mint is refused, saying so.
+	for _, tc := range []struct {
+		method string
+		params []any
+		says   string
+	}{
+		{"getTokenAccountBalance", []any{owner}, "could not find account"},
+		{"getTokenAccountBalance", []any{mint}, "not a Token account"},
+		{"getTokenSupply", []any{acc.Pubkey}, "not a Token mint"},
+		{"getTokenAccountsByOwner", []any{owner, map[string]any{"mint": stranger}}, "could not find mint"},
+		{"getTokenAccountsByOwner", []any{owner, map[string]any{}}, "expected a filter"},
+		{"getTokenAccountsByOwner", []any{"nope", map[string]any{"mint": mint}}, "invalid owner"},
+		{"gpumesh_mintTo", []any{acc.Pubkey, owner, "5"}, "is not an SPL token mint"},
+		{"gpumesh_mintTo", []any{mint, owner, "0"}, "positive 64-bit integer"},
+	} {
+		err := l.call(ctx(t), tc.method, tc.params, nil)
+		var rerr *RPCError
+		if !errors.As(err, &rerr) || rerr.Code != -32602 || !strings.Contains(rerr.Message, tc.says) {
+			t.Errorf("%s %v: %v, want -32602 saying %q", tc.method, tc.params, err, tc.says)
+		}
+	}
+}

@@ -5,7 +5,11 @@
 // Solana runtime with the System, SPL Token and Memo programs, which checks
 // signatures and charges fees. On top of it the server keeps what a validator
 // would: a slot clock, recent blockhashes, and each transaction's slot, status
-// and metadata.
+// and metadata. It answers the token calls a client needs
+// (getTokenAccountsByOwner, getTokenAccountBalance, getTokenSupply, jsonParsed
+// token accounts and mints, pre/postTokenBalances), and has a token faucet of
+// its own: gpumesh_createMint [decimals] and gpumesh_mintTo [mint, owner,
+// amount] (no public node has these).
 //
 // Usage: node server.mjs [--host 127.0.0.1] [--port 0] [--slot-ms 400]
 //                        [--finalize-slots 2] [--verbose]
@@ -65,6 +69,11 @@ const SLOTS_PER_EPOCH = 432000;
 const RENT_EPOCH_EXEMPT = 18446744073709551615n; // what real nodes report for rent-exempt accounts
 const SYSTEM_PROGRAM = '11111111111111111111111111111111';
 const COMPUTE_BUDGET_PROGRAM = 'ComputeBudget111111111111111111111111111111';
+const TOKEN_PROGRAM = 'TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA';
+const TOKEN_2022_PROGRAM = 'TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb';
+const ATA_PROGRAM = 'ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL';
+const TOKEN_ACCOUNT_SIZE = 165;         // bytes of an SPL token account (without extensions)
+const MINT_SIZE = 82;                   // bytes of an SPL mint
 const LITESVM_VERSION = JSON.parse(fs.readFileSync(new URL('./node_modules/litesvm/package.json', import.meta.url))).version;
 
 const b58 = (bytes) => kit.getBase58Decoder().decode(bytes);
@@ -183,6 +192,27 @@ const context = (value) => ({ context: { slot }, value });
 const faucet = await kit.generateKeyPairSigner();
 svm.setAccount({ address: faucet.address, lamports: 500_000_000n * 1_000_000_000n, data: new Uint8Array(), programAddress: SYSTEM_PROGRAM, executable: false });
 
+// faucetSend signs instructions with the faucet as fee payer (and any
+// signers their accounts carry) and lands them like any transaction.
+async function faucetSend(instructions) {
+  const message = kit.pipe(
+    kit.createTransactionMessage({ version: 'legacy' }),
+    (m) => kit.setTransactionMessageFeePayerSigner(faucet, m),
+    (m) => kit.setTransactionMessageLifetimeUsingBlockhash({ blockhash: svm.latestBlockhash(), lastValidBlockHeight: BigInt(slot + BLOCKHASH_LIFETIME) }, m),
+    (m) => kit.appendTransactionMessageInstructions(instructions, m),
+  );
+  const signed = await kit.signTransactionMessageWithSigners(message);
+  const bytes = kit.getTransactionEncoder().encode(signed);
+  return land(decodeTransaction(Buffer.from(bytes).toString('base64'), 'base64'), { preflight: true });
+}
+
+// associatedTokenAddress is the owner's associated token account of a mint
+// (the SPL Token program's).
+function associatedTokenAddress(owner, mint) {
+  const enc = kit.getAddressEncoder();
+  return kit.getProgramDerivedAddress({ programAddress: ATA_PROGRAM, seeds: [enc.encode(owner), enc.encode(TOKEN_PROGRAM), enc.encode(mint)] });
+}
+
 const COMMITMENTS = ['processed', 'confirmed', 'finalized'];
 function statusOf(rec) {
   const age = slot - rec.slot;
@@ -271,6 +301,7 @@ function land(decoded, { preflight }) {
   const keys = [...message.staticAccounts, ...loaded.writable, ...loaded.readonly];
   const balances = () => keys.map((k) => svm.getBalance(k) ?? 0n);
   const preBalances = balances();
+  const preTokenBalances = tokenBalances(keys);
   let result;
   try {
     result = svm.sendTransaction(tx);
@@ -282,6 +313,7 @@ function land(decoded, { preflight }) {
     throw e;
   }
   const postBalances = balances();
+  const postTokenBalances = tokenBalances(keys);
   const fee = preBalances.reduce((a, b) => a + b, 0n) - postBalances.reduce((a, b) => a + b, 0n);
   const failed = result.constructor.name === 'FailedTransactionMetadata';
   const meta = failed ? result.meta() : result;
@@ -292,7 +324,7 @@ function land(decoded, { preflight }) {
   }
   ledger.set(signature, {
     slot, blockTime: Math.floor(Date.now() / 1000), signatures, message, bytes: decoded.bytes, err, fee,
-    preBalances, postBalances, loaded, logs: meta.logs(), inner: innerInstructionsJSON(meta),
+    preBalances, postBalances, preTokenBalances, postTokenBalances, loaded, logs: meta.logs(), inner: innerInstructionsJSON(meta),
     unitsConsumed: meta.computeUnitsConsumed(),
   });
   if (flags.verbose) console.error(`slot ${slot}: ${signature} ${err ? `failed: ${JSON.stringify(err)}` : 'ok'}`);
@@ -324,12 +356,95 @@ function accountJSON(address, config = {}) {
     const offset = Number(config.dataSlice.offset) || 0;
     data = data.subarray(offset, offset + (Number(config.dataSlice.length) || 0));
   }
-  // jsonParsed falls back to base64, as a node does for data it has no parser for.
-  const encoded = config.encoding === 'base58' ? [b58(data), 'base58'] : [Buffer.from(data).toString('base64'), 'base64'];
+  // jsonParsed reads the SPL Token programs' accounts and falls back to
+  // base64 for the rest, as a node does for data it has no parser for.
+  const parsed = config.encoding === 'jsonParsed' && !config.dataSlice ? parsedJSON(account) : null;
+  const encoded = parsed ?? (config.encoding === 'base58' ? [b58(data), 'base58'] : [Buffer.from(data).toString('base64'), 'base64']);
   return {
     lamports: account.lamports, owner: account.programAddress, data: encoded, executable: account.executable,
     rentEpoch: RENT_EPOCH_EXEMPT, space: BigInt(account.data.length),
   };
+}
+
+// ---- SPL tokens: the account layouts a node's jsonParsed and token methods read ----
+
+const isTokenProgram = (owner) => owner === TOKEN_PROGRAM || owner === TOKEN_2022_PROGRAM;
+const u64 = (data, at) => new DataView(data.buffer, data.byteOffset, data.byteLength).getBigUint64(at, true);
+const u32 = (data, at) => new DataView(data.buffer, data.byteOffset, data.byteLength).getUint32(at, true);
+const option = (data, at) => (u32(data, at) === 1 ? b58(data.subarray(at + 4, at + 36)) : null);
+
+// tokenAccountOf reads an SPL token account (mint, owner, amount, ...), or
+// null when the account is not one.
+function tokenAccountOf(account) {
+  if (!account?.exists || !isTokenProgram(account.programAddress) || account.data.length < TOKEN_ACCOUNT_SIZE) return null;
+  if (account.data.length > TOKEN_ACCOUNT_SIZE && account.data[TOKEN_ACCOUNT_SIZE] !== 2) return null; // Token-2022: AccountType::Account
+  const d = account.data;
+  const state = d[108];
+  if (state === 0) return null; // uninitialized
+  return {
+    mint: b58(d.subarray(0, 32)), owner: b58(d.subarray(32, 64)), amount: u64(d, 64),
+    delegate: option(d, 72), state: state === 2 ? 'frozen' : 'initialized',
+    isNative: u32(d, 109) === 1, delegatedAmount: u64(d, 121), closeAuthority: option(d, 129),
+    programId: account.programAddress,
+  };
+}
+
+// mintOf reads an SPL mint, or null.
+function mintOf(account) {
+  if (!account?.exists || !isTokenProgram(account.programAddress) || account.data.length < MINT_SIZE) return null;
+  if (account.data.length === TOKEN_ACCOUNT_SIZE) return null;
+  const d = account.data;
+  if (d[45] !== 1) return null; // not initialized
+  return { mintAuthority: option(d, 0), supply: u64(d, 36), decimals: d[44], freezeAuthority: option(d, 46) };
+}
+
+function checkAddress(address, what = 'address') {
+  try { return kit.address(address); } catch { throw invalidParams(`invalid ${what}: ${address}`); }
+}
+const svmAccount = (address, what) => svm.getAccount(checkAddress(address, what));
+
+function decimalsOf(mint) {
+  return mintOf(svm.getAccount(kit.address(mint)))?.decimals ?? 0;
+}
+
+// uiAmount is the JSON a node gives for a token amount.
+function uiAmount(amount, decimals) {
+  const s = amount.toString().padStart(decimals + 1, '0');
+  const whole = s.slice(0, s.length - decimals), frac = s.slice(s.length - decimals).replace(/0+$/, '');
+  const text = frac ? `${whole}.${frac}` : whole;
+  return { amount: amount.toString(), decimals, uiAmount: Number(text), uiAmountString: text };
+}
+
+// parsedJSON is an account's data as a node's jsonParsed encoding gives it
+// for the SPL Token programs, or null for data it has no parser for.
+function parsedJSON(account) {
+  const program = account.programAddress === TOKEN_2022_PROGRAM ? 'spl-token-2022' : 'spl-token';
+  const ta = tokenAccountOf(account);
+  if (ta) {
+    const info = { isNative: ta.isNative, mint: ta.mint, owner: ta.owner, state: ta.state, tokenAmount: uiAmount(ta.amount, decimalsOf(ta.mint)) };
+    if (ta.delegate) Object.assign(info, { delegate: ta.delegate, delegatedAmount: uiAmount(ta.delegatedAmount, decimalsOf(ta.mint)) });
+    if (ta.closeAuthority) info.closeAuthority = ta.closeAuthority;
+    return { program, parsed: { info, type: 'account' }, space: BigInt(account.data.length) };
+  }
+  const m = mintOf(account);
+  if (m) {
+    return {
+      program, space: BigInt(account.data.length),
+      parsed: { type: 'mint', info: { decimals: m.decimals, freezeAuthority: m.freezeAuthority, isInitialized: true, mintAuthority: m.mintAuthority, supply: m.supply.toString() } },
+    };
+  }
+  return null;
+}
+
+// tokenBalances is getTransaction's pre/postTokenBalances: every token
+// account among a transaction's keys, as it is now.
+function tokenBalances(keys) {
+  const out = [];
+  keys.forEach((k, accountIndex) => {
+    const ta = tokenAccountOf(svm.getAccount(k));
+    if (ta) out.push({ accountIndex, mint: ta.mint, owner: ta.owner, programId: ta.programId, uiTokenAmount: uiAmount(ta.amount, decimalsOf(ta.mint)) });
+  });
+  return out;
 }
 
 function transactionJSON(rec, encoding) {
@@ -438,18 +553,96 @@ const methods = {
     const data = new Uint8Array(12);
     new DataView(data.buffer).setUint32(0, 2, true);             // System program: Transfer
     new DataView(data.buffer).setBigUint64(4, BigInt(lamports), true);
-    const message = kit.pipe(
-      kit.createTransactionMessage({ version: 'legacy' }),
-      (m) => kit.setTransactionMessageFeePayerSigner(faucet, m),
-      (m) => kit.setTransactionMessageLifetimeUsingBlockhash({ blockhash: svm.latestBlockhash(), lastValidBlockHeight: BigInt(slot + BLOCKHASH_LIFETIME) }, m),
-      (m) => kit.appendTransactionMessageInstruction({
-        programAddress: SYSTEM_PROGRAM, data,
-        accounts: [{ address: faucet.address, role: kit.AccountRole.WRITABLE_SIGNER }, { address: to, role: kit.AccountRole.WRITABLE }],
-      }, m),
-    );
-    const signed = await kit.signTransactionMessageWithSigners(message);
-    const bytes = kit.getTransactionEncoder().encode(signed);
-    return land(decodeTransaction(Buffer.from(bytes).toString('base64'), 'base64'), { preflight: true });
+    return faucetSend([{
+      programAddress: SYSTEM_PROGRAM, data,
+      accounts: [{ address: faucet.address, role: kit.AccountRole.WRITABLE_SIGNER }, { address: to, role: kit.AccountRole.WRITABLE }],
+    }]);
+  },
+
+  // The token faucet, a test server's own methods (no public node has
+  // them): gpumesh_createMint makes an SPL token mint whose mint authority
+  // is the faucet; gpumesh_mintTo mints to an owner's associated token
+  // account, made first if missing. Both are ordinary transactions.
+  gpumesh_createMint: async ([decimals]) => {
+    if (!Number.isInteger(decimals) || decimals < 0 || decimals > 18) throw invalidParams('decimals must be an integer 0..18');
+    const mint = await kit.generateKeyPairSigner();
+    const create = new Uint8Array(52);                           // System program: CreateAccount
+    const view = new DataView(create.buffer);
+    view.setUint32(0, 0, true);
+    view.setBigUint64(4, svm.minimumBalanceForRentExemption(BigInt(MINT_SIZE)), true);
+    view.setBigUint64(12, BigInt(MINT_SIZE), true);
+    create.set(kit.getAddressEncoder().encode(TOKEN_PROGRAM), 20);
+    const init = new Uint8Array(35);                             // Token: InitializeMint2, no freeze authority
+    init[0] = 20; init[1] = decimals;
+    init.set(kit.getAddressEncoder().encode(faucet.address), 2);
+    const signature = await faucetSend([
+      { programAddress: SYSTEM_PROGRAM, data: create, accounts: [
+        { address: faucet.address, role: kit.AccountRole.WRITABLE_SIGNER },
+        { address: mint.address, role: kit.AccountRole.WRITABLE_SIGNER, signer: mint }] },
+      { programAddress: TOKEN_PROGRAM, data: init, accounts: [{ address: mint.address, role: kit.AccountRole.WRITABLE }] },
+    ]);
+    return { mint: mint.address, signature };
+  },
+  gpumesh_mintTo: async ([mint, owner, amount]) => {
+    const m = mintOf(svmAccount(mint, 'mint'));
+    if (!m) throw invalidParams(`${mint} is not an SPL token mint`);
+    if (m.mintAuthority !== faucet.address) throw invalidParams(`mint ${mint} is not this localnet's (its mint authority is ${m.mintAuthority})`);
+    checkAddress(owner, 'owner');
+    let n;
+    try { n = BigInt(amount); } catch { throw invalidParams('amount must be an integer of the token\'s smallest unit'); }
+    if (n <= 0n || n >= 1n << 64n) throw invalidParams('amount must be a positive 64-bit integer');
+    const [ata] = await associatedTokenAddress(owner, mint);
+    const data = new Uint8Array(9);                              // Token: MintTo
+    data[0] = 7;
+    new DataView(data.buffer).setBigUint64(1, n, true);
+    return faucetSend([
+      { programAddress: ATA_PROGRAM, data: Uint8Array.of(1), accounts: [             // CreateIdempotent
+        { address: faucet.address, role: kit.AccountRole.WRITABLE_SIGNER }, { address: ata, role: kit.AccountRole.WRITABLE },
+        { address: owner, role: kit.AccountRole.READONLY }, { address: mint, role: kit.AccountRole.READONLY },
+        { address: SYSTEM_PROGRAM, role: kit.AccountRole.READONLY }, { address: TOKEN_PROGRAM, role: kit.AccountRole.READONLY }] },
+      { programAddress: TOKEN_PROGRAM, data, accounts: [
+        { address: mint, role: kit.AccountRole.WRITABLE }, { address: ata, role: kit.AccountRole.WRITABLE },
+        { address: faucet.address, role: kit.AccountRole.READONLY_SIGNER }] },
+    ]);
+  },
+
+  getTokenAccountBalance: ([address]) => {
+    const account = svmAccount(address);
+    if (!account.exists) throw invalidParams('could not find account');
+    const ta = tokenAccountOf(account);
+    if (!ta) throw invalidParams('not a Token account');
+    return context(uiAmount(ta.amount, decimalsOf(ta.mint)));
+  },
+  getTokenSupply: ([address]) => {
+    const account = svmAccount(address, 'mint');
+    if (!account.exists) throw invalidParams('could not find account');
+    const m = mintOf(account);
+    if (!m) throw invalidParams('not a Token mint');
+    return context(uiAmount(m.supply, m.decimals));
+  },
+  getTokenAccountsByOwner: (params) => {
+    const owner = checkAddress(params[0], 'owner');
+    const filter = cfg(params, 1);
+    let programs, mint = null;
+    if (typeof filter.mint === 'string') {
+      const account = svmAccount(filter.mint, 'mint');
+      if (!mintOf(account)) throw invalidParams('could not find mint');
+      mint = filter.mint;
+      programs = [account.programAddress];
+    } else if (typeof filter.programId === 'string') {
+      if (!isTokenProgram(filter.programId)) throw invalidParams('unrecognized Token program id');
+      programs = [filter.programId];
+    } else {
+      throw invalidParams('expected a filter: {"mint": MINT} or {"programId": PROGRAM}');
+    }
+    const out = [];
+    for (const program of programs) {
+      for (const account of svm.getProgramAccounts(program)) {
+        const ta = tokenAccountOf({ ...account, exists: true });
+        if (ta && ta.owner === owner && (mint === null || ta.mint === mint)) out.push({ pubkey: account.address, account: accountJSON(account.address, cfg(params, 2)) });
+      }
+    }
+    return context(out);
   },
   getSignatureStatuses: (params) => {
     if (!Array.isArray(params[0])) throw invalidParams('expected an array of signatures');
@@ -473,7 +666,7 @@ const methods = {
       meta: {
         err: rec.err, status: rec.err === null ? { Ok: null } : { Err: rec.err }, fee: rec.fee,
         preBalances: rec.preBalances, postBalances: rec.postBalances, innerInstructions: rec.inner,
-        logMessages: rec.logs, preTokenBalances: [], postTokenBalances: [], rewards: [],
+        logMessages: rec.logs, preTokenBalances: rec.preTokenBalances, postTokenBalances: rec.postTokenBalances, rewards: [],
         loadedAddresses: rec.loaded, computeUnitsConsumed: rec.unitsConsumed,
       },
     };
