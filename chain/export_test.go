@@ -15,21 +15,35 @@ import (
 // transfers from key to `to`, each of lamports, and one memo for each ref.
 // It returns the transaction's signature once confirmed.
 func PayOddly(ctx context.Context, rpcURL string, key ed25519.PrivateKey, to string, transfers []uint64, refs []string) (string, error) {
+	return PayOddlyIn(ctx, rpcURL, SOL, key, to, transfers, refs)
+}
+
+// PayOddlyIn is PayOddly in a currency: in a token, each transfer is an
+// idempotent create of the payee's token account and a TransferChecked.
+func PayOddlyIn(ctx context.Context, rpcURL string, c Currency, key ed25519.PrivateKey, to string, transfers []uint64, refs []string) (string, error) {
 	payer := solana.PrivateKey(key)
 	from := payer.PublicKey()
 	payee, err := parseAddress("payee", to)
 	if err != nil {
 		return "", err
 	}
+	client := rpc.New(rpcURL)
 	var ixs []solana.Instruction
 	for _, l := range transfers {
+		if !c.IsSOL() {
+			t, _, err := c.tokenTransfer(ctx, client, from, payee, l, "oddly")
+			if err != nil {
+				return "", err
+			}
+			ixs = append(ixs, t...)
+			continue
+		}
 		ixs = append(ixs, solana.NewInstruction(solana.SystemProgramID,
 			solana.AccountMetaSlice{solana.Meta(from).WRITE().SIGNER(), solana.Meta(payee).WRITE()}, transferData(l)))
 	}
 	for _, r := range refs {
 		ixs = append(ixs, solana.NewInstruction(solana.MemoProgramID, solana.AccountMetaSlice{solana.Meta(from).SIGNER()}, []byte(PaymentMemo(r))))
 	}
-	client := rpc.New(rpcURL)
 	recent, err := client.GetLatestBlockhash(ctx, rpc.CommitmentConfirmed)
 	if err != nil {
 		return "", err
@@ -80,4 +94,9 @@ func (f shortFile) WriteAt(p []byte, off int64) (int, error) {
 	}
 	n, _ := f.recordFile.WriteAt(p[:len(p)/2], off)
 	return n, errors.New("no space left on device")
+}
+
+// Slot is the chain's current slot.
+func Slot(ctx context.Context, rpcURL string) (uint64, error) {
+	return rpc.New(rpcURL).GetSlot(ctx, rpc.CommitmentProcessed)
 }

@@ -17,10 +17,17 @@ import (
 	"github.com/gagliardetto/solana-go/rpc/jsonrpc"
 )
 
-// Settlement: a payment is one Solana transaction holding a System transfer
-// from the payer to the payee and a memo naming what it pays for
+// Settlement: a payment is one Solana transaction holding one transfer
+// from the payer to the payee and one memo naming what it pays for
 // (PaymentMemo). Pay sends one and waits for it; CheckPayment lets anyone
 // confirm one from its signature with a single RPC call.
+//
+// A Currency says what moves. SOL moves by a System transfer to the payee's
+// address; an SPL token (USDC) by a TransferChecked from the payer's
+// associated token account to the payee's, which the payment creates when
+// it is missing (idempotently, the payer paying its rent). Everything else —
+// refs and memos, the checks before sending, sending until confirmed or
+// expired, and the one-transfer-one-memo rule of a payment — is shared.
 
 // PaymentFee is the fee, in lamports, of a payment's transaction: one
 // signature at 5,000 lamports and no priority fee.
@@ -34,8 +41,9 @@ const (
 )
 
 // ErrUnderfunded is the error of a payment whose payer cannot cover the
-// amount and the fee; nothing was sent.
-var ErrUnderfunded = errors.New("not enough lamports")
+// amount and the fee (and, paying in a token, the rent of the payee's new
+// token account); nothing was sent.
+var ErrUnderfunded = errors.New("not enough funds")
 
 // ErrBadPayment marks a payment that CheckPayment does not accept (as
 // opposed to an RPC that could not be asked).
@@ -43,13 +51,15 @@ var ErrBadPayment = errors.New("payment does not hold")
 
 // Payment is a payment on chain.
 type Payment struct {
-	Signature string `json:"signature"` // of its transaction, base58
-	Slot      uint64 `json:"slot"`      // the slot it landed in
-	From      string `json:"from"`      // the payer, base58
-	To        string `json:"to"`        // the payee, base58
-	Lamports  uint64 `json:"lamports"`  // moved from From to To
-	Ref       string `json:"ref"`       // what it pays for (its memo is PaymentMemo(Ref))
-	Fee       uint64 `json:"fee"`       // lamports the transaction cost its payer, besides Lamports
+	Signature string `json:"signature"`      // of its transaction, base58
+	Slot      uint64 `json:"slot"`           // the slot it landed in
+	From      string `json:"from"`           // the payer, base58
+	To        string `json:"to"`             // the payee, base58 (its wallet, not its token account)
+	Mint      string `json:"mint,omitempty"` // the SPL token moved; "" for SOL
+	Amount    uint64 `json:"amount"`         // moved from From to To: lamports, or the token's smallest unit
+	Ref       string `json:"ref"`            // what it pays for (its memo is PaymentMemo(Ref))
+	Fee       uint64 `json:"fee"`            // lamports the transaction cost its payer, besides a SOL Amount
+	Rent      uint64 `json:"rent,omitempty"` // lamports the payer put into the payee's new token account
 }
 
 // PaymentMemo is the memo a payment carries: "gpumesh:pay:<ref>" (ref like
@@ -84,6 +94,12 @@ func parseAddress(what, address string) (solana.PublicKey, error) {
 
 // Balance is an address's lamports.
 func Balance(ctx context.Context, rpcURL, address string) (uint64, error) {
+	return SOL.Balance(ctx, rpcURL, address)
+}
+
+// Balance is what an address holds of c: its lamports, or for a token the
+// amount in its associated token account (0 while there is none).
+func (c Currency) Balance(ctx context.Context, rpcURL, address string) (uint64, error) {
 	pk, err := parseAddress("balance: address", address)
 	if err != nil {
 		return 0, err
@@ -91,20 +107,40 @@ func Balance(ctx context.Context, rpcURL, address string) (uint64, error) {
 	if rpcURL == "" {
 		return 0, errors.New("balance: no Solana RPC URL (--solana-rpc)")
 	}
-	res, err := rpc.New(rpcURL).GetBalance(ctx, pk, rpc.CommitmentConfirmed)
-	if err != nil {
-		return 0, fmt.Errorf("balance of %s: asking %s: %w", address, rpcURL, err)
+	client := rpc.New(rpcURL)
+	if c.IsSOL() {
+		res, err := client.GetBalance(ctx, pk, rpc.CommitmentConfirmed)
+		if err != nil {
+			return 0, fmt.Errorf("balance of %s: asking %s: %w", address, rpcURL, err)
+		}
+		return res.Value, nil
 	}
-	return res.Value, nil
+	mint, err := c.mint()
+	if err != nil {
+		return 0, err
+	}
+	n, err := tokenBalance(ctx, client, pk, mint)
+	if err != nil {
+		return 0, fmt.Errorf("%s balance of %s: asking %s: %w", c.Symbol, address, rpcURL, err)
+	}
+	return n, nil
 }
 
-// Pay moves lamports from key's address to `to` in one transaction holding
-// a System transfer and a memo instruction (memo = PaymentMemo(ref)), waits
-// until it is confirmed and returns it (its signature, base58, and slot).
+// Pay moves lamports from key's address to `to`: SOL.Pay.
+func Pay(ctx context.Context, rpcURL string, key ed25519.PrivateKey, to string, lamports uint64, ref string) (Payment, error) {
+	return SOL.Pay(ctx, rpcURL, key, to, lamports, ref)
+}
+
+// Pay moves amount of c from key's address to `to` in one transaction
+// holding one transfer and a memo instruction (memo = PaymentMemo(ref)),
+// waits until it is confirmed and returns it (its signature, base58, and
+// slot). In a token, the transfer goes from the payer's associated token
+// account to the payee's, created first when missing (an idempotent create
+// in the same transaction; the payer pays its rent).
 //
-// Before sending, Pay refuses (ErrUnderfunded) when the payer's balance
-// cannot cover lamports plus PaymentFee. A transaction the chain refuses or
-// that fails on chain returns an error with the chain's error.
+// Before sending, Pay refuses (ErrUnderfunded) when the payer cannot cover
+// the amount, the PaymentFee and any rent. A transaction the chain refuses
+// or that fails on chain returns an error with the chain's error.
 //
 // While waiting, Pay polls getSignatureStatuses every 200 ms and sends the
 // same transaction again every 2 s while the chain has not seen it. It builds
@@ -119,7 +155,7 @@ func Balance(ctx context.Context, rpcURL, address string) (uint64, error) {
 // after sending, the Payment it returns holds the signature of the
 // transaction that may still land: check it with CheckPayment before paying
 // again.
-func Pay(ctx context.Context, rpcURL string, key ed25519.PrivateKey, to string, lamports uint64, ref string) (Payment, error) {
+func (c Currency) Pay(ctx context.Context, rpcURL string, key ed25519.PrivateKey, to string, amount uint64, ref string) (Payment, error) {
 	if len(key) != ed25519.PrivateKeySize {
 		return Payment{}, errors.New("payment: no key to pay with (want an ed25519 private key)")
 	}
@@ -135,29 +171,34 @@ func Pay(ctx context.Context, rpcURL string, key ed25519.PrivateKey, to string, 
 	}
 	payer := solana.PrivateKey(key)
 	from := payer.PublicKey()
-	p := Payment{From: from.String(), To: payee.String(), Lamports: lamports, Ref: ref, Fee: PaymentFee}
+	p := Payment{From: from.String(), To: payee.String(), Mint: c.Mint, Amount: amount, Ref: ref, Fee: PaymentFee}
 	switch {
-	case lamports == 0:
-		return p, fmt.Errorf("payment %s: 0 lamports: pay at least 1", ref)
+	case amount == 0:
+		return p, fmt.Errorf("payment %s: 0 %s: pay at least 1", ref, c.units())
 	case from.Equals(payee):
 		return p, fmt.Errorf("payment %s: payer and payee are both %s: pay another address", ref, p.From)
-	case lamports > ^uint64(0)-PaymentFee:
-		return p, fmt.Errorf("payment %s: %d lamports is more than any account can hold", ref, lamports)
+	case c.IsSOL() && amount > ^uint64(0)-PaymentFee:
+		return p, fmt.Errorf("payment %s: %d lamports is more than any account can hold", ref, amount)
 	}
 	client := rpc.New(rpcURL)
-
-	bal, err := client.GetBalance(ctx, from, rpc.CommitmentConfirmed)
-	if err != nil {
-		return p, fmt.Errorf("payment %s: balance of the payer %s: asking %s: %w", ref, p.From, rpcURL, err)
+	var transfer []solana.Instruction
+	if c.IsSOL() {
+		bal, err := client.GetBalance(ctx, from, rpc.CommitmentConfirmed)
+		if err != nil {
+			return p, fmt.Errorf("payment %s: balance of the payer %s: asking %s: %w", ref, p.From, rpcURL, err)
+		}
+		if need := amount + PaymentFee; bal.Value < need {
+			return p, fmt.Errorf("payment %s: %w: address %s holds %d lamports (%s SOL); paying %d plus the %d-lamport fee needs %d, %d more; fund it (transfer SOL to it, or airdrop on devnet/localnet) and pay again",
+				ref, ErrUnderfunded, p.From, bal.Value, sol(bal.Value), amount, PaymentFee, need, need-bal.Value)
+		}
+		transfer = []solana.Instruction{solana.NewInstruction(solana.SystemProgramID,
+			solana.AccountMetaSlice{solana.Meta(from).WRITE().SIGNER(), solana.Meta(payee).WRITE()}, transferData(amount))}
+	} else {
+		if transfer, p.Rent, err = c.tokenTransfer(ctx, client, from, payee, amount, ref); err != nil {
+			return p, err
+		}
 	}
-	if need := lamports + PaymentFee; bal.Value < need {
-		return p, fmt.Errorf("payment %s: %w: address %s holds %d lamports (%s SOL); paying %d plus the %d-lamport fee needs %d, %d more; fund it (transfer SOL to it, or airdrop on devnet/localnet) and pay again",
-			ref, ErrUnderfunded, p.From, bal.Value, sol(bal.Value), lamports, PaymentFee, need, need-bal.Value)
-	}
-
 	memo := solana.NewInstruction(solana.MemoProgramID, solana.AccountMetaSlice{solana.Meta(from).SIGNER()}, []byte(PaymentMemo(ref)))
-	transfer := solana.NewInstruction(solana.SystemProgramID,
-		solana.AccountMetaSlice{solana.Meta(from).WRITE().SIGNER(), solana.Meta(payee).WRITE()}, transferData(lamports))
 
 	for {
 		// Build and sign a transaction on a fresh blockhash.
@@ -166,7 +207,7 @@ func Pay(ctx context.Context, rpcURL string, key ed25519.PrivateKey, to string, 
 		if err != nil {
 			return p, fmt.Errorf("payment %s: latest blockhash from %s: %w (nothing was paid)", ref, rpcURL, err)
 		}
-		tx, err := solana.NewTransaction([]solana.Instruction{transfer, memo}, recent.Value.Blockhash, solana.TransactionPayer(from))
+		tx, err := solana.NewTransaction(append(transfer[:len(transfer):len(transfer)], memo), recent.Value.Blockhash, solana.TransactionPayer(from))
 		if err != nil {
 			return p, fmt.Errorf("payment %s: building its transaction: %w", ref, err)
 		}
@@ -278,8 +319,8 @@ func sendAndConfirm(ctx context.Context, client *rpc.Client, tx *solana.Transact
 			// processed block may yet be dropped).
 		case s.Err != nil:
 			p.Slot = s.Slot
-			return false, fmt.Errorf("payment %s: transaction %s failed on chain in slot %d: %s; its fee was charged, the %d lamports were not paid",
-				p.Ref, p.Signature, s.Slot, errJSON(s.Err), p.Lamports)
+			return false, fmt.Errorf("payment %s: transaction %s failed on chain in slot %d: %s; its fee was charged, the %s were not paid",
+				p.Ref, p.Signature, s.Slot, errJSON(s.Err), p.moved())
 		default:
 			p.Slot = s.Slot
 			return false, nil
@@ -333,6 +374,9 @@ func errJSON(v any) string {
 // hint says what to do about a payment the chain refused, where it is clear.
 func hint(chainErr any, p *Payment) string {
 	m, _ := chainErr.(map[string]any)
+	if p.Mint != "" {
+		return tokenHint(m)
+	}
 	rent, ok := m["InsufficientFundsForRent"].(map[string]any)
 	if !ok {
 		return ""
@@ -360,17 +404,27 @@ func sol(lamports uint64) string {
 	return fmt.Sprintf("%d.%09d", lamports/1_000_000_000, lamports%1_000_000_000)
 }
 
-// CheckPayment confirms, with one getTransaction call (commitment
-// confirmed), that signature is a successful transaction that moves at least
-// lamports from `from` to `to` by exactly one System transfer among its
-// top-level instructions and carries exactly one memo, PaymentMemo(ref): a
-// payment is one transfer for one bill, so one transaction cannot be shown
-// as the payment of several bills. It returns the payment as found
-// (Lamports: the amount moved; Fee: what the transaction cost).
+// CheckPayment checks a payment in SOL: SOL.Check.
+func CheckPayment(ctx context.Context, rpcURL, signature, from, to string, lamports uint64, ref string) (Payment, error) {
+	return SOL.Check(ctx, rpcURL, signature, from, to, lamports, ref)
+}
+
+// Check confirms, with one getTransaction call (commitment confirmed),
+// that signature is a successful transaction that moves at least amount of
+// c from `from` to `to` by exactly one transfer among its top-level
+// instructions and carries exactly one memo, PaymentMemo(ref): a payment is
+// one transfer for one bill, so one transaction cannot be shown as the
+// payment of several bills. In SOL the transfer is a System transfer from
+// `from` to `to`; in a token it is a Transfer or TransferChecked of the
+// SPL Token program authorized by `from` into `to`'s associated token
+// account of c's mint (a TransferChecked names its mint, which must be c's;
+// a transfer of another mint is not a payment). It returns the payment as
+// found (Amount: the amount moved; Fee: what the transaction cost; Rent: what
+// went into `to`'s token account if the payment created it).
 //
 // A payment that does not hold gives an error wrapping ErrBadPayment that
 // says which check failed; an RPC that cannot be asked gives another error.
-func CheckPayment(ctx context.Context, rpcURL, signature, from, to string, lamports uint64, ref string) (Payment, error) {
+func (c Currency) Check(ctx context.Context, rpcURL, signature, from, to string, amount uint64, ref string) (Payment, error) {
 	sig, err := solana.SignatureFromBase58(signature)
 	if err != nil {
 		return Payment{}, fmt.Errorf("%w: %q is not a transaction signature (64 bytes in base58): %v", ErrBadPayment, signature, err)
@@ -386,7 +440,17 @@ func CheckPayment(ctx context.Context, rpcURL, signature, from, to string, lampo
 	if rpcURL == "" {
 		return Payment{}, errors.New("payment check: no Solana RPC URL (--solana-rpc)")
 	}
-	p := Payment{Signature: signature, From: from, To: to, Ref: ref}
+	// The account the transfer must credit: the payee, or its token account.
+	dest, mint := payee, solana.PublicKey{}
+	if !c.IsSOL() {
+		if mint, err = c.mint(); err != nil {
+			return Payment{}, err
+		}
+		if dest, _, err = solana.FindAssociatedTokenAddress(payee, mint); err != nil {
+			return Payment{}, fmt.Errorf("payment check: the token account of %s: %w", to, err)
+		}
+	}
+	p := Payment{Signature: signature, From: from, To: to, Mint: c.Mint, Ref: ref}
 	zero := uint64(0)
 	res, err := rpc.New(rpcURL).GetTransaction(ctx, sig, &rpc.GetTransactionOpts{
 		Encoding: solana.EncodingBase64, Commitment: rpc.CommitmentConfirmed, MaxSupportedTransactionVersion: &zero,
@@ -423,8 +487,9 @@ func CheckPayment(ctx context.Context, rpcURL, signature, from, to string, lampo
 	}
 	memo := PaymentMemo(ref)
 	var sum uint64
-	var others []string // transfers between other accounts
-	transfers := 0      // from the payer to the payee
+	var others []string    // transfers between other accounts, or of another currency
+	var wrongMint []string // token transfers of another mint
+	transfers := 0         // of c, from the payer to the payee
 	memos := 0
 	hasMemo := false
 	for _, ix := range tx.Message.Instructions {
@@ -432,41 +497,62 @@ func CheckPayment(ctx context.Context, rpcURL, signature, from, to string, lampo
 		if !ok {
 			continue
 		}
-		switch {
-		case prog.Equals(solana.MemoProgramID):
+		if prog.Equals(solana.MemoProgramID) {
 			memos++
 			if string(ix.Data) == memo {
 				hasMemo = true
 			}
-		case prog.Equals(solana.SystemProgramID):
-			n, ok := parseTransfer(ix.Data)
-			if !ok || len(ix.Accounts) < 2 {
-				continue
+			continue
+		}
+		accounts := make([]solana.PublicKey, 0, len(ix.Accounts))
+		for _, a := range ix.Accounts {
+			k, ok := key(a)
+			if !ok {
+				break
 			}
-			src, ok1 := key(ix.Accounts[0])
-			dst, ok2 := key(ix.Accounts[1])
-			if !ok1 || !ok2 {
-				continue
-			}
-			if src.Equals(payer) && dst.Equals(payee) {
-				if sum+n < sum {
-					return p, fmt.Errorf("%w: transaction %s: its transfers overflow", ErrBadPayment, signature)
-				}
-				sum += n
-				transfers++
-			} else {
-				others = append(others, fmt.Sprintf("%d lamports from %s to %s", n, src, dst))
+			accounts = append(accounts, k)
+		}
+		t, ok := readTransfer(prog, accounts, ix.Data)
+		if !ok {
+			continue
+		}
+		mine := t.sol == c.IsSOL() && t.authority.Equals(payer) && t.to.Equals(dest)
+		switch {
+		case !t.sol && !c.IsSOL() && t.mint != nil && !t.mint.Equals(mint):
+			wrongMint = append(wrongMint, t.String())
+			continue
+		case !mine:
+			others = append(others, t.String())
+			continue
+		}
+		if sum+t.amount < sum {
+			return p, fmt.Errorf("%w: transaction %s: its transfers overflow", ErrBadPayment, signature)
+		}
+		sum += t.amount
+		transfers++
+	}
+	p.Amount = sum
+	if !c.IsSOL() && res.Meta != nil {
+		for i, k := range keys {
+			if k.Equals(dest) && i < len(res.Meta.PreBalances) && i < len(res.Meta.PostBalances) && res.Meta.PreBalances[i] == 0 {
+				p.Rent = res.Meta.PostBalances[i]
 			}
 		}
 	}
-	p.Lamports = sum
+	units := c.units()
 	switch {
-	case sum == 0 && len(others) == 0:
+	case sum == 0 && len(wrongMint) > 0:
+		return p, fmt.Errorf("%w: wrong mint: transaction %s moves %s; a payment in %s moves mint %s", ErrBadPayment, signature, strings.Join(wrongMint, "; "), c.Symbol, c.Mint)
+	case sum == 0 && len(others) == 0 && c.IsSOL():
 		return p, fmt.Errorf("%w: transaction %s holds no System transfer: it is not a payment (wrong signature?)", ErrBadPayment, signature)
-	case sum == 0:
+	case sum == 0 && len(others) == 0:
+		return p, fmt.Errorf("%w: transaction %s holds no SPL token transfer: it is not a payment in %s (wrong signature?)", ErrBadPayment, signature, c.Symbol)
+	case sum == 0 && c.IsSOL():
 		return p, fmt.Errorf("%w: wrong payer or payee: transaction %s moves nothing from %s to %s (it moves %s)", ErrBadPayment, signature, from, to, strings.Join(others, "; "))
-	case sum < lamports:
-		return p, fmt.Errorf("%w: too little: transaction %s moves %d of %d lamports from %s to %s", ErrBadPayment, signature, sum, lamports, from, to)
+	case sum == 0:
+		return p, fmt.Errorf("%w: wrong payer or payee: transaction %s moves no %s from %s to %s's token account %s (it moves %s)", ErrBadPayment, signature, c.Symbol, from, to, dest, strings.Join(others, "; "))
+	case sum < amount:
+		return p, fmt.Errorf("%w: too little: transaction %s moves %d of %d %s from %s to %s", ErrBadPayment, signature, sum, amount, units, from, to)
 	case !hasMemo && memos == 0:
 		return p, fmt.Errorf("%w: no memo for ref %s: transaction %s carries no memo, want %q", ErrBadPayment, ref, signature, memo)
 	case !hasMemo:

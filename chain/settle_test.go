@@ -202,14 +202,14 @@ func TestPayMovesLamportsAndCheckPaymentAcceptsOnlyIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("paid in %v: %+v", time.Since(t0).Round(time.Millisecond), pay)
-	if pay.Signature == "" || pay.Slot == 0 || pay.From != addrOf(a) || pay.To != addrOf(b) || pay.Lamports != amount || pay.Ref != ref {
+	if pay.Signature == "" || pay.Slot == 0 || pay.From != addrOf(a) || pay.To != addrOf(b) || pay.Amount != amount || pay.Ref != ref {
 		t.Fatalf("payment %+v", pay)
 	}
 	got, err := chain.CheckPayment(ctx, ln.URL(), pay.Signature, addrOf(a), addrOf(b), amount, ref)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Lamports != amount || got.Slot != pay.Slot || got.Signature != pay.Signature || got.Fee != chain.PaymentFee {
+	if got.Amount != amount || got.Slot != pay.Slot || got.Signature != pay.Signature || got.Fee != chain.PaymentFee {
 		t.Fatalf("CheckPayment found %+v, Pay said %+v", got, pay)
 	}
 	aAfter, bAfter := balanceOf(t, ln, a), balanceOf(t, ln, b)
@@ -220,7 +220,7 @@ func TestPayMovesLamportsAndCheckPaymentAcceptsOnlyIt(t *testing.T) {
 		t.Errorf("payee gained %d lamports, want %d", bAfter-bBefore, amount)
 	}
 	// At least: asking for less is fine, and the sum paid comes back.
-	if got, err := chain.CheckPayment(ctx, ln.URL(), pay.Signature, addrOf(a), addrOf(b), 1, ref); err != nil || got.Lamports != amount {
+	if got, err := chain.CheckPayment(ctx, ln.URL(), pay.Signature, addrOf(a), addrOf(b), 1, ref); err != nil || got.Amount != amount {
 		t.Errorf("asking for 1 lamport: %+v, %v", got, err)
 	}
 
