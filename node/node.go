@@ -94,9 +94,12 @@ type Config struct {
 	SolanaRPC   string        // JSON-RPC URL; "" anchors nothing
 	AnchorBatch int           // receipts per batch; 0: chain.DefaultBatchSize
 	AnchorAge   time.Duration // longest wait of a receipt for its batch; 0: chain.DefaultBatchAge
-	// Settlement (price unit SOL:9 and SolanaRPC set): a provider bills
-	// every SettleInterval (0: DefaultSettleInterval).
+	// Settlement (price unit SOL:9, or TokenMint set, and SolanaRPC set): a
+	// provider bills every SettleInterval (0: DefaultSettleInterval).
 	SettleInterval time.Duration
+	// TokenMint (base58) settles jobs in that SPL token, whose decimals are
+	// the price unit's (USDC:6 and USDC's mint); "" settles only in SOL.
+	TokenMint string
 
 	// Jobs.
 	Heartbeat time.Duration // how often a job's member says it is alive; 0 means DefaultHeartbeat (lost after 3 missed)
@@ -317,6 +320,7 @@ func (c *Config) validate() error {
 	if c.AnchorAge < 0 {
 		bad("anchor-age", "--anchor-age %s: want a positive duration (0: the default, %s)", c.AnchorAge, chain.DefaultBatchAge)
 	}
+	c.validateToken(bad)
 	if c.SettleInterval < 0 || (c.SettleInterval > 0 && c.SettleInterval < MinSettleInterval) {
 		bad("settle-interval", "--settle-interval %s: want at least %s (0: the default, %s)", c.SettleInterval, MinSettleInterval, DefaultSettleInterval)
 	}

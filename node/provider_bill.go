@@ -3,17 +3,20 @@ package node
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/exec/receipt"
+	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/node/jobwire"
 )
 
-// Settlement: in a swarm whose price unit is SOL (--price-unit SOL:9) and
-// whose peers reach Solana (--solana-rpc), a job pays as it runs. Every
+// Settlement: in a swarm whose price unit is SOL (--price-unit SOL:9), or
+// an SPL token whose mint the peers name (--price-unit USDC:6 --token-mint
+// MINT), and whose peers reach Solana (--solana-rpc), a job pays as it runs. Every
 // interval (--settle-interval, default a minute) each member's provider
 // bills the GPU time of the interval just ended; the submitter pays it at
 // once by a transfer whose memo names the job, member and interval, and
@@ -41,7 +44,53 @@ const (
 
 // settles reports whether this peer pays and is paid on chain as jobs run.
 func (n *Node) settles() bool {
-	return n.cfg.SolanaRPC != "" && n.PriceUnit().Token == "SOL" && n.PriceUnit().Decimals == 9
+	return n.cfg.SolanaRPC != "" && (n.cfg.TokenMint != "" || n.PriceUnit().Token == "SOL" && n.PriceUnit().Decimals == 9)
+}
+
+// currency is what this peer's payments move: the token of --token-mint,
+// else SOL.
+func (n *Node) currency() chain.Currency {
+	if n.cfg.TokenMint == "" {
+		return chain.SOL
+	}
+	u := n.PriceUnit()
+	return chain.Currency{Symbol: u.Token, Mint: n.cfg.TokenMint, Decimals: u.Decimals}
+}
+
+// paidIn says why a member's start is refused: its submitter does not pay
+// in this provider's currency.
+func (n *Node) paidIn(cur chain.Currency, st jobwire.StartFrame) string {
+	if cur.IsSOL() {
+		if st.Pays {
+			return fmt.Sprintf("this provider is paid in SOL, and the submitter pays in the token of mint %s: every peer of a swarm settles in one currency", st.Mint)
+		}
+		return fmt.Sprintf("this provider is paid in SOL as jobs run (a bill every %s): the submitting peer needs --solana-rpc URL and SOL at its address", n.settleInterval())
+	}
+	switch {
+	case !st.Pays:
+		return fmt.Sprintf("this provider is paid in %s (mint %s) as jobs run (a bill every %s): the submitting peer needs --solana-rpc URL, --token-mint %s and %s at its address",
+			cur.Symbol, cur.Mint, n.settleInterval(), cur.Mint, cur.Symbol)
+	case st.Mint == "":
+		return fmt.Sprintf("this provider is paid in %s (mint %s), and the submitter pays in SOL: start it with --token-mint %s", cur.Symbol, cur.Mint, cur.Mint)
+	}
+	return fmt.Sprintf("this provider is paid in %s of mint %s, and the submitter pays in mint %s: every peer of a swarm settles in one token", cur.Symbol, cur.Mint, st.Mint)
+}
+
+// validateToken checks --token-mint against the price unit and the RPC.
+func (c *Config) validateToken(bad func(flag, format string, args ...any)) {
+	if c.TokenMint == "" {
+		return
+	}
+	if _, err := chain.Token("", c.TokenMint, 0); err != nil {
+		bad("token-mint", "--token-mint: %w", err)
+		return
+	}
+	if u, err := gossip.ParseUnit(c.PriceUnit); err == nil && u.Token == "SOL" {
+		bad("token-mint", "--token-mint %s with --price-unit %s: SOL has no mint; drop --token-mint, or price in the token (--price-unit USDC:6)", c.TokenMint, u)
+	}
+	if c.SolanaRPC == "" {
+		bad("token-mint", "--token-mint %s needs --solana-rpc URL: jobs are paid on chain", c.TokenMint)
+	}
 }
 
 func (n *Node) settleInterval() time.Duration {
@@ -57,7 +106,7 @@ type biller struct {
 	task     string
 	job      string // <job>-<attempt>-<rank>
 	consumer string // Solana address
-	price    uint64 // lamports per GPU-hour
+	price    uint64 // per GPU-hour, in the price unit's smallest unit (lamports for SOL)
 	gpus     uint32
 	interval time.Duration
 	grace    time.Duration
@@ -155,10 +204,11 @@ func (b *biller) enforce(ctx context.Context, now time.Time) {
 	bf := b.unpaid[oldest]
 	b.mu.Unlock()
 	u := b.n.PriceUnit()
+	sym := u.Token
 	switch {
 	case overdue && pausedAt == 0:
 		if b.pauser == nil {
-			b.stop(fmt.Sprintf("interval %d (%s SOL) not paid within %s", oldest, u.Format(bf.Lamports), b.grace))
+			b.stop(fmt.Sprintf("interval %d (%s %s) not paid within %s", oldest, u.Format(bf.Lamports), sym, b.grace))
 			return
 		}
 		if err := b.pauser.Pause(ctx, b.task); err != nil {
@@ -168,10 +218,10 @@ func (b *biller) enforce(ctx context.Context, now time.Time) {
 		b.mu.Lock()
 		b.pausedAt = now.UnixMilli()
 		b.mu.Unlock()
-		b.note(fmt.Sprintf("paused: interval %d (%s SOL) not paid within %s; the work stops at %s unless it is paid",
-			oldest, u.Format(bf.Lamports), b.grace, now.Add(b.interval).UTC().Format(time.TimeOnly)))
+		b.note(fmt.Sprintf("paused: interval %d (%s %s) not paid within %s; the work stops at %s unless it is paid",
+			oldest, u.Format(bf.Lamports), sym, b.grace, now.Add(b.interval).UTC().Format(time.TimeOnly)))
 	case overdue && now.Sub(time.UnixMilli(pausedAt)) > b.interval:
-		b.stop(fmt.Sprintf("interval %d (%s SOL) still not paid %s after the work was paused", oldest, u.Format(bf.Lamports), b.interval))
+		b.stop(fmt.Sprintf("interval %d (%s %s) still not paid %s after the work was paused", oldest, u.Format(bf.Lamports), sym, b.interval))
 	}
 }
 
@@ -180,13 +230,18 @@ func (b *biller) enforce(ctx context.Context, now time.Time) {
 func (b *biller) paidFor(ctx context.Context, p jobwire.PaidFrame) {
 	b.mu.Lock()
 	bf, ok := b.unpaid[p.Interval]
+	used := slices.Contains(b.payments, p.Signature)
 	b.mu.Unlock()
 	if !ok {
 		return
 	}
+	if used { // one payment pays one bill (its one memo says which)
+		b.note(fmt.Sprintf("payment of interval %d refused: transaction %s paid an earlier bill", p.Interval, p.Signature))
+		return
+	}
 	cctx, cancel := context.WithTimeout(ctx, paymentWait)
 	defer cancel()
-	pay, err := chain.CheckPayment(cctx, b.n.cfg.SolanaRPC, p.Signature, b.consumer, b.n.id.SolanaAddress, bf.Lamports, bf.Ref)
+	pay, err := b.n.currency().Check(cctx, b.n.cfg.SolanaRPC, p.Signature, b.consumer, b.n.id.SolanaAddress, bf.Lamports, bf.Ref)
 	if err != nil {
 		b.note(fmt.Sprintf("payment of interval %d refused: %v", p.Interval, err))
 		return
@@ -198,7 +253,7 @@ func (b *biller) paidFor(ctx context.Context, p jobwire.PaidFrame) {
 	}
 	delete(b.unpaid, p.Interval)
 	delete(b.due, p.Interval)
-	b.paid += pay.Lamports
+	b.paid += pay.Amount
 	b.payments = append(b.payments, p.Signature)
 	resume := b.pausedAt != 0 && len(b.unpaid) == 0
 	if resume {
@@ -221,7 +276,7 @@ func (b *biller) paidFor(ctx context.Context, p jobwire.PaidFrame) {
 
 // settlement is how a member's run was paid, once its work has ended.
 type settlement struct {
-	paid     uint64        // confirmed payments, lamports
+	paid     uint64        // confirmed payments, in the price unit's smallest unit
 	payments []string      // their transactions
 	paused   time.Duration // time the work was paused for a late payment
 	unpaid   int           // bills not paid

@@ -166,8 +166,8 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		return
 	}
 	settle := n.settles()
-	if settle && !st.Pays {
-		fail("this provider is paid in SOL as jobs run (a bill every %s): the submitting peer needs --solana-rpc URL and SOL at its address", n.settleInterval())
+	if cur := n.currency(); settle && (!st.Pays || st.Mint != cur.Mint) {
+		fail("%s", n.paidIn(cur, st))
 		return
 	}
 	task := fmt.Sprintf("gpumesh-%s-%d-%d", st.Job, st.Attempt, st.Rank)

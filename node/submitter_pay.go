@@ -11,21 +11,43 @@ import (
 	"github.com/gpumesh/gpumesh/node/jobwire"
 )
 
-// checkFunds refuses a job the submitter cannot pay the first interval of.
+// checkFunds refuses a job the submitter cannot pay the first interval of:
+// in SOL, the amount and a fee a GPU; in a token, the amount in tokens and
+// the fees in SOL. It runs before any negotiation, so nothing is leased.
 func (n *Node) checkFunds(ctx context.Context, gpus int, maxPrice uint64) error {
 	if !n.settles() {
 		return nil
 	}
 	interval := DefaultSettleInterval
-	need := receipt.Amount(maxPrice, uint64(gpus)*uint64(interval.Milliseconds())) + uint64(gpus)*lamportsPerSignature
-	bal, err := chain.Balance(ctx, n.cfg.SolanaRPC, n.id.SolanaAddress)
-	if err != nil {
-		return fmt.Errorf("job not submitted: jobs here are paid on chain and the balance of %s could not be read: %w", n.id.SolanaAddress, err)
+	amount := receipt.Amount(maxPrice, uint64(gpus)*uint64(interval.Milliseconds()))
+	fees := uint64(gpus) * lamportsPerSignature
+	u, cur := n.PriceUnit(), n.currency()
+	if cur.IsSOL() {
+		bal, err := chain.Balance(ctx, n.cfg.SolanaRPC, n.id.SolanaAddress)
+		if err != nil {
+			return fmt.Errorf("job not submitted: jobs here are paid on chain and the balance of %s could not be read: %w", n.id.SolanaAddress, err)
+		}
+		if need := amount + fees; bal < need {
+			return fmt.Errorf("job not submitted: your address %s holds %s SOL; the first %s of %d GPUs at up to %s SOL/GPU-h needs %s SOL with fees: fund it",
+				n.id.SolanaAddress, u.Format(bal), interval, gpus, u.Format(maxPrice), u.Format(need))
+		}
+		return nil
 	}
-	if bal < need {
-		u := n.PriceUnit()
-		return fmt.Errorf("job not submitted: your address %s holds %s SOL; the first %s of %d GPUs at up to %s SOL/GPU-h needs %s SOL with fees: fund it",
-			n.id.SolanaAddress, u.Format(bal), interval, gpus, u.Format(maxPrice), u.Format(need))
+	tokens, err := cur.Balance(ctx, n.cfg.SolanaRPC, n.id.SolanaAddress)
+	if err != nil {
+		return fmt.Errorf("job not submitted: jobs here are paid in %s on chain and the %s balance of %s could not be read: %w", u.Token, u.Token, n.id.SolanaAddress, err)
+	}
+	if tokens < amount {
+		return fmt.Errorf("job not submitted: your address %s holds %s %s (mint %s); the first %s of %d GPUs at up to %s %s/GPU-h needs %s %s: send %s to it",
+			n.id.SolanaAddress, u.Format(tokens), u.Token, cur.Mint, interval, gpus, u.Format(maxPrice), u.Token, u.Format(amount), u.Token, u.Token)
+	}
+	lamports, err := chain.Balance(ctx, n.cfg.SolanaRPC, n.id.SolanaAddress)
+	if err != nil {
+		return fmt.Errorf("job not submitted: jobs here are paid on chain and the SOL balance of %s (for fees) could not be read: %w", n.id.SolanaAddress, err)
+	}
+	if lamports < fees {
+		return fmt.Errorf("job not submitted: your address %s holds %s SOL; the payments' fees for the first %s of %d GPUs need %s SOL (and a new provider's token account about 0.002 SOL of rent): fund it with SOL",
+			n.id.SolanaAddress, chain.SOL.Format(lamports), interval, gpus, chain.SOL.Format(fees))
 	}
 	return nil
 }
@@ -41,14 +63,23 @@ func (n *Node) payBill(ctx context.Context, jl *jobLog, m gossip.Member, name st
 	u := n.PriceUnit()
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), paymentWait)
 	defer cancel()
-	pay, err := chain.Pay(pctx, n.cfg.SolanaRPC, key, solanaAddress(m.Provider), b.Amount, b.Ref)
+	pay, err := n.currency().Pay(pctx, n.cfg.SolanaRPC, key, solanaAddress(m.Provider), b.Amount, b.Ref)
 	if err != nil {
-		jl.note(fmt.Sprintf("could not pay bill %d of %s (%s SOL): %v", b.Interval, name, u.Format(b.Amount), err))
+		jl.note(fmt.Sprintf("could not pay bill %d of %s (%s %s): %v", b.Interval, name, u.Format(b.Amount), u.Token, err))
 		return "", err
 	}
-	jl.note(fmt.Sprintf("paid %s %s SOL for interval %d (transaction %s)", name, u.Format(b.Amount), b.Interval, pay.Signature))
+	jl.note(fmt.Sprintf("paid %s %s %s for interval %d (transaction %s)", name, u.Format(b.Amount), u.Token, b.Interval, pay.Signature))
 	if c != nil {
 		_ = c.fw.Write(jobwire.Frame{T: jobwire.KindPaid, Paid: &jobwire.PaidFrame{Interval: b.Interval, Signature: pay.Signature}})
 	}
 	return pay.Signature, nil
+}
+
+// payMint is the mint a start frame says this submitter pays in: its
+// token's, or "" for SOL or when it does not pay.
+func (n *Node) payMint(cfg attempt.Config) string {
+	if !cfg.Settles {
+		return ""
+	}
+	return n.currency().Mint
 }

@@ -365,7 +365,7 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 		}
 		err = c.fw.Write(jobwire.Frame{T: jobwire.KindStart, Start: &jobwire.StartFrame{
 			Job: j.ID, Attempt: j.Attempt, Rank: s.Rank, Members: len(j.Members), WorldGPUs: world,
-			Spec: j.Spec, MasterAddr: addr, MasterPort: s.MasterPort, Rendezvous: cfg.Rendezvous, Pays: cfg.Settles,
+			Spec: j.Spec, MasterAddr: addr, MasterPort: s.MasterPort, Rendezvous: cfg.Rendezvous, Pays: cfg.Settles, Mint: n.payMint(cfg),
 		}})
 		if err != nil {
 			_ = c.rw.Close()

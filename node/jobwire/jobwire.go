@@ -93,6 +93,7 @@ type StartFrame struct {
 	MasterPort int          `json:"masterPort,omitempty"` // 0 on member 0 of a multi-member job: it picks one and says ready
 	Rendezvous bool         `json:"rendezvous"`           // the members meet over the network (several members, or a launcher)
 	Pays       bool         `json:"pays,omitempty"`       // the submitter pays bills on chain as the job runs
+	Mint       string       `json:"mint,omitempty"`       // what it pays in: an SPL token's mint (base58); "" for SOL
 }
 
 // ExitFrame is how a member's work ended.
@@ -127,6 +128,9 @@ func (f *Frame) check() error {
 		}
 		if s.MasterPort < 0 || s.MasterPort > 65535 || len(s.MasterAddr) > 256 {
 			return bad("master %q:%d", text.ClipRaw(s.MasterAddr), s.MasterPort)
+		}
+		if len(s.Mint) > 64 {
+			return bad("mint of %d bytes, at most 64", len(s.Mint))
 		}
 		var jid gossip.JobID
 		if jid.UnmarshalText([]byte(s.Job)) != nil {
@@ -307,8 +311,8 @@ func (l LogWriter) Write(p []byte) (int, error) {
 // BillFrame asks the submitter to pay for one interval of a member's work.
 type BillFrame struct {
 	Interval int    `json:"interval"` // from 1
-	Lamports uint64 `json:"lamports"`
-	Ref      string `json:"ref"` // <job>-<attempt>-<rank>-<interval>: the payment's memo
+	Lamports uint64 `json:"lamports"` // the amount, in the price unit's smallest unit (lamports in SOL, a token's base units)
+	Ref      string `json:"ref"`      // <job>-<attempt>-<rank>-<interval>: the payment's memo
 	Millis   uint64 `json:"millis"`
 }
 

@@ -38,6 +38,7 @@ func nodeCmd(g *globals) *cobra.Command {
 		anchorBatch       int
 		anchorAge         time.Duration
 		settleInterval    time.Duration
+		tokenMint         string
 		jobMemory         = sizeValue{}
 		jobDisk           = sizeValue{}
 		jobLog            = sizeValue{}
@@ -105,6 +106,7 @@ public swarm.`,
 				AnchorBatch:    anchorBatch,
 				AnchorAge:      anchorAge,
 				SettleInterval: settleInterval,
+				TokenMint:      tokenMint,
 				JobMemory:      jobMemory.n,
 				JobCPUs:        jobCPUs,
 				JobDisk:        jobDisk.n,
@@ -187,7 +189,8 @@ public swarm.`,
 	f.StringVar(&solanaRPC, "solana-rpc", os.Getenv("GPUMESH_SOLANA_RPC"), "Solana JSON-RPC URL: anchor the receipts this provider co-signed there (devnet, mainnet, a validator or chain/localnet; env GPUMESH_SOLANA_RPC)")
 	f.IntVar(&anchorBatch, "anchor-batch", chain.DefaultBatchSize, "receipts per anchoring batch (one memo transaction each)")
 	f.DurationVar(&anchorAge, "anchor-age", chain.DefaultBatchAge, "longest a receipt waits for its batch to close")
-	f.DurationVar(&settleInterval, "settle-interval", node.DefaultSettleInterval, "with --price-unit SOL:9 and --solana-rpc: how often a provider bills a running job (paid at once, or the work pauses, then stops)")
+	f.DurationVar(&settleInterval, "settle-interval", node.DefaultSettleInterval, "with --solana-rpc and --price-unit SOL:9 or --token-mint: how often a provider bills a running job (paid at once, or the work pauses, then stops)")
+	f.StringVar(&tokenMint, "token-mint", os.Getenv("GPUMESH_TOKEN_MINT"), "with --solana-rpc: pay and be paid as jobs run in this SPL token (its mint address; the price unit names it and its decimals, e.g. USDC:6 and USDC's mint; env GPUMESH_TOKEN_MINT)")
 	f.Var(&jobLogQuota, "job-log-quota", "most of a job's log this peer keeps when it submitted the job (512MiB, 1GiB, ...); a provider that sends more fails the job")
 	f.Var(&jobOutputQuota, "job-output-quota", "most bytes of a job's outputs this peer keeps when it submitted the job (a file counts at its announced size from its first frame); a provider that sends more fails the job")
 	f.IntVar(&jobOutputFiles, "job-output-files", node.DefaultJobOutputFiles, "most output files and folders of a job this peer keeps when it submitted the job; a provider that sends more fails the job")
