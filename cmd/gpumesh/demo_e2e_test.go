@@ -34,7 +34,7 @@ func TestDemoRunsEndToEndAndCleansUp(t *testing.T) {
 	for _, want := range []string{
 		"[3/8] waiting for the swarm to mesh", "found 24 GPUs from 3 providers",
 		"[0] rank 0 of 2: 8 GPUs", "[1] rank 1 of 2: 8 GPUs",
-		": done", "countersigned", "paid", "memo \"gpumesh:1:", "OK: receipt of job",
+		": done", "countersigned", "USDC in", "token transfers as it ran", "memo \"gpumesh:1:", "OK: receipt of job",
 	} {
 		if !strings.Contains(text, want) {
 			t.Fatalf("the demo did not show %q:\n%s", want, text)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/chain/localnet"
 	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/spf13/cobra"
@@ -57,7 +58,8 @@ func demoCmd(g *globals) *cobra.Command {
 different prices and a peer without GPUs, each its own gpumesh process on
 127.0.0.1; wait for them to mesh; submit a two-member torchrun-style job from
 the peer without GPUs; stream its logs; show the cluster and its price, the
-co-signed receipts, the payments, the anchoring transaction and a proof
+co-signed receipts, the payments (in a test USDC, SPL token transfers), the
+anchoring transaction and a proof
 verified as anyone would. Then the swarm keeps running for you to explore
 (the explorer page, the CLI with --data) until Ctrl-C, which stops every
 process the demo started and removes its files.`,
@@ -82,7 +84,7 @@ process the demo started and removes its files.`,
 			}
 			fmt.Fprintf(d.out, "  gpumesh --data %s gpus find --model H100\n", d.peers[3].data)
 			fmt.Fprintf(d.out, "  gpumesh --data %s prices\n", d.peers[3].data)
-			fmt.Fprintf(d.out, "  gpumesh --data %s job submit YOUR-JOB.yaml -f   (price unit SOL; see the README)\n", d.peers[3].data)
+			fmt.Fprintf(d.out, "  gpumesh --data %s job submit YOUR-JOB.yaml -f   (prices in USDC; see the README)\n", d.peers[3].data)
 			fmt.Fprintf(d.out, "Ctrl-C stops every process the demo started.\n")
 			<-ctx.Done()
 			fmt.Fprintln(d.out, "\nstopping the swarm...")
@@ -103,6 +105,7 @@ type demo struct {
 	lnDir    string
 	base     string
 	ln       *localnet.Localnet
+	mint     string      // the test USDC the swarm settles in
 	peers    []*demoPeer // the four peers, once they answer
 	procs    []*demoPeer // every process started
 	step     int
@@ -130,6 +133,15 @@ func (d *demo) run(ctx context.Context) error {
 		return fmt.Errorf("the demo needs the local Solana: %w", err)
 	}
 	fmt.Fprintf(d.out, "      RPC at %s\n", d.ln.URL())
+	// The swarm settles in a test USDC: a mint of the localnet's own, 6
+	// decimals like USDC's, given to every peer with --token-mint.
+	mctx, mcancel := context.WithTimeout(ctx, demoPeerStart)
+	d.mint, err = d.ln.CreateMint(mctx, 6)
+	mcancel()
+	if err != nil {
+		return fmt.Errorf("the demo's test USDC: %w", err)
+	}
+	fmt.Fprintf(d.out, "      a test USDC (6 decimals): mint %s\n", d.mint)
 
 	d.say("starting three providers and a peer without GPUs, each its own process, in a private swarm of their own")
 	// The providers run the job as bare processes, which only a private
@@ -148,7 +160,7 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	common := []string{"--listen", "/ip4/127.0.0.1/tcp/0", "--mdns=false", "--nat=false", "--dht-mode", "server",
 		"--swarm-key", keyPath,
-		"--price-unit", "SOL:9", "--solana-rpc", d.ln.URL(), "--executors", "process",
+		"--price-unit", "USDC:6", "--token-mint", d.mint, "--solana-rpc", d.ln.URL(), "--executors", "process",
 		"--anchor-age", "2s", "--settle-interval", "3s"}
 	if os.Geteuid() != 0 {
 		common = append(common, "--jobs-as-node-user") // the demo's own jobs, on the demo's own peers
@@ -178,7 +190,7 @@ func (d *demo) run(ctx context.Context) error {
 		d.peers = append(d.peers, p)
 		what := "no GPUs"
 		if s.price != "" {
-			what = fmt.Sprintf("8x %s at %s SOL/GPU-h in %s", strings.TrimPrefix(s.gpus, "mock:"), strings.TrimPrefix(s.price, "fixed:"), s.region)
+			what = fmt.Sprintf("8x %s at %s USDC/GPU-h in %s", strings.TrimPrefix(s.gpus, "mock:"), strings.TrimPrefix(s.price, "fixed:"), s.region)
 		}
 		fmt.Fprintf(d.out, "      %-14s %s  (%s)\n", s.name, p.id.PeerID, what)
 	}
@@ -189,7 +201,10 @@ func (d *demo) run(ctx context.Context) error {
 			return fmt.Errorf("funding %s: %w", p.name, err)
 		}
 	}
-	fmt.Fprintf(d.out, "      each peer's Solana address (its libp2p key) funded with 10 SOL\n")
+	if err := d.ln.MintTo(fctx, d.mint, d.peers[3].id.SolanaAddress, 1000_000_000); err != nil {
+		return fmt.Errorf("funding the submitter with USDC: %w", err)
+	}
+	fmt.Fprintf(d.out, "      each peer's Solana address (its libp2p key) funded with 10 SOL for fees, the submitter with 1000 USDC\n")
 
 	d.say("waiting for the swarm to mesh and every provider's GPUs to show in the directory")
 	sub := d.peers[3]
@@ -240,8 +255,9 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	printReceipts(d.g, rs)
+	usdc := gossip.Unit{Token: "USDC", Decimals: 6}
 	for _, r := range rs {
-		fmt.Fprintf(d.out, "      member %d: paid %.9f SOL in %d transfers as it ran\n", r.Receipt.Rank, float64(r.Receipt.Paid)/1e9, len(r.Receipt.Payments))
+		fmt.Fprintf(d.out, "      member %d: paid %s USDC in %d token transfers as it ran\n", r.Receipt.Rank, usdc.Format(r.Receipt.Paid), len(r.Receipt.Payments))
 	}
 
 	d.say("anchoring on Solana: each provider batches its receipts and puts the Merkle root in a memo")
