@@ -123,34 +123,42 @@ func (c Currency) tokenTransfer(ctx context.Context, client *rpc.Client, from, p
 	if err != nil {
 		return nil, 0, fmt.Errorf("payment %s: the payee's token account: %w", ref, err)
 	}
-	have, err := tokenBalance(ctx, client, from, mint)
+	// One call for what the checks need: the payer's token account, the
+	// payee's, and the payer's own (its lamports).
+	accts, err := client.GetMultipleAccountsWithOpts(ctx, []solana.PublicKey{src, dst, from},
+		&rpc.GetMultipleAccountsOpts{Commitment: rpc.CommitmentConfirmed, Encoding: solana.EncodingBase64})
 	if err != nil {
-		return nil, 0, fmt.Errorf("payment %s: %s balance of the payer %s: %w", ref, c.Symbol, from, err)
+		return nil, 0, fmt.Errorf("payment %s: the accounts of payer %s and payee %s: %w", ref, from, payee, err)
+	}
+	if len(accts.Value) != 3 {
+		return nil, 0, fmt.Errorf("payment %s: asked for 3 accounts, the RPC answered %d", ref, len(accts.Value))
+	}
+	var have uint64
+	if a := accts.Value[0]; a != nil && a.Data != nil {
+		if data := a.Data.GetBinary(); len(data) >= tokenAccountSize {
+			have = binary.LittleEndian.Uint64(data[64:72])
+		}
 	}
 	if have < amount {
 		return nil, 0, fmt.Errorf("payment %s: %w: address %s holds %s %s (mint %s, in its token account %s); paying %s needs %s more; fund it (send %s to it) and pay again",
 			ref, ErrUnderfunded, from, c.Format(have), c.Symbol, c.Mint, src, c.Format(amount), c.Format(amount-have), c.Symbol)
 	}
-	acct, err := client.GetAccountInfoWithOpts(ctx, dst, &rpc.GetAccountInfoOpts{Commitment: rpc.CommitmentConfirmed, Encoding: solana.EncodingBase64})
-	switch {
-	case errors.Is(err, rpc.ErrNotFound) || (err == nil && (acct == nil || acct.Value == nil)):
+	if accts.Value[1] == nil {
 		if rent, err = client.GetMinimumBalanceForRentExemption(ctx, tokenAccountSize, rpc.CommitmentConfirmed); err != nil {
 			return nil, 0, fmt.Errorf("payment %s: the rent of a token account: %w", ref, err)
 		}
-	case err != nil:
-		return nil, 0, fmt.Errorf("payment %s: the payee's token account %s: %w", ref, dst, err)
 	}
-	bal, err := client.GetBalance(ctx, from, rpc.CommitmentConfirmed)
-	if err != nil {
-		return nil, 0, fmt.Errorf("payment %s: balance of the payer %s: %w", ref, from, err)
+	var lamports uint64
+	if a := accts.Value[2]; a != nil {
+		lamports = a.Lamports
 	}
-	if need := PaymentFee + rent; bal.Value < need {
+	if need := PaymentFee + rent; lamports < need {
 		why := fmt.Sprintf("the %d-lamport fee", PaymentFee)
 		if rent > 0 {
 			why += fmt.Sprintf(" and the %d-lamport rent of the payee's new token account %s", rent, dst)
 		}
 		return nil, 0, fmt.Errorf("payment %s: %w: address %s holds %d lamports; %s need %d, %d more; fund it with SOL and pay again",
-			ref, ErrUnderfunded, from, bal.Value, why, need, need-bal.Value)
+			ref, ErrUnderfunded, from, lamports, why, need, need-lamports)
 	}
 	create := solana.NewInstruction(solana.SPLAssociatedTokenAccountProgramID, solana.AccountMetaSlice{
 		solana.Meta(from).WRITE().SIGNER(), solana.Meta(dst).WRITE(), solana.Meta(payee), solana.Meta(mint),
