@@ -28,7 +28,8 @@
 //	submitter.go         submit, cancel, negotiation outcomes, retry
 //	submitter_run.go     running a formed job: streams to the members, frames
 //	                     in, the run attempt's decisions out (attempt)
-//	submitter_pay.go     paying bills the attempt allowed; funds checked first
+//	submitter_pay.go     paying bills the attempt allowed, in SOL or a token
+//	                     (chain.Currency); funds checked first
 //	submitter_logs.go    the job's log: kept, followed, served
 //	submitter_quota.go   what a job's providers may put on this peer's disk
 //	provider_gpus.go     reservations and which GPUs a member holds
@@ -37,8 +38,9 @@
 //	provider_tasks.go    members recorded on disk while they run; what a
 //	                     crash left, ended at the next start; the process
 //	                     executor's user and folders
-//	provider_bill.go     billing a member's work as it runs; pausing and
-//	                     stopping unpaid work
+//	provider_bill.go     billing a member's work as it runs; checking its
+//	                     payments (the right currency, one bill a
+//	                     transaction); pausing and stopping unpaid work
 //	receipts.go          receipts kept on disk, both sides
 //	anchor.go            anchoring receipts on Solana: co-signed, or marked
 //	                     unsigned by the provider with why
