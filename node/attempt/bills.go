@@ -16,7 +16,7 @@ func (a *Attempt) bill(m *member, b Bill, now time.Time) {
 		a.note(why)
 	}
 	if !a.cfg.Settles {
-		refuse(fmt.Sprintf("%s sent a bill of %s, but this peer pays nothing on chain (no --solana-rpc, or the unit is not SOL)",
+		refuse(fmt.Sprintf("%s sent a bill of %s, but this peer pays nothing on chain (no --solana-rpc, or neither --token-mint nor the unit SOL:9)",
 			a.name(r), a.money(b.Amount)))
 		return
 	}
