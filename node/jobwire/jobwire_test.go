@@ -77,7 +77,7 @@ func wireFrames(tb testing.TB) []Frame {
 	return []Frame{
 		{T: KindStart, Start: &StartFrame{
 			Job: wireJobID, Attempt: 1, Rank: 1, Members: 2, WorldGPUs: 16, Spec: wireSpec(tb),
-			MasterAddr: "10.0.0.1", MasterPort: 29500, Rendezvous: true, Pays: true,
+			MasterAddr: "10.0.0.1", MasterPort: 29500, Rendezvous: true, Pays: true, Mint: "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v",
 		}},
 		{T: KindReady, Port: 29500},
 		{T: KindStarted, At: 1_700_000_000_000},
@@ -303,6 +303,7 @@ func TestFrameBounds(t *testing.T) {
 		{"start world", Frame{T: KindStart, Start: &StartFrame{Job: wireJobID, Members: 1}}, "world of 0 GPUs"},
 		{"start port", Frame{T: KindStart, Start: &StartFrame{Job: wireJobID, Members: 1, WorldGPUs: 1, MasterPort: 70000}}, "master"},
 		{"start job", Frame{T: KindStart, Start: &StartFrame{Job: "job-1", Members: 1, WorldGPUs: 1}}, `job ID "job-1"`},
+		{"start mint", Frame{T: KindStart, Start: &StartFrame{Job: wireJobID, Members: 1, WorldGPUs: 1, Pays: true, Mint: strings.Repeat("M", 65)}}, "mint of 65 bytes, at most 64"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			data := encodeFrame(t, tc.f)
