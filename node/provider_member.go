@@ -211,6 +211,14 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			return
 		}
 	}
+	// Inputs: fetched (only the CIDs this job names) and placed read-only
+	// before the work starts; removed with the run folder.
+	inputs, inputsDone, err := n.placeInputs(ctx, st.Spec.Inputs, ex.Name(), runDir, work, startBy)
+	if err != nil {
+		fail("%v", err)
+		return
+	}
+	defer inputsDone()
 
 	env := map[string]string{}
 	for k, v := range st.Spec.Env {
@@ -360,6 +368,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		Disk:     disk,
 		LogBytes: n.cfg.JobLog,
 		StartBy:  startBy,
+		Inputs:   inputs,
 		Stdout:   jobwire.NewLogWriter(fw, "out"),
 		Stderr:   jobwire.NewLogWriter(fw, "err"),
 		Spawned: func(g exec.ProcessGroup) error {
