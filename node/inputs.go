@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -212,4 +213,51 @@ func fetchURL(ctx context.Context, in jobspec.Input, path string, max int64) (in
 		return 0, err
 	}
 	return size, nil
+}
+
+// AddRequest asks the node to add a file or folder of its machine to its
+// content store (POST /v0/content).
+type AddRequest struct {
+	Path string `json:"path"` // absolute
+}
+
+// InputProgress is one line of the answer to an AddRequest: bytes read so
+// far of a total, then a last line with the CID (or the error).
+type InputProgress struct {
+	Done  int64  `json:"done"`
+	Total int64  `json:"total"`
+	CID   string `json:"cid,omitempty"`
+	Files int    `json:"files,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// progressEvery is how often an add reports its progress, at most.
+const progressEvery = 250 * time.Millisecond
+
+func (n *Node) serveAddInput(w http.ResponseWriter, r *http.Request) {
+	var req AddRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 8<<10)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "want {\"path\": \"/absolute/path\"}: "+err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	flush := func() {
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+	}
+	var last time.Time
+	root, err := n.AddInput(r.Context(), req.Path, func(done, total int64) {
+		if now := time.Now(); now.Sub(last) >= progressEvery {
+			last = now
+			_ = enc.Encode(InputProgress{Done: done, Total: total})
+			flush()
+		}
+	})
+	if err != nil {
+		_ = enc.Encode(InputProgress{Error: err.Error()})
+		return
+	}
+	_ = enc.Encode(InputProgress{Done: root.Bytes, Total: root.Bytes, CID: root.CID.String(), Files: root.Files})
 }

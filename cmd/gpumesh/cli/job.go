@@ -51,6 +51,9 @@ func jobCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
 			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
+				if err := addInputs(ctx, g, cl, &spec, filepath.Dir(args[0])); err != nil {
+					return err
+				}
 				job, err := cl.SubmitJob(ctx, spec)
 				if err != nil {
 					return err
