@@ -390,6 +390,14 @@ func (c *Client) AddInput(ctx context.Context, path string, progress func(InputP
 	}
 }
 
+// GetCheckpoint has the node write job id's latest checkpoint into dir
+// (absolute, on the node's machine; it must not exist or be empty) (POST
+// /v0/jobs/{id}/checkpoint).
+func (c *Client) GetCheckpoint(ctx context.Context, id, dir string) (JobCheckpoint, error) {
+	var v JobCheckpoint
+	return v, c.post(ctx, CheckpointRequest{Dir: dir}, &v, routeJobCkpt, id)
+}
+
 // JobsQuery asks for a page of jobs (GET /v0/jobs).
 type JobsQuery struct {
 	Limit  int    // jobs a page, 1..MaxJobsPage; 0 means DefaultJobsPage

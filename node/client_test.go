@@ -225,6 +225,12 @@ func TestClientCallsEveryRouteOfARealNode(t *testing.T) {
 			_, err := cl.Proof(ctx, "no-such-receipt")
 			wantAPIError(t, "an unknown proof", err, ErrNotFound, "--solana-rpc")
 		}},
+		{"POST", routeJobCkpt, func(t *testing.T) {
+			_, err := cl.GetCheckpoint(ctx, "no-such-job", t.TempDir())
+			wantAPIError(t, "the checkpoint of an unknown job", err, ErrNotFound, "no job")
+			_, err = cl.GetCheckpoint(ctx, submitted[0], filepath.Join(t.TempDir(), "c"))
+			wantAPIError(t, "a job without a checkpoint", err, ErrBadRequest, "has no checkpoint yet")
+		}},
 		{"POST", routeContent, func(t *testing.T) {
 			file := filepath.Join(t.TempDir(), "train.py")
 			if err := os.WriteFile(file, []byte("print('hi')\n"), 0o644); err != nil {

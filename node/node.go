@@ -172,6 +172,7 @@ type Node struct {
 	host     host.Host
 	dht      *dht.Directory
 	content  *content.Service
+	ckpts    checkpointBook // the submitter's checkpoint fetches (checkpoint.go)
 	gossip   *gossip.Gossip
 	mdns     io.Closer
 	api      *apiServer

@@ -492,7 +492,17 @@ func linksOf(b blocks.Block) ([]cid.Cid, error) {
 // files and folders (a symlink in a stranger's DAG) is refused, and so is
 // an entry name that is not one plain name. dst must not exist; on an
 // error, what was written is removed.
-func (s *Service) WriteTo(ctx context.Context, root cid.Cid, dst string) (err error) {
+func (s *Service) WriteTo(ctx context.Context, root cid.Cid, dst string) error {
+	return s.write(ctx, root, dst, true)
+}
+
+// Restore writes the DAG under root at dst as WriteTo does, but writable
+// (0644 files, 0755 folders): a checkpoint a job goes on from.
+func (s *Service) Restore(ctx context.Context, root cid.Cid, dst string) error {
+	return s.write(ctx, root, dst, false)
+}
+
+func (s *Service) write(ctx context.Context, root cid.Cid, dst string, readOnly bool) (err error) {
 	nd, err := s.local.Get(ctx, root)
 	if err != nil {
 		return fmt.Errorf("content: %s: %w", root, err)
@@ -507,14 +517,18 @@ func (s *Service) WriteTo(ctx context.Context, root cid.Cid, dst string) (err er
 			_ = os.RemoveAll(dst)
 		}
 	}()
-	return writeNode(fn, dst)
+	return writeNode(fn, dst, readOnly)
 }
 
-func writeNode(nd files.Node, path string) error {
+func writeNode(nd files.Node, path string, readOnly bool) error {
+	fileMode, dirMode := os.FileMode(0o644), os.FileMode(0o755)
+	if readOnly {
+		fileMode, dirMode = 0o444, 0o555
+	}
 	defer nd.Close()
 	switch nd := nd.(type) {
 	case files.File:
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
 		if err != nil {
 			return fmt.Errorf("content: %w", err)
 		}
@@ -536,14 +550,14 @@ func writeNode(nd files.Node, path string) error {
 			if name == "" || name == "." || name == ".." || filepath.Base(name) != name || filepath.IsAbs(name) {
 				return fmt.Errorf("content: %s: entry name %q is not a plain name", path, name)
 			}
-			if err := writeNode(it.Node(), filepath.Join(path, name)); err != nil {
+			if err := writeNode(it.Node(), filepath.Join(path, name), readOnly); err != nil {
 				return err
 			}
 		}
 		if err := it.Err(); err != nil {
 			return fmt.Errorf("content: %s: %w", path, err)
 		}
-		return os.Chmod(path, 0o555)
+		return os.Chmod(path, dirMode)
 	default:
 		return fmt.Errorf("content: %s: a %T; inputs hold only files and folders", path, nd)
 	}

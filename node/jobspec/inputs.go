@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/ipfs/go-cid"
 	mh "github.com/multiformats/go-multihash"
@@ -150,4 +151,64 @@ func checkInputs(ins []Input, bad func(field, format string, a ...any)) {
 // within says whether p is dir or under it.
 func within(p, dir string) bool {
 	return p == dir || strings.HasPrefix(p, dir+"/")
+}
+
+// Checkpoint is a folder a job writes its progress in, which the network
+// keeps for it:
+//
+//	checkpoint:
+//	  path: /checkpoints   # the job writes here ($GPUMESH_CHECKPOINT)
+//	  every: 5m            # and member 0's node syncs what changed this often, and at the end
+//
+// Member 0's folder is added to its provider's content store every Every
+// (only chunks not seen before are new) and sent by CID to the submitter,
+// which fetches it and keeps the latest complete one. A retry (a lost
+// member, retries:) starts every member with that checkpoint at Path and
+// GPUMESH_RESUMED=1. A job should write each checkpoint file whole under
+// another name and rename it, so a sync never takes half a file.
+type Checkpoint struct {
+	Path  string `yaml:"path" json:"path"`                       // an absolute path, such as /checkpoints
+	Every string `yaml:"every,omitempty" json:"every,omitempty"` // a duration, 1s..24h; "": 5m
+}
+
+// Checkpoint intervals.
+const (
+	DefaultCheckpointEvery = 5 * time.Minute
+	minCheckpointEvery     = time.Second
+	maxCheckpointEvery     = 24 * time.Hour
+)
+
+// Interval is how often the checkpoint is synced.
+func (c Checkpoint) Interval() time.Duration {
+	if d, err := time.ParseDuration(c.Every); err == nil && d >= minCheckpointEvery {
+		return d
+	}
+	return DefaultCheckpointEvery
+}
+
+func checkCheckpoint(c *Checkpoint, ins []Input, bad func(field, format string, a ...any)) {
+	if c == nil {
+		return
+	}
+	d := c.Path
+	switch {
+	case d == "":
+		bad("checkpoint.path", "required: the folder the job writes its checkpoints in, such as /checkpoints")
+	case len(d) > maxInputPath || !path.IsAbs(d) || path.Clean(d) != d || d == "/" || strings.ContainsAny(d, "\x00\\:,"):
+		bad("checkpoint.path", "want a clean absolute path such as /checkpoints (no .., no trailing /, no \\ : or ,), got %s", text.Clip(d))
+	case within(d, reservedMount) || within(reservedMount, d):
+		bad("checkpoint.path", "%s is where outputs go; put checkpoints elsewhere, such as /checkpoints", reservedMount)
+	default:
+		for _, in := range ins {
+			if within(d, in.Dst) || within(in.Dst, d) {
+				bad("checkpoint.path", "%s overlaps the input at %s", d, in.Dst)
+			}
+		}
+	}
+	if c.Every != "" {
+		e, err := time.ParseDuration(c.Every)
+		if err != nil || e < minCheckpointEvery || e > maxCheckpointEvery {
+			bad("checkpoint.every", "must be a duration like 5m, 1s..24h, got %s", text.Clip(c.Every))
+		}
+	}
 }

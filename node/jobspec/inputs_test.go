@@ -64,3 +64,33 @@ func TestInputValidationSaysWhatIsWrong(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckpointValidation(t *testing.T) {
+	for _, tc := range []struct {
+		c    Checkpoint
+		want string
+	}{
+		{Checkpoint{Path: "/checkpoints", Every: "5m"}, ""},
+		{Checkpoint{Path: "/checkpoints"}, ""},
+		{Checkpoint{}, "checkpoint.path: required"},
+		{Checkpoint{Path: "ckpt"}, "checkpoint.path: want a clean absolute path"},
+		{Checkpoint{Path: "/outputs/c"}, "checkpoint.path: /outputs is where outputs go"},
+		{Checkpoint{Path: "/inputs/train/c"}, "checkpoint.path: /inputs/train/c overlaps the input at /inputs/train"},
+		{Checkpoint{Path: "/c", Every: "10ms"}, "checkpoint.every: must be a duration like 5m, 1s..24h"},
+	} {
+		s := resnet()
+		s.Inputs = []Input{{Src: "a", Dst: "/inputs/train"}}
+		c := tc.c
+		s.Checkpoint = &c
+		err := s.Validate(gossip.DefaultUnit)
+		if tc.want == "" {
+			if err != nil {
+				t.Fatalf("%+v: %v", tc.c, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("%+v: got %v, want %q", tc.c, err, tc.want)
+		}
+	}
+}

@@ -84,6 +84,9 @@ type Spec struct {
 	Timeout   string            `yaml:"timeout,omitempty" json:"timeout,omitempty"`     // how long the job may run, 1s..720h, e.g. 2h; the lease asked for
 	Retries   int               `yaml:"retries,omitempty" json:"retries,omitempty"`     // runs after a failed one, 0..10; default 0
 	Inputs    []Input           `yaml:"inputs,omitempty" json:"inputs,omitempty"`       // files every member reads, read-only at their dst (inputs.go)
+	// Checkpoint, if set, is a folder the job writes and the network keeps:
+	// synced to the submitter as the job runs and restored on a retry.
+	Checkpoint *Checkpoint `yaml:"checkpoint,omitempty" json:"checkpoint,omitempty"`
 }
 
 // Resources is the GPUs a job wants.
@@ -211,6 +214,9 @@ func notUTF8(s Spec) string {
 		{"launcher", s.Launcher},
 		{"maxPrice", string(s.MaxPrice)},
 		{"timeout", s.Timeout},
+	}
+	if c := s.Checkpoint; c != nil {
+		fields = append(fields, struct{ name, value string }{"checkpoint.path", c.Path}, struct{ name, value string }{"checkpoint.every", c.Every})
 	}
 	for _, f := range fields {
 		if !utf8.ValidString(f.value) {
@@ -437,6 +443,7 @@ func (s Spec) check(unit gossip.Unit) (gossip.Needs, Errors) {
 		bad("retries", "must be 0..%d, got %d", maxRetries, s.Retries)
 	}
 	checkInputs(s.Inputs, bad)
+	checkCheckpoint(s.Checkpoint, s.Inputs, bad)
 	return n, errs
 }
 

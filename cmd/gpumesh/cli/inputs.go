@@ -43,3 +43,18 @@ func addInputs(ctx context.Context, g *globals, cl *node.Client, spec *jobspec.S
 	}
 	return nil
 }
+
+// getCheckpoint has the node write a job's latest checkpoint into dir.
+func getCheckpoint(ctx context.Context, g *globals, cl *node.Client, id, dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	c, err := cl.GetCheckpoint(ctx, id, abs)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "checkpoint of job %s (attempt %d, %s): %s in %d files into %s\n",
+		id, c.Attempt+1, c.At.Local().Format("2006-01-02 15:04:05"), node.FormatSize(c.Bytes), c.Files, abs)
+	return nil
+}
