@@ -145,6 +145,11 @@ func New(h host.Host, cfg Config) (*Service, error) {
 		bitswap.MaxOutstandingBytesPerPeer(maxPeerBytes),
 		bitswap.MaxCidSize(128),
 		bitswap.ProviderSearchDelay(time.Second),
+		// A peer mostly idles: a few workers, not the defaults' hundred
+		// and more goroutines a node.
+		bitswap.EngineBlockstoreWorkerCount(8),
+		bitswap.EngineTaskWorkerCount(4),
+		bitswap.TaskWorkerCount(4),
 	)
 	serv := blockservice.New(store, bs, blockservice.WithAllowlist(allow))
 	return &Service{
