@@ -58,6 +58,7 @@ type checkpointBook struct {
 type checkpointFetch struct {
 	pending *jobwire.CheckpointFrame
 	attempt int
+	overran func(reason string) // cuts the member off: its checkpoint is over the quota
 	running bool
 	release func() // unpins the last checkpoint fetched
 }
@@ -88,8 +89,9 @@ func (n *Node) JobCheckpoint(id string) (JobCheckpoint, bool) {
 }
 
 // checkpointArrived takes a checkpoint frame of member 0 of job id: it is
-// fetched in the background, after the one being fetched.
-func (n *Node) checkpointArrived(id string, attempt int, f jobwire.CheckpointFrame) {
+// fetched in the background, after the one being fetched. A checkpoint
+// over MaxInputSize calls overran (the member is cut off).
+func (n *Node) checkpointArrived(id string, attempt int, f jobwire.CheckpointFrame, overran func(string)) {
 	n.ckpts.mu.Lock()
 	defer n.ckpts.mu.Unlock()
 	if n.ckpts.jobs == nil {
@@ -100,7 +102,7 @@ func (n *Node) checkpointArrived(id string, attempt int, f jobwire.CheckpointFra
 		cf = &checkpointFetch{}
 		n.ckpts.jobs[id] = cf
 	}
-	cf.pending, cf.attempt = &f, attempt
+	cf.pending, cf.attempt, cf.overran = &f, attempt, overran
 	if cf.running {
 		return
 	}
@@ -113,7 +115,7 @@ func (n *Node) checkpointArrived(id string, attempt int, f jobwire.CheckpointFra
 		defer done()
 		for {
 			n.ckpts.mu.Lock()
-			next, attempt := cf.pending, cf.attempt
+			next, attempt, overran := cf.pending, cf.attempt, cf.overran
 			cf.pending = nil
 			if next == nil {
 				cf.running = false
@@ -121,7 +123,11 @@ func (n *Node) checkpointArrived(id string, attempt int, f jobwire.CheckpointFra
 				return
 			}
 			n.ckpts.mu.Unlock()
-			if err := n.fetchCheckpoint(ctx, id, attempt, *next, cf); err != nil {
+			err := n.fetchCheckpoint(ctx, id, attempt, *next, cf)
+			switch {
+			case errors.Is(err, content.ErrTooBig):
+				overran(fmt.Sprintf("a checkpoint of more than %d bytes (--max-input-size)", n.maxInputSize()))
+			case err != nil:
 				n.log.Warn("job checkpoint not fetched", "job", id, "cid", next.CID, "err", err)
 			}
 		}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/content"
+	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 )
 
@@ -66,5 +68,56 @@ exec sleep 3600`
 	}
 	if step, err := os.ReadFile(filepath.Join(dir, "step")); err != nil || string(step) != "7\n" {
 		t.Fatalf("checkpoint's step %q, %v; want 7", step, err)
+	}
+}
+
+// A hostile provider, speaking the real job protocol, names a checkpoint
+// larger than the submitter keeps: the submitter stops fetching it past
+// its limit, cuts the member off, and the job fails naming the limit.
+func TestAnOversizeCheckpointCutsItsProviderOff(t *testing.T) {
+	o := h100s(42, 1)
+	o.Config = func(i int, c *node.Config) {
+		if i == 1 {
+			c.MaxInputSize = 1 << 20
+		}
+	}
+	m := meshtest.Start(t, 2, o)
+	prov, sub := m.Nodes[0], m.Nodes[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	big := make([]byte, 3<<20)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "model.pt"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root, err := prov.Content().Add(ctx, dir, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meshtest.ServeJobs(t, prov.Host(), func(js *meshtest.JobStream, st *jobwire.StartFrame) error {
+		if err := js.Send(jobwire.Frame{T: jobwire.KindStarted, At: time.Now().UnixMilli()},
+			jobwire.Frame{T: jobwire.KindCheckpoint, Ckpt: &jobwire.CheckpointFrame{CID: root.CID.String(), Bytes: 10, Files: 1}}); err != nil {
+			return err
+		}
+		for seq := uint64(1); seq < 600; seq++ { // alive until cut off
+			if js.Send(jobwire.Frame{T: jobwire.KindHeartbeat, Seq: seq}) != nil {
+				return nil
+			}
+			time.Sleep(100 * time.Millisecond) // a heartbeat's pace, not a wait for an event
+		}
+		return nil
+	})
+	j := runToEnd(t, ctx, sub, scriptSpec(t, 1, 0, "true", "checkpoint: {path: /checkpoints, every: 1s}"))
+	if j.State != node.JobFailed || !strings.Contains(j.Reason, "--max-input-size") {
+		t.Fatalf("job %s (%s): want failed, its provider past --max-input-size", j.State, j.Reason)
+	}
+	if _, ok := sub.JobCheckpoint(j.ID); ok {
+		t.Fatal("the oversize checkpoint was kept")
+	}
+	if got := sub.Content().Stats().FetchedBytes; got > 2<<20+content.MaxBlock {
+		t.Fatalf("the submitter fetched %d bytes of a checkpoint over its 1 MiB limit", got)
 	}
 }

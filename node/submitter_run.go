@@ -417,7 +417,9 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 			send(runEvent{ev: attempt.Heard{Rank: r, Beat: f.Seq}})
 		case jobwire.KindCheckpoint:
 			if r == 0 && j.Spec.Checkpoint != nil {
-				n.checkpointArrived(j.ID, j.Attempt, *f.Ckpt)
+				n.checkpointArrived(j.ID, j.Attempt, *f.Ckpt, func(why string) {
+					send(runEvent{ev: attempt.Overran{Rank: r, Reason: why}})
+				})
 			}
 			send(runEvent{ev: attempt.Heard{Rank: r}})
 		default:
