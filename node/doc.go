@@ -40,6 +40,8 @@
 //	inputs.go            a job's inputs: src added at submit (its CID sent),
 //	                     CIDs and URLs fetched, checked and placed read-only
 //	                     by a provider before the work starts
+//	checkpoint.go        checkpoints: member 0's folder synced by CID, kept by
+//	                     the submitter, restored on a retry (GPUMESH_RESUMED)
 //	provider_bill.go     billing a member's work as it runs; pausing and
 //	                     stopping unpaid work
 //	receipts.go          receipts kept on disk, both sides
