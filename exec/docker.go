@@ -778,6 +778,9 @@ func containerConfigFor(t Task, uid, gid int) (*container.Config, *container.Hos
 	if t.Outputs != "" {
 		h.Mounts = []mount.Mount{{Type: mount.TypeBind, Source: t.Outputs, Target: OutputsMount, ReadOnly: false}}
 	}
+	for _, in := range t.Inputs {
+		h.Mounts = append(h.Mounts, mount.Mount{Type: mount.TypeBind, Source: in.Source, Target: in.Target, ReadOnly: !in.Writable})
+	}
 	if t.Real && len(t.GPUs) > 0 {
 		h.Resources.DeviceRequests = []container.DeviceRequest{{
 			Driver:       "nvidia",

@@ -68,6 +68,11 @@ type Task struct {
 	// StartBy, when set, is when the work must have started: an image pull
 	// still running then is given up (docker).
 	StartBy time.Time
+	// Inputs are files or folders of the caller's that the work sees at
+	// their Target (docker: bind mounts, read-only unless Writable, as a
+	// checkpoint folder is). The process executor ignores them: its caller
+	// places inputs and checkpoints in WorkDir.
+	Inputs []Mount
 
 	Stdout, Stderr io.Writer // where output goes as it is written; nil discards
 
@@ -81,6 +86,13 @@ type Task struct {
 	// returns it. The docker executor does not call it (containers carry
 	// their owner's label instead).
 	Spawned func(ProcessGroup) error
+}
+
+// Mount is a file or folder of the host (Source, absolute) that a
+// container sees at Target: read-only unless Writable.
+type Mount struct {
+	Source, Target string
+	Writable       bool
 }
 
 // Result is how a task ended.

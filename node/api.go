@@ -280,6 +280,8 @@ const (
 	routeReceipts  = "/receipts" // ?job=
 	routeProofs    = "/proofs"   // ?job=
 	routeProof     = "/proofs/{key}"
+	routeContent   = "/content"              // POST an AddRequest: InputProgress lines, the last with the CID or an error
+	routeJobCkpt   = "/jobs/{id}/checkpoint" // POST a CheckpointRequest: the JobCheckpoint written
 )
 
 // apiRoute is one call of the local API.
@@ -309,6 +311,8 @@ func (n *Node) apiRoutes() []apiRoute {
 		{get, routeReceipts, n.serveReceipts},
 		{get, routeProofs, n.serveProofs},
 		{get, routeProof, n.serveProof},
+		{post, routeContent, n.serveAddInput},
+		{post, routeJobCkpt, n.serveGetCheckpoint},
 	}
 }
 

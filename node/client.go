@@ -348,6 +348,56 @@ func (c *Client) SubmitJob(ctx context.Context, spec jobspec.Spec) (Job, error) 
 	return v, c.post(ctx, spec, &v, routeJobs)
 }
 
+// AddInput has the node add the file or folder at path (absolute, on the
+// node's machine) to its content store (POST /v0/content); progress, if
+// set, is told each report of the bytes read. The last report carries
+// the CID.
+func (c *Client) AddInput(ctx context.Context, path string, progress func(InputProgress)) (InputProgress, error) {
+	apiPathOf, err := apiPath(routeContent)
+	if err != nil {
+		return InputProgress{}, err
+	}
+	body, err := json.Marshal(AddRequest{Path: path})
+	if err != nil {
+		return InputProgress{}, err
+	}
+	resp, err := c.do(ctx, c.streaming, http.MethodPost, apiPathOf, nil, bytes.NewReader(body))
+	if err != nil {
+		return InputProgress{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		answer, _ := io.ReadAll(io.LimitReader(resp.Body, maxAPIResponse))
+		return InputProgress{}, apiStatusError(resp, answer)
+	}
+	dec := json.NewDecoder(io.LimitReader(resp.Body, maxAPIResponse))
+	for {
+		var p InputProgress
+		if err := dec.Decode(&p); err != nil {
+			return InputProgress{}, fmt.Errorf("local API: adding %s: the node's answer ended early: %w", path, err)
+		}
+		switch {
+		case p.Error != "":
+			return p, errors.New(p.Error)
+		case p.CID != "":
+			if progress != nil {
+				progress(p)
+			}
+			return p, nil
+		case progress != nil:
+			progress(p)
+		}
+	}
+}
+
+// GetCheckpoint has the node write job id's latest checkpoint into dir
+// (absolute, on the node's machine; it must not exist or be empty) (POST
+// /v0/jobs/{id}/checkpoint).
+func (c *Client) GetCheckpoint(ctx context.Context, id, dir string) (JobCheckpoint, error) {
+	var v JobCheckpoint
+	return v, c.post(ctx, CheckpointRequest{Dir: dir}, &v, routeJobCkpt, id)
+}
+
 // JobsQuery asks for a page of jobs (GET /v0/jobs).
 type JobsQuery struct {
 	Limit  int    // jobs a page, 1..MaxJobsPage; 0 means DefaultJobsPage

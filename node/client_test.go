@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -222,6 +224,26 @@ func TestClientCallsEveryRouteOfARealNode(t *testing.T) {
 		{"GET", routeProof, func(t *testing.T) {
 			_, err := cl.Proof(ctx, "no-such-receipt")
 			wantAPIError(t, "an unknown proof", err, ErrNotFound, "--solana-rpc")
+		}},
+		{"POST", routeJobCkpt, func(t *testing.T) {
+			_, err := cl.GetCheckpoint(ctx, "no-such-job", t.TempDir())
+			wantAPIError(t, "the checkpoint of an unknown job", err, ErrNotFound, "no job")
+			_, err = cl.GetCheckpoint(ctx, submitted[0], filepath.Join(t.TempDir(), "c"))
+			wantAPIError(t, "a job without a checkpoint", err, ErrBadRequest, "has no checkpoint yet")
+		}},
+		{"POST", routeContent, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "train.py")
+			if err := os.WriteFile(file, []byte("print('hi')\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var reports int
+			p, err := cl.AddInput(ctx, file, func(InputProgress) { reports++ })
+			if err != nil || p.CID == "" || p.Total != 12 || p.Files != 1 || reports == 0 {
+				t.Fatalf("AddInput = %+v (%d reports), %v; want a CID of 12 bytes", p, reports, err)
+			}
+			if _, err := cl.AddInput(ctx, file+".missing", nil); err == nil || !strings.Contains(err.Error(), "no such file") {
+				t.Fatalf("AddInput of a missing file: %v", err)
+			}
 		}},
 	} {
 		called[tc.method+" "+tc.route] = true

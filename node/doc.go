@@ -38,6 +38,11 @@
 //	provider_tasks.go    members recorded on disk while they run; what a
 //	                     crash left, ended at the next start; the process
 //	                     executor's user and folders
+//	inputs.go            a job's inputs: src added at submit (its CID sent),
+//	                     CIDs and URLs fetched, checked and placed read-only
+//	                     by a provider before the work starts
+//	checkpoint.go        checkpoints: member 0's folder synced by CID, kept by
+//	                     the submitter, restored on a retry (GPUMESH_RESUMED)
 //	provider_bill.go     billing a member's work as it runs; checking its
 //	                     payments (the right currency, one bill a
 //	                     transaction); pausing and stopping unpaid work
@@ -55,6 +60,9 @@
 //	node/attempt    one run attempt as a state machine (Step, Tick, Ready),
 //	                with golden scripts in node/attempt/testdata
 //	node/jobstore   job records in a bbolt file, paged newest first
+//	node/content    bytes named by their hash: a capped block store on disk,
+//	                UnixFS add, bitswap fetch under the swarm's prefix,
+//	                provider records in the DHT (it links the host, not the node)
 //	node/meshtest   many real nodes in one test process, and hostile peers
 //	                that speak the real protocols (adversary.go)
 //

@@ -20,6 +20,7 @@ import (
 	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/text"
+	"github.com/gpumesh/gpumesh/node/content"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -130,6 +131,14 @@ type Config struct {
 	// all but their own loopback. Needs root and iptables.
 	JobEgress bool
 
+	// Content: job inputs (inputs.go). ContentCache caps the blocks kept
+	// in the data dir's content store, least recently used removed first
+	// (0: content.DefaultMaxBytes, 20 GiB); MaxInputSize caps the inputs
+	// of one job, added by a submitter or fetched by a provider (0:
+	// DefaultMaxInputSize, 10 GiB).
+	ContentCache int64
+	MaxInputSize int64
+
 	// Host, when set, is used instead of building a libp2p host (meshtest
 	// runs nodes on a simulated network this way). The Node closes it.
 	Host host.Host
@@ -165,6 +174,8 @@ type Node struct {
 	id       Identity
 	host     host.Host
 	dht      *dht.Directory
+	content  *content.Service
+	ckpts    checkpointBook // the submitter's checkpoint fetches (checkpoint.go)
 	gossip   *gossip.Gossip
 	mdns     io.Closer
 	api      *apiServer
@@ -330,6 +341,9 @@ func (c *Config) validate() error {
 	if c.JobCPUs < 0 {
 		bad("job-cpus", "--job-cpus %g: want a number of cores such as 12 (0: every core)", c.JobCPUs)
 	}
+	if c.ContentCache < 0 || c.MaxInputSize < 0 {
+		bad("content-cache", "--content-cache and --max-input-size want sizes such as 20GiB (0: the default)")
+	}
 	if c.JobLog < 0 {
 		bad("job-log", "--job-log %d: want a size such as 64MiB (0: %d bytes)", c.JobLog, exec.DefaultLogBytes)
 	}
@@ -482,6 +496,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if n.dht, err = dht.New(ctx, n.host, dht.Config{Swarm: n.cfg.Swarm.ID(), Mode: mode}); err != nil {
 		return err
 	}
+	if err := n.startContent(); err != nil {
+		return err
+	}
 	// GossipSub lives until Close has left its topics, not until ctx ends.
 	gctx, stopGossip := context.WithCancel(context.WithoutCancel(ctx))
 	n.stopGossip = stopGossip
@@ -616,6 +633,9 @@ func (n *Node) Close() error {
 			n.stopGossip()
 		}
 		errs = append(errs, n.closeDirectory())
+		if n.content != nil {
+			errs = append(errs, n.content.Close())
+		}
 		if n.dht != nil {
 			errs = append(errs, n.dht.Close())
 		}

@@ -211,6 +211,24 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			return
 		}
 	}
+	// Inputs: fetched (only the CIDs this job names) and placed read-only
+	// before the work starts; removed with the run folder.
+	inputs, inputsDone, err := n.placeInputs(ctx, st.Spec.Inputs, ex.Name(), runDir, work, startBy)
+	if err != nil {
+		fail("%v", err)
+		return
+	}
+	defer inputsDone()
+	// The checkpoint folder: restored from the submitter's latest on a
+	// retry, synced by member 0 as the work runs.
+	ckDir, ckMount, ckEnv, err := n.placeCheckpoint(ctx, st.Spec.Checkpoint, st.Checkpoint, ex.Name(), runDir, work, startBy)
+	if err != nil {
+		fail("%v", err)
+		return
+	}
+	if ckMount != nil {
+		inputs = append(inputs, *ckMount)
+	}
 
 	env := map[string]string{}
 	for k, v := range st.Spec.Env {
@@ -237,6 +255,9 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		pl.MasterAddr = "127.0.0.1"
 	}
 	for k, v := range exec.LaunchEnv(pl) {
+		env[k] = v
+	}
+	for k, v := range ckEnv {
 		env[k] = v
 	}
 	// The work ends with the lease (and leaseGrace) at the latest, whatever
@@ -340,6 +361,17 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	billCtx, stopBilling := context.WithCancel(runCtx)
 	defer stopBilling()
 	mem, cpus, disk := n.memberShare(len(gpus))
+	var ckSync *checkpointSyncer
+	var ckWG sync.WaitGroup
+	ckCtx, stopCk := context.WithCancel(runCtx)
+	defer stopCk()
+	if ckDir != "" && st.Rank == 0 {
+		ckSync = &checkpointSyncer{n: n, dir: ckDir, send: fw.Write, note: func(msg string) {
+			_, _ = jobwire.NewLogWriter(fw, "err").Write([]byte("gpumesh: " + msg + "\n"))
+		}}
+		ckWG.Add(1)
+		go func() { defer ckWG.Done(); ckSync.run(ckCtx, st.Spec.Checkpoint.Interval()) }()
+	}
 	res, runErr := ex.Run(runCtx, exec.Task{
 		Name:    task,
 		Owner:   n.id.PeerID.String(),
@@ -360,6 +392,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		Disk:     disk,
 		LogBytes: n.cfg.JobLog,
 		StartBy:  startBy,
+		Inputs:   inputs,
 		Stdout:   jobwire.NewLogWriter(fw, "out"),
 		Stderr:   jobwire.NewLogWriter(fw, "err"),
 		Spawned: func(g exec.ProcessGroup) error {
@@ -378,9 +411,16 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	})
 	stopBilling()
 	util.stop()
+	stopCk()
+	ckWG.Wait()
 	if runErr != nil {
 		fail("%v", runErr)
 		return
+	}
+	if ckSync != nil { // the last state of the folder, before the exit
+		sctx, cancel := context.WithTimeout(ctx, time.Minute)
+		ckSync.sync(sctx)
+		cancel()
 	}
 	stopMu.Lock()
 	reason := stopReason

@@ -22,6 +22,10 @@ func (n *Node) SubmitJob(ctx context.Context, spec jobspec.Spec) (*Job, error) {
 	if err := n.checkFunds(ctx, int(needs.GPUs), needs.MaxPrice); err != nil {
 		return nil, err
 	}
+	// Local inputs become CIDs before any GPU is asked for.
+	if err := n.addInputs(ctx, &spec); err != nil {
+		return nil, err
+	}
 	var id gossip.JobID
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, err

@@ -357,6 +357,10 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 	for _, m := range j.Members {
 		world += int(m.GPUs)
 	}
+	restore := ""
+	if ck, ok := n.JobCheckpoint(j.ID); ok && j.Spec.Checkpoint != nil {
+		restore = ck.CID
+	}
 	c, err := n.openMember(ctx, j.Members[s.Rank])
 	if err == nil {
 		addr := s.MasterAddr
@@ -366,6 +370,7 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 		err = c.fw.Write(jobwire.Frame{T: jobwire.KindStart, Start: &jobwire.StartFrame{
 			Job: j.ID, Attempt: j.Attempt, Rank: s.Rank, Members: len(j.Members), WorldGPUs: world,
 			Spec: j.Spec, MasterAddr: addr, MasterPort: s.MasterPort, Rendezvous: cfg.Rendezvous, Pays: cfg.Settles, Mint: n.payMint(cfg),
+			Checkpoint: restore,
 		}})
 		if err != nil {
 			_ = c.rw.Close()
@@ -410,6 +415,13 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 			send(runEvent{ev: attempt.Heard{Rank: r}, log: f.Data})
 		case jobwire.KindHeartbeat:
 			send(runEvent{ev: attempt.Heard{Rank: r, Beat: f.Seq}})
+		case jobwire.KindCheckpoint:
+			if r == 0 && j.Spec.Checkpoint != nil {
+				n.checkpointArrived(j.ID, j.Attempt, *f.Ckpt, func(why string) {
+					send(runEvent{ev: attempt.Overran{Rank: r, Reason: why}})
+				})
+			}
+			send(runEvent{ev: attempt.Heard{Rank: r}})
 		default:
 			send(runEvent{ev: attempt.Heard{Rank: r}})
 		}

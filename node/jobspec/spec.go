@@ -83,6 +83,10 @@ type Spec struct {
 	MaxPrice  Literal           `yaml:"maxPrice,omitempty" json:"maxPrice,omitempty"`   // tokens of the swarm's unit per GPU-hour, e.g. 2.50
 	Timeout   string            `yaml:"timeout,omitempty" json:"timeout,omitempty"`     // how long the job may run, 1s..720h, e.g. 2h; the lease asked for
 	Retries   int               `yaml:"retries,omitempty" json:"retries,omitempty"`     // runs after a failed one, 0..10; default 0
+	Inputs    []Input           `yaml:"inputs,omitempty" json:"inputs,omitempty"`       // files every member reads, read-only at their dst (inputs.go)
+	// Checkpoint, if set, is a folder the job writes and the network keeps:
+	// synced to the submitter as the job runs and restored on a retry.
+	Checkpoint *Checkpoint `yaml:"checkpoint,omitempty" json:"checkpoint,omitempty"`
 }
 
 // Resources is the GPUs a job wants.
@@ -193,6 +197,9 @@ func Parse(data []byte, format string) (s Spec, err error) {
 	if len(s.Env) == 0 {
 		s.Env = nil
 	}
+	if len(s.Inputs) == 0 {
+		s.Inputs = nil
+	}
 	return s, nil
 }
 
@@ -208,9 +215,19 @@ func notUTF8(s Spec) string {
 		{"maxPrice", string(s.MaxPrice)},
 		{"timeout", s.Timeout},
 	}
+	if c := s.Checkpoint; c != nil {
+		fields = append(fields, struct{ name, value string }{"checkpoint.path", c.Path}, struct{ name, value string }{"checkpoint.every", c.Every})
+	}
 	for _, f := range fields {
 		if !utf8.ValidString(f.value) {
 			return f.name
+		}
+	}
+	for i, in := range s.Inputs {
+		for _, v := range []string{in.Src, in.CID, in.URL, in.SHA256, in.Dst} {
+			if !utf8.ValidString(v) {
+				return fmt.Sprintf("inputs[%d]", i)
+			}
 		}
 	}
 	for i, arg := range s.Command {
@@ -255,7 +272,7 @@ func parseYAML(data []byte, s *Spec) (err error) {
 // yamlMessage makes yaml.v3's errors name fields, not Go types.
 func yamlMessage(err error) string {
 	msg := err.Error()
-	for _, t := range []string{"node.Spec", "node.Resources", "node.GPU"} {
+	for _, t := range []string{"jobspec.Spec", "jobspec.Resources", "jobspec.GPU", "jobspec.Input", "node.Spec", "node.Resources", "node.GPU"} {
 		msg = strings.ReplaceAll(msg, " in type "+t, "")
 	}
 	return msg
@@ -425,6 +442,8 @@ func (s Spec) check(unit gossip.Unit) (gossip.Needs, Errors) {
 	if s.Retries < 0 || s.Retries > maxRetries {
 		bad("retries", "must be 0..%d, got %d", maxRetries, s.Retries)
 	}
+	checkInputs(s.Inputs, bad)
+	checkCheckpoint(s.Checkpoint, s.Inputs, bad)
 	return n, errs
 }
 

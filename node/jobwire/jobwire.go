@@ -47,6 +47,7 @@ const (
 	KindError       = "error"
 	KindBill        = "bill" // member → submitter: pay for an interval
 	KindPaid        = "paid" // submitter → member: it is paid
+	KindCheckpoint  = "ckpt" // member → submitter: its checkpoint folder, synced to its store: fetch it by CID
 )
 
 // Bounds of the job protocol.
@@ -79,6 +80,14 @@ type Frame struct {
 	Bill    *BillFrame          `json:"bill,omitempty"`
 	Paid    *PaidFrame          `json:"paid,omitempty"`
 	Seq     uint64              `json:"seq,omitempty"` // hb: one more than the last heartbeat's, from 1
+	Ckpt    *CheckpointFrame    `json:"ckpt,omitempty"`
+}
+
+// CheckpointFrame names a member's checkpoint folder as it was at a sync.
+type CheckpointFrame struct {
+	CID   string `json:"cid"`   // its root in the member's content store
+	Bytes int64  `json:"bytes"` // of its files
+	Files int    `json:"files"`
 }
 
 // StartFrame is what a member runs.
@@ -94,6 +103,7 @@ type StartFrame struct {
 	Rendezvous bool         `json:"rendezvous"`           // the members meet over the network (several members, or a launcher)
 	Pays       bool         `json:"pays,omitempty"`       // the submitter pays bills on chain as the job runs
 	Mint       string       `json:"mint,omitempty"`       // what it pays in: an SPL token's mint (base58); "" for SOL
+	Checkpoint string       `json:"checkpoint,omitempty"` // CID of the job's latest checkpoint, to restore at the spec's checkpoint path (a retry)
 }
 
 // ExitFrame is how a member's work ended.
@@ -135,6 +145,11 @@ func (f *Frame) check() error {
 		var jid gossip.JobID
 		if jid.UnmarshalText([]byte(s.Job)) != nil {
 			return bad("job ID %s", text.Clip(s.Job))
+		}
+		if s.Checkpoint != "" {
+			if _, err := jobspec.ParseCID(s.Checkpoint); err != nil {
+				return bad("checkpoint %s: %v", text.Clip(s.Checkpoint), err)
+			}
 		}
 	case KindStop, KindError:
 	case KindHeartbeat:
@@ -190,6 +205,14 @@ func (f *Frame) check() error {
 		p := f.Paid
 		if p == nil || p.Interval < 1 || p.Signature == "" || len(p.Signature) > 100 {
 			return bad("no payment, or a bad interval or signature")
+		}
+	case KindCheckpoint:
+		c := f.Ckpt
+		if c == nil || c.Bytes < 0 || c.Bytes > 1<<50 || c.Files < 0 || c.Files > 1<<30 {
+			return bad("no checkpoint, or a size out of range")
+		}
+		if _, err := jobspec.ParseCID(c.CID); err != nil {
+			return bad("checkpoint %s: %v", text.Clip(c.CID), err)
 		}
 	case KindCountersign:
 		if len(f.Sig) != 64 {

@@ -78,6 +78,7 @@ func wireFrames(tb testing.TB) []Frame {
 		{T: KindStart, Start: &StartFrame{
 			Job: wireJobID, Attempt: 1, Rank: 1, Members: 2, WorldGPUs: 16, Spec: wireSpec(tb),
 			MasterAddr: "10.0.0.1", MasterPort: 29500, Rendezvous: true, Pays: true, Mint: "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v",
+			Checkpoint: "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
 		}},
 		{T: KindReady, Port: 29500},
 		{T: KindStarted, At: 1_700_000_000_000},
@@ -94,6 +95,7 @@ func wireFrames(tb testing.TB) []Frame {
 		{T: KindBill, Bill: &BillFrame{Interval: 2, Lamports: 583_334, Ref: wireJobID + "-0-1-2", Millis: 60_000}},
 		{T: KindPaid, Paid: &PaidFrame{Interval: 2, Signature: "5ZDvFrd9x8r9bgy18XocGkGChCC2sTfYvgGYhDJnahcs"}},
 		{T: KindError, Reason: "no such image"},
+		{T: KindCheckpoint, Ckpt: &CheckpointFrame{CID: "bafkreie5cvv4h45feudyquutohfkvo6wnbo56v6zhcqqvdu26nxdfggdhm", Bytes: 12, Files: 1}},
 	}
 }
 
@@ -170,6 +172,8 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(rawFrame(`{"t":"hb","T":"stop","reason":"x"} trailing`))
 	f.Add(rawFrame(`{"t":"start","start":{"job":"0123456789ABCDEF0123456789abcdef","rank":0,"members":1,"worldGPUs":1,"spec":{"name":"x","maxPrice":1.50,"command":[],"env":{}}}}`))
 	f.Add(rawFrame(`{"t":"exit","exit":{"code":0,"start":1,"end":2,"outputs":[{"path":"a/../b"}]}}`))
+	f.Add(rawFrame(`{"t":"ckpt","ckpt":{"cid":"bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy","bytes":1,"files":1}}`)) // dag-cbor: refused
+	f.Add(rawFrame(`{"t":"ckpt","ckpt":{"cid":"x","bytes":-1}}`))
 
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bufio.NewReader(bytes.NewReader(data))

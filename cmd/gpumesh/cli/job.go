@@ -51,6 +51,9 @@ func jobCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
 			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
+				if err := addInputs(ctx, g, cl, &spec, filepath.Dir(args[0])); err != nil {
+					return err
+				}
 				job, err := cl.SubmitJob(ctx, spec)
 				if err != nil {
 					return err
@@ -120,6 +123,7 @@ func jobCmd(g *globals) *cobra.Command {
 	logs.Flags().BoolVarP(&followLogs, "follow", "f", false, "keep streaming until the job ends")
 
 	var outDir string
+	var checkpoint bool
 	get := &cobra.Command{
 		Use:   "get ID",
 		Short: "Copy a job's outputs into a folder, checking each file's SHA-256",
@@ -129,11 +133,15 @@ func jobCmd(g *globals) *cobra.Command {
 				return usageError{fmt.Errorf("say where the outputs go: -o DIR")}
 			}
 			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
+				if checkpoint {
+					return getCheckpoint(ctx, g, cl, args[0], outDir)
+				}
 				return getOutputs(ctx, g, cl, args[0], outDir)
 			})
 		},
 	}
 	get.Flags().StringVarP(&outDir, "output", "o", "", "folder to write the outputs into (made if missing), one subfolder per member: rank-0, rank-1, ...")
+	get.Flags().BoolVar(&checkpoint, "checkpoint", false, "write the job's latest checkpoint into the -o folder (which must not exist or be empty) instead of its outputs")
 
 	var ro output
 	receipts := &cobra.Command{

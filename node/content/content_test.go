@@ -1,0 +1,341 @@
+package content_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/gpumesh/gpumesh/node/content"
+)
+
+// peerOn is a real libp2p host on loopback TCP with a content service.
+func peerOn(t testing.TB, max int64) (host.Host, *content.Service) {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableRelay())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := content.New(h, content.Config{Dir: filepath.Join(t.TempDir(), "content"), MaxBytes: max, Prefix: "/gpumesh/test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close(); _ = h.Close() })
+	return h, s
+}
+
+func connect(t testing.TB, a, b host.Host) {
+	t.Helper()
+	if err := a.Connect(context.Background(), peer.AddrInfo{ID: b.ID(), Addrs: b.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tree makes a folder with a small file, a file of several chunks and a
+// subfolder.
+func tree(t testing.TB, big int) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "train")
+	if err := os.MkdirAll(filepath.Join(dir, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, big)
+	rng := rand.NewChaCha8([32]byte{1})
+	_, _ = rng.Read(data)
+	for name, b := range map[string][]byte{"train.py": []byte("print('hi')\n"), "sub/data.bin": data} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func sameTree(t *testing.T, want, got string) {
+	t.Helper()
+	for _, name := range []string{"train.py", "sub/data.bin"} {
+		a, err := os.ReadFile(filepath.Join(want, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(got, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a, b) {
+			t.Fatalf("%s: %d bytes arrived, want the %d sent", name, len(b), len(a))
+		}
+		info, _ := os.Stat(filepath.Join(got, name))
+		if info.Mode().Perm()&0o222 != 0 {
+			t.Fatalf("%s: mode %v, want read-only", name, info.Mode())
+		}
+	}
+}
+
+func TestFetchOncePerPeerAndWriteReadOnly(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ha, a := peerOn(t, 0)
+	hb, b := peerOn(t, 0)
+	connect(t, hb, ha)
+	src := tree(t, 3*content.ChunkSize+17)
+	var last int64
+	root, err := a.Add(ctx, src, 0, func(done, total int64) { last = done })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(3*content.ChunkSize + 17 + 12); root.Bytes != want || last != want || root.Files != 2 {
+		t.Fatalf("added %d bytes in %d files (progress %d), want %d in 2", root.Bytes, root.Files, last, want)
+	}
+	st, release, err := b.Fetch(ctx, root.CID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if st.FetchedBytes != st.Bytes || st.Bytes < root.Bytes {
+		t.Fatalf("first fetch: %+v, want every byte of the %d-byte DAG fetched", st, root.Bytes)
+	}
+	dst := filepath.Join(t.TempDir(), "in")
+	if err := b.WriteTo(ctx, root.CID, dst); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = content.RemoveTree(dst) })
+	sameTree(t, src, dst)
+	if got := a.Stats().ServedBytes; got < root.Bytes {
+		t.Fatalf("a served %d bytes, want at least %d", got, root.Bytes)
+	}
+
+	// The same DAG again moves nothing.
+	st2, release, err := b.Fetch(ctx, root.CID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if st2.FetchedBytes != 0 || st2.Bytes != st.Bytes {
+		t.Fatalf("second fetch: %+v, want 0 bytes fetched of %d", st2, st.Bytes)
+	}
+	// Adding the same bytes again names them the same.
+	again, err := a.Add(ctx, src, 0, nil)
+	if err != nil || again.CID != root.CID {
+		t.Fatalf("re-add: %v %v, want %v", again.CID, err, root.CID)
+	}
+}
+
+func TestFetchOverLimitFails(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ha, a := peerOn(t, 0)
+	hb, b := peerOn(t, 0)
+	connect(t, hb, ha)
+	root, err := a.Add(ctx, tree(t, 4*content.ChunkSize), 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = b.Fetch(ctx, root.CID, content.ChunkSize)
+	if !errors.Is(err, content.ErrTooBig) {
+		t.Fatalf("fetch of %d bytes with a limit of %d: %v, want ErrTooBig", root.Bytes, content.ChunkSize, err)
+	}
+	if _, err := a.Add(ctx, tree(t, 4*content.ChunkSize), content.ChunkSize, nil); !errors.Is(err, content.ErrTooBig) {
+		t.Fatalf("add over the limit: %v, want ErrTooBig", err)
+	}
+}
+
+func TestAddRefusesSymlinksAndMissingPaths(t *testing.T) {
+	_, a := peerOn(t, 0)
+	dir := t.TempDir()
+	if err := os.Symlink("/etc/passwd", filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Add(context.Background(), dir, 0, nil); err == nil || !bytes.Contains([]byte(err.Error()), []byte("symbolic link")) {
+		t.Fatalf("add of a folder with a symlink: %v, want an error naming the symbolic link", err)
+	}
+	if _, err := a.Add(context.Background(), filepath.Join(dir, "nope"), 0, nil); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("add of a missing path: %v, want not exist", err)
+	}
+}
+
+// A peer that answers with wrong bytes for a CID: its blocks never reach
+// the store, and the right peer's do.
+func TestWrongBytesFromAPeerAreNotUsed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ha, a := peerOn(t, 0)
+	hh, hostile := peerOn(t, 0)
+	hb, b := peerOn(t, 0)
+	src := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(src, []byte("the honest bytes"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root, err := a.Add(ctx, src, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The hostile peer holds other bytes under the same CID and serves
+	// them over the real exchange.
+	bad, err := blocks.NewBlockWithCid([]byte("forged bytes!!!!"), root.CID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hostile.Store().Put(ctx, bad); err != nil {
+		t.Fatal(err)
+	}
+	connect(t, hb, hh)
+	short, stop := context.WithTimeout(ctx, 3*time.Second)
+	_, _, err = b.Fetch(short, root.CID, 0)
+	stop()
+	if err == nil {
+		t.Fatal("fetch from the hostile peer alone succeeded")
+	}
+	if served := hostile.Stats().ServedBlocks; served == 0 {
+		t.Fatal("the hostile peer was never asked: the test tests nothing")
+	}
+	if ok, _ := b.Store().Has(ctx, root.CID); ok {
+		t.Fatal("forged block stored")
+	}
+	connect(t, hb, ha)
+	if _, release, err := b.Fetch(ctx, root.CID, 0); err != nil {
+		t.Fatal(err)
+	} else {
+		release()
+	}
+	dst := filepath.Join(t.TempDir(), "f")
+	if err := b.WriteTo(ctx, root.CID, dst); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(dst); string(got) != "the honest bytes" {
+		t.Fatalf("wrote %q, want the honest bytes", got)
+	}
+}
+
+func TestStoreEvictsLeastRecentlyUsedButNotPinned(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := content.OpenStore(dir, 3000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bs []blocks.Block
+	for i := range 4 {
+		bs = append(bs, blocks.NewBlock(bytes.Repeat([]byte{byte(i)}, 1000)))
+	}
+	for _, b := range bs[:3] {
+		if err := s.Put(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Get(ctx, bs[0].Cid()); err != nil { // 0 used: 1 is now the oldest
+		t.Fatal(err)
+	}
+	if err := s.Put(ctx, bs[3]); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []bool{true, false, true, true} {
+		if got, _ := s.Has(ctx, bs[i].Cid()); got != want {
+			t.Fatalf("block %d held %v, want %v", i, got, want)
+		}
+	}
+	if s.Used() != 3000 {
+		t.Fatalf("used %d, want 3000", s.Used())
+	}
+	// A reopened store knows what is on disk.
+	s2, err := content.OpenStore(dir, 3000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2.Used() != 3000 {
+		t.Fatalf("reopened: used %d, want 3000", s2.Used())
+	}
+}
+
+// BenchmarkInputTransfer fetches a 64 MiB file over loopback TCP (libp2p,
+// chunking and hashing included) against a plain TCP copy of the same
+// bytes in the same run; it reports the ratio of their throughputs.
+func BenchmarkInputTransfer(b *testing.B) {
+	const size = 64 << 20
+	data := make([]byte, size)
+	rng := rand.NewChaCha8([32]byte{2})
+	_, _ = rng.Read(data)
+	src := filepath.Join(b.TempDir(), "data.bin")
+	if err := os.WriteFile(src, data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	ha, a := peerOn(b, 0)
+	root, err := a.Add(ctx, src, 0, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var mesh, plain time.Duration
+	for i := 0; i < b.N; i++ {
+		hb, peerB := peerOn(b, 0)
+		connect(b, hb, ha)
+		start := time.Now()
+		_, release, err := peerB.Fetch(ctx, root.CID, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		release()
+		mesh += time.Since(start)
+
+		start = time.Now()
+		tcpCopy(b, src)
+		plain += time.Since(start)
+	}
+	mbs := func(d time.Duration) float64 { return float64(size) * float64(b.N) / d.Seconds() / (1 << 20) }
+	b.ReportMetric(mbs(mesh), "mesh-MiB/s")
+	b.ReportMetric(mbs(plain), "tcp-MiB/s")
+	b.ReportMetric(mbs(mesh)/mbs(plain), "ratio")
+}
+
+// tcpCopy sends the file at path over a loopback TCP connection into a
+// file, as a plain copy would.
+func tcpCopy(b *testing.B, path string) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		f, err := os.Open(path)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer f.Close()
+		_, err = io.Copy(c, f)
+		done <- err
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := os.Create(filepath.Join(b.TempDir(), "copy"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.Copy(out, c); err != nil {
+		b.Fatal(err)
+	}
+	_ = out.Close()
+	_ = c.Close()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+}

@@ -1,0 +1,29 @@
+// Package content moves bytes named by their hash between peers: job
+// inputs and checkpoints now, container image layers next. It is the
+// one content-addressed transfer of the mesh, built on the IPFS stack's
+// parts on our own libp2p host:
+//
+//   - bytes are cut into SHA-256 blocks (1 MiB leaves) and linked into a
+//     UnixFS DAG, so a file or a folder is named by one CID (CIDv1) and
+//     two adds of the same bytes make the same blocks;
+//   - blocks are kept in a Store on disk in the data dir, capped in bytes,
+//     least recently used first out, pinned while a job uses them;
+//   - blocks move over bitswap under the swarm's own protocol prefix
+//     ("/gpumesh/<swarm>/ipfs/bitswap/1.2.0"), so only members of a
+//     private swarm (which its pre-shared key already guarantees) and
+//     only peers of our swarm speak it; a Fetch is one bitswap session,
+//     which asks every peer that has a block at once and splits the
+//     wants among them;
+//   - who has a root is announced in the swarm's DHT as a provider record
+//     (Announce) and found there when no connected peer has it.
+//
+// Bounds against strangers: a peer asking for blocks we have is served,
+// within bitswap's per-peer queue (1,024 wants, 4 MiB of blocks at once);
+// a peer cannot make us store anything: blocks come in only as answers to
+// our own wants (the exchange drops blocks no session asked for), every
+// block received is hashed against the CID asked for, and a Fetch takes
+// only SHA-256 CIDs of dag-pb or raw blocks, at most MaxBlock bytes a
+// block, MaxLinks links a node, and a limit in bytes a DAG. Which roots
+// a peer fetches is the caller's decision: a provider fetches only the
+// inputs a job it accepted names.
+package content
