@@ -203,6 +203,11 @@ func (l *Lab) BehindNAT(name string) *Host {
 	l.in(router, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE")
 	l.in(router, "iptables", "-A", "FORWARD", "-i", "wan", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
 	l.in(router, "iptables", "-A", "FORWARD", "-i", "wan", "-j", "DROP")
+	// Nothing listens on the router: unasked packets to it are dropped
+	// too, not refused (a refusal would end a hole punch whose other
+	// half has not left yet).
+	l.in(router, "iptables", "-A", "INPUT", "-i", "wan", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+	l.in(router, "iptables", "-A", "INPUT", "-i", "wan", "-j", "DROP")
 	return &Host{lab: l, Name: name, NS: ns, IP: lanNet + "2", PublicIP: pub, uplink: "eth0", router: router}
 }
 
