@@ -115,7 +115,7 @@ func startNode(t *testing.T, name, data string, args ...string) *gmNode {
 
 // runNode starts cmd, a `gpumesh node` with argv on data, as startNode
 // does (cmd may wrap it, e.g. in a network namespace).
-func runNode(t *testing.T, name, data string, argv []string, cmd *exec.Cmd) *gmNode {
+func runNode(t testing.TB, name, data string, argv []string, cmd *exec.Cmd) *gmNode {
 	t.Helper()
 	n := &gmNode{name: name, data: data, done: make(chan struct{}), cmd: cmd}
 	n.cmd.Stdout = &n.out

@@ -24,7 +24,7 @@ const labPort = "4021"
 
 // startLabNode runs `gpumesh node` on data inside the lab host h, on every
 // interface, with mDNS off, plus args.
-func startLabNode(t *testing.T, h *netlab.Host, data string, args ...string) *gmNode {
+func startLabNode(t testing.TB, h *netlab.Host, data string, args ...string) *gmNode {
 	t.Helper()
 	argv := append([]string{"--data", data, "node", "--listen", "/ip4/0.0.0.0/tcp/" + labPort, "--mdns=false"}, args...)
 	return runNode(t, h.Name, data, argv, h.Command(gmBin, argv...))

@@ -87,7 +87,7 @@ func New(t testing.TB) *Lab {
 	if out, err := exec.Command("ip", "netns", "add", l.inet).CombinedOutput(); err != nil {
 		t.Skipf("netlab: this machine does not allow network namespaces: ip netns add: %v: %s", err, bytes.TrimSpace(out))
 	}
-	t.Cleanup(l.remove)
+	t.Cleanup(l.Close)
 	l.in(l.inet, "ip", "link", "set", "lo", "up")
 	l.in(l.inet, "ip", "link", "add", "br0", "type", "bridge")
 	l.in(l.inet, "ip", "addr", "add", Internet+"1/16", "dev", "br0")
@@ -95,9 +95,10 @@ func New(t testing.TB) *Lab {
 	return l
 }
 
-// remove deletes every namespace of the lab; interfaces, routes and
-// firewall rules inside them go with them.
-func (l *Lab) remove() {
+// Close deletes every namespace of the lab now (processes still in them
+// lose their network); interfaces, routes and firewall rules inside go with
+// them. The test's cleanup calls it; a second call finds nothing to do.
+func (l *Lab) Close() {
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
 		l.t.Logf("netlab: ip netns list: %v", err)
