@@ -141,9 +141,14 @@ func (n *Node) natOptions(cfg *Config) []libp2p.Option {
 	if cfg.NoNAT {
 		return opts
 	}
+	// Our tracer replaces libp2p's own metrics tracer unless given both.
+	punchTracer := holepunch.WithTracer(&n.punches)
+	if n.reg != nil {
+		punchTracer = holepunch.WithMetricsAndEventTracer(holepunch.NewMetricsTracer(holepunch.WithRegisterer(n.reg)), &n.punches)
+	}
 	opts = append(opts,
 		libp2p.EnableNATService(),
-		libp2p.EnableHolePunching(holepunch.WithTracer(&n.punches)),
+		libp2p.EnableHolePunching(punchTracer),
 		libp2p.EnableAutoRelayWithPeerSource(n.relayCandidates,
 			autorelay.WithMinCandidates(1),
 			autorelay.WithBootDelay(0),
@@ -163,7 +168,12 @@ func (n *Node) startRelay(h host.Host) error {
 	if n.cfg.relayMode() != RelayOn {
 		return nil
 	}
-	r, err := relayv2.New(h, relayv2.WithResources(n.cfg.relayResources()))
+	opts := []relayv2.Option{relayv2.WithResources(n.cfg.relayResources())}
+	if n.reg != nil {
+		// Relayed bytes and connections, as in auto mode (libp2p_relaysvc_*).
+		opts = append(opts, relayv2.WithMetricsTracer(relayv2.NewMetricsTracer(relayv2.WithRegisterer(n.reg))))
+	}
+	r, err := relayv2.New(h, opts...)
 	if err != nil {
 		return fmt.Errorf("relay service: %w", err)
 	}

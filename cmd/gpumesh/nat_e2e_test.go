@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -64,10 +65,11 @@ func TestJobAcrossNATsRunsOverHolePunchedConnections(t *testing.T) {
 	subHost := lab.BehindNAT("submitter")
 
 	common := append([]string{"--heartbeat", "500ms"}, privateSwarm(t)...)
-	pub := startLabNode(t, pubHost, dataDir(t), append(common, "--gpus", "none")...)
+	pubArgs := []string{"--gpus", "none", "--metrics", "127.0.0.1:9090"}
+	pub := startLabNode(t, pubHost, dataDir(t), append(common, pubArgs...)...)
 	boot := labAddr(pubHost, pub)
 	common = append(common, "--bootstrap", boot)
-	pub2 := startLabNode(t, pub2Host, dataDir(t), append(common, "--gpus", "none")...)
+	pub2 := startLabNode(t, pub2Host, dataDir(t), append(common, pubArgs...)...)
 	_, jobFlags := jobDir(t)
 	var provs []*gmNode
 	for _, h := range provHosts {
@@ -165,6 +167,14 @@ timeout: 5m
 			t.Errorf("%s → submitter: %q, want %q (status %+v)", p.name, k, node.ConnHolePunched, pst.Connections)
 		}
 	}
+	// The relays metered what they carried.
+	relayed := 0.0
+	for _, h := range []*netlab.Host{pubHost, pub2Host} {
+		relayed += labMetric(t, h, "libp2p_relaysvc_data_transferred_bytes_total")
+	}
+	if relayed <= 0 {
+		t.Errorf("the relays' metrics show %v bytes relayed, want some", relayed)
+	}
 	// And the CLI says so.
 	txt, err := gm(sub.data, "status")
 	if err != nil {
@@ -175,4 +185,25 @@ timeout: 5m
 			t.Errorf("status lacks %q:\n%s", want, txt)
 		}
 	}
+}
+
+// labMetric sums the samples of a Prometheus metric that h's node serves
+// on 127.0.0.1:9090 (in h's namespace).
+func labMetric(t *testing.T, h *netlab.Host, name string) float64 {
+	t.Helper()
+	out, err := h.Command("busybox", "sh", "-c", "printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 5 127.0.0.1 9090").Output()
+	if err != nil {
+		t.Fatalf("metrics of %s: %v", h.Name, err)
+	}
+	sum := 0.0
+	for _, line := range strings.Split(string(out), "\n") {
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		f := strings.Fields(line)
+		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }
