@@ -74,6 +74,10 @@ type Status struct {
 	DHTServer   bool             `json:"dhtServer"` // serves directory records
 	GossipPeers int              `json:"gossipPeers"`
 	Bootstrap   []BootstrapState `json:"bootstrap"`
+	// NAT traversal (relay.go): this peer's relaying, and how each
+	// connected peer is reached.
+	Relay       RelayStatus `json:"relay"`
+	Connections []PeerConn  `json:"connections"`
 }
 
 // Info describes the peer for GET /v0/id.
@@ -131,6 +135,8 @@ func (n *Node) Status() Status {
 		DHTServer:   n.dht.Server(),
 		GossipPeers: n.gossip.Peers(),
 		Bootstrap:   boot,
+		Relay:       n.relayStatus(),
+		Connections: n.connections(),
 	}
 }
 

@@ -11,6 +11,8 @@
 //	datadir.go        the data dir: key, config, lock, api file
 //	swarm.go          private swarms: the pre-shared key and the swarm ID
 //	host.go           the libp2p host's options
+//	relay.go          NAT traversal: relay service, AutoRelay's source of
+//	                  relays, hole punches; how each peer is reached
 //	directory.go      this peer's GPUs, its offer in the DHT, directory lookups
 //	prices.go         asks and the spot-price board (gossip)
 //	api.go            the local API: every route, in one table

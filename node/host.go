@@ -91,7 +91,7 @@ func checkPortsFree(addrs []ma.Multiaddr) error {
 }
 
 // hostOptions builds the libp2p options of a peer.
-func hostOptions(cfg *Config, id Identity, listen []ma.Multiaddr, reg prometheus.Registerer) ([]libp2p.Option, error) {
+func hostOptions(cfg *Config, id Identity, listen []ma.Multiaddr, reg prometheus.Registerer, extra []libp2p.Option) ([]libp2p.Option, error) {
 	cm, err := connmgr.NewConnManager(connLow, connHigh, connmgr.WithGracePeriod(connGrace))
 	if err != nil {
 		return nil, err
@@ -117,26 +117,25 @@ func hostOptions(cfg *Config, id Identity, listen []ma.Multiaddr, reg prometheus
 		opts = append(opts, libp2p.DisableMetrics())
 	}
 	if cfg.Swarm.Private() {
-		opts = append(opts, libp2p.PrivateNetwork(cfg.Swarm.PSK), libp2p.DisableRelay())
-		return opts, nil
+		opts = append(opts, libp2p.PrivateNetwork(cfg.Swarm.PSK))
+	} else {
+		opts = append(opts, libp2p.Transport(quic.NewTransport))
 	}
-	opts = append(opts, libp2p.Transport(quic.NewTransport))
 	if cfg.NoNAT {
 		opts = append(opts, libp2p.DisableRelay())
-	} else {
-		// Relay client is on by default; AutoNAT tells the DHT whether this
-		// peer is reachable, and hole punching upgrades relayed connections.
-		opts = append(opts, libp2p.EnableAutoNATv2(), libp2p.EnableHolePunching())
 	}
+	// NAT traversal (relay.go): AutoNAT, hole punching, AutoRelay, the
+	// relay service. The relay client is libp2p's default.
+	opts = append(opts, extra...)
 	return opts, nil
 }
 
 // newHost starts the libp2p host of a peer.
-func newHost(cfg *Config, id Identity, listen []ma.Multiaddr, reg prometheus.Registerer) (host.Host, error) {
+func newHost(cfg *Config, id Identity, listen []ma.Multiaddr, reg prometheus.Registerer, extra []libp2p.Option) (host.Host, error) {
 	if err := checkPortsFree(listen); err != nil {
 		return nil, err
 	}
-	opts, err := hostOptions(cfg, id, listen, reg)
+	opts, err := hostOptions(cfg, id, listen, reg, extra)
 	if err != nil {
 		return nil, fmt.Errorf("libp2p options: %w", err)
 	}

@@ -54,7 +54,7 @@ type Config struct {
 	Swarm     Swarm     // zero value: the public swarm
 	DHTMode   dht.Mode  // "" means server in a private swarm, auto in the public one
 	NoMDNS    bool      // turn off LAN discovery by mDNS
-	NoNAT     bool      // turn off AutoNAT, hole punching and the relay client
+	NoNAT     bool      // turn off AutoNAT, hole punching, the relay client and (unless RelayService is on) the relay service
 	APIListen string    // optional host:port for the local API over TCP (token guarded)
 	Metrics   string    // optional host:port serving Prometheus /metrics
 	Explorer  string    // optional host:port serving the read-only web explorer (keep it on loopback); "" off
@@ -139,6 +139,14 @@ type Config struct {
 	ContentCache int64
 	MaxInputSize int64
 
+	// Relays (relay.go). A peer behind NAT finds relays among the peers it
+	// is connected to, advertises addresses through them, and punches
+	// holes to the peers that reach it that way.
+	RelayService         string        // serve as a relay for others: "auto" (""): once AutoNAT finds this peer public; "on"; "off"
+	RelayMaxReservations int           // peers that may hold a reservation at once; 0: DefaultRelayReservations
+	RelayData            int64         // bytes relayed each way per relayed connection; 0: DefaultRelayData
+	RelayDuration        time.Duration // longest relayed connection; 0: DefaultRelayDuration
+
 	// Host, when set, is used instead of building a libp2p host (meshtest
 	// runs nodes on a simulated network this way). The Node closes it.
 	Host host.Host
@@ -195,6 +203,7 @@ type Node struct {
 	taskState      // provider_tasks.go
 	runState       // submitter_run.go
 	anchorState    // anchor.go
+	relayState     // relay.go
 
 	stopGossip context.CancelFunc
 
@@ -300,6 +309,7 @@ func (c *Config) validate() error {
 			bad("metrics", "--metrics %q: %w", c.Metrics, err)
 		}
 	}
+	c.validateRelay(bad)
 	process := false
 	for _, e := range c.Executors {
 		if e != "docker" && e != "process" {
@@ -482,7 +492,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		if n.reg != nil {
 			reg = n.reg
 		}
-		if n.host, err = newHost(&n.cfg, n.id, n.listen, reg); err != nil {
+		if n.host, err = newHost(&n.cfg, n.id, n.listen, reg, n.natOptions(&n.cfg)); err != nil {
+			return err
+		}
+		if err := n.startRelay(n.host); err != nil {
 			return err
 		}
 	}
@@ -639,6 +652,7 @@ func (n *Node) Close() error {
 		if n.dht != nil {
 			errs = append(errs, n.dht.Close())
 		}
+		errs = append(errs, n.closeRelay())
 		if n.host != nil {
 			errs = append(errs, n.host.Close())
 		}

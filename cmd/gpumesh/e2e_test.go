@@ -109,9 +109,15 @@ type gmNode struct {
 // who it is. The process is stopped when the test ends.
 func startNode(t *testing.T, name, data string, args ...string) *gmNode {
 	t.Helper()
-	n := &gmNode{name: name, data: data, done: make(chan struct{})}
 	argv := append([]string{"--data", data, "node", "--listen", "/ip4/127.0.0.1/tcp/0", "--mdns=false"}, args...)
-	n.cmd = exec.Command(gmBin, argv...)
+	return runNode(t, name, data, argv, exec.Command(gmBin, argv...))
+}
+
+// runNode starts cmd, a `gpumesh node` with argv on data, as startNode
+// does (cmd may wrap it, e.g. in a network namespace).
+func runNode(t testing.TB, name, data string, argv []string, cmd *exec.Cmd) *gmNode {
+	t.Helper()
+	n := &gmNode{name: name, data: data, done: make(chan struct{}), cmd: cmd}
 	n.cmd.Stdout = &n.out
 	n.cmd.Stderr = &n.out
 	if err := n.cmd.Start(); err != nil {

@@ -118,6 +118,7 @@ the node to start answering (for scripts that start a node and go on).`,
 						fmt.Fprintf(g.stdout, "  %s  %s\n", b.Peer, state)
 					}
 				}
+				printRelays(g.stdout, st)
 			})
 		},
 	}

@@ -51,6 +51,7 @@ func nodeCmd(g *globals) *cobra.Command {
 		noHostNetwork     bool
 		jobEgress         bool
 		jobLogQuota       = sizeValue{node.DefaultJobLogBytes}
+		relay             relayFlags
 		jobOutputQuota    = sizeValue{node.DefaultJobOutputBytes}
 		jobOutputFiles    int
 		explorerHosts     []string
@@ -127,6 +128,7 @@ public swarm.`,
 			// mDNS would tell the whole LAN a private swarm's ID and
 			// this peer's addresses: there it runs only when asked for.
 			cfg.PrivateMDNS = mdns && c.Flags().Changed("mdns")
+			relay.apply(&cfg)
 			if c.Flags().Changed("listen") {
 				cfg.Listen = listen
 			}
@@ -178,7 +180,8 @@ public swarm.`,
 	f.StringArrayVar(&bootstrap, "bootstrap", nil, "multiaddr with /p2p/ID of a peer to join (repeatable)")
 	f.StringVar(&swarmKey, "swarm-key", "", "swarm.key file of a private swarm (default: swarm.key in the data dir, if any)")
 	f.BoolVar(&mdns, "mdns", true, "discover peers of the swarm on the LAN by mDNS; in a private swarm only when given (it announces the swarm's ID and every address of this peer to the LAN)")
-	f.BoolVar(&nat, "nat", true, "AutoNAT, hole punching and relay client (public swarm only)")
+	f.BoolVar(&nat, "nat", true, "NAT traversal: AutoNAT, hole punching, relay client (and the relay service unless --relay-service on)")
+	relay.register(f)
 	f.StringVar(&dhtMode, "dht-mode", "", "auto, server or client (default: server in a private swarm, auto in the public one)")
 	f.StringVar(&api, "api", "", "also serve the local API on this TCP host:port, guarded by the token in the data dir's api.token")
 	f.StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this host:port at /metrics")
