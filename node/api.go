@@ -74,6 +74,7 @@ type Status struct {
 	DHTServer   bool             `json:"dhtServer"` // serves directory records
 	GossipPeers int              `json:"gossipPeers"`
 	Bootstrap   []BootstrapState `json:"bootstrap"`
+	Reach       Reach            `json:"reach"` // AutoNAT's verdict, the directory's halves (reach.go)
 }
 
 // Info describes the peer for GET /v0/id.
@@ -131,6 +132,7 @@ func (n *Node) Status() Status {
 		DHTServer:   n.dht.Server(),
 		GossipPeers: n.gossip.Peers(),
 		Bootstrap:   boot,
+		Reach:       n.reach(),
 	}
 }
 
