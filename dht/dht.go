@@ -96,8 +96,9 @@ type Directory struct {
 	host       host.Host
 	offerProto protocol.ID
 
-	mu       sync.Mutex           // guards provided and own
+	mu       sync.Mutex           // guards provided, put and own
 	provided map[string]time.Time // half + " " + index key -> last announcement there
+	put      map[string]bool      // halves this peer's offer went into
 	own      []byte               // this peer's sealed offer, served on offerProto
 
 	closeOnce sync.Once
@@ -117,6 +118,7 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Directory, error) {
 	d := &Directory{
 		validator:  offerValidator{now: now},
 		provided:   map[string]time.Time{},
+		put:        map[string]bool{},
 		host:       h,
 		offerProto: offerProtocol(cfg.Swarm),
 	}
@@ -421,6 +423,12 @@ func (d *Directory) Publish(ctx context.Context, sealed []byte, force bool) erro
 	for _, x := range d.active() {
 		if err := d.publishIn(ctx, x, o.Provider, sealed, keys, force); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", x.name, err))
+			continue
+		}
+		if o.Provider == d.host.ID() {
+			d.mu.Lock()
+			d.put[x.name] = true
+			d.mu.Unlock()
 		}
 	}
 	if len(errs) > 0 {
@@ -453,6 +461,22 @@ func (d *Directory) publishIn(ctx context.Context, x *half, provider peer.ID, se
 		d.mu.Unlock()
 	}
 	return errors.Join(errs...)
+}
+
+// Unpublished reports whether a half has peers but not this peer's offer
+// yet (its first peers came after the last Publish): time to publish again.
+func (d *Directory) Unpublished() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.own == nil {
+		return false
+	}
+	for _, x := range d.halves {
+		if !d.put[x.name] && x.kad.RoutingTable().Size() > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // reprovideInterval is how often a provider repeats its index announcements
