@@ -34,6 +34,44 @@ func BenchmarkLookup(b *testing.B) {
 	}
 }
 
+// BenchmarkLookupDualVsSingle runs the same search from the same peer of two
+// swarms of 100 peers on loopback addresses, in turn: the public swarm's
+// dual DHT (its LAN half serves them) and one plain DHT (a private swarm's,
+// what every swarm ran before the split). It reports each p50 and their
+// ratio, and fails a search that misses an H100 provider.
+func BenchmarkLookupDualVsSingle(b *testing.B) {
+	const n = 100
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	dual := cachedSwarm(ctx, b, swarmKind{n: n})
+	single := cachedSwarm(ctx, b, swarmKind{n: n, private: true})
+	rng := rand.New(rand.NewPCG(5, 6))
+	var latDual, latSingle []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		i := rng.IntN(n)
+		for _, c := range []struct {
+			sw  *benchSwarm
+			lat *[]time.Duration
+		}{{dual, &latDual}, {single, &latSingle}} {
+			start := time.Now()
+			res, err := c.sw.peers[i].dir.Find(ctx, dht.Query{Model: "H100"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			*c.lat = append(*c.lat, time.Since(start))
+			if res.Providers != len(c.sw.h100) {
+				b.Fatalf("found %d of %d H100 providers", res.Providers, len(c.sw.h100))
+			}
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(pct(latDual, 50), "dual-p50-ms")
+	b.ReportMetric(pct(latSingle, 50), "single-p50-ms")
+	b.ReportMetric(pct(latDual, 50)/pct(latSingle, 50), "dual/single-p50")
+	b.ReportMetric(pct(latDual, 95)/pct(latSingle, 95), "dual/single-p95")
+}
+
 type simPeer struct {
 	key crypto.PrivKey
 	h   host.Host
@@ -51,7 +89,7 @@ func simKey(i int) crypto.PrivKey {
 	return k
 }
 
-func startSwarm(b *testing.B, n int) []*simPeer {
+func startSwarm(b *testing.B, n int, private bool) []*simPeer {
 	ctx := context.Background()
 	mn := mocknet.New()
 	peers := make([]*simPeer, n)
@@ -61,7 +99,7 @@ func startSwarm(b *testing.B, n int) []*simPeer {
 		if err != nil {
 			b.Fatal(err)
 		}
-		d, err := dht.New(ctx, h, dht.Config{Swarm: "bench", Mode: dht.ModeServer})
+		d, err := dht.New(ctx, h, dht.Config{Swarm: "bench", Mode: dht.ModeServer, Private: private})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -98,7 +136,24 @@ func startSwarm(b *testing.B, n int) []*simPeer {
 // swarms keeps each simulated swarm for the rest of the process: the
 // benchmark runs once with b.N = 1 before the measured run, and a swarm of
 // 1,000 takes minutes to build. The process ends right after the benchmarks.
-var swarms = map[int]*benchSwarm{}
+var swarms = map[swarmKind]*benchSwarm{}
+
+// swarmKind is a simulated swarm's size and whether it runs a private
+// swarm's one DHT instead of the public swarm's LAN and WAN halves.
+type swarmKind struct {
+	n       int
+	private bool
+}
+
+// cachedSwarm builds a swarm of that kind once per process.
+func cachedSwarm(ctx context.Context, b *testing.B, kind swarmKind) *benchSwarm {
+	sw, ok := swarms[kind]
+	if !ok {
+		sw = buildSwarm(ctx, b, kind.n, kind.private)
+		swarms[kind] = sw
+	}
+	return sw
+}
 
 type benchSwarm struct {
 	peers []*simPeer
@@ -108,11 +163,7 @@ type benchSwarm struct {
 func benchLookup(b *testing.B, n int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	sw, ok := swarms[n]
-	if !ok {
-		sw = buildSwarm(ctx, b, n)
-		swarms[n] = sw
-	}
+	sw := cachedSwarm(ctx, b, swarmKind{n: n})
 	peers, h100 := sw.peers, sw.h100
 
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -187,9 +238,9 @@ func benchLookup(b *testing.B, n int) {
 
 // buildSwarm starts n peers and has one in ten publish an offer of 8 GPUs:
 // H100s, every other one A100s.
-func buildSwarm(ctx context.Context, b *testing.B, n int) *benchSwarm {
+func buildSwarm(ctx context.Context, b *testing.B, n int, private bool) *benchSwarm {
 	setup := time.Now()
-	peers := startSwarm(b, n)
+	peers := startSwarm(b, n, private)
 	b.Logf("%d peers up and refreshed in %v", n, time.Since(setup))
 	var h100 []string
 	var wg sync.WaitGroup

@@ -2,6 +2,13 @@
 // protocol carries the swarm's ID, so two swarms never share a routing table.
 // Every peer in server mode holds a shard of it.
 //
+// In the public swarm the directory is kad-dht's dual DHT (halves.go): a
+// LAN half, where peers reached at private or loopback addresses serve each
+// other with no flag (peers on one LAN or one machine form a directory of
+// their own), and a WAN half of publicly reachable peers. Offers and index
+// announcements go into every half that has peers; lookups ask both and
+// merge. A private swarm runs one DHT over every address instead.
+//
 // A provider stores one signed Offer under its peer ID (PutValue, guarded on
 // every peer by a validator: signed by the peer the key names, unexpired,
 // bounded; the highest sequence wins) and announces itself with provider
@@ -27,7 +34,6 @@ import (
 	"time"
 
 	kaddht "github.com/libp2p/go-libp2p-kad-dht"
-	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -54,18 +60,25 @@ func ParseMode(s string) (Mode, error) {
 	return "", fmt.Errorf("dht mode %q: want auto, server or client", s)
 }
 
-// Config of a Directory. The zero value is an auto-mode DHT of the public
-// swarm. Seeding it is the caller's: connect to peers, then call Bootstrap.
+// Config of a Directory. The zero value is the public swarm's directory: a
+// LAN half (server) and a WAN half (auto mode). Seeding it is the caller's:
+// connect to peers, then call Bootstrap.
 type Config struct {
-	Swarm string           // swarm ID; "" means "public"
-	Mode  Mode             // "" means ModeAuto
-	Now   func() time.Time // clock of the offer validator and the shard's rates; nil means time.Now
+	Swarm string // swarm ID; "" means "public"
+	// Mode is the WAN half's ("" means ModeAuto); the LAN half serves
+	// unless it is ModeClient. In a private swarm, the one DHT's.
+	Mode Mode
+	// Private: one DHT for the whole swarm over every address, instead of a
+	// LAN and a WAN half (a private swarm's members are trusted).
+	Private bool
+	Now     func() time.Time // clock of the offer validator and the shard's rates; nil means time.Now
 
-	limits shardLimits // what remote peers may store here; zero means defaultShardLimits (tests shrink it)
+	limits shardLimits // what remote peers may store here, per half; zero means defaultShardLimits (tests shrink it)
 }
 
-// ProtocolPrefix is "/gpumesh/<swarm>", so the DHT protocol is
-// "/gpumesh/<swarm>/kad/1.0.0".
+// ProtocolPrefix is "/gpumesh/<swarm>", so the DHT protocols are
+// "/gpumesh/<swarm>/kad/1.0.0" (WAN, or a private swarm's) and
+// "/gpumesh/<swarm>/lan/kad/1.0.0" (LAN).
 func ProtocolPrefix(swarm string) protocol.ID {
 	if swarm == "" {
 		swarm = "public"
@@ -73,32 +86,27 @@ func ProtocolPrefix(swarm string) protocol.ID {
 	return protocol.ID("/gpumesh/" + swarm)
 }
 
-// Directory is the swarm's DHT on one peer.
+// Directory is the swarm's DHT on one peer: a LAN and a WAN half, or a
+// private swarm's one DHT.
 type Directory struct {
-	kad       *kaddht.IpfsDHT
-	store     *shardStore // this peer's shard: values and provider records, bounded
+	halves    []*half // each with its own bounded shard: values and provider records
+	route     router  // lookups over every half, merged
 	validator offerValidator
 
 	host       host.Host
 	offerProto protocol.ID
 
-	mu       sync.Mutex           // guards provided and own
-	provided map[string]time.Time // index key -> last announcement
+	mu       sync.Mutex           // guards provided, put and own
+	provided map[string]time.Time // half + " " + index key -> last announcement there
+	put      map[string]bool      // halves this peer's offer went into
 	own      []byte               // this peer's sealed offer, served on offerProto
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // New starts the DHT on h. Close stops it.
 func New(ctx context.Context, h host.Host, cfg Config) (*Directory, error) {
-	mode := kaddht.ModeAuto
-	switch cfg.Mode {
-	case ModeServer:
-		mode = kaddht.ModeServer
-	case ModeClient:
-		mode = kaddht.ModeClient
-	case ModeAuto, "":
-	default:
-		return nil, fmt.Errorf("dht: unknown mode %q", cfg.Mode)
-	}
 	now := cfg.Now
 	if now == nil {
 		now = time.Now
@@ -108,74 +116,84 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Directory, error) {
 		lim = defaultShardLimits
 	}
 	d := &Directory{
-		store:      newShardStore(h.ID(), lim, MaxStoredProviders, now),
 		validator:  offerValidator{now: now},
 		provided:   map[string]time.Time{},
+		put:        map[string]bool{},
 		host:       h,
 		offerProto: offerProtocol(cfg.Swarm),
 	}
-	kad, err := kaddht.New(h,
-		kaddht.Mode(mode),
-		kaddht.ProtocolPrefix(ProtocolPrefix(cfg.Swarm)),
-		kaddht.Datastore(d.store),
-		// The store admits each remote PUT_VALUE by its sender (shard.go).
-		kaddht.OnRequestHook(d.store.onRequest),
-		// No offer is valid longer than MaxOfferTTL after it was received.
-		kaddht.MaxRecordAge(MaxOfferTTL),
-		kaddht.ValueGCInterval(time.Hour),
-		// Offers only: no /pk or /ipns records for anyone to fill us with.
-		kaddht.Validator(record.NamespacedValidator{offerNamespace: d.validator}),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("dht: %w", err)
+	if err := d.startHalves(h, cfg, lim, now); err != nil {
+		return nil, err
 	}
-	d.kad = kad
 	h.SetStreamHandler(d.offerProto, d.serveOffer)
 	return d, nil
 }
 
 // Bootstrap refreshes the routing table from the peers connected so far.
 func (d *Directory) Bootstrap(ctx context.Context) error {
-	return d.kad.Bootstrap(ctx)
+	return d.route.Bootstrap(ctx)
 }
 
-// Refresh runs a routing table refresh and waits for it.
+// Refresh runs a routing table refresh of every half and waits for them.
 func (d *Directory) Refresh(ctx context.Context) error {
-	select {
-	case err := <-d.kad.RefreshRoutingTable():
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
+	var errs []error
+	for _, x := range d.halves {
+		select {
+		case err := <-x.kad.RefreshRoutingTable():
+			if err != nil && len(d.halves) > 1 && x.kad.RoutingTable().Size() == 0 {
+				continue // a half with no peers (no LAN, no internet) has nothing to refresh
+			}
+			errs = append(errs, err)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
+	return errors.Join(errs...)
 }
 
 // FindPeer finds a peer's addresses by its ID: from this peer's own
 // connections and routing table if it knows them, else by asking the DHT.
 func (d *Directory) FindPeer(ctx context.Context, id peer.ID) (peer.AddrInfo, error) {
-	return d.kad.FindPeer(ctx, id)
+	return d.route.FindPeer(ctx, id)
 }
 
-// RoutingTableSize is the number of peers in this peer's routing table.
+// RoutingTableSize is the number of peers in this peer's routing tables,
+// every half's together.
 func (d *Directory) RoutingTableSize() int {
-	return d.kad.RoutingTable().Size()
+	n := 0
+	for _, x := range d.halves {
+		n += x.kad.RoutingTable().Size()
+	}
+	return n
 }
 
-// Server reports whether this peer currently serves DHT records.
+// Server reports whether this peer currently serves DHT records in any
+// half.
 func (d *Directory) Server() bool {
-	return d.kad.Mode() == kaddht.ModeServer
+	for _, x := range d.halves {
+		if x.kad.Mode() == kaddht.ModeServer {
+			return true
+		}
+	}
+	return false
 }
 
 // Close stops the DHT. It is safe to call twice.
 func (d *Directory) Close() error {
-	if d == nil || d.kad == nil {
+	if d == nil {
 		return nil
 	}
-	d.host.RemoveStreamHandler(d.offerProto)
-	err := d.kad.Close()
-	if errors.Is(err, context.Canceled) {
-		return nil
-	}
-	return err
+	d.closeOnce.Do(func() {
+		d.host.RemoveStreamHandler(d.offerProto)
+		var errs []error
+		for _, x := range d.halves {
+			if err := x.kad.Close(); err != nil && !errors.Is(err, context.Canceled) {
+				errs = append(errs, err)
+			}
+		}
+		d.closeErr = errors.Join(errs...)
+	})
+	return d.closeErr
 }
 
 // Query selects offers. The zero value matches every live offer.
@@ -271,7 +289,7 @@ func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
 	}
 	lookup, stopLookup := context.WithCancel(evctx)
 	defer stopLookup()
-	for info := range d.kad.FindProvidersAsync(lookup, indexKeyCID(res.IndexKey), 0) {
+	for info := range d.route.FindProvidersAsync(lookup, indexKeyCID(res.IndexKey), 0) {
 		if indexed[info.ID] {
 			continue
 		}
@@ -368,7 +386,7 @@ func sortMatches(m []Match, unit string) {
 
 // Offer fetches and checks the current offer of one provider.
 func (d *Directory) Offer(ctx context.Context, provider peer.ID) (*Offer, error) {
-	data, err := d.kad.GetValue(withLocal(ctx), OfferKey(provider))
+	data, err := d.route.GetValue(withLocal(ctx), OfferKey(provider))
 	if err != nil {
 		return nil, fmt.Errorf("dht: offer of %s: %w", provider, err)
 	}
@@ -393,36 +411,72 @@ func (d *Directory) Publish(ctx context.Context, sealed []byte, force bool) erro
 		d.own = sealed
 		d.mu.Unlock()
 	}
-	if err := d.kad.PutValue(withLocal(ctx), OfferKey(o.Provider), sealed); err != nil {
-		return fmt.Errorf("dht: put offer: %w", err)
-	}
 	var keys []string
 	for _, g := range o.GPUs {
 		if g.Available > 0 {
 			keys = append(keys, IndexKeys(g)...)
 		}
 	}
-	now := time.Now()
+	// Into every half that has peers: a LAN neighbour and a peer across the
+	// internet each find the offer in the half they share with it.
 	var errs []error
-	for _, k := range keys {
-		d.mu.Lock()
-		last, ok := d.provided[k]
-		d.mu.Unlock()
-		if ok && !force && now.Sub(last) < reprovideInterval {
+	for _, x := range d.active() {
+		if err := d.publishIn(ctx, x, o.Provider, sealed, keys, force); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", x.name, err))
 			continue
 		}
-		if err := d.kad.Provide(ctx, indexKeyCID(k), true); err != nil {
-			errs = append(errs, fmt.Errorf("announce %s: %w", k, err))
-			continue
+		if o.Provider == d.host.ID() {
+			d.mu.Lock()
+			d.put[x.name] = true
+			d.mu.Unlock()
 		}
-		d.mu.Lock()
-		d.provided[k] = now
-		d.mu.Unlock()
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("dht: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// publishIn puts the offer and announces its index keys in one half.
+func (d *Directory) publishIn(ctx context.Context, x *half, provider peer.ID, sealed []byte, keys []string, force bool) error {
+	if err := x.kad.PutValue(withLocal(ctx), OfferKey(provider), sealed); err != nil {
+		return fmt.Errorf("put offer: %w", err)
+	}
+	now := time.Now()
+	var errs []error
+	for _, k := range keys {
+		done := x.name + " " + k
+		d.mu.Lock()
+		last, ok := d.provided[done]
+		d.mu.Unlock()
+		if ok && !force && now.Sub(last) < reprovideInterval {
+			continue
+		}
+		if err := x.kad.Provide(ctx, indexKeyCID(k), true); err != nil {
+			errs = append(errs, fmt.Errorf("announce %s: %w", k, err))
+			continue
+		}
+		d.mu.Lock()
+		d.provided[done] = now
+		d.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// Unpublished reports whether a half has peers but not this peer's offer
+// yet (its first peers came after the last Publish): time to publish again.
+func (d *Directory) Unpublished() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.own == nil {
+		return false
+	}
+	for _, x := range d.halves {
+		if !d.put[x.name] && x.kad.RoutingTable().Size() > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // reprovideInterval is how often a provider repeats its index announcements
@@ -434,14 +488,25 @@ const reprovideInterval = 30 * time.Minute
 // (provider records are kept in a cache with batched writes, so they are
 // counted key by key).
 func (d *Directory) Records(ctx context.Context, indexKeys []string) (values, providers int, err error) {
+	for _, x := range d.halves {
+		v, p, err := x.records(ctx, indexKeys)
+		values, providers = values+v, providers+p
+		if err != nil {
+			return values, providers, err
+		}
+	}
+	return values, providers, nil
+}
+
+func (x *half) records(ctx context.Context, indexKeys []string) (values, providers int, err error) {
 	for _, k := range indexKeys {
-		ps, err := d.kad.ProviderStore().GetProviders(ctx, indexKeyCID(k).Hash())
+		ps, err := x.kad.ProviderStore().GetProviders(ctx, indexKeyCID(k).Hash())
 		if err != nil {
 			return 0, 0, err
 		}
 		providers += len(ps)
 	}
-	res, err := d.store.queryKeys(ctx)
+	res, err := x.store.queryKeys(ctx)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -498,11 +563,18 @@ func (h *hopCounter) result() (hops, answers int) {
 
 // Get returns the raw record stored under key, after validation.
 func (d *Directory) Get(ctx context.Context, key string) ([]byte, error) {
-	return d.kad.GetValue(withLocal(ctx), key)
+	return d.route.GetValue(withLocal(ctx), key)
 }
 
-// Put stores a raw record under key. This peer's validator checks it first,
-// and every peer that is asked to store it checks it again.
+// Put stores a raw record under key, in every half that has peers. This
+// peer's validator checks it first, and every peer that is asked to store
+// it checks it again.
 func (d *Directory) Put(ctx context.Context, key string, value []byte) error {
-	return d.kad.PutValue(withLocal(ctx), key, value)
+	var errs []error
+	for _, x := range d.active() {
+		if err := x.kad.PutValue(withLocal(ctx), key, value); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", x.name, err))
+		}
+	}
+	return errors.Join(errs...)
 }

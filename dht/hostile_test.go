@@ -86,7 +86,24 @@ func rawPut(ctx context.Context, h host.Host, to peer.ID, kad protocol.ID, key s
 	return nil
 }
 
+// Each half of the directory has its shard bounded the same way: the LAN
+// half and a private swarm's one DHT are tested whole on loopback; the WAN
+// half (whose routing table takes no loopback peer) only against the flood.
 func TestHonestOfferIsFoundAfterHostilePeersFillAServer(t *testing.T) {
+	for _, c := range []struct {
+		half    string
+		private bool
+		honest  bool
+	}{
+		{HalfLAN, false, true},
+		{HalfSwarm, true, true},
+		{HalfWAN, false, false},
+	} {
+		t.Run(c.half, func(t *testing.T) { testHostileFill(t, c.half, c.private, c.honest) })
+	}
+}
+
+func testHostileFill(t *testing.T, halfName string, private, honest bool) {
 	ctx, cancel := context.WithTimeout(t.Context(), 25*time.Second)
 	defer cancel()
 	lim := shardLimits{
@@ -96,13 +113,17 @@ func TestHonestOfferIsFoundAfterHostilePeersFillAServer(t *testing.T) {
 	}
 	const swarm = "hostile"
 	kad := ProtocolPrefix(swarm) + "/kad/1.0.0"
+	if halfName == HalfLAN {
+		kad = ProtocolPrefix(swarm) + "/lan/kad/1.0.0"
+	}
 
 	srvHost := loopHost(t, nil, "127.0.0.1")
-	srv, err := New(ctx, srvHost, Config{Swarm: swarm, Mode: ModeServer, limits: lim})
+	srv, err := New(ctx, srvHost, Config{Swarm: swarm, Mode: ModeServer, Private: private, limits: lim})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer srv.Close()
+	store := srv.half(halfName).store
 	srvInfo := peer.AddrInfo{ID: srvHost.ID(), Addrs: srvHost.Addrs()}
 
 	// Hostile peers, each a real host with its own identity, pushing
@@ -137,9 +158,9 @@ func TestHonestOfferIsFoundAfterHostilePeersFillAServer(t *testing.T) {
 		}
 	}
 
-	st := srv.store.snapshot()
-	srv.store.mu.Lock()
-	sh := srv.store.shard
+	st := store.snapshot()
+	store.mu.Lock()
+	sh := store.shard
 	full := sh.len()
 	for _, x := range hostiles {
 		if n := sh.perPeer[x.h.ID()]; n > lim.PerPeer {
@@ -157,13 +178,17 @@ func TestHonestOfferIsFoundAfterHostilePeersFillAServer(t *testing.T) {
 		}
 	}
 	groups := len(sh.perGroup)
-	srv.store.mu.Unlock()
+	store.mu.Unlock()
 	t.Logf("after the hostile puts: %d stored of %d; %+v", full, lim.Capacity, st)
 	if full != lim.Capacity {
 		t.Fatalf("the hostile peers filled %d of %d; the test wants a full server", full, lim.Capacity)
 	}
 	if groups != 3 || st.RateLimited == 0 || st.PeerQuota == 0 || st.GroupQuota == 0 {
 		t.Fatalf("want records from 3 networks, and puts refused for the rate, the peer quota and the network quota; got %d networks, %+v", groups, st)
+	}
+
+	if !honest {
+		return
 	}
 
 	// The honest provider: a client-mode peer whose offer key is in the
@@ -179,13 +204,13 @@ func TestHonestOfferIsFoundAfterHostilePeersFillAServer(t *testing.T) {
 		}
 	}
 	provHost := loopHost(t, provKey, "127.0.0.1")
-	prov, err := New(ctx, provHost, Config{Swarm: swarm, Mode: ModeClient})
+	prov, err := New(ctx, provHost, Config{Swarm: swarm, Mode: ModeClient, Private: private})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer prov.Close()
 	finderHost := loopHost(t, nil, "127.0.0.1")
-	finder, err := New(ctx, finderHost, Config{Swarm: swarm, Mode: ModeClient})
+	finder, err := New(ctx, finderHost, Config{Swarm: swarm, Mode: ModeClient, Private: private})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +234,7 @@ func TestHonestOfferIsFoundAfterHostilePeersFillAServer(t *testing.T) {
 
 	// Stored on the server, counted to the provider, with the server still
 	// at its bound.
-	srv.store.mu.Lock()
+	store.mu.Lock()
 	var stored bool
 	for _, e := range sh.entries {
 		if e.from.peer == provID {
@@ -217,9 +242,9 @@ func TestHonestOfferIsFoundAfterHostilePeersFillAServer(t *testing.T) {
 		}
 	}
 	full = sh.len()
-	srv.store.mu.Unlock()
+	store.mu.Unlock()
 	if !stored {
-		t.Fatalf("the honest offer is not stored on the server: %+v", srv.store.snapshot())
+		t.Fatalf("the honest offer is not stored on the server: %+v", store.snapshot())
 	}
 	if full != lim.Capacity {
 		t.Fatalf("server stores %d records, bound %d", full, lim.Capacity)

@@ -34,6 +34,10 @@ type BoardConfig struct {
 	Trim          float64       // fraction of weight cut off each end for the trimmed mean, 0..0.45; 0: 0.2
 	HalfLife      time.Duration // of the EWMA of the median; 0: 10 min
 	MaxEntries    int           // quotes (provider, class) held; a full board takes no new ones; 0: 100000
+
+	// Trusted: every quote counts at full weight from its first tick, no
+	// probation (a private swarm, whose members hold its key, trusts them).
+	Trusted bool
 }
 
 func (c BoardConfig) withDefaults() BoardConfig {
@@ -103,12 +107,12 @@ type Quote struct {
 	Providers int       `json:"providers"` // live quotes of the class
 	Counted   int       `json:"counted"`   // of those, in the index: past probation, GPUs available
 	Mature    int       `json:"mature"`    // of those, at full weight
-	GPUs      uint64    `json:"gpus"`      // GPUs available from the counted providers
-	Best      uint64    `json:"best"`      // lowest counted ask
+	GPUs      uint64    `json:"gpus"`      // GPUs available from every live quote, counted or not
+	Best      uint64    `json:"best"`      // lowest live ask with GPUs available, counted or not
 	Median    uint64    `json:"median"`    // weighted median of the counted asks
 	Mean      uint64    `json:"mean"`      // weighted trimmed mean of the counted asks
 	EWMA      uint64    `json:"ewma"`      // of the median, over time
-	Depth     []Level   `json:"depth"`     // GPUs available at or below each counted ask
+	Depth     []Level   `json:"depth"`     // GPUs available at or below each live ask
 	Updated   time.Time `json:"updated,omitzero"`
 }
 
@@ -261,6 +265,8 @@ func (b *PriceBoard) Len() int { return b.entries }
 // standing is the share of its GPUs a provider's quote weighs at an age.
 func (b *PriceBoard) standing(age time.Duration) float64 {
 	switch {
+	case b.cfg.Trusted:
+		return 1
 	case age < b.cfg.Probation:
 		return 0
 	case age >= b.cfg.Maturity:
@@ -276,16 +282,20 @@ type weighted struct {
 	w     float64
 }
 
-// summarize computes a class's statistics at now (all but the EWMA).
+// summarize computes a class's statistics at now (all but the EWMA): best,
+// GPUs and depth over every live ask at once; the index over the counted.
 func (b *PriceBoard) summarize(book *classBook, now time.Time, except peer.ID) Quote {
 	q := Quote{Class: book.class, Updated: book.updated, Depth: []Level{}}
-	var ws []weighted
+	var all, ws []weighted
 	var mature, young float64
 	for id, e := range book.quotes {
 		if !e.expires.After(now) || id == except {
 			continue
 		}
 		q.Providers++
+		if e.tick.Available > 0 {
+			all = append(all, weighted{id: id, ask: e.tick.Ask, avail: uint64(e.tick.Available)})
+		}
 		s := b.standing(now.Sub(e.since))
 		w := float64(min(e.tick.Available, uint32(b.cfg.CapGPUs))) * s
 		if w <= 0 {
@@ -299,6 +309,19 @@ func (b *PriceBoard) summarize(book *classBook, now time.Time, except peer.ID) Q
 		}
 		ws = append(ws, weighted{id: id, ask: e.tick.Ask, avail: uint64(e.tick.Available), w: w})
 	}
+	byAsk := func(a, b weighted) int { return cmp.Or(cmp.Compare(a.ask, b.ask), cmp.Compare(a.id, b.id)) }
+	slices.SortFunc(all, byAsk)
+	for _, x := range all {
+		q.GPUs += x.avail
+		if n := len(q.Depth); n > 0 && q.Depth[n-1].Ask == x.ask {
+			q.Depth[n-1].GPUs = q.GPUs
+		} else {
+			q.Depth = append(q.Depth, Level{Ask: x.ask, GPUs: q.GPUs})
+		}
+	}
+	if len(all) > 0 {
+		q.Best = all[0].ask
+	}
 	if len(ws) == 0 {
 		return q
 	}
@@ -310,21 +333,12 @@ func (b *PriceBoard) summarize(book *classBook, now time.Time, except peer.ID) Q
 			}
 		}
 	}
-	slices.SortFunc(ws, func(a, b weighted) int {
-		return cmp.Or(cmp.Compare(a.ask, b.ask), cmp.Compare(a.id, b.id))
-	})
+	slices.SortFunc(ws, byAsk)
 	var total float64
 	for _, x := range ws {
 		total += x.w
-		q.GPUs += x.avail
-		if n := len(q.Depth); n > 0 && q.Depth[n-1].Ask == x.ask {
-			q.Depth[n-1].GPUs = q.GPUs
-		} else {
-			q.Depth = append(q.Depth, Level{Ask: x.ask, GPUs: q.GPUs})
-		}
 	}
 	q.Counted = len(ws)
-	q.Best = ws[0].ask
 	// Weighted median: the lowest ask with half the weight at or below it.
 	var cum float64
 	for _, x := range ws {

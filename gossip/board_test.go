@@ -112,12 +112,26 @@ func TestNewProvidersCountOnlyAfterProbation(t *testing.T) {
 	b := NewPriceBoard(BoardConfig{Probation: time.Minute, Maturity: time.Minute})
 	b.Apply(quote(1, usd(2), 8, 1, t0), t0)
 	q, _ := b.Quote("H100-80GB", t0.Add(59*time.Second))
-	if q.Providers != 1 || q.Counted != 0 || q.Median != 0 || q.Best != 0 {
+	if q.Providers != 1 || q.Counted != 0 || q.Median != 0 || q.Mean != 0 || q.EWMA != 0 {
 		t.Fatalf("in probation: %+v; want listed, not counted", q)
+	}
+	// Its ask shows at once, outside the index.
+	if q.Best != usd(2) || q.GPUs != 8 || len(q.Depth) != 1 || q.Depth[0] != (Level{usd(2), 8}) {
+		t.Fatalf("in probation: best %d, GPUs %d, depth %v; want the ask 2.00 for 8 GPUs shown", q.Best, q.GPUs, q.Depth)
 	}
 	q, _ = b.Quote("H100-80GB", t0.Add(60*time.Second))
 	if q.Counted != 1 || q.Median != usd(2) {
 		t.Fatalf("after probation: %+v; want counted", q)
+	}
+}
+
+func TestTrustedBoardCountsEveryQuoteAtOnce(t *testing.T) {
+	b := NewPriceBoard(BoardConfig{Trusted: true})
+	b.Apply(quote(1, usd(2), 8, 1, t0), t0)
+	b.Apply(quote(2, usd(3), 8, 1, t0), t0)
+	q, _ := b.Quote("H100-80GB", t0)
+	if q.Providers != 2 || q.Counted != 2 || q.Mature != 2 || q.Best != usd(2) || q.Median != usd(2) {
+		t.Fatalf("trusted board, first ticks: %+v; want both counted at full weight", q)
 	}
 }
 

@@ -78,6 +78,7 @@ type Status struct {
 	// connected peer is reached.
 	Relay       RelayStatus `json:"relay"`
 	Connections []PeerConn  `json:"connections"`
+	Reach       Reach       `json:"reach"` // AutoNAT's verdict, the directory's halves (reach.go)
 }
 
 // Info describes the peer for GET /v0/id.
@@ -137,6 +138,7 @@ func (n *Node) Status() Status {
 		Bootstrap:   boot,
 		Relay:       n.relayStatus(),
 		Connections: n.connections(),
+		Reach:       n.reach(),
 	}
 }
 

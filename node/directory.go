@@ -110,7 +110,8 @@ func (n *Node) startDirectory(ctx context.Context) error {
 // publishLoop publishes the offer now, again before it expires, at once
 // when OffersChanged is called, with backoff after a failure, and when the
 // routing table has doubled since the last publication (a young swarm's
-// first records land on the few peers there were).
+// first records land on the few peers there were) or a half of the
+// directory got its first peers since.
 func (n *Node) publishLoop(ctx context.Context, identified <-chan struct{}) {
 	defer n.wg.Done()
 	ttl := n.offerTTL()
@@ -130,7 +131,7 @@ func (n *Node) publishLoop(ctx context.Context, identified <-chan struct{}) {
 			n.dirMu.Lock()
 			failed := n.publishErr != nil || n.offer == nil
 			n.dirMu.Unlock()
-			grown := n.dht.RoutingTableSize() >= 2*max(tableAtPublish, 1)
+			grown := n.dht.RoutingTableSize() >= 2*max(tableAtPublish, 1) || n.dht.Unpublished()
 			if !(failed || grown) || time.Since(lastTry) < identifyDebounce {
 				continue
 			}

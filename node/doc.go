@@ -13,7 +13,9 @@
 //	host.go           the libp2p host's options
 //	relay.go          NAT traversal: relay service, AutoRelay's source of
 //	                  relays, hole punches; how each peer is reached
-//	directory.go      this peer's GPUs, its offer in the DHT, directory lookups
+//	directory.go      this peer's GPUs, its offer in the DHT (its LAN and WAN
+//	                  halves, or a private swarm's one), directory lookups
+//	reach.go          AutoNAT's verdict and the DHT halves, for status
 //	prices.go         asks and the spot-price board (gossip)
 //	api.go            the local API: every route, in one table
 //	client.go         the typed client of the local API (the CLI's)

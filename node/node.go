@@ -52,7 +52,7 @@ type Config struct {
 	Port      int       // port of the default listen addresses; 0 means DefaultPort
 	Bootstrap []string  // multiaddrs with /p2p/ID of peers to join
 	Swarm     Swarm     // zero value: the public swarm
-	DHTMode   dht.Mode  // "" means server in a private swarm, auto in the public one
+	DHTMode   dht.Mode  // the WAN half's ("" means auto; the LAN half serves unless client); a private swarm's one DHT ("" means server)
 	NoMDNS    bool      // turn off LAN discovery by mDNS
 	NoNAT     bool      // turn off AutoNAT, hole punching, the relay client and (unless RelayService is on) the relay service
 	APIListen string    // optional host:port for the local API over TCP (token guarded)
@@ -196,6 +196,7 @@ type Node struct {
 	boot   []BootstrapState
 
 	directoryState // directory.go
+	reachState     // reach.go
 	priceState     // prices.go
 	negState       // negotiate.go
 	jobBook        // jobs.go
@@ -506,7 +507,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			mode = dht.ModeServer
 		}
 	}
-	if n.dht, err = dht.New(ctx, n.host, dht.Config{Swarm: n.cfg.Swarm.ID(), Mode: mode}); err != nil {
+	if n.dht, err = dht.New(ctx, n.host, dht.Config{Swarm: n.cfg.Swarm.ID(), Mode: mode, Private: n.cfg.Swarm.Private()}); err != nil {
+		return err
+	}
+	if err := n.startReach(ctx); err != nil {
 		return err
 	}
 	if err := n.startContent(); err != nil {

@@ -89,7 +89,11 @@ func (n *Node) configurePrices() error {
 		}
 		n.policy = &p
 	}
-	n.board = gossip.NewPriceBoard(n.cfg.PriceBoard)
+	board := n.cfg.PriceBoard
+	if n.cfg.Swarm.Private() {
+		board.Trusted = true // its members hold the swarm key: no probation
+	}
+	n.board = gossip.NewPriceBoard(board)
 	n.asks = make(map[string]*localAsk)
 	n.watchers = make(map[int]func(gossip.Tick))
 	return nil

@@ -178,7 +178,7 @@
     const asks = (p.asks || []).map((a) => `${a.class} ${price(a.ask)} for ${a.available} GPUs`);
     let meta = asks.length ? `This peer asks ${asks.join(', ')}` + (p.policy ? ` (policy ${p.policy}).` : '.') : 'This peer quotes no price.';
     meta += ` Board: ${p.gossip ? p.gossip.delivered : 0} ticks taken, ${p.gossip ? p.gossip.mesh : 0} peers in the topic mesh.`;
-    if ((p.classes || []).some((q) => q.counted < q.providers)) meta += ' A new provider counts in best, median and mean after 2 minutes of probation; the chart\'s lowest ask includes it.';
+    if ((p.classes || []).some((q) => q.counted < q.providers)) meta += ' Best and GPUs show every ask at once; a new provider counts in median and mean after 2 minutes of probation.';
     $('prices-meta').textContent = meta;
   }
 

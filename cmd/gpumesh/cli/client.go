@@ -98,13 +98,10 @@ the node to start answering (for scripts that start a node and go on).`,
 				return err
 			}
 			return o.print(g.stdout, st, func() {
-				mode := "client"
-				if st.DHTServer {
-					mode = "server"
-				}
-				fmt.Fprintf(g.stdout, "peer ID:      %s\nswarm:        %s\nversion:      %s\nuptime:       %s\npeers:        %d\ndht:          %d peers in routing table (%s mode)\ngossip peers: %d\n",
-					st.PeerID, st.Swarm, st.Version, time.Duration(st.UptimeSec*float64(time.Second)).Round(time.Second),
-					st.Peers, st.DHTPeers, mode, st.GossipPeers)
+				fmt.Fprintf(g.stdout, "peer ID:      %s\nswarm:        %s\nversion:      %s\nuptime:       %s\npeers:        %d\n",
+					st.PeerID, st.Swarm, st.Version, time.Duration(st.UptimeSec*float64(time.Second)).Round(time.Second), st.Peers)
+				printReach(g.stdout, st.Reach)
+				fmt.Fprintf(g.stdout, "gossip peers: %d\n", st.GossipPeers)
 				if len(st.Bootstrap) > 0 {
 					fmt.Fprintln(g.stdout, "bootstrap:")
 					for _, b := range st.Bootstrap {

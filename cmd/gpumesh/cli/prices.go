@@ -35,11 +35,14 @@ func pricesCmd(g *globals) *cobra.Command {
 builds from the providers' gossiped quotes. Prices are per GPU-hour in the
 swarm's token.
 
-MEDIAN, MEAN (trimmed) and EWMA weigh each quote by the GPUs it offers (up to
-a cap) and by how long its provider has quoted: a new provider counts after a
-probation, and all new providers together weigh little until they have quoted
-for an hour. BEST is the lowest counted ask. With --class, DEPTH lists the GPUs
-available at or below each ask.
+BEST is the cheapest ask with GPUs free and GPUS the GPUs free, from every
+provider's quote as soon as it arrives. MEDIAN, MEAN (trimmed) and EWMA are a
+robust index: they weigh each quote by the GPUs it offers (up to a cap) and by
+how long its provider has quoted: a new provider counts after a probation, and
+all new providers together weigh little until they have quoted for an hour;
+"(1 of 4 counted)" beside them says how many quotes they count. In a private
+swarm every quote counts at once. With --class, DEPTH lists the GPUs available
+at or below each ask.
 
 --watch redraws the table every --interval until Ctrl-C.`,
 		Example: `  gpumesh prices
@@ -142,12 +145,14 @@ func printPrices(w io.Writer, p node.Prices, class string) {
 		return u.Format(v)
 	}
 	uncounted := false
-	providers := func(q gossip.Quote) string {
+	// counted is the label beside the index's figures when some quotes
+	// are not in it (new providers on probation, providers with no GPU free).
+	counted := func(q gossip.Quote) string {
 		if q.Counted == q.Providers {
-			return fmt.Sprint(q.Providers)
+			return ""
 		}
 		uncounted = true
-		return fmt.Sprintf("%d/%d", q.Counted, q.Providers)
+		return fmt.Sprintf("(%d of %d counted)", q.Counted, q.Providers)
 	}
 	switch {
 	case len(p.Classes) == 0 && class != "":
@@ -158,10 +163,10 @@ func printPrices(w io.Writer, p node.Prices, class string) {
 		q := p.Classes[0]
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintf(tw, "class:\t%s\n", q.Class)
-		fmt.Fprintf(tw, "providers:\t%s (%d at full weight)\n", providers(q), q.Mature)
+		fmt.Fprintf(tw, "providers:\t%d (%d counted in the index, %d at full weight)\n", q.Providers, q.Counted, q.Mature)
 		fmt.Fprintf(tw, "GPUs:\t%d available\n", q.GPUs)
-		fmt.Fprintf(tw, "best:\t%s\n", price(q.Best))
-		fmt.Fprintf(tw, "median:\t%s\n", price(q.Median))
+		fmt.Fprintf(tw, "best:\t%s (the cheapest ask with GPUs free)\n", price(q.Best))
+		fmt.Fprintf(tw, "median:\t%s\n", strings.TrimSpace(price(q.Median)+" "+counted(q)))
 		fmt.Fprintf(tw, "mean:\t%s (trimmed)\n", price(q.Mean))
 		fmt.Fprintf(tw, "EWMA:\t%s (of the median)\n", price(q.EWMA))
 		tw.Flush()
@@ -184,15 +189,15 @@ func printPrices(w io.Writer, p node.Prices, class string) {
 		}
 	default:
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "CLASS\tBEST\tMEDIAN\tMEAN\tEWMA\tGPUS\tPROVIDERS")
+		fmt.Fprintln(tw, "CLASS\tBEST\tGPUS\tPROVIDERS\tMEDIAN\tMEAN\tEWMA\t")
 		for _, q := range p.Classes {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", q.Class, price(q.Best), price(q.Median), price(q.Mean), price(q.EWMA), q.GPUs, providers(q))
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", q.Class, price(q.Best), q.GPUs, q.Providers, price(q.Median), price(q.Mean), price(q.EWMA), counted(q))
 		}
 		tw.Flush()
 	}
 	fmt.Fprintf(w, "prices in %s\n", u.PerHour())
 	if uncounted {
-		fmt.Fprintln(w, "providers a/b: a of the b quoting count in the index; a new provider counts after a probation, one with no GPU free does not")
+		fmt.Fprintln(w, "BEST, GPUS and depth show every live ask at once; MEDIAN, MEAN and EWMA count a new provider after a probation, and none with no GPU free")
 	}
 	if len(p.Asks) > 0 {
 		var asks []string
