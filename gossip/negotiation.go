@@ -97,6 +97,7 @@ type NegotiationConfig struct {
 	ExpectWait   time.Duration // with Expect, fail an impossible request after this rather than at the deadline; 0: 250 ms
 	AwardTimeout time.Duration // a member silent this long after its award is replaced; 0: 2 s
 	MaxBids      int           // bids kept; more are ignored; 0: 1024
+	Ranking      Ranking       // providers' scores and their weight against price (SelectRanked); zero: price alone
 }
 
 func (c NegotiationConfig) withDefaults() NegotiationConfig {
@@ -347,7 +348,7 @@ func (n *Negotiation) live(now time.Time) []Bid {
 
 func (n *Negotiation) maybeClose(now time.Time) {
 	bids := n.live(now)
-	chosen, _, err := Select(bids, n.rfb.Needs)
+	chosen, _, err := SelectRanked(bids, n.rfb.Needs, n.cfg.Ranking)
 	late := !now.Before(n.rfb.DeadlineTime())
 	if err != nil {
 		n.feasible = time.Time{}
@@ -440,7 +441,7 @@ func (n *Negotiation) stepAccept(a Acceptance, now time.Time) error {
 	}
 	n.phase = Formed
 	o := &Outcome{Formed: true, Members: n.Members(), Cost: TotalCost(n.Members())}
-	o.Spares = spareBids(usableBids(n.live(now), n.rfb.Needs), o.Members, n.rfb.Needs)
+	o.Spares = spareBids(usableBids(n.live(now), n.rfb.Needs, n.cfg.Ranking), o.Members, n.rfb.Needs)
 	for _, m := range n.members {
 		n.ready.Confirms = append(n.ready.Confirms, Confirm{Job: n.rfb.Job, Submitter: n.rfb.Submitter, Provider: m.Provider})
 	}
@@ -484,7 +485,7 @@ func (n *Negotiation) replace(gone *member, why string, now time.Time) {
 		zone := n.members[0].Zone
 		bids = slices.DeleteFunc(bids, func(b Bid) bool { return zone == "" || b.Zone != zone })
 	}
-	chosen, _, err := Select(bids, needs)
+	chosen, _, err := SelectRanked(bids, needs, n.cfg.Ranking)
 	if err != nil {
 		reason := why + "; no replacement: " + err.Error()
 		if needs.Placement == Colocated && len(n.members) > 0 {
