@@ -85,13 +85,13 @@ type Receipt struct {
 	Amount   uint64 `json:"amount"`   // the receipt's amount, in the unit's smallest unit
 	Paid     uint64 `json:"paid"`     // what the chain shows its consumer paid its provider for it
 	Unit     string `json:"unit"`
-	Root     string `json:"root"`      // the anchored Merkle root, hex
-	Anchor   string `json:"anchor"`    // the anchoring transaction
-	Slot     uint64 `json:"slot"`      // its slot
-	Verified int64  `json:"verified"`  // unix ms, when this peer checked it
-	Cosigned bool   `json:"cosigned"`  // both parties signed it
-	SelfPaid bool   `json:"selfPaid"`  // its consumer is its provider's own key
-	OwnJob   bool   `json:"ownJob"`    // its consumer is this peer: first-hand already
+	Root     string `json:"root"`     // the anchored Merkle root, hex
+	Anchor   string `json:"anchor"`   // the anchoring transaction
+	Slot     uint64 `json:"slot"`     // its slot
+	Verified int64  `json:"verified"` // unix ms, when this peer checked it
+	Cosigned bool   `json:"cosigned"` // both parties signed it
+	SelfPaid bool   `json:"selfPaid"` // its consumer is its provider's own key
+	OwnJob   bool   `json:"ownJob"`   // its consumer is this peer: first-hand already
 }
 
 // Params are the constants of the formula. The zero value takes every

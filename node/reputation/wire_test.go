@@ -31,7 +31,7 @@ func TestFramesRoundTrip(t *testing.T) {
 func TestBadFramesSayWhatIsWrong(t *testing.T) {
 	for _, tt := range []struct {
 		name, data, want string
-		resp           bool
+		resp             bool
 	}{
 		{"old version", `{"v":2,"max":1}`, "version 2", false},
 		{"too many asked", `{"v":1,"max":65}`, "want 1..64", false},
