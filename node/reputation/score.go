@@ -123,6 +123,10 @@ func (p Params) withDefaults() Params {
 	return p
 }
 
+// FullWeight is what must be paid for a third-party receipt to count as
+// one run, defaults taken.
+func (p Params) FullWeight() uint64 { return p.withDefaults().FullWeightPaid }
+
 // Unknown is the score of a provider without evidence.
 func (p Params) Unknown() float64 {
 	p = p.withDefaults()

@@ -50,6 +50,7 @@ func nodeCmd(g *globals) *cobra.Command {
 		jobLogQuota       = sizeValue{node.DefaultJobLogBytes}
 		jobOutputQuota    = sizeValue{node.DefaultJobOutputBytes}
 		jobOutputFiles    int
+		scoreWeight       float64
 		explorerHosts     []string
 	)
 	c := &cobra.Command{
@@ -118,6 +119,7 @@ public swarm.`,
 				JobOutputBytes: jobOutputQuota.n,
 				JobOutputFiles: jobOutputFiles,
 			}
+			cfg.ScoreWeight = scoreWeight
 			// mDNS would tell the whole LAN a private swarm's ID and
 			// this peer's addresses: there it runs only when asked for.
 			cfg.PrivateMDNS = mdns && c.Flags().Changed("mdns")
@@ -190,6 +192,7 @@ public swarm.`,
 	f.DurationVar(&settleInterval, "settle-interval", node.DefaultSettleInterval, "with --price-unit SOL:9 and --solana-rpc: how often a provider bills a running job (paid at once, or the work pauses, then stops)")
 	f.Var(&jobLogQuota, "job-log-quota", "most of a job's log this peer keeps when it submitted the job (512MiB, 1GiB, ...); a provider that sends more fails the job")
 	f.Var(&jobOutputQuota, "job-output-quota", "most bytes of a job's outputs this peer keeps when it submitted the job (a file counts at its announced size from its first frame); a provider that sends more fails the job")
+	f.Float64Var(&scoreWeight, "score-weight", 0, "how much a provider's score weighs against its price when this peer chooses bids: 0 only breaks price ties; up to 1 ranks a bid by price × (1 + w × (1 − score))")
 	f.IntVar(&jobOutputFiles, "job-output-files", node.DefaultJobOutputFiles, "most output files and folders of a job this peer keeps when it submitted the job; a provider that sends more fails the job")
 	f.StringVar(&region, "region", os.Getenv("GPUMESH_REGION"), "region/zone label of this peer's offers, e.g. eu-west/ams1 (env GPUMESH_REGION)")
 	f.StringVar(&price, "price", os.Getenv("GPUMESH_PRICE"), "asking price per GPU-hour of this peer's GPUs: fixed:2.10, or auto:floor=1.50,target=0.7[,max=4.00] to follow the market and the GPUs' utilization (env GPUMESH_PRICE; default: no price)")
