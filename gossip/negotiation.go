@@ -29,7 +29,8 @@ package gossip
 //     providers of the class) has bid; and when they all have bid and no
 //     cluster can form, it fails once ExpectWait (250 ms) has passed since
 //     the request, not at the deadline. It never waits out a fixed window: a
-//     cheap, feasible set closes in Grace. At the deadline it awards what it
+//     cheap, feasible set closes in Grace (a set with a provider whose score
+//     is below an unknown provider's waits ExpectWait: see Ranking). At the deadline it awards what it
 //     has, or fails with the reason.
 //   - Selection: the cheapest set meeting the needs (see Select): bids can
 //     be taken in part unless PerNode is set, in which case every member
@@ -191,8 +192,9 @@ type Negotiation struct {
 	bids     []Bid // live bids, one per provider, in arrival order
 	out      bool  // bid slice full
 	gone     map[peer.ID]bool
-	feasible time.Time // when a cluster first could form; zero: not yet
-	started  time.Time // when the request went out
+	feasible time.Time     // when a cluster first could form; zero: not yet
+	grace    time.Duration // the wait from feasible for the set chosen now (Grace, or longer: see doubtful)
+	started  time.Time     // when the request went out
 	members  []*member
 	spares   []Bid
 	ready    Ready
@@ -243,7 +245,7 @@ func (n *Negotiation) Wake() time.Time {
 	case Collecting:
 		d := n.rfb.DeadlineTime()
 		if !n.feasible.IsZero() {
-			d = earliest(d, n.feasible.Add(n.cfg.Grace))
+			d = earliest(d, n.feasible.Add(n.grace))
 		}
 		if n.cfg.Expect > 0 && len(n.bids) >= n.cfg.Expect && n.feasible.IsZero() {
 			d = earliest(d, n.started.Add(n.cfg.ExpectWait))
@@ -366,12 +368,29 @@ func (n *Negotiation) maybeClose(now time.Time) {
 		n.feasible = now
 	}
 	all := n.cfg.Expect > 0 && len(bids) >= n.cfg.Expect
-	if late || all || !now.Before(n.feasible.Add(n.cfg.Grace)) {
+	n.grace = n.cfg.Grace
+	if n.doubtful(chosen) {
+		n.grace = max(n.cfg.Grace, n.cfg.ExpectWait)
+	}
+	if late || all || !now.Before(n.feasible.Add(n.grace)) {
 		n.phase = Awarding
 		for _, c := range chosen {
 			n.award(c, now)
 		}
 	}
+}
+
+// doubtful reports whether a chosen set has a member whose score is below
+// that of a provider nobody has seen (Ranking.Unknown): such a set waits
+// ExpectWait rather than Grace for other bids, so a provider known to fail
+// is not chosen only because its bid came first.
+func (n *Negotiation) doubtful(chosen []Member) bool {
+	for _, c := range chosen {
+		if s, ok := n.cfg.Ranking.Scores[c.Provider]; ok && s < n.cfg.Ranking.Unknown {
+			return true
+		}
+	}
+	return false
 }
 
 // award sends an award for c: to a new member, or a top-up of an existing
