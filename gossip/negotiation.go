@@ -30,7 +30,7 @@ package gossip
 //     cluster can form, it fails once ExpectWait (250 ms) has passed since
 //     the request, not at the deadline. It never waits out a fixed window: a
 //     cheap, feasible set closes in Grace (a set with a provider whose score
-//     is below an unknown provider's waits ExpectWait: see Ranking). At the deadline it awards what it
+//     is below an unknown provider's waits DoubtWait, 2 s: see Ranking). At the deadline it awards what it
 //     has, or fails with the reason.
 //   - Selection: the cheapest set meeting the needs (see Select): bids can
 //     be taken in part unless PerNode is set, in which case every member
@@ -99,6 +99,7 @@ type NegotiationConfig struct {
 	AwardTimeout time.Duration // a member silent this long after its award is replaced; 0: 2 s
 	MaxBids      int           // bids kept; more are ignored; 0: 1024
 	Ranking      Ranking       // providers' scores and their weight against price (SelectRanked); zero: price alone
+	DoubtWait    time.Duration // a set with a provider scored below an unknown one waits this for other bids, unless every expected provider has bid; 0: 2 s
 }
 
 func (c NegotiationConfig) withDefaults() NegotiationConfig {
@@ -114,6 +115,9 @@ func (c NegotiationConfig) withDefaults() NegotiationConfig {
 	}
 	if c.MaxBids <= 0 {
 		c.MaxBids = 1024
+	}
+	if c.DoubtWait <= 0 {
+		c.DoubtWait = 2 * time.Second
 	}
 	return c
 }
@@ -370,7 +374,7 @@ func (n *Negotiation) maybeClose(now time.Time) {
 	all := n.cfg.Expect > 0 && len(bids) >= n.cfg.Expect
 	n.grace = n.cfg.Grace
 	if n.doubtful(chosen) {
-		n.grace = max(n.cfg.Grace, n.cfg.ExpectWait)
+		n.grace = max(n.cfg.Grace, n.cfg.DoubtWait)
 	}
 	if late || all || !now.Before(n.feasible.Add(n.grace)) {
 		n.phase = Awarding
@@ -382,8 +386,9 @@ func (n *Negotiation) maybeClose(now time.Time) {
 
 // doubtful reports whether a chosen set has a member whose score is below
 // that of a provider nobody has seen (Ranking.Unknown): such a set waits
-// ExpectWait rather than Grace for other bids, so a provider known to fail
-// is not chosen only because its bid came first.
+// DoubtWait rather than Grace for other bids (less if every provider
+// expected bids first), so a provider known to fail is not chosen only
+// because its bid came first.
 func (n *Negotiation) doubtful(chosen []Member) bool {
 	for _, c := range chosen {
 		if s, ok := n.cfg.Ranking.Scores[c.Provider]; ok && s < n.cfg.Ranking.Unknown {

@@ -3,6 +3,7 @@ package gossip
 import (
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -84,15 +85,15 @@ func TestTieBreakScoresNeverRaiseTheCost(t *testing.T) {
 }
 
 // A set whose only bid so far is of a provider known to do worse than an
-// unknown one waits ExpectWait, not Grace, for other bids; the honest bid
+// unknown one waits DoubtWait, not Grace, for other bids; the honest bid
 // arriving meanwhile at the same price wins.
 func TestADoubtfulProviderWaitsForOtherBids(t *testing.T) {
 	rank := Ranking{Scores: map[peer.ID]float64{testID(1): 0.7, testID(2): 0.9}, Unknown: 0.8}
-	n := newNeg(t, needsOf(1, 0, Spread, usdc(250)), NegotiationConfig{Ranking: rank})
+	n := newNeg(t, needsOf(1, 0, Spread, usdc(250)), NegotiationConfig{Ranking: rank, DoubtWait: 500 * time.Millisecond})
 	n.Ready()
 	step(t, n, jobBid(1, 1, usdc(200), ""), ms(3))
-	if w := n.Wake(); !w.Equal(t0.Add(ms(253))) {
-		t.Fatalf("wake at %v, want 3 ms + 250 ms (ExpectWait)", w.Sub(t0))
+	if w := n.Wake(); !w.Equal(t0.Add(ms(503))) {
+		t.Fatalf("wake at %v, want 3 ms + 500 ms (DoubtWait)", w.Sub(t0))
 	}
 	n.Tick(t0.Add(ms(100)))
 	if rd := n.Ready(); len(rd.Awards) != 0 {
