@@ -222,7 +222,8 @@ func (n *Node) ProviderScore(p peer.ID) reputation.Score {
 // of every provider it has evidence of, and Config.ScoreWeight.
 func (n *Node) Ranking() gossip.Ranking {
 	params := n.reputationParams()
-	r := gossip.Ranking{Scores: map[peer.ID]float64{}, Unknown: params.Unknown(), Weight: n.cfg.ScoreWeight}
+	unknown := reputation.Score{Score: params.Unknown()}.Rank()
+	r := gossip.Ranking{Scores: map[peer.ID]float64{}, Unknown: unknown, Weight: n.cfg.ScoreWeight}
 	if n.evidence == nil {
 		return r
 	}
@@ -242,7 +243,7 @@ func (n *Node) Ranking() gossip.Ranking {
 		if err != nil {
 			continue
 		}
-		r.Scores[id] = n.ProviderScore(id).Score
+		r.Scores[id] = n.ProviderScore(id).Rank()
 	}
 	return r
 }

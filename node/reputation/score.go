@@ -44,6 +44,9 @@
 // ranks below one that fails half its jobs, and a market that never tries
 // a newcomer never learns; under the mean a provider of half failures
 // falls below an unknown one after its first failure.
+//
+// Selection compares scores to two decimals (Score.Rank): less than 0.01
+// between two providers is a tie.
 package reputation
 
 import (
@@ -156,6 +159,11 @@ type Score struct {
 	FullWeight    uint64  `json:"fullWeightPaid"` // paid for a receipt to count as one run
 	Formula       string  `json:"formula"`        // the computation with these numbers
 }
+
+// Rank is the score as selection compares it: to two decimals, so that a
+// difference under 0.01 (a receipt for a few lamports, say) is no
+// evidence at all and leaves a tie to the other rules.
+func (s Score) Rank() float64 { return math.Round(s.Score*100) / 100 }
 
 // Compute scores one provider from its first-hand runs and verified
 // third-party receipts. Runs and receipts of other providers are ignored;

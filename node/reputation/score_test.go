@@ -116,6 +116,13 @@ func TestARingOfFreshIdentitiesCountsForLittle(t *testing.T) {
 	}
 }
 
+func TestScoresWithinAHundredthRankAlike(t *testing.T) {
+	tiny := Compute(Params{}, "p", nil, []Receipt{receipt("a", "c", 1000)}) // a thousandth of a USDC
+	if tiny.Score <= 0.8 || tiny.Rank() != 0.8 {
+		t.Fatalf("score %v rank %v: want above 0.8, ranked as 0.8", tiny.Score, tiny.Rank())
+	}
+}
+
 func TestTheFormulaShowsItsNumbers(t *testing.T) {
 	s := Compute(Params{}, "p", runs("p", Finished, Lost), []Receipt{receipt("x", "c", 500_000)})
 	want := "(4 prior + 1 finished + 0.500 third-party) / (4 prior + 1 finished + 0.500 third-party + 1 prior failed + 0 provider-failed + 1 lost) = 0.733"
