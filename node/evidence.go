@@ -580,3 +580,48 @@ func (n *Node) scoreFound(res dht.FindResult, count int, minScore float64) GPUsF
 	n.refreshEvidence(ps)
 	return out
 }
+
+// providerIDs lists the providers of a search, once each.
+func providerIDs(res dht.FindResult) []peer.ID {
+	seen := map[peer.ID]bool{}
+	var out []peer.ID
+	for _, m := range res.Matches {
+		if p := m.Offer.Provider; !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// explorerProviders scores the providers offering now and those this peer
+// has evidence of: best score first, then by peer ID.
+func (n *Node) explorerProviders(offering []peer.ID) []ExplorerProvider {
+	offers := map[peer.ID]bool{}
+	for _, p := range offering {
+		offers[p] = true
+	}
+	all := map[peer.ID]bool{}
+	for p := range n.Ranking().Scores {
+		all[p] = true
+	}
+	for p := range offers {
+		all[p] = true
+	}
+	out := []ExplorerProvider{}
+	for p := range all {
+		runs, receipts, f := n.evidenceOf(p.String())
+		ep := ExplorerProvider{Peer: p.String(), Offers: offers[p], Score: reputation.Compute(n.reputationParams(), p.String(), runs, receipts)}
+		if f != nil {
+			ep.Fetched = f.At
+		}
+		out = append(out, ep)
+	}
+	sort.Slice(out, func(i, k int) bool {
+		if out[i].Score.Score != out[k].Score.Score {
+			return out[i].Score.Score > out[k].Score.Score
+		}
+		return out[i].Peer < out[k].Peer
+	})
+	return out[:min(len(out), explorerMaxProviders)]
+}
