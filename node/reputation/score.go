@@ -157,6 +157,7 @@ type Score struct {
 	PriorFinished float64 `json:"priorFinished"` // the prior, as pseudo-runs
 	PriorFailed   float64 `json:"priorFailed"`
 	FullWeight    uint64  `json:"fullWeightPaid"` // paid for a receipt to count as one run
+	PerConsumer   float64 `json:"maxPerConsumer"` // the most one consumer's receipts count
 	Formula       string  `json:"formula"`        // the computation with these numbers
 }
 
@@ -170,7 +171,7 @@ func (s Score) Rank() float64 { return math.Round(s.Score*100) / 100 }
 // a receipt key counted twice counts once.
 func Compute(params Params, provider string, runs []Run, receipts []Receipt) Score {
 	p := params.withDefaults()
-	s := Score{Provider: provider, PriorFinished: p.PriorFinished, PriorFailed: p.PriorFailed, FullWeight: p.FullWeightPaid}
+	s := Score{Provider: provider, PriorFinished: p.PriorFinished, PriorFailed: p.PriorFailed, FullWeight: p.FullWeightPaid, PerConsumer: p.MaxPerConsumer}
 	seen := map[string]bool{}
 	for _, r := range runs {
 		if r.Provider != provider || seen["run:"+r.Key] {

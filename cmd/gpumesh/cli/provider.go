@@ -72,8 +72,8 @@ func printProvider(g *globals, r node.ProviderReport) {
 		s.Finished, s.Cosigned, s.ProviderFailed, s.Lost)
 	fmt.Fprintf(w, "third-party receipts, anchored and checked: %d shown, %d paid for (weight %.3f from %s, %d units paid), %d that count for nothing (not co-signed, self-paid, or this peer's own)\n",
 		s.Receipts, s.Counted, s.Weight, plural(s.Consumers, "consumer"), s.PaidTotal, s.Uncountable)
-	fmt.Fprintf(w, "how:       a receipt counts as min(1, paid / %d) runs, at most 3 per consumer; the prior is %g finished and %g failed\n",
-		s.FullWeight, s.PriorFinished, s.PriorFailed)
+	fmt.Fprintf(w, "how:       a receipt counts as min(1, paid / %d) runs, at most %g per consumer; the prior is %g finished and %g failed\n",
+		s.FullWeight, s.PerConsumer, s.PriorFinished, s.PriorFailed)
 	fmt.Fprintf(w, "formula:   %s\n", s.Formula)
 	switch {
 	case r.FetchError != "":
