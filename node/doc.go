@@ -44,6 +44,10 @@
 //	                     unsigned by the provider with why
 //	wire.go              the negotiation protocol's signed envelope, for
 //	                     peers that speak it without a Node
+//	evidence.go          what this peer knows of providers (evidence.db):
+//	                     runs of its jobs, anchored receipts fetched and
+//	                     checked; scores for gpus find, provider show, the
+//	                     explorer and the ranking of bids
 //
 // The pure pieces, in packages of their own that link no node, GPU,
 // container or Solana code:
@@ -53,6 +57,8 @@
 //	node/attempt    one run attempt as a state machine (Step, Tick, Ready),
 //	                with golden scripts in node/attempt/testdata
 //	node/jobstore   job records in a bbolt file, paged newest first
+//	node/reputation a provider's score from evidence, with its formula;
+//	                the evidence exchange's frames
 //	node/meshtest   many real nodes in one test process, and hostile peers
 //	                that speak the real protocols (adversary.go)
 //
