@@ -473,6 +473,12 @@ func (n *Node) checkEvidence(ctx context.Context, p peer.ID, raw []byte) (reputa
 // the newest co-signed ones with a proof, at most what was asked.
 func (n *Node) handleEvidence(s network.Stream) {
 	defer s.Close()
+	_, done := n.lifeContext()
+	if done == nil {
+		_ = s.Reset() // closing
+		return
+	}
+	defer done()
 	select {
 	case n.serving <- struct{}{}:
 		defer func() { <-n.serving }()
