@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -103,5 +104,33 @@ func TestADoubtfulProviderWaitsForOtherBids(t *testing.T) {
 	n.Tick(t0.Add(ms(140))) // the new set is not doubtful: its grace has passed
 	if got := awarded(n.Ready().Awards); got != "2:1" {
 		t.Fatalf("awarded %q, want provider 2 (score 0.9)", got)
+	}
+}
+
+// BenchmarkSelectRanked is BenchmarkSelect's market with every provider
+// scored: the cost of ranking by score, against "price" (Select) in the
+// same run.
+func BenchmarkSelectRanked(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var bids []Bid
+	scores := map[peer.ID]float64{}
+	for i := range 500 {
+		bids = append(bids, bidOf(i, "H100-80GB", uint32(1+rng.IntN(8)), usdc(uint64(150+rng.IntN(150))), fmt.Sprintf("zone%d", rng.IntN(20))))
+		scores[bids[i].Provider] = rng.Float64()
+	}
+	for _, place := range []Placement{Spread, Colocated} {
+		needs := needsOf(32, 8, place, usdc(250))
+		for _, rk := range []struct {
+			name string
+			r    Ranking
+		}{{"price", Ranking{}}, {"tie-break", Ranking{Scores: scores, Unknown: 0.8}}, {"weight", Ranking{Scores: scores, Unknown: 0.8, Weight: 0.2}}} {
+			b.Run(string(place)+"/"+rk.name, func(b *testing.B) {
+				for b.Loop() {
+					if _, _, err := SelectRanked(bids, needs, rk.r); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }
