@@ -29,7 +29,8 @@ package gossip
 //     providers of the class) has bid; and when they all have bid and no
 //     cluster can form, it fails once ExpectWait (250 ms) has passed since
 //     the request, not at the deadline. It never waits out a fixed window: a
-//     cheap, feasible set closes in Grace. At the deadline it awards what it
+//     cheap, feasible set closes in Grace (a set with a provider whose score
+//     is below an unknown provider's waits DoubtWait, 2 s: see Ranking). At the deadline it awards what it
 //     has, or fails with the reason.
 //   - Selection: the cheapest set meeting the needs (see Select): bids can
 //     be taken in part unless PerNode is set, in which case every member
@@ -97,6 +98,8 @@ type NegotiationConfig struct {
 	ExpectWait   time.Duration // with Expect, fail an impossible request after this rather than at the deadline; 0: 250 ms
 	AwardTimeout time.Duration // a member silent this long after its award is replaced; 0: 2 s
 	MaxBids      int           // bids kept; more are ignored; 0: 1024
+	Ranking      Ranking       // providers' scores and their weight against price (SelectRanked); zero: price alone
+	DoubtWait    time.Duration // a set with a provider scored below an unknown one waits this for other bids, unless every expected provider has bid; 0: 2 s
 }
 
 func (c NegotiationConfig) withDefaults() NegotiationConfig {
@@ -112,6 +115,9 @@ func (c NegotiationConfig) withDefaults() NegotiationConfig {
 	}
 	if c.MaxBids <= 0 {
 		c.MaxBids = 1024
+	}
+	if c.DoubtWait <= 0 {
+		c.DoubtWait = 2 * time.Second
 	}
 	return c
 }
@@ -190,8 +196,9 @@ type Negotiation struct {
 	bids     []Bid // live bids, one per provider, in arrival order
 	out      bool  // bid slice full
 	gone     map[peer.ID]bool
-	feasible time.Time // when a cluster first could form; zero: not yet
-	started  time.Time // when the request went out
+	feasible time.Time     // when a cluster first could form; zero: not yet
+	grace    time.Duration // the wait from feasible for the set chosen now (Grace, or longer: see doubtful)
+	started  time.Time     // when the request went out
 	members  []*member
 	spares   []Bid
 	ready    Ready
@@ -242,7 +249,7 @@ func (n *Negotiation) Wake() time.Time {
 	case Collecting:
 		d := n.rfb.DeadlineTime()
 		if !n.feasible.IsZero() {
-			d = earliest(d, n.feasible.Add(n.cfg.Grace))
+			d = earliest(d, n.feasible.Add(n.grace))
 		}
 		if n.cfg.Expect > 0 && len(n.bids) >= n.cfg.Expect && n.feasible.IsZero() {
 			d = earliest(d, n.started.Add(n.cfg.ExpectWait))
@@ -347,7 +354,7 @@ func (n *Negotiation) live(now time.Time) []Bid {
 
 func (n *Negotiation) maybeClose(now time.Time) {
 	bids := n.live(now)
-	chosen, _, err := Select(bids, n.rfb.Needs)
+	chosen, _, err := SelectRanked(bids, n.rfb.Needs, n.cfg.Ranking)
 	late := !now.Before(n.rfb.DeadlineTime())
 	if err != nil {
 		n.feasible = time.Time{}
@@ -365,12 +372,30 @@ func (n *Negotiation) maybeClose(now time.Time) {
 		n.feasible = now
 	}
 	all := n.cfg.Expect > 0 && len(bids) >= n.cfg.Expect
-	if late || all || !now.Before(n.feasible.Add(n.cfg.Grace)) {
+	n.grace = n.cfg.Grace
+	if n.doubtful(chosen) {
+		n.grace = max(n.cfg.Grace, n.cfg.DoubtWait)
+	}
+	if late || all || !now.Before(n.feasible.Add(n.grace)) {
 		n.phase = Awarding
 		for _, c := range chosen {
 			n.award(c, now)
 		}
 	}
+}
+
+// doubtful reports whether a chosen set has a member whose score is below
+// that of a provider nobody has seen (Ranking.Unknown): such a set waits
+// DoubtWait rather than Grace for other bids (less if every provider
+// expected bids first), so a provider known to fail is not chosen only
+// because its bid came first.
+func (n *Negotiation) doubtful(chosen []Member) bool {
+	for _, c := range chosen {
+		if s, ok := n.cfg.Ranking.Scores[c.Provider]; ok && s < n.cfg.Ranking.Unknown {
+			return true
+		}
+	}
+	return false
 }
 
 // award sends an award for c: to a new member, or a top-up of an existing
@@ -440,7 +465,7 @@ func (n *Negotiation) stepAccept(a Acceptance, now time.Time) error {
 	}
 	n.phase = Formed
 	o := &Outcome{Formed: true, Members: n.Members(), Cost: TotalCost(n.Members())}
-	o.Spares = spareBids(usableBids(n.live(now), n.rfb.Needs), o.Members, n.rfb.Needs)
+	o.Spares = spareBids(usableBids(n.live(now), n.rfb.Needs, n.cfg.Ranking), o.Members, n.rfb.Needs)
 	for _, m := range n.members {
 		n.ready.Confirms = append(n.ready.Confirms, Confirm{Job: n.rfb.Job, Submitter: n.rfb.Submitter, Provider: m.Provider})
 	}
@@ -484,7 +509,7 @@ func (n *Negotiation) replace(gone *member, why string, now time.Time) {
 		zone := n.members[0].Zone
 		bids = slices.DeleteFunc(bids, func(b Bid) bool { return zone == "" || b.Zone != zone })
 	}
-	chosen, _, err := Select(bids, needs)
+	chosen, _, err := SelectRanked(bids, needs, n.cfg.Ranking)
 	if err != nil {
 		reason := why + "; no replacement: " + err.Error()
 		if needs.Placement == Colocated && len(n.members) > 0 {

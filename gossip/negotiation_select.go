@@ -72,12 +72,53 @@ func TotalCost(ms []Member) uint64 {
 //   - Spread: members in any zones.
 //   - Ties go to the bid with more GPUs (fewer members), then the lower peer
 //     ID, so the choice is deterministic.
+//
+// Select is SelectRanked without scores: price alone.
 func Select(bids []Bid, needs Needs) (chosen []Member, spares []Bid, err error) {
+	return SelectRanked(bids, needs, Ranking{})
+}
+
+// Ranking is what a submitter knows of providers besides their prices:
+// each one's score (node/reputation: the expected share of its work it
+// finishes, 0..1) and how much a score may weigh against a price.
+//
+// With Weight 0 (the default) a score only breaks ties: of two bids at one
+// price the one of the higher score goes first, before the rules of Select
+// (more GPUs, lower peer ID). With Weight w > 0 a bid is ranked by its
+// price × (1 + w × (1 − score)): a provider of score 0.5 at 2.00 ranks as
+// 2.00 × (1 + w/2), so with w = 0.1 it loses to a provider of score 1 at
+// up to 2.10. Prices are still what members are paid; the weighed price
+// only orders the bids.
+type Ranking struct {
+	Scores  map[peer.ID]float64 // providers' scores, 0..1; a provider not in it has Unknown
+	Unknown float64             // the score of a provider without one
+	Weight  float64             // 0..MaxScoreWeight; 0: scores only break ties
+}
+
+// MaxScoreWeight bounds Ranking.Weight: at 1 a score of 0 doubles a price.
+const MaxScoreWeight = 1.0
+
+func (r Ranking) score(p peer.ID) float64 {
+	if s, ok := r.Scores[p]; ok {
+		return min(max(s, 0), 1)
+	}
+	return r.Unknown
+}
+
+// weighed is the price a bid is ranked by (see Ranking).
+func (r Ranking) weighed(b *Bid) float64 {
+	w := min(max(r.Weight, 0), MaxScoreWeight)
+	return float64(b.Price) * (1 + w*(1-r.score(b.Provider)))
+}
+
+// SelectRanked is Select with the bids ranked by price and score (see
+// Ranking) rather than price alone.
+func SelectRanked(bids []Bid, needs Needs, rank Ranking) (chosen []Member, spares []Bid, err error) {
 	if err := needs.Check(); err != nil {
 		return nil, nil, err
 	}
-	usable := usableBids(bids, needs)
-	chosen, ok := selectIn(usable, needs.GPUs, needs.PerNode, needs.Placement)
+	usable := usableBids(bids, needs, rank)
+	chosen, ok := selectIn(usable, needs.GPUs, needs.PerNode, needs.Placement, rank)
 	if !ok {
 		why, none := whyNot(bids, needs)
 		if none {
@@ -115,19 +156,31 @@ func (n *Needs) usable(b *Bid) bool {
 }
 
 // usableBids keeps the last bid of every provider that is usable, sorted
-// cheapest first.
-func usableBids(bids []Bid, needs Needs) []Bid {
+// cheapest first (by the ranking's weighed price, then score).
+func usableBids(bids []Bid, needs Needs, rank Ranking) []Bid {
 	out := lastBids(bids, needs.usable)
-	slices.SortFunc(out, compareBids)
+	slices.SortFunc(out, func(a, b Bid) int { return compareBids(a, b, rank) })
 	return out
 }
 
-func compareBids(a, b Bid) int {
-	return cmp.Or(cmp.Compare(a.Price, b.Price), cmp.Compare(b.GPUs, a.GPUs), cmp.Compare(a.Provider, b.Provider))
+func compareBids(a, b Bid, rank Ranking) int {
+	return cmp.Or(cmp.Compare(rank.weighed(&a), rank.weighed(&b)), cmp.Compare(a.Price, b.Price),
+		cmp.Compare(rank.score(b.Provider), rank.score(a.Provider)),
+		cmp.Compare(b.GPUs, a.GPUs), cmp.Compare(a.Provider, b.Provider))
+}
+
+// weighedCost is what a set of members costs per hour at the ranking's
+// weighed prices.
+func weighedCost(ms []Member, rank Ranking) float64 {
+	var c float64
+	for _, m := range ms {
+		c += float64(m.GPUs) * rank.weighed(&Bid{Provider: m.Provider, Price: m.Price})
+	}
+	return c
 }
 
 // selectIn picks need GPUs from sorted usable bids under a placement.
-func selectIn(sorted []Bid, need, perNode uint32, place Placement) ([]Member, bool) {
+func selectIn(sorted []Bid, need, perNode uint32, place Placement, rank Ranking) ([]Member, bool) {
 	if place != Colocated {
 		return take(sorted, need, perNode)
 	}
@@ -148,7 +201,7 @@ func selectIn(sorted []Bid, need, perNode uint32, place Placement) ([]Member, bo
 		if !ok {
 			continue
 		}
-		if !found || TotalCost(ms) < TotalCost(best) || (TotalCost(ms) == TotalCost(best) && len(ms) < len(best)) {
+		if !found || weighedCost(ms, rank) < weighedCost(best, rank) || (weighedCost(ms, rank) == weighedCost(best, rank) && len(ms) < len(best)) {
 			best, found = ms, true
 		}
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/jobstore"
 	"github.com/gpumesh/gpumesh/node/jobwire"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // APIVersion prefixes every local API path.
@@ -290,6 +291,7 @@ const (
 	routeProof     = "/proofs/{key}"
 	routeContent   = "/content"              // POST an AddRequest: InputProgress lines, the last with the CID or an error
 	routeJobCkpt   = "/jobs/{id}/checkpoint" // POST a CheckpointRequest: the JobCheckpoint written
+	routeProvider  = "/providers/{peer}"     // ?refresh=1: a ProviderReport
 )
 
 // apiRoute is one call of the local API.
@@ -321,6 +323,7 @@ func (n *Node) apiRoutes() []apiRoute {
 		{get, routeProof, n.serveProof},
 		{post, routeContent, n.serveAddInput},
 		{post, routeJobCkpt, n.serveGetCheckpoint},
+		{get, routeProvider, n.serveProvider},
 	}
 }
 
@@ -370,6 +373,11 @@ func (n *Node) serveFindGPUs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	minScore, err := parseMinScore(r.URL.Query().Get("min-score"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), maxFindTime)
 	defer cancel()
 	res, err := n.FindGPUs(ctx, q)
@@ -377,7 +385,18 @@ func (n *Node) serveFindGPUs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
-	writeJSON(w, res)
+	writeJSON(w, n.scoreFound(res, q.Count, minScore))
+}
+
+func (n *Node) serveProvider(w http.ResponseWriter, r *http.Request) {
+	p, err := peer.Decode(r.PathValue("peer"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("peer %q: want a peer ID such as 12D3KooW… (gpumesh gpus find lists them)", text.Cut(r.PathValue("peer"), 80)))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), evidenceFetchTimeout+5*time.Second)
+	defer cancel()
+	writeJSON(w, n.Provider(ctx, p, r.URL.Query().Get("refresh") == "1"))
 }
 
 func (n *Node) servePrices(w http.ResponseWriter, r *http.Request) {

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/chain"
-	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/node/jobspec"
@@ -296,11 +295,12 @@ func (c *Client) LocalGPUs(ctx context.Context) (LocalGPUs, error) {
 // FindQuery asks the swarm's directory for GPUs (GET /v0/gpus/find). Zero
 // fields ask nothing.
 type FindQuery struct {
-	Model     string // GPU model (H100) or class (H100-80GB)
-	Region    string // region label prefix, e.g. "eu"
-	MinVRAMGB int    // memory per GPU, GB
-	Count     int    // GPUs needed
-	MaxPrice  string // highest ask per GPU-hour, in tokens of the node's price unit, e.g. "2.50"
+	Model     string  // GPU model (H100) or class (H100-80GB)
+	Region    string  // region label prefix, e.g. "eu"
+	MinVRAMGB int     // memory per GPU, GB
+	Count     int     // GPUs needed
+	MaxPrice  string  // highest ask per GPU-hour, in tokens of the node's price unit, e.g. "2.50"
+	MinScore  float64 // lowest provider score (node/reputation), 0..1; 0: any
 }
 
 func (q FindQuery) values() url.Values {
@@ -315,6 +315,9 @@ func (q FindQuery) values() url.Values {
 	set("min-vram", strconv.Itoa(q.MinVRAMGB))
 	set("count", strconv.Itoa(q.Count))
 	set("max-price", q.MaxPrice)
+	if q.MinScore != 0 {
+		v.Set("min-score", strconv.FormatFloat(q.MinScore, 'g', -1, 64))
+	}
 	return v
 }
 
@@ -322,13 +325,26 @@ func (q FindQuery) values() url.Values {
 // decimals (the node checks it again in its own price unit).
 func (q FindQuery) Check() error {
 	_, err := ParseGPUQuery(q.values().Get, gossip.Unit{Token: "X", Decimals: 9})
-	return err
+	_, err2 := parseMinScore(q.values().Get("min-score"))
+	return errors.Join(err, err2)
 }
 
 // FindGPUs searches the swarm's directory, cheapest first (up to 30 s).
-func (c *Client) FindGPUs(ctx context.Context, q FindQuery) (dht.FindResult, error) {
-	var v dht.FindResult
+func (c *Client) FindGPUs(ctx context.Context, q FindQuery) (GPUsFound, error) {
+	var v GPUsFound
 	return v, c.get(ctx, q.values(), &v, routeGPUsFind)
+}
+
+// Provider asks the node for a provider's score and the evidence behind
+// it; with refresh the node fetches and checks the provider's receipts
+// first (GET /v0/providers/{peer}).
+func (c *Client) Provider(ctx context.Context, peer string, refresh bool) (ProviderReport, error) {
+	var v ProviderReport
+	var q url.Values
+	if refresh {
+		q = url.Values{"refresh": {"1"}}
+	}
+	return v, c.get(ctx, q, &v, routeProvider, peer)
 }
 
 // Prices asks the node for its price board: one class, or all when class

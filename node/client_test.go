@@ -111,6 +111,8 @@ func TestClientCallsEveryRouteOfARealNode(t *testing.T) {
 			if _, err := cl.FindGPUs(ctx, FindQuery{Model: "H100", MaxPrice: "3"}); err != nil {
 				t.Fatalf("FindGPUs: %v", err)
 			}
+			_, err = cl.FindGPUs(ctx, FindQuery{MinScore: 1.5})
+			wantAPIError(t, "a min score above 1", err, ErrBadRequest, "min-score: want a score 0..1")
 		}},
 		{"GET", routePrices, func(t *testing.T) {
 			if p, err := cl.Prices(ctx, ""); err != nil || p.Policy != "fixed:2.10" {
@@ -243,6 +245,14 @@ func TestClientCallsEveryRouteOfARealNode(t *testing.T) {
 			}
 			if _, err := cl.AddInput(ctx, file+".missing", nil); err == nil || !strings.Contains(err.Error(), "no such file") {
 				t.Fatalf("AddInput of a missing file: %v", err)
+			}
+		}},
+		{"GET", routeProvider, func(t *testing.T) {
+			_, err := cl.Provider(ctx, "not-a-peer", false)
+			wantAPIError(t, "a bad peer ID", err, ErrBadRequest, "want a peer ID")
+			rep, err := cl.Provider(ctx, n.Identity().PeerID.String(), true)
+			if err != nil || rep.Score.Score != 0.8 || rep.Address != n.Identity().SolanaAddress || !strings.Contains(rep.FetchError, "--solana-rpc") {
+				t.Fatalf("Provider = %+v, %v; want the prior 0.8 and why no receipts are fetched", rep, err)
 			}
 		}},
 	} {

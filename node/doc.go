@@ -55,6 +55,10 @@
 //	                     unsigned by the provider with why
 //	wire.go              the negotiation protocol's signed envelope, for
 //	                     peers that speak it without a Node
+//	evidence.go          what this peer knows of providers (evidence.db):
+//	                     runs of its jobs, anchored receipts fetched and
+//	                     checked; scores for gpus find, provider show, the
+//	                     explorer and the ranking of bids
 //
 // The pure pieces, in packages of their own that link no node, GPU,
 // container or Solana code:
@@ -67,6 +71,8 @@
 //	node/content    bytes named by their hash: a capped block store on disk,
 //	                UnixFS add, bitswap fetch under the swarm's prefix,
 //	                provider records in the DHT (it links the host, not the node)
+//	node/reputation a provider's score from evidence, with its formula;
+//	                the evidence exchange's frames
 //	node/meshtest   many real nodes in one test process, and hostile peers
 //	                that speak the real protocols (adversary.go)
 //

@@ -22,6 +22,8 @@ import (
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/text"
+	"github.com/gpumesh/gpumesh/node/reputation"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // The explorer is a read-only web page every peer can serve (Config.Explorer,
@@ -78,7 +80,22 @@ type ExplorerState struct {
 	Receipts      []ExplorerReceipt  `json:"receipts"`  // newest first
 	ReceiptsTotal int                `json:"receiptsTotal"`
 	Anchoring     *ExplorerAnchoring `json:"anchoring,omitempty"` // absent when this peer anchors nothing (no --solana-rpc)
+	// Providers are the providers of the directory's last search and
+	// those this peer has evidence of, best score first, with the
+	// evidence (node/reputation); at most explorerMaxProviders.
+	Providers []ExplorerProvider `json:"providers"`
 }
+
+// ExplorerProvider is one provider's score and the evidence behind it.
+type ExplorerProvider struct {
+	Peer    string           `json:"peer"`
+	Offers  bool             `json:"offers"` // in the directory's last search
+	Score   reputation.Score `json:"score"`
+	Fetched time.Time        `json:"fetched,omitzero"` // when its anchored receipts were last fetched
+}
+
+// explorerMaxProviders bounds the providers the explorer lists.
+const explorerMaxProviders = 100
 
 // ExplorerPeer is this peer.
 type ExplorerPeer struct {
@@ -113,6 +130,8 @@ type ExplorerDirectory struct {
 	ElapsedMS float64         `json:"elapsedMs,omitempty"`
 	Partial   bool            `json:"partial,omitempty"`
 	Error     string          `json:"error,omitempty"`
+
+	providerIDs []peer.ID // of the search, for the providers' scores
 }
 
 // ExplorerClass is one GPU class of the directory.
@@ -670,6 +689,7 @@ func (e *explorer) state() ExplorerState {
 		st.Receipts = append(st.Receipts, er)
 	}
 	e.prune(st.Receipts)
+	st.Providers = n.explorerProviders(st.Directory.providerIDs)
 	if n.anchor != nil {
 		s := n.anchor.Stats()
 		st.Anchoring = &ExplorerAnchoring{Pending: s.Pending, Batches: s.Batches, Anchored: s.Anchored, Txs: s.Txs, Fees: s.Fees, Error: e.redact(s.Error)}
@@ -805,13 +825,14 @@ func (e *explorer) directoryLoop(ctx context.Context) {
 			return
 		}
 		d := summarizeDirectory(res, unit)
+		d.providerIDs = providerIDs(res)
 		d.Searched = time.Now().UTC()
 		if err != nil {
 			d.Error = err.Error()
 		}
 		e.mu.Lock()
 		if err != nil && len(e.dir.Classes) > 0 {
-			d.Classes, d.Providers, d.GPUs = e.dir.Classes, e.dir.Providers, e.dir.GPUs // keep the last good answer
+			d.Classes, d.Providers, d.GPUs, d.providerIDs = e.dir.Classes, e.dir.Providers, e.dir.GPUs, e.dir.providerIDs // keep the last good answer
 		}
 		e.dir = d
 		e.mu.Unlock()

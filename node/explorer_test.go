@@ -90,6 +90,12 @@ func TestExplorerStateAndPage(t *testing.T) {
 	if c.Class != "H100-80GB" || c.Providers != 1 || c.Total != 8 || c.Available != 8 || c.Cheapest != 2_100_000 || c.Free != nil {
 		t.Fatalf("class %+v", c)
 	}
+	// The provider of the search, with the score of a provider this peer
+	// has no evidence of, and how it was computed.
+	if len(st.Providers) != 1 || st.Providers[0].Peer != provider.Identity().PeerID.String() || !st.Providers[0].Offers ||
+		st.Providers[0].Score.Score != 0.8 || !strings.HasSuffix(st.Providers[0].Score.Formula, "= 0.800") {
+		t.Fatalf("providers %+v, want the provider at the prior 0.8 with its formula", st.Providers)
+	}
 	if st.Prices.Token != "USDC" || st.Jobs == nil || st.Receipts == nil || st.Anchoring != nil {
 		t.Fatalf("prices %+v, jobs %v, receipts %v, anchoring %v", st.Prices, st.Jobs, st.Receipts, st.Anchoring)
 	}

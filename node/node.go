@@ -109,6 +109,11 @@ type Config struct {
 	JobLogBytes    int64 // bytes of its log; 0 means DefaultJobLogBytes (1 GiB)
 	JobOutputBytes int64 // bytes of its outputs, a file counted at its announced size; 0 means DefaultJobOutputBytes (20 GiB)
 	JobOutputFiles int   // output files and folders; 0 means DefaultJobOutputFiles (10,000)
+	// ScoreWeight is how much a provider's score (node/reputation) weighs
+	// against its price when this peer chooses among bids: 0, the default,
+	// only breaks ties between equal prices; w in (0, 1] ranks a bid by
+	// price × (1 + w × (1 − score)) (gossip.Ranking).
+	ScoreWeight float64
 
 	// What a container job may take of this machine. A member gets the
 	// share of its GPUs among those offered (2 of 8: a quarter) of the
@@ -205,6 +210,7 @@ type Node struct {
 	runState       // submitter_run.go
 	anchorState    // anchor.go
 	relayState     // relay.go
+	repState       // evidence.go
 
 	stopGossip context.CancelFunc
 
@@ -289,6 +295,9 @@ func (c *Config) validate() error {
 		if _, err := dht.ParseMode(string(c.DHTMode)); err != nil {
 			bad("dht-mode", "--dht-mode: %w", err)
 		}
+	}
+	if c.ScoreWeight < 0 || c.ScoreWeight > gossip.MaxScoreWeight || c.ScoreWeight != c.ScoreWeight {
+		bad("score-weight", "--score-weight %v: want 0 (scores only break price ties) to %v (a score of 0 doubles a price)", c.ScoreWeight, gossip.MaxScoreWeight)
 	}
 	if err := checkExplorerAddr(c.Explorer); err != nil {
 		bad("explorer", "%w", err)
@@ -533,6 +542,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.startAnchor(ctx); err != nil {
 		return err
 	}
+	if err := n.startReputation(ctx); err != nil {
+		return err
+	}
 	if err := n.startJobs(ctx); err != nil {
 		return err
 	}
@@ -643,7 +655,7 @@ func (n *Node) Close() error {
 			errs = append(errs, n.mdns.Close())
 		}
 		n.wg.Wait()
-		errs = append(errs, n.closeJobs(), n.closePrices(), n.closeAnchor())
+		errs = append(errs, n.closeJobs(), n.closePrices(), n.closeAnchor(), n.closeReputation())
 		n.closeMembers()
 		n.closeTasks()
 		if n.stopGossip != nil {

@@ -59,7 +59,7 @@ func (n *Node) negotiate(ctx context.Context, id gossip.JobID, spec jobspec.Spec
 	}
 	now := n.now()
 	rfb := gossip.RequestForBids{Job: id, Submitter: n.id.PeerID, Needs: needs, Deadline: now.Add(negotiateWindow).UnixMilli()}
-	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{Expect: expect}, now)
+	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{Expect: expect, Ranking: n.Ranking()}, now)
 	if err != nil {
 		return err
 	}

@@ -56,7 +56,8 @@ type MemberRun struct {
 	Outputs  []receipt.OutputFile `json:"outputs,omitempty"`
 	Receipt  string               `json:"receipt,omitempty"` // "countersigned", or why not
 	Error    string               `json:"error,omitempty"`
-	Paid     uint64               `json:"paid,omitempty"` // paid to its provider as it ran (settlement), in the unit's smallest unit
+	Paid     uint64               `json:"paid,omitempty"`  // paid to its provider as it ran (settlement), in the unit's smallest unit
+	Fault    string               `json:"fault,omitempty"` // its provider's fault, when it ended badly: "provider" or "lost" (attempt.Fault*)
 }
 
 var errCancelled = errors.New("cancelled by the submitter")
@@ -256,11 +257,12 @@ func (n *Node) runJob(ctx context.Context, id string) {
 			if rd.Runs != nil {
 				for _, ar := range rd.Runs {
 					r := &runs[ar.Rank]
-					r.State, r.ExitCode, r.Started, r.Ended, r.Error, r.Receipt, r.Paid = ar.State, ar.ExitCode, ar.Started, ar.Ended, ar.Error, ar.Receipt, ar.Paid
+					r.State, r.ExitCode, r.Started, r.Ended, r.Error, r.Receipt, r.Paid, r.Fault = ar.State, ar.ExitCode, ar.Started, ar.Ended, ar.Error, ar.Receipt, ar.Paid, ar.Fault
 				}
 				n.updateJob(id, func(j *Job) { j.Runs = append([]MemberRun(nil), runs...) })
 			}
 			if d := rd.Done; d != nil {
+				n.recordRuns(j, a.Runs()) // before the job's end is saved
 				for _, c := range conns {
 					if c != nil {
 						_ = c.rw.Close()

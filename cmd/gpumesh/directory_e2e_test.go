@@ -93,7 +93,7 @@ func TestPeerWithoutGPUsFindsProvidersWithTheCLI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"H100-80GB", "8/8", "eu-west/ams1", "found 16 GPUs from 2 providers", "need 24"} {
+	for _, want := range []string{"H100-80GB", "8/8", "eu-west/ams1", "found 16 GPUs from 2 providers", "need 24", "SCORE", "0.80 (no evidence)"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("gpus find output lacks %q:\n%s", want, out)
 		}

@@ -234,6 +234,12 @@ timeout: 1m
 	}
 	wait("shows the job's receipt",
 		chromedp.WaitVisible(chromedp.CSS(`#receipts-body tr[data-receipt="`+j.ID+`-0-0"]`)))
+	// The provider's score after one finished run: (4 + 1) / (5 + 1).
+	prow := `#providers-body tr[data-provider="` + prov.id.PeerID + `"]`
+	wait("shows the provider's score", chromedp.WaitVisible(chromedp.CSS(prow)))
+	if got := text(prow); !strings.Contains(got, "0.833") {
+		t.Errorf("the provider's row shows %q, want its score 0.833", got)
+	}
 	for _, bad := range []string{"[object", "undefined", "NaN"} {
 		if page := text("main"); strings.Contains(page, bad) {
 			t.Errorf("the page shows %q:\n%s", bad, page)

@@ -16,6 +16,13 @@ const (
 	MemberFailed   = "failed" // could not run
 )
 
+// Whose fault a member's run ended badly, as Run.Fault: what the
+// submitter's record of its providers (node/reputation) counts.
+const (
+	FaultProvider = "provider" // its provider broke a rule of this peer's (a bill not owed, too much sent)
+	FaultLost     = "lost"     // its provider vanished: unreachable, stream gone, silent, never started
+)
+
 // How an attempt ends: the first three are node's job states.
 const (
 	StateDone      = "done"      // every member ended well
@@ -34,6 +41,7 @@ type Run struct {
 	Error    string
 	Receipt  string // "countersigned", or why not; "": none yet
 	Paid     uint64 // paid to its provider (the Paid steps), in the unit's smallest unit
+	Fault    string // Fault*: its provider's fault; "": none (it exited, the job stopped it, or it said it could not run)
 }
 
 // Start asks the caller to open a member's stream and send its start
@@ -435,9 +443,11 @@ func (a *Attempt) lingering(m *member) bool {
 }
 
 // overran stops the job of a member whose provider sent more than this
-// peer keeps: like a bill it is not owed, the provider's fault.
+// peer keeps: like a bill it is not owed, the provider's fault for this
+// job. Its record does not count it: the job's own output may be what
+// was too much.
 func (a *Attempt) overran(m *member, why string, now time.Time) {
-	a.providerFault(m, "its provider sent more than this peer keeps of a job", why, now)
+	a.providerFault(m, "its provider sent more than this peer keeps of a job", why, "", now)
 }
 
 func rankOf(ev Event) (int, bool) {
@@ -477,7 +487,7 @@ func (a *Attempt) opened(m *member, e Opened, now time.Time) {
 		m.ended = true
 		a.pending--
 		if m.run.State == MemberStarting {
-			m.run.State, m.run.Error = MemberFailed, e.Err
+			m.run.State, m.run.Error, m.run.Fault = MemberFailed, e.Err, FaultLost
 			a.fail(fmt.Sprintf("%s could not be reached: %s", a.name(r), e.Err), now)
 			a.dirty = true
 		}
@@ -501,6 +511,7 @@ func (a *Attempt) streamEnded(m *member, why string, now time.Time) {
 		m.run.Ended = now.UTC()
 		m.workEnd = now
 		if !a.stopping { // gone on its own, not stopped by us
+			m.run.Fault = FaultLost
 			a.lost = append(a.lost, r)
 			a.note(a.name(r) + " is gone: " + why)
 			a.fail(a.name(r)+" stopped answering (its stream closed)", now)
@@ -570,7 +581,7 @@ func (a *Attempt) Tick(now time.Time) {
 	for r, m := range a.ms {
 		if m.opened && a.alive(m) && now.Sub(m.lastSeen) > lostAfter {
 			silent := now.Sub(m.lastSeen).Round(time.Millisecond)
-			m.run.State, m.run.Error = MemberLost, fmt.Sprintf("no heartbeat for %s", silent)
+			m.run.State, m.run.Error, m.run.Fault = MemberLost, fmt.Sprintf("no heartbeat for %s", silent), FaultLost
 			m.run.Ended, m.workEnd = now.UTC(), now
 			a.lost = append(a.lost, r)
 			m.closed = true
@@ -590,7 +601,7 @@ func (a *Attempt) Tick(now time.Time) {
 	if !a.stopping && a.cfg.StartWithin > 0 {
 		for r, m := range a.ms {
 			if a.waitingStart(m) && !now.Before(m.startAt.Add(a.cfg.StartWithin)) {
-				m.run.State, m.run.Error = MemberLost, fmt.Sprintf("never started: not running %s after its start", a.cfg.StartWithin)
+				m.run.State, m.run.Error, m.run.Fault = MemberLost, fmt.Sprintf("never started: not running %s after its start", a.cfg.StartWithin), FaultLost
 				m.run.Ended, m.workEnd = now.UTC(), now
 				a.lost = append(a.lost, r)
 				a.note(fmt.Sprintf("%s never started: no started frame %s after its start", a.name(r), a.cfg.StartWithin))

@@ -73,18 +73,19 @@ func (a *Attempt) bill(m *member, b Bill, now time.Time) {
 // peer does not owe. A member that has exited keeps its exit: its work is
 // done, only the bill is refused.
 func (a *Attempt) overbilled(m *member, why string, now time.Time) {
-	a.providerFault(m, "its provider billed what it is not owed", why, now)
+	a.providerFault(m, "its provider billed what it is not owed", why, FaultProvider, now)
 }
 
 // providerFault stops a member whose provider broke a rule of this peer's
 // (what is said, then why). The provider is at fault, so the job fails
 // rather than being retried (a retry could form on the same provider).
-func (a *Attempt) providerFault(m *member, what, why string, now time.Time) {
+// fault is what the provider's record counts (Fault*, or "").
+func (a *Attempt) providerFault(m *member, what, why, fault string, now time.Time) {
 	if !a.alive(m) {
 		return
 	}
 	r := m.run.Rank
-	m.run.State, m.run.Error = MemberFailed, what+": "+why
+	m.run.State, m.run.Error, m.run.Fault = MemberFailed, what+": "+why, fault
 	m.run.Ended = now.UTC()
 	if m.workEnd.IsZero() {
 		m.workEnd = now

@@ -158,6 +158,9 @@ func (h *harness) runString(r Run) string {
 	if r.Paid != 0 {
 		s += fmt.Sprintf(" paid=%d", r.Paid)
 	}
+	if r.Fault != "" {
+		s += " fault=" + r.Fault
+	}
 	return s
 }
 

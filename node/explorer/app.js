@@ -220,6 +220,23 @@
     $('jobs-empty').hidden = jobs.length > 0;
   }
 
+  function renderProviders() {
+    const ps = state.providers || [];
+    $('providers-count').textContent = ps.length ? String(ps.length) : '';
+    fill('providers-body', ps.map((p) => {
+      const s = p.score;
+      return row('providers-body', [
+        mono(short(p.peer), p.peer + (p.offers ? ' (offering now)' : '')),
+        { cell: s.score.toFixed(3), class: 'num', title: s.formula },
+        { cell: s.finished, class: 'num', title: `${s.cosigned} with a receipt this peer co-signed` },
+        { cell: s.providerFailed, class: 'num' },
+        { cell: s.lost, class: 'num' },
+        { cell: `${s.counted} of ${s.receipts} (weight ${s.weight.toFixed(2)})`, class: 'num', title: `${s.consumers} paying consumers, ${s.paidTotal} paid in all; ${s.uncountable} count for nothing` + (p.fetched ? '; fetched ' + ago(p.fetched) : '') },
+        el('span', { class: 'meta' }, s.formula),
+      ], { 'data-provider': p.peer });
+    }), 'providers-empty');
+  }
+
   function renderReceipts() {
     const rs = state.receipts || [];
     $('receipts-count').textContent = rs.length ? (state.receiptsTotal > rs.length ? `${rs.length} newest of ${state.receiptsTotal}` : String(rs.length)) : '';
@@ -317,6 +334,7 @@
     renderGPUs();
     renderPrices();
     renderJobs();
+    renderProviders();
     renderReceipts();
     lastUpdate = Date.now();
     $('updated').textContent = 'Updated ' + clock(lastUpdate) + '.';

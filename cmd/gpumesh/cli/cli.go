@@ -99,6 +99,7 @@ Run a peer with 'gpumesh node'; the other commands talk to it.`,
 		idCmd(g), peersCmd(g), statusCmd(g),
 		gpusCmd(g), jobCmd(g), pricesCmd(g), proofCmd(g), localnetCmd(g), demoCmd(g),
 	)
+	root.AddCommand(providerCmd(g))
 	for _, c := range root.Commands() {
 		c.Args = wrapArgs(c.Args)
 		for _, sub := range c.Commands() {

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/chain/localnet"
-	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
@@ -208,7 +207,7 @@ func (d *demo) run(ctx context.Context) error {
 
 	d.say("waiting for the swarm to mesh and every provider's GPUs to show in the directory")
 	sub := d.peers[3]
-	var found dht.FindResult
+	var found node.GPUsFound
 	if err := d.until(ctx, demoMesh, "the directory to list all three providers", func(ctx context.Context) (bool, error) {
 		var err error
 		found, err = sub.cl.FindGPUs(ctx, node.FindQuery{})

@@ -7,7 +7,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node"
@@ -41,16 +40,18 @@ func gpusCmd(g *globals) *cobra.Command {
 	var fo output
 	var model, region, maxPrice string
 	var minVRAM, count int
+	var minScore float64
 	find := &cobra.Command{
 		Use:   "find",
-		Short: "Find live GPU offers in the swarm, cheapest first",
+		Short: "Find live GPU offers in the swarm, cheapest first, with each provider's score",
 		Example: `  gpumesh gpus find --model H100 --min-vram 80 --count 8
+  gpumesh gpus find --min-score 0.8
   gpumesh gpus find --region eu -o json`,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := fo.check(); err != nil {
 				return err
 			}
-			q := node.FindQuery{Model: model, Region: region, MinVRAMGB: minVRAM, Count: count, MaxPrice: maxPrice}
+			q := node.FindQuery{Model: model, Region: region, MinVRAMGB: minVRAM, Count: count, MaxPrice: maxPrice, MinScore: minScore}
 			// The node checks max-price in its own price unit.
 			if err := q.Check(); err != nil {
 				return usageError{err}
@@ -70,6 +71,7 @@ func gpusCmd(g *globals) *cobra.Command {
 	f.IntVar(&count, "count", 0, "GPUs needed")
 	f.StringVar(&region, "region", "", "region label prefix (e.g. eu)")
 	f.StringVar(&maxPrice, "max-price", "", "highest ask per GPU-hour, in tokens of the node's price unit (e.g. 2.50)")
+	f.Float64Var(&minScore, "min-score", 0, "lowest provider score, 0..1 (a provider nobody has seen scores 0.8; see `gpumesh provider show`)")
 	fo.register(find)
 	c.AddCommand(local, find)
 	return c
@@ -113,11 +115,12 @@ func printLocal(g *globals, l node.LocalGPUs) {
 	}
 }
 
-func printFind(g *globals, res dht.FindResult, count int) {
+func printFind(g *globals, found node.GPUsFound, count int) {
 	w := g.stdout
+	res := found.FindResult
 	if len(res.Matches) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "PROVIDER\tCLASS\tAVAILABLE\tVRAM\tCOMPUTE\tREGION\tPRICE/GPU-H")
+		fmt.Fprintln(tw, "PROVIDER\tCLASS\tAVAILABLE\tVRAM\tCOMPUTE\tREGION\tPRICE/GPU-H\tSCORE")
 		for _, m := range res.Matches {
 			price := "-"
 			if m.GPU.Price > 0 {
@@ -130,8 +133,12 @@ func printFind(g *globals, res dht.FindResult, count int) {
 			if region == "" {
 				region = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d GB\t%s\t%s\t%s\n", m.Offer.Provider, text.Line(m.GPU.Class), m.GPU.Available, m.GPU.Total,
-				m.GPU.VRAMGB, text.Line(m.GPU.Compute), region, price)
+			score := "-"
+			if s, ok := found.Scores[m.Offer.Provider.String()]; ok {
+				score = scoreText(s)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d GB\t%s\t%s\t%s\t%s\n", m.Offer.Provider, text.Line(m.GPU.Class), m.GPU.Available, m.GPU.Total,
+				m.GPU.VRAMGB, text.Line(m.GPU.Compute), region, price, score)
 		}
 		tw.Flush()
 	}
@@ -145,6 +152,9 @@ func printFind(g *globals, res dht.FindResult, count int) {
 		}
 	}
 	fmt.Fprintln(w)
+	if found.BelowScore > 0 {
+		fmt.Fprintf(w, "%s left out: their providers score below %g\n", plural(found.BelowScore, "offer"), found.MinScore)
+	}
 	if res.Partial {
 		fmt.Fprintln(w, "partial: the search was cut short (time, or too many providers); narrow it with --model, --min-vram or --region")
 	}

@@ -54,6 +54,7 @@ func nodeCmd(g *globals) *cobra.Command {
 		relay             relayFlags
 		jobOutputQuota    = sizeValue{node.DefaultJobOutputBytes}
 		jobOutputFiles    int
+		scoreWeight       float64
 		explorerHosts     []string
 	)
 	c := &cobra.Command{
@@ -125,6 +126,7 @@ public swarm.`,
 				JobOutputBytes: jobOutputQuota.n,
 				JobOutputFiles: jobOutputFiles,
 			}
+			cfg.ScoreWeight = scoreWeight
 			// mDNS would tell the whole LAN a private swarm's ID and
 			// this peer's addresses: there it runs only when asked for.
 			cfg.PrivateMDNS = mdns && c.Flags().Changed("mdns")
@@ -200,6 +202,7 @@ public swarm.`,
 	f.StringVar(&tokenMint, "token-mint", os.Getenv("GPUMESH_TOKEN_MINT"), "with --solana-rpc: pay and be paid as jobs run in this SPL token (its mint address; the price unit names it and its decimals, e.g. USDC:6 and USDC's mint; env GPUMESH_TOKEN_MINT)")
 	f.Var(&jobLogQuota, "job-log-quota", "most of a job's log this peer keeps when it submitted the job (512MiB, 1GiB, ...); a provider that sends more fails the job")
 	f.Var(&jobOutputQuota, "job-output-quota", "most bytes of a job's outputs this peer keeps when it submitted the job (a file counts at its announced size from its first frame); a provider that sends more fails the job")
+	f.Float64Var(&scoreWeight, "score-weight", 0, "how much a provider's score weighs against its price when this peer chooses bids: 0 only breaks price ties; up to 1 ranks a bid by price × (1 + w × (1 − score))")
 	f.IntVar(&jobOutputFiles, "job-output-files", node.DefaultJobOutputFiles, "most output files and folders of a job this peer keeps when it submitted the job; a provider that sends more fails the job")
 	f.StringVar(&region, "region", os.Getenv("GPUMESH_REGION"), "region/zone label of this peer's offers, e.g. eu-west/ams1 (env GPUMESH_REGION)")
 	f.StringVar(&price, "price", os.Getenv("GPUMESH_PRICE"), "asking price per GPU-hour of this peer's GPUs: fixed:2.10, or auto:floor=1.50,target=0.7[,max=4.00] to follow the market and the GPUs' utilization (env GPUMESH_PRICE; default: no price)")
