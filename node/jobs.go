@@ -32,7 +32,7 @@ type JobState string
 // Job states.
 const (
 	JobNegotiating JobState = "negotiating"
-	JobQueued      JobState = "queued" // no cluster could form: it waits for offers to change (the spec's queue), Reason says why
+	JobQueued      JobState = "queued"  // no cluster could form: it waits for offers to change (the spec's queue), Reason says why
 	JobFormed      JobState = "formed"  // a cluster holds the GPUs; the run starts
 	JobRunning     JobState = "running" // the members run it
 	JobDone        JobState = "done"    // every member exited with 0

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/exec/receipt"
+	"github.com/gpumesh/gpumesh/internal/testdocker"
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobqueue"
@@ -245,5 +246,18 @@ func keepAliveUntilCancelled(t *testing.T, m *meshtest.Mesh, sub *node.Node, spe
 
 func TestAKeepAliveSessionRunsUntilCancelledAndIsBilled(t *testing.T) {
 	m := meshtest.Start(t, 2, h100s(18, 1))
-	keepAliveUntilCancelled(t, m, m.Nodes[1], keepAliveSpec(t, ""))
+	t.Run("keepAlive", func(t *testing.T) { keepAliveUntilCancelled(t, m, m.Nodes[1], keepAliveSpec(t, "")) })
+	t.Run("sleep infinity", func(t *testing.T) {
+		spec := keepAliveSpec(t, "")
+		spec.KeepAlive, spec.Command = false, []string{"sleep", "infinity"}
+		keepAliveUntilCancelled(t, m, m.Nodes[1], spec)
+	})
+}
+
+// A keepAlive container keeps the image's shell idle: up until cancelled,
+// and billed.
+func TestAKeepAliveContainerRunsUntilCancelledAndIsBilled(t *testing.T) {
+	img := testdocker.EnsureImage(t)
+	m := meshtest.Start(t, 2, meshtest.Options{Seed: 19, Providers: 1, Price: "fixed:2.10"})
+	keepAliveUntilCancelled(t, m, m.Nodes[1], keepAliveSpec(t, img))
 }
