@@ -214,8 +214,8 @@ func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
 			}
 			n.noCluster(j.ID, reason)
 		}()
-	case strings.HasPrefix(o.Reason, "cancelled: "):
-		n.finishJob(j.ID, JobFailed, o.Reason, nil)
+	case strings.HasPrefix(o.Reason, "cancelled: "): // CancelJob's (gossip.Negotiation.Cancel)
+		n.finishJob(j.ID, JobCancelled, o.Reason, nil)
 	default: // no cluster (or no replacement for a member that refused)
 		n.noCluster(j.ID, o.Reason)
 	}

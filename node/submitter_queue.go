@@ -37,6 +37,10 @@ type queueState struct {
 	tryMu sync.Mutex
 }
 
+// DefaultMaxQueued is how many jobs with a queue a peer keeps waiting (or
+// negotiating) at once unless Config.MaxQueued says otherwise.
+const DefaultMaxQueued = jobqueue.DefaultMaxJobs
+
 // maxQueued is how many jobs with a queue this peer keeps waiting (or
 // negotiating) at once.
 func (n *Node) maxQueued() int {

@@ -50,6 +50,7 @@ func nodeCmd(g *globals) *cobra.Command {
 		jobLogQuota       = sizeValue{node.DefaultJobLogBytes}
 		jobOutputQuota    = sizeValue{node.DefaultJobOutputBytes}
 		jobOutputFiles    int
+		maxQueued         int
 		explorerHosts     []string
 	)
 	c := &cobra.Command{
@@ -117,6 +118,7 @@ public swarm.`,
 				JobLogBytes:    jobLogQuota.n,
 				JobOutputBytes: jobOutputQuota.n,
 				JobOutputFiles: jobOutputFiles,
+				MaxQueued:      maxQueued,
 			}
 			// mDNS would tell the whole LAN a private swarm's ID and
 			// this peer's addresses: there it runs only when asked for.
@@ -191,6 +193,7 @@ public swarm.`,
 	f.Var(&jobLogQuota, "job-log-quota", "most of a job's log this peer keeps when it submitted the job (512MiB, 1GiB, ...); a provider that sends more fails the job")
 	f.Var(&jobOutputQuota, "job-output-quota", "most bytes of a job's outputs this peer keeps when it submitted the job (a file counts at its announced size from its first frame); a provider that sends more fails the job")
 	f.IntVar(&jobOutputFiles, "job-output-files", node.DefaultJobOutputFiles, "most output files and folders of a job this peer keeps when it submitted the job; a provider that sends more fails the job")
+	f.IntVar(&maxQueued, "max-queued", node.DefaultMaxQueued, "most jobs with a queue (queue: in the spec, or --queue) this peer keeps waiting for a cluster at once; a submission past it is refused")
 	f.StringVar(&region, "region", os.Getenv("GPUMESH_REGION"), "region/zone label of this peer's offers, e.g. eu-west/ams1 (env GPUMESH_REGION)")
 	f.StringVar(&price, "price", os.Getenv("GPUMESH_PRICE"), "asking price per GPU-hour of this peer's GPUs: fixed:2.10, or auto:floor=1.50,target=0.7[,max=4.00] to follow the market and the GPUs' utilization (env GPUMESH_PRICE; default: no price)")
 	f.StringVar(&priceUnit, "price-unit", envOr("GPUMESH_PRICE_UNIT", "USDC:6"), "token of prices and its decimals, TOKEN:DECIMALS; every peer of a swarm must use the same (env GPUMESH_PRICE_UNIT)")
