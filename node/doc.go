@@ -31,6 +31,8 @@
 //	submitter_pay.go     paying bills the attempt allowed; funds checked first
 //	submitter_logs.go    the job's log: kept, followed, served
 //	submitter_quota.go   what a job's providers may put on this peer's disk
+//	submitter_queue.go   queued jobs (spec queue:): fed the price board's
+//	                     ticks, they negotiate again when jobqueue says
 //	provider_gpus.go     reservations and which GPUs a member holds
 //	provider_member.go   serving a member: checks, executor, its share of
 //	                     the machine, logs, outputs, the signed receipt
@@ -53,6 +55,8 @@
 //	node/attempt    one run attempt as a state machine (Step, Tick, Ready),
 //	                with golden scripts in node/attempt/testdata
 //	node/jobstore   job records in a bbolt file, paged newest first
+//	node/jobqueue   when a queued job tries again (news, floor, backoff,
+//	                rate), with golden scripts in node/jobqueue/testdata
 //	node/meshtest   many real nodes in one test process, and hostile peers
 //	                that speak the real protocols (adversary.go)
 //
