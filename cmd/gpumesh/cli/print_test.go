@@ -43,7 +43,7 @@ func TestJobStatusShowsProviderTextInert(t *testing.T) {
 func TestQueuedJobsShowWhyTheyWaitAndForHowLong(t *testing.T) {
 	j := node.Job{
 		ID: "j1", State: node.JobQueued, Reason: "no cluster can form: 8 GPUs available, need 16\x1b[2J",
-		Spec: jobspec.Spec{Name: "train", Queue: "30m", Resources: jobspec.Resources{GPUs: 16}},
+		Spec:        jobspec.Spec{Name: "train", Queue: "30m", Resources: jobspec.Resources{GPUs: 16}},
 		QueuedUntil: time.Now().Add(20*time.Minute + 30*time.Second), Tries: 3,
 	}
 	var out bytes.Buffer
