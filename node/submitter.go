@@ -202,6 +202,13 @@ func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
 		}); ok {
 			n.dequeue(j.ID)
 			n.startRun(j.ID)
+		} else if ctx, done := n.lifeContext(); ctx != nil {
+			// Cancelled while its try formed: the members let go now,
+			// not when their reservations lapse.
+			for _, m := range o.Members {
+				n.send(ctx, m.Provider, m.Addrs, &gossip.Release{Job: id, From: n.id.PeerID, Provider: m.Provider, Reason: "the job was cancelled"})
+			}
+			done()
 		}
 	case errors.Is(o.Err, gossip.ErrNoBids):
 		// Off the loop: the directory is asked over the network.
