@@ -36,6 +36,8 @@
 //	                     (chain.Currency); funds checked first
 //	submitter_logs.go    the job's log: kept, followed, served
 //	submitter_quota.go   what a job's providers may put on this peer's disk
+//	submitter_queue.go   queued jobs (spec queue:): fed the price board's
+//	                     ticks, they negotiate again when jobqueue says
 //	provider_gpus.go     reservations and which GPUs a member holds
 //	provider_member.go   serving a member: checks, executor, its share of
 //	                     the machine, logs, outputs, the signed receipt
@@ -73,6 +75,8 @@
 //	                provider records in the DHT (it links the host, not the node)
 //	node/reputation a provider's score from evidence, with its formula;
 //	                the evidence exchange's frames
+//	node/jobqueue   when a queued job tries again (news, floor, backoff,
+//	                rate), with golden scripts in node/jobqueue/testdata
 //	node/meshtest   many real nodes in one test process, and hostile peers
 //	                that speak the real protocols (adversary.go)
 //

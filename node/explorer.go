@@ -177,6 +177,11 @@ type ExplorerJob struct {
 	Started  time.Time        `json:"started,omitzero"`
 	Ended    time.Time        `json:"ended,omitzero"`
 	ExitCode *int             `json:"exitCode,omitempty"`
+	// While queued: how long it may wait (the spec's queue), until when,
+	// and its tries since it was queued; Reason says why it waits.
+	Queue       string    `json:"queue,omitempty"`
+	QueuedUntil time.Time `json:"queuedUntil,omitzero"`
+	Tries       int       `json:"tries,omitempty"`
 }
 
 // ExplorerMember is one member of a job's cluster and its run.
@@ -770,6 +775,7 @@ func explorerJob(j Job) ExplorerJob {
 		Model: j.Spec.Resources.GPU.Model, State: string(j.State), Reason: j.Reason, Attempt: j.Attempt, Cost: j.Cost, Unit: j.Unit,
 		Created: j.Created, Updated: j.Updated, Started: j.Started, Ended: j.Ended, ExitCode: j.ExitCode,
 		Members: []ExplorerMember{},
+		Queue:   j.Spec.Queue, QueuedUntil: j.QueuedUntil, Tries: j.Tries,
 	}
 	for i, m := range j.Members {
 		em := ExplorerMember{Rank: i, Provider: m.Provider.String(), Class: m.Class, GPUs: m.GPUs, Price: m.Price, Zone: m.Zone, State: "leased"}

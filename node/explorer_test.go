@@ -165,6 +165,37 @@ func TestExplorerStateAndPage(t *testing.T) {
 	if _, err := node.New(node.Config{Explorer: "8080"}); err == nil || !strings.Contains(err.Error(), "want HOST:PORT") {
 		t.Fatalf("explorer address 8080: %v", err)
 	}
+
+	// A queued job shows why it waits and until when.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	job, err := viewer.SubmitJob(ctx, jobSpec(t, 16, "queue: 2m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitQueued(t, ctx, viewer, job.ID)
+	st = node.ExplorerState{}
+	explorerGetJSON(t, base+"/explorer/state", &st)
+	if len(st.Jobs) != 1 || st.Jobs[0].State != "queued" || !strings.Contains(st.Jobs[0].Reason, "need 16") ||
+		st.Jobs[0].Queue != "2m" || time.Until(st.Jobs[0].QueuedUntil) <= time.Minute {
+		t.Fatalf("queued job in the explorer: %+v", st.Jobs)
+	}
+	if _, err := viewer.CancelJob(ctx, job.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// explorerGetJSON GETs a URL and decodes its JSON body into v.
+func explorerGetJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // sseEvent is one Server-Sent Event.

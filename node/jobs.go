@@ -19,6 +19,7 @@ import (
 //
 //	negotiating → formed → running → done | failed | cancelled
 //	             ↘ failed | cancelled     ↘ negotiating (a retry, after a lost member)
+//	             ↘ queued → formed | failed | cancelled   (a spec with queue:, no cluster yet)
 //
 // and nothing moves an ended job. Every change is written to the job store
 // (jobs.db in the data dir, one record a job, one transaction a change)
@@ -31,6 +32,7 @@ type JobState string
 // Job states.
 const (
 	JobNegotiating JobState = "negotiating"
+	JobQueued      JobState = "queued"  // no cluster could form: it waits for offers to change (the spec's queue), Reason says why
 	JobFormed      JobState = "formed"  // a cluster holds the GPUs; the run starts
 	JobRunning     JobState = "running" // the members run it
 	JobDone        JobState = "done"    // every member exited with 0
@@ -43,7 +45,8 @@ func (s JobState) Ended() bool { return s == JobDone || s == JobFailed || s == J
 
 // jobMoves lists the states a job may move to from each state.
 var jobMoves = map[JobState][]JobState{
-	JobNegotiating: {JobFormed, JobFailed, JobCancelled},
+	JobNegotiating: {JobFormed, JobQueued, JobFailed, JobCancelled},
+	JobQueued:      {JobFormed, JobFailed, JobCancelled},
 	JobFormed:      {JobRunning, JobFailed, JobCancelled},
 	JobRunning:     {JobNegotiating, JobDone, JobFailed, JobCancelled},
 }
@@ -69,6 +72,11 @@ type Job struct {
 	Started  time.Time   `json:"started,omitzero"`
 	Ended    time.Time   `json:"ended,omitzero"`
 	ExitCode *int        `json:"exitCode,omitempty"` // the job's: 0 when every member exited with 0
+
+	// While queued (the spec's queue): when its wait ends, and the
+	// negotiations tried since it was queued. Reason is the last one's.
+	QueuedUntil time.Time `json:"queuedUntil,omitzero"`
+	Tries       int       `json:"tries,omitempty"`
 }
 
 // jobBook is the submitter's record of its jobs.
@@ -93,7 +101,8 @@ const (
 
 // openJobs opens the job store (in the state dir: the data dir, or a
 // temporary folder), moves an old jobs.json into it, and marks failed the
-// jobs that were still negotiating or running when the peer stopped.
+// jobs that were still negotiating or running when the peer stopped; a
+// queued job (or one negotiating with a queue) waits again.
 func (n *Node) openJobs() error {
 	n.active = map[string]*Job{}
 	n.moved = make(chan struct{})
@@ -117,10 +126,17 @@ func (n *Node) openJobs() error {
 		if err := json.Unmarshal(data, &j); err != nil {
 			return fmt.Errorf("job %s in %s: %v", id, st.Path(), err)
 		}
-		switch j.State {
-		case JobNegotiating:
+		switch {
+		case j.State == JobQueued: // it waits again: a restart loses no queued job
+			n.active[j.ID] = &j
+			return nil
+		case j.State == JobNegotiating && j.Spec.QueueFor() > 0:
+			j.State, j.Reason = JobQueued, "the peer stopped while negotiating; waiting for a cluster again"
+			j.QueuedUntil = n.now().UTC().Add(j.Spec.QueueFor())
+			n.active[j.ID] = &j
+		case j.State == JobNegotiating:
 			j.State, j.Reason = JobFailed, "the peer stopped while negotiating; submit it again"
-		case JobFormed, JobRunning:
+		case j.State == JobFormed || j.State == JobRunning:
 			j.State, j.Reason = JobFailed, "the peer stopped while the job ran, and its members stopped with it; submit it again"
 		default:
 			return nil

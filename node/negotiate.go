@@ -73,6 +73,8 @@ type negState struct {
 
 	freeMu sync.Mutex        // guards free
 	free   map[string]uint32 // GPUs per class not reserved, as the loop last saw
+	// freeMoved says free changed: freeTicks gossips the asks again.
+	freeMoved chan struct{}
 }
 
 // startJobs opens the job record, joins the request-for-bids topic and
@@ -81,6 +83,7 @@ func (n *Node) startJobs(ctx context.Context) error {
 	n.in = make(chan negEvent, 1024)
 	n.rfbQueue = gossip.NewRequestQueue(0, 0)
 	n.rfbReady = make(chan struct{}, 1)
+	n.freeMoved = make(chan struct{}, 1)
 	if err := n.openJobs(); err != nil {
 		return err
 	}
@@ -107,10 +110,12 @@ func (n *Node) startJobs(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	n.wg.Add(3)
+	n.wg.Add(4)
+	go n.freeTicks(ctx)
 	go func() { defer n.wg.Done(); n.cleanLeftovers(ctx) }()
 	go n.readRFBs(ctx)
 	go n.negotiationLoop(ctx, res)
+	n.startQueue(ctx)
 	return nil
 }
 

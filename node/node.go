@@ -21,6 +21,7 @@ import (
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node/content"
+	"github.com/gpumesh/gpumesh/node/jobqueue"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -114,6 +115,13 @@ type Config struct {
 	// only breaks ties between equal prices; w in (0, 1] ranks a bid by
 	// price × (1 + w × (1 − score)) (gossip.Ranking).
 	ScoreWeight float64
+	// Jobs with a queue (submitter_queue.go): at most MaxQueued of them
+	// wait for a cluster (or negotiate) at once; a submission past it is
+	// refused. 0 means jobqueue.DefaultMaxJobs (64).
+	MaxQueued int
+	// QueueTiming tunes when queued jobs try again (its MaxJobs is
+	// MaxQueued's); the zero value takes jobqueue's defaults.
+	QueueTiming jobqueue.Config
 
 	// What a container job may take of this machine. A member gets the
 	// share of its GPUs among those offered (2 of 8: a quarter) of the
@@ -211,6 +219,7 @@ type Node struct {
 	anchorState    // anchor.go
 	relayState     // relay.go
 	repState       // evidence.go
+	queueState     // submitter_queue.go
 
 	stopGossip context.CancelFunc
 
@@ -378,6 +387,9 @@ func (c *Config) validate() error {
 	}
 	if c.JobOutputFiles < 0 {
 		bad("job-output-files", "--job-output-files %d: want a count (0: the default, %d)", c.JobOutputFiles, DefaultJobOutputFiles)
+	}
+	if c.MaxQueued < 0 || c.MaxQueued > maxMaxQueued {
+		bad("max-queued", "--max-queued %d: want 1..%d jobs (0: the default, %d)", c.MaxQueued, maxMaxQueued, jobqueue.DefaultMaxJobs)
 	}
 	if c.Heartbeat < 0 || (c.Heartbeat > 0 && c.Heartbeat < MinHeartbeat) {
 		bad("heartbeat", "--heartbeat %s: want at least %s (0: the default, %s)", c.Heartbeat, MinHeartbeat, DefaultHeartbeat)

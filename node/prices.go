@@ -177,8 +177,8 @@ type supply struct {
 }
 
 // localSupply reads the directory's view of this peer's GPUs: per class,
-// how busy they are and how many are offered (all of them, as in the offer,
-// until negotiation leases some).
+// how busy they are and how many are available: those no job holds, once
+// negotiation has counted them (all of them before).
 func (n *Node) localSupply() map[string]supply {
 	util := n.LocalUtilization()
 	out := make(map[string]supply, len(util))
@@ -190,6 +190,12 @@ func (n *Node) localSupply() map[string]supply {
 		s.utilization = util[g.Class]
 		s.available = min(s.available+1, gossip.MaxAvailable)
 		out[g.Class] = s
+	}
+	for class, f := range n.FreeGPUs() {
+		if s, ok := out[class]; ok {
+			s.available = min(f, gossip.MaxAvailable)
+			out[class] = s
+		}
 	}
 	return out
 }

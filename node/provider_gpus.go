@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"time"
@@ -71,8 +72,43 @@ func (n *Node) noteFree(res *gossip.Reservations, now time.Time) {
 		free[g.Class] = res.Free(g.Class, now)
 	}
 	n.freeMu.Lock()
+	changed := !maps.Equal(n.free, free)
 	n.free = free
 	n.freeMu.Unlock()
+	if changed && n.freeMoved != nil {
+		select {
+		case n.freeMoved <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// freeTicks gossips this provider's asks again soon after its free GPUs
+// change (GPUs leased, a member ended, a reservation lapsed), at most once
+// a second (the price topic allows a provider 2 ticks a second), so a
+// submitter whose job is queued hears of GPUs freed at once rather than at
+// the next heartbeat.
+func (n *Node) freeTicks(ctx context.Context) {
+	defer n.wg.Done()
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.freeMoved:
+		}
+		if wait := time.Second - time.Since(last); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		last = time.Now()
+		n.stepPrices(ctx, n.now())
+	}
 }
 
 // FreeGPUs is this provider's GPUs per class that no job holds (nil for a

@@ -376,7 +376,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		Name:    task,
 		Owner:   n.id.PeerID.String(),
 		Image:   st.Spec.Image,
-		Command: exec.LaunchCommand(st.Spec.Launcher, st.Rank, st.Spec.Command),
+		Command: exec.LaunchCommand(st.Spec.Launcher, st.Rank, st.Spec.Argv()), // keepAlive: an idle shell
 		Env:     env,
 		GPUs:    uuids,
 		Real:    n.LocalGPUs().Inventory.Source == "nvml",

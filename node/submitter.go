@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/gpumesh/gpumesh/dht"
@@ -20,6 +21,9 @@ func (n *Node) SubmitJob(ctx context.Context, spec jobspec.Spec) (*Job, error) {
 		return nil, err
 	}
 	if err := n.checkFunds(ctx, int(needs.GPUs), needs.MaxPrice); err != nil {
+		return nil, err
+	}
+	if err := n.checkQueueRoom(spec.QueueFor()); err != nil {
 		return nil, err
 	}
 	// Local inputs become CIDs before any GPU is asked for.
@@ -102,6 +106,18 @@ func (n *Node) CancelJob(ctx context.Context, id string) (*Job, error) {
 	if _, ok := n.Job(id); !ok {
 		return nil, fmt.Errorf("no job %s on this peer (`gpumesh job ls` lists them)", id)
 	}
+	if j, ok := n.moveJob(id, JobCancelled, []JobState{JobQueued}, func(j *Job) { j.Ended = n.now().UTC() }); ok {
+		// Queued: out of the queue, and a try under way (or on its way)
+		// is cancelled below like any negotiation; its outcome finds the
+		// job ended and changes nothing.
+		n.dequeue(id)
+		n.triesSent()
+		select {
+		case n.in <- negEvent{cancel: jid, done: make(chan error, 1)}:
+		case <-ctx.Done():
+		}
+		return &j, nil
+	}
 	if running, err := n.stopRun(ctx, id, errCancelled); running {
 		if err != nil {
 			return nil, err
@@ -176,18 +192,27 @@ func (n *Node) explainNoBids(ctx context.Context, j Job) string {
 
 // recordOutcome records how a negotiation of this peer's ended: a formed
 // cluster starts running; a failure without a single bid says what the
-// directory knows, so the user learns whether to raise the price or wait.
+// directory knows, so the user learns whether to raise the price or wait;
+// a job with a queue then waits (submitter_queue.go) instead of failing.
 func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
 	j, ok := n.Job(id.String())
-	if !ok || j.State != JobNegotiating {
+	if !ok || (j.State != JobNegotiating && j.State != JobQueued) {
 		return
 	}
 	switch {
 	case o.Formed:
-		if _, ok := n.moveJob(j.ID, JobFormed, []JobState{JobNegotiating}, func(j *Job) {
+		if _, ok := n.moveJob(j.ID, JobFormed, []JobState{JobNegotiating, JobQueued}, func(j *Job) {
 			j.Members, j.Cost, j.Spares = o.Members, o.Cost, o.Spares
 		}); ok {
+			n.dequeue(j.ID)
 			n.startRun(j.ID)
+		} else if ctx, done := n.lifeContext(); ctx != nil {
+			// Cancelled while its try formed: the members let go now,
+			// not when their reservations lapse.
+			for _, m := range o.Members {
+				n.send(ctx, m.Provider, m.Addrs, &gossip.Release{Job: id, From: n.id.PeerID, Provider: m.Provider, Reason: "the job was cancelled"})
+			}
+			done()
 		}
 	case errors.Is(o.Err, gossip.ErrNoBids):
 		// Off the loop: the directory is asked over the network.
@@ -198,9 +223,11 @@ func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
 			if more := n.explainNoBids(context.Background(), j); more != "" {
 				reason += "; " + more
 			}
-			n.finishJob(j.ID, JobFailed, reason, nil)
+			n.noCluster(j.ID, reason)
 		}()
-	default:
-		n.finishJob(j.ID, JobFailed, o.Reason, nil)
+	case strings.HasPrefix(o.Reason, "cancelled: "): // CancelJob's (gossip.Negotiation.Cancel)
+		n.finishJob(j.ID, JobCancelled, o.Reason, nil)
+	default: // no cluster (or no replacement for a member that refused)
+		n.noCluster(j.ID, o.Reason)
 	}
 }

@@ -99,6 +99,12 @@
     return new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
   }
 
+  // queueLeft is how long a queued job may still wait for a cluster.
+  function queueLeft(until) {
+    const s = Math.max(0, (new Date(until).getTime() - Date.now()) / 1000);
+    return duration(s) + ' left to wait';
+  }
+
   function badge(s, cls) {
     return el('span', { class: 'badge ' + (cls || s) }, s);
   }
@@ -196,6 +202,9 @@
         'submitted ' + clock(j.created),
         j.ended ? `ran ${duration((new Date(j.ended) - new Date(j.started || j.created)) / 1000)}` : null,
         j.attempt ? `attempt ${j.attempt + 1}` : null,
+        j.state === 'queued' ? el('span', { class: 'queue-left', 'data-until': j.queuedUntil }, queueLeft(j.queuedUntil)) : null,
+        j.state === 'queued' && j.queue ? `queue ${j.queue}` : null,
+        j.state === 'queued' && j.tries ? `tried again ${j.tries}×` : null,
       ].filter(Boolean).map((f) => el('span', {}, f));
       const members = j.members || [];
       const table = members.length ? el('div', { class: 'scroll' }, el('table', { class: 'stack' },
@@ -214,7 +223,7 @@
           el('span', { class: 'job-name' }, j.name || short(j.id)), badge(j.state),
           j.exitCode !== undefined ? el('span', { class: 'meta' }, 'exit code ' + j.exitCode) : null),
         el('div', { class: 'job-facts' }, facts),
-        j.reason ? el('p', { class: 'reason ' + j.state }, j.reason) : null,
+        j.reason ? el('p', { class: 'reason ' + j.state }, (j.state === 'queued' ? 'waits for a cluster: ' : '') + j.reason) : null,
         table);
     }));
     $('jobs-empty').hidden = jobs.length > 0;
@@ -370,6 +379,7 @@
     if (!state) return;
     const up = $('uptime');
     if (up) up.textContent = duration((Date.now() - new Date(state.peer.started).getTime()) / 1000);
+    document.querySelectorAll('.queue-left').forEach((e) => { e.textContent = queueLeft(e.dataset.until); });
   }, 1000);
 
   let resizeTimer = null;

@@ -40,6 +40,7 @@ import (
 //	launcher: torchrun
 //	maxPrice: 2.50
 //	timeout: 2h
+//	queue: 30m        # wait up to 30 minutes for a cluster
 
 // Bounds of a job spec.
 const (
@@ -87,6 +88,40 @@ type Spec struct {
 	// Checkpoint, if set, is a folder the job writes and the network keeps:
 	// synced to the submitter as the job runs and restored on a retry.
 	Checkpoint *Checkpoint `yaml:"checkpoint,omitempty" json:"checkpoint,omitempty"`
+	// Queue is how long the job may wait for a cluster when none can form
+	// (1s..168h, e.g. 30m): it is queued and negotiates again when offers
+	// change. "": it fails at once.
+	Queue string `yaml:"queue,omitempty" json:"queue,omitempty"`
+	// KeepAlive runs no command of the job's own: an idle process keeps
+	// every member up (for `job exec`, port-forwards), billed like any
+	// work until the job is cancelled or its timeout ends. Not with command.
+	KeepAlive bool `yaml:"keepAlive,omitempty" json:"keepAlive,omitempty"`
+}
+
+// MaxQueue is the longest a job may wait for a cluster.
+const MaxQueue = 168 * time.Hour
+
+// IdleCommand is what a keepAlive member runs: the image's (or the
+// machine's) shell, idle until it is told to stop, then exiting with 0.
+var IdleCommand = []string{"sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"}
+
+// Argv is the command every member runs: the spec's, or IdleCommand for a
+// keepAlive job.
+func (s Spec) Argv() []string {
+	if s.KeepAlive && len(s.Command) == 0 {
+		return IdleCommand
+	}
+	return s.Command
+}
+
+// QueueFor is how long a valid spec's job may wait for a cluster; 0: not
+// at all.
+func (s Spec) QueueFor() time.Duration {
+	d, err := time.ParseDuration(s.Queue)
+	if err != nil || d <= 0 {
+		return 0
+	}
+	return d
 }
 
 // Resources is the GPUs a job wants.
@@ -214,6 +249,7 @@ func notUTF8(s Spec) string {
 		{"launcher", s.Launcher},
 		{"maxPrice", string(s.MaxPrice)},
 		{"timeout", s.Timeout},
+		{"queue", s.Queue},
 	}
 	if c := s.Checkpoint; c != nil {
 		fields = append(fields, struct{ name, value string }{"checkpoint.path", c.Path}, struct{ name, value string }{"checkpoint.every", c.Every})
@@ -329,8 +365,11 @@ func (s Spec) check(unit gossip.Unit) (gossip.Needs, Errors) {
 		bad("name", "must be 1..%d of a-z 0-9 -, starting and ending with a letter or digit, got %s", maxJobNameLen, text.Clip(s.Name))
 	}
 
-	if s.Image == "" && len(s.Command) == 0 {
-		bad("image or command", "one is required")
+	switch {
+	case s.KeepAlive && len(s.Command) > 0:
+		bad("keepAlive", "pick one: a command of the job's own, or keepAlive (an idle session kept up until cancelled or its timeout), not both")
+	case s.Image == "" && len(s.Command) == 0 && !s.KeepAlive:
+		bad("image or command", "one is required (or keepAlive: true for an idle session)")
 	}
 	if s.Image != "" && !validImage(s.Image) {
 		bad("image", "want a reference such as pytorch/pytorch:2.4.0 (at most %d printable characters, no spaces), got %s", maxImageLen, text.Clip(s.Image))
@@ -437,6 +476,12 @@ func (s Spec) check(unit gossip.Unit) (gossip.Needs, Errors) {
 		bad("timeout", "must be a duration like 2h or 90m, 1s..720h, got %s", text.Clip(s.Timeout))
 	} else {
 		n.LeaseSeconds = uint32((d + time.Second - 1) / time.Second)
+	}
+
+	if s.Queue != "" {
+		if d, err := time.ParseDuration(s.Queue); err != nil || d < time.Second || d > MaxQueue {
+			bad("queue", "must be a duration like 30m or 2h, 1s..168h: how long the job may wait for a cluster, got %s", text.Clip(s.Queue))
+		}
 	}
 
 	if s.Retries < 0 || s.Retries > maxRetries {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -245,7 +246,18 @@ func TestJobSpecValidationSaysWhatIsWrong(t *testing.T) {
 		{"no timeout", func(s *Spec) { s.Timeout = "" },
 			[]string{`timeout: must be a duration like 2h or 90m, 1s..720h, got ""`}},
 		{"neither image nor command", func(s *Spec) { s.Image = ""; s.Command = nil },
-			[]string{"image or command: one is required"}},
+			[]string{"image or command: one is required (or keepAlive: true for an idle session)"}},
+		{"keepAlive with a command", func(s *Spec) { s.KeepAlive = true },
+			[]string{"keepAlive: pick one: a command of the job's own, or keepAlive (an idle session kept up until cancelled or its timeout), not both"}},
+		{"keepAlive with an image", func(s *Spec) { s.KeepAlive, s.Command = true, nil }, nil},
+		{"keepAlive alone (a process)", func(s *Spec) { s.KeepAlive, s.Command, s.Image = true, nil, "" }, nil},
+		{"queue", func(s *Spec) { s.Queue = "30m" }, nil},
+		{"queue without a unit", func(s *Spec) { s.Queue = "30" },
+			[]string{`queue: must be a duration like 30m or 2h, 1s..168h: how long the job may wait for a cluster, got "30"`}},
+		{"queue too long", func(s *Spec) { s.Queue = "169h" },
+			[]string{`queue: must be a duration like 30m or 2h, 1s..168h: how long the job may wait for a cluster, got "169h"`}},
+		{"negative queue", func(s *Spec) { s.Queue = "-1m" },
+			[]string{`queue: must be a duration like 30m or 2h, 1s..168h: how long the job may wait for a cluster, got "-1m"`}},
 		{"command alone", func(s *Spec) { s.Image = "" }, nil},
 		{"image alone", func(s *Spec) { s.Command = nil }, nil},
 		{"image with a space", func(s *Spec) { s.Image = "pytorch torch" },
@@ -307,7 +319,7 @@ func TestJobSpecValidationSaysWhatIsWrong(t *testing.T) {
 			s.Timeout = "forever"
 		}, []string{
 			`name: must be 1..63 of a-z 0-9 -, starting and ending with a letter or digit, got "Bad Name"`,
-			"image or command: one is required",
+			"image or command: one is required (or keepAlive: true for an idle session)",
 			"env.FOO BAR: not a valid variable name (want A-Z a-z 0-9 _, not starting with a digit)",
 			"resources.gpus: must be 1..4096, got 0",
 			`resources.gpu.minVRAM: want GB such as 80GB, 0..4096, got "lots"`,
@@ -456,4 +468,24 @@ func TestJobSpecAliasBombIsRefusedQuickly(t *testing.T) {
 		t.Fatalf("took %v to refuse an alias bomb", d)
 	}
 	t.Logf("refused in %v: %v", time.Since(start), err)
+}
+
+func TestKeepAliveRunsTheIdleCommandAndQueueIsADuration(t *testing.T) {
+	s, err := Parse([]byte("name: shell\nimage: busybox\nkeepAlive: true\nqueue: 2m\nresources: {gpus: 1, gpu: {model: H100}}\nmaxPrice: 2\ntimeout: 1h\n"), "yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Validate(gossip.DefaultUnit); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Argv(); !slices.Equal(got, IdleCommand) {
+		t.Fatalf("Argv of a keepAlive spec: %q, want the idle command", got)
+	}
+	if got := s.QueueFor(); got != 2*time.Minute {
+		t.Fatalf("QueueFor: %v, want 2m", got)
+	}
+	s.KeepAlive, s.Command, s.Queue = false, []string{"train"}, ""
+	if got := s.Argv(); !slices.Equal(got, []string{"train"}) || s.QueueFor() != 0 {
+		t.Fatalf("Argv %q, QueueFor %v: want the command and no queue", got, s.QueueFor())
+	}
 }

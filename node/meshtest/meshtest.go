@@ -61,6 +61,7 @@ type Mesh struct {
 	Nodes []*node.Node
 
 	seed   uint64
+	opts   Options         // as Start was given them, for Add
 	swarm  string          // the swarm ID of node 0: the adversaries join its topics
 	ctx    context.Context // ends with Close: the adversaries' loops
 	cancel context.CancelFunc
@@ -101,36 +102,17 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 	if opts.GPUs == "" {
 		opts.GPUs = "mock:dgxh100"
 	}
-	m := &Mesh{Net: mocknet.New(), seed: opts.Seed}
+	m := &Mesh{Net: mocknet.New(), seed: opts.Seed, opts: opts}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	t.Cleanup(func() { m.Close() })
 	ctx := context.Background()
 	for i := range n {
-		id := Key(opts.Seed, i)
-		addr := ma.StringCast(fmt.Sprintf("/ip4/127.%d.%d.%d/tcp/4021", (i>>16)&0xff, (i>>8)&0xff, i&0xff))
-		h, err := m.Net.AddPeer(id.Key, addr)
+		nd, err := m.startNode(ctx, i, i < opts.Providers)
 		if err != nil {
-			t.Fatalf("meshtest: add peer %d: %v", i, err)
-		}
-		cfg := node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true, GPUs: "none"}
-		if opts.Private {
-			cfg.Swarm = SwarmOf(opts.Seed)
-		}
-		if i < opts.Providers {
-			cfg.GPUs, cfg.Price, cfg.Executors = opts.GPUs, opts.Price, opts.Executors
-		}
-		if opts.Config != nil {
-			opts.Config(i, &cfg)
+			t.Fatal(err)
 		}
 		if i == 0 {
-			m.swarm = cfg.Swarm.ID()
-		}
-		nd, err := node.New(cfg)
-		if err != nil {
-			t.Fatalf("meshtest: node %d: %v", i, err)
-		}
-		if err := nd.Start(ctx); err != nil {
-			t.Fatalf("meshtest: start node %d: %v", i, err)
+			m.swarm = nd.Info().Swarm
 		}
 		m.Nodes = append(m.Nodes, nd)
 	}
@@ -166,6 +148,75 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// startNode makes and starts node i on the mesh's network (a provider as
+// the options say, if provider), not yet linked to the others.
+func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node, error) {
+	opts := m.opts
+	id := Key(opts.Seed, i)
+	addr := ma.StringCast(fmt.Sprintf("/ip4/127.%d.%d.%d/tcp/4021", (i>>16)&0xff, (i>>8)&0xff, i&0xff))
+	h, err := m.Net.AddPeer(id.Key, addr)
+	if err != nil {
+		return nil, fmt.Errorf("meshtest: add peer %d: %w", i, err)
+	}
+	cfg := node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true, GPUs: "none"}
+	if opts.Private {
+		cfg.Swarm = SwarmOf(opts.Seed)
+	}
+	if provider {
+		cfg.GPUs, cfg.Price, cfg.Executors = opts.GPUs, opts.Price, opts.Executors
+	}
+	if opts.Config != nil {
+		opts.Config(i, &cfg)
+	}
+	nd, err := node.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("meshtest: node %d: %w", i, err)
+	}
+	if err := nd.Start(ctx); err != nil {
+		return nil, fmt.Errorf("meshtest: start node %d: %w", i, err)
+	}
+	return nd, nil
+}
+
+// Add starts one more node, a provider as Start's options say if provider
+// is true, links it to every node and has it dial node 0 and the nodes
+// dials names (node 0 alone when none), as a peer joining a running swarm
+// does. It returns once the new node is in node 0's DHT routing table and
+// has a peer on the request-for-bids topic; it is stopped with the mesh.
+func (m *Mesh) Add(t testing.TB, provider bool, dials ...int) *node.Node {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	i := len(m.Nodes)
+	nd, err := m.startNode(ctx, i, provider)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Nodes = append(m.Nodes, nd)
+	if err := m.Net.LinkAll(); err != nil {
+		t.Fatalf("meshtest: link: %v", err)
+	}
+	for _, j := range append([]int{0}, dials...) {
+		if err := m.Connect(ctx, i, j); err != nil {
+			t.Fatalf("meshtest: connect %d to %d: %v", i, j, err)
+		}
+	}
+	if err := nd.Directory().Bootstrap(ctx); err != nil {
+		t.Fatalf("meshtest: dht bootstrap: %v", err)
+	}
+	topic := nd.Gossip().Topic("rfb")
+	err = testwait.Poll(ctx, func() (bool, string) {
+		if len(nd.Gossip().PubSub().ListPeers(topic)) == 0 {
+			return false, "the new node has no peer on the rfb topic"
+		}
+		return true, ""
+	})
+	if err != nil {
+		t.Fatalf("meshtest: node %d joining: %v", i, err)
+	}
+	return nd
 }
 
 // Connect dials node j from node i.

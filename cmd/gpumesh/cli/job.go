@@ -28,12 +28,14 @@ func jobCmd(g *globals) *cobra.Command {
 
 	var so output
 	var wait, follow bool
+	var queue string
 	submit := &cobra.Command{
 		Use:   "submit FILE",
 		Short: "Submit a job spec (YAML or JSON) and negotiate a GPU cluster for it",
 		Args:  cobra.ExactArgs(1),
 		Example: `  gpumesh job submit job.yaml --wait
-  gpumesh job submit job.yaml -f        # and stream the logs`,
+  gpumesh job submit job.yaml -f        # and stream the logs
+  gpumesh job submit job.yaml --queue 30m   # wait up to 30 minutes for a cluster`,
 		RunE: func(c *cobra.Command, args []string) error {
 			if err := so.check(); err != nil {
 				return err
@@ -50,6 +52,9 @@ func jobCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
+			if c.Flags().Changed("queue") {
+				spec.Queue = queue
+			}
 			return withClient(c, g, func(ctx context.Context, cl *node.Client) error {
 				if err := addInputs(ctx, g, cl, &spec, filepath.Dir(args[0])); err != nil {
 					return err
@@ -60,8 +65,12 @@ func jobCmd(g *globals) *cobra.Command {
 				}
 				if !wait && !follow {
 					return so.print(g.stdout, job, func() {
-						fmt.Fprintf(g.stdout, "job %s submitted: negotiating a cluster of %d GPUs (follow it with `gpumesh job status %s`)\n",
-							job.ID, job.Spec.Resources.GPUs, job.ID)
+						queued := ""
+						if job.Spec.Queue != "" {
+							queued = fmt.Sprintf(", waiting up to %s for one if none can form now", job.Spec.Queue)
+						}
+						fmt.Fprintf(g.stdout, "job %s submitted: negotiating a cluster of %d GPUs%s (follow it with `gpumesh job status %s`)\n",
+							job.ID, job.Spec.Resources.GPUs, queued, job.ID)
 					})
 				}
 				return waitJob(ctx, g, cl, so, job, follow)
@@ -70,6 +79,7 @@ func jobCmd(g *globals) *cobra.Command {
 	}
 	submit.Flags().BoolVar(&wait, "wait", false, "wait until the job ends, showing its progress; exit with the job's exit code")
 	submit.Flags().BoolVarP(&follow, "follow", "f", false, "like --wait, streaming every member's logs")
+	submit.Flags().StringVar(&queue, "queue", "", "when no cluster can form, wait up to this long (e.g. 30m; the spec's queue:) for offers to change, negotiating again as they do")
 	so.register(submit)
 
 	ls := jobLsCmd(g)
@@ -177,6 +187,9 @@ func printJob(g *globals, j node.Job, took time.Duration) {
 		fmt.Fprintf(w, " in %s", took.Round(time.Millisecond))
 	}
 	fmt.Fprintln(w)
+	if j.State == node.JobQueued {
+		fmt.Fprintf(w, "queued: %s\n", queuedLine(j))
+	}
 	if j.Reason != "" {
 		fmt.Fprintf(w, "reason: %s\n", text.Line(j.Reason))
 	}
@@ -241,12 +254,16 @@ func waitJob(ctx context.Context, g *globals, cl *node.Client, so output, job no
 	}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	last, running := node.JobState(""), -1
+	last, running, lastWhy := node.JobState(""), -1, ""
 	for {
+		if human && job.State == node.JobQueued && job.Reason != lastWhy {
+			fmt.Fprintf(g.stdout, "queued (%s): %s\n", queuedLine(job), text.Line(job.Reason))
+			lastWhy = job.Reason
+		}
 		if human && job.State != last {
 			switch job.State {
 			case node.JobFormed, node.JobRunning:
-				if last == node.JobNegotiating || last == "" {
+				if last == node.JobNegotiating || last == node.JobQueued || last == "" {
 					printJob(g, job, time.Since(start))
 				}
 			}
@@ -487,6 +504,11 @@ func printJobs(g *globals, page node.JobsPage, q node.JobsQuery) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", j.ID, j.Spec.Name, j.State, j.Spec.Resources.GPUs, len(j.Members), j.Created.Local().Format(time.DateTime))
 	}
 	tw.Flush()
+	for _, j := range page.Jobs {
+		if j.State == node.JobQueued {
+			fmt.Fprintf(g.stdout, "%s queued (%s): %s\n", j.ID, queuedLine(j), text.Line(j.Reason))
+		}
+	}
 	if page.Next != "" {
 		more := "gpumesh job ls --before " + page.Next
 		if q.Limit != 0 {
@@ -494,4 +516,18 @@ func printJobs(g *globals, page node.JobsPage, q node.JobsQuery) {
 		}
 		fmt.Fprintf(g.stdout, "%s shown; for more: %s (or --all for every job)\n", plural(len(page.Jobs), "job"), more)
 	}
+}
+
+// queuedLine says how long a queued job may still wait and how often it
+// has tried again.
+func queuedLine(j node.Job) string {
+	left := time.Until(j.QueuedUntil).Round(time.Second)
+	s := fmt.Sprintf("%s left of its queue %s", max(left, 0), text.Line(j.Spec.Queue))
+	switch {
+	case j.Tries == 1:
+		s += ", tried again once"
+	case j.Tries > 1:
+		s += fmt.Sprintf(", tried again %d times", j.Tries)
+	}
+	return s
 }

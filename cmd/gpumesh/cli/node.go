@@ -55,6 +55,7 @@ func nodeCmd(g *globals) *cobra.Command {
 		jobOutputQuota    = sizeValue{node.DefaultJobOutputBytes}
 		jobOutputFiles    int
 		scoreWeight       float64
+		maxQueued         int
 		explorerHosts     []string
 	)
 	c := &cobra.Command{
@@ -125,6 +126,7 @@ public swarm.`,
 				JobLogBytes:    jobLogQuota.n,
 				JobOutputBytes: jobOutputQuota.n,
 				JobOutputFiles: jobOutputFiles,
+				MaxQueued:      maxQueued,
 			}
 			cfg.ScoreWeight = scoreWeight
 			// mDNS would tell the whole LAN a private swarm's ID and
@@ -204,6 +206,7 @@ public swarm.`,
 	f.Var(&jobOutputQuota, "job-output-quota", "most bytes of a job's outputs this peer keeps when it submitted the job (a file counts at its announced size from its first frame); a provider that sends more fails the job")
 	f.Float64Var(&scoreWeight, "score-weight", 0, "how much a provider's score weighs against its price when this peer chooses bids: 0 only breaks price ties; up to 1 ranks a bid by price × (1 + w × (1 − score))")
 	f.IntVar(&jobOutputFiles, "job-output-files", node.DefaultJobOutputFiles, "most output files and folders of a job this peer keeps when it submitted the job; a provider that sends more fails the job")
+	f.IntVar(&maxQueued, "max-queued", node.DefaultMaxQueued, "most jobs with a queue (queue: in the spec, or --queue) this peer keeps waiting for a cluster at once; a submission past it is refused")
 	f.StringVar(&region, "region", os.Getenv("GPUMESH_REGION"), "region/zone label of this peer's offers, e.g. eu-west/ams1 (env GPUMESH_REGION)")
 	f.StringVar(&price, "price", os.Getenv("GPUMESH_PRICE"), "asking price per GPU-hour of this peer's GPUs: fixed:2.10, or auto:floor=1.50,target=0.7[,max=4.00] to follow the market and the GPUs' utilization (env GPUMESH_PRICE; default: no price)")
 	f.StringVar(&priceUnit, "price-unit", envOr("GPUMESH_PRICE_UNIT", "USDC:6"), "token of prices and its decimals, TOKEN:DECIMALS; every peer of a swarm must use the same (env GPUMESH_PRICE_UNIT)")

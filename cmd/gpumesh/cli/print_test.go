@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/jobspec"
 )
 
 // What a provider wrote into a job (its reasons, errors, class and zone
@@ -33,5 +35,31 @@ func TestJobStatusShowsProviderTextInert(t *testing.T) {
 	}
 	if strings.Contains(got, "\nforged") {
 		t.Errorf("the provider's text starts a line of its own:\n%s", got)
+	}
+}
+
+// `job ls` and `job status` show a queued job's reason and the time it may
+// still wait, the reason inert like any provider-made text.
+func TestQueuedJobsShowWhyTheyWaitAndForHowLong(t *testing.T) {
+	j := node.Job{
+		ID: "j1", State: node.JobQueued, Reason: "no cluster can form: 8 GPUs available, need 16\x1b[2J",
+		Spec:        jobspec.Spec{Name: "train", Queue: "30m", Resources: jobspec.Resources{GPUs: 16}},
+		QueuedUntil: time.Now().Add(20*time.Minute + 30*time.Second), Tries: 3,
+	}
+	var out bytes.Buffer
+	g := &globals{stdout: &out, stderr: &out}
+	printJobs(g, node.JobsPage{Jobs: []node.Job{j}}, node.JobsQuery{})
+	printJob(g, j, 0)
+	got := out.String()
+	for _, want := range []string{
+		"j1 queued (20m3", " left of its queue 30m, tried again 3 times): no cluster can form: 8 GPUs available, need 16\\x1b[2J\n",
+		"queued: 20m3",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "\x1b") {
+		t.Errorf("the reason reaches the terminal raw:\n%q", got)
 	}
 }
