@@ -8,7 +8,7 @@ FUZZTIME ?= 15s
 # go-nvml's cgo header marks old NVML calls deprecated; we call none of them.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: all build run demo test race lint bench fuzz clean localnet
+.PHONY: all build run demo test race lint bench bench-scale fuzz clean localnet
 
 all: build
 
@@ -35,11 +35,15 @@ lint: ## gofmt and go vet
 	$(GO) vet ./...
 
 bench: ## benchmarks: peer startup and RSS, mesh formation, price ticks at 100/500 peers, directory lookups at 100/1,000 peers, cluster formation on 50 peers (also under a flood of 10,000 requests for bids), 1,000 sequential jobs from one submitter; behind NAT (network namespaces, root): first log byte across two NATs, one relay holding 100 NATed peers' reservations (GPUMESH_BENCH_NATED), 20 peers on 0 ms and 50 ms ± 10 ms / 1% loss links (GPUMESH_BENCH_WAN_PEERS; the slow links need netem)
-	$(GO) test -run '^$$' -bench . -skip 'SequentialJobs|NATFirstLogByte|RelayService|WANLinks' -benchtime 5x -timeout 30m ./cmd/... ./node/meshtest/... ./gossip/... ./exec/... ./chain/...
+	$(GO) test -run '^$$' -bench . -skip 'SequentialJobs|Scale|NATFirstLogByte|RelayService|WANLinks' -benchtime 5x -timeout 30m ./cmd/... ./node/meshtest/... ./gossip/... ./exec/... ./chain/...
 	$(GO) test -run '^$$' -bench 'NATFirstLogByte|WANLinks' -benchtime 3x -timeout 30m ./cmd/gpumesh/
 	$(GO) test -run '^$$' -bench RelayService -benchtime 1x -timeout 30m ./cmd/gpumesh/
 	$(GO) test -run '^$$' -bench SequentialJobs -benchtime 1000x -timeout 30m ./cmd/gpumesh/
 	$(GO) test -run '^$$' -bench . -benchtime 50x -timeout 30m ./dht/... ./node/
+
+SCALE ?= 1000
+bench-scale: ## whole nodes at SCALE peers (e.g. SCALE=1000,3000,10000) on 20 ms simulated links: lookups, price ticks, formation, memory and bandwidth per peer (docs/scale.md); figures appended to docs/scale.jsonl
+	$(GO) test -run '^$$' -bench Scale -benchtime 1x -timeout 3h ./node/meshtest/ -scale.peers $(SCALE) -scale.out $(CURDIR)/docs/scale.jsonl
 
 fuzz: ## each fuzz target for $(FUZZTIME)
 	@set -e; for pkg in $$($(GO) list ./...); do \

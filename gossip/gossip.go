@@ -42,7 +42,17 @@ type Gossip struct {
 
 	scoreMu sync.Mutex // guards scores
 	scores  map[peer.ID]float64
+
+	prefilters sync.Map // topic name -> PrefilterFunc
 }
+
+// PrefilterFunc says whether to drop a message of a topic that a relay
+// (from, not the message's author) delivered, before its signature is
+// checked: author is the unverified name the message carries. It must be
+// cheap and must not block (GossipSub's event loop calls it), and it may
+// drop only what the topic's validator would refuse without blame
+// whoever wrote the message, because anyone can put any name on one.
+type PrefilterFunc func(author, from peer.ID) bool
 
 // Queues of the router. GossipSub drops what does not fit (a full
 // validation queue drops without blame, to be fetched again by gossip a
@@ -77,12 +87,48 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Gossip, error) {
 		// provider's classes at once): queue them rather than drop them.
 		pubsub.WithPeerOutboundQueueSize(outboundQueue),
 		pubsub.WithValidateQueueSize(validateQueue),
+		pubsub.WithAppSpecificRpcInspector(g.prefilter),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
 	g.ps = ps
 	return g, nil
+}
+
+// Prefilter sets the topic's PrefilterFunc (nil: none). Checking an
+// ed25519 signature costs far more than a validator's look at its rate
+// table, so a relayed flood of what the validator would ignore anyway is
+// dropped unchecked; what a peer delivers of its own is always checked
+// and validated, so a flooder still pays for it in score.
+func (g *Gossip) Prefilter(topic string, f PrefilterFunc) {
+	if f == nil {
+		g.prefilters.Delete(topic)
+		return
+	}
+	g.prefilters.Store(topic, f)
+}
+
+// prefilter is GossipSub's RPC inspector: it takes out of an arriving RPC
+// the relayed messages a topic's PrefilterFunc drops (counted as ignored).
+func (g *Gossip) prefilter(from peer.ID, rpc *pubsub.RPC) error {
+	msgs := rpc.GetPublish()
+	kept := msgs[:0]
+	for _, m := range msgs {
+		author := peer.ID(m.GetFrom())
+		if author != from {
+			if f, ok := g.prefilters.Load(m.GetTopic()); ok && f.(PrefilterFunc)(author, from) {
+				if c := g.stats.get(m.GetTopic()); c != nil {
+					c.ignored.Add(1)
+				}
+				continue
+			}
+		}
+		kept = append(kept, m)
+	}
+	clear(msgs[len(kept):])
+	rpc.Publish = kept
+	return nil
 }
 
 func (g *Gossip) setScores(s map[peer.ID]float64) {

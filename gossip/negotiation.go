@@ -219,6 +219,19 @@ func NewNegotiation(rfb RequestForBids, cfg NegotiationConfig, now time.Time) (*
 	return n, nil
 }
 
+// Expect tells a negotiation, at time now, how many providers the
+// directory found for its class, when that answer comes after the request
+// went out (the request need not wait for the directory): from then on it
+// closes as if NegotiationConfig.Expect had said so from the start. It does
+// nothing once bidding has closed, or for a count of 0 or less.
+func (n *Negotiation) Expect(providers int, now time.Time) {
+	if n.phase != Collecting || providers <= 0 {
+		return
+	}
+	n.cfg.Expect = providers
+	n.maybeClose(now)
+}
+
 // Phase is where the negotiation stands.
 func (n *Negotiation) Phase() Phase { return n.phase }
 

@@ -20,6 +20,8 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected transcripts of t
 //	provider N gpus=8 price=2.00 zone=eu-west/ams1  provider N (test peer N) with 8 H100-80GB at 2.00 USDC/GPU-h
 //	submit gpus=16 perNode=8 placement=colocated max=2.50 expect=0 grace=20ms
 //	steal N gpus=4    another job takes 4 GPUs of provider N (after its bid)
+//	deliver N         deliver the next N messages in order, 1 ms apart
+//	expect N          the directory's count of providers arrives: N
 //	run               deliver in order until the negotiation ends
 func TestNegotiationScripts(t *testing.T) {
 	golden.Run(t, "testdata/negotiation/*.txt", *rewrite, runScript)
@@ -95,6 +97,28 @@ func runScript(t *testing.T, script string) string {
 			}
 			if _, ok := r.Award(awardOf(thief, b, b.GPUs, m.now), m.now).(*Acceptance); !ok {
 				fail("the theft was refused")
+			}
+		case "deliver":
+			if len(pos) != 1 {
+				fail("want how many messages")
+			}
+			for range pos[0] {
+				if len(m.queue) == 0 {
+					fail("no message left to deliver")
+				}
+				msg := m.queue[0]
+				m.queue = m.queue[1:]
+				m.now = m.now.Add(time.Millisecond)
+				m.deliver(msg)
+			}
+		case "expect":
+			if len(pos) != 1 {
+				fail("want the providers expected")
+			}
+			m.logf("directory: %d providers", pos[0])
+			for _, n := range m.negs {
+				n.Expect(pos[0], m.now)
+				m.drain(n)
 			}
 		case "run":
 			m.run(false)

@@ -166,6 +166,13 @@ func (v *RFBValidator) Validate(data []byte, signer, from peer.ID, now time.Time
 	if err != nil {
 		return RequestForBids{}, Reject, err
 	}
+	return v.Admit(rfb, signer, from, now)
+}
+
+// Admit is Validate of a request already decoded (UnmarshalRequestForBids):
+// a caller that shares the validator between goroutines can decode outside
+// its lock, and hold the lock only for the table lookup.
+func (v *RFBValidator) Admit(rfb RequestForBids, signer, from peer.ID, now time.Time) (RequestForBids, Verdict, error) {
 	if rfb.Submitter != signer {
 		return RequestForBids{}, Reject, fmt.Errorf("%w: submitter %s, signer %s", ErrForgedRequest, rfb.Submitter, signer)
 	}
@@ -187,6 +194,21 @@ func (v *RFBValidator) Validate(data []byte, signer, from peer.ID, now time.Time
 	}
 	a.bucket.take(deadline, now)
 	return rfb, Accept, nil
+}
+
+// Refuses says whether a request of submitter would be refused at now for
+// its rate or its open requests (see Validate), without counting anything
+// or remembering submitter: a peer can use it to drop what a relay delivers
+// of a flooding submitter before paying to check its signature. A submitter
+// it does not know is never refused, so a forged name cannot use up a real
+// submitter's allowance.
+func (v *RFBValidator) Refuses(submitter peer.ID, now time.Time) bool {
+	e, ok := v.authors[submitter]
+	if !ok {
+		return false
+	}
+	a := e.Value.(*author)
+	return a.bucket.check(v.cfg.Limits, now) != nil
 }
 
 // lookup finds or makes the state of a submitter and marks it most

@@ -239,3 +239,38 @@ func TestWaitingRequestsAreAnsweredOneSubmitterAtATime(t *testing.T) {
 		t.Errorf("popped %v (%v), %d left; want submitter 2's live request and nothing left", r.Submitter, ok, q.Len())
 	}
 }
+
+// Refuses says ahead of the signature check what Validate would refuse
+// for the rate: a submitter over its allowance, not one under it, not one
+// never seen (a forged name must not use up a real submitter's allowance),
+// and it counts nothing itself.
+func TestRefusesNamesOnlyASubmitterOverItsAllowance(t *testing.T) {
+	v := NewRFBValidator(RFBValidatorConfig{Limits: RFBLimits{Burst: 2, Rate: 1}})
+	flooder, stranger := testID(1), testID(2)
+	if v.Refuses(stranger, t0) {
+		t.Fatal("a submitter never seen is refused")
+	}
+	for n := range 100 {
+		if v.Refuses(stranger, t0) {
+			t.Fatalf("asking %d times used up a stranger's allowance", n+1)
+		}
+	}
+	if v.Submitters() != 0 {
+		t.Fatalf("Refuses remembered %d submitters, want none", v.Submitters())
+	}
+	for n := range 2 {
+		if _, verdict, err := v.Validate(floodRFB(t, 1, n, t0, 5*time.Second), flooder, flooder, t0); verdict != Accept {
+			t.Fatalf("request %d of the burst: %v (%v)", n, verdict, err)
+		}
+	}
+	if !v.Refuses(flooder, t0) {
+		t.Fatal("a submitter that spent its burst is not refused")
+	}
+	if _, verdict, _ := v.Validate(floodRFB(t, 1, 3, t0, 5*time.Second), flooder, testID(3), t0); verdict != Ignore {
+		t.Fatalf("relayed request over the rate: %v, want ignored (what Refuses foretold)", verdict)
+	}
+	later := t0.Add(time.Second)
+	if v.Refuses(flooder, later) {
+		t.Fatal("a submitter whose allowance refilled is still refused")
+	}
+}

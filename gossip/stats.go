@@ -8,6 +8,7 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"google.golang.org/protobuf/proto"
 )
 
 // TopicStats counts what one peer saw of one topic since it joined.
@@ -31,6 +32,8 @@ type topicCounters struct {
 // could name any).
 type statsTracer struct {
 	topics sync.Map // topic name -> *topicCounters
+
+	sentBytes, recvBytes atomic.Uint64 // RPCs of every topic, control included
 }
 
 var _ pubsub.RawTracer = (*statsTracer)(nil)
@@ -45,6 +48,7 @@ func (s *statsTracer) get(topic string) *topicCounters {
 func (s *statsTracer) Join(topic string) { s.topics.LoadOrStore(topic, &topicCounters{}) }
 
 func (s *statsTracer) RecvRPC(rpc *pubsub.RPC) {
+	s.recvBytes.Add(uint64(proto.Size(&rpc.RPC)))
 	for _, m := range rpc.GetPublish() {
 		if c := s.get(m.GetTopic()); c != nil {
 			c.received.Add(1)
@@ -89,14 +93,16 @@ func (s *statsTracer) Prune(p peer.ID, topic string) {
 	}
 }
 
-func (s *statsTracer) Leave(topic string)                                   {}
-func (s *statsTracer) AddPeer(peer.ID, protocol.ID)                         {}
-func (s *statsTracer) RemovePeer(peer.ID)                                   {}
-func (s *statsTracer) OnNewOutboundStream(peer.ID, protocol.ID)             {}
-func (s *statsTracer) OnClosedOutboundStream(peer.ID)                       {}
-func (s *statsTracer) ValidateMessage(*pubsub.Message)                      {}
-func (s *statsTracer) ThrottlePeer(peer.ID)                                 {}
-func (s *statsTracer) SendRPC(*pubsub.RPC, peer.ID)                         {}
+func (s *statsTracer) Leave(topic string)                       {}
+func (s *statsTracer) AddPeer(peer.ID, protocol.ID)             {}
+func (s *statsTracer) RemovePeer(peer.ID)                       {}
+func (s *statsTracer) OnNewOutboundStream(peer.ID, protocol.ID) {}
+func (s *statsTracer) OnClosedOutboundStream(peer.ID)           {}
+func (s *statsTracer) ValidateMessage(*pubsub.Message)          {}
+func (s *statsTracer) ThrottlePeer(peer.ID)                     {}
+func (s *statsTracer) SendRPC(rpc *pubsub.RPC, _ peer.ID) {
+	s.sentBytes.Add(uint64(proto.Size(&rpc.RPC)))
+}
 func (s *statsTracer) SendRPCCompleted(*pubsub.RPC, peer.ID, time.Duration) {}
 func (s *statsTracer) DropRPC(*pubsub.RPC, peer.ID)                         {}
 func (s *statsTracer) UndeliverableMessage(*pubsub.Message)                 {}
@@ -115,4 +121,11 @@ func (g *Gossip) Stats(topic string) TopicStats {
 		Ignored:    c.ignored.Load(),
 		Mesh:       int(c.mesh.Load()),
 	}
+}
+
+// Bytes is what this peer's router has sent and received, in bytes of
+// RPCs (messages and control of every topic: grafts, prunes, IHAVE and
+// IWANT gossip), since it started: the gossip part of its bandwidth.
+func (g *Gossip) Bytes() (sent, received uint64) {
+	return g.stats.sentBytes.Load(), g.stats.recvBytes.Load()
 }

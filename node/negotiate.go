@@ -42,6 +42,13 @@ type negEvent struct {
 	done   chan error
 	start  *startQuery         // a provider's member starting: its reservation, now running
 	ended  *gossip.Reservation // a provider's member has ended: its reservation ends
+	expect *expectCount        // the directory's count of providers for a negotiation
+}
+
+// expectCount is how many providers the directory found for a job's class.
+type expectCount struct {
+	job       gossip.JobID
+	providers int
 }
 
 // negState is the node's part of cluster negotiation. One goroutine, the
@@ -92,9 +99,13 @@ func (n *Node) startJobs(ctx context.Context) error {
 	var limits gossip.RFBLimits // the defaults, the same on every peer
 	n.rfbVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: limits})
 	n.rfbPace = gossip.NewRFBPacer(limits.Pace())
-	if err := ps.RegisterTopicValidator(topic, n.validateRFB); err != nil {
+	// Inline: GossipSub's few validation workers run it in turn, rather
+	// than a goroutine a message. Under a flood, thousands of those queued
+	// on rfbMu, and an honest request waited behind all of them at every hop.
+	if err := ps.RegisterTopicValidator(topic, n.validateRFB, pubsub.WithValidatorInline(true)); err != nil {
 		return fmt.Errorf("rfb topic: %w", err)
 	}
+	n.gossip.Prefilter(topic, n.prefilterRFB)
 	t, err := ps.Join(topic)
 	if err != nil {
 		return fmt.Errorf("rfb topic: %w", err)
@@ -145,9 +156,13 @@ func (n *Node) validateRFB(_ context.Context, from peer.ID, m *pubsub.Message) p
 	if len(m.Data) > gossip.MaxNegotiationSize { // before taking the lock
 		return pubsub.ValidationReject
 	}
-	n.rfbMu.Lock()
-	rfb, v, err := n.rfbVal.Validate(m.Data, m.GetFrom(), from, n.now())
-	n.rfbMu.Unlock()
+	rfb, err := gossip.UnmarshalRequestForBids(m.Data) // outside the lock: decoding is most of the work
+	v := gossip.Reject
+	if err == nil {
+		n.rfbMu.Lock()
+		rfb, v, err = n.rfbVal.Admit(rfb, m.GetFrom(), from, n.now())
+		n.rfbMu.Unlock()
+	}
 	switch v {
 	case gossip.Accept:
 		m.ValidatorData = &rfb
@@ -158,6 +173,21 @@ func (n *Node) validateRFB(_ context.Context, from peer.ID, m *pubsub.Message) p
 	}
 	n.log.Debug("request for bids rejected", "from", from, "signer", m.GetFrom(), "err", err)
 	return pubsub.ValidationReject
+}
+
+// prefilterRFB drops a relayed request for bids, unchecked, when its
+// named submitter is over its rate or open requests here: validateRFB
+// would ignore it after GossipSub had checked its signature. Under a flood
+// from many identities that check is most of a peer's work, and an honest
+// request waits behind it.
+// It runs on GossipSub's event loop, so it never waits for the lock: when
+// a validation holds it, the request goes on to be checked as usual.
+func (n *Node) prefilterRFB(author, _ peer.ID) bool {
+	if !n.rfbMu.TryLock() {
+		return false
+	}
+	defer n.rfbMu.Unlock()
+	return n.rfbVal.Refuses(author, n.now())
 }
 
 // publishRFB broadcasts one of this peer's requests for bids once its
@@ -391,6 +421,11 @@ func (n *Node) handleEvent(ctx context.Context, ev negEvent, negs map[gossip.Job
 		ev.done <- nil
 	case ev.msg != nil:
 		n.stepMessage(ctx, ev.msg, negs, settled, res, now)
+	case ev.expect != nil:
+		if ng, ok := negs[ev.expect.job]; ok {
+			ng.Expect(ev.expect.providers, now)
+			n.flush(ctx, ng, ng.Ready())
+		}
 	case ev.ended != nil:
 		if res != nil {
 			res.End(ev.ended.Job, ev.ended.Submitter)

@@ -55,24 +55,31 @@ func (n *Node) negotiate(ctx context.Context, id gossip.JobID, spec jobspec.Spec
 	if err != nil {
 		return err
 	}
-	// The directory says how many providers to expect: once they have all
-	// bid the negotiation closes without waiting for its deadline.
-	expect := 0
-	if found, err := n.directoryFor(ctx, needs); err == nil {
-		expect = found.Providers
-	}
 	now := n.now()
 	rfb := gossip.RequestForBids{Job: id, Submitter: n.id.PeerID, Needs: needs, Deadline: now.Add(negotiateWindow).UnixMilli()}
-	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{Expect: expect, Ranking: n.Ranking()}, now)
+	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{Ranking: n.Ranking()}, now)
 	if err != nil {
 		return err
 	}
 	select {
 	case n.in <- negEvent{submit: ng}:
-		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	// The directory says how many providers to expect: once they have all
+	// bid the negotiation closes without waiting for its grace. The request
+	// is out already: a lookup slowed by a busy network must not hold it.
+	lctx, done := n.lifeContext()
+	if lctx == nil {
+		return nil
+	}
+	go func() {
+		defer done()
+		if found, err := n.directoryFor(lctx, needs); err == nil && found.Providers > 0 {
+			n.deliver(lctx, negEvent{expect: &expectCount{job: id, providers: found.Providers}})
+		}
+	}()
+	return nil
 }
 
 // retryJob negotiates a new cluster for a job that lost a member.

@@ -5,6 +5,7 @@
 package meshtest
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -46,6 +47,10 @@ type Options struct {
 	// before Start returns (at most n-1); 0 means 8.
 	MeshDHT int
 
+	// Latency delays every write on every simulated link by this much
+	// (one way); 0: none. Many peers or a latency dial in parallel.
+	Latency time.Duration
+
 	// Config, if set, adjusts node i's config after the options above
 	// (region, data dir, clock, ...).
 	Config func(i int, c *node.Config)
@@ -54,6 +59,15 @@ type Options struct {
 // setupTimeout bounds Start's wait for the mesh: a healthy start of 50 peers
 // under the race detector on two cores takes a fraction of it.
 const setupTimeout = 2 * time.Minute
+
+// largeMesh is the size above which Start dials in parallel (as it does
+// for any mesh with Latency) and waits setupPerPeer a peer for the mesh
+// rather than setupTimeout.
+const (
+	largeMesh     = 200
+	setupPerPeer  = 200 * time.Millisecond
+	parallelDials = 16
+)
 
 // Mesh is a running set of nodes on one simulated network.
 type Mesh struct {
@@ -99,6 +113,7 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 	if opts.Dials == 0 {
 		opts.Dials = 2
 	}
+	setup := setupTimeout
 	if opts.GPUs == "" {
 		opts.GPUs = "mock:dgxh100"
 	}
@@ -116,27 +131,41 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 		}
 		m.Nodes = append(m.Nodes, nd)
 	}
+	if opts.Latency > 0 {
+		m.Net.SetLinkDefaults(mocknet.LinkOptions{Latency: opts.Latency})
+	}
 	if err := m.Net.LinkAll(); err != nil {
 		t.Fatalf("meshtest: link: %v", err)
 	}
 	rng := rand.New(rand.NewPCG(opts.Seed, 0x6d657368))
+	var dials [][2]int
 	for i := 1; i < n; i++ {
 		targets := map[int]bool{0: true}
 		for range opts.Dials {
 			targets[rng.IntN(i)] = true
 		}
 		for j := range targets {
-			if err := m.Connect(ctx, i, j); err != nil {
-				t.Fatalf("meshtest: connect %d to %d: %v", i, j, err)
+			dials = append(dials, [2]int{i, j})
+		}
+	}
+	if n <= largeMesh && opts.Latency == 0 {
+		for _, d := range dials { // a small mesh dials as it always has: one at a time
+			if err := m.Connect(ctx, d[0], d[1]); err != nil {
+				t.Fatalf("meshtest: connect %d to %d: %v", d[0], d[1], err)
 			}
 		}
+	} else if err := m.connectAll(ctx, dials); err != nil {
+		t.Fatal(err)
 	}
 	for _, nd := range m.Nodes {
 		if err := nd.Directory().Bootstrap(ctx); err != nil {
 			t.Fatalf("meshtest: dht bootstrap: %v", err)
 		}
 	}
-	wctx, cancel := context.WithTimeout(ctx, setupTimeout)
+	if n > largeMesh {
+		setup = max(setup, time.Duration(n)*setupPerPeer)
+	}
+	wctx, cancel := context.WithTimeout(ctx, setup)
 	defer cancel()
 	if opts.MeshDHT == 0 {
 		opts.MeshDHT = 8
@@ -217,6 +246,36 @@ func (m *Mesh) Add(t testing.TB, provider bool, dials ...int) *node.Node {
 		t.Fatalf("meshtest: node %d joining: %v", i, err)
 	}
 	return nd
+}
+
+// connectAll makes the dials of a large mesh, parallelDials at a time,
+// trying each up to three times (a dial on a loaded machine may time out).
+func (m *Mesh) connectAll(ctx context.Context, dials [][2]int) error {
+	var (
+		wg    sync.WaitGroup
+		sem   = make(chan struct{}, parallelDials)
+		errMu sync.Mutex
+		first error
+	)
+	for _, d := range dials {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			var err error
+			for range 3 {
+				if err = m.Connect(ctx, d[0], d[1]); err == nil {
+					return
+				}
+			}
+			errMu.Lock()
+			first = cmp.Or(first, fmt.Errorf("meshtest: connect %d to %d: %w", d[0], d[1], err))
+			errMu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return first
 }
 
 // Connect dials node j from node i.
