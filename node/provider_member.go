@@ -367,6 +367,8 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			return n.recordTask(rec)
 		},
 		Started: func(at time.Time) {
+			// Its submitter may enter it from now (job exec, port-forward).
+			n.addLive(runCtx, st.Job, st.Attempt, st.Rank, from, task, ex)
 			util.start()
 			_ = fw.Write(jobwire.Frame{T: jobwire.KindStarted, At: at.UnixMilli()})
 			if bl != nil {
@@ -376,6 +378,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			}
 		},
 	})
+	n.dropLive(st.Job, st.Attempt, st.Rank)
 	stopBilling()
 	util.stop()
 	if runErr != nil {
