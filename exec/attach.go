@@ -85,6 +85,9 @@ func (d *Docker) Exec(ctx context.Context, name string, x ExecSpec) (int, error)
 		return -1, fmt.Errorf("docker executor: attaching to an exec in %s: %w", name, err)
 	}
 	defer resp.Close()
+	if opts.ConsoleSize != nil { // the engine does not apply the size it was created with to every exec
+		_ = d.cli.ContainerExecResize(ctx, created.ID, container.ResizeOptions{Height: uint(x.Size.Rows), Width: uint(x.Size.Cols)})
+	}
 	done := make(chan struct{})
 	defer close(done)
 	go func() { // a cancelled exec: its process goes, and so does the attach

@@ -309,3 +309,19 @@ func splice(a io.ReadWriter, aRaw any, b io.ReadWriter, bRaw any) {
 	half(a, aRaw, b, bRaw)
 	<-done
 }
+
+// LiveSessions is how many sessions (execs and forwarded connections) are
+// open into this provider's members of job id.
+func (n *Node) LiveSessions(job string) int {
+	n.liveMu.Lock()
+	defer n.liveMu.Unlock()
+	total := 0
+	for _, lm := range n.live {
+		if lm.job == job {
+			lm.mu.Lock()
+			total += lm.execs + lm.conns
+			lm.mu.Unlock()
+		}
+	}
+	return total
+}
