@@ -44,12 +44,12 @@ type Attacher interface {
 // ExecSpec is a command to run inside a running task.
 type ExecSpec struct {
 	Command []string
-	TTY     bool          // under a terminal: Stdout gets stdout and stderr, Stdin is the keyboard
-	Size    WinSize       // the terminal's first size (TTY); zero: the default
+	TTY     bool           // under a terminal: Stdout gets stdout and stderr, Stdin is the keyboard
+	Size    WinSize        // the terminal's first size (TTY); zero: the default
 	Resize  <-chan WinSize // the terminal's later sizes (TTY); may be nil
-	Stdin   io.Reader     // nil: no stdin (it reads EOF)
-	Stdout  io.Writer     // nil discards
-	Stderr  io.Writer     // nil discards; unused under a TTY
+	Stdin   io.Reader      // nil: no stdin (it reads EOF)
+	Stdout  io.Writer      // nil discards
+	Stderr  io.Writer      // nil discards; unused under a TTY
 }
 
 // WinSize is a terminal's size in characters.
