@@ -286,6 +286,11 @@ func (n *Node) serveForward(lm *liveMember, o sessionwire.Open, rw io.ReadWriteC
 	}{br, rw}, rw, c, c)
 }
 
+// spliceBufs are splice's copy buffers: larger than io.Copy's, so a
+// stream gets fewer, larger writes (each a frame of the muxer, sealed by
+// the security transport).
+var spliceBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
 // splice copies a to b and b to a until both directions are done: the
 // end of one direction half-closes the other side's writing (CloseWrite
 // on aRaw or bRaw, a's and b's own values, where they have it), so a
@@ -294,7 +299,9 @@ func (n *Node) serveForward(lm *liveMember, o sessionwire.Open, rw io.ReadWriteC
 func splice(a io.ReadWriter, aRaw any, b io.ReadWriter, bRaw any) {
 	done := make(chan struct{})
 	half := func(dst io.Writer, dstRaw any, src io.Reader, srcRaw any) {
-		_, err := io.Copy(dst, src)
+		buf := spliceBufs.Get().(*[]byte)
+		_, err := io.CopyBuffer(dst, src, *buf)
+		spliceBufs.Put(buf)
 		if cw, ok := dstRaw.(interface{ CloseWrite() error }); ok && err == nil {
 			_ = cw.CloseWrite()
 			return

@@ -23,9 +23,9 @@ import (
 
 // runningServer submits a one-member container job serving a page (and a
 // 64 MiB file, big) with busybox httpd on port 8000, and waits until it
-// runs.
+// runs and serves.
 func runningServer(t testing.TB, sub *gmNode) node.Job {
-	spec := writeJob(t.(*testing.T), 8, 8, `mkdir -p /tmp/www && echo served > /tmp/www/index.html && `+
+	spec := writeJob(t, 8, 8, `mkdir -p /tmp/www && echo served > /tmp/www/index.html && `+
 		`dd if=/dev/zero of=/tmp/www/big bs=1048576 count=64 2>/dev/null && exec busybox httpd -f -p 8000 -h /tmp/www`, "")
 	var j node.Job
 	if err := gmJSON(sub.data, &j, "job", "submit", spec); err != nil {
@@ -36,6 +36,10 @@ func runningServer(t testing.TB, sub *gmNode) node.Job {
 			return false, err.Error()
 		}
 		return j.State == node.JobRunning && len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning, string(j.State)
+	})
+	testwait.For(t, cliWait, "the job's server to answer", func() (bool, string) {
+		out, err := gm(sub.data, "job", "exec", j.ID, "--", "sh", "-c", `printf 'GET / HTTP/1.0\r\n\r\n' | busybox nc 127.0.0.1 8000`)
+		return err == nil && strings.HasPrefix(string(out), "HTTP/1"), fmt.Sprintf("%q, %v", out, err)
 	})
 	return j
 }

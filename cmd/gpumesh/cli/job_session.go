@@ -191,7 +191,7 @@ func pipeConns(a, b net.Conn) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	half := func(dst, src net.Conn) {
-		_, err := io.Copy(dst, src)
+		_, err := io.CopyBuffer(dst, src, make([]byte, 256<<10))
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok && err == nil {
 			_ = cw.CloseWrite()
 			return
