@@ -345,6 +345,7 @@ func (p Process) Exec(ctx context.Context, name string, x ExecSpec) (int, error)
 	}
 	pid := cmd.Process.Pid
 	kill := func() { _ = syscall.Kill(pid, syscall.SIGKILL) }
+	stopResize := func() {}
 	if x.TTY {
 		readers = append(readers, ptmx)
 		kill = func() { _ = syscall.Kill(-pid, syscall.SIGKILL) }
@@ -360,9 +361,10 @@ func (p Process) Exec(ctx context.Context, name string, x ExecSpec) (int, error)
 			go func() { _, _ = io.Copy(ptmx, x.Stdin) }()
 		}
 		if x.Resize != nil {
-			stop := make(chan struct{})
-			defer close(stop)
+			stop, stopped := make(chan struct{}), make(chan struct{})
+			stopResize = func() { close(stop); <-stopped } // before ptmx closes: Setsize reads its fd
 			go func() {
+				defer close(stopped)
 				for {
 					select {
 					case <-stop:
@@ -392,6 +394,7 @@ func (p Process) Exec(ctx context.Context, name string, x ExecSpec) (int, error)
 		kill()
 		waitErr = <-done
 	}
+	stopResize()
 	if x.TTY {
 		kill() // what the shell left in its session goes with it
 	}
