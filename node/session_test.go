@@ -186,6 +186,10 @@ func sessionScenario(t *testing.T, m *meshtest.Mesh, spec jobspec.Spec, port int
 	if _, err := httpGet(ctx, url); err == nil {
 		t.Errorf("a forwarded request after the job ended succeeded")
 	}
+	waitEnded(t, ctx, sub, j.ID)
+	if _, err := sub.OpenSession(ctx, j.ID, sessionwire.Open{Kind: sessionwire.KindExec, Command: []string{"true"}}); !errors.Is(err, node.ErrJobNotRunning) {
+		t.Errorf("an exec into an ended job: %v, want job not running", err)
+	}
 }
 
 // shellUnderATerminal drives a shell under the member's terminal: a prompt
