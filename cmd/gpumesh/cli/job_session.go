@@ -127,7 +127,10 @@ LOCAL 0 picks a free port; REMOTE alone forwards the same port.`,
 				ended := make(chan struct{})
 				go func() { // the job's log ends with the job
 					defer close(ended)
-					if logs, err := cl.JobLogs(ctx, job.ID, true); err == nil {
+					logs, err := cl.JobLogs(ctx, job.ID, true)
+					if err != nil {
+						fmt.Fprintf(g.stderr, "gpumesh: cannot follow job %s, so forwarding stops: %v\n", job.ID, err)
+					} else {
 						_, _ = io.Copy(io.Discard, logs)
 						logs.Close()
 					}
