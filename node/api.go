@@ -266,21 +266,20 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 // the client's paths are both made from these, so they cannot drift apart;
 // apiRoutes says which method serves each.
 const (
-	routeID         = "/id"
-	routePeers      = "/peers"
-	routeStatus     = "/status"
-	routeGPUsLocal  = "/gpus/local"
-	routeGPUsFind   = "/gpus/find" // ?model=&region=&min-vram=&count=&max-price=
-	routePrices     = "/prices"    // ?class=
-	routeJobs       = "/jobs"      // GET ?limit=&before=: a JobsPage; POST a jobspec.Spec: the Job
-	routeJob        = "/jobs/{id}"
-	routeJobCancel  = "/jobs/{id}/cancel"
-	routeJobLogs    = "/jobs/{id}/logs" // ?follow=1
-	routeJobOutput  = "/jobs/{id}/outputs/{rank}/{path...}"
-	routeJobSession = "/jobs/{id}/session" // POST a sessionwire.Open, upgraded: job exec and port-forward (submitter_session.go)
-	routeReceipts   = "/receipts"          // ?job=
-	routeProofs     = "/proofs"            // ?job=
-	routeProof      = "/proofs/{key}"
+	routeID        = "/id"
+	routePeers     = "/peers"
+	routeStatus    = "/status"
+	routeGPUsLocal = "/gpus/local"
+	routeGPUsFind  = "/gpus/find" // ?model=&region=&min-vram=&count=&max-price=
+	routePrices    = "/prices"    // ?class=
+	routeJobs      = "/jobs"      // GET ?limit=&before=: a JobsPage; POST a jobspec.Spec: the Job
+	routeJob       = "/jobs/{id}"
+	routeJobCancel = "/jobs/{id}/cancel"
+	routeJobLogs   = "/jobs/{id}/logs" // ?follow=1
+	routeJobOutput = "/jobs/{id}/outputs/{rank}/{path...}"
+	routeReceipts  = "/receipts" // ?job=
+	routeProofs    = "/proofs"   // ?job=
+	routeProof     = "/proofs/{key}"
 )
 
 // apiRoute is one call of the local API.

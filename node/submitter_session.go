@@ -31,6 +31,10 @@ var (
 // sessionUpgrade is the Upgrade header of the local API's session call.
 const sessionUpgrade = "gpumesh-session/1"
 
+// routeJobSession is the local API's session call (apiRoutes): POST a
+// sessionwire.Open, upgraded.
+const routeJobSession = "/jobs/{id}/session"
+
 // OpenSession opens a session (o: exec or forward, rank and what to do;
 // its Job and Attempt are filled in) into a member of job id, which this
 // peer submitted and which runs now. The stream it returns has had its
