@@ -14,7 +14,9 @@
 //     first over a cap) and plain processes (process.go: own folder, own
 //     process group with a parent-death signal, an unprivileged job user;
 //     procgroup.go: the group recorded and killed after a crash, the job
-//     user found or made); both can pause and resume a task (unpaid work);
+//     user found or made); both can pause and resume a task (unpaid work),
+//     and let its submitter in (attach.go: Attacher, a command run inside
+//     the running task, and a dial to a port the work listens on);
 //   - the launchers' environment (launch.go): torchrun and Ray variables for
 //     a multi-member job.
 //

@@ -167,12 +167,12 @@ func (p Process) Run(ctx context.Context, t Task) (Result, error) {
 			copied <- struct{}{}
 		}()
 	}
+	// Known before Started says so: a caller may Exec into it from then.
+	running.Store(t.Name, &procTask{pgid: pgid, dir: t.WorkDir, env: cmd.Env, user: p.User, ttys: map[int]bool{}})
+	defer running.Delete(t.Name)
 	if t.Started != nil {
 		t.Started(res.Start)
 	}
-
-	running.Store(t.Name, pgid)
-	defer running.Delete(t.Name)
 
 	var waitErr error
 	waitErr, res.TimedOut, res.Stopped = awaitWork(ctx, t.Timeout, done)
@@ -277,7 +277,7 @@ func signalTask(name string, sig syscall.Signal) error {
 	if !ok {
 		return fmt.Errorf("process executor: no task %q is running", name)
 	}
-	if err := syscall.Kill(-v.(int), sig); err != nil {
+	if err := syscall.Kill(-v.(*procTask).pgid, sig); err != nil {
 		return fmt.Errorf("process executor: %s task %q: %w", sig, name, err)
 	}
 	return nil

@@ -318,6 +318,7 @@ func (n *Node) apiRoutes() []apiRoute {
 		{post, routeJobCancel, n.serveCancelJob},
 		{get, routeJobLogs, n.serveJobLogs},
 		{get, routeJobOutput, n.serveJobOutput},
+		{post, routeJobSession, n.serveJobSession},
 		{get, routeReceipts, n.serveReceipts},
 		{get, routeProofs, n.serveProofs},
 		{get, routeProof, n.serveProof},

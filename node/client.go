@@ -38,7 +38,8 @@ type Client struct {
 	base      string
 	token     string
 	http      *http.Client
-	streaming *http.Client // no overall timeout: logs that follow a job, files
+	streaming *http.Client                            // no overall timeout: logs that follow a job, files
+	dial      func(context.Context) (net.Conn, error) // a connection of its own: sessions (client_session.go)
 }
 
 // NewClient finds the local API of the node running on dataDir from its api
@@ -67,12 +68,17 @@ func NewClient(dataDir string) (*Client, error) {
 			var dl net.Dialer
 			return dl.DialContext(ctx, "unix", sock)
 		}
+		c.dial = func(ctx context.Context) (net.Conn, error) { return tr.DialContext(ctx, "", "") }
 	} else {
 		na, err := manet.ToNetAddr(addr)
 		if err != nil {
 			return nil, fmt.Errorf("api file %s: %v", d.APIFile(), err)
 		}
 		c.base = "http://" + na.String()
+		c.dial = func(ctx context.Context) (net.Conn, error) {
+			var dl net.Dialer
+			return dl.DialContext(ctx, "tcp", na.String())
+		}
 		tok, err := os.ReadFile(d.APIToken())
 		if err != nil {
 			return nil, fmt.Errorf("local API token: %w", err)

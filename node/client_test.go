@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/node/jobspec"
+	"github.com/gpumesh/gpumesh/node/sessionwire"
 )
 
 func TestAPIPathEscapesEachSegmentOnce(t *testing.T) {
@@ -210,6 +211,16 @@ func TestClientCallsEveryRouteOfARealNode(t *testing.T) {
 			// The node's own answer, not the mux's: the path was routed.
 			_, err := cl.JobOutput(ctx, submitted[0], 0, "sub dir/model?.bin")
 			wantAPIError(t, "an output of a job that never ran", err, ErrNotFound, "no such output")
+		}},
+		{"POST", routeJobSession, func(t *testing.T) {
+			_, err := cl.Exec(ctx, "00000000000000000000000000000000", sessionwire.Open{Command: []string{"true"}}, sessionwire.ExecIO{})
+			wantAPIError(t, "an exec into an unknown job", err, ErrNotFound, "no such job on this peer")
+			_, err = cl.Forward(ctx, submitted[0], 0, 8888)
+			wantAPIError(t, "a forward into a job that does not run", err, ErrConflict, "exec and port-forward need a running job")
+			// Without the upgrade the node says how to ask.
+			path, _ := apiPath(routeJobSession, submitted[0])
+			err = cl.call(ctx, "POST", path, nil, sessionwire.Open{Kind: sessionwire.KindForward, Port: 80}, nil)
+			wantAPIError(t, "a session without an upgrade", err, ErrBadRequest, "this call upgrades the connection")
 		}},
 		{"GET", routeReceipts, func(t *testing.T) {
 			if rs, err := cl.Receipts(ctx, ""); err != nil || len(rs) != 0 {

@@ -52,6 +52,12 @@
 //	provider_bill.go     billing a member's work as it runs; checking its
 //	                     payments (the right currency, one bill a
 //	                     transaction); pausing and stopping unpaid work
+//	provider_session.go  sessions into a running member (job exec,
+//	                     port-forward): only its submitter, within bounds,
+//	                     ended with the member
+//	submitter_session.go opening a session into a member of this peer's
+//	                     job; the local API's upgraded session call
+//	client_session.go    the client's side of that call (Exec, Forward)
 //	receipts.go          receipts kept on disk, both sides
 //	anchor.go            anchoring receipts on Solana: co-signed, or marked
 //	                     unsigned by the provider with why
@@ -67,6 +73,8 @@
 //
 //	node/jobspec    the job spec: parse, validate, what it needs
 //	node/jobwire    the job protocol's frames and their bounds
+//	node/sessionwire the session protocol's frames (exec, forward) and
+//	                their bounds; RunExec, the submitter's side of an exec
 //	node/attempt    one run attempt as a state machine (Step, Tick, Ready),
 //	                with golden scripts in node/attempt/testdata
 //	node/jobstore   job records in a bbolt file, paged newest first

@@ -10,6 +10,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/node/jobwire"
+	"github.com/gpumesh/gpumesh/node/sessionwire"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -117,6 +118,7 @@ func (n *Node) startJobs(ctx context.Context) error {
 	n.rfbTopic, n.rfbSub = t, sub
 	n.host.SetStreamHandler(NegotiateProtocol, n.handleNegotiate)
 	n.host.SetStreamHandler(jobwire.Protocol, n.handleJob)
+	n.host.SetStreamHandler(sessionwire.Protocol, n.handleSession)
 	res, err := n.newReservations()
 	if err != nil {
 		return err
@@ -137,6 +139,7 @@ func (n *Node) closeJobs() error {
 	if n.host != nil {
 		n.host.RemoveStreamHandler(NegotiateProtocol)
 		n.host.RemoveStreamHandler(jobwire.Protocol)
+		n.host.RemoveStreamHandler(sessionwire.Protocol)
 	}
 	if n.rfbSub != nil {
 		n.rfbSub.Cancel()

@@ -214,6 +214,7 @@ type Node struct {
 	negState       // negotiate.go
 	jobBook        // jobs.go
 	memberState    // provider_member.go
+	sessionState   // provider_session.go
 	taskState      // provider_tasks.go
 	runState       // submitter_run.go
 	anchorState    // anchor.go

@@ -400,6 +400,8 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			return n.recordTask(rec)
 		},
 		Started: func(at time.Time) {
+			// Its submitter may enter it from now (job exec, port-forward).
+			n.addLive(runCtx, st.Job, st.Attempt, st.Rank, from, task, ex)
 			util.start()
 			_ = fw.Write(jobwire.Frame{T: jobwire.KindStarted, At: at.UnixMilli()})
 			if bl != nil {
@@ -409,6 +411,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			}
 		},
 	})
+	n.dropLive(st.Job, st.Attempt, st.Rank)
 	stopBilling()
 	util.stop()
 	stopCk()

@@ -107,7 +107,7 @@ type gmNode struct {
 // startNode runs `gpumesh node` on data (a dir from dataDir) on 127.0.0.1
 // with mDNS off, plus args, waits until its local API answers, and asks it
 // who it is. The process is stopped when the test ends.
-func startNode(t *testing.T, name, data string, args ...string) *gmNode {
+func startNode(t testing.TB, name, data string, args ...string) *gmNode {
 	t.Helper()
 	argv := append([]string{"--data", data, "node", "--listen", "/ip4/127.0.0.1/tcp/0", "--mdns=false"}, args...)
 	return runNode(t, name, data, argv, exec.Command(gmBin, argv...))
@@ -167,7 +167,7 @@ func (n *gmNode) stop() error {
 }
 
 // bootstrapAddr is the node's first address with /p2p/, for --bootstrap.
-func (n *gmNode) bootstrapAddr(t *testing.T) string {
+func (n *gmNode) bootstrapAddr(t testing.TB) string {
 	t.Helper()
 	if len(n.id.Addrs) == 0 {
 		t.Fatalf("%s has no addresses: %+v", n.name, n.id)

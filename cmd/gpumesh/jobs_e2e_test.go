@@ -26,7 +26,7 @@ import (
 // jobSwarm starts providers of 8 mock H100s each, running containers with
 // fast heartbeats, and a submitter without GPUs, and waits until the
 // submitter finds them all.
-func jobSwarm(t *testing.T, providers int) (provs []*gmNode, sub *gmNode) {
+func jobSwarm(t testing.TB, providers int) (provs []*gmNode, sub *gmNode) {
 	t.Helper()
 	common := []string{"--nat=false", "--dht-mode", "server", "--heartbeat", "500ms"}
 	for i := range providers {
@@ -48,7 +48,7 @@ func jobSwarm(t *testing.T, providers int) (provs []*gmNode, sub *gmNode) {
 }
 
 // writeJob writes a job spec running script in the test image.
-func writeJob(t *testing.T, gpus, perNode int, script, extra string) string {
+func writeJob(t testing.TB, gpus, perNode int, script, extra string) string {
 	t.Helper()
 	y := fmt.Sprintf(`name: e2e
 image: %s

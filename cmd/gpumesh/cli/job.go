@@ -176,7 +176,7 @@ func jobCmd(g *globals) *cobra.Command {
 		},
 	}
 	ro.register(receipts)
-	c.AddCommand(submit, ls, status, cancel, logs, get, receipts)
+	c.AddCommand(submit, ls, status, cancel, logs, get, receipts, jobExecCmd(g), jobPortForwardCmd(g))
 	return c
 }
 

@@ -1,0 +1,390 @@
+package node_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gpumesh/gpumesh/internal/testdocker"
+	"github.com/gpumesh/gpumesh/internal/testwait"
+	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/jobspec"
+	"github.com/gpumesh/gpumesh/node/meshtest"
+	"github.com/gpumesh/gpumesh/node/sessionwire"
+)
+
+const memberPage = "hello from the member\n"
+
+// A process member: job exec runs in its folder as its user, with its
+// exit code, stdin and a terminal; port-forward reaches its server, 50
+// requests at once, and nothing else of the provider's; another peer
+// speaking the protocol is refused; everything ends with the job.
+func TestExecAndPortForwardIntoAProcessMember(t *testing.T) {
+	port := freeTCPPort(t)
+	m := meshtest.Start(t, 3, h100s(171, 1))
+	script := fmt.Sprintf(`mkdir -p www && echo %q > www/index.html && exec busybox httpd -f -p 127.0.0.1:%d -h www`, strings.TrimSpace(memberPage), port)
+	sessionScenario(t, m, scriptSpec(t, 1, 0, script, ""), port, func(t *testing.T, ctx context.Context, sub *node.Node, j node.Job) {
+		out, _, code, err := execIn(ctx, sub, j.ID, sessionwire.Open{Command: []string{"pwd"}}, nil)
+		if err != nil || code != 0 || !strings.HasSuffix(strings.TrimSpace(out), "/work") {
+			t.Errorf("pwd in the member: %q, code %d, %v; want its work folder, 0", out, code, err)
+		}
+	})
+}
+
+// A container member: the same, in the container (its hostname, its own
+// loopback reached from inside its network namespace).
+func TestExecAndPortForwardIntoADockerMember(t *testing.T) {
+	img := testdocker.EnsureImage(t)
+	m := meshtest.Start(t, 3, meshtest.Options{Seed: 172, Providers: 1, Price: "fixed:2.10"})
+	script := fmt.Sprintf(`mkdir -p /tmp/www && echo %q > /tmp/www/index.html && exec busybox httpd -f -p 8000 -h /tmp/www`, strings.TrimSpace(memberPage))
+	y := fmt.Sprintf("name: sessions\nimage: %s\ncommand: [sh, -c, %q]\nresources:\n  gpus: 1\n  gpu: {model: H100}\nmaxPrice: 2.50\ntimeout: 5m\n", img, script)
+	spec, err := jobspec.Parse([]byte(y), "yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sessionScenario(t, m, spec, 8000, func(t *testing.T, ctx context.Context, sub *node.Node, j node.Job) {
+		out, _, code, err := execIn(ctx, sub, j.ID, sessionwire.Open{Command: []string{"cat", "/etc/hostname"}}, nil)
+		in, ierr := testdocker.Client(t).ContainerInspect(ctx, fmt.Sprintf("gpumesh-%s-%d-0", j.ID, j.Attempt))
+		if err != nil || ierr != nil || code != 0 || strings.TrimSpace(out) != in.Config.Hostname {
+			t.Errorf("cat /etc/hostname in the member: %q, code %d, %v (inspect: %v); want the container's hostname, 0", out, code, err, ierr)
+		}
+	})
+}
+
+// sessionScenario runs spec (a server of memberPage on port) from node 1 of
+// m on node 0, and checks exec and port-forward into it; own checks what
+// only one executor can. Node 2 plays a stranger.
+func sessionScenario(t *testing.T, m *meshtest.Mesh, spec jobspec.Spec, port int, own func(*testing.T, context.Context, *node.Node, node.Job)) {
+	provider, sub, stranger := m.Nodes[0], m.Nodes[1], m.Nodes[2]
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	job, err := sub.SubmitJob(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := waitJob(t, ctx, sub, job.ID, "to run", func(j node.Job) bool {
+		return j.State == node.JobRunning && len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning
+	})
+	defer func() { _, _ = sub.CancelJob(context.Background(), j.ID) }()
+
+	own(t, ctx, sub, j)
+	_, errOut, code, err := execIn(ctx, sub, j.ID, sessionwire.Open{Command: []string{"sh", "-c", "echo nope >&2; exit 3"}}, nil)
+	if err != nil || code != 3 || errOut != "nope\n" {
+		t.Errorf("a failing command: stderr %q, code %d, %v; want nope, 3", errOut, code, err)
+	}
+	out, _, code, err := execIn(ctx, sub, j.ID, sessionwire.Open{Command: []string{"cat"}}, strings.NewReader("typed\n"))
+	if err != nil || code != 0 || out != "typed\n" {
+		t.Errorf("cat of stdin: %q, code %d, %v; want what was typed", out, code, err)
+	}
+	_, _, _, err = execIn(ctx, sub, j.ID, sessionwire.Open{Command: []string{"/no/such/thing"}}, nil)
+	t.Logf("a command that is not there: %v", err)
+	shellUnderATerminal(t, ctx, sub, j.ID)
+
+	// Port-forward: 50 requests at once through one local listener.
+	addr := forwardPort(t, ctx, sub, j.ID, port)
+	url := "http://" + addr + "/index.html"
+	testwait.Until(t, ctx, "the member's server to answer through the forward", func() (bool, string) {
+		body, err := httpGet(ctx, url)
+		return err == nil && body == memberPage, fmt.Sprintf("%q, %v", body, err)
+	})
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if body, err := httpGet(ctx, url); err != nil || body != memberPage {
+				errs <- fmt.Errorf("%q, %v", body, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("a request of 50 at once: %v", err)
+	}
+
+	// A port nobody in the member listens on: the provider's own service
+	// there is not reached.
+	own2 := providerService(t)
+	_, err = sub.OpenSession(ctx, j.ID, sessionwire.Open{Kind: sessionwire.KindForward, Port: own2})
+	if !errors.Is(err, node.ErrSessionRefused) {
+		t.Errorf("a forward to a port of the provider's own: %v, want refused", err)
+	}
+	t.Logf("a port not the member's: %v", err)
+
+	// A stranger speaking the real protocol, with the job's right names.
+	for _, o := range []sessionwire.Open{
+		{Kind: sessionwire.KindExec, Job: j.ID, Attempt: j.Attempt, Command: []string{"sh", "-c", "echo pwned > /tmp/gm-pwned-" + j.ID}},
+		{Kind: sessionwire.KindForward, Job: j.ID, Attempt: j.Attempt, Port: port},
+	} {
+		s, err := stranger.Host().NewStream(ctx, provider.Host().ID(), sessionwire.Protocol)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sessionwire.WriteOpen(s, o); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := sessionwire.ReadReply(bufio.NewReader(s))
+		if err != nil || rep.Error == "" {
+			t.Errorf("a stranger's %s: reply %+v, %v; want refused", o.Kind, rep, err)
+		}
+		s.Close()
+	}
+	if _, err := stranger.OpenSession(ctx, j.ID, sessionwire.Open{Kind: sessionwire.KindExec, Command: []string{"true"}}); !errors.Is(err, node.ErrNoSuchJob) {
+		t.Errorf("a stranger's own node: %v, want no such job", err)
+	}
+	out, _, _, _ = execIn(ctx, sub, j.ID, sessionwire.Open{Command: []string{"sh", "-c", "cat /tmp/gm-pwned-" + j.ID + " 2>/dev/null; echo checked"}}, nil)
+	if out != "checked\n" {
+		t.Errorf("the stranger's command ran: %q", out)
+	}
+
+	// The job's end ends its sessions: a command still running, a
+	// connection still open, and the forward's next connection.
+	slow := make(chan error, 1)
+	go func() {
+		_, _, _, err := execIn(ctx, sub, j.ID, sessionwire.Open{Command: []string{"sleep", "600"}}, nil)
+		slow <- err
+	}()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET / HTTP/1.0\r\n"); err != nil { // not finished: the server waits
+		t.Fatal(err)
+	}
+	testwait.Until(t, ctx, "the slow command and the connection to be in the member", func() (bool, string) {
+		n := provider.LiveSessions(j.ID)
+		return n >= 2, fmt.Sprintf("%d sessions", n)
+	})
+	if _, err := sub.CancelJob(ctx, j.ID); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-slow:
+		if err == nil {
+			t.Errorf("a command running in the member outlived the job")
+		}
+		t.Logf("the running command, at the job's end: %v", err)
+	case <-ctx.Done():
+		t.Fatal("a command running in the member outlived the job")
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(time.Minute))
+	if n, err := io.Copy(io.Discard, conn); err != nil && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "reset") {
+		t.Errorf("a forwarded connection at the job's end: %d bytes, %v; want it closed", n, err)
+	}
+	if _, err := httpGet(ctx, url); err == nil {
+		t.Errorf("a forwarded request after the job ended succeeded")
+	}
+	waitEnded(t, ctx, sub, j.ID)
+	if _, err := sub.OpenSession(ctx, j.ID, sessionwire.Open{Kind: sessionwire.KindExec, Command: []string{"true"}}); !errors.Is(err, node.ErrJobNotRunning) {
+		t.Errorf("an exec into an ended job: %v, want job not running", err)
+	}
+}
+
+// shellUnderATerminal drives a shell under the member's terminal: a prompt
+// set and read back, a line typed and its result read, a resize seen by
+// stty, and the shell's exit code.
+func shellUnderATerminal(t *testing.T, ctx context.Context, sub *node.Node, id string) {
+	t.Helper()
+	conn, err := sub.OpenSession(ctx, id, sessionwire.Open{Kind: sessionwire.KindExec, Command: []string{"sh", "-i"}, TTY: true, Stdin: true, Rows: 24, Cols: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	keys, typist := io.Pipe()
+	defer typist.Close()
+	screen := &watched{changed: make(chan struct{})}
+	resize := make(chan [2]int, 1)
+	exited := make(chan int, 1)
+	go func() {
+		code, err := sessionwire.RunExec(ctx, conn, sessionwire.ExecIO{Stdin: keys, Stdout: screen, Resize: resize})
+		if err != nil {
+			t.Errorf("the shell: %v", err)
+		}
+		exited <- code
+	}()
+	typeLine := func(line string) {
+		if _, err := io.WriteString(typist, line+"\r"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	typeLine("PS1='gm-ready> '")
+	screen.waitFor(t, ctx, "gm-ready> ", 2) // the typed line, then the prompt
+	typeLine("echo $((6*7))")
+	screen.waitFor(t, ctx, "42\r\n", 1)
+	typeLine("stty size")
+	screen.waitFor(t, ctx, "24 80\r\n", 1)
+	resize <- [2]int{30, 100}
+	typeLine("stty size")
+	screen.waitFor(t, ctx, "30 100\r\n", 1)
+	typeLine("exit 7")
+	select {
+	case code := <-exited:
+		if code != 7 {
+			t.Errorf("the shell exited with %d, want 7", code)
+		}
+	case <-ctx.Done():
+		t.Fatalf("the shell did not exit; the screen:\n%s", screen.String())
+	}
+}
+
+// watched is output a test waits on.
+type watched struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	changed chan struct{} // closed and replaced at each write
+}
+
+func (w *watched) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	close(w.changed)
+	w.changed = make(chan struct{})
+	return len(p), nil
+}
+
+func (w *watched) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// waitFor waits until s shows up count times.
+func (w *watched) waitFor(t *testing.T, ctx context.Context, s string, count int) {
+	t.Helper()
+	for {
+		w.mu.Lock()
+		n, ch := strings.Count(w.buf.String(), s), w.changed
+		w.mu.Unlock()
+		if n >= count {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			t.Fatalf("waited for %q on the terminal; it shows:\n%q", s, w.String())
+		}
+	}
+}
+
+// execIn runs a command in member 0 of job id through its submitter.
+func execIn(ctx context.Context, sub *node.Node, id string, o sessionwire.Open, stdin io.Reader) (stdout, stderr string, code int, err error) {
+	o.Kind, o.Stdin = sessionwire.KindExec, stdin != nil
+	conn, err := sub.OpenSession(ctx, id, o)
+	if err != nil {
+		return "", "", -1, err
+	}
+	defer conn.Close()
+	var out, errOut bytes.Buffer
+	code, err = sessionwire.RunExec(ctx, conn, sessionwire.ExecIO{Stdin: stdin, Stdout: &out, Stderr: &errOut})
+	return out.String(), errOut.String(), code, err
+}
+
+// forwardPort listens on 127.0.0.1 and forwards each connection to port
+// of member 0 of job id through its submitter, as `job port-forward` does.
+func forwardPort(t *testing.T, ctx context.Context, sub *node.Node, id string, port int) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				s, err := sub.OpenSession(ctx, id, sessionwire.Open{Kind: sessionwire.KindForward, Port: port})
+				if err != nil {
+					return
+				}
+				defer s.Close()
+				done := make(chan struct{})
+				go func() {
+					_, _ = io.Copy(s, c)
+					if cw, ok := s.(interface{ CloseWrite() error }); ok {
+						_ = cw.CloseWrite()
+					}
+					close(done)
+				}()
+				_, _ = io.Copy(c, s)
+				c.Close()
+				<-done
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+func httpGet(ctx context.Context, url string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	tr := &http.Transport{DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return string(body), fmt.Errorf("status %s", resp.Status)
+	}
+	return string(body), err
+}
+
+// providerService is a service of the provider's own on its loopback; it
+// fails the test if anything reaches it.
+func providerService(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			t.Errorf("the provider's own service was reached from %s", c.RemoteAddr())
+			c.Close()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func freeTCPPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
