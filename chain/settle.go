@@ -425,52 +425,98 @@ func CheckPayment(ctx context.Context, rpcURL, signature, from, to string, lampo
 // A payment that does not hold gives an error wrapping ErrBadPayment that
 // says which check failed; an RPC that cannot be asked gives another error.
 func (c Currency) Check(ctx context.Context, rpcURL, signature, from, to string, amount uint64, ref string) (Payment, error) {
+	p := Payment{Signature: signature, From: from, To: to, Mint: c.Mint, Ref: ref}
+	s, err := c.read(ctx, rpcURL, &p)
+	if err != nil {
+		return p, err
+	}
+	memo := PaymentMemo(ref)
+	hasMemo := false
+	for _, m := range s.memos {
+		hasMemo = hasMemo || m == memo
+	}
+	if err := s.moved(c, &p); err != nil {
+		return p, err
+	}
+	switch {
+	case p.Amount < amount:
+		return p, fmt.Errorf("%w: too little: transaction %s moves %d of %d %s from %s to %s", ErrBadPayment, signature, p.Amount, amount, c.units(), from, to)
+	case !hasMemo && len(s.memos) == 0:
+		return p, fmt.Errorf("%w: no memo for ref %s: transaction %s carries no memo, want %q", ErrBadPayment, ref, signature, memo)
+	case !hasMemo:
+		return p, fmt.Errorf("%w: no memo for ref %s: transaction %s carries no memo %q (it pays for something else)", ErrBadPayment, ref, signature, memo)
+	case len(s.memos) > 1:
+		return p, fmt.Errorf("%w: transaction %s carries %d memos: a payment is one transfer with one memo for one bill", ErrBadPayment, signature, len(s.memos))
+	case s.transfers > 1:
+		return p, fmt.Errorf("%w: transaction %s makes %d transfers to %s: a payment is one transfer with one memo for one bill", ErrBadPayment, signature, s.transfers, to)
+	}
+	return p, nil
+}
+
+// scan is what a transaction shows of a payment in a currency, as read
+// by Currency.read for Check and PaidFor.
+type scan struct {
+	dest      solana.PublicKey // the account a payment credits: the payee, or its token account
+	transfers int              // of the currency, from the payer to dest
+	others    []string         // transfers between other accounts, or of another currency
+	wrongMint []string         // token transfers of another mint
+	memos     []string         // the data of its memo instructions
+}
+
+// read fetches transaction p.Signature (one getTransaction call) and reads
+// its top-level instructions: the transfers of c from p.From to p.To (their
+// sum into p.Amount), the others, and the memos. It fills p's Slot, Fee and
+// Rent. A transaction that is not there, failed or cannot be read gives an
+// error wrapping ErrBadPayment.
+func (c Currency) read(ctx context.Context, rpcURL string, p *Payment) (scan, error) {
+	signature := p.Signature
+	var s scan
 	sig, err := solana.SignatureFromBase58(signature)
 	if err != nil {
-		return Payment{}, fmt.Errorf("%w: %q is not a transaction signature (64 bytes in base58): %v", ErrBadPayment, signature, err)
+		return s, fmt.Errorf("%w: %q is not a transaction signature (64 bytes in base58): %v", ErrBadPayment, signature, err)
 	}
-	payer, err := parseAddress("payer", from)
+	payer, err := parseAddress("payer", p.From)
 	if err != nil {
-		return Payment{}, err
+		return s, err
 	}
-	payee, err := parseAddress("payee", to)
+	payee, err := parseAddress("payee", p.To)
 	if err != nil {
-		return Payment{}, err
+		return s, err
 	}
 	if rpcURL == "" {
-		return Payment{}, errors.New("payment check: no Solana RPC URL (--solana-rpc)")
+		return s, errors.New("payment check: no Solana RPC URL (--solana-rpc)")
 	}
 	// The account the transfer must credit: the payee, or its token account.
-	dest, mint := payee, solana.PublicKey{}
+	s.dest = payee
+	mint := solana.PublicKey{}
 	if !c.IsSOL() {
 		if mint, err = c.mint(); err != nil {
-			return Payment{}, err
+			return s, err
 		}
-		if dest, _, err = solana.FindAssociatedTokenAddress(payee, mint); err != nil {
-			return Payment{}, fmt.Errorf("payment check: the token account of %s: %w", to, err)
+		if s.dest, _, err = solana.FindAssociatedTokenAddress(payee, mint); err != nil {
+			return s, fmt.Errorf("payment check: the token account of %s: %w", p.To, err)
 		}
 	}
-	p := Payment{Signature: signature, From: from, To: to, Mint: c.Mint, Ref: ref}
 	zero := uint64(0)
 	res, err := rpc.New(rpcURL).GetTransaction(ctx, sig, &rpc.GetTransactionOpts{
 		Encoding: solana.EncodingBase64, Commitment: rpc.CommitmentConfirmed, MaxSupportedTransactionVersion: &zero,
 	})
 	if errors.Is(err, rpc.ErrNotFound) || (err == nil && (res == nil || res.Transaction == nil)) {
-		return p, fmt.Errorf("%w: transaction %s is not found on the chain behind %s (not confirmed yet, or a different cluster?)", ErrBadPayment, signature, rpcURL)
+		return s, fmt.Errorf("%w: transaction %s is not found on the chain behind %s (not confirmed yet, or a different cluster?)", ErrBadPayment, signature, rpcURL)
 	}
 	if err != nil {
-		return p, fmt.Errorf("payment check: asking %s for transaction %s: %w", rpcURL, signature, err)
+		return s, fmt.Errorf("payment check: asking %s for transaction %s: %w", rpcURL, signature, err)
 	}
 	p.Slot = res.Slot
 	if res.Meta != nil {
 		p.Fee = res.Meta.Fee
 		if res.Meta.Err != nil {
-			return p, fmt.Errorf("%w: transaction %s failed on chain: %s; it paid nothing", ErrBadPayment, signature, errJSON(res.Meta.Err))
+			return s, fmt.Errorf("%w: transaction %s failed on chain: %s; it paid nothing", ErrBadPayment, signature, errJSON(res.Meta.Err))
 		}
 	}
 	tx, err := res.Transaction.GetTransaction()
 	if err != nil {
-		return p, fmt.Errorf("%w: transaction %s cannot be read: %v", ErrBadPayment, signature, err)
+		return s, fmt.Errorf("%w: transaction %s cannot be read: %v", ErrBadPayment, signature, err)
 	}
 	// The accounts its instructions name: the message's own, then any loaded
 	// from address lookup tables (a v0 transaction).
@@ -485,23 +531,14 @@ func (c Currency) Check(ctx context.Context, rpcURL, signature, from, to string,
 		}
 		return keys[i], true
 	}
-	memo := PaymentMemo(ref)
 	var sum uint64
-	var others []string    // transfers between other accounts, or of another currency
-	var wrongMint []string // token transfers of another mint
-	transfers := 0         // of c, from the payer to the payee
-	memos := 0
-	hasMemo := false
 	for _, ix := range tx.Message.Instructions {
 		prog, ok := key(ix.ProgramIDIndex)
 		if !ok {
 			continue
 		}
 		if prog.Equals(solana.MemoProgramID) {
-			memos++
-			if string(ix.Data) == memo {
-				hasMemo = true
-			}
+			s.memos = append(s.memos, string(ix.Data))
 			continue
 		}
 		accounts := make([]solana.PublicKey, 0, len(ix.Accounts))
@@ -516,53 +553,49 @@ func (c Currency) Check(ctx context.Context, rpcURL, signature, from, to string,
 		if !ok {
 			continue
 		}
-		mine := t.sol == c.IsSOL() && t.authority.Equals(payer) && t.to.Equals(dest)
+		mine := t.sol == c.IsSOL() && t.authority.Equals(payer) && t.to.Equals(s.dest)
 		switch {
 		case !t.sol && !c.IsSOL() && t.mint != nil && !t.mint.Equals(mint):
-			wrongMint = append(wrongMint, t.String())
+			s.wrongMint = append(s.wrongMint, t.String())
 			continue
 		case !mine:
-			others = append(others, t.String())
+			s.others = append(s.others, t.String())
 			continue
 		}
 		if sum+t.amount < sum {
-			return p, fmt.Errorf("%w: transaction %s: its transfers overflow", ErrBadPayment, signature)
+			return s, fmt.Errorf("%w: transaction %s: its transfers overflow", ErrBadPayment, signature)
 		}
 		sum += t.amount
-		transfers++
+		s.transfers++
 	}
 	p.Amount = sum
 	if !c.IsSOL() && res.Meta != nil {
 		for i, k := range keys {
-			if k.Equals(dest) && i < len(res.Meta.PreBalances) && i < len(res.Meta.PostBalances) && res.Meta.PreBalances[i] == 0 {
+			if k.Equals(s.dest) && i < len(res.Meta.PreBalances) && i < len(res.Meta.PostBalances) && res.Meta.PreBalances[i] == 0 {
 				p.Rent = res.Meta.PostBalances[i]
 			}
 		}
 	}
-	units := c.units()
+	return s, nil
+}
+
+// moved says why a transaction read into p moves nothing of c from p.From
+// to p.To (an error wrapping ErrBadPayment), or nil when it moves some.
+func (s scan) moved(c Currency, p *Payment) error {
+	signature, from, to := p.Signature, p.From, p.To
 	switch {
-	case sum == 0 && len(wrongMint) > 0:
-		return p, fmt.Errorf("%w: wrong mint: transaction %s moves %s; a payment in %s moves mint %s", ErrBadPayment, signature, strings.Join(wrongMint, "; "), c.Symbol, c.Mint)
-	case sum == 0 && len(others) == 0 && c.IsSOL():
-		return p, fmt.Errorf("%w: transaction %s holds no System transfer: it is not a payment (wrong signature?)", ErrBadPayment, signature)
-	case sum == 0 && len(others) == 0:
-		return p, fmt.Errorf("%w: transaction %s holds no SPL token transfer: it is not a payment in %s (wrong signature?)", ErrBadPayment, signature, c.Symbol)
-	case sum == 0 && c.IsSOL():
-		return p, fmt.Errorf("%w: wrong payer or payee: transaction %s moves nothing from %s to %s (it moves %s)", ErrBadPayment, signature, from, to, strings.Join(others, "; "))
-	case sum == 0:
-		return p, fmt.Errorf("%w: wrong payer or payee: transaction %s moves no %s from %s to %s's token account %s (it moves %s)", ErrBadPayment, signature, c.Symbol, from, to, dest, strings.Join(others, "; "))
-	case sum < amount:
-		return p, fmt.Errorf("%w: too little: transaction %s moves %d of %d %s from %s to %s", ErrBadPayment, signature, sum, amount, units, from, to)
-	case !hasMemo && memos == 0:
-		return p, fmt.Errorf("%w: no memo for ref %s: transaction %s carries no memo, want %q", ErrBadPayment, ref, signature, memo)
-	case !hasMemo:
-		return p, fmt.Errorf("%w: no memo for ref %s: transaction %s carries no memo %q (it pays for something else)", ErrBadPayment, ref, signature, memo)
-	case memos > 1:
-		return p, fmt.Errorf("%w: transaction %s carries %d memos: a payment is one transfer with one memo for one bill", ErrBadPayment, signature, memos)
-	case transfers > 1:
-		return p, fmt.Errorf("%w: transaction %s makes %d transfers to %s: a payment is one transfer with one memo for one bill", ErrBadPayment, signature, transfers, to)
+	case p.Amount > 0:
+		return nil
+	case len(s.wrongMint) > 0:
+		return fmt.Errorf("%w: wrong mint: transaction %s moves %s; a payment in %s moves mint %s", ErrBadPayment, signature, strings.Join(s.wrongMint, "; "), c.Symbol, c.Mint)
+	case len(s.others) == 0 && c.IsSOL():
+		return fmt.Errorf("%w: transaction %s holds no System transfer: it is not a payment (wrong signature?)", ErrBadPayment, signature)
+	case len(s.others) == 0:
+		return fmt.Errorf("%w: transaction %s holds no SPL token transfer: it is not a payment in %s (wrong signature?)", ErrBadPayment, signature, c.Symbol)
+	case c.IsSOL():
+		return fmt.Errorf("%w: wrong payer or payee: transaction %s moves nothing from %s to %s (it moves %s)", ErrBadPayment, signature, from, to, strings.Join(s.others, "; "))
 	}
-	return p, nil
+	return fmt.Errorf("%w: wrong payer or payee: transaction %s moves no %s from %s to %s's token account %s (it moves %s)", ErrBadPayment, signature, c.Symbol, from, to, s.dest, strings.Join(s.others, "; "))
 }
 
 // parseTransfer reads a System program Transfer's lamports: data is u32 LE 2

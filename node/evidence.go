@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gpumesh/gpumesh/chain"
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/node/attempt"
@@ -448,17 +447,18 @@ func (n *Node) checkEvidence(ctx context.Context, p peer.ID, raw []byte) (reputa
 		Root: proof.Root.String(), Anchor: proof.Signature, Slot: anchor.Slot, Verified: n.now().UnixMilli(),
 		Cosigned: len(sr.ConsumerSig) > 0, SelfPaid: rc.Consumer == rc.Provider, OwnJob: rc.Consumer == n.id.SolanaAddress,
 	}
-	// What the consumer paid counts only in this swarm's unit, as the
-	// chain shows it (SOL settlement: System transfers).
+	// What the consumer paid counts only in this swarm's unit and currency,
+	// as the chain shows it: transfers of the mint it settles in (System
+	// transfers when it settles in SOL).
 	if !r.Cosigned || r.SelfPaid || r.OwnJob || rc.Unit != n.PriceUnit().Token {
 		return r, nil
 	}
-	full := n.reputationParams().FullWeight()
+	full, cur := n.reputationParams().FullWeight(), n.currency()
 	for i, sig := range rc.Payments {
 		if i == maxPaymentsChecked || r.Paid >= full {
 			break
 		}
-		amt, err := chain.PaidFor(ctx, n.cfg.SolanaRPC, sig, rc.Consumer, rc.Provider, rc.Key())
+		amt, err := cur.PaidFor(ctx, n.cfg.SolanaRPC, sig, rc.Consumer, rc.Provider, rc.Key())
 		if err != nil {
 			continue // a payment that does not hold pays nothing
 		}
