@@ -364,7 +364,6 @@ func TestBlocksGoOnlyToPeersGranted(t *testing.T) {
 	defer cancel()
 	ha, a := peerOn(t, 0)
 	hb, b := peerOn(t, 0)
-	hs, stranger := peerOn(t, 0)
 	root, err := a.Add(ctx, tree(t, 2*content.ChunkSize), 0, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -376,14 +375,16 @@ func TestBlocksGoOnlyToPeersGranted(t *testing.T) {
 	} else {
 		release()
 	}
-	connect(t, hs, ha)
-	connect(t, hs, hb)
-	served := a.Stats().ServedBlocks
-	fetchFails := func(why string) {
+	// Each phase asks with a peer of its own: a peer told DONT_HAVE keeps
+	// its want outstanding for a while, and would not ask again at once.
+	fetchFails := func(why string, hs host.Host, s *content.Service) {
 		t.Helper()
+		connect(t, hs, ha)
+		connect(t, hs, hb)
+		served := a.Stats().ServedBlocks
 		short, stop := context.WithTimeout(ctx, 3*time.Second)
 		defer stop()
-		if _, _, err := stranger.Fetch(short, root.CID, 0); err == nil {
+		if _, _, err := s.Fetch(short, root.CID, 0); err == nil {
 			t.Fatalf("%s: the stranger fetched the root", why)
 		}
 		if got := a.Stats().ServedBlocks; got != served {
@@ -392,25 +393,30 @@ func TestBlocksGoOnlyToPeersGranted(t *testing.T) {
 		if got := b.Stats().ServedBlocks; got != 0 {
 			t.Fatalf("%s: the peer that fetched the root served %d blocks of it", why, got)
 		}
-		if ok, _ := stranger.Store().Has(ctx, root.CID); ok {
+		if ok, _ := s.Store().Has(ctx, root.CID); ok {
 			t.Fatalf("%s: the stranger holds the root", why)
 		}
 	}
-	fetchFails("not granted")
+	hs, stranger := peerOn(t, 0)
+	fetchFails("not granted", hs, stranger)
 
 	// Granted twice and revoked twice: not granted.
-	grant(t, a, root.CID, hs)
-	grant(t, a, root.CID, hs)
-	a.Revoke(root.CID, hs.ID())
-	a.Revoke(root.CID, hs.ID())
-	fetchFails("revoked")
+	hc, c := peerOn(t, 0)
+	grant(t, a, root.CID, hc)
+	grant(t, a, root.CID, hc)
+	a.Revoke(root.CID, hc.ID())
+	a.Revoke(root.CID, hc.ID())
+	fetchFails("revoked", hc, c)
 
-	// Granted twice and revoked once: granted, the stranger gets it over
-	// the same connections.
-	grant(t, a, root.CID, hs)
-	grant(t, a, root.CID, hs)
-	a.Revoke(root.CID, hs.ID())
-	if _, release, err := stranger.Fetch(ctx, root.CID, 0); err != nil {
+	// Granted twice and revoked once: granted, a peer connected as the
+	// others were gets it.
+	hd, d := peerOn(t, 0)
+	connect(t, hd, ha)
+	connect(t, hd, hb)
+	grant(t, a, root.CID, hd)
+	grant(t, a, root.CID, hd)
+	a.Revoke(root.CID, hd.ID())
+	if _, release, err := d.Fetch(ctx, root.CID, 0); err != nil {
 		t.Fatalf("granted: %v", err)
 	} else {
 		release()
@@ -421,7 +427,7 @@ func TestBlocksGoOnlyToPeersGranted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Grant(ctx, other.CID, hs.ID()); err == nil || !strings.Contains(err.Error(), "not in this peer's store") {
+	if err := a.Grant(ctx, other.CID, hd.ID()); err == nil || !strings.Contains(err.Error(), "not in this peer's store") {
 		t.Fatalf("grant of a root a lacks: %v, want an error that says so", err)
 	}
 }
