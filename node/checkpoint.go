@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/node/content"
@@ -23,8 +24,8 @@ import (
 )
 
 // Checkpoints: member 0's provider adds the job's checkpoint folder to its
-// content store every checkpoint.every (and once more when the work ends)
-// and sends its CID in a checkpoint frame; the submitter fetches it (only
+// content store every checkpoint.every (and once more when the work ends),
+// grants it to the submitter alone and sends its CID in a checkpoint frame; the submitter fetches it (only
 // the blocks it lacks move), keeps it pinned and records it in
 // jobs/<id>/checkpoint.json; a retry's start frame names it, and each new
 // member restores it before its work starts.
@@ -284,14 +285,25 @@ func (n *Node) placeCheckpoint(ctx context.Context, c *jobspec.Checkpoint, resto
 	return dir, mount, env, nil
 }
 
+// checkpointGrants is how many of its latest checkpoints member 0 lets
+// the submitter fetch: the one it fetches may be the one before the last
+// sent. checkpointGrantGrace is how long after the member ends they stay
+// granted: the submitter's fetch of the last one, after the one running.
+const (
+	checkpointGrants     = 2
+	checkpointGrantGrace = 2 * checkpointFetchTimeout
+)
+
 // checkpointSyncer syncs member 0's checkpoint folder: added to the store,
-// and its CID sent when it changed.
+// granted to the submitter (to), and its CID sent when it changed.
 type checkpointSyncer struct {
-	n    *Node
-	dir  string
-	send func(jobwire.Frame) error
-	note func(string)
-	last cid.Cid
+	n       *Node
+	dir     string
+	to      peer.ID
+	send    func(jobwire.Frame) error
+	note    func(string)
+	last    cid.Cid
+	granted []cid.Cid // the latest checkpointGrants granted to to, oldest first
 }
 
 func (s *checkpointSyncer) sync(ctx context.Context) {
@@ -305,9 +317,31 @@ func (s *checkpointSyncer) sync(ctx context.Context) {
 	if root.CID == s.last {
 		return
 	}
+	if err := s.n.content.Grant(ctx, root.CID, s.to); err != nil {
+		if ctx.Err() == nil {
+			s.note("checkpoint not synced: " + err.Error())
+		}
+		return
+	}
+	if s.granted = append(s.granted, root.CID); len(s.granted) > checkpointGrants {
+		s.n.content.Revoke(s.granted[0], s.to)
+		s.granted = s.granted[1:]
+	}
 	if s.send(jobwire.Frame{T: jobwire.KindCheckpoint, Ckpt: &jobwire.CheckpointFrame{CID: root.CID.String(), Bytes: root.Bytes, Files: root.Files}}) == nil {
 		s.last = root.CID
 	}
+}
+
+// revokeLater ends the submitter's grants once checkpointGrantGrace has
+// passed: the member has ended.
+func (s *checkpointSyncer) revokeLater() {
+	granted, c, to := s.granted, s.n.content, s.to
+	s.granted = nil
+	time.AfterFunc(checkpointGrantGrace, func() {
+		for _, root := range granted {
+			c.Revoke(root, to)
+		}
+	})
 }
 
 // run syncs every interval until ctx ends.

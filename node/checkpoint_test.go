@@ -97,6 +97,9 @@ func TestAnOversizeCheckpointCutsItsProviderOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := prov.Content().Grant(ctx, root.CID, sub.Host().ID()); err != nil { // as member 0's provider does
+		t.Fatal(err)
+	}
 	meshtest.ServeJobs(t, prov.Host(), func(js *meshtest.JobStream, st *jobwire.StartFrame) error {
 		if err := js.Send(jobwire.Frame{T: jobwire.KindStarted, At: time.Now().UnixMilli()},
 			jobwire.Frame{T: jobwire.KindCheckpoint, Ckpt: &jobwire.CheckpointFrame{CID: root.CID.String(), Bytes: 10, Files: 1}}); err != nil {

@@ -15,6 +15,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/node/content"
@@ -98,11 +101,46 @@ func (n *Node) addInputs(ctx context.Context, spec *jobspec.Spec) error {
 	return nil
 }
 
+// grantMember lets provider fetch from this peer's store the inputs of
+// job j and the checkpoint restore (a CID, or ""), until the func it
+// returns is called. A root not in the store is logged: the member's
+// fetch of it fails, and says so.
+func (n *Node) grantMember(ctx context.Context, j Job, restore string, provider peer.ID) (revoke func()) {
+	var roots []string
+	for _, in := range j.Spec.Inputs {
+		if in.CID != "" {
+			roots = append(roots, in.CID)
+		}
+	}
+	if restore != "" {
+		roots = append(roots, restore)
+	}
+	var granted []cid.Cid
+	for _, s := range roots {
+		root, err := jobspec.ParseCID(s)
+		if err == nil {
+			err = n.content.Grant(ctx, root, provider)
+		}
+		if err != nil {
+			n.log.Warn("job content not granted to its provider", "job", j.ID, "cid", s, "provider", provider, "err", err)
+			continue
+		}
+		granted = append(granted, root)
+	}
+	return func() {
+		for _, root := range granted {
+			n.content.Revoke(root, provider)
+		}
+	}
+}
+
 // placeInputs fetches a member's inputs and puts them where its work sees
 // them, read-only: the process executor's under work (dst without its
 // leading "/"), a container's in runDir/inputs/<i>, mounted at dst. Only
 // the CIDs of the job accepted are fetched, within this provider's
-// MaxInputSize in all; a URL's body must hash to its sha256. done removes
+// MaxInputSize in all; a URL's body must hash to its sha256. The blocks
+// fetched stay in the cache for this provider's next job, served to no
+// other peer (nothing of it is granted) nor announced. done removes
 // what was placed and lets the cache drop the blocks again; it is nil on
 // error, when nothing is left behind.
 func (n *Node) placeInputs(ctx context.Context, ins []jobspec.Input, executor, runDir, work string, by time.Time) (mounts []exec.Mount, done func(), err error) {
@@ -156,7 +194,6 @@ func (n *Node) placeInputs(ctx context.Context, ins []jobspec.Input, executor, r
 			if err := n.content.WriteTo(ctx, root, target); err != nil {
 				return nil, nil, fmt.Errorf("inputs[%d] (%s): %w", i, in.Dst, err)
 			}
-			n.content.Announce(root) // this provider has it now, for the next that needs it
 			size = st.Bytes
 		case in.URL != "":
 			if size, err = fetchURL(ctx, in, target, budget); err != nil {

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/meshtest"
@@ -87,6 +89,34 @@ func TestJobInputsReachTheMemberOnceReadOnly(t *testing.T) {
 	}
 	if again := provider.Content().Stats().FetchedBytes; again != first {
 		t.Fatalf("second job fetched %d more bytes, want 0", again-first)
+	}
+
+	// A peer of the swarm not in the job asks the submitter and the
+	// provider (which has the input cached) for it over the real
+	// exchange: neither serves it, the jobs over or not (content's
+	// TestBlocksGoOnlyToPeersGranted shows a peer granted it would get it).
+	stranger := m.Nodes[1]
+	root, err := jobspec.ParseCID(j.Spec.Inputs[0].CID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, nd := range []*node.Node{submitter, provider} {
+		if err := stranger.Host().Connect(ctx, peer.AddrInfo{ID: nd.Host().ID(), Addrs: nd.Host().Addrs()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	served := submitter.Content().Stats().ServedBlocks
+	short, stop := context.WithTimeout(ctx, 3*time.Second)
+	_, _, err = stranger.Content().Fetch(short, root, 0)
+	stop()
+	if err == nil {
+		t.Fatal("a peer not in the job fetched its input")
+	}
+	if got := submitter.Content().Stats().ServedBlocks; got != served {
+		t.Fatalf("the submitter served %d blocks to a peer not in the job", got-served)
+	}
+	if got := provider.Content().Stats().ServedBlocks; got != 0 {
+		t.Fatalf("the provider served %d blocks of its cache", got)
 	}
 }
 

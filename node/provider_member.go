@@ -366,9 +366,10 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	ckCtx, stopCk := context.WithCancel(runCtx)
 	defer stopCk()
 	if ckDir != "" && st.Rank == 0 {
-		ckSync = &checkpointSyncer{n: n, dir: ckDir, send: fw.Write, note: func(msg string) {
+		ckSync = &checkpointSyncer{n: n, dir: ckDir, to: from, send: fw.Write, note: func(msg string) {
 			_, _ = jobwire.NewLogWriter(fw, "err").Write([]byte("gpumesh: " + msg + "\n"))
 		}}
+		defer ckSync.revokeLater()
 		ckWG.Add(1)
 		go func() { defer ckWG.Done(); ckSync.run(ckCtx, st.Spec.Checkpoint.Interval()) }()
 	}

@@ -363,6 +363,9 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 	if ck, ok := n.JobCheckpoint(j.ID); ok && j.Spec.Checkpoint != nil {
 		restore = ck.CID
 	}
+	// Its provider may fetch the job's inputs and that checkpoint from
+	// this peer while its stream lasts; no other peer may.
+	defer n.grantMember(ctx, j, restore, j.Members[s.Rank].Provider)()
 	c, err := n.openMember(ctx, j.Members[s.Rank])
 	if err == nil {
 		addr := s.MasterAddr

@@ -80,6 +80,7 @@ type Service struct {
 	local   ipld.DAGService           // the store only
 	dag     ipld.DAGService           // the exchange behind the store
 	routing Routing
+	grants  *grants // who may fetch what from here
 	log     *slog.Logger
 
 	ctx    context.Context // ends with Close
@@ -140,7 +141,11 @@ func New(h host.Host, cfg Config) (*Service, error) {
 	if cfg.Routing != nil {
 		finder = cfg.Routing
 	}
+	g := newGrants()
 	bs := bitswap.New(ctx, bsnet.NewFromIpfsHost(h, netOpts...), finder, store,
+		// A block goes only to a peer granted it (Grant); any other is
+		// told we have none.
+		bitswap.WithPeerBlockRequestFilter(g.allowed),
 		bitswap.MaxQueuedWantlistEntriesPerPeer(maxWantlist),
 		bitswap.MaxOutstandingBytesPerPeer(maxPeerBytes),
 		bitswap.MaxCidSize(128),
@@ -159,6 +164,7 @@ func New(h host.Host, cfg Config) (*Service, error) {
 		dag:     merkledag.NewDAGService(serv),
 		local:   merkledag.NewDAGService(blockservice.New(store, nil, blockservice.WithAllowlist(allow))),
 		routing: cfg.Routing,
+		grants:  g,
 		log:     log,
 		ctx:     ctx,
 		cancel:  cancel,

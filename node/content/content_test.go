@@ -9,10 +9,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -33,6 +35,14 @@ func peerOn(t testing.TB, max int64) (host.Host, *content.Service) {
 	}
 	t.Cleanup(func() { _ = s.Close(); _ = h.Close() })
 	return h, s
+}
+
+// grant lets h fetch root's blocks from s.
+func grant(t testing.TB, s *content.Service, root cid.Cid, h host.Host) {
+	t.Helper()
+	if err := s.Grant(context.Background(), root, h.ID()); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func connect(t testing.TB, a, b host.Host) {
@@ -97,6 +107,7 @@ func TestFetchOncePerPeerAndWriteReadOnly(t *testing.T) {
 	if want := int64(3*content.ChunkSize + 17 + 12); root.Bytes != want || last != want || root.Files != 2 {
 		t.Fatalf("added %d bytes in %d files (progress %d), want %d in 2", root.Bytes, root.Files, last, want)
 	}
+	grant(t, a, root.CID, hb)
 	st, release, err := b.Fetch(ctx, root.CID, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -141,6 +152,7 @@ func TestFetchOverLimitFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	grant(t, a, root.CID, hb)
 	_, _, err = b.Fetch(ctx, root.CID, content.ChunkSize)
 	if !errors.Is(err, content.ErrTooBig) {
 		t.Fatalf("fetch of %d bytes with a limit of %d: %v, want ErrTooBig", root.Bytes, content.ChunkSize, err)
@@ -189,6 +201,8 @@ func TestWrongBytesFromAPeerAreNotUsed(t *testing.T) {
 	if err := hostile.Store().Put(ctx, bad); err != nil {
 		t.Fatal(err)
 	}
+	grant(t, hostile, root.CID, hb)
+	grant(t, a, root.CID, hb)
 	connect(t, hb, hh)
 	short, stop := context.WithTimeout(ctx, 3*time.Second)
 	_, _, err = b.Fetch(short, root.CID, 0)
@@ -279,6 +293,7 @@ func BenchmarkInputTransfer(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		hb, peerB := peerOn(b, 0)
 		connect(b, hb, ha)
+		grant(b, a, root.CID, hb)
 		start := time.Now()
 		_, release, err := peerB.Fetch(ctx, root.CID, 0)
 		if err != nil {
@@ -337,5 +352,82 @@ func tcpCopy(b *testing.B, path string) {
 	_ = c.Close()
 	if err := <-done; err != nil {
 		b.Fatal(err)
+	}
+}
+
+// A block goes only to a peer granted a root that holds it: a stranger
+// asking over the real exchange, of the peer that added the root and of
+// one that fetched it, gets nothing, while the peer granted fetches it;
+// a grant revoked serves no more.
+func TestBlocksGoOnlyToPeersGranted(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ha, a := peerOn(t, 0)
+	hb, b := peerOn(t, 0)
+	root, err := a.Add(ctx, tree(t, 2*content.ChunkSize), 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	connect(t, hb, ha)
+	grant(t, a, root.CID, hb)
+	if _, release, err := b.Fetch(ctx, root.CID, 0); err != nil {
+		t.Fatalf("the peer granted: %v", err)
+	} else {
+		release()
+	}
+	// Each phase asks with a peer of its own: a peer told DONT_HAVE keeps
+	// its want outstanding for a while, and would not ask again at once.
+	fetchFails := func(why string, hs host.Host, s *content.Service) {
+		t.Helper()
+		connect(t, hs, ha)
+		connect(t, hs, hb)
+		served := a.Stats().ServedBlocks
+		short, stop := context.WithTimeout(ctx, 3*time.Second)
+		defer stop()
+		if _, _, err := s.Fetch(short, root.CID, 0); err == nil {
+			t.Fatalf("%s: the stranger fetched the root", why)
+		}
+		if got := a.Stats().ServedBlocks; got != served {
+			t.Fatalf("%s: %d blocks served to the stranger", why, got-served)
+		}
+		if got := b.Stats().ServedBlocks; got != 0 {
+			t.Fatalf("%s: the peer that fetched the root served %d blocks of it", why, got)
+		}
+		if ok, _ := s.Store().Has(ctx, root.CID); ok {
+			t.Fatalf("%s: the stranger holds the root", why)
+		}
+	}
+	hs, stranger := peerOn(t, 0)
+	fetchFails("not granted", hs, stranger)
+
+	// Granted twice and revoked twice: not granted.
+	hc, c := peerOn(t, 0)
+	grant(t, a, root.CID, hc)
+	grant(t, a, root.CID, hc)
+	a.Revoke(root.CID, hc.ID())
+	a.Revoke(root.CID, hc.ID())
+	fetchFails("revoked", hc, c)
+
+	// Granted twice and revoked once: granted, a peer connected as the
+	// others were gets it.
+	hd, d := peerOn(t, 0)
+	connect(t, hd, ha)
+	connect(t, hd, hb)
+	grant(t, a, root.CID, hd)
+	grant(t, a, root.CID, hd)
+	a.Revoke(root.CID, hd.ID())
+	if _, release, err := d.Fetch(ctx, root.CID, 0); err != nil {
+		t.Fatalf("granted: %v", err)
+	} else {
+		release()
+	}
+
+	// A root not whole in the store cannot be granted.
+	other, err := stranger.Add(ctx, tree(t, 10), 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Grant(ctx, other.CID, hd.ID()); err == nil || !strings.Contains(err.Error(), "not in this peer's store") {
+		t.Fatalf("grant of a root a lacks: %v, want an error that says so", err)
 	}
 }

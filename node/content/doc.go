@@ -17,8 +17,20 @@
 //   - who has a root is announced in the swarm's DHT as a provider record
 //     (Announce) and found there when no connected peer has it.
 //
-// Bounds against strangers: a peer asking for blocks we have is served,
-// within bitswap's per-peer queue (1,024 wants, 4 MiB of blocks at once);
+// Who is served: a block goes only to a peer granted a root whose DAG
+// holds it (Grant, until Revoke; bitswap's peer block request filter):
+// any other peer asking for a CID, even one it learned or guessed, is told
+// we have none. Grant lists the root's blocks once, from the store, and
+// the list goes with the root's last grant, so the index holds only what
+// running jobs granted. The node grants a job's inputs (and a retry's
+// checkpoint) to its members' providers and member 0's checkpoints to the
+// submitter, before they are told the CIDs (a peer told DONT_HAVE keeps
+// its want outstanding, and does not ask again at once). A provider
+// grants nothing of its cache: sharing cached blocks between providers
+// (image layers) is for a later change. A private swarm keeps the rule.
+//
+// Bounds against strangers: a peer granted blocks is served within
+// bitswap's per-peer queue (1,024 wants, 4 MiB of blocks at once);
 // a peer cannot make us store anything: blocks come in only as answers to
 // our own wants (the exchange drops blocks no session asked for), every
 // block received is hashed against the CID asked for, and a Fetch takes

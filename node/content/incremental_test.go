@@ -52,6 +52,7 @@ func TestSyncAfterAChangeMovesOnlyNewChunks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	grant(t, a, first.CID, hb)
 	if _, release, err := b.Fetch(ctx, first.CID, 0); err != nil {
 		t.Fatal(err)
 	} else {
@@ -62,6 +63,7 @@ func TestSyncAfterAChangeMovesOnlyNewChunks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	grant(t, a, second.CID, hb)
 	if second.CID == first.CID {
 		t.Fatal("the changed folder has the same CID")
 	}
@@ -94,6 +96,7 @@ func BenchmarkCheckpointResync(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		grant(b, member, root.CID, hs)
 		if _, release, err := sub.Fetch(ctx, root.CID, 0); err != nil {
 			b.Fatal(err)
 		} else {
@@ -106,6 +109,7 @@ func BenchmarkCheckpointResync(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		grant(b, member, root.CID, hs)
 		fetchStart := time.Now()
 		st, release, err := sub.Fetch(ctx, root.CID, 0)
 		if err != nil {
