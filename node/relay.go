@@ -133,6 +133,10 @@ type relayState struct {
 // the relay client with AutoRelay fed by connected peers, and the relay
 // service in auto mode. In a private swarm relays are members (the swarm
 // key admits no one else) and everything runs over TCP.
+// autonatChecksPerMinute is how many reachability checks this peer answers
+// for others each minute, all askers together.
+const autonatChecksPerMinute = 150
+
 func (n *Node) natOptions(cfg *Config) []libp2p.Option {
 	var opts []libp2p.Option
 	if cfg.relayMode() == RelayAuto {
@@ -148,6 +152,12 @@ func (n *Node) natOptions(cfg *Config) []libp2p.Option {
 	}
 	opts = append(opts,
 		libp2p.EnableNATService(),
+		// A public peer answers the reachability checks of every NATed peer
+		// that meets it: at libp2p's default of 30 a minute, 100 new peers
+		// behind NAT wait ~4 minutes to learn they need a relay. Each check
+		// is one dial back to the asker's own observed address, at most 3 a
+		// minute per asker, so a higher total sends nothing to third parties.
+		libp2p.AutoNATServiceRateLimit(autonatChecksPerMinute, 3, time.Minute),
 		libp2p.EnableHolePunching(punchTracer),
 		libp2p.EnableAutoRelayWithPeerSource(n.relayCandidates,
 			autorelay.WithMinCandidates(1),
