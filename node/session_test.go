@@ -204,7 +204,7 @@ func shellUnderATerminal(t *testing.T, ctx context.Context, sub *node.Node, id s
 	defer conn.Close()
 	keys, typist := io.Pipe()
 	defer typist.Close()
-	screen := &watched{changed: make(chan struct{})}
+	screen := &testwait.Output{}
 	resize := make(chan [2]int, 1)
 	exited := make(chan int, 1)
 	go func() {
@@ -220,14 +220,14 @@ func shellUnderATerminal(t *testing.T, ctx context.Context, sub *node.Node, id s
 		}
 	}
 	typeLine("PS1='gm-ready> '")
-	screen.waitFor(t, ctx, "gm-ready> ", 2) // the typed line, then the prompt
+	screen.WaitFor(t, ctx, "gm-ready> ", 2) // the typed line, then the prompt
 	typeLine("echo $((6*7))")
-	screen.waitFor(t, ctx, "42\r\n", 1)
+	screen.WaitFor(t, ctx, "42\r\n", 1)
 	typeLine("stty size")
-	screen.waitFor(t, ctx, "24 80\r\n", 1)
+	screen.WaitFor(t, ctx, "24 80\r\n", 1)
 	resize <- [2]int{30, 100}
 	typeLine("stty size")
-	screen.waitFor(t, ctx, "30 100\r\n", 1)
+	screen.WaitFor(t, ctx, "30 100\r\n", 1)
 	typeLine("exit 7")
 	select {
 	case code := <-exited:
@@ -236,46 +236,6 @@ func shellUnderATerminal(t *testing.T, ctx context.Context, sub *node.Node, id s
 		}
 	case <-ctx.Done():
 		t.Fatalf("the shell did not exit; the screen:\n%s", screen.String())
-	}
-}
-
-// watched is output a test waits on.
-type watched struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	changed chan struct{} // closed and replaced at each write
-}
-
-func (w *watched) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf.Write(p)
-	close(w.changed)
-	w.changed = make(chan struct{})
-	return len(p), nil
-}
-
-func (w *watched) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
-}
-
-// waitFor waits until s shows up count times.
-func (w *watched) waitFor(t *testing.T, ctx context.Context, s string, count int) {
-	t.Helper()
-	for {
-		w.mu.Lock()
-		n, ch := strings.Count(w.buf.String(), s), w.changed
-		w.mu.Unlock()
-		if n >= count {
-			return
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			t.Fatalf("waited for %q on the terminal; it shows:\n%q", s, w.String())
-		}
 	}
 }
 

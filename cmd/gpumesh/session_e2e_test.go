@@ -82,7 +82,7 @@ func TestJobExecAndPortForwardFromTheCLI(t *testing.T) {
 	shellDone := make(chan error, 1)
 	go func() { shellDone <- shell.Wait() }()
 	defer func() { _ = shell.Process.Kill() }()
-	screen := &screen{changed: make(chan struct{})}
+	screen := &testwait.Output{}
 	go func() { _, _ = io.Copy(screen, ptmx) }()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -92,11 +92,11 @@ func TestJobExecAndPortForwardFromTheCLI(t *testing.T) {
 		}
 	}
 	typeLine("PS1='cli-ready> '")
-	screen.waitFor(t, ctx, "cli-ready> ", 2) // the typed line, then the prompt
+	screen.WaitFor(t, ctx, "cli-ready> ", 2) // the typed line, then the prompt
 	typeLine("echo $((6*7))")
-	screen.waitFor(t, ctx, "42\r\n", 1)
+	screen.WaitFor(t, ctx, "42\r\n", 1)
 	typeLine("stty size")
-	screen.waitFor(t, ctx, "24 80\r\n", 1)
+	screen.WaitFor(t, ctx, "24 80\r\n", 1)
 	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 33, Cols: 101}); err != nil { // SIGWINCH to the CLI
 		t.Fatal(err)
 	}
@@ -181,43 +181,4 @@ func get(ctx context.Context, url string) (string, error) {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	return string(body), err
-}
-
-// screen is a terminal's output that a test waits on.
-type screen struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	changed chan struct{} // closed and replaced at each write
-}
-
-func (s *screen) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.buf.Write(p)
-	close(s.changed)
-	s.changed = make(chan struct{})
-	return len(p), nil
-}
-
-func (s *screen) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
-func (s *screen) waitFor(t *testing.T, ctx context.Context, want string, count int) {
-	t.Helper()
-	for {
-		s.mu.Lock()
-		n, ch := strings.Count(s.buf.String(), want), s.changed
-		s.mu.Unlock()
-		if n >= count {
-			return
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			t.Fatalf("waited for %q on the terminal; it shows:\n%q", want, s.String())
-		}
-	}
 }

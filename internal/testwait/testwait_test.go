@@ -115,3 +115,22 @@ func TestUntilEndsWithItsContext(t *testing.T) {
 		}
 	})
 }
+
+func TestOutputWakesItsWaiterAndShowsWhatItHasOnFailure(t *testing.T) {
+	var out Output
+	go func() {
+		for range 3 {
+			fmt.Fprint(&out, "ready> ")
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out.WaitFor(t, ctx, "ready> ", 3)
+
+	short, cancelShort := context.WithCancel(context.Background())
+	cancelShort()
+	msg := fails(t, func(tb testing.TB) { out.WaitFor(tb, short, "done", 1) })
+	if !strings.Contains(msg, `"done"`) || !strings.Contains(msg, "ready> ready> ready> ") {
+		t.Fatalf("failure message %q: want what was awaited and what was written", msg)
+	}
+}
