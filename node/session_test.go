@@ -37,6 +37,38 @@ func TestExecAndPortForwardIntoAProcessMember(t *testing.T) {
 		if err != nil || code != 0 || !strings.HasSuffix(strings.TrimSpace(out), "/work") {
 			t.Errorf("pwd in the member: %q, code %d, %v; want its work folder, 0", out, code, err)
 		}
+		execsAtOnceAreBounded(t, ctx, sub, j.ID)
+	})
+}
+
+// execsAtOnceAreBounded holds as many execs open in member 0 of job id as
+// its provider allows: one more is refused, saying why; once one ends, the
+// next is let in.
+func execsAtOnceAreBounded(t *testing.T, ctx context.Context, sub *node.Node, id string) {
+	t.Helper()
+	const most = 8 // the provider's bound (provider_session.go)
+	var open []io.ReadWriteCloser
+	defer func() {
+		for _, c := range open {
+			c.Close()
+		}
+	}()
+	for i := range most {
+		c, err := sub.OpenSession(ctx, id, sessionwire.Open{Kind: sessionwire.KindExec, Command: []string{"sleep", "600"}})
+		if err != nil {
+			t.Fatalf("exec %d of %d: %v", i+1, most, err)
+		}
+		open = append(open, c)
+	}
+	_, err := sub.OpenSession(ctx, id, sessionwire.Open{Kind: sessionwire.KindExec, Command: []string{"true"}})
+	if !errors.Is(err, node.ErrSessionRefused) || !strings.Contains(err.Error(), "execs run in this member already") {
+		t.Fatalf("exec %d with %d open: %v; want refused, saying how many run", most+1, most, err)
+	}
+	open[0].Close()
+	open = open[1:]
+	testwait.Until(t, ctx, "a place freed by an ended exec", func() (bool, string) {
+		out, _, code, err := execIn(ctx, sub, id, sessionwire.Open{Command: []string{"echo", "in"}}, nil)
+		return err == nil && code == 0 && out == "in\n", fmt.Sprintf("%q, %d, %v", out, code, err)
 	})
 }
 
