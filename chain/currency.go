@@ -260,3 +260,52 @@ func tokenHint(chainErr map[string]any) string {
 	}
 	return ""
 }
+
+// token2022 is the Token-2022 program, whose mints gpumesh does not pay in.
+var token2022 = solana.MustPublicKeyFromBase58("TokenzQdBNbLqP5VQQBbQTNvh9A2nQ3xyzmWCWcq4eq")
+
+// mintSize is an SPL Token mint account's size; its decimals are byte 44.
+const mintSize = 82
+
+// ErrMintMismatch says that a token's mint on chain is not what the
+// currency says (its decimals, its program, or no mint at all): payments in
+// it would all fail, so a peer refuses to start with it.
+var ErrMintMismatch = errors.New("token mint does not match")
+
+// CheckMint asks rpcURL for c's mint and compares it with c: it must be an
+// initialized mint of the SPL Token program with c's decimals. A mismatch
+// wraps ErrMintMismatch and says how to fix it; other errors are the RPC's.
+// SOL has nothing to check.
+func (c Currency) CheckMint(ctx context.Context, rpcURL string) error {
+	if c.IsSOL() {
+		return nil
+	}
+	mint, err := c.mint()
+	if err != nil {
+		return err
+	}
+	res, err := rpc.New(rpcURL).GetAccountInfoWithOpts(ctx, mint, &rpc.GetAccountInfoOpts{
+		Commitment: rpc.CommitmentConfirmed, Encoding: solana.EncodingBase64,
+	})
+	if errors.Is(err, rpc.ErrNotFound) || err == nil && (res == nil || res.Value == nil) {
+		return fmt.Errorf("%w: no account at %s on %s: check --token-mint (the mint's address) and that --solana-rpc is the cluster it lives on", ErrMintMismatch, c.Mint, rpcURL)
+	}
+	if err != nil {
+		return fmt.Errorf("token mint %s: asking %s: %w", c.Mint, rpcURL, err)
+	}
+	owner := res.Value.Owner
+	switch {
+	case owner.Equals(token2022):
+		return fmt.Errorf("%w: %s is a Token-2022 mint; gpumesh pays only in SPL Token program mints (e.g. USDC's)", ErrMintMismatch, c.Mint)
+	case !owner.Equals(token.ProgramID):
+		return fmt.Errorf("%w: %s is not a token mint (its account belongs to %s): check --token-mint", ErrMintMismatch, c.Mint, owner)
+	}
+	data := res.Value.Data.GetBinary()
+	if len(data) != mintSize || data[45] != 1 {
+		return fmt.Errorf("%w: %s is an SPL Token account but not an initialized mint (a token account's address?): give --token-mint the mint's address", ErrMintMismatch, c.Mint)
+	}
+	if d := data[44]; d != c.Decimals {
+		return fmt.Errorf("%w: mint %s has %d decimals, and the price unit says %d: start with --price-unit %s:%d", ErrMintMismatch, c.Mint, d, c.Decimals, c.Symbol, d)
+	}
+	return nil
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -256,5 +257,42 @@ func BenchmarkTokenPay(b *testing.B) {
 			b.ReportMetric(took[0].Seconds()/took[1].Seconds(), "token/sol-rate")
 			b.ReportMetric(0, "ns/op")
 		})
+	}
+}
+
+func TestCheckMintSaysWhatIsWrongWithAMint(t *testing.T) {
+	ln := startLocalnet(t)
+	keys := fundedKeys(t, ln, 1)
+	usdc := testToken(t, ln, "USDC", 1_000_000, keys[0])
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := usdc.CheckMint(ctx, ln.URL()); err != nil {
+		t.Fatalf("the mint as made: %v", err)
+	}
+	if err := chain.SOL.CheckMint(ctx, ""); err != nil {
+		t.Fatalf("SOL has no mint to check: %v", err)
+	}
+	ata, err := usdc.Account(addrOf(keys[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, mint string
+		decimals   uint8
+		want       string
+	}{
+		{"decimals", usdc.Mint, 9, "has 6 decimals, and the price unit says 9: start with --price-unit USDC:6"},
+		{"no account", addrOf(newKey(t)), 6, "no account at"},
+		{"a wallet", addrOf(keys[0]), 6, "is not a token mint"},
+		{"a token account", ata, 6, "not an initialized mint"},
+	} {
+		c, err := chain.Token("USDC", tc.mint, tc.decimals)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.CheckMint(ctx, ln.URL())
+		if !errors.Is(err, chain.ErrMintMismatch) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want ErrMintMismatch saying %q", tc.name, err, tc.want)
+		}
 	}
 }

@@ -498,6 +498,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			n.Close()
 		}
 	}()
+	if err := n.checkMint(ctx); err != nil {
+		return err
+	}
 	if err := n.openDataDir(); err != nil {
 		return err
 	}

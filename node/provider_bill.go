@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -55,6 +56,26 @@ func (n *Node) currency() chain.Currency {
 	}
 	u := n.PriceUnit()
 	return chain.Currency{Symbol: u.Token, Mint: n.cfg.TokenMint, Decimals: u.Decimals}
+}
+
+// checkMint refuses to start with a --token-mint that the chain says is
+// not a mint of the price unit's decimals (every payment in it would fail);
+// an RPC that cannot be asked now only gets a warning, since payments say
+// what is wrong when they are tried.
+func (n *Node) checkMint(ctx context.Context) error {
+	if n.cfg.TokenMint == "" || n.cfg.SolanaRPC == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err := n.currency().CheckMint(ctx, n.cfg.SolanaRPC)
+	if errors.Is(err, chain.ErrMintMismatch) {
+		return fmt.Errorf("--token-mint: %w", err)
+	}
+	if err != nil {
+		n.log.Warn("token mint not checked", "mint", n.cfg.TokenMint, "err", err)
+	}
+	return nil
 }
 
 // paidIn says why a member's start is refused: its submitter does not pay

@@ -230,3 +230,20 @@ func TestASubmitterWithoutTokensIsRefusedBeforeNegotiating(t *testing.T) {
 	}
 	_, _ = sub.CancelJob(ctx, j.ID)
 }
+
+func TestAPeerRefusesToStartWithAMintOfOtherDecimals(t *testing.T) {
+	ln := testlocalnet.Start(t, localnet.Options{})
+	usdc := usdcOn(t, ln) // 6 decimals
+	n, err := node.New(node.Config{DataDir: t.TempDir(), Listen: []string{"/ip4/127.0.0.1/tcp/0"}, NoMDNS: true, NoNAT: true, GPUs: "none",
+		PriceUnit: "USDC:9", SolanaRPC: ln.URL(), TokenMint: usdc.Mint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = n.Start(ctx)
+	if err == nil || !strings.Contains(err.Error(), "has 6 decimals, and the price unit says 9: start with --price-unit USDC:6") {
+		t.Fatalf("started with a 6-decimal mint priced in USDC:9: %v", err)
+	}
+}
