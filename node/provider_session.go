@@ -255,7 +255,20 @@ func (n *Node) serveExec(lm *liveMember, o sessionwire.Open, rw io.ReadWriteClos
 		Stdout: sessionwire.DataWriter{FW: fw, Type: sessionwire.Stdout},
 		Stderr: sessionwire.DataWriter{FW: fw, Type: sessionwire.Stderr},
 	}
+	var group *exec.ProcessGroup
+	x.Spawned = func(g exec.ProcessGroup) error { // a terminal's session: recorded for a restart after a crash
+		if err := n.recordExec(lm.task, g, true); err != nil {
+			return err
+		}
+		group = &g
+		return nil
+	}
 	code, err := lm.att.Exec(ctx, lm.task, x)
+	if group != nil {
+		if err := n.recordExec(lm.task, *group, false); err != nil {
+			n.log.Warn("exec's record not removed", "task", lm.task, "err", err)
+		}
+	}
 	if err != nil {
 		if lm.ctx.Err() != nil {
 			err = errors.New("the job's member ended")
