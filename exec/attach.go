@@ -50,6 +50,14 @@ type ExecSpec struct {
 	Stdin   io.Reader      // nil: no stdin (it reads EOF)
 	Stdout  io.Writer      // nil discards
 	Stderr  io.Writer      // nil discards; unused under a TTY
+	// Spawned, if set, is called by the process executor with the
+	// process group of a command under a terminal (a session of its own,
+	// out of the task's group) once it exists and before its output is
+	// read: a provider records it, so that after a crash it can kill what
+	// is left. An error kills the command, and Exec returns it. Commands
+	// without a terminal join the task's own group, and containers'
+	// commands go with their container: it is not called for them.
+	Spawned func(ProcessGroup) error
 }
 
 // WinSize is a terminal's size in characters.
@@ -357,6 +365,17 @@ func (p Process) Exec(ctx context.Context, name string, x ExecSpec) (int, error)
 			delete(pt.ttys, pid)
 			pt.mu.Unlock()
 		}()
+		// A leader already gone (and waited for) leaves nothing to record.
+		if g, err := GroupOf(pid); err == nil && x.Spawned != nil && g.PGID == pid {
+			if err := x.Spawned(g); err != nil {
+				kill()
+				<-done
+				for _, f := range readers {
+					f.Close()
+				}
+				return -1, fmt.Errorf("process executor: exec in %q: %w", name, err)
+			}
+		}
 		if x.Stdin != nil {
 			go func() { _, _ = io.Copy(ptmx, x.Stdin) }()
 		}

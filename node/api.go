@@ -319,6 +319,7 @@ func (n *Node) apiRoutes() []apiRoute {
 		{get, routeJobLogs, n.serveJobLogs},
 		{get, routeJobOutput, n.serveJobOutput},
 		{post, routeJobSession, n.serveJobSession},
+		{post, routeJobForward, n.serveJobForward},
 		{get, routeReceipts, n.serveReceipts},
 		{get, routeProofs, n.serveProofs},
 		{get, routeProof, n.serveProof},
@@ -425,6 +426,9 @@ func jobsPage(n *Node, before string, limit int) (JobsPage, error) {
 	if jobs == nil {
 		jobs = []Job{}
 	}
+	for i := range jobs {
+		n.placeInQueue(&jobs[i])
+	}
 	return JobsPage{Jobs: jobs, Next: next}, err
 }
 
@@ -481,6 +485,7 @@ func (n *Node) serveJob(w http.ResponseWriter, r *http.Request) {
 		noJob(w, r.PathValue("id"))
 		return
 	}
+	n.placeInQueue(&j)
 	writeJSON(w, j)
 }
 

@@ -222,6 +222,14 @@ func TestClientCallsEveryRouteOfARealNode(t *testing.T) {
 			err = cl.call(ctx, "POST", path, nil, sessionwire.Open{Kind: sessionwire.KindForward, Port: 80}, nil)
 			wantAPIError(t, "a session without an upgrade", err, ErrBadRequest, "this call upgrades the connection")
 		}},
+		{"POST", routeJobForward, func(t *testing.T) {
+			_, _, err := cl.HoldForward(ctx, "00000000000000000000000000000000", ForwardRequest{Port: 8888, Local: "127.0.0.1:8888"})
+			wantAPIError(t, "a forward of an unknown job", err, ErrNotFound, "no such job on this peer")
+			_, _, err = cl.HoldForward(ctx, submitted[0], ForwardRequest{Port: 8888, Local: "127.0.0.1:8888"})
+			wantAPIError(t, "a forward of a job that does not run", err, ErrConflict, "port-forward needs a running job")
+			_, _, err = cl.HoldForward(ctx, submitted[0], ForwardRequest{Port: 0})
+			wantAPIError(t, "a forward to port 0", err, ErrBadRequest, "want 1..65535")
+		}},
 		{"GET", routeReceipts, func(t *testing.T) {
 			if rs, err := cl.Receipts(ctx, ""); err != nil || len(rs) != 0 {
 				t.Fatalf("Receipts = %v, %v; want none", rs, err)

@@ -58,6 +58,8 @@
 //	submitter_session.go opening a session into a member of this peer's
 //	                     job; the local API's upgraded session call
 //	client_session.go    the client's side of that call (Exec, Forward)
+//	submitter_forward.go open port-forwards, counted for the explorer; a
+//	                     forwarded connection passed over the unix socket
 //	receipts.go          receipts kept on disk, both sides
 //	anchor.go            anchoring receipts on Solana: co-signed, or marked
 //	                     unsigned by the provider with why

@@ -182,6 +182,10 @@ type ExplorerJob struct {
 	Queue       string    `json:"queue,omitempty"`
 	QueuedUntil time.Time `json:"queuedUntil,omitzero"`
 	Tries       int       `json:"tries,omitempty"`
+	Position    int       `json:"position,omitempty"` // in this peer's queue: 1 is tried first
+	// Forwards are the job's open port-forwards (`gpumesh job
+	// port-forward` running on this peer).
+	Forwards []ForwardInfo `json:"forwards,omitempty"`
 }
 
 // ExplorerMember is one member of a job's cluster and its run.
@@ -664,7 +668,12 @@ func (e *explorer) state() ExplorerState {
 	}
 	st.JobsTotal = n.JobCount()
 	for _, j := range jobs {
-		st.Jobs = append(st.Jobs, explorerJob(j))
+		n.placeInQueue(&j)
+		ej := explorerJob(j)
+		if j.State == JobRunning {
+			ej.Forwards = n.Forwards(j.ID)
+		}
+		st.Jobs = append(st.Jobs, ej)
 	}
 
 	rs, total, err := n.RecentReceipts(explorerMaxReceipts)
@@ -775,7 +784,7 @@ func explorerJob(j Job) ExplorerJob {
 		Model: j.Spec.Resources.GPU.Model, State: string(j.State), Reason: j.Reason, Attempt: j.Attempt, Cost: j.Cost, Unit: j.Unit,
 		Created: j.Created, Updated: j.Updated, Started: j.Started, Ended: j.Ended, ExitCode: j.ExitCode,
 		Members: []ExplorerMember{},
-		Queue:   j.Spec.Queue, QueuedUntil: j.QueuedUntil, Tries: j.Tries,
+		Queue:   j.Spec.Queue, QueuedUntil: j.QueuedUntil, Tries: j.Tries, Position: j.QueuePosition,
 	}
 	for i, m := range j.Members {
 		em := ExplorerMember{Rank: i, Provider: m.Provider.String(), Class: m.Class, GPUs: m.GPUs, Price: m.Price, Zone: m.Zone, State: "leased"}

@@ -1,7 +1,12 @@
 package node
 
 import (
+	"encoding/json"
+	"fmt"
+	"os"
+
 	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/exec/receipt"
 )
 
@@ -19,3 +24,19 @@ func (n *Node) ScoreFound(res dht.FindResult, count int, minScore float64) GPUsF
 // anchoring, as a provider's co-signed receipt is): for tests that build
 // a provider's history by hand.
 func (n *Node) SaveReceipt(sr receipt.Signed) error { return n.saveReceipt(sr) }
+
+// RecordedExecs is the terminal execs' process groups that the task
+// record of member rank of job (its attempt) holds on this provider.
+func (n *Node) RecordedExecs(job string, attempt, rank int) ([]exec.ProcessGroup, error) {
+	path, err := n.taskFile(fmt.Sprintf("gpumesh-%s-%d-%d", job, attempt, rank))
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var rec taskRecord
+	err = json.Unmarshal(data, &rec)
+	return rec.Execs, err
+}

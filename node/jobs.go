@@ -77,6 +77,12 @@ type Job struct {
 	// negotiations tried since it was queued. Reason is the last one's.
 	QueuedUntil time.Time `json:"queuedUntil,omitzero"`
 	Tries       int       `json:"tries,omitempty"`
+	// Where a queued job stands in this peer's queue, as the local API
+	// and the explorer show it (never stored): 1 is the oldest, tried
+	// first when offers change; QueueNext is the latest its next try
+	// starts, news or not.
+	QueuePosition int       `json:"queuePosition,omitempty"`
+	QueueNext     time.Time `json:"queueNext,omitzero"`
 }
 
 // jobBook is the submitter's record of its jobs.

@@ -215,6 +215,7 @@ type Node struct {
 	jobBook        // jobs.go
 	memberState    // provider_member.go
 	sessionState   // provider_session.go
+	forwardBook    // submitter_forward.go
 	taskState      // provider_tasks.go
 	runState       // submitter_run.go
 	anchorState    // anchor.go

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/internal/pipe"
 	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node/sessionwire"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -254,7 +255,20 @@ func (n *Node) serveExec(lm *liveMember, o sessionwire.Open, rw io.ReadWriteClos
 		Stdout: sessionwire.DataWriter{FW: fw, Type: sessionwire.Stdout},
 		Stderr: sessionwire.DataWriter{FW: fw, Type: sessionwire.Stderr},
 	}
+	var group *exec.ProcessGroup
+	x.Spawned = func(g exec.ProcessGroup) error { // a terminal's session: recorded for a restart after a crash
+		if err := n.recordExec(lm.task, g, true); err != nil {
+			return err
+		}
+		group = &g
+		return nil
+	}
 	code, err := lm.att.Exec(ctx, lm.task, x)
+	if group != nil {
+		if err := n.recordExec(lm.task, *group, false); err != nil {
+			n.log.Warn("exec's record not removed", "task", lm.task, "err", err)
+		}
+	}
 	if err != nil {
 		if lm.ctx.Err() != nil {
 			err = errors.New("the job's member ended")
@@ -280,41 +294,7 @@ func (n *Node) serveForward(lm *liveMember, o sessionwire.Open, rw io.ReadWriteC
 	}
 	stop := context.AfterFunc(lm.ctx, func() { c.Close(); abortStream(rw) })
 	defer stop()
-	splice(struct {
-		io.Reader
-		io.Writer
-	}{br, rw}, rw, c, c)
-}
-
-// spliceBufs are splice's copy buffers: larger than io.Copy's, so a
-// stream gets fewer, larger writes (each a frame of the muxer, sealed by
-// the security transport).
-var spliceBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
-
-// splice copies a to b and b to a until both directions are done: the
-// end of one direction half-closes the other side's writing (CloseWrite
-// on aRaw or bRaw, a's and b's own values, where they have it), so a
-// half-closed connection still reads its answer; an error, or a side with
-// no half-close, closes both. It closes neither at the end.
-func splice(a io.ReadWriter, aRaw any, b io.ReadWriter, bRaw any) {
-	done := make(chan struct{})
-	half := func(dst io.Writer, dstRaw any, src io.Reader, srcRaw any) {
-		buf := spliceBufs.Get().(*[]byte)
-		_, err := io.CopyBuffer(dst, src, *buf)
-		spliceBufs.Put(buf)
-		if cw, ok := dstRaw.(interface{ CloseWrite() error }); ok && err == nil {
-			_ = cw.CloseWrite()
-			return
-		}
-		for _, c := range []any{dstRaw, srcRaw} {
-			if c, ok := c.(io.Closer); ok {
-				_ = c.Close()
-			}
-		}
-	}
-	go func() { defer close(done); half(b, bRaw, a, aRaw) }()
-	half(a, aRaw, b, bRaw)
-	<-done
+	pipe.Join(&pipe.Conn{R: br, Raw: rw}, rw, c, c)
 }
 
 // LiveSessions is how many sessions (execs and forwarded connections) are

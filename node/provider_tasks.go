@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -46,6 +47,8 @@ type taskState struct {
 
 	endedMu sync.Mutex
 	ended   []EndedTask // newest first
+
+	recMu sync.Mutex // orders the writes of task records (a member's, its execs')
 }
 
 // taskRecord is a member's work while it runs.
@@ -59,7 +62,11 @@ type taskRecord struct {
 	RunDir    string             `json:"runDir"`
 	GPUs      []string           `json:"gpus"`
 	Group     *exec.ProcessGroup `json:"group,omitempty"` // a process task's, once it exists
-	Created   time.Time          `json:"created"`
+	// Execs are the process groups of the terminal execs running in a
+	// process task (job exec -t): each leads a session of its own, out
+	// of Group's reach.
+	Execs   []exec.ProcessGroup `json:"execs,omitempty"`
+	Created time.Time           `json:"created"`
 }
 
 // EndedTask is a member whose work this provider was running when it
@@ -233,6 +240,13 @@ func (n *Node) taskFile(task string) (string, error) {
 
 // recordTask keeps rec on disk (fsynced) before the work starts.
 func (n *Node) recordTask(rec taskRecord) error {
+	n.recMu.Lock()
+	defer n.recMu.Unlock()
+	return n.writeTask(rec)
+}
+
+// writeTask writes rec; recMu is held.
+func (n *Node) writeTask(rec taskRecord) error {
 	path, err := n.taskFile(rec.Task)
 	if err != nil {
 		return err
@@ -250,8 +264,39 @@ func (n *Node) recordTask(rec taskRecord) error {
 	return nil
 }
 
+// recordExec adds g, the process group of a terminal exec in task, to
+// task's record (or, add false, removes it), so that a restart after a
+// crash kills it too. A task with no record (its work has ended) is left
+// as it is.
+func (n *Node) recordExec(task string, g exec.ProcessGroup, add bool) error {
+	n.recMu.Lock()
+	defer n.recMu.Unlock()
+	path, err := n.taskFile(task)
+	if err != nil {
+		return err
+	}
+	data, err := readBounded(path, 1<<20)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("task record: %w", err)
+	}
+	var rec taskRecord
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return fmt.Errorf("task record %s: %w", path, err)
+	}
+	rec.Execs = slices.DeleteFunc(rec.Execs, func(e exec.ProcessGroup) bool { return e.PGID == g.PGID })
+	if add {
+		rec.Execs = append(rec.Execs, g)
+	}
+	return n.writeTask(rec)
+}
+
 // forgetTask removes a task's record once it has ended cleanly.
 func (n *Node) forgetTask(task string) {
+	n.recMu.Lock()
+	defer n.recMu.Unlock()
 	if path, err := n.taskFile(task); err == nil {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			n.log.Warn("task record not removed", "task", task, "err", err)
@@ -293,6 +338,11 @@ func (n *Node) reapTasks(ctx context.Context) {
 				break
 			}
 			k, err := exec.KillGroup(*rec.Group, reapWait)
+			for _, g := range rec.Execs { // terminal execs: sessions of their own
+				ke, eerr := exec.KillGroup(g, reapWait)
+				k += ke
+				err = errors.Join(err, eerr)
+			}
 			switch {
 			case err != nil:
 				what = append(what, fmt.Sprintf("killing its processes failed: %v", err))

@@ -47,13 +47,27 @@ func TestStartEndsTheWorkACrashLeft(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A terminal exec in it, as job exec -t leaves it: a session of its
+	// own, out of the task's group.
+	tty := osexec.Command("/bin/sh", "-c", "sleep 300 & wait")
+	tty.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := tty.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ttyWaited := make(chan error, 1)
+	go func() { ttyWaited <- tty.Wait() }()
+	t.Cleanup(func() { _ = syscall.Kill(-tty.Process.Pid, syscall.SIGKILL) })
+	tg, err := exec.GroupOf(tty.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
 	run := filepath.Join(jobs, "gpumesh-a-0-0")
 	if err := os.MkdirAll(filepath.Join(run, "work"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	outside := t.TempDir()
 	writeRecord(t, data, taskRecord{Task: "gpumesh-a-0-0", Job: "a", Executor: "process", RunDir: run,
-		GPUs: []string{"GPU-1", "GPU-2"}, Group: &g, Created: time.Now().UTC()})
+		GPUs: []string{"GPU-1", "GPU-2"}, Group: &g, Execs: []exec.ProcessGroup{tg}, Created: time.Now().UTC()})
 	writeRecord(t, data, taskRecord{Task: "gpumesh-b-0-1", Job: "b", Rank: 1, Executor: "process", RunDir: outside, GPUs: []string{"GPU-3"}})
 	if err := os.WriteFile(filepath.Join(data, tasksDir, "broken.json"), []byte("{"), 0o600); err != nil {
 		t.Fatal(err)
@@ -69,8 +83,15 @@ func TestStartEndsTheWorkACrashLeft(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the task's shell outlived the start")
 	}
-	if k, err := exec.KillGroup(g, time.Second); k != 0 || err != nil {
-		t.Errorf("%d processes of the group left after the start (%v)", k, err)
+	select {
+	case <-ttyWaited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the terminal exec's shell outlived the start")
+	}
+	for _, g := range []exec.ProcessGroup{g, tg} {
+		if k, err := exec.KillGroup(g, time.Second); k != 0 || err != nil {
+			t.Errorf("%d processes of group %d left after the start (%v)", k, g.PGID, err)
+		}
 	}
 	if _, err := os.Stat(run); !os.IsNotExist(err) {
 		t.Errorf("the task's folder is still there (%v)", err)
@@ -90,7 +111,7 @@ func TestStartEndsTheWorkACrashLeft(t *testing.T) {
 		byJob[e.Job] = e
 	}
 	for job, want := range map[string]string{
-		"a": "killed the 2 processes it had left, removed its folder, freed its 2 GPUs",
+		"a": "killed the 4 processes it had left, removed its folder, freed its 2 GPUs",
 		"b": "its work had not started, left its folder " + outside + ", which is not in this peer's job folder now",
 	} {
 		if !strings.Contains(byJob[job].Reason, want) {

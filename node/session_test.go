@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/internal/testdocker"
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
@@ -38,6 +39,39 @@ func TestExecAndPortForwardIntoAProcessMember(t *testing.T) {
 			t.Errorf("pwd in the member: %q, code %d, %v; want its work folder, 0", out, code, err)
 		}
 		execsAtOnceAreBounded(t, ctx, sub, j.ID)
+		terminalExecIsRecorded(t, ctx, m.Nodes[0], sub, j)
+	})
+}
+
+// terminalExecIsRecorded: a command under a terminal leads a session of
+// its own, out of the work's process group; while it runs, the member's
+// task record holds its group (what a restart after a crash kills), and
+// once it ends, no longer.
+func terminalExecIsRecorded(t *testing.T, ctx context.Context, provider, sub *node.Node, j node.Job) {
+	t.Helper()
+	conn, err := sub.OpenSession(ctx, j.ID, sessionwire.Open{Kind: sessionwire.KindExec, Command: []string{"sh", "-c", "sleep 300 & echo started; wait"}, TTY: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	screen := &testwait.Output{}
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		_, _ = sessionwire.RunExec(ctx, conn, sessionwire.ExecIO{Stdout: screen})
+	}()
+	screen.WaitFor(t, ctx, "started", 1)
+	gs, err := provider.RecordedExecs(j.ID, j.Attempt, 0)
+	if err != nil || len(gs) != 1 || gs[0].PGID <= 1 || gs[0].Start == 0 {
+		t.Fatalf("the task record's terminal execs: %+v, %v; want the one running", gs, err)
+	}
+	if k, err := exec.KillGroup(gs[0], 0); k != 2 {
+		t.Errorf("the recorded group held %d processes (%v), want the shell and its sleep", k, err)
+	}
+	conn.Close()
+	<-ended
+	testwait.Until(t, ctx, "the ended exec gone from the record", func() (bool, string) {
+		gs, err := provider.RecordedExecs(j.ID, j.Attempt, 0)
+		return err == nil && len(gs) == 0, fmt.Sprintf("%+v, %v", gs, err)
 	})
 }
 

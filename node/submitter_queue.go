@@ -270,6 +270,17 @@ func (n *Node) QueueStatus(id string) (jobqueue.Status, bool) {
 	return n.queue.Status(id)
 }
 
+// placeInQueue fills in where queued job j stands in this peer's queue
+// (QueuePosition, QueueNext), for the local API and the explorer.
+func (n *Node) placeInQueue(j *Job) {
+	if j.State != JobQueued {
+		return
+	}
+	if s, ok := n.QueueStatus(j.ID); ok {
+		j.QueuePosition, j.QueueNext = s.Position, s.Next
+	}
+}
+
 // maxMaxQueued bounds Config.MaxQueued: each queued job is a record in
 // memory and, on every change of offers, a candidate for a try.
 const maxMaxQueued = 10_000

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/gpumesh/gpumesh/internal/pipe"
 	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node/sessionwire"
 )
@@ -88,25 +89,7 @@ func (n *Node) OpenSession(ctx context.Context, id string, o sessionwire.Open) (
 		s.Close()
 		return nil, fmt.Errorf("%w: %s", ErrSessionRefused, text.Line(rep.Error))
 	}
-	return &bufferedRWC{Reader: br, rwc: s}, nil
-}
-
-// bufferedRWC reads through a bufio.Reader that may hold the stream's
-// first bytes, and writes and closes the stream itself.
-type bufferedRWC struct {
-	*bufio.Reader
-	rwc io.ReadWriteCloser
-}
-
-func (b *bufferedRWC) Write(p []byte) (int, error) { return b.rwc.Write(p) }
-func (b *bufferedRWC) Close() error                { return b.rwc.Close() }
-
-// CloseWrite half-closes the stream where it can be.
-func (b *bufferedRWC) CloseWrite() error {
-	if cw, ok := b.rwc.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return b.rwc.Close()
+	return &pipe.Conn{R: br, Raw: s}, nil
 }
 
 // serveJobSession answers POST /v0/jobs/{id}/session: the body is a
@@ -150,12 +133,41 @@ func (n *Node) serveJobSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer conn.Close()
-	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+sessionUpgrade+"\r\n\r\n"); err != nil {
+	// A forward's connection may be passed to this peer (submitter_forward.go).
+	uc, _ := conn.(*net.UnixConn)
+	pass := o.Kind == sessionwire.KindForward && r.Header.Get(passConnHeader) == "1" && uc != nil && brw.Reader.Buffered() == 0
+	head := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + sessionUpgrade + "\r\n"
+	if pass {
+		head += passConnHeader + ": 1\r\n"
+	}
+	if _, err := io.WriteString(conn, head+"\r\n"); err != nil {
 		return
 	}
-	local := struct {
-		io.Reader
-		io.Writer
-	}{brw.Reader, conn}
-	splice(local, conn, s, s)
+	var member io.ReadWriter = s
+	if f := n.forwardOf(r.PathValue("id"), r.Header.Get(forwardHeader)); f != nil && o.Kind == sessionwire.KindForward {
+		f.conns.Add(1)
+		f.total.Add(1)
+		defer f.conns.Add(-1)
+		member = counted{rw: s, in: &f.bytesIn, out: &f.bytesOut}
+	}
+	if !pass {
+		pipe.Join(&pipe.Conn{R: brw.Reader, Raw: conn}, conn, member, s)
+		return
+	}
+	tc, err := receiveConn(uc)
+	if err != nil {
+		n.log.Debug("port-forward: no connection passed", "err", err)
+		return
+	}
+	defer tc.Close()
+	watched := make(chan struct{})
+	go func() { // the client closing its end ends the forward
+		defer close(watched)
+		_, _ = io.Copy(io.Discard, uc)
+		_ = tc.Close()
+		_ = s.Close()
+	}()
+	pipe.Join(tc, tc, member, s)
+	_ = conn.Close()
+	<-watched
 }

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -240,6 +243,8 @@ timeout: 1m
 	if got := text(prow); !strings.Contains(got, "0.833") {
 		t.Errorf("the provider's row shows %q, want its score 0.833", got)
 	}
+	forwardAndQueueOnThePage(t, sub, wait, text)
+
 	for _, bad := range []string{"[object", "undefined", "NaN"} {
 		if page := text("main"); strings.Contains(page, bad) {
 			t.Errorf("the page shows %q:\n%s", bad, page)
@@ -269,4 +274,97 @@ timeout: 1m
 	if p := problems(); len(p) > 0 {
 		t.Errorf("the browser reported %d problems:\n%s", len(p), strings.Join(p, "\n"))
 	}
+}
+
+// forwardAndQueueOnThePage runs a server job with `gpumesh job port-forward`
+// into it and a job that must queue (16 GPUs of a swarm's 8), and checks
+// the page: the forward (where it listens, the member's port, its
+// connections and bytes) on the running job's card, the queued job's
+// position in the queue on its own.
+func forwardAndQueueOnThePage(t *testing.T, sub *gmNode, wait func(string, ...chromedp.Action[chromedp.Void]), text func(string) string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	spec := filepath.Join(t.TempDir(), "server.yaml")
+	if err := os.WriteFile(spec, []byte(fmt.Sprintf(`name: explorer-server
+command: [sh, -c, "mkdir -p www && echo served > www/index.html && exec busybox httpd -f -p 127.0.0.1:%d -h www"]
+resources:
+  gpus: 1
+  gpu: {model: H100}
+maxPrice: 2.50
+timeout: 5m
+`, port)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var j node.Job
+	if err := gmJSON(sub.data, &j, "job", "submit", spec); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _, _ = gm(sub.data, "job", "cancel", j.ID) }()
+	card := `#jobs-list article[data-job="` + j.ID + `"]`
+	wait("shows the server job running", chromedp.WaitVisible(chromedp.CSS(card+`[data-state="running"]`)))
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pf := exec.CommandContext(ctx, gmBin, "--data", sub.data, "job", "port-forward", j.ID, fmt.Sprintf("0:%d", port))
+	out, err := pf.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pf.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = pf.Process.Kill(); _ = pf.Wait() }()
+	lines := bufio.NewScanner(out)
+	if !lines.Scan() {
+		t.Fatal("port-forward printed nothing")
+	}
+	addr, _, _ := strings.Cut(strings.TrimPrefix(lines.Text(), "forwarding "), " ")
+	testwait.Until(t, ctx, "the server answering through the forward", func() (bool, string) {
+		body, err := get(ctx, "http://"+addr+"/index.html")
+		return err == nil && body == "served\n", fmt.Sprintf("%q, %v", body, err)
+	})
+	fwd := fmt.Sprintf(`%s .forwards li[data-port="%d"]`, card, port)
+	wait("shows the forward", chromedp.WaitVisible(chromedp.CSS(fwd)))
+	testwait.Until(t, ctx, "the forward's connections on the page", func() (bool, string) {
+		got := text(fwd)
+		return strings.Contains(got, addr) && strings.Contains(got, "0 open") && !strings.Contains(got, ", 0 in all"), got
+	})
+
+	queued := filepath.Join(t.TempDir(), "queued.yaml")
+	if err := os.WriteFile(queued, []byte(`name: explorer-queued
+command: [sh, -c, "echo never"]
+resources:
+  gpus: 16
+  gpu: {model: H100}
+maxPrice: 2.50
+timeout: 5m
+queue: 10m
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var q node.Job
+	if err := gmJSON(sub.data, &q, "job", "submit", queued); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _, _ = gm(sub.data, "job", "cancel", q.ID) }()
+	qcard := `#jobs-list article[data-job="` + q.ID + `"]`
+	wait("shows the queued job's place", chromedp.WaitVisible(chromedp.CSS(qcard+`[data-state="queued"] .queue-position`)))
+	if got := text(qcard + " .queue-position"); got != "position 1 in this peer's queue" {
+		t.Errorf("the queued job's place reads %q", got)
+	}
+	ls, err := gm(sub.data, "job", "ls")
+	if err != nil || !strings.Contains(string(ls), q.ID+" queued (position 1 in this peer's queue") {
+		t.Errorf("job ls: %v\n%s\nwant the queued job's position", err, ls)
+	}
+
+	// The forward stops with its job, and leaves the page.
+	if _, err := gm(sub.data, "job", "cancel", j.ID); err != nil {
+		t.Fatal(err)
+	}
+	wait("drops the ended forward", chromedp.WaitNotPresent(chromedp.CSS(fwd)))
 }

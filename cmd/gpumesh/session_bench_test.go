@@ -7,7 +7,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -61,14 +63,26 @@ func BenchmarkJobExec(b *testing.B) {
 // 0.5). For scale it also copies 64 MiB over one libp2p stream between two
 // hosts with the node's transports (TCP, noise, yamux) in this process:
 // the ceiling of any forward over libp2p here (libp2p-MB/s).
+//
+// On a shared machine the wall times swing with others' load, so it also
+// reports the CPU time each copy costs (user + system, from /proc, in ms
+// a MB): the direct copy's and the libp2p stream's are this process's;
+// the forward's is the HTTP client (this process), the CLI, both nodes and
+// the container's server together, and each part of it (cli-, sub-,
+// prov-cpu-ms/MB). direct-cpu/forward-cpu is the throughput ratio the
+// forward would have where the CPU, not others' load, bounds it.
 func BenchmarkPortForward(b *testing.B) {
 	if testing.Short() {
 		b.Skip("starts real nodes and containers")
 	}
 	const size = 64 << 20
 	testdocker.EnsureImage(b)
-	_, sub := jobSwarm(b, 1)
+	provs, sub := jobSwarm(b, 1)
 	j := runningServer(b, sub)
+	in, err := testdocker.Client(b).ContainerInspect(context.Background(), fmt.Sprintf("gpumesh-%s-%d-0", j.ID, j.Attempt))
+	if err != nil || in.State == nil {
+		b.Fatalf("the server's container: %v", err)
+	}
 	pf := exec.Command(gmBin, "--data", sub.data, "job", "port-forward", j.ID, "0:8000")
 	out, err := pf.StdoutPipe()
 	if err != nil {
@@ -107,8 +121,13 @@ func BenchmarkPortForward(b *testing.B) {
 	}()
 	ctx := context.Background()
 	streamOne := libp2pPair(b, size)
+	self := os.Getpid()
+	parts := []int{self, pf.Process.Pid, sub.cmd.Process.Pid, provs[0].cmd.Process.Pid, in.State.Pid}
 	var fwdT, directT, p2pT time.Duration
+	fwdCPU := make([]time.Duration, len(parts))
+	var directCPU, p2pCPU time.Duration
 	for b.Loop() {
+		before := cpuTimes(b, parts)
 		t0 := time.Now()
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/big", nil)
 		resp, err := http.DefaultClient.Do(req)
@@ -121,6 +140,10 @@ func BenchmarkPortForward(b *testing.B) {
 			b.Fatalf("through the forward: %d bytes, %v", n, err)
 		}
 		fwdT += time.Since(t0)
+		for i, c := range cpuTimes(b, parts) {
+			fwdCPU[i] += c - before[i]
+		}
+		before = cpuTimes(b, parts[:1])
 		t0 = time.Now()
 		c, err := net.Dial("tcp", l.Addr().String())
 		if err != nil {
@@ -132,7 +155,10 @@ func BenchmarkPortForward(b *testing.B) {
 			b.Fatalf("direct: %d bytes, %v", n, err)
 		}
 		directT += time.Since(t0)
+		mid := cpuTimes(b, parts[:1])
+		directCPU += mid[0] - before[0]
 		p2pT += streamOne()
+		p2pCPU += cpuTimes(b, parts[:1])[0] - mid[0]
 	}
 	mbps := func(d time.Duration) float64 { return float64(size) * float64(b.N) / 1e6 / d.Seconds() }
 	b.SetBytes(size)
@@ -140,6 +166,44 @@ func BenchmarkPortForward(b *testing.B) {
 	b.ReportMetric(mbps(directT), "direct-MB/s")
 	b.ReportMetric(mbps(p2pT), "libp2p-MB/s")
 	b.ReportMetric(mbps(fwdT)/mbps(directT), "forward/direct")
+	mb := float64(size) * float64(b.N) / 1e6
+	perMB := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / mb }
+	var fwdAll time.Duration
+	for _, c := range fwdCPU {
+		fwdAll += c
+	}
+	b.ReportMetric(perMB(directCPU), "direct-cpu-ms/MB")
+	b.ReportMetric(perMB(p2pCPU), "libp2p-cpu-ms/MB")
+	b.ReportMetric(perMB(fwdAll), "forward-cpu-ms/MB")
+	b.ReportMetric(perMB(fwdCPU[1]), "cli-cpu-ms/MB")
+	b.ReportMetric(perMB(fwdCPU[2]), "sub-cpu-ms/MB")
+	b.ReportMetric(perMB(fwdCPU[3]), "prov-cpu-ms/MB")
+	b.ReportMetric(float64(directCPU)/float64(fwdAll), "direct-cpu/forward-cpu")
+}
+
+// cpuTimes is the CPU time (user and system) each of pids has used so
+// far, from /proc/PID/stat; a process that is gone counts 0.
+func cpuTimes(b *testing.B, pids []int) []time.Duration {
+	const tick = 10 * time.Millisecond // USER_HZ: 100 on Linux
+	out := make([]time.Duration, len(pids))
+	for i, pid := range pids {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) < 13 {
+			b.Fatalf("/proc/%d/stat: %d fields", pid, len(f))
+		}
+		utime, err1 := strconv.ParseInt(f[11], 10, 64)
+		stime, err2 := strconv.ParseInt(f[12], 10, 64)
+		if err1 != nil || err2 != nil {
+			b.Fatalf("/proc/%d/stat: %q", pid, s)
+		}
+		out[i] = time.Duration(utime+stime) * tick
+	}
+	return out
 }
 
 // libp2pPair starts two libp2p hosts on 127.0.0.1 with the node's

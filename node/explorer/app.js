@@ -105,6 +105,14 @@
     return duration(s) + ' left to wait';
   }
 
+  // size is a byte count in B, KiB, MiB or GiB.
+  function size(n) {
+    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return (i ? n.toFixed(1) : String(n)) + ' ' + units[i];
+  }
+
   function badge(s, cls) {
     return el('span', { class: 'badge ' + (cls || s) }, s);
   }
@@ -205,6 +213,7 @@
         j.state === 'queued' ? el('span', { class: 'queue-left', 'data-until': j.queuedUntil }, queueLeft(j.queuedUntil)) : null,
         j.state === 'queued' && j.queue ? `queue ${j.queue}` : null,
         j.state === 'queued' && j.tries ? `tried again ${j.tries}×` : null,
+        j.state === 'queued' && j.position ? el('span', { class: 'queue-position' }, `position ${j.position} in this peer's queue`) : null,
       ].filter(Boolean).map((f) => el('span', {}, f));
       const members = j.members || [];
       const table = members.length ? el('div', { class: 'scroll' }, el('table', { class: 'stack' },
@@ -224,9 +233,21 @@
           j.exitCode !== undefined ? el('span', { class: 'meta' }, 'exit code ' + j.exitCode) : null),
         el('div', { class: 'job-facts' }, facts),
         j.reason ? el('p', { class: 'reason ' + j.state }, (j.state === 'queued' ? 'waits for a cluster: ' : '') + j.reason) : null,
+        forwards(j.forwards || []),
         table);
     }));
     $('jobs-empty').hidden = jobs.length > 0;
+  }
+
+  // forwards lists a job's open port-forwards: where each listens, the
+  // member's port, its connections and bytes.
+  function forwards(fs) {
+    if (!fs.length) return null;
+    return el('ul', { class: 'forwards' }, fs.map((f) => el('li', { 'data-local': f.local, 'data-port': f.port },
+      el('span', { class: 'mono' }, f.local || '?'), ` → member ${f.rank} port ${f.port}: `,
+      el('span', { class: 'forward-conns' }, `${f.conns} open`), `, ${f.total} in all, `,
+      el('span', { class: 'forward-bytes', title: `${f.bytesIn} bytes from the member, ${f.bytesOut} to it` }, `${size(f.bytesIn)} in, ${size(f.bytesOut)} out`),
+      `, since ${clock(f.since)}`)));
   }
 
   function renderProviders() {

@@ -523,6 +523,9 @@ func printJobs(g *globals, page node.JobsPage, q node.JobsQuery) {
 func queuedLine(j node.Job) string {
 	left := time.Until(j.QueuedUntil).Round(time.Second)
 	s := fmt.Sprintf("%s left of its queue %s", max(left, 0), text.Line(j.Spec.Queue))
+	if j.QueuePosition > 0 {
+		s = fmt.Sprintf("position %d in this peer's queue, ", j.QueuePosition) + s
+	}
 	switch {
 	case j.Tries == 1:
 		s += ", tried again once"

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/gpumesh/gpumesh/internal/pipe"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/sessionwire"
 	"github.com/spf13/cobra"
@@ -136,6 +137,13 @@ LOCAL 0 picks a free port; REMOTE alone forwards the same port.`,
 					}
 					cancel()
 				}()
+				// The node shows the forward (the explorer) while it is held.
+				key, held, err := cl.HoldForward(ctx, job.ID, node.ForwardRequest{Rank: rank, Port: remote, Local: l.Addr().String()})
+				if err != nil {
+					fmt.Fprintf(g.stderr, "gpumesh: the node will not show this forward: %v\n", err)
+				} else {
+					defer held.Close()
+				}
 				fmt.Fprintf(g.stdout, "forwarding %s to port %d of member %d of job %s (stop with Ctrl-C)\n", l.Addr(), remote, rank, job.ID)
 				var wg sync.WaitGroup
 				defer wg.Wait()
@@ -148,15 +156,22 @@ LOCAL 0 picks a free port; REMOTE alone forwards the same port.`,
 					go func() {
 						defer wg.Done()
 						defer conn.Close()
-						fc, err := cl.Forward(ctx, job.ID, rank, remote)
+						fc, err := cl.ForwardConn(ctx, job.ID, key, rank, remote)
 						if err != nil {
 							fmt.Fprintf(g.stderr, "gpumesh: a connection to port %d: %v\n", remote, err)
 							return
 						}
 						defer fc.Close()
+						if tc, ok := conn.(*net.TCPConn); ok && node.TakesConn(fc) {
+							// The node copies it: one hop less.
+							if err := node.PassConn(ctx, fc, tc); err != nil {
+								fmt.Fprintf(g.stderr, "gpumesh: a connection to port %d: %v\n", remote, err)
+							}
+							return
+						}
 						stop := context.AfterFunc(ctx, func() { conn.Close(); fc.Close() })
 						defer stop()
-						pipeConns(conn, fc)
+						pipe.Join(conn, conn, fc, fc)
 					}()
 				}
 				cancel()
@@ -186,23 +201,4 @@ func parsePorts(s string) (local, remote int, err error) {
 		return 0, 0, bad
 	}
 	return local, remote, nil
-}
-
-// pipeConns copies a to b and b to a; the end of one direction half-closes
-// the other side, an error closes both.
-func pipeConns(a, b net.Conn) {
-	var wg sync.WaitGroup
-	wg.Add(1)
-	half := func(dst, src net.Conn) {
-		_, err := io.CopyBuffer(dst, src, make([]byte, 256<<10))
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok && err == nil {
-			_ = cw.CloseWrite()
-			return
-		}
-		dst.Close()
-		src.Close()
-	}
-	go func() { defer wg.Done(); half(b, a) }()
-	half(a, b)
-	wg.Wait()
 }
