@@ -194,6 +194,22 @@ func (d *Docker) Run(ctx context.Context, t Task) (res Result, err error) {
 		return Result{}, fmt.Errorf("docker executor: task %q asks for egress, which this provider has not set up (OpenEgress)", t.Name)
 	}
 	cfg, hcfg := containerConfig(t)
+	if t.JoinNet != nil {
+		argv := t.Command
+		if argv == nil {
+			ins, err := d.cli.ImageInspect(ctx, t.Image)
+			if err != nil {
+				return Result{}, fmt.Errorf("docker executor: reading image %s: %w", t.Image, err)
+			}
+			if ins.Config != nil {
+				argv = append(append([]string{}, ins.Config.Entrypoint...), ins.Config.Cmd...)
+			}
+			if len(argv) == 0 {
+				return Result{}, fmt.Errorf("docker executor: task %q: image %s has no command; give the job one", t.Name, t.Image)
+			}
+		}
+		cfg.Entrypoint, cfg.Cmd = []string{"/bin/sh", "-c", joinNetWait, "gpumesh-jobnet"}, argv
+	}
 	if t.Egress && !t.Network {
 		hcfg.DNS = d.cfg.EgressDNS
 		if hcfg.DNS == nil {
@@ -243,9 +259,21 @@ func (d *Docker) Run(ctx context.Context, t Task) (res Result, err error) {
 		return Result{}, fmt.Errorf("docker executor: starting task %q (image %s, command %q): %w; %s", t.Name, t.Image, t.Command, err, hint)
 	}
 	res.Start = time.Now()
-	if ins, ierr := d.cli.ContainerInspect(bg, id); ierr == nil && ins.State != nil {
+	ins, ierr := d.cli.ContainerInspect(bg, id)
+	if ierr == nil && ins.State != nil {
 		if at, ok := engineTime(ins.State.StartedAt); ok {
 			res.Start = at
+		}
+	}
+	if t.JoinNet != nil {
+		if ierr == nil && (ins.State == nil || ins.State.Pid == 0) {
+			ierr = errors.New("the engine gave no process of it")
+		}
+		if ierr == nil {
+			ierr = t.JoinNet(ins.State.Pid)
+		}
+		if ierr != nil {
+			return Result{}, fmt.Errorf("docker executor: task %q: its job network: %w", t.Name, ierr)
 		}
 	}
 	if t.Started != nil {
@@ -706,6 +734,16 @@ func (d *Docker) RemoveOwned(ctx context.Context, owner string) (int, error) {
 	return removed, nil
 }
 
+// JoinNetIface is the interface whose coming up a task with JoinNet waits
+// for.
+const JoinNetIface = "jobnet0"
+
+// joinNetWait runs a task's command ("$@") once its job interface is up
+// (IFF_UP in its flags), and fails with 125 if it is not within 30 s.
+const joinNetWait = `i=0; while :; do f=; { read -r f </sys/class/net/` + JoinNetIface + `/flags; } 2>/dev/null; ` +
+	`[ -n "$f" ] && [ $((f & 1)) = 1 ] && break; i=$((i+1)); ` +
+	`[ "$i" -ge 300 ] && { echo "gpumesh: the job network did not come up" >&2; exit 125; }; sleep 0.1; done; exec "$@"`
+
 // containerConfig is the container a task runs in. It starts nothing, so
 // tests can check what a task would get.
 func containerConfig(t Task) (*container.Config, *container.HostConfig) {
@@ -747,6 +785,7 @@ func containerConfigFor(t Task, uid, gid int) (*container.Config, *container.Hos
 	useInit := true // docker-init as PID 1: forwards SIGTERM, reaps zombies
 	network := container.NetworkMode("none")
 	switch {
+	case t.JoinNet != nil: // none, until the caller adds the job's interface
 	case t.Network:
 		network = "host"
 	case t.Egress:

@@ -68,6 +68,14 @@ type Task struct {
 	// StartBy, when set, is when the work must have started: an image pull
 	// still running then is given up (docker).
 	StartBy time.Time
+	// JoinNet, when set, gives the work its job's own network (a job of
+	// several members) in place of Network: the docker executor runs the
+	// container with no network, calls JoinNet with the container's first
+	// process once it has started (the caller gives that process's network
+	// namespace an interface), and the work's command runs only once the
+	// interface JoinNetIface is up: /bin/sh, which the image must have,
+	// waits for it. An error stops the work, and Run returns it.
+	JoinNet func(pid int) error
 	// Inputs are files or folders of the caller's that the work sees at
 	// their Target (docker: bind mounts, read-only unless Writable, as a
 	// checkpoint folder is). The process executor ignores them: its caller

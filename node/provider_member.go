@@ -19,6 +19,7 @@ import (
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node/attempt"
+	"github.com/gpumesh/gpumesh/node/jobnet"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -67,6 +68,7 @@ type memberState struct {
 	machineMemory int64
 	machineCPUs   int
 	egress        bool // the Docker executor set up egress (Config.JobEgress)
+	jobnet        *jobnet.Net // the members' job networks (provider_jobnet.go); set at start
 
 	receiptsMu sync.Mutex             // guards the receipts folder and receipts
 	receipts   map[string]receiptMeta // the index, by key, once the folder was read (receipts.go)
@@ -140,7 +142,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		n.log.Info("job member not started", "job", st.Job, "rank", st.Rank, "from", from, "reason", reason)
 		_ = fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.Cut(reason, jobwire.MaxText)})
 	}
-	if st.Members > 1 && n.cfg.NoHostNetwork {
+	if st.Members > 1 && n.cfg.NoHostNetwork && len(st.Net) == 0 {
 		fail("%s", multiMemberNetwork)
 		return
 	}
@@ -253,6 +255,16 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		// One member meets itself over its own loopback: it has no other
 		// network.
 		pl.MasterAddr = "127.0.0.1"
+	}
+	// A job network: the members meet at member 0's job address.
+	jn, err := n.memberNet(st, ex.Name())
+	if err != nil {
+		fail("%v", err)
+		return
+	}
+	defer jn.leave()
+	if jn != nil {
+		pl.MasterAddr = jn.plan.Addr(0).String()
 	}
 	for k, v := range exec.LaunchEnv(pl) {
 		env[k] = v
@@ -383,9 +395,11 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		Real:    n.LocalGPUs().Inventory.Source == "nvml",
 		WorkDir: work,
 		Outputs: outputs,
-		// Only the members of a job of several meet over the network (the
-		// host's, for now); one member, launcher or not, has none.
-		Network:  st.Rendezvous && st.Members > 1,
+		// Only the members of a job of several meet over the network (their
+		// job's own, or the host's where the submitter gave none); one
+		// member, launcher or not, has none.
+		Network:  st.Rendezvous && st.Members > 1 && jn == nil,
+		JoinNet:  jn.join(),
 		Egress:   n.egressOn() && st.Members == 1,
 		Timeout:  timeout,
 		Memory:   mem,

@@ -21,6 +21,7 @@ import (
 	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node/attempt"
 	"github.com/gpumesh/gpumesh/node/jobspec"
+	"github.com/gpumesh/gpumesh/node/jobnet"
 	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
@@ -340,7 +341,12 @@ func (n *Node) attemptConfig(j Job) attempt.Config {
 		ms[i] = attempt.Member{Name: shortPeer(m.Provider), Provider: solanaAddress(m.Provider), GPUs: m.GPUs, Class: m.Class, Price: m.Price}
 	}
 	u := n.PriceUnit()
+	master := ""
+	if jobHasNet(j) {
+		master = jobnet.Addr(j.ID, 0).String()
+	}
 	return attempt.Config{
+		MasterAddr: master,
 		Job: j.ID, Consumer: n.id.SolanaAddress, Members: ms, Attempt: j.Attempt, Retries: j.Spec.Retries,
 		Timeout: timeout, TimeoutText: j.Spec.Timeout,
 		Rendezvous:       len(j.Members) > 1 || (launcher != "" && launcher != jobspec.LauncherNone),
@@ -351,6 +357,11 @@ func (n *Node) attemptConfig(j Job) attempt.Config {
 		Unit: u.Token, FormatAmount: u.Format,
 	}
 }
+
+// jobHasNet reports whether a job's members meet on a network of their
+// own (package node/jobnet): a container job of several members. Process
+// members still meet over their providers' host networks.
+func jobHasNet(j Job) bool { return len(j.Members) > 1 && j.Spec.Image != "" }
 
 // startMember opens a member's stream, sends its start frame and reads its
 // frames until the stream ends, reporting each as an attempt event.
@@ -369,13 +380,19 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 	c, err := n.openMember(ctx, j.Members[s.Rank])
 	if err == nil {
 		addr := s.MasterAddr
-		if s.Rank == 0 {
+		if s.Rank == 0 && addr == "" {
 			addr = c.ip
+		}
+		var net []jobwire.NetMember
+		if cfg.MasterAddr != "" {
+			for _, m := range j.Members {
+				net = append(net, jobwire.NetMember{Peer: m.Provider.String(), Addrs: m.Addrs[:min(len(m.Addrs), jobwire.MaxNetAddrs)]})
+			}
 		}
 		err = c.fw.Write(jobwire.Frame{T: jobwire.KindStart, Start: &jobwire.StartFrame{
 			Job: j.ID, Attempt: j.Attempt, Rank: s.Rank, Members: len(j.Members), WorldGPUs: world,
 			Spec: j.Spec, MasterAddr: addr, MasterPort: s.MasterPort, Rendezvous: cfg.Rendezvous, Pays: cfg.Settles, Mint: n.payMint(cfg),
-			Checkpoint: restore,
+			Checkpoint: restore, Net: net,
 		}})
 		if err != nil {
 			_ = c.rw.Close()

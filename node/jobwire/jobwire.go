@@ -104,7 +104,23 @@ type StartFrame struct {
 	Pays       bool         `json:"pays,omitempty"`       // the submitter pays bills on chain as the job runs
 	Mint       string       `json:"mint,omitempty"`       // what it pays in: an SPL token's mint (base58); "" for SOL
 	Checkpoint string       `json:"checkpoint,omitempty"` // CID of the job's latest checkpoint, to restore at the spec's checkpoint path (a retry)
+	// Net, when set, gives the members a network of their own (package
+	// node/jobnet): the provider of each member, by rank, and where it
+	// listens. MasterAddr is then member 0's job address.
+	Net []NetMember `json:"net,omitempty"`
 }
+
+// NetMember is where one member of a job network runs.
+type NetMember struct {
+	Peer  string   `json:"peer"`            // its provider's peer ID
+	Addrs []string `json:"addrs,omitempty"` // its provider's multiaddrs, as the submitter knows them
+}
+
+// Bounds of a start frame's job network.
+const (
+	MaxNetAddrs   = 16
+	maxNetAddrLen = 256
+)
 
 // ExitFrame is how a member's work ended.
 type ExitFrame struct {
@@ -145,6 +161,19 @@ func (f *Frame) check() error {
 		var jid gossip.JobID
 		if jid.UnmarshalText([]byte(s.Job)) != nil {
 			return bad("job ID %s", text.Clip(s.Job))
+		}
+		if len(s.Net) != 0 && len(s.Net) != s.Members {
+			return bad("a job network of %d members in a job of %d", len(s.Net), s.Members)
+		}
+		for i, m := range s.Net {
+			if len(m.Peer) == 0 || len(m.Peer) > 128 || len(m.Addrs) > MaxNetAddrs {
+				return bad("job network member %d: peer of %d bytes, %d addresses (at most 128, %d)", i, len(m.Peer), len(m.Addrs), MaxNetAddrs)
+			}
+			for _, a := range m.Addrs {
+				if len(a) > maxNetAddrLen {
+					return bad("job network member %d: an address of %d bytes, at most %d", i, len(a), maxNetAddrLen)
+				}
+			}
 		}
 		if s.Checkpoint != "" {
 			if _, err := jobspec.ParseCID(s.Checkpoint); err != nil {

@@ -1,0 +1,110 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gpumesh/gpumesh/internal/testdocker"
+	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/jobnet"
+	"github.com/gpumesh/gpumesh/node/jobspec"
+	"github.com/gpumesh/gpumesh/node/meshtest"
+)
+
+// hostServer listens on every address of this host and counts the
+// connections it accepts; each is told a secret.
+func hostServer(t *testing.T) (port int, accepted *atomic.Int64) {
+	t.Helper()
+	l, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	accepted = new(atomic.Int64)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			_, _ = c.Write([]byte("host secret\n"))
+			_ = c.Close()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port, accepted
+}
+
+// lanAddr is an IPv4 address of this host's that is not loopback, or "".
+func lanAddr() string {
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() {
+			return n.IP.String()
+		}
+	}
+	return ""
+}
+
+func jobnetSpec(t *testing.T, img string, gpus int, script string) jobspec.Spec {
+	t.Helper()
+	y := fmt.Sprintf("name: jobnet\nimage: %s\ncommand: [sh, -c, %q]\nlauncher: torchrun\nresources:\n  gpus: %d\n  perNode: 8\n  gpu: {model: H100}\nmaxPrice: 2.50\ntimeout: 5m\n", img, script, gpus)
+	spec, err := jobspec.Parse([]byte(y), "yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return spec
+}
+
+// A container job of two members meets on its own network: member 1 sends
+// data to member 0's job address (MASTER_ADDR), and member 0 checks it.
+// Neither member has any other network: the provider's loopback and LAN
+// addresses are out of reach.
+func TestTwoContainerMembersMeetOnTheirJobNetworkOnly(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("job networks need root")
+	}
+	img := testdocker.EnsureImage(t)
+	port, accepted := hostServer(t)
+	lan := lanAddr()
+	m := meshtest.Start(t, 3, meshtest.Options{Seed: 131, Providers: 2, Price: "fixed:2.10"})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	script := `echo "master=$MASTER_ADDR nets=$(ls /sys/class/net | tr '\n' ' ')"; ` +
+		`busybox seq 1 30000 > /tmp/data; want=$(busybox md5sum < /tmp/data); ` +
+		`if [ "$NODE_RANK" = 0 ]; then ` +
+		`printf '#!/bin/sh\ncat > /tmp/got\n' > /tmp/recv; chmod +x /tmp/recv; ` +
+		`busybox nc -l -p "$MASTER_PORT" -e /tmp/recv; ` +
+		`got=$(busybox md5sum < /tmp/got); echo "rank0 got $(wc -c < /tmp/got) bytes"; [ "$got" = "$want" ] && echo "rank0 data ok"; ` +
+		`else ` +
+		`for i in $(busybox seq 1 100); do busybox nc -w 3 "$MASTER_ADDR" "$MASTER_PORT" < /tmp/data 2>/dev/null && break; sleep 0.2; done; echo "rank1 sent try $i"; ` +
+		`fi; ` +
+		fmt.Sprintf(`echo "rank$NODE_RANK loopback=$(busybox nc -w 2 127.0.0.1 %d </dev/null 2>&1)"; `, port) +
+		fmt.Sprintf(`echo "rank$NODE_RANK lan=$(busybox nc -w 2 %s %d </dev/null 2>&1)"; `, lan, port) +
+		`echo "rank$NODE_RANK metadata=$(busybox nc -w 2 169.254.169.254 80 </dev/null 2>&1)"`
+	j := runToEnd(t, ctx, m.Nodes[2], jobnetSpec(t, img, 16, script))
+	log := jobLog(t, m.Nodes[2], j.ID)
+	t.Logf("the job's log:\n%s", log)
+	if j.State != node.JobDone {
+		t.Fatalf("job %s (%s)", j.State, j.Reason)
+	}
+	master := jobnet.Addr(j.ID, 0).String()
+	for _, want := range []string{"[0] master=" + master + " nets=jobnet0 lo", "[1] master=" + master + " nets=jobnet0 lo",
+		"[0] rank0 data ok", "[0] rank0 got 168894 bytes"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("the job's log lacks %q", want)
+		}
+	}
+	if strings.Contains(log, "gpumesh-jobnet") {
+		t.Errorf("the wait for the job network said something")
+	}
+	if accepted.Load() != 0 || strings.Contains(log, "host secret") {
+		t.Errorf("the job reached its provider's host (%d connections)", accepted.Load())
+	}
+}
