@@ -67,7 +67,7 @@ type memberState struct {
 	// asked once with docker (0: unknown).
 	machineMemory int64
 	machineCPUs   int
-	egress        bool // the Docker executor set up egress (Config.JobEgress)
+	egress        bool        // the Docker executor set up egress (Config.JobEgress)
 	jobnet        *jobnet.Net // the members' job networks (provider_jobnet.go); set at start
 
 	receiptsMu sync.Mutex             // guards the receipts folder and receipts

@@ -20,8 +20,8 @@ import (
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node/attempt"
-	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/jobnet"
+	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
@@ -347,7 +347,7 @@ func (n *Node) attemptConfig(j Job) attempt.Config {
 	}
 	return attempt.Config{
 		MasterAddr: master,
-		Job: j.ID, Consumer: n.id.SolanaAddress, Members: ms, Attempt: j.Attempt, Retries: j.Spec.Retries,
+		Job:        j.ID, Consumer: n.id.SolanaAddress, Members: ms, Attempt: j.Attempt, Retries: j.Spec.Retries,
 		Timeout: timeout, TimeoutText: j.Spec.Timeout,
 		Rendezvous:       len(j.Members) > 1 || (launcher != "" && launcher != jobspec.LauncherNone),
 		EndsWithRankZero: exec.EndsWithRankZero(launcher),
