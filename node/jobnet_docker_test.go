@@ -108,3 +108,42 @@ func TestTwoContainerMembersMeetOnTheirJobNetworkOnly(t *testing.T) {
 		t.Errorf("the job reached its provider's host (%d connections)", accepted.Load())
 	}
 }
+
+// A container job of three members: every member reaches every other on
+// its job address. (Over TCP: busybox's ping needs a raw socket, and a
+// member has no capability to open one. ICMP between members is checked
+// in package jobnet.)
+func TestThreeContainerMembersReachEachOther(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("job networks need root")
+	}
+	img := testdocker.EnsureImage(t)
+	m := meshtest.Start(t, 4, meshtest.Options{Seed: 137, Providers: 3, Price: "fixed:2.10"})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	// Each member answers on port 7000 (noting who asked), asks each
+	// other member, then stays until every other member has asked it.
+	script := `base=${MASTER_ADDR%.*}; n=$GPUMESH_MEMBERS; echo "rank$NODE_RANK addr=$GPUMESH_ADDR"; ` +
+		`printf '#!/bin/sh\nread r; echo "pong $NODE_RANK"; : > /tmp/seen.$r\n' > /tmp/pong; chmod +x /tmp/pong; ` +
+		`busybox nc -ll -p 7000 -e /tmp/pong & srv=$!; ` +
+		`for r in $(busybox seq 0 $((n-1))); do [ "$r" = "$NODE_RANK" ] && continue; ok=no; ` +
+		`for i in $(busybox seq 1 100); do got=$(echo "$NODE_RANK" | busybox nc -w 1 "$base.$((r+2))" 7000 2>/dev/null); [ "$got" = "pong $r" ] && { ok=yes; break; }; sleep 0.1; done; ` +
+		`echo "rank$NODE_RANK reached $r $ok"; done; ` +
+		`for i in $(busybox seq 1 300); do [ "$(ls /tmp/seen.* 2>/dev/null | wc -l)" -ge $((n-1)) ] && break; sleep 0.1; done; kill $srv`
+	j := runToEnd(t, ctx, m.Nodes[3], jobnetSpec(t, img, 24, script))
+	log := jobLog(t, m.Nodes[3], j.ID)
+	t.Logf("the job's log:\n%s", log)
+	if j.State != node.JobDone {
+		t.Fatalf("job %s (%s)", j.State, j.Reason)
+	}
+	for i := range 3 {
+		if want := fmt.Sprintf("rank%d addr=%s", i, jobnet.Addr(j.ID, i)); !strings.Contains(log, want) {
+			t.Errorf("the job's log lacks %q", want)
+		}
+		for k := range 3 {
+			if want := fmt.Sprintf("rank%d reached %d yes", i, k); i != k && !strings.Contains(log, want) {
+				t.Errorf("the job's log lacks %q", want)
+			}
+		}
+	}
+}

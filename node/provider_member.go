@@ -265,6 +265,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	defer jn.leave()
 	if jn != nil {
 		pl.MasterAddr = jn.plan.Addr(0).String()
+		env["GPUMESH_ADDR"] = jn.plan.Addr(st.Rank).String()
 	}
 	for k, v := range exec.LaunchEnv(pl) {
 		env[k] = v
