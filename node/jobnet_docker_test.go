@@ -101,6 +101,14 @@ func TestTwoContainerMembersMeetOnTheirJobNetworkOnly(t *testing.T) {
 			t.Errorf("the job's log lacks %q", want)
 		}
 	}
+	for i, r := range j.Runs {
+		if r.Addr != jobnet.Addr(j.ID, i).String() || r.Net == nil {
+			t.Fatalf("member %d's run: address %q, meter %v; want %s and a meter", i, r.Addr, r.Net, jobnet.Addr(j.ID, i))
+		}
+	}
+	if sent, got := j.Runs[1].Net.SentBytes, j.Runs[0].Net.ReceivedBytes; sent < 168894 || got < 168894 {
+		t.Errorf("meters: member 1 sent %d bytes, member 0 received %d; want each at least the 168894 of the data", sent, got)
+	}
 	if strings.Contains(log, "gpumesh-jobnet") {
 		t.Errorf("the wait for the job network said something")
 	}

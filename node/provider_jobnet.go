@@ -20,6 +20,7 @@ type memberNet struct {
 	plan   *jobnet.Plan
 	rank   int
 	member *jobnet.Member // once joined
+	left   *jobwire.NetMeter
 }
 
 // memberNet reads a start frame's job network; nil where it has none.
@@ -89,12 +90,17 @@ func (jn *memberNet) join() func(pid int) error {
 	}
 }
 
-// leave takes the member off its job network and logs what crossed it.
-func (jn *memberNet) leave() {
+// leave takes the member off its job network, once, and says what crossed
+// it (nil: it never joined).
+func (jn *memberNet) leave() *jobwire.NetMeter {
 	if jn == nil || jn.member == nil {
-		return
+		return nil
 	}
-	m := jn.member.Leave()
-	jn.n.log.Info("job network member left", "job", jn.plan.Job, "rank", jn.rank, "addr", jn.plan.Addr(jn.rank),
-		"sentBytes", m.SentBytes, "receivedBytes", m.ReceivedBytes, "dropped", m.Dropped, "refused", m.Refused)
+	if jn.left == nil {
+		m := jn.member.Leave()
+		jn.n.log.Info("job network member left", "job", jn.plan.Job, "rank", jn.rank, "addr", jn.plan.Addr(jn.rank),
+			"sentBytes", m.SentBytes, "receivedBytes", m.ReceivedBytes, "dropped", m.Dropped, "refused", m.Refused)
+		jn.left = &jobwire.NetMeter{SentBytes: m.SentBytes, ReceivedBytes: m.ReceivedBytes, Dropped: m.Dropped + m.Refused}
+	}
+	return jn.left
 }

@@ -428,6 +428,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		},
 	})
 	n.dropLive(st.Job, st.Attempt, st.Rank)
+	netMeter := jn.leave() // the work is gone: its interface goes too
 	stopBilling()
 	util.stop()
 	stopCk()
@@ -470,6 +471,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	_ = fw.Write(jobwire.Frame{T: jobwire.KindExit, Exit: &jobwire.ExitFrame{
 		Code: res.ExitCode, Start: res.Start.UnixMilli(), End: res.End.UnixMilli(),
 		TimedOut: res.TimedOut, Stopped: res.Stopped, Reason: text.Cut(reason, jobwire.MaxText),
+		Net: netMeter,
 	}})
 	stopBeats()
 

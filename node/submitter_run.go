@@ -59,6 +59,10 @@ type MemberRun struct {
 	Error    string               `json:"error,omitempty"`
 	Paid     uint64               `json:"paid,omitempty"`  // paid to its provider as it ran (settlement), in the unit's smallest unit
 	Fault    string               `json:"fault,omitempty"` // its provider's fault, when it ended badly: "provider" or "lost" (attempt.Fault*)
+	// Addr is its address on the job's own network (a container job of
+	// several members); Net what crossed it, as its provider metered it.
+	Addr string            `json:"addr,omitempty"`
+	Net  *jobwire.NetMeter `json:"net,omitempty"`
 }
 
 var errCancelled = errors.New("cancelled by the submitter")
@@ -91,6 +95,7 @@ type runEvent struct {
 	ev      attempt.Event
 	conn    *memberConn          // with Opened
 	outputs []receipt.OutputFile // with Exited
+	net     *jobwire.NetMeter    // with Exited
 	sr      *receipt.Signed      // with Receipted
 	log     []byte               // with Heard: a log frame's data
 }
@@ -172,6 +177,9 @@ func (n *Node) runJob(ctx context.Context, id string) {
 	runs := make([]MemberRun, len(members))
 	for i, m := range members {
 		runs[i] = MemberRun{Rank: i, Provider: m.Provider, Class: m.Class, GPUs: m.GPUs, State: MemberStarting}
+		if jobHasNet(j) {
+			runs[i].Addr = jobnet.Addr(j.ID, i).String()
+		}
 	}
 	if _, ok := n.moveJob(id, JobRunning, []JobState{JobFormed}, func(j *Job) {
 		j.Runs, j.Started = append([]MemberRun(nil), runs...), n.now().UTC()
@@ -306,7 +314,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 			case attempt.Opened:
 				conns[ev.Rank] = e.conn
 			case attempt.Exited:
-				runs[ev.Rank].Outputs = e.outputs
+				runs[ev.Rank].Outputs, runs[ev.Rank].Net = e.outputs, e.net
 			case attempt.Receipted:
 				signed[ev.Rank] = e.sr
 			case attempt.Heard:
@@ -423,7 +431,7 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 		case jobwire.KindExit:
 			x := f.Exit
 			send(runEvent{ev: attempt.Exited{Rank: r, Code: x.Code, Start: x.Start, End: x.End, TimedOut: x.TimedOut, Reason: x.Reason,
-				ResultHash: receipt.ResultHash(x.Code, me.outputs)}, outputs: me.outputs})
+				ResultHash: receipt.ResultHash(x.Code, me.outputs)}, outputs: me.outputs, net: x.Net})
 		case jobwire.KindBill:
 			b := f.Bill
 			send(runEvent{ev: attempt.Billed{Rank: r, Bill: attempt.Bill{Interval: b.Interval, Millis: b.Millis, Amount: b.Lamports, Ref: b.Ref}}})

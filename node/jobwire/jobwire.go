@@ -130,6 +130,16 @@ type ExitFrame struct {
 	TimedOut bool   `json:"timedOut,omitempty"`
 	Stopped  bool   `json:"stopped,omitempty"`
 	Reason   string `json:"reason,omitempty"` // why the member stopped it (an unpaid bill)
+	// Net is what crossed the member's job network interface, as its
+	// provider metered it; nil: the member had none.
+	Net *NetMeter `json:"net,omitempty"`
+}
+
+// NetMeter is a member's traffic on its job network.
+type NetMeter struct {
+	SentBytes     int64 `json:"sent"`     // the member sent, forwarded to other members
+	ReceivedBytes int64 `json:"received"` // other members sent it
+	Dropped       int64 `json:"dropped"`  // packets for it dropped (over its rates) or of it refused (not for a member of its job)
 }
 
 // check says what is wrong with a frame that decoded.
@@ -217,6 +227,9 @@ func (f *Frame) check() error {
 	case KindExit:
 		if f.Exit == nil || f.Exit.End < f.Exit.Start || f.Exit.Start <= 0 || len(f.Exit.Reason) > MaxText {
 			return bad("no exit, or it ends before it starts")
+		}
+		if m := f.Exit.Net; m != nil && (m.SentBytes < 0 || m.ReceivedBytes < 0 || m.Dropped < 0) {
+			return bad("a negative job network meter")
 		}
 	case KindReceipt:
 		if f.Receipt == nil {
