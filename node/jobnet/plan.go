@@ -15,7 +15,7 @@ const (
 	// MTU is the job interface's MTU, bytes: the largest packet a member
 	// sends or is sent. Large, since every packet costs a read, a frame
 	// and a write on each provider whatever its size.
-	MTU = 16000
+	MTU = 65000
 	// MaxMembers is the most members a job network numbers (a /16 less
 	// the network, the gateway-less .1 and the broadcast address).
 	MaxMembers = 1<<16 - 3

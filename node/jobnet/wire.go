@@ -1,6 +1,7 @@
 package jobnet
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -70,22 +71,41 @@ func AppendPacket(b, pkt []byte) ([]byte, error) {
 	return append(b, pkt...), nil
 }
 
-// ReadPacket reads one packet into buf (at least MTU bytes) and returns
-// it. io.EOF marks a stream that ended cleanly between packets.
-func ReadPacket(r io.Reader, buf []byte) ([]byte, error) {
-	var l [2]byte
-	if _, err := io.ReadFull(r, l[:]); err != nil {
-		if errors.Is(err, io.EOF) {
+// PacketReader reads a stream's packets in place, without copying them
+// out of its buffer.
+type PacketReader struct {
+	br   *bufio.Reader // its buffer holds at least MTU+2 bytes
+	last int           // bytes of the packet Next returned last, still buffered
+}
+
+// NewPacketReader reads packets from br, which must buffer at least MTU+2
+// bytes (bufio.NewReaderSize).
+func NewPacketReader(br *bufio.Reader) *PacketReader { return &PacketReader{br: br} }
+
+// Next returns the next packet: valid until the next call. io.EOF marks a
+// stream that ended cleanly between packets.
+func (p *PacketReader) Next() ([]byte, error) {
+	if p.last > 0 {
+		if _, err := p.br.Discard(p.last); err != nil {
+			return nil, err
+		}
+		p.last = 0
+	}
+	l, err := p.br.Peek(2)
+	if err != nil {
+		if errors.Is(err, io.EOF) && len(l) == 0 {
 			return nil, io.EOF
 		}
 		return nil, fmt.Errorf("%w: packet length: %v", ErrBadFrame, err)
 	}
-	n := int(binary.BigEndian.Uint16(l[:]))
-	if n < minPacket || n > MTU || n > len(buf) {
+	n := int(binary.BigEndian.Uint16(l))
+	if n < minPacket || n > MTU {
 		return nil, fmt.Errorf("%w: packet of %d bytes, want %d..%d", ErrBadFrame, n, minPacket, MTU)
 	}
-	if _, err := io.ReadFull(r, buf[:n]); err != nil {
+	b, err := p.br.Peek(2 + n)
+	if err != nil {
 		return nil, fmt.Errorf("%w: packet of %d bytes: %v", ErrBadFrame, n, err)
 	}
-	return buf[:n], nil
+	p.last = 2 + n
+	return b[2:], nil
 }

@@ -1,6 +1,7 @@
 package jobnet_test
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -20,17 +21,19 @@ func TestFramesRoundTripAndBoundsHold(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := bytes.NewReader(b)
+	b, _ = jobnet.AppendPacket(b, pkt[:60])
+	r := bufio.NewReaderSize(bytes.NewReader(b), jobnet.MTU+2)
 	h, err := jobnet.ReadHello(r)
 	if err != nil || h.Job != testJob || h.Attempt != 3 {
 		t.Fatalf("hello %+v, %v", h, err)
 	}
-	buf := make([]byte, jobnet.MTU)
-	got, err := jobnet.ReadPacket(r, buf)
-	if err != nil || !bytes.Equal(got, pkt) {
-		t.Fatalf("packet %d bytes, %v", len(got), err)
+	pr := jobnet.NewPacketReader(r)
+	for _, want := range [][]byte{pkt, pkt[:60]} {
+		if got, err := pr.Next(); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("packet of %d bytes, %v; want %d", len(got), err, len(want))
+		}
 	}
-	if _, err := jobnet.ReadPacket(r, buf); err != io.EOF {
+	if _, err := pr.Next(); err != io.EOF {
 		t.Fatalf("after the last packet: %v, want EOF", err)
 	}
 	if _, err := jobnet.AppendPacket(nil, make([]byte, jobnet.MTU+1)); !errors.Is(err, jobnet.ErrBadFrame) {
@@ -39,8 +42,9 @@ func TestFramesRoundTripAndBoundsHold(t *testing.T) {
 	if _, err := jobnet.AppendHello(nil, jobnet.Hello{Job: "nope"}); !errors.Is(err, jobnet.ErrBadFrame) {
 		t.Errorf("a hello of no job ID: %v", err)
 	}
-	for _, bad := range [][]byte{{0xff, 0xff}, {0, 5, 1, 2, 3, 4, 5}, {0, 40, 1}} {
-		if _, err := jobnet.ReadPacket(bytes.NewReader(bad), buf); !errors.Is(err, jobnet.ErrBadFrame) {
+	for _, bad := range [][]byte{{0xff, 0xff}, {0, 5, 1, 2, 3, 4, 5}, {0, 40, 1}, {0}} {
+		pr := jobnet.NewPacketReader(bufio.NewReaderSize(bytes.NewReader(bad), jobnet.MTU+2))
+		if _, err := pr.Next(); !errors.Is(err, jobnet.ErrBadFrame) {
 			t.Errorf("%x read as a packet: %v", bad, err)
 		}
 	}
@@ -59,9 +63,9 @@ func FuzzReadFrames(f *testing.F) {
 		if _, err := jobnet.ReadHello(r); err != nil {
 			return
 		}
-		buf := make([]byte, jobnet.MTU)
+		pr := jobnet.NewPacketReader(bufio.NewReaderSize(r, jobnet.MTU+2))
 		for i := 0; i < 1000; i++ {
-			pkt, err := jobnet.ReadPacket(r, buf)
+			pkt, err := pr.Next()
 			if err != nil {
 				return
 			}
