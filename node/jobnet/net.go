@@ -31,8 +31,9 @@ const (
 	// at most a few times as often as big ones.
 	DefaultRatePackets = 200_000
 	// queuePackets is how many packets wait for one provider's stream;
-	// more are dropped, as a full link drops them.
-	queuePackets = 512
+	// more are dropped, as a full link drops them. Each holds a buffer of
+	// MTU bytes: 8 MiB a link at most, about 9 ms at the benchmark's rate.
+	queuePackets = 128
 	// helloTimeout bounds the wait for a stream's hello, openTimeout the
 	// opening of a stream.
 	helloTimeout = 10 * time.Second
