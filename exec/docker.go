@@ -208,7 +208,8 @@ func (d *Docker) Run(ctx context.Context, t Task) (res Result, err error) {
 				return Result{}, fmt.Errorf("docker executor: task %q: image %s has no command; give the job one", t.Name, t.Image)
 			}
 		}
-		cfg.Entrypoint, cfg.Cmd = []string{"/bin/sh", "-c", joinNetWait, "gpumesh-jobnet"}, argv
+		wrapped := joinNetCommand(argv)
+		cfg.Entrypoint, cfg.Cmd = wrapped[:4], wrapped[4:]
 	}
 	if t.Egress && !t.Network {
 		hcfg.DNS = d.cfg.EgressDNS
@@ -733,16 +734,6 @@ func (d *Docker) RemoveOwned(ctx context.Context, owner string) (int, error) {
 	}
 	return removed, nil
 }
-
-// JoinNetIface is the interface whose coming up a task with JoinNet waits
-// for.
-const JoinNetIface = "jobnet0"
-
-// joinNetWait runs a task's command ("$@") once its job interface is up
-// (IFF_UP in its flags), and fails with 125 if it is not within 30 s.
-const joinNetWait = `i=0; while :; do f=; { read -r f </sys/class/net/` + JoinNetIface + `/flags; } 2>/dev/null; ` +
-	`[ -n "$f" ] && [ $((f & 1)) = 1 ] && break; i=$((i+1)); ` +
-	`[ "$i" -ge 300 ] && { echo "gpumesh: the job network did not come up" >&2; exit 125; }; sleep 0.1; done; exec "$@"`
 
 // containerConfig is the container a task runs in. It starts nothing, so
 // tests can check what a task would get.

@@ -143,7 +143,7 @@ func TestDockerJoinNetAddsTheInterfaceBeforeTheWork(t *testing.T) {
 	task := dockerTask(t, "ls /sys/class/net")
 	task.JoinNet = func(pid int) error {
 		out, err := osexec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "sh", "-c",
-			"ip tuntap add dev "+exec.JoinNetIface+" mode tun && ip link set "+exec.JoinNetIface+" up").CombinedOutput()
+			"ip tuntap add dev "+exec.JoinNetIface+" mode tun && ip addr add 10.9.0.2/16 dev "+exec.JoinNetIface+" && ip link set "+exec.JoinNetIface+" up").CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("%v: %s", err, out)
 		}

@@ -24,12 +24,9 @@ type memberNet struct {
 }
 
 // memberNet reads a start frame's job network; nil where it has none.
-func (n *Node) memberNet(st jobwire.StartFrame, executor string) (*memberNet, error) {
+func (n *Node) memberNet(st jobwire.StartFrame) (*memberNet, error) {
 	if len(st.Net) == 0 {
 		return nil, nil
-	}
-	if executor != "docker" {
-		return nil, fmt.Errorf("this provider gives job networks to container members only; give the job an image")
 	}
 	if n.jobnet == nil {
 		return nil, fmt.Errorf("this provider has no job network")

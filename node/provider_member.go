@@ -53,7 +53,7 @@ const (
 	DefaultJobDisk = 100 << 30
 	// multiMemberNetwork is why a provider with NoHostNetwork refuses a
 	// member of a job of several.
-	multiMemberNetwork = "this provider runs no job of several members: their members meet over the host network until jobs get a network of their own, and this provider refuses that (--no-host-network); run the job on one provider, with all its GPUs on one member"
+	multiMemberNetwork = "this provider runs no member of several over its host network (--no-host-network), and the start gave this member no job network of its own: submit the job from a peer of this version, which gives every job of several members its own network"
 )
 
 // memberState is the provider's part of running jobs.
@@ -257,7 +257,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		pl.MasterAddr = "127.0.0.1"
 	}
 	// A job network: the members meet at member 0's job address.
-	jn, err := n.memberNet(st, ex.Name())
+	jn, err := n.memberNet(st)
 	if err != nil {
 		fail("%v", err)
 		return

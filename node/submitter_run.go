@@ -367,9 +367,8 @@ func (n *Node) attemptConfig(j Job) attempt.Config {
 }
 
 // jobHasNet reports whether a job's members meet on a network of their
-// own (package node/jobnet): a container job of several members. Process
-// members still meet over their providers' host networks.
-func jobHasNet(j Job) bool { return len(j.Members) > 1 && j.Spec.Image != "" }
+// own (package node/jobnet): every job of several members does.
+func jobHasNet(j Job) bool { return len(j.Members) > 1 }
 
 // startMember opens a member's stream, sends its start frame and reads its
 // frames until the stream ends, reporting each as an attempt event.
