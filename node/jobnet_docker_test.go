@@ -76,7 +76,7 @@ func TestTwoContainerMembersMeetOnTheirJobNetworkOnly(t *testing.T) {
 	m := meshtest.Start(t, 3, meshtest.Options{Seed: 131, Providers: 2, Price: "fixed:2.10"})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	script := `echo "master=$MASTER_ADDR nets=$(ls /sys/class/net | tr '\n' ' ')"; ` +
+	script := `echo "master=$MASTER_ADDR nets=$(ls /sys/class/net | tr '\n' ' ')"; echo "rank$NODE_RANK ifname=$GLOO_SOCKET_IFNAME,$NCCL_SOCKET_IFNAME"; ` +
 		`busybox seq 1 30000 > /tmp/data; want=$(busybox md5sum < /tmp/data); ` +
 		`if [ "$NODE_RANK" = 0 ]; then ` +
 		`printf '#!/bin/sh\ncat > /tmp/got\n' > /tmp/recv; chmod +x /tmp/recv; ` +
@@ -96,7 +96,7 @@ func TestTwoContainerMembersMeetOnTheirJobNetworkOnly(t *testing.T) {
 	}
 	master := jobnet.Addr(j.ID, 0).String()
 	for _, want := range []string{"[0] master=" + master + " nets=jobnet0 lo", "[1] master=" + master + " nets=jobnet0 lo",
-		"[0] rank0 data ok", "[0] rank0 got 168894 bytes"} {
+		"[0] rank0 data ok", "[0] rank0 got 168894 bytes", "[1] rank1 ifname=jobnet0,jobnet0"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("the job's log lacks %q", want)
 		}

@@ -266,6 +266,14 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	if jn != nil {
 		pl.MasterAddr = jn.plan.Addr(0).String()
 		env["GPUMESH_ADDR"] = jn.plan.Addr(st.Rank).String()
+		// The collectives' own connections go over the job interface (the
+		// namespace has no default route to guess one by), unless the job
+		// says otherwise.
+		for _, k := range []string{"GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"} {
+			if _, ok := env[k]; !ok {
+				env[k] = jobnet.IfName
+			}
+		}
 	}
 	for k, v := range exec.LaunchEnv(pl) {
 		env[k] = v
