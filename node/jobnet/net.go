@@ -225,6 +225,10 @@ func (m *Member) read() {
 			return
 		}
 		pkt := buf[:k]
+		if k > 0 && pkt[0]>>4 == 6 { // the kernel's own IPv6 chatter: the job network is IPv4
+			putBuf(buf)
+			continue
+		}
 		n.mu.Lock()
 		j := n.jobs[m.key]
 		if j == nil {

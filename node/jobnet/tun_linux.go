@@ -91,6 +91,7 @@ func Attach(ns netns.NsHandle, addr netip.Prefix, mtu int) (*Iface, error) {
 	if err := h.LinkSetName(link, IfName); err != nil {
 		return fail("naming "+name, err)
 	}
+	_ = h.LinkSetIP6AddrGenMode(link, 1) // IN6_ADDR_GEN_MODE_NONE: no IPv6 link-local address, no chatter
 	if err := h.LinkSetMTU(link, mtu); err != nil {
 		return fail("setting the MTU", err)
 	}
