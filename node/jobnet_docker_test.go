@@ -106,6 +106,11 @@ func TestTwoContainerMembersMeetOnTheirJobNetworkOnly(t *testing.T) {
 			t.Fatalf("member %d's run: address %q, meter %v; want %s and a meter", i, r.Addr, r.Net, jobnet.Addr(j.ID, i))
 		}
 	}
+	for i, r := range j.Runs {
+		if r.Net.Direct != 1 || r.Net.Relayed != 0 {
+			t.Errorf("member %d's provider reached %d others directly and %d through a relay; want 1 and 0", i, r.Net.Direct, r.Net.Relayed)
+		}
+	}
 	if sent, got := j.Runs[1].Net.SentBytes, j.Runs[0].Net.ReceivedBytes; sent < 168894 || got < 168894 {
 		t.Errorf("meters: member 1 sent %d bytes, member 0 received %d; want each at least the 168894 of the data", sent, got)
 	}

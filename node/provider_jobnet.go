@@ -97,7 +97,8 @@ func (jn *memberNet) leave() *jobwire.NetMeter {
 		m := jn.member.Leave()
 		jn.n.log.Info("job network member left", "job", jn.plan.Job, "rank", jn.rank, "addr", jn.plan.Addr(jn.rank),
 			"sentBytes", m.SentBytes, "receivedBytes", m.ReceivedBytes, "dropped", m.Dropped, "refused", m.Refused)
-		jn.left = &jobwire.NetMeter{SentBytes: m.SentBytes, ReceivedBytes: m.ReceivedBytes, Dropped: m.Dropped + m.Refused}
+		jn.left = &jobwire.NetMeter{SentBytes: m.SentBytes, ReceivedBytes: m.ReceivedBytes, Dropped: m.Dropped + m.Refused,
+			Direct: m.Direct, Relayed: m.Relayed}
 	}
 	return jn.left
 }

@@ -91,11 +91,16 @@ type Meter struct {
 	ReceivedBytes, ReceivedPackets int64 // the member was sent, written to it
 	Dropped                        int64 // packets for it dropped: over its rates, or its interface full
 	Refused                        int64 // packets it sent that did not go: not to a member of its job, or a full link
+	// Direct and Relayed count the other providers of its job this
+	// provider was connected to when it was metered: directly (or
+	// hole-punched), or only through a relay.
+	Direct, Relayed int
 }
 
 // Member is one member of a job on this provider, on its job network.
 type Member struct {
 	n     *Net
+	plan  *Plan
 	key   jobKey
 	rank  int
 	iface *Iface
@@ -160,7 +165,7 @@ func (n *Net) Join(plan *Plan, rank int, iface *Iface) (*Member, error) {
 		n.mu.Unlock()
 		return nil, fmt.Errorf("jobnet: member %d of job %s joined twice", rank, plan.Job)
 	}
-	m := &Member{n: n, key: k, rank: rank, iface: iface, done: make(chan struct{}),
+	m := &Member{n: n, plan: plan, key: k, rank: rank, iface: iface, done: make(chan struct{}),
 		bytes: rate.NewLimiter(rate.Limit(n.cfg.RateBytes), int(min(n.cfg.RateBytes, 1<<30))),
 		pkts:  rate.NewLimiter(rate.Limit(n.cfg.RatePackets), n.cfg.RatePackets)}
 	j.members[rank] = m
@@ -170,9 +175,10 @@ func (n *Net) Join(plan *Plan, rank int, iface *Iface) (*Member, error) {
 }
 
 // Leave takes the member off its job network, removes its interface and
-// says what crossed it. The last member of a job on this provider ends
-// its links. Safe to call twice.
+// says what crossed it (and the connections it went over). The last
+// member of a job on this provider ends its links. Safe to call twice.
 func (m *Member) Leave() Meter {
+	mt := m.Meter()
 	_ = m.iface.Close()
 	<-m.done
 	n := m.n
@@ -185,13 +191,38 @@ func (m *Member) Leave() Meter {
 		}
 	}
 	n.mu.Unlock()
-	return m.Meter()
+	last := m.Meter()
+	last.Direct, last.Relayed = mt.Direct, mt.Relayed
+	return last
 }
 
-// Meter says what crossed the member's interface so far.
+// Meter says what crossed the member's interface so far, and how this
+// provider is connected to the job's other providers now.
 func (m *Member) Meter() Meter {
-	return Meter{SentBytes: m.sentB.Load(), SentPackets: m.sentP.Load(), ReceivedBytes: m.recvB.Load(),
+	mt := Meter{SentBytes: m.sentB.Load(), SentPackets: m.sentP.Load(), ReceivedBytes: m.recvB.Load(),
 		ReceivedPackets: m.recvP.Load(), Dropped: m.dropped.Load(), Refused: m.refused.Load()}
+	seen := map[peer.ID]bool{}
+	for _, p := range m.plan.Peers {
+		if p == m.plan.Local || seen[p] {
+			continue
+		}
+		seen[p] = true
+		direct, relayed := false, false
+		for _, c := range m.n.h.Network().ConnsToPeer(p) {
+			if c.Stat().Limited {
+				relayed = true
+			} else {
+				direct = true
+			}
+		}
+		switch {
+		case direct:
+			mt.Direct++
+		case relayed:
+			mt.Relayed++
+		}
+	}
+	return mt
 }
 
 // dropLinks ends a job's streams; n.mu is held.

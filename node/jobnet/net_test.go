@@ -171,7 +171,7 @@ func TestMembersOnTwoProvidersReachEachOther(t *testing.T) {
 	}
 	s0, s1 := m0.Meter(), m1.Meter()
 	if s1.SentBytes < int64(len(data)) || s0.ReceivedBytes < int64(len(data)) || s0.SentPackets == 0 || s1.ReceivedPackets == 0 ||
-		s0.Refused+s0.Dropped+s1.Refused+s1.Dropped != 0 {
+		s0.Refused+s0.Dropped+s1.Refused+s1.Dropped != 0 || s0.Direct != 1 || s0.Relayed != 0 {
 		t.Errorf("meters: member 0 %+v, member 1 %+v; want each side's bytes counted", s0, s1)
 	}
 	t.Logf("member 0 %+v; member 1 %+v", s0, s1)

@@ -140,6 +140,10 @@ type NetMeter struct {
 	SentBytes     int64 `json:"sent"`     // the member sent, forwarded to other members
 	ReceivedBytes int64 `json:"received"` // other members sent it
 	Dropped       int64 `json:"dropped"`  // packets for it dropped (over its rates) or of it refused (not for a member of its job)
+	// Direct and Relayed: the job's other providers its provider reached
+	// directly (or hole-punched), or only through a relay, as it ended.
+	Direct  int `json:"direct,omitempty"`
+	Relayed int `json:"relayed,omitempty"`
 }
 
 // check says what is wrong with a frame that decoded.
@@ -228,7 +232,8 @@ func (f *Frame) check() error {
 		if f.Exit == nil || f.Exit.End < f.Exit.Start || f.Exit.Start <= 0 || len(f.Exit.Reason) > MaxText {
 			return bad("no exit, or it ends before it starts")
 		}
-		if m := f.Exit.Net; m != nil && (m.SentBytes < 0 || m.ReceivedBytes < 0 || m.Dropped < 0) {
+		if m := f.Exit.Net; m != nil && (m.SentBytes < 0 || m.ReceivedBytes < 0 || m.Dropped < 0 ||
+			m.Direct < 0 || m.Relayed < 0 || m.Direct+m.Relayed > MaxRank) {
 			return bad("a negative job network meter")
 		}
 	case KindReceipt:

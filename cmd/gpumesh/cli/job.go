@@ -239,6 +239,9 @@ func printJob(g *globals, j node.Job, took time.Duration) {
 			if r.Net.Dropped > 0 {
 				fmt.Fprintf(w, " (%d packets dropped)", r.Net.Dropped)
 			}
+			if r.Net.Direct+r.Net.Relayed > 0 {
+				fmt.Fprintf(w, "; its provider reached %d other providers directly, %d through a relay", r.Net.Direct, r.Net.Relayed)
+			}
 		}
 		fmt.Fprintln(w)
 	}

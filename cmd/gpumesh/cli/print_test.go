@@ -73,14 +73,14 @@ func TestJobStatusShowsEachMembersJobAddress(t *testing.T) {
 		Members: []gossip.Member{{GPUs: 8}, {GPUs: 8}},
 		Runs: []node.MemberRun{
 			{Rank: 0, State: node.MemberExited, Addr: "10.26.0.2", Net: &jobwire.NetMeter{SentBytes: 2048, ReceivedBytes: 3 << 20}},
-			{Rank: 1, State: node.MemberExited, Addr: "10.26.0.3", Net: &jobwire.NetMeter{SentBytes: 3 << 20, ReceivedBytes: 2048, Dropped: 4}},
+			{Rank: 1, State: node.MemberExited, Addr: "10.26.0.3", Net: &jobwire.NetMeter{SentBytes: 3 << 20, ReceivedBytes: 2048, Dropped: 4, Direct: 1}},
 		},
 	}
 	var out bytes.Buffer
 	printJob(&globals{stdout: &out, stderr: &out}, j, 0)
 	for _, want := range []string{
 		"member 0: job address 10.26.0.2, sent 2KiB, received 3MiB on the job network\n",
-		"member 1: job address 10.26.0.3, sent 3MiB, received 2KiB on the job network (4 packets dropped)\n",
+		"member 1: job address 10.26.0.3, sent 3MiB, received 2KiB on the job network (4 packets dropped); its provider reached 1 other providers directly, 0 through a relay\n",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
