@@ -21,7 +21,7 @@ import (
 const (
 	// DefaultRateBytes bounds the bytes a second one member is sent from
 	// other providers; more are dropped. BenchmarkJobNetAgainstVeth
-	// measured 860-920 MB/s member to member (both providers on one
+	// measured 820-920 MB/s member to member (both providers on one
 	// loaded 2-core machine): twice that leaves a faster machine room and
 	// a flood none.
 	DefaultRateBytes = 2 << 30
