@@ -194,6 +194,23 @@ func (d *Docker) Run(ctx context.Context, t Task) (res Result, err error) {
 		return Result{}, fmt.Errorf("docker executor: task %q asks for egress, which this provider has not set up (OpenEgress)", t.Name)
 	}
 	cfg, hcfg := containerConfig(t)
+	if t.JoinNet != nil {
+		argv := t.Command
+		if argv == nil {
+			ins, err := d.cli.ImageInspect(ctx, t.Image)
+			if err != nil {
+				return Result{}, fmt.Errorf("docker executor: reading image %s: %w", t.Image, err)
+			}
+			if ins.Config != nil {
+				argv = append(append([]string{}, ins.Config.Entrypoint...), ins.Config.Cmd...)
+			}
+			if len(argv) == 0 {
+				return Result{}, fmt.Errorf("docker executor: task %q: image %s has no command; give the job one", t.Name, t.Image)
+			}
+		}
+		wrapped := joinNetCommand(argv)
+		cfg.Entrypoint, cfg.Cmd = wrapped[:4], wrapped[4:]
+	}
 	if t.Egress && !t.Network {
 		hcfg.DNS = d.cfg.EgressDNS
 		if hcfg.DNS == nil {
@@ -243,9 +260,21 @@ func (d *Docker) Run(ctx context.Context, t Task) (res Result, err error) {
 		return Result{}, fmt.Errorf("docker executor: starting task %q (image %s, command %q): %w; %s", t.Name, t.Image, t.Command, err, hint)
 	}
 	res.Start = time.Now()
-	if ins, ierr := d.cli.ContainerInspect(bg, id); ierr == nil && ins.State != nil {
+	ins, ierr := d.cli.ContainerInspect(bg, id)
+	if ierr == nil && ins.State != nil {
 		if at, ok := engineTime(ins.State.StartedAt); ok {
 			res.Start = at
+		}
+	}
+	if t.JoinNet != nil {
+		if ierr == nil && (ins.State == nil || ins.State.Pid == 0) {
+			ierr = errors.New("the engine gave no process of it")
+		}
+		if ierr == nil {
+			ierr = t.JoinNet(ins.State.Pid)
+		}
+		if ierr != nil {
+			return Result{}, fmt.Errorf("docker executor: task %q: its job network: %w", t.Name, ierr)
 		}
 	}
 	if t.Started != nil {
@@ -747,6 +776,7 @@ func containerConfigFor(t Task, uid, gid int) (*container.Config, *container.Hos
 	useInit := true // docker-init as PID 1: forwards SIGTERM, reaps zombies
 	network := container.NetworkMode("none")
 	switch {
+	case t.JoinNet != nil: // none, until the caller adds the job's interface
 	case t.Network:
 		network = "host"
 	case t.Egress:

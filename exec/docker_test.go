@@ -3,9 +3,12 @@ package exec_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	osexec "os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -128,6 +131,46 @@ func TestDockerNetwork(t *testing.T) {
 	}
 }
 
+// A task with JoinNet runs with no network until its caller adds one:
+// JoinNet gets the container's process, and the command runs only once
+// the job interface is up. A JoinNet that fails ends the task with its
+// error.
+func TestDockerJoinNetAddsTheInterfaceBeforeTheWork(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("adding an interface to a container needs root")
+	}
+	d := newDocker(t)
+	task := dockerTask(t, "ls /sys/class/net")
+	task.JoinNet = func(pid int) error {
+		out, err := osexec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "sh", "-c",
+			"ip tuntap add dev "+exec.JoinNetIface+" mode tun && ip addr add 10.9.0.2/16 dev "+exec.JoinNetIface+" && ip link set "+exec.JoinNetIface+" up").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	out := newSyncBuf()
+	task.Stdout = out
+	res, err := d.Run(context.Background(), task)
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("run: %+v, %v", res, err)
+	}
+	if got := strings.Fields(out.String()); !slices.Equal(got, []string{exec.JoinNetIface, "lo"}) {
+		t.Errorf("the work saw interfaces %v, want %s and lo", got, exec.JoinNetIface)
+	}
+
+	task = dockerTask(t, "echo ran")
+	task.JoinNet = func(int) error { return errors.New("no interface today") }
+	out = newSyncBuf()
+	task.Stdout = out
+	if _, err := d.Run(context.Background(), task); err == nil || !strings.Contains(err.Error(), "no interface today") {
+		t.Errorf("a failing JoinNet: %v, want its error", err)
+	}
+	if strings.Contains(out.String(), "ran") {
+		t.Error("the work ran without its job network")
+	}
+}
+
 func TestDockerRemovesAStaleContainerOfTheTask(t *testing.T) {
 	d := newDocker(t)
 	cli := dockerClient(t)
@@ -220,8 +263,10 @@ func TestDockerContainerConfig(t *testing.T) {
 		t.Errorf("mounts = %+v", h.Mounts)
 	}
 
-	mock := base // mock GPUs: named in the environment, no devices asked of the runtime
-	mock.Network = true
+	// mock GPUs: named in the environment, no devices asked of the
+	// runtime; a member of a job of several, on its job network.
+	mock := base
+	mock.JoinNet = func(int) error { return nil }
 	cfg, h = exec.ContainerConfig(mock)
 	if len(h.DeviceRequests) != 0 {
 		t.Errorf("mock GPUs: DeviceRequests = %+v, want none", h.DeviceRequests)
@@ -229,8 +274,8 @@ func TestDockerContainerConfig(t *testing.T) {
 	if e := env(cfg); e["NVIDIA_VISIBLE_DEVICES"] != joined || e["CUDA_VISIBLE_DEVICES"] != joined {
 		t.Errorf("mock GPUs: env = %v", cfg.Env)
 	}
-	if h.NetworkMode != "host" {
-		t.Errorf("network = %q, want host", h.NetworkMode)
+	if h.NetworkMode != "none" || h.NetworkMode.IsHost() {
+		t.Errorf("a member of a job network: network = %q, want none (its interface is added once it runs), never the host's", h.NetworkMode)
 	}
 
 	none := base // no GPUs at all

@@ -68,6 +68,15 @@ type Task struct {
 	// StartBy, when set, is when the work must have started: an image pull
 	// still running then is given up (docker).
 	StartBy time.Time
+	// JoinNet, when set, gives the work its job's own network (a job of
+	// several members) in place of Network: the work runs in a network
+	// namespace of its own with nothing in it (docker: network none; the
+	// process executor: a new namespace), JoinNet is called with its first
+	// process once it has started (the caller gives that process's
+	// namespace an interface), and the work's command runs only once the
+	// interface JoinNetIface is up: /bin/sh, which the image (or host) must
+	// have, waits for it. An error stops the work, and Run returns it.
+	JoinNet func(pid int) error
 	// Inputs are files or folders of the caller's that the work sees at
 	// their Target (docker: bind mounts, read-only unless Writable, as a
 	// checkpoint folder is). The process executor ignores them: its caller
@@ -117,6 +126,23 @@ const DefaultLogBytes = 64 << 20
 const (
 	EnvOutputs = "GPUMESH_OUTPUTS" // where to write outputs
 )
+
+// JoinNetIface is the interface whose coming up a task with JoinNet waits
+// for.
+const JoinNetIface = "jobnet0"
+
+// joinNetWait runs a task's command ("$@") once its job interface is up
+// with its address (the subnet's route through it is in /proc/net/route,
+// which shows the reader's own namespace, unlike a /sys mounted outside
+// it), and fails with 125 if it is not within 30 s. Shell builtins only,
+// but for sleep.
+const joinNetWait = `i=0; until (while read -r d _; do [ "$d" = ` + JoinNetIface + ` ] && exit 0; done </proc/net/route; exit 1); do ` +
+	`i=$((i+1)); [ "$i" -ge 300 ] && { echo "gpumesh: the job network did not come up" >&2; exit 125; }; sleep 0.1; done; exec "$@"`
+
+// joinNetCommand is argv run once the job interface is up.
+func joinNetCommand(argv []string) []string {
+	return append([]string{"/bin/sh", "-c", joinNetWait, "gpumesh-jobnet"}, argv...)
+}
 
 // StopGrace is how long work has between SIGTERM and SIGKILL.
 const StopGrace = 5 * time.Second

@@ -81,7 +81,9 @@ func LaunchCommand(launcher string, rank int, command []string) []string {
 		head := `ray start --head --port="$MASTER_PORT" --node-ip-address="$MASTER_ADDR" --num-gpus="${NPROC_PER_NODE:-0}" && exec "$@"`
 		return append([]string{"sh", "-c", head, "gpumesh-ray-head"}, command...)
 	}
-	return []string{"sh", "-c", `exec ray start --address="$RAY_ADDRESS" --num-gpus="${NPROC_PER_NODE:-0}" --block`}
+	// A worker on a job network says its own job address ($GPUMESH_ADDR):
+	// its namespace has no default route for ray to find one by.
+	return []string{"sh", "-c", `exec ray start --address="$RAY_ADDRESS" ${GPUMESH_ADDR:+--node-ip-address="$GPUMESH_ADDR"} --num-gpus="${NPROC_PER_NODE:-0}" --block`}
 }
 
 // EndsWithRankZero reports whether a launcher's job is over when member 0

@@ -123,7 +123,7 @@ func TestLaunchCommand(t *testing.T) {
 		t.Fatalf("ray head runs %q as the driver, want %q", head[4:], command)
 	}
 
-	wantWorker := []string{"sh", "-c", `exec ray start --address="$RAY_ADDRESS" --num-gpus="${NPROC_PER_NODE:-0}" --block`}
+	wantWorker := []string{"sh", "-c", `exec ray start --address="$RAY_ADDRESS" ${GPUMESH_ADDR:+--node-ip-address="$GPUMESH_ADDR"} --num-gpus="${NPROC_PER_NODE:-0}" --block`}
 	for _, rank := range []int{1, 2, 4095} {
 		if got := exec.LaunchCommand(exec.LauncherRay, rank, command); !reflect.DeepEqual(got, wantWorker) {
 			t.Fatalf("ray worker %d: %q, want %q", rank, got, wantWorker)

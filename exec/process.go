@@ -25,8 +25,9 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // Process runs tasks as plain processes, as User (or this peer's own user
 // when nil), each in its own process group with a parent-death signal
 // (SIGKILL: the work's first process dies with this peer), and with no
-// other isolation: no container, no network isolation
-// (Task.Network is ignored: the work always has the host's network), no
+// other isolation: no container, no network isolation (Task.Network is
+// ignored: the work has the host's network, unless Task.JoinNet gives it
+// its job's own in a namespace of its own), no
 // memory or CPU limits (Task.Memory and Task.CPUs are ignored) and the same
 // view of the host's GPUs as this peer, bounded only by the
 // NVIDIA_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES it is given. It is for
@@ -67,10 +68,18 @@ func (p Process) Run(ctx context.Context, t Task) (Result, error) {
 		}
 	}
 
-	cmd := osexec.Command(t.Command[0], t.Command[1:]...)
+	argv := t.Command
+	if t.JoinNet != nil {
+		argv = joinNetCommand(argv)
+	}
+	cmd := osexec.Command(argv[0], argv[1:]...)
 	cmd.Dir = t.WorkDir
 	cmd.Env = processEnv(t, outputs)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if t.JoinNet != nil {
+		// A network namespace of its own, empty until JoinNet fills it.
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET
+	}
 	if p.User != nil {
 		// The kernel clears a parent-death signal when the credentials
 		// change; Go sets it after switching user, so it holds.
@@ -152,6 +161,14 @@ func (p Process) Run(ctx context.Context, t Task) (Result, error) {
 			<-done
 			closeAll()
 			return Result{}, fmt.Errorf("process executor: task %q stopped before its work began: %w", t.Name, err)
+		}
+	}
+	if t.JoinNet != nil {
+		if err := t.JoinNet(pgid); err != nil { // the group's leader is the first process
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			<-done
+			closeAll()
+			return Result{}, fmt.Errorf("process executor: task %q: its job network: %w", t.Name, err)
 		}
 	}
 	res := Result{Start: time.Now()}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	osexec "os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -299,5 +300,43 @@ func TestProcessStopsWhenSpawnedFails(t *testing.T) {
 	}
 	if !waitGone(t, pgid, 10*time.Second) {
 		t.Fatalf("the task's process %d runs on", pgid)
+	}
+}
+
+// A process task with JoinNet runs in a network namespace of its own,
+// empty but for what JoinNet adds to it, and its command runs only once
+// the job interface is up.
+func TestProcessJoinNetRunsInANamespaceOfItsOwn(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("a network namespace for a process needs root")
+	}
+	task := processTask(t, `tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\n' ' '`)
+	task.JoinNet = func(pid int) error {
+		out, err := osexec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "sh", "-c",
+			"ip tuntap add dev "+exec.JoinNetIface+" mode tun && ip addr add 10.9.0.2/16 dev "+exec.JoinNetIface+" && ip link set "+exec.JoinNetIface+" up").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	var out bytes.Buffer
+	task.Stdout = &out
+	res, err := exec.Process{}.Run(context.Background(), task)
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("run: %+v, %v", res, err)
+	}
+	if got, want := strings.TrimSpace(out.String()), exec.JoinNetIface+" lo"; got != want {
+		t.Errorf("the work saw interfaces %q, want %q", got, want)
+	}
+
+	task = processTask(t, `echo ran`)
+	task.JoinNet = func(int) error { return errors.New("no interface today") }
+	out.Reset()
+	task.Stdout = &out
+	if _, err := (exec.Process{}).Run(context.Background(), task); err == nil || !strings.Contains(err.Error(), "no interface today") {
+		t.Errorf("a failing JoinNet: %v, want its error", err)
+	}
+	if strings.Contains(out.String(), "ran") {
+		t.Error("the work ran without its job network")
 	}
 }

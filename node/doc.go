@@ -52,6 +52,8 @@
 //	provider_bill.go     billing a member's work as it runs; checking its
 //	                     payments (the right currency, one bill a
 //	                     transaction); pausing and stopping unpaid work
+//	provider_jobnet.go   a member's place on its job's own network: its
+//	                     interface made, joined, metered (node/jobnet)
 //	provider_session.go  sessions into a running member (job exec,
 //	                     port-forward): only its submitter, within bounds,
 //	                     ended with the member
@@ -77,6 +79,9 @@
 //	node/jobwire    the job protocol's frames and their bounds
 //	node/sessionwire the session protocol's frames (exec, forward) and
 //	                their bounds; RunExec, the submitter's side of an exec
+//	node/jobnet     a job's own network: addresses, the packet checks,
+//	                TUN interfaces in members' namespaces, forwarding over
+//	                /gpumesh/jobnet/1.0.0 (it links the host, not the node)
 //	node/attempt    one run attempt as a state machine (Step, Tick, Ready),
 //	                with golden scripts in node/attempt/testdata
 //	node/jobstore   job records in a bbolt file, paged newest first

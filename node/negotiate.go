@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/node/jobnet"
 	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/gpumesh/gpumesh/node/sessionwire"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -119,6 +120,8 @@ func (n *Node) startJobs(ctx context.Context) error {
 	n.host.SetStreamHandler(NegotiateProtocol, n.handleNegotiate)
 	n.host.SetStreamHandler(jobwire.Protocol, n.handleJob)
 	n.host.SetStreamHandler(sessionwire.Protocol, n.handleSession)
+	n.jobnet = jobnet.New(n.host, jobnet.Config{Log: n.log})
+	n.jobnet.Start()
 	res, err := n.newReservations()
 	if err != nil {
 		return err
@@ -140,6 +143,9 @@ func (n *Node) closeJobs() error {
 		n.host.RemoveStreamHandler(NegotiateProtocol)
 		n.host.RemoveStreamHandler(jobwire.Protocol)
 		n.host.RemoveStreamHandler(sessionwire.Protocol)
+	}
+	if n.jobnet != nil {
+		n.jobnet.Close()
 	}
 	if n.rfbSub != nil {
 		n.rfbSub.Cancel()

@@ -130,9 +130,9 @@ type Config struct {
 	JobCPUs   float64 // cores for jobs in all; 0: every core of the engine's machine (a member gets at least one, or JobCPUs if less)
 	JobDisk   int64   // bytes jobs may write in all (writable layers and outputs); 0: DefaultJobDisk; negative: no cap
 	JobLog    int64   // bytes of output read back from one member, its log files capped alike; 0: exec.DefaultLogBytes
-	// NoHostNetwork refuses jobs of several members (no bid on a request
-	// this provider cannot take whole, a start of such a member refused):
-	// they run on the host network until jobs get a network of their own.
+	// NoHostNetwork refuses a member of several whose start frame gives
+	// it no job network (a submitter of an older version): its members
+	// would meet over this provider's host network.
 	NoHostNetwork bool
 	PullTimeout   time.Duration // longest image pull; 0: exec.DefaultPullTimeout; the submitter's start deadline bounds it too
 	PullMax       int64         // largest image pulled, bytes (compressed layers); 0: exec.DefaultPullMaxBytes; negative: no cap

@@ -78,10 +78,11 @@ func TestASingleMemberDockerJobRunsIsolatedWithItsShare(t *testing.T) {
 	}
 }
 
-// A provider with NoHostNetwork takes only jobs it can run whole: it does
-// not bid on a job that needs more GPUs than it has, runs one it can take
-// as one member, and refuses a start of a member of several, saying why.
-func TestANoHostNetworkProviderTakesOnlyWholeJobs(t *testing.T) {
+// A provider with NoHostNetwork runs jobs of several members on their job
+// network, never over its host's: it runs a job of two members (each on
+// its job address), and refuses a start of a member of several that
+// comes with no job network, saying why.
+func TestANoHostNetworkProviderRunsMembersOnlyOnAJobNetwork(t *testing.T) {
 	o := h100s(73, 2)
 	o.Config = func(i int, c *node.Config) { c.NoHostNetwork = i < 2 }
 	m := meshtest.Start(t, 3, o)
@@ -89,11 +90,12 @@ func TestANoHostNetworkProviderTakesOnlyWholeJobs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
-	j := runToEnd(t, ctx, sub, scriptSpec(t, 16, 8, "echo never", ""))
-	if j.State != node.JobFailed || len(j.Runs) != 0 {
-		t.Errorf("a job of two members: %s (%s), %d members run; want it failed with none run", j.State, j.Reason, len(j.Runs))
+	j := runToEnd(t, ctx, sub, scriptSpec(t, 16, 8, `echo "at $GPUMESH_ADDR"`, ""))
+	if j.State != node.JobDone || len(j.Runs) != 2 || j.Runs[1].Addr == "" {
+		t.Errorf("a job of two members: %s (%s), runs %+v; want done on two, on job addresses", j.State, j.Reason, j.Runs)
+	} else if log := jobLog(t, sub, j.ID); !strings.Contains(log, "[1] at "+j.Runs[1].Addr+"\n") {
+		t.Errorf("member 1 did not run at its job address %s:\n%s", j.Runs[1].Addr, log)
 	}
-	t.Logf("a job of two members: %s", j.Reason)
 	j = runToEnd(t, ctx, sub, scriptSpec(t, 8, 0, "echo whole", ""))
 	if j.State != node.JobDone || len(j.Runs) != 1 {
 		t.Errorf("a job of 8 GPUs: %s (%s), %d members; want done on one", j.State, j.Reason, len(j.Runs))

@@ -19,6 +19,7 @@ import (
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node/attempt"
+	"github.com/gpumesh/gpumesh/node/jobnet"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -52,7 +53,7 @@ const (
 	DefaultJobDisk = 100 << 30
 	// multiMemberNetwork is why a provider with NoHostNetwork refuses a
 	// member of a job of several.
-	multiMemberNetwork = "this provider runs no job of several members: their members meet over the host network until jobs get a network of their own, and this provider refuses that (--no-host-network); run the job on one provider, with all its GPUs on one member"
+	multiMemberNetwork = "this provider runs no member of several over its host network (--no-host-network), and the start gave this member no job network of its own: submit the job from a peer of this version, which gives every job of several members its own network"
 )
 
 // memberState is the provider's part of running jobs.
@@ -66,7 +67,8 @@ type memberState struct {
 	// asked once with docker (0: unknown).
 	machineMemory int64
 	machineCPUs   int
-	egress        bool // the Docker executor set up egress (Config.JobEgress)
+	egress        bool        // the Docker executor set up egress (Config.JobEgress)
+	jobnet        *jobnet.Net // the members' job networks (provider_jobnet.go); set at start
 
 	receiptsMu sync.Mutex             // guards the receipts folder and receipts
 	receipts   map[string]receiptMeta // the index, by key, once the folder was read (receipts.go)
@@ -140,7 +142,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		n.log.Info("job member not started", "job", st.Job, "rank", st.Rank, "from", from, "reason", reason)
 		_ = fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.Cut(reason, jobwire.MaxText)})
 	}
-	if st.Members > 1 && n.cfg.NoHostNetwork {
+	if st.Members > 1 && n.cfg.NoHostNetwork && len(st.Net) == 0 {
 		fail("%s", multiMemberNetwork)
 		return
 	}
@@ -253,6 +255,25 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		// One member meets itself over its own loopback: it has no other
 		// network.
 		pl.MasterAddr = "127.0.0.1"
+	}
+	// A job network: the members meet at member 0's job address.
+	jn, err := n.memberNet(st)
+	if err != nil {
+		fail("%v", err)
+		return
+	}
+	defer jn.leave()
+	if jn != nil {
+		pl.MasterAddr = jn.plan.Addr(0).String()
+		env["GPUMESH_ADDR"] = jn.plan.Addr(st.Rank).String()
+		// The collectives' own connections go over the job interface (the
+		// namespace has no default route to guess one by), unless the job
+		// says otherwise.
+		for _, k := range []string{"GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"} {
+			if _, ok := env[k]; !ok {
+				env[k] = jobnet.IfName
+			}
+		}
 	}
 	for k, v := range exec.LaunchEnv(pl) {
 		env[k] = v
@@ -383,9 +404,11 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		Real:    n.LocalGPUs().Inventory.Source == "nvml",
 		WorkDir: work,
 		Outputs: outputs,
-		// Only the members of a job of several meet over the network (the
-		// host's, for now); one member, launcher or not, has none.
-		Network:  st.Rendezvous && st.Members > 1,
+		// Only the members of a job of several meet over the network (their
+		// job's own, or the host's where the submitter gave none); one
+		// member, launcher or not, has none.
+		Network:  st.Rendezvous && st.Members > 1 && jn == nil,
+		JoinNet:  jn.join(),
 		Egress:   n.egressOn() && st.Members == 1,
 		Timeout:  timeout,
 		Memory:   mem,
@@ -413,6 +436,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		},
 	})
 	n.dropLive(st.Job, st.Attempt, st.Rank)
+	netMeter := jn.leave() // the work is gone: its interface goes too
 	stopBilling()
 	util.stop()
 	stopCk()
@@ -455,6 +479,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	_ = fw.Write(jobwire.Frame{T: jobwire.KindExit, Exit: &jobwire.ExitFrame{
 		Code: res.ExitCode, Start: res.Start.UnixMilli(), End: res.End.UnixMilli(),
 		TimedOut: res.TimedOut, Stopped: res.Stopped, Reason: text.Cut(reason, jobwire.MaxText),
+		Net: netMeter,
 	}})
 	stopBeats()
 

@@ -20,6 +20,7 @@ import (
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/text"
 	"github.com/gpumesh/gpumesh/node/attempt"
+	"github.com/gpumesh/gpumesh/node/jobnet"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -58,6 +59,10 @@ type MemberRun struct {
 	Error    string               `json:"error,omitempty"`
 	Paid     uint64               `json:"paid,omitempty"`  // paid to its provider as it ran (settlement), in the unit's smallest unit
 	Fault    string               `json:"fault,omitempty"` // its provider's fault, when it ended badly: "provider" or "lost" (attempt.Fault*)
+	// Addr is its address on the job's own network (a container job of
+	// several members); Net what crossed it, as its provider metered it.
+	Addr string            `json:"addr,omitempty"`
+	Net  *jobwire.NetMeter `json:"net,omitempty"`
 }
 
 var errCancelled = errors.New("cancelled by the submitter")
@@ -90,6 +95,7 @@ type runEvent struct {
 	ev      attempt.Event
 	conn    *memberConn          // with Opened
 	outputs []receipt.OutputFile // with Exited
+	net     *jobwire.NetMeter    // with Exited
 	sr      *receipt.Signed      // with Receipted
 	log     []byte               // with Heard: a log frame's data
 }
@@ -171,6 +177,9 @@ func (n *Node) runJob(ctx context.Context, id string) {
 	runs := make([]MemberRun, len(members))
 	for i, m := range members {
 		runs[i] = MemberRun{Rank: i, Provider: m.Provider, Class: m.Class, GPUs: m.GPUs, State: MemberStarting}
+		if jobHasNet(j) {
+			runs[i].Addr = jobnet.Addr(j.ID, i).String()
+		}
 	}
 	if _, ok := n.moveJob(id, JobRunning, []JobState{JobFormed}, func(j *Job) {
 		j.Runs, j.Started = append([]MemberRun(nil), runs...), n.now().UTC()
@@ -305,7 +314,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 			case attempt.Opened:
 				conns[ev.Rank] = e.conn
 			case attempt.Exited:
-				runs[ev.Rank].Outputs = e.outputs
+				runs[ev.Rank].Outputs, runs[ev.Rank].Net = e.outputs, e.net
 			case attempt.Receipted:
 				signed[ev.Rank] = e.sr
 			case attempt.Heard:
@@ -340,8 +349,13 @@ func (n *Node) attemptConfig(j Job) attempt.Config {
 		ms[i] = attempt.Member{Name: shortPeer(m.Provider), Provider: solanaAddress(m.Provider), GPUs: m.GPUs, Class: m.Class, Price: m.Price}
 	}
 	u := n.PriceUnit()
+	master := ""
+	if jobHasNet(j) {
+		master = jobnet.Addr(j.ID, 0).String()
+	}
 	return attempt.Config{
-		Job: j.ID, Consumer: n.id.SolanaAddress, Members: ms, Attempt: j.Attempt, Retries: j.Spec.Retries,
+		MasterAddr: master,
+		Job:        j.ID, Consumer: n.id.SolanaAddress, Members: ms, Attempt: j.Attempt, Retries: j.Spec.Retries,
 		Timeout: timeout, TimeoutText: j.Spec.Timeout,
 		Rendezvous:       len(j.Members) > 1 || (launcher != "" && launcher != jobspec.LauncherNone),
 		EndsWithRankZero: exec.EndsWithRankZero(launcher),
@@ -351,6 +365,10 @@ func (n *Node) attemptConfig(j Job) attempt.Config {
 		Unit: u.Token, FormatAmount: u.Format,
 	}
 }
+
+// jobHasNet reports whether a job's members meet on a network of their
+// own (package node/jobnet): every job of several members does.
+func jobHasNet(j Job) bool { return len(j.Members) > 1 }
 
 // startMember opens a member's stream, sends its start frame and reads its
 // frames until the stream ends, reporting each as an attempt event.
@@ -369,13 +387,19 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 	c, err := n.openMember(ctx, j.Members[s.Rank])
 	if err == nil {
 		addr := s.MasterAddr
-		if s.Rank == 0 {
+		if s.Rank == 0 && addr == "" {
 			addr = c.ip
+		}
+		var net []jobwire.NetMember
+		if cfg.MasterAddr != "" {
+			for _, m := range j.Members {
+				net = append(net, jobwire.NetMember{Peer: m.Provider.String(), Addrs: m.Addrs[:min(len(m.Addrs), jobwire.MaxNetAddrs)]})
+			}
 		}
 		err = c.fw.Write(jobwire.Frame{T: jobwire.KindStart, Start: &jobwire.StartFrame{
 			Job: j.ID, Attempt: j.Attempt, Rank: s.Rank, Members: len(j.Members), WorldGPUs: world,
 			Spec: j.Spec, MasterAddr: addr, MasterPort: s.MasterPort, Rendezvous: cfg.Rendezvous, Pays: cfg.Settles, Mint: n.payMint(cfg),
-			Checkpoint: restore,
+			Checkpoint: restore, Net: net,
 		}})
 		if err != nil {
 			_ = c.rw.Close()
@@ -406,7 +430,7 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 		case jobwire.KindExit:
 			x := f.Exit
 			send(runEvent{ev: attempt.Exited{Rank: r, Code: x.Code, Start: x.Start, End: x.End, TimedOut: x.TimedOut, Reason: x.Reason,
-				ResultHash: receipt.ResultHash(x.Code, me.outputs)}, outputs: me.outputs})
+				ResultHash: receipt.ResultHash(x.Code, me.outputs)}, outputs: me.outputs, net: x.Net})
 		case jobwire.KindBill:
 			b := f.Bill
 			send(runEvent{ev: attempt.Billed{Rank: r, Bill: attempt.Bill{Interval: b.Interval, Millis: b.Millis, Amount: b.Lamports, Ref: b.Ref}}})

@@ -21,6 +21,7 @@ import (
 	"github.com/gpumesh/gpumesh/internal/testdocker"
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/jobnet"
 )
 
 // jobSwarm starts providers of 8 mock H100s each, running containers with
@@ -94,12 +95,6 @@ echo "result of $NODE_RANK" > "$GPUMESH_OUTPUTS/result.txt"`, "launcher: torchru
 		t.Fatalf("%v\n%s", err, out)
 	}
 	text := string(out)
-	for r := range 3 {
-		want := fmt.Sprintf("[%d] rank=%d nnodes=3 nproc=8 world=24 master=127.0.0.1:", r, r)
-		if !strings.Contains(text, want) {
-			t.Fatalf("output lacks %q:\n%s", want, text)
-		}
-	}
 	if !strings.Contains(text, ": done") || !strings.Contains(text, "exit code: 0") {
 		t.Fatalf("no done with exit code 0:\n%s", text)
 	}
@@ -108,6 +103,13 @@ echo "result of $NODE_RANK" > "$GPUMESH_OUTPUTS/result.txt"`, "launcher: torchru
 		t.Fatalf("job ls: %v %v", jobs, err)
 	}
 	j := jobs.Jobs[0]
+	// The members meet at member 0's address on their job's own network.
+	for r := range 3 {
+		want := fmt.Sprintf("[%d] rank=%d nnodes=3 nproc=8 world=24 master=%s:", r, r, jobnet.Addr(j.ID, 0))
+		if !strings.Contains(text, want) {
+			t.Fatalf("output lacks %q:\n%s", want, text)
+		}
+	}
 
 	// Logs again, after the fact; outputs into a folder of the user's.
 	logs, err := gm(sub.data, "job", "logs", j.ID)

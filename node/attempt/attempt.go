@@ -45,8 +45,9 @@ type Run struct {
 }
 
 // Start asks the caller to open a member's stream and send its start
-// frame. MasterAddr is empty for member 0: its own address as its stream
-// reaches it is the rendezvous address.
+// frame. MasterAddr is Config.MasterAddr where the job has a network of
+// its own; otherwise it is empty for member 0: its own address as its
+// stream reaches it is the rendezvous address.
 type Start struct {
 	Rank       int
 	MasterAddr string
@@ -203,10 +204,10 @@ func New(cfg Config, now time.Time) (*Attempt, error) {
 	}
 	a.dirty = true
 	a.note(fmt.Sprintf("attempt %d: running on %d members (%d GPUs)", cfg.Attempt+1, len(cfg.Members), world))
-	a.start(0, "", 0, now)
+	a.start(0, cfg.MasterAddr, 0, now)
 	if !cfg.Rendezvous {
 		for r := 1; r < len(a.ms); r++ {
-			a.start(r, "", 0, now)
+			a.start(r, cfg.MasterAddr, 0, now)
 		}
 	}
 	a.restSent = !cfg.Rendezvous || len(a.ms) == 1
@@ -383,8 +384,12 @@ func (a *Attempt) step(ev Event, now time.Time) error {
 		m.listened = true
 		if rank == 0 && a.cfg.Rendezvous && !a.stopping && !a.restSent {
 			a.restSent = true
+			addr := m.addr
+			if a.cfg.MasterAddr != "" {
+				addr = a.cfg.MasterAddr
+			}
 			for r := 1; r < len(a.ms); r++ {
-				a.start(r, m.addr, e.Port, now)
+				a.start(r, addr, e.Port, now)
 			}
 		}
 	case Started:

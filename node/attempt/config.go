@@ -38,7 +38,11 @@ type Config struct {
 	Timeout     time.Duration // the spec's timeout; 0: the job has none
 	TimeoutText string        // the spec's timeout as written ("2h"), for reasons; "": Timeout.String()
 
-	Rendezvous       bool // start member 0 first, the rest once it is ready (with its port)
+	Rendezvous bool // start member 0 first, the rest once it is ready (with its port)
+	// MasterAddr, when set, is the rendezvous address every member gets,
+	// member 0 included: member 0's address on the job's own network. ""
+	// (no job network): member 0's address as its stream reaches it.
+	MasterAddr       string
 	EndsWithRankZero bool // a head launcher: when member 0 exits, stop every member
 	Settles          bool // this peer pays bills on chain as the job runs
 

@@ -266,7 +266,7 @@ func runScript(t *testing.T, script string) string {
 				Timeout: dur("timeout"), TimeoutText: args["timeout"],
 				Rendezvous: flags["rendezvous"], EndsWithRankZero: flags["head"], Settles: flags["settles"],
 				Heartbeat: dur("heartbeat"), StartWithin: dur("startwithin"), StopWait: dur("stopwait"),
-				StartTimeout: dur("starttimeout"), Unit: args["unit"],
+				StartTimeout: dur("starttimeout"), Unit: args["unit"], MasterAddr: args["jobnet"],
 			}
 			for r := range int(num("members", 1)) {
 				cfg.Members = append(cfg.Members, Member{

@@ -104,7 +104,23 @@ type StartFrame struct {
 	Pays       bool         `json:"pays,omitempty"`       // the submitter pays bills on chain as the job runs
 	Mint       string       `json:"mint,omitempty"`       // what it pays in: an SPL token's mint (base58); "" for SOL
 	Checkpoint string       `json:"checkpoint,omitempty"` // CID of the job's latest checkpoint, to restore at the spec's checkpoint path (a retry)
+	// Net, when set, gives the members a network of their own (package
+	// node/jobnet): the provider of each member, by rank, and where it
+	// listens. MasterAddr is then member 0's job address.
+	Net []NetMember `json:"net,omitempty"`
 }
+
+// NetMember is where one member of a job network runs.
+type NetMember struct {
+	Peer  string   `json:"peer"`            // its provider's peer ID
+	Addrs []string `json:"addrs,omitempty"` // its provider's multiaddrs, as the submitter knows them
+}
+
+// Bounds of a start frame's job network.
+const (
+	MaxNetAddrs   = 16
+	maxNetAddrLen = 256
+)
 
 // ExitFrame is how a member's work ended.
 type ExitFrame struct {
@@ -114,6 +130,20 @@ type ExitFrame struct {
 	TimedOut bool   `json:"timedOut,omitempty"`
 	Stopped  bool   `json:"stopped,omitempty"`
 	Reason   string `json:"reason,omitempty"` // why the member stopped it (an unpaid bill)
+	// Net is what crossed the member's job network interface, as its
+	// provider metered it; nil: the member had none.
+	Net *NetMeter `json:"net,omitempty"`
+}
+
+// NetMeter is a member's traffic on its job network.
+type NetMeter struct {
+	SentBytes     int64 `json:"sent"`     // the member sent, forwarded to other members
+	ReceivedBytes int64 `json:"received"` // other members sent it
+	Dropped       int64 `json:"dropped"`  // packets for it dropped (over its rates) or of it refused (not for a member of its job)
+	// Direct and Relayed: the job's other providers its provider reached
+	// directly (or hole-punched), or only through a relay, as it ended.
+	Direct  int `json:"direct,omitempty"`
+	Relayed int `json:"relayed,omitempty"`
 }
 
 // check says what is wrong with a frame that decoded.
@@ -145,6 +175,19 @@ func (f *Frame) check() error {
 		var jid gossip.JobID
 		if jid.UnmarshalText([]byte(s.Job)) != nil {
 			return bad("job ID %s", text.Clip(s.Job))
+		}
+		if len(s.Net) != 0 && len(s.Net) != s.Members {
+			return bad("a job network of %d members in a job of %d", len(s.Net), s.Members)
+		}
+		for i, m := range s.Net {
+			if len(m.Peer) == 0 || len(m.Peer) > 128 || len(m.Addrs) > MaxNetAddrs {
+				return bad("job network member %d: peer of %d bytes, %d addresses (at most 128, %d)", i, len(m.Peer), len(m.Addrs), MaxNetAddrs)
+			}
+			for _, a := range m.Addrs {
+				if len(a) > maxNetAddrLen {
+					return bad("job network member %d: an address of %d bytes, at most %d", i, len(a), maxNetAddrLen)
+				}
+			}
 		}
 		if s.Checkpoint != "" {
 			if _, err := jobspec.ParseCID(s.Checkpoint); err != nil {
@@ -188,6 +231,10 @@ func (f *Frame) check() error {
 	case KindExit:
 		if f.Exit == nil || f.Exit.End < f.Exit.Start || f.Exit.Start <= 0 || len(f.Exit.Reason) > MaxText {
 			return bad("no exit, or it ends before it starts")
+		}
+		if m := f.Exit.Net; m != nil && (m.SentBytes < 0 || m.ReceivedBytes < 0 || m.Dropped < 0 ||
+			m.Direct < 0 || m.Relayed < 0 || m.Direct+m.Relayed > MaxRank) {
+			return bad("a negative job network meter")
 		}
 	case KindReceipt:
 		if f.Receipt == nil {

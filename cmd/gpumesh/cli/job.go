@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/text"
@@ -228,6 +229,22 @@ func printJob(g *globals, j node.Job, took time.Duration) {
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "cluster: %s, %s %s per hour\n", plural(len(j.Members), "member"), u.Format(j.Cost), u.Token)
+	for _, r := range j.Runs {
+		if r.Addr == "" {
+			continue
+		}
+		fmt.Fprintf(w, "member %d: job address %s", r.Rank, text.Line(r.Addr))
+		if r.Net != nil {
+			fmt.Fprintf(w, ", sent %s, received %s on the job network", exec.FormatSize(r.Net.SentBytes), exec.FormatSize(r.Net.ReceivedBytes))
+			if r.Net.Dropped > 0 {
+				fmt.Fprintf(w, " (%d packets dropped)", r.Net.Dropped)
+			}
+			if r.Net.Direct+r.Net.Relayed > 0 {
+				fmt.Fprintf(w, "; its provider reached %d other providers directly, %d through a relay", r.Net.Direct, r.Net.Relayed)
+			}
+		}
+		fmt.Fprintln(w)
+	}
 	for _, r := range j.Runs {
 		if r.Error != "" {
 			fmt.Fprintf(w, "member %d: %s\n", r.Rank, text.Line(r.Error))

@@ -9,6 +9,7 @@ import (
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
+	"github.com/gpumesh/gpumesh/node/jobwire"
 )
 
 // What a provider wrote into a job (its reasons, errors, class and zone
@@ -61,5 +62,28 @@ func TestQueuedJobsShowWhyTheyWaitAndForHowLong(t *testing.T) {
 	}
 	if strings.Contains(got, "\x1b") {
 		t.Errorf("the reason reaches the terminal raw:\n%q", got)
+	}
+}
+
+// `job status` shows each member's job address and what its provider
+// metered on the job network.
+func TestJobStatusShowsEachMembersJobAddress(t *testing.T) {
+	j := node.Job{
+		ID: "j1", State: node.JobDone,
+		Members: []gossip.Member{{GPUs: 8}, {GPUs: 8}},
+		Runs: []node.MemberRun{
+			{Rank: 0, State: node.MemberExited, Addr: "10.26.0.2", Net: &jobwire.NetMeter{SentBytes: 2048, ReceivedBytes: 3 << 20}},
+			{Rank: 1, State: node.MemberExited, Addr: "10.26.0.3", Net: &jobwire.NetMeter{SentBytes: 3 << 20, ReceivedBytes: 2048, Dropped: 4, Direct: 1}},
+		},
+	}
+	var out bytes.Buffer
+	printJob(&globals{stdout: &out, stderr: &out}, j, 0)
+	for _, want := range []string{
+		"member 0: job address 10.26.0.2, sent 2KiB, received 3MiB on the job network\n",
+		"member 1: job address 10.26.0.3, sent 3MiB, received 2KiB on the job network (4 packets dropped); its provider reached 1 other providers directly, 0 through a relay\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
 	}
 }
