@@ -153,6 +153,9 @@ func New(h host.Host, cfg Config) (*Service, error) {
 		bitswap.EngineBlockstoreWorkerCount(8),
 		bitswap.EngineTaskWorkerCount(4),
 		bitswap.TaskWorkerCount(4),
+		// A fetch counts its own blocks: no store lookup a block received
+		// to count duplicates.
+		bitswap.WithoutDuplicatedBlockStats(),
 	)
 	serv := blockservice.New(store, bs, blockservice.WithAllowlist(allow))
 	return &Service{
