@@ -42,8 +42,6 @@ const (
 	MaxBlock = 2 << 20
 	// MaxLinks is the most links a DAG node fetched may have.
 	MaxLinks = 1 << 16
-	// fetchBatch is how many blocks a fetch asks for at once.
-	fetchBatch = 256
 	// provideTimeout bounds one announcement in the DHT.
 	provideTimeout = time.Minute
 	// maxWantlist is the wants a peer may queue here, and maxPeerBytes
@@ -155,6 +153,9 @@ func New(h host.Host, cfg Config) (*Service, error) {
 		bitswap.EngineBlockstoreWorkerCount(8),
 		bitswap.EngineTaskWorkerCount(4),
 		bitswap.TaskWorkerCount(4),
+		// A fetch counts its own blocks: no store lookup a block received
+		// to count duplicates.
+		bitswap.WithoutDuplicatedBlockStats(),
 	)
 	serv := blockservice.New(store, bs, blockservice.WithAllowlist(allow))
 	return &Service{
@@ -365,107 +366,6 @@ func (c *counting) Read(p []byte) (int, error) {
 		c.a.progress(min(c.a.done, c.a.total), c.a.total)
 	}
 	return n, err
-}
-
-// FetchStats is what one Fetch moved.
-type FetchStats struct {
-	Blocks       int   // blocks of the DAG
-	Bytes        int64 // bytes of its blocks
-	FetchedBytes int64 // of Bytes, those that came over the network (0: all were in the store)
-}
-
-// Fetch makes the whole DAG under root local: the blocks the store lacks
-// come from peers over the exchange (the peers connected, and those the
-// swarm's DHT names as having root), several at once. Every block is
-// checked against its CID on arrival (SHA-256 only); a DAG over max bytes
-// in all, a block over MaxBlock, a node with more than MaxLinks links or
-// of a codec other than dag-pb and raw ends the fetch with an error. The
-// DAG's blocks are pinned in the store until release is called (nil on
-// error).
-func (s *Service) Fetch(ctx context.Context, root cid.Cid, max int64) (st FetchStats, release func(), err error) {
-	if max <= 0 || max > s.store.max {
-		max = s.store.max
-	}
-	sess := blockservice.NewSession(ctx, s.serv)
-	seen := map[cid.Cid]bool{root: true}
-	var all []cid.Cid
-	defer func() {
-		if err != nil {
-			s.store.unpin(all)
-		}
-	}()
-	queue := []cid.Cid{root}
-	for len(queue) > 0 {
-		batch := queue[:min(len(queue), fetchBatch)]
-		queue = queue[len(batch):]
-		for _, c := range batch {
-			if err := checkCID(c); err != nil {
-				return st, nil, err
-			}
-		}
-		s.store.pin(batch)
-		all = append(all, batch...)
-		var missing []cid.Cid
-		for _, c := range batch {
-			if ok, _ := s.store.Has(ctx, c); !ok {
-				missing = append(missing, c)
-			}
-		}
-		wanted := map[cid.Cid]bool{}
-		for _, c := range missing {
-			wanted[c] = true
-		}
-		got := map[cid.Cid]blocks.Block{}
-		if len(missing) > 0 {
-			for b := range sess.GetBlocks(ctx, missing) {
-				if !wanted[b.Cid()] {
-					continue
-				}
-				got[b.Cid()] = b
-				s.fetchedBytes.Add(int64(len(b.RawData())))
-				s.fetchedBlocks.Add(1)
-				st.FetchedBytes += int64(len(b.RawData()))
-				if st.Bytes+st.FetchedBytes > max+int64(MaxBlock) {
-					// Counted as they come: a DAG far over the limit stops early.
-					return st, nil, fmt.Errorf("%w: %s is more than %d bytes", ErrTooBig, root, max)
-				}
-			}
-			if len(got) < len(missing) {
-				if err := ctx.Err(); err != nil {
-					return st, nil, fmt.Errorf("content: fetch %s: %d of %d blocks not found in time: %w", root, len(missing)-len(got), len(missing), err)
-				}
-				return st, nil, fmt.Errorf("content: fetch %s: %d of %d blocks not found", root, len(missing)-len(got), len(missing))
-			}
-		}
-		for _, c := range batch {
-			b, ok := got[c]
-			if !ok {
-				if b, err = s.store.Get(ctx, c); err != nil {
-					return st, nil, fmt.Errorf("content: fetch %s: %w", root, err)
-				}
-			}
-			size := int64(len(b.RawData()))
-			if size > MaxBlock {
-				return st, nil, fmt.Errorf("%w: block %s of %s is %d bytes, at most %d", ErrTooBig, c, root, size, MaxBlock)
-			}
-			st.Blocks++
-			st.Bytes += size
-			if st.Bytes > max {
-				return st, nil, fmt.Errorf("%w: %s is more than %d bytes", ErrTooBig, root, max)
-			}
-			links, err := linksOf(b)
-			if err != nil {
-				return st, nil, fmt.Errorf("content: fetch %s: %w", root, err)
-			}
-			for _, l := range links {
-				if !seen[l] {
-					seen[l] = true
-					queue = append(queue, l)
-				}
-			}
-		}
-	}
-	return st, func() { s.store.unpin(all) }, nil
 }
 
 func checkCID(c cid.Cid) error {

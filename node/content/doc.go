@@ -13,7 +13,9 @@
 //     private swarm (which its pre-shared key already guarantees) and
 //     only peers of our swarm speak it; a Fetch is one bitswap session,
 //     which asks every peer that has a block at once and splits the
-//     wants among them;
+//     wants among them; it keeps fetchWindow blocks asked for (a node's
+//     links are asked for as it arrives, not after a batch), and writes
+//     storeWriters blocks to the store at once;
 //   - who has a root is announced in the swarm's DHT as a provider record
 //     (Announce) and found there when no connected peer has it.
 //

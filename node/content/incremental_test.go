@@ -2,6 +2,7 @@ package content_test
 
 import (
 	"context"
+	"flag"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -27,13 +28,24 @@ func changeFile(t testing.TB, path string, off, n int64, seed byte) {
 	}
 }
 
+// randomFile writes size random bytes at dir/model.pt, a MiB at a time
+// (a checkpoint of a GiB need not be held in memory).
 func randomFile(t testing.TB, dir string, size int) string {
 	t.Helper()
-	data := make([]byte, size)
-	_, _ = rand.NewChaCha8([32]byte{9}).Read(data)
 	path := filepath.Join(dir, "model.pt")
-	if err := os.WriteFile(path, data, 0o644); err != nil {
+	f, err := os.Create(path)
+	if err != nil {
 		t.Fatal(err)
+	}
+	defer f.Close()
+	rng := rand.NewChaCha8([32]byte{9})
+	buf := make([]byte, 1<<20)
+	for left := size; left > 0; left -= len(buf) {
+		n := min(left, len(buf))
+		_, _ = rng.Read(buf[:n])
+		if _, err := f.Write(buf[:n]); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return path
 }
@@ -77,12 +89,21 @@ func TestSyncAfterAChangeMovesOnlyNewChunks(t *testing.T) {
 	}
 }
 
-// BenchmarkCheckpointResync is a 256 MiB checkpoint of which 10 MiB
-// changed in place, synced again: the add on the member's side and the
-// fetch on the submitter's (resync-transfer-s: the fetch alone), reported
-// against a first full sync in the same run.
+// checkpointBytes is the size of BenchmarkCheckpointResync's checkpoint:
+// the target is a GiB (-checkpoint-bytes 1073741824); 256 MiB by
+// default, to spare a shared machine's disk and time.
+var checkpointBytes = flag.Int("checkpoint-bytes", 256<<20, "bytes of BenchmarkCheckpointResync's checkpoint")
+
+// BenchmarkCheckpointResync is a checkpoint (-checkpoint-bytes, 256 MiB
+// by default) of which 10 MiB changed in place, synced again: the add on
+// the member's side and the fetch on the submitter's (resync-transfer-s:
+// the fetch alone), reported against a first full sync in the same run.
 func BenchmarkCheckpointResync(b *testing.B) {
-	const size, changed = 256 << 20, 10 << 20
+	const changed = 10 << 20
+	size := *checkpointBytes
+	if size < 2*changed {
+		b.Fatalf("-checkpoint-bytes %d: want at least %d", size, 2*changed)
+	}
 	ctx := context.Background()
 	ha, member := peerOn(b, 0)
 	dir := b.TempDir()
@@ -103,7 +124,7 @@ func BenchmarkCheckpointResync(b *testing.B) {
 			release()
 		}
 		full += time.Since(start)
-		changeFile(b, path, size/2, changed, byte(i+1))
+		changeFile(b, path, int64(size/2), changed, byte(i+1))
 		start = time.Now()
 		root, err = member.Add(ctx, dir, 0, nil)
 		if err != nil {
@@ -126,4 +147,5 @@ func BenchmarkCheckpointResync(b *testing.B) {
 	b.ReportMetric(resync.Seconds()/float64(b.N), "resync-s")
 	b.ReportMetric(transfer.Seconds()/float64(b.N), "resync-transfer-s")
 	b.ReportMetric(resync.Seconds()/full.Seconds(), "ratio")
+	b.ReportMetric(float64(size)/(1<<20), "checkpoint-MiB")
 }

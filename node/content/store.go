@@ -36,6 +36,8 @@ type Store struct {
 	index map[string]*list.Element // multihash (binary, as a string) -> its entry in lru
 	lru   *list.List               // *entry, most recently used first
 	pins  map[string]int           // multihash -> pins holding it
+
+	dirs sync.Map // a block folder made: its path -> true (made once, not once a block)
 }
 
 type entry struct {
@@ -175,10 +177,14 @@ func (s *Store) Put(_ context.Context, b blocks.Block) error {
 		return nil
 	}
 	path := s.path(key)
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("content: write block: %w", err)
+	dir := filepath.Dir(path)
+	if _, ok := s.dirs.Load(dir); !ok {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("content: write block: %w", err)
+		}
+		s.dirs.Store(dir, true)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "*.tmp")
+	tmp, err := os.CreateTemp(dir, "*.tmp")
 	if err != nil {
 		return fmt.Errorf("content: write block: %w", err)
 	}
