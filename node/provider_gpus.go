@@ -10,6 +10,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/node/jobnet"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -45,8 +46,15 @@ func (n *Node) newReservations() (*gossip.Reservations, error) {
 			addrs = append(addrs, a.String())
 		}
 	}
+	// A member of several needs a job network (provider_jobnet.go): a
+	// provider that cannot make one bids only on jobs it takes whole.
+	wholeOnly := false
+	if err := jobnet.Probe(); err != nil {
+		wholeOnly = true
+		n.log.Warn("bidding only on jobs this provider takes whole: it cannot give members of several a job network", "err", err)
+	}
 	return gossip.NewReservations(gossip.ProviderConfig{
-		ID: n.id.PeerID, Unit: n.PriceUnit().String(), Zone: n.cfg.Region, Addrs: addrs, GPUs: caps,
+		ID: n.id.PeerID, Unit: n.PriceUnit().String(), Zone: n.cfg.Region, Addrs: addrs, GPUs: caps, WholeJobsOnly: wholeOnly,
 	})
 }
 

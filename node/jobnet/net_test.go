@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -304,5 +305,19 @@ func TestAFloodIsBoundedByTheMembersRate(t *testing.T) {
 	// The burst (100) and 100 a second since.
 	if limit := 100 + int64(time.Since(start).Seconds()*100) + 1; m.ReceivedPackets > limit || m.Dropped == 0 {
 		t.Errorf("member 0 was written %d of %d packets in %s, want at most %d", m.ReceivedPackets, flood, time.Since(start), limit)
+	}
+}
+
+func TestProbeMakesAndRemovesATUNDevice(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("making a TUN device needs root")
+	}
+	before, _ := net.Interfaces()
+	if err := jobnet.Probe(); err != nil {
+		t.Fatalf("as root: %v", err)
+	}
+	after, _ := net.Interfaces()
+	if len(after) != len(before) {
+		t.Fatalf("the probe left interfaces: %d before, %d after", len(before), len(after))
 	}
 }

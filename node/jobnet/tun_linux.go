@@ -56,6 +56,19 @@ func openTUN(name string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), "/dev/net/tun:"+name), nil
 }
 
+// Probe says whether this process can make job interfaces: it makes a TUN
+// device and removes it at once. A provider that cannot (not root, no
+// CAP_NET_ADMIN, no tun module) offers only jobs it can take whole.
+func Probe() error {
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	f, err := openTUN("gpmp" + hex.EncodeToString(rnd[:]))
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
 // Attach gives the network namespace ns a job interface: a TUN device
 // made here in the provider's namespace, moved into ns, named IfName,
 // with address addr and mtu, up; ns's loopback is brought up too. The
