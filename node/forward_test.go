@@ -48,6 +48,16 @@ func TestForwardsThroughTheLocalAPIAreShownCountedAndPassed(t *testing.T) {
 		return j.State == node.JobRunning && len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning
 	})
 	defer func() { _, _ = sub.CancelJob(context.Background(), j.ID) }()
+	// "Running" comes before the member's server listens: a process member
+	// on this machine listens on the host's own loopback, so wait there.
+	testwait.Until(t, ctx, "the member's server to listen", func() (bool, string) {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err != nil {
+			return false, err.Error()
+		}
+		c.Close()
+		return true, ""
+	})
 
 	cl, err := node.NewClient(dir)
 	if err != nil {
