@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -17,13 +18,18 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/core/record"
-	ma "github.com/multiformats/go-multiaddr"
 )
 
 // NegotiateProtocol carries the direct messages of cluster negotiation
 // (bids, awards, acceptances, refusals, confirms, releases): one message a
 // stream, from its author.
 const NegotiateProtocol = protocol.ID("/gpumesh/negotiate/1.0.0")
+
+// RFBProtocol carries a request for bids from its submitter to one of the
+// providers the directory names (gossip's direct requests): one signed
+// request a stream, answered (with a bid on NegotiateProtocol) only if the
+// submitter is within the same per-author bounds as on the topic.
+const RFBProtocol = protocol.ID("/gpumesh/rfb/1.0.0")
 
 // Timing of negotiation.
 const (
@@ -43,13 +49,14 @@ type negEvent struct {
 	done   chan error
 	start  *startQuery         // a provider's member starting: its reservation, now running
 	ended  *gossip.Reservation // a provider's member has ended: its reservation ends
-	expect *expectCount        // the directory's count of providers for a negotiation
+	cands  *candidates         // providers the directory names for a negotiation
 }
 
-// expectCount is how many providers the directory found for a job's class.
-type expectCount struct {
-	job       gossip.JobID
-	providers int
+// candidates are providers the directory named for a job's request.
+type candidates struct {
+	job   gossip.JobID
+	list  []gossip.Candidate
+	final bool // the lookup has ended
 }
 
 // negState is the node's part of cluster negotiation. One goroutine, the
@@ -75,6 +82,12 @@ type negState struct {
 	rfbPace *gossip.RFBPacer
 
 	sent atomic.Uint64 // negotiation messages this peer has sent (broadcasts count once)
+
+	provides atomic.Bool // this peer bids: it takes direct requests for bids
+	// paced is the jobs whose direct requests have taken their pacer
+	// token (one a negotiation, however many providers it asks); owned by
+	// the negotiation loop.
+	paced map[gossip.JobID]bool
 
 	lookupMu sync.Mutex           // guards lookups
 	lookups  map[peer.ID]struct{} // peers being looked up in the DHT to send them a message
@@ -117,12 +130,15 @@ func (n *Node) startJobs(ctx context.Context) error {
 	}
 	n.rfbTopic, n.rfbSub = t, sub
 	n.host.SetStreamHandler(NegotiateProtocol, n.handleNegotiate)
+	n.host.SetStreamHandler(RFBProtocol, n.handleRFB)
 	n.host.SetStreamHandler(jobwire.Protocol, n.handleJob)
 	n.host.SetStreamHandler(sessionwire.Protocol, n.handleSession)
 	res, err := n.newReservations()
 	if err != nil {
 		return err
 	}
+	n.provides.Store(res != nil)
+	n.paced = map[gossip.JobID]bool{}
 	n.wg.Add(4)
 	go n.freeTicks(ctx)
 	go func() { defer n.wg.Done(); n.cleanLeftovers(ctx) }()
@@ -138,6 +154,7 @@ func (n *Node) closeJobs() error {
 	defer n.closeJobStore()
 	if n.host != nil {
 		n.host.RemoveStreamHandler(NegotiateProtocol)
+		n.host.RemoveStreamHandler(RFBProtocol)
 		n.host.RemoveStreamHandler(jobwire.Protocol)
 		n.host.RemoveStreamHandler(sessionwire.Protocol)
 	}
@@ -197,6 +214,16 @@ func (n *Node) prefilterRFB(author, _ peer.ID) bool {
 // pacer allows it (at once, unless this peer has asked more than every
 // validator allows a submitter), or gives up when its deadline comes first.
 func (n *Node) publishRFB(ctx context.Context, rfb *gossip.RequestForBids, data []byte) error {
+	if err := n.pace(ctx, rfb); err != nil {
+		return err
+	}
+	return n.rfbTopic.Publish(ctx, data)
+}
+
+// pace waits until this peer's pacer lets one of its requests for bids go
+// (at once, unless this peer has asked more than every validator allows
+// a submitter), or fails when the request's deadline comes first.
+func (n *Node) pace(ctx context.Context, rfb *gossip.RequestForBids) error {
 	n.paceMu.Lock()
 	defer n.paceMu.Unlock()
 	deadline := rfb.DeadlineTime()
@@ -217,7 +244,7 @@ func (n *Node) publishRFB(ctx context.Context, rfb *gossip.RequestForBids, data 
 			return ctx.Err()
 		}
 	}
-	return n.rfbTopic.Publish(ctx, data)
+	return nil
 }
 
 func (n *Node) readRFBs(ctx context.Context) {
@@ -231,19 +258,89 @@ func (n *Node) readRFBs(ctx context.Context) {
 		if !ok {
 			continue
 		}
-		// Requests wait apart from the direct messages (bids, awards,
-		// answers) and local calls, so a burst of requests never delays
-		// those nor fills their queue.
-		n.rfbQMu.Lock()
-		if n.rfbQueue.Push(*rfb) > 0 {
-			n.log.Debug("requests for bids waiting: one pushed out", "submitter", rfb.Submitter)
-		}
-		n.rfbQMu.Unlock()
-		select {
-		case n.rfbReady <- struct{}{}:
-		default:
-		}
+		n.queueRFB(rfb)
 	}
+}
+
+// queueRFB puts an accepted request for bids (from the topic or direct)
+// in the fair queue the loop answers them from. Requests wait apart from
+// the direct messages (bids, awards, answers) and local calls, so a burst
+// of requests never delays those nor fills their queue.
+func (n *Node) queueRFB(rfb *gossip.RequestForBids) {
+	n.rfbQMu.Lock()
+	if n.rfbQueue.Push(*rfb) > 0 {
+		n.log.Debug("requests for bids waiting: one pushed out", "submitter", rfb.Submitter)
+	}
+	n.rfbQMu.Unlock()
+	select {
+	case n.rfbReady <- struct{}{}:
+	default:
+	}
+}
+
+// handleRFB takes a request for bids sent to this provider directly. The
+// checks are the topic validator's, cheapest first: a peer that offers no
+// GPUs reads nothing; a submitter over its rate or open requests (the
+// same per-author bounds as the topic's, counted together) is refused
+// before its bytes are read or its signature checked; then the size, the
+// signature, that the signer wrote the request and is the peer on the
+// connection (so no one can send another's request, nor replay one it
+// was sent), its deadline, and the count. What passes waits in the fair
+// queue with the topic's requests; the bid goes to the submitter by peer
+// ID, connected or found in the DHT, never to an address someone named.
+func (n *Node) handleRFB(s network.Stream) {
+	from := s.Conn().RemotePeer()
+	if !n.provides.Load() {
+		_ = s.Reset()
+		return
+	}
+	n.rfbMu.Lock()
+	refused := n.rfbVal.Refuses(from, n.now())
+	n.rfbMu.Unlock()
+	if refused {
+		n.log.Debug("direct request for bids refused: submitter over its rate", "from", from)
+		_ = s.Reset()
+		return
+	}
+	defer s.Close()
+	_ = s.SetReadDeadline(time.Now().Add(sendTimeout))
+	data, err := io.ReadAll(io.LimitReader(s, maxSignedNegotiation+1))
+	if err != nil {
+		_ = s.Reset()
+		return
+	}
+	rfb, err := n.admitDirectRFB(data, from)
+	if err != nil {
+		n.log.Debug("direct request for bids refused", "from", from, "err", err)
+		_ = s.Reset()
+		return
+	}
+	n.queueRFB(rfb)
+}
+
+// admitDirectRFB checks a request for bids that from sent this peer
+// directly (see handleRFB) and counts it against its submitter.
+func (n *Node) admitDirectRFB(data []byte, from peer.ID) (*gossip.RequestForBids, error) {
+	msg, err := openNegotiation(data)
+	if err != nil {
+		return nil, err
+	}
+	rfb, ok := msg.(*gossip.RequestForBids)
+	if !ok {
+		return nil, fmt.Errorf("%w: a %T on %s, which carries requests for bids only", gossip.ErrBadNegotiation, msg, RFBProtocol)
+	}
+	if rfb.Submitter != from {
+		// Before it counts: another's request, replayed, must not use up
+		// its submitter's allowance.
+		return nil, fmt.Errorf("%w: written by %s, sent by %s", gossip.ErrForgedRequest, rfb.Submitter, from)
+	}
+	n.rfbMu.Lock()
+	got, v, err := n.rfbVal.Admit(*rfb, rfb.Submitter, from, n.now())
+	n.rfbMu.Unlock()
+	if v != gossip.Accept {
+		return nil, err
+	}
+	return &got, nil
 }
 
 // deliver hands an event to the loop, or drops it when the node stops.
@@ -326,6 +423,10 @@ func (n *Node) handleNegotiate(s network.Stream) {
 	if err == nil && msg.Author() != s.Conn().RemotePeer() {
 		err = fmt.Errorf("%w: written by %s, sent by %s", gossip.ErrBadNegotiation, msg.Author(), s.Conn().RemotePeer())
 	}
+	if _, ok := msg.(*gossip.RequestForBids); ok && err == nil {
+		// Requests are bounded per author on their own protocol (handleRFB).
+		err = fmt.Errorf("%w: a request for bids on %s; send it on %s", gossip.ErrBadNegotiation, NegotiateProtocol, RFBProtocol)
+	}
 	if err != nil {
 		n.log.Debug("negotiation message refused", "from", s.Conn().RemotePeer(), "err", err)
 		_ = s.Reset()
@@ -383,6 +484,7 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 				// Ended: keep only what answers late acceptances.
 				settled[id] = settledNeg{ng.Settle(), now}
 				delete(negs, id)
+				delete(n.paced, id)
 			case !w.IsZero() && w.Before(next):
 				next = w
 			}
@@ -424,9 +526,9 @@ func (n *Node) handleEvent(ctx context.Context, ev negEvent, negs map[gossip.Job
 		ev.done <- nil
 	case ev.msg != nil:
 		n.stepMessage(ctx, ev.msg, negs, settled, res, now)
-	case ev.expect != nil:
-		if ng, ok := negs[ev.expect.job]; ok {
-			ng.Expect(ev.expect.providers, now)
+	case ev.cands != nil:
+		if ng, ok := negs[ev.cands.job]; ok {
+			ng.Candidates(ev.cands.list, ev.cands.final, now)
 			n.flush(ctx, ng, ng.Ready())
 		}
 	case ev.ended != nil:
@@ -460,13 +562,13 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 			return
 		}
 		// To the submitter by its ID: connected, or found in the DHT.
-		n.send(ctx, m.Submitter, nil, &bid)
+		n.send(ctx, m.Submitter, &bid)
 	case *gossip.Award:
 		if res == nil {
-			n.send(ctx, m.Submitter, nil, &gossip.Refusal{Job: m.Job, Provider: n.id.PeerID, Reason: "this peer offers no GPUs"})
+			n.send(ctx, m.Submitter, &gossip.Refusal{Job: m.Job, Provider: n.id.PeerID, Reason: "this peer offers no GPUs"})
 			return
 		}
-		n.send(ctx, m.Submitter, nil, res.Award(*m, now))
+		n.send(ctx, m.Submitter, res.Award(*m, now))
 	case *gossip.Confirm:
 		if res != nil {
 			if err := res.Confirm(*m, now); err != nil {
@@ -482,7 +584,7 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 		if !ok {
 			if s, ok := settled[msg.JobID()]; ok {
 				if rel := s.s.Step(msg); rel != nil {
-					n.send(ctx, rel.Provider, nil, rel)
+					n.send(ctx, rel.Provider, rel)
 				}
 			}
 			return
@@ -494,8 +596,29 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 	}
 }
 
-// flush acts on what a negotiation says: broadcast, send, record.
+// flush acts on what a negotiation says: ask, broadcast, send, record.
 func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready) {
+	if len(r.Ask) > 0 {
+		rfb := ng.Request()
+		first := !n.paced[rfb.Job]
+		n.paced[rfb.Job] = true
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			// One pacer token a negotiation: each provider is asked once.
+			if first {
+				if err := n.pace(ctx, &rfb); err != nil {
+					if ctx.Err() == nil {
+						n.log.Warn("request for bids not sent", "job", rfb.Job, "err", err)
+					}
+					return
+				}
+			}
+			for _, p := range r.Ask {
+				n.sendOn(ctx, RFBProtocol, p, &rfb, true)
+			}
+		}()
+	}
 	if rfb := r.RequestForBids; rfb != nil {
 		data, err := gossip.MarshalNegotiation(rfb)
 		if err == nil {
@@ -510,25 +633,32 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 		}
 	}
 	for i := range r.Awards {
-		n.send(ctx, r.Awards[i].Provider, nil, &r.Awards[i])
+		n.send(ctx, r.Awards[i].Provider, &r.Awards[i])
 	}
 	for i := range r.Confirms {
-		n.send(ctx, r.Confirms[i].Provider, nil, &r.Confirms[i])
+		n.send(ctx, r.Confirms[i].Provider, &r.Confirms[i])
 	}
 	for i := range r.Releases {
-		n.send(ctx, r.Releases[i].Provider, nil, &r.Releases[i])
+		n.send(ctx, r.Releases[i].Provider, &r.Releases[i])
 	}
 	if r.Outcome != nil {
 		n.recordOutcome(ng.Job(), *r.Outcome)
 	}
 }
 
-// send delivers one message to a peer on its own stream, without blocking
-// the loop. It reaches the peer over a connection it has, at addresses this
-// peer knows of it (identify, the DHT), at addrs (a bid's own addresses:
-// its author's word for where it listens), or at the addresses the DHT
-// finds for its ID.
-func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.Message) {
+// send delivers one message to a peer on NegotiateProtocol (see sendOn).
+func (n *Node) send(ctx context.Context, to peer.ID, msg gossip.Message) {
+	n.sendOn(ctx, NegotiateProtocol, to, msg, false)
+}
+
+// sendOn delivers one message to a peer on its own stream of proto,
+// without blocking the loop. It reaches the peer by its ID alone: over a
+// connection it has, at addresses this peer knows of it (identify, the
+// DHT), or at the addresses the DHT finds for it — never at an address a
+// message names, so no message can make this peer dial a third party.
+// own marks this peer's own requests (bounded by its fan-out), which may
+// look their peer up even when maxLookups are under way.
+func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg gossip.Message, own bool) {
 	data, err := n.sealNegotiation(msg)
 	if err != nil {
 		n.log.Warn("negotiation message not sent", "to", to, "err", err)
@@ -544,25 +674,11 @@ func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.
 		defer n.wg.Done()
 		sctx, cancel := context.WithTimeout(ctx, sendTimeout)
 		defer cancel()
-		for _, a := range addrs {
-			if m, err := ma.NewMultiaddr(a); err == nil {
-				n.host.Peerstore().AddAddr(to, m, time.Minute)
-			}
+		if err := n.reachPeer(sctx, to, own); err != nil {
+			n.log.Debug("negotiation message not sent", "to", to, "msg", fmt.Sprintf("%T", msg), "err", err)
+			return
 		}
-		if n.host.Network().Connectedness(to) != network.Connected && len(n.host.Peerstore().Addrs(to)) == 0 {
-			if !n.startLookup(to) {
-				n.log.Debug("negotiation message not sent: peer not connected and lookups busy", "to", to, "msg", fmt.Sprintf("%T", msg))
-				return
-			}
-			ai, err := n.dht.FindPeer(sctx, to)
-			n.endLookup(to)
-			if err != nil {
-				n.log.Debug("negotiation send: peer not found", "to", to, "err", err)
-				return
-			}
-			n.host.Peerstore().AddAddrs(to, ai.Addrs, peerstore.TempAddrTTL)
-		}
-		s, err := n.host.NewStream(sctx, to, NegotiateProtocol)
+		s, err := n.host.NewStream(sctx, to, proto)
 		if err != nil {
 			n.log.Debug("negotiation send", "to", to, "err", err)
 			return
@@ -575,6 +691,28 @@ func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.
 		}
 		_ = s.Close()
 	}()
+}
+
+// reachPeer makes sure this peer can open a stream to p by its ID: it is
+// connected, the peerstore has addresses of it, or the DHT finds them.
+// Unless own, a lookup waits for none: when maxLookups are under way (a
+// flood of strangers' requests) it fails at once.
+func (n *Node) reachPeer(ctx context.Context, p peer.ID, own bool) error {
+	if n.host.Network().Connectedness(p) == network.Connected || len(n.host.Peerstore().Addrs(p)) > 0 {
+		return nil
+	}
+	if !own {
+		if !n.startLookup(p) {
+			return errors.New("not connected, and lookups busy")
+		}
+		defer n.endLookup(p)
+	}
+	ai, err := n.dht.FindPeer(ctx, p)
+	if err != nil {
+		return fmt.Errorf("not found in the DHT: %w", err)
+	}
+	n.host.Peerstore().AddAddrs(p, ai.Addrs, peerstore.TempAddrTTL)
+	return nil
 }
 
 // maxLookups bounds the DHT lookups of peers this peer is not connected to
