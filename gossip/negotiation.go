@@ -6,7 +6,7 @@ package gossip
 // # Protocol
 //
 //	submitter                                   providers
-//	RequestForBids  --(rfb topic, broadcast)-->  each: Reservations.Bid
+//	RequestForBids  --(direct to the providers named, or the rfb topic)-->  each: Reservations.Bid
 //	                <--(direct stream)--------   Bid (reserves nothing)
 //	Select; Award to every member at once ---->  Reservations.Award: reserve
 //	                <--------------------------  Acceptance (held until HoldUntil) or Refusal
@@ -69,8 +69,10 @@ package gossip
 //
 // The node owns one goroutine per Negotiation (or one for all) that feeds
 // Step with decoded messages whose signer it has checked against Author(),
-// calls Tick at Wake(), sends what Ready returns (RequestForBids on
-// /gpumesh/<swarm>/rfb/1 through an RFBValidator, the rest on
+// calls Tick at Wake(), feeds a Direct negotiation its Candidates (see
+// negotiation_direct.go), sends what Ready returns (Ask: the request to
+// each provider named, on a stream of its own; RequestForBids on
+// /gpumesh/<swarm>/rfb/1 through an RFBValidator; the rest on
 // /gpumesh/negotiate/1.0.0 streams: a provider's answer to a request goes to
 // its submitter by peer ID, connected or found in the DHT, never to an
 // address someone named), persists jobs and outcomes,
