@@ -107,6 +107,7 @@ type NegotiationConfig struct {
 	// negotiation_direct.go).
 	Direct       bool
 	Fanout       int           // with Direct, providers asked at most; 0: 32
+	MinAsk       int           // with Direct, providers asked at least (when named); 0: 3
 	FallbackWait time.Duration // with Direct, no cluster possible this long after the request: broadcast it too; 0: 1 s
 }
 
@@ -130,6 +131,10 @@ func (c NegotiationConfig) withDefaults() NegotiationConfig {
 	if c.Fanout <= 0 {
 		c.Fanout = 32
 	}
+	if c.MinAsk <= 0 {
+		c.MinAsk = 3
+	}
+	c.MinAsk = min(c.MinAsk, c.Fanout)
 	if c.FallbackWait <= 0 {
 		c.FallbackWait = time.Second
 	}

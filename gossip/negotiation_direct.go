@@ -18,8 +18,9 @@ package gossip
 //     unknown), cheapest first, those the ranking doubts last, until the
 //     GPUs the asked providers can give — a bid's GPUs once it has bid,
 //     the candidate's listing until then, in whole multiples of perNode —
-//     are twice the GPUs needed (the rest are the spares), and never more
-//     than Fanout providers.
+//     are twice the GPUs needed (the rest are the spares), at least MinAsk
+//     providers (so one slow provider does not hold a small job back), and
+//     never more than Fanout.
 //   - Closing: the asked providers are the providers expected (Expect):
 //     once every one has bid, the negotiation awards at once. When the
 //     bids in hand cannot form a cluster, more candidates are asked.
@@ -174,7 +175,7 @@ func (n *Negotiation) askMore() {
 	want := 2 * n.rfb.Needs.GPUs
 	have := n.promised()
 	for _, i := range rest {
-		if have >= want || asked >= n.cfg.Fanout {
+		if (have >= want && asked >= n.cfg.MinAsk) || asked >= n.cfg.Fanout {
 			break
 		}
 		n.cands[i].asked = true

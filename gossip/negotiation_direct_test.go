@@ -82,3 +82,25 @@ func TestDirectNegotiationFallsBackToTheTopic(t *testing.T) {
 		t.Errorf("no broadcast at the fallback wait")
 	}
 }
+
+// A provider answers the requests sent to it directly before those of the
+// topic, however many of the topic's wait, and the topic's when no direct
+// one does.
+func TestDirectRequestsArePoppedBeforeTheTopics(t *testing.T) {
+	q := NewRequestQueues(0, 0)
+	needs := needsOf(8, 0, Spread, 2_500_000)
+	for i := 1; i <= 100; i++ {
+		q.Push(rfbOf(i, byte(i), needs), false)
+	}
+	honest := rfbOf(200, 1, needs)
+	q.Push(honest, true)
+	if r, ok := q.Pop(t0); !ok || r.Job != honest.Job || r.Submitter != honest.Submitter {
+		t.Fatalf("popped %v %v first, want the direct request", r.Submitter, ok)
+	}
+	if got := q.Len(); got != 100 {
+		t.Errorf("%d waiting, want the topic's 100", got)
+	}
+	if r, ok := q.Pop(t0); !ok || r.Submitter != testID(1) {
+		t.Errorf("then popped %v %v, want the topic's first", r.Submitter, ok)
+	}
+}
