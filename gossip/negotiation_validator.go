@@ -46,6 +46,16 @@ func (l RFBLimits) withDefaults() RFBLimits {
 	return l
 }
 
+// TopicLimits are the bounds of the request-for-bids topic, tighter than
+// a direct request's (the RFBLimits defaults, which one provider holds
+// each submitter to): a broadcast reaches, and costs, every peer in the
+// swarm, and honest submitters use the topic only when the providers the
+// directory names are too few or silent (see negotiation_direct.go), so a
+// submitter may send 4 at once, 1 a second, 8 open.
+func TopicLimits() RFBLimits {
+	return RFBLimits{Burst: 4, Rate: 1, MaxOpen: 8, MaxAhead: time.Minute}
+}
+
 // Pace is the limits a peer keeps its own requests under: a little below
 // what every validator allows (half the burst and open requests, four
 // fifths of the rate), so that requests sent evenly and delivered

@@ -127,7 +127,7 @@ func bidFor(t *testing.T, ctx context.Context, adv *meshtest.Adversary, prov pee
 	job := meshtest.NewJobID()
 	rfb := adv.Request(job, "H100-80GB", gpus, 2_500_000, "USDC:6")
 	rfb.Deadline = now.Add(10 * time.Second).UnixMilli()
-	if err := adv.Publish(ctx, rfb); err != nil {
+	if err := adv.Ask(ctx, prov, rfb); err != nil {
 		t.Fatal(err)
 	}
 	m, err := adv.Received(ctx, func(m gossip.Message) bool {

@@ -65,21 +65,27 @@ type candidates struct {
 type negState struct {
 	in chan negEvent
 	// Accepted requests for bids wait in rfbQueue (guarded by rfbQMu)
-	// apart from in, answered one submitter at a time; rfbReady tells the
+	// apart from in, answered one submitter at a time, those sent to this
+	// provider directly before the topic's; rfbReady tells the
 	// loop some wait. The loop takes them after what is in in.
 	rfbQMu   sync.Mutex
-	rfbQueue *gossip.RequestQueue
+	rfbQueue *gossip.RequestQueues
 	rfbReady chan struct{}
 	rfbTopic *pubsub.Topic
 	rfbSub   *pubsub.Subscription
 
-	rfbMu  sync.Mutex           // guards rfbVal; GossipSub validates on several goroutines
-	rfbVal *gossip.RFBValidator // which requests for bids this peer takes and forwards
+	rfbMu  sync.Mutex           // guards rfbVal and directVal; GossipSub validates on several goroutines
+	rfbVal *gossip.RFBValidator // which requests for bids of the topic this peer takes and forwards
+	// directVal is which requests sent to this provider directly it
+	// takes: the same rules, a direct request's bounds (RFBLimits).
+	directVal *gossip.RFBValidator
 
 	// paceMu serializes this peer's own requests for bids and guards
-	// rfbPace, which keeps them within what every peer's validator allows.
-	paceMu  sync.Mutex
-	rfbPace *gossip.RFBPacer
+	// the pacers, which keep them within what every peer's validator
+	// allows: rfbPace its direct requests, topicPace its broadcasts.
+	paceMu    sync.Mutex
+	rfbPace   *gossip.RFBPacer
+	topicPace *gossip.RFBPacer
 
 	sent atomic.Uint64 // negotiation messages this peer has sent (broadcasts count once)
 
@@ -102,7 +108,7 @@ type negState struct {
 // starts the negotiation loop.
 func (n *Node) startJobs(ctx context.Context) error {
 	n.in = make(chan negEvent, 1024)
-	n.rfbQueue = gossip.NewRequestQueue(0, 0)
+	n.rfbQueue = gossip.NewRequestQueues(0, 0)
 	n.rfbReady = make(chan struct{}, 1)
 	n.freeMoved = make(chan struct{}, 1)
 	if err := n.openJobs(); err != nil {
@@ -111,8 +117,10 @@ func (n *Node) startJobs(ctx context.Context) error {
 	ps := n.gossip.PubSub()
 	topic := n.gossip.Topic(gossip.RFBTopic)
 	var limits gossip.RFBLimits // the defaults, the same on every peer
-	n.rfbVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: limits})
+	n.rfbVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: gossip.TopicLimits()})
+	n.directVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: limits})
 	n.rfbPace = gossip.NewRFBPacer(limits.Pace())
+	n.topicPace = gossip.NewRFBPacer(gossip.TopicLimits().Pace())
 	// Inline: GossipSub's few validation workers run it in turn, rather
 	// than a goroutine a message. Under a flood, thousands of those queued
 	// on rfbMu, and an honest request waited behind all of them at every hop.
@@ -214,7 +222,7 @@ func (n *Node) prefilterRFB(author, _ peer.ID) bool {
 // pacer allows it (at once, unless this peer has asked more than every
 // validator allows a submitter), or gives up when its deadline comes first.
 func (n *Node) publishRFB(ctx context.Context, rfb *gossip.RequestForBids, data []byte) error {
-	if err := n.pace(ctx, rfb); err != nil {
+	if err := n.pace(ctx, n.topicPace, rfb); err != nil {
 		return err
 	}
 	return n.rfbTopic.Publish(ctx, data)
@@ -223,14 +231,14 @@ func (n *Node) publishRFB(ctx context.Context, rfb *gossip.RequestForBids, data 
 // pace waits until this peer's pacer lets one of its requests for bids go
 // (at once, unless this peer has asked more than every validator allows
 // a submitter), or fails when the request's deadline comes first.
-func (n *Node) pace(ctx context.Context, rfb *gossip.RequestForBids) error {
+func (n *Node) pace(ctx context.Context, pacer *gossip.RFBPacer, rfb *gossip.RequestForBids) error {
 	n.paceMu.Lock()
 	defer n.paceMu.Unlock()
 	deadline := rfb.DeadlineTime()
 	for {
 		now := n.now()
-		at := n.rfbPace.Next(now)
-		if !at.After(now) && n.rfbPace.Take(deadline, now) {
+		at := pacer.Next(now)
+		if !at.After(now) && pacer.Take(deadline, now) {
 			break
 		}
 		if !at.Before(deadline) {
@@ -258,17 +266,17 @@ func (n *Node) readRFBs(ctx context.Context) {
 		if !ok {
 			continue
 		}
-		n.queueRFB(rfb)
+		n.queueRFB(rfb, false)
 	}
 }
 
 // queueRFB puts an accepted request for bids (from the topic or direct)
-// in the fair queue the loop answers them from. Requests wait apart from
+// in the fair queues the loop answers them from (direct ones first). Requests wait apart from
 // the direct messages (bids, awards, answers) and local calls, so a burst
 // of requests never delays those nor fills their queue.
-func (n *Node) queueRFB(rfb *gossip.RequestForBids) {
+func (n *Node) queueRFB(rfb *gossip.RequestForBids, direct bool) {
 	n.rfbQMu.Lock()
-	if n.rfbQueue.Push(*rfb) > 0 {
+	if n.rfbQueue.Push(*rfb, direct) > 0 {
 		n.log.Debug("requests for bids waiting: one pushed out", "submitter", rfb.Submitter)
 	}
 	n.rfbQMu.Unlock()
@@ -280,8 +288,8 @@ func (n *Node) queueRFB(rfb *gossip.RequestForBids) {
 
 // handleRFB takes a request for bids sent to this provider directly. The
 // checks are the topic validator's, cheapest first: a peer that offers no
-// GPUs reads nothing; a submitter over its rate or open requests (the
-// same per-author bounds as the topic's, counted together) is refused
+// GPUs reads nothing; a submitter over its rate or open requests (a
+// direct request's per-author bounds, gossip.RFBLimits) is refused
 // before its bytes are read or its signature checked; then the size, the
 // signature, that the signer wrote the request and is the peer on the
 // connection (so no one can send another's request, nor replay one it
@@ -295,7 +303,7 @@ func (n *Node) handleRFB(s network.Stream) {
 		return
 	}
 	n.rfbMu.Lock()
-	refused := n.rfbVal.Refuses(from, n.now())
+	refused := n.directVal.Refuses(from, n.now())
 	n.rfbMu.Unlock()
 	if refused {
 		n.log.Debug("direct request for bids refused: submitter over its rate", "from", from)
@@ -315,7 +323,7 @@ func (n *Node) handleRFB(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
-	n.queueRFB(rfb)
+	n.queueRFB(rfb, true)
 }
 
 // admitDirectRFB checks a request for bids that from sent this peer
@@ -335,7 +343,7 @@ func (n *Node) admitDirectRFB(data []byte, from peer.ID) (*gossip.RequestForBids
 		return nil, fmt.Errorf("%w: written by %s, sent by %s", gossip.ErrForgedRequest, rfb.Submitter, from)
 	}
 	n.rfbMu.Lock()
-	got, v, err := n.rfbVal.Admit(*rfb, rfb.Submitter, from, n.now())
+	got, v, err := n.directVal.Admit(*rfb, rfb.Submitter, from, n.now())
 	n.rfbMu.Unlock()
 	if v != gossip.Accept {
 		return nil, err
@@ -607,7 +615,7 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 			defer n.wg.Done()
 			// One pacer token a negotiation: each provider is asked once.
 			if first {
-				if err := n.pace(ctx, &rfb); err != nil {
+				if err := n.pace(ctx, n.rfbPace, &rfb); err != nil {
 					if ctx.Err() == nil {
 						n.log.Warn("request for bids not sent", "job", rfb.Job, "err", err)
 					}

@@ -276,12 +276,12 @@ func (a *Adversary) Request(job gossip.JobID, class string, gpus uint32, maxPric
 	}
 }
 
-// Reserve does by hand what an honest submitter does: it asks for bids
-// for gpus GPUs of class, awards provider's bid and confirms the
+// Reserve does by hand what an honest submitter does: it asks provider
+// directly for bids for gpus GPUs of class, awards its bid and confirms the
 // acceptance. It returns the job and the bid: provider now holds a
 // confirmed reservation of this peer's, and nothing has started.
 func (a *Adversary) Reserve(ctx context.Context, provider peer.ID, job gossip.JobID, class string, gpus uint32, maxPrice uint64, unit string) (gossip.Bid, error) {
-	if err := a.Publish(ctx, a.Request(job, class, gpus, maxPrice, unit)); err != nil {
+	if err := a.Ask(ctx, provider, a.Request(job, class, gpus, maxPrice, unit)); err != nil {
 		return gossip.Bid{}, err
 	}
 	m, err := a.Received(ctx, func(m gossip.Message) bool {
