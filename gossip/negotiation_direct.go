@@ -28,8 +28,9 @@ package gossip
 //     directory has answered and its candidates together list fewer
 //     usable GPUs than needed (the directory may be behind: new providers,
 //     moved prices), or when FallbackWait has passed since the request and
-//     no cluster can form yet (asked providers busy or gone). From then on
-//     the negotiation takes bids as a broadcast one does.
+//     no cluster can form yet (asked providers busy or gone; those that
+//     have not bid are asked again then, in case the request was lost).
+//     From then on the negotiation takes bids as a broadcast one does.
 //   - A failure without the topic: every candidate the directory named
 //     was asked, every one bid, and no cluster can form: the negotiation
 //     fails after ExpectWait, as a broadcast one with a directory count
@@ -219,10 +220,24 @@ func (n *Negotiation) directClose(now time.Time) (mayFail bool) {
 	}
 	n.askMore()
 	if !now.Before(n.started.Add(n.cfg.FallbackWait)) && (!n.final || n.unasked() || len(n.bids) < n.cfg.Expect || n.cfg.Expect == 0) {
+		n.reaskSilent()
 		n.toTopic()
 		return false
 	}
 	return n.final && !n.unasked()
+}
+
+// reaskSilent asks again the asked providers that have not bid: a request
+// lost on the way (a dial that failed, a stream reset under load) gets a
+// second chance beside the topic's.
+func (n *Negotiation) reaskSilent() {
+	for _, c := range n.cands {
+		if !c.asked || n.gone[c.Provider] || n.isMember(c.Provider) ||
+			slices.ContainsFunc(n.bids, func(b Bid) bool { return b.Provider == c.Provider }) {
+			continue
+		}
+		n.ready.Ask = append(n.ready.Ask, c.Provider)
+	}
 }
 
 // directWake is when a direct negotiation that cannot form a cluster yet
