@@ -20,8 +20,8 @@ import (
 // the wire (bids in the adversary's inbox) and off its own count of the
 // negotiation messages it sent.
 
-// rfbLimits are the defaults every peer's validator holds a submitter to
-// (gossip.RFBLimits): 8 at once, 5 a second.
+// rfbBurst and rfbRate are the bounds a provider holds each submitter's
+// direct requests to (gossip.RFBLimits): 8 at once, 5 a second.
 const rfbBurst, rfbRate = 8, 5.0
 
 // bidsOf counts the bids an adversary was sent.
