@@ -370,3 +370,27 @@ func orDefault[T comparable](field *T, def T) {
 		*field = def
 	}
 }
+
+// Sellers is the live quotes at now, of the classes match takes, with
+// GPUs available: whom a submitter may ask for bids before the directory
+// has answered. Cheapest first, at most max of them.
+func (b *PriceBoard) Sellers(match func(class string) bool, max int, now time.Time) []Tick {
+	var out []Tick
+	for class, book := range b.classes {
+		if !match(class) {
+			continue
+		}
+		for _, e := range book.quotes {
+			if e.expires.After(now) && e.tick.Available > 0 {
+				out = append(out, e.tick)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b Tick) int {
+		return cmp.Or(cmp.Compare(a.Ask, b.Ask), cmp.Compare(b.Available, a.Available), cmp.Compare(a.Provider, b.Provider))
+	})
+	if len(out) > max {
+		out = out[:max]
+	}
+	return out
+}

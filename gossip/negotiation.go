@@ -6,7 +6,7 @@ package gossip
 // # Protocol
 //
 //	submitter                                   providers
-//	RequestForBids  --(rfb topic, broadcast)-->  each: Reservations.Bid
+//	RequestForBids  --(direct to the providers named, or the rfb topic)-->  each: Reservations.Bid
 //	                <--(direct stream)--------   Bid (reserves nothing)
 //	Select; Award to every member at once ---->  Reservations.Award: reserve
 //	                <--------------------------  Acceptance (held until HoldUntil) or Refusal
@@ -69,8 +69,10 @@ package gossip
 //
 // The node owns one goroutine per Negotiation (or one for all) that feeds
 // Step with decoded messages whose signer it has checked against Author(),
-// calls Tick at Wake(), sends what Ready returns (RequestForBids on
-// /gpumesh/<swarm>/rfb/1 through an RFBValidator, the rest on
+// calls Tick at Wake(), feeds a Direct negotiation its Candidates (see
+// negotiation_direct.go), sends what Ready returns (Ask: the request to
+// each provider named, on a stream of its own; RequestForBids on
+// /gpumesh/<swarm>/rfb/1 through an RFBValidator; the rest on
 // /gpumesh/negotiate/1.0.0 streams: a provider's answer to a request goes to
 // its submitter by peer ID, connected or found in the DHT, never to an
 // address someone named), persists jobs and outcomes,
@@ -100,6 +102,13 @@ type NegotiationConfig struct {
 	MaxBids      int           // bids kept; more are ignored; 0: 1024
 	Ranking      Ranking       // providers' scores and their weight against price (SelectRanked); zero: price alone
 	DoubtWait    time.Duration // a set with a provider scored below an unknown one waits this for other bids, unless every expected provider has bid; 0: 2 s
+	// Direct asks the providers that Candidates names (Ready.Ask) rather
+	// than broadcasting the request; the topic is a fallback (see
+	// negotiation_direct.go).
+	Direct       bool
+	Fanout       int           // with Direct, providers asked at most; 0: 32
+	MinAsk       int           // with Direct, providers asked at least (when named); 0: 3
+	FallbackWait time.Duration // with Direct, no cluster possible this long after the request: broadcast it too; 0: 1 s
 }
 
 func (c NegotiationConfig) withDefaults() NegotiationConfig {
@@ -118,6 +127,16 @@ func (c NegotiationConfig) withDefaults() NegotiationConfig {
 	}
 	if c.DoubtWait <= 0 {
 		c.DoubtWait = 2 * time.Second
+	}
+	if c.Fanout <= 0 {
+		c.Fanout = 32
+	}
+	if c.MinAsk <= 0 {
+		c.MinAsk = 3
+	}
+	c.MinAsk = min(c.MinAsk, c.Fanout)
+	if c.FallbackWait <= 0 {
+		c.FallbackWait = time.Second
 	}
 	return c
 }
@@ -159,6 +178,7 @@ type Outcome struct {
 // Ready is what the caller must do: send the messages and note the outcome.
 type Ready struct {
 	RequestForBids *RequestForBids // broadcast on the swarm's rfb topic
+	Ask            []peer.ID       // send the request (Negotiation.Request) to each of these providers directly
 	Awards         []Award
 	Confirms       []Confirm
 	Releases       []Release
@@ -167,7 +187,7 @@ type Ready struct {
 
 // Empty reports whether there is nothing to do.
 func (r *Ready) Empty() bool {
-	return r.RequestForBids == nil && len(r.Awards) == 0 && len(r.Confirms) == 0 &&
+	return r.RequestForBids == nil && len(r.Ask) == 0 && len(r.Awards) == 0 && len(r.Confirms) == 0 &&
 		len(r.Releases) == 0 && r.Outcome == nil
 }
 
@@ -202,10 +222,16 @@ type Negotiation struct {
 	members  []*member
 	spares   []Bid
 	ready    Ready
+
+	// Of a Direct negotiation (negotiation_direct.go):
+	cands     []candidate // providers named so far, asked or not
+	final     bool        // the directory has answered
+	broadcast bool        // the request went on the topic as well
 }
 
 // NewNegotiation starts a negotiation for a request; Ready then holds the
-// request to broadcast.
+// request to broadcast, unless the negotiation is Direct (it then waits
+// for Candidates).
 func NewNegotiation(rfb RequestForBids, cfg NegotiationConfig, now time.Time) (*Negotiation, error) {
 	if err := rfb.Check(); err != nil {
 		return nil, err
@@ -214,8 +240,10 @@ func NewNegotiation(rfb RequestForBids, cfg NegotiationConfig, now time.Time) (*
 		return nil, badNeg("deadline %s is not after now", rfb.DeadlineTime().UTC().Format(time.RFC3339Nano))
 	}
 	n := &Negotiation{rfb: rfb, cfg: cfg.withDefaults(), gone: map[peer.ID]bool{}, started: now}
-	req := rfb
-	n.ready.RequestForBids = &req
+	if !n.cfg.Direct {
+		req := rfb
+		n.ready.RequestForBids = &req
+	}
 	return n, nil
 }
 
@@ -223,9 +251,10 @@ func NewNegotiation(rfb RequestForBids, cfg NegotiationConfig, now time.Time) (*
 // directory found for its class, when that answer comes after the request
 // went out (the request need not wait for the directory): from then on it
 // closes as if NegotiationConfig.Expect had said so from the start. It does
-// nothing once bidding has closed, or for a count of 0 or less.
+// nothing once bidding has closed, for a count of 0 or less, or for a
+// Direct negotiation (whose asked providers are the ones it expects).
 func (n *Negotiation) Expect(providers int, now time.Time) {
-	if n.phase != Collecting || providers <= 0 {
+	if n.phase != Collecting || providers <= 0 || n.cfg.Direct {
 		return
 	}
 	n.cfg.Expect = providers
@@ -267,7 +296,7 @@ func (n *Negotiation) Wake() time.Time {
 		if n.cfg.Expect > 0 && len(n.bids) >= n.cfg.Expect && n.feasible.IsZero() {
 			d = earliest(d, n.started.Add(n.cfg.ExpectWait))
 		}
-		return d
+		return earliest(d, n.directWake())
 	case Awarding:
 		var w time.Time
 		for _, m := range n.members {
@@ -374,6 +403,9 @@ func (n *Negotiation) maybeClose(now time.Time) {
 		// Every provider expected has bid and no cluster can form: more
 		// waiting will not help, once bids have had ExpectWait to arrive
 		// (a directory that undercounts must not fail a job early).
+		if !late && !n.directClose(now) {
+			return // asked more, or went to the topic
+		}
 		allIn := n.cfg.Expect > 0 && len(bids) >= n.cfg.Expect && !now.Before(n.started.Add(n.cfg.ExpectWait))
 		if late || allIn {
 			n.fail(err.Error())

@@ -22,6 +22,9 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected transcripts of t
 //	steal N gpus=4    another job takes 4 GPUs of provider N (after its bid)
 //	deliver N         deliver the next N messages in order, 1 ms apart
 //	expect N          the directory's count of providers arrives: N
+//	submit ... direct=1 fanout=4 fallback=1s   a direct negotiation (Ready.Ask)
+//	candidates 1 2 3 final=1   providers named to a direct negotiation, with
+//	                  their GPUs and price (final: the directory has answered)
 //	run               deliver in order until the negotiation ends
 func TestNegotiationScripts(t *testing.T) {
 	golden.Run(t, "testdata/negotiation/*.txt", *rewrite, runScript)
@@ -76,7 +79,14 @@ func runScript(t *testing.T, script string) string {
 			m.provider(pos[0], uint32(num("gpus", 8)), price("price"), args["zone"])
 		case "submit":
 			needs := needsOf(uint32(num("gpus", 8)), uint32(num("perNode", 0)), Placement(args["placement"]), price("max"))
-			cfg := NegotiationConfig{Expect: int(num("expect", 0))}
+			cfg := NegotiationConfig{Expect: int(num("expect", 0)), Direct: num("direct", 0) == 1, Fanout: int(num("fanout", 0))}
+			if g, ok := args["fallback"]; ok {
+				d, err := time.ParseDuration(g)
+				if err != nil {
+					fail("fallback: %v", err)
+				}
+				cfg.FallbackWait = d
+			}
 			if g, ok := args["grace"]; ok {
 				d, err := time.ParseDuration(g)
 				if err != nil {
@@ -118,6 +128,24 @@ func runScript(t *testing.T, script string) string {
 			m.logf("directory: %d providers", pos[0])
 			for _, n := range m.negs {
 				n.Expect(pos[0], m.now)
+				m.drain(n)
+			}
+		case "candidates":
+			var cs []Candidate
+			var names []string
+			for _, i := range pos {
+				r, ok := m.provs[testID(i)]
+				if !ok {
+					fail("no provider %d", i)
+				}
+				c := r.cfg.GPUs[0]
+				cs = append(cs, Candidate{Provider: testID(i), GPUs: c.GPUs, Price: c.Price})
+				names = append(names, fmt.Sprintf("p%d", i))
+			}
+			final := num("final", 0) == 1
+			m.logf("candidates %s final=%v", strings.Join(names, " "), final)
+			for _, n := range m.negs {
+				n.Candidates(cs, final, m.now)
 				m.drain(n)
 			}
 		case "run":

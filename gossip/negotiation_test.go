@@ -332,6 +332,18 @@ func (m *meshNet) drain(n *Negotiation) {
 			}
 		}
 	}
+	if len(rd.Ask) > 0 {
+		var names []string
+		for _, p := range rd.Ask {
+			names = append(names, m.names[p])
+		}
+		m.logf("ask %s", strings.Join(names, " "))
+		for _, p := range rd.Ask {
+			if b, err := m.provs[p].Bid(n.rfb, m.now); err == nil {
+				m.send(&b)
+			}
+		}
+	}
 	for i := range rd.Awards {
 		m.logf("award %s %d GPUs", m.names[rd.Awards[i].Provider], rd.Awards[i].GPUs)
 		m.send(&rd.Awards[i])

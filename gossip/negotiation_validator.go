@@ -46,6 +46,16 @@ func (l RFBLimits) withDefaults() RFBLimits {
 	return l
 }
 
+// TopicLimits are the bounds of the request-for-bids topic, tighter than
+// a direct request's (the RFBLimits defaults, which one provider holds
+// each submitter to): a broadcast reaches, and costs, every peer in the
+// swarm, and honest submitters use the topic only when the providers the
+// directory names are too few or silent (see negotiation_direct.go), so a
+// submitter may send 4 at once, 1 a second, 8 open.
+func TopicLimits() RFBLimits {
+	return RFBLimits{Burst: 4, Rate: 1, MaxOpen: 8, MaxAhead: time.Minute}
+}
+
 // Pace is the limits a peer keeps its own requests under: a little below
 // what every validator allows (half the burst and open requests, four
 // fifths of the rate), so that requests sent evenly and delivered
@@ -350,3 +360,42 @@ func (q *RequestQueue) Pop(now time.Time) (RequestForBids, bool) {
 
 // Len is the number of requests waiting.
 func (q *RequestQueue) Len() int { return q.n }
+
+// RequestQueues are a provider's two queues of accepted requests for
+// bids: those sent to it directly (by a submitter that found it in the
+// directory) and those from the topic (a submitter's fallback, or anyone's
+// broadcast). Pop takes the direct ones first: they are what honest
+// submitters send, and a flood on the topic then never stands between
+// them and a bid. Each queue is a RequestQueue, fair among submitters,
+// and both count against the same per-author bounds before they get here.
+// It is not safe for concurrent use.
+type RequestQueues struct {
+	Direct, Topic *RequestQueue
+}
+
+// NewRequestQueues makes two empty queues, each of at most max requests,
+// per of them one submitter's (see NewRequestQueue).
+func NewRequestQueues(max, per int) *RequestQueues {
+	return &RequestQueues{Direct: NewRequestQueue(max, per), Topic: NewRequestQueue(max, per)}
+}
+
+// Push adds a request to the direct queue or the topic's; it reports how
+// many waiting requests it pushed out (0 or 1).
+func (q *RequestQueues) Push(r RequestForBids, direct bool) int {
+	if direct {
+		return q.Direct.Push(r)
+	}
+	return q.Topic.Push(r)
+}
+
+// Pop takes the next direct request, or when none waits the next of the
+// topic's (see RequestQueue.Pop).
+func (q *RequestQueues) Pop(now time.Time) (RequestForBids, bool) {
+	if r, ok := q.Direct.Pop(now); ok {
+		return r, true
+	}
+	return q.Topic.Pop(now)
+}
+
+// Len is the number of requests waiting in both.
+func (q *RequestQueues) Len() int { return q.Direct.Len() + q.Topic.Len() }

@@ -24,12 +24,15 @@
 //
 // A job, in the order it moves:
 //
-//	negotiate.go         the negotiation loop, both sides: requests for bids,
-//	                     bids, awards, answers, confirms, releases (decided by
-//	                     gossip.Negotiation and gossip.Reservations)
+//	negotiate.go         the negotiation loop, both sides: requests for bids
+//	                     (sent to the providers named, or on the topic; taken
+//	                     from either), bids, awards, answers, confirms,
+//	                     releases (decided by gossip.Negotiation and
+//	                     gossip.Reservations)
 //	jobs.go              the job record: JobState and the only code that
 //	                     changes it; records in the job store (jobstore)
-//	submitter.go         submit, cancel, negotiation outcomes, retry
+//	submitter.go         submit, cancel, negotiation outcomes, retry; whom a
+//	                     request goes to (price board, directory)
 //	submitter_run.go     running a formed job: streams to the members, frames
 //	                     in, the run attempt's decisions out (attempt)
 //	submitter_pay.go     paying bills the attempt allowed, in SOL or a token

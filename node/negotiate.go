@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -18,13 +19,18 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/core/record"
-	ma "github.com/multiformats/go-multiaddr"
 )
 
 // NegotiateProtocol carries the direct messages of cluster negotiation
 // (bids, awards, acceptances, refusals, confirms, releases): one message a
 // stream, from its author.
 const NegotiateProtocol = protocol.ID("/gpumesh/negotiate/1.0.0")
+
+// RFBProtocol carries a request for bids from its submitter to one of the
+// providers the directory names (gossip's direct requests): one signed
+// request a stream, answered (with a bid on NegotiateProtocol) only if the
+// submitter is within the same per-author bounds as on the topic.
+const RFBProtocol = protocol.ID("/gpumesh/rfb/1.0.0")
 
 // Timing of negotiation.
 const (
@@ -44,13 +50,14 @@ type negEvent struct {
 	done   chan error
 	start  *startQuery         // a provider's member starting: its reservation, now running
 	ended  *gossip.Reservation // a provider's member has ended: its reservation ends
-	expect *expectCount        // the directory's count of providers for a negotiation
+	cands  *candidates         // providers the directory names for a negotiation
 }
 
-// expectCount is how many providers the directory found for a job's class.
-type expectCount struct {
-	job       gossip.JobID
-	providers int
+// candidates are providers the directory named for a job's request.
+type candidates struct {
+	job   gossip.JobID
+	list  []gossip.Candidate
+	final bool // the lookup has ended
 }
 
 // negState is the node's part of cluster negotiation. One goroutine, the
@@ -59,23 +66,35 @@ type expectCount struct {
 type negState struct {
 	in chan negEvent
 	// Accepted requests for bids wait in rfbQueue (guarded by rfbQMu)
-	// apart from in, answered one submitter at a time; rfbReady tells the
+	// apart from in, answered one submitter at a time, those sent to this
+	// provider directly before the topic's; rfbReady tells the
 	// loop some wait. The loop takes them after what is in in.
 	rfbQMu   sync.Mutex
-	rfbQueue *gossip.RequestQueue
+	rfbQueue *gossip.RequestQueues
 	rfbReady chan struct{}
 	rfbTopic *pubsub.Topic
 	rfbSub   *pubsub.Subscription
 
-	rfbMu  sync.Mutex           // guards rfbVal; GossipSub validates on several goroutines
-	rfbVal *gossip.RFBValidator // which requests for bids this peer takes and forwards
+	rfbMu  sync.Mutex           // guards rfbVal and directVal; GossipSub validates on several goroutines
+	rfbVal *gossip.RFBValidator // which requests for bids of the topic this peer takes and forwards
+	// directVal is which requests sent to this provider directly it
+	// takes: the same rules, a direct request's bounds (RFBLimits).
+	directVal *gossip.RFBValidator
 
 	// paceMu serializes this peer's own requests for bids and guards
-	// rfbPace, which keeps them within what every peer's validator allows.
-	paceMu  sync.Mutex
-	rfbPace *gossip.RFBPacer
+	// the pacers, which keep them within what every peer's validator
+	// allows: rfbPace its direct requests, topicPace its broadcasts.
+	paceMu    sync.Mutex
+	rfbPace   *gossip.RFBPacer
+	topicPace *gossip.RFBPacer
 
 	sent atomic.Uint64 // negotiation messages this peer has sent (broadcasts count once)
+
+	provides atomic.Bool // this peer bids: it takes direct requests for bids
+	// paced is the jobs whose direct requests have taken their pacer
+	// token (one a negotiation, however many providers it asks); owned by
+	// the negotiation loop.
+	paced map[gossip.JobID]bool
 
 	lookupMu sync.Mutex           // guards lookups
 	lookups  map[peer.ID]struct{} // peers being looked up in the DHT to send them a message
@@ -90,7 +109,7 @@ type negState struct {
 // starts the negotiation loop.
 func (n *Node) startJobs(ctx context.Context) error {
 	n.in = make(chan negEvent, 1024)
-	n.rfbQueue = gossip.NewRequestQueue(0, 0)
+	n.rfbQueue = gossip.NewRequestQueues(0, 0)
 	n.rfbReady = make(chan struct{}, 1)
 	n.freeMoved = make(chan struct{}, 1)
 	if err := n.openJobs(); err != nil {
@@ -99,8 +118,10 @@ func (n *Node) startJobs(ctx context.Context) error {
 	ps := n.gossip.PubSub()
 	topic := n.gossip.Topic(gossip.RFBTopic)
 	var limits gossip.RFBLimits // the defaults, the same on every peer
-	n.rfbVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: limits})
+	n.rfbVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: gossip.TopicLimits()})
+	n.directVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: limits})
 	n.rfbPace = gossip.NewRFBPacer(limits.Pace())
+	n.topicPace = gossip.NewRFBPacer(gossip.TopicLimits().Pace())
 	// Inline: GossipSub's few validation workers run it in turn, rather
 	// than a goroutine a message. Under a flood, thousands of those queued
 	// on rfbMu, and an honest request waited behind all of them at every hop.
@@ -118,6 +139,7 @@ func (n *Node) startJobs(ctx context.Context) error {
 	}
 	n.rfbTopic, n.rfbSub = t, sub
 	n.host.SetStreamHandler(NegotiateProtocol, n.handleNegotiate)
+	n.host.SetStreamHandler(RFBProtocol, n.handleRFB)
 	n.host.SetStreamHandler(jobwire.Protocol, n.handleJob)
 	n.host.SetStreamHandler(sessionwire.Protocol, n.handleSession)
 	n.jobnet = jobnet.New(n.host, jobnet.Config{Log: n.log})
@@ -126,6 +148,8 @@ func (n *Node) startJobs(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	n.provides.Store(res != nil)
+	n.paced = map[gossip.JobID]bool{}
 	n.wg.Add(4)
 	go n.freeTicks(ctx)
 	go func() { defer n.wg.Done(); n.cleanLeftovers(ctx) }()
@@ -141,6 +165,7 @@ func (n *Node) closeJobs() error {
 	defer n.closeJobStore()
 	if n.host != nil {
 		n.host.RemoveStreamHandler(NegotiateProtocol)
+		n.host.RemoveStreamHandler(RFBProtocol)
 		n.host.RemoveStreamHandler(jobwire.Protocol)
 		n.host.RemoveStreamHandler(sessionwire.Protocol)
 	}
@@ -203,13 +228,23 @@ func (n *Node) prefilterRFB(author, _ peer.ID) bool {
 // pacer allows it (at once, unless this peer has asked more than every
 // validator allows a submitter), or gives up when its deadline comes first.
 func (n *Node) publishRFB(ctx context.Context, rfb *gossip.RequestForBids, data []byte) error {
+	if err := n.pace(ctx, n.topicPace, rfb); err != nil {
+		return err
+	}
+	return n.rfbTopic.Publish(ctx, data)
+}
+
+// pace waits until this peer's pacer lets one of its requests for bids go
+// (at once, unless this peer has asked more than every validator allows
+// a submitter), or fails when the request's deadline comes first.
+func (n *Node) pace(ctx context.Context, pacer *gossip.RFBPacer, rfb *gossip.RequestForBids) error {
 	n.paceMu.Lock()
 	defer n.paceMu.Unlock()
 	deadline := rfb.DeadlineTime()
 	for {
 		now := n.now()
-		at := n.rfbPace.Next(now)
-		if !at.After(now) && n.rfbPace.Take(deadline, now) {
+		at := pacer.Next(now)
+		if !at.After(now) && pacer.Take(deadline, now) {
 			break
 		}
 		if !at.Before(deadline) {
@@ -223,7 +258,7 @@ func (n *Node) publishRFB(ctx context.Context, rfb *gossip.RequestForBids, data 
 			return ctx.Err()
 		}
 	}
-	return n.rfbTopic.Publish(ctx, data)
+	return nil
 }
 
 func (n *Node) readRFBs(ctx context.Context) {
@@ -237,19 +272,89 @@ func (n *Node) readRFBs(ctx context.Context) {
 		if !ok {
 			continue
 		}
-		// Requests wait apart from the direct messages (bids, awards,
-		// answers) and local calls, so a burst of requests never delays
-		// those nor fills their queue.
-		n.rfbQMu.Lock()
-		if n.rfbQueue.Push(*rfb) > 0 {
-			n.log.Debug("requests for bids waiting: one pushed out", "submitter", rfb.Submitter)
-		}
-		n.rfbQMu.Unlock()
-		select {
-		case n.rfbReady <- struct{}{}:
-		default:
-		}
+		n.queueRFB(rfb, false)
 	}
+}
+
+// queueRFB puts an accepted request for bids (from the topic or direct)
+// in the fair queues the loop answers them from (direct ones first). Requests wait apart from
+// the direct messages (bids, awards, answers) and local calls, so a burst
+// of requests never delays those nor fills their queue.
+func (n *Node) queueRFB(rfb *gossip.RequestForBids, direct bool) {
+	n.rfbQMu.Lock()
+	if n.rfbQueue.Push(*rfb, direct) > 0 {
+		n.log.Debug("requests for bids waiting: one pushed out", "submitter", rfb.Submitter)
+	}
+	n.rfbQMu.Unlock()
+	select {
+	case n.rfbReady <- struct{}{}:
+	default:
+	}
+}
+
+// handleRFB takes a request for bids sent to this provider directly. The
+// checks are the topic validator's, cheapest first: a peer that offers no
+// GPUs reads nothing; a submitter over its rate or open requests (a
+// direct request's per-author bounds, gossip.RFBLimits) is refused
+// before its bytes are read or its signature checked; then the size, the
+// signature, that the signer wrote the request and is the peer on the
+// connection (so no one can send another's request, nor replay one it
+// was sent), its deadline, and the count. What passes waits in the fair
+// queue with the topic's requests; the bid goes to the submitter by peer
+// ID, connected or found in the DHT, never to an address someone named.
+func (n *Node) handleRFB(s network.Stream) {
+	from := s.Conn().RemotePeer()
+	if !n.provides.Load() {
+		_ = s.Reset()
+		return
+	}
+	n.rfbMu.Lock()
+	refused := n.directVal.Refuses(from, n.now())
+	n.rfbMu.Unlock()
+	if refused {
+		n.log.Debug("direct request for bids refused: submitter over its rate", "from", from)
+		_ = s.Reset()
+		return
+	}
+	defer s.Close()
+	_ = s.SetReadDeadline(time.Now().Add(sendTimeout))
+	data, err := io.ReadAll(io.LimitReader(s, maxSignedNegotiation+1))
+	if err != nil {
+		_ = s.Reset()
+		return
+	}
+	rfb, err := n.admitDirectRFB(data, from)
+	if err != nil {
+		n.log.Debug("direct request for bids refused", "from", from, "err", err)
+		_ = s.Reset()
+		return
+	}
+	n.queueRFB(rfb, true)
+}
+
+// admitDirectRFB checks a request for bids that from sent this peer
+// directly (see handleRFB) and counts it against its submitter.
+func (n *Node) admitDirectRFB(data []byte, from peer.ID) (*gossip.RequestForBids, error) {
+	msg, err := openNegotiation(data)
+	if err != nil {
+		return nil, err
+	}
+	rfb, ok := msg.(*gossip.RequestForBids)
+	if !ok {
+		return nil, fmt.Errorf("%w: a %T on %s, which carries requests for bids only", gossip.ErrBadNegotiation, msg, RFBProtocol)
+	}
+	if rfb.Submitter != from {
+		// Before it counts: another's request, replayed, must not use up
+		// its submitter's allowance.
+		return nil, fmt.Errorf("%w: written by %s, sent by %s", gossip.ErrForgedRequest, rfb.Submitter, from)
+	}
+	n.rfbMu.Lock()
+	got, v, err := n.directVal.Admit(*rfb, rfb.Submitter, from, n.now())
+	n.rfbMu.Unlock()
+	if v != gossip.Accept {
+		return nil, err
+	}
+	return &got, nil
 }
 
 // deliver hands an event to the loop, or drops it when the node stops.
@@ -332,6 +437,10 @@ func (n *Node) handleNegotiate(s network.Stream) {
 	if err == nil && msg.Author() != s.Conn().RemotePeer() {
 		err = fmt.Errorf("%w: written by %s, sent by %s", gossip.ErrBadNegotiation, msg.Author(), s.Conn().RemotePeer())
 	}
+	if _, ok := msg.(*gossip.RequestForBids); ok && err == nil {
+		// Requests are bounded per author on their own protocol (handleRFB).
+		err = fmt.Errorf("%w: a request for bids on %s; send it on %s", gossip.ErrBadNegotiation, NegotiateProtocol, RFBProtocol)
+	}
 	if err != nil {
 		n.log.Debug("negotiation message refused", "from", s.Conn().RemotePeer(), "err", err)
 		_ = s.Reset()
@@ -389,6 +498,7 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 				// Ended: keep only what answers late acceptances.
 				settled[id] = settledNeg{ng.Settle(), now}
 				delete(negs, id)
+				delete(n.paced, id)
 			case !w.IsZero() && w.Before(next):
 				next = w
 			}
@@ -430,9 +540,9 @@ func (n *Node) handleEvent(ctx context.Context, ev negEvent, negs map[gossip.Job
 		ev.done <- nil
 	case ev.msg != nil:
 		n.stepMessage(ctx, ev.msg, negs, settled, res, now)
-	case ev.expect != nil:
-		if ng, ok := negs[ev.expect.job]; ok {
-			ng.Expect(ev.expect.providers, now)
+	case ev.cands != nil:
+		if ng, ok := negs[ev.cands.job]; ok {
+			ng.Candidates(ev.cands.list, ev.cands.final, now)
 			n.flush(ctx, ng, ng.Ready())
 		}
 	case ev.ended != nil:
@@ -466,13 +576,13 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 			return
 		}
 		// To the submitter by its ID: connected, or found in the DHT.
-		n.send(ctx, m.Submitter, nil, &bid)
+		n.send(ctx, m.Submitter, &bid)
 	case *gossip.Award:
 		if res == nil {
-			n.send(ctx, m.Submitter, nil, &gossip.Refusal{Job: m.Job, Provider: n.id.PeerID, Reason: "this peer offers no GPUs"})
+			n.send(ctx, m.Submitter, &gossip.Refusal{Job: m.Job, Provider: n.id.PeerID, Reason: "this peer offers no GPUs"})
 			return
 		}
-		n.send(ctx, m.Submitter, nil, res.Award(*m, now))
+		n.send(ctx, m.Submitter, res.Award(*m, now))
 	case *gossip.Confirm:
 		if res != nil {
 			if err := res.Confirm(*m, now); err != nil {
@@ -488,7 +598,7 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 		if !ok {
 			if s, ok := settled[msg.JobID()]; ok {
 				if rel := s.s.Step(msg); rel != nil {
-					n.send(ctx, rel.Provider, nil, rel)
+					n.send(ctx, rel.Provider, rel)
 				}
 			}
 			return
@@ -500,8 +610,29 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 	}
 }
 
-// flush acts on what a negotiation says: broadcast, send, record.
+// flush acts on what a negotiation says: ask, broadcast, send, record.
 func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready) {
+	if len(r.Ask) > 0 {
+		rfb := ng.Request()
+		first := !n.paced[rfb.Job]
+		n.paced[rfb.Job] = true
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			// One pacer token a negotiation: each provider is asked once.
+			if first {
+				if err := n.pace(ctx, n.rfbPace, &rfb); err != nil {
+					if ctx.Err() == nil {
+						n.log.Warn("request for bids not sent", "job", rfb.Job, "err", err)
+					}
+					return
+				}
+			}
+			for _, p := range r.Ask {
+				n.sendOn(ctx, RFBProtocol, p, &rfb, true)
+			}
+		}()
+	}
 	if rfb := r.RequestForBids; rfb != nil {
 		data, err := gossip.MarshalNegotiation(rfb)
 		if err == nil {
@@ -516,25 +647,32 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 		}
 	}
 	for i := range r.Awards {
-		n.send(ctx, r.Awards[i].Provider, nil, &r.Awards[i])
+		n.send(ctx, r.Awards[i].Provider, &r.Awards[i])
 	}
 	for i := range r.Confirms {
-		n.send(ctx, r.Confirms[i].Provider, nil, &r.Confirms[i])
+		n.send(ctx, r.Confirms[i].Provider, &r.Confirms[i])
 	}
 	for i := range r.Releases {
-		n.send(ctx, r.Releases[i].Provider, nil, &r.Releases[i])
+		n.send(ctx, r.Releases[i].Provider, &r.Releases[i])
 	}
 	if r.Outcome != nil {
 		n.recordOutcome(ng.Job(), *r.Outcome)
 	}
 }
 
-// send delivers one message to a peer on its own stream, without blocking
-// the loop. It reaches the peer over a connection it has, at addresses this
-// peer knows of it (identify, the DHT), at addrs (a bid's own addresses:
-// its author's word for where it listens), or at the addresses the DHT
-// finds for its ID.
-func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.Message) {
+// send delivers one message to a peer on NegotiateProtocol (see sendOn).
+func (n *Node) send(ctx context.Context, to peer.ID, msg gossip.Message) {
+	n.sendOn(ctx, NegotiateProtocol, to, msg, false)
+}
+
+// sendOn delivers one message to a peer on its own stream of proto,
+// without blocking the loop. It reaches the peer by its ID alone: over a
+// connection it has, at addresses this peer knows of it (identify, the
+// DHT), or at the addresses the DHT finds for it — never at an address a
+// message names, so no message can make this peer dial a third party.
+// own marks this peer's own requests (bounded by its fan-out), which may
+// look their peer up even when maxLookups are under way.
+func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg gossip.Message, own bool) {
 	data, err := n.sealNegotiation(msg)
 	if err != nil {
 		n.log.Warn("negotiation message not sent", "to", to, "err", err)
@@ -550,25 +688,11 @@ func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.
 		defer n.wg.Done()
 		sctx, cancel := context.WithTimeout(ctx, sendTimeout)
 		defer cancel()
-		for _, a := range addrs {
-			if m, err := ma.NewMultiaddr(a); err == nil {
-				n.host.Peerstore().AddAddr(to, m, time.Minute)
-			}
+		if err := n.reachPeer(sctx, to, own); err != nil {
+			n.log.Debug("negotiation message not sent", "to", to, "msg", fmt.Sprintf("%T", msg), "err", err)
+			return
 		}
-		if n.host.Network().Connectedness(to) != network.Connected && len(n.host.Peerstore().Addrs(to)) == 0 {
-			if !n.startLookup(to) {
-				n.log.Debug("negotiation message not sent: peer not connected and lookups busy", "to", to, "msg", fmt.Sprintf("%T", msg))
-				return
-			}
-			ai, err := n.dht.FindPeer(sctx, to)
-			n.endLookup(to)
-			if err != nil {
-				n.log.Debug("negotiation send: peer not found", "to", to, "err", err)
-				return
-			}
-			n.host.Peerstore().AddAddrs(to, ai.Addrs, peerstore.TempAddrTTL)
-		}
-		s, err := n.host.NewStream(sctx, to, NegotiateProtocol)
+		s, err := n.host.NewStream(sctx, to, proto)
 		if err != nil {
 			n.log.Debug("negotiation send", "to", to, "err", err)
 			return
@@ -581,6 +705,28 @@ func (n *Node) send(ctx context.Context, to peer.ID, addrs []string, msg gossip.
 		}
 		_ = s.Close()
 	}()
+}
+
+// reachPeer makes sure this peer can open a stream to p by its ID: it is
+// connected, the peerstore has addresses of it, or the DHT finds them.
+// Unless own, a lookup waits for none: when maxLookups are under way (a
+// flood of strangers' requests) it fails at once.
+func (n *Node) reachPeer(ctx context.Context, p peer.ID, own bool) error {
+	if n.host.Network().Connectedness(p) == network.Connected || len(n.host.Peerstore().Addrs(p)) > 0 {
+		return nil
+	}
+	if !own {
+		if !n.startLookup(p) {
+			return errors.New("not connected, and lookups busy")
+		}
+		defer n.endLookup(p)
+	}
+	ai, err := n.dht.FindPeer(ctx, p)
+	if err != nil {
+		return fmt.Errorf("not found in the DHT: %w", err)
+	}
+	n.host.Peerstore().AddAddrs(p, ai.Addrs, peerstore.TempAddrTTL)
+	return nil
 }
 
 // maxLookups bounds the DHT lookups of peers this peer is not connected to

@@ -41,8 +41,8 @@ func TestRacingAwardsNeverLeaseAGPUTwice(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
-	// At most 3 requests an author: the topic's per-author rate limit is
-	// not what this test is about.
+	// At most 3 requests an author, sent to the provider directly: the
+	// per-author rate limits are not what this test is about.
 	const submitters, bystanders, jobsEach, reused, awards = 16, 3, 3, 9, 1000
 	var subs, bys []*meshtest.Adversary
 	for i := range submitters {
@@ -60,7 +60,7 @@ func TestRacingAwardsNeverLeaseAGPUTwice(t *testing.T) {
 	request := func(a *meshtest.Adversary, id gossip.JobID) {
 		rfb := a.Request(id, "H100-80GB", 8, 2_500_000, "USDC:6")
 		rfb.Deadline = frozen.Add(time.Minute).UnixMilli()
-		if err := a.Publish(ctx, rfb); err != nil {
+		if err := a.Ask(ctx, provID, rfb); err != nil {
 			t.Fatal(err)
 		}
 	}

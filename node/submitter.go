@@ -57,29 +57,84 @@ func (n *Node) negotiate(ctx context.Context, id gossip.JobID, spec jobspec.Spec
 	}
 	now := n.now()
 	rfb := gossip.RequestForBids{Job: id, Submitter: n.id.PeerID, Needs: needs, Deadline: now.Add(negotiateWindow).UnixMilli()}
-	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{Ranking: n.Ranking()}, now)
+	// Direct: the request goes to the providers named below, not to the
+	// whole swarm (gossip/negotiation_direct.go); the topic only when they
+	// are too few or do not answer.
+	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{Ranking: n.Ranking(), Direct: true}, now)
 	if err != nil {
 		return err
 	}
+	// Start fast: the providers the price board knows are asked at once;
+	// the directory's lookup runs meanwhile and names more as it answers.
+	ng.Candidates(n.boardCandidates(needs, now), false, now)
 	select {
 	case n.in <- negEvent{submit: ng}:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	// The directory says how many providers to expect: once they have all
-	// bid the negotiation closes without waiting for its grace. The request
-	// is out already: a lookup slowed by a busy network must not hold it.
 	lctx, done := n.lifeContext()
 	if lctx == nil {
 		return nil
 	}
 	go func() {
 		defer done()
-		if found, err := n.directoryFor(lctx, needs); err == nil && found.Providers > 0 {
-			n.deliver(lctx, negEvent{expect: &expectCount{job: id, providers: found.Providers}})
+		found, err := n.directoryFor(lctx, needs)
+		if err != nil {
+			n.log.Debug("directory lookup for a request for bids", "job", id, "err", err)
 		}
+		// A failed lookup names nobody: the negotiation then asks the topic.
+		n.deliver(lctx, negEvent{cands: &candidates{job: id, list: matchCandidates(found, needs), final: true}})
 	}()
 	return nil
+}
+
+// maxBoardCandidates bounds the providers taken from the price board for
+// one request.
+const maxBoardCandidates = 64
+
+// boardCandidates is the providers the price board has live asks of, with
+// GPUs free, of a class that may meet needs (the class asked for, or any
+// class of its model: their bids say whether the memory suffices).
+func (n *Node) boardCandidates(needs gossip.Needs, now time.Time) []gossip.Candidate {
+	match := func(class string) bool {
+		if needs.Class != "" {
+			return strings.EqualFold(class, needs.Class)
+		}
+		m, _, _ := strings.Cut(class, "-")
+		return strings.EqualFold(m, needs.Model)
+	}
+	n.priceMu.Lock()
+	ticks := n.board.Sellers(match, maxBoardCandidates, now)
+	n.priceMu.Unlock()
+	out := make([]gossip.Candidate, 0, len(ticks))
+	for _, t := range ticks {
+		price := t.Ask
+		if t.Unit.String() != needs.Unit {
+			price = 0 // not comparable: its bid will say
+		}
+		out = append(out, gossip.Candidate{Provider: t.Provider, GPUs: t.Available, Price: price})
+	}
+	return out
+}
+
+// matchCandidates is the providers a directory search found, with what
+// their offers list of classes that meet needs.
+func matchCandidates(found dht.FindResult, needs gossip.Needs) []gossip.Candidate {
+	var out []gossip.Candidate
+	for _, m := range found.Matches {
+		if m.Offer == nil || m.GPU.Available == 0 {
+			continue
+		}
+		if needs.Class != "" && !strings.EqualFold(m.GPU.Class, needs.Class) {
+			continue
+		}
+		price := m.GPU.Price
+		if m.Offer.Token != needs.Unit {
+			price = 0
+		}
+		out = append(out, gossip.Candidate{Provider: m.Offer.Provider, GPUs: uint32(min(m.GPU.Available, gossip.MaxJobGPUs)), Price: price})
+	}
+	return out
 }
 
 // retryJob negotiates a new cluster for a job that lost a member.
@@ -217,7 +272,7 @@ func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
 			// Cancelled while its try formed: the members let go now,
 			// not when their reservations lapse.
 			for _, m := range o.Members {
-				n.send(ctx, m.Provider, m.Addrs, &gossip.Release{Job: id, From: n.id.PeerID, Provider: m.Provider, Reason: "the job was cancelled"})
+				n.send(ctx, m.Provider, &gossip.Release{Job: id, From: n.id.PeerID, Provider: m.Provider, Reason: "the job was cancelled"})
 			}
 			done()
 		}

@@ -24,7 +24,6 @@ import (
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/libp2p/go-libp2p/core/peer"
-	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 )
 
@@ -281,7 +280,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 				// member that never ran is told to.
 				for _, r := range d.Release {
 					m := members[r]
-					n.send(context.WithoutCancel(ctx), m.Provider, m.Addrs, &gossip.Release{Job: jobID(id), From: n.id.PeerID, Provider: m.Provider, Reason: "the job ended"})
+					n.send(context.WithoutCancel(ctx), m.Provider, &gossip.Release{Job: jobID(id), From: n.id.PeerID, Provider: m.Provider, Reason: "the job ended"})
 				}
 				switch d.State {
 				case attempt.StateRetry:
@@ -465,13 +464,12 @@ func (n *Node) openMember(ctx context.Context, m gossip.Member) (*memberConn, er
 		go n.serveMember(b, n.id.PeerID)
 		return &memberConn{rw: a, fw: jobwire.NewWriter(a), ip: "127.0.0.1"}, nil
 	}
-	for _, s := range m.Addrs {
-		if a, err := ma.NewMultiaddr(s); err == nil {
-			n.host.Peerstore().AddAddr(m.Provider, a, time.Hour)
-		}
-	}
 	sctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
+	// By its ID: the addresses in its bid are its own word, never dialed.
+	if err := n.reachPeer(sctx, m.Provider, true); err != nil {
+		return nil, err
+	}
 	s, err := n.host.NewStream(sctx, m.Provider, jobwire.Protocol)
 	if err != nil {
 		return nil, err

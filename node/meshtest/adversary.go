@@ -183,6 +183,32 @@ func (a *Adversary) SendRaw(ctx context.Context, to peer.ID, data []byte) error 
 	return s.Close()
 }
 
+// Ask signs a request for bids with this peer's key and sends it to
+// provider to directly, on the request protocol, as a submitter asks the
+// providers the directory names.
+func (a *Adversary) Ask(ctx context.Context, to peer.ID, rfb *gossip.RequestForBids) error {
+	data, err := node.SealNegotiation(a.ID, rfb)
+	if err != nil {
+		return err
+	}
+	return a.AskRaw(ctx, to, data)
+}
+
+// AskRaw sends bytes as one direct request for bids (a forged, replayed
+// or oversized one, say). It reports an error when the provider resets
+// the stream before the bytes are written.
+func (a *Adversary) AskRaw(ctx context.Context, to peer.ID, data []byte) error {
+	s, err := a.Host.NewStream(ctx, to, node.RFBProtocol)
+	if err != nil {
+		return err
+	}
+	if _, err := s.Write(data); err != nil {
+		_ = s.Reset()
+		return err
+	}
+	return s.Close()
+}
+
 // Received waits until a negotiation message that match accepts has
 // arrived, and returns it.
 func (a *Adversary) Received(ctx context.Context, match func(gossip.Message) bool) (gossip.Message, error) {
@@ -250,12 +276,12 @@ func (a *Adversary) Request(job gossip.JobID, class string, gpus uint32, maxPric
 	}
 }
 
-// Reserve does by hand what an honest submitter does: it asks for bids
-// for gpus GPUs of class, awards provider's bid and confirms the
+// Reserve does by hand what an honest submitter does: it asks provider
+// directly for bids for gpus GPUs of class, awards its bid and confirms the
 // acceptance. It returns the job and the bid: provider now holds a
 // confirmed reservation of this peer's, and nothing has started.
 func (a *Adversary) Reserve(ctx context.Context, provider peer.ID, job gossip.JobID, class string, gpus uint32, maxPrice uint64, unit string) (gossip.Bid, error) {
-	if err := a.Publish(ctx, a.Request(job, class, gpus, maxPrice, unit)); err != nil {
+	if err := a.Ask(ctx, provider, a.Request(job, class, gpus, maxPrice, unit)); err != nil {
 		return gossip.Bid{}, err
 	}
 	m, err := a.Received(ctx, func(m gossip.Message) bool {

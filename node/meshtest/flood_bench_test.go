@@ -39,7 +39,9 @@ import (
 // been tried; the no-flood baseline runs first on the same mesh. It
 // reports formation p50/p99 of the jobs that formed and p99 over the
 // baseline's, the jobs that failed to form, the flood's sending time, and
-// the bids providers sent the flooders per flood.
+// the bids providers sent the flooders per flood. The direct- floods send
+// the same requests to the providers themselves (RFBProtocol, round
+// robin), as a flooder that reads the directory would.
 func BenchmarkFormationUnderFlood(b *testing.B) {
 	m := meshtest.Start(b, 50, meshtest.Options{Seed: 50, Private: true, Providers: 10, Executors: []string{"process"}, Config: func(i int, c *node.Config) {
 		if i < 10 {
@@ -56,10 +58,13 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 	for _, fl := range []struct {
 		name            string
 		identities, per int
+		direct          bool
 	}{
-		{"none", 0, 0},
-		{"one-identity", 1, 10_000},
-		{"100-identities", 100, 100},
+		{"none", 0, 0, false},
+		{"one-identity", 1, 10_000, false},
+		{"100-identities", 100, 100, false},
+		{"direct-one-identity", 1, 10_000, true},
+		{"direct-100-identities", 100, 100, true},
 	} {
 		b.Run("flood="+fl.name, func(b *testing.B) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -72,6 +77,7 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 			for range b.N {
 				b.StopTimer()
 				f := newFlood(b, ctx, m, fl.identities, &flooders)
+				f.direct = fl.direct
 				b.StartTimer()
 				sent := f.start(ctx, fl.per)
 				for i := 0; ; i++ {
@@ -167,7 +173,10 @@ func formOne(b *testing.B, ctx context.Context, m *meshtest.Mesh, nd *node.Node,
 // libp2p host with a stock GossipSub router on the request-for-bids topic.
 type flood struct {
 	hosts  []host.Host
+	keys   []crypto.PrivKey
 	topics []*pubsub.Topic
+	direct bool      // send to providers on RFBProtocol, not on the topic
+	provs  []peer.ID // the mesh's providers
 	cancel context.CancelFunc
 	bids   atomic.Int64 // bids the providers sent the flooders
 	took   time.Duration
@@ -179,6 +188,9 @@ func newFlood(b *testing.B, ctx context.Context, m *meshtest.Mesh, n int, made *
 	b.Helper()
 	fctx, cancel := context.WithCancel(ctx)
 	f := &flood{cancel: cancel}
+	for _, nd := range m.Nodes[:10] {
+		f.provs = append(f.provs, nd.Host().ID())
+	}
 	topic := gossip.TopicName(meshtest.SwarmOf(50).ID(), gossip.RFBTopic) // the mesh's swarm (Seed 50)
 	for range n {
 		k := made.Add(1)
@@ -214,13 +226,16 @@ func newFlood(b *testing.B, ctx context.Context, m *meshtest.Mesh, n int, made *
 				b.Fatal(err)
 			}
 		}
+		for _, nd := range m.Nodes[:10] {
+			h.Peerstore().AddAddrs(nd.Host().ID(), nd.Host().Addrs(), time.Hour)
+		}
 		for j := range 4 {
 			nd := m.Nodes[(int(k)*7+j*13)%len(m.Nodes)]
 			if err := h.Connect(ctx, peer.AddrInfo{ID: nd.Host().ID(), Addrs: nd.Host().Addrs()}); err != nil {
 				b.Fatal(err)
 			}
 		}
-		f.hosts, f.topics = append(f.hosts, h), append(f.topics, t)
+		f.hosts, f.keys, f.topics = append(f.hosts, h), append(f.keys, sk), append(f.topics, t)
 	}
 	testwait.Until(b, ctx, "every flooder to have a peer on the request topic", func() (bool, string) {
 		for i, t := range f.topics {
@@ -249,6 +264,19 @@ func (f *flood) start(ctx context.Context, per int) <-chan struct{} {
 					GPUs: 8, Model: "H100", Placement: gossip.Spread, MaxPrice: 2_500_000, Unit: "USDC:6", LeaseSeconds: 3600}}
 				_, _ = rand.Read(rfb.Job[:8])
 				rfb.Job[8], rfb.Job[9] = byte(n>>8), byte(n)
+				if f.direct {
+					data, err := node.SealNegotiation(node.Identity{Key: f.keys[i], PeerID: id}, &rfb)
+					if err != nil {
+						panic(err) // a request made here always encodes
+					}
+					if s, err := f.hosts[i].NewStream(ctx, f.provs[n%len(f.provs)], node.RFBProtocol); err == nil {
+						_, _ = s.Write(data)
+						_ = s.Close()
+					} else if ctx.Err() != nil {
+						return
+					}
+					continue
+				}
 				data, err := gossip.MarshalNegotiation(&rfb)
 				if err != nil {
 					panic(err) // a request made here always encodes
