@@ -229,6 +229,23 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	if ckMount != nil {
 		inputs = append(inputs, *ckMount)
 	}
+	// An image on the mesh: fetched, checked and loaded before the work
+	// starts (images.go); its report goes to the submitter.
+	image := st.Spec.Image
+	if d, ok := ex.(*exec.Docker); ok && st.Spec.ImageCID != "" {
+		note := func(msg string) { _, _ = jobwire.NewLogWriter(fw, "err").Write([]byte("gpumesh: " + msg + "\n")) }
+		ref, rep, err := n.placeImage(ctx, st.Spec, d, startBy, note)
+		n.log.Info("job image placed", "job", st.Job, "rank", st.Rank, "image", st.Spec.Image, "source", rep.Source, "moved", rep.Moved, "from", rep.From, "err", err)
+		if err != nil {
+			fail("%v", err)
+			return
+		}
+		image = ref
+		note(rep.String())
+		if fw.Write(jobwire.Frame{T: jobwire.KindImage, Image: rep.wire()}) != nil {
+			return
+		}
+	}
 
 	env := map[string]string{}
 	for k, v := range st.Spec.Env {
@@ -376,7 +393,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	res, runErr := ex.Run(runCtx, exec.Task{
 		Name:    task,
 		Owner:   n.id.PeerID.String(),
-		Image:   st.Spec.Image,
+		Image:   image,
 		Command: exec.LaunchCommand(st.Spec.Launcher, st.Rank, st.Spec.Argv()), // keepAlive: an idle shell
 		Env:     env,
 		GPUs:    uuids,
@@ -614,7 +631,7 @@ func (n *Node) dockerExecutor(ctx context.Context) (exec.Executor, error) {
 			return nil, fmt.Errorf("state folder: %w", err)
 		}
 		d, err := exec.NewDockerWith(ctx, exec.DockerConfig{
-			PullTimeout: n.cfg.PullTimeout, PullMaxBytes: n.cfg.PullMax, Log: n.log,
+			PullTimeout: n.cfg.PullTimeout, PullMaxBytes: n.cfg.PullMax, Log: n.log, Host: n.cfg.DockerHost,
 			Cache: &exec.ImageCache{Path: filepath.Join(state, "images.json"), MaxBytes: n.cfg.ImageCache, Log: n.log},
 		})
 		if err != nil {
