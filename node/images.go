@@ -379,19 +379,25 @@ func (n *Node) placeImage(ctx context.Context, spec jobspec.Spec, d *exec.Docker
 	// checked against its digest on the way; the manifest that makes it
 	// an image goes last, so a mismatch loads nothing.
 	pr, pw := io.Pipe()
+	werr := make(chan error, 1)
 	go func() {
-		pw.CloseWithError(images.WriteLoad(pw, m, tag, func(b images.Blob) (io.ReadCloser, error) {
+		err := images.WriteLoad(pw, m, tag, func(b images.Blob) (io.ReadCloser, error) {
 			c, err := images.ParseCID(b.CID)
 			if err != nil {
 				return nil, err
 			}
 			return n.content.Open(ctx, c)
-		}))
+		})
+		pw.CloseWithError(err)
+		werr <- err
 	}()
 	lerr := d.LoadImage(ctx, pr)
-	pr.CloseWithError(errors.New("load ended"))
-	if lerr != nil {
+	pr.CloseWithError(errors.New("the engine stopped reading"))
+	if err := <-werr; err != nil {
 		// The stream's own error says more than the engine's.
+		return fail("%v", err)
+	}
+	if lerr != nil {
 		return fail("%v", lerr)
 	}
 	id, _, ok, err := d.ImageID(ctx, tag)

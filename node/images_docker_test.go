@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,8 +14,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/client"
+	"github.com/ipfs/go-cid"
+
+	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/internal/testdocker"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/images"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 )
@@ -90,7 +97,6 @@ func TestImageOnlyOnTheSubmitterRunsOnProviders(t *testing.T) {
 		if len(j.Runs) != 1 || j.Runs[0].Image == nil {
 			t.Fatalf("runs %+v: want one, with an image report", j.Runs)
 		}
-		t.Logf("log:\n%s", log)
 		return j, j.Runs[0].Image
 	}
 
@@ -107,6 +113,17 @@ func TestImageOnlyOnTheSubmitterRunsOnProviders(t *testing.T) {
 		t.Fatalf("job 2's image: %+v, want on the provider already, 0 bytes moved", r2)
 	}
 
+	// A manifest whose layer CID is not its digest's bytes (the config's
+	// blob in the top layer's place) loads nothing.
+	forged := forgeManifest(t, ctx, sub, sub2, j1.Spec.ImageCID)
+	jf := runToEnd(t, ctx, sub2, imageSpec(t, tag, "A100", "imageCid: "+forged+"\n"))
+	if jf.State != node.JobFailed || !strings.Contains(jf.Reason, "manifest is wrong") {
+		t.Fatalf("job of a forged manifest: %s (%s), want failed saying the manifest is wrong", jf.State, jf.Reason)
+	}
+	if ims := engineImages(t, engines[1]); len(ims) != 0 {
+		t.Fatalf("provider 1's engine holds %v after a refused image, want nothing", ims)
+	}
+
 	// A submitter that has none of the image names it by its CID: the
 	// third provider gets it from the first.
 	spec3 := imageSpec(t, tag, "A100", "imageCid: "+j1.Spec.ImageCID+"\n")
@@ -114,8 +131,114 @@ func TestImageOnlyOnTheSubmitterRunsOnProviders(t *testing.T) {
 	if j3.Runs[0].Provider != p1.Host().ID() {
 		t.Fatalf("job 3 ran on %s, want provider 1", j3.Runs[0].Provider)
 	}
-	if r3.Source != node.ImageFromMesh || r3.Moved < r3.Bytes || len(r3.From) != 1 || r3.From[0] != p0.Host().ID().String() {
-		t.Fatalf("job 3's image: %+v, want over the mesh, all of it from provider 0 %s", r3, p0.Host().ID())
+	// (The refused job left the blobs it fetched in provider 1's cache:
+	// only the rest moves now.)
+	if r3.Source != node.ImageFromMesh || r3.Moved == 0 || len(r3.From) != 1 || r3.From[0] != p0.Host().ID().String() {
+		t.Fatalf("job 3's image: %+v, want over the mesh, from provider 0 %s only", r3, p0.Host().ID())
+	}
+}
+
+// forgeManifest adds to by's store a copy of the manifest root (from
+// from's store) whose top layer names the config's blob.
+func forgeManifest(t *testing.T, ctx context.Context, from, by *node.Node, root string) string {
+	t.Helper()
+	c, err := cid.Decode(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := from.Content().Open(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(r)
+	r.Close()
+	m, err := images.Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Layers[len(m.Layers)-1].CID = m.Config.CID
+	enc, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "manifest.json")
+	if err := os.WriteFile(path, enc, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	added, err := by.Content().Add(ctx, path, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return added.CID.String()
+}
+
+// engineImages is the images of the engine at host.
+func engineImages(t *testing.T, host string) []string {
+	t.Helper()
+	cli, err := client.NewClientWithOpts(client.WithHost(host), client.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	list, err := cli.ImageList(context.Background(), image.ListOptions{All: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, im := range list {
+		out = append(out, fmt.Sprintf("%s %v", im.ID, im.RepoTags))
+	}
+	return out
+}
+
+// A hostile peer that says it has every block and sends wrong bytes for
+// each is refused block by block: the provider gets the image from the
+// submitter all the same, and runs it.
+func TestImageBlocksFromAHostilePeerAreRefused(t *testing.T) {
+	tag, sum := submitterImage(t, 2<<20+999)
+	eng := testdocker.Engine(t)
+	m := meshtest.Start(t, 2, meshtest.Options{Seed: 163, Providers: 1, Price: "fixed:2.10", Config: func(i int, c *node.Config) {
+		if i == 0 {
+			c.DockerHost = eng
+		}
+	}})
+	bad := m.AddAdversary(t, 0).ServeWrongBlocks(dht.ProtocolPrefix(""))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sub := m.Nodes[1]
+	j := runToEnd(t, ctx, sub, imageSpec(t, tag, "H100", ""))
+	log := jobLog(t, sub, j.ID)
+	if j.State != node.JobDone || !strings.Contains(log, sum) {
+		t.Fatalf("job %s (%s), want done with the file's sum %s:\n%s", j.State, j.Reason, sum, log)
+	}
+	r := j.Runs[0].Image
+	if r == nil || r.Source != node.ImageFromMesh || len(r.From) != 1 || r.From[0] != sub.Host().ID().String() {
+		t.Fatalf("image report %+v, want all of it from the submitter", r)
+	}
+	if bad.Asks.Load() == 0 {
+		t.Fatal("the hostile peer was never asked for a block: the test tested nothing")
+	}
+	t.Logf("the hostile peer was sent %d wants and forged %d blocks; the fetch took %d ms", bad.Asks.Load(), bad.Sent.Load(), r.Millis)
+}
+
+// A provider whose content cache cannot hold the image says so, and its
+// engine gets nothing.
+func TestImageTooBigForTheProviderFailsClearly(t *testing.T) {
+	tag, _ := submitterImage(t, 3<<20)
+	eng := testdocker.Engine(t)
+	m := meshtest.Start(t, 2, meshtest.Options{Seed: 164, Providers: 1, Price: "fixed:2.10", Config: func(i int, c *node.Config) {
+		if i == 0 {
+			c.DockerHost, c.ContentCache = eng, 2<<20
+		}
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	j := runToEnd(t, ctx, m.Nodes[1], imageSpec(t, tag, "H100", ""))
+	if j.State != node.JobFailed || !strings.Contains(j.Reason, "--content-cache") {
+		t.Fatalf("job %s (%s), want failed naming --content-cache", j.State, j.Reason)
+	}
+	if ims := engineImages(t, eng); len(ims) != 0 {
+		t.Fatalf("the provider's engine holds %v, want nothing", ims)
 	}
 }
 
