@@ -1,12 +1,15 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -103,45 +106,69 @@ func (n *Node) addImage(ctx context.Context, spec *jobspec.Spec, progress conten
 	if spec.Image == "" || spec.ImageCID != "" || spec.ImageFrom == jobspec.ImageFromRegistry {
 		return nil
 	}
-	must := spec.ImageFrom == jobspec.ImageFromSubmitter
+	added, err := n.AddImage(ctx, spec.Image, spec.ImageFrom, progress)
+	if err != nil {
+		return err
+	}
+	spec.ImageCID = added.CID
+	return nil
+}
+
+// ImageAdded is an image this peer put on the mesh: its manifest's CID
+// ("" where the engine has no such image and the registry is left to
+// provide it), its bytes and layers.
+type ImageAdded struct {
+	CID    string `json:"cid,omitempty"`
+	Bytes  int64  `json:"bytes,omitempty"`
+	Layers int    `json:"layers,omitempty"`
+}
+
+// AddImage puts the image ref of this peer's Docker engine on the mesh
+// (content store; announced to no one, granted to a job's providers), as
+// a job's spec names it with from (jobspec.ImageFrom*): "" or
+// "submitter". With "", an image the engine lacks (or no engine) is not
+// an error: the answer has no CID and providers pull from a registry.
+func (n *Node) AddImage(ctx context.Context, ref, from string, progress content.Progress) (ImageAdded, error) {
+	must := from == jobspec.ImageFromSubmitter
 	d, err := n.imageEngine(ctx)
 	if err != nil {
 		if must {
-			return fmt.Errorf("%w: image %s: imageFrom: submitter, but this peer has no Docker engine to send it from (%v); start one, or leave imageFrom out so providers pull it from a registry", ErrBadInput, spec.Image, err)
+			return ImageAdded{}, fmt.Errorf("%w: image %s: imageFrom: submitter, but this peer has no Docker engine to send it from (%v); start one, or leave imageFrom out so providers pull it from a registry", ErrBadInput, ref, err)
 		}
-		return nil
+		return ImageAdded{}, nil
 	}
-	id, _, ok, err := d.ImageID(ctx, spec.Image)
+	id, _, ok, err := d.ImageID(ctx, ref)
 	switch {
 	case err != nil && must:
-		return fmt.Errorf("%w: image %s: %v", ErrBadInput, spec.Image, err)
+		return ImageAdded{}, fmt.Errorf("%w: image %s: %v", ErrBadInput, ref, err)
 	case err != nil || !ok:
 		if must {
-			return fmt.Errorf("%w: image %s is not in this peer's Docker engine (see `docker images`): build or pull it here first, or leave imageFrom out so providers pull it from a registry", ErrBadInput, spec.Image)
+			return ImageAdded{}, fmt.Errorf("%w: image %s is not in this peer's Docker engine (see `docker images`): build or pull it here first, or leave imageFrom out so providers pull it from a registry", ErrBadInput, ref)
 		}
-		return nil
+		return ImageAdded{}, nil
 	}
-	root, err := n.exportImage(ctx, d, spec.Image, id, progress)
+	root, m, err := n.exportImage(ctx, d, ref, id, progress)
 	if err != nil {
-		return fmt.Errorf("%w: image %s: %v", ErrBadInput, spec.Image, err)
+		return ImageAdded{}, fmt.Errorf("%w: image %s: %v", ErrBadInput, ref, err)
 	}
-	spec.ImageCID = root.String()
-	return nil
+	return ImageAdded{CID: root.String(), Bytes: m.Bytes(), Layers: len(m.Layers)}, nil
 }
 
 // exportImage adds the image ref (the engine's id) to the content store:
 // its config and layers as they are in `docker save`, each digest
 // checked, and a manifest naming them. Its CID is the image on the mesh.
-func (n *Node) exportImage(ctx context.Context, d *exec.Docker, ref, id string, progress content.Progress) (cid.Cid, error) {
+func (n *Node) exportImage(ctx context.Context, d *exec.Docker, ref, id string, progress content.Progress) (cid.Cid, *images.Manifest, error) {
 	n.exported.mu.Lock()
 	had, ok := n.exported.ids[id]
 	n.exported.mu.Unlock()
-	if ok && n.content.Grant(ctx, had) == nil { // still whole in the store
-		return had, nil
+	if ok { // the manifest still in the store: its blobs are too, unless the store's cap evicted them
+		if m, err := n.readManifest(ctx, had); err == nil {
+			return had, m, nil
+		}
 	}
 	dir, err := n.imageTempDir()
 	if err != nil {
-		return cid.Undef, err
+		return cid.Undef, nil, err
 	}
 	defer os.RemoveAll(dir)
 	pr, pw := io.Pipe()
@@ -149,7 +176,7 @@ func (n *Node) exportImage(ctx context.Context, d *exec.Docker, ref, id string, 
 	saved, err := images.Export(pr, filepath.Join(dir, "saved"), n.imageMax())
 	pr.CloseWithError(errors.New("export read"))
 	if err != nil {
-		return cid.Undef, err
+		return cid.Undef, nil, err
 	}
 	var total, done int64
 	for _, f := range append([]images.File{saved.Config}, saved.Layers...) {
@@ -170,14 +197,14 @@ func (n *Node) exportImage(ctx context.Context, d *exec.Docker, ref, id string, 
 	}
 	m := &images.Manifest{V: images.Version, Ref: ref}
 	if m.Config, err = add(saved.Config); err != nil {
-		return cid.Undef, err
+		return cid.Undef, nil, err
 	}
 	cache := map[string]images.Blob{}
 	for _, l := range saved.Layers {
 		b, ok := cache[l.Digest]
 		if !ok {
 			if b, err = add(l); err != nil {
-				return cid.Undef, err
+				return cid.Undef, nil, err
 			}
 			cache[l.Digest] = b
 		}
@@ -185,15 +212,15 @@ func (n *Node) exportImage(ctx context.Context, d *exec.Docker, ref, id string, 
 	}
 	mb, err := m.Encode()
 	if err != nil {
-		return cid.Undef, err
+		return cid.Undef, nil, err
 	}
 	mp := filepath.Join(dir, "manifest.json")
 	if err := os.WriteFile(mp, mb, 0o600); err != nil {
-		return cid.Undef, err
+		return cid.Undef, nil, err
 	}
 	root, err := n.content.Add(ctx, mp, 0, nil)
 	if err != nil {
-		return cid.Undef, err
+		return cid.Undef, nil, err
 	}
 	n.exported.mu.Lock()
 	if n.exported.ids == nil {
@@ -202,7 +229,7 @@ func (n *Node) exportImage(ctx context.Context, d *exec.Docker, ref, id string, 
 	n.exported.ids[id] = root.CID
 	n.exported.mu.Unlock()
 	n.log.Info("image added for the mesh", "image", ref, "id", id, "cid", root.CID, "bytes", m.Bytes(), "layers", len(m.Layers))
-	return root.CID, nil
+	return root.CID, m, nil
 }
 
 // readManifest reads the image manifest root from the store (fetched or
@@ -516,4 +543,94 @@ func (r ImageReport) wire() *jobwire.ImageFrame {
 
 func imageReportOf(image string, f *jobwire.ImageFrame) *ImageReport {
 	return &ImageReport{Image: image, Source: text.ClipRaw(f.Source), Bytes: f.Bytes, Moved: f.Moved, From: f.From, Millis: f.Millis}
+}
+
+// ImageRequest asks the node to put an image of its engine on the mesh
+// (POST /v0/images).
+type ImageRequest struct {
+	Image string `json:"image"`
+	From  string `json:"from,omitempty"` // the spec's imageFrom: "" or "submitter"
+}
+
+// ImageProgress is one line of the answer to an ImageRequest: bytes added
+// so far of a total, then a last line with Done set and the image added
+// (no CID: the engine has no such image, and the registry is left to
+// provide it), or the error.
+type ImageProgress struct {
+	Added int64       `json:"added"`
+	Total int64       `json:"total"`
+	Done  bool        `json:"done,omitempty"`
+	Image *ImageAdded `json:"image,omitempty"`
+	Error string      `json:"error,omitempty"`
+}
+
+func (n *Node) serveAddImage(w http.ResponseWriter, r *http.Request) {
+	var req ImageRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 8<<10)).Decode(&req); err != nil || req.Image == "" {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("want {\"image\": \"name:tag\", \"from\": \"\" or \"submitter\"}: %v", err))
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	flush := func() {
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+	}
+	var last time.Time
+	added, err := n.AddImage(r.Context(), req.Image, req.From, func(done, total int64) {
+		if now := time.Now(); now.Sub(last) >= progressEvery {
+			last = now
+			_ = enc.Encode(ImageProgress{Added: done, Total: total})
+			flush()
+		}
+	})
+	if err != nil {
+		_ = enc.Encode(ImageProgress{Done: true, Error: err.Error()})
+		return
+	}
+	_ = enc.Encode(ImageProgress{Added: added.Bytes, Total: added.Bytes, Done: true, Image: &added})
+}
+
+// AddImage has the node put image (a name its Docker engine knows) on the
+// mesh (POST /v0/images), as a submit of a spec with that image and
+// imageFrom from would; progress, if set, is told each report. The
+// answer's CID is "" where the engine has no such image and from allows
+// a registry.
+func (c *Client) AddImage(ctx context.Context, image, from string, progress func(ImageProgress)) (ImageAdded, error) {
+	apiPathOf, err := apiPath(routeImages)
+	if err != nil {
+		return ImageAdded{}, err
+	}
+	body, err := json.Marshal(ImageRequest{Image: image, From: from})
+	if err != nil {
+		return ImageAdded{}, err
+	}
+	resp, err := c.do(ctx, c.streaming, http.MethodPost, apiPathOf, nil, bytes.NewReader(body))
+	if err != nil {
+		return ImageAdded{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		answer, _ := io.ReadAll(io.LimitReader(resp.Body, maxAPIResponse))
+		return ImageAdded{}, apiStatusError(resp, answer)
+	}
+	dec := json.NewDecoder(io.LimitReader(resp.Body, maxAPIResponse))
+	for {
+		var p ImageProgress
+		if err := dec.Decode(&p); err != nil {
+			return ImageAdded{}, fmt.Errorf("local API: adding image %s: the node's answer ended early: %w", image, err)
+		}
+		switch {
+		case p.Error != "":
+			return ImageAdded{}, errors.New(p.Error)
+		case p.Done:
+			if p.Image == nil {
+				return ImageAdded{}, nil
+			}
+			return *p.Image, nil
+		case progress != nil:
+			progress(p)
+		}
+	}
 }

@@ -257,3 +257,50 @@ func TestImageTheSubmitterLacksIsRefusedAtSubmit(t *testing.T) {
 		t.Fatalf("jobs %+v, want none recorded", jobs)
 	}
 }
+
+// The local API puts an image of the node's engine on the mesh, once a
+// content: a second add of the same image is the same CID. An image the
+// engine lacks is left to a registry, or refused where the submitter
+// must have it.
+func TestImageAddedOverTheLocalAPI(t *testing.T) {
+	tag, _ := submitterImage(t, 1<<20)
+	dir, err := os.MkdirTemp("", "gm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	nd, err := node.New(node.Config{DataDir: dir, Listen: []string{"/ip4/127.0.0.1/tcp/0"}, NoMDNS: true, NoNAT: true, GPUs: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := nd.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer nd.Close()
+	cl, err := node.NewClient(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last node.ImageProgress
+	added, err := cl.AddImage(ctx, tag, "", func(p node.ImageProgress) { last = p })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if added.CID == "" || added.Layers != 2 || added.Bytes < 1<<20 || last.Added > last.Total {
+		t.Fatalf("added %+v (last progress %+v), want a CID, 2 layers, over 1 MiB", added, last)
+	}
+	again, err := cl.AddImage(ctx, tag, jobspec.ImageFromSubmitter, nil)
+	if err != nil || again != added {
+		t.Fatalf("second add: %+v, %v; want %+v", again, err, added)
+	}
+	none, err := cl.AddImage(ctx, "gpumesh-imgtest:not-here", "", nil)
+	if err != nil || none.CID != "" {
+		t.Fatalf("an image the engine lacks: %+v, %v; want no CID, no error", none, err)
+	}
+	_, err = cl.AddImage(ctx, "gpumesh-imgtest:not-here", jobspec.ImageFromSubmitter, nil)
+	if err == nil || !strings.Contains(err.Error(), "not in this peer's Docker engine") {
+		t.Fatalf("imageFrom submitter, an image the engine lacks: %v, want refused", err)
+	}
+}

@@ -241,7 +241,9 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			return
 		}
 		image = ref
-		note(rep.String())
+		if rep.Source == ImageFromMesh {
+			note(rep.String())
+		}
 		if fw.Write(jobwire.Frame{T: jobwire.KindImage, Image: rep.wire()}) != nil {
 			return
 		}
