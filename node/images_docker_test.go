@@ -29,7 +29,7 @@ import (
 // submitterImage builds an image that only the default engine (the
 // submitters') has: the test image and a file of size random bytes, under
 // a tag of its own. It returns the tag and the file's SHA-256.
-func submitterImage(t *testing.T, size int) (tag, sum string) {
+func submitterImage(t testing.TB, size int) (tag, sum string) {
 	t.Helper()
 	base := testdocker.EnsureImage(t)
 	dir := t.TempDir()
@@ -55,7 +55,7 @@ func submitterImage(t *testing.T, size int) (tag, sum string) {
 	return tag, hex.EncodeToString(s[:])
 }
 
-func imageSpec(t *testing.T, image, model, extra string) jobspec.Spec {
+func imageSpec(t testing.TB, image, model, extra string) jobspec.Spec {
 	t.Helper()
 	y := fmt.Sprintf("name: mesh-image\nimage: %s\ncommand: [sha256sum, /blob]\nresources:\n  gpus: 1\n  gpu: {model: %s}\nmaxPrice: 2.50\ntimeout: 5m\n%s", image, model, extra)
 	spec, err := jobspec.Parse([]byte(y), "yaml")
