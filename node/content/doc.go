@@ -26,8 +26,9 @@
 // checkpoint) to its members' providers and member 0's checkpoints to the
 // submitter, before they are told the CIDs (a peer told DONT_HAVE keeps
 // its want outstanding, and does not ask again at once). A provider
-// grants nothing of its cache: sharing cached blocks between providers
-// (image layers) is for a later change. A private swarm keeps the rule.
+// grants nothing of its cache of inputs. Share opens a root to every peer
+// of the swarm: a provider shares the blobs of the container images it
+// ran (node/images.go says why). A private swarm keeps the rule.
 //
 // Bounds against strangers: a peer granted blocks is served within
 // bitswap's per-peer queue (1,024 wants, 4 MiB of blocks at once);
