@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/docker/docker/api/types/image"
-	"github.com/docker/docker/client"
 	"github.com/ipfs/go-cid"
 
 	"github.com/gpumesh/gpumesh/dht"
@@ -120,7 +118,7 @@ func TestImageOnlyOnTheSubmitterRunsOnProviders(t *testing.T) {
 	if jf.State != node.JobFailed || !strings.Contains(jf.Reason, "manifest is wrong") {
 		t.Fatalf("job of a forged manifest: %s (%s), want failed saying the manifest is wrong", jf.State, jf.Reason)
 	}
-	if ims := engineImages(t, engines[1]); len(ims) != 0 {
+	if ims := testdocker.Images(t, engines[1]); len(ims) != 0 {
 		t.Fatalf("provider 1's engine holds %v after a refused image, want nothing", ims)
 	}
 
@@ -172,25 +170,6 @@ func forgeManifest(t *testing.T, ctx context.Context, from, by *node.Node, root 
 	return added.CID.String()
 }
 
-// engineImages is the images of the engine at host.
-func engineImages(t *testing.T, host string) []string {
-	t.Helper()
-	cli, err := client.NewClientWithOpts(client.WithHost(host), client.WithAPIVersionNegotiation())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	list, err := cli.ImageList(context.Background(), image.ListOptions{All: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, im := range list {
-		out = append(out, fmt.Sprintf("%s %v", im.ID, im.RepoTags))
-	}
-	return out
-}
-
 // A hostile peer that says it has every block and sends wrong bytes for
 // each is refused block by block: the provider gets the image from the
 // submitter all the same, and runs it.
@@ -237,7 +216,7 @@ func TestImageTooBigForTheProviderFailsClearly(t *testing.T) {
 	if j.State != node.JobFailed || !strings.Contains(j.Reason, "--content-cache") {
 		t.Fatalf("job %s (%s), want failed naming --content-cache", j.State, j.Reason)
 	}
-	if ims := engineImages(t, eng); len(ims) != 0 {
+	if ims := testdocker.Images(t, eng); len(ims) != 0 {
 		t.Fatalf("the provider's engine holds %v, want nothing", ims)
 	}
 }

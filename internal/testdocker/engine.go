@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 )
 
@@ -119,4 +120,26 @@ func tail(path string) string {
 		s = s[len(s)-4000:]
 	}
 	return strings.TrimSpace(s)
+}
+
+// Images lists the images of the engine at host (an address Engine
+// returned): ID and names of each.
+func Images(tb testing.TB, host string) []string {
+	tb.Helper()
+	cli, err := client.NewClientWithOpts(client.WithHost(host), client.WithAPIVersionNegotiation())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	list, err := cli.ImageList(ctx, image.ListOptions{All: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var out []string
+	for _, im := range list {
+		out = append(out, fmt.Sprintf("%s %v", im.ID, im.RepoTags))
+	}
+	return out
 }
