@@ -15,17 +15,28 @@ import (
 // Images moved between engines without a registry (node/images): what
 // the engine has, `docker save` and `docker load`.
 
-// ImageID is the engine's ID of the image ref names, and whether the
+// ImageInfo is what the engine says of an image.
+type ImageInfo struct {
+	ID     string   // the engine's ID: the config's digest (the classic store) or the manifest's (the containerd store)
+	Size   int64    // bytes
+	Layers []string // the layers' digests (the config's rootfs diff_ids), base first
+}
+
+// Image is what the engine says of the image ref names, and whether the
 // engine has it.
-func (d *Docker) ImageID(ctx context.Context, ref string) (id string, size int64, ok bool, err error) {
+func (d *Docker) Image(ctx context.Context, ref string) (info ImageInfo, ok bool, err error) {
 	ins, err := d.cli.ImageInspect(ctx, ref)
 	switch {
 	case cerrdefs.IsNotFound(err):
-		return "", 0, false, nil
+		return ImageInfo{}, false, nil
 	case err != nil:
-		return "", 0, false, fmt.Errorf("docker: looking up image %s: %w", ref, err)
+		return ImageInfo{}, false, fmt.Errorf("docker: looking up image %s: %w", ref, err)
 	}
-	return ins.ID, ins.Size, true, nil
+	info = ImageInfo{ID: ins.ID, Size: ins.Size}
+	if ins.RootFS.Type == "layers" || len(ins.RootFS.Layers) > 0 {
+		info.Layers = ins.RootFS.Layers
+	}
+	return info, true, nil
 }
 
 // TagImage gives the image id (or ref) the name tag too.
@@ -74,14 +85,14 @@ func (d *Docker) LoadImage(ctx context.Context, r io.Reader) error {
 // is), so it is removed least recently used first once the cache is over
 // its cap; then it evicts.
 func (d *Docker) Adopt(ctx context.Context, ref string) error {
-	id, size, ok, err := d.ImageID(ctx, ref)
+	info, ok, err := d.Image(ctx, ref)
 	if err != nil {
 		return err
 	}
 	if !ok {
 		return errors.New("docker: image " + ref + " not found after its load")
 	}
-	d.cache.Pulled(ref, id, size, time.Now())
+	d.cache.Pulled(ref, info.ID, info.Size, time.Now())
 	if removed, err := d.cache.Evict(ctx, d.cli); err != nil {
 		d.log().Warn("image cache eviction", "err", err)
 	} else if len(removed) > 0 {

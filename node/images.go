@@ -137,7 +137,8 @@ func (n *Node) AddImage(ctx context.Context, ref, from string, progress content.
 		}
 		return ImageAdded{}, nil
 	}
-	id, _, ok, err := d.ImageID(ctx, ref)
+	info, ok, err := d.Image(ctx, ref)
+	id := info.ID
 	switch {
 	case err != nil && must:
 		return ImageAdded{}, fmt.Errorf("%w: image %s: %v", ErrBadInput, ref, err)
@@ -342,12 +343,17 @@ func (n *Node) placeImage(ctx context.Context, spec jobspec.Spec, d *exec.Docker
 		return fail("its manifest: %v", err)
 	}
 	rep.Bytes = m.Bytes()
+	// The engine has it: under our name for it, or by its ID (the
+	// config's digest, on the classic store), with the manifest's layers.
 	tag := m.Tag()
-	if id, _, ok, err := d.ImageID(ctx, m.ID()); err == nil && ok && id == m.ID() {
-		if _, _, has, _ := d.ImageID(ctx, tag); !has {
-			if err := d.TagImage(ctx, id, tag); err != nil {
-				return fail("%v", err)
-			}
+	if info, ok, err := d.Image(ctx, tag); err == nil && ok && sameLayers(info, m) {
+		rep.Source = ImageFromProvider
+		n.shareImage(ctx, root, m)
+		return tag, rep, nil
+	}
+	if info, ok, err := d.Image(ctx, m.ID()); err == nil && ok && sameLayers(info, m) {
+		if err := d.TagImage(ctx, info.ID, tag); err != nil {
+			return fail("%v", err)
 		}
 		rep.Source = ImageFromProvider
 		n.shareImage(ctx, root, m)
@@ -427,14 +433,14 @@ func (n *Node) placeImage(ctx context.Context, spec jobspec.Spec, d *exec.Docker
 	if lerr != nil {
 		return fail("%v", lerr)
 	}
-	id, _, ok, err := d.ImageID(ctx, tag)
+	info, ok, err := d.Image(ctx, tag)
 	switch {
 	case err != nil:
 		return fail("%v", err)
 	case !ok:
 		return fail("the engine did not load it")
-	case id != m.ID():
-		return fail("the engine loaded it as %s, its manifest says %s", id, m.ID())
+	case !sameLayers(info, m):
+		return fail("the engine loaded it with the layers %v, its manifest names others", info.Layers)
 	}
 	if err := d.Adopt(ctx, tag); err != nil {
 		n.log.Warn("image not in the image cache", "image", tag, "err", err)
@@ -633,4 +639,17 @@ func (c *Client) AddImage(ctx context.Context, image, from string, progress func
 			progress(p)
 		}
 	}
+}
+
+// sameLayers says whether the engine's image has the manifest's layers.
+func sameLayers(info exec.ImageInfo, m *images.Manifest) bool {
+	if len(info.Layers) != len(m.Layers) {
+		return false
+	}
+	for i, l := range m.Layers {
+		if info.Layers[i] != l.Digest {
+			return false
+		}
+	}
+	return true
 }

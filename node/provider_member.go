@@ -211,6 +211,35 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			return
 		}
 	}
+	// Heartbeats, each with a number one higher than the last, from now
+	// until the exit frame: also while the inputs and the image are
+	// fetched (a fetch longer than the submitter's lostAfter would lose
+	// the member), the last bill waits for its payment and the outputs go
+	// out. A submitter that stops reading is gone: a frame that cannot be
+	// written within writeTimeout ends the stream, and that stops the
+	// work.
+	fw.SetTimeout(writeTimeout)
+	beatDone := make(chan struct{})
+	var beats sync.WaitGroup
+	beats.Add(1)
+	go func() {
+		defer beats.Done()
+		t := time.NewTicker(n.heartbeat())
+		defer t.Stop()
+		for seq := uint64(1); ; seq++ {
+			select {
+			case <-beatDone:
+				return
+			case <-t.C:
+				if fw.Write(jobwire.Frame{T: jobwire.KindHeartbeat, Seq: seq}) != nil {
+					_ = rw.Close()
+					return
+				}
+			}
+		}
+	}()
+	stopBeats := sync.OnceFunc(func() { close(beatDone); beats.Wait() })
+	defer stopBeats()
 	// Inputs: fetched (only the CIDs this job names) and placed read-only
 	// before the work starts; removed with the run folder.
 	inputs, inputsDone, err := n.placeInputs(ctx, st.Spec.Inputs, ex.Name(), runDir, work, startBy)
@@ -344,33 +373,6 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			}
 		}
 	}()
-	// Heartbeats, each with a number one higher than the last, from now
-	// until the exit frame: also while the last bill waits for its payment
-	// and the outputs go out. A submitter that stops reading is gone: a
-	// frame that cannot be written within writeTimeout ends the stream,
-	// and that stops the work.
-	fw.SetTimeout(writeTimeout)
-	beatDone := make(chan struct{})
-	var beats sync.WaitGroup
-	beats.Add(1)
-	go func() {
-		defer beats.Done()
-		t := time.NewTicker(n.heartbeat())
-		defer t.Stop()
-		for seq := uint64(1); ; seq++ {
-			select {
-			case <-beatDone:
-				return
-			case <-t.C:
-				if fw.Write(jobwire.Frame{T: jobwire.KindHeartbeat, Seq: seq}) != nil {
-					_ = rw.Close()
-					return
-				}
-			}
-		}
-	}()
-	stopBeats := sync.OnceFunc(func() { close(beatDone); beats.Wait() })
-	defer stopBeats()
 	var uuids []string
 	for _, g := range gpus {
 		uuids = append(uuids, g.UUID)
