@@ -34,7 +34,10 @@
 // bitswap's per-peer queue (1,024 wants, 4 MiB of blocks at once);
 // a peer cannot make us store anything: blocks come in only as answers to
 // our own wants (the exchange drops blocks no session asked for), every
-// block received is hashed against the CID asked for, and a Fetch takes
+// block received is hashed against the CID asked for (a peer that sends
+// a block no Fetch asked for, which is what wrong bytes for a wanted
+// block become, is disconnected: else the session that asked it waits on
+// it for a minute or more), and a Fetch takes
 // only SHA-256 CIDs of dag-pb or raw blocks, at most MaxBlock bytes a
 // block, MaxLinks links a node, and a limit in bytes a DAG. Which roots
 // a peer fetches is the caller's decision: a provider fetches only the
