@@ -39,14 +39,6 @@ func (d *Docker) Image(ctx context.Context, ref string) (info ImageInfo, ok bool
 	return info, true, nil
 }
 
-// TagImage gives the image id (or ref) the name tag too.
-func (d *Docker) TagImage(ctx context.Context, id, tag string) error {
-	if err := d.cli.ImageTag(ctx, id, tag); err != nil {
-		return fmt.Errorf("docker: naming image %s %s: %w", id, tag, err)
-	}
-	return nil
-}
-
 // SaveImage writes to w the tar stream `docker save ref` writes.
 func (d *Docker) SaveImage(ctx context.Context, ref string, w io.Writer) error {
 	rc, err := d.cli.ImageSave(ctx, []string{ref})

@@ -327,17 +327,18 @@ func (n *Node) placeImage(ctx context.Context, spec jobspec.Spec, d *exec.Docker
 		return fail("%v", err)
 	}
 	before := n.ledgers()
-	moved0 := n.content.Stats().FetchedBytes
-	defer func() {
-		rep.Moved = n.content.Stats().FetchedBytes - moved0
-		rep.From = n.servedBy(before)
-		rep.Millis = time.Since(start).Milliseconds()
-	}()
 	_, release, err := n.content.Fetch(ctx, root, images.MaxManifest+content.MaxBlock)
 	if err != nil {
 		return fail("its manifest: %v", err)
 	}
 	defer release()
+	// Moved counts the config's and the layers' bytes, not the manifest's.
+	moved0 := n.content.Stats().FetchedBytes
+	defer func() {
+		rep.Moved = max(n.content.Stats().FetchedBytes-moved0, 0)
+		rep.From = n.servedBy(before)
+		rep.Millis = time.Since(start).Milliseconds()
+	}()
 	m, err := n.readManifest(ctx, root)
 	if err != nil {
 		return fail("its manifest: %v", err)
@@ -352,12 +353,11 @@ func (n *Node) placeImage(ctx context.Context, spec jobspec.Spec, d *exec.Docker
 		return tag, rep, nil
 	}
 	if info, ok, err := d.Image(ctx, m.ID()); err == nil && ok && sameLayers(info, m) {
-		if err := d.TagImage(ctx, info.ID, tag); err != nil {
-			return fail("%v", err)
-		}
+		// The provider's own image (pulled or built here): run by its ID,
+		// no name of ours added to it.
 		rep.Source = ImageFromProvider
 		n.shareImage(ctx, root, m)
-		return tag, rep, nil
+		return info.ID, rep, nil
 	}
 	rep.Source = ImageFromMesh
 	if max := n.imageMax(); rep.Bytes > max {

@@ -288,3 +288,32 @@ func TestImageAddedOverTheLocalAPI(t *testing.T) {
 		t.Fatalf("imageFrom submitter, an image the engine lacks: %v, want refused", err)
 	}
 }
+
+// A provider whose engine has the image already (its own, by ID) runs it
+// as it is: nothing moves, and no name of the mesh's is added to it.
+func TestImageAProviderHasAlreadyMovesNothing(t *testing.T) {
+	tag, sum := submitterImage(t, 1<<20)
+	m := meshtest.Start(t, 2, meshtest.Options{Seed: 165, Providers: 1, Price: "fixed:2.10"})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sub := m.Nodes[1]
+	j := runToEnd(t, ctx, sub, imageSpec(t, tag, "H100", ""))
+	log := jobLog(t, sub, j.ID)
+	if j.State != node.JobDone || !strings.Contains(log, sum) {
+		t.Fatalf("job %s (%s):\n%s", j.State, j.Reason, log)
+	}
+	if r := j.Runs[0].Image; r == nil || r.Source != node.ImageFromProvider || r.Moved != 0 {
+		t.Fatalf("image report %+v, want on the provider already, 0 bytes moved", r)
+	}
+	if j.Spec.ImageCID == "" {
+		t.Fatal("the submitter did not put its image on the mesh")
+	}
+	id, err := exec.Command("docker", "image", "inspect", "-f", "{{.ID}}", tag).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := "gpumesh-image:" + strings.TrimPrefix(strings.TrimSpace(string(id)), "sha256:")
+	if out, err := exec.Command("docker", "images", "-q", ours).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "" {
+		t.Fatalf("docker images %s: %q (%v), want none", ours, out, err)
+	}
+}
