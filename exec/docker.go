@@ -89,6 +89,10 @@ type DockerConfig struct {
 	// DefaultEgressDNS.
 	EgressDNS []string
 	Log       *slog.Logger
+	// Host is the engine's address (unix:///var/run/docker.sock,
+	// tcp://...); "": the environment's (DOCKER_HOST), else the local
+	// socket.
+	Host string
 }
 
 // Defaults of DockerConfig.
@@ -117,7 +121,11 @@ func NewDocker(ctx context.Context) (*Docker, error) {
 
 // NewDockerWith is NewDocker with the bounds of cfg.
 func NewDockerWith(ctx context.Context, cfg DockerConfig) (*Docker, error) {
-	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if cfg.Host != "" {
+		opts = append(opts, client.WithHost(cfg.Host))
+	}
+	cli, err := client.NewClientWithOpts(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("docker executor: bad Docker client settings in the environment (DOCKER_HOST, DOCKER_CERT_PATH, ...): %w", err)
 	}

@@ -292,6 +292,7 @@ const (
 	routeContent   = "/content"              // POST an AddRequest: InputProgress lines, the last with the CID or an error
 	routeJobCkpt   = "/jobs/{id}/checkpoint" // POST a CheckpointRequest: the JobCheckpoint written
 	routeProvider  = "/providers/{peer}"     // ?refresh=1: a ProviderReport
+	routeImages    = "/images"               // POST an ImageRequest: ImageProgress lines, the last with the image added or an error
 )
 
 // apiRoute is one call of the local API.
@@ -326,6 +327,7 @@ func (n *Node) apiRoutes() []apiRoute {
 		{post, routeContent, n.serveAddInput},
 		{post, routeJobCkpt, n.serveGetCheckpoint},
 		{get, routeProvider, n.serveProvider},
+		{post, routeImages, n.serveAddImage},
 	}
 }
 

@@ -266,6 +266,18 @@ func TestClientCallsEveryRouteOfARealNode(t *testing.T) {
 				t.Fatalf("AddInput of a missing file: %v", err)
 			}
 		}},
+		{"POST", routeImages, func(t *testing.T) {
+			_, err := cl.AddImage(ctx, "", "", nil)
+			wantAPIError(t, "no image", err, ErrBadRequest, "want {")
+			// An image the engine lacks (or no engine): left to a registry,
+			// or refused where the submitter must send it.
+			if added, err := cl.AddImage(ctx, "gpumesh-imgtest:not-here", "", nil); err != nil || added.CID != "" {
+				t.Fatalf("AddImage of a missing image = %+v, %v; want no CID, no error", added, err)
+			}
+			if _, err := cl.AddImage(ctx, "gpumesh-imgtest:not-here", "submitter", nil); err == nil || !strings.Contains(err.Error(), "Docker engine") {
+				t.Fatalf("AddImage of a missing image from the submitter: %v", err)
+			}
+		}},
 		{"GET", routeProvider, func(t *testing.T) {
 			_, err := cl.Provider(ctx, "not-a-peer", false)
 			wantAPIError(t, "a bad peer ID", err, ErrBadRequest, "want a peer ID")

@@ -50,6 +50,10 @@
 //	inputs.go            a job's inputs: src added at submit (its CID sent),
 //	                     CIDs and URLs fetched, checked and placed read-only
 //	                     by a provider before the work starts
+//	images.go            a job's image on the mesh: the submitter's engine's
+//	                     image added as blobs and a manifest (imageCid),
+//	                     granted to members; a provider fetches, checks and
+//	                     loads it, then shares and announces its blobs
 //	checkpoint.go        checkpoints: member 0's folder synced by CID, kept by
 //	                     the submitter, restored on a retry (GPUMESH_RESUMED)
 //	provider_bill.go     billing a member's work as it runs; checking its
@@ -91,6 +95,9 @@
 //	node/content    bytes named by their hash: a capped block store on disk,
 //	                UnixFS add, bitswap fetch under the swarm's prefix,
 //	                provider records in the DHT (it links the host, not the node)
+//	node/images     container images as content: docker save's stream
+//	                to checked blobs and a Manifest, and back to what
+//	                docker load reads, each digest checked
 //	node/reputation a provider's score from evidence, with its formula;
 //	                the evidence exchange's frames
 //	node/jobqueue   when a queued job tries again (news, floor, backoff,

@@ -115,6 +115,9 @@ func (n *Node) grantMember(ctx context.Context, j Job, restore string, provider 
 	if restore != "" {
 		roots = append(roots, restore)
 	}
+	for _, c := range n.imageRoots(ctx, j.Spec) {
+		roots = append(roots, c.String())
+	}
 	var granted []cid.Cid
 	for _, s := range roots {
 		root, err := jobspec.ParseCID(s)

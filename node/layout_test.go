@@ -159,7 +159,7 @@ func TestOnlyExecImportsDocker(t *testing.T) {
 // no node, so a verifier, a client or a test can use them alone.
 func TestPurePackagesLinkNoNodeGPUOrContainerCode(t *testing.T) {
 	heavy := []string{"github.com/NVIDIA/go-nvml", "github.com/docker/", "github.com/gagliardetto/solana-go", module + "/node", module + "/exec", module + "/chain"}
-	for _, pure := range []string{"node/jobspec", "node/jobwire", "node/attempt", "node/jobstore", "node/reputation", "node/jobqueue", "exec/receipt"} {
+	for _, pure := range []string{"node/jobspec", "node/jobwire", "node/attempt", "node/jobstore", "node/reputation", "node/jobqueue", "node/images", "exec/receipt"} {
 		for _, d := range deps(t, module+"/"+pure) {
 			if d == module+"/"+pure || strings.HasPrefix(d, module+"/"+pure+"/") {
 				continue

@@ -136,6 +136,7 @@ type Config struct {
 	NoHostNetwork bool
 	PullTimeout   time.Duration // longest image pull; 0: exec.DefaultPullTimeout; the submitter's start deadline bounds it too
 	PullMax       int64         // largest image pulled, bytes (compressed layers); 0: exec.DefaultPullMaxBytes; negative: no cap
+	DockerHost    string        // the Docker engine's address; "": DOCKER_HOST, else the local socket
 	ImageCache    int64         // bytes of images pulled for jobs kept, least recently used removed first; 0: exec.DefaultImageCache; negative: no cap
 	// JobEgress lets one-member container jobs reach the internet through
 	// a bridge network of their own whose firewall rules (installed at the
@@ -197,6 +198,7 @@ type Node struct {
 	dht      *dht.Directory
 	content  *content.Service
 	ckpts    checkpointBook // the submitter's checkpoint fetches (checkpoint.go)
+	exported exportedImages // images this submitter put on the mesh (images.go)
 	gossip   *gossip.Gossip
 	mdns     io.Closer
 	api      *apiServer

@@ -213,6 +213,35 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			return
 		}
 	}
+	// Heartbeats, each with a number one higher than the last, from now
+	// until the exit frame: also while the inputs and the image are
+	// fetched (a fetch longer than the submitter's lostAfter would lose
+	// the member), the last bill waits for its payment and the outputs go
+	// out. A submitter that stops reading is gone: a frame that cannot be
+	// written within writeTimeout ends the stream, and that stops the
+	// work.
+	fw.SetTimeout(writeTimeout)
+	beatDone := make(chan struct{})
+	var beats sync.WaitGroup
+	beats.Add(1)
+	go func() {
+		defer beats.Done()
+		t := time.NewTicker(n.heartbeat())
+		defer t.Stop()
+		for seq := uint64(1); ; seq++ {
+			select {
+			case <-beatDone:
+				return
+			case <-t.C:
+				if fw.Write(jobwire.Frame{T: jobwire.KindHeartbeat, Seq: seq}) != nil {
+					_ = rw.Close()
+					return
+				}
+			}
+		}
+	}()
+	stopBeats := sync.OnceFunc(func() { close(beatDone); beats.Wait() })
+	defer stopBeats()
 	// Inputs: fetched (only the CIDs this job names) and placed read-only
 	// before the work starts; removed with the run folder.
 	inputs, inputsDone, err := n.placeInputs(ctx, st.Spec.Inputs, ex.Name(), runDir, work, startBy)
@@ -230,6 +259,25 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	}
 	if ckMount != nil {
 		inputs = append(inputs, *ckMount)
+	}
+	// An image on the mesh: fetched, checked and loaded before the work
+	// starts (images.go); its report goes to the submitter.
+	image := st.Spec.Image
+	if d, ok := ex.(*exec.Docker); ok && st.Spec.ImageCID != "" {
+		note := func(msg string) { _, _ = jobwire.NewLogWriter(fw, "err").Write([]byte("gpumesh: " + msg + "\n")) }
+		ref, rep, err := n.placeImage(ctx, st.Spec, d, startBy, note)
+		n.log.Info("job image placed", "job", st.Job, "rank", st.Rank, "image", st.Spec.Image, "source", rep.Source, "moved", rep.Moved, "from", rep.From, "err", err)
+		if err != nil {
+			fail("%v", err)
+			return
+		}
+		image = ref
+		if rep.Source == ImageFromMesh {
+			note(rep.String())
+		}
+		if fw.Write(jobwire.Frame{T: jobwire.KindImage, Image: rep.wire()}) != nil {
+			return
+		}
 	}
 
 	env := map[string]string{}
@@ -346,33 +394,6 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			}
 		}
 	}()
-	// Heartbeats, each with a number one higher than the last, from now
-	// until the exit frame: also while the last bill waits for its payment
-	// and the outputs go out. A submitter that stops reading is gone: a
-	// frame that cannot be written within writeTimeout ends the stream,
-	// and that stops the work.
-	fw.SetTimeout(writeTimeout)
-	beatDone := make(chan struct{})
-	var beats sync.WaitGroup
-	beats.Add(1)
-	go func() {
-		defer beats.Done()
-		t := time.NewTicker(n.heartbeat())
-		defer t.Stop()
-		for seq := uint64(1); ; seq++ {
-			select {
-			case <-beatDone:
-				return
-			case <-t.C:
-				if fw.Write(jobwire.Frame{T: jobwire.KindHeartbeat, Seq: seq}) != nil {
-					_ = rw.Close()
-					return
-				}
-			}
-		}
-	}()
-	stopBeats := sync.OnceFunc(func() { close(beatDone); beats.Wait() })
-	defer stopBeats()
 	var uuids []string
 	for _, g := range gpus {
 		uuids = append(uuids, g.UUID)
@@ -397,7 +418,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	res, runErr := ex.Run(runCtx, exec.Task{
 		Name:    task,
 		Owner:   n.id.PeerID.String(),
-		Image:   st.Spec.Image,
+		Image:   image,
 		Command: exec.LaunchCommand(st.Spec.Launcher, st.Rank, st.Spec.Argv()), // keepAlive: an idle shell
 		Env:     env,
 		GPUs:    uuids,
@@ -639,7 +660,7 @@ func (n *Node) dockerExecutor(ctx context.Context) (exec.Executor, error) {
 			return nil, fmt.Errorf("state folder: %w", err)
 		}
 		d, err := exec.NewDockerWith(ctx, exec.DockerConfig{
-			PullTimeout: n.cfg.PullTimeout, PullMaxBytes: n.cfg.PullMax, Log: n.log,
+			PullTimeout: n.cfg.PullTimeout, PullMaxBytes: n.cfg.PullMax, Log: n.log, Host: n.cfg.DockerHost,
 			Cache: &exec.ImageCache{Path: filepath.Join(state, "images.json"), MaxBytes: n.cfg.ImageCache, Log: n.log},
 		})
 		if err != nil {

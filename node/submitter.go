@@ -30,6 +30,10 @@ func (n *Node) SubmitJob(ctx context.Context, spec jobspec.Spec) (*Job, error) {
 	if err := n.addInputs(ctx, &spec); err != nil {
 		return nil, err
 	}
+	// So does an image only this peer's engine has (images.go).
+	if err := n.addImage(ctx, &spec, nil); err != nil {
+		return nil, err
+	}
 	var id gossip.JobID
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, err

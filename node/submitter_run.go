@@ -58,6 +58,7 @@ type MemberRun struct {
 	Error    string               `json:"error,omitempty"`
 	Paid     uint64               `json:"paid,omitempty"`  // paid to its provider as it ran (settlement), in the unit's smallest unit
 	Fault    string               `json:"fault,omitempty"` // its provider's fault, when it ended badly: "provider" or "lost" (attempt.Fault*)
+	Image    *ImageReport         `json:"image,omitempty"` // where its image came from (an image on the mesh)
 	// Addr is its address on the job's own network (a container job of
 	// several members); Net what crossed it, as its provider metered it.
 	Addr string            `json:"addr,omitempty"`
@@ -97,6 +98,7 @@ type runEvent struct {
 	net     *jobwire.NetMeter    // with Exited
 	sr      *receipt.Signed      // with Receipted
 	log     []byte               // with Heard: a log frame's data
+	image   *jobwire.ImageFrame  // with Heard: where the member's image came from
 }
 
 // startRun runs a formed job in the background.
@@ -317,6 +319,10 @@ func (n *Node) runJob(ctx context.Context, id string) {
 			case attempt.Receipted:
 				signed[ev.Rank] = e.sr
 			case attempt.Heard:
+				if e.image != nil {
+					runs[ev.Rank].Image = imageReportOf(j.Spec.Image, e.image)
+					n.updateJob(id, func(j *Job) { j.Runs = append([]MemberRun(nil), runs...) })
+				}
 				if e.log == nil {
 					break
 				}
@@ -441,6 +447,8 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 			}}, sr: f.Receipt})
 		case jobwire.KindLog:
 			send(runEvent{ev: attempt.Heard{Rank: r}, log: f.Data})
+		case jobwire.KindImage:
+			send(runEvent{ev: attempt.Heard{Rank: r}, image: f.Image})
 		case jobwire.KindHeartbeat:
 			send(runEvent{ev: attempt.Heard{Rank: r, Beat: f.Seq}})
 		case jobwire.KindCheckpoint:

@@ -78,7 +78,8 @@ type Service struct {
 	local   ipld.DAGService           // the store only
 	dag     ipld.DAGService           // the exchange behind the store
 	routing Routing
-	grants  *grants // who may fetch what from here
+	grants  *grants  // who may fetch what from here
+	forgers *forgers // peers that answer with wrong bytes are cut off
 	log     *slog.Logger
 
 	ctx    context.Context // ends with Close
@@ -140,10 +141,12 @@ func New(h host.Host, cfg Config) (*Service, error) {
 		finder = cfg.Routing
 	}
 	g := newGrants()
+	fg := newForgers(h, log)
 	bs := bitswap.New(ctx, bsnet.NewFromIpfsHost(h, netOpts...), finder, store,
 		// A block goes only to a peer granted it (Grant); any other is
 		// told we have none.
 		bitswap.WithPeerBlockRequestFilter(g.allowed),
+		bitswap.WithTracer(fg),
 		bitswap.MaxQueuedWantlistEntriesPerPeer(maxWantlist),
 		bitswap.MaxOutstandingBytesPerPeer(maxPeerBytes),
 		bitswap.MaxCidSize(128),
@@ -166,6 +169,7 @@ func New(h host.Host, cfg Config) (*Service, error) {
 		local:   merkledag.NewDAGService(blockservice.New(store, nil, blockservice.WithAllowlist(allow))),
 		routing: cfg.Routing,
 		grants:  g,
+		forgers: fg,
 		log:     log,
 		ctx:     ctx,
 		cancel:  cancel,

@@ -28,14 +28,18 @@
 // checkpoint) to its members' providers and member 0's checkpoints to the
 // submitter, before they are told the CIDs (a peer told DONT_HAVE keeps
 // its want outstanding, and does not ask again at once). A provider
-// grants nothing of its cache: sharing cached blocks between providers
-// (image layers) is for a later change. A private swarm keeps the rule.
+// grants nothing of its cache of inputs. Share opens a root to every peer
+// of the swarm: a provider shares the blobs of the container images it
+// ran (node/images.go says why). A private swarm keeps the rule.
 //
 // Bounds against strangers: a peer granted blocks is served within
 // bitswap's per-peer queue (1,024 wants, 4 MiB of blocks at once);
 // a peer cannot make us store anything: blocks come in only as answers to
 // our own wants (the exchange drops blocks no session asked for), every
-// block received is hashed against the CID asked for, and a Fetch takes
+// block received is hashed against the CID asked for (a peer that sends
+// a block no Fetch asked for, which is what wrong bytes for a wanted
+// block become, is disconnected: else the session that asked it waits on
+// it for a minute or more), and a Fetch takes
 // only SHA-256 CIDs of dag-pb or raw blocks, at most MaxBlock bytes a
 // block, MaxLinks links a node, and a limit in bytes a DAG. Which roots
 // a peer fetches is the caller's decision: a provider fetches only the

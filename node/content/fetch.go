@@ -157,6 +157,11 @@ func (s *Service) Fetch(ctx context.Context, root cid.Cid, max int64) (st FetchS
 		if len(missing) == 0 {
 			return nil
 		}
+		keys := make([]string, len(missing))
+		for i, c := range missing {
+			keys[i] = keyOf(c)
+		}
+		s.forgers.asked(keys)
 		ch, err := sess.GetBlocks(ctx, missing)
 		if err != nil {
 			return fmt.Errorf("content: fetch %s: %w", root, err)

@@ -17,6 +17,8 @@ type grants struct {
 	mu    sync.Mutex
 	roots map[cid.Cid]*grant         // root granted -> its blocks and peers
 	allow map[peer.ID]map[string]int // peer -> block (multihash) -> its grants holding it
+	open  map[cid.Cid][]string       // root shared with every peer (Share) -> its blocks
+	any   map[string]int             // block (multihash) -> shared roots holding it
 }
 
 type grant struct {
@@ -25,14 +27,15 @@ type grant struct {
 }
 
 func newGrants() *grants {
-	return &grants{roots: map[cid.Cid]*grant{}, allow: map[peer.ID]map[string]int{}}
+	return &grants{roots: map[cid.Cid]*grant{}, allow: map[peer.ID]map[string]int{},
+		open: map[cid.Cid][]string{}, any: map[string]int{}}
 }
 
 // allowed is the exchange's filter: whether p may have c's block.
 func (g *grants) allowed(p peer.ID, c cid.Cid) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.allow[p][keyOf(c)] > 0
+	return g.allow[p][keyOf(c)] > 0 || g.any[keyOf(c)] > 0
 }
 
 // Grant lets peers fetch the blocks of root's DAG from this peer, until

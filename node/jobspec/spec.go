@@ -69,6 +69,12 @@ const (
 // Every error of Parse, Validate and Needs wraps it.
 var ErrBad = errors.New("bad job spec")
 
+// Where a job's image comes from (Spec.ImageFrom).
+const (
+	ImageFromSubmitter = "submitter"
+	ImageFromRegistry  = "registry"
+)
+
 // Spec is a job as a user writes it. Values are kept as written; Validate
 // says which are wrong, and Needs converts them. The zero value is not a
 // valid spec: name, image or command, resources.gpus,
@@ -76,6 +82,8 @@ var ErrBad = errors.New("bad job spec")
 type Spec struct {
 	Name      string            `yaml:"name" json:"name"`                               // 1..63 of a-z 0-9 -, starting and ending with a letter or digit
 	Image     string            `yaml:"image,omitempty" json:"image,omitempty"`         // container image; "" runs command with the process executor
+	ImageFrom string            `yaml:"imageFrom,omitempty" json:"imageFrom,omitempty"` // "": the submitter's engine's image over the mesh if it has it, else a registry; "submitter": its engine must have it; "registry"
+	ImageCID  string            `yaml:"imageCid,omitempty" json:"imageCid,omitempty"`   // the image on the mesh: its manifest's CID (node/images), set by the submitter at submit
 	Command   []string          `yaml:"command,omitempty" json:"command,omitempty"`     // argv; nil runs the image's entrypoint
 	Env       map[string]string `yaml:"env,omitempty" json:"env,omitempty"`             // environment of the job's processes
 	Resources Resources         `yaml:"resources" json:"resources"`                     // GPUs wanted
@@ -243,6 +251,8 @@ func notUTF8(s Spec) string {
 	fields := []struct{ name, value string }{
 		{"name", s.Name},
 		{"image", s.Image},
+		{"imageFrom", s.ImageFrom},
+		{"imageCid", s.ImageCID},
 		{"resources.gpu.model", s.Resources.GPU.Model},
 		{"resources.gpu.minVRAM", string(s.Resources.GPU.MinVRAM)},
 		{"placement", string(s.Placement)},
@@ -373,6 +383,18 @@ func (s Spec) check(unit gossip.Unit) (gossip.Needs, Errors) {
 	}
 	if s.Image != "" && !validImage(s.Image) {
 		bad("image", "want a reference such as pytorch/pytorch:2.4.0 (at most %d printable characters, no spaces), got %s", maxImageLen, text.Clip(s.Image))
+	}
+	switch s.ImageFrom {
+	case "", ImageFromSubmitter, ImageFromRegistry:
+	default:
+		bad("imageFrom", "want submitter or registry (or nothing: the submitter's image if it has it, else a registry), got %s", text.Clip(s.ImageFrom))
+	}
+	if s.ImageCID != "" {
+		if s.Image == "" {
+			bad("imageCid", "an image on the mesh needs its name in image too")
+		} else if _, err := ParseCID(s.ImageCID); err != nil {
+			bad("imageCid", "want a CID such as bafybei... : %s: %v", text.Clip(s.ImageCID), err)
+		}
 	}
 	if len(s.Command) > maxCommandArgs {
 		bad("command", "at most %d arguments, got %d", maxCommandArgs, len(s.Command))

@@ -50,6 +50,10 @@ const (
 	KindCheckpoint  = "ckpt" // member → submitter: its checkpoint folder, synced to its store: fetch it by CID
 )
 
+// KindImage: member → submitter: where its image came from, before it
+// starts (ImageFrame).
+const KindImage = "image"
+
 // Bounds of the job protocol.
 const (
 	MaxFrame      = 1 << 20   // bytes of one frame
@@ -81,7 +85,20 @@ type Frame struct {
 	Paid    *PaidFrame          `json:"paid,omitempty"`
 	Seq     uint64              `json:"seq,omitempty"` // hb: one more than the last heartbeat's, from 1
 	Ckpt    *CheckpointFrame    `json:"ckpt,omitempty"`
+	Image   *ImageFrame         `json:"image,omitempty"`
 }
+
+// ImageFrame says where a member's image came from and what moved for it.
+type ImageFrame struct {
+	Source string   `json:"source"`         // "provider" (its engine had it), "mesh", "registry"
+	Bytes  int64    `json:"bytes"`          // of the image's config and layers (0: not known, a registry's)
+	Moved  int64    `json:"moved"`          // of them, bytes fetched over the network
+	From   []string `json:"from,omitempty"` // peer IDs blocks came from, most bytes first, at most MaxImagePeers
+	Millis int64    `json:"millis"`
+}
+
+// MaxImagePeers is the most peers an image frame names.
+const MaxImagePeers = 16
 
 // CheckpointFrame names a member's checkpoint folder as it was at a sync.
 type CheckpointFrame struct {
@@ -260,6 +277,16 @@ func (f *Frame) check() error {
 		}
 		if _, err := jobspec.ParseCID(c.CID); err != nil {
 			return bad("checkpoint %s: %v", text.Clip(c.CID), err)
+		}
+	case KindImage:
+		im := f.Image
+		if im == nil || len(im.Source) > 16 || im.Bytes < 0 || im.Moved < 0 || im.Millis < 0 || len(im.From) > MaxImagePeers {
+			return bad("no image report, or one out of range")
+		}
+		for _, p := range im.From {
+			if len(p) > 128 {
+				return bad("peer ID of %d bytes", len(p))
+			}
 		}
 	case KindCountersign:
 		if len(f.Sig) != 64 {

@@ -60,6 +60,9 @@ func jobCmd(g *globals) *cobra.Command {
 				if err := addInputs(ctx, g, cl, &spec, filepath.Dir(args[0])); err != nil {
 					return err
 				}
+				if err := addImage(ctx, g, cl, &spec); err != nil {
+					return err
+				}
 				job, err := cl.SubmitJob(ctx, spec)
 				if err != nil {
 					return err
@@ -229,6 +232,7 @@ func printJob(g *globals, j node.Job, took time.Duration) {
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "cluster: %s, %s %s per hour\n", plural(len(j.Members), "member"), u.Format(j.Cost), u.Token)
+	printImages(w, j)
 	for _, r := range j.Runs {
 		if r.Addr == "" {
 			continue

@@ -87,3 +87,28 @@ func TestJobStatusShowsEachMembersJobAddress(t *testing.T) {
 		}
 	}
 }
+
+// `job status` says where each member's image came from and how many
+// bytes moved, a provider's peer IDs inert.
+func TestJobStatusSaysWhereEachImageCameFrom(t *testing.T) {
+	j := node.Job{
+		ID: "j1", State: node.JobDone,
+		Members: []gossip.Member{{Class: "H100-80GB", GPUs: 1}, {Class: "H100-80GB", GPUs: 1}},
+		Runs: []node.MemberRun{
+			{Rank: 0, State: node.MemberExited, Image: &node.ImageReport{Source: node.ImageFromMesh, Bytes: 200 << 20, Moved: 150 << 20, From: []string{"12D3KooWsub", "12D3KooWp0\x1b[2J"}, Millis: 1234}},
+			{Rank: 1, State: node.MemberExited, Image: &node.ImageReport{Source: node.ImageFromProvider, Bytes: 200 << 20, Millis: 5}},
+		},
+	}
+	var out bytes.Buffer
+	g := &globals{stdout: &out, stderr: &out}
+	printJob(g, j, 0)
+	got := out.String()
+	for _, want := range []string{
+		"member 0 image: over the mesh, 150MiB moved of 200MiB from 12D3KooWsub, 12D3KooWp0\\x1b[2J (1234 ms)\n",
+		"member 1 image: on its provider already, 0 B moved (5 ms)\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q:\n%s", want, got)
+		}
+	}
+}
