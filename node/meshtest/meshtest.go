@@ -13,12 +13,16 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
+	ifconnmgr "github.com/libp2p/go-libp2p/core/connmgr"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	ma "github.com/multiformats/go-multiaddr"
 )
@@ -54,6 +58,20 @@ type Options struct {
 	// Config, if set, adjusts node i's config after the options above
 	// (region, data dir, clock, ...).
 	Config func(i int, c *node.Config)
+
+	// ConnLow and ConnHigh give each node a connection manager (libp2p's,
+	// as a real node has, node/host.go: 64 and 256) with these
+	// watermarks: above ConnHigh connections the least useful are closed
+	// down to ConnLow, sparing those younger than ConnGrace (0: 10 s). 0:
+	// none, and mocknet keeps every connection a node ever made (at a few
+	// hundred peers, nearly all pairs).
+	ConnLow, ConnHigh int
+	ConnGrace         time.Duration
+
+	// Progress, if set, is told how Start is getting on (a line at each
+	// tenth of the nodes started and dialed, and at each stage): a mesh of
+	// thousands takes minutes.
+	Progress func(format string, args ...any)
 }
 
 // setupTimeout bounds Start's wait for the mesh: a healthy start of 50 peers
@@ -121,10 +139,19 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	t.Cleanup(func() { m.Close() })
 	ctx := context.Background()
+	say := func(format string, args ...any) {
+		if opts.Progress != nil {
+			opts.Progress(format, args...)
+		}
+	}
+	tenth := max(n/10, 1)
 	for i := range n {
 		nd, err := m.startNode(ctx, i, i < opts.Providers)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if (i+1)%tenth == 0 {
+			say("%d of %d nodes started", i+1, n)
 		}
 		if i == 0 {
 			m.swarm = nd.Info().Swarm
@@ -154,9 +181,10 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 				t.Fatalf("meshtest: connect %d to %d: %v", d[0], d[1], err)
 			}
 		}
-	} else if err := m.connectAll(ctx, dials); err != nil {
+	} else if err := m.connectAll(ctx, dials, say); err != nil {
 		t.Fatal(err)
 	}
+	say("%d dials made; DHT bootstrap", len(dials))
 	for _, nd := range m.Nodes {
 		if err := nd.Directory().Bootstrap(ctx); err != nil {
 			t.Fatalf("meshtest: dht bootstrap: %v", err)
@@ -170,9 +198,11 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 	if opts.MeshDHT == 0 {
 		opts.MeshDHT = 8
 	}
+	say("waiting for every node to hold %d DHT peers and a GossipSub peer", min(opts.MeshDHT, n-1))
 	if err := m.waitMeshed(wctx, opts.MeshDHT); err != nil {
 		t.Fatal(err)
 	}
+	say("waiting for every node to have a peer on the rfb topic")
 	if err := m.waitTopic(wctx, "rfb"); err != nil {
 		t.Fatal(err)
 	}
@@ -185,9 +215,18 @@ func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node,
 	opts := m.opts
 	id := Key(opts.Seed, i)
 	addr := ma.StringCast(fmt.Sprintf("/ip4/127.%d.%d.%d/tcp/4021", (i>>16)&0xff, (i>>8)&0xff, i&0xff))
+	var h host.Host
 	h, err := m.Net.AddPeer(id.Key, addr)
 	if err != nil {
 		return nil, fmt.Errorf("meshtest: add peer %d: %w", i, err)
+	}
+	if opts.ConnHigh > 0 {
+		cm, err := connmgr.NewConnManager(opts.ConnLow, opts.ConnHigh, connmgr.WithGracePeriod(cmp.Or(opts.ConnGrace, 10*time.Second)))
+		if err != nil {
+			return nil, fmt.Errorf("meshtest: connection manager of peer %d: %w", i, err)
+		}
+		h.Network().Notify(cm.Notifee())
+		h = &managedHost{Host: h, cm: cm}
 	}
 	cfg := node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true, GPUs: "none"}
 	if opts.Private {
@@ -207,6 +246,22 @@ func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node,
 		return nil, fmt.Errorf("meshtest: start node %d: %w", i, err)
 	}
 	return nd, nil
+}
+
+// managedHost is a mocknet host with a connection manager: mocknet's own
+// has none, so the DHT's and GossipSub's tags would go nowhere.
+type managedHost struct {
+	host.Host
+	cm   *connmgr.BasicConnMgr
+	once sync.Once
+}
+
+func (h *managedHost) ConnManager() ifconnmgr.ConnManager { return h.cm }
+
+// Close stops the connection manager, then the host.
+func (h *managedHost) Close() error {
+	h.once.Do(func() { h.cm.Close() })
+	return h.Host.Close()
 }
 
 // Add starts one more node, a provider as Start's options say if provider
@@ -250,8 +305,10 @@ func (m *Mesh) Add(t testing.TB, provider bool, dials ...int) *node.Node {
 
 // connectAll makes the dials of a large mesh, parallelDials at a time,
 // trying each up to three times (a dial on a loaded machine may time out).
-func (m *Mesh) connectAll(ctx context.Context, dials [][2]int) error {
+func (m *Mesh) connectAll(ctx context.Context, dials [][2]int, say func(string, ...any)) error {
 	var (
+		done  atomic.Int64
+		tenth = int64(max(len(dials)/10, 1))
 		wg    sync.WaitGroup
 		sem   = make(chan struct{}, parallelDials)
 		errMu sync.Mutex
@@ -266,6 +323,9 @@ func (m *Mesh) connectAll(ctx context.Context, dials [][2]int) error {
 			var err error
 			for range 3 {
 				if err = m.Connect(ctx, d[0], d[1]); err == nil {
+					if k := done.Add(1); k%tenth == 0 {
+						say("%d of %d dials made", k, len(dials))
+					}
 					return
 				}
 			}
