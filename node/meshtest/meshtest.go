@@ -21,7 +21,9 @@ import (
 	"github.com/gpumesh/gpumesh/node"
 	ifconnmgr "github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	ma "github.com/multiformats/go-multiaddr"
@@ -68,6 +70,11 @@ type Options struct {
 	ConnLow, ConnHigh int
 	ConnGrace         time.Duration
 
+	// CountProtocols counts the bytes each node writes on streams, by
+	// protocol (Mesh.SentByProtocol): GossipSub, the DHT, gpumesh's own.
+	// Identify and ping, which the host runs itself, are not counted.
+	CountProtocols bool
+
 	// Progress, if set, is told how Start is getting on (a line at each
 	// tenth of the nodes started and dialed, and at each stage): a mesh of
 	// thousands takes minutes.
@@ -93,6 +100,7 @@ type Mesh struct {
 	Nodes []*node.Node
 
 	seed   uint64
+	sent   []*ProtocolBytes // each node's, with Options.CountProtocols
 	opts   Options         // as Start was given them, for Add
 	swarm  string          // the swarm ID of node 0: the adversaries join its topics
 	ctx    context.Context // ends with Close: the adversaries' loops
@@ -220,13 +228,20 @@ func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node,
 	if err != nil {
 		return nil, fmt.Errorf("meshtest: add peer %d: %w", i, err)
 	}
-	if opts.ConnHigh > 0 {
-		cm, err := connmgr.NewConnManager(opts.ConnLow, opts.ConnHigh, connmgr.WithGracePeriod(cmp.Or(opts.ConnGrace, 10*time.Second)))
-		if err != nil {
-			return nil, fmt.Errorf("meshtest: connection manager of peer %d: %w", i, err)
+	if opts.ConnHigh > 0 || opts.CountProtocols {
+		sh := &simHost{Host: h}
+		if opts.ConnHigh > 0 {
+			sh.cm, err = connmgr.NewConnManager(opts.ConnLow, opts.ConnHigh, connmgr.WithGracePeriod(cmp.Or(opts.ConnGrace, 10*time.Second)))
+			if err != nil {
+				return nil, fmt.Errorf("meshtest: connection manager of peer %d: %w", i, err)
+			}
+			h.Network().Notify(sh.cm.Notifee())
 		}
-		h.Network().Notify(cm.Notifee())
-		h = &managedHost{Host: h, cm: cm}
+		if opts.CountProtocols {
+			sh.sent = &ProtocolBytes{}
+			m.sent = append(m.sent, sh.sent)
+		}
+		h = sh
 	}
 	cfg := node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true, GPUs: "none"}
 	if opts.Private {
@@ -248,20 +263,97 @@ func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node,
 	return nd, nil
 }
 
-// managedHost is a mocknet host with a connection manager: mocknet's own
-// has none, so the DHT's and GossipSub's tags would go nowhere.
-type managedHost struct {
+// simHost is a mocknet host with what mocknet's lacks: a connection
+// manager, if cm is set (mocknet's hosts have none, so the DHT's and
+// GossipSub's tags would go nowhere), and a count of the bytes written on
+// its streams by protocol, if sent is set.
+type simHost struct {
 	host.Host
 	cm   *connmgr.BasicConnMgr
+	sent *ProtocolBytes
 	once sync.Once
 }
 
-func (h *managedHost) ConnManager() ifconnmgr.ConnManager { return h.cm }
+func (h *simHost) ConnManager() ifconnmgr.ConnManager {
+	if h.cm == nil {
+		return h.Host.ConnManager()
+	}
+	return h.cm
+}
+
+func (h *simHost) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
+	s, err := h.Host.NewStream(ctx, p, pids...)
+	if err != nil || h.sent == nil {
+		return s, err
+	}
+	return countedStream{Stream: s, sent: h.sent}, nil
+}
+
+func (h *simHost) SetStreamHandler(pid protocol.ID, handler network.StreamHandler) {
+	h.Host.SetStreamHandler(pid, h.counted(handler))
+}
+
+func (h *simHost) SetStreamHandlerMatch(pid protocol.ID, match func(protocol.ID) bool, handler network.StreamHandler) {
+	h.Host.SetStreamHandlerMatch(pid, match, h.counted(handler))
+}
+
+func (h *simHost) counted(handler network.StreamHandler) network.StreamHandler {
+	if h.sent == nil {
+		return handler
+	}
+	return func(s network.Stream) { handler(countedStream{Stream: s, sent: h.sent}) }
+}
 
 // Close stops the connection manager, then the host.
-func (h *managedHost) Close() error {
-	h.once.Do(func() { h.cm.Close() })
+func (h *simHost) Close() error {
+	h.once.Do(func() {
+		if h.cm != nil {
+			h.cm.Close()
+		}
+	})
 	return h.Host.Close()
+}
+
+// ProtocolBytes counts the bytes a host wrote on streams, by protocol.
+type ProtocolBytes struct {
+	m sync.Map // protocol.ID -> *atomic.Uint64
+}
+
+func (b *ProtocolBytes) add(p protocol.ID, n int) {
+	c, ok := b.m.Load(p)
+	if !ok {
+		c, _ = b.m.LoadOrStore(p, new(atomic.Uint64))
+	}
+	c.(*atomic.Uint64).Add(uint64(n))
+}
+
+// countedStream counts what is written on it.
+type countedStream struct {
+	network.Stream
+	sent *ProtocolBytes
+}
+
+func (s countedStream) Write(p []byte) (int, error) {
+	n, err := s.Stream.Write(p)
+	s.sent.add(s.Protocol(), n)
+	return n, err
+}
+
+// SentByProtocol is what the nodes have written on streams since they
+// started, all together, by protocol (with Options.CountProtocols; nil
+// without).
+func (m *Mesh) SentByProtocol() map[protocol.ID]uint64 {
+	if len(m.sent) == 0 {
+		return nil
+	}
+	out := map[protocol.ID]uint64{}
+	for _, b := range m.sent {
+		b.m.Range(func(k, v any) bool {
+			out[k.(protocol.ID)] += v.(*atomic.Uint64).Load()
+			return true
+		})
+	}
+	return out
 }
 
 // Add starts one more node, a provider as Start's options say if provider

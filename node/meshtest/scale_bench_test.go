@@ -118,6 +118,10 @@ type scaleResult struct {
 	// topic, every copy a peer sends), "ihave", "iwant", "graft", "prune",
 	// "idontwant", "subscriptions", "framing"; bytes a second per peer.
 	RestParts map[string]float64 `json:",omitempty"`
+	// RestProtocols is what a peer writes on streams at rest, by
+	// protocol (the swarm's ID written <swarm>), bytes a second: GossipSub
+	// (its RPCs with their length prefixes), the DHT, gpumesh's own.
+	RestProtocols map[string]float64 `json:",omitempty"`
 
 	RestGossipBps  float64 // bytes a second a peer sends, at rest
 	RecordsPerPeer float64
@@ -173,7 +177,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 		fmt.Fprintf(os.Stderr, "scale %d: %5.0fs  %s\n", n, time.Since(setup).Seconds(), fmt.Sprintf(format, args...))
 	}
 	m := meshtest.Start(b, n, meshtest.Options{Seed: uint64(n), Private: true, Providers: providers, Executors: []string{"process"}, Latency: latency,
-		Progress: say, ConnLow: scaleConnLow, ConnHigh: scaleConnHigh,
+		Progress: say, ConnLow: scaleConnLow, ConnHigh: scaleConnHigh, CountProtocols: true,
 		Config: func(i int, c *node.Config) {
 			if i < providers {
 				c.Price = fmt.Sprintf("fixed:2.%02d", i%50)
@@ -211,9 +215,11 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	}
 	say("at rest for %v", *scaleRest)
 	s0, p0 := sent()
+	b0 := m.SentByProtocol()
 	t0 := time.Now()
 	wait(ctx, *scaleRest)
 	s1, p1 := sent()
+	b1 := m.SentByProtocol()
 	secs := time.Since(t0).Seconds()
 	r.RestWindowS = secs
 	r.RestGossipBps = float64(s1-s0) / secs / float64(n)
@@ -227,6 +233,18 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	}
 	slices.Sort(partsLine)
 	say("resting gossip %.0f B/s a peer: %s", r.RestGossipBps, strings.Join(partsLine, ", "))
+	r.RestProtocols = map[string]float64{}
+	swarm := m.Nodes[0].Info().Swarm
+	partsLine = partsLine[:0]
+	for p, v := range b1 {
+		if d := float64(v-b0[p]) / secs / float64(n); d > 0 {
+			name := strings.ReplaceAll(string(p), swarm, "<swarm>")
+			r.RestProtocols[name] = d
+			partsLine = append(partsLine, fmt.Sprintf("%s %.0f", name, d))
+		}
+	}
+	slices.Sort(partsLine)
+	say("at rest on streams, B/s a peer by protocol: %s", strings.Join(partsLine, ", "))
 	// Memory, goroutines and connections at rest (after the connection
 	// managers' grace period and first trims).
 	runtime.GC()
