@@ -101,9 +101,9 @@ type Mesh struct {
 
 	seed   uint64
 	sent   []*ProtocolBytes // each node's, with Options.CountProtocols
-	opts   Options         // as Start was given them, for Add
-	swarm  string          // the swarm ID of node 0: the adversaries join its topics
-	ctx    context.Context // ends with Close: the adversaries' loops
+	opts   Options          // as Start was given them, for Add
+	swarm  string           // the swarm ID of node 0: the adversaries join its topics
+	ctx    context.Context  // ends with Close: the adversaries' loops
 	cancel context.CancelFunc
 }
 
