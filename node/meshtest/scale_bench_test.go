@@ -34,6 +34,7 @@ var (
 	scaleOut     = flag.String("scale.out", "", "BenchmarkScale: append each size's figures as a JSON line to this file (docs/scale.md's table is made from it)")
 	scaleRest    = flag.Duration("scale.rest", 30*time.Second, "BenchmarkScale: the window over which resting gossip is measured (at least one price heartbeat, 30 s, so each provider's re-send falls in it)")
 	scaleOnly    = flag.Bool("scale.restonly", false, "BenchmarkScale: measure setup, memory and rest only (no lookups, ticks or formation): for profiling")
+	scaleNoCM    = flag.Bool("scale.noconnmgr", false, "BenchmarkScale: simulated nodes without a connection manager (as mocknet's hosts are), for comparison")
 	scaleNote    = flag.String("scale.note", "", "BenchmarkScale: a note kept with each size's JSON line (e.g. \"measured under load\")")
 	scaleProfile = flag.String("scale.profile", "", "BenchmarkScale: write heap and goroutine profiles at rest (after setup, after GC) into this directory as heap-N.pprof, goroutine-N.pprof")
 )
@@ -122,6 +123,9 @@ type scaleResult struct {
 	// protocol (the swarm's ID written <swarm>), bytes a second: GossipSub
 	// (its RPCs with their length prefixes), the DHT, gpumesh's own.
 	RestProtocols map[string]float64 `json:",omitempty"`
+	// RestDHTRequests is the DHT requests a peer serves a second at
+	// rest, by type (FIND_NODE, GET_VALUE, ...).
+	RestDHTRequests map[string]float64 `json:",omitempty"`
 
 	RestGossipBps  float64 // bytes a second a peer sends, at rest
 	RecordsPerPeer float64
@@ -177,7 +181,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 		fmt.Fprintf(os.Stderr, "scale %d: %5.0fs  %s\n", n, time.Since(setup).Seconds(), fmt.Sprintf(format, args...))
 	}
 	m := meshtest.Start(b, n, meshtest.Options{Seed: uint64(n), Private: true, Providers: providers, Executors: []string{"process"}, Latency: latency,
-		Progress: say, ConnLow: scaleConnLow, ConnHigh: scaleConnHigh, CountProtocols: true,
+		Progress: say, ConnLow: scaleConnLow, ConnHigh: scaleConnHigh * ifThen(*scaleNoCM, 0, 1), CountProtocols: true,
 		Config: func(i int, c *node.Config) {
 			if i < providers {
 				c.Price = fmt.Sprintf("fixed:2.%02d", i%50)
@@ -216,10 +220,21 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	say("at rest for %v", *scaleRest)
 	s0, p0 := sent()
 	b0 := m.SentByProtocol()
+	dhtRequests := func() map[string]uint64 {
+		out := map[string]uint64{}
+		for _, nd := range m.Nodes {
+			for k, v := range nd.Directory().Requests() {
+				out[k] += v
+			}
+		}
+		return out
+	}
+	q0 := dhtRequests()
 	t0 := time.Now()
 	wait(ctx, *scaleRest)
 	s1, p1 := sent()
 	b1 := m.SentByProtocol()
+	q1 := dhtRequests()
 	secs := time.Since(t0).Seconds()
 	r.RestWindowS = secs
 	r.RestGossipBps = float64(s1-s0) / secs / float64(n)
@@ -245,6 +260,16 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	}
 	slices.Sort(partsLine)
 	say("at rest on streams, B/s a peer by protocol: %s", strings.Join(partsLine, ", "))
+	r.RestDHTRequests = map[string]float64{}
+	partsLine = partsLine[:0]
+	for k, v := range q1 {
+		if d := float64(v-q0[k]) / secs / float64(n); d > 0 {
+			r.RestDHTRequests[k] = d
+			partsLine = append(partsLine, fmt.Sprintf("%s %.2f", k, d))
+		}
+	}
+	slices.Sort(partsLine)
+	say("at rest, DHT requests a peer serves a second, by type: %s", strings.Join(partsLine, ", "))
 	// Memory, goroutines and connections at rest (after the connection
 	// managers' grace period and first trims).
 	runtime.GC()
@@ -442,6 +467,13 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	r.Form64P50Ms, r.Form64P99Ms, r.Form64Msgs, r.Form64Failed = form(64, 8)
 	say("done")
 	return r
+}
+
+func ifThen(c bool, a, b int) int {
+	if c {
+		return a
+	}
+	return b
 }
 
 // topicShort is a topic's name without the swarm: "/gpumesh/<swarm>/prices/1" -> "prices".
