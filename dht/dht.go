@@ -34,6 +34,7 @@ import (
 	"time"
 
 	kaddht "github.com/libp2p/go-libp2p-kad-dht"
+	pb "github.com/libp2p/go-libp2p-kad-dht/pb"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -155,6 +156,21 @@ func (d *Directory) Refresh(ctx context.Context) error {
 // connections and routing table if it knows them, else by asking the DHT.
 func (d *Directory) FindPeer(ctx context.Context, id peer.ID) (peer.AddrInfo, error) {
 	return d.route.FindPeer(ctx, id)
+}
+
+// Requests counts the DHT requests this peer has served since it
+// started, every half's together, by type ("FIND_NODE", "GET_VALUE",
+// "PUT_VALUE", "ADD_PROVIDER", "GET_PROVIDERS", "PING").
+func (d *Directory) Requests() map[string]uint64 {
+	out := map[string]uint64{}
+	for _, x := range d.halves {
+		for t := range x.store.requests {
+			if v := x.store.requests[t].Load(); v > 0 {
+				out[pb.Message_MessageType(t).String()] += v
+			}
+		}
+	}
+	return out
 }
 
 // RoutingTableSize is the number of peers in this peer's routing tables,

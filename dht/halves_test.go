@@ -72,4 +72,12 @@ func TestPeersOnOneMachineShareTheLANHalf(t *testing.T) {
 	if v, _ := finder.half(HalfLAN).store.counts(); v != 1 {
 		t.Fatalf("the finder's LAN shard holds %d offers, want 1", v)
 	}
+	// The finder served the provider's put (and the index's provider
+	// records); the provider served the finder's lookups.
+	if got := finder.Requests(); got["PUT_VALUE"] != 1 || got["ADD_PROVIDER"] == 0 {
+		t.Errorf("the finder served %v; want 1 PUT_VALUE and ADD_PROVIDERs", got)
+	}
+	if got := prov.Requests(); got["GET_PROVIDERS"] == 0 || got["PUT_VALUE"] != 0 {
+		t.Errorf("the provider served %v; want GET_PROVIDERS and no PUT_VALUE", got)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	ds "github.com/ipfs/go-datastore"
@@ -54,6 +55,8 @@ type shardStore struct {
 	ds.Batching
 	now func() time.Time
 
+	requests [6]atomic.Uint64 // DHT requests served, by type (pb.Message_MessageType 0..5)
+
 	mu        sync.Mutex // guards shard, providers and stats, and makes each check-and-write one step
 	shard     *shard
 	providers int
@@ -82,6 +85,9 @@ func isProviderKey(k ds.Key) bool { return strings.HasPrefix(k.String(), "/provi
 // onRequest is the DHT's request hook: it charges each PUT_VALUE to its
 // sender before the DHT checks and stores the record. It must not block.
 func (s *shardStore) onRequest(_ context.Context, st network.Stream, req *pb.Message) {
+	if t := int(req.GetType()); t >= 0 && t < len(s.requests) {
+		s.requests[t].Add(1)
+	}
 	if req.GetType() != pb.Message_PUT_VALUE {
 		return
 	}

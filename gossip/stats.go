@@ -24,6 +24,7 @@ type TopicStats struct {
 type topicCounters struct {
 	received, delivered, duplicates, rejected, ignored atomic.Uint64
 	mesh                                               atomic.Int64
+	sentBytes                                          atomic.Uint64 // of messages sent (own and forwarded), every copy
 }
 
 // statsTracer counts messages per joined topic for Gossip.Stats. GossipSub
@@ -34,6 +35,10 @@ type statsTracer struct {
 	topics sync.Map // topic name -> *topicCounters
 
 	sentBytes, recvBytes atomic.Uint64 // RPCs of every topic, control included
+
+	// Bytes sent, by part of an RPC (the topics' messages are counted
+	// per topic): what a peer's gossip bandwidth is made of.
+	sentIHave, sentIWant, sentGraft, sentPrune, sentIDontWant, sentSubs, sentOther atomic.Uint64
 }
 
 var _ pubsub.RawTracer = (*statsTracer)(nil)
@@ -101,7 +106,42 @@ func (s *statsTracer) OnClosedOutboundStream(peer.ID)           {}
 func (s *statsTracer) ValidateMessage(*pubsub.Message)          {}
 func (s *statsTracer) ThrottlePeer(peer.ID)                     {}
 func (s *statsTracer) SendRPC(rpc *pubsub.RPC, _ peer.ID) {
-	s.sentBytes.Add(uint64(proto.Size(&rpc.RPC)))
+	total := uint64(proto.Size(&rpc.RPC))
+	s.sentBytes.Add(total)
+	parts := uint64(0)
+	for _, m := range rpc.GetPublish() {
+		n := uint64(proto.Size(m))
+		parts += n
+		if c := s.get(m.GetTopic()); c != nil {
+			c.sentBytes.Add(n)
+		}
+	}
+	for _, sub := range rpc.GetSubscriptions() {
+		n := uint64(proto.Size(sub))
+		parts += n
+		s.sentSubs.Add(n)
+	}
+	if ctl := rpc.GetControl(); ctl != nil {
+		add := func(c *atomic.Uint64, n int) { c.Add(uint64(n)); parts += uint64(n) }
+		for _, x := range ctl.GetIhave() {
+			add(&s.sentIHave, proto.Size(x))
+		}
+		for _, x := range ctl.GetIwant() {
+			add(&s.sentIWant, proto.Size(x))
+		}
+		for _, x := range ctl.GetGraft() {
+			add(&s.sentGraft, proto.Size(x))
+		}
+		for _, x := range ctl.GetPrune() {
+			add(&s.sentPrune, proto.Size(x))
+		}
+		for _, x := range ctl.GetIdontwant() {
+			add(&s.sentIDontWant, proto.Size(x))
+		}
+	}
+	if total > parts {
+		s.sentOther.Add(total - parts) // framing: field tags and lengths
+	}
 }
 func (s *statsTracer) SendRPCCompleted(*pubsub.RPC, peer.ID, time.Duration) {}
 func (s *statsTracer) DropRPC(*pubsub.RPC, peer.ID)                         {}
@@ -121,6 +161,35 @@ func (g *Gossip) Stats(topic string) TopicStats {
 		Ignored:    c.ignored.Load(),
 		Mesh:       int(c.mesh.Load()),
 	}
+}
+
+// SentBytes is what this peer's router has sent since it started, in
+// bytes, by part of the RPCs: the messages of each topic it joined (its
+// own and those it forwarded, every copy), and GossipSub's control.
+type SentBytes struct {
+	Topics        map[string]uint64 `json:"topics"`        // topic name -> bytes of its messages
+	IHave         uint64            `json:"ihave"`         // "I have these message IDs" gossip, each heartbeat
+	IWant         uint64            `json:"iwant"`         // requests for messages an IHAVE named
+	Graft         uint64            `json:"graft"`         // joining a peer's mesh of a topic
+	Prune         uint64            `json:"prune"`         // leaving one (with peer exchange)
+	IDontWant     uint64            `json:"idontwant"`     // "already have it" for large messages
+	Subscriptions uint64            `json:"subscriptions"` // topic (un)subscriptions
+	Framing       uint64            `json:"framing"`       // the RPCs' own tags and lengths
+}
+
+// Sent is what this peer's router has sent, by part (see SentBytes).
+func (g *Gossip) Sent() SentBytes {
+	s := g.stats
+	out := SentBytes{
+		Topics: map[string]uint64{},
+		IHave:  s.sentIHave.Load(), IWant: s.sentIWant.Load(), Graft: s.sentGraft.Load(), Prune: s.sentPrune.Load(),
+		IDontWant: s.sentIDontWant.Load(), Subscriptions: s.sentSubs.Load(), Framing: s.sentOther.Load(),
+	}
+	s.topics.Range(func(k, v any) bool {
+		out.Topics[k.(string)] = v.(*topicCounters).sentBytes.Load()
+		return true
+	})
+	return out
 }
 
 // Bytes is what this peer's router has sent and received, in bytes of

@@ -13,12 +13,18 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
+	ifconnmgr "github.com/libp2p/go-libp2p/core/connmgr"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	ma "github.com/multiformats/go-multiaddr"
 )
@@ -54,6 +60,25 @@ type Options struct {
 	// Config, if set, adjusts node i's config after the options above
 	// (region, data dir, clock, ...).
 	Config func(i int, c *node.Config)
+
+	// ConnLow and ConnHigh give each node a connection manager (libp2p's,
+	// as a real node has, node/host.go: 64 and 256) with these
+	// watermarks: above ConnHigh connections the least useful are closed
+	// down to ConnLow, sparing those younger than ConnGrace (0: 10 s). 0:
+	// none, and mocknet keeps every connection a node ever made (at a few
+	// hundred peers, nearly all pairs).
+	ConnLow, ConnHigh int
+	ConnGrace         time.Duration
+
+	// CountProtocols counts the bytes each node writes on streams, by
+	// protocol (Mesh.SentByProtocol): GossipSub, the DHT, gpumesh's own.
+	// Identify and ping, which the host runs itself, are not counted.
+	CountProtocols bool
+
+	// Progress, if set, is told how Start is getting on (a line at each
+	// tenth of the nodes started and dialed, and at each stage): a mesh of
+	// thousands takes minutes.
+	Progress func(format string, args ...any)
 }
 
 // setupTimeout bounds Start's wait for the mesh: a healthy start of 50 peers
@@ -75,9 +100,10 @@ type Mesh struct {
 	Nodes []*node.Node
 
 	seed   uint64
-	opts   Options         // as Start was given them, for Add
-	swarm  string          // the swarm ID of node 0: the adversaries join its topics
-	ctx    context.Context // ends with Close: the adversaries' loops
+	sent   []*ProtocolBytes // each node's, with Options.CountProtocols
+	opts   Options          // as Start was given them, for Add
+	swarm  string           // the swarm ID of node 0: the adversaries join its topics
+	ctx    context.Context  // ends with Close: the adversaries' loops
 	cancel context.CancelFunc
 }
 
@@ -121,10 +147,19 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	t.Cleanup(func() { m.Close() })
 	ctx := context.Background()
+	say := func(format string, args ...any) {
+		if opts.Progress != nil {
+			opts.Progress(format, args...)
+		}
+	}
+	tenth := max(n/10, 1)
 	for i := range n {
 		nd, err := m.startNode(ctx, i, i < opts.Providers)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if (i+1)%tenth == 0 {
+			say("%d of %d nodes started", i+1, n)
 		}
 		if i == 0 {
 			m.swarm = nd.Info().Swarm
@@ -154,9 +189,10 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 				t.Fatalf("meshtest: connect %d to %d: %v", d[0], d[1], err)
 			}
 		}
-	} else if err := m.connectAll(ctx, dials); err != nil {
+	} else if err := m.connectAll(ctx, dials, say); err != nil {
 		t.Fatal(err)
 	}
+	say("%d dials made; DHT bootstrap", len(dials))
 	for _, nd := range m.Nodes {
 		if err := nd.Directory().Bootstrap(ctx); err != nil {
 			t.Fatalf("meshtest: dht bootstrap: %v", err)
@@ -170,9 +206,11 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 	if opts.MeshDHT == 0 {
 		opts.MeshDHT = 8
 	}
+	say("waiting for every node to hold %d DHT peers and a GossipSub peer", min(opts.MeshDHT, n-1))
 	if err := m.waitMeshed(wctx, opts.MeshDHT); err != nil {
 		t.Fatal(err)
 	}
+	say("waiting for every node to have a peer on the rfb topic")
 	if err := m.waitTopic(wctx, "rfb"); err != nil {
 		t.Fatal(err)
 	}
@@ -185,9 +223,25 @@ func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node,
 	opts := m.opts
 	id := Key(opts.Seed, i)
 	addr := ma.StringCast(fmt.Sprintf("/ip4/127.%d.%d.%d/tcp/4021", (i>>16)&0xff, (i>>8)&0xff, i&0xff))
+	var h host.Host
 	h, err := m.Net.AddPeer(id.Key, addr)
 	if err != nil {
 		return nil, fmt.Errorf("meshtest: add peer %d: %w", i, err)
+	}
+	if opts.ConnHigh > 0 || opts.CountProtocols {
+		sh := &simHost{Host: h}
+		if opts.ConnHigh > 0 {
+			sh.cm, err = connmgr.NewConnManager(opts.ConnLow, opts.ConnHigh, connmgr.WithGracePeriod(cmp.Or(opts.ConnGrace, 10*time.Second)))
+			if err != nil {
+				return nil, fmt.Errorf("meshtest: connection manager of peer %d: %w", i, err)
+			}
+			h.Network().Notify(sh.cm.Notifee())
+		}
+		if opts.CountProtocols {
+			sh.sent = &ProtocolBytes{}
+			m.sent = append(m.sent, sh.sent)
+		}
+		h = sh
 	}
 	cfg := node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true, GPUs: "none"}
 	if opts.Private {
@@ -207,6 +261,99 @@ func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node,
 		return nil, fmt.Errorf("meshtest: start node %d: %w", i, err)
 	}
 	return nd, nil
+}
+
+// simHost is a mocknet host with what mocknet's lacks: a connection
+// manager, if cm is set (mocknet's hosts have none, so the DHT's and
+// GossipSub's tags would go nowhere), and a count of the bytes written on
+// its streams by protocol, if sent is set.
+type simHost struct {
+	host.Host
+	cm   *connmgr.BasicConnMgr
+	sent *ProtocolBytes
+	once sync.Once
+}
+
+func (h *simHost) ConnManager() ifconnmgr.ConnManager {
+	if h.cm == nil {
+		return h.Host.ConnManager()
+	}
+	return h.cm
+}
+
+func (h *simHost) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
+	s, err := h.Host.NewStream(ctx, p, pids...)
+	if err != nil || h.sent == nil {
+		return s, err
+	}
+	return countedStream{Stream: s, sent: h.sent}, nil
+}
+
+func (h *simHost) SetStreamHandler(pid protocol.ID, handler network.StreamHandler) {
+	h.Host.SetStreamHandler(pid, h.counted(handler))
+}
+
+func (h *simHost) SetStreamHandlerMatch(pid protocol.ID, match func(protocol.ID) bool, handler network.StreamHandler) {
+	h.Host.SetStreamHandlerMatch(pid, match, h.counted(handler))
+}
+
+func (h *simHost) counted(handler network.StreamHandler) network.StreamHandler {
+	if h.sent == nil {
+		return handler
+	}
+	return func(s network.Stream) { handler(countedStream{Stream: s, sent: h.sent}) }
+}
+
+// Close stops the connection manager, then the host.
+func (h *simHost) Close() error {
+	h.once.Do(func() {
+		if h.cm != nil {
+			h.cm.Close()
+		}
+	})
+	return h.Host.Close()
+}
+
+// ProtocolBytes counts the bytes a host wrote on streams, by protocol.
+type ProtocolBytes struct {
+	m sync.Map // protocol.ID -> *atomic.Uint64
+}
+
+func (b *ProtocolBytes) add(p protocol.ID, n int) {
+	c, ok := b.m.Load(p)
+	if !ok {
+		c, _ = b.m.LoadOrStore(p, new(atomic.Uint64))
+	}
+	c.(*atomic.Uint64).Add(uint64(n))
+}
+
+// countedStream counts what is written on it.
+type countedStream struct {
+	network.Stream
+	sent *ProtocolBytes
+}
+
+func (s countedStream) Write(p []byte) (int, error) {
+	n, err := s.Stream.Write(p)
+	s.sent.add(s.Protocol(), n)
+	return n, err
+}
+
+// SentByProtocol is what the nodes have written on streams since they
+// started, all together, by protocol (with Options.CountProtocols; nil
+// without).
+func (m *Mesh) SentByProtocol() map[protocol.ID]uint64 {
+	if len(m.sent) == 0 {
+		return nil
+	}
+	out := map[protocol.ID]uint64{}
+	for _, b := range m.sent {
+		b.m.Range(func(k, v any) bool {
+			out[k.(protocol.ID)] += v.(*atomic.Uint64).Load()
+			return true
+		})
+	}
+	return out
 }
 
 // Add starts one more node, a provider as Start's options say if provider
@@ -250,8 +397,10 @@ func (m *Mesh) Add(t testing.TB, provider bool, dials ...int) *node.Node {
 
 // connectAll makes the dials of a large mesh, parallelDials at a time,
 // trying each up to three times (a dial on a loaded machine may time out).
-func (m *Mesh) connectAll(ctx context.Context, dials [][2]int) error {
+func (m *Mesh) connectAll(ctx context.Context, dials [][2]int, say func(string, ...any)) error {
 	var (
+		done  atomic.Int64
+		tenth = int64(max(len(dials)/10, 1))
 		wg    sync.WaitGroup
 		sem   = make(chan struct{}, parallelDials)
 		errMu sync.Mutex
@@ -266,6 +415,9 @@ func (m *Mesh) connectAll(ctx context.Context, dials [][2]int) error {
 			var err error
 			for range 3 {
 				if err = m.Connect(ctx, d[0], d[1]); err == nil {
+					if k := done.Add(1); k%tenth == 0 {
+						say("%d of %d dials made", k, len(dials))
+					}
 					return
 				}
 			}

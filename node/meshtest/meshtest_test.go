@@ -3,6 +3,7 @@ package meshtest_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,5 +77,44 @@ func BenchmarkMesh(b *testing.B) {
 				b.StartTimer()
 			}
 		})
+	}
+}
+
+func TestSimulatedNodesTrimConnectionsAndCountBytesByProtocol(t *testing.T) {
+	const n = 40
+	m := meshtest.Start(t, n, meshtest.Options{Seed: 2, ConnLow: 4, ConnHigh: 8, ConnGrace: 100 * time.Millisecond, CountProtocols: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	hub := m.Nodes[0] // every node dialed it
+	// The DHT's and GossipSub's tags reach a real connection manager.
+	tagged := 0
+	for _, p := range hub.Host().Network().Peers() {
+		if info := hub.Host().ConnManager().GetTagInfo(p); info != nil && len(info.Tags) > 0 {
+			tagged++
+		}
+	}
+	if tagged == 0 {
+		t.Fatal("no connected peer of node 0 has a tag: its connection manager is not the one the DHT and GossipSub use")
+	}
+	// It trims what it may close (GossipSub protects its mesh peers) to
+	// the low mark, 4.
+	testwait.Until(t, ctx, "node 0 to trim the connections it may close to 4", func() (bool, string) {
+		all, open := hub.Host().Network().Peers(), 0
+		for _, p := range all {
+			if !hub.Host().ConnManager().IsProtected(p, "") {
+				open++
+			}
+		}
+		return open <= 4, fmt.Sprintf("%d of %d peers unprotected", open, len(all))
+	})
+	sent := m.SentByProtocol()
+	kad, meshsub := uint64(0), sent["/meshsub/1.3.0"]
+	for p, v := range sent {
+		if strings.HasSuffix(string(p), "/kad/1.0.0") {
+			kad += v
+		}
+	}
+	if kad == 0 || meshsub == 0 {
+		t.Fatalf("bytes sent by protocol %v: want DHT and GossipSub bytes", sent)
 	}
 }

@@ -1,6 +1,7 @@
 package meshtest_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -8,7 +9,9 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,6 +32,11 @@ var (
 	scalePeers   = flag.String("scale.peers", "1000", "BenchmarkScale: peer counts, comma-separated (e.g. 1000,3000,10000)")
 	scaleLatency = flag.Duration("scale.latency", 20*time.Millisecond, "BenchmarkScale: one-way latency of every simulated link")
 	scaleOut     = flag.String("scale.out", "", "BenchmarkScale: append each size's figures as a JSON line to this file (docs/scale.md's table is made from it)")
+	scaleRest    = flag.Duration("scale.rest", 30*time.Second, "BenchmarkScale: the window over which resting gossip is measured (at least one price heartbeat, 30 s, so each provider's re-send falls in it)")
+	scaleOnly    = flag.Bool("scale.restonly", false, "BenchmarkScale: measure setup, memory and rest only (no lookups, ticks or formation): for profiling")
+	scaleNoCM    = flag.Bool("scale.noconnmgr", false, "BenchmarkScale: simulated nodes without a connection manager (as mocknet's hosts are), for comparison")
+	scaleNote    = flag.String("scale.note", "", "BenchmarkScale: a note kept with each size's JSON line (e.g. \"measured under load\")")
+	scaleProfile = flag.String("scale.profile", "", "BenchmarkScale: write heap and goroutine profiles at rest (after setup, after GC) into this directory as heap-N.pprof, goroutine-N.pprof")
 )
 
 // BenchmarkScale runs whole gpumesh nodes (directory, prices, negotiation)
@@ -69,7 +77,7 @@ func BenchmarkScale(b *testing.B) {
 			if !ok {
 				r = measureScale(b, n, *scaleLatency)
 				scaleResults[n] = r
-				if *scaleOut != "" {
+				if *scaleOut != "" && !*scaleOnly {
 					appendJSONLine(b, *scaleOut, r)
 				}
 			}
@@ -78,6 +86,16 @@ func BenchmarkScale(b *testing.B) {
 	}
 }
 
+// Connection manager watermarks of the simulated nodes: lower than a real
+// node's (64 and 256, node/host.go) so that 1,000 whole nodes fit in one
+// process (a connection costs ~70 KB in mocknet: its streams' goroutines
+// and pipes). With mocknet's default, none, every node ends up connected
+// to nearly every other (91 of 99 at 100 peers, 202 of 299 at 300), and
+// memory per peer grows with N. The low mark counts only connections the
+// manager may close: GossipSub's mesh peers (up to 12 a topic) are kept
+// besides.
+const scaleConnLow, scaleConnHigh = 16, 32
+
 // scaleResults keeps each size's figures for the rest of the process: the
 // benchmark may be called more than once a size, and a mesh of thousands
 // takes minutes to build.
@@ -85,10 +103,29 @@ var scaleResults = map[int]scaleResult{}
 
 // scaleResult is what BenchmarkScale measured at one size.
 type scaleResult struct {
+	Note             string `json:",omitempty"`
 	Peers, Providers int
 	LatencyMs        float64
 	SetupS           float64
 	MemMBPerPeer     float64
+	HeapMBPeer       float64 // of MemMBPerPeer: heap in use
+	StackMBPeer      float64 // of MemMBPerPeer: goroutine stacks
+	GoroutinesPeer   float64 // goroutines per peer at rest
+	ConnsPeer        float64 // open connections per peer at rest (mean)
+	ConnsMax         int
+	StreamsPeer      float64 // open streams per peer at rest (mean)
+	RestWindowS      float64
+	// RestParts is RestGossipBps by part: "topic:<name>" (messages of that
+	// topic, every copy a peer sends), "ihave", "iwant", "graft", "prune",
+	// "idontwant", "subscriptions", "framing"; bytes a second per peer.
+	RestParts map[string]float64 `json:",omitempty"`
+	// RestProtocols is what a peer writes on streams at rest, by
+	// protocol (the swarm's ID written <swarm>), bytes a second: GossipSub
+	// (its RPCs with their length prefixes), the DHT, gpumesh's own.
+	RestProtocols map[string]float64 `json:",omitempty"`
+	// RestDHTRequests is the DHT requests a peer serves a second at
+	// rest, by type (FIND_NODE, GET_VALUE, ...).
+	RestDHTRequests map[string]float64 `json:",omitempty"`
 
 	RestGossipBps  float64 // bytes a second a peer sends, at rest
 	RecordsPerPeer float64
@@ -124,6 +161,7 @@ func (r scaleResult) report(b *testing.B) {
 		{r.Form8P50Ms, "form8-p50-ms"}, {r.Form8P99Ms, "form8-p99-ms"}, {r.Form8Msgs, "form8-msgs"},
 		{r.Form64P50Ms, "form64-p50-ms"}, {r.Form64P99Ms, "form64-p99-ms"}, {r.Form64Msgs, "form64-msgs"},
 		{float64(r.Form8Failed + r.Form64Failed), "failed-jobs"}, {r.SetupS, "setup-s"},
+		{r.GoroutinesPeer, "goroutines/peer"}, {r.ConnsPeer, "conns/peer"}, {r.StreamsPeer, "streams/peer"},
 	} {
 		b.ReportMetric(m.v, m.unit)
 	}
@@ -133,12 +171,17 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Hour)
 	defer cancel()
 	providers := max(n/10, 8)
-	r := scaleResult{Peers: n, Providers: providers, LatencyMs: float64(latency) / float64(time.Millisecond), Log2N: math.Ceil(math.Log2(float64(n)))}
+	r := scaleResult{Note: *scaleNote, Peers: n, Providers: providers, LatencyMs: float64(latency) / float64(time.Millisecond), Log2N: math.Ceil(math.Log2(float64(n)))}
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
+	g0 := runtime.NumGoroutine()
 	setup := time.Now()
+	say := func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "scale %d: %5.0fs  %s\n", n, time.Since(setup).Seconds(), fmt.Sprintf(format, args...))
+	}
 	m := meshtest.Start(b, n, meshtest.Options{Seed: uint64(n), Private: true, Providers: providers, Executors: []string{"process"}, Latency: latency,
+		Progress: say, ConnLow: scaleConnLow, ConnHigh: scaleConnHigh * ifThen(*scaleNoCM, 0, 1), CountProtocols: true,
 		Config: func(i int, c *node.Config) {
 			if i < providers {
 				c.Price = fmt.Sprintf("fixed:2.%02d", i%50)
@@ -146,12 +189,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 			}
 		}})
 	r.SetupS = time.Since(setup).Seconds()
-	b.Logf("%d peers up in %.0f s", n, r.SetupS)
-	runtime.GC()
-	var after runtime.MemStats
-	runtime.ReadMemStats(&after)
-	inUse := func(s runtime.MemStats) float64 { return float64(s.HeapInuse + s.StackInuse) }
-	r.MemMBPerPeer = (inUse(after) - inUse(before)) / float64(n) / (1 << 20)
+	say("%d peers up", n)
 	provs, others := m.Nodes[:providers], m.Nodes[providers:]
 	rng := rand.New(rand.NewPCG(uint64(n), 19))
 
@@ -161,19 +199,114 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 		return err == nil && res.Providers == providers, fmt.Sprintf("%d of %d (%v)", res.Providers, providers, err)
 	})
 
-	// At rest: gossip a peer sends a second, over a window.
-	const window = 10 * time.Second
-	sent := func() uint64 {
-		var s uint64
+	// At rest: gossip a peer sends a second, over a window of at least a
+	// price heartbeat, by part.
+	sent := func() (total uint64, parts map[string]uint64) {
+		parts = map[string]uint64{}
 		for _, nd := range m.Nodes {
 			out, _ := nd.Gossip().Bytes()
-			s += out
+			total += out
+			p := nd.Gossip().Sent()
+			for topic, v := range p.Topics {
+				parts["topic:"+topicShort(topic)] += v
+			}
+			for k, v := range map[string]uint64{"ihave": p.IHave, "iwant": p.IWant, "graft": p.Graft, "prune": p.Prune,
+				"idontwant": p.IDontWant, "subscriptions": p.Subscriptions, "framing": p.Framing} {
+				parts[k] += v
+			}
 		}
-		return s
+		return total, parts
 	}
-	s0, t0 := sent(), time.Now()
-	wait(ctx, window)
-	r.RestGossipBps = float64(sent()-s0) / time.Since(t0).Seconds() / float64(n)
+	say("at rest for %v", *scaleRest)
+	s0, p0 := sent()
+	b0 := m.SentByProtocol()
+	dhtRequests := func() map[string]uint64 {
+		out := map[string]uint64{}
+		for _, nd := range m.Nodes {
+			for k, v := range nd.Directory().Requests() {
+				out[k] += v
+			}
+		}
+		return out
+	}
+	q0 := dhtRequests()
+	t0 := time.Now()
+	wait(ctx, *scaleRest)
+	s1, p1 := sent()
+	b1 := m.SentByProtocol()
+	q1 := dhtRequests()
+	secs := time.Since(t0).Seconds()
+	r.RestWindowS = secs
+	r.RestGossipBps = float64(s1-s0) / secs / float64(n)
+	r.RestParts = map[string]float64{}
+	var partsLine []string
+	for k, v := range p1 {
+		if d := float64(v-p0[k]) / secs / float64(n); d > 0 {
+			r.RestParts[k] = d
+			partsLine = append(partsLine, fmt.Sprintf("%s %.0f", k, d))
+		}
+	}
+	slices.Sort(partsLine)
+	say("resting gossip %.0f B/s a peer: %s", r.RestGossipBps, strings.Join(partsLine, ", "))
+	r.RestProtocols = map[string]float64{}
+	swarm := m.Nodes[0].Info().Swarm
+	partsLine = partsLine[:0]
+	for p, v := range b1 {
+		if d := float64(v-b0[p]) / secs / float64(n); d > 0 {
+			name := strings.ReplaceAll(string(p), swarm, "<swarm>")
+			r.RestProtocols[name] = d
+			partsLine = append(partsLine, fmt.Sprintf("%s %.0f", name, d))
+		}
+	}
+	slices.Sort(partsLine)
+	say("at rest on streams, B/s a peer by protocol: %s", strings.Join(partsLine, ", "))
+	r.RestDHTRequests = map[string]float64{}
+	partsLine = partsLine[:0]
+	for k, v := range q1 {
+		if d := float64(v-q0[k]) / secs / float64(n); d > 0 {
+			r.RestDHTRequests[k] = d
+			partsLine = append(partsLine, fmt.Sprintf("%s %.2f", k, d))
+		}
+	}
+	slices.Sort(partsLine)
+	say("at rest, DHT requests a peer serves a second, by type: %s", strings.Join(partsLine, ", "))
+	// Memory, goroutines and connections at rest (after the connection
+	// managers' grace period and first trims).
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	inUse := func(s runtime.MemStats) float64 { return float64(s.HeapInuse + s.StackInuse) }
+	r.MemMBPerPeer = (inUse(after) - inUse(before)) / float64(n) / (1 << 20)
+	r.HeapMBPeer = (float64(after.HeapInuse) - float64(before.HeapInuse)) / float64(n) / (1 << 20)
+	r.StackMBPeer = (float64(after.StackInuse) - float64(before.StackInuse)) / float64(n) / (1 << 20)
+	r.GoroutinesPeer = float64(runtime.NumGoroutine()-g0) / float64(n)
+	conns, streams := 0, 0
+	byProto := map[string]int{}
+	for _, nd := range m.Nodes {
+		cs := nd.Host().Network().Conns()
+		conns += len(cs)
+		r.ConnsMax = max(r.ConnsMax, len(cs))
+		for _, c := range cs {
+			for _, st := range c.GetStreams() {
+				streams++
+				byProto[string(st.Protocol())]++
+			}
+		}
+	}
+	r.ConnsPeer, r.StreamsPeer = float64(conns)/float64(n), float64(streams)/float64(n)
+	var protos []string
+	for p, c := range byProto {
+		protos = append(protos, fmt.Sprintf("%s %.1f", cmp.Or(p, "(none yet)"), float64(c)/float64(n)))
+	}
+	slices.Sort(protos)
+	say("streams a peer by protocol: %s", strings.Join(protos, ", "))
+	say("%.1f MB (heap %.1f, stacks %.1f), %.0f goroutines, %.1f connections (max %d), %.1f streams a peer", r.MemMBPerPeer, r.HeapMBPeer, r.StackMBPeer, r.GoroutinesPeer, r.ConnsPeer, r.ConnsMax, r.StreamsPeer)
+	if *scaleProfile != "" {
+		writeProfiles(b, *scaleProfile, n)
+	}
+	if *scaleOnly {
+		return r
+	}
 
 	// Directory records a peer stores: the H100 offers' index keys.
 	keys := dht.IndexKeys(dht.GPUOffer{Class: "H100-80GB", Model: "H100", VRAMGB: 80})
@@ -189,6 +322,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	r.RecordsPerPeer = float64(total) / float64(n)
 
 	// Directory lookups.
+	say("%d lookups", 40)
 	var lat []time.Duration
 	var found float64
 	hops := 0
@@ -210,6 +344,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	r.OffersFound = found / lookups
 
 	// Price ticks: a provider quotes a new ask; every peer's board gets it.
+	say("price ticks")
 	const ticks = 5
 	var reach []time.Duration
 	recv := func() (rc, dl uint64) {
@@ -326,9 +461,49 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 		}
 		return pctMs(lat, 50), pctMs(lat, 99), float64(total) / float64(jobs), failed
 	}
+	say("8-GPU formations")
 	r.Form8P50Ms, r.Form8P99Ms, r.Form8Msgs, r.Form8Failed = form(8, 20)
+	say("64-GPU formations")
 	r.Form64P50Ms, r.Form64P99Ms, r.Form64Msgs, r.Form64Failed = form(64, 8)
+	say("done")
 	return r
+}
+
+func ifThen(c bool, a, b int) int {
+	if c {
+		return a
+	}
+	return b
+}
+
+// topicShort is a topic's name without the swarm: "/gpumesh/<swarm>/prices/1" -> "prices".
+func topicShort(t string) string {
+	parts := strings.Split(t, "/")
+	if len(parts) == 5 {
+		return parts[3]
+	}
+	return t
+}
+
+// writeProfiles writes the heap (after GC) and goroutine profiles of the
+// process into dir as heap-n.pprof and goroutine-n.pprof.
+func writeProfiles(b *testing.B, dir string, n int) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	runtime.GC()
+	for _, p := range []string{"heap", "goroutine"} {
+		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("%s-%d.pprof", p, n)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.Lookup(p).WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
 
 // wait waits d or until ctx ends.
