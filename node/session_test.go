@@ -49,10 +49,17 @@ func TestExecAndPortForwardIntoAProcessMember(t *testing.T) {
 // once it ends, no longer.
 func terminalExecIsRecorded(t *testing.T, ctx context.Context, provider, sub *node.Node, j node.Job) {
 	t.Helper()
-	conn, err := sub.OpenSession(ctx, j.ID, sessionwire.Open{Kind: sessionwire.KindExec, Command: []string{"sh", "-c", "sleep 300 & echo started; wait"}, TTY: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The execs the last step held are closed, and their provider counts
+	// them out as it sees each stream end: until then it refuses, saying so.
+	var conn io.ReadWriteCloser
+	testwait.Until(t, ctx, "a terminal exec let in", func() (bool, string) {
+		var err error
+		conn, err = sub.OpenSession(ctx, j.ID, sessionwire.Open{Kind: sessionwire.KindExec, Command: []string{"sh", "-c", "sleep 300 & echo started; wait"}, TTY: true})
+		if err != nil && !strings.Contains(err.Error(), "execs run in this member already") {
+			t.Fatal(err)
+		}
+		return err == nil, fmt.Sprint(err)
+	})
 	screen := &testwait.Output{}
 	ended := make(chan struct{})
 	go func() {
