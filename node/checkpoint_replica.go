@@ -244,8 +244,9 @@ func (n *Node) dropReplica(from peer.ID, h *heldReplica) {
 }
 
 // replicate asks peers to keep checkpoint root (bytes of blocks) of job
-// id, up to want of them: the replicas of its last checkpoint first, then
-// the other peers connected, never one in exclude (the job's providers).
+// id, up to want of them: the replicas of its last checkpoint first (they
+// fetch only the blocks that changed), then the other peers connected,
+// never one in exclude (the job's providers).
 // It returns those that keep it.
 func (n *Node) replicate(ctx context.Context, id string, root cid.Cid, bytes int64, want int, exclude []peer.ID, prev []string) []string {
 	var cands []peer.ID
@@ -254,7 +255,16 @@ func (n *Node) replicate(ctx context.Context, id string, root cid.Cid, bytes int
 			cands = append(cands, p)
 		}
 	}
-	cands = append(cands, n.host.Network().Peers()...)
+	// Peers known to speak the replica protocol first.
+	var others []peer.ID
+	for _, p := range n.host.Network().Peers() {
+		if ps, err := n.host.Peerstore().SupportsProtocols(p, jobwire.ReplicaProtocol); err == nil && len(ps) > 0 {
+			cands = append(cands, p)
+		} else {
+			others = append(others, p)
+		}
+	}
+	cands = append(cands, others...)
 	var kept []string
 	asked := map[peer.ID]bool{n.id.PeerID: true}
 	for _, p := range exclude {
