@@ -48,6 +48,7 @@ const replicaAskTimeout = checkpointFetchTimeout + 30*time.Second
 const (
 	replicaJobsPerSubmitter = 8   // checkpoints kept for one submitter
 	replicaLimiters         = 256 // submitters whose request rates are remembered
+	replicaFetches          = 16  // fetches under way at once, all submitters
 )
 
 // replicaRate is how often a submitter may ask: a checkpoint every
@@ -114,6 +115,9 @@ func (b *replicaBook) reserve(k replicaKey, req jobwire.ReplicaRequest, space in
 	}
 	if _, busy := b.fetching[k]; busy {
 		return errors.New("a checkpoint of this job is being fetched already")
+	}
+	if len(b.fetching) >= replicaFetches {
+		return fmt.Errorf("this peer is fetching %d replicas already; ask again later", len(b.fetching))
 	}
 	var used, mine int64
 	jobs := 0
