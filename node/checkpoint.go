@@ -55,8 +55,9 @@ type JobCheckpoint struct {
 // checkpointBook is the submitter's checkpoint fetches: one at a time a
 // job, the latest frame waiting while one runs (older ones are dropped).
 type checkpointBook struct {
-	mu   sync.Mutex // guards jobs
-	jobs map[string]*checkpointFetch
+	mu     sync.Mutex // guards jobs
+	jobs   map[string]*checkpointFetch
+	saveMu sync.Mutex // orders writes of checkpoint.json
 }
 
 type checkpointFetch struct {
@@ -69,6 +70,12 @@ type checkpointFetch struct {
 	// the job's providers, which are never asked.
 	replicas int
 	exclude  []peer.ID
+	// Replication runs beside the fetches, one at a time a job: the
+	// latest checkpoint kept waits while one is asked for.
+	replPending  *JobCheckpoint
+	replBytes    int64 // of replPending's blocks
+	replRunning  bool
+	lastReplicas []string // the peers that kept the last one replicated
 }
 
 func (n *Node) checkpointFile(id string) (string, error) {
@@ -162,7 +169,10 @@ func (n *Node) fetchCheckpoint(ctx context.Context, id string, attempt int, f jo
 		return err
 	}
 	c := JobCheckpoint{CID: root.String(), Bytes: f.Bytes, Files: f.Files, Attempt: attempt, At: n.now().UTC()}
-	if err := n.saveCheckpoint(id, c); err != nil {
+	n.ckpts.saveMu.Lock()
+	err = n.saveCheckpoint(id, c)
+	n.ckpts.saveMu.Unlock()
+	if err != nil {
 		release()
 		return err
 	}
@@ -175,22 +185,7 @@ func (n *Node) fetchCheckpoint(ctx context.Context, id string, attempt int, f jo
 	}
 	n.content.Announce(root)
 	n.log.Info("job checkpoint kept", "job", id, "cid", root, "bytes", st.Bytes, "fetched", st.FetchedBytes)
-	n.ckpts.mu.Lock()
-	want, exclude := cf.replicas, cf.exclude
-	n.ckpts.mu.Unlock()
-	if want > 0 {
-		var prev []string
-		if last, ok := n.JobCheckpoint(id); ok {
-			prev = last.Replicas
-		}
-		c.Replicas = n.replicate(ctx, id, root, st.Bytes, want, exclude, prev)
-		if len(c.Replicas) < want {
-			n.log.Warn("job checkpoint kept by fewer replicas than its spec asks", "job", id, "cid", root, "replicas", len(c.Replicas), "want", want)
-		}
-		if err := n.saveCheckpoint(id, c); err != nil {
-			return err
-		}
-	}
+	n.replicateLater(id, cf, c, st.Bytes)
 	return nil
 }
 

@@ -207,6 +207,13 @@ func (n *Node) handleReplica(s network.Stream) {
 		return
 	}
 	h, err := n.fetchReplica(ctx, from, root, req)
+	if err == nil {
+		h.expiry = time.AfterFunc(time.Until(time.Unix(req.Until, 0)), func() {
+			if n.replicas.drop(k, h) {
+				n.dropReplica(from, h)
+			}
+		})
+	}
 	old := n.replicas.keep(k, h)
 	if err != nil {
 		n.log.Info("checkpoint replica not fetched", "from", from, "job", req.Job, "cid", root, "err", err)
@@ -217,11 +224,6 @@ func (n *Node) handleReplica(s network.Stream) {
 		old.expiry.Stop()
 		n.dropReplica(from, old)
 	}
-	h.expiry = time.AfterFunc(time.Until(time.Unix(req.Until, 0)), func() {
-		if n.replicas.drop(k, h) {
-			n.dropReplica(from, h)
-		}
-	})
 	n.log.Info("checkpoint replica kept", "from", from, "job", req.Job, "cid", root, "bytes", h.bytes)
 	answer(nil)
 }
@@ -353,4 +355,59 @@ func (n *Node) holdCheckpoint(ctx context.Context, id string, c JobCheckpoint) (
 		n.log.Info("job checkpoint fetched back", "job", id, "cid", root, "fetched", st.FetchedBytes)
 	}
 	return release
+}
+
+// replicateLater has c (just kept, bytes of blocks) replicated as its
+// job's spec asks, beside the checkpoint fetches: a slow or silent peer
+// delays its replicas, never the next checkpoint. The replicas that keep
+// it are added to checkpoint.json if c is still the job's latest.
+func (n *Node) replicateLater(id string, cf *checkpointFetch, c JobCheckpoint, bytes int64) {
+	n.ckpts.mu.Lock()
+	defer n.ckpts.mu.Unlock()
+	if cf.replicas <= 0 {
+		return
+	}
+	cf.replPending, cf.replBytes = &c, bytes
+	if cf.replRunning {
+		return
+	}
+	ctx, done := n.lifeContext()
+	if ctx == nil {
+		return
+	}
+	cf.replRunning = true
+	go func() {
+		defer done()
+		for {
+			n.ckpts.mu.Lock()
+			next, bytes, want, exclude, prev := cf.replPending, cf.replBytes, cf.replicas, cf.exclude, cf.lastReplicas
+			cf.replPending = nil
+			if next == nil {
+				cf.replRunning = false
+				n.ckpts.mu.Unlock()
+				return
+			}
+			n.ckpts.mu.Unlock()
+			root, err := jobspec.ParseCID(next.CID)
+			if err != nil {
+				continue
+			}
+			kept := n.replicate(ctx, id, root, bytes, want, exclude, prev)
+			if len(kept) < want {
+				n.log.Warn("job checkpoint kept by fewer replicas than its spec asks", "job", id, "cid", root, "replicas", len(kept), "want", want)
+			}
+			n.ckpts.mu.Lock()
+			cf.lastReplicas = kept
+			n.ckpts.mu.Unlock()
+			n.ckpts.saveMu.Lock()
+			if last, ok := n.JobCheckpoint(id); ok && last.CID == next.CID {
+				last.Replicas = kept
+				err = n.saveCheckpoint(id, last)
+			}
+			n.ckpts.saveMu.Unlock()
+			if err != nil {
+				n.log.Warn("job checkpoint's replicas not recorded", "job", id, "cid", root, "err", err)
+			}
+		}
+	}()
 }
