@@ -3,9 +3,12 @@ package node
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -30,7 +33,8 @@ import (
 // is still driven by the submitter.
 //
 // A replica keeps one checkpoint a (submitter, job): a newer one replaces
-// it; it is dropped at the request's expiry. It holds only what a
+// it; it is dropped at the request's expiry. What it keeps is recorded in
+// replicas.json before it answers, and taken up again after a restart. It holds only what a
 // submitter asked for itself, within its budget (half of it at most a
 // submitter), at a bounded rate a submitter, and serves it to that
 // submitter alone.
@@ -67,13 +71,15 @@ type replicaKey struct {
 type heldReplica struct {
 	root    cid.Cid
 	bytes   int64
+	until   int64 // Unix seconds
 	release func()
 	expiry  *time.Timer
 }
 
 // replicaBook is the checkpoints this peer keeps for others.
 type replicaBook struct {
-	mu       sync.Mutex // guards the fields
+	saveMu   sync.Mutex // orders writes of replicas.json
+	mu       sync.Mutex // guards the fields below
 	held     map[replicaKey]*heldReplica
 	fetching map[replicaKey]int64 // bytes reserved by a fetch under way
 	limits   map[peer.ID]*rate.Limiter
@@ -96,9 +102,7 @@ func (n *Node) ReplicaHeld(from peer.ID, job string) (cid.Cid, bool) {
 func (b *replicaBook) reserve(k replicaKey, req jobwire.ReplicaRequest, space int64, now time.Time) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.limits == nil {
-		b.held, b.fetching, b.limits = map[replicaKey]*heldReplica{}, map[replicaKey]int64{}, map[peer.ID]*rate.Limiter{}
-	}
+	b.init()
 	l := b.limits[k.from]
 	if l == nil {
 		if len(b.limits) >= replicaLimiters {
@@ -148,6 +152,12 @@ func (b *replicaBook) reserve(k replicaKey, req jobwire.ReplicaRequest, space in
 	}
 	b.fetching[k] = req.Bytes
 	return nil
+}
+
+func (b *replicaBook) init() {
+	if b.limits == nil {
+		b.held, b.fetching, b.limits = map[replicaKey]*heldReplica{}, map[replicaKey]int64{}, map[peer.ID]*rate.Limiter{}
+	}
 }
 
 // keep ends k's fetch: with release (the fetch succeeded) h replaces the
@@ -208,11 +218,7 @@ func (n *Node) handleReplica(s network.Stream) {
 	}
 	h, err := n.fetchReplica(ctx, from, root, req)
 	if err == nil {
-		h.expiry = time.AfterFunc(time.Until(time.Unix(req.Until, 0)), func() {
-			if n.replicas.drop(k, h) {
-				n.dropReplica(from, h)
-			}
-		})
+		n.expireReplica(k, h)
 	}
 	old := n.replicas.keep(k, h)
 	if err != nil {
@@ -223,6 +229,11 @@ func (n *Node) handleReplica(s network.Stream) {
 	if old != nil {
 		old.expiry.Stop()
 		n.dropReplica(from, old)
+	}
+	if err := n.saveReplicas(); err != nil { // kept across a restart before it says yes
+		n.log.Warn("checkpoint replicas not saved", "err", err)
+		answer(fmt.Errorf("this peer could not record the replica: %v", err))
+		return
 	}
 	n.log.Info("checkpoint replica kept", "from", from, "job", req.Job, "cid", root, "bytes", h.bytes)
 	answer(nil)
@@ -241,12 +252,139 @@ func (n *Node) fetchReplica(ctx context.Context, from peer.ID, root cid.Cid, req
 		release()
 		return nil, err
 	}
-	return &heldReplica{root: root, bytes: st.Bytes, release: release}, nil
+	return &heldReplica{root: root, bytes: st.Bytes, until: req.Until, release: release}, nil
+}
+
+// expireReplica drops h, k's copy, at its expiry.
+func (n *Node) expireReplica(k replicaKey, h *heldReplica) {
+	h.expiry = time.AfterFunc(time.Until(time.Unix(h.until, 0)), func() {
+		if n.replicas.drop(k, h) {
+			n.dropReplica(k.from, h)
+			if err := n.saveReplicas(); err != nil {
+				n.log.Warn("checkpoint replicas not saved", "err", err)
+			}
+		}
+	})
 }
 
 func (n *Node) dropReplica(from peer.ID, h *heldReplica) {
 	n.content.Revoke(h.root, from)
 	h.release()
+}
+
+// replicaRecord is one copy kept, in replicas.json.
+type replicaRecord struct {
+	From  string `json:"from"`
+	Job   string `json:"job"`
+	CID   string `json:"cid"`
+	Bytes int64  `json:"bytes"`
+	Until int64  `json:"until"`
+}
+
+func (n *Node) replicasFile() (string, error) {
+	dir, err := n.stateDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "replicas.json"), nil
+}
+
+// saveReplicas writes the copies this peer keeps to replicas.json (to a
+// temporary file, synced, then renamed).
+func (n *Node) saveReplicas() error {
+	b := &n.replicas
+	b.saveMu.Lock()
+	defer b.saveMu.Unlock()
+	b.mu.Lock()
+	recs := make([]replicaRecord, 0, len(b.held))
+	for k, h := range b.held {
+		recs = append(recs, replicaRecord{From: k.from.String(), Job: k.job, CID: h.root.String(), Bytes: h.bytes, Until: h.until})
+	}
+	b.mu.Unlock()
+	path, err := n.replicasFile()
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(recs)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	return err
+}
+
+// loadReplicas takes up again the copies replicas.json names, in the
+// background: each still unexpired is pinned and granted to its
+// submitter again once whole in the store (its missing blocks fetched
+// from the swarm within checkpointFetchTimeout); the others are dropped.
+func (n *Node) loadReplicas() {
+	path, err := n.replicasFile()
+	if err != nil {
+		return
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	var recs []replicaRecord
+	if err := json.Unmarshal(data, &recs); err != nil {
+		n.log.Warn("checkpoint replicas not read", "file", path, "err", err)
+		return
+	}
+	ctx, done := n.lifeContext()
+	if ctx == nil {
+		return
+	}
+	go func() {
+		defer done()
+		now := n.now()
+		for _, r := range recs {
+			from, err := peer.Decode(r.From)
+			if err != nil {
+				continue
+			}
+			req := jobwire.ReplicaRequest{Job: r.Job, CID: r.CID, Bytes: r.Bytes, Until: r.Until}
+			if req.Check(now) != nil {
+				continue // expired, or not ours
+			}
+			root, _ := jobspec.ParseCID(r.CID)
+			k := replicaKey{from, r.Job}
+			h, err := n.fetchReplica(ctx, from, root, req)
+			if err != nil {
+				n.log.Warn("checkpoint replica not taken up again", "from", from, "job", r.Job, "cid", root, "err", err)
+				continue
+			}
+			n.expireReplica(k, h)
+			n.replicas.mu.Lock()
+			n.replicas.init()
+			old := n.replicas.held[k]
+			if old == nil {
+				n.replicas.held[k] = h
+			}
+			n.replicas.mu.Unlock()
+			if old != nil { // a newer one came meanwhile
+				h.expiry.Stop()
+				n.dropReplica(from, h)
+			}
+		}
+		if err := n.saveReplicas(); err != nil {
+			n.log.Warn("checkpoint replicas not saved", "err", err)
+		}
+	}()
 }
 
 // replicate asks peers to keep checkpoint root (bytes of blocks) of job

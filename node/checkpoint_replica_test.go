@@ -251,3 +251,71 @@ func TestAReplicaKeepsOnlyWhatFitsAndServesOnlyItsSubmitter(t *testing.T) {
 		t.Fatalf("fetched back %d bytes, want %d", st.FetchedBytes, secondBytes)
 	}
 }
+
+// A replica restarted keeps what it kept: replicas.json names it, and the
+// submitter, its own copy gone, fetches it back from the restarted peer.
+func TestARestartedReplicaKeepsItsCopies(t *testing.T) {
+	start := func(dir string, space int64) *node.Node {
+		n, err := node.New(node.Config{DataDir: dir, Listen: []string{"/ip4/127.0.0.1/tcp/0"}, NoMDNS: true, NoNAT: true, GPUs: "none", ReplicaSpace: space})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	repDir := t.TempDir()
+	rep := start(repDir, 1<<20)
+	sub := start(t.TempDir(), 0)
+	defer sub.Close()
+	connect := func() {
+		if err := sub.Connect(ctx, peer.AddrInfo{ID: rep.Host().ID(), Addrs: rep.Host().Addrs()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	connect()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "step"), []byte("41\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root, err := sub.Content().Add(ctx, dir, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, release, err := sub.Content().Fetch(ctx, root.CID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if err := sub.Content().Grant(ctx, root.CID, rep.Host().ID()); err != nil {
+		t.Fatal(err)
+	}
+	const jobA = "00112233445566778899aabbccddeeff"
+	if a := askReplica(t, ctx, sub.Host(), rep.Host().ID(), jobwire.ReplicaRequest{Job: jobA, CID: root.CID.String(), Bytes: st.Bytes, Until: time.Now().Add(time.Hour).Unix()}); !a.OK {
+		t.Fatalf("refused: %s", a.Reason)
+	}
+	if err := rep.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rep = start(repDir, 1<<20)
+	defer rep.Close()
+	connect()
+	testwait.Until(t, ctx, "the restarted replica keeping its copy", func() (bool, string) {
+		got, ok := rep.ReplicaHeld(sub.Host().ID(), jobA)
+		return ok && got == root.CID, "not yet"
+	})
+	if err := sub.DropCheckpointCopy(ctx, jobA); err != nil {
+		t.Fatal(err)
+	}
+	back, release, err := sub.Content().Fetch(ctx, root.CID, 0)
+	if err != nil {
+		t.Fatalf("not fetched back from the restarted replica: %v", err)
+	}
+	release()
+	if back.FetchedBytes != st.Bytes {
+		t.Fatalf("fetched back %d bytes, want %d", back.FetchedBytes, st.Bytes)
+	}
+}

@@ -552,6 +552,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.startContent(); err != nil {
 		return err
 	}
+	n.loadReplicas()
 	// GossipSub lives until Close has left its topics, not until ctx ends.
 	gctx, stopGossip := context.WithCancel(context.WithoutCancel(ctx))
 	n.stopGossip = stopGossip
