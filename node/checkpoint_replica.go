@@ -381,6 +381,9 @@ func (n *Node) loadReplicas() {
 				n.dropReplica(from, h)
 			}
 		}
+		if ctx.Err() != nil {
+			return // closing: the file keeps those not taken up yet
+		}
 		if err := n.saveReplicas(); err != nil {
 			n.log.Warn("checkpoint replicas not saved", "err", err)
 		}
