@@ -81,7 +81,8 @@ type replicaBook struct {
 	saveMu   sync.Mutex // orders writes of replicas.json
 	mu       sync.Mutex // guards the fields below
 	held     map[replicaKey]*heldReplica
-	fetching map[replicaKey]int64 // bytes reserved by a fetch under way
+	fetching map[replicaKey]int64         // bytes reserved by a fetch under way
+	loading  map[replicaKey]replicaRecord // read from replicas.json, not taken up yet
 	limits   map[peer.ID]*rate.Limiter
 }
 
@@ -300,6 +301,11 @@ func (n *Node) saveReplicas() error {
 	for k, h := range b.held {
 		recs = append(recs, replicaRecord{From: k.from.String(), Job: k.job, CID: h.root.String(), Bytes: h.bytes, Until: h.until})
 	}
+	for k, r := range b.loading {
+		if b.held[k] == nil {
+			recs = append(recs, r)
+		}
+	}
 	b.mu.Unlock()
 	path, err := n.replicasFile()
 	if err != nil {
@@ -349,23 +355,45 @@ func (n *Node) loadReplicas() {
 	if ctx == nil {
 		return
 	}
+	b := &n.replicas
+	type loaded struct {
+		k   replicaKey
+		req jobwire.ReplicaRequest
+	}
+	var todo []loaded
+	now := n.now()
+	b.mu.Lock()
+	b.init()
+	b.loading = map[replicaKey]replicaRecord{}
+	for _, r := range recs {
+		from, err := peer.Decode(r.From)
+		req := jobwire.ReplicaRequest{Job: r.Job, CID: r.CID, Bytes: r.Bytes, Until: r.Until}
+		if err != nil || req.Check(now) != nil {
+			continue // expired, or not ours
+		}
+		k := replicaKey{from, r.Job}
+		b.loading[k] = r
+		todo = append(todo, loaded{k, req})
+	}
+	b.mu.Unlock()
 	go func() {
 		defer done()
-		now := n.now()
-		for _, r := range recs {
-			from, err := peer.Decode(r.From)
-			if err != nil {
-				continue
+		for _, l := range todo {
+			if ctx.Err() != nil {
+				return // closing: replicas.json keeps those not taken up yet
 			}
-			req := jobwire.ReplicaRequest{Job: r.Job, CID: r.CID, Bytes: r.Bytes, Until: r.Until}
-			if req.Check(now) != nil {
-				continue // expired, or not ours
-			}
-			root, _ := jobspec.ParseCID(r.CID)
-			k := replicaKey{from, r.Job}
+			from, req := l.k.from, l.req
+			root, _ := jobspec.ParseCID(req.CID)
+			k := l.k
 			h, err := n.fetchReplica(ctx, from, root, req)
+			if ctx.Err() != nil {
+				return
+			}
+			b.mu.Lock()
+			delete(b.loading, k)
+			b.mu.Unlock()
 			if err != nil {
-				n.log.Warn("checkpoint replica not taken up again", "from", from, "job", r.Job, "cid", root, "err", err)
+				n.log.Warn("checkpoint replica not taken up again", "from", from, "job", k.job, "cid", root, "err", err)
 				continue
 			}
 			n.expireReplica(k, h)
