@@ -47,13 +47,17 @@ type JobCheckpoint struct {
 	Files   int       `json:"files"`
 	Attempt int       `json:"attempt"` // the attempt that wrote it
 	At      time.Time `json:"at"`      // when it arrived whole
+	// Replicas are the peers that keep a copy for this peer
+	// (checkpoint.replicas), by peer ID.
+	Replicas []string `json:"replicas,omitempty"`
 }
 
 // checkpointBook is the submitter's checkpoint fetches: one at a time a
 // job, the latest frame waiting while one runs (older ones are dropped).
 type checkpointBook struct {
-	mu   sync.Mutex // guards jobs
-	jobs map[string]*checkpointFetch
+	mu     sync.Mutex // guards jobs
+	jobs   map[string]*checkpointFetch
+	saveMu sync.Mutex // orders writes of checkpoint.json
 }
 
 type checkpointFetch struct {
@@ -62,6 +66,16 @@ type checkpointFetch struct {
 	overran func(reason string) // cuts the member off: its checkpoint is over the quota
 	running bool
 	release func() // unpins the last checkpoint fetched
+	// replicas is how many peers the spec wants to keep a copy; exclude,
+	// the job's providers, which are never asked.
+	replicas int
+	exclude  []peer.ID
+	// Replication runs beside the fetches, one at a time a job: the
+	// latest checkpoint kept waits while one is asked for.
+	replPending  *JobCheckpoint
+	replBytes    int64 // of replPending's blocks
+	replRunning  bool
+	lastReplicas []string // the peers that kept the last one replicated
 }
 
 func (n *Node) checkpointFile(id string) (string, error) {
@@ -92,7 +106,8 @@ func (n *Node) JobCheckpoint(id string) (JobCheckpoint, bool) {
 // checkpointArrived takes a checkpoint frame of member 0 of job id: it is
 // fetched in the background, after the one being fetched. A checkpoint
 // over MaxInputSize calls overran (the member is cut off).
-func (n *Node) checkpointArrived(id string, attempt int, f jobwire.CheckpointFrame, overran func(string)) {
+func (n *Node) checkpointArrived(j Job, f jobwire.CheckpointFrame, overran func(string)) {
+	id, attempt := j.ID, j.Attempt
 	n.ckpts.mu.Lock()
 	defer n.ckpts.mu.Unlock()
 	if n.ckpts.jobs == nil {
@@ -104,6 +119,13 @@ func (n *Node) checkpointArrived(id string, attempt int, f jobwire.CheckpointFra
 		n.ckpts.jobs[id] = cf
 	}
 	cf.pending, cf.attempt, cf.overran = &f, attempt, overran
+	cf.replicas, cf.exclude = 0, nil
+	if j.Spec.Checkpoint != nil && j.Spec.Checkpoint.Replicas > 0 {
+		cf.replicas = j.Spec.Checkpoint.Replicas
+		for _, m := range j.Members {
+			cf.exclude = append(cf.exclude, m.Provider)
+		}
+	}
 	if cf.running {
 		return
 	}
@@ -140,14 +162,17 @@ func (n *Node) fetchCheckpoint(ctx context.Context, id string, attempt int, f jo
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, checkpointFetchTimeout)
+	fctx, cancel := context.WithTimeout(ctx, checkpointFetchTimeout)
 	defer cancel()
-	st, release, err := n.content.Fetch(ctx, root, n.maxInputSize())
+	st, release, err := n.content.Fetch(fctx, root, n.maxInputSize())
 	if err != nil {
 		return err
 	}
 	c := JobCheckpoint{CID: root.String(), Bytes: f.Bytes, Files: f.Files, Attempt: attempt, At: n.now().UTC()}
-	if err := n.saveCheckpoint(id, c); err != nil {
+	n.ckpts.saveMu.Lock()
+	err = n.saveCheckpoint(id, c)
+	n.ckpts.saveMu.Unlock()
+	if err != nil {
 		release()
 		return err
 	}
@@ -160,6 +185,7 @@ func (n *Node) fetchCheckpoint(ctx context.Context, id string, attempt int, f jo
 	}
 	n.content.Announce(root)
 	n.log.Info("job checkpoint kept", "job", id, "cid", root, "bytes", st.Bytes, "fetched", st.FetchedBytes)
+	n.replicateLater(id, cf, c, st.Bytes)
 	return nil
 }
 
@@ -216,6 +242,7 @@ func (n *Node) GetCheckpoint(ctx context.Context, id, dir string) (JobCheckpoint
 	if err != nil {
 		return JobCheckpoint{}, err
 	}
+	defer n.holdCheckpoint(ctx, id, c)() // from its replicas where this peer's copy is gone
 	_, release, err := n.content.Fetch(ctx, root, n.maxInputSize())
 	if err != nil {
 		return JobCheckpoint{}, err

@@ -56,6 +56,9 @@
 //	                     loads it, then shares and announces its blobs
 //	checkpoint.go        checkpoints: member 0's folder synced by CID, kept by
 //	                     the submitter, restored on a retry (GPUMESH_RESUMED)
+//	checkpoint_replica.go checkpoint.replicas: peers asked to keep a copy
+//	                     (/gpumesh/replica/1.0.0, --replica-space), fetched
+//	                     back on a retry when the submitter's copy is gone
 //	provider_bill.go     billing a member's work as it runs; checking its
 //	                     payments (the right currency, one bill a
 //	                     transaction); pausing and stopping unpaid work
@@ -83,7 +86,8 @@
 // container or Solana code:
 //
 //	node/jobspec    the job spec: parse, validate, what it needs
-//	node/jobwire    the job protocol's frames and their bounds
+//	node/jobwire    the job protocol's frames and their bounds, and the
+//	                checkpoint replica protocol's
 //	node/sessionwire the session protocol's frames (exec, forward) and
 //	                their bounds; RunExec, the submitter's side of an exec
 //	node/jobnet     a job's own network: addresses, the packet checks,

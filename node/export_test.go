@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -39,4 +40,25 @@ func (n *Node) RecordedExecs(job string, attempt, rank int) ([]exec.ProcessGroup
 	var rec taskRecord
 	err = json.Unmarshal(data, &rec)
 	return rec.Execs, err
+}
+
+// DropCheckpointCopy unpins job id's checkpoint on this submitter and
+// deletes every block of its content store, as a wiped store would be.
+func (n *Node) DropCheckpointCopy(ctx context.Context, id string) error {
+	n.ckpts.mu.Lock()
+	if cf := n.ckpts.jobs[id]; cf != nil && cf.release != nil {
+		cf.release()
+		cf.release = nil
+	}
+	n.ckpts.mu.Unlock()
+	keys, err := n.content.Store().AllKeysChan(ctx)
+	if err != nil {
+		return err
+	}
+	for c := range keys {
+		if err := n.content.Store().DeleteBlock(ctx, c); err != nil {
+			return err
+		}
+	}
+	return nil
 }

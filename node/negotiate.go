@@ -142,6 +142,7 @@ func (n *Node) startJobs(ctx context.Context) error {
 	n.host.SetStreamHandler(RFBProtocol, n.handleRFB)
 	n.host.SetStreamHandler(jobwire.Protocol, n.handleJob)
 	n.host.SetStreamHandler(sessionwire.Protocol, n.handleSession)
+	n.host.SetStreamHandler(jobwire.ReplicaProtocol, n.handleReplica)
 	n.jobnet = jobnet.New(n.host, jobnet.Config{Log: n.log})
 	n.jobnet.Start()
 	res, err := n.newReservations()

@@ -152,6 +152,10 @@ type Config struct {
 	// DefaultMaxInputSize, 10 GiB).
 	ContentCache int64
 	MaxInputSize int64
+	// ReplicaSpace is the bytes of other submitters' checkpoints this
+	// peer keeps as their replica (checkpoint.replicas), half of it at
+	// most for one submitter, in the content store (0: none).
+	ReplicaSpace int64
 
 	// Relays (relay.go). A peer behind NAT finds relays among the peers it
 	// is connected to, advertises addresses through them, and punches
@@ -198,6 +202,7 @@ type Node struct {
 	dht      *dht.Directory
 	content  *content.Service
 	ckpts    checkpointBook // the submitter's checkpoint fetches (checkpoint.go)
+	replicas replicaBook    // checkpoints kept for other submitters (checkpoint_replica.go)
 	exported exportedImages // images this submitter put on the mesh (images.go)
 	gossip   *gossip.Gossip
 	mdns     io.Closer
@@ -374,6 +379,9 @@ func (c *Config) validate() error {
 	if c.JobCPUs < 0 {
 		bad("job-cpus", "--job-cpus %g: want a number of cores such as 12 (0: every core)", c.JobCPUs)
 	}
+	if c.ReplicaSpace < 0 {
+		bad("replica-space", "--replica-space wants a size such as 1GiB (0: keep no replicas)")
+	}
 	if c.ContentCache < 0 || c.MaxInputSize < 0 {
 		bad("content-cache", "--content-cache and --max-input-size want sizes such as 20GiB (0: the default)")
 	}
@@ -544,6 +552,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.startContent(); err != nil {
 		return err
 	}
+	n.loadReplicas()
 	// GossipSub lives until Close has left its topics, not until ctx ends.
 	gctx, stopGossip := context.WithCancel(context.WithoutCancel(ctx))
 	n.stopGossip = stopGossip

@@ -385,6 +385,9 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 	restore := ""
 	if ck, ok := n.JobCheckpoint(j.ID); ok && j.Spec.Checkpoint != nil {
 		restore = ck.CID
+		// Whole here while the member may fetch it: fetched back from
+		// its replicas where this peer's copy is gone.
+		defer n.holdCheckpoint(ctx, j.ID, ck)()
 	}
 	// Its provider may fetch the job's inputs and that checkpoint from
 	// this peer while its stream lasts; no other peer may.
@@ -453,7 +456,7 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 			send(runEvent{ev: attempt.Heard{Rank: r, Beat: f.Seq}})
 		case jobwire.KindCheckpoint:
 			if r == 0 && j.Spec.Checkpoint != nil {
-				n.checkpointArrived(j.ID, j.Attempt, *f.Ckpt, func(why string) {
+				n.checkpointArrived(j, *f.Ckpt, func(why string) {
 					send(runEvent{ev: attempt.Overran{Rank: r, Reason: why}})
 				})
 			}

@@ -159,17 +159,25 @@ func within(p, dir string) bool {
 //	checkpoint:
 //	  path: /checkpoints   # the job writes here ($GPUMESH_CHECKPOINT)
 //	  every: 5m            # and member 0's node syncs what changed this often, and at the end
+//	  replicas: 1          # and the submitter has this many other peers keep a copy (0..3)
 //
 // Member 0's folder is added to its provider's content store every Every
 // (only chunks not seen before are new) and sent by CID to the submitter,
 // which fetches it and keeps the latest complete one. A retry (a lost
 // member, retries:) starts every member with that checkpoint at Path and
-// GPUMESH_RESUMED=1. A job should write each checkpoint file whole under
+// GPUMESH_RESUMED=1. With Replicas, the submitter also asks that many
+// peers it is connected to (none of the job's providers) to keep its
+// latest checkpoint; a retry fetches it back from them when the
+// submitter's own copy is gone. A job should write each checkpoint file whole under
 // another name and rename it, so a sync never takes half a file.
 type Checkpoint struct {
-	Path  string `yaml:"path" json:"path"`                       // an absolute path, such as /checkpoints
-	Every string `yaml:"every,omitempty" json:"every,omitempty"` // a duration, 1s..24h; "": 5m
+	Path     string `yaml:"path" json:"path"`                             // an absolute path, such as /checkpoints
+	Every    string `yaml:"every,omitempty" json:"every,omitempty"`       // a duration, 1s..24h; "": 5m
+	Replicas int    `yaml:"replicas,omitempty" json:"replicas,omitempty"` // peers that keep a copy, 0..MaxCheckpointReplicas
 }
+
+// MaxCheckpointReplicas is the most replicas a checkpoint may ask for.
+const MaxCheckpointReplicas = 3
 
 // Checkpoint intervals.
 const (
@@ -210,5 +218,8 @@ func checkCheckpoint(c *Checkpoint, ins []Input, bad func(field, format string, 
 		if err != nil || e < minCheckpointEvery || e > maxCheckpointEvery {
 			bad("checkpoint.every", "must be a duration like 5m, 1s..24h, got %s", text.Clip(c.Every))
 		}
+	}
+	if c.Replicas < 0 || c.Replicas > MaxCheckpointReplicas {
+		bad("checkpoint.replicas", "want 0..%d peers that keep a copy, got %d", MaxCheckpointReplicas, c.Replicas)
 	}
 }

@@ -77,6 +77,9 @@ func TestCheckpointValidation(t *testing.T) {
 		{Checkpoint{Path: "/outputs/c"}, "checkpoint.path: /outputs is where outputs go"},
 		{Checkpoint{Path: "/inputs/train/c"}, "checkpoint.path: /inputs/train/c overlaps the input at /inputs/train"},
 		{Checkpoint{Path: "/c", Every: "10ms"}, "checkpoint.every: must be a duration like 5m, 1s..24h"},
+		{Checkpoint{Path: "/c", Replicas: 3}, ""},
+		{Checkpoint{Path: "/c", Replicas: 4}, "checkpoint.replicas: want 0..3"},
+		{Checkpoint{Path: "/c", Replicas: -1}, "checkpoint.replicas: want 0..3"},
 	} {
 		s := resnet()
 		s.Inputs = []Input{{Src: "a", Dst: "/inputs/train"}}

@@ -46,6 +46,7 @@ func nodeCmd(g *globals) *cobra.Command {
 		imageCache        = sizeValue{}
 		contentCache      = sizeValue{}
 		maxInputSize      = sizeValue{}
+		replicaSpace      = sizeValue{n: node.DefaultReplicaSpace}
 		jobCPUs           float64
 		pullTimeout       time.Duration
 		noHostNetwork     bool
@@ -123,6 +124,7 @@ public swarm.`,
 				ImageCache:     imageCache.n,
 				ContentCache:   contentCache.n,
 				MaxInputSize:   maxInputSize.n,
+				ReplicaSpace:   max(replicaSpace.n, 0),
 				JobLogBytes:    jobLogQuota.n,
 				JobOutputBytes: jobOutputQuota.n,
 				JobOutputFiles: jobOutputFiles,
@@ -220,6 +222,7 @@ public swarm.`,
 	f.Var(&pullMax, "pull-max", "largest image a job may pull (its compressed layers), e.g. 30GiB, or none (default 30GiB)")
 	f.Var(&imageCache, "image-cache", "images pulled for jobs kept, least recently used removed first (never the operator's own), e.g. 100GiB, or none for no cap (default 100GiB)")
 	f.Var(&contentCache, "content-cache", "job inputs kept in the data dir's content store (added here, or fetched for jobs run here), least recently used removed first, e.g. 50GiB (default 20GiB)")
+	f.Var(&replicaSpace, "replica-space", "most bytes of other submitters' checkpoints this peer keeps as their replica (checkpoint.replicas), half of it for one submitter; none keeps none")
 	f.Var(&maxInputSize, "max-input-size", "most bytes of inputs of one job, sent by this peer or fetched to run one, e.g. 2GiB (default 10GiB)")
 	return c
 }
