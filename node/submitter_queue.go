@@ -217,16 +217,19 @@ func (n *Node) noCluster(id, reason string) {
 		n.queueMu.Unlock()
 	case JobNegotiating: // the first negotiation (or a retry's) failed: it waits
 		until := now.UTC().Add(wait)
-		if _, ok := n.moveJob(id, JobQueued, []JobState{JobNegotiating}, func(j *Job) {
-			j.Reason, j.QueuedUntil, j.Tries = reason, until, 0
-		}); !ok {
-			return
-		}
 		w, err := n.wantOf(j)
-		if err == nil {
-			n.queueMu.Lock()
+		// Queued and in the queue at once: whoever sees the state sees
+		// its place (a cancel's dequeue waits for the Add).
+		n.queueMu.Lock()
+		_, ok := n.moveJob(id, JobQueued, []JobState{JobNegotiating}, func(j *Job) {
+			j.Reason, j.QueuedUntil, j.Tries = reason, until, 0
+		})
+		if ok && err == nil {
 			err = n.queue.Add(id, w, until, reason, false, now)
-			n.queueMu.Unlock()
+		}
+		n.queueMu.Unlock()
+		if !ok {
+			return
 		}
 		if err != nil {
 			n.finishJob(id, JobFailed, reason+"; not queued: "+err.Error(), nil)
