@@ -78,9 +78,12 @@ type Service struct {
 	local   ipld.DAGService           // the store only
 	dag     ipld.DAGService           // the exchange behind the store
 	routing Routing
-	grants  *grants  // who may fetch what from here
-	forgers *forgers // peers that answer with wrong bytes are cut off
-	log     *slog.Logger
+	grants  *grants // who may fetch what from here
+	host    host.Host
+	// bulkProto is the bulk stream's protocol (bulk.go).
+	bulkProto protocol.ID
+	forgers   *forgers // peers that answer with wrong bytes are cut off
+	log       *slog.Logger
 
 	ctx    context.Context // ends with Close
 	cancel context.CancelFunc
@@ -88,7 +91,10 @@ type Service struct {
 
 	fetchedBytes  atomic.Int64
 	fetchedBlocks atomic.Int64
-	closeOnce     sync.Once
+	// bytes and blocks served on bulk streams
+	bulkServedBytes  atomic.Int64
+	bulkServedBlocks atomic.Int64
+	closeOnce        sync.Once
 }
 
 // Stats is what a Service moved since it started.
@@ -161,7 +167,7 @@ func New(h host.Host, cfg Config) (*Service, error) {
 		bitswap.WithoutDuplicatedBlockStats(),
 	)
 	serv := blockservice.New(store, bs, blockservice.WithAllowlist(allow))
-	return &Service{
+	s := &Service{
 		store:   store,
 		bs:      bs,
 		serv:    serv,
@@ -173,13 +179,19 @@ func New(h host.Host, cfg Config) (*Service, error) {
 		log:     log,
 		ctx:     ctx,
 		cancel:  cancel,
-	}, nil
+
+		host:      h,
+		bulkProto: BulkProtocol(cfg.Prefix),
+	}
+	h.SetStreamHandler(s.bulkProto, newBulkServer(s).handle)
+	return s, nil
 }
 
 // Close stops the exchange. Safe to call twice.
 func (s *Service) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
+		s.host.RemoveStreamHandler(s.bulkProto)
 		s.cancel()
 		s.wg.Wait()
 		err = s.bs.Close()
@@ -196,6 +208,8 @@ func (s *Service) Stats() Stats {
 	if bst, err := s.bs.Stat(); err == nil {
 		st.ServedBytes, st.ServedBlocks = int64(bst.DataSent), int64(bst.BlocksSent)
 	}
+	st.ServedBytes += s.bulkServedBytes.Load()
+	st.ServedBlocks += s.bulkServedBlocks.Load()
 	return st
 }
 
