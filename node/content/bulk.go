@@ -41,8 +41,8 @@ const (
 	bulkIdle = 30 * time.Second
 	// bulkPerPeer is the bulk streams one peer may have open here at once,
 	// bulkStreams those of all peers; more are reset.
-	bulkPerPeer = 2
-	bulkStreams = 16
+	bulkPerPeer = 4 // an image's blobs are fetched 4 at once
+	bulkStreams = 32
 	// bulkOpens is the streams a second a peer may open here (a burst of
 	// bulkPerPeer*4): a fetch opens one a DAG.
 	bulkOpens = 4
@@ -314,6 +314,9 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 	defer stop()
 
 	// Writers keep blocks in the store, storeWriters at once.
+	// A raw leaf is hashed there too, off the stream's reader (a node's
+	// bytes are hashed before its links are trusted); a wrong one cuts
+	// the peer off and ends the fetch.
 	toWrite := make(chan blocks.Block, storeWriters)
 	var writers sync.WaitGroup
 	var werrOnce sync.Once
@@ -323,6 +326,17 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 		go func() {
 			defer writers.Done()
 			for b := range toWrite {
+				c := b.Cid()
+				if c.Type() == cid.Raw {
+					if got, err := c.Prefix().Sum(b.RawData()); err != nil || !got.Equals(c) {
+						werrOnce.Do(func() {
+							werr = fmt.Errorf("%w: %s from %s", errBulkForged, c, p)
+							s.cutOff(p, c, "wrong bytes")
+						})
+						cancel()
+						continue
+					}
+				}
 				if err := s.store.Put(ctx, b); err != nil {
 					werrOnce.Do(func() { werr = err })
 					continue
@@ -334,7 +348,10 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 	defer func() {
 		close(toWrite)
 		writers.Wait()
-		if err == nil && werr != nil {
+		switch {
+		case errors.Is(werr, errBulkForged):
+			err = werr // the cause of whatever the reader saw
+		case err == nil && werr != nil:
 			err = fmt.Errorf("content: fetch %s: %w", root, werr)
 		}
 	}()
@@ -422,9 +439,11 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 		if !ok {
 			return st, pins, fmt.Errorf("%w: %s", errBulkNone, c)
 		}
-		if got, err := c.Prefix().Sum(data); err != nil || !got.Equals(c) {
-			s.cutOff(p, c, "wrong bytes")
-			return st, pins, fmt.Errorf("%w: %s from %s", errBulkForged, c, p)
+		if c.Type() != cid.Raw {
+			if got, err := c.Prefix().Sum(data); err != nil || !got.Equals(c) {
+				s.cutOff(p, c, "wrong bytes")
+				return st, pins, fmt.Errorf("%w: %s from %s", errBulkForged, c, p)
+			}
 		}
 		size := int64(len(data))
 		if err := visit(c, size, data); err != nil {
@@ -433,6 +452,8 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 		s.fetchedBytes.Add(size)
 		s.fetchedBlocks.Add(1)
 		st.FetchedBytes += size
+		s.countBulk(p, size)
+		s.bulkFetchedBytes.Add(size)
 		b, _ := blocks.NewBlockWithCid(data, c)
 		select {
 		case toWrite <- b:
@@ -442,6 +463,32 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 	}
 	_ = str.CloseWrite()
 	return st, pins, nil
+}
+
+// maxBulkLedgers is the peers whose bulk bytes received are counted at
+// once; past it, those not connected are forgotten.
+const maxBulkLedgers = 1024
+
+func (s *Service) bulkReceived(p peer.ID) uint64 {
+	s.bulkMu.Lock()
+	defer s.bulkMu.Unlock()
+	return s.bulkRecv[p]
+}
+
+func (s *Service) countBulk(p peer.ID, n int64) {
+	s.bulkMu.Lock()
+	defer s.bulkMu.Unlock()
+	if s.bulkRecv == nil {
+		s.bulkRecv = map[peer.ID]uint64{}
+	}
+	if _, ok := s.bulkRecv[p]; !ok && len(s.bulkRecv) >= maxBulkLedgers {
+		for q := range s.bulkRecv {
+			if s.host.Network().Connectedness(q) != network.Connected {
+				delete(s.bulkRecv, q)
+			}
+		}
+	}
+	s.bulkRecv[p] += uint64(n)
 }
 
 // cutOff disconnects a peer that answered a bulk request with bytes we

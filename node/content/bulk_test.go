@@ -100,8 +100,11 @@ func TestBulkFetchTakesOneStreamFromTheHolder(t *testing.T) {
 	if st.FetchedBytes != st.Bytes || st.Bytes < root.Bytes {
 		t.Fatalf("fetch: %+v, want every byte of the %d-byte DAG fetched", st, root.Bytes)
 	}
-	if got := b.Received(ha.ID()); got != 0 {
-		t.Fatalf("%d bytes came over bitswap, want all on the bulk stream", got)
+	if got := b.Stats().BulkBytes; got != st.FetchedBytes {
+		t.Fatalf("%d bytes came on the bulk stream, want all %d", got, st.FetchedBytes)
+	}
+	if got := b.Received(ha.ID()); got != uint64(st.FetchedBytes) {
+		t.Fatalf("received %d bytes from a, want the %d fetched", got, st.FetchedBytes)
 	}
 	if got := a.Stats().ServedBytes; got != st.Bytes {
 		t.Fatalf("a served %d bytes, want the %d fetched", got, st.Bytes)

@@ -94,6 +94,9 @@ type Service struct {
 	// bytes and blocks served on bulk streams
 	bulkServedBytes  atomic.Int64
 	bulkServedBlocks atomic.Int64
+	bulkFetchedBytes atomic.Int64
+	bulkMu           sync.Mutex         // guards bulkRecv
+	bulkRecv         map[peer.ID]uint64 // bytes received on bulk streams, by peer
 	closeOnce        sync.Once
 }
 
@@ -101,6 +104,7 @@ type Service struct {
 type Stats struct {
 	FetchedBytes  int64 // bytes of blocks fetched from peers by Fetch
 	FetchedBlocks int64
+	BulkBytes     int64 // of FetchedBytes, those that came on bulk streams (FetchFrom)
 	ServedBytes   int64 // bytes of blocks sent to peers that asked
 	ServedBlocks  int64
 	StoredBytes   int64 // bytes held in the store now
@@ -204,7 +208,7 @@ func (s *Service) Store() *Store { return s.store }
 
 // Stats says what the service moved.
 func (s *Service) Stats() Stats {
-	st := Stats{FetchedBytes: s.fetchedBytes.Load(), FetchedBlocks: s.fetchedBlocks.Load(), StoredBytes: s.store.Used()}
+	st := Stats{FetchedBytes: s.fetchedBytes.Load(), FetchedBlocks: s.fetchedBlocks.Load(), BulkBytes: s.bulkFetchedBytes.Load(), StoredBytes: s.store.Used()}
 	if bst, err := s.bs.Stat(); err == nil {
 		st.ServedBytes, st.ServedBlocks = int64(bst.DataSent), int64(bst.BlocksSent)
 	}
