@@ -199,6 +199,7 @@ type Node struct {
 	content  *content.Service
 	ckpts    checkpointBook // the submitter's checkpoint fetches (checkpoint.go)
 	exported exportedImages // images this submitter put on the mesh (images.go)
+	shared   sharedImages   // images this provider shares, by engine name (images.go)
 	gossip   *gossip.Gossip
 	mdns     io.Closer
 	api      *apiServer
