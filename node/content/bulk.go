@@ -201,8 +201,9 @@ func (b *bulkServer) handle(st network.Stream) {
 		_ = st.Reset()
 		return
 	}
-	defer b.leave(p)
-	if err := b.serve(st, p); err != nil {
+	err := b.serve(st, p)
+	b.leave(p) // before the fetcher sees the end: its next stream is admitted
+	if err != nil {
 		_ = st.Reset()
 		b.s.log.Debug("content: bulk stream ended", "peer", p, "err", err)
 		return

@@ -309,3 +309,75 @@ func aLeaf(t *testing.T, ctx context.Context, s *content.Service, root cid.Cid) 
 	t.Fatal("no leaf of a whole chunk in the store")
 	return cid.Undef
 }
+
+// A peer may hold only a few bulk streams open here at once: the next is
+// reset, and one closed makes room.
+func TestBulkStreamsAPeerHoldsAreBounded(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ha, a := peerOn(t, 0)
+	src := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(src, []byte("bounded"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root, err := a.Add(ctx, src, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := bareHost(t)
+	connect(t, h, ha)
+	grant(t, a, root.CID, h)
+	// open asks for the root on a new stream and reads the answer; the
+	// stream stays open.
+	open := func() (network.Stream, error) {
+		s, err := h.NewStream(ctx, ha.ID(), bulkProto)
+		if err != nil {
+			return nil, err
+		}
+		_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := s.Write(wants(root.CID)); err != nil {
+			s.Reset()
+			return nil, err
+		}
+		r := bufio.NewReader(s)
+		if tag, err := binary.ReadUvarint(r); err != nil || tag != 1 {
+			s.Reset()
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+		n, _ := binary.ReadUvarint(r)
+		if _, err := io.ReadFull(r, make([]byte, n)); err != nil {
+			s.Reset()
+			return nil, err
+		}
+		return s, nil
+	}
+	var held []network.Stream
+	for i := range 4 {
+		s, err := open()
+		if err != nil {
+			t.Fatalf("stream %d: %v, want it served", i+1, err)
+		}
+		held = append(held, s)
+	}
+	if s, err := open(); err == nil {
+		s.Reset()
+		t.Fatal("a fifth stream at once was served, want it reset")
+	}
+	// One ends (the server closes its side once it has left): room for
+	// one more.
+	_ = held[0].CloseWrite()
+	if _, err := io.ReadAll(held[0]); err != nil {
+		t.Fatal(err)
+	}
+	s, err := open()
+	if err != nil {
+		t.Fatalf("a stream after one closed: %v, want it served", err)
+	}
+	held = append(held[1:], s)
+	for _, s := range held {
+		s.Reset()
+	}
+}
