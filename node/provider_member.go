@@ -244,7 +244,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	defer stopBeats()
 	// Inputs: fetched (only the CIDs this job names) and placed read-only
 	// before the work starts; removed with the run folder.
-	inputs, inputsDone, err := n.placeInputs(ctx, st.Spec.Inputs, ex.Name(), runDir, work, startBy, from)
+	inputs, inputsDone, err := n.placeInputs(ctx, st.Spec.Inputs, ex.Name(), runDir, work, startBy)
 	if err != nil {
 		fail("%v", err)
 		return
@@ -265,7 +265,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	image := st.Spec.Image
 	if d, ok := ex.(*exec.Docker); ok && st.Spec.ImageCID != "" {
 		note := func(msg string) { _, _ = jobwire.NewLogWriter(fw, "err").Write([]byte("gpumesh: " + msg + "\n")) }
-		ref, rep, err := n.placeImage(ctx, st.Spec, d, startBy, note, from)
+		ref, rep, err := n.placeImage(ctx, st.Spec, d, startBy, note)
 		n.log.Info("job image placed", "job", st.Job, "rank", st.Rank, "image", st.Spec.Image, "source", rep.Source, "moved", rep.Moved, "from", rep.From, "err", err)
 		if err != nil {
 			fail("%v", err)
