@@ -93,6 +93,10 @@ type DockerConfig struct {
 	// tcp://...); "": the environment's (DOCKER_HOST), else the local
 	// socket.
 	Host string
+	// Removed, if set, is told the references of the images Cache
+	// removed, after each eviction that removed some. It must not block
+	// long, nor call back into the Docker executor.
+	Removed func(refs []string)
 }
 
 // Defaults of DockerConfig.
@@ -493,11 +497,7 @@ func (d *Docker) ensureImage(ctx context.Context, ref string, startBy time.Time)
 		return fmt.Errorf("%w: image %s is still not on this provider after a pull (%v); get it here with `docker pull %s` or `docker load -i <file>`", ErrNoImage, ref, err, ref)
 	}
 	d.cache.Pulled(ref, ins.ID, ins.Size, time.Now())
-	if removed, err := d.cache.Evict(ctx, d.cli); err != nil {
-		d.log().Warn("image cache eviction", "err", err)
-	} else if len(removed) > 0 {
-		d.log().Info("image cache over its cap: removed images", "images", removed)
-	}
+	d.evict(ctx)
 	return nil
 }
 

@@ -85,10 +85,21 @@ func (d *Docker) Adopt(ctx context.Context, ref string) error {
 		return errors.New("docker: image " + ref + " not found after its load")
 	}
 	d.cache.Pulled(ref, info.ID, info.Size, time.Now())
-	if removed, err := d.cache.Evict(ctx, d.cli); err != nil {
-		d.log().Warn("image cache eviction", "err", err)
-	} else if len(removed) > 0 {
-		d.log().Info("image cache over its cap: removed images", "images", removed)
-	}
+	d.evict(ctx)
 	return nil
+}
+
+// evict removes cached images over the cache's cap, and says which.
+func (d *Docker) evict(ctx context.Context) {
+	removed, err := d.cache.Evict(ctx, d.cli)
+	if err != nil {
+		// Some may be gone all the same.
+		d.log().Warn("image cache eviction", "err", err)
+	}
+	if len(removed) > 0 {
+		d.log().Info("image cache over its cap: removed images", "images", removed)
+		if d.cfg.Removed != nil {
+			d.cfg.Removed(removed)
+		}
+	}
 }

@@ -349,14 +349,14 @@ func (n *Node) placeImage(ctx context.Context, spec jobspec.Spec, d *exec.Docker
 	tag := m.Tag()
 	if info, ok, err := d.Image(ctx, tag); err == nil && ok && sameLayers(info, m) {
 		rep.Source = ImageFromProvider
-		n.shareImage(ctx, root, m)
+		n.shareImage(ctx, tag, root, m)
 		return tag, rep, nil
 	}
 	if info, ok, err := d.Image(ctx, m.ID()); err == nil && ok && sameLayers(info, m) {
 		// The provider's own image (pulled or built here): run by its ID,
 		// no name of ours added to it.
 		rep.Source = ImageFromProvider
-		n.shareImage(ctx, root, m)
+		n.shareImage(ctx, info.ID, root, m)
 		return info.ID, rep, nil
 	}
 	rep.Source = ImageFromMesh
@@ -445,26 +445,74 @@ func (n *Node) placeImage(ctx context.Context, spec jobspec.Spec, d *exec.Docker
 	if err := d.Adopt(ctx, tag); err != nil {
 		n.log.Warn("image not in the image cache", "image", tag, "err", err)
 	}
-	n.shareImage(ctx, root, m)
+	n.shareImage(ctx, tag, root, m)
 	return tag, rep, nil
 }
 
+// sharedImages is what a provider shares of the images in its engine:
+// the roots (manifest, blobs) of each, by the engine's name for it, and
+// how many of those images hold each root (two images may have a layer
+// in common), so that an image the image cache removes stops being
+// served, and a layer another image still holds does not.
+type sharedImages struct {
+	mu    sync.Mutex           // guards the fields below
+	refs  map[string][]cid.Cid // engine name -> roots shared for it
+	count map[cid.Cid]int      // root -> images sharing it
+}
+
 // shareImage lets every peer fetch the image's manifest and blobs from
-// here, and announces them (see the top of this file for why).
-func (n *Node) shareImage(ctx context.Context, root cid.Cid, m *images.Manifest) {
+// here, and announces them (see the top of this file for why), until the
+// engine's image cache removes ref (imagesRemoved).
+func (n *Node) shareImage(ctx context.Context, ref string, root cid.Cid, m *images.Manifest) {
 	roots := []cid.Cid{root}
 	for _, b := range m.Blobs() {
 		if c, err := images.ParseCID(b.CID); err == nil {
 			roots = append(roots, c)
 		}
 	}
+	var shared []cid.Cid
 	for _, c := range roots {
 		if err := n.content.Share(ctx, c); err != nil {
 			// Not whole here (the engine had the image, the blobs never
 			// came): nothing to serve.
 			continue
 		}
+		shared = append(shared, c)
 		n.content.Announce(c)
+	}
+	s := &n.shared
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refs == nil {
+		s.refs, s.count = map[string][]cid.Cid{}, map[cid.Cid]int{}
+	}
+	had := map[cid.Cid]bool{}
+	for _, c := range s.refs[ref] {
+		had[c] = true
+	}
+	for _, c := range shared {
+		if !had[c] {
+			s.refs[ref] = append(s.refs[ref], c)
+			s.count[c]++
+		}
+	}
+}
+
+// imagesRemoved is told the images the engine's image cache removed: what
+// was shared for them alone is shared no more (the blobs stay in the
+// content store, least recently used out first).
+func (n *Node) imagesRemoved(refs []string) {
+	s := &n.shared
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ref := range refs {
+		for _, c := range s.refs[ref] {
+			if s.count[c]--; s.count[c] <= 0 {
+				delete(s.count, c)
+				n.content.Unshare(c)
+			}
+		}
+		delete(s.refs, ref)
 	}
 }
 

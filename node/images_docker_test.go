@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/internal/testdocker"
@@ -315,5 +316,106 @@ func TestImageAProviderHasAlreadyMovesNothing(t *testing.T) {
 	ours := "gpumesh-image:" + strings.TrimPrefix(strings.TrimSpace(string(id)), "sha256:")
 	if out, err := exec.Command("docker", "images", "-q", ours).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "" {
 		t.Fatalf("docker images %s: %q (%v), want none", ours, out, err)
+	}
+}
+
+// An image the provider's image cache removes is shared no more: a peer
+// of the swarm gets its manifest and its own layer from the provider
+// while the engine has it, nothing after; a layer another image still
+// holds stays shared.
+func TestImageRemovedFromTheCacheIsSharedNoMore(t *testing.T) {
+	tagA, _ := submitterImage(t, 3<<20+1)
+	tagB, _ := submitterImage(t, 3<<20+2)
+	insp := exec.Command("docker", "image", "inspect", "-f", "{{.Size}}", tagA)
+	insp.Env = append(os.Environ(), "DOCKER_HOST=")
+	out, err := insp.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sizeA int64
+	if _, err := fmt.Sscan(string(out), &sizeA); err != nil || sizeA <= 0 {
+		t.Fatalf("image size %q: %v", out, err)
+	}
+	eng := testdocker.Engine(t)
+	m := meshtest.Start(t, 3, meshtest.Options{Seed: 167, Providers: 1, Price: "fixed:2.10", Config: func(i int, c *node.Config) {
+		if i == 0 {
+			c.DockerHost = eng
+			c.ImageCache = sizeA * 3 / 2 // one image, not two
+		}
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	prov, sub, other := m.Nodes[0], m.Nodes[1], m.Nodes[2]
+	if err := other.Host().Connect(ctx, peer.AddrInfo{ID: prov.Host().ID(), Addrs: prov.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	run := func(tag string) *images.Manifest {
+		t.Helper()
+		j := runToEnd(t, ctx, sub, imageSpec(t, tag, "H100", "imageFrom: submitter\n"))
+		if j.State != node.JobDone {
+			t.Fatalf("job of %s: %s (%s)", tag, j.State, j.Reason)
+		}
+		root, err := jobspec.ParseCID(j.Spec.ImageCID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Read the manifest from the submitter's store.
+		r, err := sub.Content().Open(ctx, root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		b, _ := io.ReadAll(r)
+		man, err := images.Decode(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return man
+	}
+	fetch := func(c cid.Cid) error {
+		short, stop := context.WithTimeout(ctx, 3*time.Second)
+		defer stop()
+		_, release, err := other.Content().Fetch(short, c, 0)
+		if err == nil {
+			release()
+			_ = other.Content().Store().DeleteBlock(ctx, c)
+		}
+		return err
+	}
+	blobs := func(man *images.Manifest) map[string]cid.Cid {
+		out := map[string]cid.Cid{}
+		for _, b := range man.Blobs() {
+			c, err := images.ParseCID(b.CID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[b.Digest] = c
+		}
+		return out
+	}
+	manA := run(tagA)
+	blobsA := blobs(manA)
+	own := blobsA[manA.Layers[len(manA.Layers)-1].Digest] // the layer of A's random file
+	if err := fetch(own); err != nil {
+		t.Fatalf("A's own layer while the engine has A: %v, want it shared", err)
+	}
+	manB := run(tagB)
+	var common cid.Cid
+	for d, c := range blobs(manB) {
+		if blobsA[d] == c {
+			common = c
+		}
+	}
+	if !common.Defined() {
+		t.Fatal("A and B have no layer in common: the test tests less than it says")
+	}
+	if ims := testdocker.Images(t, eng); strings.Contains(strings.Join(ims, " "), manA.Tag()) {
+		t.Fatalf("the provider's engine still holds A (%v): its cache did not remove it", ims)
+	}
+	if err := fetch(own); err == nil {
+		t.Fatal("A's own layer still served after the cache removed A")
+	}
+	if err := fetch(common); err != nil {
+		t.Fatalf("the layer B holds too: %v, want it still shared", err)
 	}
 }

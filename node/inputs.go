@@ -46,6 +46,11 @@ func (n *Node) startContent() error {
 	if err != nil {
 		return err
 	}
+	// What a crash left of images being taken apart or put together
+	// (imageTempDir): no run of this node uses it any more.
+	if err := os.RemoveAll(filepath.Join(state, "images-tmp")); err != nil {
+		n.log.Warn("leftover image files not removed", "dir", filepath.Join(state, "images-tmp"), "err", err)
+	}
 	n.content, err = content.New(n.host, content.Config{
 		Dir:      filepath.Join(state, "content"),
 		MaxBytes: n.cfg.ContentCache,

@@ -204,6 +204,7 @@ type Node struct {
 	ckpts    checkpointBook // the submitter's checkpoint fetches (checkpoint.go)
 	replicas replicaBook    // checkpoints kept for other submitters (checkpoint_replica.go)
 	exported exportedImages // images this submitter put on the mesh (images.go)
+	shared   sharedImages   // images this provider shares, by engine name (images.go)
 	gossip   *gossip.Gossip
 	mdns     io.Closer
 	api      *apiServer

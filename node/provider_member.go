@@ -661,7 +661,8 @@ func (n *Node) dockerExecutor(ctx context.Context) (exec.Executor, error) {
 		}
 		d, err := exec.NewDockerWith(ctx, exec.DockerConfig{
 			PullTimeout: n.cfg.PullTimeout, PullMaxBytes: n.cfg.PullMax, Log: n.log, Host: n.cfg.DockerHost,
-			Cache: &exec.ImageCache{Path: filepath.Join(state, "images.json"), MaxBytes: n.cfg.ImageCache, Log: n.log},
+			Cache:   &exec.ImageCache{Path: filepath.Join(state, "images.json"), MaxBytes: n.cfg.ImageCache, Log: n.log},
+			Removed: n.imagesRemoved,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("this provider cannot run containers: %w", err)

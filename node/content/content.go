@@ -78,9 +78,12 @@ type Service struct {
 	local   ipld.DAGService           // the store only
 	dag     ipld.DAGService           // the exchange behind the store
 	routing Routing
-	grants  *grants  // who may fetch what from here
-	forgers *forgers // peers that answer with wrong bytes are cut off
-	log     *slog.Logger
+	grants  *grants // who may fetch what from here
+	host    host.Host
+	// bulkProto is the bulk stream's protocol (bulk.go).
+	bulkProto protocol.ID
+	forgers   *forgers // peers that answer with wrong bytes are cut off
+	log       *slog.Logger
 
 	ctx    context.Context // ends with Close
 	cancel context.CancelFunc
@@ -88,13 +91,20 @@ type Service struct {
 
 	fetchedBytes  atomic.Int64
 	fetchedBlocks atomic.Int64
-	closeOnce     sync.Once
+	// bytes and blocks served on bulk streams
+	bulkServedBytes  atomic.Int64
+	bulkServedBlocks atomic.Int64
+	bulkFetchedBytes atomic.Int64
+	bulkMu           sync.Mutex         // guards bulkRecv
+	bulkRecv         map[peer.ID]uint64 // bytes received on bulk streams, by peer
+	closeOnce        sync.Once
 }
 
 // Stats is what a Service moved since it started.
 type Stats struct {
 	FetchedBytes  int64 // bytes of blocks fetched from peers by Fetch
 	FetchedBlocks int64
+	BulkBytes     int64 // of FetchedBytes, those that came on bulk streams (FetchFrom)
 	ServedBytes   int64 // bytes of blocks sent to peers that asked
 	ServedBlocks  int64
 	StoredBytes   int64 // bytes held in the store now
@@ -161,7 +171,7 @@ func New(h host.Host, cfg Config) (*Service, error) {
 		bitswap.WithoutDuplicatedBlockStats(),
 	)
 	serv := blockservice.New(store, bs, blockservice.WithAllowlist(allow))
-	return &Service{
+	s := &Service{
 		store:   store,
 		bs:      bs,
 		serv:    serv,
@@ -173,13 +183,19 @@ func New(h host.Host, cfg Config) (*Service, error) {
 		log:     log,
 		ctx:     ctx,
 		cancel:  cancel,
-	}, nil
+
+		host:      h,
+		bulkProto: BulkProtocol(cfg.Prefix),
+	}
+	h.SetStreamHandler(s.bulkProto, newBulkServer(s).handle)
+	return s, nil
 }
 
 // Close stops the exchange. Safe to call twice.
 func (s *Service) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
+		s.host.RemoveStreamHandler(s.bulkProto)
 		s.cancel()
 		s.wg.Wait()
 		err = s.bs.Close()
@@ -192,10 +208,12 @@ func (s *Service) Store() *Store { return s.store }
 
 // Stats says what the service moved.
 func (s *Service) Stats() Stats {
-	st := Stats{FetchedBytes: s.fetchedBytes.Load(), FetchedBlocks: s.fetchedBlocks.Load(), StoredBytes: s.store.Used()}
+	st := Stats{FetchedBytes: s.fetchedBytes.Load(), FetchedBlocks: s.fetchedBlocks.Load(), BulkBytes: s.bulkFetchedBytes.Load(), StoredBytes: s.store.Used()}
 	if bst, err := s.bs.Stat(); err == nil {
 		st.ServedBytes, st.ServedBlocks = int64(bst.DataSent), int64(bst.BlocksSent)
 	}
+	st.ServedBytes += s.bulkServedBytes.Load()
+	st.ServedBlocks += s.bulkServedBlocks.Load()
 	return st
 }
 

@@ -358,7 +358,7 @@ func BenchmarkInputTransfer(b *testing.B) {
 	ha.SetStreamHandler(copyProto, func(s network.Stream) { sendFile(b, s, src) })
 	// Wall time, and this process's CPU time (both ends are in it): on a
 	// loaded machine the CPU a byte costs varies less than the wall time.
-	var mesh, plain, stream, meshCPU, plainCPU, streamCPU time.Duration
+	var mesh, bulk, plain, stream, meshCPU, bulkCPU, plainCPU, streamCPU time.Duration
 	for i := 0; i < b.N; i++ {
 		hb, peerB := peerOn(b, 0)
 		connect(b, hb, ha)
@@ -377,6 +377,22 @@ func BenchmarkInputTransfer(b *testing.B) {
 		mesh += time.Since(start)
 		meshCPU += cpuTime() - cpu
 
+		// The bulk stream (FetchFrom the holder), into a fresh store.
+		hc, peerC := peerOn(b, 0)
+		connect(b, hc, ha)
+		grant(b, a, root.CID, hc)
+		start, cpu = time.Now(), cpuTime()
+		st, release, err := peerC.FetchFrom(ctx, root.CID, 0, ha.ID())
+		if err != nil {
+			b.Fatal(err)
+		}
+		release()
+		bulk += time.Since(start)
+		bulkCPU += cpuTime() - cpu
+		if bulk := peerC.Stats().BulkBytes; st.FetchedBytes < size || bulk != st.FetchedBytes {
+			b.Fatalf("bulk fetch %+v, %d bytes on the bulk stream: want all %d there", st, bulk, size)
+		}
+
 		start, cpu = time.Now(), cpuTime()
 		tcpCopy(b, src)
 		plain += time.Since(start)
@@ -384,14 +400,19 @@ func BenchmarkInputTransfer(b *testing.B) {
 	}
 	perMiB := func(d time.Duration) float64 { return float64(d.Milliseconds()) / float64(b.N) / (size >> 20) }
 	b.ReportMetric(perMiB(meshCPU), "mesh-cpu-ms/MiB")
+	b.ReportMetric(perMiB(bulkCPU), "bulk-cpu-ms/MiB")
 	b.ReportMetric(perMiB(streamCPU), "stream-cpu-ms/MiB")
 	b.ReportMetric(perMiB(plainCPU), "tcp-cpu-ms/MiB")
 	mbs := func(d time.Duration) float64 { return float64(size) * float64(b.N) / d.Seconds() / (1 << 20) }
 	b.ReportMetric(mbs(mesh), "mesh-MiB/s")
+	b.ReportMetric(mbs(bulk), "bulk-MiB/s")
 	b.ReportMetric(mbs(plain), "tcp-MiB/s")
 	b.ReportMetric(mbs(stream), "stream-MiB/s")
 	b.ReportMetric(mbs(mesh)/mbs(plain), "ratio")
 	b.ReportMetric(mbs(mesh)/mbs(stream), "ratio-stream")
+	b.ReportMetric(mbs(bulk)/mbs(plain), "ratio-bulk")
+	b.ReportMetric(mbs(bulk)/mbs(stream), "ratio-bulk-stream")
+	b.ReportMetric(mbs(bulk)/mbs(mesh), "bulk-vs-mesh")
 }
 
 const copyProto = "/gpumesh/test/copy/1"

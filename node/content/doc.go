@@ -17,7 +17,12 @@
 //     links are asked for as it arrives, not after a batch), and writes
 //     storeWriters blocks to the store at once;
 //   - who has a root is announced in the swarm's DHT as a provider record
-//     (Announce) and found there when no connected peer has it.
+//     (Announce) and found there when no connected peer has it;
+//   - FetchFrom, given peers known to hold the DAG (a job's submitter),
+//     first takes it on one bulk stream ("<prefix>/blocks/1.0.0", bulk.go)
+//     from each in turn: blocks asked by CID in batches, several ahead,
+//     answered in order, length-prefixed; whatever is missing after that
+//     comes over bitswap as Fetch does.
 //
 // Who is served: a block goes only to a peer granted a root whose DAG
 // holds it (Grant, until Revoke; bitswap's peer block request filter):
@@ -33,7 +38,9 @@
 // ran (node/images.go says why). A private swarm keeps the rule.
 //
 // Bounds against strangers: a peer granted blocks is served within
-// bitswap's per-peer queue (1,024 wants, 4 MiB of blocks at once);
+// bitswap's per-peer queue (1,024 wants, 4 MiB of blocks at once), and
+// on at most bulkPerPeer bulk streams (bulkStreams of all peers, opened
+// at bulkOpens a second), each block under the same check;
 // a peer cannot make us store anything: blocks come in only as answers to
 // our own wants (the exchange drops blocks no session asked for), every
 // block received is hashed against the CID asked for (a peer that sends
@@ -41,7 +48,9 @@
 // block become, is disconnected: else the session that asked it waits on
 // it for a minute or more), and a Fetch takes
 // only SHA-256 CIDs of dag-pb or raw blocks, at most MaxBlock bytes a
-// block, MaxLinks links a node, and a limit in bytes a DAG. Which roots
+// block, MaxLinks links a node, and a limit in bytes a DAG (a bulk
+// frame over MaxBlock, or a block whose bytes are not its CID's, cuts
+// the peer off as well). Which roots
 // a peer fetches is the caller's decision: a provider fetches only the
 // inputs a job it accepted names.
 package content

@@ -77,13 +77,14 @@ func (s *Service) Open(ctx context.Context, root cid.Cid) (io.ReadCloser, error)
 }
 
 // Received is the bytes of blocks this peer has received from p over the
-// exchange (its ledger with p, while p is connected or was lately).
+// exchange (its ledger with p, while p is connected or was lately) and
+// on bulk streams (FetchFrom).
 func (s *Service) Received(p peer.ID) uint64 {
-	r := s.bs.LedgerForPeer(p)
-	if r == nil {
-		return 0
+	n := s.bulkReceived(p)
+	if r := s.bs.LedgerForPeer(p); r != nil {
+		n += r.Recv
 	}
-	return r.Recv
+	return n
 }
 
 // Max is the store's cap in bytes.

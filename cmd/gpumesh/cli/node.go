@@ -44,6 +44,7 @@ func nodeCmd(g *globals) *cobra.Command {
 		jobLog            = sizeValue{}
 		pullMax           = sizeValue{}
 		imageCache        = sizeValue{}
+		dockerHost        string
 		contentCache      = sizeValue{}
 		maxInputSize      = sizeValue{}
 		replicaSpace      = sizeValue{n: node.DefaultReplicaSpace}
@@ -122,6 +123,7 @@ public swarm.`,
 				PullTimeout:    pullTimeout,
 				PullMax:        pullMax.n,
 				ImageCache:     imageCache.n,
+				DockerHost:     dockerHost,
 				ContentCache:   contentCache.n,
 				MaxInputSize:   maxInputSize.n,
 				ReplicaSpace:   max(replicaSpace.n, 0),
@@ -221,6 +223,7 @@ public swarm.`,
 	f.DurationVar(&pullTimeout, "pull-timeout", 0, "longest image pull of a job (default 4m, under the submitter's 5-minute start deadline)")
 	f.Var(&pullMax, "pull-max", "largest image a job may pull (its compressed layers), e.g. 30GiB, or none (default 30GiB)")
 	f.Var(&imageCache, "image-cache", "images pulled for jobs kept, least recently used removed first (never the operator's own), e.g. 100GiB, or none for no cap (default 100GiB)")
+	f.StringVar(&dockerHost, "docker-host", os.Getenv("DOCKER_HOST"), "the Docker engine that runs container jobs and holds the images this peer sends, e.g. unix:///run/docker.sock or tcp://127.0.0.1:2375 (env DOCKER_HOST; default the local socket)")
 	f.Var(&contentCache, "content-cache", "job inputs kept in the data dir's content store (added here, or fetched for jobs run here), least recently used removed first, e.g. 50GiB (default 20GiB)")
 	f.Var(&replicaSpace, "replica-space", "most bytes of other submitters' checkpoints this peer keeps as their replica (checkpoint.replicas), half of it for one submitter; none keeps none")
 	f.Var(&maxInputSize, "max-input-size", "most bytes of inputs of one job, sent by this peer or fetched to run one, e.g. 2GiB (default 10GiB)")

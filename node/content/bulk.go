@@ -1,0 +1,501 @@
+package content
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"golang.org/x/time/rate"
+)
+
+// The bulk path: one stream from a peer known to hold a DAG (the
+// submitter of an input, a provider sharing an image's layers), on which
+// the fetcher asks for blocks by CID in batches, several batches ahead,
+// and the holder answers each CID in order: its block, length-prefixed,
+// or "none". It spares bitswap's per-block message copies, its stream a
+// message and its pause between want messages; bitswap stays the
+// fallback, and the way to fetch from many peers at once.
+//
+// Wire (both ends, every number an unsigned varint):
+//
+//	request:  count (1..bulkBatch), then count times: length (1..maxCIDLen), CID bytes
+//	response: for each CID asked, in order: 0 (none), or 1, length (0..MaxBlock), the block's bytes
+//
+// A fetcher closes its side when it wants no more; the server then ends
+// the stream.
+const (
+	bulkBatch  = 64  // CIDs in one request
+	bulkWindow = 128 // blocks a fetch keeps asked for on its stream
+	maxCIDLen  = 128 // bytes of a CID on the wire (ours are 36)
+	// bulkIdle bounds one read or write of a bulk stream, either end.
+	bulkIdle = 30 * time.Second
+	// bulkPerPeer is the bulk streams one peer may have open here at once,
+	// bulkStreams those of all peers; more are reset.
+	bulkPerPeer = 4 // an image's blobs are fetched 4 at once
+	bulkStreams = 32
+	// bulkOpens is the streams a second a peer may open here (a burst of
+	// bulkPerPeer*4): a fetch opens one a DAG.
+	bulkOpens = 4
+	// bulkPeers is how many of a FetchFrom's peers are tried before
+	// bitswap.
+	bulkPeers = 3
+)
+
+// BulkProtocol is the bulk stream's protocol under a prefix (Config.Prefix).
+func BulkProtocol(prefix protocol.ID) protocol.ID {
+	if prefix == "" {
+		prefix = "/gpumesh"
+	}
+	return prefix + "/blocks/1.0.0"
+}
+
+var (
+	errBulkNone   = errors.New("content: the peer has not the block for us (not granted, or not held)")
+	errBulkForged = errors.New("content: the peer sent bytes that do not hash to the CID asked")
+	// errBulkOversize is a peer's frame over MaxBlock (ErrTooBig is for
+	// what the DAG itself holds).
+	errBulkOversize = errors.New("content: a bulk block over the size limit")
+)
+
+// readWants decodes one request: the CIDs asked, at most bulkBatch. An
+// io.EOF before the first byte is the end of the requests.
+func readWants(r *bufio.Reader) ([]cid.Cid, error) {
+	n, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 || n > bulkBatch {
+		return nil, fmt.Errorf("content: bulk request of %d CIDs, want 1 to %d", n, bulkBatch)
+	}
+	out := make([]cid.Cid, 0, n)
+	var buf [maxCIDLen]byte
+	for range n {
+		l, err := binary.ReadUvarint(r)
+		if err != nil {
+			return nil, unexpected(err)
+		}
+		if l == 0 || l > maxCIDLen {
+			return nil, fmt.Errorf("content: bulk request: a CID of %d bytes, want 1 to %d", l, maxCIDLen)
+		}
+		if _, err := io.ReadFull(r, buf[:l]); err != nil {
+			return nil, unexpected(err)
+		}
+		c, err := cid.Cast(buf[:l])
+		if err != nil {
+			return nil, fmt.Errorf("content: bulk request: %w", err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// appendWants encodes one request.
+func appendWants(b []byte, cs []cid.Cid) []byte {
+	b = binary.AppendUvarint(b, uint64(len(cs)))
+	for _, c := range cs {
+		raw := c.Bytes()
+		b = binary.AppendUvarint(b, uint64(len(raw)))
+		b = append(b, raw...)
+	}
+	return b
+}
+
+// readBlock decodes one answer: a block's bytes (into buf's storage when
+// it fits), or ok false for none. A length over MaxBlock is refused
+// before anything of it is read.
+func readBlock(r *bufio.Reader, buf []byte) (data []byte, ok bool, err error) {
+	tag, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, false, unexpected(err)
+	}
+	switch tag {
+	case 0:
+		return nil, false, nil
+	case 1:
+	default:
+		return nil, false, fmt.Errorf("content: bulk answer tagged %d, want 0 or 1", tag)
+	}
+	l, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, false, unexpected(err)
+	}
+	if l > MaxBlock {
+		return nil, false, fmt.Errorf("%w: %d bytes, at most %d", errBulkOversize, l, MaxBlock)
+	}
+	if uint64(cap(buf)) < l {
+		buf = make([]byte, l)
+	}
+	data = buf[:l]
+	if _, err := io.ReadFull(r, data); err != nil {
+		return nil, false, unexpected(err)
+	}
+	return data, true, nil
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// bulkServer answers bulk streams within its bounds.
+type bulkServer struct {
+	s *Service
+
+	mu     sync.Mutex // guards the fields below
+	open   map[peer.ID]int
+	total  int
+	limits map[peer.ID]*rate.Limiter
+}
+
+func newBulkServer(s *Service) *bulkServer {
+	return &bulkServer{s: s, open: map[peer.ID]int{}, limits: map[peer.ID]*rate.Limiter{}}
+}
+
+// admit takes a slot for a stream of p, or says no.
+func (b *bulkServer) admit(p peer.ID) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	lim := b.limits[p]
+	if lim == nil {
+		if len(b.limits) >= 4*bulkStreams {
+			clear(b.limits) // forget old peers' buckets: each starts full again
+		}
+		lim = rate.NewLimiter(bulkOpens, bulkPerPeer*4)
+		b.limits[p] = lim
+	}
+	if b.open[p] >= bulkPerPeer || b.total >= bulkStreams || !lim.Allow() {
+		return false
+	}
+	b.open[p]++
+	b.total++
+	return true
+}
+
+func (b *bulkServer) leave(p peer.ID) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.open[p]--; b.open[p] <= 0 {
+		delete(b.open, p)
+	}
+	b.total--
+}
+
+// handle serves one stream: each CID asked is answered with its block if
+// the peer may have it (the same check as bitswap's filter: granted or
+// shared) and the store holds it, else with none.
+func (b *bulkServer) handle(st network.Stream) {
+	p := st.Conn().RemotePeer()
+	if !b.admit(p) {
+		_ = st.Reset()
+		return
+	}
+	err := b.serve(st, p)
+	b.leave(p) // before the fetcher sees the end: its next stream is admitted
+	if err != nil {
+		_ = st.Reset()
+		b.s.log.Debug("content: bulk stream ended", "peer", p, "err", err)
+		return
+	}
+	_ = st.Close()
+}
+
+func (b *bulkServer) serve(st network.Stream, p peer.ID) error {
+	r := bufio.NewReaderSize(st, 4<<10)
+	w := bufio.NewWriterSize(st, 64<<10)
+	var hdr []byte
+	for {
+		_ = st.SetReadDeadline(time.Now().Add(bulkIdle))
+		wants, err := readWants(r)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		for _, c := range wants {
+			if b.s.ctx.Err() != nil {
+				return b.s.ctx.Err()
+			}
+			_ = st.SetWriteDeadline(time.Now().Add(bulkIdle))
+			var blk blocks.Block
+			if checkCID(c) == nil && b.s.grants.allowed(p, c) {
+				blk, _ = b.s.store.Get(b.s.ctx, c)
+			}
+			if blk == nil {
+				if err := w.WriteByte(0); err != nil {
+					return err
+				}
+				continue
+			}
+			data := blk.RawData()
+			hdr = binary.AppendUvarint(append(hdr[:0], 1), uint64(len(data)))
+			if _, err := w.Write(hdr); err != nil {
+				return err
+			}
+			if _, err := w.Write(data); err != nil {
+				return err
+			}
+			b.s.bulkServedBytes.Add(int64(len(data)))
+			b.s.bulkServedBlocks.Add(1)
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+}
+
+// FetchFrom is Fetch, trying first the bulk stream from peers that hold
+// the DAG (the submitter of an input, a provider that shares it), in
+// order, at most a few of them: each block that comes is hashed against
+// the CID asked and kept. A peer that answers with wrong bytes is
+// disconnected; one that has not a block, or fails, leaves the rest to
+// the next peer, and what is still missing then comes over bitswap from
+// every peer that has it (Fetch). The bounds are Fetch's.
+func (s *Service) FetchFrom(ctx context.Context, root cid.Cid, max int64, from ...peer.ID) (FetchStats, func(), error) {
+	if max <= 0 || max > s.store.max {
+		max = s.store.max
+	}
+	if err := checkCID(root); err != nil {
+		return FetchStats{}, nil, err
+	}
+	var bulkBytes int64
+	tried := 0
+	for _, p := range from {
+		if p == "" || p == s.host.ID() || tried == bulkPeers {
+			continue
+		}
+		tried++
+		st, pins, err := s.bulkFetch(ctx, p, root, max)
+		bulkBytes += st.FetchedBytes
+		if err == nil {
+			return st, func() { s.store.unpin(pins) }, nil
+		}
+		// The blocks kept stay pinned until Fetch has pinned them again.
+		defer s.store.unpin(pins)
+		if errors.Is(err, ErrTooBig) || ctx.Err() != nil {
+			return st, nil, err
+		}
+		s.log.Debug("content: bulk fetch fell short; going on", "cid", root, "peer", p, "err", err)
+	}
+	st, release, err := s.Fetch(ctx, root, max)
+	st.FetchedBytes += bulkBytes
+	return st, release, err
+}
+
+// bulkFetch walks root's DAG over one bulk stream from p: the blocks the
+// store lacks are asked for, up to bulkWindow ahead, and kept as they
+// come. It returns the CIDs it pinned (to unpin, even on an error).
+func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max int64) (st FetchStats, pins []cid.Cid, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	str, err := s.host.NewStream(network.WithAllowLimitedConn(ctx, "bulk"), p, s.bulkProto)
+	if err != nil {
+		return st, nil, fmt.Errorf("content: bulk stream to %s: %w", p, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = str.Reset()
+		} else {
+			_ = str.Close()
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() { _ = str.Reset() })
+	defer stop()
+
+	// Writers keep blocks in the store, storeWriters at once.
+	// A raw leaf is hashed there too, off the stream's reader (a node's
+	// bytes are hashed before its links are trusted); a wrong one cuts
+	// the peer off and ends the fetch.
+	toWrite := make(chan blocks.Block, storeWriters)
+	var writers sync.WaitGroup
+	var werrOnce sync.Once
+	var werr error
+	for range storeWriters {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			for b := range toWrite {
+				c := b.Cid()
+				if c.Type() == cid.Raw {
+					if got, err := c.Prefix().Sum(b.RawData()); err != nil || !got.Equals(c) {
+						werrOnce.Do(func() {
+							werr = fmt.Errorf("%w: %s from %s", errBulkForged, c, p)
+							s.cutOff(p, c, "wrong bytes")
+						})
+						cancel()
+						continue
+					}
+				}
+				if err := s.store.Put(ctx, b); err != nil {
+					werrOnce.Do(func() { werr = err })
+					continue
+				}
+				_ = s.bs.NotifyNewBlocks(ctx, b)
+			}
+		}()
+	}
+	defer func() {
+		close(toWrite)
+		writers.Wait()
+		switch {
+		case errors.Is(werr, errBulkForged):
+			err = werr // the cause of whatever the reader saw
+		case err == nil && werr != nil:
+			err = fmt.Errorf("content: fetch %s: %w", root, werr)
+		}
+	}()
+
+	seen := map[cid.Cid]bool{root: true}
+	queue := []cid.Cid{root}
+	var inflight []cid.Cid // asked, in order
+	visit := func(c cid.Cid, size int64, nd []byte) error {
+		if size > MaxBlock {
+			return fmt.Errorf("%w: block %s of %s is %d bytes, at most %d", ErrTooBig, c, root, size, MaxBlock)
+		}
+		st.Blocks++
+		st.Bytes += size
+		if st.Bytes > max {
+			return fmt.Errorf("%w: %s is more than %d bytes", ErrTooBig, root, max)
+		}
+		if nd == nil || c.Type() == cid.Raw {
+			return nil
+		}
+		b, _ := blocks.NewBlockWithCid(nd, c)
+		links, err := linksOf(b)
+		if err != nil {
+			return fmt.Errorf("content: fetch %s: %w", root, err)
+		}
+		for _, l := range links {
+			if !seen[l] {
+				seen[l] = true
+				queue = append(queue, l)
+			}
+		}
+		return nil
+	}
+	r := bufio.NewReaderSize(str, 64<<10)
+	var req []byte
+	for len(queue) > 0 || len(inflight) > 0 {
+		// Ask for what the store lacks, up to the window.
+		var batch []cid.Cid
+		for len(queue) > 0 && len(inflight)+len(batch) < bulkWindow && len(batch) < bulkBatch {
+			c := queue[0]
+			queue = queue[1:]
+			if err := checkCID(c); err != nil {
+				return st, pins, err
+			}
+			s.store.pin([]cid.Cid{c})
+			pins = append(pins, c)
+			if c.Type() == cid.Raw {
+				if size, err := s.store.GetSize(ctx, c); err == nil {
+					if err := visit(c, int64(size), nil); err != nil {
+						return st, pins, err
+					}
+					continue
+				}
+			} else if b, err := s.store.Get(ctx, c); err == nil {
+				if err := visit(c, int64(len(b.RawData())), b.RawData()); err != nil {
+					return st, pins, err
+				}
+				continue
+			}
+			batch = append(batch, c)
+		}
+		if len(batch) > 0 {
+			req = appendWants(req[:0], batch)
+			_ = str.SetWriteDeadline(time.Now().Add(bulkIdle))
+			if _, err := str.Write(req); err != nil {
+				return st, pins, fmt.Errorf("content: bulk stream to %s: %w", p, err)
+			}
+			inflight = append(inflight, batch...)
+			if len(queue) > 0 && len(inflight) < bulkWindow {
+				continue // ask more before reading
+			}
+		}
+		if len(inflight) == 0 {
+			continue
+		}
+		c := inflight[0]
+		inflight = inflight[1:]
+		_ = str.SetReadDeadline(time.Now().Add(bulkIdle))
+		data, ok, err := readBlock(r, nil)
+		if err != nil {
+			if errors.Is(err, errBulkOversize) {
+				s.cutOff(p, c, "a block over the size limit")
+			}
+			return st, pins, fmt.Errorf("content: bulk stream from %s: %w", p, err)
+		}
+		if !ok {
+			return st, pins, fmt.Errorf("%w: %s", errBulkNone, c)
+		}
+		if c.Type() != cid.Raw {
+			if got, err := c.Prefix().Sum(data); err != nil || !got.Equals(c) {
+				s.cutOff(p, c, "wrong bytes")
+				return st, pins, fmt.Errorf("%w: %s from %s", errBulkForged, c, p)
+			}
+		}
+		size := int64(len(data))
+		if err := visit(c, size, data); err != nil {
+			return st, pins, err
+		}
+		s.fetchedBytes.Add(size)
+		s.fetchedBlocks.Add(1)
+		st.FetchedBytes += size
+		s.countBulk(p, size)
+		s.bulkFetchedBytes.Add(size)
+		b, _ := blocks.NewBlockWithCid(data, c)
+		select {
+		case toWrite <- b:
+		case <-ctx.Done():
+			return st, pins, ctx.Err()
+		}
+	}
+	_ = str.CloseWrite()
+	return st, pins, nil
+}
+
+// maxBulkLedgers is the peers whose bulk bytes received are counted at
+// once; past it, those not connected are forgotten.
+const maxBulkLedgers = 1024
+
+func (s *Service) bulkReceived(p peer.ID) uint64 {
+	s.bulkMu.Lock()
+	defer s.bulkMu.Unlock()
+	return s.bulkRecv[p]
+}
+
+func (s *Service) countBulk(p peer.ID, n int64) {
+	s.bulkMu.Lock()
+	defer s.bulkMu.Unlock()
+	if s.bulkRecv == nil {
+		s.bulkRecv = map[peer.ID]uint64{}
+	}
+	if _, ok := s.bulkRecv[p]; !ok && len(s.bulkRecv) >= maxBulkLedgers {
+		for q := range s.bulkRecv {
+			if s.host.Network().Connectedness(q) != network.Connected {
+				delete(s.bulkRecv, q)
+			}
+		}
+	}
+	s.bulkRecv[p] += uint64(n)
+}
+
+// cutOff disconnects a peer that answered a bulk request with bytes we
+// cannot take.
+func (s *Service) cutOff(p peer.ID, c cid.Cid, what string) {
+	s.forgers.cut.Add(1)
+	s.log.Warn("content: a peer sent "+what+" on a bulk stream: disconnected", "peer", p, "cid", c)
+	_ = s.host.Network().ClosePeer(p)
+}
