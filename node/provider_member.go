@@ -437,7 +437,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		// member, launcher or not, has none.
 		Network:  st.Rendezvous && st.Members > 1 && jn == nil,
 		JoinNet:  jn.join(),
-		Egress:   n.egressOn() && st.Members == 1,
+		Egress:   n.egressOn() && (st.Members == 1 || st.Spec.WantsEgress()),
 		Timeout:  timeout,
 		Memory:   mem,
 		CPUs:     cpus,
