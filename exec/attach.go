@@ -21,6 +21,7 @@ import (
 	"github.com/creack/pty"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -253,6 +254,9 @@ type procTask struct {
 	dir  string
 	env  []string
 	user *JobUser
+	// ownNet: the work has a network namespace of its own (Task.JoinNet),
+	// the one its group's leader is in; execs run there too.
+	ownNet bool
 
 	mu   sync.Mutex
 	ttys map[int]bool // process groups of the execs under a terminal (each a session of its own)
@@ -267,7 +271,8 @@ func lookupTask(name string) (*procTask, error) {
 }
 
 // Exec runs a command beside a process task: as its user, in its folder,
-// with its variables. Without a terminal it joins the work's process group,
+// with its variables, in its network namespace (a job network's, where it
+// has one). Without a terminal it joins the work's process group,
 // so it is stopped, paused and killed with the work; under a terminal it
 // leads a session of its own (a terminal needs one), killed when the work
 // ends or ctx is cancelled.
@@ -319,15 +324,36 @@ func (p Process) Exec(ctx context.Context, name string, x ExecSpec) (int, error)
 		}
 	}
 	cmd.SysProcAttr = attr
+	var ns netns.NsHandle = -1
+	if pt.ownNet {
+		// The work's namespace, held from now: the leader may end while
+		// the command starts.
+		if ns, err = netns.GetFromPid(pt.pgid); err != nil {
+			for _, f := range append(readers, closers...) {
+				f.Close()
+			}
+			return -1, fmt.Errorf("process executor: exec in %q: its network namespace: %w (has the work ended?)", name, err)
+		}
+		defer ns.Close()
+	}
 
 	// Started and waited for on one locked thread: the parent-death signal
-	// fires when the thread that forked the command ends.
+	// fires when the thread that forked the command ends. A thread that
+	// entered the work's network namespace is never unlocked, so it ends
+	// with its goroutine rather than serve others there.
 	started := make(chan error, 1)
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
 		var err error
+		if ns.IsOpen() {
+			if err = netns.Set(ns); err != nil {
+				started <- fmt.Errorf("entering the work's network namespace: %w", err)
+				return
+			}
+		} else {
+			defer runtime.UnlockOSThread()
+		}
 		if x.TTY {
 			sz := &pty.Winsize{Rows: x.Size.Rows, Cols: x.Size.Cols}
 			if sz.Rows == 0 || sz.Cols == 0 {
@@ -449,11 +475,15 @@ func (p Process) Exec(ctx context.Context, name string, x ExecSpec) (int, error)
 // DialPort connects to a port that a process of the task listens on (its
 // process group, or an exec's terminal session), and to nothing else: the
 // work shares this host's network, and 127.0.0.1 there is this provider's
-// own services too.
+// own services too. A work with a network namespace of its own (a job
+// network's) is dialled at 127.0.0.1 inside it.
 func (p Process) DialPort(ctx context.Context, name string, port int) (net.Conn, error) {
 	pt, err := lookupTask(name)
 	if err != nil {
 		return nil, err
+	}
+	if pt.ownNet {
+		return dialInNetns(ctx, fmt.Sprintf("/proc/%d/ns/net", pt.pgid), port)
 	}
 	groups := map[int]bool{pt.pgid: true}
 	pt.mu.Lock()

@@ -784,6 +784,8 @@ func containerConfigFor(t Task, uid, gid int) (*container.Config, *container.Hos
 	useInit := true // docker-init as PID 1: forwards SIGTERM, reaps zombies
 	network := container.NetworkMode("none")
 	switch {
+	case t.JoinNet != nil && t.Egress: // the egress network, and the job's interface the caller adds
+		network = EgressNetwork
 	case t.JoinNet != nil: // none, until the caller adds the job's interface
 	case t.Network:
 		network = "host"

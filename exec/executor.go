@@ -57,7 +57,9 @@ type Task struct {
 	CPUs    float64           // cores; 0: no limit
 	// Egress lets work without Network reach the internet, never this host,
 	// its LAN or link-local addresses (docker: the egress network, set up
-	// by Docker.OpenEgress).
+	// by Docker.OpenEgress; with JoinNet too, the job's interface is added
+	// beside it, and the job's subnet goes there). The process executor
+	// ignores it.
 	Egress bool
 	// Disk caps the bytes the work may write (docker: its container's
 	// writable layer and its outputs folder); 0: no limit.
@@ -70,7 +72,8 @@ type Task struct {
 	StartBy time.Time
 	// JoinNet, when set, gives the work its job's own network (a job of
 	// several members) in place of Network: the work runs in a network
-	// namespace of its own with nothing in it (docker: network none; the
+	// namespace of its own with nothing in it but Egress's (docker:
+	// network none, or the egress network; the
 	// process executor: a new namespace), JoinNet is called with its first
 	// process once it has started (the caller gives that process's
 	// namespace an interface), and the work's command runs only once the

@@ -185,7 +185,7 @@ func (p Process) Run(ctx context.Context, t Task) (Result, error) {
 		}()
 	}
 	// Known before Started says so: a caller may Exec into it from then.
-	running.Store(t.Name, &procTask{pgid: pgid, dir: t.WorkDir, env: cmd.Env, user: p.User, ttys: map[int]bool{}})
+	running.Store(t.Name, &procTask{pgid: pgid, dir: t.WorkDir, env: cmd.Env, user: p.User, ownNet: t.JoinNet != nil, ttys: map[int]bool{}})
 	defer running.Delete(t.Name)
 	if t.Started != nil {
 		t.Started(res.Start)

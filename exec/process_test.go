@@ -340,3 +340,82 @@ func TestProcessJoinNetRunsInANamespaceOfItsOwn(t *testing.T) {
 		t.Error("the work ran without its job network")
 	}
 }
+
+// A command run beside a process task with JoinNet (job exec) runs in the
+// task's network namespace, and a port forwarded to it reaches a server
+// listening there, not the host's.
+func TestProcessExecAndDialPortEnterTheJobNamespace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("a network namespace for a process needs root")
+	}
+	if _, err := osexec.LookPath("busybox"); err != nil {
+		t.Skip("no busybox for nc")
+	}
+	task := processTask(t, `busybox nc -l -p 7123 >got; cat got`)
+	task.JoinNet = func(pid int) error {
+		out, err := osexec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "sh", "-c",
+			"ip link set lo up && ip tuntap add dev "+exec.JoinNetIface+" mode tun && ip addr add 10.9.0.2/16 dev "+exec.JoinNetIface+" && ip link set "+exec.JoinNetIface+" up").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	started := make(chan struct{})
+	task.Started = func(time.Time) { close(started) }
+	var out bytes.Buffer
+	task.Stdout = &out
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ran := make(chan error, 1)
+	go func() {
+		res, err := exec.Process{}.Run(ctx, task)
+		if err == nil && res.ExitCode != 0 {
+			err = fmt.Errorf("exit %d", res.ExitCode)
+		}
+		ran <- err
+	}()
+	select {
+	case <-started:
+	case err := <-ran:
+		t.Fatalf("the task ended before it started: %v", err)
+	}
+
+	var seen bytes.Buffer
+	code, err := exec.Process{}.Exec(ctx, task.Name, exec.ExecSpec{
+		Command: []string{"/bin/sh", "-c", `tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\n' ' '`},
+		Stdout:  &seen})
+	if err != nil || code != 0 {
+		t.Fatalf("exec: %d, %v", code, err)
+	}
+	if got, want := strings.TrimSpace(seen.String()), exec.JoinNetIface+" lo"; got != want {
+		t.Errorf("an exec saw interfaces %q, want the task's own %q", got, want)
+	}
+
+	// The server listens on the namespace's loopback: the host's has no
+	// such port, so only a dial inside the namespace reaches it.
+	var c interface {
+		Write([]byte) (int, error)
+		Close() error
+	}
+	testwait.Until(t, ctx, "the task's server to listen in its namespace", func() (bool, string) {
+		conn, err := exec.Process{}.DialPort(ctx, task.Name, 7123)
+		if errors.Is(err, exec.ErrNotRunning) {
+			t.Fatalf("the task ended: %v; it wrote %q", <-ran, out.String())
+		}
+		if err != nil {
+			return false, err.Error()
+		}
+		c = conn
+		return true, ""
+	})
+	if _, err := c.Write([]byte("through the namespace\n")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if err := <-ran; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if got := strings.TrimSpace(out.String()); got != "through the namespace" {
+		t.Errorf("the task's server got %q", got)
+	}
+}

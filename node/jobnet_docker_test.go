@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gpumesh/gpumesh/internal/testdocker"
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobnet"
 	"github.com/gpumesh/gpumesh/node/jobspec"
@@ -158,5 +161,87 @@ func TestThreeContainerMembersReachEachOther(t *testing.T) {
 				t.Errorf("the job's log lacks %q", want)
 			}
 		}
+	}
+}
+
+// fakeInternet is a network namespace joined to this host by a veth pair,
+// 198.51.100.1 (the host's end) to 198.51.100.2 (a documentation range),
+// with an HTTP server on 198.51.100.2:8080 serving /hello.
+func fakeInternet(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("no `ip` (iproute2) to make the fake internet")
+	}
+	ns := fmt.Sprintf("gpm-ninet-%d", os.Getpid())
+	host, peer := fmt.Sprintf("gpmn%dh", os.Getpid()%100000), fmt.Sprintf("gpmn%dn", os.Getpid()%100000)
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	run("ip", "netns", "add", ns)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() }) // the veth goes with it
+	run("ip", "link", "add", host, "type", "veth", "peer", "name", peer)
+	run("ip", "link", "set", peer, "netns", ns)
+	run("ip", "addr", "add", "198.51.100.1/24", "dev", host)
+	run("ip", "link", "set", host, "up")
+	run("ip", "netns", "exec", ns, "ip", "addr", "add", "198.51.100.2/24", "dev", peer)
+	run("ip", "netns", "exec", ns, "ip", "link", "set", peer, "up")
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hello"), []byte("internet-ok\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	httpd := exec.Command("ip", "netns", "exec", ns, "busybox", "httpd", "-f", "-p", "198.51.100.2:8080", "-h", dir)
+	if err := httpd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = httpd.Process.Kill(); _ = httpd.Wait() })
+	testwait.For(t, 10*time.Second, "the fake internet's server", func() bool {
+		c, err := net.DialTimeout("tcp", "198.51.100.2:8080", time.Second)
+		if err == nil {
+			_ = c.Close()
+		}
+		return err == nil
+	})
+}
+
+// A container job of two members that asks for egress, on providers that
+// allow it (--job-egress): each member reaches the (fake) internet, and
+// still meets the other on its job network, and reaches nothing of its
+// provider's host.
+func TestContainerMembersWithEgressReachTheInternetNotTheHost(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("job networks and egress need root")
+	}
+	img := testdocker.EnsureImage(t)
+	fakeInternet(t)
+	port, accepted := hostServer(t)
+	lan := lanAddr()
+	m := meshtest.Start(t, 3, meshtest.Options{Seed: 139, Providers: 2, Price: "fixed:2.10",
+		Config: func(i int, c *node.Config) { c.JobEgress = i < 2 }})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	script := `echo "rank$NODE_RANK internet: $(printf 'GET /hello HTTP/1.0\r\n\r\n' | busybox nc -w 3 198.51.100.2 8080 2>&1 | busybox tail -n 1)"; ` +
+		`if [ "$NODE_RANK" = 0 ]; then busybox nc -l -p "$MASTER_PORT" > /tmp/got; echo "rank0 got: $(cat /tmp/got)"; ` +
+		`else for i in $(busybox seq 1 100); do echo "hello over the job network" | busybox nc -w 3 "$MASTER_ADDR" "$MASTER_PORT" 2>/dev/null && break; sleep 0.2; done; fi; ` +
+		fmt.Sprintf(`echo "rank$NODE_RANK loopback=$(busybox nc -w 2 127.0.0.1 %d </dev/null 2>&1)"; `, port) +
+		fmt.Sprintf(`echo "rank$NODE_RANK lan=$(busybox nc -w 2 %s %d </dev/null 2>&1)"; `, lan, port) +
+		`echo "rank$NODE_RANK metadata=$(busybox nc -w 2 169.254.169.254 80 </dev/null 2>&1)"`
+	spec := jobnetSpec(t, img, 16, script)
+	spec.Network = &jobspec.Network{Egress: true}
+	j := runToEnd(t, ctx, m.Nodes[2], spec)
+	log := jobLog(t, m.Nodes[2], j.ID)
+	t.Logf("the job's log:\n%s", log)
+	if j.State != node.JobDone {
+		t.Fatalf("job %s (%s)", j.State, j.Reason)
+	}
+	for _, want := range []string{"[0] rank0 internet: internet-ok", "[1] rank1 internet: internet-ok", "[0] rank0 got: hello over the job network"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("the job's log lacks %q", want)
+		}
+	}
+	if accepted.Load() != 0 || strings.Contains(log, "host secret") {
+		t.Errorf("the job reached its provider's host (%d connections)", accepted.Load())
 	}
 }

@@ -138,7 +138,8 @@ type Config struct {
 	PullMax       int64         // largest image pulled, bytes (compressed layers); 0: exec.DefaultPullMaxBytes; negative: no cap
 	DockerHost    string        // the Docker engine's address; "": DOCKER_HOST, else the local socket
 	ImageCache    int64         // bytes of images pulled for jobs kept, least recently used removed first; 0: exec.DefaultImageCache; negative: no cap
-	// JobEgress lets one-member container jobs reach the internet through
+	// JobEgress lets one-member container jobs (and members of container
+	// jobs whose spec asks for egress) reach the internet through
 	// a bridge network of their own whose firewall rules (installed at the
 	// first container job, removed when the node stops) keep them off this
 	// host, its LAN, link-local and metadata addresses. Off: no network at

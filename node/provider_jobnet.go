@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/gpumesh/gpumesh/node/jobnet"
@@ -19,7 +20,7 @@ type memberNet struct {
 	n      *Node
 	plan   *jobnet.Plan
 	rank   int
-	member *jobnet.Member // once joined
+	member atomic.Pointer[jobnet.Member] // once joined
 	left   *jobwire.NetMeter
 }
 
@@ -82,7 +83,7 @@ func (jn *memberNet) join() func(pid int) error {
 			iface.Close()
 			return err
 		}
-		jn.member = m
+		jn.member.Store(m)
 		return nil
 	}
 }
@@ -90,15 +91,35 @@ func (jn *memberNet) join() func(pid int) error {
 // leave takes the member off its job network, once, and says what crossed
 // it (nil: it never joined).
 func (jn *memberNet) leave() *jobwire.NetMeter {
-	if jn == nil || jn.member == nil {
+	if jn == nil || jn.member.Load() == nil {
 		return nil
 	}
 	if jn.left == nil {
-		m := jn.member.Leave()
+		m := jn.member.Load().Leave()
 		jn.n.log.Info("job network member left", "job", jn.plan.Job, "rank", jn.rank, "addr", jn.plan.Addr(jn.rank),
 			"sentBytes", m.SentBytes, "receivedBytes", m.ReceivedBytes, "dropped", m.Dropped, "refused", m.Refused)
 		jn.left = &jobwire.NetMeter{SentBytes: m.SentBytes, ReceivedBytes: m.ReceivedBytes, Dropped: m.Dropped + m.Refused,
 			Direct: m.Direct, Relayed: m.Relayed}
 	}
 	return jn.left
+}
+
+// netBeats is how often a heartbeat carries the member's job network
+// meter, in heartbeats: the submitter keeps the job's record up to date
+// with it (job status shows it live), and writes it each time.
+const netBeats = 5
+
+// live is the member's job network so far, for a heartbeat: nil before it
+// joined (or without one).
+func (jn *memberNet) live() *jobwire.NetMeter {
+	if jn == nil {
+		return nil
+	}
+	m := jn.member.Load()
+	if m == nil {
+		return nil
+	}
+	mt := m.Meter()
+	return &jobwire.NetMeter{SentBytes: mt.SentBytes, ReceivedBytes: mt.ReceivedBytes, Dropped: mt.Dropped + mt.Refused,
+		Direct: mt.Direct, Relayed: mt.Relayed}
 }

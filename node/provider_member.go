@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gpumesh/gpumesh/exec"
@@ -222,6 +223,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	// work.
 	fw.SetTimeout(writeTimeout)
 	beatDone := make(chan struct{})
+	var beatNet atomic.Pointer[memberNet] // its job network, once known: metered now and then
 	var beats sync.WaitGroup
 	beats.Add(1)
 	go func() {
@@ -233,7 +235,11 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 			case <-beatDone:
 				return
 			case <-t.C:
-				if fw.Write(jobwire.Frame{T: jobwire.KindHeartbeat, Seq: seq}) != nil {
+				hb := jobwire.Frame{T: jobwire.KindHeartbeat, Seq: seq}
+				if seq%netBeats == 1 {
+					hb.Net = beatNet.Load().live()
+				}
+				if fw.Write(hb) != nil {
 					_ = rw.Close()
 					return
 				}
@@ -311,6 +317,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		return
 	}
 	defer jn.leave()
+	beatNet.Store(jn)
 	if jn != nil {
 		pl.MasterAddr = jn.plan.Addr(0).String()
 		env["GPUMESH_ADDR"] = jn.plan.Addr(st.Rank).String()
@@ -430,7 +437,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		// member, launcher or not, has none.
 		Network:  st.Rendezvous && st.Members > 1 && jn == nil,
 		JoinNet:  jn.join(),
-		Egress:   n.egressOn() && st.Members == 1,
+		Egress:   n.egressOn() && (st.Members == 1 || st.Spec.WantsEgress()),
 		Timeout:  timeout,
 		Memory:   mem,
 		CPUs:     cpus,

@@ -95,7 +95,7 @@ type runEvent struct {
 	ev      attempt.Event
 	conn    *memberConn          // with Opened
 	outputs []receipt.OutputFile // with Exited
-	net     *jobwire.NetMeter    // with Exited
+	net     *jobwire.NetMeter    // with Exited, or Heard: a heartbeat's (the member's job network as it runs)
 	sr      *receipt.Signed      // with Receipted
 	log     []byte               // with Heard: a log frame's data
 	image   *jobwire.ImageFrame  // with Heard: where the member's image came from
@@ -319,6 +319,10 @@ func (n *Node) runJob(ctx context.Context, id string) {
 			case attempt.Receipted:
 				signed[ev.Rank] = e.sr
 			case attempt.Heard:
+				if e.net != nil && runs[ev.Rank].State == MemberRunning { // its exit frame's has the last word
+					runs[ev.Rank].Net = e.net
+					n.updateJob(id, func(j *Job) { j.Runs = append([]MemberRun(nil), runs...) })
+				}
 				if e.image != nil {
 					runs[ev.Rank].Image = imageReportOf(j.Spec.Image, e.image)
 					n.updateJob(id, func(j *Job) { j.Runs = append([]MemberRun(nil), runs...) })
@@ -453,7 +457,7 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 		case jobwire.KindImage:
 			send(runEvent{ev: attempt.Heard{Rank: r}, image: f.Image})
 		case jobwire.KindHeartbeat:
-			send(runEvent{ev: attempt.Heard{Rank: r, Beat: f.Seq}})
+			send(runEvent{ev: attempt.Heard{Rank: r, Beat: f.Seq}, net: f.Net})
 		case jobwire.KindCheckpoint:
 			if r == 0 && j.Spec.Checkpoint != nil {
 				n.checkpointArrived(j, *f.Ckpt, func(why string) {

@@ -55,7 +55,9 @@ func connKinds(n *gmNode) (map[string]node.PeerConn, node.Status, error) {
 // the NATed peers reserve a slot with it and advertise relayed addresses;
 // the submitter finds both providers, and a job of two members runs on
 // them with logs and outputs back, over connections hole-punched through
-// the NATs. `status` shows how each connection was made.
+// the NATs, its members meeting on their job network (process members)
+// over a connection hole-punched between the two providers. `status`
+// shows how each connection was made.
 func TestJobAcrossNATsRunsOverHolePunchedConnections(t *testing.T) {
 	lab := netlab.New(t)
 	// Two public peers: AutoNAT asks peers with public addresses to dial
@@ -106,9 +108,14 @@ func TestJobAcrossNATsRunsOverHolePunchedConnections(t *testing.T) {
 		return res.Providers == 2, fmt.Sprintf("%d providers", res.Providers)
 	})
 
-	// A job of two members of 8 GPUs: one on each provider.
+	// A job of two members of 8 GPUs: one on each provider. They meet
+	// on their job network (a launcher's job: each process member in a
+	// network namespace of its own, with a TUN interface its provider
+	// made): member 1 sends to member 0's job address, whose provider is
+	// behind another NAT, and member 0 says what it got.
 	y := `name: nat
-command: [sh, -c, 'echo "hello from rank $GPUMESH_RANK"; echo "result of $GPUMESH_RANK" > "$GPUMESH_OUTPUTS/result.txt"']
+command: [sh, -c, 'echo "hello from rank $GPUMESH_RANK"; echo "result of $GPUMESH_RANK" > "$GPUMESH_OUTPUTS/result.txt"; if [ "$NODE_RANK" = 0 ]; then busybox nc -l -p "$MASTER_PORT" > got; echo "rank 0 got: $(cat got)"; else for i in $(busybox seq 1 200); do echo "data from $GPUMESH_ADDR" | busybox nc -w 2 "$MASTER_ADDR" "$MASTER_PORT" 2>/dev/null && break; sleep 0.2; done; echo "rank 1 sent to $MASTER_ADDR, try $i"; fi']
+launcher: torchrun
 resources: {gpus: 16, perNode: 8, gpu: {model: H100}}
 maxPrice: 2.50
 timeout: 5m
@@ -133,6 +140,24 @@ timeout: 5m
 	var jobs node.JobsPage
 	if err := gmJSON(sub.data, &jobs, "job", "ls"); err != nil || len(jobs.Jobs) != 1 {
 		t.Fatalf("job ls: %+v %v", jobs, err)
+	}
+	// Member 0 got member 1's data over the job network; each member's
+	// provider reached the other's directly (hole-punched through both
+	// NATs: the job network's streams go over no relay).
+	jb := jobs.Jobs[0]
+	if len(jb.Runs) != 2 {
+		t.Fatalf("the job's runs: %+v", jb.Runs)
+	}
+	if want := "[0] rank 0 got: data from " + jb.Runs[1].Addr; jb.Runs[1].Addr == "" || !strings.Contains(text, want) {
+		t.Errorf("the job's output lacks %q:\n%s", want, text)
+	}
+	for r, run := range jb.Runs {
+		if run.Net == nil || run.Net.Direct != 1 || run.Net.Relayed != 0 {
+			t.Errorf("member %d's job network: %+v; want its provider reaching the other directly", r, run.Net)
+		}
+	}
+	if n := jb.Runs[1].Net; n == nil || n.SentBytes == 0 || jb.Runs[0].Net.ReceivedBytes == 0 {
+		t.Errorf("meters: member 1 sent %+v, member 0 received %+v; want bytes each", jb.Runs[1].Net, jb.Runs[0].Net)
 	}
 	dst := t.TempDir()
 	if out, err := gm(sub.data, "job", "get", jobs.Jobs[0].ID, "-o", dst); err != nil {

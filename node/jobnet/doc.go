@@ -2,7 +2,9 @@
 // of their own: each member has an address on a subnet private to its job
 // (Subnet, Addr), on an interface inside its own network namespace (a TUN
 // device the provider made and moved there, Attach), and no other route —
-// not to its provider's host, loopback, LAN or metadata addresses.
+// not to its provider's host, loopback, LAN or metadata addresses; a
+// container member whose job asks for egress also sits on its provider's
+// filtered egress bridge (package exec), for the internet only.
 //
 // Packets between members travel between their providers over libp2p
 // streams (Protocol), so they go however the two providers reach each

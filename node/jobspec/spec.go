@@ -104,7 +104,20 @@ type Spec struct {
 	// every member up (for `job exec`, port-forwards), billed like any
 	// work until the job is cancelled or its timeout ends. Not with command.
 	KeepAlive bool `yaml:"keepAlive,omitempty" json:"keepAlive,omitempty"`
+	// Network is what the members may reach beyond their job: nil, none.
+	Network *Network `yaml:"network,omitempty" json:"network,omitempty"`
 }
+
+// Network is what a job's members may reach beyond each other.
+type Network struct {
+	// Egress asks for the internet (never a provider's host, LAN,
+	// link-local or metadata addresses), which each member gets where its
+	// provider allows it (--job-egress). Container jobs only.
+	Egress bool `yaml:"egress,omitempty" json:"egress,omitempty"`
+}
+
+// WantsEgress says whether the job asks for the internet.
+func (s Spec) WantsEgress() bool { return s.Network != nil && s.Network.Egress }
 
 // MaxQueue is the longest a job may wait for a cluster.
 const MaxQueue = 168 * time.Hour
@@ -380,6 +393,9 @@ func (s Spec) check(unit gossip.Unit) (gossip.Needs, Errors) {
 		bad("keepAlive", "pick one: a command of the job's own, or keepAlive (an idle session kept up until cancelled or its timeout), not both")
 	case s.Image == "" && len(s.Command) == 0 && !s.KeepAlive:
 		bad("image or command", "one is required (or keepAlive: true for an idle session)")
+	}
+	if s.WantsEgress() && s.Image == "" {
+		bad("network.egress", "needs an image: the process executor's members have no egress of their own (give the job an image, or drop egress)")
 	}
 	if s.Image != "" && !validImage(s.Image) {
 		bad("image", "want a reference such as pytorch/pytorch:2.4.0 (at most %d printable characters, no spaces), got %s", maxImageLen, text.Clip(s.Image))

@@ -251,6 +251,9 @@ func TestJobSpecValidationSaysWhatIsWrong(t *testing.T) {
 			[]string{"keepAlive: pick one: a command of the job's own, or keepAlive (an idle session kept up until cancelled or its timeout), not both"}},
 		{"keepAlive with an image", func(s *Spec) { s.KeepAlive, s.Command = true, nil }, nil},
 		{"keepAlive alone (a process)", func(s *Spec) { s.KeepAlive, s.Command, s.Image = true, nil, "" }, nil},
+		{"egress with an image", func(s *Spec) { s.Network = &Network{Egress: true} }, nil},
+		{"egress without an image", func(s *Spec) { s.Network, s.Image = &Network{Egress: true}, "" },
+			[]string{"network.egress: needs an image: the process executor's members have no egress of their own (give the job an image, or drop egress)"}},
 		{"queue", func(s *Spec) { s.Queue = "30m" }, nil},
 		{"queue without a unit", func(s *Spec) { s.Queue = "30" },
 			[]string{`queue: must be a duration like 30m or 2h, 1s..168h: how long the job may wait for a cluster, got "30"`}},
@@ -487,5 +490,27 @@ func TestKeepAliveRunsTheIdleCommandAndQueueIsADuration(t *testing.T) {
 	s.KeepAlive, s.Command, s.Queue = false, []string{"train"}, ""
 	if got := s.Argv(); !slices.Equal(got, []string{"train"}) || s.QueueFor() != 0 {
 		t.Fatalf("Argv %q, QueueFor %v: want the command and no queue", got, s.QueueFor())
+	}
+}
+
+func TestNetworkEgressParses(t *testing.T) {
+	for _, f := range []struct{ format, doc string }{
+		{"yaml", "name: train\nimage: busybox\ncommand: [true]\nnetwork: {egress: true}\nresources: {gpus: 16, perNode: 8, gpu: {model: H100}}\nmaxPrice: 2\ntimeout: 1h\n"},
+		{"json", `{"name":"train","image":"busybox","command":["true"],"network":{"egress":true},"resources":{"gpus":16,"perNode":8,"gpu":{"model":"H100"}},"maxPrice":"2","timeout":"1h"}`},
+	} {
+		s, err := Parse([]byte(f.doc), f.format)
+		if err != nil {
+			t.Fatalf("%s: %v", f.format, err)
+		}
+		if !s.WantsEgress() {
+			t.Errorf("%s: network.egress parsed as %+v", f.format, s.Network)
+		}
+	}
+	if _, err := Parse([]byte("name: train\nimage: busybox\nnetwork: {egres: true}\nresources: {gpus: 1, gpu: {model: H100}}\nmaxPrice: 2\ntimeout: 1h\n"), "yaml"); err == nil || !strings.Contains(err.Error(), "egres") {
+		t.Errorf("a misspelt network field: %v, want an error naming it", err)
+	}
+	var none Spec
+	if none.WantsEgress() {
+		t.Error("a spec without network wants egress")
 	}
 }

@@ -84,6 +84,7 @@ type Frame struct {
 	Bill    *BillFrame          `json:"bill,omitempty"`
 	Paid    *PaidFrame          `json:"paid,omitempty"`
 	Seq     uint64              `json:"seq,omitempty"` // hb: one more than the last heartbeat's, from 1
+	Net     *NetMeter           `json:"net,omitempty"` // hb, now and then: the member's job network so far
 	Ckpt    *CheckpointFrame    `json:"ckpt,omitempty"`
 	Image   *ImageFrame         `json:"image,omitempty"`
 }
@@ -158,9 +159,17 @@ type NetMeter struct {
 	ReceivedBytes int64 `json:"received"` // other members sent it
 	Dropped       int64 `json:"dropped"`  // packets for it dropped (over its rates) or of it refused (not for a member of its job)
 	// Direct and Relayed: the job's other providers its provider reached
-	// directly (or hole-punched), or only through a relay, as it ended.
+	// directly (or hole-punched), or only through a relay, when metered
+	// (in a heartbeat: as it runs; in the exit frame: as it ended).
 	Direct  int `json:"direct,omitempty"`
 	Relayed int `json:"relayed,omitempty"`
+}
+
+// ok says whether a meter (nil: none) has no negative count and no more
+// providers than a job can have.
+func (m *NetMeter) ok() bool {
+	return m == nil || m.SentBytes >= 0 && m.ReceivedBytes >= 0 && m.Dropped >= 0 &&
+		m.Direct >= 0 && m.Relayed >= 0 && m.Direct+m.Relayed <= MaxRank
 }
 
 // check says what is wrong with a frame that decoded.
@@ -216,6 +225,9 @@ func (f *Frame) check() error {
 		if f.Seq == 0 || f.Seq > MaxSeq {
 			return bad("sequence number %d, want 1..%d", f.Seq, uint64(MaxSeq))
 		}
+		if !f.Net.ok() {
+			return bad("a negative job network meter")
+		}
 	case KindReady:
 		if f.Port < 1 || f.Port > 65535 {
 			return bad("port %d", f.Port)
@@ -249,8 +261,7 @@ func (f *Frame) check() error {
 		if f.Exit == nil || f.Exit.End < f.Exit.Start || f.Exit.Start <= 0 || len(f.Exit.Reason) > MaxText {
 			return bad("no exit, or it ends before it starts")
 		}
-		if m := f.Exit.Net; m != nil && (m.SentBytes < 0 || m.ReceivedBytes < 0 || m.Dropped < 0 ||
-			m.Direct < 0 || m.Relayed < 0 || m.Direct+m.Relayed > MaxRank) {
+		if !f.Exit.Net.ok() {
 			return bad("a negative job network meter")
 		}
 	case KindReceipt:

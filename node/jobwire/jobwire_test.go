@@ -96,6 +96,7 @@ func wireFrames(tb testing.TB) []Frame {
 		{T: KindPaid, Paid: &PaidFrame{Interval: 2, Signature: "5ZDvFrd9x8r9bgy18XocGkGChCC2sTfYvgGYhDJnahcs"}},
 		{T: KindError, Reason: "no such image"},
 		{T: KindCheckpoint, Ckpt: &CheckpointFrame{CID: "bafkreie5cvv4h45feudyquutohfkvo6wnbo56v6zhcqqvdu26nxdfggdhm", Bytes: 12, Files: 1}},
+		{T: KindHeartbeat, Seq: 8, Net: &NetMeter{SentBytes: 5, ReceivedBytes: 9, Direct: 1, Relayed: 1}},
 	}
 }
 
@@ -298,6 +299,8 @@ func TestFrameBounds(t *testing.T) {
 		{"started no time", Frame{T: KindStarted}, "no start time"},
 		{"heartbeat unnumbered", Frame{T: KindHeartbeat}, "sequence number 0"},
 		{"heartbeat number too big", Frame{T: KindHeartbeat, Seq: MaxSeq + 1}, "sequence number 9007199254740993"},
+		{"heartbeat negative meter", Frame{T: KindHeartbeat, Seq: 1, Net: &NetMeter{SentBytes: -1}}, "negative job network meter"},
+		{"heartbeat meter of too many providers", Frame{T: KindHeartbeat, Seq: 1, Net: &NetMeter{Direct: MaxRank, Relayed: 1}}, "negative job network meter"},
 		{"countersign short", Frame{T: KindCountersign, Sig: make([]byte, 63)}, "signature of 63 bytes, want 64"},
 		{"receipt none", Frame{T: KindReceipt}, "no receipt"},
 		{"receipt bad", Frame{T: KindReceipt, Receipt: &receipt.Signed{}}, "bad receipt: version 0"},
