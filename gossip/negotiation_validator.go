@@ -271,9 +271,15 @@ func (p *RFBPacer) Take(deadline, now time.Time) bool {
 }
 
 // RequestQueue holds the accepted requests for bids a provider has yet to
-// answer, and hands them out fairly: Pop takes the submitters in turn, one
-// request each, so a submitter with many waiting requests delays another's
-// by at most one of its own, not by all of them. A submitter has at most
+// answer, and hands them out fairly: Pop takes, one request at a time, the
+// waiting submitter it answered longest ago, one never answered (as far as
+// the queue remembers: its last maxServed submitters) first, in the order
+// they came. So submitters with many waiting requests take turns, one
+// request each, and delay another's by at most one of their own; and a
+// submitter new to the queue — an honest one asks once a job — waits for
+// no flooder the queue has answered before, only for the request being
+// answered and those of other never-answered submitters that came first
+// (a flooder gets that place once an identity). A submitter has at most
 // PerSubmitter requests waiting (a newer one replaces its oldest), and the
 // queue at most Max (when full, the submitter with the most waiting loses
 // its oldest). Like the validator it does no I/O and reads no clock; it is
@@ -281,9 +287,17 @@ func (p *RFBPacer) Take(deadline, now time.Time) bool {
 type RequestQueue struct {
 	max, per int
 	waiting  map[peer.ID][]RequestForBids // each submitter's, oldest first
-	turn     []peer.ID                    // submitters with requests waiting, next first
+	turn     []peer.ID                    // submitters with requests waiting, in the order they came
 	n        int
+	// served is when (in answers, counting from 1) each submitter was last
+	// answered: at most maxServed of them, those answered longest ago
+	// forgotten first (they are next anyway).
+	served map[peer.ID]uint64
+	seq    uint64 // answers so far
 }
+
+// maxServed bounds the submitters a RequestQueue remembers answering.
+const maxServed = 4096
 
 // NewRequestQueue makes an empty queue of at most max requests, per of
 // them one submitter's; zero or less takes 1024 and 16.
@@ -294,7 +308,7 @@ func NewRequestQueue(max, per int) *RequestQueue {
 	if per <= 0 {
 		per = 16
 	}
-	return &RequestQueue{max: max, per: min(per, max), waiting: map[peer.ID][]RequestForBids{}}
+	return &RequestQueue{max: max, per: min(per, max), waiting: map[peer.ID][]RequestForBids{}, served: map[peer.ID]uint64{}}
 }
 
 // Push adds a request; it reports how many waiting requests it pushed out
@@ -336,26 +350,51 @@ func (q *RequestQueue) dropOldest(s peer.ID) {
 	q.waiting[s] = slices.Delete(w, 0, 1)
 }
 
-// Pop takes the next submitter's oldest request whose deadline has not
-// passed at now (dropping those that have); false when none is left.
+// Pop takes the oldest request of the waiting submitter answered longest
+// ago (see RequestQueue) whose deadline has not passed at now, dropping
+// those that have; false when none is left.
 func (q *RequestQueue) Pop(now time.Time) (RequestForBids, bool) {
 	for len(q.turn) > 0 {
-		s := q.turn[0]
+		i := 0
+		for j, id := range q.turn[1:] {
+			if q.served[id] < q.served[q.turn[i]] {
+				i = j + 1
+			}
+		}
+		s := q.turn[i]
 		w := q.waiting[s]
 		r := w[0]
 		q.n--
+		q.turn = slices.Delete(q.turn, i, i+1)
 		if len(w) == 1 {
 			delete(q.waiting, s)
-			q.turn = q.turn[1:]
 		} else {
 			q.waiting[s] = w[1:]
-			q.turn = append(q.turn[1:], s) // its next waits for the others' turn
+			q.turn = append(q.turn, s) // its next waits for the others' turn
 		}
 		if r.DeadlineTime().After(now) {
+			q.answered(s)
 			return r, true
 		}
 	}
 	return RequestForBids{}, false
+}
+
+// answered notes that s was answered now, forgetting the submitter
+// answered longest ago when the queue remembers maxServed.
+func (q *RequestQueue) answered(s peer.ID) {
+	q.seq++
+	if _, ok := q.served[s]; !ok && len(q.served) >= maxServed {
+		var oldest peer.ID
+		first := true
+		for id, at := range q.served {
+			if first || at < q.served[oldest] {
+				oldest, first = id, false
+			}
+		}
+		delete(q.served, oldest)
+	}
+	q.served[s] = q.seq
 }
 
 // Len is the number of requests waiting.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,6 +90,9 @@ type negState struct {
 	topicPace *gossip.RFBPacer
 
 	sent atomic.Uint64 // negotiation messages this peer has sent (broadcasts count once)
+	// rfbChecked is the topic's requests for bids this peer's validator
+	// has been handed (each after GossipSub checked its signature).
+	rfbChecked atomic.Uint64
 
 	provides atomic.Bool // this peer bids: it takes direct requests for bids
 	// paced is the jobs whose direct requests have taken their pacer
@@ -187,6 +191,7 @@ func (n *Node) closeJobs() error {
 // rate or open requests that sent them itself) costs the peer that
 // delivered it score (gossip/score.go) until it is ignored altogether.
 func (n *Node) validateRFB(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	n.rfbChecked.Add(1)
 	if len(m.Data) > gossip.MaxNegotiationSize { // before taking the lock
 		return pubsub.ValidationReject
 	}
@@ -329,6 +334,7 @@ func (n *Node) handleRFB(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
+	n.trace(rfb.Job, "queued", rfb)
 	n.queueRFB(rfb, true)
 }
 
@@ -355,6 +361,42 @@ func (n *Node) admitDirectRFB(data []byte, from peer.ID) (*gossip.RequestForBids
 		return nil, err
 	}
 	return &got, nil
+}
+
+// LevelTrace is the log level of a negotiation's steps on this peer
+// (below Debug, so a debug log does not show them): a message "negotiation
+// step" with the job, the step (submitted, received, queued, answered,
+// sent, formed, failed), and the message's kind where there is one. A
+// benchmark's handler reads them to split a formation's time by step.
+const LevelTrace = slog.LevelDebug - 4
+
+// trace logs a step of job's negotiation on this peer (see LevelTrace).
+func (n *Node) trace(job gossip.JobID, step string, msg gossip.Message) {
+	if !n.log.Enabled(context.Background(), LevelTrace) {
+		return
+	}
+	n.log.Log(context.Background(), LevelTrace, "negotiation step", "job", job.String(), "step", step, "kind", msgKind(msg))
+}
+
+// msgKind names a negotiation message's type, for the trace.
+func msgKind(msg gossip.Message) string {
+	switch msg.(type) {
+	case nil:
+		return ""
+	case *gossip.RequestForBids:
+		return "request"
+	case *gossip.Bid:
+		return "bid"
+	case *gossip.Award:
+		return "award"
+	case *gossip.Confirm:
+		return "confirm"
+	case *gossip.Release:
+		return "release"
+	case *gossip.Refusal:
+		return "refusal"
+	}
+	return "answer"
 }
 
 // deliver hands an event to the loop, or drops it when the node stops.
@@ -446,6 +488,7 @@ func (n *Node) handleNegotiate(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
+	n.trace(msg.JobID(), "received", msg)
 	select {
 	case n.in <- negEvent{msg: msg}:
 	default:
@@ -528,6 +571,7 @@ func (n *Node) handleEvent(ctx context.Context, ev negEvent, negs map[gossip.Job
 	now := n.now()
 	switch {
 	case ev.submit != nil:
+		n.trace(ev.submit.Job(), "submitted", nil)
 		negs[ev.submit.Job()] = ev.submit
 		delete(settled, ev.submit.Job()) // a retry's negotiation
 		n.flush(ctx, ev.submit, ev.submit.Ready())
@@ -570,6 +614,7 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 		if res == nil {
 			return
 		}
+		n.trace(m.Job, "answered", m)
 		n.syncAsks(res)
 		bid, err := res.Bid(*m, now)
 		if err != nil {
@@ -656,6 +701,7 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 		n.send(ctx, r.Releases[i].Provider, &r.Releases[i])
 	}
 	if r.Outcome != nil {
+		n.trace(ng.Job(), "ended", nil)
 		n.recordOutcome(ng.Job(), *r.Outcome)
 	}
 }
@@ -704,6 +750,7 @@ func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg go
 			return
 		}
 		_ = s.Close()
+		n.trace(msg.JobID(), "sent", msg)
 	}()
 }
 
@@ -760,3 +807,8 @@ func (n *Node) endLookup(p peer.ID) {
 // requests for bids (once each, however far gossip carries them), bids,
 // awards, answers, confirms and releases.
 func (n *Node) NegotiationMessages() uint64 { return n.sent.Load() }
+
+// RFBValidations is how many requests for bids of the topic this peer has
+// validated (their signatures checked, then the validator's rules): the
+// work a flood on the topic costs it.
+func (n *Node) RFBValidations() uint64 { return n.rfbChecked.Load() }
