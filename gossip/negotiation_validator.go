@@ -407,15 +407,29 @@ func (q *RequestQueue) Len() int { return q.n }
 // submitters send, and a flood on the topic then never stands between
 // them and a bid. Each queue is a RequestQueue, fair among submitters,
 // and both count against the same per-author bounds before they get here.
+// The topic's are answered at most TopicAnswerRate a second, all
+// submitters together (a burst of TopicAnswerBurst): the topic's
+// per-author bounds let a hundred identities ask for a hundred bids a
+// second from every provider, and each bid is signed and sent (and may
+// look its submitter up); honest submitters use the topic only as a
+// fallback, and a new one among flooders is answered first (RequestQueue).
 // It is not safe for concurrent use.
 type RequestQueues struct {
 	Direct, Topic *RequestQueue
+	topicRate     *rate.Limiter
 }
+
+// The most topic requests a provider answers: a second, at once.
+const (
+	TopicAnswerRate  = 20
+	TopicAnswerBurst = 20
+)
 
 // NewRequestQueues makes two empty queues, each of at most max requests,
 // per of them one submitter's (see NewRequestQueue).
 func NewRequestQueues(max, per int) *RequestQueues {
-	return &RequestQueues{Direct: NewRequestQueue(max, per), Topic: NewRequestQueue(max, per)}
+	return &RequestQueues{Direct: NewRequestQueue(max, per), Topic: NewRequestQueue(max, per),
+		topicRate: rate.NewLimiter(TopicAnswerRate, TopicAnswerBurst)}
 }
 
 // Push adds a request to the direct queue or the topic's; it reports how
@@ -428,12 +442,36 @@ func (q *RequestQueues) Push(r RequestForBids, direct bool) int {
 }
 
 // Pop takes the next direct request, or when none waits the next of the
-// topic's (see RequestQueue.Pop).
+// topic's if the topic's answer rate allows one at now (see
+// RequestQueue.Pop); false when none may be answered now (Next says when).
 func (q *RequestQueues) Pop(now time.Time) (RequestForBids, bool) {
 	if r, ok := q.Direct.Pop(now); ok {
 		return r, true
 	}
-	return q.Topic.Pop(now)
+	if q.Topic.Len() == 0 || q.topicRate.TokensAt(now) < 1-tokenSlack {
+		return RequestForBids{}, false
+	}
+	r, ok := q.Topic.Pop(now)
+	if ok {
+		q.topicRate.ReserveN(now, 1)
+	}
+	return r, ok
+}
+
+// Next is when Pop may next answer a waiting request: now when one may be
+// answered at once, the zero time when none waits.
+func (q *RequestQueues) Next(now time.Time) time.Time {
+	switch {
+	case q.Direct.Len() > 0:
+		return now
+	case q.Topic.Len() == 0:
+		return time.Time{}
+	}
+	t := q.topicRate.TokensAt(now)
+	if t >= 1-tokenSlack {
+		return now
+	}
+	return now.Add(time.Duration(math.Ceil((1 - t) / TopicAnswerRate * float64(time.Second))))
 }
 
 // Len is the number of requests waiting in both.

@@ -291,9 +291,14 @@ func (n *Node) queueRFB(rfb *gossip.RequestForBids, direct bool) {
 		n.log.Debug("requests for bids waiting: one pushed out", "submitter", rfb.Submitter)
 	}
 	n.rfbQMu.Unlock()
+	n.signalRFB()
+}
+
+// signalRFB tells the negotiation loop that requests for bids wait.
+func (n *Node) signalRFB() {
 	select {
 	case n.rfbReady <- struct{}{}:
-	default:
+	default: // signalled already
 	}
 }
 
@@ -504,6 +509,9 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 	settled := map[gossip.JobID]settledNeg{}       // ended, for late acceptances
 	timer := time.NewTimer(reservationTick)
 	defer timer.Stop()
+	// rfbWake is when a waiting request for bids may next be answered,
+	// when the topic's answer rate holds them back (zero: not held).
+	var rfbWake time.Time
 	for {
 		var ev negEvent
 		select { // direct messages and local calls before requests for bids
@@ -515,14 +523,17 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 			case ev = <-n.in:
 			case <-n.rfbReady:
 				n.rfbQMu.Lock()
-				rfb, ok := n.rfbQueue.Pop(n.now())
-				more := n.rfbQueue.Len() > 0
+				now := n.now()
+				rfb, ok := n.rfbQueue.Pop(now)
+				wake := n.rfbQueue.Next(now)
 				n.rfbQMu.Unlock()
-				if more {
-					select {
-					case n.rfbReady <- struct{}{}:
-					default: // readRFBs signalled already
-					}
+				rfbWake = time.Time{}
+				switch {
+				case wake.IsZero():
+				case !wake.After(now):
+					n.signalRFB()
+				default: // the topic's answer rate: the timer wakes the loop
+					rfbWake = wake
 				}
 				if ok {
 					ev.msg = &rfb
@@ -533,6 +544,14 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 		n.handleEvent(ctx, ev, negs, settled, res)
 		now := n.now()
 		next := now.Add(reservationTick)
+		if !rfbWake.IsZero() {
+			if !rfbWake.After(now) {
+				rfbWake = time.Time{}
+				n.signalRFB()
+			} else if rfbWake.Before(next) {
+				next = rfbWake
+			}
+		}
 		for id, ng := range negs {
 			ng.Tick(now)
 			n.flush(ctx, ng, ng.Ready())

@@ -348,3 +348,53 @@ func TestANewSubmitterIsAnsweredBeforeFloodersAnsweredAlready(t *testing.T) {
 	}
 	t.Fatalf("the provider's steps show no honest request queued and answered (%d steps)", len(log))
 }
+
+// Forty identities each broadcast on the topic as many requests as the
+// topic lets one submitter send at once (4): every one is accepted, and
+// yet the provider answers them no faster than its topic answer rate
+// (gossip.TopicAnswerRate a second, after a burst), all flooders together;
+// meanwhile an honest job, whose requests go to the provider directly,
+// forms.
+func TestTheTopicsRequestsAreAnsweredAtABoundedRate(t *testing.T) {
+	m := meshtest.Start(t, 2, h100s(0xd6, 1))
+	prov, sub := m.Nodes[0], m.Nodes[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	advs := make([]*meshtest.Adversary, 40)
+	for i := range advs {
+		advs[i] = m.AddAdversary(t, i)
+	}
+	bids := func() int {
+		n := 0
+		for _, a := range advs {
+			n += bidsOf(a)
+		}
+		return n
+	}
+	start := time.Now()
+	for _, a := range advs {
+		for range 4 {
+			if err := a.Publish(ctx, a.Request(meshtest.NewJobID(), h100, 8, 2_500_000, "USDC:6")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	job := submit(t, ctx, sub, jobSpec(t, 8, ""))
+	if job.State != node.JobFormed && job.State != node.JobRunning {
+		t.Fatalf("the honest job: %s (%s), want formed", job.State, job.Reason)
+	}
+	testwait.Until(t, ctx, "the provider to answer a burst's worth of the topic's requests", func() (bool, string) {
+		n := bids()
+		return n >= gossip.TopicAnswerBurst, fmt.Sprintf("%d bids", n)
+	})
+	got := bids()
+	elapsed := time.Since(start)
+	if most := gossip.TopicAnswerBurst + int(gossip.TopicAnswerRate*elapsed.Seconds()) + 1; got > most {
+		t.Errorf("the flooders got %d bids in %v for 160 requests on the topic, want at most %d", got, elapsed.Round(time.Millisecond), most)
+	}
+	t.Logf("40 flooders on the topic: %d bids in %v", got, elapsed.Round(time.Millisecond))
+	if _, err := sub.CancelJob(ctx, job.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFree(t, ctx, []*node.Node{prov})
+}

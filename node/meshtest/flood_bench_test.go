@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -218,51 +219,56 @@ func newFlood(b *testing.B, ctx context.Context, m *meshtest.Mesh, n int, made *
 		f.provs = append(f.provs, nd.Host().ID())
 	}
 	topic := gossip.TopicName(meshtest.SwarmOf(50).ID(), gossip.RFBTopic) // the mesh's swarm (Seed 50)
-	for range n {
-		k := made.Add(1)
-		sk, _, err := crypto.GenerateEd25519Key(rand.Reader)
-		if err != nil {
-			b.Fatal(err)
-		}
-		// One address each, in the benchmarking range (198.18.0.0/15):
-		// distinct IPs, as a flood from many machines would have.
-		addr := ma.StringCast(fmt.Sprintf("/ip4/198.%d.%d.%d/tcp/4021", 18+(k>>16)&1, (k>>8)&0xff, k&0xff))
-		h, err := m.Net.AddPeer(sk, addr)
-		if err != nil {
-			b.Fatal(err)
-		}
-		h.SetStreamHandler(node.NegotiateProtocol, func(s network.Stream) {
-			f.bids.Add(1)
-			_, _ = io.Copy(io.Discard, io.LimitReader(s, 64<<10))
-			s.Close()
-		})
-		ps, err := pubsub.NewGossipSub(fctx, h, pubsub.WithFloodPublish(true), pubsub.WithPeerOutboundQueueSize(16384))
-		if err != nil {
-			b.Fatal(err)
-		}
-		t, err := ps.Join(topic)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := t.Subscribe(); err != nil {
-			b.Fatal(err)
-		}
-		for _, nd := range m.Nodes {
-			if _, err := m.Net.LinkPeers(h.ID(), nd.Host().ID()); err != nil {
+	// The flooders' goroutines (their routers, their sending) carry the
+	// label peer=flooder in a CPU profile: on a real network their CPU is
+	// their own, here it is the mesh's.
+	pprof.Do(fctx, flooderLabels, func(fctx context.Context) {
+		for range n {
+			k := made.Add(1)
+			sk, _, err := crypto.GenerateEd25519Key(rand.Reader)
+			if err != nil {
 				b.Fatal(err)
 			}
-		}
-		for _, nd := range m.Nodes[:10] {
-			h.Peerstore().AddAddrs(nd.Host().ID(), nd.Host().Addrs(), time.Hour)
-		}
-		for j := range 4 {
-			nd := m.Nodes[(int(k)*7+j*13)%len(m.Nodes)]
-			if err := h.Connect(ctx, peer.AddrInfo{ID: nd.Host().ID(), Addrs: nd.Host().Addrs()}); err != nil {
+			// One address each, in the benchmarking range (198.18.0.0/15):
+			// distinct IPs, as a flood from many machines would have.
+			addr := ma.StringCast(fmt.Sprintf("/ip4/198.%d.%d.%d/tcp/4021", 18+(k>>16)&1, (k>>8)&0xff, k&0xff))
+			h, err := m.Net.AddPeer(sk, addr)
+			if err != nil {
 				b.Fatal(err)
 			}
+			h.SetStreamHandler(node.NegotiateProtocol, func(s network.Stream) {
+				f.bids.Add(1)
+				_, _ = io.Copy(io.Discard, io.LimitReader(s, 64<<10))
+				s.Close()
+			})
+			ps, err := pubsub.NewGossipSub(fctx, h, pubsub.WithFloodPublish(true), pubsub.WithPeerOutboundQueueSize(16384))
+			if err != nil {
+				b.Fatal(err)
+			}
+			t, err := ps.Join(topic)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := t.Subscribe(); err != nil {
+				b.Fatal(err)
+			}
+			for _, nd := range m.Nodes {
+				if _, err := m.Net.LinkPeers(h.ID(), nd.Host().ID()); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for _, nd := range m.Nodes[:10] {
+				h.Peerstore().AddAddrs(nd.Host().ID(), nd.Host().Addrs(), time.Hour)
+			}
+			for j := range 4 {
+				nd := m.Nodes[(int(k)*7+j*13)%len(m.Nodes)]
+				if err := h.Connect(ctx, peer.AddrInfo{ID: nd.Host().ID(), Addrs: nd.Host().Addrs()}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			f.hosts, f.keys, f.topics = append(f.hosts, h), append(f.keys, sk), append(f.topics, t)
 		}
-		f.hosts, f.keys, f.topics = append(f.hosts, h), append(f.keys, sk), append(f.topics, t)
-	}
+	})
 	testwait.Until(b, ctx, "every flooder to have a peer on the request topic", func() (bool, string) {
 		for i, t := range f.topics {
 			if len(t.ListPeers()) == 0 {
@@ -285,6 +291,7 @@ func (f *flood) start(ctx context.Context, per int) <-chan struct{} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			pprof.SetGoroutineLabels(pprof.WithLabels(ctx, flooderLabels))
 			for n := range per {
 				rfb := gossip.RequestForBids{Submitter: id, Deadline: time.Now().Add(5 * time.Second).UnixMilli(), Needs: gossip.Needs{
 					GPUs: 8, Model: "H100", Placement: gossip.Spread, MaxPrice: 2_500_000, Unit: "USDC:6", LeaseSeconds: 3600}}
@@ -320,6 +327,9 @@ func (f *flood) start(ctx context.Context, per int) <-chan struct{} {
 	}()
 	return done
 }
+
+// flooderLabels mark the flooders' goroutines in a CPU profile.
+var flooderLabels = pprof.Labels("peer", "flooder")
 
 func (f *flood) close() {
 	f.cancel()
