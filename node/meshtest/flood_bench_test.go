@@ -101,6 +101,9 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 					took, id, formed := formOne(b, ctx, m, m.Nodes[10+i%40], spec)
 					sp := tl.split(id, 10+i%40)
 					sp.took = took
+					if took > 500*time.Millisecond {
+						b.Logf("a slow job's steps (peer:step:kind:ms from submit):%s", sp.steps)
+					}
 					if !formed {
 						failed++
 						b.Logf("the failed job's steps: %s", sp)
@@ -396,6 +399,7 @@ func (h *traceHandler) WithGroup(string) slog.Handler      { return h }
 // most it waited in a provider's queue, to the last bid in before the
 // award, to the award sent, to the outcome.
 type split struct {
+	steps                                         string // every step, for a slow job
 	took                                          time.Duration
 	submit, send, deliver, queue, bid, award, end time.Duration
 }
@@ -464,7 +468,11 @@ func (t *traceLog) split(job string, sub int) split {
 		}
 		return b.Sub(a)
 	}
-	return split{submit: 0, send: d(submitted, sent), deliver: d(sent, lastQueued), queue: queueWait,
+	var all strings.Builder
+	for _, e := range evs {
+		fmt.Fprintf(&all, " %d:%s:%s:%d", e.node, e.step, e.kind, e.at.Sub(submitted).Milliseconds())
+	}
+	return split{steps: all.String(), submit: 0, send: d(submitted, sent), deliver: d(sent, lastQueued), queue: queueWait,
 		bid: d(lastQueued, lastBid), award: d(lastBid, award), end: d(award, end)}
 }
 
