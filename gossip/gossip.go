@@ -12,7 +12,7 @@
 // are Negotiation and Reservations (negotiation.go), RFBValidator (which
 // requests for bids to accept and forward: a rate and open requests per
 // submitter) and RequestQueue (which waiting request a provider answers
-// next: one submitter at a time).
+// next: one submitter at a time, the one answered longest ago first).
 package gossip
 
 import (

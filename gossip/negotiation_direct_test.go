@@ -104,3 +104,53 @@ func TestDirectRequestsArePoppedBeforeTheTopics(t *testing.T) {
 		t.Errorf("then popped %v %v, want the topic's first", r.Submitter, ok)
 	}
 }
+
+// The topic's requests are answered at most TopicAnswerRate a second, all
+// submitters together: of the waiting requests of as many flooders as the
+// burst (4 each), a burst's worth at once (one of each), then one every
+// 1/TopicAnswerRate s (Next says when); a direct request is answered
+// whenever it comes, and a new submitter on the topic is the next
+// answered when the rate allows.
+func TestTheTopicsRequestsAreAnsweredAtABoundedRate(t *testing.T) {
+	q := NewRequestQueues(0, 0)
+	needs := needsOf(8, 0, Spread, 2_500_000)
+	for j := range 4 {
+		for i := 1; i <= TopicAnswerBurst; i++ {
+			r := rfbOf(i, byte(j), needs)
+			r.Deadline = t0.Add(time.Hour).UnixMilli()
+			q.Push(r, false)
+		}
+	}
+	for k := range TopicAnswerBurst {
+		if _, ok := q.Pop(t0); !ok {
+			t.Fatalf("answer %d of the burst refused", k+1)
+		}
+	}
+	if r, ok := q.Pop(t0); ok {
+		t.Fatalf("answered %v past the burst, want none until the rate allows", r.Submitter)
+	}
+	step := time.Second / TopicAnswerRate
+	if got := q.Next(t0); got != t0.Add(step) {
+		t.Errorf("next answer at %v, want %v", got.Sub(t0), step)
+	}
+	direct := rfbOf(200, 1, needs)
+	q.Push(direct, true)
+	if got := q.Next(t0); got != t0 {
+		t.Errorf("with a direct request waiting, next answer at %v, want now", got.Sub(t0))
+	}
+	if r, ok := q.Pop(t0); !ok || r.Submitter != direct.Submitter {
+		t.Fatalf("popped %v %v, want the direct request however the topic's rate stands", r.Submitter, ok)
+	}
+	honest := rfbOf(201, 1, needs)
+	honest.Deadline = t0.Add(time.Hour).UnixMilli()
+	q.Push(honest, false)
+	if r, ok := q.Pop(t0.Add(step)); !ok || r.Submitter != honest.Submitter {
+		t.Fatalf("at the next token popped %v %v, want the new submitter on the topic", r.Submitter, ok)
+	}
+	if _, ok := q.Pop(t0.Add(step)); ok {
+		t.Errorf("two topic answers for one token")
+	}
+	if got, want := q.Len(), 3*TopicAnswerBurst; got != want {
+		t.Errorf("%d waiting, want %d", got, want)
+	}
+}

@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"container/heap"
 	"errors"
 	"fmt"
 	"slices"
@@ -62,8 +63,13 @@ type Reservations struct {
 	unit  Unit
 	bids  map[holder]Bid
 	order map[peer.ID][]holder // each submitter's bids, oldest first
-	held  map[holder]*Reservation
-	inUse map[string]uint32 // GPUs held per class
+	// expiries is every bid made, by expiry, soonest first (one replaced
+	// or dropped stays until its time: Tick skips it then), so that Tick,
+	// which the provider's loop runs on every event, touches only the
+	// bids due, not all MaxBids of them.
+	expiries expiryHeap
+	held     map[holder]*Reservation
+	inUse    map[string]uint32 // GPUs held per class
 }
 
 // holder names a bid or a reservation: the job and the submitter that
@@ -268,6 +274,7 @@ func (r *Reservations) Bid(rfb RequestForBids, now time.Time) (Bid, error) {
 	}
 	r.bids[key] = *best
 	r.order[key.submitter] = append(r.order[key.submitter], key)
+	heap.Push(&r.expiries, bidExpiry{best.Expires, key})
 	return *best, nil
 }
 
@@ -475,9 +482,10 @@ func (r *Reservations) drop(h *Reservation) {
 // returns the reservations that ended, oldest job first.
 func (r *Reservations) Tick(now time.Time) []Reservation {
 	ms := now.UnixMilli()
-	for k, b := range r.bids {
-		if b.Expires <= ms {
-			r.dropBid(k)
+	for len(r.expiries) > 0 && r.expiries[0].at <= ms {
+		e := heap.Pop(&r.expiries).(bidExpiry)
+		if b, ok := r.bids[e.key]; ok && b.Expires <= ms {
+			r.dropBid(e.key)
 		}
 	}
 	var ended []Reservation
@@ -502,4 +510,24 @@ func compareJobs(a, b JobID) int {
 		}
 	}
 	return 0
+}
+
+// bidExpiry is when a bid made for key expires (unix ms).
+type bidExpiry struct {
+	at  int64
+	key holder
+}
+
+// expiryHeap is a min-heap of bidExpiry by time (container/heap).
+type expiryHeap []bidExpiry
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].at < h[j].at }
+func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(bidExpiry)) }
+func (h *expiryHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
 }

@@ -609,3 +609,36 @@ func TestAFullProviderSharesItsBidsEvenly(t *testing.T) {
 		t.Fatalf("a request when no one holds more than it: %v, want no bid", err)
 	}
 }
+
+// A bid expires BidTTL after it was made, not before: a request asked
+// again renews its bid, and the first bid's expiry then drops nothing;
+// bids of other submitters expire each at its own time.
+func TestBidsExpireEachAtItsOwnTime(t *testing.T) {
+	r := providerOf(t, 1, 8, usdc(200), "")
+	needs := needsOf(8, 0, Spread, usdc(250))
+	ttl := 10 * time.Second // the default BidTTL
+	a, b := rfbOf(1, 1, needs), rfbOf(2, 1, needs)
+	a.Deadline = t0.Add(time.Hour).UnixMilli()
+	b.Deadline = a.Deadline
+	if _, err := r.Bid(a, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Bid(b, t0.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Bid(a, t0.Add(ttl/2)); err != nil { // asked again: its bid renewed
+		t.Fatal(err)
+	}
+	r.Tick(t0.Add(ttl))
+	if all, _ := r.Bids(a.Submitter); all != 2 {
+		t.Fatalf("%d bids at the first bid's expiry, want 2 (it was renewed)", all)
+	}
+	r.Tick(t0.Add(ttl + time.Second))
+	if all, its := r.Bids(a.Submitter); all != 1 || its != 1 {
+		t.Fatalf("%d bids (%d of the first submitter's) after the second's expiry, want only the renewed one", all, its)
+	}
+	r.Tick(t0.Add(ttl + ttl/2))
+	if all, _ := r.Bids(a.Submitter); all != 0 {
+		t.Fatalf("%d bids after the renewed one's expiry, want none", all)
+	}
+}

@@ -271,9 +271,15 @@ func (p *RFBPacer) Take(deadline, now time.Time) bool {
 }
 
 // RequestQueue holds the accepted requests for bids a provider has yet to
-// answer, and hands them out fairly: Pop takes the submitters in turn, one
-// request each, so a submitter with many waiting requests delays another's
-// by at most one of its own, not by all of them. A submitter has at most
+// answer, and hands them out fairly: Pop takes, one request at a time, the
+// waiting submitter it answered longest ago, one never answered (as far as
+// the queue remembers: its last maxServed submitters) first, in the order
+// they came. So submitters with many waiting requests take turns, one
+// request each, and delay another's by at most one of their own; and a
+// submitter new to the queue — an honest one asks once a job — waits for
+// no flooder the queue has answered before, only for the request being
+// answered and those of other never-answered submitters that came first
+// (a flooder gets that place once an identity). A submitter has at most
 // PerSubmitter requests waiting (a newer one replaces its oldest), and the
 // queue at most Max (when full, the submitter with the most waiting loses
 // its oldest). Like the validator it does no I/O and reads no clock; it is
@@ -281,9 +287,17 @@ func (p *RFBPacer) Take(deadline, now time.Time) bool {
 type RequestQueue struct {
 	max, per int
 	waiting  map[peer.ID][]RequestForBids // each submitter's, oldest first
-	turn     []peer.ID                    // submitters with requests waiting, next first
+	turn     []peer.ID                    // submitters with requests waiting, in the order they came
 	n        int
+	// served is when (in answers, counting from 1) each submitter was last
+	// answered: at most maxServed of them, those answered longest ago
+	// forgotten first (they are next anyway).
+	served map[peer.ID]uint64
+	seq    uint64 // answers so far
 }
+
+// maxServed bounds the submitters a RequestQueue remembers answering.
+const maxServed = 4096
 
 // NewRequestQueue makes an empty queue of at most max requests, per of
 // them one submitter's; zero or less takes 1024 and 16.
@@ -294,7 +308,7 @@ func NewRequestQueue(max, per int) *RequestQueue {
 	if per <= 0 {
 		per = 16
 	}
-	return &RequestQueue{max: max, per: min(per, max), waiting: map[peer.ID][]RequestForBids{}}
+	return &RequestQueue{max: max, per: min(per, max), waiting: map[peer.ID][]RequestForBids{}, served: map[peer.ID]uint64{}}
 }
 
 // Push adds a request; it reports how many waiting requests it pushed out
@@ -336,26 +350,51 @@ func (q *RequestQueue) dropOldest(s peer.ID) {
 	q.waiting[s] = slices.Delete(w, 0, 1)
 }
 
-// Pop takes the next submitter's oldest request whose deadline has not
-// passed at now (dropping those that have); false when none is left.
+// Pop takes the oldest request of the waiting submitter answered longest
+// ago (see RequestQueue) whose deadline has not passed at now, dropping
+// those that have; false when none is left.
 func (q *RequestQueue) Pop(now time.Time) (RequestForBids, bool) {
 	for len(q.turn) > 0 {
-		s := q.turn[0]
+		i := 0
+		for j, id := range q.turn[1:] {
+			if q.served[id] < q.served[q.turn[i]] {
+				i = j + 1
+			}
+		}
+		s := q.turn[i]
 		w := q.waiting[s]
 		r := w[0]
 		q.n--
+		q.turn = slices.Delete(q.turn, i, i+1)
 		if len(w) == 1 {
 			delete(q.waiting, s)
-			q.turn = q.turn[1:]
 		} else {
 			q.waiting[s] = w[1:]
-			q.turn = append(q.turn[1:], s) // its next waits for the others' turn
+			q.turn = append(q.turn, s) // its next waits for the others' turn
 		}
 		if r.DeadlineTime().After(now) {
+			q.answered(s)
 			return r, true
 		}
 	}
 	return RequestForBids{}, false
+}
+
+// answered notes that s was answered now, forgetting the submitter
+// answered longest ago when the queue remembers maxServed.
+func (q *RequestQueue) answered(s peer.ID) {
+	q.seq++
+	if _, ok := q.served[s]; !ok && len(q.served) >= maxServed {
+		var oldest peer.ID
+		first := true
+		for id, at := range q.served {
+			if first || at < q.served[oldest] {
+				oldest, first = id, false
+			}
+		}
+		delete(q.served, oldest)
+	}
+	q.served[s] = q.seq
 }
 
 // Len is the number of requests waiting.
@@ -368,15 +407,29 @@ func (q *RequestQueue) Len() int { return q.n }
 // submitters send, and a flood on the topic then never stands between
 // them and a bid. Each queue is a RequestQueue, fair among submitters,
 // and both count against the same per-author bounds before they get here.
+// The topic's are answered at most TopicAnswerRate a second, all
+// submitters together (a burst of TopicAnswerBurst): the topic's
+// per-author bounds let a hundred identities ask for a hundred bids a
+// second from every provider, and each bid is signed and sent (and may
+// look its submitter up); honest submitters use the topic only as a
+// fallback, and a new one among flooders is answered first (RequestQueue).
 // It is not safe for concurrent use.
 type RequestQueues struct {
 	Direct, Topic *RequestQueue
+	topicRate     *rate.Limiter
 }
+
+// The most topic requests a provider answers: a second, at once.
+const (
+	TopicAnswerRate  = 20
+	TopicAnswerBurst = 20
+)
 
 // NewRequestQueues makes two empty queues, each of at most max requests,
 // per of them one submitter's (see NewRequestQueue).
 func NewRequestQueues(max, per int) *RequestQueues {
-	return &RequestQueues{Direct: NewRequestQueue(max, per), Topic: NewRequestQueue(max, per)}
+	return &RequestQueues{Direct: NewRequestQueue(max, per), Topic: NewRequestQueue(max, per),
+		topicRate: rate.NewLimiter(TopicAnswerRate, TopicAnswerBurst)}
 }
 
 // Push adds a request to the direct queue or the topic's; it reports how
@@ -389,12 +442,36 @@ func (q *RequestQueues) Push(r RequestForBids, direct bool) int {
 }
 
 // Pop takes the next direct request, or when none waits the next of the
-// topic's (see RequestQueue.Pop).
+// topic's if the topic's answer rate allows one at now (see
+// RequestQueue.Pop); false when none may be answered now (Next says when).
 func (q *RequestQueues) Pop(now time.Time) (RequestForBids, bool) {
 	if r, ok := q.Direct.Pop(now); ok {
 		return r, true
 	}
-	return q.Topic.Pop(now)
+	if q.Topic.Len() == 0 || q.topicRate.TokensAt(now) < 1-tokenSlack {
+		return RequestForBids{}, false
+	}
+	r, ok := q.Topic.Pop(now)
+	if ok {
+		q.topicRate.ReserveN(now, 1)
+	}
+	return r, ok
+}
+
+// Next is when Pop may next answer a waiting request: now when one may be
+// answered at once, the zero time when none waits.
+func (q *RequestQueues) Next(now time.Time) time.Time {
+	switch {
+	case q.Direct.Len() > 0:
+		return now
+	case q.Topic.Len() == 0:
+		return time.Time{}
+	}
+	t := q.topicRate.TokensAt(now)
+	if t >= 1-tokenSlack {
+		return now
+	}
+	return now.Add(time.Duration(math.Ceil((1 - t) / TopicAnswerRate * float64(time.Second))))
 }
 
 // Len is the number of requests waiting in both.

@@ -240,6 +240,38 @@ func TestWaitingRequestsAreAnsweredOneSubmitterAtATime(t *testing.T) {
 	}
 }
 
+// A submitter new to the queue is answered before every flooder the
+// queue has answered already, however many of them wait: 100 flooders
+// with 16 requests each, each answered once, then an honest request
+// comes; it is the next answered. Flooders that wait from then on still
+// take turns, the one answered longest ago first.
+func TestANewSubmitterIsAnsweredBeforeFloodersAnsweredBefore(t *testing.T) {
+	q := NewRequestQueue(4096, 16)
+	for n := range 16 {
+		for i := 1; i <= 100; i++ {
+			q.Push(floodJob(i, n))
+		}
+	}
+	for i := 1; i <= 100; i++ {
+		if r, ok := q.Pop(t0); !ok || r.Submitter != testID(i) {
+			t.Fatalf("answer %d went to %v (%v), want flooder %d (in the order they came)", i, r.Submitter, ok, i)
+		}
+	}
+	honest := floodJob(200, 0)
+	q.Push(honest)
+	if r, ok := q.Pop(t0); !ok || r.Submitter != honest.Submitter {
+		t.Fatalf("after 100 flooders' first answers, answered %v (%v); want the new honest submitter", r.Submitter, ok)
+	}
+	for i := 1; i <= 100; i++ {
+		if r, ok := q.Pop(t0); !ok || r.Submitter != testID(i) {
+			t.Fatalf("then answer %d went to %v (%v), want flooder %d (answered longest ago)", i, r.Submitter, ok, i)
+		}
+	}
+	if got := q.Len(); got != 100*14 {
+		t.Errorf("%d waiting, want 1,400", got)
+	}
+}
+
 // Refuses says ahead of the signature check what Validate would refuse
 // for the rate: a submitter over its allowance, not one under it, not one
 // never seen (a forged name must not use up a real submitter's allowance),

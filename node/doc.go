@@ -28,7 +28,7 @@
 //	                     (sent to the providers named, or on the topic; taken
 //	                     from either), bids, awards, answers, confirms,
 //	                     releases (decided by gossip.Negotiation and
-//	                     gossip.Reservations)
+//	                     gossip.Reservations); each step logged at LevelTrace
 //	jobs.go              the job record: JobState and the only code that
 //	                     changes it; records in the job store (jobstore)
 //	submitter.go         submit, cancel, negotiation outcomes, retry; whom a

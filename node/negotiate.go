@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,6 +90,9 @@ type negState struct {
 	topicPace *gossip.RFBPacer
 
 	sent atomic.Uint64 // negotiation messages this peer has sent (broadcasts count once)
+	// rfbChecked is the topic's requests for bids this peer's validator
+	// has been handed (each after GossipSub checked its signature).
+	rfbChecked atomic.Uint64
 
 	provides atomic.Bool // this peer bids: it takes direct requests for bids
 	// paced is the jobs whose direct requests have taken their pacer
@@ -188,6 +192,7 @@ func (n *Node) closeJobs() error {
 // rate or open requests that sent them itself) costs the peer that
 // delivered it score (gossip/score.go) until it is ignored altogether.
 func (n *Node) validateRFB(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	n.rfbChecked.Add(1)
 	if len(m.Data) > gossip.MaxNegotiationSize { // before taking the lock
 		return pubsub.ValidationReject
 	}
@@ -287,9 +292,14 @@ func (n *Node) queueRFB(rfb *gossip.RequestForBids, direct bool) {
 		n.log.Debug("requests for bids waiting: one pushed out", "submitter", rfb.Submitter)
 	}
 	n.rfbQMu.Unlock()
+	n.signalRFB()
+}
+
+// signalRFB tells the negotiation loop that requests for bids wait.
+func (n *Node) signalRFB() {
 	select {
 	case n.rfbReady <- struct{}{}:
-	default:
+	default: // signalled already
 	}
 }
 
@@ -330,6 +340,7 @@ func (n *Node) handleRFB(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
+	n.trace(rfb.Job, "queued", rfb)
 	n.queueRFB(rfb, true)
 }
 
@@ -356,6 +367,42 @@ func (n *Node) admitDirectRFB(data []byte, from peer.ID) (*gossip.RequestForBids
 		return nil, err
 	}
 	return &got, nil
+}
+
+// LevelTrace is the log level of a negotiation's steps on this peer
+// (below Debug, so a debug log does not show them): a message "negotiation
+// step" with the job, the step (submitted, received, queued, answered,
+// sent, formed, failed), and the message's kind where there is one. A
+// benchmark's handler reads them to split a formation's time by step.
+const LevelTrace = slog.LevelDebug - 4
+
+// trace logs a step of job's negotiation on this peer (see LevelTrace).
+func (n *Node) trace(job gossip.JobID, step string, msg gossip.Message) {
+	if !n.log.Enabled(context.Background(), LevelTrace) {
+		return
+	}
+	n.log.Log(context.Background(), LevelTrace, "negotiation step", "job", job.String(), "step", step, "kind", msgKind(msg))
+}
+
+// msgKind names a negotiation message's type, for the trace.
+func msgKind(msg gossip.Message) string {
+	switch msg.(type) {
+	case nil:
+		return ""
+	case *gossip.RequestForBids:
+		return "request"
+	case *gossip.Bid:
+		return "bid"
+	case *gossip.Award:
+		return "award"
+	case *gossip.Confirm:
+		return "confirm"
+	case *gossip.Release:
+		return "release"
+	case *gossip.Refusal:
+		return "refusal"
+	}
+	return "answer"
 }
 
 // deliver hands an event to the loop, or drops it when the node stops.
@@ -447,6 +494,7 @@ func (n *Node) handleNegotiate(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
+	n.trace(msg.JobID(), "received", msg)
 	select {
 	case n.in <- negEvent{msg: msg}:
 	default:
@@ -462,6 +510,9 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 	settled := map[gossip.JobID]settledNeg{}       // ended, for late acceptances
 	timer := time.NewTimer(reservationTick)
 	defer timer.Stop()
+	// rfbWake is when a waiting request for bids may next be answered,
+	// when the topic's answer rate holds them back (zero: not held).
+	var rfbWake time.Time
 	for {
 		var ev negEvent
 		select { // direct messages and local calls before requests for bids
@@ -473,14 +524,17 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 			case ev = <-n.in:
 			case <-n.rfbReady:
 				n.rfbQMu.Lock()
-				rfb, ok := n.rfbQueue.Pop(n.now())
-				more := n.rfbQueue.Len() > 0
+				now := n.now()
+				rfb, ok := n.rfbQueue.Pop(now)
+				wake := n.rfbQueue.Next(now)
 				n.rfbQMu.Unlock()
-				if more {
-					select {
-					case n.rfbReady <- struct{}{}:
-					default: // readRFBs signalled already
-					}
+				rfbWake = time.Time{}
+				switch {
+				case wake.IsZero():
+				case !wake.After(now):
+					n.signalRFB()
+				default: // the topic's answer rate: the timer wakes the loop
+					rfbWake = wake
 				}
 				if ok {
 					ev.msg = &rfb
@@ -491,6 +545,14 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 		n.handleEvent(ctx, ev, negs, settled, res)
 		now := n.now()
 		next := now.Add(reservationTick)
+		if !rfbWake.IsZero() {
+			if !rfbWake.After(now) {
+				rfbWake = time.Time{}
+				n.signalRFB()
+			} else if rfbWake.Before(next) {
+				next = rfbWake
+			}
+		}
 		for id, ng := range negs {
 			ng.Tick(now)
 			n.flush(ctx, ng, ng.Ready())
@@ -529,6 +591,7 @@ func (n *Node) handleEvent(ctx context.Context, ev negEvent, negs map[gossip.Job
 	now := n.now()
 	switch {
 	case ev.submit != nil:
+		n.trace(ev.submit.Job(), "submitted", nil)
 		negs[ev.submit.Job()] = ev.submit
 		delete(settled, ev.submit.Job()) // a retry's negotiation
 		n.flush(ctx, ev.submit, ev.submit.Ready())
@@ -571,6 +634,7 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 		if res == nil {
 			return
 		}
+		n.trace(m.Job, "answered", m)
 		n.syncAsks(res)
 		bid, err := res.Bid(*m, now)
 		if err != nil {
@@ -657,6 +721,7 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 		n.send(ctx, r.Releases[i].Provider, &r.Releases[i])
 	}
 	if r.Outcome != nil {
+		n.trace(ng.Job(), "ended", nil)
 		n.recordOutcome(ng.Job(), *r.Outcome)
 	}
 }
@@ -705,6 +770,7 @@ func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg go
 			return
 		}
 		_ = s.Close()
+		n.trace(msg.JobID(), "sent", msg)
 	}()
 }
 
@@ -761,3 +827,8 @@ func (n *Node) endLookup(p peer.ID) {
 // requests for bids (once each, however far gossip carries them), bids,
 // awards, answers, confirms and releases.
 func (n *Node) NegotiationMessages() uint64 { return n.sent.Load() }
+
+// RFBValidations is how many requests for bids of the topic this peer has
+// validated (their signatures checked, then the validator's rules): the
+// work a flood on the topic costs it.
+func (n *Node) RFBValidations() uint64 { return n.rfbChecked.Load() }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -233,4 +235,166 @@ func TestARequestGoesOnlyToTheProvidersNamed(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFree(t, ctx, m.Nodes[:6])
+}
+
+// stepLog records a peer's negotiation steps (node.LevelTrace) in order.
+type stepLog struct {
+	mu    sync.Mutex
+	steps []loggedStep
+}
+
+type loggedStep struct{ job, step string }
+
+func (l *stepLog) Enabled(_ context.Context, lv slog.Level) bool { return lv == node.LevelTrace }
+
+func (l *stepLog) Handle(_ context.Context, r slog.Record) error {
+	var s loggedStep
+	r.Attrs(func(a slog.Attr) bool {
+		switch a.Key {
+		case "job":
+			s.job = a.Value.String()
+		case "step":
+			s.step = a.Value.String()
+		}
+		return true
+	})
+	l.mu.Lock()
+	l.steps = append(l.steps, s)
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *stepLog) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *stepLog) WithGroup(string) slog.Handler      { return l }
+
+// Fifty identities send a provider 8 direct requests each at once (their
+// burst); once each has had a bid, and while the rest of theirs wait, an
+// honest job is submitted. The provider answers the honest request
+// before any flooder it has answered already: between the honest
+// request's arrival and its answer, it answers at most the flooders it
+// had not answered yet, plus the one request it was answering and one
+// it may have taken as the honest one arrived — not one of each waiting
+// flooder, as a plain round robin would.
+func TestANewSubmitterIsAnsweredBeforeFloodersAnsweredAlready(t *testing.T) {
+	steps := &stepLog{}
+	o := h100s(0xd5, 1)
+	o.Config = func(i int, c *node.Config) {
+		if i == 0 {
+			c.Logger = slog.New(steps)
+		}
+	}
+	m := meshtest.Start(t, 2, o)
+	prov, sub := m.Nodes[0], m.Nodes[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	provID := prov.Host().ID()
+	advs := make([]*meshtest.Adversary, 50)
+	flood := map[string]int{} // a flooder's job: which flooder
+	reqs := make([][]*gossip.RequestForBids, len(advs))
+	for i := range advs {
+		advs[i] = m.AddAdversary(t, i)
+		for range rfbBurst {
+			r := advs[i].Request(meshtest.NewJobID(), h100, 8, 2_500_000, "USDC:6")
+			flood[r.Job.String()] = i
+			reqs[i] = append(reqs[i], r)
+		}
+	}
+	var wg sync.WaitGroup
+	for i, a := range advs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, r := range reqs[i] {
+				_ = a.Ask(ctx, provID, r)
+			}
+		}()
+	}
+	for i, a := range advs {
+		if _, err := a.Received(ctx, func(m gossip.Message) bool { _, ok := m.(*gossip.Bid); return ok }); err != nil {
+			t.Fatalf("flooder %d: %v", i, err)
+		}
+	}
+	job := submit(t, ctx, sub, jobSpec(t, 8, ""))
+	wg.Wait()
+	if job.State != node.JobFormed && job.State != node.JobRunning {
+		t.Fatalf("the honest job: %s (%s), want formed", job.State, job.Reason)
+	}
+	steps.mu.Lock()
+	log := slices.Clone(steps.steps)
+	steps.mu.Unlock()
+	answered := map[int]bool{} // flooders answered before the honest request came
+	queued, between, waiting := -1, 0, 0
+	for k, s := range log {
+		i, isFlood := flood[s.job]
+		switch {
+		case queued < 0 && isFlood && s.step == "answered":
+			answered[i] = true
+		case queued < 0 && !isFlood && s.step == "queued":
+			queued = k
+			waiting = len(advs) - len(answered)
+		case queued >= 0 && isFlood && s.step == "answered":
+			between++
+		case queued >= 0 && !isFlood && s.step == "answered":
+			if most := waiting + 2; between > most {
+				t.Errorf("the provider answered %d flooders' requests between the honest request's arrival and its answer; want at most %d (%d flooders not answered yet, and 2)", between, most, waiting)
+			}
+			t.Logf("%d flooders' requests answered while the honest one waited (%d flooders answered before it came)", between, len(answered))
+			if _, err := sub.CancelJob(ctx, job.ID); err != nil {
+				t.Fatal(err)
+			}
+			waitFree(t, ctx, []*node.Node{prov})
+			return
+		}
+	}
+	t.Fatalf("the provider's steps show no honest request queued and answered (%d steps)", len(log))
+}
+
+// Twenty identities each broadcast on the topic as many requests as the
+// topic lets one submitter send at once (4): every one is accepted, and
+// yet the provider answers them no faster than its topic answer rate
+// (gossip.TopicAnswerRate a second, after a burst), all flooders together;
+// meanwhile an honest job, whose requests go to the provider directly,
+// forms.
+func TestTheTopicsRequestsAreAnsweredAtABoundedRate(t *testing.T) {
+	m := meshtest.Start(t, 2, h100s(0xd6, 1))
+	prov, sub := m.Nodes[0], m.Nodes[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	advs := make([]*meshtest.Adversary, 20)
+	for i := range advs {
+		advs[i] = m.AddAdversary(t, i)
+	}
+	bids := func() int {
+		n := 0
+		for _, a := range advs {
+			n += bidsOf(a)
+		}
+		return n
+	}
+	start := time.Now()
+	for _, a := range advs {
+		for range 4 {
+			if err := a.Publish(ctx, a.Request(meshtest.NewJobID(), h100, 8, 2_500_000, "USDC:6")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	job := submit(t, ctx, sub, jobSpec(t, 8, ""))
+	if job.State != node.JobFormed && job.State != node.JobRunning {
+		t.Fatalf("the honest job: %s (%s), want formed", job.State, job.Reason)
+	}
+	testwait.Until(t, ctx, "the provider to answer a burst's worth of the topic's requests", func() (bool, string) {
+		n := bids()
+		return n >= gossip.TopicAnswerBurst, fmt.Sprintf("%d bids", n)
+	})
+	got := bids()
+	elapsed := time.Since(start)
+	if most := gossip.TopicAnswerBurst + int(gossip.TopicAnswerRate*elapsed.Seconds()) + 1; got > most {
+		t.Errorf("the flooders got %d bids in %v for 80 requests on the topic, want at most %d", got, elapsed.Round(time.Millisecond), most)
+	}
+	t.Logf("20 flooders on the topic: %d bids in %v", got, elapsed.Round(time.Millisecond))
+	if _, err := sub.CancelJob(ctx, job.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFree(t, ctx, []*node.Node{prov})
 }

@@ -5,9 +5,13 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"log/slog"
+	"runtime/pprof"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -43,7 +47,9 @@ import (
 // the same requests to the providers themselves (RFBProtocol, round
 // robin), as a flooder that reads the directory would.
 func BenchmarkFormationUnderFlood(b *testing.B) {
+	tl := &traceLog{honest: map[string]bool{}, events: map[string][]step{}}
 	m := meshtest.Start(b, 50, meshtest.Options{Seed: 50, Private: true, Providers: 10, Executors: []string{"process"}, Config: func(i int, c *node.Config) {
+		c.Logger = slog.New(&traceHandler{log: tl, node: i})
 		if i < 10 {
 			c.Price = fmt.Sprintf("fixed:%d.%d0", 1+(5+i)/10, (5+i)%10)
 			c.Region = []string{"eu-west/ams1", "us-east/nyc2"}[i%2]
@@ -70,6 +76,9 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 			defer cancel()
 			var lat []time.Duration
+			var splits []split
+			checked0 := validations(m)
+			cpu0, wall0 := cpuTime(), time.Now()
 			var sendTime time.Duration
 			var bids int64
 			failed := 0
@@ -89,12 +98,19 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 					if sent == nil && i >= floodJobs {
 						break
 					}
-					took, formed := formOne(b, ctx, m, m.Nodes[10+i%40], spec)
+					took, id, formed := formOne(b, ctx, m, m.Nodes[10+i%40], spec)
+					sp := tl.split(id, 10+i%40)
+					sp.took = took
+					if took > 500*time.Millisecond {
+						b.Logf("a slow job's steps (peer:step:kind:ms from submit):%s", sp.steps)
+					}
 					if !formed {
 						failed++
+						b.Logf("the failed job's steps: %s", sp)
 						continue
 					}
 					lat = append(lat, took)
+					splits = append(splits, sp)
 				}
 				b.StopTimer()
 				sendTime += f.took
@@ -112,6 +128,20 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 			b.ReportMetric(q(99), "p99-ms")
 			b.ReportMetric(float64(len(lat)), "jobs")
 			b.ReportMetric(float64(failed), "failed-jobs")
+			cpu, wall := cpuTime()-cpu0, time.Since(wall0)
+			b.ReportMetric(cpu.Seconds()/wall.Seconds(), "cpu-cores-busy")
+			checked := validations(m)
+			var provs, others uint64
+			for i := range checked {
+				if i < 10 {
+					provs += checked[i] - checked0[i]
+				} else {
+					others += checked[i] - checked0[i]
+				}
+			}
+			b.ReportMetric(float64(provs)/10/float64(b.N), "topic-checks/provider")
+			b.ReportMetric(float64(others)/40/float64(b.N), "topic-checks/other-peer")
+			reportSplits(b, splits)
 			if len(lat) == 0 {
 				b.Fatalf("no honest job formed (%d failed)", failed)
 			}
@@ -132,9 +162,9 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 const floodJobs = 10
 
 // formOne submits the job from nd, waits until it has left negotiation,
-// and returns how long that took and whether it formed; then it cancels
-// the job and waits until every provider has its GPUs free again.
-func formOne(b *testing.B, ctx context.Context, m *meshtest.Mesh, nd *node.Node, spec jobspec.Spec) (time.Duration, bool) {
+// and returns how long that took, its ID and whether it formed; then it
+// cancels the job and waits until every provider has its GPUs free again.
+func formOne(b *testing.B, ctx context.Context, m *meshtest.Mesh, nd *node.Node, spec jobspec.Spec) (time.Duration, string, bool) {
 	b.Helper()
 	start := time.Now()
 	job, err := nd.SubmitJob(ctx, spec)
@@ -166,7 +196,7 @@ func formOne(b *testing.B, ctx context.Context, m *meshtest.Mesh, nd *node.Node,
 		}
 		return true, ""
 	})
-	return took, formed
+	return took, job.ID, formed
 }
 
 // flood is a set of hostile identities on the mesh's network, each a
@@ -192,51 +222,56 @@ func newFlood(b *testing.B, ctx context.Context, m *meshtest.Mesh, n int, made *
 		f.provs = append(f.provs, nd.Host().ID())
 	}
 	topic := gossip.TopicName(meshtest.SwarmOf(50).ID(), gossip.RFBTopic) // the mesh's swarm (Seed 50)
-	for range n {
-		k := made.Add(1)
-		sk, _, err := crypto.GenerateEd25519Key(rand.Reader)
-		if err != nil {
-			b.Fatal(err)
-		}
-		// One address each, in the benchmarking range (198.18.0.0/15):
-		// distinct IPs, as a flood from many machines would have.
-		addr := ma.StringCast(fmt.Sprintf("/ip4/198.%d.%d.%d/tcp/4021", 18+(k>>16)&1, (k>>8)&0xff, k&0xff))
-		h, err := m.Net.AddPeer(sk, addr)
-		if err != nil {
-			b.Fatal(err)
-		}
-		h.SetStreamHandler(node.NegotiateProtocol, func(s network.Stream) {
-			f.bids.Add(1)
-			_, _ = io.Copy(io.Discard, io.LimitReader(s, 64<<10))
-			s.Close()
-		})
-		ps, err := pubsub.NewGossipSub(fctx, h, pubsub.WithFloodPublish(true), pubsub.WithPeerOutboundQueueSize(16384))
-		if err != nil {
-			b.Fatal(err)
-		}
-		t, err := ps.Join(topic)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := t.Subscribe(); err != nil {
-			b.Fatal(err)
-		}
-		for _, nd := range m.Nodes {
-			if _, err := m.Net.LinkPeers(h.ID(), nd.Host().ID()); err != nil {
+	// The flooders' goroutines (their routers, their sending) carry the
+	// label peer=flooder in a CPU profile: on a real network their CPU is
+	// their own, here it is the mesh's.
+	pprof.Do(fctx, flooderLabels, func(fctx context.Context) {
+		for range n {
+			k := made.Add(1)
+			sk, _, err := crypto.GenerateEd25519Key(rand.Reader)
+			if err != nil {
 				b.Fatal(err)
 			}
-		}
-		for _, nd := range m.Nodes[:10] {
-			h.Peerstore().AddAddrs(nd.Host().ID(), nd.Host().Addrs(), time.Hour)
-		}
-		for j := range 4 {
-			nd := m.Nodes[(int(k)*7+j*13)%len(m.Nodes)]
-			if err := h.Connect(ctx, peer.AddrInfo{ID: nd.Host().ID(), Addrs: nd.Host().Addrs()}); err != nil {
+			// One address each, in the benchmarking range (198.18.0.0/15):
+			// distinct IPs, as a flood from many machines would have.
+			addr := ma.StringCast(fmt.Sprintf("/ip4/198.%d.%d.%d/tcp/4021", 18+(k>>16)&1, (k>>8)&0xff, k&0xff))
+			h, err := m.Net.AddPeer(sk, addr)
+			if err != nil {
 				b.Fatal(err)
 			}
+			h.SetStreamHandler(node.NegotiateProtocol, func(s network.Stream) {
+				f.bids.Add(1)
+				_, _ = io.Copy(io.Discard, io.LimitReader(s, 64<<10))
+				s.Close()
+			})
+			ps, err := pubsub.NewGossipSub(fctx, h, pubsub.WithFloodPublish(true), pubsub.WithPeerOutboundQueueSize(16384))
+			if err != nil {
+				b.Fatal(err)
+			}
+			t, err := ps.Join(topic)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := t.Subscribe(); err != nil {
+				b.Fatal(err)
+			}
+			for _, nd := range m.Nodes {
+				if _, err := m.Net.LinkPeers(h.ID(), nd.Host().ID()); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for _, nd := range m.Nodes[:10] {
+				h.Peerstore().AddAddrs(nd.Host().ID(), nd.Host().Addrs(), time.Hour)
+			}
+			for j := range 4 {
+				nd := m.Nodes[(int(k)*7+j*13)%len(m.Nodes)]
+				if err := h.Connect(ctx, peer.AddrInfo{ID: nd.Host().ID(), Addrs: nd.Host().Addrs()}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			f.hosts, f.keys, f.topics = append(f.hosts, h), append(f.keys, sk), append(f.topics, t)
 		}
-		f.hosts, f.keys, f.topics = append(f.hosts, h), append(f.keys, sk), append(f.topics, t)
-	}
+	})
 	testwait.Until(b, ctx, "every flooder to have a peer on the request topic", func() (bool, string) {
 		for i, t := range f.topics {
 			if len(t.ListPeers()) == 0 {
@@ -259,6 +294,7 @@ func (f *flood) start(ctx context.Context, per int) <-chan struct{} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			pprof.SetGoroutineLabels(pprof.WithLabels(ctx, flooderLabels))
 			for n := range per {
 				rfb := gossip.RequestForBids{Submitter: id, Deadline: time.Now().Add(5 * time.Second).UnixMilli(), Needs: gossip.Needs{
 					GPUs: 8, Model: "H100", Placement: gossip.Spread, MaxPrice: 2_500_000, Unit: "USDC:6", LeaseSeconds: 3600}}
@@ -295,9 +331,186 @@ func (f *flood) start(ctx context.Context, per int) <-chan struct{} {
 	return done
 }
 
+// flooderLabels mark the flooders' goroutines in a CPU profile.
+var flooderLabels = pprof.Labels("peer", "flooder")
+
 func (f *flood) close() {
 	f.cancel()
 	for _, h := range f.hosts {
 		h.Close()
 	}
+}
+
+// traceLog keeps the negotiation steps (node.LevelTrace) of the honest
+// jobs: those some peer submitted; a flooder's requests are never
+// submitted on a mesh peer, so their steps are not kept.
+type traceLog struct {
+	mu     sync.Mutex
+	honest map[string]bool
+	events map[string][]step // by job
+}
+
+// step is one negotiation step of a job on a mesh peer.
+type step struct {
+	node       int
+	step, kind string
+	at         time.Time
+}
+
+// traceHandler hands one mesh peer's trace records to the traceLog.
+type traceHandler struct {
+	log  *traceLog
+	node int
+}
+
+func (h *traceHandler) Enabled(_ context.Context, l slog.Level) bool { return l == node.LevelTrace }
+
+func (h *traceHandler) Handle(_ context.Context, r slog.Record) error {
+	st := step{node: h.node, at: r.Time}
+	var job string
+	r.Attrs(func(a slog.Attr) bool {
+		switch a.Key {
+		case "job":
+			job = a.Value.String()
+		case "step":
+			st.step = a.Value.String()
+		case "kind":
+			st.kind = a.Value.String()
+		}
+		return true
+	})
+	h.log.mu.Lock()
+	defer h.log.mu.Unlock()
+	if st.step == "submitted" {
+		h.log.honest[job] = true
+	}
+	if h.log.honest[job] {
+		h.log.events[job] = append(h.log.events[job], st)
+	}
+	return nil
+}
+
+func (h *traceHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *traceHandler) WithGroup(string) slog.Handler      { return h }
+
+// split is an honest job's formation split by step, each from the one
+// before: submit to its loop, to the first request sent, to the last
+// request (of those bid on before the award) delivered to a provider, the
+// most it waited in a provider's queue, to the last bid in before the
+// award, to the award sent, to the outcome.
+type split struct {
+	steps                                         string // every step, for a slow job
+	took                                          time.Duration
+	submit, send, deliver, queue, bid, award, end time.Duration
+}
+
+var splitNames = []string{"submit", "send", "deliver", "queue", "bid", "award", "end"}
+
+func (s split) parts() []time.Duration {
+	return []time.Duration{s.submit, s.send, s.deliver, s.queue, s.bid, s.award, s.end}
+}
+
+func (s split) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "took %v:", s.took.Round(time.Millisecond))
+	for i, d := range s.parts() {
+		fmt.Fprintf(&b, " %s %v", splitNames[i], d.Round(100*time.Microsecond))
+	}
+	return b.String()
+}
+
+// split reads job's steps (submitted on mesh peer sub) and forgets them.
+func (t *traceLog) split(job string, sub int) split {
+	t.mu.Lock()
+	evs := t.events[job]
+	delete(t.events, job)
+	delete(t.honest, job)
+	t.mu.Unlock()
+	var submitted, sent, award, end time.Time
+	queued := map[int]time.Time{}
+	var lastQueued, lastBid time.Time
+	var queueWait time.Duration
+	for _, e := range evs {
+		switch {
+		case e.node == sub && e.step == "submitted" && submitted.IsZero():
+			submitted = e.at
+		case e.node == sub && e.step == "sent" && e.kind == "request" && sent.IsZero():
+			sent = e.at
+		case e.node == sub && e.step == "sent" && e.kind == "award" && award.IsZero():
+			award = e.at
+		case e.node == sub && e.step == "ended" && end.IsZero():
+			end = e.at
+		}
+	}
+	for _, e := range evs {
+		if !award.IsZero() && e.at.After(award) {
+			continue
+		}
+		switch {
+		case e.node != sub && e.step == "queued":
+			queued[e.node] = e.at
+			if e.at.After(lastQueued) {
+				lastQueued = e.at
+			}
+		case e.node != sub && e.step == "answered":
+			if q, ok := queued[e.node]; ok {
+				queueWait = max(queueWait, e.at.Sub(q))
+			}
+		case e.node == sub && e.step == "received" && e.kind == "bid":
+			if e.at.After(lastBid) {
+				lastBid = e.at
+			}
+		}
+	}
+	d := func(a, b time.Time) time.Duration {
+		if a.IsZero() || b.IsZero() {
+			return 0
+		}
+		return b.Sub(a)
+	}
+	var all strings.Builder
+	for _, e := range evs {
+		fmt.Fprintf(&all, " %d:%s:%s:%d", e.node, e.step, e.kind, e.at.Sub(submitted).Milliseconds())
+	}
+	return split{steps: all.String(), submit: 0, send: d(submitted, sent), deliver: d(sent, lastQueued), queue: queueWait,
+		bid: d(lastQueued, lastBid), award: d(lastBid, award), end: d(award, end)}
+}
+
+// reportSplits reports the p99 of each step of the jobs' formation, and
+// logs the slowest job's split.
+func reportSplits(b *testing.B, splits []split) {
+	if len(splits) == 0 {
+		return
+	}
+	slices.SortFunc(splits, func(x, y split) int { return int(x.took - y.took) })
+	i := min(max((len(splits)*99+99)/100-1, 0), len(splits)-1)
+	for k, name := range splitNames[1:] {
+		ds := make([]time.Duration, len(splits))
+		for j, s := range splits {
+			ds[j] = s.parts()[k+1]
+		}
+		slices.Sort(ds)
+		b.ReportMetric(float64(ds[i])/float64(time.Millisecond), name+"-p99-ms")
+	}
+	b.Logf("slowest: %s", splits[len(splits)-1])
+	b.Logf("p99 job: %s", splits[i])
+}
+
+// validations is each mesh peer's count of the topic's requests validated.
+func validations(m *meshtest.Mesh) []uint64 {
+	out := make([]uint64, len(m.Nodes))
+	for i, nd := range m.Nodes {
+		out[i] = nd.RFBValidations()
+	}
+	return out
+}
+
+// cpuTime is the CPU time this process (every peer, the flooders too) has
+// used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
