@@ -203,22 +203,7 @@ func (n *Node) saveCheckpoint(id string, c JobCheckpoint) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	return err
+	return writeFileAtomic(path, data, 0o600)
 }
 
 // GetCheckpoint writes job id's latest checkpoint into dir (which must
