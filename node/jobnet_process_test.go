@@ -3,7 +3,6 @@ package node_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -21,9 +20,7 @@ import (
 // network namespace (its interfaces, its job network) and reaches member 0
 // at its job address.
 func TestProcessMembersJobNetworkLiveStatusAndExec(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("job networks need root")
-	}
+	needJobNet(t)
 	m := meshtest.Start(t, 3, h100s(173, 2))
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

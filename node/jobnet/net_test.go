@@ -33,6 +33,9 @@ func namespace(t testing.TB) (string, netns.NsHandle) {
 	if os.Geteuid() != 0 {
 		t.Skip("job networks need root (TUN devices, network namespaces)")
 	}
+	if err := jobnet.Probe(); err != nil {
+		t.Skipf("job networks: %v", err)
+	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	name := "gpmjt" + hex.EncodeToString(b[:])
