@@ -2,6 +2,8 @@ package exec_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -30,8 +32,13 @@ func fakeInternet(t *testing.T) {
 	if _, err := osexec.LookPath("ip"); err != nil {
 		t.Skip("no `ip` (iproute2) to make the fake internet")
 	}
-	ns := fmt.Sprintf("gpm-inet-%d", os.Getpid())
-	host, peer := fmt.Sprintf("gpmi%dh", os.Getpid()%100000), fmt.Sprintf("gpmi%dn", os.Getpid()%100000)
+	// Names of this call's own: a veth of the call before may still be on
+	// its way out (the kernel removes it after its namespace).
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	id := hex.EncodeToString(rnd[:])
+	ns := "gpm-inet-" + id
+	host, peer := "gpmi"+id+"h", "gpmi"+id+"n"
 	run := func(args ...string) {
 		t.Helper()
 		if out, err := osexec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {

@@ -2,6 +2,8 @@ package node_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -161,15 +163,20 @@ func TestThreeContainerMembersReachEachOther(t *testing.T) {
 }
 
 // fakeInternet is a network namespace joined to this host by a veth pair,
-// 198.51.100.1 (the host's end) to 198.51.100.2 (a documentation range),
-// with an HTTP server on 198.51.100.2:8080 serving /hello.
+// 203.0.113.1 (the host's end) to 203.0.113.2 (a documentation range),
+// with an HTTP server on 203.0.113.2:8080 serving /hello.
 func fakeInternet(t *testing.T) {
 	t.Helper()
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("no `ip` (iproute2) to make the fake internet")
 	}
-	ns := fmt.Sprintf("gpm-ninet-%d", os.Getpid())
-	host, peer := fmt.Sprintf("gpmn%dh", os.Getpid()%100000), fmt.Sprintf("gpmn%dn", os.Getpid()%100000)
+	// Names of this call's own, and a range other than the exec package's
+	// fake internet (198.51.100.0/24), whose tests may run at the same time.
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	id := hex.EncodeToString(rnd[:])
+	ns := "gpm-ninet-" + id
+	host, peer := "gpmn"+id+"h", "gpmn"+id+"n"
 	run := func(args ...string) {
 		t.Helper()
 		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
@@ -180,21 +187,21 @@ func fakeInternet(t *testing.T) {
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() }) // the veth goes with it
 	run("ip", "link", "add", host, "type", "veth", "peer", "name", peer)
 	run("ip", "link", "set", peer, "netns", ns)
-	run("ip", "addr", "add", "198.51.100.1/24", "dev", host)
+	run("ip", "addr", "add", "203.0.113.1/24", "dev", host)
 	run("ip", "link", "set", host, "up")
-	run("ip", "netns", "exec", ns, "ip", "addr", "add", "198.51.100.2/24", "dev", peer)
+	run("ip", "netns", "exec", ns, "ip", "addr", "add", "203.0.113.2/24", "dev", peer)
 	run("ip", "netns", "exec", ns, "ip", "link", "set", peer, "up")
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "hello"), []byte("internet-ok\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	httpd := exec.Command("ip", "netns", "exec", ns, "busybox", "httpd", "-f", "-p", "198.51.100.2:8080", "-h", dir)
+	httpd := exec.Command("ip", "netns", "exec", ns, "busybox", "httpd", "-f", "-p", "203.0.113.2:8080", "-h", dir)
 	if err := httpd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = httpd.Process.Kill(); _ = httpd.Wait() })
 	testwait.For(t, 10*time.Second, "the fake internet's server", func() bool {
-		c, err := net.DialTimeout("tcp", "198.51.100.2:8080", time.Second)
+		c, err := net.DialTimeout("tcp", "203.0.113.2:8080", time.Second)
 		if err == nil {
 			_ = c.Close()
 		}
@@ -218,7 +225,7 @@ func TestContainerMembersWithEgressReachTheInternetNotTheHost(t *testing.T) {
 		Config: func(i int, c *node.Config) { c.JobEgress = i < 2 }})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	script := `echo "rank$NODE_RANK internet: $(printf 'GET /hello HTTP/1.0\r\n\r\n' | busybox nc -w 3 198.51.100.2 8080 2>&1 | busybox tail -n 1)"; ` +
+	script := `echo "rank$NODE_RANK internet: $(printf 'GET /hello HTTP/1.0\r\n\r\n' | busybox nc -w 3 203.0.113.2 8080 2>&1 | busybox tail -n 1)"; ` +
 		`if [ "$NODE_RANK" = 0 ]; then busybox nc -l -p "$MASTER_PORT" > /tmp/got; echo "rank0 got: $(cat /tmp/got)"; ` +
 		`else for i in $(busybox seq 1 100); do echo "hello over the job network" | busybox nc -w 3 "$MASTER_ADDR" "$MASTER_PORT" 2>/dev/null && break; sleep 0.2; done; fi; ` +
 		fmt.Sprintf(`echo "rank$NODE_RANK loopback=$(busybox nc -w 2 127.0.0.1 %d </dev/null 2>&1)"; `, port) +
