@@ -173,6 +173,13 @@ type Outcome struct {
 	Spares  []Bid    // runner-up bids, ranked, when formed: hot spares for exec
 	Reason  string   // when failed, with numbers
 	Err     error    // when failed by Select: wraps ErrNoCluster, and ErrNoBids if no bid was for the GPUs asked for
+	// Contended: failed after a provider refused or took back an award
+	// for GPUs it had bid, as when another submitter's award reached it
+	// first. Of submitters racing for the same GPUs every one may lose
+	// so (each holding part of the cluster when the refusals come), and
+	// all of them release: a try a moment later, at a random delay, finds
+	// the GPUs free.
+	Contended bool
 }
 
 // Ready is what the caller must do: send the messages and note the outcome.
@@ -227,6 +234,8 @@ type Negotiation struct {
 	cands     []candidate // providers named so far, asked or not
 	final     bool        // the directory has answered
 	broadcast bool        // the request went on the topic as well
+
+	refused bool // a member refused or took back its award
 }
 
 // NewNegotiation starts a negotiation for a request; Ready then holds the
@@ -357,6 +366,7 @@ func (n *Negotiation) Tick(now time.Time) {
 
 // Cancel ends the negotiation: every member gets a Release.
 func (n *Negotiation) Cancel(reason string) {
+	n.refused = false
 	n.fail("cancelled: " + reason)
 }
 
@@ -523,10 +533,12 @@ func (n *Negotiation) stepRefuse(r Refusal, now time.Time) error {
 	if n.phase != Awarding || m == nil || m.accepted {
 		if m != nil && m.accepted && n.phase == Awarding {
 			// It took the award back: drop it like a refusal.
+			n.refused = true
 			n.replace(m, fmt.Sprintf("provider %s withdrew: %s", r.Provider, r.Reason), now)
 		}
 		return nil
 	}
+	n.refused = true
 	n.replace(m, fmt.Sprintf("provider %s refused: %s", r.Provider, r.Reason), now)
 	return nil
 }
@@ -574,7 +586,7 @@ func (n *Negotiation) fail(reason string) {
 		n.release(m.Provider, reason)
 	}
 	n.phase = Failed
-	n.ready.Outcome = &Outcome{Reason: reason}
+	n.ready.Outcome = &Outcome{Reason: reason, Contended: n.refused}
 }
 
 func (n *Negotiation) release(p peer.ID, reason string) {

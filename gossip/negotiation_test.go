@@ -218,6 +218,9 @@ func TestAGangWithoutReplacementReleasesEveryone(t *testing.T) {
 	if !strings.Contains(rd.Outcome.Reason, "refused: gone; no replacement: no cluster can form: no provider of class H100-80GB bid in zone eu") {
 		t.Errorf("reason %q", rd.Outcome.Reason)
 	}
+	if !rd.Outcome.Contended {
+		t.Error("a failure after a refusal is not marked contended: the submitter would not try again")
+	}
 }
 
 func TestASilentMemberIsReleasedAndReplaced(t *testing.T) {
@@ -234,6 +237,12 @@ func TestASilentMemberIsReleasedAndReplaced(t *testing.T) {
 	if got, rel := awarded(rd.Awards), released(rd.Releases); got != "2:8" || rel != "1" {
 		t.Errorf("after the timeout awarded %q released %q, want 2:8 and 1", got, rel)
 	}
+	// The replacement is silent too: no spare is left, and a failure of
+	// silence is no race lost (a try again would meet the same silence).
+	n.Tick(t0.Add(ms(1) + 2*time.Second))
+	if o := n.Ready().Outcome; o == nil || o.Formed || o.Contended {
+		t.Errorf("after the second timeout: %+v, want a failure not marked contended", o)
+	}
 }
 
 func TestCancelReleasesEveryMember(t *testing.T) {
@@ -244,7 +253,7 @@ func TestCancelReleasesEveryMember(t *testing.T) {
 	n.Ready()
 	n.Cancel("by the user")
 	rd := n.Ready()
-	if got := released(rd.Releases); got != "1 2" || rd.Outcome == nil || rd.Outcome.Reason != "cancelled: by the user" {
+	if got := released(rd.Releases); got != "1 2" || rd.Outcome == nil || rd.Outcome.Reason != "cancelled: by the user" || rd.Outcome.Contended {
 		t.Errorf("released %q outcome %+v", got, rd.Outcome)
 	}
 }

@@ -68,6 +68,7 @@ type Job struct {
 	Updated time.Time       `json:"updated"`
 
 	Attempt  int         `json:"attempt,omitempty"` // runs before this one that lost a member (at most the spec's retries)
+	Races    int         `json:"races,omitempty"`   // negotiations of this attempt lost to another submitter's and tried again (at most raceRetries)
 	Runs     []MemberRun `json:"runs,omitempty"`    // the members' runs of the latest attempt
 	Started  time.Time   `json:"started,omitzero"`
 	Ended    time.Time   `json:"ended,omitzero"`

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"strings"
 	"time"
 
@@ -145,7 +146,7 @@ func matchCandidates(found dht.FindResult, needs gossip.Needs) []gossip.Candidat
 func (n *Node) retryJob(id, why string) {
 	var spec jobspec.Spec
 	j, ok := n.moveJob(id, JobNegotiating, []JobState{JobRunning}, func(j *Job) {
-		j.Reason, j.Attempt, j.Members, j.Spares = why, j.Attempt+1, nil, nil
+		j.Reason, j.Attempt, j.Members, j.Spares, j.Races = why, j.Attempt+1, nil, nil, 0
 	})
 	if !ok {
 		return
@@ -293,7 +294,59 @@ func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
 		}()
 	case strings.HasPrefix(o.Reason, "cancelled: "): // CancelJob's (gossip.Negotiation.Cancel)
 		n.finishJob(j.ID, JobCancelled, o.Reason, nil)
+	case o.Contended && j.State == JobNegotiating && j.Races < raceRetries:
+		n.retryRace(j, o.Reason)
 	default: // no cluster (or no replacement for a member that refused)
 		n.noCluster(j.ID, o.Reason)
 	}
+}
+
+// raceRetries bounds how often one attempt of a job negotiates again after
+// losing a race (gossip.Outcome.Contended); raceBackoff is the longest
+// wait before the first of these tries, doubled for each after it.
+const (
+	raceRetries = 3
+	raceBackoff = 150 * time.Millisecond
+)
+
+// retryRace negotiates again, after a random wait, for a job whose
+// negotiation failed because providers gave GPUs they had bid to another
+// submitter first. Submitters racing for the same GPUs may each hold part
+// of a cluster when the refusals come, and all fail and release; waiting
+// a random time, doubled for each loss, lets one of them find the GPUs
+// free before the others ask again.
+func (n *Node) retryRace(j Job, reason string) {
+	ctx, done := n.lifeContext()
+	if ctx == nil {
+		n.noCluster(j.ID, reason)
+		return
+	}
+	wait := mrand.N(raceBackoff << j.Races)
+	n.updateJob(j.ID, func(j *Job) {
+		j.Races++
+		j.Reason = reason + "; another submitter took GPUs first, trying again"
+	})
+	n.log.Debug("negotiation lost a race; trying again", "job", j.ID, "races", j.Races+1, "after", wait)
+	go func() {
+		defer done()
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+		now, ok := n.Job(j.ID)
+		if !ok || now.State != JobNegotiating { // cancelled meanwhile
+			return
+		}
+		var id gossip.JobID
+		if err := id.UnmarshalText([]byte(j.ID)); err != nil {
+			n.noCluster(j.ID, reason)
+			return
+		}
+		if err := n.negotiate(ctx, id, now.Spec); err != nil {
+			n.noCluster(j.ID, reason+"; trying again failed: "+err.Error())
+		}
+	}()
 }
