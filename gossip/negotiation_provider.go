@@ -49,6 +49,10 @@ type ProviderConfig struct {
 	// as one member: every GPU needed free here in one class, and no
 	// perNode split into several members.
 	WholeJobsOnly bool
+	// Egress: this provider gives jobs that ask for it the internet (its
+	// node runs with --job-egress). Without it, requests whose Needs ask
+	// for egress get no bid: their members would run cut off.
+	Egress bool
 }
 
 // ErrRefused marks an award a provider will not take; the error says why.
@@ -236,6 +240,9 @@ func (r *Reservations) Bid(rfb RequestForBids, now time.Time) (Bid, error) {
 	}
 	if lease := time.Duration(needs.LeaseSeconds) * time.Second; lease > r.cfg.MaxLease {
 		return Bid{}, fmt.Errorf("no bid: lease of %v, at most %v", lease, r.cfg.MaxLease)
+	}
+	if needs.Egress && !r.cfg.Egress {
+		return Bid{}, fmt.Errorf("no bid: the job asks for the internet (network.egress) and this provider gives jobs none (it runs without --job-egress)")
 	}
 	key := holder{rfb.Job, rfb.Submitter}
 	if _, ok := r.held[key]; ok {

@@ -107,6 +107,32 @@ func TestAProviderOfWholeJobsOnlyBidsOnlyOnJobsItCanTakeWhole(t *testing.T) {
 	}
 }
 
+// A job that asks for the internet gets bids only from providers that give
+// jobs egress; the others say why they do not bid.
+func TestOnlyAProviderWithEgressBidsOnAJobThatAsksForIt(t *testing.T) {
+	for _, egress := range []bool{false, true} {
+		r, err := NewReservations(ProviderConfig{
+			ID: testID(1), Unit: "USDC:6", Zone: "a", Egress: egress,
+			GPUs: []Capacity{{Class: "H100-80GB", Model: "H100", VRAMGB: 80, GPUs: 8, Price: usdc(200)}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		needs := needsOf(8, 0, Spread, usdc(250))
+		if _, err := r.Bid(rfbOf(0, 1, needs), t0); err != nil {
+			t.Errorf("egress %v: no bid on a job without egress: %v", egress, err)
+		}
+		needs.Egress = true
+		_, err = r.Bid(rfbOf(1, 1, needs), t0)
+		switch {
+		case egress && err != nil:
+			t.Errorf("a provider with egress did not bid on a job asking for it: %v", err)
+		case !egress && (err == nil || !strings.Contains(err.Error(), "--job-egress")):
+			t.Errorf("a provider without egress answered a job asking for it with %v, want no bid naming --job-egress", err)
+		}
+	}
+}
+
 func TestTheSecondAwardForTheSameGPUsIsRefused(t *testing.T) {
 	r := providerOf(t, 1, 8, usdc(200), "a")
 	needs := needsOf(8, 0, Spread, usdc(250))

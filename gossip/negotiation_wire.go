@@ -71,15 +71,16 @@ const (
 // Needs is what a job asks for. Prices are per GPU-hour in Unit's smallest
 // unit.
 type Needs struct {
-	GPUs         uint32    `json:"gpus"`         // 1..MaxJobGPUs, a multiple of PerNode
-	Class        string    `json:"class"`        // canonical class, e.g. "H100-80GB"; "": any class of Model
-	Model        string    `json:"model"`        // family, e.g. "H100"; "": any (then Class is required)
-	MinVRAMGB    uint32    `json:"minVRAMGB"`    // memory per GPU, whole GB; 0: any
-	PerNode      uint32    `json:"perNode"`      // GPUs of every member, exactly; 0: any split
-	Placement    Placement `json:"placement"`    // colocated or spread
-	MaxPrice     uint64    `json:"maxPrice"`     // 1..MaxPrice per GPU-hour
-	Unit         string    `json:"unit"`         // unit of every price in the negotiation, "USDC:6"
-	LeaseSeconds uint32    `json:"leaseSeconds"` // how long the job needs its GPUs; 1..MaxLeaseSeconds
+	GPUs         uint32    `json:"gpus"`             // 1..MaxJobGPUs, a multiple of PerNode
+	Class        string    `json:"class"`            // canonical class, e.g. "H100-80GB"; "": any class of Model
+	Model        string    `json:"model"`            // family, e.g. "H100"; "": any (then Class is required)
+	MinVRAMGB    uint32    `json:"minVRAMGB"`        // memory per GPU, whole GB; 0: any
+	PerNode      uint32    `json:"perNode"`          // GPUs of every member, exactly; 0: any split
+	Placement    Placement `json:"placement"`        // colocated or spread
+	MaxPrice     uint64    `json:"maxPrice"`         // 1..MaxPrice per GPU-hour
+	Unit         string    `json:"unit"`             // unit of every price in the negotiation, "USDC:6"
+	LeaseSeconds uint32    `json:"leaseSeconds"`     // how long the job needs its GPUs; 1..MaxLeaseSeconds
+	Egress       bool      `json:"egress,omitempty"` // the job's members reach the internet (the spec's network.egress): only providers that give jobs egress bid
 }
 
 // Check says what is wrong with needs, if anything.

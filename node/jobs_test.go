@@ -280,3 +280,17 @@ func TestJobsSurviveARestartOfTheSubmitter(t *testing.T) {
 		t.Fatalf("%d jobs after restart, want 1", len(got))
 	}
 }
+
+// A job that asks for the internet is not run cut off by providers that
+// give jobs none: they do not bid, and the failure says what to look for.
+func TestAJobAskingForEgressFailsSayingNoProviderGivesIt(t *testing.T) {
+	m := meshtest.Start(t, 2, h100s(141, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	spec := jobSpec(t, 8, "image: gpumesh-no-such-image:1\nimageFrom: registry\nnetwork: {egress: true}")
+	j := submit(t, ctx, m.Nodes[1], spec)
+	if j.State != node.JobFailed || !strings.Contains(j.Reason, "--job-egress") {
+		t.Fatalf("job %s (%s), want failed naming --job-egress", j.State, j.Reason)
+	}
+	t.Logf("reason: %s", j.Reason)
+}

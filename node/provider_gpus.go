@@ -55,6 +55,7 @@ func (n *Node) newReservations() (*gossip.Reservations, error) {
 	}
 	return gossip.NewReservations(gossip.ProviderConfig{
 		ID: n.id.PeerID, Unit: n.PriceUnit().String(), Zone: n.cfg.Region, Addrs: addrs, GPUs: caps, WholeJobsOnly: wholeOnly,
+		Egress: n.cfg.JobEgress,
 	})
 }
 

@@ -168,6 +168,12 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		fail("%v", err)
 		return
 	}
+	if st.Spec.WantsEgress() && !n.egressOn() {
+		// It bid (its node asks for egress) but could not set it up: the
+		// member would run cut off from what the job asked for.
+		fail("the job asks for the internet (network.egress), and this provider's egress network is not set up (see its log); it runs no such job")
+		return
+	}
 	settle := n.settles()
 	if cur := n.currency(); settle && (!st.Pays || st.Mint != cur.Mint) {
 		fail("%s", n.paidIn(cur, st))

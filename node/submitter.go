@@ -290,6 +290,9 @@ func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
 			if more := n.explainNoBids(context.Background(), j); more != "" {
 				reason += "; " + more
 			}
+			if j.Spec.WantsEgress() {
+				reason += "; the job asks for the internet (network.egress), and only providers that give jobs egress (run with --job-egress) bid on such a job"
+			}
 			n.noCluster(j.ID, reason)
 		}()
 	case strings.HasPrefix(o.Reason, "cancelled: "): // CancelJob's (gossip.Negotiation.Cancel)

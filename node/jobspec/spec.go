@@ -516,6 +516,8 @@ func (s Spec) check(unit gossip.Unit) (gossip.Needs, Errors) {
 		n.LeaseSeconds = uint32((d + time.Second - 1) / time.Second)
 	}
 
+	n.Egress = s.WantsEgress()
+
 	if s.Queue != "" {
 		if d, err := time.ParseDuration(s.Queue); err != nil || d < time.Second || d > MaxQueue {
 			bad("queue", "must be a duration like 30m or 2h, 1s..168h: how long the job may wait for a cluster, got %s", text.Clip(s.Queue))
