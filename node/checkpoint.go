@@ -168,6 +168,12 @@ func (n *Node) fetchCheckpoint(ctx context.Context, id string, attempt int, f jo
 	if err != nil {
 		return err
 	}
+	// On disk before the job's record names it: a crash of this machine
+	// must not leave the job pointing at blocks that never reached it.
+	if err := n.content.Sync(); err != nil {
+		release()
+		return err
+	}
 	c := JobCheckpoint{CID: root.String(), Bytes: f.Bytes, Files: f.Files, Attempt: attempt, At: n.now().UTC()}
 	n.ckpts.saveMu.Lock()
 	err = n.saveCheckpoint(id, c)

@@ -249,6 +249,10 @@ func (n *Node) fetchReplica(ctx context.Context, from peer.ID, root cid.Cid, req
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s not fetched: %w", root, err)
 	}
+	if err := n.content.Sync(); err != nil { // on disk before this peer says it keeps it
+		release()
+		return nil, err
+	}
 	if err := n.content.Grant(ctx, root, from); err != nil {
 		release()
 		return nil, err

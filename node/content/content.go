@@ -217,6 +217,10 @@ func (s *Service) Stats() Stats {
 	return st
 }
 
+// Sync makes the blocks this peer holds durable (Store.Sync): call it
+// before a record that must survive a crash names a DAG just fetched.
+func (s *Service) Sync() error { return s.store.Sync() }
+
 // Announce tells the swarm (provider records in its DHT) that this peer
 // has root, in the background; a failure is logged, not returned.
 func (s *Service) Announce(root cid.Cid) {

@@ -17,6 +17,7 @@ import (
 	"github.com/ipfs/go-cid"
 	ipld "github.com/ipfs/go-ipld-format"
 	mh "github.com/multiformats/go-multihash"
+	"golang.org/x/sys/unix"
 
 	"github.com/ipfs/boxo/blockstore"
 )
@@ -206,6 +207,23 @@ func (s *Store) Put(_ context.Context, b blocks.Block) error {
 		s.used += int64(len(data))
 	}
 	s.evictLocked()
+	return nil
+}
+
+// Sync makes every block written so far durable: blocks are written and
+// renamed into place without waiting for the disk, as most are fetched
+// again if lost, and one syncfs of the store's filesystem before a record
+// points at them (a job's checkpoint, a replica kept for another peer)
+// costs less than a sync per block.
+func (s *Store) Sync() error {
+	f, err := os.Open(s.dir)
+	if err != nil {
+		return fmt.Errorf("content: sync the store: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("content: sync the store %s: %w", s.dir, err)
+	}
 	return nil
 }
 
