@@ -382,7 +382,17 @@ func (p Process) Exec(ctx context.Context, name string, x ExecSpec) (int, error)
 	stopResize := func() {}
 	if x.TTY {
 		readers = append(readers, ptmx)
-		kill = func() { _ = syscall.Kill(-pid, syscall.SIGKILL) }
+		// The command leads a session of its own: what it started goes
+		// with it, background jobs in groups of their own included.
+		// (Its group is read now: at the end the leader may be gone.)
+		sess, serr := GroupOf(pid)
+		sess.Session = true
+		kill = func() {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+			if serr == nil && sess.PGID == pid {
+				_, _ = KillGroup(sess, 0)
+			}
+		}
 		pt.mu.Lock()
 		pt.ttys[pid] = true
 		pt.mu.Unlock()
@@ -392,8 +402,8 @@ func (p Process) Exec(ctx context.Context, name string, x ExecSpec) (int, error)
 			pt.mu.Unlock()
 		}()
 		// A leader already gone (and waited for) leaves nothing to record.
-		if g, err := GroupOf(pid); err == nil && x.Spawned != nil && g.PGID == pid {
-			if err := x.Spawned(g); err != nil {
+		if serr == nil && x.Spawned != nil && sess.PGID == pid {
+			if err := x.Spawned(sess); err != nil {
 				kill()
 				<-done
 				for _, f := range readers {

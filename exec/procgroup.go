@@ -22,6 +22,11 @@ type ProcessGroup struct {
 	PGID  int    `json:"pgid"`
 	Start uint64 `json:"start"` // the leader's start time, clock ticks since boot; 0: unknown
 	Boot  string `json:"boot"`  // /proc/sys/kernel/random/boot_id of the boot it ran in
+	// Session: the leader leads a session (a command under a terminal),
+	// and the group is the whole session: a shell with job control puts
+	// each background job in a process group of its own, still in the
+	// shell's session.
+	Session bool `json:"session,omitempty"`
 }
 
 // GroupOf is the process group led by pid (a task's first process).
@@ -37,7 +42,7 @@ func GroupOf(pid int) (ProcessGroup, error) {
 // for them to be gone; it returns how many there were. A group of another
 // boot, or whose ID is now another process's (its leader started at
 // another time), is left alone. A member that left the group (setsid) is
-// out of its reach.
+// out of its reach; of a Session group, one that left the session is.
 func KillGroup(g ProcessGroup, wait time.Duration) (int, error) {
 	if g.PGID <= 1 {
 		return 0, fmt.Errorf("process group %d: not a task's group", g.PGID)
@@ -51,6 +56,11 @@ func KillGroup(g ProcessGroup, wait time.Duration) (int, error) {
 	}
 	if err := syscall.Kill(-g.PGID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return len(members), fmt.Errorf("kill process group %d: %w", g.PGID, err)
+	}
+	if g.Session {
+		for _, pid := range members { // those in groups of their own
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
 	}
 	deadline := time.Now().Add(wait)
 	for {
@@ -78,7 +88,8 @@ func groupMembers(g ProcessGroup) (pids []int, reused bool) {
 			continue
 		}
 		st, err := readStat(pid)
-		if err != nil || st.pgrp != g.PGID || st.state == "Z" || st.state == "X" {
+		in := st.pgrp == g.PGID || (g.Session && st.session == g.PGID)
+		if err != nil || !in || st.state == "Z" || st.state == "X" {
 			if err == nil && pid == g.PGID && g.Start != 0 && st.start != g.Start {
 				return nil, true // the leader's pid is another process's now
 			}
@@ -96,9 +107,10 @@ func groupMembers(g ProcessGroup) (pids []int, reused bool) {
 }
 
 type procStat struct {
-	state string
-	pgrp  int
-	start uint64
+	state   string
+	pgrp    int
+	session int
+	start   uint64
 }
 
 // readStat reads the fields of /proc/PID/stat that KillGroup needs.
@@ -119,11 +131,12 @@ func readStat(pid int) (procStat, error) {
 		return procStat{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
 	}
 	pgrp, err1 := strconv.Atoi(f[2])
+	session, err3 := strconv.Atoi(f[3])
 	start, err2 := strconv.ParseUint(f[19], 10, 64)
-	if err1 != nil || err2 != nil {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: bad pgrp or start time", pid)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return procStat{}, fmt.Errorf("/proc/%d/stat: bad pgrp, session or start time", pid)
 	}
-	return procStat{state: f[0], pgrp: pgrp, start: start}, nil
+	return procStat{state: f[0], pgrp: pgrp, session: session, start: start}, nil
 }
 
 func bootID() string {
