@@ -203,13 +203,29 @@ func (d *Docker) DialPort(ctx context.Context, name string, port int) (net.Conn,
 		}
 		return dialListener(ctx, name, pids, port)
 	}
-	return dialInNetns(ctx, fmt.Sprintf("/proc/%d/ns/net", in.State.Pid), port)
+	return dialInNetns(ctx, in.State.Pid, port)
 }
 
-// dialInNetns dials 127.0.0.1:port from inside the network namespace at
-// nsPath: the socket is made on a thread moved into it and then moved
-// back; a thread that cannot move back is thrown away with its goroutine.
-func dialInNetns(ctx context.Context, nsPath string, port int) (net.Conn, error) {
+// dialInNetns dials port from inside the network namespace of process
+// pid, at the address a socket there listens on (every socket of that
+// namespace is the member's: a server on its job address is reached as
+// well as one on loopback; 127.0.0.1 for a wildcard, or where none
+// listens yet). The socket is made on a thread moved into the namespace
+// and then moved back; a thread that cannot move back is thrown away with
+// its goroutine.
+func dialInNetns(ctx context.Context, pid, port int) (net.Conn, error) {
+	nsPath := fmt.Sprintf("/proc/%d/ns/net", pid)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	for _, table := range []string{"net/tcp", "net/tcp6"} {
+		ip, ok := listenerIn(fmt.Sprintf("/proc/%d/%s", pid, table), port, nil)
+		if ok && !ip.IsUnspecified() {
+			addr = net.JoinHostPort(ip.String(), strconv.Itoa(port))
+			break
+		}
+		if ok {
+			break
+		}
+	}
 	type dialed struct {
 		c   net.Conn
 		err error
@@ -237,7 +253,7 @@ func dialInNetns(ctx context.Context, nsPath string, port int) (net.Conn, error)
 			return
 		}
 		var dl net.Dialer
-		c, err := dl.DialContext(ctx, "tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		c, err := dl.DialContext(ctx, "tcp", addr)
 		if unix.Setns(int(own.Fd()), unix.CLONE_NEWNET) == nil {
 			runtime.UnlockOSThread()
 		} // else the thread stays locked and ends with this goroutine
@@ -483,7 +499,8 @@ func (p Process) Exec(ctx context.Context, name string, x ExecSpec) (int, error)
 }
 
 // DialPort connects to a port that a process of the task listens on (its
-// process group, or an exec's terminal session), and to nothing else: the
+// process group, or an exec's terminal session, background jobs included),
+// and to nothing else: the
 // work shares this host's network, and 127.0.0.1 there is this provider's
 // own services too. A work with a network namespace of its own (a job
 // network's) is dialled at 127.0.0.1 inside it.
@@ -493,12 +510,12 @@ func (p Process) DialPort(ctx context.Context, name string, port int) (net.Conn,
 		return nil, err
 	}
 	if pt.ownNet {
-		return dialInNetns(ctx, fmt.Sprintf("/proc/%d/ns/net", pt.pgid), port)
+		return dialInNetns(ctx, pt.pgid, port)
 	}
-	groups := map[int]bool{pt.pgid: true}
+	sessions := map[int]bool{} // of the execs under a terminal, each led by its first process
 	pt.mu.Lock()
-	for g := range pt.ttys {
-		groups[g] = true
+	for s := range pt.ttys {
+		sessions[s] = true
 	}
 	pt.mu.Unlock()
 	var pids []int
@@ -508,7 +525,7 @@ func (p Process) DialPort(ctx context.Context, name string, port int) (net.Conn,
 		if err != nil {
 			continue
 		}
-		if st, err := readStat(pid); err == nil && groups[st.pgrp] && st.state != "Z" {
+		if st, err := readStat(pid); err == nil && (st.pgrp == pt.pgid || sessions[st.session]) && st.state != "Z" {
 			pids = append(pids, pid)
 		}
 	}
@@ -546,8 +563,8 @@ func dialListener(ctx context.Context, name string, pids []int, port int) (net.C
 	return nil, fmt.Errorf("%w: no process of %s listens on TCP port %d (%d processes looked at); start the server in the job first, listening on 127.0.0.1 or 0.0.0.0", ErrPortRefused, name, port, len(pids))
 }
 
-// listenerIn finds, in a /proc/net/tcp table, a socket of inodes listening
-// on port, and says the address it listens on.
+// listenerIn finds, in a /proc/net/tcp table, a socket of inodes (nil:
+// any) listening on port, and says the address it listens on.
 func listenerIn(table string, port int, inodes map[string]bool) (net.IP, bool) {
 	f, err := os.Open(table)
 	if err != nil {
@@ -559,7 +576,7 @@ func listenerIn(table string, port int, inodes map[string]bool) (net.IP, bool) {
 	for sc.Scan() {
 		// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
 		fs := strings.Fields(sc.Text())
-		if len(fs) < 10 || fs[3] != "0A" || !inodes[fs[9]] {
+		if len(fs) < 10 || fs[3] != "0A" || (inodes != nil && !inodes[fs[9]]) {
 			continue
 		}
 		host, p, ok := strings.Cut(fs[1], ":")
