@@ -447,8 +447,9 @@ func (m *Mesh) Connect(ctx context.Context, i, j int) error {
 // its DHT routing table and at least one GossipSub peer, or ctx ends.
 func (m *Mesh) waitMeshed(ctx context.Context, minDHT int) error {
 	want := min(minDHT, len(m.Nodes)-1)
-	err := testwait.Poll(ctx, func() (bool, string) {
+	err := PollBounded(ctx, func(at *Step) (bool, string) {
 		for i, nd := range m.Nodes {
+			at.Set("asking node %d for its DHT and GossipSub peers", i)
 			dht, gossip := nd.Directory().RoutingTableSize(), nd.Gossip().Peers()
 			if dht < want || (len(m.Nodes) > 1 && gossip == 0) {
 				return false, fmt.Sprintf("node %d has %d DHT peers (want %d) and %d gossip peers", i, dht, want, gossip)
@@ -469,8 +470,9 @@ func (m *Mesh) waitTopic(ctx context.Context, name string) error {
 		return nil
 	}
 	topic := m.Nodes[0].Gossip().Topic(name)
-	err := testwait.Poll(ctx, func() (bool, string) {
+	err := PollBounded(ctx, func(at *Step) (bool, string) {
 		for i, nd := range m.Nodes {
+			at.Set("asking node %d's GossipSub for its peers on the topic", i)
 			if len(nd.Gossip().PubSub().ListPeers(topic)) == 0 {
 				return false, fmt.Sprintf("node %d has no peer on it", i)
 			}
@@ -481,6 +483,52 @@ func (m *Mesh) waitTopic(ctx context.Context, name string) error {
 		return fmt.Errorf("meshtest: topic %s: %w", topic, err)
 	}
 	return nil
+}
+
+// Step is what a check of PollBounded is doing now (safe to set from the
+// check while the waiter reads it).
+type Step struct{ v atomic.Pointer[string] }
+
+// Set says what the check is doing now.
+func (s *Step) Set(format string, args ...any) {
+	d := fmt.Sprintf(format, args...)
+	s.v.Store(&d)
+}
+
+func (s *Step) String() string {
+	if d := s.v.Load(); d != nil {
+		return *d
+	}
+	return "starting"
+}
+
+// PollBounded is testwait.Poll for checks that may block (a node's
+// GossipSub answers ListPeers from its event loop, which a loaded machine
+// can keep busy for minutes): each check runs apart from the waiter, so
+// the wait ends at ctx's end even while a check is still running, and
+// then says what the check was doing (what it last passed to at.Set) and
+// what the last finished check saw.
+func PollBounded(ctx context.Context, cond func(at *Step) (ok bool, seen string)) error {
+	type result struct {
+		ok   bool
+		seen string
+	}
+	var last string
+	return testwait.Poll(ctx, func() (bool, string) {
+		at := &Step{}
+		done := make(chan result, 1)
+		go func() {
+			ok, seen := cond(at)
+			done <- result{ok, seen}
+		}()
+		select {
+		case r := <-done:
+			last = r.seen
+			return r.ok, r.seen
+		case <-ctx.Done():
+			return false, fmt.Sprintf("a check still running at the deadline, %s (the last one finished saw: %s)", at, cmp.Or(last, "nothing yet"))
+		}
+	})
 }
 
 // Isolate cuts node i off from every other node, as if its machine fell off

@@ -22,7 +22,6 @@ import (
 
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/gossip"
-	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/meshtest"
@@ -694,14 +693,15 @@ const findAllTimeout = 5 * time.Minute
 
 // waitSaying waits until cond holds, at most timeout (and while ctx
 // lasts), saying every 15 s what it waits for and what it saw last, and
-// fails b naming both when it gives up: a wait of the harness never hangs
-// silently.
+// fails b naming both when it gives up, even while a check is still
+// running: a wait of the harness never hangs silently.
 func waitSaying(b *testing.B, ctx context.Context, say func(string, ...any), timeout time.Duration, what string, cond func() (bool, string)) {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start, lastSaid := time.Now(), time.Now()
-	err := testwait.Poll(ctx, func() (bool, string) {
+	err := meshtest.PollBounded(ctx, func(at *meshtest.Step) (bool, string) {
+		at.Set("checking whether %s", what)
 		ok, seen := cond()
 		if !ok && time.Since(lastSaid) >= 15*time.Second {
 			say("still waiting %v for %s: %s", time.Since(start).Round(time.Second), what, seen)
