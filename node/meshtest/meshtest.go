@@ -90,10 +90,11 @@ const setupTimeout = 2 * time.Minute
 
 // largeMesh is the size above which Start dials in parallel (as it does
 // for any mesh with Latency) and waits setupPerPeer a peer for the mesh
-// rather than setupTimeout.
+// rather than setupTimeout (600 peers on two loaded cores took 5 minutes
+// to mesh: its checks wait on each node's GossipSub loop).
 const (
 	largeMesh     = 200
-	setupPerPeer  = 200 * time.Millisecond
+	setupPerPeer  = time.Second
 	parallelDials = 16
 )
 
