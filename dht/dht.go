@@ -73,9 +73,27 @@ type Config struct {
 	// LAN and a WAN half (a private swarm's members are trusted).
 	Private bool
 	Now     func() time.Time // clock of the offer validator and the shard's rates; nil means time.Now
+	// RefreshPeriod is how often the routing table refreshes the buckets
+	// no lookup has touched since (a lookup of itself and of a random key
+	// in each such bucket); 0 means DefaultRefreshPeriod.
+	RefreshPeriod time.Duration
 
 	limits shardLimits // what remote peers may store here, per half; zero means defaultShardLimits (tests shrink it)
 }
+
+// DefaultRefreshPeriod is how often a peer refreshes its routing table when
+// nothing else does (kad-dht's own default is 10 minutes). At rest a
+// refresh is most of what the directory sends: about 100 KB a peer at 300
+// peers (a lookup of itself, one per bucket, and a FIND_NODE to check each
+// peer the lookups newly connect to; docs/scale.md), 180 B/s a peer every
+// 10 minutes. An hour is enough for the table: a joining peer's own
+// lookups put it in its neighbours' tables, every peer that connects to
+// this one is checked and added, a lookup that cannot reach a peer drops
+// it from the table at once, and a lookup of a bucket's range refreshes
+// that bucket for free. What the refresh still adds is filling buckets
+// no lookup visited, and the liveness check of peers not heard from for
+// ~18 periods.
+const DefaultRefreshPeriod = time.Hour
 
 // ProtocolPrefix is "/gpumesh/<swarm>", so the DHT protocols are
 // "/gpumesh/<swarm>/kad/1.0.0" (WAN, or a private swarm's) and
@@ -123,6 +141,9 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Directory, error) {
 		host:       h,
 		offerProto: offerProtocol(cfg.Swarm),
 	}
+	if cfg.RefreshPeriod < 0 {
+		return nil, fmt.Errorf("dht: refresh period %v: want a positive duration, or 0 for %v", cfg.RefreshPeriod, DefaultRefreshPeriod)
+	}
 	if err := d.startHalves(h, cfg, lim, now); err != nil {
 		return nil, err
 	}
@@ -137,10 +158,25 @@ func (d *Directory) Bootstrap(ctx context.Context) error {
 
 // Refresh runs a routing table refresh of every half and waits for them.
 func (d *Directory) Refresh(ctx context.Context) error {
+	return d.refresh(ctx, false)
+}
+
+// RefreshAll refreshes every bucket of every half's routing table, whether
+// a lookup touched it lately or not (as the periodic refresh does at rest,
+// when no lookup did), and waits: what one periodic refresh costs.
+func (d *Directory) RefreshAll(ctx context.Context) error {
+	return d.refresh(ctx, true)
+}
+
+func (d *Directory) refresh(ctx context.Context, all bool) error {
 	var errs []error
 	for _, x := range d.halves {
+		done := x.kad.RefreshRoutingTable
+		if all {
+			done = x.kad.ForceRefresh
+		}
 		select {
-		case err := <-x.kad.RefreshRoutingTable():
+		case err := <-done():
 			if err != nil && len(d.halves) > 1 && x.kad.RoutingTable().Size() == 0 {
 				continue // a half with no peers (no LAN, no internet) has nothing to refresh
 			}
@@ -167,6 +203,25 @@ func (d *Directory) Requests() map[string]uint64 {
 		for t := range x.store.requests {
 			if v := x.store.requests[t].Load(); v > 0 {
 				out[pb.Message_MessageType(t).String()] += v
+			}
+		}
+	}
+	return out
+}
+
+// FindNodes counts the FIND_NODE requests this peer has served since it
+// started, every half's together, by what the asker was doing (told from
+// the key asked for): "check" (a liveness check of this peer before or
+// while it is in the asker's routing table), "self" (the asker's routing
+// table refresh looking itself up), "refresh" (its refresh of a bucket),
+// "offer" (the lookup before putting an offer), "index" (the lookup before
+// an index announcement), "peer" (a FindPeer).
+func (d *Directory) FindNodes() map[string]uint64 {
+	out := map[string]uint64{}
+	for _, x := range d.halves {
+		for k := range x.store.findNode {
+			if v := x.store.findNode[k].Load(); v > 0 {
+				out[findNodeKindNames[k]] += v
 			}
 		}
 	}

@@ -51,9 +51,14 @@ type router interface {
 // halfOptions are the options every half runs with: its own bounded shard
 // (admitting remote puts by sender through the request hook) and the offer
 // validator.
-func (d *Directory) halfOptions(store *shardStore, swarm string) []kaddht.Option {
+func (d *Directory) halfOptions(store *shardStore, cfg Config) []kaddht.Option {
+	refresh := cfg.RefreshPeriod
+	if refresh == 0 {
+		refresh = DefaultRefreshPeriod
+	}
 	return []kaddht.Option{
-		kaddht.ProtocolPrefix(ProtocolPrefix(swarm)),
+		kaddht.ProtocolPrefix(ProtocolPrefix(cfg.Swarm)),
+		kaddht.RoutingTableRefreshPeriod(refresh),
 		kaddht.Datastore(store),
 		// The store admits each remote PUT_VALUE by its sender (shard.go).
 		kaddht.OnRequestHook(store.onRequest),
@@ -96,7 +101,7 @@ func (d *Directory) startHalves(h host.Host, cfg Config, lim shardLimits, now fu
 	newStore := func() *shardStore { return newShardStore(h.ID(), lim, MaxStoredProviders, now) }
 	if cfg.Private {
 		store := newStore()
-		kad, err := kaddht.New(h, append(d.halfOptions(store, cfg.Swarm), kaddht.Mode(mode))...)
+		kad, err := kaddht.New(h, append(d.halfOptions(store, cfg), kaddht.Mode(mode))...)
 		if err != nil {
 			return fmt.Errorf("dht: %w", err)
 		}
@@ -110,8 +115,8 @@ func (d *Directory) startHalves(h host.Host, cfg Config, lim shardLimits, now fu
 	}
 	lan, wan := newStore(), newStore()
 	dd, err := dual.New(h,
-		dual.WanDHTOption(append(d.halfOptions(wan, cfg.Swarm), kaddht.Mode(mode))...),
-		dual.LanDHTOption(append(d.halfOptions(lan, cfg.Swarm),
+		dual.WanDHTOption(append(d.halfOptions(wan, cfg), kaddht.Mode(mode))...),
+		dual.LanDHTOption(append(d.halfOptions(lan, cfg),
 			// After our prefix, which replaced the one dual.New extended.
 			kaddht.ProtocolExtension(dual.LanExtension),
 			kaddht.Mode(lanMode),

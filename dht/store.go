@@ -55,7 +55,9 @@ type shardStore struct {
 	ds.Batching
 	now func() time.Time
 
-	requests [6]atomic.Uint64 // DHT requests served, by type (pb.Message_MessageType 0..5)
+	self     peer.ID
+	requests [6]atomic.Uint64                // DHT requests served, by type (pb.Message_MessageType 0..5)
+	findNode [numFindNodeKinds]atomic.Uint64 // FIND_NODE requests served, by what the asker was doing (findNodeKind)
 
 	mu        sync.Mutex // guards shard, providers and stats, and makes each check-and-write one step
 	shard     *shard
@@ -75,6 +77,7 @@ func newShardStore(self peer.ID, lim shardLimits, maxProviders int, now func() t
 	return &shardStore{
 		Batching:  dssync.MutexWrap(ds.NewMapDatastore()),
 		now:       now,
+		self:      self,
 		shard:     newShard(self, lim),
 		maxProvid: maxProviders,
 	}
@@ -87,6 +90,9 @@ func isProviderKey(k ds.Key) bool { return strings.HasPrefix(k.String(), "/provi
 func (s *shardStore) onRequest(_ context.Context, st network.Stream, req *pb.Message) {
 	if t := int(req.GetType()); t >= 0 && t < len(s.requests) {
 		s.requests[t].Add(1)
+	}
+	if req.GetType() == pb.Message_FIND_NODE {
+		s.findNode[classifyFindNode(req.GetKey(), s.self, st.Conn().RemotePeer())].Add(1)
 	}
 	if req.GetType() != pb.Message_PUT_VALUE {
 		return
@@ -239,4 +245,48 @@ func (s *shardStore) snapshot() shardStats {
 // queryKeys lists the stored keys; for tests and the benchmark.
 func (s *shardStore) queryKeys(ctx context.Context) (query.Results, error) {
 	return s.Batching.Query(ctx, query.Query{KeysOnly: true})
+}
+
+// findNodeKind is what a peer that sends us a FIND_NODE was doing, told
+// from the key it asks for.
+type findNodeKind int
+
+const (
+	findNodeCheck   findNodeKind = iota // key is our own ID: the asker checks we answer before it puts us in its routing table, or checks we are still alive
+	findNodeSelf                        // key is the asker's ID: its routing-table refresh looks itself up
+	findNodeRefresh                     // key is a refresh key (a SHA-256 multihash with 28 zero bytes): its refresh of one bucket
+	findNodeOffer                       // key is an offer key: it puts an offer (the lookup before PUT_VALUE)
+	findNodeIndex                       // key is another SHA-256 multihash: it announces under an index key (the lookup before ADD_PROVIDER)
+	findNodePeer                        // any other key: it looks for a peer (FindPeer)
+	numFindNodeKinds
+)
+
+var findNodeKindNames = [numFindNodeKinds]string{"check", "self", "refresh", "offer", "index", "peer"}
+
+// classifyFindNode tells what a FIND_NODE for key from peer from to peer
+// self was for.
+func classifyFindNode(key []byte, self, from peer.ID) findNodeKind {
+	switch k := string(key); {
+	case k == string(self):
+		return findNodeCheck
+	case k == string(from):
+		return findNodeSelf
+	case strings.HasPrefix(k, "/"+offerNamespace+"/"):
+		return findNodeOffer
+	case len(key) == 34 && key[0] == 0x12 && key[1] == 32: // SHA-256 multihash
+		if allZero(key[6:]) {
+			return findNodeRefresh
+		}
+		return findNodeIndex
+	}
+	return findNodePeer
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

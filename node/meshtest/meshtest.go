@@ -12,6 +12,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -87,10 +90,11 @@ const setupTimeout = 2 * time.Minute
 
 // largeMesh is the size above which Start dials in parallel (as it does
 // for any mesh with Latency) and waits setupPerPeer a peer for the mesh
-// rather than setupTimeout.
+// rather than setupTimeout (600 peers on two loaded cores took 5 minutes
+// to mesh: its checks wait on each node's GossipSub loop).
 const (
 	largeMesh     = 200
-	setupPerPeer  = 200 * time.Millisecond
+	setupPerPeer  = time.Second
 	parallelDials = 16
 )
 
@@ -145,7 +149,11 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 	}
 	m := &Mesh{Net: mocknet.New(), seed: opts.Seed, opts: opts}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
-	t.Cleanup(func() { m.Close() })
+	t.Cleanup(func() {
+		if err := m.close(); err != nil {
+			t.Error(err)
+		}
+	})
 	ctx := context.Background()
 	say := func(format string, args ...any) {
 		if opts.Progress != nil {
@@ -440,8 +448,9 @@ func (m *Mesh) Connect(ctx context.Context, i, j int) error {
 // its DHT routing table and at least one GossipSub peer, or ctx ends.
 func (m *Mesh) waitMeshed(ctx context.Context, minDHT int) error {
 	want := min(minDHT, len(m.Nodes)-1)
-	err := testwait.Poll(ctx, func() (bool, string) {
+	err := PollBounded(ctx, func(at *Step) (bool, string) {
 		for i, nd := range m.Nodes {
+			at.Set("asking node %d for its DHT and GossipSub peers", i)
 			dht, gossip := nd.Directory().RoutingTableSize(), nd.Gossip().Peers()
 			if dht < want || (len(m.Nodes) > 1 && gossip == 0) {
 				return false, fmt.Sprintf("node %d has %d DHT peers (want %d) and %d gossip peers", i, dht, want, gossip)
@@ -462,8 +471,9 @@ func (m *Mesh) waitTopic(ctx context.Context, name string) error {
 		return nil
 	}
 	topic := m.Nodes[0].Gossip().Topic(name)
-	err := testwait.Poll(ctx, func() (bool, string) {
+	err := PollBounded(ctx, func(at *Step) (bool, string) {
 		for i, nd := range m.Nodes {
+			at.Set("asking node %d's GossipSub for its peers on the topic", i)
 			if len(nd.Gossip().PubSub().ListPeers(topic)) == 0 {
 				return false, fmt.Sprintf("node %d has no peer on it", i)
 			}
@@ -474,6 +484,52 @@ func (m *Mesh) waitTopic(ctx context.Context, name string) error {
 		return fmt.Errorf("meshtest: topic %s: %w", topic, err)
 	}
 	return nil
+}
+
+// Step is what a check of PollBounded is doing now (safe to set from the
+// check while the waiter reads it).
+type Step struct{ v atomic.Pointer[string] }
+
+// Set says what the check is doing now.
+func (s *Step) Set(format string, args ...any) {
+	d := fmt.Sprintf(format, args...)
+	s.v.Store(&d)
+}
+
+func (s *Step) String() string {
+	if d := s.v.Load(); d != nil {
+		return *d
+	}
+	return "starting"
+}
+
+// PollBounded is testwait.Poll for checks that may block (a node's
+// GossipSub answers ListPeers from its event loop, which a loaded machine
+// can keep busy for minutes): each check runs apart from the waiter, so
+// the wait ends at ctx's end even while a check is still running, and
+// then says what the check was doing (what it last passed to at.Set) and
+// what the last finished check saw.
+func PollBounded(ctx context.Context, cond func(at *Step) (ok bool, seen string)) error {
+	type result struct {
+		ok   bool
+		seen string
+	}
+	var last string
+	return testwait.Poll(ctx, func() (bool, string) {
+		at := &Step{}
+		done := make(chan result, 1)
+		go func() {
+			ok, seen := cond(at)
+			done <- result{ok, seen}
+		}()
+		select {
+		case r := <-done:
+			last = r.seen
+			return r.ok, r.seen
+		case <-ctx.Done():
+			return false, fmt.Sprintf("a check still running at the deadline, %s (the last one finished saw: %s)", at, cmp.Or(last, "nothing yet"))
+		}
+	})
 }
 
 // Isolate cuts node i off from every other node, as if its machine fell off
@@ -493,14 +549,58 @@ func (m *Mesh) Isolate(i int) error {
 	return nil
 }
 
-// Close stops every node, all at once. Safe to call twice.
-func (m *Mesh) Close() {
+// closeTimeout bounds Close's wait for the nodes to stop (closePerPeer a
+// node beyond that for a large mesh): they stop all at once, each in well
+// under a second when healthy (a withdrawal bounded at 5 s among them).
+const (
+	closeTimeout = 2 * time.Minute
+	closePerPeer = 200 * time.Millisecond
+)
+
+// Close stops every node, all at once. Safe to call twice. A node that has
+// not stopped after closeTimeout is left running (Start's cleanup then
+// fails the test naming it, with every goroutine's stack on stderr).
+func (m *Mesh) Close() { _ = m.close() }
+
+func (m *Mesh) close() error {
 	m.cancel()
-	var wg sync.WaitGroup
-	for _, nd := range m.Nodes {
-		wg.Add(1)
-		go func() { defer wg.Done(); nd.Close() }()
+	say := func(format string, args ...any) {
+		if m.opts.Progress != nil {
+			m.opts.Progress(format, args...)
+		}
 	}
-	wg.Wait()
-	m.Net.Close()
+	say("closing %d nodes", len(m.Nodes))
+	closing := make([]atomic.Bool, len(m.Nodes))
+	var wg sync.WaitGroup
+	for i, nd := range m.Nodes {
+		wg.Add(1)
+		closing[i].Store(true)
+		go func() {
+			defer wg.Done()
+			nd.Close()
+			closing[i].Store(false)
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	timeout := max(closeTimeout, time.Duration(len(m.Nodes))*closePerPeer)
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		var stuck []string
+		for i := range closing {
+			if closing[i].Load() {
+				stuck = append(stuck, fmt.Sprint(i))
+			}
+		}
+		_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
+		return fmt.Errorf("meshtest: %d of %d nodes not closed after %v (nodes %s); every goroutine's stack is on stderr",
+			len(stuck), len(m.Nodes), timeout, strings.Join(stuck[:min(len(stuck), 20)], " "))
+	}
+	say("nodes closed; closing the network")
+	err := m.Net.Close()
+	say("network closed")
+	return err
 }

@@ -118,3 +118,38 @@ func TestSimulatedNodesTrimConnectionsAndCountBytesByProtocol(t *testing.T) {
 		t.Fatalf("bytes sent by protocol %v: want DHT and GossipSub bytes", sent)
 	}
 }
+
+// A wait whose check blocks (a node's event loop that does not answer)
+// still ends at its deadline, and says where the check was stuck; a check
+// that holds ends it at once.
+func TestPollBoundedGivesUpOnAStuckCheckAtItsDeadline(t *testing.T) {
+	stuck := make(chan struct{})
+	defer close(stuck)
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	calls := 0
+	err := meshtest.PollBounded(ctx, func(at *meshtest.Step) (bool, string) {
+		calls++
+		if calls < 3 {
+			return false, fmt.Sprintf("check %d: not yet", calls)
+		}
+		at.Set("asking node %d", 7)
+		<-stuck
+		return true, ""
+	})
+	if err == nil {
+		t.Fatal("a check stuck past the deadline: want an error")
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("gave up after %v; want about the 200 ms deadline", took)
+	}
+	for _, want := range []string{"asking node 7", "check 2: not yet"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if err := meshtest.PollBounded(t.Context(), func(*meshtest.Step) (bool, string) { return true, "" }); err != nil {
+		t.Errorf("a check that holds: %v", err)
+	}
+}

@@ -22,7 +22,6 @@ import (
 
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/gossip"
-	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/meshtest"
@@ -126,6 +125,24 @@ type scaleResult struct {
 	// RestDHTRequests is the DHT requests a peer serves a second at
 	// rest, by type (FIND_NODE, GET_VALUE, ...).
 	RestDHTRequests map[string]float64 `json:",omitempty"`
+	// RestFindNodes is the FIND_NODE requests of RestDHTRequests by what
+	// the asker was doing (dht.Directory.FindNodes: check, self, refresh,
+	// offer, index, peer).
+	RestFindNodes map[string]float64 `json:",omitempty"`
+
+	// The DHT's upkeep at rest, each task run once on purpose and its
+	// bytes (every protocol of the DHT, both ways' writes) counted, per
+	// peer (÷ N, providers' tasks too): a refresh of every bucket on
+	// every peer; each provider's offer re-put (every 5 minutes, half an
+	// offer's life); each provider's index announcements (every 30
+	// minutes). UpkeepBps is what they cost a peer a second at the
+	// periods the code has; UpkeepBps10m with kad-dht's own refresh
+	// period (10 minutes) instead of dht.DefaultRefreshPeriod.
+	UpkeepRefreshKB, UpkeepOfferKB, UpkeepIndexKB float64
+	UpkeepBps, UpkeepBps10m                       float64
+	// UpkeepFindNodes is the FIND_NODE a peer served in each task, by
+	// what the asker was doing: "refresh:check", "offer:self", ...
+	UpkeepFindNodes map[string]float64 `json:",omitempty"`
 
 	RestGossipBps  float64 // bytes a second a peer sends, at rest
 	RecordsPerPeer float64
@@ -194,9 +211,32 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	rng := rand.New(rand.NewPCG(uint64(n), 19))
 
 	// Every provider's offer in the directory before anything is measured.
-	testwait.Until(b, ctx, "a lookup to find every provider", func() (bool, string) {
-		res, err := others[0].FindGPUs(ctx, dht.Query{Model: "H100"})
-		return err == nil && res.Providers == providers, fmt.Sprintf("%d of %d (%v)", res.Providers, providers, err)
+	// (A provider whose index announcements landed on the few peers of a
+	// young table is found again only when it re-announces: the wait says
+	// which are missing, and gives up after findAllTimeout.)
+	waitSaying(b, ctx, say, findAllTimeout, "a lookup to find every provider", func() (bool, string) {
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		res, err := others[0].FindGPUs(lctx, dht.Query{Model: "H100"})
+		if err == nil && res.Providers == providers {
+			return true, ""
+		}
+		found := map[string]bool{}
+		for _, m := range res.Matches {
+			found[m.Offer.Provider.String()] = true
+		}
+		var missing []string
+		for i, p := range provs {
+			if !found[p.Host().ID().String()] {
+				l := p.LocalGPUs()
+				missing = append(missing, fmt.Sprintf("%d (published %s ago, error %q, %d DHT peers)", i,
+					time.Since(l.PublishedAt).Round(time.Second), l.Error, p.Directory().RoutingTableSize()))
+				if len(missing) == 5 {
+					break
+				}
+			}
+		}
+		return false, fmt.Sprintf("%d of %d found (err %v); missing: %s", res.Providers, providers, err, strings.Join(missing, ", "))
 	})
 
 	// At rest: gossip a peer sends a second, over a window of at least a
@@ -229,12 +269,21 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 		}
 		return out
 	}
-	q0 := dhtRequests()
+	findNodes := func() map[string]uint64 {
+		out := map[string]uint64{}
+		for _, nd := range m.Nodes {
+			for k, v := range nd.Directory().FindNodes() {
+				out[k] += v
+			}
+		}
+		return out
+	}
+	q0, f0 := dhtRequests(), findNodes()
 	t0 := time.Now()
-	wait(ctx, *scaleRest)
+	restTimeline(ctx, m, *scaleRest, say, findNodes)
 	s1, p1 := sent()
 	b1 := m.SentByProtocol()
-	q1 := dhtRequests()
+	q1, f1 := dhtRequests(), findNodes()
 	secs := time.Since(t0).Seconds()
 	r.RestWindowS = secs
 	r.RestGossipBps = float64(s1-s0) / secs / float64(n)
@@ -270,6 +319,16 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	}
 	slices.Sort(partsLine)
 	say("at rest, DHT requests a peer serves a second, by type: %s", strings.Join(partsLine, ", "))
+	r.RestFindNodes = map[string]float64{}
+	partsLine = partsLine[:0]
+	for k, v := range f1 {
+		if d := float64(v-f0[k]) / secs / float64(n); d > 0 {
+			r.RestFindNodes[k] = d
+			partsLine = append(partsLine, fmt.Sprintf("%s %.3f", k, d))
+		}
+	}
+	slices.Sort(partsLine)
+	say("at rest, FIND_NODE a peer serves a second, by what the asker does: %s", strings.Join(partsLine, ", "))
 	// Memory, goroutines and connections at rest (after the connection
 	// managers' grace period and first trims).
 	runtime.GC()
@@ -304,6 +363,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	if *scaleProfile != "" {
 		writeProfiles(b, *scaleProfile, n)
 	}
+	measureUpkeep(ctx, b, m, provs, &r, say)
 	if *scaleOnly {
 		return r
 	}
@@ -382,7 +442,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 			b.Fatal(err)
 		}
 		need := int64(math.Ceil(0.99 * float64(n-1)))
-		testwait.Until(b, ctx, "99% of peers to get the tick", func() (bool, string) {
+		waitSaying(b, ctx, say, time.Minute, "99% of peers to get the tick", func() (bool, string) {
 			return got.Load() >= need, fmt.Sprintf("%d of %d", got.Load(), need)
 		})
 		for _, s := range stops {
@@ -432,7 +492,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 				b.Fatal(err)
 			}
 			var j node.Job
-			testwait.Until(b, ctx, "the job to leave negotiation", func() (bool, string) {
+			waitSaying(b, ctx, say, 2*time.Minute, "the job to leave negotiation", func() (bool, string) {
 				j, _ = nd.Job(job.ID)
 				return j.State != node.JobNegotiating, string(j.State)
 			})
@@ -447,7 +507,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 			if _, err := nd.CancelJob(ctx, job.ID); err != nil {
 				b.Fatal(err)
 			}
-			testwait.Until(b, ctx, "every provider's GPUs free again", func() (bool, string) {
+			waitSaying(b, ctx, say, time.Minute, "every provider's GPUs free again", func() (bool, string) {
 				for i, p := range provs {
 					if free, used := p.FreeGPUs()["H100-80GB"], len(p.GPUsInUse()); free != 8 || used != 0 {
 						return false, fmt.Sprintf("provider %d: %d of 8 free, %d in use", i, free, used)
@@ -503,6 +563,187 @@ func writeProfiles(b *testing.B, dir string, n int) {
 		if err := f.Close(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// measureUpkeep runs each of the DHT's periodic tasks once on purpose, at
+// rest, and counts what it costs a peer (see scaleResult.UpkeepRefreshKB).
+func measureUpkeep(ctx context.Context, b *testing.B, m *meshtest.Mesh, provs []*node.Node, r *scaleResult, say func(string, ...any)) {
+	n := float64(len(m.Nodes))
+	r.UpkeepFindNodes = map[string]float64{}
+	dhtBytes := func() (v uint64) {
+		for p, c := range m.SentByProtocol() {
+			if strings.Contains(string(p), "/kad/") {
+				v += c
+			}
+		}
+		return v
+	}
+	findNodes := func() map[string]uint64 {
+		out := map[string]uint64{}
+		for _, nd := range m.Nodes {
+			for k, v := range nd.Directory().FindNodes() {
+				out[k] += v
+			}
+		}
+		return out
+	}
+	// settle waits until the DHT has written nothing for 2 s (the checks
+	// of peers a task's lookups newly connected to come after it), at
+	// most 30 s.
+	settle := func() {
+		deadline := time.Now().Add(30 * time.Second)
+		last, quiet := dhtBytes(), time.Now()
+		for time.Since(quiet) < 2*time.Second && time.Now().Before(deadline) && ctx.Err() == nil {
+			wait(ctx, 250*time.Millisecond)
+			if v := dhtBytes(); v != last {
+				last, quiet = v, time.Now()
+			}
+		}
+	}
+	task := func(name string, run func()) float64 {
+		settle()
+		b0, f0, t0 := dhtBytes(), findNodes(), time.Now()
+		run()
+		settle()
+		b1, f1 := dhtBytes(), findNodes()
+		kb := float64(b1-b0) / n / 1024
+		var kinds []string
+		for k, v := range f1 {
+			if d := float64(v-f0[k]) / n; d > 0 {
+				r.UpkeepFindNodes[name+":"+k] = d
+				kinds = append(kinds, fmt.Sprintf("%s %.1f", k, d))
+			}
+		}
+		slices.Sort(kinds)
+		say("upkeep, %s: %.1f KB a peer in %.0f s; FIND_NODE served a peer: %s", name, kb, time.Since(t0).Seconds(), strings.Join(kinds, ", "))
+		return kb
+	}
+	parallel := func(nodes []*node.Node, what string, f func(context.Context, *node.Node) error) {
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 32)
+		var failed atomic.Int64
+		for _, nd := range nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				tctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+				defer cancel()
+				if err := f(tctx, nd); err != nil {
+					failed.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		if k := failed.Load(); k > 0 {
+			say("upkeep, %s: %d of %d failed", what, k, len(nodes))
+		}
+	}
+	r.UpkeepRefreshKB = task("refresh", func() {
+		parallel(m.Nodes, "refresh", func(ctx context.Context, nd *node.Node) error { return nd.Directory().RefreshAll(ctx) })
+	})
+	// An offer re-put: what the provider's publish loop does every half
+	// offer life (its index announcements are not due).
+	r.UpkeepOfferKB = task("offer", func() {
+		since := map[*node.Node]time.Time{}
+		for _, p := range provs {
+			since[p] = p.LocalGPUs().PublishedAt
+			p.OffersChanged()
+		}
+		waitSaying(b, ctx, say, 2*time.Minute, "every provider to re-put its offer", func() (bool, string) {
+			for i, p := range provs {
+				if !p.LocalGPUs().PublishedAt.After(since[p]) {
+					return false, fmt.Sprintf("provider %d has not", i)
+				}
+			}
+			return true, ""
+		})
+	})
+	// The offer and every index announcement at once, as on the
+	// publish loop's 30-minute round; the index part is that less the
+	// offer re-put.
+	both := task("offer+index", func() {
+		parallel(provs, "index announcements", func(ctx context.Context, p *node.Node) error {
+			o := *p.LocalGPUs().Offer
+			o.Seq++
+			sealed, err := dht.SealOffer(&o, p.Identity().Key)
+			if err != nil {
+				return err
+			}
+			return p.Directory().Publish(ctx, sealed, true)
+		})
+	})
+	r.UpkeepIndexKB = max(both-r.UpkeepOfferKB, 0)
+	const offerEvery, indexEvery = node.DefaultOfferTTL / 2, 30 * time.Minute
+	rate := func(refresh time.Duration) float64 {
+		return 1024 * (r.UpkeepRefreshKB/refresh.Seconds() + r.UpkeepOfferKB/offerEvery.Seconds() + r.UpkeepIndexKB/indexEvery.Seconds())
+	}
+	r.UpkeepBps, r.UpkeepBps10m = rate(dht.DefaultRefreshPeriod), rate(10*time.Minute)
+	say("upkeep: %.0f B/s a peer with a refresh every %v (%.0f with one every 10m): refresh %.0f, offers %.0f, index %.0f",
+		r.UpkeepBps, dht.DefaultRefreshPeriod, r.UpkeepBps10m, 1024*r.UpkeepRefreshKB/dht.DefaultRefreshPeriod.Seconds(),
+		1024*r.UpkeepOfferKB/offerEvery.Seconds(), 1024*r.UpkeepIndexKB/indexEvery.Seconds())
+}
+
+// findAllTimeout bounds the wait for a lookup to find every provider's
+// offer before anything is measured: the publish loop's first retries and
+// re-announcements come within a minute or two.
+const findAllTimeout = 5 * time.Minute
+
+// waitSaying waits until cond holds, at most timeout (and while ctx
+// lasts), saying every 15 s what it waits for and what it saw last, and
+// fails b naming both when it gives up, even while a check is still
+// running: a wait of the harness never hangs silently.
+func waitSaying(b *testing.B, ctx context.Context, say func(string, ...any), timeout time.Duration, what string, cond func() (bool, string)) {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start, lastSaid := time.Now(), time.Now()
+	err := meshtest.PollBounded(ctx, func(at *meshtest.Step) (bool, string) {
+		at.Set("checking whether %s", what)
+		ok, seen := cond()
+		if !ok && time.Since(lastSaid) >= 15*time.Second {
+			say("still waiting %v for %s: %s", time.Since(start).Round(time.Second), what, seen)
+			lastSaid = time.Now()
+		}
+		return ok, seen
+	})
+	if err != nil {
+		b.Fatalf("gave up after %v waiting for %s: %v", time.Since(start).Round(time.Second), what, err)
+	}
+}
+
+// restTimeline waits out the resting window d (or until ctx ends), saying
+// every tenth of it (at most every 30 s) what the DHT wrote a peer a second
+// and the FIND_NODEs a peer served a second by kind, so a start-up
+// transient shows apart from the steady state.
+func restTimeline(ctx context.Context, m *meshtest.Mesh, d time.Duration, say func(string, ...any), findNodes func() map[string]uint64) {
+	n := float64(len(m.Nodes))
+	step := min(max(d/10, 5*time.Second), 30*time.Second)
+	end := time.Now().Add(d)
+	dhtBytes := func() (v uint64) {
+		for p, b := range m.SentByProtocol() {
+			if strings.Contains(string(p), "/kad/") {
+				v += b
+			}
+		}
+		return v
+	}
+	prevB, prevF, prevT := dhtBytes(), findNodes(), time.Now()
+	for ctx.Err() == nil && time.Until(end) > 0 {
+		wait(ctx, min(step, time.Until(end)))
+		b, f, now := dhtBytes(), findNodes(), time.Now()
+		secs := now.Sub(prevT).Seconds()
+		var kinds []string
+		for k, v := range f {
+			if dv := float64(v-prevF[k]) / secs / n; dv > 0 {
+				kinds = append(kinds, fmt.Sprintf("%s %.2f", k, dv))
+			}
+		}
+		slices.Sort(kinds)
+		say("  rest +%3.0fs: DHT %5.0f B/s a peer; FIND_NODE served a second a peer: %s", time.Until(end).Seconds()*-1+d.Seconds(), float64(b-prevB)/secs/n, strings.Join(kinds, ", "))
+		prevB, prevF, prevT = b, f, now
 	}
 }
 
