@@ -47,7 +47,16 @@ func TestForwardsThroughTheLocalAPIAreShownCountedAndPassed(t *testing.T) {
 	// The client's side of each connection: as the CLI does it.
 	passed := make(chan bool, 10)
 	var wg sync.WaitGroup
-	defer func() { l.Close(); wg.Wait() }()
+	defer func() {
+		l.Close()
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("the client's side of a forwarded connection still ran 30 s after the test")
+		}
+	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
