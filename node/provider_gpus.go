@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/gpumesh/gpumesh/exec"
@@ -52,7 +53,7 @@ func (n *Node) newReservations() (*gossip.Reservations, error) {
 	// that takes it meet on the host network; in the public swarm it bids
 	// only on jobs it takes whole (gossip.ProviderConfig.NoJobNet).
 	noJobNet, hostNetOK := false, n.cfg.Swarm.Private() && !n.cfg.NoHostNetwork
-	if err := jobnet.Probe(); err != nil {
+	if err := probeJobNet(n); err != nil {
 		noJobNet = true
 		if hostNetOK {
 			n.log.Warn("members of jobs of several run on this provider's host network (a private swarm): it cannot make job networks", "err", err)
@@ -221,3 +222,16 @@ type startReply struct {
 	res gossip.Reservation
 	err error
 }
+
+// probeJobNet says whether this peer can make job networks
+// (jobnet.Probe): a test may play a provider that cannot
+// (export_test.go).
+func probeJobNet(n *Node) error {
+	if f := jobNetProbe.Load(); f != nil {
+		return (*f)(n.cfg.Region)
+	}
+	return jobnet.Probe()
+}
+
+// jobNetProbe, when set, replaces jobnet.Probe, given the node's region.
+var jobNetProbe atomic.Pointer[func(region string) error]
