@@ -101,8 +101,14 @@ func TestAJobWithAProviderWithoutJobNetworksMeetsOnTheHostNetwork(t *testing.T) 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	sub := m.Nodes[2]
-	script := `if [ "$NODE_RANK" = 0 ]; then echo "rank0 master $MASTER_ADDR"; busybox nc -l -p "$MASTER_PORT" > got; echo "rank0 got: $(cat got)"; ` +
-		`else for i in $(busybox seq 1 100); do echo "hello over the host network" | busybox nc -w 2 "$MASTER_ADDR" "$MASTER_PORT" 2>/dev/null && exit 0; sleep 0.1; done; exit 1; fi`
+	// Member 0 listens until a connection brings the line (nc may end a
+	// connection before its bytes arrive); member 1 sends it until, having
+	// sent it once, it finds member 0 no longer listening (five tries in a
+	// row: member 0 listens again a moment after an empty connection).
+	script := `if [ "$NODE_RANK" = 0 ]; then echo "rank0 master $MASTER_ADDR"; ` +
+		`for i in $(busybox seq 1 50); do busybox nc -l -p "$MASTER_PORT" > got; grep -q hello got && break; done; echo "rank0 got: $(cat got)"; ` +
+		`else sent=0; fails=0; for i in $(busybox seq 1 300); do if echo "hello over the host network" | busybox nc -w 2 "$MASTER_ADDR" "$MASTER_PORT" 2>/dev/null; then sent=1; fails=0; else fails=$((fails+1)); fi; ` +
+		`[ "$sent" = 1 ] && [ "$fails" -ge 5 ] && exit 0; sleep 0.1; done; exit 1; fi`
 	y := fmt.Sprintf("name: host-net\ncommand: [sh, -c, %q]\nlauncher: torchrun\nresources:\n  gpus: 16\n  perNode: 8\n  gpu: {model: H100}\nmaxPrice: 2.50\ntimeout: 5m\n", script)
 	spec, err := jobspec.Parse([]byte(y), "yaml")
 	if err != nil {

@@ -312,8 +312,18 @@ func shellUnderATerminal(t *testing.T, ctx context.Context, sub *node.Node, id s
 	typeLine("stty size")
 	screen.WaitFor(t, ctx, "24 80\r\n", 1)
 	resize <- [2]int{30, 100}
-	typeLine("stty size")
-	screen.WaitFor(t, ctx, "30 100\r\n", 1)
+	// The terminal takes its new size apart from the keys typed (a docker
+	// exec's, through the engine's API), maybe after the next command has
+	// run: ask until stty sees it.
+	rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer rcancel()
+	testwait.Until(t, rctx, "stty to see the terminal's new size", func() (bool, string) {
+		if strings.Contains(screen.String(), "30 100\r\n") {
+			return true, ""
+		}
+		typeLine("stty size")
+		return false, screen.String()
+	})
 	typeLine("exit 7")
 	select {
 	case code := <-exited:
