@@ -2,79 +2,21 @@ package exec_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"net"
-	"os"
 	osexec "os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/network"
 
 	"github.com/gpumesh/gpumesh/exec"
-	"github.com/gpumesh/gpumesh/internal/testwait"
+	"github.com/gpumesh/gpumesh/internal/netlab"
 )
-
-// fakeInternet is a network namespace joined to this host by a veth pair,
-// 198.51.100.1 (the host's end) to 198.51.100.2 (a documentation range: a
-// clearly fake "internet"), with an HTTP server on 198.51.100.2:8080 that
-// serves /hello. It needs root and `ip`.
-func fakeInternet(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the egress test makes a network namespace and firewall rules: run it as root")
-	}
-	if _, err := osexec.LookPath("ip"); err != nil {
-		t.Skip("no `ip` (iproute2) to make the fake internet")
-	}
-	// Names of this call's own: a veth of the call before may still be on
-	// its way out (the kernel removes it after its namespace).
-	var rnd [4]byte
-	_, _ = rand.Read(rnd[:])
-	id := hex.EncodeToString(rnd[:])
-	ns := "gpm-inet-" + id
-	host, peer := "gpmi"+id+"h", "gpmi"+id+"n"
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := osexec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	run("ip", "netns", "add", ns)
-	t.Cleanup(func() { _ = osexec.Command("ip", "netns", "del", ns).Run() }) // the veth goes with it
-	run("ip", "link", "add", host, "type", "veth", "peer", "name", peer)
-	run("ip", "link", "set", peer, "netns", ns)
-	run("ip", "addr", "add", "198.51.100.1/24", "dev", host)
-	run("ip", "link", "set", host, "up")
-	run("ip", "netns", "exec", ns, "ip", "addr", "add", "198.51.100.2/24", "dev", peer)
-	run("ip", "netns", "exec", ns, "ip", "link", "set", peer, "up")
-	run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "hello"), []byte("internet-ok\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	httpd := osexec.Command("ip", "netns", "exec", ns, "busybox", "httpd", "-f", "-p", "198.51.100.2:8080", "-h", dir)
-	if err := httpd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = httpd.Process.Kill(); _ = httpd.Wait() })
-	testwait.For(t, 10*time.Second, "the fake internet's server", func() bool {
-		c, err := net.DialTimeout("tcp", "198.51.100.2:8080", time.Second)
-		if err == nil {
-			_ = c.Close()
-		}
-		return err == nil
-	})
-}
 
 func TestEgressReachesTheInternetButNotTheHost(t *testing.T) {
 	testImage(t)
-	fakeInternet(t)
+	inet := netlab.NewFakeInternet(t)
 	cli := dockerClient(t)
 	d, err := exec.NewDocker(context.Background())
 	if err != nil {
@@ -100,14 +42,14 @@ func TestEgressReachesTheInternetButNotTheHost(t *testing.T) {
 
 	lo := listenHost(t, "127.0.0.1:0")
 	all := listenHost(t, "0.0.0.0:0")
-	targets := []string{fmt.Sprintf("127.0.0.1 %d", lo.port()), "198.51.100.1 " + fmt.Sprint(all.port()), "169.254.169.254 80"}
+	targets := []string{fmt.Sprintf("127.0.0.1 %d", lo.port()), inet.HostIP + " " + fmt.Sprint(all.port()), "169.254.169.254 80"}
 	if gateway != "" {
 		targets = append(targets, fmt.Sprintf("%s %d", gateway, all.port()))
 	}
 	for _, ip := range hostAddrs(t) {
 		targets = append(targets, fmt.Sprintf("%s %d", ip, all.port()))
 	}
-	script := `echo "internet: $(printf 'GET /hello HTTP/1.0\r\n\r\n' | busybox nc -w 3 198.51.100.2 8080 | busybox tail -n 1)"; `
+	script := `echo "internet: $(printf 'GET /hello HTTP/1.0\r\n\r\n' | busybox nc -w 3 ` + inet.IP + ` 8080 | busybox tail -n 1)"; `
 	for _, tg := range targets {
 		script += fmt.Sprintf(`echo "%s: $(busybox nc -w 1 %s </dev/null 2>&1)"; `, tg, tg)
 	}
@@ -119,7 +61,7 @@ func TestEgressReachesTheInternetButNotTheHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("what the task saw:\n%s", out.String())
-	if !strings.Contains(out.String(), "internet: internet-ok") {
+	if !strings.Contains(out.String(), "internet: "+strings.TrimSpace(netlab.FakeHello)) {
 		t.Errorf("the task with egress did not reach the (fake) internet:\n%s", out.String())
 	}
 	if n := lo.accepted.Load() + all.accepted.Load(); n != 0 || strings.Contains(out.String(), "host secret") {
@@ -156,7 +98,7 @@ func TestATaskWithoutEgressSetUpIsRefused(t *testing.T) {
 // job interface and loopback.
 func TestJobNetworkMemberWithEgressReachesTheInternetButNotTheHost(t *testing.T) {
 	testImage(t)
-	fakeInternet(t)
+	inet := netlab.NewFakeInternet(t)
 	d, err := exec.NewDocker(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -167,12 +109,12 @@ func TestJobNetworkMemberWithEgressReachesTheInternetButNotTheHost(t *testing.T)
 	}
 	lo := listenHost(t, "127.0.0.1:0")
 	all := listenHost(t, "0.0.0.0:0")
-	targets := []string{fmt.Sprintf("127.0.0.1 %d", lo.port()), "198.51.100.1 " + fmt.Sprint(all.port()), "169.254.169.254 80"}
+	targets := []string{fmt.Sprintf("127.0.0.1 %d", lo.port()), inet.HostIP + " " + fmt.Sprint(all.port()), "169.254.169.254 80"}
 	for _, ip := range hostAddrs(t) {
 		targets = append(targets, fmt.Sprintf("%s %d", ip, all.port()))
 	}
 	script := `echo "nets: $(ls /sys/class/net | tr '\n' ' ')"; echo "job route: $(busybox ip route get 10.9.0.3 | busybox head -n 1)"; ` +
-		`echo "internet: $(printf 'GET /hello HTTP/1.0\r\n\r\n' | busybox nc -w 3 198.51.100.2 8080 2>&1 | busybox tail -n 1)"; `
+		`echo "internet: $(printf 'GET /hello HTTP/1.0\r\n\r\n' | busybox nc -w 3 ` + inet.IP + ` 8080 2>&1 | busybox tail -n 1)"; `
 	for _, tg := range targets {
 		script += fmt.Sprintf(`echo "%s: $(busybox nc -w 1 %s </dev/null 2>&1)"; `, tg, tg)
 	}
@@ -195,7 +137,7 @@ func TestJobNetworkMemberWithEgressReachesTheInternetButNotTheHost(t *testing.T)
 		}
 		seen := out.String()
 		t.Logf("what the member (egress %v) saw:\n%s", egress, seen)
-		if got := strings.Contains(seen, "internet: internet-ok"); got != egress {
+		if got := strings.Contains(seen, "internet: "+strings.TrimSpace(netlab.FakeHello)); got != egress {
 			t.Errorf("egress %v: the member reached the (fake) internet: %v", egress, got)
 		}
 		if !strings.Contains(seen, "job route: 10.9.0.3 dev "+exec.JoinNetIface) {

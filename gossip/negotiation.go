@@ -35,6 +35,12 @@ package gossip
 //   - Selection: the cheapest set meeting the needs (see Select): bids can
 //     be taken in part unless PerNode is set, in which case every member
 //     gives exactly PerNode GPUs; colocated means one zone.
+//   - Job networks: the members of a job of several meet on a network of
+//     its own, which a provider that is not root cannot make. In a private
+//     swarm such a provider bids as any other, its bids marked HostNet, and
+//     a cluster with one such member runs every member on the host
+//     network (HostNetwork): never a mix. In the public swarm it bids only
+//     on jobs it takes whole, and a HostNet bid is refused.
 //   - Gang award: every member is awarded at once. A provider reserves on
 //     the award and holds the reservation until HoldUntil; only a Confirm,
 //     sent once every member has accepted, holds it for the lease. So a
@@ -109,6 +115,11 @@ type NegotiationConfig struct {
 	Fanout       int           // with Direct, providers asked at most; 0: 32
 	MinAsk       int           // with Direct, providers asked at least (when named); 0: 3
 	FallbackWait time.Duration // with Direct, no cluster possible this long after the request: broadcast it too; 0: 1 s
+	// Private: the swarm is private, so a bid marked HostNet (its
+	// provider cannot make job networks) is taken, and a cluster with
+	// such a member runs on the host network (HostNetwork). In the public
+	// swarm such a bid is refused: no honest provider sends one there.
+	Private bool
 }
 
 func (c NegotiationConfig) withDefaults() NegotiationConfig {
@@ -383,6 +394,9 @@ func (n *Negotiation) stepBid(b Bid, now time.Time) error {
 	}
 	if n.gone[b.Provider] || n.isMember(b.Provider) {
 		return nil
+	}
+	if b.HostNet && !n.cfg.Private {
+		return badNeg("bid of %s for the host network in the public swarm, where members meet only on a job network", b.Provider)
 	}
 	if i := slices.IndexFunc(n.bids, func(x Bid) bool { return x.Provider == b.Provider }); i >= 0 {
 		n.bids[i] = b

@@ -45,10 +45,18 @@ type ProviderConfig struct {
 	// MaxWaiting is how many reservations not yet running one submitter may
 	// hold here at once; an award past it is refused; 0: 4.
 	MaxWaiting int
-	// WholeJobsOnly bids only on requests this provider can take whole,
+	// NoJobNet says this provider cannot give a member a job network of
+	// its own (node/jobnet: not root, no tun). With HostNetOK it bids on
+	// every request as before, its bids marked HostNet: a job that takes
+	// it as one of several members runs all of them on the host network
+	// (HostNetwork). Without, it bids only on requests it can take whole,
 	// as one member: every GPU needed free here in one class, and no
 	// perNode split into several members.
-	WholeJobsOnly bool
+	NoJobNet bool
+	// HostNetOK: members of several may meet over this provider's host
+	// network: the swarm is private (a swarm key: every peer in it was let
+	// in by its owner) and the provider's owner allows it.
+	HostNetOK bool
 	// Egress: this provider gives jobs that ask for it the internet (its
 	// node runs with --job-egress). Without it, requests whose Needs ask
 	// for egress get no bid: their members would run cut off.
@@ -262,7 +270,8 @@ func (r *Reservations) Bid(rfb RequestForBids, now time.Time) (Bid, error) {
 		if b.GPUs == 0 || b.Price == 0 || !needs.classMatches(&b) || b.Price > needs.MaxPrice || b.LeaseSeconds < needs.LeaseSeconds {
 			continue
 		}
-		if r.cfg.WholeJobsOnly && (b.GPUs < needs.GPUs || (needs.PerNode != 0 && needs.PerNode < needs.GPUs)) {
+		b.HostNet = r.cfg.NoJobNet && r.cfg.HostNetOK
+		if r.cfg.NoJobNet && !r.cfg.HostNetOK && (b.GPUs < needs.GPUs || (needs.PerNode != 0 && needs.PerNode < needs.GPUs)) {
 			notWhole = true
 			continue
 		}
@@ -271,7 +280,7 @@ func (r *Reservations) Bid(rfb RequestForBids, now time.Time) (Bid, error) {
 		}
 	}
 	if best == nil && notWhole {
-		return Bid{}, fmt.Errorf("no bid: this provider takes only jobs it can run whole, as one member, and has not %d GPUs of the class free for it", needs.GPUs)
+		return Bid{}, fmt.Errorf("no bid: this provider takes only jobs it can run whole, as one member, and has not %d GPUs of the class free for it (it cannot make job networks, which members of several need in the public swarm)", needs.GPUs)
 	}
 	if best == nil {
 		return Bid{}, fmt.Errorf("no bid: no free GPUs of the class at or below the max price")

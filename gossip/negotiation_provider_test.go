@@ -71,7 +71,9 @@ func TestProviderBidsWhatItHasFree(t *testing.T) {
 	}
 }
 
-func TestAProviderOfWholeJobsOnlyBidsOnlyOnJobsItCanTakeWhole(t *testing.T) {
+// A provider that cannot make job networks, in the public swarm, bids only
+// on jobs it takes whole.
+func TestAProviderWithoutJobNetworksInThePublicSwarmBidsOnlyOnJobsItCanTakeWhole(t *testing.T) {
 	tests := []struct {
 		name  string
 		needs func(*Needs)
@@ -85,7 +87,7 @@ func TestAProviderOfWholeJobsOnlyBidsOnlyOnJobsItCanTakeWhole(t *testing.T) {
 	}
 	for _, tt := range tests {
 		r, err := NewReservations(ProviderConfig{
-			ID: testID(1), Unit: "USDC:6", Zone: "a", WholeJobsOnly: true,
+			ID: testID(1), Unit: "USDC:6", Zone: "a", NoJobNet: true,
 			GPUs: []Capacity{{Class: "H100-80GB", Model: "H100", VRAMGB: 80, GPUs: 8, Price: usdc(200)}},
 		})
 		if err != nil {
@@ -101,8 +103,32 @@ func TestAProviderOfWholeJobsOnlyBidsOnlyOnJobsItCanTakeWhole(t *testing.T) {
 			t.Errorf("%s: no bid because %q, want it to say it takes whole jobs only", tt.name, err)
 		case tt.gpus != 0 && err != nil:
 			t.Errorf("%s: no bid: %v", tt.name, err)
-		case tt.gpus != 0 && b.GPUs != tt.gpus:
-			t.Errorf("%s: bid %d GPUs, want %d", tt.name, b.GPUs, tt.gpus)
+		case tt.gpus != 0 && (b.GPUs != tt.gpus || b.HostNet):
+			t.Errorf("%s: bid %d GPUs (hostNet %v), want %d not for the host network", tt.name, b.GPUs, b.HostNet, tt.gpus)
+		}
+	}
+}
+
+// In a private swarm the same provider bids on every job, members of
+// several included, each bid marked for the host network; a provider
+// that can make job networks never marks one.
+func TestAProviderWithoutJobNetworksInAPrivateSwarmBidsForTheHostNetwork(t *testing.T) {
+	for _, noJobNet := range []bool{true, false} {
+		r, err := NewReservations(ProviderConfig{
+			ID: testID(1), Unit: "USDC:6", Zone: "a", NoJobNet: noJobNet, HostNetOK: true,
+			GPUs: []Capacity{{Class: "H100-80GB", Model: "H100", VRAMGB: 80, GPUs: 8, Price: usdc(200)}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, needs := range []Needs{needsOf(16, 8, Spread, usdc(250)), needsOf(4, 0, Spread, usdc(250))} {
+			b, err := r.Bid(rfbOf(0, byte(i+1), needs), t0)
+			if err != nil {
+				t.Fatalf("noJobNet %v, %d GPUs: no bid: %v", noJobNet, needs.GPUs, err)
+			}
+			if want := min(needs.GPUs, 8); b.GPUs != want || b.HostNet != noJobNet {
+				t.Errorf("noJobNet %v, %d GPUs: bid %d GPUs, hostNet %v; want %d, hostNet %v", noJobNet, needs.GPUs, b.GPUs, b.HostNet, want, noJobNet)
+			}
 		}
 	}
 }

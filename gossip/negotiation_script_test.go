@@ -18,7 +18,8 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected transcripts of t
 // with -rewrite to write the transcripts anew (then read the diff).
 //
 //	provider N gpus=8 price=2.00 zone=eu-west/ams1  provider N (test peer N) with 8 H100-80GB at 2.00 USDC/GPU-h
-//	submit gpus=16 perNode=8 placement=colocated max=2.50 expect=0 grace=20ms
+//	provider N ... nojobnet=1 private=1   one that cannot make job networks, in a private swarm (or not)
+//	submit gpus=16 perNode=8 placement=colocated max=2.50 expect=0 grace=20ms private=0
 //	steal N gpus=4    another job takes 4 GPUs of provider N (after its bid)
 //	deliver N         deliver the next N messages in order, 1 ms apart
 //	expect N          the directory's count of providers arrives: N
@@ -77,9 +78,11 @@ func runScript(t *testing.T, script string) string {
 				fail("want the provider's number")
 			}
 			m.provider(pos[0], uint32(num("gpus", 8)), price("price"), args["zone"])
+			r := m.provs[testID(pos[0])]
+			r.cfg.NoJobNet, r.cfg.HostNetOK = num("nojobnet", 0) == 1, num("private", 0) == 1
 		case "submit":
 			needs := needsOf(uint32(num("gpus", 8)), uint32(num("perNode", 0)), Placement(args["placement"]), price("max"))
-			cfg := NegotiationConfig{Expect: int(num("expect", 0)), Direct: num("direct", 0) == 1, Fanout: int(num("fanout", 0))}
+			cfg := NegotiationConfig{Expect: int(num("expect", 0)), Direct: num("direct", 0) == 1, Fanout: int(num("fanout", 0)), Private: num("private", 0) == 1}
 			if g, ok := args["fallback"]; ok {
 				d, err := time.ParseDuration(g)
 				if err != nil {

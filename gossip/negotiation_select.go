@@ -33,6 +33,7 @@ type Member struct {
 	Price    uint64 // per GPU-hour, the bid's price
 	Zone     string
 	Addrs    []string
+	HostNet  bool `json:",omitempty"` // its bid's HostNet: its provider cannot make job networks
 }
 
 // Cost is what a member costs per hour: GPUs times price.
@@ -229,7 +230,18 @@ func take(sorted []Bid, need, perNode uint32) ([]Member, bool) {
 }
 
 func memberOf(b *Bid, gpus uint32) Member {
-	return Member{Provider: b.Provider, Class: b.Class, GPUs: gpus, Price: b.Price, Zone: b.Zone, Addrs: b.Addrs}
+	return Member{Provider: b.Provider, Class: b.Class, GPUs: gpus, Price: b.Price, Zone: b.Zone, Addrs: b.Addrs, HostNet: b.HostNet}
+}
+
+// HostNetwork reports whether a cluster's members meet over their
+// providers' host networks rather than on a job network of their own: a
+// cluster of several members of which one's provider cannot make job
+// networks (its bid was HostNet, taken only in a private swarm). Then
+// every member runs on the host network, not only that one, since a
+// member outside the job network could reach none inside it and none
+// inside could reach it.
+func HostNetwork(ms []Member) bool {
+	return len(ms) > 1 && slices.ContainsFunc(ms, func(m Member) bool { return m.HostNet })
 }
 
 func spareBids(usable []Bid, chosen []Member, needs Needs) []Bid {

@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -367,7 +368,11 @@ func (m *meshNet) drain(n *Negotiation) {
 	if o := rd.Outcome; o != nil {
 		m.ended[n.rfb.Job] = o
 		if o.Formed {
-			m.logf("formed %d members, %s/h", len(o.Members), DefaultUnit.Format(o.Cost))
+			on := ""
+			if HostNetwork(o.Members) {
+				on = " on the host network"
+			}
+			m.logf("formed %d members, %s/h%s", len(o.Members), DefaultUnit.Format(o.Cost), on)
 		} else {
 			m.logf("failed: %s", o.Reason)
 		}
@@ -377,7 +382,11 @@ func (m *meshNet) drain(n *Negotiation) {
 func (m *meshNet) deliver(msg Message) {
 	switch v := msg.(type) {
 	case *Bid:
-		m.logf("bid %s %d GPUs at %s", m.names[v.Provider], v.GPUs, DefaultUnit.Format(v.Price))
+		host := ""
+		if v.HostNet {
+			host = " for the host network"
+		}
+		m.logf("bid %s %d GPUs at %s%s", m.names[v.Provider], v.GPUs, DefaultUnit.Format(v.Price), host)
 	case *Refusal:
 		m.logf("refuse %s: %s", m.names[v.Provider], v.Reason)
 	case *Acceptance:
@@ -624,5 +633,35 @@ func TestAnImpossibleRequestFailsOnceEveryExpectedProviderBid(t *testing.T) {
 	o := n.Ready().Outcome
 	if o == nil || o.Formed || !strings.Contains(o.Reason, "16 GPUs available at or below 2.50 USDC/GPU-h, need 32") {
 		t.Fatalf("outcome %+v, want failed with the numbers", o)
+	}
+}
+
+// In the public swarm a bid for the host network is refused: a provider
+// there must give a member of several a job network, and one that says it
+// cannot would take every member of the job off it. In a private swarm it
+// is taken, and the cluster it joins runs on the host network.
+func TestABidForTheHostNetworkIsTakenOnlyInAPrivateSwarm(t *testing.T) {
+	for _, private := range []bool{false, true} {
+		n := newNeg(t, needsOf(16, 8, Spread, usdc(250)), NegotiationConfig{Private: private, Expect: 2})
+		host := jobBid(1, 8, usdc(200), "a")
+		host.HostNet = true
+		err := n.Step(host, t0.Add(ms(1)))
+		if !private {
+			if !errors.Is(err, ErrBadNegotiation) || !strings.Contains(err.Error(), "public swarm") {
+				t.Errorf("public swarm: a bid for the host network: %v, want it refused as bad", err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("private swarm: a bid for the host network: %v", err)
+		}
+		step(t, n, jobBid(2, 8, usdc(210), "b"), ms(2))
+		rd := n.Ready()
+		if got := awarded(rd.Awards); got != "1:8 2:8" {
+			t.Fatalf("private swarm: awarded %q, want 1:8 2:8", got)
+		}
+		if ms := n.Members(); !HostNetwork(ms) || !ms[0].HostNet || ms[1].HostNet {
+			t.Errorf("private swarm: members %+v, want the cluster on the host network for member 0's provider", ms)
+		}
 	}
 }

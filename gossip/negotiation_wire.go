@@ -168,6 +168,11 @@ type Bid struct {
 	Zone         string   `json:"zone"`         // region/zone label, e.g. "eu-west/ams1"; "": unknown
 	Addrs        []string `json:"addrs"`
 	Expires      int64    `json:"expires"` // unix ms; an award after it is refused
+	// HostNet: this provider cannot give its member a job network of its
+	// own; as one of several members it meets the others over its host's
+	// network (see HostNetwork). Sent only in a private swarm: a
+	// submitter in the public swarm takes no such bid.
+	HostNet bool `json:"hostNet,omitempty"`
 }
 
 // Award is the submitter's lease offer to one member of a gang. Every member

@@ -63,7 +63,11 @@
 //	                     payments (the right currency, one bill a
 //	                     transaction); pausing and stopping unpaid work
 //	provider_jobnet.go   a member's place on its job's own network: its
-//	                     interface made, joined, metered (node/jobnet)
+//	                     interface made, joined, metered (node/jobnet);
+//	                     a provider that cannot make one (not root) takes
+//	                     members of several only in a private swarm, and
+//	                     their job meets on the host network
+//	                     (gossip.HostNetwork, provider_gpus.go)
 //	provider_session.go  sessions into a running member (job exec,
 //	                     port-forward): only its submitter, within bounds,
 //	                     ended with the member

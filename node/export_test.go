@@ -62,3 +62,12 @@ func (n *Node) DropCheckpointCopy(ctx context.Context, id string) error {
 	}
 	return nil
 }
+
+// SetJobNetProbe makes nodes that start from now on ask f, given their
+// region, whether they can make job networks, instead of making a TUN
+// device: a test plays a provider that cannot (not root). The returned
+// func puts the real probe back.
+func SetJobNetProbe(f func(region string) error) (restore func()) {
+	jobNetProbe.Store(&f)
+	return func() { jobNetProbe.Store(nil) }
+}

@@ -2,20 +2,16 @@ package node_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gpumesh/gpumesh/internal/netlab"
 	"github.com/gpumesh/gpumesh/internal/testdocker"
-	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobnet"
 	"github.com/gpumesh/gpumesh/node/jobspec"
@@ -162,53 +158,6 @@ func TestThreeContainerMembersReachEachOther(t *testing.T) {
 	}
 }
 
-// fakeInternet is a network namespace joined to this host by a veth pair,
-// 203.0.113.1 (the host's end) to 203.0.113.2 (a documentation range),
-// with an HTTP server on 203.0.113.2:8080 serving /hello.
-func fakeInternet(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("no `ip` (iproute2) to make the fake internet")
-	}
-	// Names of this call's own, and a range other than the exec package's
-	// fake internet (198.51.100.0/24), whose tests may run at the same time.
-	var rnd [4]byte
-	_, _ = rand.Read(rnd[:])
-	id := hex.EncodeToString(rnd[:])
-	ns := "gpm-ninet-" + id
-	host, peer := "gpmn"+id+"h", "gpmn"+id+"n"
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	run("ip", "netns", "add", ns)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() }) // the veth goes with it
-	run("ip", "link", "add", host, "type", "veth", "peer", "name", peer)
-	run("ip", "link", "set", peer, "netns", ns)
-	run("ip", "addr", "add", "203.0.113.1/24", "dev", host)
-	run("ip", "link", "set", host, "up")
-	run("ip", "netns", "exec", ns, "ip", "addr", "add", "203.0.113.2/24", "dev", peer)
-	run("ip", "netns", "exec", ns, "ip", "link", "set", peer, "up")
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "hello"), []byte("internet-ok\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	httpd := exec.Command("ip", "netns", "exec", ns, "busybox", "httpd", "-f", "-p", "203.0.113.2:8080", "-h", dir)
-	if err := httpd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = httpd.Process.Kill(); _ = httpd.Wait() })
-	testwait.For(t, 10*time.Second, "the fake internet's server", func() bool {
-		c, err := net.DialTimeout("tcp", "203.0.113.2:8080", time.Second)
-		if err == nil {
-			_ = c.Close()
-		}
-		return err == nil
-	})
-}
-
 // A container job of two members that asks for egress, on providers that
 // allow it (--job-egress): each member reaches the (fake) internet, and
 // still meets the other on its job network, and reaches nothing of its
@@ -218,14 +167,14 @@ func TestContainerMembersWithEgressReachTheInternetNotTheHost(t *testing.T) {
 		t.Skip("job networks and egress need root")
 	}
 	img := testdocker.EnsureImage(t)
-	fakeInternet(t)
+	inet := netlab.NewFakeInternet(t)
 	port, accepted := hostServer(t)
 	lan := lanAddr()
 	m := meshtest.Start(t, 3, meshtest.Options{Seed: 139, Providers: 2, Price: "fixed:2.10",
 		Config: func(i int, c *node.Config) { c.JobEgress = i < 2 }})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	script := `echo "rank$NODE_RANK internet: $(printf 'GET /hello HTTP/1.0\r\n\r\n' | busybox nc -w 3 203.0.113.2 8080 2>&1 | busybox tail -n 1)"; ` +
+	script := `echo "rank$NODE_RANK internet: $(printf 'GET /hello HTTP/1.0\r\n\r\n' | busybox nc -w 3 ` + inet.IP + ` 8080 2>&1 | busybox tail -n 1)"; ` +
 		`if [ "$NODE_RANK" = 0 ]; then busybox nc -l -p "$MASTER_PORT" > /tmp/got; echo "rank0 got: $(cat /tmp/got)"; ` +
 		`else for i in $(busybox seq 1 100); do echo "hello over the job network" | busybox nc -w 3 "$MASTER_ADDR" "$MASTER_PORT" 2>/dev/null && break; sleep 0.2; done; fi; ` +
 		fmt.Sprintf(`echo "rank$NODE_RANK loopback=$(busybox nc -w 2 127.0.0.1 %d </dev/null 2>&1)"; `, port) +
@@ -239,7 +188,7 @@ func TestContainerMembersWithEgressReachTheInternetNotTheHost(t *testing.T) {
 	if j.State != node.JobDone {
 		t.Fatalf("job %s (%s)", j.State, j.Reason)
 	}
-	for _, want := range []string{"[0] rank0 internet: internet-ok", "[1] rank1 internet: internet-ok", "[0] rank0 got: hello over the job network"} {
+	for _, want := range []string{"[0] rank0 internet: " + strings.TrimSpace(netlab.FakeHello), "[1] rank1 internet: " + strings.TrimSpace(netlab.FakeHello), "[0] rank0 got: hello over the job network"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("the job's log lacks %q", want)
 		}

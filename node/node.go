@@ -131,8 +131,10 @@ type Config struct {
 	JobDisk   int64   // bytes jobs may write in all (writable layers and outputs); 0: DefaultJobDisk; negative: no cap
 	JobLog    int64   // bytes of output read back from one member, its log files capped alike; 0: exec.DefaultLogBytes
 	// NoHostNetwork refuses a member of several whose start frame gives
-	// it no job network (a submitter of an older version): its members
-	// would meet over this provider's host network.
+	// it no job network (a submitter of an older version, or a private
+	// swarm's job with a provider that cannot make job networks): its
+	// members would meet over this provider's host network. A provider
+	// that cannot make job networks then bids only on jobs it takes whole.
 	NoHostNetwork bool
 	PullTimeout   time.Duration // longest image pull; 0: exec.DefaultPullTimeout; the submitter's start deadline bounds it too
 	PullMax       int64         // largest image pulled, bytes (compressed layers); 0: exec.DefaultPullMaxBytes; negative: no cap

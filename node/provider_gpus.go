@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/gpumesh/gpumesh/exec"
@@ -46,16 +47,23 @@ func (n *Node) newReservations() (*gossip.Reservations, error) {
 			addrs = append(addrs, a.String())
 		}
 	}
-	// A member of several needs a job network (provider_jobnet.go): a
-	// provider that cannot make one bids only on jobs it takes whole.
-	wholeOnly := false
-	if err := jobnet.Probe(); err != nil {
-		wholeOnly = true
-		n.log.Warn("bidding only on jobs this provider takes whole: it cannot give members of several a job network", "err", err)
+	// A member of several meets the others on its job's network
+	// (provider_jobnet.go), which this provider may be unable to make.
+	// Then, in a private swarm, its bids say so and the members of a job
+	// that takes it meet on the host network; in the public swarm it bids
+	// only on jobs it takes whole (gossip.ProviderConfig.NoJobNet).
+	noJobNet, hostNetOK := false, n.cfg.Swarm.Private() && !n.cfg.NoHostNetwork
+	if err := probeJobNet(n); err != nil {
+		noJobNet = true
+		if hostNetOK {
+			n.log.Warn("members of jobs of several run on this provider's host network (a private swarm): it cannot make job networks", "err", err)
+		} else {
+			n.log.Warn("bidding only on jobs this provider takes whole: it cannot give members of several a job network", "err", err)
+		}
 	}
 	return gossip.NewReservations(gossip.ProviderConfig{
-		ID: n.id.PeerID, Unit: n.PriceUnit().String(), Zone: n.cfg.Region, Addrs: addrs, GPUs: caps, WholeJobsOnly: wholeOnly,
-		Egress: n.cfg.JobEgress,
+		ID: n.id.PeerID, Unit: n.PriceUnit().String(), Zone: n.cfg.Region, Addrs: addrs, GPUs: caps,
+		NoJobNet: noJobNet, HostNetOK: hostNetOK, Egress: n.cfg.JobEgress,
 	})
 }
 
@@ -214,3 +222,16 @@ type startReply struct {
 	res gossip.Reservation
 	err error
 }
+
+// probeJobNet says whether this peer can make job networks
+// (jobnet.Probe): a test may play a provider that cannot
+// (export_test.go).
+func probeJobNet(n *Node) error {
+	if f := jobNetProbe.Load(); f != nil {
+		return (*f)(n.cfg.Region)
+	}
+	return jobnet.Probe()
+}
+
+// jobNetProbe, when set, replaces jobnet.Probe, given the node's region.
+var jobNetProbe atomic.Pointer[func(region string) error]

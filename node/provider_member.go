@@ -54,7 +54,7 @@ const (
 	DefaultJobDisk = 100 << 30
 	// multiMemberNetwork is why a provider with NoHostNetwork refuses a
 	// member of a job of several.
-	multiMemberNetwork = "this provider runs no member of several over its host network (--no-host-network), and the start gave this member no job network of its own: submit the job from a peer of this version, which gives every job of several members its own network"
+	multiMemberNetwork = "this provider runs no member of several over its host network (--no-host-network), and the start gave this member no job network of its own: submit the job from a peer of this version, which gives every job of several members its own network, unless (in a private swarm) another member's provider cannot make one"
 )
 
 // memberState is the provider's part of running jobs.

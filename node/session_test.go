@@ -7,14 +7,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/internal/pipe"
 	"github.com/gpumesh/gpumesh/internal/testdocker"
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
@@ -30,10 +33,9 @@ const memberPage = "hello from the member\n"
 // requests at once, and nothing else of the provider's; another peer
 // speaking the protocol is refused; everything ends with the job.
 func TestExecAndPortForwardIntoAProcessMember(t *testing.T) {
-	port := freeTCPPort(t)
 	m := meshtest.Start(t, 3, h100s(171, 1))
-	script := fmt.Sprintf(`mkdir -p www && echo %q > www/index.html && exec busybox httpd -f -p 127.0.0.1:%d -h www`, strings.TrimSpace(memberPage), port)
-	sessionScenario(t, m, scriptSpec(t, 1, 0, script, ""), port, func(t *testing.T, ctx context.Context, sub *node.Node, j node.Job) {
+	script := memberServer(t, fmt.Sprintf(`mkdir -p www && echo %q > www/index.html`, strings.TrimSpace(memberPage)))
+	sessionScenario(t, m, scriptSpec(t, 1, 0, script, ""), 0, func(t *testing.T, ctx context.Context, sub *node.Node, j node.Job) {
 		out, _, code, err := execIn(ctx, sub, j.ID, sessionwire.Open{Command: []string{"pwd"}}, nil)
 		if err != nil || code != 0 || !strings.HasSuffix(strings.TrimSpace(out), "/work") {
 			t.Errorf("pwd in the member: %q, code %d, %v; want its work folder, 0", out, code, err)
@@ -133,9 +135,10 @@ func TestExecAndPortForwardIntoADockerMember(t *testing.T) {
 	})
 }
 
-// sessionScenario runs spec (a server of memberPage on port) from node 1 of
-// m on node 0, and checks exec and port-forward into it; own checks what
-// only one executor can. Node 2 plays a stranger.
+// sessionScenario runs spec (a server of memberPage on port, or a
+// memberServer where port is 0) from node 1 of m on node 0, and checks
+// exec and port-forward into it; own checks what only one executor can.
+// Node 2 plays a stranger.
 func sessionScenario(t *testing.T, m *meshtest.Mesh, spec jobspec.Spec, port int, own func(*testing.T, context.Context, *node.Node, node.Job)) {
 	provider, sub, stranger := m.Nodes[0], m.Nodes[1], m.Nodes[2]
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -144,10 +147,11 @@ func sessionScenario(t *testing.T, m *meshtest.Mesh, spec jobspec.Spec, port int
 	if err != nil {
 		t.Fatal(err)
 	}
-	j := waitJob(t, ctx, sub, job.ID, "to run", func(j node.Job) bool {
-		return j.State == node.JobRunning && len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning
-	})
+	j := waitRunning(t, ctx, sub, job.ID)
 	defer func() { _, _ = sub.CancelJob(context.Background(), j.ID) }()
+	if port == 0 {
+		port = memberServerPort(t, ctx, sub, j.ID)
+	}
 
 	own(t, ctx, sub, j)
 	_, errOut, code, err := execIn(ctx, sub, j.ID, sessionwire.Open{Command: []string{"sh", "-c", "echo nope >&2; exit 3"}}, nil)
@@ -165,7 +169,9 @@ func sessionScenario(t *testing.T, m *meshtest.Mesh, spec jobspec.Spec, port int
 	// Port-forward: 50 requests at once through one local listener.
 	addr := forwardPort(t, ctx, sub, j.ID, port)
 	url := "http://" + addr + "/index.html"
-	testwait.Until(t, ctx, "the member's server to answer through the forward", func() (bool, string) {
+	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+	defer wcancel()
+	testwait.Until(t, wctx, "the member's server to answer through the forward", func() (bool, string) {
 		body, err := httpGet(ctx, url)
 		return err == nil && body == memberPage, fmt.Sprintf("%q, %v", body, err)
 	})
@@ -236,7 +242,14 @@ func sessionScenario(t *testing.T, m *meshtest.Mesh, spec jobspec.Spec, port int
 	if _, err := io.WriteString(conn, "GET / HTTP/1.0\r\n"); err != nil { // not finished: the server waits
 		t.Fatal(err)
 	}
-	testwait.Until(t, ctx, "the slow command and the connection to be in the member", func() (bool, string) {
+	inctx, incancel := context.WithTimeout(ctx, time.Minute)
+	defer incancel()
+	testwait.Until(t, inctx, "the slow command and the connection to be in the member", func() (bool, string) {
+		select {
+		case err := <-slow:
+			t.Fatalf("the slow command ended before the job: %v", err)
+		default:
+		}
 		n := provider.LiveSessions(j.ID)
 		return n >= 2, fmt.Sprintf("%d sessions", n)
 	})
@@ -299,8 +312,18 @@ func shellUnderATerminal(t *testing.T, ctx context.Context, sub *node.Node, id s
 	typeLine("stty size")
 	screen.WaitFor(t, ctx, "24 80\r\n", 1)
 	resize <- [2]int{30, 100}
-	typeLine("stty size")
-	screen.WaitFor(t, ctx, "30 100\r\n", 1)
+	// The terminal takes its new size apart from the keys typed (a docker
+	// exec's, through the engine's API), maybe after the next command has
+	// run: ask until stty sees it.
+	rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer rcancel()
+	testwait.Until(t, rctx, "stty to see the terminal's new size", func() (bool, string) {
+		if strings.Contains(screen.String(), "30 100\r\n") {
+			return true, ""
+		}
+		typeLine("stty size")
+		return false, screen.String()
+	})
 	typeLine("exit 7")
 	select {
 	case code := <-exited:
@@ -312,8 +335,12 @@ func shellUnderATerminal(t *testing.T, ctx context.Context, sub *node.Node, id s
 	}
 }
 
-// execIn runs a command in member 0 of job id through its submitter.
+// execIn runs a command in member 0 of job id through its submitter,
+// for at most execWait.
 func execIn(ctx context.Context, sub *node.Node, id string, o sessionwire.Open, stdin io.Reader) (stdout, stderr string, code int, err error) {
+	const execWait = time.Minute
+	ctx, cancel := context.WithTimeout(ctx, execWait)
+	defer cancel()
 	o.Kind, o.Stdin = sessionwire.KindExec, stdin != nil
 	conn, err := sub.OpenSession(ctx, id, o)
 	if err != nil {
@@ -326,15 +353,44 @@ func execIn(ctx context.Context, sub *node.Node, id string, o sessionwire.Open, 
 }
 
 // forwardPort listens on 127.0.0.1 and forwards each connection to port
-// of member 0 of job id through its submitter, as `job port-forward` does.
+// of member 0 of job id through its submitter, as `job port-forward` does
+// (pipe.Join, as the node joins them). At the test's end it closes what is
+// still open and fails the test if a connection's copies do not end
+// within forwardsEnd.
 func forwardPort(t *testing.T, ctx context.Context, sub *node.Node, id string, port int) string {
 	t.Helper()
+	const forwardsEnd = 30 * time.Second
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
+	var mu sync.Mutex
+	open := map[io.Closer]bool{}
+	track := func(c io.Closer, on bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if on {
+			open[c] = true
+		} else {
+			delete(open, c)
+		}
+	}
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(forwardsEnd):
+			t.Errorf("forwarded connections still copying %s after they were closed", forwardsEnd)
+		}
+	})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -352,17 +408,11 @@ func forwardPort(t *testing.T, ctx context.Context, sub *node.Node, id string, p
 					return
 				}
 				defer s.Close()
-				done := make(chan struct{})
-				go func() {
-					_, _ = io.Copy(s, c)
-					if cw, ok := s.(interface{ CloseWrite() error }); ok {
-						_ = cw.CloseWrite()
-					}
-					close(done)
-				}()
-				_, _ = io.Copy(c, s)
-				c.Close()
-				<-done
+				track(c, true)
+				track(s, true)
+				defer track(c, false)
+				defer track(s, false)
+				pipe.Join(c, c, s, s)
 			}()
 		}
 	}()
@@ -412,12 +462,75 @@ func providerService(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func freeTCPPort(t *testing.T) int {
+// memberServer is a process member's command: setup (which makes the
+// folder www), then busybox httpd serving www on 127.0.0.1 at the first of
+// a few ports it can bind, written to the file port in its folder first.
+// A port chosen by the test and left free until the member listens could
+// be taken meanwhile by another package's test; these are below the
+// kernel's ephemeral range, which listeners on port 0 and outgoing
+// connections take from, and there are several. memberServerPort finds
+// the one it listens on.
+func memberServer(t *testing.T, setup string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var ports []string
+	for len(ports) < 4 {
+		p := 20000 + mrand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue // taken now
+		}
+		l.Close()
+		ports = append(ports, strconv.Itoa(p))
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return fmt.Sprintf(`%s && for p in %s; do echo $p > port; busybox httpd -f -p 127.0.0.1:$p -h www; done; echo "test server: no port free" >&2; exit 1`,
+		setup, strings.Join(ports, " "))
+}
+
+// memberServerPort is the port the memberServer of member 0 of job id
+// listens on: the port its file names, once a forward to it answers HTTP
+// (a forward reaches only a port the member itself listens on). It fails
+// the test within serverWait.
+func memberServerPort(t *testing.T, ctx context.Context, sub *node.Node, id string) int {
+	t.Helper()
+	const serverWait = time.Minute
+	ctx, cancel := context.WithTimeout(ctx, serverWait)
+	defer cancel()
+	port := 0
+	testwait.Until(t, ctx, "the member's server to answer through a forward", func() (bool, string) {
+		out, _, code, err := execIn(ctx, sub, id, sessionwire.Open{Command: []string{"cat", "port"}}, nil)
+		p, perr := strconv.Atoi(strings.TrimSpace(out))
+		if err != nil || code != 0 || perr != nil {
+			return false, fmt.Sprintf("cat port: %q, code %d, %v", out, code, err)
+		}
+		c, err := sub.OpenSession(ctx, id, sessionwire.Open{Kind: sessionwire.KindForward, Port: p})
+		if err != nil {
+			return false, fmt.Sprintf("port %d: %v", p, err)
+		}
+		defer c.Close()
+		stop := context.AfterFunc(ctx, func() { c.Close() })
+		defer stop()
+		if _, err := io.WriteString(c, "HEAD / HTTP/1.0\r\n\r\n"); err != nil {
+			return false, fmt.Sprintf("port %d: %v", p, err)
+		}
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if !strings.HasPrefix(line, "HTTP/1.") {
+			return false, fmt.Sprintf("port %d answered %q, %v", p, line, err)
+		}
+		port = p
+		return true, ""
+	})
+	return port
+}
+
+// waitRunning waits until member 0 of job id runs (its only member), and
+// fails at once, saying why, if the job ends first.
+func waitRunning(t *testing.T, ctx context.Context, sub *node.Node, id string) node.Job {
+	t.Helper()
+	return waitJob(t, ctx, sub, id, "to run", func(j node.Job) bool {
+		switch j.State {
+		case node.JobDone, node.JobFailed, node.JobCancelled:
+			t.Fatalf("job %s ended before its member ran: %s (%s); its log:\n%s", id, j.State, j.Reason, jobLog(t, sub, id))
+		}
+		return j.State == node.JobRunning && len(j.Runs) == 1 && j.Runs[0].State == node.MemberRunning
+	})
 }

@@ -63,7 +63,16 @@ type MemberRun struct {
 	// several members); Net what crossed it, as its provider metered it.
 	Addr string            `json:"addr,omitempty"`
 	Net  *jobwire.NetMeter `json:"net,omitempty"`
+	// Network is where it meets the job's other members: NetworkJob or
+	// NetworkHost; "" for a job of one member.
+	Network string `json:"network,omitempty"`
 }
+
+// A member's network (MemberRun.Network).
+const (
+	NetworkJob  = "job"  // the job's own network (node/jobnet), at Addr
+	NetworkHost = "host" // its provider's host network: a provider of the job cannot make job networks (a private swarm)
+)
 
 var errCancelled = errors.New("cancelled by the submitter")
 
@@ -178,8 +187,11 @@ func (n *Node) runJob(ctx context.Context, id string) {
 	runs := make([]MemberRun, len(members))
 	for i, m := range members {
 		runs[i] = MemberRun{Rank: i, Provider: m.Provider, Class: m.Class, GPUs: m.GPUs, State: MemberStarting}
-		if jobHasNet(j) {
-			runs[i].Addr = jobnet.Addr(j.ID, i).String()
+		switch {
+		case jobHasNet(j):
+			runs[i].Addr, runs[i].Network = jobnet.Addr(j.ID, i).String(), NetworkJob
+		case len(members) > 1:
+			runs[i].Network = NetworkHost
 		}
 	}
 	if _, ok := n.moveJob(id, JobRunning, []JobState{JobFormed}, func(j *Job) {
@@ -355,7 +367,7 @@ func (n *Node) attemptConfig(j Job) attempt.Config {
 	launcher := j.Spec.Launcher
 	ms := make([]attempt.Member, len(j.Members))
 	for i, m := range j.Members {
-		ms[i] = attempt.Member{Name: shortPeer(m.Provider), Provider: solanaAddress(m.Provider), GPUs: m.GPUs, Class: m.Class, Price: m.Price}
+		ms[i] = attempt.Member{Name: shortPeer(m.Provider), Provider: solanaAddress(m.Provider), GPUs: m.GPUs, Class: m.Class, Price: m.Price, HostNet: m.HostNet}
 	}
 	u := n.PriceUnit()
 	master := ""
@@ -376,8 +388,10 @@ func (n *Node) attemptConfig(j Job) attempt.Config {
 }
 
 // jobHasNet reports whether a job's members meet on a network of their
-// own (package node/jobnet): every job of several members does.
-func jobHasNet(j Job) bool { return len(j.Members) > 1 }
+// own (package node/jobnet): every job of several members does, but for
+// one with a member whose provider cannot make job networks (a private
+// swarm's): all its members meet on the host network (gossip.HostNetwork).
+func jobHasNet(j Job) bool { return len(j.Members) > 1 && !gossip.HostNetwork(j.Members) }
 
 // startMember opens a member's stream, sends its start frame and reads its
 // frames until the stream ends, reporting each as an attempt event.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/gpumesh/gpumesh/internal/pipe"
@@ -71,22 +72,38 @@ func (n *Node) OpenSession(ctx context.Context, id string, o sessionwire.Open) (
 		}
 		s = st
 	}
-	if dl, ok := s.(interface{ SetReadDeadline(time.Time) error }); ok {
-		_ = dl.SetReadDeadline(time.Now().Add(openTimeout + portDialTimeout))
-		defer func() { _ = dl.SetReadDeadline(time.Time{}) }()
+	// The open and its reply within openWait, and within ctx: a stream's
+	// deadlines bound them where it has them; the timer where it has not
+	// (a simulated network's streams), resetting the stream.
+	const openWait = openTimeout + portDialTimeout
+	if dl, ok := s.(interface{ SetDeadline(time.Time) error }); ok {
+		_ = dl.SetDeadline(time.Now().Add(openWait))
+		defer func() { _ = dl.SetDeadline(time.Time{}) }()
+	}
+	octx, cancel := context.WithTimeout(ctx, openWait)
+	defer cancel()
+	stop := context.AfterFunc(octx, func() { pipe.Abort(s) })
+	fail := func(err error) (io.ReadWriteCloser, error) {
+		stop()
+		pipe.Abort(s)
+		if octx.Err() != nil {
+			err = fmt.Errorf("%w (no answer within %s)", err, openWait)
+		}
+		return nil, err
 	}
 	if err := sessionwire.WriteOpen(s, o); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("%w: %v", ErrSessionRefused, err)
+		return fail(fmt.Errorf("%w: %v", ErrSessionRefused, err))
 	}
 	br := bufio.NewReader(s)
 	rep, err := sessionwire.ReadReply(br)
 	if err != nil {
-		s.Close()
-		return nil, fmt.Errorf("%w: no answer from member %d's provider: %v", ErrSessionRefused, o.Rank, err)
+		return fail(fmt.Errorf("%w: no answer from member %d's provider: %v", ErrSessionRefused, o.Rank, err))
+	}
+	if !stop() {
+		return fail(fmt.Errorf("%w: no answer from member %d's provider", ErrSessionRefused, o.Rank))
 	}
 	if rep.Error != "" {
-		s.Close()
+		pipe.Abort(s)
 		return nil, fmt.Errorf("%w: %s", ErrSessionRefused, text.Line(rep.Error))
 	}
 	return &pipe.Conn{R: br, Raw: s}, nil
@@ -161,13 +178,17 @@ func (n *Node) serveJobSession(w http.ResponseWriter, r *http.Request) {
 	}
 	defer tc.Close()
 	watched := make(chan struct{})
-	go func() { // the client closing its end ends the forward
+	var joined atomic.Bool
+	go func() { // the client closing its end first ends the forward at once
 		defer close(watched)
 		_, _ = io.Copy(io.Discard, uc)
-		_ = tc.Close()
-		_ = s.Close()
+		if !joined.Load() {
+			pipe.Abort(tc)
+			pipe.Abort(s)
+		}
 	}()
 	pipe.Join(tc, tc, member, s)
+	joined.Store(true)
 	_ = conn.Close()
 	<-watched
 }

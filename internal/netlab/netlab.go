@@ -19,6 +19,12 @@
 // New skips the test, saying why, where the machine does not allow network
 // namespaces (not root, no ip or iptables); Link skips where the kernel has
 // no netem.
+//
+// NewFakeInternet is smaller: one namespace joined to this host's own
+// network, standing in for the internet in egress tests (a server a
+// container reaches through this host's routing and NAT), on a /30 of
+// 198.51.100.0/24 that no other fake internet holds at the same time, in
+// any test process.
 package netlab
 
 import (

@@ -1,6 +1,9 @@
 package netlab_test
 
 import (
+	"fmt"
+	"io"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -64,4 +67,47 @@ func TestLinkDelaysTraffic(t *testing.T) {
 	if !strings.Contains(string(out), "min/avg/max = 10") {
 		t.Errorf("ping over a 50 ms link: %s, want about 100 ms round trips", out)
 	}
+}
+
+// Fake internets up at once, as the exec and node packages' tests make
+// them, get addresses and names of their own, and each serves /hello to
+// this host. (Their claims are the kernel's: a veth pair's names, which
+// one holder at a time gets, across processes too.)
+func TestFakeInternetsUpAtOnceShareNothing(t *testing.T) {
+	seen := map[string]bool{}
+	for range 3 {
+		f := netlab.NewFakeInternet(t)
+		for _, ip := range []string{f.IP, f.HostIP} {
+			if seen[ip] || !strings.HasPrefix(ip, "198.51.100.") {
+				t.Errorf("a fake internet has %s: taken already, or not in 198.51.100.0/24", ip)
+			}
+			seen[ip] = true
+		}
+		body, err := httpGet(f.Addr, "/hello")
+		if err != nil || body != netlab.FakeHello {
+			t.Errorf("GET /hello from %s: %q, %v; want %q", f.Addr, body, err, netlab.FakeHello)
+		}
+	}
+}
+
+// httpGet is the body of an HTTP/1.0 GET of path from addr, within 5 s.
+func httpGet(addr, path string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.0\r\n\r\n", path); err != nil {
+		return "", err
+	}
+	resp, err := io.ReadAll(c)
+	if err != nil {
+		return "", err
+	}
+	_, body, ok := strings.Cut(string(resp), "\r\n\r\n")
+	if !ok {
+		return "", fmt.Errorf("no HTTP answer: %q", resp)
+	}
+	return body, nil
 }

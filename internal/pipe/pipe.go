@@ -47,6 +47,29 @@ func (c *Conn) CloseWrite() error {
 	return c.Raw.Close()
 }
 
+// Reset ends Raw at once, telling its far end that it did not end well
+// (Abort).
+func (c *Conn) Reset() error {
+	Abort(c.Raw)
+	return nil
+}
+
+// Abort ends a connection at once, so that its far end sees an error
+// rather than a clean end, and no one waits on it: a libp2p stream (or
+// anything with Reset) is reset, a TCP connection closed with a reset
+// (linger 0), anything else closed.
+func Abort(c any) {
+	switch v := c.(type) {
+	case interface{ Reset() error }:
+		_ = v.Reset()
+	case *net.TCPConn:
+		_ = v.SetLinger(0)
+		_ = v.Close()
+	case io.Closer:
+		_ = v.Close()
+	}
+}
+
 // Copy copies src to dst until src ends (io.EOF is no error) or a side
 // fails, and says how many bytes it copied. A src or dst that is a
 // ReadAheader is copied through its connection (after what its reader
@@ -106,13 +129,22 @@ type readerOnly struct{ io.Reader }
 // Join copies a to b and b to a until both directions are done: the end
 // of one direction half-closes the other side's writing (CloseWrite on
 // aRaw or bRaw, a's and b's own values, where they have it), so a
-// half-closed connection still reads its answer; an error, or a side with
-// no half-close, closes both. It closes neither at the end.
+// half-closed connection still reads its answer; a side with no
+// half-close closes both. An error (a side reset, a write to a side
+// gone) aborts both (Abort): their far ends see the connection fail, not
+// end cleanly, so a cut transfer never looks whole, and a stream's far
+// end stops writing into a stream no one reads. It closes neither at the
+// end.
 func Join(a io.ReadWriter, aRaw any, b io.ReadWriter, bRaw any) {
 	done := make(chan struct{})
 	half := func(dst io.Writer, dstRaw any, src io.Reader, srcRaw any) {
 		_, err := Copy(dst, src)
-		if cw, ok := dstRaw.(interface{ CloseWrite() error }); ok && err == nil {
+		if err != nil {
+			Abort(dstRaw)
+			Abort(srcRaw)
+			return
+		}
+		if cw, ok := dstRaw.(interface{ CloseWrite() error }); ok {
 			_ = cw.CloseWrite()
 			return
 		}

@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"io"
 	"net"
 	"path/filepath"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -178,5 +181,72 @@ func TestJoinPassesAHalfCloseAndTheAnswerBack(t *testing.T) {
 	case <-joined:
 	case <-time.After(20 * time.Second):
 		t.Fatal("Join did not return after both directions ended")
+	}
+}
+
+// A side that fails mid-transfer fails the other too: the server's
+// connection reset while it sends reaches the client as a reset, not as a
+// clean end that would make a cut answer look whole; and Join returns.
+func TestJoinPassesAResetOnAsAReset(t *testing.T) {
+	client, front := socketPair(t, "tcp")
+	back, server := socketPair(t, "tcp")
+	joined := make(chan struct{})
+	go func() { defer close(joined); Join(front, front, back, back) }()
+	if _, err := server.Write([]byte("the first half of an answer")); err != nil {
+		t.Fatal(err)
+	}
+	_ = client.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.ReadFull(client, make([]byte, len("the first half of an answer"))); err != nil {
+		t.Fatal(err)
+	}
+	Abort(server) // the server fails: a reset
+	_, err := io.ReadAll(client)
+	if err == nil || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the client's read after the server failed: %v, want a reset (a clean end hides the failure)", err)
+	}
+	select {
+	case <-joined:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Join did not return after a side failed")
+	}
+}
+
+// resetter is a stream that records whether it was reset or closed.
+type resetter struct {
+	net.Conn
+	reset, closed chan struct{}
+	resetOnce     sync.Once
+	closeOnce     sync.Once
+}
+
+func (r *resetter) Reset() error { r.resetOnce.Do(func() { close(r.reset) }); return r.Conn.Close() }
+func (r *resetter) Close() error { r.closeOnce.Do(func() { close(r.closed) }); return r.Conn.Close() }
+
+// A stream on a side that fails is reset, not closed: a libp2p stream's
+// Close leaves its far end writing into a stream no one reads (until its
+// window is full, then waiting forever); a reset tells it at once.
+func TestJoinResetsAStreamWhenTheOtherSideFails(t *testing.T) {
+	client, front := socketPair(t, "tcp")
+	streamEnd, far := socketPair(t, "unix")
+	s := &resetter{Conn: streamEnd, reset: make(chan struct{}), closed: make(chan struct{})}
+	joined := make(chan struct{})
+	go func() { defer close(joined); Join(front, front, s, s) }()
+	go func() { _, _ = io.Copy(io.Discard, far) }()
+	if _, err := far.Write([]byte("data for a client that goes")); err != nil {
+		t.Fatal(err)
+	}
+	Abort(client)                         // the client fails
+	_, _ = far.Write(make([]byte, 1<<20)) // more for it: the write to the client fails
+	select {
+	case <-s.reset:
+	case <-s.closed:
+		t.Fatal("the stream was closed, not reset, when the other side failed")
+	case <-time.After(20 * time.Second):
+		t.Fatal("the stream was neither reset nor closed 20 s after the other side failed")
+	}
+	select {
+	case <-joined:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Join did not return after a side failed")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -204,6 +205,17 @@ func New(cfg Config, now time.Time) (*Attempt, error) {
 	}
 	a.dirty = true
 	a.note(fmt.Sprintf("attempt %d: running on %d members (%d GPUs)", cfg.Attempt+1, len(cfg.Members), world))
+	if len(cfg.Members) > 1 && cfg.MasterAddr == "" {
+		var hosts []string
+		for i, m := range a.ms {
+			if m.HostNet {
+				hosts = append(hosts, a.name(i))
+			}
+		}
+		if len(hosts) > 0 {
+			a.note(fmt.Sprintf("the members meet on the host network (provider cannot make job networks: %s)", strings.Join(hosts, ", ")))
+		}
+	}
 	a.start(0, cfg.MasterAddr, 0, now)
 	if !cfg.Rendezvous {
 		for r := 1; r < len(a.ms); r++ {

@@ -24,6 +24,7 @@ type Member struct {
 	GPUs     uint32 // GPUs leased, at least 1
 	Class    string // GPU class, e.g. "H100-80GB"
 	Price    uint64 // per GPU-hour, in the unit's smallest unit
+	HostNet  bool   // its provider cannot make job networks: a job of several without MasterAddr meets on the host network
 }
 
 // Config is one attempt of a job. The zero value of every duration is its
@@ -41,7 +42,9 @@ type Config struct {
 	Rendezvous bool // start member 0 first, the rest once it is ready (with its port)
 	// MasterAddr, when set, is the rendezvous address every member gets,
 	// member 0 included: member 0's address on the job's own network. ""
-	// (no job network): member 0's address as its stream reaches it.
+	// (no job network: one member, or a member's provider cannot make
+	// one, Member.HostNet, and all meet on the host network, which the
+	// job's log says): member 0's address as its stream reaches it.
 	MasterAddr       string
 	EndsWithRankZero bool // a head launcher: when member 0 exits, stop every member
 	Settles          bool // this peer pays bills on chain as the job runs

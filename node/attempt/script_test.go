@@ -268,10 +268,12 @@ func runScript(t *testing.T, script string) string {
 				Heartbeat: dur("heartbeat"), StartWithin: dur("startwithin"), StopWait: dur("stopwait"),
 				StartTimeout: dur("starttimeout"), Unit: args["unit"], MasterAddr: args["jobnet"],
 			}
+			hostNet := ints("hostnet")
 			for r := range int(num("members", 1)) {
 				cfg.Members = append(cfg.Members, Member{
 					Name: fmt.Sprintf("p%d", r), Provider: fmt.Sprintf("provider%d", r),
 					GPUs: uint32(num("gpus", 1)), Class: "H100-80GB", Price: uint64(num("price", 3600)),
+					HostNet: slices.Contains(hostNet, r),
 				})
 			}
 			a, err := New(cfg, h.now)

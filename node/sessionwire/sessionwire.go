@@ -344,9 +344,16 @@ var ErrNoExit = errors.New("the exec session ended without an exit code")
 // RunExec is the submitter's side of an open exec session on rw: it sends
 // x.Stdin (then StdinEOF) and resizes, writes the command's output to
 // x.Stdout and x.Stderr, and returns its exit code, or an error that says
-// why the command could not run. Cancelling ctx closes rw.
+// why the command could not run. Cancelling ctx ends rw at once (a reset
+// where it has one, else a close).
 func RunExec(ctx context.Context, rw io.ReadWriteCloser, x ExecIO) (int, error) {
-	stop := context.AfterFunc(ctx, func() { _ = rw.Close() })
+	stop := context.AfterFunc(ctx, func() { // at once: a reset where rw has one
+		if r, ok := rw.(interface{ Reset() error }); ok {
+			_ = r.Reset()
+			return
+		}
+		_ = rw.Close()
+	})
 	defer stop()
 	fw := NewWriter(rw)
 	done := make(chan struct{})

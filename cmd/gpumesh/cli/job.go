@@ -234,6 +234,14 @@ func printJob(g *globals, j node.Job, took time.Duration) {
 	fmt.Fprintf(w, "cluster: %s, %s %s per hour\n", plural(len(j.Members), "member"), u.Format(j.Cost), u.Token)
 	printImages(w, j)
 	for _, r := range j.Runs {
+		if r.Network == node.NetworkHost {
+			why := "a provider of the job cannot make job networks"
+			if r.Rank < len(j.Members) && j.Members[r.Rank].HostNet {
+				why = "its provider cannot make job networks"
+			}
+			fmt.Fprintf(w, "member %d: host network (%s)\n", r.Rank, why)
+			continue
+		}
 		if r.Addr == "" {
 			continue
 		}

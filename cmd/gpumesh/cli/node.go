@@ -218,7 +218,7 @@ public swarm.`,
 	f.Float64Var(&jobCPUs, "job-cpus", 0, "CPU cores container jobs may use in all; each member gets its GPUs' share, at least one core (default every core)")
 	f.Var(&jobDisk, "job-disk", "disk container jobs may write in all (writable layers and outputs), e.g. 500GiB, or none; each member gets its GPUs' share (default 100GiB)")
 	f.Var(&jobLog, "job-log", "output read back from one member, its log files capped alike, e.g. 64MiB (default 64MiB)")
-	f.BoolVar(&noHostNetwork, "no-host-network", false, "refuse a member of several that comes with no job network of its own (from a submitter of an older version), whose members would meet over the host network")
+	f.BoolVar(&noHostNetwork, "no-host-network", false, "refuse a member of several that comes with no job network of its own (from a submitter of an older version, or in a private swarm a job with a provider that cannot make job networks), whose members would meet over the host network")
 	f.BoolVar(&jobEgress, "job-egress", false, "let one-member container jobs, and members of container jobs whose spec says network: {egress: true}, reach the internet (never this host, its LAN, link-local or metadata addresses: a bridge network of their own and iptables rules this node installs and removes; needs root); default: no network but their own loopback")
 	f.DurationVar(&pullTimeout, "pull-timeout", 0, "longest image pull of a job (default 4m, under the submitter's 5-minute start deadline)")
 	f.Var(&pullMax, "pull-max", "largest image a job may pull (its compressed layers), e.g. 30GiB, or none (default 30GiB)")
