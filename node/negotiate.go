@@ -732,26 +732,30 @@ func (n *Node) send(ctx context.Context, to peer.ID, msg gossip.Message) {
 }
 
 // sendOn delivers one message to a peer on its own stream of proto,
-// without blocking the loop. It reaches the peer by its ID alone: over a
+// without blocking the loop: the message is signed on the goroutine that
+// sends it, not on the loop, so a provider's loop under a flood of
+// requests spends no signature on each bid before it takes the next
+// award. It reaches the peer by its ID alone: over a
 // connection it has, at addresses this peer knows of it (identify, the
 // DHT), or at the addresses the DHT finds for it — never at an address a
 // message names, so no message can make this peer dial a third party.
 // own marks this peer's own requests (bounded by its fan-out), which may
-// look their peer up even when maxLookups are under way.
+// look their peer up even when maxLookups are under way. msg must not
+// change after the call.
 func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg gossip.Message, own bool) {
-	data, err := n.sealNegotiation(msg)
-	if err != nil {
-		n.log.Warn("negotiation message not sent", "to", to, "err", err)
-		return
-	}
 	n.sent.Add(1)
-	if to == n.id.PeerID { // a peer that is its own provider
+	if to == n.id.PeerID { // a peer that is its own provider: nothing to sign
 		n.deliver(ctx, negEvent{msg: msg})
 		return
 	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
+		data, err := n.sealNegotiation(msg)
+		if err != nil {
+			n.log.Warn("negotiation message not sent", "to", to, "err", err)
+			return
+		}
 		sctx, cancel := context.WithTimeout(ctx, sendTimeout)
 		defer cancel()
 		if err := n.reachPeer(sctx, to, own); err != nil {

@@ -18,7 +18,6 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/gpumesh/gpumesh/gossip"
-	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobwire"
 )
@@ -56,7 +55,8 @@ const adversarySeed = 0xad7e_75a2_0000_0000
 
 // AddAdversary adds hostile peer i to the mesh: a host with the key
 // Key(seed^adversarySeed, i), linked to every node and connected to each,
-// on the request-for-bids topic once it has a peer there. It is closed
+// subscribed to the request-for-bids topic (it hears requests from when
+// GossipSub has meshed it; Publish waits for a peer there). It is closed
 // with the mesh.
 func (m *Mesh) AddAdversary(t testing.TB, i int) *Adversary {
 	t.Helper()
@@ -92,13 +92,24 @@ func (m *Mesh) AddAdversary(t testing.TB, i int) *Adversary {
 			t.Fatalf("meshtest: adversary %d: connect: %v", i, err)
 		}
 	}
-	err = testwait.Poll(ctx, func() (bool, string) {
-		return len(a.topic.ListPeers()) > 0, "no peer on the rfb topic"
-	})
-	if err != nil {
-		t.Fatalf("meshtest: adversary %d: %v", i, err)
-	}
 	return a
+}
+
+// onTopic waits until a peer of the mesh is on the request-for-bids topic
+// with this one (GossipSub has heard its subscription), so that what this
+// peer publishes goes somewhere: at once when one is, else at the join.
+func (a *Adversary) onTopic(ctx context.Context) error {
+	ev, err := a.topic.EventHandler()
+	if err != nil {
+		return err
+	}
+	defer ev.Cancel()
+	for len(a.topic.ListPeers()) == 0 { // after the handler is made: no join is missed
+		if _, err := ev.NextPeerEvent(ctx); err != nil {
+			return fmt.Errorf("meshtest: no peer on the request-for-bids topic: %w", err)
+		}
+	}
+	return nil
 }
 
 func (a *Adversary) readRequests(ctx context.Context, sub *pubsub.Subscription) {
@@ -149,10 +160,14 @@ func (a *Adversary) notifyLocked() {
 
 // Publish broadcasts a request for bids on the swarm's topic, signed by
 // this peer (its Submitter should be this peer: the topic's validators
-// reject a request published by anyone but its author).
+// reject a request published by anyone but its author), once a peer is
+// there to take it.
 func (a *Adversary) Publish(ctx context.Context, rfb *gossip.RequestForBids) error {
 	data, err := gossip.MarshalNegotiation(rfb)
 	if err != nil {
+		return err
+	}
+	if err := a.onTopic(ctx); err != nil {
 		return err
 	}
 	return a.topic.Publish(ctx, data)

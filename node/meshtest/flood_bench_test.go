@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -42,8 +43,10 @@ import (
 // outside the timing) until the flood is sent and at least floodJobs have
 // been tried; the no-flood baseline runs first on the same mesh. It
 // reports formation p50/p99 of the jobs that formed and p99 over the
-// baseline's, the jobs that failed to form, the flood's sending time, and
-// the bids providers sent the flooders per flood. The direct- floods send
+// baseline's, the jobs that failed to form, the flood's sending time, the
+// bids providers sent the flooders per flood, and how long the process's
+// goroutines waited to run once runnable (the Go scheduler's latency,
+// p99 and p999 as the upper bounds of runtime/metrics' buckets). The direct- floods send
 // the same requests to the providers themselves (RFBProtocol, round
 // robin), as a flooder that reads the directory would.
 func BenchmarkFormationUnderFlood(b *testing.B) {
@@ -82,6 +85,7 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 			var sendTime time.Duration
 			var bids int64
 			failed := 0
+			sched0 := schedLatencies()
 			b.ResetTimer()
 			for range b.N {
 				b.StopTimer()
@@ -142,6 +146,12 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 			b.ReportMetric(float64(provs)/10/float64(b.N), "topic-checks/provider")
 			b.ReportMetric(float64(others)/40/float64(b.N), "topic-checks/other-peer")
 			reportSplits(b, splits)
+			// How long goroutines of the whole process (every peer's, the
+			// flooders') waited to run once runnable: a tail that no
+			// queue of a peer explains shows here.
+			p99, p999 := schedQuantiles(sched0, schedLatencies())
+			b.ReportMetric(p99, "sched-p99-ms")
+			b.ReportMetric(p999, "sched-p999-ms")
 			if len(lat) == 0 {
 				b.Fatalf("no honest job formed (%d failed)", failed)
 			}
@@ -401,10 +411,21 @@ func (h *traceHandler) WithGroup(string) slog.Handler      { return h }
 type split struct {
 	steps                                         string // every step, for a slow job
 	took                                          time.Duration
+	loop                                          time.Duration // submitted to ended, on the submitter's loop
 	submit, send, deliver, queue, bid, award, end time.Duration
 }
 
 var splitNames = []string{"submit", "send", "deliver", "queue", "bid", "award", "end"}
+
+// outside is the part of took that the submitter's loop did not see: from
+// the SubmitJob call until its loop took the negotiation, and from its
+// outcome until the job's record showed it (the job store's write).
+func (s split) outside() time.Duration {
+	if s.loop == 0 {
+		return 0
+	}
+	return s.took - s.loop
+}
 
 func (s split) parts() []time.Duration {
 	return []time.Duration{s.submit, s.send, s.deliver, s.queue, s.bid, s.award, s.end}
@@ -412,7 +433,7 @@ func (s split) parts() []time.Duration {
 
 func (s split) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "took %v:", s.took.Round(time.Millisecond))
+	fmt.Fprintf(&b, "took %v (outside the loop's steps %v):", s.took.Round(time.Millisecond), s.outside().Round(time.Millisecond))
 	for i, d := range s.parts() {
 		fmt.Fprintf(&b, " %s %v", splitNames[i], d.Round(100*time.Microsecond))
 	}
@@ -472,7 +493,7 @@ func (t *traceLog) split(job string, sub int) split {
 	for _, e := range evs {
 		fmt.Fprintf(&all, " %d:%s:%s:%d", e.node, e.step, e.kind, e.at.Sub(submitted).Milliseconds())
 	}
-	return split{steps: all.String(), submit: 0, send: d(submitted, sent), deliver: d(sent, lastQueued), queue: queueWait,
+	return split{steps: all.String(), loop: d(submitted, end), submit: 0, send: d(submitted, sent), deliver: d(sent, lastQueued), queue: queueWait,
 		bid: d(lastQueued, lastBid), award: d(lastBid, award), end: d(award, end)}
 }
 
@@ -492,6 +513,12 @@ func reportSplits(b *testing.B, splits []split) {
 		slices.Sort(ds)
 		b.ReportMetric(float64(ds[i])/float64(time.Millisecond), name+"-p99-ms")
 	}
+	out := make([]time.Duration, len(splits))
+	for j, s := range splits {
+		out[j] = s.outside()
+	}
+	slices.Sort(out)
+	b.ReportMetric(float64(out[i])/float64(time.Millisecond), "outside-p99-ms")
 	b.Logf("slowest: %s", splits[len(splits)-1])
 	b.Logf("p99 job: %s", splits[i])
 }
@@ -513,4 +540,42 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// schedLatencies is the process's scheduler latencies so far: how long
+// goroutines waited to run once runnable.
+func schedLatencies() *metrics.Float64Histogram {
+	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return &metrics.Float64Histogram{}
+	}
+	return s[0].Value.Float64Histogram()
+}
+
+// schedQuantiles is the p99 and p999, in ms, of the latencies between two
+// samples: the upper bound of the bucket each falls in.
+func schedQuantiles(before, after *metrics.Float64Histogram) (p99, p999 float64) {
+	counts := slices.Clone(after.Counts)
+	var total uint64
+	for i := range counts {
+		if i < len(before.Counts) {
+			counts[i] -= before.Counts[i]
+		}
+		total += counts[i]
+	}
+	q := func(p float64) float64 {
+		var c uint64
+		for i, n := range counts {
+			c += n
+			if float64(c) >= p*float64(total) {
+				return after.Buckets[i+1] * 1e3
+			}
+		}
+		return 0
+	}
+	if total == 0 {
+		return 0, 0
+	}
+	return q(.99), q(.999)
 }
