@@ -49,6 +49,9 @@ const (
 	// bulkPeers is how many of a FetchFrom's peers are tried before
 	// bitswap.
 	bulkPeers = 3
+	// bulkFind bounds the search for peers that announced a root, when
+	// those a FetchFrom names fell short.
+	bulkFind = 5 * time.Second
 )
 
 // BulkProtocol is the bulk stream's protocol under a prefix (Config.Prefix).
@@ -258,7 +261,8 @@ func (b *bulkServer) serve(st network.Stream, p peer.ID) error {
 
 // FetchFrom is Fetch, trying first the bulk stream from peers that hold
 // the DAG (the submitter of an input, a provider that shares it), in
-// order, at most a few of them: each block that comes is hashed against
+// order, at most a few of them, then from peers whose provider records
+// in the swarm's DHT name root: each block that comes is hashed against
 // the CID asked and kept. A peer that answers with wrong bytes is
 // disconnected; one that has not a block, or fails, leaves the rest to
 // the next peer, and what is still missing then comes over bitswap from
@@ -271,23 +275,55 @@ func (s *Service) FetchFrom(ctx context.Context, root cid.Cid, max int64, from .
 		return FetchStats{}, nil, err
 	}
 	var bulkBytes int64
-	tried := 0
-	for _, p := range from {
-		if p == "" || p == s.host.ID() || tried == bulkPeers {
-			continue
+	tried := map[peer.ID]bool{}
+	var held [][]cid.Cid
+	defer func() {
+		for _, pins := range held {
+			s.store.unpin(pins)
 		}
-		tried++
+	}()
+	try := func(p peer.ID) (FetchStats, func(), error, bool) {
+		if p == "" || p == s.host.ID() || tried[p] || len(tried) == bulkPeers {
+			return FetchStats{}, nil, nil, false
+		}
+		tried[p] = true
 		st, pins, err := s.bulkFetch(ctx, p, root, max)
 		bulkBytes += st.FetchedBytes
 		if err == nil {
-			return st, func() { s.store.unpin(pins) }, nil
+			return st, func() { s.store.unpin(pins) }, nil, true
 		}
 		// The blocks kept stay pinned until Fetch has pinned them again.
-		defer s.store.unpin(pins)
+		held = append(held, pins)
 		if errors.Is(err, ErrTooBig) || ctx.Err() != nil {
-			return st, nil, err
+			return st, nil, err, true
 		}
 		s.log.Debug("content: bulk fetch fell short; going on", "cid", root, "peer", p, "err", err)
+		return st, nil, nil, false
+	}
+	for _, p := range from {
+		if st, release, err, done := try(p); done {
+			return st, release, err
+		}
+	}
+	if s.routing != nil && len(tried) < bulkPeers && ctx.Err() == nil {
+		// Peers that announced root: a provider that shares an image's
+		// layers, a replica of a checkpoint.
+		fctx, cancel := context.WithTimeout(ctx, bulkFind)
+		var found []peer.ID
+		for ai := range s.routing.FindProvidersAsync(fctx, root, bulkPeers) {
+			if ai.ID != s.host.ID() && !tried[ai.ID] {
+				if len(ai.Addrs) > 0 {
+					s.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Minute)
+				}
+				found = append(found, ai.ID)
+			}
+		}
+		cancel()
+		for _, p := range found {
+			if st, release, err, done := try(p); done {
+				return st, release, err
+			}
+		}
 	}
 	st, release, err := s.Fetch(ctx, root, max)
 	st.FetchedBytes += bulkBytes
@@ -296,23 +332,68 @@ func (s *Service) FetchFrom(ctx context.Context, root cid.Cid, max int64, from .
 
 // bulkFetch walks root's DAG over one bulk stream from p: the blocks the
 // store lacks are asked for, up to bulkWindow ahead, and kept as they
-// come. It returns the CIDs it pinned (to unpin, even on an error).
+// come. The stream is opened at the first block the store lacks. Its
+// requests are written by a goroutine of their own, so that the answers
+// are always read: a peer that writes its answers before it reads the
+// next request (as ours does) never waits on us, whatever the transport
+// buffers. It returns the CIDs it pinned (to unpin, even on an error).
 func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max int64) (st FetchStats, pins []cid.Cid, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	str, err := s.host.NewStream(network.WithAllowLimitedConn(ctx, "bulk"), p, s.bulkProto)
-	if err != nil {
-		return st, nil, fmt.Errorf("content: bulk stream to %s: %w", p, err)
+
+	var (
+		str     network.Stream
+		stop    func() bool // of the stream's reset at ctx's end
+		r       *bufio.Reader
+		reqs    chan []byte // requests to write, in order
+		written chan error  // the request writer's end: nil, or why it stopped
+	)
+	open := func() error {
+		var err error
+		str, err = s.host.NewStream(network.WithAllowLimitedConn(ctx, "bulk"), p, s.bulkProto)
+		if err != nil {
+			return fmt.Errorf("content: bulk stream to %s: %w", p, err)
+		}
+		stop = context.AfterFunc(ctx, func() { _ = str.Reset() })
+		r = bufio.NewReaderSize(str, 64<<10)
+		// At most bulkWindow CIDs are asked and not answered, each
+		// request one or more of them: the writer is never more than
+		// bulkWindow requests behind.
+		reqs = make(chan []byte, bulkWindow)
+		written = make(chan error, 1)
+		go func() {
+			var werr error
+			for req := range reqs {
+				if werr != nil {
+					continue
+				}
+				_ = str.SetWriteDeadline(time.Now().Add(bulkIdle))
+				if _, err := str.Write(req); err != nil {
+					werr = fmt.Errorf("content: bulk stream to %s: %w", p, err)
+					cancel() // the reader waits on no answer to it
+				}
+			}
+			written <- werr
+		}()
+		return nil
 	}
 	defer func() {
+		if str == nil {
+			return
+		}
+		defer stop()
 		if err != nil {
+			_ = str.Reset() // a writer stuck in a write returns
+		}
+		close(reqs)
+		if werr := <-written; err == nil && werr != nil {
+			err = werr
 			_ = str.Reset()
-		} else {
+		}
+		if err == nil {
 			_ = str.Close()
 		}
 	}()
-	stop := context.AfterFunc(ctx, func() { _ = str.Reset() })
-	defer stop()
 
 	// Writers keep blocks in the store, storeWriters at once.
 	// A raw leaf is hashed there too, off the stream's reader (a node's
@@ -385,44 +466,44 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 		}
 		return nil
 	}
-	r := bufio.NewReaderSize(str, 64<<10)
-	var req []byte
 	for len(queue) > 0 || len(inflight) > 0 {
-		// Ask for what the store lacks, up to the window.
-		var batch []cid.Cid
-		for len(queue) > 0 && len(inflight)+len(batch) < bulkWindow && len(batch) < bulkBatch {
-			c := queue[0]
-			queue = queue[1:]
-			if err := checkCID(c); err != nil {
-				return st, pins, err
-			}
-			s.store.pin([]cid.Cid{c})
-			pins = append(pins, c)
-			if c.Type() == cid.Raw {
-				if size, err := s.store.GetSize(ctx, c); err == nil {
-					if err := visit(c, int64(size), nil); err != nil {
+		// Ask for what the store lacks: a batch whenever one fits in the
+		// window (or nothing is asked), so requests are few and whole.
+		for len(queue) > 0 && (len(inflight) == 0 || bulkWindow-len(inflight) >= bulkBatch) {
+			var batch []cid.Cid
+			for len(queue) > 0 && len(inflight)+len(batch) < bulkWindow && len(batch) < bulkBatch {
+				c := queue[0]
+				queue = queue[1:]
+				if err := checkCID(c); err != nil {
+					return st, pins, err
+				}
+				s.store.pin([]cid.Cid{c})
+				pins = append(pins, c)
+				if c.Type() == cid.Raw {
+					if size, err := s.store.GetSize(ctx, c); err == nil {
+						if err := visit(c, int64(size), nil); err != nil {
+							return st, pins, err
+						}
+						continue
+					}
+				} else if b, err := s.store.Get(ctx, c); err == nil {
+					if err := visit(c, int64(len(b.RawData())), b.RawData()); err != nil {
 						return st, pins, err
 					}
 					continue
 				}
-			} else if b, err := s.store.Get(ctx, c); err == nil {
-				if err := visit(c, int64(len(b.RawData())), b.RawData()); err != nil {
-					return st, pins, err
-				}
+				batch = append(batch, c)
+			}
+			if len(batch) == 0 {
 				continue
 			}
-			batch = append(batch, c)
-		}
-		if len(batch) > 0 {
-			req = appendWants(req[:0], batch)
-			_ = str.SetWriteDeadline(time.Now().Add(bulkIdle))
-			if _, err := str.Write(req); err != nil {
-				return st, pins, fmt.Errorf("content: bulk stream to %s: %w", p, err)
+			if str == nil {
+				if err := open(); err != nil {
+					return st, pins, err
+				}
 			}
+			reqs <- appendWants(nil, batch)
 			inflight = append(inflight, batch...)
-			if len(queue) > 0 && len(inflight) < bulkWindow {
-				continue // ask more before reading
-			}
 		}
 		if len(inflight) == 0 {
 			continue
@@ -462,7 +543,6 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 			return st, pins, ctx.Err()
 		}
 	}
-	_ = str.CloseWrite()
 	return st, pins, nil
 }
 
