@@ -64,7 +64,7 @@ type checkpointFetch struct {
 	pending *jobwire.CheckpointFrame
 	attempt int
 	overran func(reason string) // cuts the member off: its checkpoint is over the quota
-	from    peer.ID              // member 0's provider, which holds pending
+	from    peer.ID             // member 0's provider, which holds pending
 	running bool
 	release func() // unpins the last checkpoint fetched
 	// replicas is how many peers the spec wants to keep a copy; exclude,
