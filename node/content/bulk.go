@@ -35,14 +35,15 @@ import (
 // the stream.
 const (
 	bulkBatch  = 64  // CIDs in one request
-	bulkWindow = 128 // blocks a fetch keeps asked for on its stream
+	bulkWindow = 128 // blocks a fetch keeps asked for on one stream
+	bulkLanes  = 2   // streams a fetch takes from one peer at once
 	maxCIDLen  = 128 // bytes of a CID on the wire (ours are 36)
 	// bulkIdle bounds one read or write of a bulk stream, either end.
 	bulkIdle = 30 * time.Second
 	// bulkPerPeer is the bulk streams one peer may have open here at once,
 	// bulkStreams those of all peers; more are reset.
-	bulkPerPeer = 4 // an image's blobs are fetched 4 at once
-	bulkStreams = 32
+	bulkPerPeer = 8 // an image's blobs are fetched 4 at once, on bulkLanes each
+	bulkStreams = 64
 	// bulkOpens is the streams a second a peer may open here (a burst of
 	// bulkPerPeer*4): a fetch opens one a DAG.
 	bulkOpens = 4
@@ -217,7 +218,7 @@ func (b *bulkServer) handle(st network.Stream) {
 func (b *bulkServer) serve(st network.Stream, p peer.ID) error {
 	r := bufio.NewReaderSize(st, 4<<10)
 	w := bufio.NewWriterSize(st, 64<<10)
-	var hdr []byte
+	var hdr, buf []byte
 	for {
 		_ = st.SetReadDeadline(time.Now().Add(bulkIdle))
 		wants, err := readWants(r)
@@ -232,17 +233,17 @@ func (b *bulkServer) serve(st network.Stream, p peer.ID) error {
 				return b.s.ctx.Err()
 			}
 			_ = st.SetWriteDeadline(time.Now().Add(bulkIdle))
-			var blk blocks.Block
+			var data []byte
 			if checkCID(c) == nil && b.s.grants.allowed(p, c) {
-				blk, _ = b.s.store.Get(b.s.ctx, c)
+				data, _ = b.s.store.readInto(c, buf)
 			}
-			if blk == nil {
+			if data == nil {
 				if err := w.WriteByte(0); err != nil {
 					return err
 				}
 				continue
 			}
-			data := blk.RawData()
+			buf = data // the next block is read into the same storage
 			hdr = binary.AppendUvarint(append(hdr[:0], 1), uint64(len(data)))
 			if _, err := w.Write(hdr); err != nil {
 				return err
@@ -330,73 +331,116 @@ func (s *Service) FetchFrom(ctx context.Context, root cid.Cid, max int64, from .
 	return st, release, err
 }
 
-// bulkFetch walks root's DAG over one bulk stream from p: the blocks the
-// store lacks are asked for, up to bulkWindow ahead, and kept as they
-// come. The stream is opened at the first block the store lacks. Its
-// requests are written by a goroutine of their own, so that the answers
-// are always read: a peer that writes its answers before it reads the
+// lane is one bulk stream of a fetch: its requests are written by one
+// goroutine, its answers read by another, in order, so that the answers
+// are always read: a holder that writes its answers before it reads the
 // next request (as ours does) never waits on us, whatever the transport
-// buffers. It returns the CIDs it pinned (to unpin, even on an error).
+// buffers. (One loop that wrote and read made both ends wait on a write
+// where the transport buffers nothing, mocknet's.)
+type lane struct {
+	str      network.Stream
+	reqs     chan []cid.Cid // batches to ask, in order; closed when no more
+	inflight int            // CIDs asked, not answered (the fetch's loop's)
+	done     sync.WaitGroup // its two goroutines
+}
+
+// answer is one block a lane read, or why it could not.
+type answer struct {
+	lane *lane
+	c    cid.Cid
+	data []byte
+	ok   bool // false: the holder has not the block for us
+	err  error
+}
+
+// openLane opens a bulk stream to p; its answers go to answers until ctx
+// ends.
+func (s *Service) openLane(ctx context.Context, p peer.ID, answers chan<- answer) (*lane, error) {
+	str, err := s.host.NewStream(network.WithAllowLimitedConn(ctx, "bulk"), p, s.bulkProto)
+	if err != nil {
+		return nil, fmt.Errorf("content: bulk stream to %s: %w", p, err)
+	}
+	// At most bulkWindow CIDs are asked and not answered on a lane, each
+	// batch one or more of them: neither channel ever fills.
+	l := &lane{str: str, reqs: make(chan []cid.Cid, bulkWindow)}
+	asked := make(chan []cid.Cid, bulkWindow)
+	l.done.Add(2)
+	go func() { // the writer
+		defer l.done.Done()
+		defer close(asked)
+		var req []byte
+		for batch := range l.reqs {
+			req = appendWants(req[:0], batch)
+			_ = str.SetWriteDeadline(time.Now().Add(bulkIdle))
+			if _, err := str.Write(req); err != nil {
+				_ = str.Reset() // the reader sees it
+				for range l.reqs {
+				}
+				return
+			}
+			asked <- batch
+		}
+	}()
+	go func() { // the reader
+		defer l.done.Done()
+		r := bufio.NewReaderSize(str, 64<<10)
+		for batch := range asked {
+			for _, c := range batch {
+				_ = str.SetReadDeadline(time.Now().Add(bulkIdle))
+				data, ok, err := readBlock(r, nil)
+				if err != nil {
+					err = fmt.Errorf("content: bulk stream from %s: %w", p, err)
+				}
+				select {
+				case answers <- answer{lane: l, c: c, data: data, ok: ok, err: err}:
+				case <-ctx.Done():
+					return
+				}
+				if err != nil || !ok {
+					return
+				}
+			}
+		}
+	}()
+	return l, nil
+}
+
+// end stops the lane: a clean close when every answer came (ok), else a
+// reset.
+func (l *lane) end(ok bool) {
+	if !ok {
+		_ = l.str.Reset() // a goroutine stuck in a read or write returns
+	}
+	close(l.reqs)
+	l.done.Wait()
+	if ok {
+		_ = l.str.Close()
+	}
+}
+
+// bulkFetch walks root's DAG over bulk streams from p: the blocks the
+// store lacks are asked for, up to bulkWindow ahead on each of at most
+// bulkLanes streams (a second is opened once the first has a window's
+// worth asked: two keep both ends busy where one waits on the other's
+// pauses), and kept as they come. No stream is opened for a DAG whole
+// in the store. It returns the CIDs it pinned (to unpin, even on an
+// error).
 func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max int64) (st FetchStats, pins []cid.Cid, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-
-	var (
-		str     network.Stream
-		stop    func() bool // of the stream's reset at ctx's end
-		r       *bufio.Reader
-		reqs    chan []byte // requests to write, in order
-		written chan error  // the request writer's end: nil, or why it stopped
-	)
-	open := func() error {
-		var err error
-		str, err = s.host.NewStream(network.WithAllowLimitedConn(ctx, "bulk"), p, s.bulkProto)
-		if err != nil {
-			return fmt.Errorf("content: bulk stream to %s: %w", p, err)
-		}
-		stop = context.AfterFunc(ctx, func() { _ = str.Reset() })
-		r = bufio.NewReaderSize(str, 64<<10)
-		// At most bulkWindow CIDs are asked and not answered, each
-		// request one or more of them: the writer is never more than
-		// bulkWindow requests behind.
-		reqs = make(chan []byte, bulkWindow)
-		written = make(chan error, 1)
-		go func() {
-			var werr error
-			for req := range reqs {
-				if werr != nil {
-					continue
-				}
-				_ = str.SetWriteDeadline(time.Now().Add(bulkIdle))
-				if _, err := str.Write(req); err != nil {
-					werr = fmt.Errorf("content: bulk stream to %s: %w", p, err)
-					cancel() // the reader waits on no answer to it
-				}
-			}
-			written <- werr
-		}()
-		return nil
-	}
+	answers := make(chan answer, storeWriters)
+	var lanes []*lane
 	defer func() {
-		if str == nil {
-			return
-		}
-		defer stop()
 		if err != nil {
-			_ = str.Reset() // a writer stuck in a write returns
+			cancel() // a reader waiting to hand over an answer returns
 		}
-		close(reqs)
-		if werr := <-written; err == nil && werr != nil {
-			err = werr
-			_ = str.Reset()
-		}
-		if err == nil {
-			_ = str.Close()
+		for _, l := range lanes {
+			l.end(err == nil)
 		}
 	}()
 
 	// Writers keep blocks in the store, storeWriters at once.
-	// A raw leaf is hashed there too, off the stream's reader (a node's
+	// A raw leaf is hashed there too, off the streams' readers (a node's
 	// bytes are hashed before its links are trusted); a wrong one cuts
 	// the peer off and ends the fetch.
 	toWrite := make(chan blocks.Block, storeWriters)
@@ -440,7 +484,7 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 
 	seen := map[cid.Cid]bool{root: true}
 	queue := []cid.Cid{root}
-	var inflight []cid.Cid // asked, in order
+	inflight := 0 // asked on all lanes, not answered
 	visit := func(c cid.Cid, size int64, nd []byte) error {
 		if size > MaxBlock {
 			return fmt.Errorf("%w: block %s of %s is %d bytes, at most %d", ErrTooBig, c, root, size, MaxBlock)
@@ -466,12 +510,33 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 		}
 		return nil
 	}
-	for len(queue) > 0 || len(inflight) > 0 {
-		// Ask for what the store lacks: a batch whenever one fits in the
-		// window (or nothing is asked), so requests are few and whole.
-		for len(queue) > 0 && (len(inflight) == 0 || bulkWindow-len(inflight) >= bulkBatch) {
+	// room is the lane a batch goes on: the open one with the fewest
+	// asked, if a batch fits; else a new one (nil, true) while fewer
+	// than bulkLanes are open and the others are busy.
+	room := func() (l *lane, open bool) {
+		for _, x := range lanes {
+			if x.inflight+bulkBatch <= bulkWindow && (l == nil || x.inflight < l.inflight) {
+				l = x
+			}
+		}
+		if l != nil && (l.inflight == 0 || len(lanes) == bulkLanes) {
+			return l, false
+		}
+		if len(lanes) < bulkLanes && (len(lanes) == 0 || inflight >= bulkBatch) {
+			return nil, true
+		}
+		return l, false
+	}
+	for len(queue) > 0 || inflight > 0 {
+		// Ask for what the store lacks: a batch whenever one fits, so
+		// requests are few and whole.
+		for len(queue) > 0 {
+			l, open := room()
+			if l == nil && !open {
+				break
+			}
 			var batch []cid.Cid
-			for len(queue) > 0 && len(inflight)+len(batch) < bulkWindow && len(batch) < bulkBatch {
+			for len(queue) > 0 && len(batch) < bulkBatch {
 				c := queue[0]
 				queue = queue[1:]
 				if err := checkCID(c); err != nil {
@@ -497,28 +562,37 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 			if len(batch) == 0 {
 				continue
 			}
-			if str == nil {
-				if err := open(); err != nil {
+			if open {
+				nl, err := s.openLane(ctx, p, answers)
+				if err != nil {
 					return st, pins, err
 				}
+				lanes = append(lanes, nl)
+				l = nl
 			}
-			reqs <- appendWants(nil, batch)
-			inflight = append(inflight, batch...)
+			l.reqs <- batch
+			l.inflight += len(batch)
+			inflight += len(batch)
 		}
-		if len(inflight) == 0 {
+		if inflight == 0 {
 			continue
 		}
-		c := inflight[0]
-		inflight = inflight[1:]
-		_ = str.SetReadDeadline(time.Now().Add(bulkIdle))
-		data, ok, err := readBlock(r, nil)
-		if err != nil {
-			if errors.Is(err, errBulkOversize) {
+		var a answer
+		select {
+		case a = <-answers:
+		case <-ctx.Done():
+			return st, pins, ctx.Err()
+		}
+		a.lane.inflight--
+		inflight--
+		c, data := a.c, a.data
+		if a.err != nil {
+			if errors.Is(a.err, errBulkOversize) {
 				s.cutOff(p, c, "a block over the size limit")
 			}
-			return st, pins, fmt.Errorf("content: bulk stream from %s: %w", p, err)
+			return st, pins, a.err
 		}
-		if !ok {
+		if !a.ok {
 			return st, pins, fmt.Errorf("%w: %s", errBulkNone, c)
 		}
 		if c.Type() != cid.Raw {
