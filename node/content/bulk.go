@@ -65,6 +65,7 @@ func BulkProtocol(prefix protocol.ID) protocol.ID {
 
 var (
 	errBulkNone   = errors.New("content: the peer has not the block for us (not granted, or not held)")
+	errNotLocal   = errors.New("content: a block is not in the store")
 	errBulkForged = errors.New("content: the peer sent bytes that do not hash to the CID asked")
 	// errBulkOversize is a peer's frame over MaxBlock (ErrTooBig is for
 	// what the DAG itself holds).
@@ -306,6 +307,18 @@ func (s *Service) FetchFrom(ctx context.Context, root cid.Cid, max int64, from .
 			return st, release, err
 		}
 	}
+	if len(tried) == 0 {
+		// No peer named (or only this one): the DAG may be whole here
+		// (a provider's own image), and then nobody need be looked up.
+		st, pins, err := s.bulkFetch(ctx, "", root, max)
+		if err == nil {
+			return st, func() { s.store.unpin(pins) }, nil
+		}
+		held = append(held, pins)
+		if errors.Is(err, ErrTooBig) || ctx.Err() != nil {
+			return st, nil, err
+		}
+	}
 	if s.routing != nil && len(tried) < bulkPeers && ctx.Err() == nil {
 		// Peers that announced root: a provider that shares an image's
 		// layers, a replica of a checkpoint.
@@ -418,7 +431,8 @@ func (l *lane) end(ok bool) {
 	}
 }
 
-// bulkFetch walks root's DAG over bulk streams from p: the blocks the
+// bulkFetch walks root's DAG over bulk streams from p (no peer: the
+// store's blocks only, errNotLocal at the first it lacks): the blocks the
 // store lacks are asked for, up to bulkWindow ahead on each of at most
 // bulkLanes streams (a second is opened once the first has a window's
 // worth asked: two keep both ends busy where one waits on the other's
@@ -563,6 +577,9 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 				continue
 			}
 			if open {
+				if p == "" {
+					return st, pins, fmt.Errorf("%w: %s", errNotLocal, batch[0])
+				}
 				nl, err := s.openLane(ctx, p, answers)
 				if err != nil {
 					return st, pins, err
