@@ -43,7 +43,7 @@ const (
 	// bulkPerPeer is the bulk streams one peer may have open here at once,
 	// bulkStreams those of all peers; more are reset.
 	bulkPerPeer = 8 // an image's blobs are fetched 4 at once, on bulkLanes each
-	bulkStreams = 64
+	bulkStreams = 32
 	// bulkOpens is the streams a second a peer may open here (a burst of
 	// bulkPerPeer*4): a fetch opens one a DAG.
 	bulkOpens = 4
