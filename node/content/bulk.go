@@ -322,22 +322,21 @@ func (s *Service) FetchFrom(ctx context.Context, root cid.Cid, max int64, from .
 	if s.routing != nil && len(tried) < bulkPeers && ctx.Err() == nil {
 		// Peers that announced root: a provider that shares an image's
 		// layers, a replica of a checkpoint.
+		// Each is tried as it is found (the search goes on meanwhile).
 		fctx, cancel := context.WithTimeout(ctx, bulkFind)
-		var found []peer.ID
 		for ai := range s.routing.FindProvidersAsync(fctx, root, bulkPeers) {
-			if ai.ID != s.host.ID() && !tried[ai.ID] {
-				if len(ai.Addrs) > 0 {
-					s.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Minute)
-				}
-				found = append(found, ai.ID)
+			if ai.ID == s.host.ID() || tried[ai.ID] {
+				continue
 			}
-		}
-		cancel()
-		for _, p := range found {
-			if st, release, err, done := try(p); done {
+			if len(ai.Addrs) > 0 {
+				s.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Minute)
+			}
+			if st, release, err, done := try(ai.ID); done {
+				cancel()
 				return st, release, err
 			}
 		}
+		cancel()
 	}
 	st, release, err := s.Fetch(ctx, root, max)
 	st.FetchedBytes += bulkBytes
