@@ -36,7 +36,6 @@ import (
 const (
 	bulkBatch  = 64  // CIDs in one request
 	bulkWindow = 128 // blocks a fetch keeps asked for on one stream
-	bulkLanes  = 2   // streams a fetch takes from one peer at once
 	maxCIDLen  = 128 // bytes of a CID on the wire (ours are 36)
 	// bulkIdle bounds one read or write of a bulk stream, either end.
 	bulkIdle = 30 * time.Second
@@ -54,6 +53,10 @@ const (
 	// those a FetchFrom names fell short.
 	bulkFind = 5 * time.Second
 )
+
+// bulkLanes is the streams a fetch takes from one peer at once (a
+// variable for the benchmark's sake).
+var bulkLanes = 2
 
 // BulkProtocol is the bulk stream's protocol under a prefix (Config.Prefix).
 func BulkProtocol(prefix protocol.ID) protocol.ID {

@@ -360,7 +360,7 @@ func TestStoreEvictsLeastRecentlyUsedButNotPinned(t *testing.T) {
 // stream between two hosts of the node's transport (TCP, Noise, yamux),
 // the same over TLS 1.3, and our content transfer (chunking and hashing
 // included) over bitswap (Fetch) and over the bulk stream (FetchFrom),
-// on Noise and on TLS. It reports each one's throughput as a ratio to
+// on Noise and on TLS (and on one stream, not two). It reports each one's throughput as a ratio to
 // the TCP copy's, and the CPU each MiB cost this process (both ends are
 // in it; on a loaded machine that varies less than the wall time).
 func BenchmarkInputTransfer(b *testing.B) {
@@ -438,6 +438,7 @@ func BenchmarkInputTransfer(b *testing.B) {
 		{name: "bitswap", run: fetch(false, false)},
 		{name: "bulk", run: fetch(false, true)},
 		{name: "bulk-tls", run: fetch(true, true)},
+		{name: "bulk-1-stream", run: func() { defer content.SetBulkLanes(1)(); fetch(false, true)() }},
 	}
 	for i := 0; i < b.N; i++ {
 		for _, w := range ways {
