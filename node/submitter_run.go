@@ -474,7 +474,7 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 			send(runEvent{ev: attempt.Heard{Rank: r, Beat: f.Seq}, net: f.Net})
 		case jobwire.KindCheckpoint:
 			if r == 0 && j.Spec.Checkpoint != nil {
-				n.checkpointArrived(j, *f.Ckpt, func(why string) {
+				n.checkpointArrived(j, j.Members[r].Provider, *f.Ckpt, func(why string) {
 					send(runEvent{ev: attempt.Overran{Rank: r, Reason: why}})
 				})
 			}
