@@ -769,8 +769,16 @@ func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg go
 			_ = s.Reset()
 			return
 		}
-		_ = s.Close()
+		// The message and its end go out together: the reader reads to
+		// the end. Close alone would first wait for the other end's answer
+		// to the protocol's name (sent with the message, not waited for
+		// before it), and the reader would see the end a round trip later.
+		if err := s.CloseWrite(); err != nil {
+			_ = s.Reset()
+			return
+		}
 		n.trace(msg.JobID(), "sent", msg)
+		_ = s.Close()
 	}()
 }
 
