@@ -322,5 +322,26 @@ func wanOnce(b *testing.B, peers int, link *netlab.Netem) {
 		rtt := 4 * link.Delay // each way crosses two uplinks
 		b.ReportMetric(float64(percentile(forms, 50))/float64(rtt), "formation-p50-rtts")
 		b.ReportMetric(float64(percentile(forms, 95))/float64(rtt), "formation-p95-rtts")
+		// The round trip as measured, submitter to a provider: jitter and
+		// a busy link's queue make it longer than the nominal one.
+		if ms, ok := pingAvg(hosts[len(hosts)-1], hosts[0].IP); ok {
+			b.ReportMetric(ms, "ping-rtt-ms")
+		}
 	}
+}
+
+// pingAvg is the average round trip of 20 pings from h to ip in ms, and
+// whether busybox ping could tell.
+func pingAvg(h *netlab.Host, ip string) (float64, bool) {
+	out, _ := h.Command("busybox", "ping", "-c", "20", "-i", "0.1", "-q", ip).CombinedOutput()
+	_, rest, ok := strings.Cut(string(out), "min/avg/max = ")
+	if !ok {
+		return 0, false
+	}
+	f := strings.Split(strings.Fields(rest)[0], "/")
+	if len(f) != 3 {
+		return 0, false
+	}
+	avg, err := strconv.ParseFloat(f[1], 64)
+	return avg, err == nil
 }
