@@ -359,6 +359,12 @@ func (p Process) Exec(ctx context.Context, name string, x ExecSpec) (int, error)
 	// with its goroutine rather than serve others there.
 	started := make(chan error, 1)
 	done := make(chan error, 1)
+	// A terminal's command leads a session of its own; its group is read
+	// before the wait, which may reap a leader that ends at once.
+	var (
+		sess ProcessGroup
+		serr error
+	)
 	go func() {
 		runtime.LockOSThread()
 		var err error
@@ -376,6 +382,10 @@ func (p Process) Exec(ctx context.Context, name string, x ExecSpec) (int, error)
 				sz = &pty.Winsize{Rows: 24, Cols: 80}
 			}
 			ptmx, err = pty.StartWithAttrs(cmd, sz, attr)
+			if err == nil {
+				sess, serr = GroupOf(cmd.Process.Pid)
+				sess.Session = true
+			}
 		} else {
 			err = cmd.Start()
 		}
@@ -400,9 +410,6 @@ func (p Process) Exec(ctx context.Context, name string, x ExecSpec) (int, error)
 		readers = append(readers, ptmx)
 		// The command leads a session of its own: what it started goes
 		// with it, background jobs in groups of their own included.
-		// (Its group is read now: at the end the leader may be gone.)
-		sess, serr := GroupOf(pid)
-		sess.Session = true
 		kill = func() {
 			_ = syscall.Kill(-pid, syscall.SIGKILL)
 			if serr == nil && sess.PGID == pid {

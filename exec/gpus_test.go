@@ -1,11 +1,12 @@
 package exec
 
 import (
+	"strings"
+	"testing"
+
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
-	"strings"
-	"testing"
 )
 
 func TestClassNamesAreCanonical(t *testing.T) {

@@ -1,13 +1,11 @@
 package exec_test
 
 import (
-	"context"
 	"fmt"
 	"regexp"
 	"strconv"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/internal/testwait"
@@ -19,24 +17,7 @@ import (
 // restart after a crash (Spawned) is the whole session.
 func TestATerminalExecTakesItsBackgroundJobsWithIt(t *testing.T) {
 	task := processTask(t, `sleep 600`)
-	started := make(chan struct{})
-	task.Started = func(time.Time) { close(started) }
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	ran := make(chan error, 1)
-	go func() {
-		_, err := exec.Process{}.Run(ctx, task)
-		ran <- err
-	}()
-	defer func() {
-		cancel()
-		<-ran
-	}()
-	select {
-	case <-started:
-	case err := <-ran:
-		t.Fatalf("the task ended before it started: %v", err)
-	}
+	ctx := startTask(t, task)
 
 	screen := &testwait.Output{}
 	var spawned exec.ProcessGroup

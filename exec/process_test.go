@@ -19,6 +19,41 @@ import (
 )
 
 // processTask is a task running /bin/sh -c script on this host.
+// tunJoinNet is a task's JoinNet as a provider's job network would do it:
+// loopback up, and the job interface, a TUN device, with 10.9.0.2/16.
+func tunJoinNet(pid int) error {
+	out, err := osexec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "sh", "-c",
+		"ip link set lo up && ip tuntap add dev "+exec.JoinNetIface+" mode tun && ip addr add 10.9.0.2/16 dev "+exec.JoinNetIface+" && ip link set "+exec.JoinNetIface+" up").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	return nil
+}
+
+// startTask runs task in the background and returns once it has started;
+// at the test's end the task is stopped and waited for.
+func startTask(t *testing.T, task exec.Task) context.Context {
+	t.Helper()
+	started := make(chan struct{})
+	task.Started = func(time.Time) { close(started) }
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	ran := make(chan error, 1)
+	go func() {
+		_, err := exec.Process{}.Run(ctx, task)
+		ran <- err
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-ran
+	})
+	select {
+	case <-started:
+	case err := <-ran:
+		t.Fatalf("the task ended before it started: %v", err)
+	}
+	return ctx
+}
+
 func processTask(t *testing.T, script string) exec.Task {
 	return exec.Task{
 		Name:    taskName(t),
@@ -311,14 +346,7 @@ func TestProcessJoinNetRunsInANamespaceOfItsOwn(t *testing.T) {
 		t.Skip("a network namespace for a process needs root")
 	}
 	task := processTask(t, `tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\n' ' '`)
-	task.JoinNet = func(pid int) error {
-		out, err := osexec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "sh", "-c",
-			"ip tuntap add dev "+exec.JoinNetIface+" mode tun && ip addr add 10.9.0.2/16 dev "+exec.JoinNetIface+" && ip link set "+exec.JoinNetIface+" up").CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		return nil
-	}
+	task.JoinNet = tunJoinNet
 	var out bytes.Buffer
 	task.Stdout = &out
 	res, err := exec.Process{}.Run(context.Background(), task)
@@ -352,14 +380,7 @@ func TestProcessExecAndDialPortEnterTheJobNamespace(t *testing.T) {
 		t.Skip("no busybox for nc")
 	}
 	task := processTask(t, `busybox nc -l -p 7123 >got; cat got`)
-	task.JoinNet = func(pid int) error {
-		out, err := osexec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "sh", "-c",
-			"ip link set lo up && ip tuntap add dev "+exec.JoinNetIface+" mode tun && ip addr add 10.9.0.2/16 dev "+exec.JoinNetIface+" && ip link set "+exec.JoinNetIface+" up").CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		return nil
-	}
+	task.JoinNet = tunJoinNet
 	started := make(chan struct{})
 	task.Started = func(time.Time) { close(started) }
 	var out bytes.Buffer
