@@ -65,11 +65,22 @@ type candidates struct {
 // negotiation loop, owns the Negotiations and the Reservations; everything
 // else talks to it through in.
 type negState struct {
+	// in is the loop's local events: this peer's submits, cancels,
+	// candidates, starts and ends, and its messages to itself.
 	in chan negEvent
+	// Signed messages from other peers wait in negQueue (guarded by
+	// negQMu), each peer's apart (gossip.FairQueue: 32 a peer, 1024 in
+	// all), and the loop takes them one peer at a time, after in:
+	// however fast a stranger sends, an honest peer's award or answer
+	// waits for at most one of its messages. negReady tells the loop
+	// some wait.
+	negQMu   sync.Mutex
+	negQueue *gossip.FairQueue[gossip.Message]
+	negReady chan struct{}
 	// Accepted requests for bids wait in rfbQueue (guarded by rfbQMu)
 	// apart from in, answered one submitter at a time, those sent to this
 	// provider directly before the topic's; rfbReady tells the
-	// loop some wait. The loop takes them after what is in in.
+	// loop some wait. The loop takes them after what is in in and negQueue.
 	rfbQMu   sync.Mutex
 	rfbQueue *gossip.RequestQueues
 	rfbReady chan struct{}
@@ -113,6 +124,8 @@ type negState struct {
 // starts the negotiation loop.
 func (n *Node) startJobs(ctx context.Context) error {
 	n.in = make(chan negEvent, 1024)
+	n.negQueue = gossip.NewFairQueue[gossip.Message](0, 0)
+	n.negReady = make(chan struct{}, 1)
 	n.rfbQueue = gossip.NewRequestQueues(0, 0)
 	n.rfbReady = make(chan struct{}, 1)
 	n.freeMoved = make(chan struct{}, 1)
@@ -472,8 +485,22 @@ func openNegotiation(data []byte) (gossip.Message, error) {
 }
 
 // handleNegotiate reads one signed direct message; its author must be its
-// signer and the peer at the other end of the connection.
+// signer and the peer at the other end of the connection. It waits in
+// that peer's part of the fair queue (negQueue); a peer with its bound
+// waiting already has its message dropped before it is read.
 func (n *Node) handleNegotiate(s network.Stream) {
+	from := s.Conn().RemotePeer()
+	n.negQMu.Lock()
+	full := n.negQueue.Full(from)
+	if full {
+		n.negQueue.Drop(from)
+	}
+	n.negQMu.Unlock()
+	if full {
+		n.log.Debug("negotiation message dropped: its peer has the most waiting already", "from", from)
+		_ = s.Reset()
+		return
+	}
 	defer s.Close()
 	_ = s.SetReadDeadline(time.Now().Add(sendTimeout))
 	data, err := io.ReadAll(io.LimitReader(s, maxSignedNegotiation+1))
@@ -495,11 +522,26 @@ func (n *Node) handleNegotiate(s network.Stream) {
 		return
 	}
 	n.trace(msg.JobID(), "received", msg)
-	select {
-	case n.in <- negEvent{msg: msg}:
-	default:
-		n.log.Warn("negotiation queue full: message dropped", "from", s.Conn().RemotePeer())
+	n.negQMu.Lock()
+	ok := n.negQueue.Push(from, msg)
+	n.negQMu.Unlock()
+	if !ok {
+		n.log.Debug("negotiation message dropped: its peer has the most waiting already", "from", from)
+		return
 	}
+	select {
+	case n.negReady <- struct{}{}:
+	default: // signalled already
+	}
+}
+
+// nextMessage takes the next waiting message of another peer's (in turn,
+// gossip.FairQueue); false when none waits.
+func (n *Node) nextMessage() (gossip.Message, bool) {
+	n.negQMu.Lock()
+	defer n.negQMu.Unlock()
+	_, msg, ok := n.negQueue.Pop()
+	return msg, ok
 }
 
 // negotiationLoop owns every Negotiation of this peer's jobs and its
@@ -515,13 +557,21 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 	var rfbWake time.Time
 	for {
 		var ev negEvent
-		select { // direct messages and local calls before requests for bids
+		// Local calls, then other peers' messages (one peer at a time),
+		// then requests for bids.
+		select {
 		case ev = <-n.in:
 		default:
+			var ok bool
+			if ev.msg, ok = n.nextMessage(); ok {
+				break
+			}
 			select {
 			case <-ctx.Done():
 				return
 			case ev = <-n.in:
+			case <-n.negReady:
+				ev.msg, _ = n.nextMessage() // none when taken already: a tick
 			case <-n.rfbReady:
 				n.rfbQMu.Lock()
 				now := n.now()
