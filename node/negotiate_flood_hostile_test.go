@@ -44,15 +44,22 @@ func TestAFloodOfNegotiationMessagesFromOneIdentityLeavesAnHonestJobToForm(t *te
 		msgs[i] = data
 	}
 
+	// The flood goes on until the honest job has formed and the provider
+	// has dropped some of it, or all of it has been sent.
 	fctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var negotiated atomic.Bool // the honest job has left negotiation
 	var next, sent atomic.Int64
 	quarter := make(chan struct{}) // closed when a quarter of the flood has started
 	var wg sync.WaitGroup
-	for range 64 {
+	for range 128 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for fctx.Err() == nil {
+				if negotiated.Load() && prov.NegotiationDropped(advID) > 0 {
+					return
+				}
 				i := next.Add(1) - 1
 				if i >= flood {
 					return
@@ -73,7 +80,7 @@ func TestAFloodOfNegotiationMessagesFromOneIdentityLeavesAnHonestJobToForm(t *te
 		t.Fatal("the flood did not start")
 	}
 	job := submit(t, ctx, sub, jobSpec(t, 8, ""))
-	stop()
+	negotiated.Store(true)
 	wg.Wait()
 	if !holds(job) {
 		t.Fatalf("the honest job: %s (%s), want formed", job.State, job.Reason)
