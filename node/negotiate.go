@@ -63,7 +63,7 @@ type candidates struct {
 
 // negState is the node's part of cluster negotiation. One goroutine, the
 // negotiation loop, owns the Negotiations and the Reservations; everything
-// else talks to it through in.
+// else talks to it through in (local events) and the queues below.
 type negState struct {
 	// in is the loop's local events: this peer's submits, cancels,
 	// candidates, starts and ends, and its messages to itself.
@@ -497,7 +497,7 @@ func (n *Node) handleNegotiate(s network.Stream) {
 	}
 	n.negQMu.Unlock()
 	if full {
-		n.log.Debug("negotiation message dropped: its peer has the most waiting already", "from", from)
+		n.log.Debug("negotiation message dropped unread: its peer has its bound waiting already", "from", from)
 		_ = s.Reset()
 		return
 	}
@@ -526,7 +526,7 @@ func (n *Node) handleNegotiate(s network.Stream) {
 	ok := n.negQueue.Push(from, msg)
 	n.negQMu.Unlock()
 	if !ok {
-		n.log.Debug("negotiation message dropped: its peer has the most waiting already", "from", from)
+		n.log.Debug("negotiation message dropped: its peer has its bound waiting, or the queue is full and no peer has more waiting", "from", from)
 		return
 	}
 	select {
