@@ -32,8 +32,9 @@
 //	                     One loop owns it all; its inputs, first to last:
 //	                     local events (submit, cancel, candidates, starts),
 //	                     other peers' messages from a gossip.FairQueue (32 a
-//	                     peer, 1024 in all, one peer at a time; a peer's past
-//	                     its bound dropped unread and counted), then requests
+//	                     peer being read or waiting, 1024 in all, one peer at
+//	                     a time; a peer's past its bound dropped unread and
+//	                     counted), then requests
 //	                     for bids (gossip.RequestQueues)
 //	jobs.go              the job record: JobState and the only code that
 //	                     changes it; records in the job store (jobstore)

@@ -74,9 +74,14 @@ type negState struct {
 	// however fast a stranger sends, an honest peer's award or answer
 	// waits for at most one of its messages. negReady tells the loop
 	// some wait.
-	negQMu   sync.Mutex
-	negQueue *gossip.FairQueue[gossip.Message]
-	negReady chan struct{}
+	// negReading is each peer's messages being read and checked: with
+	// those waiting, at most gossip.FairQueuePer a peer (so a peer that
+	// holds streams open, or sends faster than they are checked, has the
+	// rest dropped unread).
+	negQMu     sync.Mutex
+	negQueue   *gossip.FairQueue[gossip.Message]
+	negReading map[peer.ID]int
+	negReady   chan struct{}
 	// Accepted requests for bids wait in rfbQueue (guarded by rfbQMu)
 	// apart from in, answered one submitter at a time, those sent to this
 	// provider directly before the topic's; rfbReady tells the
@@ -125,6 +130,7 @@ type negState struct {
 func (n *Node) startJobs(ctx context.Context) error {
 	n.in = make(chan negEvent, 1024)
 	n.negQueue = gossip.NewFairQueue[gossip.Message](0, 0)
+	n.negReading = map[peer.ID]int{}
 	n.negReady = make(chan struct{}, 1)
 	n.rfbQueue = gossip.NewRequestQueues(0, 0)
 	n.rfbReady = make(chan struct{}, 1)
@@ -487,20 +493,24 @@ func openNegotiation(data []byte) (gossip.Message, error) {
 // handleNegotiate reads one signed direct message; its author must be its
 // signer and the peer at the other end of the connection. It waits in
 // that peer's part of the fair queue (negQueue); a peer with its bound
-// waiting already has its message dropped before it is read.
+// being read or waiting already has its message dropped before it is read.
 func (n *Node) handleNegotiate(s network.Stream) {
 	from := s.Conn().RemotePeer()
 	n.negQMu.Lock()
-	full := n.negQueue.Full(from)
-	if full {
+	busy := n.negReading[from]+n.negQueue.Waiting(from) >= gossip.FairQueuePer
+	if busy {
 		n.negQueue.Drop(from)
+	} else {
+		n.negReading[from]++
 	}
 	n.negQMu.Unlock()
-	if full {
-		n.log.Debug("negotiation message dropped unread: its peer has its bound waiting already", "from", from)
+	if busy {
+		n.log.Debug("negotiation message dropped unread: its peer has its bound being read or waiting", "from", from)
 		_ = s.Reset()
 		return
 	}
+	var msg gossip.Message // what passes the checks, queued when the read ends
+	defer func() { n.queueMessage(from, msg) }()
 	defer s.Close()
 	_ = s.SetReadDeadline(time.Now().Add(sendTimeout))
 	data, err := io.ReadAll(io.LimitReader(s, maxSignedNegotiation+1))
@@ -508,11 +518,11 @@ func (n *Node) handleNegotiate(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
-	msg, err := openNegotiation(data)
-	if err == nil && msg.Author() != s.Conn().RemotePeer() {
-		err = fmt.Errorf("%w: written by %s, sent by %s", gossip.ErrBadNegotiation, msg.Author(), s.Conn().RemotePeer())
+	m, err := openNegotiation(data)
+	if err == nil && m.Author() != s.Conn().RemotePeer() {
+		err = fmt.Errorf("%w: written by %s, sent by %s", gossip.ErrBadNegotiation, m.Author(), s.Conn().RemotePeer())
 	}
-	if _, ok := msg.(*gossip.RequestForBids); ok && err == nil {
+	if _, ok := m.(*gossip.RequestForBids); ok && err == nil {
 		// Requests are bounded per author on their own protocol (handleRFB).
 		err = fmt.Errorf("%w: a request for bids on %s; send it on %s", gossip.ErrBadNegotiation, NegotiateProtocol, RFBProtocol)
 	}
@@ -521,12 +531,24 @@ func (n *Node) handleNegotiate(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
-	n.trace(msg.JobID(), "received", msg)
+	n.trace(m.JobID(), "received", m)
+	msg = m
+}
+
+// queueMessage ends the read of a message of from's: msg, when it passed
+// the checks, waits in from's part of the fair queue.
+func (n *Node) queueMessage(from peer.ID, msg gossip.Message) {
 	n.negQMu.Lock()
-	ok := n.negQueue.Push(from, msg)
+	if n.negReading[from]--; n.negReading[from] <= 0 {
+		delete(n.negReading, from)
+	}
+	ok := msg == nil || n.negQueue.Push(from, msg)
 	n.negQMu.Unlock()
+	if msg == nil {
+		return
+	}
 	if !ok {
-		n.log.Debug("negotiation message dropped: its peer has its bound waiting, or the queue is full and no peer has more waiting", "from", from)
+		n.log.Debug("negotiation message dropped: the queue is full and no peer has more waiting", "from", from)
 		return
 	}
 	select {

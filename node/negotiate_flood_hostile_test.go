@@ -2,24 +2,29 @@ package node_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
+
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 )
 
 // One stranger floods a provider's negotiation protocol with validly
 // signed messages nobody needs (releases and bids for jobs no one knows,
-// signed before the flood, sent on many streams at once) while an honest
-// submitter forms an 8-GPU job on that provider: the provider takes
-// other peers' messages one peer at a time from a bounded queue of each's
-// own, so the flood fills only its own (its overflow dropped and counted
-// against it) and the honest award and confirm are taken in their turn:
-// the job forms.
+// signed before the flood): 100 streams held open, then thousands sent
+// on many streams at once, while an honest submitter forms an 8-GPU job
+// on that provider. The provider reads and queues at most 32 of one
+// peer's messages at a time and takes other peers' messages one peer at
+// a time, so the flood fills only its own share (the rest dropped unread
+// and counted against it: exactly 68 of the held streams) and the honest
+// award and confirm are taken in their turn: the job forms.
 func TestAFloodOfNegotiationMessagesFromOneIdentityLeavesAnHonestJobToForm(t *testing.T) {
 	m := meshtest.Start(t, 2, h100s(0xf9, 1))
 	prov, sub := m.Nodes[0], m.Nodes[1]
@@ -44,13 +49,43 @@ func TestAFloodOfNegotiationMessagesFromOneIdentityLeavesAnHonestJobToForm(t *te
 		msgs[i] = data
 	}
 
-	// The flood goes on until the honest job has formed and the provider
+	// First, streams held open, a message written on each and never
+	// ended: the provider reads at most FairQueuePer of one peer's at once
+	// (with those waiting) and drops the rest unread.
+	const held = 100
+	streams := make([]network.Stream, 0, held)
+	defer func() {
+		for _, s := range streams {
+			_ = s.Reset()
+		}
+	}()
+	for i := range held {
+		s, err := adv.Host.NewStream(ctx, provID, node.NegotiateProtocol)
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, s)
+		_, _ = s.Write(msgs[i]) // fails once the provider has reset it
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	testwait.Until(t, wctx, "the provider to drop the held streams past the flooder's bound", func() (bool, string) {
+		d := prov.NegotiationDropped(advID)
+		return d >= held-gossip.FairQueuePer, fmt.Sprintf("%d dropped", d)
+	})
+	heldDropped := prov.NegotiationDropped(advID)
+	for _, s := range streams { // the flooder's slots free again
+		_ = s.Reset()
+	}
+	streams = nil
+
+	// Then the rest, sent as fast as streams open. The flood goes on until the honest job has formed and the provider
 	// has dropped some of it, or all of it has been sent.
 	fctx, stop := context.WithCancel(ctx)
 	defer stop()
 	var negotiated atomic.Bool // the honest job has left negotiation
 	var next, sent atomic.Int64
-	quarter := make(chan struct{}) // closed when a quarter of the flood has started
+	quarter := make(chan struct{}) // closed when an eighth of the flood has started
 	var wg sync.WaitGroup
 	for range 128 {
 		wg.Add(1)
@@ -60,11 +95,11 @@ func TestAFloodOfNegotiationMessagesFromOneIdentityLeavesAnHonestJobToForm(t *te
 				if negotiated.Load() && prov.NegotiationDropped(advID) > 0 {
 					return
 				}
-				i := next.Add(1) - 1
+				i := held + next.Add(1) - 1
 				if i >= flood {
 					return
 				}
-				if i == flood/4 {
+				if i == held+flood/8 {
 					close(quarter)
 				}
 				if adv.SendRaw(fctx, provID, msgs[i]) == nil {
@@ -86,7 +121,7 @@ func TestAFloodOfNegotiationMessagesFromOneIdentityLeavesAnHonestJobToForm(t *te
 		t.Fatalf("the honest job: %s (%s), want formed", job.State, job.Reason)
 	}
 	dropped := prov.NegotiationDropped(advID)
-	t.Logf("flooder: %d messages sent of %d started, %d dropped by the provider", sent.Load(), min(next.Load(), flood), dropped)
+	t.Logf("flooder: %d streams held open, %d of them dropped unread; then %d messages sent of %d started; %d dropped by the provider in all", held, heldDropped, sent.Load(), min(next.Load(), flood-held), dropped)
 	if dropped == 0 {
 		t.Errorf("the provider counted none of the flooder's messages as dropped")
 	}
