@@ -34,7 +34,7 @@ lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-bench: ## benchmarks: peer startup and RSS, mesh formation, price ticks at 100/500 peers, directory lookups at 100/1,000 peers, cluster formation on 50 peers (also under a flood of 10,000 requests for bids), 1,000 sequential jobs from one submitter; behind NAT (network namespaces, root): first log byte across two NATs, one relay holding 100 NATed peers' reservations (GPUMESH_BENCH_NATED), 20 peers on 0 ms and 50 ms ± 10 ms / 1% loss links (GPUMESH_BENCH_WAN_PEERS; the slow links need netem)
+bench: ## benchmarks: peer startup and RSS, mesh formation, price ticks at 100/500 peers, directory lookups at 100/1,000 peers, cluster formation on 50 peers (also under a flood of 10,000 requests for bids), 1,000 sequential jobs from one submitter; behind NAT (network namespaces, root): first log byte across two NATs, one relay holding 100 NATed peers' reservations (GPUMESH_BENCH_NATED), 20 peers on 0 ms and 50 ms ± 10 ms / 1% loss links (GPUMESH_BENCH_WAN_PEERS, GPUMESH_BENCH_WAN_FORMS; netem, or netlab's own NFQUEUE delay without it)
 	$(GO) test -run '^$$' -bench . -skip 'SequentialJobs|Scale|NATFirstLogByte|RelayService|WANLinks' -benchtime 5x -timeout 30m ./cmd/... ./node/meshtest/... ./gossip/... ./exec/... ./chain/...
 	$(GO) test -run '^$$' -bench 'NATFirstLogByte|WANLinks' -benchtime 3x -timeout 30m ./cmd/gpumesh/
 	$(GO) test -run '^$$' -bench RelayService -benchtime 1x -timeout 30m ./cmd/gpumesh/

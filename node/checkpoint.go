@@ -64,6 +64,7 @@ type checkpointFetch struct {
 	pending *jobwire.CheckpointFrame
 	attempt int
 	overran func(reason string) // cuts the member off: its checkpoint is over the quota
+	from    peer.ID             // member 0's provider, which holds pending
 	running bool
 	release func() // unpins the last checkpoint fetched
 	// replicas is how many peers the spec wants to keep a copy; exclude,
@@ -103,10 +104,11 @@ func (n *Node) JobCheckpoint(id string) (JobCheckpoint, bool) {
 	return c, true
 }
 
-// checkpointArrived takes a checkpoint frame of member 0 of job id: it is
-// fetched in the background, after the one being fetched. A checkpoint
-// over MaxInputSize calls overran (the member is cut off).
-func (n *Node) checkpointArrived(j Job, f jobwire.CheckpointFrame, overran func(string)) {
+// checkpointArrived takes a checkpoint frame of member 0 of job id (on
+// provider, which holds it): it is fetched in the background, after the
+// one being fetched. A checkpoint over MaxInputSize calls overran (the
+// member is cut off).
+func (n *Node) checkpointArrived(j Job, provider peer.ID, f jobwire.CheckpointFrame, overran func(string)) {
 	id, attempt := j.ID, j.Attempt
 	n.ckpts.mu.Lock()
 	defer n.ckpts.mu.Unlock()
@@ -118,7 +120,7 @@ func (n *Node) checkpointArrived(j Job, f jobwire.CheckpointFrame, overran func(
 		cf = &checkpointFetch{}
 		n.ckpts.jobs[id] = cf
 	}
-	cf.pending, cf.attempt, cf.overran = &f, attempt, overran
+	cf.pending, cf.attempt, cf.overran, cf.from = &f, attempt, overran, provider
 	cf.replicas, cf.exclude = 0, nil
 	if j.Spec.Checkpoint != nil && j.Spec.Checkpoint.Replicas > 0 {
 		cf.replicas = j.Spec.Checkpoint.Replicas
@@ -138,7 +140,7 @@ func (n *Node) checkpointArrived(j Job, f jobwire.CheckpointFrame, overran func(
 		defer done()
 		for {
 			n.ckpts.mu.Lock()
-			next, attempt, overran := cf.pending, cf.attempt, cf.overran
+			next, attempt, overran, from := cf.pending, cf.attempt, cf.overran, cf.from
 			cf.pending = nil
 			if next == nil {
 				cf.running = false
@@ -146,7 +148,7 @@ func (n *Node) checkpointArrived(j Job, f jobwire.CheckpointFrame, overran func(
 				return
 			}
 			n.ckpts.mu.Unlock()
-			err := n.fetchCheckpoint(ctx, id, attempt, *next, cf)
+			err := n.fetchCheckpoint(ctx, id, attempt, from, *next, cf)
 			switch {
 			case errors.Is(err, content.ErrTooBig):
 				overran(fmt.Sprintf("a checkpoint of more than %d bytes (--max-input-size)", n.maxInputSize()))
@@ -157,14 +159,14 @@ func (n *Node) checkpointArrived(j Job, f jobwire.CheckpointFrame, overran func(
 	}()
 }
 
-func (n *Node) fetchCheckpoint(ctx context.Context, id string, attempt int, f jobwire.CheckpointFrame, cf *checkpointFetch) error {
+func (n *Node) fetchCheckpoint(ctx context.Context, id string, attempt int, from peer.ID, f jobwire.CheckpointFrame, cf *checkpointFetch) error {
 	root, err := jobspec.ParseCID(f.CID)
 	if err != nil {
 		return err
 	}
 	fctx, cancel := context.WithTimeout(ctx, checkpointFetchTimeout)
 	defer cancel()
-	st, release, err := n.content.Fetch(fctx, root, n.maxInputSize())
+	st, release, err := n.content.FetchFrom(fctx, root, n.maxInputSize(), from)
 	if err != nil {
 		return err
 	}
@@ -248,7 +250,7 @@ func (n *Node) GetCheckpoint(ctx context.Context, id, dir string) (JobCheckpoint
 // retry's checkpoint CID) it is fetched and written there first. It
 // returns the folder on this host, the mount (containers) and the
 // variables to add to the work's environment.
-func (n *Node) placeCheckpoint(ctx context.Context, c *jobspec.Checkpoint, restore, executor, runDir, work string, by time.Time) (dir string, mount *exec.Mount, env map[string]string, err error) {
+func (n *Node) placeCheckpoint(ctx context.Context, c *jobspec.Checkpoint, restore, executor, runDir, work string, by time.Time, from peer.ID) (dir string, mount *exec.Mount, env map[string]string, err error) {
 	if c == nil {
 		return "", nil, nil, nil
 	}
@@ -275,7 +277,7 @@ func (n *Node) placeCheckpoint(ctx context.Context, c *jobspec.Checkpoint, resto
 		defer cancel()
 		var release func()
 		var st content.FetchStats
-		if st, release, err = n.content.Fetch(fctx, root, n.maxInputSize()); err != nil {
+		if st, release, err = n.content.FetchFrom(fctx, root, n.maxInputSize(), from); err != nil {
 			return "", nil, nil, fmt.Errorf("checkpoint %s not fetched: %w", restore, err)
 		}
 		defer release()

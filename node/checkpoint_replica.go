@@ -245,7 +245,7 @@ func (n *Node) handleReplica(s network.Stream) {
 func (n *Node) fetchReplica(ctx context.Context, from peer.ID, root cid.Cid, req jobwire.ReplicaRequest) (*heldReplica, error) {
 	ctx, cancel := context.WithTimeout(ctx, checkpointFetchTimeout)
 	defer cancel()
-	st, release, err := n.content.Fetch(ctx, root, req.Bytes)
+	st, release, err := n.content.FetchFrom(ctx, root, req.Bytes, from)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s not fetched: %w", root, err)
 	}
@@ -495,8 +495,14 @@ func (n *Node) holdCheckpoint(ctx context.Context, id string, c JobCheckpoint) (
 	if err != nil {
 		return func() {}
 	}
+	var replicas []peer.ID
 	for _, s := range c.Replicas {
-		if p, err := peer.Decode(s); err == nil && n.host.Network().Connectedness(p) != network.Connected {
+		p, err := peer.Decode(s)
+		if err != nil {
+			continue
+		}
+		replicas = append(replicas, p)
+		if n.host.Network().Connectedness(p) != network.Connected {
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_ = n.host.Connect(cctx, peer.AddrInfo{ID: p})
 			cancel()
@@ -504,7 +510,8 @@ func (n *Node) holdCheckpoint(ctx context.Context, id string, c JobCheckpoint) (
 	}
 	ctx, cancel := context.WithTimeout(ctx, checkpointFetchTimeout)
 	defer cancel()
-	st, release, err := n.content.Fetch(ctx, root, n.maxInputSize())
+	// On a bulk stream from its replicas first, then over bitswap.
+	st, release, err := n.content.FetchFrom(ctx, root, n.maxInputSize(), replicas...)
 	if err != nil {
 		n.log.Warn("job checkpoint not in this peer's store nor fetched from its replicas", "job", id, "cid", root, "replicas", len(c.Replicas), "err", err)
 		return func() {}

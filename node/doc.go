@@ -109,8 +109,8 @@
 //	node/jobstore   job records in a bbolt file, paged newest first
 //	node/content    bytes named by their hash: a capped block store on disk,
 //	                UnixFS add, bitswap fetch under the swarm's prefix
-//	                (FetchFrom: a bulk stream from a peer known to hold
-//	                the DAG first; not yet used by the node),
+//	                (FetchFrom: bulk streams from peers known to hold
+//	                the DAG first: inputs, images, checkpoints),
 //	                provider records in the DHT (it links the host, not the node)
 //	node/images     container images as content: docker save's stream
 //	                to checked blobs and a Manifest, and back to what

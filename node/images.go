@@ -300,9 +300,12 @@ const imageProgressEvery = time.Second
 // blob against its digests, and loaded under its own name
 // (images.Manifest.Tag); an image the engine has already (by ID) moves
 // nothing. Within the pull's bounds: by (the start deadline) and
-// PullTimeout in time, PullMax in bytes. note is told progress for the
-// job's log. Nothing is loaded unless every digest matched.
-func (n *Node) placeImage(ctx context.Context, spec jobspec.Spec, d *exec.Docker, by time.Time, note func(string)) (ref string, rep ImageReport, err error) {
+// PullTimeout in time, PullMax in bytes. Blobs come on a bulk stream from
+// the submitter (from) where it holds them, else from peers whose
+// provider records name them, else over bitswap from any peer that
+// shares them. note is told progress for the job's log. Nothing is
+// loaded unless every digest matched.
+func (n *Node) placeImage(ctx context.Context, spec jobspec.Spec, d *exec.Docker, by time.Time, note func(string), from peer.ID) (ref string, rep ImageReport, err error) {
 	rep = ImageReport{Image: spec.Image, Source: ImageFromRegistry}
 	if spec.ImageCID == "" {
 		return spec.Image, rep, nil
@@ -327,7 +330,7 @@ func (n *Node) placeImage(ctx context.Context, spec jobspec.Spec, d *exec.Docker
 		return fail("%v", err)
 	}
 	before := n.ledgers()
-	_, release, err := n.content.Fetch(ctx, root, images.MaxManifest+content.MaxBlock)
+	_, release, err := n.content.FetchFrom(ctx, root, images.MaxManifest+content.MaxBlock, from)
 	if err != nil {
 		return fail("its manifest: %v", err)
 	}
@@ -390,7 +393,7 @@ func (n *Node) placeImage(ctx context.Context, spec jobspec.Spec, d *exec.Docker
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			_, rel, err := n.content.Fetch(ctx, c, b.Size+b.Size/64+content.MaxBlock)
+			_, rel, err := n.content.FetchFrom(ctx, c, b.Size+b.Size/64+content.MaxBlock, from)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {

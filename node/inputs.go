@@ -146,12 +146,14 @@ func (n *Node) grantMember(ctx context.Context, j Job, restore string, provider 
 // them, read-only: the process executor's under work (dst without its
 // leading "/"), a container's in runDir/inputs/<i>, mounted at dst. Only
 // the CIDs of the job accepted are fetched, within this provider's
-// MaxInputSize in all; a URL's body must hash to its sha256. The blocks
+// MaxInputSize in all, first on a bulk stream from the submitter (from,
+// which holds them), the rest over bitswap; a URL's body must hash to
+// its sha256. The blocks
 // fetched stay in the cache for this provider's next job, served to no
 // other peer (nothing of it is granted) nor announced. done removes
 // what was placed and lets the cache drop the blocks again; it is nil on
 // error, when nothing is left behind.
-func (n *Node) placeInputs(ctx context.Context, ins []jobspec.Input, executor, runDir, work string, by time.Time) (mounts []exec.Mount, done func(), err error) {
+func (n *Node) placeInputs(ctx context.Context, ins []jobspec.Input, executor, runDir, work string, by time.Time, from peer.ID) (mounts []exec.Mount, done func(), err error) {
 	var placed []string
 	var releases []func()
 	cleanup := func() {
@@ -190,7 +192,7 @@ func (n *Node) placeInputs(ctx context.Context, ins []jobspec.Input, executor, r
 			if err != nil {
 				return nil, nil, fmt.Errorf("inputs[%d]: cid %s: %w", i, in.CID, err)
 			}
-			st, release, err := n.content.Fetch(ctx, root, budget)
+			st, release, err := n.content.FetchFrom(ctx, root, budget, from)
 			if err != nil {
 				if errors.Is(err, content.ErrTooBig) {
 					return nil, nil, fmt.Errorf("inputs[%d] (%s): %v: this provider takes at most %d bytes of inputs a job (--max-input-size)", i, in.Dst, err, n.maxInputSize())

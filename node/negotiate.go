@@ -43,6 +43,15 @@ const (
 	negotiationLinger = time.Minute
 )
 
+// askedTag marks, in the connection manager, the providers this peer has
+// asked for bids, with a weight above a routing-table peer's: the
+// connection manager trims them after strangers. It lasts as long as the
+// connection.
+const (
+	askedTag      = "gpumesh-asked"
+	askedTagValue = 10
+)
+
 // negEvent is one input of the negotiation loop.
 type negEvent struct {
 	msg    gossip.Message      // from a peer (its author checked)
@@ -839,14 +848,29 @@ func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg go
 			n.log.Debug("negotiation send", "to", to, "err", err)
 			return
 		}
+		if own {
+			// A provider asked now is likely awarded, or asked again:
+			// its connection is worth more than a stranger's, so the
+			// next message to it needs no new one (tagged once it is
+			// open: the connection manager tags connected peers only).
+			n.host.ConnManager().TagPeer(to, askedTag, askedTagValue)
+		}
 		stop := context.AfterFunc(sctx, func() { _ = s.Reset() })
 		defer stop()
 		if _, err := s.Write(data); err != nil {
 			_ = s.Reset()
 			return
 		}
-		_ = s.Close()
+		// The message and its end go out together: the reader reads to
+		// the end. Close alone would first wait for the other end's answer
+		// to the protocol's name (sent with the message, not waited for
+		// before it), and the reader would see the end a round trip later.
+		if err := s.CloseWrite(); err != nil {
+			_ = s.Reset()
+			return
+		}
 		n.trace(msg.JobID(), "sent", msg)
+		_ = s.Close()
 	}()
 }
 

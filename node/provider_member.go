@@ -256,7 +256,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	defer stopBeats()
 	// Inputs: fetched (only the CIDs this job names) and placed read-only
 	// before the work starts; removed with the run folder.
-	inputs, inputsDone, err := n.placeInputs(ctx, st.Spec.Inputs, ex.Name(), runDir, work, startBy)
+	inputs, inputsDone, err := n.placeInputs(ctx, st.Spec.Inputs, ex.Name(), runDir, work, startBy, from)
 	if err != nil {
 		fail("%v", err)
 		return
@@ -264,7 +264,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	defer inputsDone()
 	// The checkpoint folder: restored from the submitter's latest on a
 	// retry, synced by member 0 as the work runs.
-	ckDir, ckMount, ckEnv, err := n.placeCheckpoint(ctx, st.Spec.Checkpoint, st.Checkpoint, ex.Name(), runDir, work, startBy)
+	ckDir, ckMount, ckEnv, err := n.placeCheckpoint(ctx, st.Spec.Checkpoint, st.Checkpoint, ex.Name(), runDir, work, startBy, from)
 	if err != nil {
 		fail("%v", err)
 		return
@@ -277,7 +277,7 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	image := st.Spec.Image
 	if d, ok := ex.(*exec.Docker); ok && st.Spec.ImageCID != "" {
 		note := func(msg string) { _, _ = jobwire.NewLogWriter(fw, "err").Write([]byte("gpumesh: " + msg + "\n")) }
-		ref, rep, err := n.placeImage(ctx, st.Spec, d, startBy, note)
+		ref, rep, err := n.placeImage(ctx, st.Spec, d, startBy, note, from)
 		n.log.Info("job image placed", "job", st.Job, "rank", st.Rank, "image", st.Spec.Image, "source", rep.Source, "moved", rep.Moved, "from", rep.From, "err", err)
 		if err != nil {
 			fail("%v", err)

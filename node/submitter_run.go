@@ -178,6 +178,17 @@ func (n *Node) runJob(ctx context.Context, id string) {
 	}
 	defer n.closeLog(id, jl)
 	members := j.Members
+	// The members' connections carry the job's streams: the connection
+	// manager keeps them while the job runs, however many others it trims.
+	keep := "gpumesh-job-" + id
+	for _, m := range members {
+		n.host.ConnManager().Protect(m.Provider, keep)
+	}
+	defer func() {
+		for _, m := range members {
+			n.host.ConnManager().Unprotect(m.Provider, keep)
+		}
+	}()
 	cfg := n.attemptConfig(j)
 	a, err := attempt.New(cfg, n.now())
 	if err != nil {
@@ -474,7 +485,7 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 			send(runEvent{ev: attempt.Heard{Rank: r, Beat: f.Seq}, net: f.Net})
 		case jobwire.KindCheckpoint:
 			if r == 0 && j.Spec.Checkpoint != nil {
-				n.checkpointArrived(j, *f.Ckpt, func(why string) {
+				n.checkpointArrived(j, j.Members[r].Provider, *f.Ckpt, func(why string) {
 					send(runEvent{ev: attempt.Overran{Rank: r, Reason: why}})
 				})
 			}

@@ -1,7 +1,8 @@
 // Package netlab builds, for tests, a small internet out of Linux network
 // namespaces: public hosts on one "internet" bridge, hosts behind NAT
 // routers (iptables MASQUERADE that drops unsolicited inbound traffic), and
-// links slowed by tc netem (delay, jitter, loss). Tests run real processes
+// links slowed by tc netem (delay, jitter, loss), or by the test process
+// itself where the kernel has no netem. Tests run real processes
 // inside it with Host.Command (ip netns exec).
 //
 // Everything a Lab makes lives in namespaces of its own, named with a
@@ -18,7 +19,7 @@
 //
 // New skips the test, saying why, where the machine does not allow network
 // namespaces (not root, no ip or iptables); Link skips where the kernel has
-// no netem.
+// no netem and packets cannot be queued to userspace (NFQUEUE) either.
 //
 // NewFakeInternet is smaller: one namespace joined to this host's own
 // network, standing in for the internet in egress tests (a server a
@@ -51,11 +52,12 @@ type Lab struct {
 	prefix string // of every namespace name, e.g. "gml3fa9c"
 	inet   string // the internet namespace, holding the bridge
 
-	mu      sync.Mutex // guards nextIP, nats, hosts
-	nextIP  int        // last octet of the next public address
-	nats    int        // NAT routers made
-	hosts   int        // hosts made
-	netemOK *bool      // whether the kernel has netem, once tried
+	mu      sync.Mutex    // guards nextIP, nats, hosts, delays
+	nextIP  int           // last octet of the next public address
+	nats    int           // NAT routers made
+	hosts   int           // hosts made
+	netemOK *bool         // whether the kernel has netem, once tried
+	delays  []*delayQueue // userspace netem's queues (delay.go), where the kernel has none
 }
 
 // Host is one machine of the lab: a network namespace with one uplink.
@@ -105,6 +107,13 @@ func New(t testing.TB) *Lab {
 // lose their network); interfaces, routes and firewall rules inside go with
 // them. The test's cleanup calls it; a second call finds nothing to do.
 func (l *Lab) Close() {
+	l.mu.Lock()
+	delays := l.delays
+	l.delays = nil
+	l.mu.Unlock()
+	for _, q := range delays {
+		q.close()
+	}
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
 		l.t.Logf("netlab: ip netns list: %v", err)
@@ -246,13 +255,17 @@ func (n Netem) args() []string {
 }
 
 // Link impairs the host's uplink both ways with netem: a round trip through
-// it takes 2×Delay more. It skips the test, saying why, where the kernel
-// has no netem qdisc (sch_netem).
+// it takes 2×Delay more. Where the kernel has no netem qdisc (sch_netem)
+// the test process delays and drops the uplink's packets itself (see
+// delay.go); it skips the test, saying why, where it cannot do that either.
 func (h *Host) Link(n Netem) {
 	l := h.lab
 	l.t.Helper()
 	if !l.netem() {
-		l.t.Skip("netlab: this kernel has no netem qdisc (sch_netem); tc cannot delay or drop packets here")
+		if err := h.userLink(n); err != nil {
+			l.t.Skipf("netlab: this kernel has no netem qdisc (sch_netem), and %v", err)
+		}
+		return
 	}
 	args := n.args()
 	l.in(h.NS, append([]string{"tc", "qdisc", "replace", "dev", h.uplink, "root"}, args...)...)

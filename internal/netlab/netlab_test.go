@@ -111,3 +111,13 @@ func httpGet(addr, path string) (string, error) {
 	}
 	return body, nil
 }
+
+func TestLinkLosesWhatItIsToldTo(t *testing.T) {
+	lab := netlab.New(t)
+	a, b := lab.Public("a"), lab.Public("b")
+	a.Link(netlab.Netem{Loss: 100})
+	out, _ := b.Command("busybox", "ping", "-c", "2", "-W", "1", "-q", a.IP).CombinedOutput()
+	if !strings.Contains(string(out), "100% packet loss") {
+		t.Errorf("ping over a link losing every packet: %s, want 100%% packet loss", out)
+	}
+}

@@ -35,13 +35,13 @@ import (
 // the stream.
 const (
 	bulkBatch  = 64  // CIDs in one request
-	bulkWindow = 128 // blocks a fetch keeps asked for on its stream
+	bulkWindow = 128 // blocks a fetch keeps asked for on one stream
 	maxCIDLen  = 128 // bytes of a CID on the wire (ours are 36)
 	// bulkIdle bounds one read or write of a bulk stream, either end.
 	bulkIdle = 30 * time.Second
 	// bulkPerPeer is the bulk streams one peer may have open here at once,
 	// bulkStreams those of all peers; more are reset.
-	bulkPerPeer = 4 // an image's blobs are fetched 4 at once
+	bulkPerPeer = 8 // an image's blobs are fetched 4 at once, on bulkLanes each
 	bulkStreams = 32
 	// bulkOpens is the streams a second a peer may open here (a burst of
 	// bulkPerPeer*4): a fetch opens one a DAG.
@@ -49,7 +49,14 @@ const (
 	// bulkPeers is how many of a FetchFrom's peers are tried before
 	// bitswap.
 	bulkPeers = 3
+	// bulkFind bounds the search for peers that announced a root, when
+	// those a FetchFrom names fell short.
+	bulkFind = 5 * time.Second
 )
+
+// bulkLanes is the streams a fetch takes from one peer at once (a
+// variable for the benchmark's sake).
+var bulkLanes = 2
 
 // BulkProtocol is the bulk stream's protocol under a prefix (Config.Prefix).
 func BulkProtocol(prefix protocol.ID) protocol.ID {
@@ -61,6 +68,7 @@ func BulkProtocol(prefix protocol.ID) protocol.ID {
 
 var (
 	errBulkNone   = errors.New("content: the peer has not the block for us (not granted, or not held)")
+	errNotLocal   = errors.New("content: a block is not in the store")
 	errBulkForged = errors.New("content: the peer sent bytes that do not hash to the CID asked")
 	// errBulkOversize is a peer's frame over MaxBlock (ErrTooBig is for
 	// what the DAG itself holds).
@@ -214,7 +222,7 @@ func (b *bulkServer) handle(st network.Stream) {
 func (b *bulkServer) serve(st network.Stream, p peer.ID) error {
 	r := bufio.NewReaderSize(st, 4<<10)
 	w := bufio.NewWriterSize(st, 64<<10)
-	var hdr []byte
+	var hdr, buf []byte
 	for {
 		_ = st.SetReadDeadline(time.Now().Add(bulkIdle))
 		wants, err := readWants(r)
@@ -229,17 +237,17 @@ func (b *bulkServer) serve(st network.Stream, p peer.ID) error {
 				return b.s.ctx.Err()
 			}
 			_ = st.SetWriteDeadline(time.Now().Add(bulkIdle))
-			var blk blocks.Block
+			var data []byte
 			if checkCID(c) == nil && b.s.grants.allowed(p, c) {
-				blk, _ = b.s.store.Get(b.s.ctx, c)
+				data, _ = b.s.store.readInto(c, buf)
 			}
-			if blk == nil {
+			if data == nil {
 				if err := w.WriteByte(0); err != nil {
 					return err
 				}
 				continue
 			}
-			data := blk.RawData()
+			buf = data // the next block is read into the same storage
 			hdr = binary.AppendUvarint(append(hdr[:0], 1), uint64(len(data)))
 			if _, err := w.Write(hdr); err != nil {
 				return err
@@ -258,7 +266,8 @@ func (b *bulkServer) serve(st network.Stream, p peer.ID) error {
 
 // FetchFrom is Fetch, trying first the bulk stream from peers that hold
 // the DAG (the submitter of an input, a provider that shares it), in
-// order, at most a few of them: each block that comes is hashed against
+// order, at most a few of them, then from peers whose provider records
+// in the swarm's DHT name root: each block that comes is hashed against
 // the CID asked and kept. A peer that answers with wrong bytes is
 // disconnected; one that has not a block, or fails, leaves the rest to
 // the next peer, and what is still missing then comes over bitswap from
@@ -271,51 +280,183 @@ func (s *Service) FetchFrom(ctx context.Context, root cid.Cid, max int64, from .
 		return FetchStats{}, nil, err
 	}
 	var bulkBytes int64
-	tried := 0
-	for _, p := range from {
-		if p == "" || p == s.host.ID() || tried == bulkPeers {
-			continue
+	tried := map[peer.ID]bool{}
+	var held [][]cid.Cid
+	defer func() {
+		for _, pins := range held {
+			s.store.unpin(pins)
 		}
-		tried++
+	}()
+	try := func(p peer.ID) (FetchStats, func(), error, bool) {
+		if p == "" || p == s.host.ID() || tried[p] || len(tried) == bulkPeers {
+			return FetchStats{}, nil, nil, false
+		}
+		tried[p] = true
 		st, pins, err := s.bulkFetch(ctx, p, root, max)
 		bulkBytes += st.FetchedBytes
 		if err == nil {
-			return st, func() { s.store.unpin(pins) }, nil
+			return st, func() { s.store.unpin(pins) }, nil, true
 		}
 		// The blocks kept stay pinned until Fetch has pinned them again.
-		defer s.store.unpin(pins)
+		held = append(held, pins)
+		if errors.Is(err, ErrTooBig) || ctx.Err() != nil {
+			return st, nil, err, true
+		}
+		s.log.Debug("content: bulk fetch fell short; going on", "cid", root, "peer", p, "err", err)
+		return st, nil, nil, false
+	}
+	for _, p := range from {
+		if st, release, err, done := try(p); done {
+			return st, release, err
+		}
+	}
+	if len(tried) == 0 {
+		// No peer named (or only this one): the DAG may be whole here
+		// (a provider's own image), and then nobody need be looked up.
+		st, pins, err := s.bulkFetch(ctx, "", root, max)
+		if err == nil {
+			return st, func() { s.store.unpin(pins) }, nil
+		}
+		held = append(held, pins)
 		if errors.Is(err, ErrTooBig) || ctx.Err() != nil {
 			return st, nil, err
 		}
-		s.log.Debug("content: bulk fetch fell short; going on", "cid", root, "peer", p, "err", err)
+	}
+	if s.routing != nil && len(tried) < bulkPeers && ctx.Err() == nil {
+		// Peers that announced root: a provider that shares an image's
+		// layers, a replica of a checkpoint.
+		// Each is tried as it is found (the search goes on meanwhile).
+		fctx, cancel := context.WithTimeout(ctx, bulkFind)
+		for ai := range s.routing.FindProvidersAsync(fctx, root, bulkPeers) {
+			if ai.ID == s.host.ID() || tried[ai.ID] {
+				continue
+			}
+			if len(ai.Addrs) > 0 {
+				s.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Minute)
+			}
+			if st, release, err, done := try(ai.ID); done {
+				cancel()
+				return st, release, err
+			}
+		}
+		cancel()
 	}
 	st, release, err := s.Fetch(ctx, root, max)
 	st.FetchedBytes += bulkBytes
 	return st, release, err
 }
 
-// bulkFetch walks root's DAG over one bulk stream from p: the blocks the
-// store lacks are asked for, up to bulkWindow ahead, and kept as they
-// come. It returns the CIDs it pinned (to unpin, even on an error).
+// lane is one bulk stream of a fetch: its requests are written by one
+// goroutine, its answers read by another, in order, so that the answers
+// are always read: a holder that writes its answers before it reads the
+// next request (as ours does) never waits on us, whatever the transport
+// buffers. (One loop that wrote and read made both ends wait on a write
+// where the transport buffers nothing, mocknet's.)
+type lane struct {
+	str      network.Stream
+	reqs     chan []cid.Cid // batches to ask, in order; closed when no more
+	inflight int            // CIDs asked, not answered (the fetch's loop's)
+	done     sync.WaitGroup // its two goroutines
+}
+
+// answer is one block a lane read, or why it could not.
+type answer struct {
+	lane *lane
+	c    cid.Cid
+	data []byte
+	ok   bool // false: the holder has not the block for us
+	err  error
+}
+
+// openLane opens a bulk stream to p; its answers go to answers until ctx
+// ends.
+func (s *Service) openLane(ctx context.Context, p peer.ID, answers chan<- answer) (*lane, error) {
+	str, err := s.host.NewStream(network.WithAllowLimitedConn(ctx, "bulk"), p, s.bulkProto)
+	if err != nil {
+		return nil, fmt.Errorf("content: bulk stream to %s: %w", p, err)
+	}
+	// At most bulkWindow CIDs are asked and not answered on a lane, each
+	// batch one or more of them: neither channel ever fills.
+	l := &lane{str: str, reqs: make(chan []cid.Cid, bulkWindow)}
+	asked := make(chan []cid.Cid, bulkWindow)
+	l.done.Add(2)
+	go func() { // the writer
+		defer l.done.Done()
+		defer close(asked)
+		var req []byte
+		for batch := range l.reqs {
+			req = appendWants(req[:0], batch)
+			_ = str.SetWriteDeadline(time.Now().Add(bulkIdle))
+			if _, err := str.Write(req); err != nil {
+				_ = str.Reset() // the reader sees it
+				for range l.reqs {
+				}
+				return
+			}
+			asked <- batch
+		}
+	}()
+	go func() { // the reader
+		defer l.done.Done()
+		r := bufio.NewReaderSize(str, 64<<10)
+		for batch := range asked {
+			for _, c := range batch {
+				_ = str.SetReadDeadline(time.Now().Add(bulkIdle))
+				data, ok, err := readBlock(r, nil)
+				if err != nil {
+					err = fmt.Errorf("content: bulk stream from %s: %w", p, err)
+				}
+				select {
+				case answers <- answer{lane: l, c: c, data: data, ok: ok, err: err}:
+				case <-ctx.Done():
+					return
+				}
+				if err != nil || !ok {
+					return
+				}
+			}
+		}
+	}()
+	return l, nil
+}
+
+// end stops the lane: a clean close when every answer came (ok), else a
+// reset.
+func (l *lane) end(ok bool) {
+	if !ok {
+		_ = l.str.Reset() // a goroutine stuck in a read or write returns
+	}
+	close(l.reqs)
+	l.done.Wait()
+	if ok {
+		_ = l.str.Close()
+	}
+}
+
+// bulkFetch walks root's DAG over bulk streams from p (no peer: the
+// store's blocks only, errNotLocal at the first it lacks): the blocks the
+// store lacks are asked for, up to bulkWindow ahead on each of at most
+// bulkLanes streams (a second is opened once the first has a window's
+// worth asked: two keep both ends busy where one waits on the other's
+// pauses), and kept as they come. No stream is opened for a DAG whole
+// in the store. It returns the CIDs it pinned (to unpin, even on an
+// error).
 func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max int64) (st FetchStats, pins []cid.Cid, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	str, err := s.host.NewStream(network.WithAllowLimitedConn(ctx, "bulk"), p, s.bulkProto)
-	if err != nil {
-		return st, nil, fmt.Errorf("content: bulk stream to %s: %w", p, err)
-	}
+	answers := make(chan answer, storeWriters)
+	var lanes []*lane
 	defer func() {
 		if err != nil {
-			_ = str.Reset()
-		} else {
-			_ = str.Close()
+			cancel() // a reader waiting to hand over an answer returns
+		}
+		for _, l := range lanes {
+			l.end(err == nil)
 		}
 	}()
-	stop := context.AfterFunc(ctx, func() { _ = str.Reset() })
-	defer stop()
 
 	// Writers keep blocks in the store, storeWriters at once.
-	// A raw leaf is hashed there too, off the stream's reader (a node's
+	// A raw leaf is hashed there too, off the streams' readers (a node's
 	// bytes are hashed before its links are trusted); a wrong one cuts
 	// the peer off and ends the fetch.
 	toWrite := make(chan blocks.Block, storeWriters)
@@ -359,7 +500,7 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 
 	seen := map[cid.Cid]bool{root: true}
 	queue := []cid.Cid{root}
-	var inflight []cid.Cid // asked, in order
+	inflight := 0 // asked on all lanes, not answered
 	visit := func(c cid.Cid, size int64, nd []byte) error {
 		if size > MaxBlock {
 			return fmt.Errorf("%w: block %s of %s is %d bytes, at most %d", ErrTooBig, c, root, size, MaxBlock)
@@ -385,59 +526,92 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 		}
 		return nil
 	}
-	r := bufio.NewReaderSize(str, 64<<10)
-	var req []byte
-	for len(queue) > 0 || len(inflight) > 0 {
-		// Ask for what the store lacks, up to the window.
-		var batch []cid.Cid
-		for len(queue) > 0 && len(inflight)+len(batch) < bulkWindow && len(batch) < bulkBatch {
-			c := queue[0]
-			queue = queue[1:]
-			if err := checkCID(c); err != nil {
-				return st, pins, err
+	// room is the lane a batch goes on: the open one with the fewest
+	// asked, if a batch fits; else a new one (nil, true) while fewer
+	// than bulkLanes are open and the others are busy.
+	room := func() (l *lane, open bool) {
+		for _, x := range lanes {
+			if x.inflight+bulkBatch <= bulkWindow && (l == nil || x.inflight < l.inflight) {
+				l = x
 			}
-			s.store.pin([]cid.Cid{c})
-			pins = append(pins, c)
-			if c.Type() == cid.Raw {
-				if size, err := s.store.GetSize(ctx, c); err == nil {
-					if err := visit(c, int64(size), nil); err != nil {
+		}
+		if l != nil && (l.inflight == 0 || len(lanes) == bulkLanes) {
+			return l, false
+		}
+		if len(lanes) < bulkLanes && (len(lanes) == 0 || inflight >= bulkBatch) {
+			return nil, true
+		}
+		return l, false
+	}
+	for len(queue) > 0 || inflight > 0 {
+		// Ask for what the store lacks: a batch whenever one fits, so
+		// requests are few and whole.
+		for len(queue) > 0 {
+			l, open := room()
+			if l == nil && !open {
+				break
+			}
+			var batch []cid.Cid
+			for len(queue) > 0 && len(batch) < bulkBatch {
+				c := queue[0]
+				queue = queue[1:]
+				if err := checkCID(c); err != nil {
+					return st, pins, err
+				}
+				s.store.pin([]cid.Cid{c})
+				pins = append(pins, c)
+				if c.Type() == cid.Raw {
+					if size, err := s.store.GetSize(ctx, c); err == nil {
+						if err := visit(c, int64(size), nil); err != nil {
+							return st, pins, err
+						}
+						continue
+					}
+				} else if b, err := s.store.Get(ctx, c); err == nil {
+					if err := visit(c, int64(len(b.RawData())), b.RawData()); err != nil {
 						return st, pins, err
 					}
 					continue
 				}
-			} else if b, err := s.store.Get(ctx, c); err == nil {
-				if err := visit(c, int64(len(b.RawData())), b.RawData()); err != nil {
-					return st, pins, err
-				}
+				batch = append(batch, c)
+			}
+			if len(batch) == 0 {
 				continue
 			}
-			batch = append(batch, c)
-		}
-		if len(batch) > 0 {
-			req = appendWants(req[:0], batch)
-			_ = str.SetWriteDeadline(time.Now().Add(bulkIdle))
-			if _, err := str.Write(req); err != nil {
-				return st, pins, fmt.Errorf("content: bulk stream to %s: %w", p, err)
+			if open {
+				if p == "" {
+					return st, pins, fmt.Errorf("%w: %s", errNotLocal, batch[0])
+				}
+				nl, err := s.openLane(ctx, p, answers)
+				if err != nil {
+					return st, pins, err
+				}
+				lanes = append(lanes, nl)
+				l = nl
 			}
-			inflight = append(inflight, batch...)
-			if len(queue) > 0 && len(inflight) < bulkWindow {
-				continue // ask more before reading
-			}
+			l.reqs <- batch
+			l.inflight += len(batch)
+			inflight += len(batch)
 		}
-		if len(inflight) == 0 {
+		if inflight == 0 {
 			continue
 		}
-		c := inflight[0]
-		inflight = inflight[1:]
-		_ = str.SetReadDeadline(time.Now().Add(bulkIdle))
-		data, ok, err := readBlock(r, nil)
-		if err != nil {
-			if errors.Is(err, errBulkOversize) {
+		var a answer
+		select {
+		case a = <-answers:
+		case <-ctx.Done():
+			return st, pins, ctx.Err()
+		}
+		a.lane.inflight--
+		inflight--
+		c, data := a.c, a.data
+		if a.err != nil {
+			if errors.Is(a.err, errBulkOversize) {
 				s.cutOff(p, c, "a block over the size limit")
 			}
-			return st, pins, fmt.Errorf("content: bulk stream from %s: %w", p, err)
+			return st, pins, a.err
 		}
-		if !ok {
+		if !a.ok {
 			return st, pins, fmt.Errorf("%w: %s", errBulkNone, c)
 		}
 		if c.Type() != cid.Raw {
@@ -462,7 +636,6 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 			return st, pins, ctx.Err()
 		}
 	}
-	_ = str.CloseWrite()
 	return st, pins, nil
 }
 

@@ -355,7 +355,7 @@ func TestBulkStreamsAPeerHoldsAreBounded(t *testing.T) {
 		return s, nil
 	}
 	var held []network.Stream
-	for i := range 4 {
+	for i := range content.BulkPerPeer {
 		s, err := open()
 		if err != nil {
 			t.Fatalf("stream %d: %v, want it served", i+1, err)
@@ -364,7 +364,7 @@ func TestBulkStreamsAPeerHoldsAreBounded(t *testing.T) {
 	}
 	if s, err := open(); err == nil {
 		s.Reset()
-		t.Fatal("a fifth stream at once was served, want it reset")
+		t.Fatalf("stream %d at once was served, want it reset", content.BulkPerPeer+1)
 	}
 	// One ends (the server closes its side once it has left): room for
 	// one more.

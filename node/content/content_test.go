@@ -10,6 +10,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,6 +25,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 
 	"github.com/gpumesh/gpumesh/node/content"
 )
@@ -33,6 +36,22 @@ func peerOn(t testing.TB, max int64) (host.Host, *content.Service) {
 	// The node's own transport (node/host.go): TCP, Noise, yamux.
 	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableRelay(),
 		libp2p.Security(noise.ID, noise.New), libp2p.Muxer(yamux.ID, yamux.DefaultTransport))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := content.New(h, content.Config{Dir: filepath.Join(t.TempDir(), "content"), MaxBytes: max, Prefix: "/gpumesh/test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close(); _ = h.Close() })
+	return h, s
+}
+
+// peerOnTLS is peerOn with TLS 1.3 as the security transport.
+func peerOnTLS(t testing.TB, max int64) (host.Host, *content.Service) {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableRelay(),
+		libp2p.Security(libp2ptls.ID, libp2ptls.New), libp2p.Muxer(yamux.ID, yamux.DefaultTransport))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,13 +354,20 @@ func TestStoreEvictsLeastRecentlyUsedButNotPinned(t *testing.T) {
 	}
 }
 
-// BenchmarkInputTransfer fetches a 64 MiB file over loopback TCP (libp2p,
-// chunking and hashing included) against a plain TCP copy of the same
-// bytes in the same run, and against a copy over one libp2p stream
-// between the same two hosts (the transport alone: its security and
-// multiplexer); it reports the ratios of their throughputs.
+// BenchmarkInputTransfer moves the same 64 MiB file (BULK_BENCH_MIB
+// to change it) over loopback in one run, each way into a file on the
+// receiver: a plain TCP copy (io.Copy over a net.Conn), a bare libp2p
+// stream between two hosts of the node's transport (TCP, Noise, yamux),
+// the same over TLS 1.3, and our content transfer (chunking and hashing
+// included) over bitswap (Fetch) and over the bulk stream (FetchFrom),
+// on Noise and on TLS (and on one stream, not two). It reports each one's throughput as a ratio to
+// the TCP copy's, and the CPU each MiB cost this process (both ends are
+// in it; on a loaded machine that varies less than the wall time).
 func BenchmarkInputTransfer(b *testing.B) {
-	const size = 64 << 20
+	size := 64 << 20
+	if v, err := strconv.Atoi(os.Getenv("BULK_BENCH_MIB")); err == nil && v > 0 {
+		size = v << 20
+	}
 	data := make([]byte, size)
 	rng := rand.NewChaCha8([32]byte{2})
 	_, _ = rng.Read(data)
@@ -349,6 +375,7 @@ func BenchmarkInputTransfer(b *testing.B) {
 	if err := os.WriteFile(src, data, 0o644); err != nil {
 		b.Fatal(err)
 	}
+	data = nil
 	ctx := context.Background()
 	ha, a := peerOn(b, 0)
 	root, err := a.Add(ctx, src, 0, nil)
@@ -356,63 +383,82 @@ func BenchmarkInputTransfer(b *testing.B) {
 		b.Fatal(err)
 	}
 	ha.SetStreamHandler(copyProto, func(s network.Stream) { sendFile(b, s, src) })
-	// Wall time, and this process's CPU time (both ends are in it): on a
-	// loaded machine the CPU a byte costs varies less than the wall time.
-	var mesh, bulk, plain, stream, meshCPU, bulkCPU, plainCPU, streamCPU time.Duration
-	for i := 0; i < b.N; i++ {
-		hb, peerB := peerOn(b, 0)
-		connect(b, hb, ha)
-		grant(b, a, root.CID, hb)
-		start, cpu := time.Now(), cpuTime()
-		streamCopy(b, hb, ha.ID())
-		stream += time.Since(start)
-		streamCPU += cpuTime() - cpu
-
-		start, cpu = time.Now(), cpuTime()
-		_, release, err := peerB.Fetch(ctx, root.CID, 0)
-		if err != nil {
-			b.Fatal(err)
-		}
-		release()
-		mesh += time.Since(start)
-		meshCPU += cpuTime() - cpu
-
-		// The bulk stream (FetchFrom the holder), into a fresh store.
-		hc, peerC := peerOn(b, 0)
-		connect(b, hc, ha)
-		grant(b, a, root.CID, hc)
-		start, cpu = time.Now(), cpuTime()
-		st, release, err := peerC.FetchFrom(ctx, root.CID, 0, ha.ID())
-		if err != nil {
-			b.Fatal(err)
-		}
-		release()
-		bulk += time.Since(start)
-		bulkCPU += cpuTime() - cpu
-		if bulk := peerC.Stats().BulkBytes; st.FetchedBytes < size || bulk != st.FetchedBytes {
-			b.Fatalf("bulk fetch %+v, %d bytes on the bulk stream: want all %d there", st, bulk, size)
-		}
-
-		start, cpu = time.Now(), cpuTime()
-		tcpCopy(b, src)
-		plain += time.Since(start)
-		plainCPU += cpuTime() - cpu
+	ht, t := peerOnTLS(b, 0)
+	if _, err := t.Add(ctx, src, 0, nil); err != nil {
+		b.Fatal(err)
 	}
-	perMiB := func(d time.Duration) float64 { return float64(d.Milliseconds()) / float64(b.N) / (size >> 20) }
-	b.ReportMetric(perMiB(meshCPU), "mesh-cpu-ms/MiB")
-	b.ReportMetric(perMiB(bulkCPU), "bulk-cpu-ms/MiB")
-	b.ReportMetric(perMiB(streamCPU), "stream-cpu-ms/MiB")
-	b.ReportMetric(perMiB(plainCPU), "tcp-cpu-ms/MiB")
+	ht.SetStreamHandler(copyProto, func(s network.Stream) { sendFile(b, s, src) })
+
+	type way struct {
+		name      string
+		wall, cpu time.Duration
+		run       func()
+	}
+	fetch := func(tls, bulk bool) func() {
+		return func() {
+			from, fromH, on := a, ha, peerOn
+			if tls {
+				from, fromH, on = t, ht, peerOnTLS
+			}
+			h, s := on(b, 0)
+			connect(b, h, fromH)
+			grant(b, from, root.CID, h)
+			var st content.FetchStats
+			var release func()
+			var err error
+			if bulk {
+				st, release, err = s.FetchFrom(ctx, root.CID, 0, fromH.ID())
+			} else {
+				st, release, err = s.Fetch(ctx, root.CID, 0)
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			release()
+			if bulk && s.Stats().BulkBytes != st.FetchedBytes || st.FetchedBytes < int64(size) {
+				b.Fatalf("fetch %+v, %d bytes on the bulk stream: want all %d fetched (bulk: %v)", st, s.Stats().BulkBytes, size, bulk)
+			}
+		}
+	}
+	stream := func(tls bool) func() {
+		return func() {
+			to, on := ha, peerOn
+			if tls {
+				to, on = ht, peerOnTLS
+			}
+			h, _ := on(b, 0)
+			connect(b, h, to)
+			streamCopy(b, h, to.ID())
+		}
+	}
+	ways := []*way{
+		{name: "tcp", run: func() { tcpCopy(b, src) }},
+		{name: "stream", run: stream(false)},
+		{name: "stream-tls", run: stream(true)},
+		{name: "bitswap", run: fetch(false, false)},
+		{name: "bulk", run: fetch(false, true)},
+		{name: "bulk-tls", run: fetch(true, true)},
+		{name: "bulk-1-stream", run: func() { defer content.SetBulkLanes(1)(); fetch(false, true)() }},
+	}
+	for i := 0; i < b.N; i++ {
+		for _, w := range ways {
+			start, cpu := time.Now(), cpuTime()
+			pprof.Do(ctx, pprof.Labels("way", w.name), func(context.Context) { w.run() })
+			w.wall += time.Since(start)
+			w.cpu += cpuTime() - cpu
+		}
+	}
 	mbs := func(d time.Duration) float64 { return float64(size) * float64(b.N) / d.Seconds() / (1 << 20) }
-	b.ReportMetric(mbs(mesh), "mesh-MiB/s")
-	b.ReportMetric(mbs(bulk), "bulk-MiB/s")
-	b.ReportMetric(mbs(plain), "tcp-MiB/s")
-	b.ReportMetric(mbs(stream), "stream-MiB/s")
-	b.ReportMetric(mbs(mesh)/mbs(plain), "ratio")
-	b.ReportMetric(mbs(mesh)/mbs(stream), "ratio-stream")
-	b.ReportMetric(mbs(bulk)/mbs(plain), "ratio-bulk")
-	b.ReportMetric(mbs(bulk)/mbs(stream), "ratio-bulk-stream")
-	b.ReportMetric(mbs(bulk)/mbs(mesh), "bulk-vs-mesh")
+	tcp := mbs(ways[0].wall)
+	b.ReportMetric(tcp, "tcp-MiB/s")
+	for _, w := range ways {
+		b.ReportMetric(float64(w.cpu.Microseconds())/1e3/float64(b.N)/float64(size>>20), w.name+"-cpu-ms/MiB")
+		if w.name != "tcp" {
+			b.ReportMetric(mbs(w.wall)/tcp, w.name+"/tcp")
+		}
+	}
+	b.ReportMetric(mbs(ways[4].wall)/mbs(ways[1].wall), "bulk/stream")
+	b.ReportMetric(mbs(ways[5].wall)/mbs(ways[2].wall), "bulk-tls/stream-tls")
 }
 
 const copyProto = "/gpumesh/test/copy/1"

@@ -19,10 +19,12 @@
 //   - who has a root is announced in the swarm's DHT as a provider record
 //     (Announce) and found there when no connected peer has it;
 //   - FetchFrom, given peers known to hold the DAG (a job's submitter),
-//     first takes it on one bulk stream ("<prefix>/blocks/1.0.0", bulk.go)
-//     from each in turn: blocks asked by CID in batches, several ahead,
-//     answered in order, length-prefixed; whatever is missing after that
-//     comes over bitswap as Fetch does.
+//     first takes it on bulk streams ("<prefix>/blocks/1.0.0", bulk.go)
+//     from each in turn, then from peers whose provider records name the
+//     root: blocks asked by CID in batches, several ahead, on up to
+//     bulkLanes streams a peer, each with a writer of requests and a
+//     reader of answers of its own, answered in order, length-prefixed;
+//     whatever is missing after that comes over bitswap as Fetch does.
 //
 // Who is served: a block goes only to a peer granted a root whose DAG
 // holds it (Grant, until Revoke; bitswap's peer block request filter):

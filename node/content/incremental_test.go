@@ -98,6 +98,8 @@ var checkpointBytes = flag.Int("checkpoint-bytes", 256<<20, "bytes of BenchmarkC
 // by default) of which 10 MiB changed in place, synced again: the add on
 // the member's side and the fetch on the submitter's (resync-transfer-s:
 // the fetch alone), reported against a first full sync in the same run.
+// The submitter fetches as the node does: FetchFrom member 0's peer (bulk
+// streams, bitswap for what they miss).
 func BenchmarkCheckpointResync(b *testing.B) {
 	const changed = 10 << 20
 	size := *checkpointBytes
@@ -118,7 +120,7 @@ func BenchmarkCheckpointResync(b *testing.B) {
 			b.Fatal(err)
 		}
 		grant(b, member, root.CID, hs)
-		if _, release, err := sub.Fetch(ctx, root.CID, 0); err != nil {
+		if _, release, err := sub.FetchFrom(ctx, root.CID, 0, ha.ID()); err != nil {
 			b.Fatal(err)
 		} else {
 			release()
@@ -132,7 +134,7 @@ func BenchmarkCheckpointResync(b *testing.B) {
 		}
 		grant(b, member, root.CID, hs)
 		fetchStart := time.Now()
-		st, release, err := sub.Fetch(ctx, root.CID, 0)
+		st, release, err := sub.FetchFrom(ctx, root.CID, 0, ha.ID())
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/base32"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -153,6 +154,41 @@ func (s *Store) Get(_ context.Context, c cid.Cid) (blocks.Block, error) {
 		return nil, fmt.Errorf("content: read block %s: %w", c, err)
 	}
 	return blocks.NewBlockWithCid(data, c)
+}
+
+// readInto reads c's block into buf's storage where it fits (a server
+// that sends block after block reuses one buffer): its bytes, or
+// ipld.ErrNotFound. A block over MaxBlock is not read.
+func (s *Store) readInto(c cid.Cid, buf []byte) ([]byte, error) {
+	key := keyOf(c)
+	if !s.touch(key) {
+		return nil, ipld.ErrNotFound{Cid: c}
+	}
+	f, err := os.Open(s.path(key))
+	if errors.Is(err, fs.ErrNotExist) {
+		s.forget(key)
+		return nil, ipld.ErrNotFound{Cid: c}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("content: read block %s: %w", c, err)
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("content: read block %s: %w", c, err)
+	}
+	n := info.Size()
+	if n > MaxBlock {
+		return nil, fmt.Errorf("%w: block %s is %d bytes", ErrTooBig, c, n)
+	}
+	if int64(cap(buf)) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	if _, err := io.ReadFull(f, buf); err != nil {
+		return nil, fmt.Errorf("content: read block %s: %w", c, err)
+	}
+	return buf, nil
 }
 
 // GetSize is the size of c's block.
