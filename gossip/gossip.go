@@ -12,7 +12,9 @@
 // are Negotiation and Reservations (negotiation.go), RFBValidator (which
 // requests for bids to accept and forward: a rate and open requests per
 // submitter) and RequestQueue (which waiting request a provider answers
-// next: one submitter at a time, the one answered longest ago first).
+// next: one submitter at a time, the one answered longest ago first);
+// FairQueue holds peers' other negotiation messages, bounded a peer and
+// in all, and hands them out one peer at a time.
 package gossip
 
 import (

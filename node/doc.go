@@ -28,7 +28,14 @@
 //	                     (sent to the providers named, or on the topic; taken
 //	                     from either), bids, awards, answers, confirms,
 //	                     releases (decided by gossip.Negotiation and
-//	                     gossip.Reservations); each step logged at LevelTrace
+//	                     gossip.Reservations); each step logged at LevelTrace.
+//	                     One loop owns it all; its inputs, first to last:
+//	                     local events (submit, cancel, candidates, starts),
+//	                     other peers' messages from a gossip.FairQueue (32 a
+//	                     peer being read or waiting, 1024 in all, one peer at
+//	                     a time; a peer's past its bound dropped unread and
+//	                     counted), then requests
+//	                     for bids (gossip.RequestQueues)
 //	jobs.go              the job record: JobState and the only code that
 //	                     changes it; records in the job store (jobstore)
 //	submitter.go         submit, cancel, negotiation outcomes, retry; whom a

@@ -9,6 +9,7 @@ import (
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/exec/receipt"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // JobMoved hands the external tests the node's job-change notification: a
@@ -70,4 +71,13 @@ func (n *Node) DropCheckpointCopy(ctx context.Context, id string) error {
 func SetJobNetProbe(f func(region string) error) (restore func()) {
 	jobNetProbe.Store(&f)
 	return func() { jobNetProbe.Store(nil) }
+}
+
+// NegotiationDropped is how many negotiation messages from p this peer
+// dropped because p had the most waiting already (as far as it
+// remembers: the peers that dropped most).
+func (n *Node) NegotiationDropped(p peer.ID) uint64 {
+	n.negQMu.Lock()
+	defer n.negQMu.Unlock()
+	return n.negQueue.Dropped(p)
 }

@@ -72,13 +72,29 @@ type candidates struct {
 
 // negState is the node's part of cluster negotiation. One goroutine, the
 // negotiation loop, owns the Negotiations and the Reservations; everything
-// else talks to it through in.
+// else talks to it through in (local events) and the queues below.
 type negState struct {
+	// in is the loop's local events: this peer's submits, cancels,
+	// candidates, starts and ends, and its messages to itself.
 	in chan negEvent
+	// Signed messages from other peers wait in negQueue (guarded by
+	// negQMu), each peer's apart (gossip.FairQueue: 32 a peer, 1024 in
+	// all), and the loop takes them one peer at a time, after in:
+	// however fast a stranger sends, an honest peer's award or answer
+	// waits for at most one of its messages. negReady tells the loop
+	// some wait.
+	// negReading is each peer's messages being read and checked: with
+	// those waiting, at most gossip.FairQueuePer a peer (so a peer that
+	// holds streams open, or sends faster than they are checked, has the
+	// rest dropped unread).
+	negQMu     sync.Mutex
+	negQueue   *gossip.FairQueue[gossip.Message]
+	negReading map[peer.ID]int
+	negReady   chan struct{}
 	// Accepted requests for bids wait in rfbQueue (guarded by rfbQMu)
 	// apart from in, answered one submitter at a time, those sent to this
 	// provider directly before the topic's; rfbReady tells the
-	// loop some wait. The loop takes them after what is in in.
+	// loop some wait. The loop takes them after what is in in and negQueue.
 	rfbQMu   sync.Mutex
 	rfbQueue *gossip.RequestQueues
 	rfbReady chan struct{}
@@ -122,6 +138,9 @@ type negState struct {
 // starts the negotiation loop.
 func (n *Node) startJobs(ctx context.Context) error {
 	n.in = make(chan negEvent, 1024)
+	n.negQueue = gossip.NewFairQueue[gossip.Message](0, 0)
+	n.negReading = map[peer.ID]int{}
+	n.negReady = make(chan struct{}, 1)
 	n.rfbQueue = gossip.NewRequestQueues(0, 0)
 	n.rfbReady = make(chan struct{}, 1)
 	n.freeMoved = make(chan struct{}, 1)
@@ -481,8 +500,26 @@ func openNegotiation(data []byte) (gossip.Message, error) {
 }
 
 // handleNegotiate reads one signed direct message; its author must be its
-// signer and the peer at the other end of the connection.
+// signer and the peer at the other end of the connection. It waits in
+// that peer's part of the fair queue (negQueue); a peer with its bound
+// being read or waiting already has its message dropped before it is read.
 func (n *Node) handleNegotiate(s network.Stream) {
+	from := s.Conn().RemotePeer()
+	n.negQMu.Lock()
+	busy := n.negReading[from]+n.negQueue.Waiting(from) >= gossip.FairQueuePer
+	if busy {
+		n.negQueue.Drop(from)
+	} else {
+		n.negReading[from]++
+	}
+	n.negQMu.Unlock()
+	if busy {
+		n.log.Debug("negotiation message dropped unread: its peer has its bound being read or waiting", "from", from)
+		_ = s.Reset()
+		return
+	}
+	var msg gossip.Message // what passes the checks, queued when the read ends
+	defer func() { n.queueMessage(from, msg) }()
 	defer s.Close()
 	_ = s.SetReadDeadline(time.Now().Add(sendTimeout))
 	data, err := io.ReadAll(io.LimitReader(s, maxSignedNegotiation+1))
@@ -490,11 +527,11 @@ func (n *Node) handleNegotiate(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
-	msg, err := openNegotiation(data)
-	if err == nil && msg.Author() != s.Conn().RemotePeer() {
-		err = fmt.Errorf("%w: written by %s, sent by %s", gossip.ErrBadNegotiation, msg.Author(), s.Conn().RemotePeer())
+	m, err := openNegotiation(data)
+	if err == nil && m.Author() != s.Conn().RemotePeer() {
+		err = fmt.Errorf("%w: written by %s, sent by %s", gossip.ErrBadNegotiation, m.Author(), s.Conn().RemotePeer())
 	}
-	if _, ok := msg.(*gossip.RequestForBids); ok && err == nil {
+	if _, ok := m.(*gossip.RequestForBids); ok && err == nil {
 		// Requests are bounded per author on their own protocol (handleRFB).
 		err = fmt.Errorf("%w: a request for bids on %s; send it on %s", gossip.ErrBadNegotiation, NegotiateProtocol, RFBProtocol)
 	}
@@ -503,12 +540,39 @@ func (n *Node) handleNegotiate(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
-	n.trace(msg.JobID(), "received", msg)
-	select {
-	case n.in <- negEvent{msg: msg}:
-	default:
-		n.log.Warn("negotiation queue full: message dropped", "from", s.Conn().RemotePeer())
+	n.trace(m.JobID(), "received", m)
+	msg = m
+}
+
+// queueMessage ends the read of a message of from's: msg, when it passed
+// the checks, waits in from's part of the fair queue.
+func (n *Node) queueMessage(from peer.ID, msg gossip.Message) {
+	n.negQMu.Lock()
+	if n.negReading[from]--; n.negReading[from] <= 0 {
+		delete(n.negReading, from)
 	}
+	ok := msg == nil || n.negQueue.Push(from, msg)
+	n.negQMu.Unlock()
+	if msg == nil {
+		return
+	}
+	if !ok {
+		n.log.Debug("negotiation message dropped: the queue is full and no peer has more waiting", "from", from)
+		return
+	}
+	select {
+	case n.negReady <- struct{}{}:
+	default: // signalled already
+	}
+}
+
+// nextMessage takes the next waiting message of another peer's (in turn,
+// gossip.FairQueue); false when none waits.
+func (n *Node) nextMessage() (gossip.Message, bool) {
+	n.negQMu.Lock()
+	defer n.negQMu.Unlock()
+	_, msg, ok := n.negQueue.Pop()
+	return msg, ok
 }
 
 // negotiationLoop owns every Negotiation of this peer's jobs and its
@@ -524,13 +588,21 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 	var rfbWake time.Time
 	for {
 		var ev negEvent
-		select { // direct messages and local calls before requests for bids
+		// Local calls, then other peers' messages (one peer at a time),
+		// then requests for bids.
+		select {
 		case ev = <-n.in:
 		default:
+			var ok bool
+			if ev.msg, ok = n.nextMessage(); ok {
+				break
+			}
 			select {
 			case <-ctx.Done():
 				return
 			case ev = <-n.in:
+			case <-n.negReady:
+				ev.msg, _ = n.nextMessage() // none when taken already: a tick
 			case <-n.rfbReady:
 				n.rfbQMu.Lock()
 				now := n.now()
