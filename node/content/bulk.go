@@ -498,34 +498,8 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 		}
 	}()
 
-	seen := map[cid.Cid]bool{root: true}
-	queue := []cid.Cid{root}
+	walk := newDAGWalk(root, max, &st)
 	inflight := 0 // asked on all lanes, not answered
-	visit := func(c cid.Cid, size int64, nd []byte) error {
-		if size > MaxBlock {
-			return fmt.Errorf("%w: block %s of %s is %d bytes, at most %d", ErrTooBig, c, root, size, MaxBlock)
-		}
-		st.Blocks++
-		st.Bytes += size
-		if st.Bytes > max {
-			return fmt.Errorf("%w: %s is more than %d bytes", ErrTooBig, root, max)
-		}
-		if nd == nil || c.Type() == cid.Raw {
-			return nil
-		}
-		b, _ := blocks.NewBlockWithCid(nd, c)
-		links, err := linksOf(b)
-		if err != nil {
-			return fmt.Errorf("content: fetch %s: %w", root, err)
-		}
-		for _, l := range links {
-			if !seen[l] {
-				seen[l] = true
-				queue = append(queue, l)
-			}
-		}
-		return nil
-	}
 	// room is the lane a batch goes on: the open one with the fewest
 	// asked, if a batch fits; else a new one (nil, true) while fewer
 	// than bulkLanes are open and the others are busy.
@@ -543,18 +517,18 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 		}
 		return l, false
 	}
-	for len(queue) > 0 || inflight > 0 {
+	for len(walk.queue) > 0 || inflight > 0 {
 		// Ask for what the store lacks: a batch whenever one fits, so
 		// requests are few and whole.
-		for len(queue) > 0 {
+		for len(walk.queue) > 0 {
 			l, open := room()
 			if l == nil && !open {
 				break
 			}
 			var batch []cid.Cid
-			for len(queue) > 0 && len(batch) < bulkBatch {
-				c := queue[0]
-				queue = queue[1:]
+			for len(walk.queue) > 0 && len(batch) < bulkBatch {
+				c := walk.queue[0]
+				walk.queue = walk.queue[1:]
 				if err := checkCID(c); err != nil {
 					return st, pins, err
 				}
@@ -562,13 +536,13 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 				pins = append(pins, c)
 				if c.Type() == cid.Raw {
 					if size, err := s.store.GetSize(ctx, c); err == nil {
-						if err := visit(c, int64(size), nil); err != nil {
+						if err := walk.visit(c, int64(size), nil); err != nil {
 							return st, pins, err
 						}
 						continue
 					}
 				} else if b, err := s.store.Get(ctx, c); err == nil {
-					if err := visit(c, int64(len(b.RawData())), b.RawData()); err != nil {
+					if err := walk.visit(c, int64(len(b.RawData())), b); err != nil {
 						return st, pins, err
 					}
 					continue
@@ -621,7 +595,11 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 			}
 		}
 		size := int64(len(data))
-		if err := visit(c, size, data); err != nil {
+		var nd blocks.Block // its links, for a node
+		if c.Type() != cid.Raw {
+			nd, _ = blocks.NewBlockWithCid(data, c)
+		}
+		if err := walk.visit(c, size, nd); err != nil {
 			return st, pins, err
 		}
 		s.fetchedBytes.Add(size)

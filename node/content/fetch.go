@@ -94,41 +94,14 @@ func (s *Service) Fetch(ctx context.Context, root cid.Cid, max int64) (st FetchS
 		}
 	}()
 
-	seen := map[cid.Cid]bool{root: true}
-	queue := []cid.Cid{root}     // to ask for
+	walk := newDAGWalk(root, max, &st)
 	wanted := map[cid.Cid]bool{} // asked for, not arrived
-	// visit counts a block of the DAG, local or arrived, and queues its
-	// links.
-	visit := func(c cid.Cid, size int64, b blocks.Block) error {
-		if size > MaxBlock {
-			return fmt.Errorf("%w: block %s of %s is %d bytes, at most %d", ErrTooBig, c, root, size, MaxBlock)
-		}
-		st.Blocks++
-		st.Bytes += size
-		if st.Bytes > max {
-			return fmt.Errorf("%w: %s is more than %d bytes", ErrTooBig, root, max)
-		}
-		if b == nil {
-			return nil
-		}
-		links, err := linksOf(b)
-		if err != nil {
-			return fmt.Errorf("content: fetch %s: %w", root, err)
-		}
-		for _, l := range links {
-			if !seen[l] {
-				seen[l] = true
-				queue = append(queue, l)
-			}
-		}
-		return nil
-	}
 	// ask takes blocks off the queue, up to the window: those in the store
 	// are visited there, the rest asked of the session.
 	ask := func() error {
-		n := min(len(queue), fetchWindow-len(wanted))
-		group := queue[:n]
-		queue = queue[n:]
+		n := min(len(walk.queue), fetchWindow-len(wanted))
+		group := walk.queue[:n]
+		walk.queue = walk.queue[n:]
 		for _, c := range group {
 			if err := checkCID(c); err != nil {
 				return err
@@ -140,13 +113,13 @@ func (s *Service) Fetch(ctx context.Context, root cid.Cid, max int64) (st FetchS
 		for _, c := range group {
 			if c.Type() == cid.Raw {
 				if size, err := s.store.GetSize(ctx, c); err == nil {
-					if err := visit(c, int64(size), nil); err != nil {
+					if err := walk.visit(c, int64(size), nil); err != nil {
 						return err
 					}
 					continue
 				}
 			} else if b, err := s.store.Get(ctx, c); err == nil {
-				if err := visit(c, int64(len(b.RawData())), b); err != nil {
+				if err := walk.visit(c, int64(len(b.RawData())), b); err != nil {
 					return err
 				}
 				continue
@@ -171,8 +144,8 @@ func (s *Service) Fetch(ctx context.Context, root cid.Cid, max int64) (st FetchS
 		return nil
 	}
 
-	for len(queue) > 0 || len(wanted) > 0 {
-		if len(queue) > 0 && len(wanted) < fetchWindow {
+	for len(walk.queue) > 0 || len(wanted) > 0 {
+		if len(walk.queue) > 0 && len(wanted) < fetchWindow {
 			if err := ask(); err != nil {
 				return st, nil, err
 			}
@@ -193,7 +166,7 @@ func (s *Service) Fetch(ctx context.Context, root cid.Cid, max int64) (st FetchS
 			if c.Type() != cid.Raw {
 				node = b
 			}
-			if err := visit(c, size, node); err != nil {
+			if err := walk.visit(c, size, node); err != nil {
 				return st, nil, err
 			}
 			select {
@@ -209,4 +182,47 @@ func (s *Service) Fetch(ctx context.Context, root cid.Cid, max int64) (st FetchS
 		return st, nil, fmt.Errorf("content: fetch %s: %w", root, werr)
 	}
 	return st, func() { s.store.unpin(all) }, nil
+}
+
+// dagWalk is what one fetch of root has seen of its DAG: the blocks still
+// to ask for, in order, and the counts that bound it (MaxBlock a block,
+// max bytes in all), whichever way its blocks come.
+type dagWalk struct {
+	root  cid.Cid
+	max   int64
+	st    *FetchStats
+	seen  map[cid.Cid]bool
+	queue []cid.Cid // to ask for
+}
+
+func newDAGWalk(root cid.Cid, max int64, st *FetchStats) *dagWalk {
+	return &dagWalk{root: root, max: max, st: st, seen: map[cid.Cid]bool{root: true}, queue: []cid.Cid{root}}
+}
+
+// visit counts a block of the DAG, local or arrived, and queues its
+// links; b is nil where its links are not wanted (a raw leaf, or a leaf
+// whose bytes were not read).
+func (w *dagWalk) visit(c cid.Cid, size int64, b blocks.Block) error {
+	if size > MaxBlock {
+		return fmt.Errorf("%w: block %s of %s is %d bytes, at most %d", ErrTooBig, c, w.root, size, MaxBlock)
+	}
+	w.st.Blocks++
+	w.st.Bytes += size
+	if w.st.Bytes > w.max {
+		return fmt.Errorf("%w: %s is more than %d bytes", ErrTooBig, w.root, w.max)
+	}
+	if b == nil {
+		return nil
+	}
+	links, err := linksOf(b)
+	if err != nil {
+		return fmt.Errorf("content: fetch %s: %w", w.root, err)
+	}
+	for _, l := range links {
+		if !w.seen[l] {
+			w.seen[l] = true
+			w.queue = append(w.queue, l)
+		}
+	}
+	return nil
 }
