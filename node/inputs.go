@@ -57,6 +57,8 @@ func (n *Node) startContent() error {
 		Prefix:   dht.ProtocolPrefix(n.cfg.Swarm.ID()),
 		Routing:  n.dht,
 		Log:      n.log,
+
+		NoExchange: n.cfg.NoBlockExchange,
 	})
 	return err
 }

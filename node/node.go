@@ -171,6 +171,11 @@ type Config struct {
 	// Host, when set, is used instead of building a libp2p host (meshtest
 	// runs nodes on a simulated network this way). The Node closes it.
 	Host host.Host
+	// NoBlockExchange runs the content store without bitswap (bulk
+	// streams only; content.Config.NoExchange), which keeps a queue and a
+	// goroutine for every connected peer: for simulated peers that move
+	// no content (meshtest's scale harness). No flag sets it.
+	NoBlockExchange bool
 }
 
 // mdns says whether the peer discovers its swarm on the LAN by mDNS: on

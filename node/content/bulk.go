@@ -483,7 +483,7 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 					werrOnce.Do(func() { werr = err })
 					continue
 				}
-				_ = s.bs.NotifyNewBlocks(ctx, b)
+				s.notify(ctx, b)
 			}
 		}()
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/ipfs/boxo/bitswap/network/bsnet"
 	"github.com/ipfs/boxo/blockservice"
 	chunker "github.com/ipfs/boxo/chunker"
+	"github.com/ipfs/boxo/exchange"
 	"github.com/ipfs/boxo/files"
 	"github.com/ipfs/boxo/ipld/merkledag"
 	unixfile "github.com/ipfs/boxo/ipld/unixfs/file"
@@ -66,7 +67,17 @@ type Config struct {
 	Prefix   protocol.ID  // protocol prefix, e.g. "/gpumesh/<swarm>": the exchange is "<prefix>/ipfs/bitswap/1.2.0"
 	Routing  Routing      // nil: blocks come from connected peers only, nothing is announced
 	Log      *slog.Logger // nil: discard
+
+	// NoExchange runs no bitswap: blocks come only from the store and
+	// from bulk streams (FetchFrom), and Fetch fails with ErrNoExchange.
+	// Bitswap keeps a queue and a goroutine for every connected peer:
+	// for simulated peers that move no content (node/meshtest's scale
+	// harness), not for a real peer.
+	NoExchange bool
 }
+
+// ErrNoExchange: the service runs without bitswap (Config.NoExchange).
+var ErrNoExchange = errors.New("content: no block exchange on this peer")
 
 // Service is the content layer of one peer: its store, and the block
 // exchange (bitswap) over its libp2p host. New starts the exchange; Close
@@ -152,25 +163,30 @@ func New(h host.Host, cfg Config) (*Service, error) {
 	}
 	g := newGrants()
 	fg := newForgers(h, log)
-	bs := bitswap.New(ctx, bsnet.NewFromIpfsHost(h, netOpts...), finder, store,
-		// A block goes only to a peer granted it (Grant); any other is
-		// told we have none.
-		bitswap.WithPeerBlockRequestFilter(g.allowed),
-		bitswap.WithTracer(fg),
-		bitswap.MaxQueuedWantlistEntriesPerPeer(maxWantlist),
-		bitswap.MaxOutstandingBytesPerPeer(maxPeerBytes),
-		bitswap.MaxCidSize(128),
-		bitswap.ProviderSearchDelay(time.Second),
-		// A peer mostly idles: a few workers, not the defaults' hundred
-		// and more goroutines a node.
-		bitswap.EngineBlockstoreWorkerCount(8),
-		bitswap.EngineTaskWorkerCount(4),
-		bitswap.TaskWorkerCount(4),
-		// A fetch counts its own blocks: no store lookup a block received
-		// to count duplicates.
-		bitswap.WithoutDuplicatedBlockStats(),
-	)
-	serv := blockservice.New(store, bs, blockservice.WithAllowlist(allow))
+	var bs *bitswap.Bitswap
+	var exch exchange.Interface // nil: the store only
+	if !cfg.NoExchange {
+		bs = bitswap.New(ctx, bsnet.NewFromIpfsHost(h, netOpts...), finder, store,
+			// A block goes only to a peer granted it (Grant); any other is
+			// told we have none.
+			bitswap.WithPeerBlockRequestFilter(g.allowed),
+			bitswap.WithTracer(fg),
+			bitswap.MaxQueuedWantlistEntriesPerPeer(maxWantlist),
+			bitswap.MaxOutstandingBytesPerPeer(maxPeerBytes),
+			bitswap.MaxCidSize(128),
+			bitswap.ProviderSearchDelay(time.Second),
+			// A peer mostly idles: a few workers, not the defaults' hundred
+			// and more goroutines a node.
+			bitswap.EngineBlockstoreWorkerCount(8),
+			bitswap.EngineTaskWorkerCount(4),
+			bitswap.TaskWorkerCount(4),
+			// A fetch counts its own blocks: no store lookup a block received
+			// to count duplicates.
+			bitswap.WithoutDuplicatedBlockStats(),
+		)
+		exch = bs
+	}
+	serv := blockservice.New(store, exch, blockservice.WithAllowlist(allow))
 	s := &Service{
 		store:   store,
 		bs:      bs,
@@ -198,9 +214,19 @@ func (s *Service) Close() error {
 		s.host.RemoveStreamHandler(s.bulkProto)
 		s.cancel()
 		s.wg.Wait()
-		err = s.bs.Close()
+		if s.bs != nil {
+			err = s.bs.Close()
+		}
 	})
 	return err
+}
+
+// notify tells the exchange's sessions and peers waiting on b that it is
+// here (nothing without an exchange).
+func (s *Service) notify(ctx context.Context, b blocks.Block) {
+	if s.bs != nil {
+		_ = s.bs.NotifyNewBlocks(ctx, b)
+	}
 }
 
 // Store is the service's blockstore.
@@ -209,8 +235,10 @@ func (s *Service) Store() *Store { return s.store }
 // Stats says what the service moved.
 func (s *Service) Stats() Stats {
 	st := Stats{FetchedBytes: s.fetchedBytes.Load(), FetchedBlocks: s.fetchedBlocks.Load(), BulkBytes: s.bulkFetchedBytes.Load(), StoredBytes: s.store.Used()}
-	if bst, err := s.bs.Stat(); err == nil {
-		st.ServedBytes, st.ServedBlocks = int64(bst.DataSent), int64(bst.BlocksSent)
+	if s.bs != nil {
+		if bst, err := s.bs.Stat(); err == nil {
+			st.ServedBytes, st.ServedBlocks = int64(bst.DataSent), int64(bst.BlocksSent)
+		}
 	}
 	st.ServedBytes += s.bulkServedBytes.Load()
 	st.ServedBlocks += s.bulkServedBlocks.Load()

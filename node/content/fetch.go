@@ -38,6 +38,9 @@ type FetchStats struct {
 // DAG's blocks are pinned in the store until release is called (nil on
 // error).
 func (s *Service) Fetch(ctx context.Context, root cid.Cid, max int64) (st FetchStats, release func(), err error) {
+	if s.bs == nil {
+		return FetchStats{}, nil, fmt.Errorf("fetch %s: %w", root, ErrNoExchange)
+	}
 	if max <= 0 || max > s.store.max {
 		max = s.store.max
 	}
@@ -72,7 +75,7 @@ func (s *Service) Fetch(ctx context.Context, root cid.Cid, max int64) (st FetchS
 					continue
 				}
 				// Sessions and peers waiting on it learn it is here.
-				_ = s.bs.NotifyNewBlocks(ctx, b)
+				s.notify(ctx, b)
 			}
 		}()
 	}

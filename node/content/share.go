@@ -81,6 +81,9 @@ func (s *Service) Open(ctx context.Context, root cid.Cid) (io.ReadCloser, error)
 // on bulk streams (FetchFrom).
 func (s *Service) Received(p peer.ID) uint64 {
 	n := s.bulkReceived(p)
+	if s.bs == nil {
+		return n
+	}
 	if r := s.bs.LedgerForPeer(p); r != nil {
 		n += r.Recv
 	}

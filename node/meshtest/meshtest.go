@@ -73,6 +73,14 @@ type Options struct {
 	ConnLow, ConnHigh int
 	ConnGrace         time.Duration
 
+	// LinkOnDial links two nodes when one first dials the other (with
+	// the same Latency), rather than every pair at Start: mocknet's
+	// LinkAll makes a link each way for every ordered pair, ~1 KB each
+	// (about 1 GB at 1,000 peers, 9 GB at 3,000), where a node dials a
+	// few dozen peers. What a dial or a stream sees is the same; Isolate
+	// keeps a node off its links for good.
+	LinkOnDial bool
+
 	// CountProtocols counts the bytes each node writes on streams, by
 	// protocol (Mesh.SentByProtocol): GossipSub, the DHT, gpumesh's own.
 	// Identify and ping, which the host runs itself, are not counted.
@@ -105,6 +113,7 @@ type Mesh struct {
 
 	seed   uint64
 	sent   []*ProtocolBytes // each node's, with Options.CountProtocols
+	links  links            // with Options.LinkOnDial
 	opts   Options          // as Start was given them, for Add
 	swarm  string           // the swarm ID of node 0: the adversaries join its topics
 	ctx    context.Context  // ends with Close: the adversaries' loops
@@ -133,7 +142,8 @@ func SwarmOf(seed uint64) node.Swarm {
 	return node.Swarm{PSK: s[:]}
 }
 
-// Start starts n nodes, links every pair, has each node dial node 0 and a
+// Start starts n nodes, links every pair (or, with LinkOnDial, each pair
+// as it dials), has each node dial node 0 and a
 // few earlier ones, and waits until they are meshed (every DHT routing table
 // holds opts.MeshDHT peers, every node has a GossipSub peer) and every node
 // hears requests for bids (a peer on topic "rfb"). Everything is stopped
@@ -148,6 +158,7 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 		opts.GPUs = "mock:dgxh100"
 	}
 	m := &Mesh{Net: mocknet.New(), seed: opts.Seed, opts: opts}
+	m.links.net = m.Net
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	t.Cleanup(func() {
 		if err := m.close(); err != nil {
@@ -177,8 +188,10 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 	if opts.Latency > 0 {
 		m.Net.SetLinkDefaults(mocknet.LinkOptions{Latency: opts.Latency})
 	}
-	if err := m.Net.LinkAll(); err != nil {
-		t.Fatalf("meshtest: link: %v", err)
+	if !opts.LinkOnDial {
+		if err := m.Net.LinkAll(); err != nil {
+			t.Fatalf("meshtest: link: %v", err)
+		}
 	}
 	rng := rand.New(rand.NewPCG(opts.Seed, 0x6d657368))
 	var dials [][2]int
@@ -236,8 +249,11 @@ func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node,
 	if err != nil {
 		return nil, fmt.Errorf("meshtest: add peer %d: %w", i, err)
 	}
-	if opts.ConnHigh > 0 || opts.CountProtocols {
+	if opts.ConnHigh > 0 || opts.CountProtocols || opts.LinkOnDial {
 		sh := &simHost{Host: h}
+		if opts.LinkOnDial {
+			sh.links = &m.links
+		}
 		if opts.ConnHigh > 0 {
 			sh.cm, err = connmgr.NewConnManager(opts.ConnLow, opts.ConnHigh, connmgr.WithGracePeriod(cmp.Or(opts.ConnGrace, 10*time.Second)))
 			if err != nil {
@@ -277,9 +293,48 @@ func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node,
 // its streams by protocol, if sent is set.
 type simHost struct {
 	host.Host
-	cm   *connmgr.BasicConnMgr
-	sent *ProtocolBytes
-	once sync.Once
+	cm    *connmgr.BasicConnMgr
+	sent  *ProtocolBytes
+	links *links // with Options.LinkOnDial: links made as the host dials
+	once  sync.Once
+}
+
+// links are the pairs of nodes linked so far, with Options.LinkOnDial.
+type links struct {
+	net      mocknet.Mocknet
+	mu       sync.Mutex
+	made     map[[2]peer.ID]struct{} // each pair once, the lesser ID first
+	isolated map[peer.ID]bool        // nodes Isolate cut off: never linked again
+}
+
+// linkTo links the host to p if nothing links them yet and p is a node of the
+// mesh, unless either is isolated; a dial to p then goes as on LinkAll's
+// links (and fails as an unlinked dial does where it did not link).
+func (h *simHost) linkTo(p peer.ID) {
+	if h.links == nil || h.Network().Connectedness(p) == network.Connected {
+		return
+	}
+	l, self := h.links, h.ID()
+	key := [2]peer.ID{self, p}
+	if p < self {
+		key = [2]peer.ID{p, self}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.made[key]; ok || l.isolated[self] || l.isolated[p] || p == self {
+		return
+	}
+	if _, err := l.net.LinkPeers(self, p); err == nil { // an error: p is no node of this network
+		if l.made == nil {
+			l.made = map[[2]peer.ID]struct{}{}
+		}
+		l.made[key] = struct{}{}
+	}
+}
+
+func (h *simHost) Connect(ctx context.Context, pi peer.AddrInfo) error {
+	h.linkTo(pi.ID)
+	return h.Host.Connect(ctx, pi)
 }
 
 func (h *simHost) ConnManager() ifconnmgr.ConnManager {
@@ -290,6 +345,7 @@ func (h *simHost) ConnManager() ifconnmgr.ConnManager {
 }
 
 func (h *simHost) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
+	h.linkTo(p)
 	s, err := h.Host.NewStream(ctx, p, pids...)
 	if err != nil || h.sent == nil {
 		return s, err
@@ -379,8 +435,10 @@ func (m *Mesh) Add(t testing.TB, provider bool, dials ...int) *node.Node {
 		t.Fatal(err)
 	}
 	m.Nodes = append(m.Nodes, nd)
-	if err := m.Net.LinkAll(); err != nil {
-		t.Fatalf("meshtest: link: %v", err)
+	if !m.opts.LinkOnDial {
+		if err := m.Net.LinkAll(); err != nil {
+			t.Fatalf("meshtest: link: %v", err)
+		}
 	}
 	for _, j := range append([]int{0}, dials...) {
 		if err := m.Connect(ctx, i, j); err != nil {
@@ -536,6 +594,12 @@ func PollBounded(ctx context.Context, cond func(at *Step) (ok bool, seen string)
 // the network: no goodbye, nothing withdrawn.
 func (m *Mesh) Isolate(i int) error {
 	id := m.Nodes[i].Host().ID()
+	m.links.mu.Lock()
+	if m.links.isolated == nil {
+		m.links.isolated = map[peer.ID]bool{}
+	}
+	m.links.isolated[id] = true
+	m.links.mu.Unlock()
 	for _, nd := range m.Nodes {
 		other := nd.Host().ID()
 		if other == id {

@@ -8,8 +8,10 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/internal/testwait"
+	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/network"
 )
 
 func TestPeersMeshAndGossipReachesAll(t *testing.T) {
@@ -151,5 +153,64 @@ func TestPollBoundedGivesUpOnAStuckCheckAtItsDeadline(t *testing.T) {
 	}
 	if err := meshtest.PollBounded(t.Context(), func(*meshtest.Step) (bool, string) { return true, "" }); err != nil {
 		t.Errorf("a check that holds: %v", err)
+	}
+}
+
+// With LinkOnDial a pair of nodes is linked when one first dials the other,
+// not every pair at start; a dial to a node not yet linked still goes
+// through, and an isolated node stays cut off.
+func TestLinkOnDialLinksPairsAsTheyDialAndIsolateHolds(t *testing.T) {
+	const n = 30
+	m := meshtest.Start(t, n, meshtest.Options{Seed: 3, LinkOnDial: true, Config: func(_ int, c *node.Config) { c.NoBlockExchange = true }})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	linked := func(i, j int) bool {
+		return len(m.Net.LinksBetweenPeers(m.Nodes[i].Host().ID(), m.Nodes[j].Host().ID())) > 0
+	}
+	// Every connection runs on a link made for it; some pairs never dialed.
+	var unlinked [][2]int
+	for i := range n {
+		for j := i + 1; j < n; j++ {
+			connected := m.Nodes[i].Host().Network().Connectedness(m.Nodes[j].Host().ID()) == network.Connected
+			switch {
+			case connected && !linked(i, j):
+				t.Fatalf("nodes %d and %d are connected with no link", i, j)
+			case !linked(i, j):
+				unlinked = append(unlinked, [2]int{i, j})
+			}
+		}
+	}
+	if len(unlinked) == 0 {
+		t.Fatalf("all %d pairs of %d nodes linked: links are not made as nodes dial", n*(n-1)/2, n)
+	}
+	// A dial to a node never linked is linked and connects.
+	a, b := unlinked[0][0], unlinked[0][1]
+	if err := m.Connect(ctx, a, b); err != nil {
+		t.Fatalf("node %d dialing node %d, not linked before: %v", a, b, err)
+	}
+	if !linked(a, b) {
+		t.Fatalf("nodes %d and %d connected with no link", a, b)
+	}
+	// An isolated node is cut off and not linked again by a dial.
+	if err := m.Isolate(b); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{a, (b + 1) % n} {
+		// (the far side of a closed mocknet connection closes a moment later)
+		testwait.Until(t, ctx, fmt.Sprintf("node %d to see isolated node %d gone", i, b), func() bool {
+			return m.Nodes[i].Host().Network().Connectedness(m.Nodes[b].Host().ID()) != network.Connected
+		})
+		if err := m.Connect(ctx, i, b); err == nil {
+			t.Errorf("node %d reached isolated node %d", i, b)
+		}
+		if linked(i, b) {
+			t.Errorf("node %d linked to isolated node %d", i, b)
+		}
+	}
+	// A node without a block exchange has no bitswap protocol to offer.
+	for _, p := range m.Nodes[0].Host().Mux().Protocols() {
+		if strings.Contains(string(p), "bitswap") {
+			t.Errorf("node 0 serves %s with NoBlockExchange", p)
+		}
 	}
 }

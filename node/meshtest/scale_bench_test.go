@@ -34,6 +34,8 @@ var (
 	scaleRest    = flag.Duration("scale.rest", 30*time.Second, "BenchmarkScale: the window over which resting gossip is measured (at least one price heartbeat, 30 s, so each provider's re-send falls in it)")
 	scaleOnly    = flag.Bool("scale.restonly", false, "BenchmarkScale: measure setup, memory and rest only (no lookups, ticks or formation): for profiling")
 	scaleNoCM    = flag.Bool("scale.noconnmgr", false, "BenchmarkScale: simulated nodes without a connection manager (as mocknet's hosts are), for comparison")
+	scaleLinkAll = flag.Bool("scale.linkall", false, "BenchmarkScale: link every pair of simulated nodes at start (mocknet's LinkAll, N² links) rather than each pair as it dials, for comparison")
+	scaleBitswap = flag.Bool("scale.bitswap", false, "BenchmarkScale: simulated nodes run bitswap (a queue and a goroutine a connection), as a real node does, for comparison")
 	scaleNote    = flag.String("scale.note", "", "BenchmarkScale: a note kept with each size's JSON line (e.g. \"measured under load\")")
 	scaleProfile = flag.String("scale.profile", "", "BenchmarkScale: write heap and goroutine profiles at rest (after setup, after GC) into this directory as heap-N.pprof, goroutine-N.pprof")
 )
@@ -113,6 +115,7 @@ type scaleResult struct {
 	ConnsPeer        float64 // open connections per peer at rest (mean)
 	ConnsMax         int
 	StreamsPeer      float64 // open streams per peer at rest (mean)
+	RSSMB, PeakRSSMB float64 // the process's resident memory at rest, and its peak so far (Linux; 0 elsewhere)
 	RestWindowS      float64
 	// RestParts is RestGossipBps by part: "topic:<name>" (messages of that
 	// topic, every copy a peer sends), "ihave", "iwant", "graft", "prune",
@@ -199,7 +202,9 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	}
 	m := meshtest.Start(b, n, meshtest.Options{Seed: uint64(n), Private: true, Providers: providers, Executors: []string{"process"}, Latency: latency,
 		Progress: say, ConnLow: scaleConnLow, ConnHigh: scaleConnHigh * ifThen(*scaleNoCM, 0, 1), CountProtocols: true,
+		LinkOnDial: !*scaleLinkAll,
 		Config: func(i int, c *node.Config) {
+			c.NoBlockExchange = !*scaleBitswap
 			if i < providers {
 				c.Price = fmt.Sprintf("fixed:2.%02d", i%50)
 				c.Region = []string{"eu-west/ams1", "us-east/nyc2"}[i%2]
@@ -359,7 +364,8 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	}
 	slices.Sort(protos)
 	say("streams a peer by protocol: %s", strings.Join(protos, ", "))
-	say("%.1f MB (heap %.1f, stacks %.1f), %.0f goroutines, %.1f connections (max %d), %.1f streams a peer", r.MemMBPerPeer, r.HeapMBPeer, r.StackMBPeer, r.GoroutinesPeer, r.ConnsPeer, r.ConnsMax, r.StreamsPeer)
+	r.RSSMB, r.PeakRSSMB = procMB("VmRSS"), procMB("VmHWM")
+	say("%.1f MB (heap %.1f, stacks %.1f), %.0f goroutines, %.1f connections (max %d), %.1f streams a peer; process RSS %.0f MB (peak %.0f)", r.MemMBPerPeer, r.HeapMBPeer, r.StackMBPeer, r.GoroutinesPeer, r.ConnsPeer, r.ConnsMax, r.StreamsPeer, r.RSSMB, r.PeakRSSMB)
 	if *scaleProfile != "" {
 		writeProfiles(b, *scaleProfile, n)
 	}
@@ -527,6 +533,24 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	r.Form64P50Ms, r.Form64P99Ms, r.Form64Msgs, r.Form64Failed = form(64, 8)
 	say("done")
 	return r
+}
+
+// procMB is a memory figure of this process from /proc/self/status
+// ("VmRSS", "VmHWM") in MB, 0 where there is none.
+func procMB(field string) float64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			if err == nil {
+				return kb / 1024
+			}
+		}
+	}
+	return 0
 }
 
 func ifThen(c bool, a, b int) int {
