@@ -36,6 +36,7 @@ var (
 	scaleNoCM    = flag.Bool("scale.noconnmgr", false, "BenchmarkScale: simulated nodes without a connection manager (as mocknet's hosts are), for comparison")
 	scaleLinkAll = flag.Bool("scale.linkall", false, "BenchmarkScale: link every pair of simulated nodes at start (mocknet's LinkAll, N² links) rather than each pair as it dials, for comparison")
 	scaleBitswap = flag.Bool("scale.bitswap", false, "BenchmarkScale: simulated nodes run bitswap (a queue and a goroutine a connection), as a real node does, for comparison")
+	scaleNoUpkp  = flag.Bool("scale.noupkeep", false, "BenchmarkScale: skip the DHT upkeep measurement (a refresh of every bucket on every peer, the offers' re-puts and index announcements: minutes at 1,000 peers)")
 	scaleNote    = flag.String("scale.note", "", "BenchmarkScale: a note kept with each size's JSON line (e.g. \"measured under load\")")
 	scaleProfile = flag.String("scale.profile", "", "BenchmarkScale: write heap and goroutine profiles at rest (after setup, after GC) into this directory as heap-N.pprof, goroutine-N.pprof")
 )
@@ -369,7 +370,9 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	if *scaleProfile != "" {
 		writeProfiles(b, *scaleProfile, n)
 	}
-	measureUpkeep(ctx, b, m, provs, &r, say)
+	if !*scaleNoUpkp {
+		measureUpkeep(ctx, b, m, provs, &r, say)
+	}
 	if *scaleOnly {
 		return r
 	}
