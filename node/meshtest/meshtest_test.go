@@ -156,40 +156,46 @@ func TestPollBoundedGivesUpOnAStuckCheckAtItsDeadline(t *testing.T) {
 	}
 }
 
-// With LinkOnDial a pair of nodes is linked when one first dials the other,
-// not every pair at start; a dial to a node not yet linked still goes
-// through, and an isolated node stays cut off.
+// With LinkOnDial a pair of nodes is linked once, when one first dials the
+// other (LinkAll links every ordered pair, each node to itself too); a
+// dial to a node not yet linked goes through, and an isolated node stays
+// cut off.
 func TestLinkOnDialLinksPairsAsTheyDialAndIsolateHolds(t *testing.T) {
 	const n = 30
 	m := meshtest.Start(t, n, meshtest.Options{Seed: 3, LinkOnDial: true, Config: func(_ int, c *node.Config) { c.NoBlockExchange = true }})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	linked := func(i, j int) bool {
-		return len(m.Net.LinksBetweenPeers(m.Nodes[i].Host().ID(), m.Nodes[j].Host().ID())) > 0
+	links := func(i, j int) int {
+		return len(m.Net.LinksBetweenPeers(m.Nodes[i].Host().ID(), m.Nodes[j].Host().ID()))
 	}
-	// Every connection runs on a link made for it; some pairs never dialed.
 	var unlinked [][2]int
 	for i := range n {
+		if k := links(i, i); k != 0 {
+			t.Fatalf("node %d has %d links to itself, want none", i, k)
+		}
 		for j := i + 1; j < n; j++ {
 			connected := m.Nodes[i].Host().Network().Connectedness(m.Nodes[j].Host().ID()) == network.Connected
-			switch {
-			case connected && !linked(i, j):
+			switch k := links(i, j); {
+			case k > 1:
+				t.Fatalf("nodes %d and %d have %d links, want one at most", i, j, k)
+			case connected && k == 0:
 				t.Fatalf("nodes %d and %d are connected with no link", i, j)
-			case !linked(i, j):
+			case k == 0:
 				unlinked = append(unlinked, [2]int{i, j})
 			}
 		}
 	}
-	if len(unlinked) == 0 {
-		t.Fatalf("all %d pairs of %d nodes linked: links are not made as nodes dial", n*(n-1)/2, n)
+	// A dial to a node never linked is linked and connects (on a loaded
+	// machine every pair may have dialed already).
+	a, b := 1, n-1
+	if len(unlinked) > 0 {
+		a, b = unlinked[0][0], unlinked[0][1]
 	}
-	// A dial to a node never linked is linked and connects.
-	a, b := unlinked[0][0], unlinked[0][1]
 	if err := m.Connect(ctx, a, b); err != nil {
-		t.Fatalf("node %d dialing node %d, not linked before: %v", a, b, err)
+		t.Fatalf("node %d dialing node %d (linked before: %v): %v", a, b, len(unlinked) == 0, err)
 	}
-	if !linked(a, b) {
-		t.Fatalf("nodes %d and %d connected with no link", a, b)
+	if links(a, b) != 1 {
+		t.Fatalf("nodes %d and %d connected with %d links, want one", a, b, links(a, b))
 	}
 	// An isolated node is cut off and not linked again by a dial.
 	if err := m.Isolate(b); err != nil {
@@ -203,7 +209,7 @@ func TestLinkOnDialLinksPairsAsTheyDialAndIsolateHolds(t *testing.T) {
 		if err := m.Connect(ctx, i, b); err == nil {
 			t.Errorf("node %d reached isolated node %d", i, b)
 		}
-		if linked(i, b) {
+		if links(i, b) > 0 {
 			t.Errorf("node %d linked to isolated node %d", i, b)
 		}
 	}
