@@ -107,6 +107,10 @@ type RFBValidatorConfig struct {
 	Limits     RFBLimits
 	Total      TotalLimits // all submitters together; the zero value: no bound
 	MaxAuthors int         // submitters remembered (least recently seen go first); 0: 65536
+	// Self is this peer: the requests it publishes itself, which its own
+	// pacer bounds, are not held to Total (a flood of others' must not
+	// stop its own from going out). Empty: none.
+	Self peer.ID
 }
 
 // RFBValidator decides which requests for bids a peer accepts and forwards.
@@ -278,7 +282,8 @@ func (v *RFBValidator) Admit(rfb RequestForBids, signer, from peer.ID, now time.
 		}
 		return RequestForBids{}, verdict, err
 	}
-	if err := v.checkTotal(quiet, now); err != nil {
+	own := v.cfg.Self != "" && from == v.cfg.Self // not held to the total (RFBValidatorConfig.Self)
+	if err := v.checkTotal(quiet, now); err != nil && !own {
 		// It counts against the submitter's rate all the same: a flood
 		// the total holds back runs over its authors' rates, is Rejected
 		// and costs them score, and what relays deliver of it is then
@@ -289,7 +294,7 @@ func (v *RFBValidator) Admit(rfb RequestForBids, signer, from peer.ID, now time.
 		return RequestForBids{}, Ignore, err
 	}
 	a.bucket.take(deadline, now)
-	if v.total != nil {
+	if v.total != nil && !own {
 		v.total.ReserveN(now, 1)
 	}
 	return rfb, Accept, nil

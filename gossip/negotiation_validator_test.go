@@ -389,3 +389,27 @@ func TestRefusesFollowsTheTotalBound(t *testing.T) {
 		t.Fatalf("a quiet submitter once the reserve is spent: %v (%v), want ignored", verdict, err)
 	}
 }
+
+// A peer's own requests go out however busy others have made it: they
+// are not held to the total bound (its own pacer bounds them), and take
+// nothing of it.
+func TestAPeersOwnRequestsAreNotHeldToTheTotalBound(t *testing.T) {
+	self := testID(7)
+	v := NewRFBValidator(RFBValidatorConfig{Limits: TopicLimits(), Total: TotalLimits{Burst: 2, Rate: 0.001, Reserve: 1}, Self: self})
+	for i := 1; i <= 2; i++ {
+		if _, verdict, err := v.Validate(floodRFB(t, i, 0, t0, 5*time.Second), testID(i), testID(i), t0); verdict != Accept {
+			t.Fatalf("quiet submitter %d: %v (%v)", i, verdict, err)
+		}
+	}
+	if _, verdict, err := v.Validate(floodRFB(t, 3, 0, t0, 5*time.Second), testID(3), testID(3), t0); verdict != Ignore || !errors.Is(err, ErrTopicBusy) {
+		t.Fatalf("another submitter once the bound is spent: %v (%v), want ignored", verdict, err)
+	}
+	for n := range 2 {
+		if _, verdict, err := v.Validate(floodRFB(t, 7, n, t0, 5*time.Second), self, self, t0); verdict != Accept {
+			t.Fatalf("this peer's own request %d: %v (%v), want accepted", n, verdict, err)
+		}
+	}
+	if _, verdict, err := v.Validate(floodRFB(t, 7, 2, t0, 5*time.Second), self, testID(3), t0); verdict != Ignore || !errors.Is(err, ErrTopicBusy) {
+		t.Fatalf("this peer's name on a request a relay delivered: %v (%v), want held to the bound", verdict, err)
+	}
+}

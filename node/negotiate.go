@@ -150,7 +150,7 @@ func (n *Node) startJobs(ctx context.Context) error {
 	ps := n.gossip.PubSub()
 	topic := n.gossip.Topic(gossip.RFBTopic)
 	var limits gossip.RFBLimits // the defaults, the same on every peer
-	n.rfbVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: gossip.TopicLimits(), Total: gossip.TopicTotal()})
+	n.rfbVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: gossip.TopicLimits(), Total: gossip.TopicTotal(), Self: n.host.ID()})
 	n.directVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: limits})
 	n.rfbPace = gossip.NewRFBPacer(limits.Pace())
 	n.topicPace = gossip.NewRFBPacer(gossip.TopicLimits().Pace())
