@@ -24,6 +24,7 @@ var (
 	ErrFarRequest      = errors.New("request's deadline too far ahead")
 	ErrRequestRate     = errors.New("submitter over its request rate")
 	ErrTooManyRequests = errors.New("submitter has too many open requests")
+	ErrTopicBusy       = errors.New("peer has accepted as many requests, of all submitters, as it takes")
 )
 
 // RFBLimits bound what one submitter may broadcast on the request-for-bids
@@ -65,11 +66,51 @@ func (l RFBLimits) Pace() RFBLimits {
 	return RFBLimits{Burst: max(l.Burst/2, 1), Rate: l.Rate * 4 / 5, MaxOpen: max(l.MaxOpen/2, 1), MaxAhead: l.MaxAhead}
 }
 
+// TotalLimits bound the requests for bids a peer accepts of all
+// submitters together (RFBValidatorConfig.Total): a token bucket of Burst
+// requests at once, refilled at Rate a second, whose last Reserve tokens
+// only a quiet submitter may take: one of which this peer has checked no
+// request (accepted or not) for Quiet. The zero value bounds nothing.
+type TotalLimits struct {
+	Burst   int           // requests at once; 0: no bound
+	Rate    float64       // requests a second on average
+	Reserve int           // of Burst, the tokens left to quiet submitters
+	Quiet   time.Duration // how long a submitter must have sent nothing to be quiet; 0: 1 min
+}
+
+// TopicTotal is the bound of the request-for-bids topic on all submitters
+// together, at every peer, forwarders and providers alike: what a provider
+// answers of the topic (TopicAnswerRate, at once TopicAnswerBurst), twice
+// that at once, half of it kept for submitters quiet for a minute.
+//
+// The per-author bounds (TopicLimits) cap one identity, but identities
+// cost nothing: a hundred of them made every peer check and forward ~770
+// requests a flood (a provider answers 20 a second of them), and the
+// honest job then waited for CPU, not for any queue. With a total bound a
+// peer forwards no more than providers answer, and what is over it is
+// Ignored (no blame: an honest forwarder or submitter may meet a busy peer
+// too). Its cost: while the bound is spent, a topic request of a submitter
+// that asked within the minute is dropped at that peer, and an honest
+// fallback (one request a job, from a submitter quiet for a minute) passes
+// while quiet submitters together ask less than the reserve; identities
+// made fresh for every request look quiet too, and a flood of those
+// spends the reserve, so a fallback then goes only where a peer's budget
+// allows. Direct requests (negotiation_direct.go), an honest submitter's
+// first ask, do not count.
+func TopicTotal() TotalLimits {
+	return TotalLimits{Burst: 2 * TopicAnswerBurst, Rate: TopicAnswerRate, Reserve: TopicAnswerBurst, Quiet: time.Minute}
+}
+
 // RFBValidatorConfig bounds what an RFBValidator accepts. The zero value
 // takes the defaults.
 type RFBValidatorConfig struct {
 	Limits     RFBLimits
-	MaxAuthors int // submitters remembered (least recently seen go first); 0: 65536
+	Total      TotalLimits // all submitters together; the zero value: no bound
+	MaxAuthors int         // submitters remembered (least recently seen go first); 0: 65536
+	// Self is this peer: the requests it publishes itself, which its own
+	// pacer bounds, are not held to Total (a flood of others' must not
+	// stop its own from going out). Empty: none.
+	Self peer.ID
 }
 
 // RFBValidator decides which requests for bids a peer accepts and forwards.
@@ -81,12 +122,14 @@ type RFBValidator struct {
 	cfg     RFBValidatorConfig
 	authors map[peer.ID]*list.Element // of *author, most recently seen at the front
 	lru     *list.List
+	total   *rate.Limiter // of cfg.Total; nil: no bound
 }
 
 // author is what the validator keeps of one submitter.
 type author struct {
 	id     peer.ID
 	bucket requestBucket
+	seen   time.Time // when a request of it was last checked (accepted or not); zero: never
 }
 
 // requestBucket is one submitter's allowance: tokens of its rate and the
@@ -154,7 +197,39 @@ func latest(a, b time.Time) time.Time {
 func NewRFBValidator(cfg RFBValidatorConfig) *RFBValidator {
 	cfg.Limits = cfg.Limits.withDefaults()
 	orDefault(&cfg.MaxAuthors, 65536)
-	return &RFBValidator{cfg: cfg, authors: make(map[peer.ID]*list.Element), lru: list.New()}
+	v := &RFBValidator{cfg: cfg, authors: make(map[peer.ID]*list.Element), lru: list.New()}
+	if t := cfg.Total; t.Burst > 0 {
+		v.cfg.Total.Reserve = min(max(t.Reserve, 0), t.Burst-1)
+		orDefault(&v.cfg.Total.Quiet, time.Minute)
+		v.total = rate.NewLimiter(rate.Limit(t.Rate), t.Burst)
+	}
+	return v
+}
+
+// quiet says whether a is a quiet submitter at now (see TotalLimits).
+func (v *RFBValidator) quiet(a *author, now time.Time) bool {
+	return a.seen.IsZero() || now.Sub(a.seen) >= v.cfg.Total.Quiet
+}
+
+// checkTotal says whether the bound on all submitters together lets a
+// request of a submitter, quiet or not (see TotalLimits), in at now.
+func (v *RFBValidator) checkTotal(quiet bool, now time.Time) error {
+	if v.total == nil {
+		return nil
+	}
+	need := 1.0
+	if !quiet {
+		need += float64(v.cfg.Total.Reserve)
+	}
+	if v.total.TokensAt(now) < need-tokenSlack {
+		which := "a submitter that asked within that time"
+		if quiet {
+			which = "any submitter"
+		}
+		return fmt.Errorf("%w: %d at once or %.3g a second, the last %d of them for submitters quiet for %v; none left for %s",
+			ErrTopicBusy, v.cfg.Total.Burst, v.cfg.Total.Rate, v.cfg.Total.Reserve, v.cfg.Total.Quiet, which)
+	}
+	return nil
 }
 
 // Validate decides about an encoded request for bids, published by signer
@@ -170,7 +245,10 @@ func NewRFBValidator(cfg RFBValidatorConfig) *RFBValidator {
 // differ; gossip is late). A submitter over its rate or its open requests
 // is Rejected when it delivered the request itself, and Ignored when a
 // relay did: relays may each have let through a different part of a
-// burst, but the submitter knows what it sent.
+// burst, but the submitter knows what it sent. A request over the bound
+// on all submitters together (RFBValidatorConfig.Total) is Ignored,
+// whoever delivered it: it says how busy this peer is, not who misbehaved;
+// it counts against its submitter's rate (not its open requests).
 func (v *RFBValidator) Validate(data []byte, signer, from peer.ID, now time.Time) (RequestForBids, Verdict, error) {
 	rfb, err := UnmarshalRequestForBids(data)
 	if err != nil {
@@ -195,6 +273,8 @@ func (v *RFBValidator) Admit(rfb RequestForBids, signer, from peer.ID, now time.
 		return RequestForBids{}, Ignore, fmt.Errorf("%w: %v from now, at most %v", ErrFarRequest, d.Round(time.Millisecond), l.MaxAhead)
 	}
 	a := v.lookup(signer, now)
+	quiet := v.quiet(a, now)
+	a.seen = now
 	if err := a.bucket.check(l, now); err != nil {
 		verdict := Ignore
 		if from == signer {
@@ -202,23 +282,42 @@ func (v *RFBValidator) Admit(rfb RequestForBids, signer, from peer.ID, now time.
 		}
 		return RequestForBids{}, verdict, err
 	}
+	own := v.cfg.Self != "" && from == v.cfg.Self // not held to the total (RFBValidatorConfig.Self)
+	if err := v.checkTotal(quiet, now); err != nil && !own {
+		// It counts against the submitter's rate all the same: a flood
+		// the total holds back runs over its authors' rates, is Rejected
+		// and costs them score, and what relays deliver of it is then
+		// dropped before its signature is checked (Refuses). An honest
+		// submitter's request is checked once a peer (GossipSub's seen
+		// messages), as when accepted.
+		a.bucket.tokens.ReserveN(now, 1)
+		return RequestForBids{}, Ignore, err
+	}
 	a.bucket.take(deadline, now)
+	if v.total != nil && !own {
+		v.total.ReserveN(now, 1)
+	}
 	return rfb, Accept, nil
 }
 
 // Refuses says whether a request of submitter would be refused at now for
-// its rate or its open requests (see Validate), without counting anything
-// or remembering submitter: a peer can use it to drop what a relay delivers
-// of a flooding submitter before paying to check its signature. A submitter
-// it does not know is never refused, so a forged name cannot use up a real
-// submitter's allowance.
+// its rate or its open requests, or for the bound on all submitters
+// together (see Validate), without counting anything or remembering
+// submitter: a peer can use it to drop what a relay delivers of a flooding
+// submitter, or what comes while this peer takes no more, before paying to
+// check its signature. A submitter it does not know counts as quiet, so it
+// is refused only when every submitter would be: a forged name cannot use
+// up a real submitter's allowance.
 func (v *RFBValidator) Refuses(submitter peer.ID, now time.Time) bool {
-	e, ok := v.authors[submitter]
-	if !ok {
-		return false
+	quiet := true
+	if e, ok := v.authors[submitter]; ok {
+		a := e.Value.(*author)
+		if a.bucket.check(v.cfg.Limits, now) != nil {
+			return true
+		}
+		quiet = v.quiet(a, now)
 	}
-	a := e.Value.(*author)
-	return a.bucket.check(v.cfg.Limits, now) != nil
+	return v.checkTotal(quiet, now) != nil
 }
 
 // lookup finds or makes the state of a submitter and marks it most

@@ -306,3 +306,110 @@ func TestRefusesNamesOnlyASubmitterOverItsAllowance(t *testing.T) {
 		t.Fatal("a submitter whose allowance refilled is still refused")
 	}
 }
+
+// However many identities ask, a peer accepts at most its total bound of
+// the topic's requests (each of these submitters keeps to its own rate);
+// what is over it is ignored, never rejected, even from the submitter
+// itself; and a submitter quiet for a minute still finds the reserve left
+// for it in the middle of the flood.
+func TestAPeerAcceptsAtMostItsTotalOfAllSubmitters(t *testing.T) {
+	total := TopicTotal()
+	v := NewRFBValidator(RFBValidatorConfig{Limits: TopicLimits(), Total: total})
+	const flooders, steps = 100, 1000 // one request every 10 ms, each flooder once a second, for 10 s
+	honest := testID(1000)
+	var accepted, honestAt int
+	for n := range steps {
+		now := t0.Add(time.Duration(n) * 10 * time.Millisecond)
+		i := n % flooders
+		_, verdict, err := v.Validate(floodRFB(t, i, n, now, 5*time.Second), testID(i), testID(i), now)
+		switch verdict {
+		case Accept:
+			accepted++
+		case Ignore:
+			if !errors.Is(err, ErrTopicBusy) {
+				t.Fatalf("request %d ignored for %v, want the total bound", n, err)
+			}
+		default:
+			t.Fatalf("request %d of a submitter within its rate: %v (%v), want accepted or ignored", n, verdict, err)
+		}
+		if n == steps/2 {
+			_, verdict, err := v.Validate(floodRFB(t, 1000, 1, now, 5*time.Second), honest, testID(2000), now)
+			if verdict != Accept {
+				t.Fatalf("a quiet submitter's request amid the flood: %v (%v), want accepted", verdict, err)
+			}
+			honestAt = n
+			if _, verdict, err := v.Validate(floodRFB(t, i, n+steps, now, 5*time.Second), testID(i), testID(i), now); verdict != Ignore || !errors.Is(err, ErrTopicBusy) {
+				t.Fatalf("a flooder's request at the same moment: %v (%v), want ignored for the total bound", verdict, err)
+			}
+		}
+	}
+	elapsed := time.Duration(steps-1) * 10 * time.Millisecond
+	most := total.Burst + int(total.Rate*elapsed.Seconds())
+	if accepted > most {
+		t.Errorf("%d of the flood's %d accepted in %v, want at most %d", accepted, steps, elapsed, most)
+	}
+	// The quiet flooders' first requests take the whole burst, then those
+	// that asked take what rises above the reserve.
+	if least := total.Burst + int(total.Rate*elapsed.Seconds()) - total.Reserve - 2; accepted < least {
+		t.Errorf("%d of the flood's %d accepted in %v, want at least %d (the bound used)", accepted, steps, elapsed, least)
+	}
+	t.Logf("%d flooders: %d of %d accepted in %v; a quiet submitter's at step %d", flooders, accepted, steps, elapsed, honestAt)
+}
+
+// With a total bound, Refuses foretells what Validate refuses for it:
+// while only the reserve is left, a submitter that asked within the quiet
+// time, not one that did not nor one never seen; once the reserve is
+// spent too, anyone.
+func TestRefusesFollowsTheTotalBound(t *testing.T) {
+	v := NewRFBValidator(RFBValidatorConfig{Limits: RFBLimits{Burst: 10, Rate: 10, MaxOpen: 10},
+		Total: TotalLimits{Burst: 4, Rate: 0.001, Reserve: 2, Quiet: time.Minute}})
+	for n := range 2 {
+		if _, verdict, err := v.Validate(floodRFB(t, 1, n, t0, 5*time.Second), testID(1), testID(1), t0); verdict != Accept {
+			t.Fatalf("request %d: %v (%v)", n, verdict, err)
+		}
+	}
+	if !v.Refuses(testID(1), t0) {
+		t.Error("a submitter that asked, with only the reserve left, is not refused")
+	}
+	if v.Refuses(testID(2), t0) {
+		t.Error("a submitter never seen is refused while the reserve is left")
+	}
+	if _, verdict, err := v.Validate(floodRFB(t, 1, 2, t0, 5*time.Second), testID(1), testID(1), t0); verdict != Ignore || !errors.Is(err, ErrTopicBusy) {
+		t.Fatalf("the submitter that asked: %v (%v), want ignored for the total bound", verdict, err)
+	}
+	for i := 2; i <= 3; i++ {
+		if _, verdict, err := v.Validate(floodRFB(t, i, 0, t0, 5*time.Second), testID(i), testID(9), t0); verdict != Accept {
+			t.Fatalf("quiet submitter %d: %v (%v), want accepted from the reserve", i, verdict, err)
+		}
+	}
+	if !v.Refuses(testID(4), t0) {
+		t.Error("a submitter never seen is not refused once the reserve is spent")
+	}
+	if _, verdict, err := v.Validate(floodRFB(t, 4, 0, t0, 5*time.Second), testID(4), testID(4), t0); verdict != Ignore || !errors.Is(err, ErrTopicBusy) {
+		t.Fatalf("a quiet submitter once the reserve is spent: %v (%v), want ignored", verdict, err)
+	}
+}
+
+// A peer's own requests go out however busy others have made it: they
+// are not held to the total bound (its own pacer bounds them), and take
+// nothing of it.
+func TestAPeersOwnRequestsAreNotHeldToTheTotalBound(t *testing.T) {
+	self := testID(7)
+	v := NewRFBValidator(RFBValidatorConfig{Limits: TopicLimits(), Total: TotalLimits{Burst: 2, Rate: 0.001, Reserve: 1}, Self: self})
+	for i := 1; i <= 2; i++ {
+		if _, verdict, err := v.Validate(floodRFB(t, i, 0, t0, 5*time.Second), testID(i), testID(i), t0); verdict != Accept {
+			t.Fatalf("quiet submitter %d: %v (%v)", i, verdict, err)
+		}
+	}
+	if _, verdict, err := v.Validate(floodRFB(t, 3, 0, t0, 5*time.Second), testID(3), testID(3), t0); verdict != Ignore || !errors.Is(err, ErrTopicBusy) {
+		t.Fatalf("another submitter once the bound is spent: %v (%v), want ignored", verdict, err)
+	}
+	for n := range 2 {
+		if _, verdict, err := v.Validate(floodRFB(t, 7, n, t0, 5*time.Second), self, self, t0); verdict != Accept {
+			t.Fatalf("this peer's own request %d: %v (%v), want accepted", n, verdict, err)
+		}
+	}
+	if _, verdict, err := v.Validate(floodRFB(t, 7, 2, t0, 5*time.Second), self, testID(3), t0); verdict != Ignore || !errors.Is(err, ErrTopicBusy) {
+		t.Fatalf("this peer's name on a request a relay delivered: %v (%v), want held to the bound", verdict, err)
+	}
+}

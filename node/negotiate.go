@@ -150,7 +150,7 @@ func (n *Node) startJobs(ctx context.Context) error {
 	ps := n.gossip.PubSub()
 	topic := n.gossip.Topic(gossip.RFBTopic)
 	var limits gossip.RFBLimits // the defaults, the same on every peer
-	n.rfbVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: gossip.TopicLimits()})
+	n.rfbVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: gossip.TopicLimits(), Total: gossip.TopicTotal(), Self: n.host.ID()})
 	n.directVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: limits})
 	n.rfbPace = gossip.NewRFBPacer(limits.Pace())
 	n.topicPace = gossip.NewRFBPacer(gossip.TopicLimits().Pace())
@@ -244,7 +244,8 @@ func (n *Node) validateRFB(_ context.Context, from peer.ID, m *pubsub.Message) p
 }
 
 // prefilterRFB drops a relayed request for bids, unchecked, when its
-// named submitter is over its rate or open requests here: validateRFB
+// named submitter is over its rate or open requests here, or this peer
+// takes no more of the topic's now (gossip.TopicTotal): validateRFB
 // would ignore it after GossipSub had checked its signature. Under a flood
 // from many identities that check is most of a peer's work, and an honest
 // request waits behind it.

@@ -1,0 +1,81 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/testwait"
+	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/meshtest"
+)
+
+// Fifty identities each publish their whole allowance of requests for
+// bids on the topic at once (4 each, none over its own rate): every peer,
+// forwarder or provider, accepts — and so forwards and answers — no more
+// of them than its bound on all submitters together
+// (gossip.TopicTotal) allows, and ignores the rest, so no flooder and no
+// peer that relayed the flood loses score; and an honest job still forms.
+func TestAFloodOfTopicRequestsFromManyIdentitiesIsBoundedAtEveryPeer(t *testing.T) {
+	m := meshtest.Start(t, 3, h100s(0xd7, 1))
+	prov, sub := m.Nodes[0], m.Nodes[2]
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const flooders = 50
+	per := gossip.TopicLimits().Burst
+	advs := make([]*meshtest.Adversary, flooders)
+	for i := range advs {
+		advs[i] = m.AddAdversary(t, i)
+	}
+	topic := prov.Gossip().Topic(gossip.RFBTopic)
+	before := make([]gossip.TopicStats, len(m.Nodes))
+	for i, nd := range m.Nodes {
+		before[i] = nd.Gossip().Stats(topic)
+	}
+	settled := func(i int) (accepted, ignored, rejected uint64) {
+		s := m.Nodes[i].Gossip().Stats(topic)
+		return s.Delivered - before[i].Delivered, s.Ignored - before[i].Ignored, s.Rejected - before[i].Rejected
+	}
+
+	start := time.Now()
+	for _, a := range advs {
+		for range per {
+			if err := a.Publish(ctx, a.Request(meshtest.NewJobID(), h100, 8, 2_500_000, "USDC:6")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Each request reaches every peer from its author (connected to
+	// each), and is accepted or ignored there.
+	sent := uint64(flooders * per)
+	total := gossip.TopicTotal()
+	for i := range m.Nodes {
+		testwait.Until(t, ctx, fmt.Sprintf("peer %d to settle the flood", i), func() (bool, string) {
+			a, ig, r := settled(i)
+			return a+ig+r >= sent, fmt.Sprintf("%d accepted, %d ignored, %d rejected of %d", a, ig, r, sent)
+		})
+		elapsed := time.Since(start)
+		a, ig, r := settled(i)
+		if most := uint64(total.Burst + int(total.Rate*elapsed.Seconds()) + 1); a > most {
+			t.Errorf("peer %d accepted %d of the flood's %d requests in %v, want at most %d", i, a, sent, elapsed.Round(time.Millisecond), most)
+		}
+		if ig == 0 {
+			t.Errorf("peer %d ignored none of the flood (%d accepted in %v)", i, a, elapsed.Round(time.Millisecond))
+		}
+		if r != 0 {
+			t.Errorf("peer %d rejected %d requests of submitters within their own rate, want none (no blame for the total bound)", i, r)
+		}
+		t.Logf("peer %d: %d accepted, %d ignored of %d in %v", i, a, ig, sent, elapsed.Round(time.Millisecond))
+	}
+
+	j := submit(t, ctx, sub, jobSpec(t, 8, ""))
+	if !holds(j) {
+		t.Fatalf("the honest job: %s (%s), want formed", j.State, j.Reason)
+	}
+	if _, err := sub.CancelJob(ctx, j.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFree(t, ctx, []*node.Node{prov})
+}
