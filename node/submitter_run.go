@@ -168,8 +168,8 @@ type memberConn struct {
 // countersigns receipts and saves the members' runs.
 func (n *Node) runJob(ctx context.Context, id string) {
 	j, ok := n.Job(id)
-	if !ok {
-		return
+	if !ok || j.State != JobFormed {
+		return // cancelled before its start: the cancel released the members (moveJob)
 	}
 	jl, err := n.openLog(id, n.jobLogBytes())
 	if err != nil {
@@ -208,7 +208,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 	if _, ok := n.moveJob(id, JobRunning, []JobState{JobFormed}, func(j *Job) {
 		j.Runs, j.Started = append([]MemberRun(nil), runs...), n.now().UTC()
 	}); !ok {
-		return // cancelled meanwhile
+		return // cancelled meanwhile: the cancel released the members (moveJob)
 	}
 	outDir, err := n.jobDir(id)
 	if err != nil {
