@@ -2,12 +2,14 @@ package node_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -83,6 +85,15 @@ func TestAProviderThatRefusesEveryAwardIsReplacedAndAskedLast(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFree(t, ctx, honest)
+	// The submitter's price board hears of the GPUs freed (it names the
+	// providers a request goes to first): every provider's 8 again.
+	testwait.Until(t, ctx, "the submitter's board to show every provider's GPUs free", func() (bool, string) {
+		q := sub.Prices(h100).Classes
+		if len(q) != 1 || q[0].GPUs != 8*uint64(len(providers)) {
+			return false, fmt.Sprintf("%+v", q)
+		}
+		return true, ""
+	})
 
 	second := submit(t, ctx, sub, jobSpec(t, 8, ""))
 	if !holds(second) || slices.ContainsFunc(second.Members, func(mb gossip.Member) bool { return mb.Provider == bad.ID() }) {
