@@ -67,9 +67,7 @@ func (m *Mesh) ServeNegotiation(t testing.TB, i int, script func(gossip.Message)
 		replies := script(msg)
 		scriptMu.Unlock()
 		for _, r := range replies {
-			if err := g.send(from, r); err != nil {
-				t.Logf("meshtest: negotiator %d: %T to %s not sent: %v", i, r, from, err)
-			}
+			_ = g.send(from, r) // a peer gone meanwhile (the mesh closing): as a provider's send fails
 		}
 	}
 	g.h.SetStreamHandler(node.RFBProtocol, handle)
