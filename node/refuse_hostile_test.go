@@ -70,21 +70,35 @@ func TestAProviderThatRefusesEveryAwardIsReplacedAndAskedLast(t *testing.T) {
 	bad := refuser(t, m, h)
 	honest := slices.Delete(slices.Clone(providers), h, h+1)
 
-	first := submit(t, ctx, sub, jobSpec(t, 8, ""))
-	if !holds(first) || slices.ContainsFunc(first.Members, func(mb gossip.Member) bool { return mb.Provider == bad.ID() }) {
-		t.Fatalf("the first job: %s (%s) on %v, want formed on honest providers", first.State, first.Reason, first.Members)
+	// Its bid (the cheapest) is awarded first whenever it comes before the
+	// submitter closes, 20 ms after the honest bids could form a cluster:
+	// on a loaded machine it may not, and that job is no test of it.
+	var first node.Job
+	for try := 0; ; try++ {
+		if try == 5 {
+			t.Fatal("the refusing provider's bid came in time for none of 5 jobs")
+		}
+		j := submit(t, ctx, sub, jobSpec(t, 8, ""))
+		if !holds(j) || slices.ContainsFunc(j.Members, func(mb gossip.Member) bool { return mb.Provider == bad.ID() }) {
+			t.Fatalf("job %d: %s (%s) on %v, want formed on honest providers", try, j.State, j.Reason, j.Members)
+		}
+		if _, err := sub.CancelJob(ctx, j.ID); err != nil {
+			t.Fatal(err)
+		}
+		waitFree(t, ctx, honest)
+		if taken[*gossip.Award](bad, j.ID) > 0 {
+			first = j
+			break
+		}
+		t.Logf("job %d: the refusing provider's bid came too late to be awarded", try)
 	}
 	if a := taken[*gossip.Award](bad, first.ID); a != 1 || first.Races != 0 {
-		t.Fatalf("the refusing provider took %d awards of the first job, %d negotiations lost; want 1 award, replaced in the same negotiation", a, first.Races)
+		t.Fatalf("the refusing provider took %d awards of the job, %d negotiations lost; want 1 award, replaced in the same negotiation", a, first.Races)
 	}
 	s := sub.ProviderScore(bad.ID())
 	if s.Refused != 1 || s.Rank() >= sub.Ranking().Unknown {
 		t.Fatalf("the refusing provider's score: %s; want its refusal counted, below an unknown provider", s.Formula)
 	}
-	if _, err := sub.CancelJob(ctx, first.ID); err != nil {
-		t.Fatal(err)
-	}
-	waitFree(t, ctx, honest)
 	// The submitter's price board hears of the GPUs freed (it names the
 	// providers a request goes to first): every provider's 8 again.
 	testwait.Until(t, ctx, "the submitter's board to show every provider's GPUs free", func() (bool, string) {
@@ -103,8 +117,8 @@ func TestAProviderThatRefusesEveryAwardIsReplacedAndAskedLast(t *testing.T) {
 		t.Fatalf("the refusing provider was asked %d times for the second job, want not at all: three honest providers were enough", r)
 	}
 	for _, p := range honest {
-		if s := sub.ProviderScore(p.Host().ID()); s.Refused != 0 {
-			t.Errorf("honest provider %s has %d refusals counted", shortID(p.Host().ID()), s.Refused)
+		if s := sub.ProviderScore(p.Host().ID()); s.Refused+s.Lost+s.ProviderFailed != 0 {
+			t.Errorf("honest provider %s: %s; want nothing against it (its job was cancelled, not lost)", shortID(p.Host().ID()), s.Formula)
 		}
 	}
 	t.Logf("refusing provider: %s", s.Formula)
