@@ -191,6 +191,11 @@ type Outcome struct {
 	// all of them release: a try a moment later, at a random delay, finds
 	// the GPUs free.
 	Contended bool
+	// Refused is the providers that refused or took back an award of
+	// this negotiation, each once, whether it then formed or not: the
+	// submitter's evidence of who bids and then does not hold (see
+	// node/reputation's Refused).
+	Refused []peer.ID
 }
 
 // Ready is what the caller must do: send the messages and note the outcome.
@@ -246,7 +251,8 @@ type Negotiation struct {
 	final     bool        // the directory has answered
 	broadcast bool        // the request went on the topic as well
 
-	refused bool // a member refused or took back its award
+	refused  bool      // a member refused or took back its award
+	refusers []peer.ID // who did, each once (Outcome.Refused)
 }
 
 // NewNegotiation starts a negotiation for a request; Ready then holds the
@@ -533,7 +539,7 @@ func (n *Negotiation) stepAccept(a Acceptance, now time.Time) error {
 		}
 	}
 	n.phase = Formed
-	o := &Outcome{Formed: true, Members: n.Members(), Cost: TotalCost(n.Members())}
+	o := &Outcome{Formed: true, Members: n.Members(), Cost: TotalCost(n.Members()), Refused: slices.Clone(n.refusers)}
 	o.Spares = spareBids(usableBids(n.live(now), n.rfb.Needs, n.cfg.Ranking), o.Members, n.rfb.Needs)
 	for _, m := range n.members {
 		n.ready.Confirms = append(n.ready.Confirms, Confirm{Job: n.rfb.Job, Submitter: n.rfb.Submitter, Provider: m.Provider})
@@ -547,14 +553,22 @@ func (n *Negotiation) stepRefuse(r Refusal, now time.Time) error {
 	if n.phase != Awarding || m == nil || m.accepted {
 		if m != nil && m.accepted && n.phase == Awarding {
 			// It took the award back: drop it like a refusal.
-			n.refused = true
+			n.refusedBy(r.Provider)
 			n.replace(m, fmt.Sprintf("provider %s withdrew: %s", r.Provider, r.Reason), now)
 		}
 		return nil
 	}
-	n.refused = true
+	n.refusedBy(r.Provider)
 	n.replace(m, fmt.Sprintf("provider %s refused: %s", r.Provider, r.Reason), now)
 	return nil
+}
+
+// refusedBy notes that member p refused or took back its award.
+func (n *Negotiation) refusedBy(p peer.ID) {
+	n.refused = true
+	if !slices.Contains(n.refusers, p) {
+		n.refusers = append(n.refusers, p)
+	}
 }
 
 // replace drops member gone and awards its GPUs to the best remaining
@@ -600,7 +614,7 @@ func (n *Negotiation) fail(reason string) {
 		n.release(m.Provider, reason)
 	}
 	n.phase = Failed
-	n.ready.Outcome = &Outcome{Reason: reason, Contended: n.refused}
+	n.ready.Outcome = &Outcome{Reason: reason, Contended: n.refused, Refused: slices.Clone(n.refusers)}
 }
 
 func (n *Negotiation) release(p peer.ID, reason string) {

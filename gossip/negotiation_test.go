@@ -224,6 +224,38 @@ func TestAGangWithoutReplacementReleasesEveryone(t *testing.T) {
 	}
 }
 
+// The providers that refused an award are named in the outcome, once
+// each, whether the cluster then formed from the spares or not: the
+// submitter's evidence against a provider that bids and does not hold.
+func TestTheOutcomeNamesWhoRefused(t *testing.T) {
+	n := newNeg(t, needsOf(8, 0, Spread, usdc(250)), NegotiationConfig{Grace: -1})
+	n.Ready()
+	step(t, n, jobBid(1, 8, usdc(100), "a"), ms(1))
+	step(t, n, jobBid(2, 8, usdc(240), "a"), ms(2))
+	if got := awarded(n.Ready().Awards); got != "1:8" {
+		t.Fatalf("awarded %q, want the cheapest", got)
+	}
+	step(t, n, &Refusal{Job: n.rfb.Job, Provider: testID(1), Reason: "no"}, ms(3))
+	step(t, n, &Refusal{Job: n.rfb.Job, Provider: testID(1), Reason: "no, again"}, ms(4)) // stale: it is no member now
+	if got := awarded(n.Ready().Awards); got != "2:8" {
+		t.Fatalf("after the refusal awarded %q, want the spare", got)
+	}
+	step(t, n, &Acceptance{Job: n.rfb.Job, Provider: testID(2), GPUs: 8, HoldUntil: 1}, ms(5))
+	o := n.Ready().Outcome
+	if o == nil || !o.Formed || len(o.Refused) != 1 || o.Refused[0] != testID(1) {
+		t.Fatalf("outcome %+v, want formed, provider 1 named once as refusing", o)
+	}
+
+	n = newNeg(t, needsOf(8, 0, Spread, usdc(250)), NegotiationConfig{Grace: -1})
+	n.Ready()
+	step(t, n, jobBid(1, 8, usdc(100), "a"), ms(1))
+	n.Ready()
+	step(t, n, &Refusal{Job: n.rfb.Job, Provider: testID(1), Reason: "no"}, ms(2))
+	if o := n.Ready().Outcome; o == nil || o.Formed || !o.Contended || len(o.Refused) != 1 || o.Refused[0] != testID(1) {
+		t.Fatalf("outcome %+v, want a contended failure naming provider 1", o)
+	}
+}
+
 func TestASilentMemberIsReleasedAndReplaced(t *testing.T) {
 	n := newNeg(t, needsOf(8, 0, Spread, usdc(250)), NegotiationConfig{Grace: -1, AwardTimeout: time.Second})
 	n.Ready()

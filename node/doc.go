@@ -38,7 +38,8 @@
 //	                     for bids (gossip.RequestQueues)
 //	jobs.go              the job record: JobState and the only code that
 //	                     changes it; records in the job store (jobstore)
-//	submitter.go         submit, cancel, negotiation outcomes, retry; whom a
+//	submitter.go         submit, cancel, negotiation outcomes (recorded off
+//	                     the loop: their writes are synced), retry; whom a
 //	                     request goes to (price board, directory)
 //	submitter_run.go     running a formed job: streams to the members, frames
 //	                     in, the run attempt's decisions out (attempt)
@@ -120,7 +121,9 @@
 //	node/jobqueue   when a queued job tries again (news, floor, backoff,
 //	                rate), with golden scripts in node/jobqueue/testdata
 //	node/meshtest   many real nodes in one test process, and hostile peers
-//	                that speak the real protocols (adversary.go)
+//	                that speak the real protocols (adversary.go; a real
+//	                provider whose negotiation a script plays:
+//	                adversary_provider.go)
 //
 // # Lifecycle
 //

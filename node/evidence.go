@@ -172,6 +172,35 @@ func (n *Node) recordRuns(j Job, runs []attempt.Run) {
 	}
 }
 
+// recordRefusals keeps, as first-hand evidence, the providers that
+// refused (or took back) an award of negotiation try of job id after they
+// had bid (reputation.Refused: a small weight, bounded). It runs off the
+// negotiation loop (with the outcome), and before a retry asks again, so
+// the retry's ranking asks them last.
+func (n *Node) recordRefusals(id string, try string, refused []peer.ID) {
+	if n.evidence == nil || len(refused) == 0 {
+		return
+	}
+	at := n.now().UnixMilli()
+	err := n.evidence.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRuns)
+		for _, p := range refused {
+			r := reputation.Run{Key: id + "-refused-" + try, Provider: p.String(), Outcome: reputation.Refused, Reason: "refused an award after bidding", At: at}
+			data, err := json.Marshal(r)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(evidenceKey(r.Provider, r.Key), data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		n.log.Warn("evidence: refusals not recorded", "job", id, "err", err)
+	}
+}
+
 // reputationParams are the score's constants in this swarm's unit.
 func (n *Node) reputationParams() reputation.Params {
 	return reputation.Params{Decimals: int(n.PriceUnit().Decimals)}

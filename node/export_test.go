@@ -81,3 +81,11 @@ func (n *Node) NegotiationDropped(p peer.ID) uint64 {
 	defer n.negQMu.Unlock()
 	return n.negQueue.Dropped(p)
 }
+
+// StallJobStore holds this peer's job store's writer until release: every
+// job-record write meanwhile waits, as behind a slow disk's sync.
+func (n *Node) StallJobStore() (release func(), err error) { return n.store.Stall() }
+
+// RaceRetries is how often one attempt of a job negotiates again after a
+// provider refused an award (raceRetries).
+const RaceRetries = raceRetries

@@ -198,16 +198,22 @@ func (n *Node) addJob(j *Job) error {
 // from is empty) and jobMoves allows the move; applies change; and saves
 // the job before it returns. It returns the job as saved, and false if
 // nothing changed.
+//
+// A formed job leaves "formed" by exactly one move, made here under
+// jobsMu: its run's start (runJob's move to running; the run then
+// releases whatever members it does not run), or an end before the start
+// (a cancel, a failure), which releases the members' reservations here,
+// at once, rather than leaving them held until they lapse. So a cancel
+// that lands between "formed" and the run's start frees the GPUs, and a
+// start after such a cancel finds the job ended and starts nothing.
 func (n *Node) moveJob(id string, to JobState, from []JobState, change func(*Job)) (Job, bool) {
 	n.jobsMu.Lock()
-	defer n.jobsMu.Unlock()
 	j, ok := n.active[id]
-	if !ok || !canMove(j.State, to) {
+	if !ok || !canMove(j.State, to) || (len(from) > 0 && !slices.Contains(from, j.State)) {
+		n.jobsMu.Unlock()
 		return Job{}, false
 	}
-	if len(from) > 0 && !slices.Contains(from, j.State) {
-		return Job{}, false
-	}
+	unstarted := j.State == JobFormed && to.Ended()
 	j.State = to
 	if change != nil {
 		change(j)
@@ -221,7 +227,25 @@ func (n *Node) moveJob(id string, to JobState, from []JobState, change func(*Job
 		n.recent = append(n.recent, *j)
 	}
 	n.log.Info("job "+string(to), "job", id, "attempt", j.Attempt, "members", len(j.Members), "reason", j.Reason)
-	return *j, true
+	out := *j
+	n.jobsMu.Unlock()
+	if unstarted {
+		n.releaseMembers(out.ID, out.Members, "the job "+string(to)+" before it started")
+	}
+	return out, true
+}
+
+// releaseMembers tells each member of a job that will not run to let its
+// reservation go.
+func (n *Node) releaseMembers(id string, members []gossip.Member, reason string) {
+	ctx, done := n.lifeContext()
+	if ctx == nil {
+		return // the peer stops: the reservations lapse
+	}
+	defer done()
+	for _, m := range members {
+		n.send(ctx, m.Provider, &gossip.Release{Job: jobID(id), From: n.id.PeerID, Provider: m.Provider, Reason: reason})
+	}
 }
 
 // updateJob changes a job's other fields (its members' runs) and saves it;

@@ -804,7 +804,14 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 	}
 	if r.Outcome != nil {
 		n.trace(ng.Job(), "ended", nil)
-		n.recordOutcome(ng.Job(), *r.Outcome)
+		// Off the loop: recording writes the job store and the evidence,
+		// each synced, and the loop answers every peer's negotiation.
+		o, job := *r.Outcome, ng.Job()
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			n.recordOutcome(job, o)
+		}()
 	}
 }
 

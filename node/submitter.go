@@ -210,7 +210,18 @@ func (n *Node) CancelJob(ctx context.Context, id string) (*Job, error) {
 		j, _ := n.Job(id)
 		return &j, nil
 	}
-	n.moveJob(id, JobCancelled, []JobState{JobNegotiating, JobFormed}, func(j *Job) { j.Ended = n.now().UTC() })
+	// Negotiating still (its outcome not recorded yet: that finds the job
+	// ended and releases), or formed and its run not started (this move
+	// releases the members, and the start finds the job ended). Either
+	// way the cancel is on disk before it is acknowledged.
+	if _, ok := n.moveJob(id, JobCancelled, []JobState{JobNegotiating, JobFormed}, func(j *Job) {
+		j.Reason, j.Ended = "cancelled: by the submitter", n.now().UTC()
+	}); !ok {
+		// Its run started first: it stops like any running job's.
+		if _, err := n.stopRun(ctx, id, errCancelled); err != nil {
+			return nil, err
+		}
+	}
 	j, _ := n.Job(id)
 	return &j, nil
 }
@@ -261,44 +272,59 @@ func (n *Node) explainNoBids(ctx context.Context, j Job) string {
 // cluster starts running; a failure without a single bid says what the
 // directory knows, so the user learns whether to raise the price or wait;
 // a job with a queue then waits (submitter_queue.go) instead of failing.
+// Providers that refused an award are recorded first (evidence.go), so a
+// retry ranks them last.
+//
+// It runs on a goroutine of its own, not on the negotiation loop: its
+// writes are synced (the job store, the evidence), and a slow disk must
+// not stall every negotiation and every provider's answer behind them.
+// Nothing here is acknowledged to anyone before it is written: the
+// confirms the members got are the negotiation's, and a crash before the
+// record says "formed" leaves a job that a restart marks failed, its
+// reservations lapsing on the providers as they would after a crash in
+// the run; the run starts members only after "running" is on disk.
 func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
 	j, ok := n.Job(id.String())
-	if !ok || (j.State != JobNegotiating && j.State != JobQueued) {
+	if !ok {
 		return
 	}
-	switch {
-	case o.Formed:
+	if len(o.Refused) > 0 {
+		n.recordRefusals(j.ID, fmt.Sprintf("%d.%d.%d", j.Attempt, j.Races, j.Tries), o.Refused)
+	}
+	if o.Formed {
+		// A job cancelled while its cluster formed (its record ended
+		// already, or ends before this move) lets its members go now,
+		// not when their reservations lapse.
 		if _, ok := n.moveJob(j.ID, JobFormed, []JobState{JobNegotiating, JobQueued}, func(j *Job) {
 			j.Members, j.Cost, j.Spares = o.Members, o.Cost, o.Spares
 		}); ok {
 			n.dequeue(j.ID)
 			n.startRun(j.ID)
-		} else if ctx, done := n.lifeContext(); ctx != nil {
-			// Cancelled while its try formed: the members let go now,
-			// not when their reservations lapse.
-			for _, m := range o.Members {
-				n.send(ctx, m.Provider, &gossip.Release{Job: id, From: n.id.PeerID, Provider: m.Provider, Reason: "the job was cancelled"})
-			}
-			done()
+		} else {
+			n.releaseMembers(j.ID, o.Members, "the job was cancelled")
 		}
+		return
+	}
+	if j.State != JobNegotiating && j.State != JobQueued {
+		return
+	}
+	switch {
 	case errors.Is(o.Err, gossip.ErrNoBids):
-		// Off the loop: the directory is asked over the network.
-		n.wg.Add(1)
-		go func() {
-			defer n.wg.Done()
-			reason := o.Reason
-			if more := n.explainNoBids(context.Background(), j); more != "" {
-				reason += "; " + more
-			}
-			if j.Spec.WantsEgress() {
-				reason += "; the job asks for the internet (network.egress), and only providers that give jobs egress (run with --job-egress) bid on such a job"
-			}
-			n.noCluster(j.ID, reason)
-		}()
+		// The directory is asked over the network.
+		reason := o.Reason
+		if more := n.explainNoBids(context.Background(), j); more != "" {
+			reason += "; " + more
+		}
+		if j.Spec.WantsEgress() {
+			reason += "; the job asks for the internet (network.egress), and only providers that give jobs egress (run with --job-egress) bid on such a job"
+		}
+		n.noCluster(j.ID, reason)
 	case strings.HasPrefix(o.Reason, "cancelled: "): // CancelJob's (gossip.Negotiation.Cancel)
 		n.finishJob(j.ID, JobCancelled, o.Reason, nil)
 	case o.Contended && j.State == JobNegotiating && j.Races < raceRetries:
 		n.retryRace(j, o.Reason)
+	case o.Contended && j.State == JobNegotiating:
+		n.noCluster(j.ID, fmt.Sprintf("%s; gave up after %d negotiations in which providers refused awards after bidding", o.Reason, j.Races+1))
 	default: // no cluster (or no replacement for a member that refused)
 		n.noCluster(j.ID, o.Reason)
 	}

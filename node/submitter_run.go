@@ -168,8 +168,8 @@ type memberConn struct {
 // countersigns receipts and saves the members' runs.
 func (n *Node) runJob(ctx context.Context, id string) {
 	j, ok := n.Job(id)
-	if !ok {
-		return
+	if !ok || j.State != JobFormed {
+		return // cancelled before its start: the cancel released the members (moveJob)
 	}
 	jl, err := n.openLog(id, n.jobLogBytes())
 	if err != nil {
@@ -205,10 +205,21 @@ func (n *Node) runJob(ctx context.Context, id string) {
 			runs[i].Network = NetworkHost
 		}
 	}
+	if ctx.Err() != nil {
+		// Cancelled (or the peer stops) before the start: a start after a
+		// cancel starts nothing, and the move out of "formed" releases
+		// the members (moveJob).
+		if errors.Is(context.Cause(ctx), errCancelled) {
+			n.finishJob(id, JobCancelled, "cancelled: by the submitter before the run started", nil)
+		} else {
+			n.finishJob(id, JobFailed, "the peer stopped before the run started; submit it again", nil)
+		}
+		return
+	}
 	if _, ok := n.moveJob(id, JobRunning, []JobState{JobFormed}, func(j *Job) {
 		j.Runs, j.Started = append([]MemberRun(nil), runs...), n.now().UTC()
 	}); !ok {
-		return // cancelled meanwhile
+		return // cancelled meanwhile: the cancel released the members (moveJob)
 	}
 	outDir, err := n.jobDir(id)
 	if err != nil {
@@ -245,6 +256,20 @@ func (n *Node) runJob(ctx context.Context, id string) {
 	timer := time.NewTimer(n.heartbeat())
 	defer timer.Stop()
 	stopped := ctx.Done()
+	// stop tells the attempt why the run's context ended, once: before
+	// any event that ending caused (a member's stream cut by it), so a
+	// cancel reads as a cancel, not as members lost.
+	stop := func() {
+		if stopped == nil || ctx.Err() == nil {
+			return
+		}
+		stopped = nil
+		if errors.Is(context.Cause(ctx), errCancelled) {
+			_ = a.Step(attempt.Cancelled{}, n.now())
+		} else {
+			_ = a.Step(attempt.PeerStopping{}, n.now())
+		}
+	}
 	for {
 		for a.HasReady() {
 			rd := a.Ready()
@@ -334,6 +359,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 		timer.Reset(wait)
 		select {
 		case e := <-events:
+			stop()
 			switch ev := e.ev.(type) {
 			case attempt.Opened:
 				conns[ev.Rank] = e.conn
@@ -362,12 +388,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 		case now := <-timer.C:
 			a.Tick(now)
 		case <-stopped:
-			stopped = nil
-			if errors.Is(context.Cause(ctx), errCancelled) {
-				_ = a.Step(attempt.Cancelled{}, n.now())
-			} else {
-				_ = a.Step(attempt.PeerStopping{}, n.now())
-			}
+			stop()
 		}
 	}
 }

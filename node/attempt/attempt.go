@@ -503,6 +503,13 @@ func (a *Attempt) opened(m *member, e Opened, now time.Time) {
 	if e.Err != "" {
 		m.ended = true
 		a.pending--
+		if m.run.State == MemberStarting && a.stopping {
+			// Cut by our own stop (a cancel, this peer stopping, another
+			// member's failure): not its provider's doing.
+			m.run.State, m.run.Error = MemberFailed, "not reached before the job stopped: "+e.Err
+			a.dirty = true
+			return
+		}
 		if m.run.State == MemberStarting {
 			m.run.State, m.run.Error, m.run.Fault = MemberFailed, e.Err, FaultLost
 			a.fail(fmt.Sprintf("%s could not be reached: %s", a.name(r), e.Err), now)

@@ -65,7 +65,10 @@
 // StartTimeout after the attempt began.
 //
 // New here: a member that has not started its work (no started frame)
-// StartWithin after it was asked to start is lost ("never started"). And
+// StartWithin after it was asked to start is lost ("never started"); one
+// whose stream could not be opened once the attempt was stopping (a
+// cancel, this peer stopping, another member's failure) is failed but
+// nobody's fault: its provider did nothing wrong. And
 // the hostile-peer rules of bills: what a provider bills is bounded by what
 // this peer measured.
 //

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -117,6 +118,34 @@ func (s *Store) Put(id string, created time.Time, data []byte) error {
 		_, err := b.put(id, ck, data, true)
 		return err
 	})
+}
+
+// errStalled rolls back Stall's transaction: it writes nothing.
+var errStalled = errors.New("jobstore: stalled")
+
+// Stall holds the store's one writer (a bbolt write transaction, which
+// writes nothing) until release is called: every Put, Delete and Migrate
+// meanwhile waits, as each waits behind a write whose sync a slow disk
+// holds; reads go on. It returns once the writer is held. It is for tests
+// of callers that must not wait on the store; release may be called
+// twice.
+func (s *Store) Stall() (release func(), err error) {
+	held, done := make(chan error, 1), make(chan struct{})
+	go func() {
+		err := s.db.Update(func(*bolt.Tx) error {
+			held <- nil
+			<-done
+			return errStalled
+		})
+		if !errors.Is(err, errStalled) {
+			held <- closedErr(err)
+		}
+	}()
+	if err := <-held; err != nil {
+		return nil, err
+	}
+	var once sync.Once
+	return func() { once.Do(func() { close(done) }) }, nil
 }
 
 // Get returns the record of job id, and false if there is none.

@@ -463,3 +463,47 @@ func TestConcurrentUse(t *testing.T) {
 	wg.Wait()
 	mustCount(t, s, 80)
 }
+
+// While the store is stalled a Put waits (it has not returned, and a
+// read does not see it), reads go on; once released the Put lands.
+func TestAPutWaitsWhileTheStoreIsStalled(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "jobs.db"))
+	if err := s.Put("before", t0, record(t, "before", "done", t0)); err != nil {
+		t.Fatal(err)
+	}
+	release, err := s.Stall()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	put := make(chan error, 1)
+	go func() { put <- s.Put("during", t0, record(t, "during", "done", t0)) }()
+	if _, ok, err := s.Get("before"); !ok || err != nil {
+		t.Fatalf("a read while stalled: %v, %v", ok, err)
+	}
+	select {
+	case err := <-put:
+		t.Fatalf("a Put returned (%v) while the store was stalled", err)
+	default:
+	}
+	if _, ok, _ := s.Get("during"); ok {
+		t.Fatal("a Put landed while the store was stalled")
+	}
+	release()
+	release() // twice is fine
+	select {
+	case err := <-put:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the Put did not return within 10 s of the release")
+	}
+	if _, ok, _ := s.Get("during"); !ok {
+		t.Fatal("the Put made while stalled is not in the store")
+	}
+	_ = s.Close()
+	if _, err := s.Stall(); !errors.Is(err, jobstore.ErrClosed) {
+		t.Fatalf("Stall of a closed store: %v, want ErrClosed", err)
+	}
+}

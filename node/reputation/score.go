@@ -13,6 +13,20 @@
 // or by another member's failure count for nothing. A first-hand run
 // counts fully: this peer saw it.
 //
+// First-hand too: the awards a provider refused (or took back) after it
+// had bid, in this peer's negotiations. A provider that bids and then
+// refuses every award costs its submitters a negotiation each time; an
+// honest one refuses when another submitter's award took the GPUs first,
+// which any provider meets now and then. So a refusal weighs RefusalWeight
+// of a failure (0.2: one finished run makes up for it), and refusals
+// together at most MaxRefusals of them (5: as much as one failed run):
+//
+//	refused = RefusalWeight × min(refusals, MaxRefusals)
+//
+// An unknown provider that refused once (0.77) is below an unknown one
+// (0.8) and is asked last, until a finished run lifts it again (0.81); one
+// that refuses everything stays at 0.67 at worst from refusals alone.
+//
 // Third-party: receipts another submitter co-signed with the provider,
 // anchored on Solana, which the provider shows on request. The node counts
 // one only after checking both signatures, the Merkle proof against the
@@ -34,10 +48,11 @@
 // The score is the expected share of a provider's work it finishes, the
 // mean of a Beta posterior:
 //
-//	score = (PriorFinished + finished) / (PriorFinished + PriorFailed + finished + failed + lost)
+//	score = (PriorFinished + finished) / (PriorFinished + PriorFailed + finished + failed + lost + refused)
 //
 // where finished is the first-hand finished runs plus the third-party
-// weight, failed and lost the first-hand ones. The prior (4 finished, 1
+// weight, failed and lost the first-hand ones, refused the weighed
+// refusals. The prior (4 finished, 1
 // failed: a score of 0.8 for a provider nobody has seen) says a provider
 // is presumed to finish most work, and weighs as much as five jobs. A mean
 // rather than a lower bound: under a lower bound every unknown provider
@@ -63,10 +78,15 @@ const (
 	Finished       Outcome = "finished"        // its member exited (any code)
 	ProviderFailed Outcome = "provider-failed" // its provider broke a rule
 	Lost           Outcome = "lost"            // its provider vanished or stopped answering
+	// Refused is no run: the provider refused (or took back) an award of
+	// this peer's after it had bid (see Evidence for its weight).
+	Refused Outcome = "refused"
 )
 
 // Valid reports whether o is one of the outcomes.
-func (o Outcome) Valid() bool { return o == Finished || o == ProviderFailed || o == Lost }
+func (o Outcome) Valid() bool {
+	return o == Finished || o == ProviderFailed || o == Lost || o == Refused
+}
 
 // Run is one first-hand run: a member's run of an attempt of this peer's
 // job.
@@ -105,6 +125,8 @@ type Params struct {
 	FullWeightPaid uint64  // paid for a third-party receipt to count as one run, in the unit's smallest unit; 0: one whole unit (10^decimals)
 	Decimals       int     // of the unit, for the default FullWeightPaid; 0: 6
 	MaxPerConsumer float64 // the most one consumer's receipts count together; 0: 3
+	RefusalWeight  float64 // what one refused award weighs, in failed runs; 0: 0.2
+	MaxRefusals    int     // refused awards counted at most; 0: 5
 }
 
 func (p Params) withDefaults() Params {
@@ -122,6 +144,12 @@ func (p Params) withDefaults() Params {
 	}
 	if p.MaxPerConsumer <= 0 {
 		p.MaxPerConsumer = 3
+	}
+	if p.RefusalWeight <= 0 {
+		p.RefusalWeight = 0.2
+	}
+	if p.MaxRefusals <= 0 {
+		p.MaxRefusals = 5
 	}
 	return p
 }
@@ -146,6 +174,10 @@ type Score struct {
 	ProviderFailed int `json:"providerFailed"`
 	Lost           int `json:"lost"`
 	Cosigned       int `json:"cosigned"` // finished runs whose receipt this peer co-signed
+	// Refused is the awards it refused after bidding; RefusedWeight what
+	// they weigh, in failed runs (RefusalWeight each, MaxRefusals at most).
+	Refused       int     `json:"refused"`
+	RefusedWeight float64 `json:"refusedWeight"`
 
 	// Third-party receipts.
 	Receipts      int     `json:"receipts"`      // verified receipts shown
@@ -188,8 +220,11 @@ func Compute(params Params, provider string, runs []Run, receipts []Receipt) Sco
 			s.ProviderFailed++
 		case Lost:
 			s.Lost++
+		case Refused:
+			s.Refused++
 		}
 	}
+	s.RefusedWeight = p.RefusalWeight * float64(min(s.Refused, p.MaxRefusals))
 	perConsumer := map[string]float64{}
 	var consumers []string
 	for _, r := range receipts {
@@ -221,9 +256,9 @@ func Compute(params Params, provider string, runs []Run, receipts []Receipt) Sco
 	}
 	s.Consumers = len(consumers)
 	good := p.PriorFinished + float64(s.Finished) + s.Weight
-	all := good + p.PriorFailed + float64(s.ProviderFailed+s.Lost)
+	all := good + p.PriorFailed + float64(s.ProviderFailed+s.Lost) + s.RefusedWeight
 	s.Score = good / all
-	s.Formula = fmt.Sprintf("(%g prior + %d finished + %.3f third-party) / (%g prior + %d finished + %.3f third-party + %g prior failed + %d provider-failed + %d lost) = %.3f",
-		p.PriorFinished, s.Finished, s.Weight, p.PriorFinished, s.Finished, s.Weight, p.PriorFailed, s.ProviderFailed, s.Lost, s.Score)
+	s.Formula = fmt.Sprintf("(%g prior + %d finished + %.3f third-party) / (%g prior + %d finished + %.3f third-party + %g prior failed + %d provider-failed + %d lost + %.3f refused) = %.3f",
+		p.PriorFinished, s.Finished, s.Weight, p.PriorFinished, s.Finished, s.Weight, p.PriorFailed, s.ProviderFailed, s.Lost, s.RefusedWeight, s.Score)
 	return s
 }

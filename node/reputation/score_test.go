@@ -3,6 +3,7 @@ package reputation
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -40,6 +41,34 @@ func TestFirstHandRunsMoveTheScore(t *testing.T) {
 		if !near(s.Score, tt.want) {
 			t.Errorf("%s: score %v, want %v (%s)", tt.name, s.Score, tt.want, s.Formula)
 		}
+	}
+}
+
+// A refused award counts against a provider, bounded: one takes an
+// unknown provider below an unknown one's score (it is asked last) and a
+// finished run makes up for it; a provider that refuses every award falls
+// no further than one failed run takes it.
+func TestRefusedAwardsCountALittleAndAtMostOneFailure(t *testing.T) {
+	unknown := Params{}.Unknown()
+	for _, tt := range []struct {
+		name  string
+		runs  []Run
+		want  float64
+		below bool // ranked below an unknown provider
+	}{
+		{"one refusal", runs("p", Refused), 4 / 5.2, true},
+		{"one refusal, one finished run", runs("p", Refused, Finished), 5 / 6.2, false},
+		{"a refusal among ten finished runs", runs("p", Finished, Finished, Finished, Finished, Finished, Refused, Finished, Finished, Finished, Finished, Finished), 14 / 15.2, false},
+		{"five refusals", runs("p", Refused, Refused, Refused, Refused, Refused), 4.0 / 6, true},
+		{"fifty refusals", runs("p", slices.Repeat([]Outcome{Refused}, 50)...), 4.0 / 6, true},
+	} {
+		s := Compute(Params{}, "p", tt.runs, nil)
+		if !near(s.Score, tt.want) || (s.Rank() < unknown) != tt.below {
+			t.Errorf("%s: score %v (rank %v), want %v, below the unknown %v: %v (%s)", tt.name, s.Score, s.Rank(), tt.want, unknown, tt.below, s.Formula)
+		}
+	}
+	if s := Compute(Params{}, "p", runs("p", Refused, Lost), nil); s.Refused != 1 || s.Lost != 1 || !near(s.RefusedWeight, 0.2) {
+		t.Errorf("counts: refused %d (weight %v), lost %d", s.Refused, s.RefusedWeight, s.Lost)
 	}
 }
 
@@ -125,7 +154,7 @@ func TestScoresWithinAHundredthRankAlike(t *testing.T) {
 
 func TestTheFormulaShowsItsNumbers(t *testing.T) {
 	s := Compute(Params{}, "p", runs("p", Finished, Lost), []Receipt{receipt("x", "c", 500_000)})
-	want := "(4 prior + 1 finished + 0.500 third-party) / (4 prior + 1 finished + 0.500 third-party + 1 prior failed + 0 provider-failed + 1 lost) = 0.733"
+	want := "(4 prior + 1 finished + 0.500 third-party) / (4 prior + 1 finished + 0.500 third-party + 1 prior failed + 0 provider-failed + 1 lost + 0.000 refused) = 0.733"
 	if s.Formula != want {
 		t.Fatalf("formula\n%s\nwant\n%s", s.Formula, want)
 	}
