@@ -163,17 +163,22 @@ func (g *Gossip) Score(p peer.ID) (score float64, ok bool) {
 	return score, ok
 }
 
-// Topic names a topic of this swarm: "/gpumesh/<swarm>/<name>/1".
+// Topic names a topic of this swarm (see TopicName).
 func (g *Gossip) Topic(name string) string {
 	return TopicName(g.swarm, name)
 }
 
-// TopicName names a topic of a swarm: "/gpumesh/<swarm>/<name>/1".
+// TopicName names a topic of a swarm: "/gpumesh/<swarm>/<name>/<version>",
+// version 2 for the price topic (ticks with Until), 1 for the others.
 func TopicName(swarm, name string) string {
 	if swarm == "" {
 		swarm = "public"
 	}
-	return "/gpumesh/" + swarm + "/" + name + "/1"
+	v := "/1"
+	if name == PricesTopic {
+		v = "/2"
+	}
+	return "/gpumesh/" + swarm + "/" + name + v
 }
 
 // PubSub is the router, for the packages that define topics on it.
