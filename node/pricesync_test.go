@@ -44,7 +44,9 @@ func TestANewPeerSeesThePricesFromItsNeighboursBoards(t *testing.T) {
 		}
 		return true, ""
 	})
-	sent := func() [2]time.Time { return [2]time.Time{m.Nodes[0].Prices("").Asks[0].Sent, m.Nodes[1].Prices("").Asks[0].Sent} }
+	sent := func() [2]time.Time {
+		return [2]time.Time{m.Nodes[0].Prices("").Asks[0].Sent, m.Nodes[1].Prices("").Asks[0].Sent}
+	}
 	before := sent()
 
 	nd := m.Add(t, false, 1, 2)
