@@ -48,8 +48,9 @@ func (n *Node) startBoardSync(ctx context.Context) {
 }
 
 // syncBoardAtJoin asks price-topic neighbours for their boards, one at a
-// time as they appear, until boardSyncPeers have answered, boardSyncTries
-// were asked, boardSyncFor has passed or ctx ends.
+// time as they appear, until boardSyncPeers have answered with quotes
+// (an empty board, a neighbour that joined just before, does not count),
+// boardSyncTries were asked, boardSyncFor has passed or ctx ends.
 func (n *Node) syncBoardAtJoin(ctx context.Context) {
 	defer n.wg.Done()
 	ctx, cancel := context.WithTimeout(ctx, boardSyncFor)
@@ -67,15 +68,17 @@ func (n *Node) syncBoardAtJoin(ctx context.Context) {
 				continue
 			}
 			asked[p] = true
-			took, err := n.SyncPrices(ctx, p)
+			took, held, err := n.syncPrices(ctx, p)
 			if err != nil {
 				if ctx.Err() == nil {
 					n.log.Debug("board sync failed", "peer", p, "took", took, "err", err)
 				}
 				continue
 			}
-			answered++
-			n.log.Debug("board synced", "peer", p, "took", took)
+			if held > 0 {
+				answered++
+			}
+			n.log.Debug("board synced", "peer", p, "quotes", held, "took", took)
 		}
 		select {
 		case <-ctx.Done():
@@ -92,55 +95,61 @@ func (n *Node) syncBoardAtJoin(ctx context.Context) {
 // refused from there on with an error wrapping ErrBadBoard; ticks that are
 // merely stale, already known or in another unit are skipped.
 func (n *Node) SyncPrices(ctx context.Context, p peer.ID) (took int, err error) {
+	took, _, err = n.syncPrices(ctx, p)
+	return took, err
+}
+
+// syncPrices is SyncPrices; held is the number of quotes p's answer held.
+func (n *Node) syncPrices(ctx context.Context, p peer.ID) (took, held int, err error) {
 	if n.feed == nil {
-		return 0, errors.New("board sync: node not started")
+		return 0, 0, errors.New("board sync: node not started")
 	}
 	ctx, cancel := context.WithTimeout(ctx, boardSyncTimeout)
 	defer cancel()
 	s, err := n.host.NewStream(ctx, p, BoardSyncProtocol)
 	if err != nil {
-		return 0, fmt.Errorf("board sync with %s: %w", p, err)
+		return 0, 0, fmt.Errorf("board sync with %s: %w", p, err)
 	}
 	defer s.Close()
 	deadline, _ := ctx.Deadline()
 	_ = s.SetDeadline(deadline)
 	req, err := gossip.MarshalSyncRequest(gossip.MaxSyncTicks)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if _, err := s.Write(req); err != nil {
 		_ = s.Reset()
-		return 0, fmt.Errorf("board sync with %s: %w", p, err)
+		return 0, 0, fmt.Errorf("board sync with %s: %w", p, err)
 	}
 	if err := s.CloseWrite(); err != nil {
 		_ = s.Reset()
-		return 0, fmt.Errorf("board sync with %s: %w", p, err)
+		return 0, 0, fmt.Errorf("board sync with %s: %w", p, err)
 	}
 	data, err := io.ReadAll(io.LimitReader(s, gossip.MaxSyncAnswer+1))
 	if err != nil {
 		_ = s.Reset()
-		return 0, fmt.Errorf("board sync with %s: %w", p, err)
+		return 0, 0, fmt.Errorf("board sync with %s: %w", p, err)
 	}
 	if len(data) > gossip.MaxSyncAnswer {
 		_ = s.Reset()
-		return 0, fmt.Errorf("%w: %s sent more than %d bytes", ErrBadBoard, p, gossip.MaxSyncAnswer)
+		return 0, 0, fmt.Errorf("%w: %s sent more than %d bytes", ErrBadBoard, p, gossip.MaxSyncAnswer)
 	}
 	ticks, err := gossip.UnmarshalSyncAnswer(data)
 	if err != nil {
-		return 0, fmt.Errorf("%w: from %s: %w", ErrBadBoard, p, err)
+		return 0, 0, fmt.Errorf("%w: from %s: %w", ErrBadBoard, p, err)
 	}
 	for i, raw := range ticks {
 		st, v, err := n.feed.CheckStored(raw, p)
 		switch v {
 		case gossip.Reject:
-			return took, fmt.Errorf("%w: from %s: tick %d of %d: %w", ErrBadBoard, p, i, len(ticks), err)
+			return took, len(ticks), fmt.Errorf("%w: from %s: tick %d of %d: %w", ErrBadBoard, p, i, len(ticks), err)
 		case gossip.Accept:
 			if n.takeTick(st) {
 				took++
 			}
 		}
 	}
-	return took, nil
+	return took, len(ticks), nil
 }
 
 // handleBoardSync answers a board-sync request with the signed quotes of
