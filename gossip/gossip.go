@@ -7,8 +7,11 @@
 //
 // The spot market's deciding parts are plain data structures with the time
 // passed in: TickValidator (which ticks to accept and forward), PriceBoard
-// (the market index every peer keeps) and Policy (a provider's ask). The
-// only I/O is PriceFeed, the swarm's price topic. Cluster negotiation's
+// (the market index every peer keeps), Policy (a provider's ask) and
+// Resend (how often an unchanged ask is gossiped again: a budget the swarm
+// shares). The only I/O is PriceFeed, the swarm's price topic; boardsync.go
+// is the codec with which a joining peer fetches a neighbour's board of
+// signed ticks. Cluster negotiation's
 // are Negotiation and Reservations (negotiation.go), RFBValidator (which
 // requests for bids to accept and forward: a rate and open requests per
 // submitter) and RequestQueue (which waiting request a provider answers
