@@ -316,9 +316,9 @@ func (n *Node) publishAsk(ctx context.Context, class string) error {
 
 // Quote sets this peer's ask for a GPU class, per GPU-hour in the smallest
 // unit of the swarm's price unit, with available GPUs, and gossips it now.
-// The ask is kept and gossiped again as Config.PriceResend paces it. With a pricing policy
-// and GPUs of that class, the policy takes the ask over again within a few
-// seconds. Tools and tests use it to quote without GPUs.
+// The ask is kept and gossiped again as Config.PriceResend paces it. With
+// a pricing policy and GPUs of that class, the policy takes the ask over
+// again within a few seconds. Tools and tests use it to quote without GPUs.
 func (n *Node) Quote(ctx context.Context, class string, ask uint64, available int) error {
 	if n.feed == nil {
 		return fmt.Errorf("quote: node not started")
