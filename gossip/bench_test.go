@@ -165,7 +165,7 @@ func benchPropagation(b *testing.B, n int) {
 	for i := range b.N {
 		p := peers[rng.IntN(n)]
 		now := time.Now()
-		t := Tick{Provider: p.host.ID(), Class: "H100-80GB", Unit: DefaultUnit, Ask: 2_100_000, Available: 8, Seq: uint64(now.UnixNano()), Time: now}
+		t := Tick{Provider: p.host.ID(), Class: "H100-80GB", Unit: DefaultUnit, Ask: 2_100_000, Available: 8, Seq: uint64(now.UnixNano()), Time: now, Until: now.Add(90 * time.Second)}
 		tickWant.Store(t.Seq)
 		d, c := spread(&tickSeen, tickTopic, func() error { return p.feed.Publish(ctx, t) })
 		tickTimes, tickCopies = append(tickTimes, d), tickCopies+c

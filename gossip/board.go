@@ -26,7 +26,7 @@ import (
 // hour by default); that needs a cost per identity (stake, or a record of
 // paid work) that the board does not have.
 type BoardConfig struct {
-	TTL           time.Duration // a quote lives this long past its tick's time (or arrival, if earlier); 0: 90 s
+	TTL           time.Duration // a quote lives until its tick's Until, but at most this long past its time (or arrival, if earlier): this peer's bound on what a stranger says; 0: 3 h (Resend's longest life)
 	Probation     time.Duration // a provider new to a class has no weight for this long; 0: 2 min
 	Maturity      time.Duration // age at which a provider's weight is full; 0: 1 h (at least Probation)
 	NewcomerShare float64       // weight of the not-yet-mature, at most this times the mature's; 0: 0.2
@@ -41,7 +41,7 @@ type BoardConfig struct {
 }
 
 func (c BoardConfig) withDefaults() BoardConfig {
-	orDefault(&c.TTL, 90*time.Second)
+	orDefault(&c.TTL, DefaultResend.Life(DefaultResend.Cap))
 	orDefault(&c.Probation, 2*time.Minute)
 	orDefault(&c.Maturity, time.Hour)
 	orDefault(&c.HalfLife, 10*time.Minute)
@@ -88,6 +88,7 @@ type classBook struct {
 
 type entry struct {
 	tick    Tick
+	signed  []byte    // the tick as its provider signed it (SignedTick.Msg); nil if not known
 	since   time.Time // arrival of the first tick of the provider's current run of quotes
 	expires time.Time
 }
@@ -129,9 +130,18 @@ func NewPriceBoard(cfg BoardConfig) *PriceBoard {
 
 // Apply records a tick that arrived at now. It reports whether the board
 // took it: not if it breaks a bound, is older than the provider's live quote,
-// has already expired, or is new while the board is full. Apply does not
-// check signatures or units; the validator has.
+// has already expired, or is new while the board is full. The quote lives
+// until the tick's Until, but no longer than TTL past the tick's time (or
+// its arrival, if earlier). Apply does not check signatures or units; the
+// validator has.
 func (b *PriceBoard) Apply(t Tick, now time.Time) bool {
+	return b.ApplySigned(SignedTick{Tick: t}, now)
+}
+
+// ApplySigned is Apply for a tick with the message its provider signed,
+// which the board keeps so that it can hand the quote on (Signed).
+func (b *PriceBoard) ApplySigned(st SignedTick, now time.Time) bool {
+	t := st.Tick
 	if t.Check() != nil {
 		return false
 	}
@@ -140,6 +150,9 @@ func (b *PriceBoard) Apply(t Tick, now time.Time) bool {
 		expires = now
 	}
 	expires = expires.Add(b.cfg.TTL)
+	if t.Until.Before(expires) {
+		expires = t.Until
+	}
 	if !expires.After(now) {
 		return false
 	}
@@ -150,9 +163,9 @@ func (b *PriceBoard) Apply(t Tick, now time.Time) bool {
 		if t.Seq <= e.tick.Seq {
 			return false
 		}
-		e.tick, e.expires = t, expires
+		e.tick, e.signed, e.expires = t, st.Msg, expires
 	case e != nil: // expired: a new run of quotes
-		*e = entry{tick: t, since: now, expires: expires}
+		*e = entry{tick: t, signed: st.Msg, since: now, expires: expires}
 	default:
 		if b.entries >= b.cfg.MaxEntries {
 			b.expire(now)
@@ -164,7 +177,7 @@ func (b *PriceBoard) Apply(t Tick, now time.Time) bool {
 			book = &classBook{class: t.Class, quotes: make(map[peer.ID]*entry)}
 			b.classes[t.Class] = book
 		}
-		book.quotes[t.Provider] = &entry{tick: t, since: now, expires: expires}
+		book.quotes[t.Provider] = &entry{tick: t, signed: st.Msg, since: now, expires: expires}
 		b.entries++
 	}
 	book.updated = now
@@ -391,6 +404,30 @@ func (b *PriceBoard) Sellers(match func(class string) bool, max int, now time.Ti
 	})
 	if len(out) > max {
 		out = out[:max]
+	}
+	return out
+}
+
+// Signed is the live quotes at now that the board holds as their providers
+// signed them (SignedTick.Msg), at most max of them: those with GPUs
+// available first, cheapest first. It is what a board sync hands a
+// newcomer, which checks each as it would a tick from the topic.
+func (b *PriceBoard) Signed(max int, now time.Time) [][]byte {
+	var live []*entry
+	for _, book := range b.classes {
+		for _, e := range book.quotes {
+			if e.expires.After(now) && e.signed != nil {
+				live = append(live, e)
+			}
+		}
+	}
+	slices.SortFunc(live, func(x, y *entry) int {
+		return cmp.Or(cmp.Compare(min(y.tick.Available, 1), min(x.tick.Available, 1)), cmp.Compare(x.tick.Ask, y.tick.Ask),
+			cmp.Compare(x.tick.Class, y.tick.Class), cmp.Compare(x.tick.Provider, y.tick.Provider))
+	})
+	out := make([][]byte, 0, min(len(live), max))
+	for _, e := range live[:min(len(live), max)] {
+		out = append(out, e.signed)
 	}
 	return out
 }

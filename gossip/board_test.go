@@ -13,7 +13,13 @@ func usd(v float64) uint64 { return uint64(math.Round(v * 1e6)) }
 
 // quote is a tick of test provider id for class H100-80GB.
 func quote(id int, ask uint64, avail uint32, seq uint64, at time.Time) Tick {
-	return Tick{Provider: testID(id), Class: "H100-80GB", Unit: DefaultUnit, Ask: ask, Available: avail, Seq: seq, Time: at}
+	return Tick{Provider: testID(id), Class: "H100-80GB", Unit: DefaultUnit, Ask: ask, Available: avail, Seq: seq, Time: at, Until: at.Add(90 * time.Second)}
+}
+
+// long is a tick that says it stands an hour.
+func long(t Tick) Tick {
+	t.Until = t.Time.Add(time.Hour)
+	return t
 }
 
 // instant counts every provider at full weight right away.
@@ -193,11 +199,11 @@ func TestAFullBoardKeepsItsQuotes(t *testing.T) {
 
 func TestEWMAFollowsTheMedianWithItsHalfLife(t *testing.T) {
 	b := NewPriceBoard(BoardConfig{Probation: 1, Maturity: 1, HalfLife: 10 * time.Minute, TTL: time.Hour})
-	b.Apply(quote(1, usd(2), 8, 1, t0), t0)
+	b.Apply(long(quote(1, usd(2), 8, 1, t0)), t0)
 	if q, _ := b.Quote("H100-80GB", t0.Add(time.Second)); q.EWMA != usd(2) {
 		t.Fatalf("first EWMA %d, want the median %d", q.EWMA, usd(2))
 	}
-	b.Apply(quote(1, usd(4), 8, 2, t0.Add(time.Second)), t0.Add(time.Second))
+	b.Apply(long(quote(1, usd(4), 8, 2, t0.Add(time.Second))), t0.Add(time.Second))
 	b.Advance(t0.Add(time.Second)) // the median is 4.00 from here
 	q, _ := b.Quote("H100-80GB", t0.Add(time.Second+10*time.Minute))
 	if q.Median != usd(4) || q.EWMA != usd(3) {
@@ -259,8 +265,8 @@ func TestSybilsThatKeepQuotingForMaturityCountFully(t *testing.T) {
 	// as honest providers have weigh as much.
 	b := NewPriceBoard(BoardConfig{Probation: time.Minute, Maturity: 2 * time.Minute, TTL: time.Hour})
 	for i := range 3 {
-		b.Apply(quote(i+1, usd(2), 8, 1, t0), t0)
-		b.Apply(quote(i+100, usd(50), 64, 1, t0), t0)
+		b.Apply(long(quote(i+1, usd(2), 8, 1, t0)), t0)
+		b.Apply(long(quote(i+100, usd(50), 64, 1, t0)), t0)
 	}
 	if q, _ := b.Quote("H100-80GB", t0.Add(2*time.Minute)); q.Median != usd(50) {
 		t.Fatalf("median %d, want the mature Sybils' %d", q.Median, usd(50))
@@ -294,5 +300,51 @@ func TestBoardConfigCheck(t *testing.T) {
 	}
 	if err := (BoardConfig{}).Check(); err != nil {
 		t.Errorf("zero config: %v", err)
+	}
+}
+
+func TestAQuoteStandsUntilItsTickSaysWithinTheBoardsBound(t *testing.T) {
+	b := NewPriceBoard(BoardConfig{Probation: 1, Maturity: 1, TTL: time.Hour})
+	tk := quote(1, usd(2), 8, 1, t0)
+	tk.Until = t0.Add(40 * time.Minute)
+	b.Apply(tk, t0)
+	if _, ok := b.Quote("H100-80GB", t0.Add(39*time.Minute)); !ok {
+		t.Fatal("dropped before its tick's Until")
+	}
+	if _, ok := b.Quote("H100-80GB", t0.Add(40*time.Minute)); ok {
+		t.Fatal("kept past its tick's Until")
+	}
+	// A stranger saying its quote stands 6 h gets the board's hour.
+	tk = quote(2, usd(2), 8, 1, t0)
+	tk.Until = t0.Add(MaxTickLife)
+	b.Apply(tk, t0)
+	if _, ok := b.Quote("H100-80GB", t0.Add(59*time.Minute)); !ok {
+		t.Fatal("dropped before the board's TTL")
+	}
+	if _, ok := b.Quote("H100-80GB", t0.Add(time.Hour)); ok {
+		t.Fatal("kept past the board's TTL: a stranger's Until trusted blindly")
+	}
+	if d := NewPriceBoard(BoardConfig{}).cfg.TTL; d != 3*time.Hour {
+		t.Fatalf("default TTL %v, want 3h (three of Resend's longest interval)", d)
+	}
+}
+
+func TestSignedListsLiveSignedQuotesAvailableAndCheapestFirst(t *testing.T) {
+	b := NewPriceBoard(instant)
+	b.ApplySigned(SignedTick{Tick: quote(1, usd(3), 8, 1, t0), Msg: []byte("p1")}, t0)
+	b.ApplySigned(SignedTick{Tick: quote(2, usd(1), 0, 1, t0), Msg: []byte("p2")}, t0) // none available
+	b.ApplySigned(SignedTick{Tick: quote(3, usd(2), 8, 1, t0), Msg: []byte("p3")}, t0)
+	b.Apply(quote(4, usd(1), 8, 1, t0), t0) // not known signed
+	old := quote(5, usd(1), 8, 1, t0.Add(-80*time.Second))
+	b.ApplySigned(SignedTick{Tick: old, Msg: []byte("p5")}, t0) // expires at t0+10s
+	var got []string
+	for _, m := range b.Signed(10, t0.Add(20*time.Second)) {
+		got = append(got, string(m))
+	}
+	if want := []string{"p3", "p1", "p2"}; !slices.Equal(got, want) {
+		t.Fatalf("Signed = %v, want %v", got, want)
+	}
+	if n := len(b.Signed(2, t0)); n != 2 {
+		t.Fatalf("Signed(2) gave %d", n)
 	}
 }

@@ -10,10 +10,12 @@ import (
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
 )
 
 // PricesTopic is the name of the swarm's price topic:
-// "/gpumesh/<swarm>/prices/1".
+// "/gpumesh/<swarm>/prices/2" (version 2: ticks that say how long they
+// stand; see tickVersion).
 const PricesTopic = "prices"
 
 // PriceFeedConfig of a PriceFeed. The zero value is a feed in DefaultUnit
@@ -98,16 +100,51 @@ func (f *PriceFeed) validate(_ context.Context, from peer.ID, msg *pubsub.Messag
 // Next waits for the next accepted tick, this peer's own included. It
 // returns an error when ctx ends or the feed is closed.
 func (f *PriceFeed) Next(ctx context.Context) (Tick, error) {
+	st, err := f.NextSigned(ctx)
+	return st.Tick, err
+}
+
+// NextSigned is Next with the message the provider signed, for a board
+// to keep and hand on.
+func (f *PriceFeed) NextSigned(ctx context.Context) (SignedTick, error) {
 	for {
 		msg, err := f.sub.Next(ctx)
 		if err != nil {
-			return Tick{}, err
+			return SignedTick{}, err
 		}
-		if t, ok := msg.ValidatorData.(Tick); ok {
-			return t, nil
+		t, ok := msg.ValidatorData.(Tick)
+		if !ok {
+			continue
 		}
+		raw, err := proto.Marshal(msg.Message)
+		if err != nil || len(raw) > MaxSignedTickSize {
+			raw = nil // kept, not handed on
+		}
+		return SignedTick{Tick: t, Msg: raw}, nil
 	}
 }
+
+// CheckStored checks a tick another peer handed on from its board (a
+// board sync; from is that peer) exactly as the topic's validator checks a
+// tick, but for its age (TickValidator.ValidateStored): the signature, the
+// topic, the signer being the provider, the bounds, unit, sequence and
+// rate. Reject means no honest peer would have handed it on.
+func (f *PriceFeed) CheckStored(raw []byte, from peer.ID) (SignedTick, Verdict, error) {
+	data, author, err := OpenSignedTick(raw, f.name)
+	if err != nil {
+		return SignedTick{}, Reject, err
+	}
+	f.mu.Lock()
+	t, v, err := f.val.ValidateStored(data, author, from, f.now())
+	f.mu.Unlock()
+	if v != Accept {
+		return SignedTick{}, v, err
+	}
+	return SignedTick{Tick: t, Msg: raw}, Accept, nil
+}
+
+// ListPeers is the connected peers subscribed to the price topic.
+func (f *PriceFeed) ListPeers() []peer.ID { return f.topic.ListPeers() }
 
 // Publish signs and gossips one of this peer's ticks. The tick goes through
 // this peer's validator first: one that breaks a bound, names another

@@ -80,7 +80,7 @@ func TestPriceFeedCarriesTicksAndPenalizesForgers(t *testing.T) {
 
 	now := time.Now()
 	seq := uint64(now.UnixNano())
-	honest := Tick{Provider: hs[0].ID(), Class: "H100-80GB", Unit: DefaultUnit, Ask: 2_100_000, Available: 8, Seq: seq, Time: now}
+	honest := Tick{Provider: hs[0].ID(), Class: "H100-80GB", Unit: DefaultUnit, Ask: 2_100_000, Available: 8, Seq: seq, Time: now, Until: now.Add(90 * time.Second)}
 	if err := feeds[0].Publish(ctx, honest); err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestPriceFeedCarriesTicksAndPenalizesForgers(t *testing.T) {
 	}
 
 	// The attacker sends garbage, forgeries, oversized and stale ticks.
-	stale := Tick{Provider: evil.ID(), Class: "H100-80GB", Unit: DefaultUnit, Ask: 1, Available: 8, Seq: 1, Time: now.Add(-5 * time.Minute)}
+	stale := Tick{Provider: evil.ID(), Class: "H100-80GB", Unit: DefaultUnit, Ask: 1, Available: 8, Seq: 1, Time: now.Add(-5 * time.Minute), Until: now.Add(time.Minute)}
 	staleData, _ := stale.Marshal()
 	forgedData, _ := forged.Marshal()
 	for _, data := range [][]byte{[]byte("garbage"), forgedData, make([]byte, 1024), staleData, forgedData[:10]} {
@@ -149,7 +149,7 @@ func TestPublishRefusesTicksOverTheRate(t *testing.T) {
 	now := time.Now()
 	var errs []error
 	for i := range 3 {
-		tk := Tick{Provider: h.ID(), Class: "H100-80GB", Unit: DefaultUnit, Ask: 2_100_000, Available: 8, Seq: uint64(i + 1), Time: now}
+		tk := Tick{Provider: h.ID(), Class: "H100-80GB", Unit: DefaultUnit, Ask: 2_100_000, Available: 8, Seq: uint64(i + 1), Time: now, Until: now.Add(90 * time.Second)}
 		errs = append(errs, f.Publish(ctx, tk))
 	}
 	if errs[0] != nil || errs[1] != nil || errs[2] == nil {

@@ -7,8 +7,11 @@
 //
 // The spot market's deciding parts are plain data structures with the time
 // passed in: TickValidator (which ticks to accept and forward), PriceBoard
-// (the market index every peer keeps) and Policy (a provider's ask). The
-// only I/O is PriceFeed, the swarm's price topic. Cluster negotiation's
+// (the market index every peer keeps), Policy (a provider's ask) and
+// Resend (how often an unchanged ask is gossiped again: a budget the swarm
+// shares). The only I/O is PriceFeed, the swarm's price topic; boardsync.go
+// is the codec with which a joining peer fetches a neighbour's board of
+// signed ticks. Cluster negotiation's
 // are Negotiation and Reservations (negotiation.go), RFBValidator (which
 // requests for bids to accept and forward: a rate and open requests per
 // submitter) and RequestQueue (which waiting request a provider answers
@@ -163,17 +166,22 @@ func (g *Gossip) Score(p peer.ID) (score float64, ok bool) {
 	return score, ok
 }
 
-// Topic names a topic of this swarm: "/gpumesh/<swarm>/<name>/1".
+// Topic names a topic of this swarm (see TopicName).
 func (g *Gossip) Topic(name string) string {
 	return TopicName(g.swarm, name)
 }
 
-// TopicName names a topic of a swarm: "/gpumesh/<swarm>/<name>/1".
+// TopicName names a topic of a swarm: "/gpumesh/<swarm>/<name>/<version>",
+// version 2 for the price topic (ticks with Until), 1 for the others.
 func TopicName(swarm, name string) string {
 	if swarm == "" {
 		swarm = "public"
 	}
-	return "/gpumesh/" + swarm + "/" + name + "/1"
+	v := "/1"
+	if name == PricesTopic {
+		v = "/2"
+	}
+	return "/gpumesh/" + swarm + "/" + name + v
 }
 
 // PubSub is the router, for the packages that define topics on it.

@@ -44,7 +44,7 @@ func TestSentBytesAddUpToEverythingSentByPart(t *testing.T) {
 	})
 	before := gs[0].Sent().Topics[feeds[0].Topic()]
 	now := time.Now()
-	tick := Tick{Provider: hs[0].ID(), Class: "H100-80GB", Unit: DefaultUnit, Ask: 2_100_000, Available: 8, Seq: uint64(now.UnixNano()), Time: now}
+	tick := Tick{Provider: hs[0].ID(), Class: "H100-80GB", Unit: DefaultUnit, Ask: 2_100_000, Available: 8, Seq: uint64(now.UnixNano()), Time: now, Until: now.Add(90 * time.Second)}
 	if err := feeds[0].Publish(ctx, tick); err != nil {
 		t.Fatal(err)
 	}

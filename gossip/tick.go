@@ -16,10 +16,19 @@ const (
 	MaxAvailable = 4096 // GPUs of one class on one provider
 	maxClassLen  = 64   // bytes of a GPU class name
 	maxIDLen     = 64   // bytes of a peer ID
+
+	// MaxTickLife bounds how long after its time a tick may say it
+	// stands (Until): a decoder's bound. A board keeps a quote no longer
+	// than its own maximum (BoardConfig.TTL), whatever the tick says.
+	MaxTickLife = 6 * time.Hour
 )
 
-// tickVersion is the first byte of every encoded tick.
-const tickVersion = 1
+// tickVersion is the first byte of every encoded tick. Version 2 added
+// Until; a version-1 peer's strict decoder rejects it (and would blame the
+// peer that delivered it), so version-2 ticks travel on their own topic,
+// prices/2 (see PricesTopic): old and new peers do not see each other's
+// prices, and neither penalizes the other.
+const tickVersion = 2
 
 // ErrBadTick marks a tick that cannot be decoded or breaks a bound.
 var ErrBadTick = errors.New("bad price tick")
@@ -36,6 +45,7 @@ type Tick struct {
 	Available uint32    `json:"available"` // GPUs of Class free now; 0..MaxAvailable
 	Seq       uint64    `json:"seq"`       // grows with every tick of the provider; > 0
 	Time      time.Time `json:"time"`      // when the provider made it; millisecond precision on the wire
+	Until     time.Time `json:"until"`     // the quote stands until then unless a newer tick replaces it; after Time, at most MaxTickLife later
 }
 
 // The encoding is fixed and small, so that a decoder is easy to bound and to
@@ -50,6 +60,7 @@ type Tick struct {
 //	available 4       0..MaxAvailable
 //	seq       8       > 0
 //	time      8       unix milliseconds, > 0
+//	until     8       unix milliseconds, > time, at most time + MaxTickLife
 //
 // Nothing may follow. The encoding of a valid tick is canonical: decoding
 // and encoding again gives the same bytes.
@@ -72,6 +83,10 @@ func (t *Tick) Check() error {
 		return bad("sequence 0")
 	case t.Time.UnixMilli() <= 0:
 		return bad("time %s before 1970", t.Time.UTC().Format(time.RFC3339))
+	case t.Until.UnixMilli() <= t.Time.UnixMilli():
+		return bad("until %s not after its time %s", t.Until.UTC().Format(time.RFC3339Nano), t.Time.UTC().Format(time.RFC3339Nano))
+	case t.Until.UnixMilli()-t.Time.UnixMilli() > MaxTickLife.Milliseconds():
+		return bad("stands for %v, at most %v", t.Until.Sub(t.Time).Round(time.Second), MaxTickLife)
 	}
 	if err := t.Unit.check(); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadTick, err)
@@ -104,7 +119,7 @@ func (t *Tick) Marshal() ([]byte, error) {
 	if err := t.Check(); err != nil {
 		return nil, err
 	}
-	b := make([]byte, 0, 48+len(t.Provider)+len(t.Class)+len(t.Unit.Token))
+	b := make([]byte, 0, 56+len(t.Provider)+len(t.Class)+len(t.Unit.Token))
 	b = append(b, tickVersion)
 	b = appendString(b, string(t.Provider))
 	b = appendString(b, t.Class)
@@ -114,6 +129,7 @@ func (t *Tick) Marshal() ([]byte, error) {
 	b = binary.BigEndian.AppendUint32(b, t.Available)
 	b = binary.BigEndian.AppendUint64(b, t.Seq)
 	b = binary.BigEndian.AppendUint64(b, uint64(t.Time.UnixMilli()))
+	b = binary.BigEndian.AppendUint64(b, uint64(t.Until.UnixMilli()))
 	return b, nil
 }
 
@@ -143,16 +159,18 @@ func UnmarshalTick(data []byte) (Tick, error) {
 	t.Available = r.uint32()
 	t.Seq = r.uint64()
 	ms := r.uint64()
+	until := r.uint64()
 	if r.err != nil {
 		return Tick{}, fmt.Errorf("%w: %w", ErrBadTick, r.err)
 	}
 	if len(r.b) != 0 {
 		return Tick{}, fmt.Errorf("%w: %d bytes after the tick", ErrBadTick, len(r.b))
 	}
-	if ms > 1<<62 {
-		return Tick{}, fmt.Errorf("%w: time %d ms out of range", ErrBadTick, ms)
+	if ms > 1<<62 || until > 1<<62 {
+		return Tick{}, fmt.Errorf("%w: time %d or until %d ms out of range", ErrBadTick, ms, until)
 	}
 	t.Time = time.UnixMilli(int64(ms))
+	t.Until = time.UnixMilli(int64(until))
 	if err := t.Check(); err != nil {
 		return Tick{}, err
 	}

@@ -46,6 +46,7 @@ func sampleTick() Tick {
 		Available: 8,
 		Seq:       1,
 		Time:      t0,
+		Until:     t0.Add(90 * time.Second),
 	}
 }
 
@@ -63,7 +64,7 @@ func TestTickRoundTrips(t *testing.T) {
 		t.Fatal(err)
 	}
 	if out.Provider != in.Provider || out.Class != in.Class || out.Unit != in.Unit || out.Ask != in.Ask ||
-		out.Available != in.Available || out.Seq != in.Seq || !out.Time.Equal(in.Time) {
+		out.Available != in.Available || out.Seq != in.Seq || !out.Time.Equal(in.Time) || !out.Until.Equal(in.Until) {
 		t.Fatalf("got %+v, want %+v", out, in)
 	}
 }
@@ -93,6 +94,9 @@ func TestTicksBreakingABoundDoNotEncode(t *testing.T) {
 		"many GPUs":      func(t *Tick) { t.Available = MaxAvailable + 1 },
 		"seq 0":          func(t *Tick) { t.Seq = 0 },
 		"year 1960":      func(t *Tick) { t.Time = time.Date(1960, 1, 1, 0, 0, 0, 0, time.UTC) },
+		"no until":       func(t *Tick) { t.Until = time.Time{} },
+		"until at time":  func(t *Tick) { t.Until = t.Time },
+		"until too far":  func(t *Tick) { t.Until = t.Time.Add(MaxTickLife + time.Millisecond) },
 		"lower token":    func(t *Tick) { t.Unit.Token = "usdc" },
 		"10 decimals":    func(t *Tick) { t.Unit.Decimals = 10 },
 	} {
@@ -108,7 +112,8 @@ func TestMalformedTicksDoNotDecode(t *testing.T) {
 	good, _ := func() ([]byte, error) { tk := sampleTick(); return tk.Marshal() }()
 	cases := map[string][]byte{
 		"empty":       {},
-		"version 2":   append([]byte{2}, good[1:]...),
+		"version 1":   append([]byte{1}, good[1:]...), // an old peer's tick
+		"version 3":   append([]byte{3}, good[1:]...),
 		"truncated":   good[:len(good)-1],
 		"trailing":    append(append([]byte{}, good...), 0),
 		"oversized":   bytes.Repeat([]byte{1}, MaxTickSize+1),

@@ -99,6 +99,19 @@ func NewTickValidator(cfg ValidatorConfig) *TickValidator {
 // accepts it, and an error that says why when it does not. An accepted tick
 // counts against the provider's rate and sequence.
 func (v *TickValidator) Validate(data []byte, signer, from peer.ID, now time.Time) (Tick, Verdict, error) {
+	return v.validate(data, signer, from, now, false)
+}
+
+// ValidateStored decides about a tick another peer kept on its board and
+// handed over (a board sync, not the topic): exactly as Validate, but a
+// tick may be older than MaxAge as long as it still stands (its Until is
+// after now). It counts against the provider's rate and sequence as
+// Validate does, so one arriving later by either path is a replay.
+func (v *TickValidator) ValidateStored(data []byte, signer, from peer.ID, now time.Time) (Tick, Verdict, error) {
+	return v.validate(data, signer, from, now, true)
+}
+
+func (v *TickValidator) validate(data []byte, signer, from peer.ID, now time.Time, stored bool) (Tick, Verdict, error) {
 	t, err := UnmarshalTick(data)
 	if err != nil {
 		return Tick{}, Reject, err
@@ -112,8 +125,11 @@ func (v *TickValidator) Validate(data []byte, signer, from peer.ID, now time.Tim
 	if d := t.Time.Sub(now); d > v.cfg.MaxSkew {
 		return Tick{}, Ignore, fmt.Errorf("%w: %v ahead of this peer's clock, at most %v", ErrFutureTick, d.Round(time.Millisecond), v.cfg.MaxSkew)
 	}
-	if d := now.Sub(t.Time); d > v.cfg.MaxAge {
+	if d := now.Sub(t.Time); d > v.cfg.MaxAge && !stored {
 		return Tick{}, Ignore, fmt.Errorf("%w: %v old, at most %v", ErrStaleTick, d.Round(time.Millisecond), v.cfg.MaxAge)
+	}
+	if !t.Until.After(now) {
+		return Tick{}, Ignore, fmt.Errorf("%w: stood until %s, %v ago", ErrStaleTick, t.Until.UTC().Format(time.RFC3339), now.Sub(t.Until).Round(time.Millisecond))
 	}
 	st := v.lookup(signer, now)
 	last, known := st.seqs[t.Class]

@@ -17,6 +17,7 @@
 //	                  halves, or a private swarm's one), directory lookups
 //	reach.go          AutoNAT's verdict and the DHT halves, for status
 //	prices.go         asks and the spot-price board (gossip)
+//	pricesync.go      a joining peer fetches its neighbours' boards
 //	api.go            the local API: every route, in one table
 //	client.go         the typed client of the local API (the CLI's)
 //	explorer.go       the read-only web page of the swarm

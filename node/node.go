@@ -91,6 +91,10 @@ type Config struct {
 	Price      string             // pricing policy: "fixed:2.10" or "auto:floor=1.50,target=0.7"; "" quotes nothing
 	PriceUnit  string             // unit of prices, "TOKEN:DECIMALS"; "" means "USDC:6" (prices are integers of the smallest unit per GPU-hour)
 	PriceBoard gossip.BoardConfig // how the price board weighs quotes; the zero value takes the defaults
+	// PriceResend paces the re-sends of an unchanged ask (a swarm-wide
+	// budget shared by the board's live quotes); the zero value takes the
+	// defaults.
+	PriceResend gossip.Resend
 
 	// Anchoring receipts on Solana.
 	SolanaRPC   string        // JSON-RPC URL; "" anchors nothing
@@ -370,6 +374,9 @@ func (c *Config) validate() error {
 		}
 	}
 	if err := c.PriceBoard.Check(); err != nil {
+		bad("", "%w", err)
+	}
+	if err := c.PriceResend.Check(); err != nil {
 		bad("", "%w", err)
 	}
 	if c.AnchorBatch < 0 || c.AnchorBatch > chain.MaxBatchSize {

@@ -3,19 +3,25 @@ package node
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // Timing of the price loop.
 const (
-	priceTick      = 5 * time.Second  // the loop's period: board upkeep, resends
-	priceStep      = 30 * time.Second // a pricing policy's step
-	priceHeartbeat = 30 * time.Second // an unchanged ask is gossiped again this often (board TTL: 90 s)
+	priceTick = 5 * time.Second  // the loop's period: board upkeep, resends
+	priceStep = 30 * time.Second // a pricing policy's step
 )
+
+// An unchanged ask is gossiped again as Config.PriceResend paces it: every
+// Q/0.25 s when the board holds Q live quotes (30 s .. 1 h; a tick stands
+// three intervals), so the swarm re-sends about one tick every 4 s whatever
+// the number of providers. A changed ask goes out at the next loop pass.
 
 // priceState is the node's part of the spot market: the price board fed by
 // the swarm's price topic, and this peer's asks, set by its pricing policy
@@ -36,6 +42,12 @@ type priceState struct {
 	lastStep time.Time // of the policy
 	watchers map[int]func(gossip.Tick)
 	watchID  int
+
+	// The board sync (pricesync.go): whom this peer answered when, and
+	// the answers being written.
+	boardServeMu sync.Mutex // guards boardServed
+	boardServed  map[peer.ID]time.Time
+	boardSlots   chan struct{}
 }
 
 // localAsk is this peer's quote for one class.
@@ -45,6 +57,7 @@ type localAsk struct {
 	manual    bool        // set by Quote, not by the policy
 	sent      gossip.Tick // last tick published; zero: none yet
 	alone     bool        // it went out with no topic peer: send again soon
+	jitter    float64     // of the wait before the next re-send (gossip.Resend.Due), drawn at each send
 }
 
 // LocalAsk is one of this peer's quotes in GET /v0/prices.
@@ -112,6 +125,7 @@ func (n *Node) startPrices(ctx context.Context) error {
 	n.feed = feed
 	n.wg.Add(2)
 	go n.readTicks(ctx)
+	n.startBoardSync(ctx)
 	// The first asks are set (and gossiped to whoever is there) before
 	// Start returns; the loop sends them again once the mesh has formed.
 	n.stepPrices(ctx, n.now())
@@ -131,23 +145,30 @@ func (n *Node) closePrices() error {
 func (n *Node) readTicks(ctx context.Context) {
 	defer n.wg.Done()
 	for {
-		t, err := n.feed.Next(ctx)
+		st, err := n.feed.NextSigned(ctx)
 		if err != nil {
 			return
 		}
-		n.priceMu.Lock()
-		applied := n.board.Apply(t, n.now())
-		var ws []func(gossip.Tick)
-		if applied {
-			for _, w := range n.watchers {
-				ws = append(ws, w)
-			}
-		}
-		n.priceMu.Unlock()
-		for _, w := range ws {
-			w(t)
+		n.takeTick(st)
+	}
+}
+
+// takeTick puts a checked tick on the board and tells the watchers if the
+// board took it.
+func (n *Node) takeTick(st gossip.SignedTick) bool {
+	n.priceMu.Lock()
+	applied := n.board.ApplySigned(st, n.now())
+	var ws []func(gossip.Tick)
+	if applied {
+		for _, w := range n.watchers {
+			ws = append(ws, w)
 		}
 	}
+	n.priceMu.Unlock()
+	for _, w := range ws {
+		w(st.Tick)
+	}
+	return applied
 }
 
 // priceLoop runs the pricing policy, gossips this peer's asks and keeps the
@@ -237,8 +258,9 @@ func (n *Node) stepPrices(ctx context.Context, now time.Time) {
 			}
 		}
 	}
+	quotes := n.board.Len()
 	for class, a := range n.asks {
-		if a.sent.Ask != a.ask || a.sent.Available != a.available || a.alone || now.Sub(a.sent.Time) >= priceHeartbeat {
+		if a.sent.Ask != a.ask || a.sent.Available != a.available || a.alone || n.cfg.PriceResend.Due(a.sent, quotes, now, a.jitter) {
 			out = append(out, class)
 		}
 	}
@@ -273,6 +295,7 @@ func (n *Node) publishAsk(ctx context.Context, class string) error {
 		Available: a.available,
 		Seq:       n.lastSeq,
 		Time:      now,
+		Until:     n.cfg.PriceResend.Until(now, n.board.Len()),
 	}
 	n.priceMu.Unlock()
 	alone := n.feed.Peers() == 0
@@ -284,7 +307,7 @@ func (n *Node) publishAsk(ctx context.Context, class string) error {
 	}
 	n.priceMu.Lock()
 	if a := n.asks[class]; a != nil {
-		a.sent, a.alone = t, alone
+		a.sent, a.alone, a.jitter = t, alone, 0.9+0.1*rand.Float64()
 	}
 	n.priceMu.Unlock()
 	n.log.Debug("price tick sent", "class", class, "ask", n.unit.Format(t.Ask), "available", t.Available, "alone", alone)
@@ -293,9 +316,9 @@ func (n *Node) publishAsk(ctx context.Context, class string) error {
 
 // Quote sets this peer's ask for a GPU class, per GPU-hour in the smallest
 // unit of the swarm's price unit, with available GPUs, and gossips it now.
-// The ask is kept and gossiped again every heartbeat. With a pricing policy
-// and GPUs of that class, the policy takes the ask over again within a few
-// seconds. Tools and tests use it to quote without GPUs.
+// The ask is kept and gossiped again as Config.PriceResend paces it. With
+// a pricing policy and GPUs of that class, the policy takes the ask over
+// again within a few seconds. Tools and tests use it to quote without GPUs.
 func (n *Node) Quote(ctx context.Context, class string, ask uint64, available int) error {
 	if n.feed == nil {
 		return fmt.Errorf("quote: node not started")
@@ -303,7 +326,8 @@ func (n *Node) Quote(ctx context.Context, class string, ask uint64, available in
 	if available < 0 || available > gossip.MaxAvailable {
 		return fmt.Errorf("quote: %d GPUs available, want 0..%d", available, gossip.MaxAvailable)
 	}
-	t := gossip.Tick{Provider: n.id.PeerID, Class: class, Unit: n.unit, Ask: ask, Available: uint32(available), Seq: 1, Time: n.now()}
+	now := n.now()
+	t := gossip.Tick{Provider: n.id.PeerID, Class: class, Unit: n.unit, Ask: ask, Available: uint32(available), Seq: 1, Time: now, Until: now.Add(time.Minute)}
 	if err := t.Check(); err != nil {
 		return fmt.Errorf("quote: %w", err)
 	}

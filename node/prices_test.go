@@ -195,7 +195,7 @@ func TestSpotMarketOn50Peers(t *testing.T) {
 		evil := newOutsider(ctx, t, m, 1, neighbours)
 		victim := meshtest.Key(4, 0) // provider 0
 		now := clock()
-		forged := gossip.Tick{Provider: victim.PeerID, Class: h100, Unit: gossip.DefaultUnit, Ask: usd(99), Available: 8, Seq: uint64(now.UnixNano()) + 1e12, Time: now}
+		forged := gossip.Tick{Provider: victim.PeerID, Class: h100, Unit: gossip.DefaultUnit, Ask: usd(99), Available: 8, Seq: uint64(now.UnixNano()) + 1e12, Time: now, Until: now.Add(90 * time.Second)}
 		sybil := meshtest.Key(667, 0)
 		stale := forged
 		stale.Provider, stale.Time = sybil.PeerID, now.Add(-5*time.Minute)
@@ -250,7 +250,7 @@ func TestSpotMarketOn50Peers(t *testing.T) {
 		now := clock()
 		for i := range 100 {
 			id := meshtest.Key(668, i)
-			tk := gossip.Tick{Provider: id.PeerID, Class: h100, Unit: gossip.DefaultUnit, Ask: 1000 * want.Median, Available: gossip.MaxAvailable, Seq: 1, Time: now}
+			tk := gossip.Tick{Provider: id.PeerID, Class: h100, Unit: gossip.DefaultUnit, Ask: 1000 * want.Median, Available: gossip.MaxAvailable, Seq: 1, Time: now, Until: now.Add(90 * time.Second)}
 			flooder.publish(ctx, t, marshal(t, tk), &id)
 		}
 		testwait.Until(t, ctx, "every board to take the 100 newcomers", func() (bool, string) {
@@ -354,7 +354,7 @@ func TestPricesOverTheLocalAPI(t *testing.T) {
 	if q := p.Classes[0]; q.Class != "A100-40GB" || q.Providers != 1 || q.Counted != 0 {
 		t.Fatalf("board %+v: want one provider in probation", q)
 	}
-	if p.Token != "USDC" || p.Decimals != 6 || p.Policy != "auto:floor=1.50,target=0.7" || p.Topic != "/gpumesh/public/prices/1" {
+	if p.Token != "USDC" || p.Decimals != 6 || p.Policy != "auto:floor=1.50,target=0.7" || p.Topic != "/gpumesh/public/prices/2" {
 		t.Fatalf("answer %+v", p)
 	}
 	if all, err := cl.Prices(ctx, ""); err != nil || len(all.Classes) != 1 {

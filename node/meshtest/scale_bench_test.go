@@ -31,7 +31,7 @@ var (
 	scalePeers   = flag.String("scale.peers", "1000", "BenchmarkScale: peer counts, comma-separated (e.g. 1000,3000,10000)")
 	scaleLatency = flag.Duration("scale.latency", 20*time.Millisecond, "BenchmarkScale: one-way latency of every simulated link")
 	scaleOut     = flag.String("scale.out", "", "BenchmarkScale: append each size's figures as a JSON line to this file (docs/scale.md's table is made from it)")
-	scaleRest    = flag.Duration("scale.rest", 30*time.Second, "BenchmarkScale: the window over which resting gossip is measured (at least one price heartbeat, 30 s, so each provider's re-send falls in it)")
+	scaleRest    = flag.Duration("scale.rest", 30*time.Second, "BenchmarkScale: the window over which resting gossip is measured (at least one re-send interval of an unchanged ask, so each provider's re-send falls in it: P/0.25 s, 120 s at 300 peers; see gossip.Resend)")
 	scaleOnly    = flag.Bool("scale.restonly", false, "BenchmarkScale: measure setup, memory and rest only (no lookups, ticks or formation): for profiling")
 	scaleNoCM    = flag.Bool("scale.noconnmgr", false, "BenchmarkScale: simulated nodes without a connection manager (as mocknet's hosts are), for comparison")
 	scaleLinkAll = flag.Bool("scale.linkall", false, "BenchmarkScale: link every pair of simulated nodes at start (mocknet's LinkAll, N² links) rather than each pair as it dials, for comparison")
@@ -40,6 +40,10 @@ var (
 	scaleNote    = flag.String("scale.note", "", "BenchmarkScale: a note kept with each size's JSON line (e.g. \"measured under load\")")
 	scaleProfile = flag.String("scale.profile", "", "BenchmarkScale: write heap and goroutine profiles at rest (after setup, after GC) into this directory as heap-N.pprof, goroutine-N.pprof")
 )
+
+// Price re-sends (issue 19): the pacing before gossip.Resend, for a
+// baseline measured in the same run.
+var scaleFixedResend = flag.Bool("scale.fixedresend", false, "BenchmarkScale: providers re-send unchanged asks every 30 s whatever the board (the pacing before gossip.Resend), for a baseline")
 
 // BenchmarkScale runs whole gpumesh nodes (directory, prices, negotiation)
 // in one process on mocknet links of -scale.latency (20 ms) one way, at
@@ -206,6 +210,9 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 		LinkOnDial: !*scaleLinkAll,
 		Config: func(i int, c *node.Config) {
 			c.NoBlockExchange = !*scaleBitswap
+			if *scaleFixedResend {
+				c.PriceResend = gossip.Resend{Floor: 30 * time.Second, Cap: 30 * time.Second}
+			}
 			if i < providers {
 				c.Price = fmt.Sprintf("fixed:2.%02d", i%50)
 				c.Region = []string{"eu-west/ams1", "us-east/nyc2"}[i%2]
