@@ -173,6 +173,7 @@ func (n *Node) startJobs(ctx context.Context) error {
 	n.host.SetStreamHandler(NegotiateProtocol, n.handleNegotiate)
 	n.host.SetStreamHandler(RFBProtocol, n.handleRFB)
 	n.host.SetStreamHandler(jobwire.Protocol, n.handleJob)
+	n.host.SetStreamHandler(jobwire.Protocol11, n.handleJob)
 	n.host.SetStreamHandler(sessionwire.Protocol, n.handleSession)
 	n.host.SetStreamHandler(jobwire.ReplicaProtocol, n.handleReplica)
 	n.jobnet = jobnet.New(n.host, jobnet.Config{Log: n.log})
@@ -200,6 +201,7 @@ func (n *Node) closeJobs() error {
 		n.host.RemoveStreamHandler(NegotiateProtocol)
 		n.host.RemoveStreamHandler(RFBProtocol)
 		n.host.RemoveStreamHandler(jobwire.Protocol)
+		n.host.RemoveStreamHandler(jobwire.Protocol11)
 		n.host.RemoveStreamHandler(sessionwire.Protocol)
 	}
 	if n.jobnet != nil {
