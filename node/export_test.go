@@ -81,3 +81,7 @@ func (n *Node) NegotiationDropped(p peer.ID) uint64 {
 	defer n.negQMu.Unlock()
 	return n.negQueue.Dropped(p)
 }
+
+// Refused is how many refusals of what (rfb_direct, negotiate, bill, ...)
+// for why this peer counted (its gpumesh_refused_total).
+func (n *Node) Refused(what, why string) uint64 { return n.refusedBy.count(what, why) }

@@ -224,6 +224,7 @@ func (n *Node) closeJobs() error {
 func (n *Node) validateRFB(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 	n.rfbChecked.Add(1)
 	if len(m.Data) > gossip.MaxNegotiationSize { // before taking the lock
+		m.ValidatorData = gossip.ErrBadNegotiation // why, for the refusals counted (gossip.Refusals)
 		return pubsub.ValidationReject
 	}
 	rfb, err := gossip.UnmarshalRequestForBids(m.Data) // outside the lock: decoding is most of the work
@@ -239,9 +240,11 @@ func (n *Node) validateRFB(_ context.Context, from peer.ID, m *pubsub.Message) p
 		return pubsub.ValidationAccept
 	case gossip.Ignore:
 		n.log.Debug("request for bids ignored", "from", from, "signer", m.GetFrom(), "err", err)
+		m.ValidatorData = err // why, for the refusals counted (gossip.Refusals)
 		return pubsub.ValidationIgnore
 	}
 	n.log.Debug("request for bids rejected", "from", from, "signer", m.GetFrom(), "err", err)
+	m.ValidatorData = err
 	return pubsub.ValidationReject
 }
 
@@ -319,6 +322,7 @@ func (n *Node) readRFBs(ctx context.Context) {
 func (n *Node) queueRFB(rfb *gossip.RequestForBids, direct bool) {
 	n.rfbQMu.Lock()
 	if n.rfbQueue.Push(*rfb, direct) > 0 {
+		n.refusedBy.add(refusedRFBQueue, "pushed_out")
 		n.log.Debug("requests for bids waiting: one pushed out", "submitter", rfb.Submitter)
 	}
 	n.rfbQMu.Unlock()
@@ -353,6 +357,7 @@ func (n *Node) handleRFB(s network.Stream) {
 	refused := n.directVal.Refuses(from, n.now())
 	n.rfbMu.Unlock()
 	if refused {
+		n.refusedBy.add(refusedRFBDirect, "rate")
 		n.log.Debug("direct request for bids refused: submitter over its rate", "from", from)
 		_ = s.Reset()
 		return
@@ -366,6 +371,7 @@ func (n *Node) handleRFB(s network.Stream) {
 	}
 	rfb, err := n.admitDirectRFB(data, from)
 	if err != nil {
+		n.refusedBy.add(refusedRFBDirect, gossip.Reason(err))
 		n.log.Debug("direct request for bids refused", "from", from, "err", err)
 		_ = s.Reset()
 		return
@@ -538,6 +544,7 @@ func (n *Node) handleNegotiate(s network.Stream) {
 		err = fmt.Errorf("%w: a request for bids on %s; send it on %s", gossip.ErrBadNegotiation, NegotiateProtocol, RFBProtocol)
 	}
 	if err != nil {
+		n.refusedBy.add(refusedNegotiate, gossip.Reason(err))
 		n.log.Debug("negotiation message refused", "from", s.Conn().RemotePeer(), "err", err)
 		_ = s.Reset()
 		return

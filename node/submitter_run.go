@@ -276,11 +276,15 @@ func (n *Node) runJob(ctx context.Context, id string) {
 					}
 				}()
 			}
+			for _, b := range rd.Refused {
+				n.refusedBy.add(refusedBill, b.Kind)
+			}
 			for _, r := range rd.Countersign {
 				why := n.signReceipt(conns[r], signed[r])
 				_ = a.Step(attempt.Countersigned{Rank: r, Err: why}, n.now())
 			}
 			for _, d := range rd.Decline { // its provider records why
+				n.refusedBy.add(refusedReceipt, "declined")
 				if c := conns[d.Rank]; c != nil {
 					go func() {
 						_ = c.fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.Cut(d.Reason, jobwire.MaxText)})

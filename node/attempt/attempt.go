@@ -73,8 +73,20 @@ type Payment struct {
 type RefusedBill struct {
 	Rank   int
 	Bill   Bill
+	Kind   string // why, in a word (Bill*): a metric's label
 	Reason string
 }
+
+// Why a bill was refused (RefusedBill.Kind).
+const (
+	BillNotSettling      = "not_settling"       // this peer pays nothing on chain
+	BillIntervalZero     = "interval_zero"      // intervals count from 1
+	BillDuplicate        = "duplicate_interval" // the interval was billed already
+	BillBeforeStart      = "before_start"       // the member's work had not started
+	BillAfterExit        = "after_exit"         // it came after the member's exit
+	BillAboveLease       = "above_lease"        // more than the lease allows for its time
+	BillLongerThanWorked = "longer_than_worked" // more time than this peer saw the member work
+)
 
 // Done is how the attempt ended.
 type Done struct {
