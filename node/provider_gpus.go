@@ -64,6 +64,7 @@ func (n *Node) newReservations() (*gossip.Reservations, error) {
 	return gossip.NewReservations(gossip.ProviderConfig{
 		ID: n.id.PeerID, Unit: n.PriceUnit().String(), Zone: n.cfg.Region, Addrs: addrs, GPUs: caps,
 		NoJobNet: noJobNet, HostNetOK: hostNetOK, Egress: n.cfg.JobEgress,
+		NoHostNet: n.cfg.Swarm.Private() && n.cfg.NoHostNetwork, // said where host-network clusters form
 	})
 }
 
