@@ -177,7 +177,8 @@ type Bid struct {
 	// network (--no-host-network): the submitter never puts it in a
 	// cluster with a HostNet bid, where every member would run there. Sent
 	// only in a private swarm, the one place such clusters form. A peer of
-	// a version before it decodes bids strictly and drops such a bid.
+	// a version before it decodes bids strictly and would drop such a bid:
+	// the node sends it the bid without the mark.
 	NoHostNet bool `json:"noHostNet,omitempty"`
 }
 

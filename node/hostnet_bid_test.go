@@ -3,10 +3,16 @@ package node_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
+
+	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/gpumesh/gpumesh/node/jobnet"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 )
@@ -56,4 +62,41 @@ func TestANoHostNetworkProviderIsNeverMixedIntoAHostNetworkCluster(t *testing.T)
 		t.Fatalf("members %v mix the host-network provider with the --no-host-network one", ids)
 	}
 	waitFree(t, ctx, m.Nodes[:3])
+}
+
+// A submitter of a version before Bid.NoHostNet decodes bids strictly and
+// would drop a bid with the mark: the provider sends it the bid without
+// it (the start-time refusal then stays its guard), and the mark only to
+// a peer that serves this version's job protocol.
+func TestANoHostNetworkBidGoesUnmarkedToAnOlderSubmitter(t *testing.T) {
+	o := h100s(178, 1)
+	o.Config = func(i int, c *node.Config) { c.NoHostNetwork = i == 0 }
+	m := meshtest.Start(t, 1, o)
+	prov := m.Nodes[0]
+	adv := m.AddAdversary(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	bidFor := func(job gossip.JobID) *gossip.Bid {
+		t.Helper()
+		if err := adv.Ask(ctx, prov.Host().ID(), adv.Request(job, h100, 16, 2_500_000, "USDC:6")); err != nil {
+			t.Fatal(err)
+		}
+		msg, err := adv.Received(ctx, func(m gossip.Message) bool { b, ok := m.(*gossip.Bid); return ok && b.Job == job })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return msg.(*gossip.Bid)
+	}
+	if b := bidFor(meshtest.NewJobID()); b.NoHostNet {
+		t.Errorf("a peer that serves no %s got a bid marked noHostNet: an older version drops it", jobwire.Protocol11)
+	}
+	// The same peer, now of this version.
+	adv.Host.SetStreamHandler(jobwire.Protocol11, func(s network.Stream) { _ = s.Reset() })
+	testwait.Until(t, ctx, "the provider to learn the peer's protocols", func() (bool, string) {
+		ps, _ := prov.Host().Peerstore().SupportsProtocols(adv.ID.PeerID, jobwire.Protocol11)
+		return len(ps) == 1, fmt.Sprint(ps)
+	})
+	if b := bidFor(meshtest.NewJobID()); !b.NoHostNet {
+		t.Errorf("a peer of this version got a bid without noHostNet")
+	}
 }

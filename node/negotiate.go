@@ -864,6 +864,12 @@ func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg go
 			// open: the connection manager tags connected peers only).
 			n.host.ConnManager().TagPeer(to, askedTag, askedTagValue)
 		}
+		if m, older := n.bidForPeer(to, msg); older { // identified by now (NewStream)
+			if data, err = n.sealNegotiation(m); err != nil {
+				_ = s.Reset()
+				return
+			}
+		}
 		stop := context.AfterFunc(sctx, func() { _ = s.Reset() })
 		defer stop()
 		if _, err := s.Write(data); err != nil {
