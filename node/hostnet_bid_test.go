@@ -12,8 +12,8 @@ import (
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
-	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/gpumesh/gpumesh/node/jobnet"
+	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 )
 
