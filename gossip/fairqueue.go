@@ -26,6 +26,15 @@ type FairQueue[T any] struct {
 	// new one past that takes the place of the one with fewest).
 	dropped    map[peer.ID]uint64
 	droppedAll uint64
+	drops      FairQueueDrops
+}
+
+// FairQueueDrops is what a FairQueue dropped, by why (no peer named: a
+// count a metric can carry).
+type FairQueueDrops struct {
+	PeerBound uint64 // its peer had its bound waiting (or, the caller's Drop, being read)
+	Full      uint64 // the queue was full and no peer had more waiting than its peer
+	PushedOut uint64 // the queue was full: the newest of the peer with the most waiting made room
 }
 
 // maxDropCounts bounds the peers a FairQueue counts drops for.
@@ -69,14 +78,16 @@ func (q *FairQueue[T]) Push(p peer.ID, v T) bool {
 			}
 		}
 		if len(q.waiting[most]) <= len(w)+1 { // no one to take the place of
-			q.Drop(p)
+			q.drops.Full++
+			q.count(p)
 			return false
 		}
 		mw := q.waiting[most]
 		clear(mw[len(mw)-1:])
 		q.waiting[most] = mw[:len(mw)-1]
 		q.n--
-		q.Drop(most)
+		q.drops.PushedOut++
+		q.count(most)
 	}
 	if len(w) == 0 {
 		q.turn = append(q.turn, p)
@@ -109,9 +120,18 @@ func (q *FairQueue[T]) Pop() (peer.ID, T, bool) {
 	return p, v, true
 }
 
-// Drop counts a message of p's that was dropped (by Push, or by the
-// caller, which found p Full).
+// Drop counts a message of p's that was dropped for p's bound (by Push,
+// or by the caller, which found p Full).
 func (q *FairQueue[T]) Drop(p peer.ID) {
+	q.drops.PeerBound++
+	q.count(p)
+}
+
+// Drops is what the queue dropped, by why.
+func (q *FairQueue[T]) Drops() FairQueueDrops { return q.drops }
+
+// count counts a drop of p's message.
+func (q *FairQueue[T]) count(p peer.ID) {
 	q.droppedAll++
 	if _, ok := q.dropped[p]; !ok && len(q.dropped) >= maxDropCounts {
 		var fewest peer.ID

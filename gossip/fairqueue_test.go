@@ -57,6 +57,9 @@ func TestFairQueueDropsPastAPeersBound(t *testing.T) {
 	if got := q.Dropped("other"); got != 0 {
 		t.Errorf("other's drops %d, want 0", got)
 	}
+	if got := q.Drops(); got != (FairQueueDrops{PeerBound: 6}) {
+		t.Errorf("drops by why %+v, want 6 for the peer's bound", got)
+	}
 	want := []string{"flood:0", "other:0", "flood:1", "flood:2", "flood:3"}
 	if got := popAll(q); !slices.Equal(got, want) {
 		t.Errorf("order %v, want %v (the oldest kept, the newest dropped)", got, want)
@@ -96,6 +99,11 @@ func TestFairQueueBoundsTheTotal(t *testing.T) {
 	q.Push("f1", 99)
 	if q.Waiting("h") != before {
 		t.Errorf("a flooder's push took the place of a message of a peer with fewer waiting")
+	}
+	// Each drop counted by why: two pushed out (for h), two for a full
+	// queue (h's third, f1's last), none for a peer's own bound.
+	if got, want := q.Drops(), (FairQueueDrops{Full: 2, PushedOut: 2}); got != want {
+		t.Errorf("drops by why %+v, want %+v", got, want)
 	}
 }
 

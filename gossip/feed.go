@@ -79,7 +79,9 @@ func (g *Gossip) JoinPrices(cfg PriceFeedConfig) (*PriceFeed, error) {
 // delivered the message (this peer for its own).
 func (f *PriceFeed) validate(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
 	if len(msg.Data) > MaxTickSize { // before taking the lock
-		f.log.Debug("price tick rejected", "from", from, "err", fmt.Errorf("%w: %d bytes", ErrBadTick, len(msg.Data)))
+		err := fmt.Errorf("%w: %d bytes", ErrBadTick, len(msg.Data))
+		f.log.Debug("price tick rejected", "from", from, "err", err)
+		msg.ValidatorData = err // why, for the refusals counted (Refusals)
 		return pubsub.ValidationReject
 	}
 	f.mu.Lock()
@@ -91,9 +93,11 @@ func (f *PriceFeed) validate(_ context.Context, from peer.ID, msg *pubsub.Messag
 		return pubsub.ValidationAccept
 	case Ignore:
 		f.log.Debug("price tick ignored", "from", from, "signer", msg.GetFrom(), "err", err)
+		msg.ValidatorData = err // why, for the refusals counted (Refusals)
 		return pubsub.ValidationIgnore
 	}
 	f.log.Debug("price tick rejected", "from", from, "signer", msg.GetFrom(), "err", err)
+	msg.ValidatorData = err
 	return pubsub.ValidationReject
 }
 

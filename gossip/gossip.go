@@ -140,6 +140,7 @@ func (g *Gossip) prefilter(from peer.ID, rpc *pubsub.RPC) error {
 			if f, ok := g.prefilters.Load(m.GetTopic()); ok && f.(PrefilterFunc)(author, from) {
 				if c := g.stats.get(m.GetTopic()); c != nil {
 					c.ignored.Add(1)
+					c.refuse("ignore", "prefiltered")
 				}
 				continue
 			}

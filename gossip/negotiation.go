@@ -594,6 +594,12 @@ func (n *Negotiation) replace(gone *member, why string, now time.Time) {
 		zone := n.members[0].Zone
 		bids = slices.DeleteFunc(bids, func(b Bid) bool { return zone == "" || b.Zone != zone })
 	}
+	// No replacement mixes the host network in (selectIn).
+	var kept []Member
+	for _, m := range n.members {
+		kept = append(kept, memberOf(&m.bid, m.GPUs))
+	}
+	bids = slices.DeleteFunc(bids, func(b Bid) bool { return mixes(b, kept) })
 	chosen, _, err := SelectRanked(bids, needs, n.cfg.Ranking)
 	if err != nil {
 		reason := why + "; no replacement: " + err.Error()

@@ -57,6 +57,11 @@ type ProviderConfig struct {
 	// network: the swarm is private (a swarm key: every peer in it was let
 	// in by its owner) and the provider's owner allows it.
 	HostNetOK bool
+	// NoHostNet: this provider refuses to run a member of several on its
+	// host network (--no-host-network), in a private swarm where others
+	// may: its bids say so (Bid.NoHostNet), and no submitter of this
+	// version puts it in a cluster that meets there.
+	NoHostNet bool
 	// Egress: this provider gives jobs that ask for it the internet (its
 	// node runs with --job-egress). Without it, requests whose Needs ask
 	// for egress get no bid: their members would run cut off.
@@ -271,6 +276,7 @@ func (r *Reservations) Bid(rfb RequestForBids, now time.Time) (Bid, error) {
 			continue
 		}
 		b.HostNet = r.cfg.NoJobNet && r.cfg.HostNetOK
+		b.NoHostNet = r.cfg.NoHostNet && !b.HostNet
 		if r.cfg.NoJobNet && !r.cfg.HostNetOK && (b.GPUs < needs.GPUs || (needs.PerNode != 0 && needs.PerNode < needs.GPUs)) {
 			notWhole = true
 			continue

@@ -694,3 +694,39 @@ func TestBidsExpireEachAtItsOwnTime(t *testing.T) {
 		t.Fatalf("%d bids after the renewed one's expiry, want none", all)
 	}
 }
+
+// A provider that refuses the host network says so in its bids, unless
+// its bids are for the host network themselves; a bid saying both is bad.
+func TestAProviderRefusingTheHostNetworkSaysSoInItsBids(t *testing.T) {
+	for _, tt := range []struct {
+		noJobNet, hostNetOK, noHostNet bool
+		wantHost, wantNoHost           bool
+	}{
+		{noHostNet: true, wantNoHost: true},
+		{noHostNet: false},
+		{noJobNet: true, hostNetOK: true, wantHost: true},
+	} {
+		r, err := NewReservations(ProviderConfig{
+			ID: testID(1), Unit: "USDC:6", Zone: "a", NoJobNet: tt.noJobNet, HostNetOK: tt.hostNetOK, NoHostNet: tt.noHostNet,
+			GPUs: []Capacity{{Class: "H100-80GB", Model: "H100", VRAMGB: 80, GPUs: 8, Price: usdc(200)}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := r.Bid(rfbOf(0, 1, needsOf(16, 8, Spread, usdc(250))), t0)
+		if err != nil {
+			t.Fatalf("%+v: no bid: %v", tt, err)
+		}
+		if b.HostNet != tt.wantHost || b.NoHostNet != tt.wantNoHost {
+			t.Errorf("%+v: bid hostNet %v noHostNet %v", tt, b.HostNet, b.NoHostNet)
+		}
+		if err := b.Check(); err != nil {
+			t.Errorf("%+v: its own bid: %v", tt, err)
+		}
+	}
+	b := bidOf(1, "H100-80GB", 8, usdc(200), "a")
+	b.HostNet, b.NoHostNet = true, true
+	if err := b.Check(); err == nil || !strings.Contains(err.Error(), "noHostNet") {
+		t.Errorf("a bid both for and refusing the host network: %v, want it bad", err)
+	}
+}

@@ -19,6 +19,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected transcripts of t
 //
 //	provider N gpus=8 price=2.00 zone=eu-west/ams1  provider N (test peer N) with 8 H100-80GB at 2.00 USDC/GPU-h
 //	provider N ... nojobnet=1 private=1   one that cannot make job networks, in a private swarm (or not)
+//	provider N ... nohostnet=1             one that refuses the host network (--no-host-network)
 //	submit gpus=16 perNode=8 placement=colocated max=2.50 expect=0 grace=20ms private=0
 //	steal N gpus=4    another job takes 4 GPUs of provider N (after its bid)
 //	deliver N         deliver the next N messages in order, 1 ms apart
@@ -80,6 +81,7 @@ func runScript(t *testing.T, script string) string {
 			m.provider(pos[0], uint32(num("gpus", 8)), price("price"), args["zone"])
 			r := m.provs[testID(pos[0])]
 			r.cfg.NoJobNet, r.cfg.HostNetOK = num("nojobnet", 0) == 1, num("private", 0) == 1
+			r.cfg.NoHostNet = num("nohostnet", 0) == 1
 		case "submit":
 			needs := needsOf(uint32(num("gpus", 8)), uint32(num("perNode", 0)), Placement(args["placement"]), price("max"))
 			cfg := NegotiationConfig{Expect: int(num("expect", 0)), Direct: num("direct", 0) == 1, Fanout: int(num("fanout", 0)), Private: num("private", 0) == 1}

@@ -34,6 +34,8 @@ type Member struct {
 	Zone     string
 	Addrs    []string
 	HostNet  bool `json:",omitempty"` // its bid's HostNet: its provider cannot make job networks
+	// NoHostNet: its bid's NoHostNet: its provider refuses the host network.
+	NoHostNet bool `json:",omitempty"`
 }
 
 // Cost is what a member costs per hour: GPUs times price.
@@ -180,8 +182,39 @@ func weighedCost(ms []Member, rank Ranking) float64 {
 	return c
 }
 
-// selectIn picks need GPUs from sorted usable bids under a placement.
+// selectIn picks need GPUs from sorted usable bids under a placement. A
+// cluster of several never mixes a HostNet bid (all would meet on the host
+// network) with a NoHostNet one (its provider refuses that): where both
+// are among the bids, the cheaper of the clusters without either is taken.
 func selectIn(sorted []Bid, need, perNode uint32, place Placement, rank Ranking) ([]Member, bool) {
+	if !slices.ContainsFunc(sorted, func(b Bid) bool { return b.HostNet }) || !slices.ContainsFunc(sorted, func(b Bid) bool { return b.NoHostNet }) {
+		return selectPlaced(sorted, need, perNode, place, rank)
+	}
+	jobNet := slices.DeleteFunc(slices.Clone(sorted), func(b Bid) bool { return b.HostNet })
+	hostNet := slices.DeleteFunc(slices.Clone(sorted), func(b Bid) bool { return b.NoHostNet })
+	a, okA := selectPlaced(jobNet, need, perNode, place, rank)
+	b, okB := selectPlaced(hostNet, need, perNode, place, rank)
+	switch {
+	case !okB:
+		return a, okA
+	case !okA:
+		return b, okB
+	}
+	if ca, cb := weighedCost(a, rank), weighedCost(b, rank); cb < ca || (cb == ca && len(b) < len(a)) {
+		return b, true
+	}
+	return a, true
+}
+
+// mixes reports whether a bid would mix the host network into a cluster
+// with ms that must not have it, or the reverse (see selectIn).
+func mixes(b Bid, ms []Member) bool {
+	return b.HostNet && slices.ContainsFunc(ms, func(m Member) bool { return m.NoHostNet }) ||
+		b.NoHostNet && slices.ContainsFunc(ms, func(m Member) bool { return m.HostNet })
+}
+
+// selectPlaced is selectIn for bids that all may meet in one cluster.
+func selectPlaced(sorted []Bid, need, perNode uint32, place Placement, rank Ranking) ([]Member, bool) {
 	if place != Colocated {
 		return take(sorted, need, perNode)
 	}
@@ -230,7 +263,7 @@ func take(sorted []Bid, need, perNode uint32) ([]Member, bool) {
 }
 
 func memberOf(b *Bid, gpus uint32) Member {
-	return Member{Provider: b.Provider, Class: b.Class, GPUs: gpus, Price: b.Price, Zone: b.Zone, Addrs: b.Addrs, HostNet: b.HostNet}
+	return Member{Provider: b.Provider, Class: b.Class, GPUs: gpus, Price: b.Price, Zone: b.Zone, Addrs: b.Addrs, HostNet: b.HostNet, NoHostNet: b.NoHostNet}
 }
 
 // HostNetwork reports whether a cluster's members meet over their
@@ -251,7 +284,7 @@ func spareBids(usable []Bid, chosen []Member, needs Needs) []Bid {
 	}
 	var spares []Bid
 	for _, b := range usable {
-		if !in[b.Provider] {
+		if !in[b.Provider] && !mixes(b, chosen) {
 			spares = append(spares, b)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -181,9 +182,16 @@ func bruteForce(bids []Bid, n Needs) (cost uint64, ok bool) {
 			}
 			var c uint64
 			z := ""
+			members, hostNet, noHostNet := 0, false, false
 			for j, g := range take {
 				if g == 0 {
 					continue
+				}
+				members++
+				hostNet = hostNet || bids[j].HostNet
+				noHostNet = noHostNet || bids[j].NoHostNet
+				if members > 1 && hostNet && noHostNet { // never a mix (selectIn)
+					return
 				}
 				if n.Placement == Colocated {
 					if z != "" && zone(bids[j]) != z {
@@ -238,6 +246,9 @@ func checkSelection(chosen []Member, bids []Bid, n Needs) error {
 	if sum != n.GPUs {
 		return fmt.Errorf("%d GPUs, need %d", sum, n.GPUs)
 	}
+	if len(chosen) > 1 && HostNetwork(chosen) && slices.ContainsFunc(chosen, func(m Member) bool { return m.NoHostNet }) {
+		return fmt.Errorf("a cluster on the host network with a member whose provider refuses it: %+v", chosen)
+	}
 	return nil
 }
 
@@ -262,6 +273,12 @@ func TestSelectIsAsCheapAsBruteForce(t *testing.T) {
 			b := bidOf(i+1, class, uint32(1+rng.IntN(4)), prices[rng.IntN(len(prices))], zones[rng.IntN(len(zones))])
 			if rng.IntN(8) == 0 {
 				b.LeaseSeconds = 1800
+			}
+			switch rng.IntN(5) { // a private swarm's: some cannot make job networks, some refuse the host's
+			case 0:
+				b.HostNet = true
+			case 1:
+				b.NoHostNet = true
 			}
 			bids = append(bids, b)
 		}

@@ -418,6 +418,9 @@ func (m *meshNet) deliver(msg Message) {
 		if v.HostNet {
 			host = " for the host network"
 		}
+		if v.NoHostNet {
+			host = " refusing the host network"
+		}
 		m.logf("bid %s %d GPUs at %s%s", m.names[v.Provider], v.GPUs, DefaultUnit.Format(v.Price), host)
 	case *Refusal:
 		m.logf("refuse %s: %s", m.names[v.Provider], v.Reason)

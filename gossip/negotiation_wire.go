@@ -173,6 +173,13 @@ type Bid struct {
 	// network (see HostNetwork). Sent only in a private swarm: a
 	// submitter in the public swarm takes no such bid.
 	HostNet bool `json:"hostNet,omitempty"`
+	// NoHostNet: this provider runs no member of several on its host's
+	// network (--no-host-network): the submitter never puts it in a
+	// cluster with a HostNet bid, where every member would run there. Sent
+	// only in a private swarm, the one place such clusters form. A peer of
+	// a version before it decodes bids strictly and would drop such a bid:
+	// the node sends it the bid without the mark.
+	NoHostNet bool `json:"noHostNet,omitempty"`
 }
 
 // Award is the submitter's lease offer to one member of a gang. Every member
@@ -324,6 +331,8 @@ func (m *Bid) Check() error {
 		return badNeg("price %d, want 1..%d", m.Price, uint64(MaxPrice))
 	case m.LeaseSeconds == 0 || m.LeaseSeconds > MaxLeaseSeconds:
 		return badNeg("lease of %d s, want 1..%d", m.LeaseSeconds, MaxLeaseSeconds)
+	case m.HostNet && m.NoHostNet:
+		return badNeg("bid both for the host network and refusing it (hostNet and noHostNet)")
 	}
 	if err := checkText("zone", m.Zone, maxZoneLen); err != nil {
 		return err

@@ -25,6 +25,7 @@ type topicCounters struct {
 	received, delivered, duplicates, rejected, ignored atomic.Uint64
 	mesh                                               atomic.Int64
 	sentBytes                                          atomic.Uint64 // of messages sent (own and forwarded), every copy
+	refusals                                           sync.Map      // refusalKey -> *atomic.Uint64 (reasons.go)
 }
 
 // statsTracer counts messages per joined topic for Gossip.Stats. GossipSub
@@ -78,11 +79,19 @@ func (s *statsTracer) RejectMessage(msg *pubsub.Message, reason string) {
 	if c == nil {
 		return
 	}
+	why := pubsubReason(reason)
+	if reason == pubsub.RejectValidationFailed || reason == pubsub.RejectValidationIgnored {
+		// A validator of ours says why in the message's ValidatorData.
+		err, _ := msg.ValidatorData.(error)
+		why = Reason(err)
+	}
 	switch reason {
 	case pubsub.RejectValidationIgnored, pubsub.RejectValidationThrottled, pubsub.RejectValidationQueueFull:
 		c.ignored.Add(1)
+		c.refuse("ignore", why)
 	default:
 		c.rejected.Add(1)
+		c.refuse("reject", why)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -77,6 +78,23 @@ type checkpointFetch struct {
 	replBytes    int64 // of replPending's blocks
 	replRunning  bool
 	lastReplicas []string // the peers that kept the last one replicated
+	// recv counts the checkpoint bytes read from member 0's provider in
+	// attempt recvAttempt, as they arrive (content.CountFrom): the most
+	// that member's receipt may say were sent.
+	recv        *atomic.Int64
+	recvAttempt int
+}
+
+// checkpointReceived is the checkpoint bytes this peer read from member
+// 0's provider of job id in attempt.
+func (n *Node) checkpointReceived(id string, attempt int) uint64 {
+	n.ckpts.mu.Lock()
+	defer n.ckpts.mu.Unlock()
+	cf := n.ckpts.jobs[id]
+	if cf == nil || cf.recv == nil || cf.recvAttempt != attempt {
+		return 0
+	}
+	return uint64(max(cf.recv.Load(), 0))
 }
 
 func (n *Node) checkpointFile(id string) (string, error) {
@@ -121,6 +139,9 @@ func (n *Node) checkpointArrived(j Job, provider peer.ID, f jobwire.CheckpointFr
 		n.ckpts.jobs[id] = cf
 	}
 	cf.pending, cf.attempt, cf.overran, cf.from = &f, attempt, overran, provider
+	if cf.recv == nil || cf.recvAttempt != attempt {
+		cf.recv, cf.recvAttempt = new(atomic.Int64), attempt
+	}
 	cf.replicas, cf.exclude = 0, nil
 	if j.Spec.Checkpoint != nil && j.Spec.Checkpoint.Replicas > 0 {
 		cf.replicas = j.Spec.Checkpoint.Replicas
@@ -140,7 +161,7 @@ func (n *Node) checkpointArrived(j Job, provider peer.ID, f jobwire.CheckpointFr
 		defer done()
 		for {
 			n.ckpts.mu.Lock()
-			next, attempt, overran, from := cf.pending, cf.attempt, cf.overran, cf.from
+			next, attempt, overran, from, recv := cf.pending, cf.attempt, cf.overran, cf.from, cf.recv
 			cf.pending = nil
 			if next == nil {
 				cf.running = false
@@ -148,7 +169,7 @@ func (n *Node) checkpointArrived(j Job, provider peer.ID, f jobwire.CheckpointFr
 				return
 			}
 			n.ckpts.mu.Unlock()
-			err := n.fetchCheckpoint(ctx, id, attempt, from, *next, cf)
+			err := n.fetchCheckpoint(content.CountFrom(ctx, from, recv), id, attempt, from, *next, cf)
 			switch {
 			case errors.Is(err, content.ErrTooBig):
 				overran(fmt.Sprintf("a checkpoint of more than %d bytes (--max-input-size)", n.maxInputSize()))
@@ -324,6 +345,31 @@ type checkpointSyncer struct {
 	note    func(string)
 	last    cid.Cid
 	granted []cid.Cid // the latest checkpointGrants granted to to, oldest first
+	// meter counts what to read of the checkpoints granted (content.Meter):
+	// the receipt's checkpoint bytes. nil: none kept (to is this peer).
+	meter *content.Meter
+}
+
+// checkpointSettleWait bounds how long member 0's provider waits, before
+// it signs the receipt, for the submitter to finish fetching the last
+// checkpoint sent (its fetch began with the frame, before the outputs).
+const checkpointSettleWait = 10 * time.Second
+
+// bytesRead is the checkpoint bytes the submitter read to the end of
+// their streams: what the receipt says was sent, a number the submitter
+// has counted too (it refuses a receipt that says more). It waits first,
+// at most checkpointSettleWait, for the fetch of the last checkpoint sent
+// to end.
+func (s *checkpointSyncer) bytesRead(ctx context.Context) uint64 {
+	if s.meter == nil {
+		return 0
+	}
+	if s.last.Defined() {
+		wctx, cancel := context.WithTimeout(ctx, checkpointSettleWait)
+		s.meter.Wait(wctx, s.last)
+		cancel()
+	}
+	return uint64(max(s.meter.Bytes(), 0))
 }
 
 func (s *checkpointSyncer) sync(ctx context.Context) {
@@ -337,7 +383,11 @@ func (s *checkpointSyncer) sync(ctx context.Context) {
 	if root.CID == s.last {
 		return
 	}
-	if err := s.n.content.Grant(ctx, root.CID, s.to); err != nil {
+	grant := func() error { return s.n.content.Grant(ctx, root.CID, s.to) }
+	if s.meter != nil {
+		grant = func() error { return s.n.content.GrantMetered(ctx, root.CID, s.meter) }
+	}
+	if err := grant(); err != nil {
 		if ctx.Err() == nil {
 			s.note("checkpoint not synced: " + err.Error())
 		}

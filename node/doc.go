@@ -21,7 +21,8 @@
 //	api.go            the local API: every route, in one table
 //	client.go         the typed client of the local API (the CLI's)
 //	explorer.go       the read-only web page of the swarm
-//	metrics.go        Prometheus metrics
+//	metrics.go        Prometheus metrics; what this peer refused of other
+//	                  peers, by what and why (never by peer)
 //
 // A job, in the order it moves:
 //
@@ -113,7 +114,9 @@
 //	                UnixFS add, bitswap fetch under the swarm's prefix
 //	                (FetchFrom: bulk streams from peers known to hold
 //	                the DAG first: inputs, images, checkpoints),
-//	                provider records in the DHT (it links the host, not the node)
+//	                provider records in the DHT, meters of what a peer
+//	                read of roots granted it (checkpoint bytes in the
+//	                receipt) (it links the host, not the node)
 //	node/images     container images as content: docker save's stream
 //	                to checked blobs and a Manifest, and back to what
 //	                docker load reads, each digest checked

@@ -226,6 +226,9 @@ type ExplorerReceipt struct {
 	ConsumerSig string  `json:"consumerSig,omitempty"` // hex; absent until countersigned
 	Verified    bool    `json:"verified"`              // both signatures check
 	Paid        uint64  `json:"paid,omitempty"`
+	// CheckpointBytes: the job's checkpoint bytes its provider sent the
+	// consumer (member 0's), as signed by both.
+	CheckpointBytes uint64 `json:"checkpointBytes,omitempty"`
 	// Anchoring, where this peer anchors the receipt (its provider, with
 	// --solana-rpc): pending, batched or anchored, and the memo
 	// transaction once anchored.
@@ -687,7 +690,7 @@ func (e *explorer) state() ExplorerState {
 		er := ExplorerReceipt{
 			Key: r.Key(), Job: r.Job, Attempt: r.Attempt, Rank: r.Rank, Provider: r.Provider, Consumer: r.Consumer,
 			Class: r.Class, GPUs: r.GPUs, GPUSeconds: r.GPUSeconds(), Price: r.Price, Amount: r.Amount, Unit: r.Unit,
-			ExitCode: r.ExitCode, Start: r.Start, End: r.End, Paid: r.Paid,
+			ExitCode: r.ExitCode, Start: r.Start, End: r.End, Paid: r.Paid, CheckpointBytes: r.CheckpointBytes,
 			ProviderSig: hex.EncodeToString(sr.ProviderSig),
 		}
 		if len(sr.ConsumerSig) > 0 {

@@ -89,3 +89,7 @@ func (n *Node) StallJobStore() (release func(), err error) { return n.store.Stal
 // RaceRetries is how often one attempt of a job negotiates again after a
 // provider refused an award (raceRetries).
 const RaceRetries = raceRetries
+
+// Refused is how many refusals of what (rfb_direct, negotiate, bill, ...)
+// for why this peer counted (its gpumesh_refused_total).
+func (n *Node) Refused(what, why string) uint64 { return n.refusedBy.count(what, why) }

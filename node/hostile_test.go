@@ -55,6 +55,9 @@ func TestProviderIsNotPaidForTimeItDidNotWork(t *testing.T) {
 	if !strings.Contains(log, "interval 1 was billed already") {
 		t.Errorf("the log does not say the second bill of interval 1 was refused:\n%s", log)
 	}
+	if a, b := sub.Refused("bill", "longer_than_worked"), sub.Refused("bill", "duplicate_interval"); a != 1 || b != 1 {
+		t.Errorf("bills refused counted (gpumesh_refused_total): %d longer than worked, %d duplicate; want 1, 1", a, b)
+	}
 	if j.State != node.JobFailed || !strings.Contains(j.Reason, "its provider billed what it is not owed") {
 		t.Errorf("job %s (%s): want failed, the provider's fault", j.State, j.Reason)
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sort"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +32,7 @@ func (n *Node) startMetrics() error {
 		gauge("gossip_peers", "Connected peers that speak GossipSub.", func() float64 { return float64(n.gossip.Peers()) }),
 		gauge("uptime_seconds", "Seconds since the node started.", func() float64 { return time.Since(n.started).Seconds() }),
 	)
+	n.reg.MustRegister(refusalCollector{n})
 	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "gpumesh", Name: "build_info", Help: "Version and swarm of this peer."}, []string{"version", "swarm"})
 	info.WithLabelValues(n.cfg.version(), n.cfg.Swarm.ID()).Set(1)
 	n.reg.MustRegister(info)
@@ -50,4 +53,97 @@ func (n *Node) startMetrics() error {
 	}()
 	n.log.Info("metrics", "url", "http://"+l.Addr().String()+"/metrics")
 	return nil
+}
+
+// refusals counts what this peer refused or dropped of other peers'
+// messages, by what and why. Both come from fixed sets (never a peer ID
+// or a peer's own words), so the metric's series stay few however many
+// strangers misbehave. Its zero value counts.
+type refusals struct {
+	mu sync.Mutex           // guards n
+	n  map[[2]string]uint64 // {what, why} -> count
+}
+
+// add counts one refusal.
+func (r *refusals) add(what, why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.n == nil {
+		r.n = map[[2]string]uint64{}
+	}
+	r.n[[2]string{what, why}]++
+}
+
+// count is how many refusals of what for why were counted.
+func (r *refusals) count(what, why string) uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n[[2]string{what, why}]
+}
+
+// Kinds of refusal (refusals.add's what).
+const (
+	refusedRFBDirect = "rfb_direct" // a request for bids sent to this provider directly
+	refusedRFBQueue  = "rfb_queue"  // an accepted request for bids pushed out of its full queue
+	refusedNegotiate = "negotiate"  // a direct negotiation message (bid, award, answer, ...)
+	refusedBill      = "bill"       // a provider's bill (attempt.Bill*)
+	refusedReceipt   = "receipt"    // a provider's receipt, not countersigned
+)
+
+var (
+	refusedDesc = prometheus.NewDesc("gpumesh_refused_total",
+		"Messages of other peers this peer refused, by what (rfb_direct, rfb_queue, negotiate, bill, receipt) and why.", []string{"what", "reason"}, nil)
+	negDroppedDesc = prometheus.NewDesc("gpumesh_negotiation_dropped_total",
+		"Direct negotiation messages dropped by the fair queue: peer_bound (its peer had its bound being read or waiting), full (the queue was full), pushed_out (the newest of the peer with the most waiting made room).", []string{"reason"}, nil)
+	gossipRefusedDesc = prometheus.NewDesc("gpumesh_gossip_refused_total",
+		"Messages of a topic refused by its validator or GossipSub: reject (the delivering peer loses score) or ignore, by reason.", []string{"topic", "verdict", "reason"}, nil)
+	forgersDesc = prometheus.NewDesc("gpumesh_content_forgers_cut_total",
+		"Peers disconnected for sending blocks that do not hash to the CID asked, or over the size limit.", nil, nil)
+)
+
+// refusalCollector reads the refusal counts at each scrape.
+type refusalCollector struct{ n *Node }
+
+func (c refusalCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- refusedDesc
+	ch <- negDroppedDesc
+	ch <- gossipRefusedDesc
+	ch <- forgersDesc
+}
+
+func (c refusalCollector) Collect(ch chan<- prometheus.Metric) {
+	n := c.n
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	n.refusedBy.mu.Lock()
+	keys := make([][2]string, 0, len(n.refusedBy.n))
+	for k := range n.refusedBy.n {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, k int) bool { return keys[i][0]+"\x00"+keys[i][1] < keys[k][0]+"\x00"+keys[k][1] })
+	counts := make([]uint64, len(keys))
+	for i, k := range keys {
+		counts[i] = n.refusedBy.n[k]
+	}
+	n.refusedBy.mu.Unlock()
+	for i, k := range keys {
+		counter(refusedDesc, counts[i], k[0], k[1])
+	}
+	if q := n.negQueue; q != nil {
+		n.negQMu.Lock()
+		d := q.Drops()
+		n.negQMu.Unlock()
+		counter(negDroppedDesc, d.PeerBound, "peer_bound")
+		counter(negDroppedDesc, d.Full, "full")
+		counter(negDroppedDesc, d.PushedOut, "pushed_out")
+	}
+	if n.gossip != nil {
+		for _, r := range n.gossip.Refusals() {
+			counter(gossipRefusedDesc, r.Count, r.Topic, r.Verdict, r.Reason)
+		}
+	}
+	if n.content != nil {
+		counter(forgersDesc, uint64(max(n.content.ForgersCut(), 0)))
+	}
 }

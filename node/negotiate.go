@@ -173,6 +173,7 @@ func (n *Node) startJobs(ctx context.Context) error {
 	n.host.SetStreamHandler(NegotiateProtocol, n.handleNegotiate)
 	n.host.SetStreamHandler(RFBProtocol, n.handleRFB)
 	n.host.SetStreamHandler(jobwire.Protocol, n.handleJob)
+	n.host.SetStreamHandler(jobwire.Protocol11, n.handleJob)
 	n.host.SetStreamHandler(sessionwire.Protocol, n.handleSession)
 	n.host.SetStreamHandler(jobwire.ReplicaProtocol, n.handleReplica)
 	n.jobnet = jobnet.New(n.host, jobnet.Config{Log: n.log})
@@ -200,6 +201,7 @@ func (n *Node) closeJobs() error {
 		n.host.RemoveStreamHandler(NegotiateProtocol)
 		n.host.RemoveStreamHandler(RFBProtocol)
 		n.host.RemoveStreamHandler(jobwire.Protocol)
+		n.host.RemoveStreamHandler(jobwire.Protocol11)
 		n.host.RemoveStreamHandler(sessionwire.Protocol)
 	}
 	if n.jobnet != nil {
@@ -222,6 +224,7 @@ func (n *Node) closeJobs() error {
 func (n *Node) validateRFB(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 	n.rfbChecked.Add(1)
 	if len(m.Data) > gossip.MaxNegotiationSize { // before taking the lock
+		m.ValidatorData = gossip.ErrBadNegotiation // why, for the refusals counted (gossip.Refusals)
 		return pubsub.ValidationReject
 	}
 	rfb, err := gossip.UnmarshalRequestForBids(m.Data) // outside the lock: decoding is most of the work
@@ -237,9 +240,11 @@ func (n *Node) validateRFB(_ context.Context, from peer.ID, m *pubsub.Message) p
 		return pubsub.ValidationAccept
 	case gossip.Ignore:
 		n.log.Debug("request for bids ignored", "from", from, "signer", m.GetFrom(), "err", err)
+		m.ValidatorData = err // why, for the refusals counted (gossip.Refusals)
 		return pubsub.ValidationIgnore
 	}
 	n.log.Debug("request for bids rejected", "from", from, "signer", m.GetFrom(), "err", err)
+	m.ValidatorData = err
 	return pubsub.ValidationReject
 }
 
@@ -318,6 +323,7 @@ func (n *Node) readRFBs(ctx context.Context) {
 func (n *Node) queueRFB(rfb *gossip.RequestForBids, direct bool) {
 	n.rfbQMu.Lock()
 	if n.rfbQueue.Push(*rfb, direct) > 0 {
+		n.refusedBy.add(refusedRFBQueue, "pushed_out")
 		n.log.Debug("requests for bids waiting: one pushed out", "submitter", rfb.Submitter)
 	}
 	n.rfbQMu.Unlock()
@@ -352,6 +358,7 @@ func (n *Node) handleRFB(s network.Stream) {
 	refused := n.directVal.Refuses(from, n.now())
 	n.rfbMu.Unlock()
 	if refused {
+		n.refusedBy.add(refusedRFBDirect, "rate")
 		n.log.Debug("direct request for bids refused: submitter over its rate", "from", from)
 		_ = s.Reset()
 		return
@@ -365,6 +372,7 @@ func (n *Node) handleRFB(s network.Stream) {
 	}
 	rfb, err := n.admitDirectRFB(data, from)
 	if err != nil {
+		n.refusedBy.add(refusedRFBDirect, gossip.Reason(err))
 		n.log.Debug("direct request for bids refused", "from", from, "err", err)
 		_ = s.Reset()
 		return
@@ -537,6 +545,7 @@ func (n *Node) handleNegotiate(s network.Stream) {
 		err = fmt.Errorf("%w: a request for bids on %s; send it on %s", gossip.ErrBadNegotiation, NegotiateProtocol, RFBProtocol)
 	}
 	if err != nil {
+		n.refusedBy.add(refusedNegotiate, gossip.Reason(err))
 		n.log.Debug("negotiation message refused", "from", s.Conn().RemotePeer(), "err", err)
 		_ = s.Reset()
 		return
@@ -862,6 +871,12 @@ func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg go
 			// next message to it needs no new one (tagged once it is
 			// open: the connection manager tags connected peers only).
 			n.host.ConnManager().TagPeer(to, askedTag, askedTagValue)
+		}
+		if m, older := n.bidForPeer(to, msg); older { // identified by now (NewStream)
+			if data, err = n.sealNegotiation(m); err != nil {
+				_ = s.Reset()
+				return
+			}
 		}
 		stop := context.AfterFunc(sctx, func() { _ = s.Reset() })
 		defer stop()

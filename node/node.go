@@ -225,6 +225,8 @@ type Node struct {
 	reg      *prometheus.Registry
 	started  time.Time
 
+	refusedBy refusals // what this peer refused of other peers, by what and why (metrics.go)
+
 	bootMu sync.Mutex // guards boot
 	boot   []BootstrapState
 

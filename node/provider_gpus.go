@@ -12,6 +12,7 @@ import (
 	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/node/jobnet"
+	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -64,6 +65,7 @@ func (n *Node) newReservations() (*gossip.Reservations, error) {
 	return gossip.NewReservations(gossip.ProviderConfig{
 		ID: n.id.PeerID, Unit: n.PriceUnit().String(), Zone: n.cfg.Region, Addrs: addrs, GPUs: caps,
 		NoJobNet: noJobNet, HostNetOK: hostNetOK, Egress: n.cfg.JobEgress,
+		NoHostNet: n.cfg.Swarm.Private() && n.cfg.NoHostNetwork, // said where host-network clusters form
 	})
 }
 
@@ -235,3 +237,23 @@ func probeJobNet(n *Node) error {
 
 // jobNetProbe, when set, replaces jobnet.Probe, given the node's region.
 var jobNetProbe atomic.Pointer[func(region string) error]
+
+// bidForPeer is msg as it goes to peer to: a bid marked NoHostNet goes
+// without the mark (older true) to a submitter of a version before it,
+// which decodes bids strictly and would drop the whole bid; that
+// submitter may then put this provider in a cluster on the host network,
+// and the member is refused at its start, as before. A peer of this
+// version serves jobwire.Protocol11, which came with the mark; one whose
+// protocols are not known (identify has not run) counts as older.
+func (n *Node) bidForPeer(to peer.ID, msg gossip.Message) (m gossip.Message, older bool) {
+	b, ok := msg.(*gossip.Bid)
+	if !ok || !b.NoHostNet {
+		return msg, false
+	}
+	if ps, err := n.host.Peerstore().SupportsProtocols(to, jobwire.Protocol11); err == nil && len(ps) > 0 {
+		return msg, false
+	}
+	plain := *b
+	plain.NoHostNet = false
+	return &plain, true
+}

@@ -110,11 +110,12 @@ func (n *Node) closeMembers() {
 }
 
 func (n *Node) handleJob(s network.Stream) {
-	n.serveMember(s, s.Conn().RemotePeer())
+	n.serveMember(s, s.Conn().RemotePeer(), s.Protocol() == jobwire.Protocol11)
 }
 
-// serveMember runs one member of a job for the peer from.
-func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
+// serveMember runs one member of a job for the peer from; readsCkpt: the
+// submitter reads a receipt's checkpoint bytes (jobwire.Protocol11).
+func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID, readsCkpt bool) {
 	ctx, done := n.lifeContext()
 	if ctx == nil {
 		_ = rw.Close()
@@ -424,6 +425,10 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 		ckSync = &checkpointSyncer{n: n, dir: ckDir, to: from, send: fw.Write, note: func(msg string) {
 			_, _ = jobwire.NewLogWriter(fw, "err").Write([]byte("gpumesh: " + msg + "\n"))
 		}}
+		if from != n.id.PeerID { // what the submitter reads of its checkpoints, for the receipt
+			ckSync.meter = n.content.NewMeter(from)
+			defer ckSync.meter.Close()
+		}
 		defer ckSync.revokeLater()
 		ckWG.Add(1)
 		go func() { defer ckWG.Done(); ckSync.run(ckCtx, st.Spec.Checkpoint.Interval()) }()
@@ -527,6 +532,9 @@ func (n *Node) serveMember(rw io.ReadWriteCloser, from peer.ID) {
 	}
 	r.MeterPaused(uint32(len(gpus)), res.Start, res.End, set.paused, held.Price)
 	r.Paid, r.Payments = set.paid, set.payments
+	if readsCkpt && ckSync != nil {
+		r.CheckpointBytes = ckSync.bytesRead(ctx)
+	}
 	key, err := n.ed25519Key()
 	if err != nil {
 		n.log.Error("receipt not signed", "job", st.Job, "err", err)

@@ -301,11 +301,15 @@ func (n *Node) runJob(ctx context.Context, id string) {
 					}
 				}()
 			}
+			for _, b := range rd.Refused {
+				n.refusedBy.add(refusedBill, b.Kind)
+			}
 			for _, r := range rd.Countersign {
 				why := n.signReceipt(conns[r], signed[r])
 				_ = a.Step(attempt.Countersigned{Rank: r, Err: why}, n.now())
 			}
 			for _, d := range rd.Decline { // its provider records why
+				n.refusedBy.add(refusedReceipt, "declined")
 				if c := conns[d.Rank]; c != nil {
 					go func() {
 						_ = c.fw.Write(jobwire.Frame{T: jobwire.KindError, Reason: text.Cut(d.Reason, jobwire.MaxText)})
@@ -494,10 +498,15 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 			send(runEvent{ev: attempt.Billed{Rank: r, Bill: attempt.Bill{Interval: b.Interval, Millis: b.Millis, Amount: b.Lamports, Ref: b.Ref}}})
 		case jobwire.KindReceipt:
 			rc := f.Receipt.Receipt
+			var ckpt uint64 // what this peer read of member 0's checkpoints, on its own count
+			if r == 0 && j.Spec.Checkpoint != nil {
+				ckpt = n.checkpointReceived(j.ID, j.Attempt)
+			}
 			send(runEvent{ev: attempt.Receipted{Rank: r, Receipt: attempt.Receipt{
 				Job: rc.Job, Attempt: rc.Attempt, Rank: rc.Rank, Provider: rc.Provider, Consumer: rc.Consumer, Class: rc.Class, GPUs: rc.GPUs,
 				Price: rc.Price, ExitCode: rc.ExitCode, ResultHash: rc.ResultHash, Start: rc.Start, End: rc.End, Paid: rc.Paid, Payments: rc.Payments,
-			}}, sr: f.Receipt})
+				CheckpointBytes: rc.CheckpointBytes,
+			}, CheckpointReceived: ckpt}, sr: f.Receipt})
 		case jobwire.KindLog:
 			send(runEvent{ev: attempt.Heard{Rank: r}, log: f.Data})
 		case jobwire.KindImage:
@@ -522,7 +531,7 @@ func (n *Node) startMember(ctx context.Context, j Job, cfg attempt.Config, s att
 func (n *Node) openMember(ctx context.Context, m gossip.Member) (*memberConn, error) {
 	if m.Provider == n.id.PeerID {
 		a, b := net.Pipe()
-		go n.serveMember(b, n.id.PeerID)
+		go n.serveMember(b, n.id.PeerID, true)
 		return &memberConn{rw: a, fw: jobwire.NewWriter(a), ip: "127.0.0.1"}, nil
 	}
 	sctx, cancel := context.WithTimeout(ctx, startTimeout)
@@ -531,7 +540,7 @@ func (n *Node) openMember(ctx context.Context, m gossip.Member) (*memberConn, er
 	if err := n.reachPeer(sctx, m.Provider, true); err != nil {
 		return nil, err
 	}
-	s, err := n.host.NewStream(sctx, m.Provider, jobwire.Protocol)
+	s, err := n.host.NewStream(sctx, m.Provider, jobwire.Protocol11, jobwire.Protocol)
 	if err != nil {
 		return nil, err
 	}

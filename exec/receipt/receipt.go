@@ -78,7 +78,20 @@ type Receipt struct {
 	PausedMillis uint64   `json:"pausedMillis,omitempty"` // time the work was paused (a late payment): not billed
 	Paid         uint64   `json:"paid,omitempty"`         // confirmed payments, in Unit's smallest unit
 	Payments     []string `json:"payments,omitempty"`     // their transaction signatures
+
+	// CheckpointBytes is the bytes of the job's checkpoints (member 0's)
+	// that the provider sent the consumer while the member ran, on streams
+	// the consumer read to their end: a count the consumer checks against
+	// its own before it countersigns (it refuses a larger one). Bytes a
+	// checkpoint replica received are not in it: they move between the
+	// consumer and the replica, not this provider. Zero is left out of the
+	// JSON, so a receipt without checkpoint bytes signs the same bytes as
+	// before the field was added.
+	CheckpointBytes uint64 `json:"checkpointBytes,omitempty"`
 }
+
+// MaxCheckpointBytes bounds a receipt's CheckpointBytes (a petabyte).
+const MaxCheckpointBytes = 1 << 50
 
 // Signed is a receipt with its provider's signature and, once the
 // consumer has checked it, the consumer's; or, where the consumer refused,
@@ -217,6 +230,8 @@ func (r Receipt) Check() error {
 		return bad("result hash %q is not 64 lowercase hex digits", clipText(r.ResultHash))
 	case r.Util < -1 || r.Util > 100:
 		return bad("utilization %d%%", r.Util)
+	case r.CheckpointBytes > MaxCheckpointBytes:
+		return bad("%d checkpoint bytes, at most %d", r.CheckpointBytes, uint64(MaxCheckpointBytes))
 	}
 	for _, p := range r.Payments {
 		if p == "" || len(p) > 100 {

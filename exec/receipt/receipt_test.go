@@ -774,3 +774,66 @@ func TestReceiptMarkedUnsignedIsTheProvidersSignedWord(t *testing.T) {
 		t.Error("the leaf of a receipt marked unsigned does not hold the reason")
 	}
 }
+
+// Receipts signed before CheckpointBytes existed (testdata, written and
+// signed by that code) still parse and verify, and hash to the same
+// anchoring leaf: a zero count is left out of the signed bytes.
+func TestReceiptsOfTheFormatBeforeCheckpointBytesStillVerify(t *testing.T) {
+	for _, name := range []string{"v1-countersigned", "v1-unsigned"} {
+		t.Run(name, func(t *testing.T) {
+			data, err := os.ReadFile(filepath.Join("testdata", name+".json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			leaf, err := os.ReadFile(filepath.Join("testdata", name+".leaf"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := receipt.Parse(data)
+			if err != nil {
+				t.Fatalf("parse: %v", err)
+			}
+			if err := s.VerifyRecord(); err != nil {
+				t.Fatalf("verify: %v", err)
+			}
+			if s.Receipt.CheckpointBytes != 0 {
+				t.Fatalf("checkpoint bytes %d, want 0", s.Receipt.CheckpointBytes)
+			}
+			h := sha256.Sum256(append([]byte{0}, s.LeafData()...)) // chain.LeafHash
+			if got, want := hex.EncodeToString(h[:]), strings.TrimSpace(string(leaf)); got != want {
+				t.Fatalf("leaf %s, want %s as anchored", got, want)
+			}
+			if bytes.Contains(s.Receipt.SigningBytes(), []byte("checkpoint")) {
+				t.Fatalf("signing bytes name checkpoints: %s", s.Receipt.SigningBytes())
+			}
+		})
+	}
+}
+
+// Checkpoint bytes are signed by both parties: changing them breaks both
+// signatures; a count over the bound is refused.
+func TestReceiptCheckpointBytesAreSigned(t *testing.T) {
+	p, c := rcptKey(t), rcptKey(t)
+	r := rcptReceipt(p, c)
+	r.CheckpointBytes = 10 << 20
+	s, err := receipt.Sign(r, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Countersign(c); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(s)
+	if !bytes.Contains(data, []byte(`"checkpointBytes":10485760`)) {
+		t.Fatalf("encoded receipt lacks its checkpoint bytes: %s", data)
+	}
+	got, err := receipt.Parse(data)
+	if err != nil || got.Verify() != nil || got.Receipt.CheckpointBytes != 10<<20 {
+		t.Fatalf("round trip: %v, %+v", err, got.Receipt)
+	}
+	got.Receipt.CheckpointBytes++
+	wantBad(t, got.VerifyProvider(), "provider signature does not match")
+	r.CheckpointBytes = receipt.MaxCheckpointBytes + 1
+	_, err = receipt.Sign(r, p)
+	wantBad(t, err, "checkpoint bytes")
+}

@@ -73,8 +73,20 @@ type Payment struct {
 type RefusedBill struct {
 	Rank   int
 	Bill   Bill
+	Kind   string // why, in a word (Bill*): a metric's label
 	Reason string
 }
+
+// Why a bill was refused (RefusedBill.Kind).
+const (
+	BillNotSettling      = "not_settling"       // this peer pays nothing on chain
+	BillIntervalZero     = "interval_zero"      // intervals count from 1
+	BillDuplicate        = "duplicate_interval" // the interval was billed already
+	BillBeforeStart      = "before_start"       // the member's work had not started
+	BillAfterExit        = "after_exit"         // it came after the member's exit
+	BillAboveLease       = "above_lease"        // more than the lease allows for its time
+	BillLongerThanWorked = "longer_than_worked" // more time than this peer saw the member work
+)
 
 // Done is how the attempt ended.
 type Done struct {
@@ -425,7 +437,7 @@ func (a *Attempt) step(ev Event, now time.Time) error {
 	case Billed:
 		a.bill(m, e.Bill, now)
 	case Receipted:
-		a.receipted(m, e.Receipt, now)
+		a.receipted(m, e, now)
 	case Overran:
 		a.overran(m, e.Reason, now)
 	}
@@ -570,18 +582,18 @@ func (a *Attempt) exited(m *member, x Exited, now time.Time) {
 	a.dirty = true
 }
 
-func (a *Attempt) receipted(m *member, sr Receipt, now time.Time) {
+func (a *Attempt) receipted(m *member, e Receipted, now time.Time) {
 	r := m.run.Rank
 	m.receipted = true
 	if m.signing || m.run.Receipt != "" {
 		return // one receipt a member
 	}
-	why := CheckReceipt(sr, Expect{
+	why := CheckReceipt(e.Receipt, Expect{
 		Job: a.cfg.Job, Attempt: a.cfg.Attempt, Rank: r,
 		Provider: m.Provider, Consumer: a.cfg.Consumer,
 		Class: m.Class, GPUs: m.GPUs, Price: m.Price,
 		Exited: m.exited, ExitCode: m.run.ExitCode, ResultHash: m.resultHash,
-		Started: m.run.Started, Payments: m.paid,
+		Started: m.run.Started, Payments: m.paid, CheckpointReceived: e.CheckpointReceived,
 	}, now)
 	if why == "" {
 		m.signing = true

@@ -203,7 +203,7 @@ func TestBillsOfAMemberLostAreBoundedByItsLoss(t *testing.T) {
 	mustStep(t, a, Billed{Rank: 1, Bill: Bill{Interval: 1, Millis: 20_000, Amount: 40_000}}, t0.Add(time.Minute))
 	mustStep(t, a, Billed{Rank: 1, Bill: Bill{Interval: 2, Millis: 10_000, Amount: 20_000}}, t0.Add(time.Minute))
 	rd := a.Ready()
-	if len(rd.Refused) != 1 || rd.Refused[0].Bill.Interval != 1 || !strings.Contains(rd.Refused[0].Reason, "saw the member work 10s") {
+	if len(rd.Refused) != 1 || rd.Refused[0].Bill.Interval != 1 || rd.Refused[0].Kind != BillLongerThanWorked || !strings.Contains(rd.Refused[0].Reason, "saw the member work 10s") {
 		t.Fatalf("refused %+v, want interval 1, longer than the 10 s worked", rd.Refused)
 	}
 	if len(rd.Pay) != 1 || rd.Pay[0].Bill.Interval != 2 {

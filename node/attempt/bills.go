@@ -11,12 +11,12 @@ import (
 // by what this peer measured (see the package doc).
 func (a *Attempt) bill(m *member, b Bill, now time.Time) {
 	r := m.run.Rank
-	refuse := func(why string) {
-		a.ready.Refused = append(a.ready.Refused, RefusedBill{Rank: r, Bill: b, Reason: why})
+	refuse := func(kind, why string) {
+		a.ready.Refused = append(a.ready.Refused, RefusedBill{Rank: r, Bill: b, Kind: kind, Reason: why})
 		a.note(why)
 	}
 	if !a.cfg.Settles {
-		refuse(fmt.Sprintf("%s sent a bill of %s, but this peer pays nothing on chain (no --solana-rpc, or neither --token-mint nor the unit SOL:9)",
+		refuse(BillNotSettling, fmt.Sprintf("%s sent a bill of %s, but this peer pays nothing on chain (no --solana-rpc, or neither --token-mint nor the unit SOL:9)",
 			a.name(r), a.money(b.Amount)))
 		return
 	}
@@ -24,29 +24,29 @@ func (a *Attempt) bill(m *member, b Bill, now time.Time) {
 	// The rest are the provider's fault: the bill is refused and a member
 	// still at work is stopped with the job.
 	fault := refuse
-	refuse = func(why string) {
-		fault(why)
+	refuse = func(kind, why string) {
+		fault(kind, why)
 		a.overbilled(m, fmt.Sprintf("bill %d: %s", b.Interval, strings.TrimPrefix(why, refused)), now)
 	}
 	if b.Interval < 1 {
-		refuse(refused + "intervals count from 1")
+		refuse(BillIntervalZero, refused+"intervals count from 1")
 		return
 	}
 	if m.intervals[b.Interval] {
-		refuse(refused + fmt.Sprintf("interval %d was billed already", b.Interval))
+		refuse(BillDuplicate, refused+fmt.Sprintf("interval %d was billed already", b.Interval))
 		return
 	}
 	m.intervals[b.Interval] = true
 	if m.startedSeen.IsZero() {
-		refuse(refused + "the member's work has not started")
+		refuse(BillBeforeStart, refused+"the member's work has not started")
 		return
 	}
 	if m.exited {
-		refuse(refused + "it came after the member's exit (a member's last bill comes before its exit and outputs)")
+		refuse(BillAfterExit, refused+"it came after the member's exit (a member's last bill comes before its exit and outputs)")
 		return
 	}
 	if most := amount(m.Price, m.GPUs, b.Millis); b.Amount > most {
-		refuse(refused + fmt.Sprintf("%s for %d GPUs over %d ms at %s/GPU-h is more than the %s the lease allows",
+		refuse(BillAboveLease, refused+fmt.Sprintf("%s for %d GPUs over %d ms at %s/GPU-h is more than the %s the lease allows",
 			a.money(b.Amount), m.GPUs, b.Millis, a.money(m.Price), a.money(most)))
 		return
 	}
@@ -61,7 +61,7 @@ func (a *Attempt) bill(m *member, b Bill, now time.Time) {
 		if carry != 0 {
 			total = ^uint64(0)
 		}
-		refuse(refused + fmt.Sprintf("its bills come to %s of work, but this peer saw the member work %s (%s of slack allowed)",
+		refuse(BillLongerThanWorked, refused+fmt.Sprintf("its bills come to %s of work, but this peer saw the member work %s (%s of slack allowed)",
 			msDuration(total), worked.Round(time.Millisecond), a.cfg.BillSlack))
 		return
 	}

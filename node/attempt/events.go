@@ -76,6 +76,11 @@ type Paid struct {
 type Receipted struct {
 	Rank    int
 	Receipt Receipt
+	// CheckpointReceived is the checkpoint bytes this peer read from the
+	// member's provider in this attempt, counted as they arrived (before
+	// the stream that carried them was closed): the most its receipt may
+	// claim.
+	CheckpointReceived uint64
 }
 
 // Countersigned reports a Countersign decision: the receipt was signed,

@@ -24,6 +24,9 @@ type Receipt struct {
 	Start, End int64 // unix ms, the provider's clock
 	Paid       uint64
 	Payments   []string // transaction signatures
+	// CheckpointBytes: the checkpoint bytes its provider says it sent
+	// this peer (member 0's; 0 for the others).
+	CheckpointBytes uint64
 }
 
 // Expect is what this peer saw and agreed of a member's run.
@@ -41,6 +44,10 @@ type Expect struct {
 	ResultHash string            // of the exit code and the outputs received
 	Started    time.Time         // when the member says its work started
 	Payments   map[string]uint64 // payments this peer made to it: signature → amount
+	// CheckpointReceived is the checkpoint bytes this peer read from the
+	// member's provider in this attempt, on its own count: a receipt may
+	// claim as many, never more.
+	CheckpointReceived uint64
 }
 
 // ReceiptSlack is how much longer than the member ran, as this peer saw it,
@@ -85,6 +92,8 @@ func CheckReceipt(r Receipt, want Expect, now time.Time) string {
 		return "its result does not match the exit code and outputs received"
 	case r.End < r.Start:
 		return "it ends before it starts"
+	case r.CheckpointBytes > want.CheckpointReceived:
+		return fmt.Sprintf("it says %d checkpoint bytes were sent, this peer received %d", r.CheckpointBytes, want.CheckpointReceived)
 	}
 	ran := now.Sub(want.Started) + ReceiptSlack
 	if ms := uint64(r.End) - uint64(r.Start); ran < 0 || ms > uint64(ran/time.Millisecond) {

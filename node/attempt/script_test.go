@@ -337,7 +337,8 @@ func runScript(t *testing.T, script string) string {
 				}
 				slices.Sort(rc.Payments)
 			}
-			h.step(Receipted{Rank: r, Receipt: rc}, line)
+			rc.CheckpointBytes = uint64(num("ckpt", 0))
+			h.step(Receipted{Rank: r, Receipt: rc, CheckpointReceived: uint64(num("received", 0))}, line)
 		case "countersigned":
 			h.step(Countersigned{Rank: rank(), Err: args["err"]}, line)
 		case "overran":

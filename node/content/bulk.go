@@ -209,8 +209,10 @@ func (b *bulkServer) handle(st network.Stream) {
 		_ = st.Reset()
 		return
 	}
-	err := b.serve(st, p)
-	b.leave(p) // before the fetcher sees the end: its next stream is admitted
+	var sm streamMeter
+	err := b.serve(st, p, &sm)
+	sm.end(err == nil) // a clean end: the fetcher read every answer
+	b.leave(p)         // before the fetcher sees the end: its next stream is admitted
 	if err != nil {
 		_ = st.Reset()
 		b.s.log.Debug("content: bulk stream ended", "peer", p, "err", err)
@@ -219,7 +221,7 @@ func (b *bulkServer) handle(st network.Stream) {
 	_ = st.Close()
 }
 
-func (b *bulkServer) serve(st network.Stream, p peer.ID) error {
+func (b *bulkServer) serve(st network.Stream, p peer.ID, sm *streamMeter) error {
 	r := bufio.NewReaderSize(st, 4<<10)
 	w := bufio.NewWriterSize(st, 64<<10)
 	var hdr, buf []byte
@@ -257,6 +259,7 @@ func (b *bulkServer) serve(st network.Stream, p peer.ID) error {
 			}
 			b.s.bulkServedBytes.Add(int64(len(data)))
 			b.s.bulkServedBlocks.Add(1)
+			sm.served(b.s, p, c, len(data))
 		}
 		if err := w.Flush(); err != nil {
 			return err
@@ -606,6 +609,7 @@ func (s *Service) bulkFetch(ctx context.Context, p peer.ID, root cid.Cid, max in
 		s.fetchedBlocks.Add(1)
 		st.FetchedBytes += size
 		s.countBulk(p, size)
+		countRead(ctx, p, size)
 		s.bulkFetchedBytes.Add(size)
 		b, _ := blocks.NewBlockWithCid(data, c)
 		select {

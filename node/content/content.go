@@ -108,6 +108,8 @@ type Service struct {
 	bulkFetchedBytes atomic.Int64
 	bulkMu           sync.Mutex         // guards bulkRecv
 	bulkRecv         map[peer.ID]uint64 // bytes received on bulk streams, by peer
+	meterMu          sync.Mutex         // guards meters
+	meters           map[peer.ID][]*Meter
 	closeOnce        sync.Once
 }
 

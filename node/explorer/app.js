@@ -286,6 +286,7 @@
         { cell: r.rank, class: 'num' },
         `${r.gpus}× ${r.class}`,
         { cell: r.gpuSeconds < 10 ? r.gpuSeconds.toFixed(3) : r.gpuSeconds.toFixed(1), class: 'num' },
+        { cell: r.checkpointBytes ? size(r.checkpointBytes) : '—', class: 'num', title: 'checkpoint bytes its provider sent the consumer, as the consumer counted them (signed by both)' },
         { cell: `${amount(r.amount, u.decimals)} ${u.token}`, class: 'num', title: `at ${amount(r.price, u.decimals)} ${u.token}/GPU-h` },
         sigs,
         r.anchor ? badge(r.anchor) : el('span', { class: 'meta', title: 'anchored by its provider' }, '—'),

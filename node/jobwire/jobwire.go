@@ -31,6 +31,13 @@ import (
 // countersignature last. Frames are a uvarint length and a JSON object.
 const Protocol = protocol.ID("/gpumesh/job/1.0.0")
 
+// Protocol11 is Protocol whose submitter reads a receipt's
+// checkpointBytes (receipt.Receipt.CheckpointBytes): a provider sends them
+// only on a stream of this version, since a submitter of 1.0.0 decodes
+// receipts strictly and would refuse the frame. A submitter offers both,
+// this one first.
+const Protocol11 = protocol.ID("/gpumesh/job/1.1.0")
+
 // Kinds of frame.
 const (
 	KindStart       = "start"       // submitter → member

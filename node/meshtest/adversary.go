@@ -408,7 +408,7 @@ func (j *JobStream) Close() error { return j.S.Close() }
 // fails the test.
 func ServeJobs(t testing.TB, h host.Host, script func(js *JobStream, start *jobwire.StartFrame) error) {
 	t.Helper()
-	h.SetStreamHandler(jobwire.Protocol, func(s network.Stream) {
+	serve := func(s network.Stream) {
 		defer s.Close()
 		js := newJobStream(s)
 		f, err := jobwire.Read(js.br)
@@ -422,5 +422,7 @@ func ServeJobs(t testing.TB, h host.Host, script func(js *JobStream, start *jobw
 		}
 		_ = s.CloseWrite()
 		_, _ = io.Copy(io.Discard, js.br)
-	})
+	}
+	h.SetStreamHandler(jobwire.Protocol, serve)
+	h.SetStreamHandler(jobwire.Protocol11, serve) // a node's own handler must not take what a submitter opens first
 }

@@ -437,7 +437,7 @@ func printReceipts(g *globals, rs []receipt.Signed) {
 		return
 	}
 	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "JOB\tRANK\tGPUS\tCLASS\tGPU-SECONDS\tAMOUNT\tEXIT\tSIGNED BY")
+	fmt.Fprintln(tw, "JOB\tRANK\tGPUS\tCLASS\tGPU-SECONDS\tCHECKPOINTS\tAMOUNT\tEXIT\tSIGNED BY")
 	for _, s := range rs {
 		r := s.Receipt
 		u, err := gossip.ParseUnit(r.Unit)
@@ -451,7 +451,11 @@ func printReceipts(g *globals, rs []receipt.Signed) {
 		case s.Unsigned != nil:
 			signed = "provider; not countersigned: " + s.Unsigned.Reason
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%.3f\t%s %s\t%d\t%s\n", text.Line(r.Job), r.Rank, r.GPUs, text.Line(r.Class), r.GPUSeconds(), u.Format(r.Amount), u.Token, r.ExitCode, signed)
+		ckpt := "-" // checkpoint bytes its provider sent the consumer, as the consumer counted them
+		if r.CheckpointBytes > 0 {
+			ckpt = exec.FormatSize(int64(r.CheckpointBytes))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%.3f\t%s\t%s %s\t%d\t%s\n", text.Line(r.Job), r.Rank, r.GPUs, text.Line(r.Class), r.GPUSeconds(), ckpt, u.Format(r.Amount), u.Token, r.ExitCode, signed)
 	}
 	tw.Flush()
 }

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpumesh/gpumesh/exec"
+	"github.com/gpumesh/gpumesh/exec/receipt"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
@@ -110,5 +112,26 @@ func TestJobStatusSaysWhereEachImageCameFrom(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks %q:\n%s", want, got)
 		}
+	}
+}
+
+// `job receipts` shows the checkpoint bytes a receipt carries ("-" for
+// none).
+func TestJobReceiptsShowCheckpointBytes(t *testing.T) {
+	rs := []receipt.Signed{
+		{Receipt: receipt.Receipt{Job: "j1", Rank: 0, GPUs: 1, Class: "H100-80GB", Unit: "USDC", CheckpointBytes: 3 << 20}},
+		{Receipt: receipt.Receipt{Job: "j1", Rank: 1, GPUs: 1, Class: "H100-80GB", Unit: "USDC"}},
+	}
+	var out bytes.Buffer
+	printReceipts(&globals{stdout: &out, stderr: &out}, rs)
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[0], "CHECKPOINTS") {
+		t.Fatalf("receipts table:\n%s", out.String())
+	}
+	if f := strings.Fields(lines[1]); len(f) < 6 || f[5] != exec.FormatSize(3<<20) {
+		t.Errorf("rank 0's checkpoints column: %q, want %s:\n%s", f, exec.FormatSize(3<<20), out.String())
+	}
+	if f := strings.Fields(lines[2]); len(f) < 6 || f[5] != "-" {
+		t.Errorf("rank 1's checkpoints column: %q, want -:\n%s", f, out.String())
 	}
 }
