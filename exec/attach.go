@@ -553,19 +553,29 @@ func dialListener(ctx context.Context, name string, pids []int, port int) (net.C
 			}
 		}
 	}
-	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		ip, ok := listenerIn(table, port, inodes)
-		if !ok {
-			continue
+	// The tables are read through a process of the work, not /proc/net:
+	// that is the table of this process's first thread's namespace, which
+	// for a moment is a member's while a dial into a job network
+	// (dialInNetns) runs on that thread.
+	for _, pid := range pids {
+		if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid), "net", "tcp")); err != nil {
+			continue // gone already: another of the work's processes is in the same namespace
 		}
-		if ip.IsUnspecified() {
-			ip = net.IPv4(127, 0, 0, 1)
-			if table == "/proc/net/tcp6" {
-				ip = net.IPv6loopback
+		for _, table := range []string{"tcp", "tcp6"} {
+			ip, ok := listenerIn(filepath.Join("/proc", strconv.Itoa(pid), "net", table), port, inodes)
+			if !ok {
+				continue
 			}
+			if ip.IsUnspecified() {
+				ip = net.IPv4(127, 0, 0, 1)
+				if table == "tcp6" {
+					ip = net.IPv6loopback
+				}
+			}
+			var dl net.Dialer
+			return dl.DialContext(ctx, "tcp", net.JoinHostPort(ip.String(), strconv.Itoa(port)))
 		}
-		var dl net.Dialer
-		return dl.DialContext(ctx, "tcp", net.JoinHostPort(ip.String(), strconv.Itoa(port)))
+		break
 	}
 	return nil, fmt.Errorf("%w: no process of %s listens on TCP port %d (%d processes looked at); start the server in the job first, listening on 127.0.0.1 or 0.0.0.0", ErrPortRefused, name, port, len(pids))
 }
