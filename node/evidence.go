@@ -154,20 +154,7 @@ func (n *Node) recordRuns(j Job, runs []attempt.Run) {
 	if len(out) == 0 {
 		return
 	}
-	err := n.evidence.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketRuns)
-		for _, r := range out {
-			data, err := json.Marshal(r)
-			if err != nil {
-				return err
-			}
-			if err := b.Put(evidenceKey(r.Provider, r.Key), data); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := n.putRuns(out); err != nil {
 		n.log.Warn("evidence: runs not recorded", "job", j.ID, "err", err)
 	}
 }
@@ -182,21 +169,11 @@ func (n *Node) recordRefusals(id string, try string, refused []peer.ID) {
 		return
 	}
 	at := n.now().UnixMilli()
-	err := n.evidence.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketRuns)
-		for _, p := range refused {
-			r := reputation.Run{Key: id + "-refused-" + try, Provider: p.String(), Outcome: reputation.Refused, Reason: "refused an award after bidding", At: at}
-			data, err := json.Marshal(r)
-			if err != nil {
-				return err
-			}
-			if err := b.Put(evidenceKey(r.Provider, r.Key), data); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	runs := make([]reputation.Run, 0, len(refused))
+	for _, p := range refused {
+		runs = append(runs, reputation.Run{Key: id + "-refused-" + try, Provider: p.String(), Outcome: reputation.Refused, Reason: "refused an award after bidding", At: at})
+	}
+	if err := n.putRuns(runs); err != nil {
 		n.log.Warn("evidence: refusals not recorded", "job", id, "err", err)
 	}
 }
@@ -659,4 +636,21 @@ func (n *Node) explorerProviders(offering []peer.ID) []ExplorerProvider {
 		return out[i].Peer < out[k].Peer
 	})
 	return out[:min(len(out), explorerMaxProviders)]
+}
+
+// putRuns keeps runs as first-hand evidence, in one synced transaction.
+func (n *Node) putRuns(runs []reputation.Run) error {
+	return n.evidence.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRuns)
+		for _, r := range runs {
+			data, err := json.Marshal(r)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(evidenceKey(r.Provider, r.Key), data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
