@@ -227,22 +227,7 @@ func (a *Adversary) AskRaw(ctx context.Context, to peer.ID, data []byte) error {
 // Received waits until a negotiation message that match accepts has
 // arrived, and returns it.
 func (a *Adversary) Received(ctx context.Context, match func(gossip.Message) bool) (gossip.Message, error) {
-	for {
-		a.mu.Lock()
-		for _, m := range a.inbox {
-			if match(m) {
-				a.mu.Unlock()
-				return m, nil
-			}
-		}
-		arrived := a.arrived
-		a.mu.Unlock()
-		select {
-		case <-arrived:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("meshtest: no such negotiation message arrived: %w", ctx.Err())
-		}
-	}
+	return awaitMatch(ctx, &a.mu, &a.inbox, &a.arrived, match, "negotiation message arrived")
 }
 
 // Inbox is every negotiation message received so far, in order.
@@ -255,20 +240,28 @@ func (a *Adversary) Inbox() []gossip.Message {
 // Heard waits for a request for bids from someone else that match
 // accepts, as any peer on the topic hears it.
 func (a *Adversary) Heard(ctx context.Context, match func(gossip.RequestForBids) bool) (gossip.RequestForBids, error) {
+	return awaitMatch(ctx, &a.mu, &a.requests, &a.arrived, match, "request for bids heard")
+}
+
+// awaitMatch waits until *list (guarded by mu, *arrived closed and
+// replaced as it grows) holds an item match accepts, and returns the
+// first; what names it in the error when ctx ends first.
+func awaitMatch[T any](ctx context.Context, mu *sync.Mutex, list *[]T, arrived *chan struct{}, match func(T) bool, what string) (T, error) {
 	for {
-		a.mu.Lock()
-		for _, r := range a.requests {
-			if match(r) {
-				a.mu.Unlock()
-				return r, nil
+		mu.Lock()
+		for _, x := range *list {
+			if match(x) {
+				mu.Unlock()
+				return x, nil
 			}
 		}
-		arrived := a.arrived
-		a.mu.Unlock()
+		ch := *arrived
+		mu.Unlock()
 		select {
-		case <-arrived:
+		case <-ch:
 		case <-ctx.Done():
-			return gossip.RequestForBids{}, fmt.Errorf("meshtest: no such request for bids heard: %w", ctx.Err())
+			var zero T
+			return zero, fmt.Errorf("meshtest: no such %s: %w", what, ctx.Err())
 		}
 	}
 }

@@ -2,7 +2,6 @@ package meshtest
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"sync"
 	"testing"
@@ -108,22 +107,7 @@ func (g *Negotiator) Taken() []gossip.Message {
 // Await waits until a message that match accepts has been taken, and
 // returns it.
 func (g *Negotiator) Await(ctx context.Context, match func(gossip.Message) bool) (gossip.Message, error) {
-	for {
-		g.mu.Lock()
-		for _, m := range g.taken {
-			if match(m) {
-				g.mu.Unlock()
-				return m, nil
-			}
-		}
-		arrived := g.arrived
-		g.mu.Unlock()
-		select {
-		case <-arrived:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("meshtest: no such negotiation message taken: %w", ctx.Err())
-		}
-	}
+	return awaitMatch(ctx, &g.mu, &g.taken, &g.arrived, match, "negotiation message taken")
 }
 
 // BidOn is provider's bid on a request for gpus GPUs of the class (its
