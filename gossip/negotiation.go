@@ -47,7 +47,11 @@ package gossip
 //     half-formed cluster holds GPUs at most until HoldUntil even if the
 //     submitter vanishes.
 //   - Replacement: a Refusal, or no answer within AwardTimeout, removes the
-//     member (a silent one is also sent a Release); the missing GPUs are
+//     member (a silent one is also sent a Release) when a replacement can
+//     be chosen; a silent member that none can replace is waited for
+//     until AwardGiveUp (it may be slow, not gone: its reservation holds
+//     until HoldUntil), and only then released and the negotiation
+//     failed. The missing GPUs are
 //     chosen from the remaining live bids under the same rules (for
 //     colocated, in the zone of the members left), counting what members
 //     bid beyond their award: such a member gets a new Award for its new
@@ -105,6 +109,7 @@ type NegotiationConfig struct {
 	Expect       int           // providers expected to bid; once that many have, close at once; 0: unknown
 	ExpectWait   time.Duration // with Expect, fail an impossible request after this rather than at the deadline; 0: 250 ms
 	AwardTimeout time.Duration // a member silent this long after its award is replaced; 0: 2 s
+	AwardGiveUp  time.Duration // a silent member that no bid can replace is waited for this long after its award, then the negotiation fails; 0: 8 s (under a provider's 10 s Hold)
 	MaxBids      int           // bids kept; more are ignored; 0: 1024
 	Ranking      Ranking       // providers' scores and their weight against price (SelectRanked); zero: price alone
 	DoubtWait    time.Duration // a set with a provider scored below an unknown one waits this for other bids, unless every expected provider has bid; 0: 2 s
@@ -133,6 +138,10 @@ func (c NegotiationConfig) withDefaults() NegotiationConfig {
 	if c.AwardTimeout <= 0 {
 		c.AwardTimeout = 2 * time.Second
 	}
+	if c.AwardGiveUp <= 0 {
+		c.AwardGiveUp = 8 * time.Second
+	}
+	c.AwardGiveUp = max(c.AwardGiveUp, c.AwardTimeout)
 	if c.MaxBids <= 0 {
 		c.MaxBids = 1024
 	}
@@ -228,6 +237,9 @@ type member struct {
 	bid      Bid // its bid: it may be topped up to the bid's GPUs
 	awarded  time.Time
 	accepted bool
+	// unreplaced: silent past AwardTimeout with no bid to replace it;
+	// waited for until AwardGiveUp.
+	unreplaced bool
 }
 
 // Negotiation is the submitter's side of one job's negotiation. It is not
@@ -326,7 +338,11 @@ func (n *Negotiation) Wake() time.Time {
 	case Awarding:
 		var w time.Time
 		for _, m := range n.members {
-			if !m.accepted {
+			switch {
+			case m.accepted:
+			case m.unreplaced:
+				w = earliest(w, m.awarded.Add(n.cfg.AwardGiveUp))
+			default:
 				w = earliest(w, m.awarded.Add(n.cfg.AwardTimeout))
 			}
 		}
@@ -373,10 +389,17 @@ func (n *Negotiation) Tick(now time.Time) {
 			if n.phase != Awarding {
 				return
 			}
-			if !m.accepted && !now.Before(m.awarded.Add(n.cfg.AwardTimeout)) {
-				n.release(m.Provider, "no answer to the award")
-				n.replace(m, fmt.Sprintf("provider %s did not answer in %v", m.Provider, n.cfg.AwardTimeout), now)
+			if m.accepted || now.Before(m.awarded.Add(n.cfg.AwardTimeout)) {
+				continue
 			}
+			// Silent: replaced if a bid can make its GPUs up; else waited
+			// for (slow is not gone) until AwardGiveUp, then failed.
+			if _, err := n.replacement(m, now); err != nil && now.Before(m.awarded.Add(n.cfg.AwardGiveUp)) {
+				m.unreplaced = true
+				continue
+			}
+			n.release(m.Provider, "no answer to the award")
+			n.replace(m, fmt.Sprintf("provider %s did not answer in %v", m.Provider, now.Sub(m.awarded).Round(time.Millisecond)), now)
 		}
 	}
 }
@@ -576,34 +599,10 @@ func (n *Negotiation) refusedBy(p peer.ID) {
 func (n *Negotiation) replace(gone *member, why string, now time.Time) {
 	n.gone[gone.Provider] = true
 	n.members = slices.DeleteFunc(n.members, func(m *member) bool { return m == gone })
-	needs := n.rfb.Needs
-	needs.GPUs = gone.GPUs
-	needs.PerNode = min(needs.PerNode, needs.GPUs)
-	bids := slices.Clone(n.live(now))
-	if needs.PerNode == 0 {
-		// What members bid beyond their award can make up the loss too.
-		for _, m := range n.members {
-			if m.bid.GPUs > m.GPUs {
-				rest := m.bid
-				rest.GPUs -= m.GPUs
-				bids = append(bids, rest)
-			}
-		}
-	}
-	if needs.Placement == Colocated && len(n.members) > 0 {
-		zone := n.members[0].Zone
-		bids = slices.DeleteFunc(bids, func(b Bid) bool { return zone == "" || b.Zone != zone })
-	}
-	// No replacement mixes the host network in (selectIn).
-	var kept []Member
-	for _, m := range n.members {
-		kept = append(kept, memberOf(&m.bid, m.GPUs))
-	}
-	bids = slices.DeleteFunc(bids, func(b Bid) bool { return mixes(b, kept) })
-	chosen, _, err := SelectRanked(bids, needs, n.cfg.Ranking)
+	chosen, err := n.replacement(gone, now)
 	if err != nil {
 		reason := why + "; no replacement: " + err.Error()
-		if needs.Placement == Colocated && len(n.members) > 0 {
+		if n.rfb.Needs.Placement == Colocated && len(n.members) > 0 {
 			reason += " in zone " + zoneName(zoneKey(&Bid{Zone: n.members[0].Zone, Provider: n.members[0].Provider}))
 		}
 		n.fail(reason)
@@ -612,6 +611,38 @@ func (n *Negotiation) replace(gone *member, why string, now time.Time) {
 	for _, c := range chosen {
 		n.award(c, now)
 	}
+}
+
+// replacement chooses, from the live bids and what the other members bid
+// beyond their award, who would make up gone's GPUs; it changes nothing.
+func (n *Negotiation) replacement(gone *member, now time.Time) ([]Member, error) {
+	others := slices.DeleteFunc(slices.Clone(n.members), func(m *member) bool { return m == gone })
+	needs := n.rfb.Needs
+	needs.GPUs = gone.GPUs
+	needs.PerNode = min(needs.PerNode, needs.GPUs)
+	bids := slices.Clone(n.live(now))
+	if needs.PerNode == 0 {
+		// What members bid beyond their award can make up the loss too.
+		for _, m := range others {
+			if m.bid.GPUs > m.GPUs {
+				rest := m.bid
+				rest.GPUs -= m.GPUs
+				bids = append(bids, rest)
+			}
+		}
+	}
+	if needs.Placement == Colocated && len(others) > 0 {
+		zone := others[0].Zone
+		bids = slices.DeleteFunc(bids, func(b Bid) bool { return zone == "" || b.Zone != zone })
+	}
+	// No replacement mixes the host network in (selectIn).
+	var kept []Member
+	for _, m := range others {
+		kept = append(kept, memberOf(&m.bid, m.GPUs))
+	}
+	bids = slices.DeleteFunc(bids, func(b Bid) bool { return mixes(b, kept) })
+	chosen, _, err := SelectRanked(bids, needs, n.cfg.Ranking)
+	return chosen, err
 }
 
 // fail releases every member and ends the negotiation.
