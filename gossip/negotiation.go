@@ -47,11 +47,16 @@ package gossip
 //     half-formed cluster holds GPUs at most until HoldUntil even if the
 //     submitter vanishes.
 //   - Replacement: a Refusal, or no answer within AwardTimeout, removes the
-//     member (a silent one is also sent a Release) when a replacement can
-//     be chosen; a silent member that none can replace is waited for
-//     until AwardGiveUp (it may be slow, not gone: its reservation holds
-//     until HoldUntil), and only then released and the negotiation
-//     failed. The missing GPUs are
+//     member when a replacement can be chosen. A silent one's award
+//     stands meanwhile when its replacements are all new providers: if it
+//     accepts before any of them has, it is a member again and they are
+//     released (a late answer is not thrown away for a new round trip that
+//     may be as slow); else it is released once one of them accepts or the
+//     negotiation ends (a replacement that tops a member up releases the
+//     silent one at once). A silent member that none can replace is
+//     waited for until AwardGiveUp (it may be slow, not gone: its
+//     reservation holds until HoldUntil), and only then released and the
+//     negotiation failed. The missing GPUs are
 //     chosen from the remaining live bids under the same rules (for
 //     colocated, in the zone of the members left), counting what members
 //     bid beyond their award: such a member gets a new Award for its new
@@ -240,6 +245,7 @@ type member struct {
 	// unreplaced: silent past AwardTimeout with no bid to replace it;
 	// waited for until AwardGiveUp.
 	unreplaced bool
+	cover      []peer.ID // of a member standing by: the providers awarded in its place
 }
 
 // Negotiation is the submitter's side of one job's negotiation. It is not
@@ -255,6 +261,7 @@ type Negotiation struct {
 	grace    time.Duration // the wait from feasible for the set chosen now (Grace, or longer: see doubtful)
 	started  time.Time     // when the request went out
 	members  []*member
+	late     []*member // silent members replaced whose awards still stand (standBy)
 	spares   []Bid
 	ready    Ready
 
@@ -398,10 +405,81 @@ func (n *Negotiation) Tick(now time.Time) {
 				m.unreplaced = true
 				continue
 			}
+			if chosen, err := n.replacement(m, now); err == nil && n.fresh(chosen) {
+				n.standBy(m, chosen, now)
+				continue
+			}
 			n.release(m.Provider, "no answer to the award")
 			n.replace(m, fmt.Sprintf("provider %s did not answer in %v", m.Provider, now.Sub(m.awarded).Round(time.Millisecond)), now)
 		}
 	}
+}
+
+// fresh reports whether every one of chosen is a provider not yet a
+// member (no top-up): their awards can be taken back whole.
+func (n *Negotiation) fresh(chosen []Member) bool {
+	for _, c := range chosen {
+		if n.isMember(c.Provider) {
+			return false
+		}
+	}
+	return true
+}
+
+// standBy replaces silent member m by chosen (awarded now) but keeps m's
+// award standing: if m accepts before any of them has, it takes its place
+// back and they are released (a slow answer is not thrown away for a new
+// round trip that may be as slow); otherwise it is released when one of
+// them accepts first or the negotiation ends.
+func (n *Negotiation) standBy(m *member, chosen []Member, now time.Time) {
+	n.gone[m.Provider] = true
+	n.members = slices.DeleteFunc(n.members, func(x *member) bool { return x == m })
+	m.cover = m.cover[:0]
+	for _, c := range chosen {
+		m.cover = append(m.cover, c.Provider)
+		n.award(c, now)
+	}
+	n.late = append(n.late, m)
+}
+
+// lateAccept takes an acceptance from a member standing by (see standBy):
+// it is a member again if none of the members that replaced it has
+// accepted, else it is released. false: a is not from one standing by.
+func (n *Negotiation) lateAccept(a Acceptance) bool {
+	i := slices.IndexFunc(n.late, func(l *member) bool { return l.Provider == a.Provider })
+	if i < 0 {
+		return false
+	}
+	l := n.late[i]
+	n.late = slices.Delete(n.late, i, i+1)
+	back := a.GPUs == l.GPUs
+	for _, p := range l.cover {
+		if c := n.member(p); c == nil || c.accepted {
+			back = false
+		}
+	}
+	if !back {
+		n.release(l.Provider, "replaced after no answer to the award")
+		return true
+	}
+	for _, p := range l.cover {
+		n.gone[p] = true
+		n.members = slices.DeleteFunc(n.members, func(x *member) bool { return x.Provider == p })
+		n.ready.Awards = slices.DeleteFunc(n.ready.Awards, func(x Award) bool { return x.Provider == p })
+		n.release(p, "the member it stood in for answered first")
+	}
+	delete(n.gone, l.Provider)
+	l.accepted, l.cover = true, nil
+	n.members = append(n.members, l)
+	return true
+}
+
+// releaseLate releases every member standing by: the negotiation ended.
+func (n *Negotiation) releaseLate() {
+	for _, l := range n.late {
+		n.release(l.Provider, "replaced after no answer to the award")
+	}
+	n.late = nil
 }
 
 // Cancel ends the negotiation: every member gets a Release.
@@ -542,6 +620,9 @@ func (n *Negotiation) member(p peer.ID) *member {
 }
 
 func (n *Negotiation) stepAccept(a Acceptance, now time.Time) error {
+	if n.phase == Awarding && n.lateAccept(a) {
+		return n.maybeFormed(now)
+	}
 	m := n.member(a.Provider)
 	if n.phase != Awarding || m == nil {
 		// Not (or no longer) a member: whatever it reserved must go.
@@ -556,11 +637,17 @@ func (n *Negotiation) stepAccept(a Acceptance, now time.Time) error {
 		return nil
 	}
 	m.accepted = true
+	return n.maybeFormed(now)
+}
+
+// maybeFormed ends the negotiation formed once every member has accepted.
+func (n *Negotiation) maybeFormed(now time.Time) error {
 	for _, m := range n.members {
 		if !m.accepted {
 			return nil
 		}
 	}
+	n.releaseLate()
 	n.phase = Formed
 	o := &Outcome{Formed: true, Members: n.Members(), Cost: TotalCost(n.Members()), Refused: slices.Clone(n.refusers)}
 	o.Spares = spareBids(usableBids(n.live(now), n.rfb.Needs, n.cfg.Ranking), o.Members, n.rfb.Needs)
@@ -572,6 +659,12 @@ func (n *Negotiation) stepAccept(a Acceptance, now time.Time) error {
 }
 
 func (n *Negotiation) stepRefuse(r Refusal, now time.Time) error {
+	if i := slices.IndexFunc(n.late, func(l *member) bool { return l.Provider == r.Provider }); i >= 0 {
+		// Standing by, it refused: it holds nothing; it was replaced already.
+		n.late = slices.Delete(n.late, i, i+1)
+		n.refusedBy(r.Provider)
+		return nil
+	}
 	m := n.member(r.Provider)
 	if n.phase != Awarding || m == nil || m.accepted {
 		if m != nil && m.accepted && n.phase == Awarding {
@@ -650,6 +743,7 @@ func (n *Negotiation) fail(reason string) {
 	for _, m := range n.members {
 		n.release(m.Provider, reason)
 	}
+	n.releaseLate()
 	n.phase = Failed
 	n.ready.Outcome = &Outcome{Reason: reason, Contended: n.refused, Refused: slices.Clone(n.refusers)}
 }
