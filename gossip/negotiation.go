@@ -115,6 +115,10 @@ type NegotiationConfig struct {
 	ExpectWait   time.Duration // with Expect, fail an impossible request after this rather than at the deadline; 0: 250 ms
 	AwardTimeout time.Duration // a member silent this long after its award is replaced; 0: 2 s
 	AwardGiveUp  time.Duration // a silent member that no bid can replace is waited for this long after its award, then the negotiation fails; 0: 8 s (under a provider's 10 s Hold)
+	// OldAwardRules: a silent member is released at AwardTimeout, with
+	// no member standing by, and the negotiation fails then if no bid can
+	// replace it (the rules before; for a benchmark's comparison).
+	OldAwardRules bool
 	MaxBids      int           // bids kept; more are ignored; 0: 1024
 	Ranking      Ranking       // providers' scores and their weight against price (SelectRanked); zero: price alone
 	DoubtWait    time.Duration // a set with a provider scored below an unknown one waits this for other bids, unless every expected provider has bid; 0: 2 s
@@ -147,6 +151,9 @@ func (c NegotiationConfig) withDefaults() NegotiationConfig {
 		c.AwardGiveUp = 8 * time.Second
 	}
 	c.AwardGiveUp = max(c.AwardGiveUp, c.AwardTimeout)
+	if c.OldAwardRules {
+		c.AwardGiveUp = c.AwardTimeout
+	}
 	if c.MaxBids <= 0 {
 		c.MaxBids = 1024
 	}
@@ -405,7 +412,7 @@ func (n *Negotiation) Tick(now time.Time) {
 				m.unreplaced = true
 				continue
 			}
-			if chosen, err := n.replacement(m, now); err == nil && n.fresh(chosen) {
+			if chosen, err := n.replacement(m, now); err == nil && !n.cfg.OldAwardRules && n.fresh(chosen) {
 				n.standBy(m, chosen, now)
 				continue
 			}

@@ -50,6 +50,9 @@ var scaleFormOnly = flag.Bool("scale.formonly", false, "BenchmarkScale: after se
 // scaleTrace prints every formation's steps, on every peer, from the submit.
 var scaleTrace = flag.Bool("scale.trace", false, "BenchmarkScale: print each formation's negotiation steps (node.LevelTrace) on every peer, in ms from the submit, and a split by stage")
 
+// scaleOldAwards compares the award rules before standing-by members.
+var scaleOldAwards = flag.Bool("scale.oldawards", false, "BenchmarkScale: every other formation is submitted from a peer with the award rules before standing-by members (node.Config.OldAwardRules), on the same mesh, and reported apart (old-form8-*, old-form64-*): a before and after in one run")
+
 var scaleFixedResend = flag.Bool("scale.fixedresend", false, "BenchmarkScale: providers re-send unchanged asks every 30 s whatever the board (the pacing before gossip.Resend), for a baseline")
 
 // BenchmarkScale runs whole gpumesh nodes (directory, prices, negotiation)
@@ -179,6 +182,11 @@ type scaleResult struct {
 	Form64P99Ms    float64
 	Form64Msgs     float64
 	Form64Failed   int
+	// With -scale.oldawards: the same figures of the jobs submitted by
+	// peers with the award rules before (node.Config.OldAwardRules).
+	OldForm8P50Ms, OldForm8P99Ms, OldForm8Msgs    float64 `json:",omitempty"`
+	OldForm64P50Ms, OldForm64P99Ms, OldForm64Msgs float64 `json:",omitempty"`
+	OldFailed                                     int     `json:",omitempty"`
 }
 
 func (r scaleResult) report(b *testing.B) {
@@ -196,6 +204,18 @@ func (r scaleResult) report(b *testing.B) {
 		{r.GoroutinesPeer, "goroutines/peer"}, {r.ConnsPeer, "conns/peer"}, {r.StreamsPeer, "streams/peer"},
 	} {
 		b.ReportMetric(m.v, m.unit)
+	}
+	if *scaleOldAwards {
+		for _, m := range []struct {
+			v    float64
+			unit string
+		}{
+			{r.OldForm8P50Ms, "old-form8-p50-ms"}, {r.OldForm8P99Ms, "old-form8-p99-ms"}, {r.OldForm8Msgs, "old-form8-msgs"},
+			{r.OldForm64P50Ms, "old-form64-p50-ms"}, {r.OldForm64P99Ms, "old-form64-p99-ms"}, {r.OldForm64Msgs, "old-form64-msgs"},
+			{float64(r.OldFailed), "old-failed-jobs"},
+		} {
+			b.ReportMetric(m.v, m.unit)
+		}
 	}
 }
 
@@ -221,6 +241,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 			if *scaleTrace {
 				c.Logger = slog.New(&traceHandler{log: tl, node: i})
 			}
+			c.OldAwardRules = *scaleOldAwards && oldRules(i)
 			if *scaleFixedResend {
 				c.PriceResend = gossip.Resend{Floor: 30 * time.Second, Cap: 30 * time.Second}
 			}
@@ -783,15 +804,34 @@ func measureFormation(b *testing.B, ctx context.Context, m *meshtest.Mesh, provs
 		}
 		return s
 	}
-	form := func(gpus, jobs int) (p50, p99, perJob float64, failed int) {
+	type stats struct {
+		p50, p99, perJob float64
+		failed           int
+	}
+	// form forms jobs one after another; with -scale.oldawards, as many
+	// again alternating with them from peers with the old award rules.
+	form := func(gpus, jobs int) (cur, old stats) {
 		spec, err := jobspec.Parse([]byte(fmt.Sprintf("name: scale\ncommand: [sleep, \"3600\"]\nresources: {gpus: %d, gpu: {model: H100}}\nmaxPrice: 2.50\ntimeout: 1h\n", gpus)), "yaml")
 		if err != nil {
 			b.Fatal(err)
 		}
-		var lat []time.Duration
-		var total uint64
-		for range jobs {
-			nd := others[rng.IntN(len(others))]
+		var lat [2][]time.Duration
+		var total [2]uint64
+		var failed, tried [2]int
+		rounds := 1
+		if *scaleOldAwards {
+			rounds = 2
+		}
+		for k := range jobs * rounds {
+			rules := k % rounds // 1: the old award rules
+			var nd *node.Node
+			for {
+				nd = others[rng.IntN(len(others))]
+				if oldRules(slices.Index(m.Nodes, nd)) == (rules == 1) || rounds == 1 {
+					break
+				}
+			}
+			tried[rules]++
 			m0 := msgs()
 			start := time.Now()
 			job, err := nd.SubmitJob(ctx, spec)
@@ -804,17 +844,17 @@ func measureFormation(b *testing.B, ctx context.Context, m *meshtest.Mesh, provs
 				return j.State != node.JobNegotiating, string(j.State)
 			})
 			took := time.Since(start)
-			total += msgs() - m0
+			total[rules] += msgs() - m0
 			if *scaleTrace {
 				sub := slices.Index(m.Nodes, nd)
-				say("  %d-GPU job %s: %v %s", gpus, j.State, took.Round(time.Millisecond), timeline(tl.take(job.ID), sub, providers(m, provs)))
+				say("  %d-GPU job%s %s: %v %s", gpus, map[int]string{0: "", 1: " (old rules)"}[rules], j.State, took.Round(time.Millisecond), timeline(tl.take(job.ID), sub, providers(m, provs)))
 			}
 			if j.State != node.JobFormed && j.State != node.JobRunning {
 				b.Logf("a %d-GPU job %s after %v: %s", gpus, j.State, took.Round(time.Millisecond), j.Reason)
-				failed++
+				failed[rules]++
 				continue
 			}
-			lat = append(lat, took)
+			lat[rules] = append(lat[rules], took)
 			if _, err := nd.CancelJob(ctx, job.ID); err != nil {
 				b.Fatal(err)
 			}
@@ -827,10 +867,16 @@ func measureFormation(b *testing.B, ctx context.Context, m *meshtest.Mesh, provs
 				return true, ""
 			})
 		}
-		if len(lat) == 0 {
+		if len(lat[0]) == 0 {
 			b.Fatalf("no %d-GPU job formed", gpus)
 		}
-		return pctMs(lat, 50), pctMs(lat, 99), float64(total) / float64(jobs), failed
+		st := func(r int) stats {
+			if len(lat[r]) == 0 {
+				return stats{failed: failed[r]}
+			}
+			return stats{pctMs(lat[r], 50), pctMs(lat[r], 99), float64(total[r]) / float64(max(tried[r], 1)), failed[r]}
+		}
+		return st(0), st(1)
 	}
 	if *scaleProfile != "" {
 		// The formations' CPU: what the process does while jobs form.
@@ -845,11 +891,25 @@ func measureFormation(b *testing.B, ctx context.Context, m *meshtest.Mesh, provs
 		defer pprof.StopCPUProfile()
 	}
 	say("8-GPU formations")
-	r.Form8P50Ms, r.Form8P99Ms, r.Form8Msgs, r.Form8Failed = form(8, 20)
+	cur, old := form(8, 20)
+	r.Form8P50Ms, r.Form8P99Ms, r.Form8Msgs, r.Form8Failed = cur.p50, cur.p99, cur.perJob, cur.failed
+	r.OldForm8P50Ms, r.OldForm8P99Ms, r.OldForm8Msgs, r.OldFailed = old.p50, old.p99, old.perJob, old.failed
 	say("64-GPU formations")
-	r.Form64P50Ms, r.Form64P99Ms, r.Form64Msgs, r.Form64Failed = form(64, 8)
+	cur, old = form(64, 8)
+	r.Form64P50Ms, r.Form64P99Ms, r.Form64Msgs, r.Form64Failed = cur.p50, cur.p99, cur.perJob, cur.failed
+	r.OldForm64P50Ms, r.OldForm64P99Ms, r.OldForm64Msgs = old.p50, old.p99, old.perJob
+	r.OldFailed += old.failed
+	if *scaleOldAwards {
+		say("8-GPU p50/p99 %.0f/%.0f ms (old rules %.0f/%.0f), 64-GPU %.0f/%.0f ms (old rules %.0f/%.0f), failed %d (old rules %d)",
+			r.Form8P50Ms, r.Form8P99Ms, r.OldForm8P50Ms, r.OldForm8P99Ms, r.Form64P50Ms, r.Form64P99Ms, r.OldForm64P50Ms, r.OldForm64P99Ms,
+			r.Form8Failed+r.Form64Failed, r.OldFailed)
+	}
 	say("done")
 }
+
+// oldRules says whether mesh peer i submits by the old award rules under
+// -scale.oldawards: every odd one.
+func oldRules(i int) bool { return i%2 == 1 }
 
 // providers maps a provider's mesh index to its index among provs.
 func providers(m *meshtest.Mesh, provs []*node.Node) map[int]int {
