@@ -745,3 +745,23 @@ func TestABidForTheHostNetworkIsTakenOnlyInAPrivateSwarm(t *testing.T) {
 		}
 	}
 }
+
+// The award rules before (a benchmark's comparison): a silent member is
+// released at the award timeout, and with no spare the negotiation fails
+// then.
+func TestOldAwardRulesReleaseASilentMemberAtTheTimeout(t *testing.T) {
+	n := newNeg(t, needsOf(8, 0, Spread, usdc(250)), NegotiationConfig{Grace: -1, AwardTimeout: time.Second, OldAwardRules: true})
+	n.Ready()
+	step(t, n, jobBid(1, 8, usdc(200), "a"), ms(1))
+	step(t, n, jobBid(2, 8, usdc(240), "a"), ms(2))
+	n.Ready()
+	n.Tick(t0.Add(ms(1) + time.Second))
+	rd := n.Ready()
+	if got, rel := awarded(rd.Awards), released(rd.Releases); got != "2:8" || rel != "1" {
+		t.Errorf("after the timeout awarded %q released %q, want 2:8 and 1", got, rel)
+	}
+	n.Tick(t0.Add(ms(1) + 2*time.Second))
+	if o := n.Ready().Outcome; o == nil || o.Formed {
+		t.Errorf("after the second timeout: %+v, want a failure", o)
+	}
+}
