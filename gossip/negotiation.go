@@ -119,9 +119,9 @@ type NegotiationConfig struct {
 	// no member standing by, and the negotiation fails then if no bid can
 	// replace it (the rules before; for a benchmark's comparison).
 	OldAwardRules bool
-	MaxBids      int           // bids kept; more are ignored; 0: 1024
-	Ranking      Ranking       // providers' scores and their weight against price (SelectRanked); zero: price alone
-	DoubtWait    time.Duration // a set with a provider scored below an unknown one waits this for other bids, unless every expected provider has bid; 0: 2 s
+	MaxBids       int           // bids kept; more are ignored; 0: 1024
+	Ranking       Ranking       // providers' scores and their weight against price (SelectRanked); zero: price alone
+	DoubtWait     time.Duration // a set with a provider scored below an unknown one waits this for other bids, unless every expected provider has bid; 0: 2 s
 	// Direct asks the providers that Candidates names (Ready.Ask) rather
 	// than broadcasting the request; the topic is a fallback (see
 	// negotiation_direct.go).
