@@ -47,7 +47,16 @@ package gossip
 //     half-formed cluster holds GPUs at most until HoldUntil even if the
 //     submitter vanishes.
 //   - Replacement: a Refusal, or no answer within AwardTimeout, removes the
-//     member (a silent one is also sent a Release); the missing GPUs are
+//     member when a replacement can be chosen. A silent one's award
+//     stands meanwhile when its replacements are all new providers: if it
+//     accepts before any of them has, it is a member again and they are
+//     released (a late answer is not thrown away for a new round trip that
+//     may be as slow); else it is released once one of them accepts or the
+//     negotiation ends (a replacement that tops a member up releases the
+//     silent one at once). A silent member that none can replace is
+//     waited for until AwardGiveUp (it may be slow, not gone: its
+//     reservation holds until HoldUntil), and only then released and the
+//     negotiation failed. The missing GPUs are
 //     chosen from the remaining live bids under the same rules (for
 //     colocated, in the zone of the members left), counting what members
 //     bid beyond their award: such a member gets a new Award for its new
@@ -105,9 +114,14 @@ type NegotiationConfig struct {
 	Expect       int           // providers expected to bid; once that many have, close at once; 0: unknown
 	ExpectWait   time.Duration // with Expect, fail an impossible request after this rather than at the deadline; 0: 250 ms
 	AwardTimeout time.Duration // a member silent this long after its award is replaced; 0: 2 s
-	MaxBids      int           // bids kept; more are ignored; 0: 1024
-	Ranking      Ranking       // providers' scores and their weight against price (SelectRanked); zero: price alone
-	DoubtWait    time.Duration // a set with a provider scored below an unknown one waits this for other bids, unless every expected provider has bid; 0: 2 s
+	AwardGiveUp  time.Duration // a silent member that no bid can replace is waited for this long after its award, then the negotiation fails; 0: 8 s (under a provider's 10 s Hold)
+	// OldAwardRules: a silent member is released at AwardTimeout, with
+	// no member standing by, and the negotiation fails then if no bid can
+	// replace it (the rules before; for a benchmark's comparison).
+	OldAwardRules bool
+	MaxBids       int           // bids kept; more are ignored; 0: 1024
+	Ranking       Ranking       // providers' scores and their weight against price (SelectRanked); zero: price alone
+	DoubtWait     time.Duration // a set with a provider scored below an unknown one waits this for other bids, unless every expected provider has bid; 0: 2 s
 	// Direct asks the providers that Candidates names (Ready.Ask) rather
 	// than broadcasting the request; the topic is a fallback (see
 	// negotiation_direct.go).
@@ -132,6 +146,13 @@ func (c NegotiationConfig) withDefaults() NegotiationConfig {
 	}
 	if c.AwardTimeout <= 0 {
 		c.AwardTimeout = 2 * time.Second
+	}
+	if c.AwardGiveUp <= 0 {
+		c.AwardGiveUp = 8 * time.Second
+	}
+	c.AwardGiveUp = max(c.AwardGiveUp, c.AwardTimeout)
+	if c.OldAwardRules {
+		c.AwardGiveUp = c.AwardTimeout
 	}
 	if c.MaxBids <= 0 {
 		c.MaxBids = 1024
@@ -228,6 +249,10 @@ type member struct {
 	bid      Bid // its bid: it may be topped up to the bid's GPUs
 	awarded  time.Time
 	accepted bool
+	// unreplaced: silent past AwardTimeout with no bid to replace it;
+	// waited for until AwardGiveUp.
+	unreplaced bool
+	cover      []peer.ID // of a member standing by: the providers awarded in its place
 }
 
 // Negotiation is the submitter's side of one job's negotiation. It is not
@@ -243,6 +268,7 @@ type Negotiation struct {
 	grace    time.Duration // the wait from feasible for the set chosen now (Grace, or longer: see doubtful)
 	started  time.Time     // when the request went out
 	members  []*member
+	late     []*member // silent members replaced whose awards still stand (standBy)
 	spares   []Bid
 	ready    Ready
 
@@ -326,7 +352,11 @@ func (n *Negotiation) Wake() time.Time {
 	case Awarding:
 		var w time.Time
 		for _, m := range n.members {
-			if !m.accepted {
+			switch {
+			case m.accepted:
+			case m.unreplaced:
+				w = earliest(w, m.awarded.Add(n.cfg.AwardGiveUp))
+			default:
 				w = earliest(w, m.awarded.Add(n.cfg.AwardTimeout))
 			}
 		}
@@ -373,12 +403,90 @@ func (n *Negotiation) Tick(now time.Time) {
 			if n.phase != Awarding {
 				return
 			}
-			if !m.accepted && !now.Before(m.awarded.Add(n.cfg.AwardTimeout)) {
-				n.release(m.Provider, "no answer to the award")
-				n.replace(m, fmt.Sprintf("provider %s did not answer in %v", m.Provider, n.cfg.AwardTimeout), now)
+			if m.accepted || now.Before(m.awarded.Add(n.cfg.AwardTimeout)) {
+				continue
 			}
+			// Silent: replaced if a bid can make its GPUs up; else waited
+			// for (slow is not gone) until AwardGiveUp, then failed.
+			if _, err := n.replacement(m, now); err != nil && now.Before(m.awarded.Add(n.cfg.AwardGiveUp)) {
+				m.unreplaced = true
+				continue
+			}
+			if chosen, err := n.replacement(m, now); err == nil && !n.cfg.OldAwardRules && n.fresh(chosen) {
+				n.standBy(m, chosen, now)
+				continue
+			}
+			n.release(m.Provider, "no answer to the award")
+			n.replace(m, fmt.Sprintf("provider %s did not answer in %v", m.Provider, now.Sub(m.awarded).Round(time.Millisecond)), now)
 		}
 	}
+}
+
+// fresh reports whether every one of chosen is a provider not yet a
+// member (no top-up): their awards can be taken back whole.
+func (n *Negotiation) fresh(chosen []Member) bool {
+	for _, c := range chosen {
+		if n.isMember(c.Provider) {
+			return false
+		}
+	}
+	return true
+}
+
+// standBy replaces silent member m by chosen (awarded now) but keeps m's
+// award standing: if m accepts before any of them has, it takes its place
+// back and they are released (a slow answer is not thrown away for a new
+// round trip that may be as slow); otherwise it is released when one of
+// them accepts first or the negotiation ends.
+func (n *Negotiation) standBy(m *member, chosen []Member, now time.Time) {
+	n.gone[m.Provider] = true
+	n.members = slices.DeleteFunc(n.members, func(x *member) bool { return x == m })
+	m.cover = m.cover[:0]
+	for _, c := range chosen {
+		m.cover = append(m.cover, c.Provider)
+		n.award(c, now)
+	}
+	n.late = append(n.late, m)
+}
+
+// lateAccept takes an acceptance from a member standing by (see standBy):
+// it is a member again if none of the members that replaced it has
+// accepted, else it is released. false: a is not from one standing by.
+func (n *Negotiation) lateAccept(a Acceptance) bool {
+	i := slices.IndexFunc(n.late, func(l *member) bool { return l.Provider == a.Provider })
+	if i < 0 {
+		return false
+	}
+	l := n.late[i]
+	n.late = slices.Delete(n.late, i, i+1)
+	back := a.GPUs == l.GPUs
+	for _, p := range l.cover {
+		if c := n.member(p); c == nil || c.accepted {
+			back = false
+		}
+	}
+	if !back {
+		n.release(l.Provider, "replaced after no answer to the award")
+		return true
+	}
+	for _, p := range l.cover {
+		n.gone[p] = true
+		n.members = slices.DeleteFunc(n.members, func(x *member) bool { return x.Provider == p })
+		n.ready.Awards = slices.DeleteFunc(n.ready.Awards, func(x Award) bool { return x.Provider == p })
+		n.release(p, "the member it stood in for answered first")
+	}
+	delete(n.gone, l.Provider)
+	l.accepted, l.cover = true, nil
+	n.members = append(n.members, l)
+	return true
+}
+
+// releaseLate releases every member standing by: the negotiation ended.
+func (n *Negotiation) releaseLate() {
+	for _, l := range n.late {
+		n.release(l.Provider, "replaced after no answer to the award")
+	}
+	n.late = nil
 }
 
 // Cancel ends the negotiation: every member gets a Release.
@@ -519,6 +627,9 @@ func (n *Negotiation) member(p peer.ID) *member {
 }
 
 func (n *Negotiation) stepAccept(a Acceptance, now time.Time) error {
+	if n.phase == Awarding && n.lateAccept(a) {
+		return n.maybeFormed(now)
+	}
 	m := n.member(a.Provider)
 	if n.phase != Awarding || m == nil {
 		// Not (or no longer) a member: whatever it reserved must go.
@@ -533,11 +644,17 @@ func (n *Negotiation) stepAccept(a Acceptance, now time.Time) error {
 		return nil
 	}
 	m.accepted = true
+	return n.maybeFormed(now)
+}
+
+// maybeFormed ends the negotiation formed once every member has accepted.
+func (n *Negotiation) maybeFormed(now time.Time) error {
 	for _, m := range n.members {
 		if !m.accepted {
 			return nil
 		}
 	}
+	n.releaseLate()
 	n.phase = Formed
 	o := &Outcome{Formed: true, Members: n.Members(), Cost: TotalCost(n.Members()), Refused: slices.Clone(n.refusers)}
 	o.Spares = spareBids(usableBids(n.live(now), n.rfb.Needs, n.cfg.Ranking), o.Members, n.rfb.Needs)
@@ -549,6 +666,12 @@ func (n *Negotiation) stepAccept(a Acceptance, now time.Time) error {
 }
 
 func (n *Negotiation) stepRefuse(r Refusal, now time.Time) error {
+	if i := slices.IndexFunc(n.late, func(l *member) bool { return l.Provider == r.Provider }); i >= 0 {
+		// Standing by, it refused: it holds nothing; it was replaced already.
+		n.late = slices.Delete(n.late, i, i+1)
+		n.refusedBy(r.Provider)
+		return nil
+	}
 	m := n.member(r.Provider)
 	if n.phase != Awarding || m == nil || m.accepted {
 		if m != nil && m.accepted && n.phase == Awarding {
@@ -576,34 +699,10 @@ func (n *Negotiation) refusedBy(p peer.ID) {
 func (n *Negotiation) replace(gone *member, why string, now time.Time) {
 	n.gone[gone.Provider] = true
 	n.members = slices.DeleteFunc(n.members, func(m *member) bool { return m == gone })
-	needs := n.rfb.Needs
-	needs.GPUs = gone.GPUs
-	needs.PerNode = min(needs.PerNode, needs.GPUs)
-	bids := slices.Clone(n.live(now))
-	if needs.PerNode == 0 {
-		// What members bid beyond their award can make up the loss too.
-		for _, m := range n.members {
-			if m.bid.GPUs > m.GPUs {
-				rest := m.bid
-				rest.GPUs -= m.GPUs
-				bids = append(bids, rest)
-			}
-		}
-	}
-	if needs.Placement == Colocated && len(n.members) > 0 {
-		zone := n.members[0].Zone
-		bids = slices.DeleteFunc(bids, func(b Bid) bool { return zone == "" || b.Zone != zone })
-	}
-	// No replacement mixes the host network in (selectIn).
-	var kept []Member
-	for _, m := range n.members {
-		kept = append(kept, memberOf(&m.bid, m.GPUs))
-	}
-	bids = slices.DeleteFunc(bids, func(b Bid) bool { return mixes(b, kept) })
-	chosen, _, err := SelectRanked(bids, needs, n.cfg.Ranking)
+	chosen, err := n.replacement(gone, now)
 	if err != nil {
 		reason := why + "; no replacement: " + err.Error()
-		if needs.Placement == Colocated && len(n.members) > 0 {
+		if n.rfb.Needs.Placement == Colocated && len(n.members) > 0 {
 			reason += " in zone " + zoneName(zoneKey(&Bid{Zone: n.members[0].Zone, Provider: n.members[0].Provider}))
 		}
 		n.fail(reason)
@@ -614,11 +713,44 @@ func (n *Negotiation) replace(gone *member, why string, now time.Time) {
 	}
 }
 
+// replacement chooses, from the live bids and what the other members bid
+// beyond their award, who would make up gone's GPUs; it changes nothing.
+func (n *Negotiation) replacement(gone *member, now time.Time) ([]Member, error) {
+	others := slices.DeleteFunc(slices.Clone(n.members), func(m *member) bool { return m == gone })
+	needs := n.rfb.Needs
+	needs.GPUs = gone.GPUs
+	needs.PerNode = min(needs.PerNode, needs.GPUs)
+	bids := slices.Clone(n.live(now))
+	if needs.PerNode == 0 {
+		// What members bid beyond their award can make up the loss too.
+		for _, m := range others {
+			if m.bid.GPUs > m.GPUs {
+				rest := m.bid
+				rest.GPUs -= m.GPUs
+				bids = append(bids, rest)
+			}
+		}
+	}
+	if needs.Placement == Colocated && len(others) > 0 {
+		zone := others[0].Zone
+		bids = slices.DeleteFunc(bids, func(b Bid) bool { return zone == "" || b.Zone != zone })
+	}
+	// No replacement mixes the host network in (selectIn).
+	var kept []Member
+	for _, m := range others {
+		kept = append(kept, memberOf(&m.bid, m.GPUs))
+	}
+	bids = slices.DeleteFunc(bids, func(b Bid) bool { return mixes(b, kept) })
+	chosen, _, err := SelectRanked(bids, needs, n.cfg.Ranking)
+	return chosen, err
+}
+
 // fail releases every member and ends the negotiation.
 func (n *Negotiation) fail(reason string) {
 	for _, m := range n.members {
 		n.release(m.Provider, reason)
 	}
+	n.releaseLate()
 	n.phase = Failed
 	n.ready.Outcome = &Outcome{Reason: reason, Contended: n.refused, Refused: slices.Clone(n.refusers)}
 }

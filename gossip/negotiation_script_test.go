@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/internal/golden"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 var rewrite = flag.Bool("rewrite", false, "rewrite the expected transcripts of testdata/negotiation/*.txt")
@@ -27,6 +28,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected transcripts of t
 //	submit ... direct=1 fanout=4 fallback=1s   a direct negotiation (Ready.Ask)
 //	candidates 1 2 3 final=1   providers named to a direct negotiation, with
 //	                  their GPUs and price (final: the directory has answered)
+//	slow N after=3s   provider N's answers to awards arrive 3 s after they are sent
 //	run               deliver in order until the negotiation ends
 func TestNegotiationScripts(t *testing.T) {
 	golden.Run(t, "testdata/negotiation/*.txt", *rewrite, runScript)
@@ -153,6 +155,18 @@ func runScript(t *testing.T, script string) string {
 				n.Candidates(cs, final, m.now)
 				m.drain(n)
 			}
+		case "slow":
+			if len(pos) != 1 {
+				fail("want the provider's number")
+			}
+			d, err := time.ParseDuration(args["after"])
+			if err != nil {
+				fail("after: %v", err)
+			}
+			if m.slow == nil {
+				m.slow = map[peer.ID]time.Duration{}
+			}
+			m.slow[testID(pos[0])] = d
 		case "run":
 			m.run(false)
 		default:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -421,6 +422,17 @@ func (n *Node) trace(job gossip.JobID, step string, msg gossip.Message) {
 	n.log.Log(context.Background(), LevelTrace, "negotiation step", "job", job.String(), "step", step, "kind", msgKind(msg))
 }
 
+// traceNote logs a step of job's negotiation on this peer that carries no
+// message, with a word on it in the kind's place (see LevelTrace): asked
+// (how many providers), broadcast, looked up (a peer's address in the
+// DHT), release (why), candidates (the directory's count).
+func (n *Node) traceNote(job gossip.JobID, step, note string) {
+	if !n.log.Enabled(context.Background(), LevelTrace) {
+		return
+	}
+	n.log.Log(context.Background(), LevelTrace, "negotiation step", "job", job.String(), "step", step, "kind", note)
+}
+
 // msgKind names a negotiation message's type, for the trace.
 func msgKind(msg gossip.Message) string {
 	switch msg.(type) {
@@ -734,6 +746,7 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 		// To the submitter by its ID: connected, or found in the DHT.
 		n.send(ctx, m.Submitter, &bid)
 	case *gossip.Award:
+		n.trace(m.Job, "answered", m)
 		if res == nil {
 			n.send(ctx, m.Submitter, &gossip.Refusal{Job: m.Job, Provider: n.id.PeerID, Reason: "this peer offers no GPUs"})
 			return
@@ -769,6 +782,7 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 // flush acts on what a negotiation says: ask, broadcast, send, record.
 func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready) {
 	if len(r.Ask) > 0 {
+		n.traceNote(ng.Job(), "ask", strconv.Itoa(len(r.Ask)))
 		rfb := ng.Request()
 		first := !n.paced[rfb.Job]
 		n.paced[rfb.Job] = true
@@ -790,6 +804,7 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 		}()
 	}
 	if rfb := r.RequestForBids; rfb != nil {
+		n.traceNote(ng.Job(), "broadcast", "")
 		data, err := gossip.MarshalNegotiation(rfb)
 		if err == nil {
 			n.sent.Add(1)
@@ -802,6 +817,9 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 			}()
 		}
 	}
+	if len(r.Awards) > 0 {
+		n.traceNote(ng.Job(), "awarding", strconv.Itoa(len(r.Awards)))
+	}
 	for i := range r.Awards {
 		n.send(ctx, r.Awards[i].Provider, &r.Awards[i])
 	}
@@ -809,6 +827,7 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 		n.send(ctx, r.Confirms[i].Provider, &r.Confirms[i])
 	}
 	for i := range r.Releases {
+		n.traceNote(ng.Job(), "release", r.Releases[i].Reason)
 		n.send(ctx, r.Releases[i].Provider, &r.Releases[i])
 	}
 	if r.Outcome != nil {
@@ -856,9 +875,11 @@ func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg go
 		}
 		sctx, cancel := context.WithTimeout(ctx, sendTimeout)
 		defer cancel()
-		if err := n.reachPeer(sctx, to, own); err != nil {
+		if looked, err := n.reachPeer(sctx, to, own); err != nil {
 			n.log.Debug("negotiation message not sent", "to", to, "msg", fmt.Sprintf("%T", msg), "err", err)
 			return
+		} else if looked {
+			n.traceNote(msg.JobID(), "looked up", msgKind(msg))
 		}
 		s, err := n.host.NewStream(sctx, to, proto)
 		if err != nil {
@@ -900,23 +921,24 @@ func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg go
 // reachPeer makes sure this peer can open a stream to p by its ID: it is
 // connected, the peerstore has addresses of it, or the DHT finds them.
 // Unless own, a lookup waits for none: when maxLookups are under way (a
-// flood of strangers' requests) it fails at once.
-func (n *Node) reachPeer(ctx context.Context, p peer.ID, own bool) error {
+// flood of strangers' requests) it fails at once. looked says it took a
+// lookup.
+func (n *Node) reachPeer(ctx context.Context, p peer.ID, own bool) (looked bool, err error) {
 	if n.host.Network().Connectedness(p) == network.Connected || len(n.host.Peerstore().Addrs(p)) > 0 {
-		return nil
+		return false, nil
 	}
 	if !own {
 		if !n.startLookup(p) {
-			return errors.New("not connected, and lookups busy")
+			return false, errors.New("not connected, and lookups busy")
 		}
 		defer n.endLookup(p)
 	}
 	ai, err := n.dht.FindPeer(ctx, p)
 	if err != nil {
-		return fmt.Errorf("not found in the DHT: %w", err)
+		return true, fmt.Errorf("not found in the DHT: %w", err)
 	}
 	n.host.Peerstore().AddAddrs(p, ai.Addrs, peerstore.TempAddrTTL)
-	return nil
+	return true, nil
 }
 
 // maxLookups bounds the DHT lookups of peers this peer is not connected to

@@ -180,6 +180,10 @@ type Config struct {
 	// goroutine for every connected peer: for simulated peers that move
 	// no content (meshtest's scale harness). No flag sets it.
 	NoBlockExchange bool
+	// OldAwardRules negotiates this peer's jobs by the award rules before
+	// standing-by members (gossip.NegotiationConfig.OldAwardRules): for
+	// the scale harness's comparison. No flag sets it.
+	OldAwardRules bool
 }
 
 // mdns says whether the peer discovers its swarm on the LAN by mDNS: on

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"strconv"
 	"strings"
 	"time"
 
@@ -65,7 +66,7 @@ func (n *Node) negotiate(ctx context.Context, id gossip.JobID, spec jobspec.Spec
 	// Direct: the request goes to the providers named below, not to the
 	// whole swarm (gossip/negotiation_direct.go); the topic only when they
 	// are too few or do not answer.
-	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{Ranking: n.Ranking(), Direct: true, Private: n.cfg.Swarm.Private()}, now)
+	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{Ranking: n.Ranking(), Direct: true, Private: n.cfg.Swarm.Private(), OldAwardRules: n.cfg.OldAwardRules}, now)
 	if err != nil {
 		return err
 	}
@@ -88,7 +89,9 @@ func (n *Node) negotiate(ctx context.Context, id gossip.JobID, spec jobspec.Spec
 			n.log.Debug("directory lookup for a request for bids", "job", id, "err", err)
 		}
 		// A failed lookup names nobody: the negotiation then asks the topic.
-		n.deliver(lctx, negEvent{cands: &candidates{job: id, list: matchCandidates(found, needs), final: true}})
+		cands := matchCandidates(found, needs)
+		n.traceNote(id, "candidates", strconv.Itoa(len(cands)))
+		n.deliver(lctx, negEvent{cands: &candidates{job: id, list: cands, final: true}})
 	}()
 	return nil
 }

@@ -537,7 +537,7 @@ func (n *Node) openMember(ctx context.Context, m gossip.Member) (*memberConn, er
 	sctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	// By its ID: the addresses in its bid are its own word, never dialed.
-	if err := n.reachPeer(sctx, m.Provider, true); err != nil {
+	if _, err := n.reachPeer(sctx, m.Provider, true); err != nil {
 		return nil, err
 	}
 	s, err := n.host.NewStream(sctx, m.Provider, jobwire.Protocol11, jobwire.Protocol)

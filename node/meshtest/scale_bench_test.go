@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -38,11 +39,20 @@ var (
 	scaleBitswap = flag.Bool("scale.bitswap", false, "BenchmarkScale: simulated nodes run bitswap (a queue and a goroutine a connection), as a real node does, for comparison")
 	scaleNoUpkp  = flag.Bool("scale.noupkeep", false, "BenchmarkScale: skip the DHT upkeep measurement (a refresh of every bucket on every peer, the offers' re-puts and index announcements: minutes at 1,000 peers)")
 	scaleNote    = flag.String("scale.note", "", "BenchmarkScale: a note kept with each size's JSON line (e.g. \"measured under load\")")
-	scaleProfile = flag.String("scale.profile", "", "BenchmarkScale: write heap and goroutine profiles at rest (after setup, after GC) into this directory as heap-N.pprof, goroutine-N.pprof")
+	scaleProfile = flag.String("scale.profile", "", "BenchmarkScale: write heap and goroutine profiles at rest (after setup, after GC) into this directory as heap-N.pprof, goroutine-N.pprof, and a CPU profile of the formations, cpu-formation-N.pprof")
 )
 
 // Price re-sends (issue 19): the pacing before gossip.Resend, for a
 // baseline measured in the same run.
+// scaleFormOnly skips everything between setup and formation.
+var scaleFormOnly = flag.Bool("scale.formonly", false, "BenchmarkScale: after setup and the resting window, measure formation only (no upkeep, records, lookups or ticks); writes no JSON line")
+
+// scaleTrace prints every formation's steps, on every peer, from the submit.
+var scaleTrace = flag.Bool("scale.trace", false, "BenchmarkScale: print each formation's negotiation steps (node.LevelTrace) on every peer, in ms from the submit, and a split by stage")
+
+// scaleOldAwards compares the award rules before standing-by members.
+var scaleOldAwards = flag.Bool("scale.oldawards", false, "BenchmarkScale: every other formation is submitted from a peer with the award rules before standing-by members (node.Config.OldAwardRules), on the same mesh, and reported apart (old-form8-*, old-form64-*): a before and after in one run")
+
 var scaleFixedResend = flag.Bool("scale.fixedresend", false, "BenchmarkScale: providers re-send unchanged asks every 30 s whatever the board (the pacing before gossip.Resend), for a baseline")
 
 // BenchmarkScale runs whole gpumesh nodes (directory, prices, negotiation)
@@ -83,7 +93,7 @@ func BenchmarkScale(b *testing.B) {
 			if !ok {
 				r = measureScale(b, n, *scaleLatency)
 				scaleResults[n] = r
-				if *scaleOut != "" && !*scaleOnly {
+				if *scaleOut != "" && !*scaleOnly && !*scaleFormOnly {
 					appendJSONLine(b, *scaleOut, r)
 				}
 			}
@@ -172,6 +182,11 @@ type scaleResult struct {
 	Form64P99Ms    float64
 	Form64Msgs     float64
 	Form64Failed   int
+	// With -scale.oldawards: the same figures of the jobs submitted by
+	// peers with the award rules before (node.Config.OldAwardRules).
+	OldForm8P50Ms, OldForm8P99Ms, OldForm8Msgs    float64 `json:",omitempty"`
+	OldForm64P50Ms, OldForm64P99Ms, OldForm64Msgs float64 `json:",omitempty"`
+	OldFailed                                     int     `json:",omitempty"`
 }
 
 func (r scaleResult) report(b *testing.B) {
@@ -190,6 +205,18 @@ func (r scaleResult) report(b *testing.B) {
 	} {
 		b.ReportMetric(m.v, m.unit)
 	}
+	if *scaleOldAwards {
+		for _, m := range []struct {
+			v    float64
+			unit string
+		}{
+			{r.OldForm8P50Ms, "old-form8-p50-ms"}, {r.OldForm8P99Ms, "old-form8-p99-ms"}, {r.OldForm8Msgs, "old-form8-msgs"},
+			{r.OldForm64P50Ms, "old-form64-p50-ms"}, {r.OldForm64P99Ms, "old-form64-p99-ms"}, {r.OldForm64Msgs, "old-form64-msgs"},
+			{float64(r.OldFailed), "old-failed-jobs"},
+		} {
+			b.ReportMetric(m.v, m.unit)
+		}
+	}
 }
 
 func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
@@ -205,11 +232,16 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	say := func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "scale %d: %5.0fs  %s\n", n, time.Since(setup).Seconds(), fmt.Sprintf(format, args...))
 	}
+	tl := &traceLog{honest: map[string]bool{}, events: map[string][]step{}}
 	m := meshtest.Start(b, n, meshtest.Options{Seed: uint64(n), Private: true, Providers: providers, Executors: []string{"process"}, Latency: latency,
 		Progress: say, ConnLow: scaleConnLow, ConnHigh: scaleConnHigh * ifThen(*scaleNoCM, 0, 1), CountProtocols: true,
 		LinkOnDial: !*scaleLinkAll,
 		Config: func(i int, c *node.Config) {
 			c.NoBlockExchange = !*scaleBitswap
+			if *scaleTrace {
+				c.Logger = slog.New(&traceHandler{log: tl, node: i})
+			}
+			c.OldAwardRules = *scaleOldAwards && oldRules(i)
 			if *scaleFixedResend {
 				c.PriceResend = gossip.Resend{Floor: 30 * time.Second, Cap: 30 * time.Second}
 			}
@@ -377,6 +409,10 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	if *scaleProfile != "" {
 		writeProfiles(b, *scaleProfile, n)
 	}
+	if *scaleFormOnly {
+		measureFormation(b, ctx, m, provs, others, rng, tl, &r, say)
+		return r
+	}
 	if !*scaleNoUpkp {
 		measureUpkeep(ctx, b, m, provs, &r, say)
 	}
@@ -484,63 +520,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	r.TickTo99Ms = float64(sum) / float64(len(reach)) / float64(time.Millisecond)
 	// The providers' own policy takes their asks back (fixed: the same).
 
-	// Formation.
-	msgs := func() uint64 {
-		var s uint64
-		for _, nd := range m.Nodes {
-			s += nd.NegotiationMessages()
-		}
-		return s
-	}
-	form := func(gpus, jobs int) (p50, p99, perJob float64, failed int) {
-		spec, err := jobspec.Parse([]byte(fmt.Sprintf("name: scale\ncommand: [sleep, \"3600\"]\nresources: {gpus: %d, gpu: {model: H100}}\nmaxPrice: 2.50\ntimeout: 1h\n", gpus)), "yaml")
-		if err != nil {
-			b.Fatal(err)
-		}
-		var lat []time.Duration
-		var total uint64
-		for range jobs {
-			nd := others[rng.IntN(len(others))]
-			m0 := msgs()
-			start := time.Now()
-			job, err := nd.SubmitJob(ctx, spec)
-			if err != nil {
-				b.Fatal(err)
-			}
-			var j node.Job
-			waitSaying(b, ctx, say, 2*time.Minute, "the job to leave negotiation", func() (bool, string) {
-				j, _ = nd.Job(job.ID)
-				return j.State != node.JobNegotiating, string(j.State)
-			})
-			took := time.Since(start)
-			total += msgs() - m0
-			if j.State != node.JobFormed && j.State != node.JobRunning {
-				b.Logf("a %d-GPU job %s after %v: %s", gpus, j.State, took.Round(time.Millisecond), j.Reason)
-				failed++
-				continue
-			}
-			lat = append(lat, took)
-			if _, err := nd.CancelJob(ctx, job.ID); err != nil {
-				b.Fatal(err)
-			}
-			waitSaying(b, ctx, say, time.Minute, "every provider's GPUs free again", func() (bool, string) {
-				for i, p := range provs {
-					if free, used := p.FreeGPUs()["H100-80GB"], len(p.GPUsInUse()); free != 8 || used != 0 {
-						return false, fmt.Sprintf("provider %d: %d of 8 free, %d in use", i, free, used)
-					}
-				}
-				return true, ""
-			})
-		}
-		if len(lat) == 0 {
-			b.Fatalf("no %d-GPU job formed", gpus)
-		}
-		return pctMs(lat, 50), pctMs(lat, 99), float64(total) / float64(jobs), failed
-	}
-	say("8-GPU formations")
-	r.Form8P50Ms, r.Form8P99Ms, r.Form8Msgs, r.Form8Failed = form(8, 20)
-	say("64-GPU formations")
-	r.Form64P50Ms, r.Form64P99Ms, r.Form64Msgs, r.Form64Failed = form(64, 8)
+	measureFormation(b, ctx, m, provs, others, rng, tl, &r, say)
 	say("done")
 	return r
 }
@@ -811,4 +791,208 @@ func appendJSONLine(b *testing.B, path string, v any) {
 	if _, err := f.Write(append(data, '\n')); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// measureFormation forms 8- and 64-GPU jobs one after another from random
+// peers without GPUs (see BenchmarkScale), each cancelled and its GPUs
+// seen free again before the next.
+func measureFormation(b *testing.B, ctx context.Context, m *meshtest.Mesh, provs, others []*node.Node, rng *rand.Rand, tl *traceLog, r *scaleResult, say func(string, ...any)) {
+	msgs := func() uint64 {
+		var s uint64
+		for _, nd := range m.Nodes {
+			s += nd.NegotiationMessages()
+		}
+		return s
+	}
+	type stats struct {
+		p50, p99, perJob float64
+		failed           int
+	}
+	// form forms jobs one after another; with -scale.oldawards, as many
+	// again alternating with them from peers with the old award rules.
+	form := func(gpus, jobs int) (cur, old stats) {
+		spec, err := jobspec.Parse([]byte(fmt.Sprintf("name: scale\ncommand: [sleep, \"3600\"]\nresources: {gpus: %d, gpu: {model: H100}}\nmaxPrice: 2.50\ntimeout: 1h\n", gpus)), "yaml")
+		if err != nil {
+			b.Fatal(err)
+		}
+		var lat [2][]time.Duration
+		var total [2]uint64
+		var failed, tried [2]int
+		rounds := 1
+		if *scaleOldAwards {
+			rounds = 2
+		}
+		for k := range jobs * rounds {
+			rules := k % rounds // 1: the old award rules
+			var nd *node.Node
+			for {
+				nd = others[rng.IntN(len(others))]
+				if oldRules(slices.Index(m.Nodes, nd)) == (rules == 1) || rounds == 1 {
+					break
+				}
+			}
+			tried[rules]++
+			m0 := msgs()
+			start := time.Now()
+			job, err := nd.SubmitJob(ctx, spec)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var j node.Job
+			waitSaying(b, ctx, say, 2*time.Minute, "the job to leave negotiation", func() (bool, string) {
+				j, _ = nd.Job(job.ID)
+				return j.State != node.JobNegotiating, string(j.State)
+			})
+			took := time.Since(start)
+			total[rules] += msgs() - m0
+			if *scaleTrace {
+				sub := slices.Index(m.Nodes, nd)
+				say("  %d-GPU job%s %s: %v %s", gpus, map[int]string{0: "", 1: " (old rules)"}[rules], j.State, took.Round(time.Millisecond), timeline(tl.take(job.ID), sub, providers(m, provs)))
+			}
+			if j.State != node.JobFormed && j.State != node.JobRunning {
+				b.Logf("a %d-GPU job %s after %v: %s", gpus, j.State, took.Round(time.Millisecond), j.Reason)
+				failed[rules]++
+				continue
+			}
+			lat[rules] = append(lat[rules], took)
+			if _, err := nd.CancelJob(ctx, job.ID); err != nil {
+				b.Fatal(err)
+			}
+			waitSaying(b, ctx, say, time.Minute, "every provider's GPUs free again", func() (bool, string) {
+				for i, p := range provs {
+					if free, used := p.FreeGPUs()["H100-80GB"], len(p.GPUsInUse()); free != 8 || used != 0 {
+						return false, fmt.Sprintf("provider %d: %d of 8 free, %d in use", i, free, used)
+					}
+				}
+				return true, ""
+			})
+		}
+		if len(lat[0]) == 0 {
+			b.Fatalf("no %d-GPU job formed", gpus)
+		}
+		st := func(r int) stats {
+			if len(lat[r]) == 0 {
+				return stats{failed: failed[r]}
+			}
+			return stats{pctMs(lat[r], 50), pctMs(lat[r], 99), float64(total[r]) / float64(max(tried[r], 1)), failed[r]}
+		}
+		return st(0), st(1)
+	}
+	if *scaleProfile != "" {
+		// The formations' CPU: what the process does while jobs form.
+		f, err := os.Create(filepath.Join(*scaleProfile, fmt.Sprintf("cpu-formation-%d.pprof", len(m.Nodes))))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	say("8-GPU formations")
+	cur, old := form(8, 20)
+	r.Form8P50Ms, r.Form8P99Ms, r.Form8Msgs, r.Form8Failed = cur.p50, cur.p99, cur.perJob, cur.failed
+	r.OldForm8P50Ms, r.OldForm8P99Ms, r.OldForm8Msgs, r.OldFailed = old.p50, old.p99, old.perJob, old.failed
+	say("64-GPU formations")
+	cur, old = form(64, 8)
+	r.Form64P50Ms, r.Form64P99Ms, r.Form64Msgs, r.Form64Failed = cur.p50, cur.p99, cur.perJob, cur.failed
+	r.OldForm64P50Ms, r.OldForm64P99Ms, r.OldForm64Msgs = old.p50, old.p99, old.perJob
+	r.OldFailed += old.failed
+	if *scaleOldAwards {
+		say("8-GPU p50/p99 %.0f/%.0f ms (old rules %.0f/%.0f), 64-GPU %.0f/%.0f ms (old rules %.0f/%.0f), failed %d (old rules %d)",
+			r.Form8P50Ms, r.Form8P99Ms, r.OldForm8P50Ms, r.OldForm8P99Ms, r.Form64P50Ms, r.Form64P99Ms, r.OldForm64P50Ms, r.OldForm64P99Ms,
+			r.Form8Failed+r.Form64Failed, r.OldFailed)
+	}
+	say("done")
+}
+
+// oldRules says whether mesh peer i submits by the old award rules under
+// -scale.oldawards: every odd one.
+func oldRules(i int) bool { return i%2 == 1 }
+
+// providers maps a provider's mesh index to its index among provs.
+func providers(m *meshtest.Mesh, provs []*node.Node) map[int]int {
+	out := map[int]int{}
+	for i, p := range provs {
+		out[slices.Index(m.Nodes, p)] = i
+	}
+	return out
+}
+
+// take returns job's steps and forgets them.
+func (t *traceLog) take(job string) []step {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	evs := t.events[job]
+	delete(t.events, job)
+	delete(t.honest, job)
+	return evs
+}
+
+// timeline writes a formation's steps in ms from the submit: S is the
+// submitter, pN provider N, then the step and its kind or note; and before
+// them a split by stage: the submitter's loop took the job (loop), first
+// ask sent, the directory's candidates, first and last bid received, the
+// award sent, last answer received, the outcome.
+func timeline(evs []step, sub int, provIdx map[int]int) string {
+	var t0 time.Time
+	for _, e := range evs {
+		if e.node == sub && e.step == "submitted" {
+			t0 = e.at
+			break
+		}
+	}
+	if t0.IsZero() {
+		return "(no trace)"
+	}
+	at := map[string]time.Duration{}
+	first := func(k string, d time.Duration) {
+		if _, ok := at[k]; !ok {
+			at[k] = d
+		}
+	}
+	var b strings.Builder
+	for _, e := range evs {
+		d := e.at.Sub(t0)
+		who := "S"
+		if e.node != sub {
+			if i, ok := provIdx[e.node]; ok {
+				who = fmt.Sprintf("p%d", i)
+			} else {
+				who = fmt.Sprintf("n%d", e.node)
+			}
+		}
+		if e.node == sub {
+			switch {
+			case e.step == "ask":
+				first("ask", d)
+			case e.step == "candidates":
+				first("dir", d)
+			case e.step == "broadcast":
+				first("topic", d)
+			case e.step == "received" && e.kind == "bid":
+				first("bid1", d)
+				at["bidN"] = d
+			case e.step == "awarding":
+				first("award", d)
+			case e.step == "received" && e.kind == "answer":
+				at["answer"] = d
+			case e.step == "ended":
+				first("ended", d)
+			}
+		}
+		kind := e.kind
+		if len(kind) > 24 {
+			kind = kind[:24]
+		}
+		fmt.Fprintf(&b, " %s:%s:%s:%d", who, strings.ReplaceAll(e.step, " ", "_"), strings.ReplaceAll(kind, " ", "_"), d.Milliseconds())
+	}
+	var split []string
+	for _, k := range []string{"ask", "dir", "topic", "bid1", "bidN", "award", "answer", "ended"} {
+		if d, ok := at[k]; ok {
+			split = append(split, fmt.Sprintf("%s %d", k, d.Milliseconds()))
+		}
+	}
+	return "[" + strings.Join(split, ", ") + "]" + b.String()
 }
