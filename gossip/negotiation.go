@@ -115,6 +115,10 @@ type NegotiationConfig struct {
 	Fanout       int           // with Direct, providers asked at most; 0: 32
 	MinAsk       int           // with Direct, providers asked at least (when named); 0: 3
 	FallbackWait time.Duration // with Direct, no cluster possible this long after the request: broadcast it too; 0: 1 s
+	// Reasks: with Direct, once the request went on the topic, rounds of
+	// asking the named providers again directly, one each FallbackWait
+	// while no cluster can form; 0: 2, negative: none.
+	Reasks int
 	// Private: the swarm is private, so a bid marked HostNet (its
 	// provider cannot make job networks) is taken, and a cluster with
 	// such a member runs on the host network (HostNetwork). In the public
@@ -149,6 +153,10 @@ func (c NegotiationConfig) withDefaults() NegotiationConfig {
 	if c.FallbackWait <= 0 {
 		c.FallbackWait = time.Second
 	}
+	if c.Reasks == 0 {
+		c.Reasks = 2
+	}
+	c.Reasks = max(c.Reasks, 0)
 	return c
 }
 
@@ -250,6 +258,8 @@ type Negotiation struct {
 	cands     []candidate // providers named so far, asked or not
 	final     bool        // the directory has answered
 	broadcast bool        // the request went on the topic as well
+	reasks    int         // rounds of asking again since the topic (Reasks)
+	lastAsk   time.Time   // when the request last went out (the topic, or a round of asking again)
 
 	refused  bool      // a member refused or took back its award
 	refusers []peer.ID // who did, each once (Outcome.Refused)

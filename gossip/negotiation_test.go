@@ -323,6 +323,11 @@ type meshNet struct {
 	trace  []string
 	names  map[peer.ID]string
 	sorted []peer.ID
+	// lost: requests broadcast on the topic reach no provider (every
+	// peer's bound on the topic's requests spent by a flood).
+	lost bool
+	// until: run stops at this time (zero: when nothing is left to do).
+	until time.Time
 }
 
 func newMeshNet(t *testing.T, seed uint64) *meshNet {
@@ -366,7 +371,9 @@ func (m *meshNet) send(msg Message) {
 
 func (m *meshNet) drain(n *Negotiation) {
 	rd := n.Ready()
-	if rd.RequestForBids != nil {
+	if rd.RequestForBids != nil && m.lost {
+		m.logf("rfb %d GPUs, lost", rd.RequestForBids.Needs.GPUs)
+	} else if rd.RequestForBids != nil {
 		m.logf("rfb %d GPUs", rd.RequestForBids.Needs.GPUs)
 		for _, p := range m.sorted {
 			if b, err := m.provs[p].Bid(*rd.RequestForBids, m.now); err == nil {
@@ -461,6 +468,10 @@ func (m *meshNet) run(shuffle bool) {
 		var wake time.Time
 		for _, n := range m.negs {
 			wake = earliest(wake, n.Wake())
+		}
+		if !m.until.IsZero() && (wake.IsZero() || wake.After(m.until)) {
+			m.now = later(m.now, m.until)
+			return
 		}
 		if wake.IsZero() {
 			return

@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -73,6 +74,74 @@ func TestAFloodOfTopicRequestsFromManyIdentitiesIsBoundedAtEveryPeer(t *testing.
 	j := submit(t, ctx, sub, jobSpec(t, 8, ""))
 	if !holds(j) {
 		t.Fatalf("the honest job: %s (%s), want formed", j.State, j.Reason)
+	}
+	if _, err := sub.CancelJob(ctx, j.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFree(t, ctx, []*node.Node{prov})
+}
+
+// A hostile submitter holds all of the one provider's GPUs while an
+// honest 8-GPU job is asked for: the provider, asked directly, then again
+// and on the topic after the fallback wait, has nothing free and does not
+// bid. The hostile submitter then lets its GPUs go. A request on the
+// topic is published once (and under a flood every peer may ignore it:
+// gossip.TopicTotal), so nothing would ask the provider again; the honest
+// submitter asks the providers it named again, directly, while no
+// cluster can form (gossip's Reasks), and the job forms on the
+// provider's 8 GPUs.
+func TestAnHonestJobFormsWhenItsProviderFreesGPUsAfterTheTopicRequest(t *testing.T) {
+	steps := &stepLog{}
+	o := h100s(0xd8, 1)
+	o.Config = func(i int, c *node.Config) {
+		if i == 0 {
+			c.Logger = slog.New(steps)
+		}
+	}
+	m := meshtest.Start(t, 3, o)
+	prov, sub := m.Nodes[0], m.Nodes[2]
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	hostile := m.AddAdversary(t, 0)
+	held := meshtest.NewJobID()
+	if _, err := hostile.Reserve(ctx, prov.Host().ID(), held, h100, 8, 2_500_000, "USDC:6"); err != nil {
+		t.Fatal(err)
+	}
+	testwait.Until(t, ctx, "the provider to hold its 8 GPUs", func() (bool, string) {
+		free := prov.FreeGPUs()[h100]
+		return free == 0, fmt.Sprintf("%d free", free)
+	})
+
+	job, err := sub.SubmitJob(ctx, jobSpec(t, 8, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Asked directly, then again and on the topic: answered 3 times, with
+	// no bid.
+	testwait.Until(t, ctx, "the provider to answer the honest request directly, again and on the topic", func() (bool, string) {
+		n := 0
+		steps.mu.Lock()
+		for _, s := range steps.steps {
+			if s.job == job.ID && s.step == "answered" {
+				n++
+			}
+		}
+		steps.mu.Unlock()
+		cur, _ := sub.Job(job.ID)
+		if cur.State != node.JobNegotiating {
+			t.Fatalf("the honest job: %s (%s) after %d answers, want negotiating", cur.State, cur.Reason, n)
+		}
+		return n >= 3, fmt.Sprintf("answered %d times", n)
+	})
+	if err := hostile.Send(ctx, prov.Host().ID(), &gossip.Release{Job: held, From: hostile.ID.PeerID, Provider: prov.Host().ID(), Reason: "done"}); err != nil {
+		t.Fatal(err)
+	}
+	j := waitJob(t, ctx, sub, job.ID, "to leave negotiation", func(j node.Job) bool { return j.State != node.JobNegotiating })
+	if !holds(j) {
+		t.Fatalf("the honest job: %s (%s), want formed once the provider's GPUs were free", j.State, j.Reason)
+	}
+	if got, _ := gpusOf(j); got != 8 {
+		t.Errorf("the honest job holds %d GPUs, want 8", got)
 	}
 	if _, err := sub.CancelJob(ctx, j.ID); err != nil {
 		t.Fatal(err)
