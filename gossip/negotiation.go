@@ -204,6 +204,11 @@ type Outcome struct {
 	// submitter's evidence of who bids and then does not hold (see
 	// node/reputation's Refused).
 	Refused []peer.ID
+	// Silent is the providers that neither accepted nor refused an award
+	// of this negotiation within AwardTimeout, each once: evidence like
+	// Refused (a provider that bids and then keeps the submitter waiting
+	// costs it a round trip and the timeout), but no sign of a race.
+	Silent []peer.ID
 }
 
 // Ready is what the caller must do: send the messages and note the outcome.
@@ -263,6 +268,7 @@ type Negotiation struct {
 
 	refused  bool      // a member refused or took back its award
 	refusers []peer.ID // who did, each once (Outcome.Refused)
+	silent   []peer.ID // members that did not answer their award, each once (Outcome.Silent)
 }
 
 // NewNegotiation starts a negotiation for a request; Ready then holds the
@@ -384,6 +390,9 @@ func (n *Negotiation) Tick(now time.Time) {
 				return
 			}
 			if !m.accepted && !now.Before(m.awarded.Add(n.cfg.AwardTimeout)) {
+				if !slices.Contains(n.silent, m.Provider) {
+					n.silent = append(n.silent, m.Provider)
+				}
 				n.release(m.Provider, "no answer to the award")
 				n.replace(m, fmt.Sprintf("provider %s did not answer in %v", m.Provider, n.cfg.AwardTimeout), now)
 			}
@@ -470,12 +479,16 @@ func (n *Negotiation) maybeClose(now time.Time) {
 }
 
 // doubtful reports whether a chosen set has a member whose score is below
-// that of a provider nobody has seen (Ranking.Unknown): such a set waits
+// that of a provider nobody has seen (Ranking.Unknown), or one awarded
+// last (Ranking.Last): such a set waits
 // DoubtWait rather than Grace for other bids (less if every provider
 // expected bids first), so a provider known to fail is not chosen only
 // because its bid came first.
 func (n *Negotiation) doubtful(chosen []Member) bool {
 	for _, c := range chosen {
+		if n.cfg.Ranking.Last[c.Provider] {
+			return true
+		}
 		if s, ok := n.cfg.Ranking.Scores[c.Provider]; ok && s < n.cfg.Ranking.Unknown {
 			return true
 		}
@@ -549,7 +562,7 @@ func (n *Negotiation) stepAccept(a Acceptance, now time.Time) error {
 		}
 	}
 	n.phase = Formed
-	o := &Outcome{Formed: true, Members: n.Members(), Cost: TotalCost(n.Members()), Refused: slices.Clone(n.refusers)}
+	o := &Outcome{Formed: true, Members: n.Members(), Cost: TotalCost(n.Members()), Refused: slices.Clone(n.refusers), Silent: slices.Clone(n.silent)}
 	o.Spares = spareBids(usableBids(n.live(now), n.rfb.Needs, n.cfg.Ranking), o.Members, n.rfb.Needs)
 	for _, m := range n.members {
 		n.ready.Confirms = append(n.ready.Confirms, Confirm{Job: n.rfb.Job, Submitter: n.rfb.Submitter, Provider: m.Provider})
@@ -630,7 +643,7 @@ func (n *Negotiation) fail(reason string) {
 		n.release(m.Provider, reason)
 	}
 	n.phase = Failed
-	n.ready.Outcome = &Outcome{Reason: reason, Contended: n.refused, Refused: slices.Clone(n.refusers)}
+	n.ready.Outcome = &Outcome{Reason: reason, Contended: n.refused, Refused: slices.Clone(n.refusers), Silent: slices.Clone(n.silent)}
 }
 
 func (n *Negotiation) release(p peer.ID, reason string) {

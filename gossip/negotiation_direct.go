@@ -15,7 +15,8 @@ package gossip
 // Rules:
 //
 //   - Whom: candidates whose ask is at or below the max price (or
-//     unknown), cheapest first, those the ranking doubts last, until the
+//     unknown), cheapest first, those the ranking doubts (or awards last:
+//     Ranking.Last) last, until the
 //     GPUs the asked providers can give — a bid's GPUs once it has bid,
 //     the candidate's listing until then, in whole multiples of perNode —
 //     are twice the GPUs needed (the rest are the spares), at least MinAsk
@@ -164,6 +165,9 @@ func (n *Negotiation) askMore() {
 		}
 	}
 	doubt := func(c candidate) bool {
+		if n.cfg.Ranking.Last[c.Provider] {
+			return true
+		}
 		s, ok := n.cfg.Ranking.Scores[c.Provider]
 		return ok && s < n.cfg.Ranking.Unknown
 	}

@@ -273,8 +273,14 @@ func TestASilentMemberIsReleasedAndReplaced(t *testing.T) {
 	// The replacement is silent too: no spare is left, and a failure of
 	// silence is no race lost (a try again would meet the same silence).
 	n.Tick(t0.Add(ms(1) + 2*time.Second))
-	if o := n.Ready().Outcome; o == nil || o.Formed || o.Contended {
-		t.Errorf("after the second timeout: %+v, want a failure not marked contended", o)
+	o := n.Ready().Outcome
+	if o == nil || o.Formed || o.Contended {
+		t.Fatalf("after the second timeout: %+v, want a failure not marked contended", o)
+	}
+	// Both are named as silent, once each, and neither as refusing: the
+	// submitter's evidence, counted like a refusal.
+	if len(o.Silent) != 2 || o.Silent[0] != testID(1) || o.Silent[1] != testID(2) || len(o.Refused) != 0 {
+		t.Errorf("silent %v refused %v, want providers 1 and 2 silent, none refusing", o.Silent, o.Refused)
 	}
 }
 
