@@ -46,6 +46,10 @@ package gossip
 //     sent once every member has accepted, holds it for the lease. So a
 //     half-formed cluster holds GPUs at most until HoldUntil even if the
 //     submitter vanishes.
+//   - Asked and awarded last: a provider in Ranking.Last (it refused, or
+//     did not answer, an award of this submitter's lately) is chosen only
+//     when no cluster forms from the other bids, whatever the weight, and
+//     a set with it waits DoubtWait for other bids.
 //   - Replacement: a Refusal, or no answer within AwardTimeout, removes the
 //     member (a silent one is also sent a Release); the missing GPUs are
 //     chosen from the remaining live bids under the same rules (for
@@ -53,7 +57,8 @@ package gossip
 //     bid beyond their award: such a member gets a new Award for its new
 //     total (a top-up), and its answer to the old one is ignored as stale.
 //     A Refusal always means the provider holds nothing for the job, a
-//     refused top-up included. If none can make the GPUs up,
+//     refused top-up included. Who refused and who was silent is in the
+//     Outcome (Refused, Silent): the submitter's evidence. If none can make the GPUs up,
 //     every member awarded so far gets a Release and the negotiation fails:
 //     all or nothing.
 //   - An Acceptance from a provider that is no longer a member (it was

@@ -18,7 +18,9 @@ import (
 // forwarder or provider, accepts — and so forwards and answers — no more
 // of them than its bound on all submitters together
 // (gossip.TopicTotal) allows, and ignores the rest, so no flooder and no
-// peer that relayed the flood loses score; and an honest job still forms.
+// peer that relayed the flood loses score; an honest job still forms;
+// and a stranger that asks once on the topic afterwards (a bare peer,
+// quiet till then: the bound keeps room for such) still gets a bid.
 func TestAFloodOfTopicRequestsFromManyIdentitiesIsBoundedAtEveryPeer(t *testing.T) {
 	m := meshtest.Start(t, 3, h100s(0xd7, 1))
 	prov, sub := m.Nodes[0], m.Nodes[2]
@@ -26,10 +28,12 @@ func TestAFloodOfTopicRequestsFromManyIdentitiesIsBoundedAtEveryPeer(t *testing.
 	defer cancel()
 	const flooders = 50
 	per := gossip.TopicLimits().Burst
-	advs := make([]*meshtest.Adversary, flooders)
+	advs := make([]*meshtest.Adversary, flooders+1)
 	for i := range advs {
 		advs[i] = m.AddAdversary(t, i)
 	}
+	stranger := advs[flooders]
+	advs = advs[:flooders]
 	topic := prov.Gossip().Topic(gossip.RFBTopic)
 	before := make([]gossip.TopicStats, len(m.Nodes))
 	for i, nd := range m.Nodes {
@@ -79,6 +83,37 @@ func TestAFloodOfTopicRequestsFromManyIdentitiesIsBoundedAtEveryPeer(t *testing.
 		t.Fatal(err)
 	}
 	waitFree(t, ctx, []*node.Node{prov})
+
+	// A stranger asks once on the topic afterwards and gets a bid before
+	// its request's deadline (10 s), whatever the steps above took: on a
+	// failure the peers' counts say where the request stopped.
+	mid := make([]gossip.TopicStats, len(m.Nodes))
+	for i, nd := range m.Nodes {
+		mid[i] = nd.Gossip().Stats(topic)
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer scancel()
+	if err := stranger.Publish(sctx, stranger.Request(meshtest.NewJobID(), h100, 1, 2_500_000, "USDC:6")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stranger.Received(sctx, func(msg gossip.Message) bool { _, ok := msg.(*gossip.Bid); return ok }); err != nil {
+		for i, nd := range m.Nodes {
+			s := nd.Gossip().Stats(topic)
+			sc, ok := nd.Gossip().Score(stranger.ID.PeerID)
+			t.Logf("peer %d since the stranger asked: %d received, %d delivered, %d ignored, %d rejected, %d duplicates; stranger's score %.1f (%v); refusals %+v",
+				i, s.Received-mid[i].Received, s.Delivered-mid[i].Delivered, s.Ignored-mid[i].Ignored, s.Rejected-mid[i].Rejected, s.Duplicates-mid[i].Duplicates, sc, ok, nd.Gossip().Refusals())
+		}
+		t.Fatalf("no bid for a stranger's one request on the topic: %v (%d bids to flooders)", err, bidsOfAll(advs))
+	}
+}
+
+// bidsOfAll is the bids every adversary of advs received.
+func bidsOfAll(advs []*meshtest.Adversary) int {
+	n := 0
+	for _, a := range advs {
+		n += bidsOf(a)
+	}
+	return n
 }
 
 // A hostile submitter holds all of the one provider's GPUs while an
