@@ -46,6 +46,10 @@ package gossip
 //     sent once every member has accepted, holds it for the lease. So a
 //     half-formed cluster holds GPUs at most until HoldUntil even if the
 //     submitter vanishes.
+//   - Asked and awarded last: a provider in Ranking.Last (it refused, or
+//     did not answer, an award of this submitter's lately) is chosen only
+//     when no cluster forms from the other bids, whatever the weight, and
+//     a set with it waits DoubtWait for other bids.
 //   - Replacement: a Refusal, or no answer within AwardTimeout, removes the
 //     member when a replacement can be chosen. A silent one's award
 //     stands meanwhile when its replacements are all new providers: if it
@@ -62,7 +66,8 @@ package gossip
 //     bid beyond their award: such a member gets a new Award for its new
 //     total (a top-up), and its answer to the old one is ignored as stale.
 //     A Refusal always means the provider holds nothing for the job, a
-//     refused top-up included. If none can make the GPUs up,
+//     refused top-up included. Who refused and who was silent is in the
+//     Outcome (Refused, Silent): the submitter's evidence. If none can make the GPUs up,
 //     every member awarded so far gets a Release and the negotiation fails:
 //     all or nothing.
 //   - An Acceptance from a provider that is no longer a member (it was
@@ -129,6 +134,10 @@ type NegotiationConfig struct {
 	Fanout       int           // with Direct, providers asked at most; 0: 32
 	MinAsk       int           // with Direct, providers asked at least (when named); 0: 3
 	FallbackWait time.Duration // with Direct, no cluster possible this long after the request: broadcast it too; 0: 1 s
+	// Reasks: with Direct, once the request went on the topic, rounds of
+	// asking the named providers again directly, one each FallbackWait
+	// while no cluster can form; 0: 2, negative: none.
+	Reasks int
 	// Private: the swarm is private, so a bid marked HostNet (its
 	// provider cannot make job networks) is taken, and a cluster with
 	// such a member runs on the host network (HostNetwork). In the public
@@ -170,6 +179,10 @@ func (c NegotiationConfig) withDefaults() NegotiationConfig {
 	if c.FallbackWait <= 0 {
 		c.FallbackWait = time.Second
 	}
+	if c.Reasks == 0 {
+		c.Reasks = 2
+	}
+	c.Reasks = max(c.Reasks, 0)
 	return c
 }
 
@@ -217,6 +230,11 @@ type Outcome struct {
 	// submitter's evidence of who bids and then does not hold (see
 	// node/reputation's Refused).
 	Refused []peer.ID
+	// Silent is the providers that neither accepted nor refused an award
+	// of this negotiation within AwardTimeout, each once: evidence like
+	// Refused (a provider that bids and then keeps the submitter waiting
+	// costs it a round trip and the timeout), but no sign of a race.
+	Silent []peer.ID
 }
 
 // Ready is what the caller must do: send the messages and note the outcome.
@@ -276,9 +294,12 @@ type Negotiation struct {
 	cands     []candidate // providers named so far, asked or not
 	final     bool        // the directory has answered
 	broadcast bool        // the request went on the topic as well
+	reasks    int         // rounds of asking again since the topic (Reasks)
+	lastAsk   time.Time   // when the request last went out (the topic, or a round of asking again)
 
 	refused  bool      // a member refused or took back its award
 	refusers []peer.ID // who did, each once (Outcome.Refused)
+	silent   []peer.ID // members that did not answer their award, each once (Outcome.Silent)
 }
 
 // NewNegotiation starts a negotiation for a request; Ready then holds the
@@ -416,6 +437,7 @@ func (n *Negotiation) Tick(now time.Time) {
 				n.standBy(m, chosen, now)
 				continue
 			}
+			n.markSilent(m.Provider)
 			n.release(m.Provider, "no answer to the award")
 			n.replace(m, fmt.Sprintf("provider %s did not answer in %v", m.Provider, now.Sub(m.awarded).Round(time.Millisecond)), now)
 		}
@@ -481,9 +503,20 @@ func (n *Negotiation) lateAccept(a Acceptance) bool {
 	return true
 }
 
-// releaseLate releases every member standing by: the negotiation ended.
+// markSilent names p in the outcome's Silent: its award went unanswered
+// until it was released (one that answers late, even after its
+// replacement, answered and is not named).
+func (n *Negotiation) markSilent(p peer.ID) {
+	if !slices.Contains(n.silent, p) {
+		n.silent = append(n.silent, p)
+	}
+}
+
+// releaseLate releases every member standing by, none of which has
+// answered: the negotiation ended.
 func (n *Negotiation) releaseLate() {
 	for _, l := range n.late {
+		n.markSilent(l.Provider)
 		n.release(l.Provider, "replaced after no answer to the award")
 	}
 	n.late = nil
@@ -568,12 +601,16 @@ func (n *Negotiation) maybeClose(now time.Time) {
 }
 
 // doubtful reports whether a chosen set has a member whose score is below
-// that of a provider nobody has seen (Ranking.Unknown): such a set waits
+// that of a provider nobody has seen (Ranking.Unknown), or one awarded
+// last (Ranking.Last): such a set waits
 // DoubtWait rather than Grace for other bids (less if every provider
 // expected bids first), so a provider known to fail is not chosen only
 // because its bid came first.
 func (n *Negotiation) doubtful(chosen []Member) bool {
 	for _, c := range chosen {
+		if n.cfg.Ranking.Last[c.Provider] {
+			return true
+		}
 		if s, ok := n.cfg.Ranking.Scores[c.Provider]; ok && s < n.cfg.Ranking.Unknown {
 			return true
 		}
@@ -656,7 +693,7 @@ func (n *Negotiation) maybeFormed(now time.Time) error {
 	}
 	n.releaseLate()
 	n.phase = Formed
-	o := &Outcome{Formed: true, Members: n.Members(), Cost: TotalCost(n.Members()), Refused: slices.Clone(n.refusers)}
+	o := &Outcome{Formed: true, Members: n.Members(), Cost: TotalCost(n.Members()), Refused: slices.Clone(n.refusers), Silent: slices.Clone(n.silent)}
 	o.Spares = spareBids(usableBids(n.live(now), n.rfb.Needs, n.cfg.Ranking), o.Members, n.rfb.Needs)
 	for _, m := range n.members {
 		n.ready.Confirms = append(n.ready.Confirms, Confirm{Job: n.rfb.Job, Submitter: n.rfb.Submitter, Provider: m.Provider})
@@ -752,7 +789,7 @@ func (n *Negotiation) fail(reason string) {
 	}
 	n.releaseLate()
 	n.phase = Failed
-	n.ready.Outcome = &Outcome{Reason: reason, Contended: n.refused, Refused: slices.Clone(n.refusers)}
+	n.ready.Outcome = &Outcome{Reason: reason, Contended: n.refused, Refused: slices.Clone(n.refusers), Silent: slices.Clone(n.silent)}
 }
 
 func (n *Negotiation) release(p peer.ID, reason string) {

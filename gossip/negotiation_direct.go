@@ -15,7 +15,8 @@ package gossip
 // Rules:
 //
 //   - Whom: candidates whose ask is at or below the max price (or
-//     unknown), cheapest first, those the ranking doubts last, until the
+//     unknown), cheapest first, those the ranking doubts (or awards last:
+//     Ranking.Last) last, until the
 //     GPUs the asked providers can give — a bid's GPUs once it has bid,
 //     the candidate's listing until then, in whole multiples of perNode —
 //     are twice the GPUs needed (the rest are the spares), at least MinAsk
@@ -30,7 +31,17 @@ package gossip
 //     moved prices), or when FallbackWait has passed since the request and
 //     no cluster can form yet (asked providers busy or gone; those that
 //     have not bid are asked again then, in case the request was lost).
-//     From then on the negotiation takes bids as a broadcast one does.
+//     From then on the negotiation takes bids as a broadcast one does,
+//     and the named providers not asked yet are asked too (up to Fanout):
+//     a listing too short may be an old one.
+//   - Asking again after the topic (Reasks, 2 rounds): while no cluster
+//     can form, each FallbackWait after the request went on the topic
+//     every asked provider that is not a member is asked again directly.
+//     A request on the topic is published once, and a peer whose bound on
+//     all submitters together (TopicTotal) is spent by a flood ignores it
+//     at every hop; a direct request counts against no such bound. And a
+//     provider whose GPUs were busy when it was asked (no bid, or a bid
+//     too small) bids what it has free now.
 //   - A failure without the topic: every candidate the directory named
 //     was asked, every one bid, and no cluster can form: the negotiation
 //     fails after ExpectWait, as a broadcast one with a directory count
@@ -90,7 +101,7 @@ func (n *Negotiation) Candidates(cs []Candidate, final bool, now time.Time) {
 	}
 	n.final = n.final || final
 	if n.final && !n.broadcast && n.listed() < n.rfb.Needs.GPUs {
-		n.toTopic()
+		n.toTopic(now)
 	}
 	n.askMore()
 	n.maybeClose(now)
@@ -154,6 +165,9 @@ func (n *Negotiation) askMore() {
 		}
 	}
 	doubt := func(c candidate) bool {
+		if n.cfg.Ranking.Last[c.Provider] {
+			return true
+		}
 		s, ok := n.cfg.Ranking.Scores[c.Provider]
 		return ok && s < n.cfg.Ranking.Unknown
 	}
@@ -198,15 +212,49 @@ func (n *Negotiation) unasked() bool {
 }
 
 // toTopic sends the request on the topic as well (once): from then on the
-// negotiation expects bids from anyone.
-func (n *Negotiation) toTopic() {
+// negotiation expects bids from anyone. The named providers not asked yet
+// are asked directly too, up to Fanout in all: their listing may be old.
+func (n *Negotiation) toTopic(now time.Time) {
 	if n.broadcast {
 		return
 	}
 	n.broadcast = true
+	n.lastAsk = now
 	req := n.rfb
 	n.ready.RequestForBids = &req
+	asked := 0
+	for _, c := range n.cands {
+		if c.asked {
+			asked++
+		}
+	}
+	for i, c := range n.cands {
+		if asked >= n.cfg.Fanout {
+			break
+		}
+		if !c.asked && n.usableOf(c.GPUs) > 0 {
+			n.cands[i].asked = true
+			n.ready.Ask = append(n.ready.Ask, c.Provider)
+			asked++
+		}
+	}
 	n.cfg.Expect = 0
+}
+
+// reask is a round of asking again after the topic (see Reasks): when
+// FallbackWait has passed since the request last went out, every asked
+// provider that is not a member (nor refused) is asked again, bid or not.
+func (n *Negotiation) reask(now time.Time) {
+	if n.reasks >= n.cfg.Reasks || now.Before(n.lastAsk.Add(n.cfg.FallbackWait)) {
+		return
+	}
+	n.reasks++
+	n.lastAsk = now
+	for _, c := range n.cands {
+		if c.asked && !n.gone[c.Provider] && !n.isMember(c.Provider) {
+			n.ready.Ask = append(n.ready.Ask, c.Provider)
+		}
+	}
 }
 
 // directClose is maybeClose's part for a direct negotiation with no
@@ -215,13 +263,17 @@ func (n *Negotiation) toTopic() {
 // for want of bids (every candidate asked and answered, the directory has
 // answered), as a broadcast one with a directory count would.
 func (n *Negotiation) directClose(now time.Time) (mayFail bool) {
-	if !n.cfg.Direct || n.broadcast {
+	if !n.cfg.Direct {
+		return true
+	}
+	if n.broadcast {
+		n.reask(now)
 		return true
 	}
 	n.askMore()
 	if !now.Before(n.started.Add(n.cfg.FallbackWait)) && (!n.final || n.unasked() || len(n.bids) < n.cfg.Expect || n.cfg.Expect == 0) {
 		n.reaskSilent()
-		n.toTopic()
+		n.toTopic(now)
 		return false
 	}
 	return n.final && !n.unasked()
@@ -241,10 +293,16 @@ func (n *Negotiation) reaskSilent() {
 }
 
 // directWake is when a direct negotiation that cannot form a cluster yet
-// falls back to the topic; zero when it will not.
+// falls back to the topic, or asks again after it; zero when it will not.
 func (n *Negotiation) directWake() time.Time {
-	if !n.cfg.Direct || n.broadcast || n.phase != Collecting || !n.feasible.IsZero() {
+	if !n.cfg.Direct || n.phase != Collecting || !n.feasible.IsZero() {
 		return time.Time{}
+	}
+	if n.broadcast {
+		if n.reasks >= n.cfg.Reasks {
+			return time.Time{}
+		}
+		return n.lastAsk.Add(n.cfg.FallbackWait)
 	}
 	return n.started.Add(n.cfg.FallbackWait)
 }

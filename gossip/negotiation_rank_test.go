@@ -3,6 +3,7 @@ package gossip
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,4 +134,70 @@ func BenchmarkSelectRanked(b *testing.B) {
 			})
 		}
 	}
+}
+
+// A provider that refused this submitter lately (Ranking.Last) is awarded
+// only when the other bids cannot form the cluster, whatever its price
+// and with no score weight; and it is the last spare.
+func TestAProviderThatRefusedLatelyIsAwardedLast(t *testing.T) {
+	rank := Ranking{Last: map[peer.ID]bool{testID(1): true}}
+	for _, tt := range []struct {
+		name  string
+		needs Needs
+		bids  []Bid
+		want  string // providers chosen, with GPUs
+	}{
+		{"spread, others suffice", needsOf(8, 0, Spread, usdc(250)),
+			[]Bid{bidOf(1, h100, 8, usdc(100), "a"), bidOf(2, h100, 8, usdc(240), "a")}, "2:8"},
+		{"spread, others fall short", needsOf(12, 0, Spread, usdc(250)),
+			[]Bid{bidOf(1, h100, 8, usdc(100), "a"), bidOf(2, h100, 8, usdc(240), "a")}, "2:8 1:4"},
+		{"colocated, another zone suffices", needsOf(8, 0, Colocated, usdc(250)),
+			[]Bid{bidOf(1, h100, 8, usdc(100), "a"), bidOf(2, h100, 8, usdc(240), "b")}, "2:8"},
+		{"alone", needsOf(8, 0, Spread, usdc(250)),
+			[]Bid{bidOf(1, h100, 8, usdc(100), "a")}, "1:8"},
+	} {
+		chosen, spares, err := SelectRanked(tt.bids, tt.needs, rank)
+		if err != nil {
+			t.Errorf("%s: %v", tt.name, err)
+			continue
+		}
+		var got []string
+		for _, m := range chosen {
+			got = append(got, fmt.Sprintf("%d:%d", idOf(m.Provider), m.GPUs))
+		}
+		if g := strings.Join(got, " "); g != tt.want {
+			t.Errorf("%s: chose %s, want %s", tt.name, g, tt.want)
+		}
+		if len(spares) > 1 && spares[len(spares)-1].Provider != testID(1) {
+			t.Errorf("%s: spares %v, want the provider that refused last", tt.name, spares)
+		}
+	}
+}
+
+// A negotiation asks a provider that refused lately after the others,
+// and waits DoubtWait for other bids before awarding it.
+func TestANegotiationWaitsForOthersBeforeAwardingAProviderThatRefused(t *testing.T) {
+	rank := Ranking{Last: map[peer.ID]bool{testID(1): true}}
+	n := newNeg(t, needsOf(8, 0, Spread, usdc(250)), NegotiationConfig{Ranking: rank, DoubtWait: time.Second})
+	n.Ready()
+	step(t, n, jobBid(1, 8, usdc(100), "a"), ms(1))
+	n.Tick(t0.Add(ms(100)))
+	if got := awarded(n.Ready().Awards); got != "" {
+		t.Fatalf("awarded %q 100 ms in, want a wait for other bids", got)
+	}
+	step(t, n, jobBid(2, 8, usdc(240), "a"), ms(200))
+	n.Tick(t0.Add(ms(300)))
+	if got := awarded(n.Ready().Awards); got != "2:8" {
+		t.Fatalf("awarded %q, want the dearer provider that did not refuse", got)
+	}
+}
+
+// idOf is the test number of a test peer ID (-1 if none).
+func idOf(p peer.ID) int {
+	for i := range 20 {
+		if testID(i) == p {
+			return i
+		}
+	}
+	return -1
 }

@@ -29,7 +29,9 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected transcripts of t
 //	candidates 1 2 3 final=1   providers named to a direct negotiation, with
 //	                  their GPUs and price (final: the directory has answered)
 //	slow N after=3s   provider N's answers to awards arrive 3 s after they are sent
-//	run               deliver in order until the negotiation ends
+//	topic lost=1      requests broadcast on the topic reach no provider (lost=0: they do)
+//	free N            the reservation that steal took on provider N ends
+//	run until=400ms   deliver in order until the negotiation ends (or until 400 ms)
 func TestNegotiationScripts(t *testing.T) {
 	golden.Run(t, "testdata/negotiation/*.txt", *rewrite, runScript)
 }
@@ -167,7 +169,24 @@ func runScript(t *testing.T, script string) string {
 				m.slow = map[peer.ID]time.Duration{}
 			}
 			m.slow[testID(pos[0])] = d
+		case "topic":
+			m.lost = num("lost", 0) == 1
+		case "free":
+			if len(pos) != 1 {
+				fail("want the provider's number")
+			}
+			thief := rfbOf(9, 9, needsOf(1, 0, Spread, MaxPrice))
+			m.logf("p%d: the other job ends", pos[0])
+			m.provs[testID(pos[0])].Release(Release{Job: thief.Job, From: thief.Submitter, Provider: testID(pos[0])}, m.now)
 		case "run":
+			m.until = time.Time{}
+			if u, ok := args["until"]; ok {
+				d, err := time.ParseDuration(u)
+				if err != nil {
+					fail("until: %v", err)
+				}
+				m.until = t0.Add(d)
+			}
 			m.run(false)
 		default:
 			fail("unknown command %q", words[0])

@@ -92,10 +92,16 @@ func Select(bids []Bid, needs Needs) (chosen []Member, spares []Bid, err error) 
 // 2.00 × (1 + w/2), so with w = 0.1 it loses to a provider of score 1 at
 // up to 2.10. Prices are still what members are paid; the weighed price
 // only orders the bids.
+//
+// Whatever the weight, a provider in Last (one that refused this
+// submitter's award after bidding, or did not answer one, lately) is
+// asked and awarded last: its bid is taken only when no cluster can form
+// from the other bids, and it is a spare after every other.
 type Ranking struct {
 	Scores  map[peer.ID]float64 // providers' scores, 0..1; a provider not in it has Unknown
 	Unknown float64             // the score of a provider without one
 	Weight  float64             // 0..MaxScoreWeight; 0: scores only break ties
+	Last    map[peer.ID]bool    // providers asked and awarded last
 }
 
 // MaxScoreWeight bounds Ranking.Weight: at 1 a score of 0 doubles a price.
@@ -121,7 +127,15 @@ func SelectRanked(bids []Bid, needs Needs, rank Ranking) (chosen []Member, spare
 		return nil, nil, err
 	}
 	usable := usableBids(bids, needs, rank)
-	chosen, ok := selectIn(usable, needs.GPUs, needs.PerNode, needs.Placement, rank)
+	var ok bool
+	if slices.ContainsFunc(usable, func(b Bid) bool { return rank.Last[b.Provider] }) {
+		// Without the providers awarded last, if a cluster forms so.
+		others := slices.DeleteFunc(slices.Clone(usable), func(b Bid) bool { return rank.Last[b.Provider] })
+		chosen, ok = selectIn(others, needs.GPUs, needs.PerNode, needs.Placement, rank)
+	}
+	if !ok {
+		chosen, ok = selectIn(usable, needs.GPUs, needs.PerNode, needs.Placement, rank)
+	}
 	if !ok {
 		why, none := whyNot(bids, needs)
 		if none {
@@ -159,7 +173,8 @@ func (n *Needs) usable(b *Bid) bool {
 }
 
 // usableBids keeps the last bid of every provider that is usable, sorted
-// cheapest first (by the ranking's weighed price, then score).
+// cheapest first (by the ranking's weighed price, then score), those of
+// the providers in Ranking.Last after all others.
 func usableBids(bids []Bid, needs Needs, rank Ranking) []Bid {
 	out := lastBids(bids, needs.usable)
 	slices.SortFunc(out, func(a, b Bid) int { return compareBids(a, b, rank) })
@@ -167,7 +182,8 @@ func usableBids(bids []Bid, needs Needs, rank Ranking) []Bid {
 }
 
 func compareBids(a, b Bid, rank Ranking) int {
-	return cmp.Or(cmp.Compare(rank.weighed(&a), rank.weighed(&b)), cmp.Compare(a.Price, b.Price),
+	return cmp.Or(cmp.Compare(boolInt(rank.Last[a.Provider]), boolInt(rank.Last[b.Provider])),
+		cmp.Compare(rank.weighed(&a), rank.weighed(&b)), cmp.Compare(a.Price, b.Price),
 		cmp.Compare(rank.score(b.Provider), rank.score(a.Provider)),
 		cmp.Compare(b.GPUs, a.GPUs), cmp.Compare(a.Provider, b.Provider))
 }

@@ -286,6 +286,11 @@ func TestASilentMemberIsReleasedAndReplaced(t *testing.T) {
 	if o := rd.Outcome; o == nil || o.Formed || o.Contended || released(rd.Releases) != "2 1" {
 		t.Errorf("at the give-up time: %+v released %q, want a failure not marked contended, 2 and 1 (standing by) released", o, released(rd.Releases))
 	}
+	// Both are named as silent, once each, and neither as refusing: the
+	// submitter's evidence, counted like a refusal.
+	if o := rd.Outcome; o == nil || len(o.Silent) != 2 || !slices.Contains(o.Silent, testID(1)) || !slices.Contains(o.Silent, testID(2)) || len(o.Refused) != 0 {
+		t.Errorf("outcome %+v, want providers 1 and 2 silent, none refusing", o)
+	}
 }
 
 func TestCancelReleasesEveryMember(t *testing.T) {
@@ -337,6 +342,11 @@ type meshNet struct {
 	// in turn with the rest); late holds them until then.
 	slow map[peer.ID]time.Duration
 	late []lateMsg
+	// lost: requests broadcast on the topic reach no provider (every
+	// peer's bound on the topic's requests spent by a flood).
+	lost bool
+	// until: run stops at this time (zero: when nothing is left to do).
+	until time.Time
 }
 
 // lateMsg is a slow provider's answer on its way.
@@ -404,7 +414,9 @@ func (m *meshNet) arrive() {
 
 func (m *meshNet) drain(n *Negotiation) {
 	rd := n.Ready()
-	if rd.RequestForBids != nil {
+	if rd.RequestForBids != nil && m.lost {
+		m.logf("rfb %d GPUs, lost", rd.RequestForBids.Needs.GPUs)
+	} else if rd.RequestForBids != nil {
 		m.logf("rfb %d GPUs", rd.RequestForBids.Needs.GPUs)
 		for _, p := range m.sorted {
 			if b, err := m.provs[p].Bid(*rd.RequestForBids, m.now); err == nil {
@@ -502,6 +514,10 @@ func (m *meshNet) run(shuffle bool) {
 		}
 		for _, l := range m.late {
 			wake = earliest(wake, l.at)
+		}
+		if !m.until.IsZero() && (wake.IsZero() || wake.After(m.until)) {
+			m.now = later(m.now, m.until)
+			return
 		}
 		if wake.IsZero() {
 			return

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -161,22 +162,32 @@ func (n *Node) recordRuns(j Job, runs []attempt.Run) {
 
 // recordRefusals keeps, as first-hand evidence, the providers that
 // refused (or took back) an award of negotiation try of job id after they
-// had bid (reputation.Refused: a small weight, bounded). It runs off the
-// negotiation loop (with the outcome), and before a retry asks again, so
-// the retry's ranking asks them last.
-func (n *Node) recordRefusals(id string, try string, refused []peer.ID) {
-	if n.evidence == nil || len(refused) == 0 {
+// had bid, and those that did not answer one in time (silent): both count
+// as reputation.Refused (a small weight, bounded), and both are awarded
+// last for refusedRecently (Ranking). It runs off the negotiation loop
+// (with the outcome), and before a retry asks again, so the retry's
+// ranking asks them last.
+func (n *Node) recordRefusals(id string, try string, refused, silent []peer.ID) {
+	if n.evidence == nil || len(refused)+len(silent) == 0 {
 		return
 	}
 	at := n.now().UnixMilli()
-	runs := make([]reputation.Run, 0, len(refused))
+	runs := make([]reputation.Run, 0, len(refused)+len(silent))
 	for _, p := range refused {
 		runs = append(runs, reputation.Run{Key: id + "-refused-" + try, Provider: p.String(), Outcome: reputation.Refused, Reason: "refused an award after bidding", At: at})
+	}
+	for _, p := range silent {
+		runs = append(runs, reputation.Run{Key: id + "-silent-" + try, Provider: p.String(), Outcome: reputation.Refused, Reason: "did not answer an award after bidding", At: at})
 	}
 	if err := n.putRuns(runs); err != nil {
 		n.log.Warn("evidence: refusals not recorded", "job", id, "err", err)
 	}
 }
+
+// refusedRecently is how long a provider that refused an award of this
+// peer's (or did not answer one) is asked and awarded last
+// (gossip.Ranking.Last), whatever Config.ScoreWeight says.
+const refusedRecently = time.Hour
 
 // reputationParams are the score's constants in this swarm's unit.
 func (n *Node) reputationParams() reputation.Params {
@@ -224,7 +235,9 @@ func (n *Node) ProviderScore(p peer.ID) reputation.Score {
 }
 
 // Ranking is what this peer's negotiations weigh besides price: the score
-// of every provider it has evidence of, and Config.ScoreWeight.
+// of every provider it has evidence of, and Config.ScoreWeight; and the
+// providers that refused or did not answer an award of this peer's within
+// refusedRecently, awarded last (gossip.Ranking.Last).
 func (n *Node) Ranking() gossip.Ranking {
 	params := n.reputationParams()
 	unknown := reputation.Score{Score: params.Unknown()}.Rank()
@@ -243,12 +256,20 @@ func (n *Node) Ranking() gossip.Ranking {
 		}
 		return nil
 	})
+	since := n.now().Add(-refusedRecently).UnixMilli()
 	for p := range seen {
 		id, err := peer.Decode(p)
 		if err != nil {
 			continue
 		}
-		r.Scores[id] = n.ProviderScore(id).Rank()
+		runs, receipts, _ := n.evidenceOf(p)
+		r.Scores[id] = reputation.Compute(params, p, runs, receipts).Rank()
+		if slices.ContainsFunc(runs, func(run reputation.Run) bool { return run.Outcome == reputation.Refused && run.At >= since }) {
+			if r.Last == nil {
+				r.Last = map[peer.ID]bool{}
+			}
+			r.Last[id] = true
+		}
 	}
 	return r
 }

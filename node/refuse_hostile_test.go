@@ -162,3 +162,102 @@ func shortID(p peer.ID) string {
 	s := p.String()
 	return s[len(s)-6:]
 }
+
+// hostileProvider makes provider i of m a hostile one that bids 8 GPUs
+// at 1.00 (below every honest ask) on every request sent to it, and
+// answers every award with answer (nil: silence).
+func hostileProvider(t *testing.T, m *meshtest.Mesh, i int, answer func(a *gossip.Award, id peer.ID) gossip.Message) *meshtest.Negotiator {
+	t.Helper()
+	var g *meshtest.Negotiator
+	g = m.ServeNegotiation(t, i, func(msg gossip.Message) []gossip.Message {
+		switch x := msg.(type) {
+		case *gossip.RequestForBids:
+			return []gossip.Message{meshtest.BidOn(x, g.ID(), h100, 8, 1_000_000)}
+		case *gossip.Award:
+			if a := answer(x, g.ID()); a != nil {
+				return []gossip.Message{a}
+			}
+		}
+		return nil
+	})
+	return g
+}
+
+// With score weight 0 (the default), where a score only breaks ties of
+// price, a provider that bids below everyone and then refuses the award,
+// or never answers it, costs an honest submitter one award: the job
+// forms on the honest provider, the refusal or the silence is kept as
+// evidence (counted alike, shown with its reason), and the next job,
+// though the hostile provider is asked (one honest provider is fewer than
+// the 3 asked at least) and bids cheapest again, does not award it while
+// the honest bid fills the cluster.
+func TestAProviderThatRefusedOrWasSilentIsAwardedLastWithScoreWeightZero(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		seed   uint64
+		answer func(a *gossip.Award, id peer.ID) gossip.Message
+		reason string // of the run kept as evidence
+	}{
+		{"refuses", 0x60, func(a *gossip.Award, id peer.ID) gossip.Message {
+			return &gossip.Refusal{Job: a.Job, Provider: id, Reason: "0 GPUs of H100-80GB free, award of 8"}
+		}, "refused an award after bidding"},
+		{"silent", 0x61, func(*gossip.Award, peer.ID) gossip.Message { return nil }, "did not answer an award after bidding"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m := meshtest.Start(t, 3, h100s(tt.seed, 2))
+			sub, honest := m.Nodes[2], m.Nodes[1]
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			bad := hostileProvider(t, m, 0, tt.answer)
+
+			// Awarded first whenever its bid comes before the submitter
+			// closes (20 ms after the honest bid could form a cluster).
+			var first node.Job
+			for try := 0; ; try++ {
+				if try == 5 {
+					t.Fatal("the hostile provider's bid came in time for none of 5 jobs")
+				}
+				j := submit(t, ctx, sub, jobSpec(t, 8, ""))
+				if !holds(j) || len(j.Members) != 1 || j.Members[0].Provider != honest.Host().ID() {
+					t.Fatalf("job %d: %s (%s) on %v, want formed on the honest provider", try, j.State, j.Reason, j.Members)
+				}
+				if _, err := sub.CancelJob(ctx, j.ID); err != nil {
+					t.Fatal(err)
+				}
+				waitFree(t, ctx, []*node.Node{honest})
+				if taken[*gossip.Award](bad, j.ID) > 0 {
+					first = j
+					break
+				}
+				t.Logf("job %d: the hostile provider's bid came too late to be awarded", try)
+			}
+			rep := sub.Provider(ctx, bad.ID(), false)
+			if rep.Score.Refused != 1 || len(rep.Runs) != 1 || rep.Runs[0].Reason != tt.reason {
+				t.Fatalf("the hostile provider's evidence: %s, runs %+v; want one run %q", rep.Score.Formula, rep.Runs, tt.reason)
+			}
+			if !sub.Ranking().Last[bad.ID()] {
+				t.Fatal("the hostile provider is not awarded last by the submitter's ranking")
+			}
+			testwait.Until(t, ctx, "the submitter's board to show both providers' GPUs free", func() (bool, string) {
+				q := sub.Prices(h100).Classes
+				return len(q) == 1 && q[0].GPUs == 16, fmt.Sprintf("%+v", q)
+			})
+
+			second := submit(t, ctx, sub, jobSpec(t, 8, ""))
+			if !holds(second) || len(second.Members) != 1 || second.Members[0].Provider != honest.Host().ID() {
+				t.Fatalf("the second job: %s (%s) on %v, want formed on the honest provider", second.State, second.Reason, second.Members)
+			}
+			if r := taken[*gossip.RequestForBids](bad, second.ID); r == 0 {
+				t.Fatal("the hostile provider was not asked for the second job: this test shows nothing of its award")
+			}
+			if a := taken[*gossip.Award](bad, second.ID); a != 0 {
+				t.Fatalf("the hostile provider took %d awards of the second job, want none: the honest bid filled the cluster", a)
+			}
+			t.Logf("first job %s: %s", first.ID, rep.Score.Formula)
+			if _, err := sub.CancelJob(ctx, second.ID); err != nil {
+				t.Fatal(err)
+			}
+			waitFree(t, ctx, []*node.Node{honest})
+		})
+	}
+}

@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -17,7 +18,9 @@ import (
 // forwarder or provider, accepts — and so forwards and answers — no more
 // of them than its bound on all submitters together
 // (gossip.TopicTotal) allows, and ignores the rest, so no flooder and no
-// peer that relayed the flood loses score; and an honest job still forms.
+// peer that relayed the flood loses score; an honest job still forms;
+// and a stranger that asks once on the topic afterwards (a bare peer,
+// quiet till then: the bound keeps room for such) still gets a bid.
 func TestAFloodOfTopicRequestsFromManyIdentitiesIsBoundedAtEveryPeer(t *testing.T) {
 	m := meshtest.Start(t, 3, h100s(0xd7, 1))
 	prov, sub := m.Nodes[0], m.Nodes[2]
@@ -25,10 +28,12 @@ func TestAFloodOfTopicRequestsFromManyIdentitiesIsBoundedAtEveryPeer(t *testing.
 	defer cancel()
 	const flooders = 50
 	per := gossip.TopicLimits().Burst
-	advs := make([]*meshtest.Adversary, flooders)
+	advs := make([]*meshtest.Adversary, flooders+1)
 	for i := range advs {
 		advs[i] = m.AddAdversary(t, i)
 	}
+	stranger := advs[flooders]
+	advs = advs[:flooders]
 	topic := prov.Gossip().Topic(gossip.RFBTopic)
 	before := make([]gossip.TopicStats, len(m.Nodes))
 	for i, nd := range m.Nodes {
@@ -73,6 +78,105 @@ func TestAFloodOfTopicRequestsFromManyIdentitiesIsBoundedAtEveryPeer(t *testing.
 	j := submit(t, ctx, sub, jobSpec(t, 8, ""))
 	if !holds(j) {
 		t.Fatalf("the honest job: %s (%s), want formed", j.State, j.Reason)
+	}
+	if _, err := sub.CancelJob(ctx, j.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFree(t, ctx, []*node.Node{prov})
+
+	// A stranger asks once on the topic afterwards and gets a bid before
+	// its request's deadline (10 s), whatever the steps above took: on a
+	// failure the peers' counts say where the request stopped.
+	mid := make([]gossip.TopicStats, len(m.Nodes))
+	for i, nd := range m.Nodes {
+		mid[i] = nd.Gossip().Stats(topic)
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer scancel()
+	if err := stranger.Publish(sctx, stranger.Request(meshtest.NewJobID(), h100, 1, 2_500_000, "USDC:6")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stranger.Received(sctx, func(msg gossip.Message) bool { _, ok := msg.(*gossip.Bid); return ok }); err != nil {
+		for i, nd := range m.Nodes {
+			s := nd.Gossip().Stats(topic)
+			sc, ok := nd.Gossip().Score(stranger.ID.PeerID)
+			t.Logf("peer %d since the stranger asked: %d received, %d delivered, %d ignored, %d rejected, %d duplicates; stranger's score %.1f (%v); refusals %+v",
+				i, s.Received-mid[i].Received, s.Delivered-mid[i].Delivered, s.Ignored-mid[i].Ignored, s.Rejected-mid[i].Rejected, s.Duplicates-mid[i].Duplicates, sc, ok, nd.Gossip().Refusals())
+		}
+		t.Fatalf("no bid for a stranger's one request on the topic: %v (%d bids to flooders)", err, bidsOfAll(advs))
+	}
+}
+
+// bidsOfAll is the bids every adversary of advs received.
+func bidsOfAll(advs []*meshtest.Adversary) int {
+	n := 0
+	for _, a := range advs {
+		n += bidsOf(a)
+	}
+	return n
+}
+
+// A hostile submitter holds all of the one provider's GPUs while an
+// honest 8-GPU job is asked for: the provider, asked directly, then again
+// and on the topic after the fallback wait, has nothing free and does not
+// bid. The hostile submitter then lets its GPUs go. A request on the
+// topic is published once (and under a flood every peer may ignore it:
+// gossip.TopicTotal), so nothing would ask the provider again; the honest
+// submitter asks the providers it named again, directly, while no
+// cluster can form (gossip's Reasks), and the job forms on the
+// provider's 8 GPUs.
+func TestAnHonestJobFormsWhenItsProviderFreesGPUsAfterTheTopicRequest(t *testing.T) {
+	steps := &stepLog{}
+	o := h100s(0xd8, 1)
+	o.Config = func(i int, c *node.Config) {
+		if i == 0 {
+			c.Logger = slog.New(steps)
+		}
+	}
+	m := meshtest.Start(t, 3, o)
+	prov, sub := m.Nodes[0], m.Nodes[2]
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	hostile := m.AddAdversary(t, 0)
+	held := meshtest.NewJobID()
+	if _, err := hostile.Reserve(ctx, prov.Host().ID(), held, h100, 8, 2_500_000, "USDC:6"); err != nil {
+		t.Fatal(err)
+	}
+	testwait.Until(t, ctx, "the provider to hold its 8 GPUs", func() (bool, string) {
+		free := prov.FreeGPUs()[h100]
+		return free == 0, fmt.Sprintf("%d free", free)
+	})
+
+	job, err := sub.SubmitJob(ctx, jobSpec(t, 8, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Asked directly, then again and on the topic: answered 3 times, with
+	// no bid.
+	testwait.Until(t, ctx, "the provider to answer the honest request directly, again and on the topic", func() (bool, string) {
+		n := 0
+		steps.mu.Lock()
+		for _, s := range steps.steps {
+			if s.job == job.ID && s.step == "answered" {
+				n++
+			}
+		}
+		steps.mu.Unlock()
+		cur, _ := sub.Job(job.ID)
+		if cur.State != node.JobNegotiating {
+			t.Fatalf("the honest job: %s (%s) after %d answers, want negotiating", cur.State, cur.Reason, n)
+		}
+		return n >= 3, fmt.Sprintf("answered %d times", n)
+	})
+	if err := hostile.Send(ctx, prov.Host().ID(), &gossip.Release{Job: held, From: hostile.ID.PeerID, Provider: prov.Host().ID(), Reason: "done"}); err != nil {
+		t.Fatal(err)
+	}
+	j := waitJob(t, ctx, sub, job.ID, "to leave negotiation", func(j node.Job) bool { return j.State != node.JobNegotiating })
+	if !holds(j) {
+		t.Fatalf("the honest job: %s (%s), want formed once the provider's GPUs were free", j.State, j.Reason)
+	}
+	if got, _ := gpusOf(j); got != 8 {
+		t.Errorf("the honest job holds %d GPUs, want 8", got)
 	}
 	if _, err := sub.CancelJob(ctx, j.ID); err != nil {
 		t.Fatal(err)

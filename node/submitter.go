@@ -291,8 +291,8 @@ func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
 	if !ok {
 		return
 	}
-	if len(o.Refused) > 0 {
-		n.recordRefusals(j.ID, fmt.Sprintf("%d.%d.%d", j.Attempt, j.Races, j.Tries), o.Refused)
+	if len(o.Refused)+len(o.Silent) > 0 {
+		n.recordRefusals(j.ID, fmt.Sprintf("%d.%d.%d", j.Attempt, j.Races, j.Tries), o.Refused, o.Silent)
 	}
 	if o.Formed {
 		// A job cancelled while its cluster formed (its record ended

@@ -14,7 +14,9 @@
 // counts fully: this peer saw it.
 //
 // First-hand too: the awards a provider refused (or took back) after it
-// had bid, in this peer's negotiations. A provider that bids and then
+// had bid, in this peer's negotiations, and those it did not answer
+// before the award timeout (silent: it kept the submitter waiting, then
+// was replaced), counted alike. A provider that bids and then
 // refuses every award costs its submitters a negotiation each time; an
 // honest one refuses when another submitter's award took the GPUs first,
 // which any provider meets now and then. So a refusal weighs RefusalWeight
@@ -79,7 +81,8 @@ const (
 	ProviderFailed Outcome = "provider-failed" // its provider broke a rule
 	Lost           Outcome = "lost"            // its provider vanished or stopped answering
 	// Refused is no run: the provider refused (or took back) an award of
-	// this peer's after it had bid (see Evidence for its weight).
+	// this peer's after it had bid, or did not answer it in time (see
+	// Evidence for its weight).
 	Refused Outcome = "refused"
 )
 
@@ -174,7 +177,7 @@ type Score struct {
 	ProviderFailed int `json:"providerFailed"`
 	Lost           int `json:"lost"`
 	Cosigned       int `json:"cosigned"` // finished runs whose receipt this peer co-signed
-	// Refused is the awards it refused after bidding; RefusedWeight what
+	// Refused is the awards it refused (or did not answer) after bidding; RefusedWeight what
 	// they weigh, in failed runs (RefusalWeight each, MaxRefusals at most).
 	Refused       int     `json:"refused"`
 	RefusedWeight float64 `json:"refusedWeight"`

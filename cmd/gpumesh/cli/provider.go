@@ -74,7 +74,7 @@ func printProvider(g *globals, r node.ProviderReport) {
 	fmt.Fprintf(w, "score:     %.3f\n", s.Score)
 	fmt.Fprintf(w, "first-hand runs of this peer's jobs: %d finished (%d receipts co-signed), %d failed by the provider, %d lost\n",
 		s.Finished, s.Cosigned, s.ProviderFailed, s.Lost)
-	fmt.Fprintf(w, "awards refused after bidding, in this peer's negotiations: %d (weighing %.1f failed runs)\n", s.Refused, s.RefusedWeight)
+	fmt.Fprintf(w, "awards refused (or not answered) after bidding, in this peer's negotiations: %d (weighing %.1f failed runs)\n", s.Refused, s.RefusedWeight)
 	fmt.Fprintf(w, "third-party receipts, anchored and checked: %d shown, %d paid for (weight %.3f from %s, %d units paid), %d that count for nothing (not co-signed, self-paid, or this peer's own)\n",
 		s.Receipts, s.Counted, s.Weight, plural(s.Consumers, "consumer"), s.PaidTotal, s.Uncountable)
 	fmt.Fprintf(w, "how:       a receipt counts as min(1, paid / %d) runs, at most %g per consumer; the prior is %g finished and %g failed\n",
