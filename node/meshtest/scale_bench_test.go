@@ -40,8 +40,8 @@ var (
 	scaleBitswap = flag.Bool("scale.bitswap", false, "BenchmarkScale: simulated nodes run bitswap (a queue and a goroutine a connection), as a real node does, for comparison")
 	scaleNoUpkp  = flag.Bool("scale.noupkeep", false, "BenchmarkScale: skip the DHT upkeep measurement (a refresh of every bucket on every peer, the offers' re-puts and index announcements: minutes at 1,000 peers)")
 	scaleNote    = flag.String("scale.note", "", "BenchmarkScale: a note kept with each size's JSON line (e.g. \"measured under load\")")
-	scaleWaves   = flag.Int("scale.waves", 1, "BenchmarkScale: start the nodes in this many groups, each meshed before the next starts (meshtest.Options.Waves): the setup's peak, which Go's heap and stacks keep, is then a group's")
-	scaleSetupGC = flag.Int("scale.setupgc", 0, "BenchmarkScale: the GC percent (GOGC) while the mesh starts, the process's own after it (0: the process's own throughout)")
+	scaleWaves   = flag.Int("scale.waves", 10, "BenchmarkScale: start the nodes in this many groups, each meshed before the next starts (meshtest.Options.Waves): the setup's peak, which Go's heap and stacks keep, is then a group's (1: all at once, as before)")
+	scaleSetupGC = flag.Int("scale.setupgc", 25, "BenchmarkScale: the GC percent (GOGC) while the mesh starts, the process's own after it (0: the process's own throughout, as before): fewer part-used spans left by the setup")
 	scaleProfile = flag.String("scale.profile", "", "BenchmarkScale: write heap and goroutine profiles at rest (after setup, after GC) into this directory as heap-N.pprof, goroutine-N.pprof")
 )
 
