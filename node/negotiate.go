@@ -77,7 +77,7 @@ type negState struct {
 	// in is the loop's local events: this peer's submits, cancels,
 	// candidates, starts and ends. Its senders wait for the loop, so a
 	// few places are enough (a buffered channel holds its whole buffer
-	// from the start: 1,024 places took ~100 KB a node).
+	// from the start: 1,024 places took ~70 KB a node).
 	in chan negEvent
 	// Messages this peer sends itself (a submitter that is its own
 	// provider) wait in self (guarded by selfMu), taken before other
