@@ -44,7 +44,7 @@ bench: ## benchmarks: peer startup and RSS, mesh formation, price ticks at 100/5
 SCALE ?= 1000
 SCALEFLAGS ?=
 bench-scale: ## whole nodes at SCALE peers (e.g. SCALE=1000,3000,10000) on 20 ms simulated links: lookups, price ticks, formation, memory and bandwidth per peer (docs/scale.md); progress on stderr; figures appended to docs/scale.jsonl; SCALEFLAGS adds flags (-scale.profile DIR, -scale.note "...")
-	$(GO) test -run '^$$' -bench Scale -benchtime 1x -timeout 3h ./node/meshtest/ -scale.peers $(SCALE) -scale.out $(CURDIR)/docs/scale.jsonl $(SCALEFLAGS)
+	GODEBUG=adaptivestackstart=0 $(GO) test -run '^$$' -bench Scale -benchtime 1x -timeout 3h ./node/meshtest/ -scale.peers $(SCALE) -scale.out $(CURDIR)/docs/scale.jsonl $(SCALEFLAGS)
 
 fuzz: ## each fuzz target for $(FUZZTIME)
 	@set -e; for pkg in $$($(GO) list ./...); do \

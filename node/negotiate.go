@@ -76,8 +76,15 @@ type candidates struct {
 // else talks to it through in (local events) and the queues below.
 type negState struct {
 	// in is the loop's local events: this peer's submits, cancels,
-	// candidates, starts and ends, and its messages to itself.
+	// candidates, starts and ends. Its senders wait for the loop, so a
+	// few places are enough (a buffered channel holds its whole buffer
+	// from the start: 1,024 places took ~70 KB a node).
 	in chan negEvent
+	// Messages this peer sends itself (a submitter that is its own
+	// provider) wait in self (guarded by selfMu), taken before other
+	// peers' messages: the loop sends them, so it must never wait to.
+	selfMu sync.Mutex
+	self   []gossip.Message
 	// Signed messages from other peers wait in negQueue (guarded by
 	// negQMu), each peer's apart (gossip.FairQueue: 32 a peer, 1024 in
 	// all), and the loop takes them one peer at a time, after in:
@@ -138,7 +145,7 @@ type negState struct {
 // startJobs opens the job record, joins the request-for-bids topic and
 // starts the negotiation loop.
 func (n *Node) startJobs(ctx context.Context) error {
-	n.in = make(chan negEvent, 1024)
+	n.in = make(chan negEvent, negInbox)
 	n.negQueue = gossip.NewFairQueue[gossip.Message](0, 0)
 	n.negReading = map[peer.ID]int{}
 	n.negReady = make(chan struct{}, 1)
@@ -588,9 +595,26 @@ func (n *Node) queueMessage(from peer.ID, msg gossip.Message) {
 	}
 }
 
-// nextMessage takes the next waiting message of another peer's (in turn,
+// negInbox is how many local events wait for the negotiation loop
+// before their senders do.
+const negInbox = 16
+
+// nextMessage takes the next message this peer sent itself or, when none
+// waits, the next waiting message of another peer's (in turn,
 // gossip.FairQueue); false when none waits.
 func (n *Node) nextMessage() (gossip.Message, bool) {
+	n.selfMu.Lock()
+	if len(n.self) > 0 {
+		msg := n.self[0]
+		n.self[0] = nil
+		n.self = n.self[1:]
+		if len(n.self) == 0 {
+			n.self = nil // its array goes with the last one
+		}
+		n.selfMu.Unlock()
+		return msg, true
+	}
+	n.selfMu.Unlock()
 	n.negQMu.Lock()
 	defer n.negQMu.Unlock()
 	_, msg, ok := n.negQueue.Pop()
@@ -862,7 +886,13 @@ func (n *Node) send(ctx context.Context, to peer.ID, msg gossip.Message) {
 func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg gossip.Message, own bool) {
 	n.sent.Add(1)
 	if to == n.id.PeerID { // a peer that is its own provider: nothing to sign
-		n.deliver(ctx, negEvent{msg: msg})
+		n.selfMu.Lock()
+		n.self = append(n.self, msg)
+		n.selfMu.Unlock()
+		select {
+		case n.negReady <- struct{}{}:
+		default: // signalled already
+		}
 		return
 	}
 	n.wg.Add(1)

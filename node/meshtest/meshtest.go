@@ -86,6 +86,14 @@ type Options struct {
 	// Identify and ping, which the host runs itself, are not counted.
 	CountProtocols bool
 
+	// Waves starts the nodes in this many groups (0 or 1: all at once):
+	// each group is started, dials, bootstraps and is meshed before the
+	// next starts, as peers join a running swarm. The objects and
+	// goroutines a group's joining makes and drops are then freed before
+	// the next group's are made, and Go reuses their memory: the mesh's
+	// peak, which the heap and the stacks keep after it, is a group's.
+	Waves int
+
 	// Progress, if set, is told how Start is getting on (a line at each
 	// tenth of the nodes started and dialed, and at each stage): a mesh of
 	// thousands takes minutes.
@@ -171,27 +179,8 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 			opts.Progress(format, args...)
 		}
 	}
-	tenth := max(n/10, 1)
-	for i := range n {
-		nd, err := m.startNode(ctx, i, i < opts.Providers)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if (i+1)%tenth == 0 {
-			say("%d of %d nodes started", i+1, n)
-		}
-		if i == 0 {
-			m.swarm = nd.Info().Swarm
-		}
-		m.Nodes = append(m.Nodes, nd)
-	}
 	if opts.Latency > 0 {
 		m.Net.SetLinkDefaults(mocknet.LinkOptions{Latency: opts.Latency})
-	}
-	if !opts.LinkOnDial {
-		if err := m.Net.LinkAll(); err != nil {
-			t.Fatalf("meshtest: link: %v", err)
-		}
 	}
 	rng := rand.New(rand.NewPCG(opts.Seed, 0x6d657368))
 	var dials [][2]int
@@ -204,29 +193,76 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 			dials = append(dials, [2]int{i, j})
 		}
 	}
-	if n <= largeMesh && opts.Latency == 0 {
-		for _, d := range dials { // a small mesh dials as it always has: one at a time
-			if err := m.Connect(ctx, d[0], d[1]); err != nil {
-				t.Fatalf("meshtest: connect %d to %d: %v", d[0], d[1], err)
-			}
-		}
-	} else if err := m.connectAll(ctx, dials, say); err != nil {
-		t.Fatal(err)
-	}
-	say("%d dials made; DHT bootstrap", len(dials))
-	for _, nd := range m.Nodes {
-		if err := nd.Directory().Bootstrap(ctx); err != nil {
-			t.Fatalf("meshtest: dht bootstrap: %v", err)
-		}
-	}
 	if n > largeMesh {
 		setup = max(setup, time.Duration(n)*setupPerPeer)
 	}
-	wctx, cancel := context.WithTimeout(ctx, setup)
-	defer cancel()
 	if opts.MeshDHT == 0 {
 		opts.MeshDHT = 8
 	}
+	waves := min(max(opts.Waves, 1), n)
+	tenth := max(n/10, 1)
+	for w := range waves {
+		lo, hi := w*n/waves, (w+1)*n/waves
+		for i := lo; i < hi; i++ {
+			nd, err := m.startNode(ctx, i, i < opts.Providers)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (i+1)%tenth == 0 {
+				say("%d of %d nodes started", i+1, n)
+			}
+			if i == 0 {
+				m.swarm = nd.Info().Swarm
+			}
+			m.Nodes = append(m.Nodes, nd)
+		}
+		if !opts.LinkOnDial && w == 0 {
+			if err := m.Net.LinkAll(); err != nil {
+				t.Fatalf("meshtest: link: %v", err)
+			}
+		} else if !opts.LinkOnDial {
+			for i := lo; i < hi; i++ { // each new node to every node before it
+				for j := range i {
+					if _, err := m.Net.LinkPeers(m.Nodes[i].Host().ID(), m.Nodes[j].Host().ID()); err != nil {
+						t.Fatalf("meshtest: link: %v", err)
+					}
+				}
+			}
+		}
+		var wave [][2]int // the dials of this wave's nodes (each dials earlier nodes only)
+		for _, d := range dials {
+			if d[0] >= lo && d[0] < hi {
+				wave = append(wave, d)
+			}
+		}
+		if n <= largeMesh && opts.Latency == 0 {
+			for _, d := range wave { // a small mesh dials as it always has: one at a time
+				if err := m.Connect(ctx, d[0], d[1]); err != nil {
+					t.Fatalf("meshtest: connect %d to %d: %v", d[0], d[1], err)
+				}
+			}
+		} else if err := m.connectAll(ctx, wave, say); err != nil {
+			t.Fatal(err)
+		}
+		say("%d dials made; DHT bootstrap", len(wave))
+		for _, nd := range m.Nodes[lo:hi] {
+			if err := nd.Directory().Bootstrap(ctx); err != nil {
+				t.Fatalf("meshtest: dht bootstrap: %v", err)
+			}
+		}
+		if w == waves-1 {
+			break
+		}
+		wctx, cancel := context.WithTimeout(ctx, max(setupTimeout, time.Duration(hi)*setupPerPeer))
+		say("wave %d of %d (nodes %d to %d): waiting for them to hold %d DHT peers and a GossipSub peer", w+1, waves, lo, hi-1, min(opts.MeshDHT, hi-1))
+		err := m.waitMeshedOf(wctx, lo, hi, min(opts.MeshDHT, hi-1))
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, setup)
+	defer cancel()
 	say("waiting for every node to hold %d DHT peers and a GossipSub peer", min(opts.MeshDHT, n-1))
 	if err := m.waitMeshed(wctx, opts.MeshDHT); err != nil {
 		t.Fatal(err)
@@ -505,9 +541,16 @@ func (m *Mesh) Connect(ctx context.Context, i, j int) error {
 // waitMeshed waits until every node has at least min(minDHT, n-1) peers in
 // its DHT routing table and at least one GossipSub peer, or ctx ends.
 func (m *Mesh) waitMeshed(ctx context.Context, minDHT int) error {
-	want := min(minDHT, len(m.Nodes)-1)
+	return m.waitMeshedOf(ctx, 0, len(m.Nodes), min(minDHT, len(m.Nodes)-1))
+}
+
+// waitMeshedOf waits until each of nodes lo to hi-1 has at least want
+// peers in its DHT routing table and, in a mesh of more than one, a
+// GossipSub peer.
+func (m *Mesh) waitMeshedOf(ctx context.Context, lo, hi, want int) error {
 	err := PollBounded(ctx, func(at *Step) (bool, string) {
-		for i, nd := range m.Nodes {
+		for i := lo; i < hi; i++ {
+			nd := m.Nodes[i]
 			at.Set("asking node %d for its DHT and GossipSub peers", i)
 			dht, gossip := nd.Directory().RoutingTableSize(), nd.Gossip().Peers()
 			if dht < want || (len(m.Nodes) > 1 && gossip == 0) {

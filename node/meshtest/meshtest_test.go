@@ -3,7 +3,9 @@ package meshtest_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -218,5 +220,41 @@ func TestLinkOnDialLinksPairsAsTheyDialAndIsolateHolds(t *testing.T) {
 		if strings.Contains(string(p), "bitswap") {
 			t.Errorf("node 0 serves %s with NoBlockExchange", p)
 		}
+	}
+}
+
+// TestNodesStartedInWavesJoinOneMesh: with Waves, each group of nodes is
+// meshed before the next starts, and the whole mesh is meshed at the end.
+func TestNodesStartedInWavesJoinOneMesh(t *testing.T) {
+	const n, waves = 24, 3
+	var mu sync.Mutex
+	var lines []string
+	m := meshtest.Start(t, n, meshtest.Options{Seed: 0x3a7e, Waves: waves, Progress: func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		lines = append(lines, fmt.Sprintf(format, args...))
+	}})
+	mu.Lock()
+	said := slices.Clone(lines)
+	mu.Unlock()
+	// Wave w's nodes (8w to 8w+7) start after wave w-1 is meshed.
+	for w := 1; w < waves; w++ {
+		meshed := slices.IndexFunc(said, func(l string) bool { return strings.HasPrefix(l, fmt.Sprintf("wave %d of %d ", w, waves)) })
+		started := slices.IndexFunc(said, func(l string) bool {
+			var k int
+			_, err := fmt.Sscanf(l, "%d of 24 nodes started", &k)
+			return err == nil && k > w*n/waves
+		})
+		if meshed < 0 || started < 0 || started < meshed {
+			t.Fatalf("wave %d meshed at line %d, a node of a later wave started at line %d; want it after:\n%s", w, meshed, started, strings.Join(said, "\n"))
+		}
+	}
+	for i, nd := range m.Nodes {
+		if got := nd.Directory().RoutingTableSize(); got < 8 {
+			t.Errorf("node %d holds %d DHT peers, want at least 8", i, got)
+		}
+	}
+	if len(m.Nodes) != n {
+		t.Fatalf("%d nodes, want %d", len(m.Nodes), n)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -39,6 +41,8 @@ var (
 	scaleBitswap = flag.Bool("scale.bitswap", false, "BenchmarkScale: simulated nodes run bitswap (a queue and a goroutine a connection), as a real node does, for comparison")
 	scaleNoUpkp  = flag.Bool("scale.noupkeep", false, "BenchmarkScale: skip the DHT upkeep measurement (a refresh of every bucket on every peer, the offers' re-puts and index announcements: minutes at 1,000 peers)")
 	scaleNote    = flag.String("scale.note", "", "BenchmarkScale: a note kept with each size's JSON line (e.g. \"measured under load\")")
+	scaleWaves   = flag.Int("scale.waves", 10, "BenchmarkScale: start the nodes in this many groups, each meshed before the next starts (meshtest.Options.Waves): the setup's peak, which Go's heap and stacks keep, is then a group's (1: all at once, as before)")
+	scaleSetupGC = flag.Int("scale.setupgc", 25, "BenchmarkScale: the GC percent (GOGC) while the mesh starts, the process's own after it (0: the process's own throughout, as before): fewer part-used spans left by the setup")
 	scaleProfile = flag.String("scale.profile", "", "BenchmarkScale: write heap and goroutine profiles at rest (after setup, after GC) into this directory as heap-N.pprof, goroutine-N.pprof, and a CPU profile of the formations, cpu-formation-N.pprof")
 )
 
@@ -126,6 +130,12 @@ type scaleResult struct {
 	MemMBPerPeer     float64
 	HeapMBPeer       float64 // of MemMBPerPeer: heap in use
 	StackMBPeer      float64 // of MemMBPerPeer: goroutine stacks
+	// Of HeapMBPeer, what live objects take at the last GC (the rest is
+	// free slots in spans that still hold some object: fragmentation);
+	// of StackMBPeer, what the goroutines use of their stacks (the bytes
+	// the last GC scanned).
+	HeapLiveMBPeer, StackUsedMBPeer float64
+
 	GoroutinesPeer   float64 // goroutines per peer at rest
 	ConnsPeer        float64 // open connections per peer at rest (mean)
 	ConnsMax         int
@@ -227,13 +237,20 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
+	live0, stackUsed0 := memUsed()
 	g0 := runtime.NumGoroutine()
+	restoreGC := func() {}
 	setup := time.Now()
 	say := func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "scale %d: %5.0fs  %s\n", n, time.Since(setup).Seconds(), fmt.Sprintf(format, args...))
 	}
 	tl := &traceLog{honest: map[string]bool{}, events: map[string][]step{}}
-	m := meshtest.Start(b, n, meshtest.Options{Seed: uint64(n), Private: true, Providers: providers, Executors: []string{"process"}, Latency: latency,
+	if *scaleSetupGC > 0 {
+		old := debug.SetGCPercent(*scaleSetupGC)
+		restoreGC = sync.OnceFunc(func() { debug.SetGCPercent(old) })
+		defer restoreGC()
+	}
+	m := meshtest.Start(b, n, meshtest.Options{Waves: *scaleWaves, Seed: uint64(n), Private: true, Providers: providers, Executors: []string{"process"}, Latency: latency,
 		Progress: say, ConnLow: scaleConnLow, ConnHigh: scaleConnHigh * ifThen(*scaleNoCM, 0, 1), CountProtocols: true,
 		LinkOnDial: !*scaleLinkAll,
 		Config: func(i int, c *node.Config) {
@@ -251,6 +268,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 			}
 		}})
 	r.SetupS = time.Since(setup).Seconds()
+	restoreGC()
 	say("%d peers up", n)
 	provs, others := m.Nodes[:providers], m.Nodes[providers:]
 	rng := rand.New(rand.NewPCG(uint64(n), 19))
@@ -384,6 +402,9 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	r.HeapMBPeer = (float64(after.HeapInuse) - float64(before.HeapInuse)) / float64(n) / (1 << 20)
 	r.StackMBPeer = (float64(after.StackInuse) - float64(before.StackInuse)) / float64(n) / (1 << 20)
 	r.GoroutinesPeer = float64(runtime.NumGoroutine()-g0) / float64(n)
+	live1, stackUsed1 := memUsed()
+	r.HeapLiveMBPeer = (live1 - live0) / float64(n) / (1 << 20)
+	r.StackUsedMBPeer = (stackUsed1 - stackUsed0) / float64(n) / (1 << 20)
 	conns, streams := 0, 0
 	byProto := map[string]int{}
 	for _, nd := range m.Nodes {
@@ -406,6 +427,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	say("streams a peer by protocol: %s", strings.Join(protos, ", "))
 	r.RSSMB, r.PeakRSSMB = procMB("VmRSS"), procMB("VmHWM")
 	say("%.1f MB (heap %.1f, stacks %.1f), %.0f goroutines, %.1f connections (max %d), %.1f streams a peer; process RSS %.0f MB (peak %.0f)", r.MemMBPerPeer, r.HeapMBPeer, r.StackMBPeer, r.GoroutinesPeer, r.ConnsPeer, r.ConnsMax, r.StreamsPeer, r.RSSMB, r.PeakRSSMB)
+	say("of which live objects %.1f MB a peer (the rest of the heap in use: free slots in spans that hold some), stacks used %.1f MB", r.HeapLiveMBPeer, r.StackUsedMBPeer)
 	if *scaleProfile != "" {
 		writeProfiles(b, *scaleProfile, n)
 	}
@@ -523,6 +545,24 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	measureFormation(b, ctx, m, provs, others, rng, tl, &r, say)
 	say("done")
 	return r
+}
+
+// memUsed is the heap's live bytes and the goroutines' stack bytes that
+// the last GC marked and scanned.
+func memUsed() (heapLive, stackUsed float64) {
+	ss := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/scan/stack:bytes"}}
+	metrics.Read(ss)
+	for i, s := range ss {
+		if s.Value.Kind() != metrics.KindUint64 {
+			continue
+		}
+		if i == 0 {
+			heapLive = float64(s.Value.Uint64())
+		} else {
+			stackUsed = float64(s.Value.Uint64())
+		}
+	}
+	return heapLive, stackUsed
 }
 
 // procMB is a memory figure of this process from /proc/self/status
