@@ -180,6 +180,10 @@ type Config struct {
 	// goroutine for every connected peer: for simulated peers that move
 	// no content (meshtest's scale harness). No flag sets it.
 	NoBlockExchange bool
+	// DirectoryLookup turns off cuts of a directory lookup's round trips
+	// (dht.LookupOptions; zero: all of them made), for the scale
+	// harness's baselines. No flag sets it.
+	DirectoryLookup dht.LookupOptions
 }
 
 // mdns says whether the peer discovers its swarm on the LAN by mDNS: on
@@ -561,7 +565,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			mode = dht.ModeServer
 		}
 	}
-	if n.dht, err = dht.New(ctx, n.host, dht.Config{Swarm: n.cfg.Swarm.ID(), Mode: mode, Private: n.cfg.Swarm.Private()}); err != nil {
+	if n.dht, err = dht.New(ctx, n.host, dht.Config{Swarm: n.cfg.Swarm.ID(), Mode: mode, Private: n.cfg.Swarm.Private(), Lookup: n.cfg.DirectoryLookup}); err != nil {
 		return err
 	}
 	if err := n.startReach(ctx); err != nil {

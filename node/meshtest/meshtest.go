@@ -311,7 +311,7 @@ type links struct {
 // mesh, unless either is isolated; a dial to p then goes as on LinkAll's
 // links (and fails as an unlinked dial does where it did not link).
 func (h *simHost) linkTo(p peer.ID) {
-	if h.links == nil || h.Network().Connectedness(p) == network.Connected {
+	if h.links == nil || h.Host.Network().Connectedness(p) == network.Connected {
 		return
 	}
 	l, self := h.links, h.ID()
@@ -335,6 +335,32 @@ func (h *simHost) linkTo(p peer.ID) {
 func (h *simHost) Connect(ctx context.Context, pi peer.AddrInfo) error {
 	h.linkTo(pi.ID)
 	return h.Host.Connect(ctx, pi)
+}
+
+// Network is the host's network, linking (with Options.LinkOnDial) and
+// counting as the host does when a dial or a stream is opened on it
+// directly (the directory opens its streams there, without waiting for
+// identify).
+func (h *simHost) Network() network.Network { return simNet{Network: h.Host.Network(), h: h} }
+
+// simNet is a simHost's network.
+type simNet struct {
+	network.Network
+	h *simHost
+}
+
+func (n simNet) DialPeer(ctx context.Context, p peer.ID) (network.Conn, error) {
+	n.h.linkTo(p)
+	return n.Network.DialPeer(ctx, p)
+}
+
+func (n simNet) NewStream(ctx context.Context, p peer.ID) (network.Stream, error) {
+	n.h.linkTo(p)
+	s, err := n.Network.NewStream(ctx, p)
+	if err != nil || n.h.sent == nil {
+		return s, err
+	}
+	return countedStream{Stream: s, sent: n.h.sent}, nil
 }
 
 func (h *simHost) ConnManager() ifconnmgr.ConnManager {
