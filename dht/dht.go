@@ -17,7 +17,10 @@
 // narrowest index key of a query, fetches each provider's offer (from the
 // provider itself over "/gpumesh/<swarm>/offer/1.0.0", one round trip; from
 // the DHT's stored copy if the provider does not answer), checks it like a
-// DHT record, and keeps the live ones that match.
+// DHT record, and keeps the live ones that match. The index lookup returns
+// once the peers closest to the key have answered and every provider named
+// is in hand, and its requests go out without waiting for identify
+// (messenger.go).
 //
 // A server's shard is bounded against strangers (shard.go): offers from the
 // wire are admitted by sender rate and quota, per peer and per /24, and when
@@ -96,9 +99,9 @@ type LookupOptions struct {
 	// hand (answerWatch).
 	WholeIndexLookup bool
 	// IdentifyFirst waits for identify on a new connection before a DHT
-	// request or an offer fetch is sent (the libp2p host's NewStream, and
-	// kad-dht's own message sender: a stream reused a peer), one round
-	// trip more to every peer not connected yet.
+	// request or an offer fetch is sent (the libp2p host's NewStream, as
+	// kad-dht's own message sender opens its streams), one round trip
+	// more to every peer not connected yet.
 	IdentifyFirst bool
 }
 

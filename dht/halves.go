@@ -70,10 +70,9 @@ func (d *Directory) halfOptions(store *shardStore, cfg Config) []kaddht.Option {
 		// Offers only: no /pk or /ipns records for anyone to fill us with.
 		kaddht.Validator(record.NamespacedValidator{offerNamespace: d.validator}),
 	}
-	if !cfg.Lookup.IdentifyFirst {
-		// Requests sent without waiting for identify (messenger.go).
-		opts = append(opts, kaddht.WithCustomMessageSender(newMessenger(false)))
-	}
+	// Each request on a stream of its own, sent without waiting for
+	// identify, its answer shown to the lookup (messenger.go).
+	opts = append(opts, kaddht.WithCustomMessageSender(newMessenger(cfg.Lookup.IdentifyFirst)))
 	return opts
 }
 
