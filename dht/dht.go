@@ -411,7 +411,7 @@ func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
 	lookup, stopLookup := context.WithCancel(evctx)
 	defer stopLookup()
 	key := indexKeyCID(res.IndexKey)
-	watch := newAnswerWatch(key.Hash())
+	watch := newAnswerWatch(d.host.ID(), key.Hash())
 	var protos []protocol.ID // of the halves the lookup asks
 	for _, x := range d.halves {
 		if x.kad.RoutingTable().Size() > 0 {

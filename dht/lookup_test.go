@@ -3,6 +3,7 @@ package dht
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -234,5 +235,86 @@ func TestMessengerReportsARefusedProtocol(t *testing.T) {
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("the refusal was not reported; the request waited for its deadline: %v", err)
+	}
+}
+
+// TestAnswerWatchWaitsForTheClosestPeersAndTheNamedProviders: the records
+// in hand answer a lookup once the indexClosest peers closest to the key
+// it knows of have answered (a peer that failed does not count, a closer
+// one heard of later does) and every provider named is in hand.
+func TestAnswerWatchWaitsForTheClosestPeersAndTheNamedProviders(t *testing.T) {
+	key := indexKeyCID(indexModel("H100")).Hash()
+	point := kadPoint(key)
+	const proto = protocol.ID("/gpumesh/t/kad/1.0.0")
+	// Eight peers, closest to the key first.
+	var ps []peer.ID
+	for range 8 {
+		_, id := newKey(t)
+		ps = append(ps, id)
+	}
+	slices.SortFunc(ps, func(a, b peer.ID) int {
+		da, db := xorDistance(point, kadPoint([]byte(a))), xorDistance(point, kadPoint([]byte(b)))
+		if da.less(db) {
+			return -1
+		}
+		if db.less(da) {
+			return 1
+		}
+		return 0
+	})
+	_, self := newKey(t)
+	_, prov := newKey(t)
+	req := &pb.Message{Type: pb.Message_GET_PROVIDERS, Key: key}
+	answer := func(providers []peer.ID, closer ...peer.ID) *pb.Message {
+		m := &pb.Message{Type: pb.Message_GET_PROVIDERS, Key: key}
+		for _, p := range providers {
+			m.ProviderPeers = append(m.ProviderPeers, &pb.Message_Peer{Id: []byte(p), Addrs: [][]byte{{0}}})
+		}
+		for _, p := range closer {
+			m.CloserPeers = append(m.CloserPeers, &pb.Message_Peer{Id: []byte(p), Addrs: [][]byte{{0}}})
+		}
+		return m
+	}
+	w := newAnswerWatch(self, key)
+	w.seed(proto, ps[4:]) // the routing table knows the far half
+	have := map[peer.ID]bool{}
+	done := func() bool { return w.answeredBy([]protocol.ID{proto}, have, indexClosest) }
+	for _, p := range ps[4:7] {
+		w.asked(proto, p, req)
+		w.answered(proto, p, req, answer(nil))
+	}
+	if !done() {
+		t.Fatal("the three closest known peers answered with nothing: want done")
+	}
+	// One of them tells of closer peers, and of itself asking: not done
+	// until the closer ones have answered.
+	w.answered(proto, ps[4], req, answer([]peer.ID{prov}, ps[0], ps[1], ps[2], ps[3], self))
+	if done() {
+		t.Fatal("done with closer peers heard of and not asked, and a provider named not in hand")
+	}
+	have[prov] = true
+	w.asked(proto, ps[0], req)
+	w.failed(proto, ps[0], req) // the closest fails: it does not count
+	for _, p := range ps[1:3] {
+		w.asked(proto, p, req)
+		w.answered(proto, p, req, answer(nil))
+	}
+	if done() {
+		t.Fatal("done while the third closest that did not fail (ps[3]) has not answered")
+	}
+	w.asked(proto, ps[3], req)
+	w.answered(proto, ps[3], req, answer([]peer.ID{prov}))
+	if !done() {
+		t.Fatal("the three closest that did not fail answered and the provider named is in hand: want done")
+	}
+	// Another key's answers and another half's are told apart.
+	other := &pb.Message{Type: pb.Message_GET_PROVIDERS, Key: []byte("other")}
+	_, stranger := newKey(t)
+	w.answered(proto, ps[5], other, answer([]peer.ID{stranger}))
+	if !done() {
+		t.Fatal("a provider named for another key held the lookup")
+	}
+	if w.answeredBy([]protocol.ID{proto, "/gpumesh/t/lan/kad/1.0.0"}, have, indexClosest) {
+		t.Fatal("done in a half that nobody answered")
 	}
 }

@@ -191,6 +191,7 @@ type answersKey struct{}
 // asks the rest of the 20 closest it heard of (its follow-up, one round
 // trip or more), which a directory lookup need not wait for.
 type answerWatch struct {
+	self    peer.ID
 	key     [32]byte // the index key's point in the keyspace
 	rawKey  string   // the index key's multihash, as requests carry it
 	mu      sync.Mutex
@@ -213,8 +214,8 @@ const (
 	peerFailed
 )
 
-func newAnswerWatch(key []byte) *answerWatch {
-	return &answerWatch{key: kadPoint(key), rawKey: string(key), halves: map[protocol.ID]*halfWatch{},
+func newAnswerWatch(self peer.ID, key []byte) *answerWatch {
+	return &answerWatch{self: self, key: kadPoint(key), rawKey: string(key), halves: map[protocol.ID]*halfWatch{},
 		named: map[peer.ID]bool{}, changed: make(chan struct{}, 1)}
 }
 
@@ -278,8 +279,8 @@ func (w *answerWatch) answered(proto protocol.ID, p peer.ID, req, resp *pb.Messa
 	h.known[p] = peerAnswered
 	for _, pp := range resp.GetCloserPeers() {
 		id, err := peer.IDFromBytes(pp.GetId())
-		if err != nil {
-			continue
+		if err != nil || id == w.self || len(pp.GetAddrs()) == 0 {
+			continue // the DHT's query asks neither itself nor a peer it has no address of
 		}
 		if _, ok := h.known[id]; !ok && len(h.known) < maxWatched {
 			h.known[id] = peerHeard
