@@ -94,7 +94,7 @@ type Config struct {
 type LookupOptions struct {
 	// WholeIndexLookup runs every index lookup until the DHT's query
 	// ends (its follow-up: the 20 peers closest to the key it heard of
-	// all asked), rather than returning once the indexClosest peers
+	// all asked), rather than returning once the indexClosest (10) peers
 	// closest to the key have answered and every provider named is in
 	// hand (answerWatch).
 	WholeIndexLookup bool
@@ -107,9 +107,12 @@ type LookupOptions struct {
 
 // indexClosest is how many of the peers closest to an index key that a
 // lookup knows of must have answered before it returns with the records
-// in hand (answerWatch): kad-dht's own query ends at its three closest
-// (its resiliency, beta) before its follow-up.
-const indexClosest = 3
+// in hand (answerWatch): half of the 20 its announcements went to, where
+// kad-dht's own query ends at its three closest (its resiliency, beta)
+// and then asks the rest of the 20 it heard of (its follow-up). Three
+// lost an offer in a 32-peer mesh whose providers first announced into a
+// young table (1 lookup in ~130; docs/scale.md, "Lookup round trips").
+const indexClosest = 10
 
 // DefaultRefreshPeriod is how often a peer refreshes its routing table when
 // nothing else does (kad-dht's own default is 10 minutes). At rest a
