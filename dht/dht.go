@@ -17,10 +17,10 @@
 // narrowest index key of a query, fetches each provider's offer (from the
 // provider itself over "/gpumesh/<swarm>/offer/1.0.0", one round trip; from
 // the DHT's stored copy if the provider does not answer), checks it like a
-// DHT record, and keeps the live ones that match. The index lookup returns
-// once the peers closest to the key have answered and every provider named
-// is in hand, and its requests go out without waiting for identify
-// (messenger.go).
+// DHT record, and keeps the live ones that match. The DHT's requests and
+// the fetches go out without waiting for identify (messenger.go); a quick
+// lookup (LookupOptions) also returns once the peers closest to the key
+// have answered and every provider named is in hand.
 //
 // A server's shard is bounded against strangers (shard.go): offers from the
 // wire are admitted by sender rate and quota, per peer and per /24, and when
@@ -82,22 +82,24 @@ type Config struct {
 	// in each such bucket); 0 means DefaultRefreshPeriod.
 	RefreshPeriod time.Duration
 
-	// Lookup: the zero value is the quick lookup; the scale harness sets
-	// the ways of before, to measure against.
+	// Lookup: how a lookup spends its round trips; the scale harness
+	// sets the ways of before and the quick lookup, to measure them.
 	Lookup LookupOptions
 
 	limits shardLimits // what remote peers may store here, per half; zero means defaultShardLimits (tests shrink it)
 }
 
-// LookupOptions turn off the cuts of a lookup's round trips (docs/scale.md,
-// "Lookup round trips"), for a baseline measured in the same run.
+// LookupOptions choose how a lookup spends its round trips (docs/scale.md,
+// "Lookup round trips"): the zero value is the default.
 type LookupOptions struct {
-	// WholeIndexLookup runs every index lookup until the DHT's query
-	// ends (its follow-up: the 20 peers closest to the key it heard of
-	// all asked), rather than returning once the indexClosest (10) peers
-	// closest to the key have answered and every provider named is in
-	// hand (answerWatch).
-	WholeIndexLookup bool
+	// QuickIndexLookup returns an index lookup once the indexClosest
+	// (10) peers closest to the key that it knows of have answered and
+	// every provider named is in hand (answerWatch), rather than when the
+	// DHT's query ends (its follow-up: the 20 closest it heard of all
+	// asked). Off by default: announcements made into a young routing
+	// table sit on peers that are not the closest, and only the whole
+	// query finds them all (docs/scale.md, "Lookup round trips").
+	QuickIndexLookup bool
 	// IdentifyFirst waits for identify on a new connection before a DHT
 	// request or an offer fetch is sent (the libp2p host's NewStream, as
 	// kad-dht's own message sender opens its streams), one round trip
@@ -111,7 +113,8 @@ type LookupOptions struct {
 // kad-dht's own query ends at its three closest (its resiliency, beta)
 // and then asks the rest of the 20 it heard of (its follow-up). Three
 // lost an offer in a 32-peer mesh whose providers first announced into a
-// young table (1 lookup in ~130; docs/scale.md, "Lookup round trips").
+// young table (1 lookup in ~130), and ten did in a 30-peer one: so the
+// quick lookup is not the default (docs/scale.md, "Lookup round trips").
 const indexClosest = 10
 
 // DefaultRefreshPeriod is how often a peer refreshes its routing table when
@@ -422,11 +425,11 @@ func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
 			watch.seed(x.proto, x.kad.RoutingTable().NearestPeers(kb.ConvertKey(string(key.Hash())), kbucketSize))
 		}
 	}
-	if !d.lookup.WholeIndexLookup {
+	if d.lookup.QuickIndexLookup {
 		lookup = context.WithValue(lookup, answersKey{}, watch)
 	}
 	answered := func() bool {
-		return !d.lookup.WholeIndexLookup && len(protos) > 0 && watch.answeredBy(protos, indexed, indexClosest)
+		return d.lookup.QuickIndexLookup && len(protos) > 0 && watch.answeredBy(protos, indexed, indexClosest)
 	}
 	found := d.route.FindProvidersAsync(lookup, key, 0)
 	for found != nil {

@@ -46,7 +46,7 @@ var (
 var scaleLookupOnly = flag.Bool("scale.lookuponly", false, "BenchmarkScale: stop after the lookups (no price ticks or formation), and print where each lookup's time went")
 
 var (
-	scaleWholeLookup   = flag.Bool("scale.wholelookup", false, "BenchmarkScale: directory lookups run the DHT's query to its end before returning (dht.LookupOptions.WholeIndexLookup: as before), for a baseline")
+	scaleQuickLookup   = flag.Bool("scale.quicklookup", false, "BenchmarkScale: directory lookups return once the peers closest to the index key have answered (dht.LookupOptions.QuickIndexLookup), rather than when the DHT's query ends")
 	scaleIdentifyFirst = flag.Bool("scale.identifyfirst", false, "BenchmarkScale: DHT requests and offer fetches wait for identify on a new connection (dht.LookupOptions.IdentifyFirst: as before), for a baseline")
 )
 
@@ -219,7 +219,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 		LinkOnDial: !*scaleLinkAll,
 		Config: func(i int, c *node.Config) {
 			c.NoBlockExchange = !*scaleBitswap
-			c.DirectoryLookup = dht.LookupOptions{WholeIndexLookup: *scaleWholeLookup, IdentifyFirst: *scaleIdentifyFirst}
+			c.DirectoryLookup = dht.LookupOptions{QuickIndexLookup: *scaleQuickLookup, IdentifyFirst: *scaleIdentifyFirst}
 			if *scaleFixedResend {
 				c.PriceResend = gossip.Resend{Floor: 30 * time.Second, Cap: 30 * time.Second}
 			}
