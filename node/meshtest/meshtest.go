@@ -363,7 +363,7 @@ func (n simNet) NewStream(ctx context.Context, p peer.ID) (network.Stream, error
 	if err != nil {
 		return s, err
 	}
-	return n.h.wrap(s), nil
+	return n.h.wrapOpened(s), nil
 }
 
 func (h *simHost) ConnManager() ifconnmgr.ConnManager {
@@ -379,7 +379,7 @@ func (h *simHost) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID)
 	if err != nil {
 		return s, err
 	}
-	return h.wrap(s), nil
+	return h.wrapOpened(s), nil
 }
 
 func (h *simHost) SetStreamHandler(pid protocol.ID, handler network.StreamHandler) {
@@ -427,6 +427,17 @@ func (h *simHost) wrap(s network.Stream) network.Stream {
 		return s
 	}
 	return &simStream{Stream: s, sent: h.sent, latency: h.latency}
+}
+
+// wrapOpened wraps a stream the host opened: its protocol's negotiation
+// may be written below the wrapper, when it is closed (an empty request),
+// so it counts as written when opened.
+func (h *simHost) wrapOpened(s network.Stream) network.Stream {
+	w := h.wrap(s)
+	if st, ok := w.(*simStream); ok && h.latency > 0 {
+		st.lastWrite.Store(time.Now().UnixNano())
+	}
+	return w
 }
 
 // simStream counts what is written on it (if sent is set), and closes
