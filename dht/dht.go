@@ -17,7 +17,10 @@
 // narrowest index key of a query, fetches each provider's offer (from the
 // provider itself over "/gpumesh/<swarm>/offer/1.0.0", one round trip; from
 // the DHT's stored copy if the provider does not answer), checks it like a
-// DHT record, and keeps the live ones that match.
+// DHT record, and keeps the live ones that match. The DHT's requests and
+// the fetches go out without waiting for identify (messenger.go); a quick
+// lookup (LookupOptions) also returns once the peers closest to the key
+// have answered and every provider named is in hand.
 //
 // A server's shard is bounded against strangers (shard.go): offers from the
 // wire are admitted by sender rate and quota, per peer and per /24, and when
@@ -35,6 +38,7 @@ import (
 
 	kaddht "github.com/libp2p/go-libp2p-kad-dht"
 	pb "github.com/libp2p/go-libp2p-kad-dht/pb"
+	kb "github.com/libp2p/go-libp2p-kbucket"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -78,8 +82,40 @@ type Config struct {
 	// in each such bucket); 0 means DefaultRefreshPeriod.
 	RefreshPeriod time.Duration
 
+	// Lookup: how a lookup spends its round trips; the scale harness
+	// sets the ways of before and the quick lookup, to measure them.
+	Lookup LookupOptions
+
 	limits shardLimits // what remote peers may store here, per half; zero means defaultShardLimits (tests shrink it)
 }
+
+// LookupOptions choose how a lookup spends its round trips (docs/scale.md,
+// "Lookup round trips"): the zero value is the default.
+type LookupOptions struct {
+	// QuickIndexLookup returns an index lookup once the indexClosest
+	// (10) peers closest to the key that it knows of have answered and
+	// every provider named is in hand (answerWatch), rather than when the
+	// DHT's query ends (its follow-up: the 20 closest it heard of all
+	// asked). Off by default: announcements made into a young routing
+	// table sit on peers that are not the closest, and only the whole
+	// query finds them all (docs/scale.md, "Lookup round trips").
+	QuickIndexLookup bool
+	// IdentifyFirst waits for identify on a new connection before a DHT
+	// request or an offer fetch is sent (the libp2p host's NewStream, as
+	// kad-dht's own message sender opens its streams), one round trip
+	// more to every peer not connected yet.
+	IdentifyFirst bool
+}
+
+// indexClosest is how many of the peers closest to an index key that a
+// lookup knows of must have answered before it returns with the records
+// in hand (answerWatch): half of the 20 its announcements went to, where
+// kad-dht's own query ends at its three closest (its resiliency, beta)
+// and then asks the rest of the 20 it heard of (its follow-up). Three
+// lost an offer in a 32-peer mesh whose providers first announced into a
+// young table (1 lookup in ~130), and ten did in a 30-peer one: so the
+// quick lookup is not the default (docs/scale.md, "Lookup round trips").
+const indexClosest = 10
 
 // DefaultRefreshPeriod is how often a peer refreshes its routing table when
 // nothing else does (kad-dht's own default is 10 minutes). At rest a
@@ -114,6 +150,7 @@ type Directory struct {
 
 	host       host.Host
 	offerProto protocol.ID
+	lookup     LookupOptions
 
 	mu       sync.Mutex           // guards provided, put and own
 	provided map[string]time.Time // half + " " + index key -> last announcement there
@@ -140,6 +177,7 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Directory, error) {
 		put:        map[string]bool{},
 		host:       h,
 		offerProto: offerProtocol(cfg.Swarm),
+		lookup:     cfg.Lookup,
 	}
 	if cfg.RefreshPeriod < 0 {
 		return nil, fmt.Errorf("dht: refresh period %v: want a positive duration, or 0 for %v", cfg.RefreshPeriod, DefaultRefreshPeriod)
@@ -312,6 +350,24 @@ type FindResult struct {
 	Hops      int           `json:"hops"`    // longest chain of referrals in the index lookup
 	Queried   int           `json:"queried"` // peers that answered, over the whole search
 	Elapsed   time.Duration `json:"elapsedNs"`
+	Timing    FindTiming    `json:"timing"`
+}
+
+// FindTiming is where a Find's time went: when the index lookup brought
+// its first and last new provider, when it ended, when the last offer was
+// in hand, and the round trips of its DHT requests and offer fetches.
+// Durations are from the start of the Find.
+type FindTiming struct {
+	FirstProvider time.Duration `json:"firstProviderNs"` // first provider record in hand
+	LastProvider  time.Duration `json:"lastProviderNs"`  // last new provider record in hand
+	LookupEnd     time.Duration `json:"lookupEndNs"`     // the index lookup returned
+	LastOffer     time.Duration `json:"lastOfferNs"`     // the last offer checked
+	Requests      int           `json:"requests"`        // DHT requests answered
+	RequestTime   time.Duration `json:"requestNs"`       // of them, sent to answered, all together
+	Fetches       int           `json:"fetches"`         // offers asked of their providers
+	FetchOpen     time.Duration `json:"fetchOpenNs"`     // of them, opening the stream (dial, identify, negotiation), all together
+	FetchRead     time.Duration `json:"fetchReadNs"`     // of them, reading the offer, all together
+	FetchDialed   int           `json:"fetchDialed"`     // fetches that found no connection to the provider
 }
 
 // maxParallelFetch bounds the offer fetches a Find runs at once.
@@ -354,16 +410,50 @@ func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
 		go func() {
 			defer wg.Done()
 			for info := range work {
-				d.fetchAndMatch(evctx, info, q, &mu, &res)
+				d.fetchAndMatch(evctx, info, q, &mu, &res, start)
 			}
 		}()
 	}
 	lookup, stopLookup := context.WithCancel(evctx)
 	defer stopLookup()
-	for info := range d.route.FindProvidersAsync(lookup, indexKeyCID(res.IndexKey), 0) {
+	key := indexKeyCID(res.IndexKey)
+	watch := newAnswerWatch(d.host.ID(), key.Hash())
+	var protos []protocol.ID // of the halves the lookup asks
+	for _, x := range d.halves {
+		if x.kad.RoutingTable().Size() > 0 {
+			protos = append(protos, x.proto)
+			watch.seed(x.proto, x.kad.RoutingTable().NearestPeers(kb.ConvertKey(string(key.Hash())), kbucketSize))
+		}
+	}
+	if d.lookup.QuickIndexLookup {
+		lookup = context.WithValue(lookup, answersKey{}, watch)
+	}
+	answered := func() bool {
+		return d.lookup.QuickIndexLookup && len(protos) > 0 && watch.answeredBy(protos, indexed, indexClosest)
+	}
+	found := d.route.FindProvidersAsync(lookup, key, 0)
+	for found != nil {
+		var info peer.AddrInfo
+		select {
+		case i, ok := <-found:
+			if !ok {
+				found = nil
+				continue
+			}
+			info = i
+		case <-watch.changed:
+			if answered() {
+				stopLookup() // the records in hand answer it; the channel closes soon
+			}
+			continue
+		}
 		if indexed[info.ID] {
 			continue
 		}
+		if len(indexed) == 0 {
+			res.Timing.FirstProvider = time.Since(start)
+		}
+		res.Timing.LastProvider = time.Since(start)
 		if len(indexed) == MaxIndexed {
 			res.Partial = true
 			stopLookup() // the channel closes soon; fetches go on
@@ -374,7 +464,13 @@ func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
 		case work <- info:
 		case <-evctx.Done():
 		}
+		if answered() {
+			stopLookup()
+		}
 	}
+	mu.Lock()
+	res.Timing.LookupEnd = time.Since(start)
+	mu.Unlock()
 	close(work)
 	wg.Wait()
 	if parent.Err() != nil {
@@ -389,6 +485,7 @@ func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
 	res.Indexed = len(indexed)
 	res.Enough = res.GPUs >= q.Count
 	res.Hops, res.Queried = hops.result()
+	res.Timing.Requests, res.Timing.RequestTime = hops.requests()
 	res.Elapsed = time.Since(start)
 	return res, nil
 }
@@ -399,11 +496,25 @@ const offerFallbackTimeout = 5 * time.Second
 
 // fetchAndMatch reads one provider's offer (from the provider, else from the
 // DHT) and adds what matches q to res.
-func (d *Directory) fetchAndMatch(ctx context.Context, info peer.AddrInfo, q Query, mu *sync.Mutex, res *FindResult) {
+func (d *Directory) fetchAndMatch(ctx context.Context, info peer.AddrInfo, q Query, mu *sync.Mutex, res *FindResult, start time.Time) {
 	if ctx.Err() != nil {
 		return
 	}
-	o, err := d.fetchOffer(ctx, info)
+	var ft fetchTiming
+	o, err := d.fetchOffer(ctx, info, &ft)
+	mu.Lock()
+	res.Timing.Fetches++
+	res.Timing.FetchOpen += ft.open
+	res.Timing.FetchRead += ft.read
+	if ft.dialed {
+		res.Timing.FetchDialed++
+	}
+	mu.Unlock()
+	defer func() {
+		mu.Lock()
+		res.Timing.LastOffer = max(res.Timing.LastOffer, time.Since(start))
+		mu.Unlock()
+	}()
 	if err != nil {
 		fctx, cancel := context.WithTimeout(ctx, offerFallbackTimeout)
 		o, err = d.Offer(fctx, info.ID)
@@ -601,14 +712,28 @@ type hopCounter struct {
 	depth   map[peer.ID]int
 	max     int
 	answers int
+	sent    map[peer.ID]time.Time // requests sent, not yet answered
+	took    time.Duration         // answered requests, sent to answered, all together
 }
 
 func (h *hopCounter) observe(ev *routing.QueryEvent) {
+	now := time.Now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ev.Type == routing.SendingQuery {
+		if h.sent == nil {
+			h.sent = map[peer.ID]time.Time{}
+		}
+		h.sent[ev.ID] = now
+		return
+	}
 	if ev.Type != routing.PeerResponse {
 		return
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	if t, ok := h.sent[ev.ID]; ok {
+		h.took += now.Sub(t)
+		delete(h.sent, ev.ID)
+	}
 	if h.depth == nil {
 		h.depth = map[peer.ID]int{}
 	}
@@ -624,6 +749,13 @@ func (h *hopCounter) observe(ev *routing.QueryEvent) {
 			h.depth[r.ID] = d + 1
 		}
 	}
+}
+
+// requests is the requests answered and their round trips together.
+func (h *hopCounter) requests() (int, time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.answers, h.took
 }
 
 func (h *hopCounter) result() (hops, answers int) {

@@ -37,18 +37,28 @@ func (d *Directory) serveOffer(s network.Stream) {
 	}
 }
 
+// fetchTiming is where one offer fetch's time went.
+type fetchTiming struct {
+	dialed     bool          // no connection to the provider before
+	open, read time.Duration // opening the stream; reading the offer
+}
+
 // fetchOffer asks a provider for its offer over a direct stream: one round
 // trip instead of a DHT value lookup, and as fresh as it gets.
-func (d *Directory) fetchOffer(ctx context.Context, info peer.AddrInfo) (*Offer, error) {
+func (d *Directory) fetchOffer(ctx context.Context, info peer.AddrInfo, ft *fetchTiming) (*Offer, error) {
 	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
 	defer cancel()
 	if len(info.Addrs) > 0 {
 		d.host.Peerstore().AddAddrs(info.ID, info.Addrs, time.Minute)
 	}
-	s, err := d.host.NewStream(ctx, info.ID, d.offerProto)
+	ft.dialed = d.host.Network().Connectedness(info.ID) != network.Connected
+	t0 := time.Now()
+	s, err := openLazy(ctx, d.host, info.ID, d.offerProto, d.lookup.IdentifyFirst)
+	ft.open = time.Since(t0)
 	if err != nil {
 		return nil, err
 	}
+	defer func() { ft.read = time.Since(t0) - ft.open }()
 	// Not every transport honours deadlines; the context ends the stream too.
 	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
 	defer stop()

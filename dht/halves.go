@@ -14,6 +14,7 @@ import (
 	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 )
@@ -30,6 +31,7 @@ type half struct {
 	name  string
 	kad   *kaddht.IpfsDHT
 	store *shardStore
+	proto protocol.ID // its DHT protocol
 }
 
 // HalfStatus is what one half of the directory is doing now.
@@ -56,7 +58,7 @@ func (d *Directory) halfOptions(store *shardStore, cfg Config) []kaddht.Option {
 	if refresh == 0 {
 		refresh = DefaultRefreshPeriod
 	}
-	return []kaddht.Option{
+	opts := []kaddht.Option{
 		kaddht.ProtocolPrefix(ProtocolPrefix(cfg.Swarm)),
 		kaddht.RoutingTableRefreshPeriod(refresh),
 		kaddht.Datastore(store),
@@ -68,6 +70,10 @@ func (d *Directory) halfOptions(store *shardStore, cfg Config) []kaddht.Option {
 		// Offers only: no /pk or /ipns records for anyone to fill us with.
 		kaddht.Validator(record.NamespacedValidator{offerNamespace: d.validator}),
 	}
+	// Each request on a stream of its own, sent without waiting for
+	// identify, its answer shown to the lookup (messenger.go).
+	opts = append(opts, kaddht.WithCustomMessageSender(newMessenger(cfg.Lookup.IdentifyFirst)))
+	return opts
 }
 
 func kadMode(m Mode) (kaddht.ModeOpt, error) {
@@ -105,7 +111,7 @@ func (d *Directory) startHalves(h host.Host, cfg Config, lim shardLimits, now fu
 		if err != nil {
 			return fmt.Errorf("dht: %w", err)
 		}
-		d.halves = []*half{{name: HalfSwarm, kad: kad, store: store}}
+		d.halves = []*half{{name: HalfSwarm, kad: kad, store: store, proto: ProtocolPrefix(cfg.Swarm) + "/kad/1.0.0"}}
 		d.route = kad
 		return nil
 	}
@@ -126,7 +132,10 @@ func (d *Directory) startHalves(h host.Host, cfg Config, lim shardLimits, now fu
 	if err != nil {
 		return fmt.Errorf("dht: %w", err)
 	}
-	d.halves = []*half{{name: HalfLAN, kad: dd.LAN, store: lan}, {name: HalfWAN, kad: dd.WAN, store: wan}}
+	d.halves = []*half{
+		{name: HalfLAN, kad: dd.LAN, store: lan, proto: ProtocolPrefix(cfg.Swarm) + dual.LanExtension + "/kad/1.0.0"},
+		{name: HalfWAN, kad: dd.WAN, store: wan, proto: ProtocolPrefix(cfg.Swarm) + "/kad/1.0.0"},
+	}
 	d.route = dd
 	return nil
 }

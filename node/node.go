@@ -184,6 +184,10 @@ type Config struct {
 	// standing-by members (gossip.NegotiationConfig.OldAwardRules): for
 	// the scale harness's comparison. No flag sets it.
 	OldAwardRules bool
+	// DirectoryLookup turns off cuts of a directory lookup's round trips
+	// (dht.LookupOptions; zero: all of them made), for the scale
+	// harness's baselines. No flag sets it.
+	DirectoryLookup dht.LookupOptions
 }
 
 // mdns says whether the peer discovers its swarm on the LAN by mDNS: on
@@ -565,7 +569,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			mode = dht.ModeServer
 		}
 	}
-	if n.dht, err = dht.New(ctx, n.host, dht.Config{Swarm: n.cfg.Swarm.ID(), Mode: mode, Private: n.cfg.Swarm.Private()}); err != nil {
+	if n.dht, err = dht.New(ctx, n.host, dht.Config{Swarm: n.cfg.Swarm.ID(), Mode: mode, Private: n.cfg.Swarm.Private(), Lookup: n.cfg.DirectoryLookup}); err != nil {
 		return err
 	}
 	if err := n.startReach(ctx); err != nil {

@@ -285,8 +285,8 @@ func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node,
 	if err != nil {
 		return nil, fmt.Errorf("meshtest: add peer %d: %w", i, err)
 	}
-	if opts.ConnHigh > 0 || opts.CountProtocols || opts.LinkOnDial {
-		sh := &simHost{Host: h}
+	if opts.ConnHigh > 0 || opts.CountProtocols || opts.LinkOnDial || opts.Latency > 0 {
+		sh := &simHost{Host: h, latency: opts.Latency}
 		if opts.LinkOnDial {
 			sh.links = &m.links
 		}
@@ -332,7 +332,10 @@ type simHost struct {
 	cm    *connmgr.BasicConnMgr
 	sent  *ProtocolBytes
 	links *links // with Options.LinkOnDial: links made as the host dials
-	once  sync.Once
+	// latency is Options.Latency: a stream closed waits until what was
+	// written on it has arrived (simStream).
+	latency time.Duration
+	once    sync.Once
 }
 
 // links are the pairs of nodes linked so far, with Options.LinkOnDial.
@@ -347,7 +350,7 @@ type links struct {
 // mesh, unless either is isolated; a dial to p then goes as on LinkAll's
 // links (and fails as an unlinked dial does where it did not link).
 func (h *simHost) linkTo(p peer.ID) {
-	if h.links == nil || h.Network().Connectedness(p) == network.Connected {
+	if h.links == nil || h.Host.Network().Connectedness(p) == network.Connected {
 		return
 	}
 	l, self := h.links, h.ID()
@@ -373,6 +376,32 @@ func (h *simHost) Connect(ctx context.Context, pi peer.AddrInfo) error {
 	return h.Host.Connect(ctx, pi)
 }
 
+// Network is the host's network, linking (with Options.LinkOnDial) and
+// counting as the host does when a dial or a stream is opened on it
+// directly (the directory opens its streams there, without waiting for
+// identify).
+func (h *simHost) Network() network.Network { return simNet{Network: h.Host.Network(), h: h} }
+
+// simNet is a simHost's network.
+type simNet struct {
+	network.Network
+	h *simHost
+}
+
+func (n simNet) DialPeer(ctx context.Context, p peer.ID) (network.Conn, error) {
+	n.h.linkTo(p)
+	return n.Network.DialPeer(ctx, p)
+}
+
+func (n simNet) NewStream(ctx context.Context, p peer.ID) (network.Stream, error) {
+	n.h.linkTo(p)
+	s, err := n.Network.NewStream(ctx, p)
+	if err != nil {
+		return s, err
+	}
+	return n.h.wrapOpened(s), nil
+}
+
 func (h *simHost) ConnManager() ifconnmgr.ConnManager {
 	if h.cm == nil {
 		return h.Host.ConnManager()
@@ -383,10 +412,10 @@ func (h *simHost) ConnManager() ifconnmgr.ConnManager {
 func (h *simHost) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
 	h.linkTo(p)
 	s, err := h.Host.NewStream(ctx, p, pids...)
-	if err != nil || h.sent == nil {
+	if err != nil {
 		return s, err
 	}
-	return countedStream{Stream: s, sent: h.sent}, nil
+	return h.wrapOpened(s), nil
 }
 
 func (h *simHost) SetStreamHandler(pid protocol.ID, handler network.StreamHandler) {
@@ -398,10 +427,10 @@ func (h *simHost) SetStreamHandlerMatch(pid protocol.ID, match func(protocol.ID)
 }
 
 func (h *simHost) counted(handler network.StreamHandler) network.StreamHandler {
-	if h.sent == nil {
+	if h.sent == nil && h.latency == 0 {
 		return handler
 	}
-	return func(s network.Stream) { handler(countedStream{Stream: s, sent: h.sent}) }
+	return func(s network.Stream) { handler(h.wrap(s)) }
 }
 
 // Close stops the connection manager, then the host.
@@ -427,16 +456,69 @@ func (b *ProtocolBytes) add(p protocol.ID, n int) {
 	c.(*atomic.Uint64).Add(uint64(n))
 }
 
-// countedStream counts what is written on it.
-type countedStream struct {
-	network.Stream
-	sent *ProtocolBytes
+// wrap wraps a stream of the host's in a simStream, if it counts bytes
+// or has a latency.
+func (h *simHost) wrap(s network.Stream) network.Stream {
+	if h.sent == nil && h.latency == 0 {
+		return s
+	}
+	return &simStream{Stream: s, sent: h.sent, latency: h.latency}
 }
 
-func (s countedStream) Write(p []byte) (int, error) {
+// wrapOpened wraps a stream the host opened: its protocol's negotiation
+// may be written below the wrapper, when it is closed (an empty request),
+// so it counts as written when opened.
+func (h *simHost) wrapOpened(s network.Stream) network.Stream {
+	w := h.wrap(s)
+	if st, ok := w.(*simStream); ok && h.latency > 0 {
+		st.lastWrite.Store(time.Now().UnixNano())
+	}
+	return w
+}
+
+// simStream counts what is written on it (if sent is set), and closes
+// (CloseWrite, Close) only once the last write has arrived: mocknet
+// delivers a write of under 256 bytes at its arrival time, unless the
+// stream is closed first, when it delivers it at once. A request written
+// and closed (as the directory's are) would cross a link of any latency
+// in no time.
+type simStream struct {
+	network.Stream
+	sent      *ProtocolBytes
+	latency   time.Duration
+	lastWrite atomic.Int64 // ns since the epoch
+}
+
+func (s *simStream) Write(p []byte) (int, error) {
 	n, err := s.Stream.Write(p)
-	s.sent.add(s.Protocol(), n)
+	if s.sent != nil {
+		s.sent.add(s.Protocol(), n)
+	}
+	if s.latency > 0 {
+		s.lastWrite.Store(time.Now().UnixNano())
+	}
 	return n, err
+}
+
+// arrived waits until the last write has crossed the link.
+func (s *simStream) arrived() {
+	if last := s.lastWrite.Load(); last > 0 {
+		if d := time.Until(time.Unix(0, last).Add(s.latency)); d > 0 {
+			t := time.NewTimer(d)
+			defer t.Stop()
+			<-t.C
+		}
+	}
+}
+
+func (s *simStream) CloseWrite() error {
+	s.arrived()
+	return s.Stream.CloseWrite()
+}
+
+func (s *simStream) Close() error {
+	s.arrived()
+	return s.Stream.Close()
 }
 
 // SentByProtocol is what the nodes have written on streams since they

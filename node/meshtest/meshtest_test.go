@@ -3,6 +3,7 @@ package meshtest_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -256,5 +257,66 @@ func TestNodesStartedInWavesJoinOneMesh(t *testing.T) {
 	}
 	if len(m.Nodes) != n {
 		t.Fatalf("%d nodes, want %d", len(m.Nodes), n)
+	}
+}
+
+// A short request written and closed at once crosses a link in its
+// latency, not at once (mocknet delivers a small write early when its
+// stream is closed), on a stream opened either way: by the host, or on
+// its network directly (as the directory opens them).
+func TestAClosedStreamsLastWriteTakesTheLinksLatency(t *testing.T) {
+	const latency = 60 * time.Millisecond
+	m := meshtest.Start(t, 2, meshtest.Options{Seed: 3, Latency: latency, LinkOnDial: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const proto = "/meshtest/latency/1"
+	arrived := make(chan time.Time, 2)
+	m.Nodes[1].Host().SetStreamHandler(proto, func(s network.Stream) {
+		defer s.Close()
+		buf := make([]byte, 16)
+		if n, _ := s.Read(buf); n > 0 {
+			arrived <- time.Now()
+		}
+	})
+	h, to := m.Nodes[0].Host(), m.Nodes[1].Host().ID()
+	for _, open := range []struct {
+		how  string
+		open func() (network.Stream, error)
+	}{
+		{"host", func() (network.Stream, error) { return h.NewStream(ctx, to, proto) }},
+		{"network", func() (network.Stream, error) {
+			s, err := h.Network().NewStream(ctx, to)
+			if err == nil {
+				err = s.SetProtocol(proto)
+			}
+			return s, err
+		}},
+	} {
+		s, err := open.open()
+		if err != nil {
+			t.Fatalf("%s: open: %v", open.how, err)
+		}
+		go func() { _, _ = io.Copy(io.Discard, s) }() // mocknet's pipes hold a write until it is read
+		if open.how == "network" {
+			// No negotiation on this stream: the handler is reached by
+			// the host's, so write the negotiation here as a client does.
+			_, _ = s.Write([]byte("\x13/multistream/1.0.0\n\x14/meshtest/latency/1\n"))
+		}
+		sent := time.Now()
+		if _, err := s.Write([]byte("ping")); err != nil {
+			t.Fatalf("%s: write: %v", open.how, err)
+		}
+		if err := s.CloseWrite(); err != nil {
+			t.Fatalf("%s: close: %v", open.how, err)
+		}
+		select {
+		case at := <-arrived:
+			if took := at.Sub(sent); took < latency {
+				t.Errorf("%s: a request closed at once arrived in %v, want at least the link's %v", open.how, took, latency)
+			}
+		case <-ctx.Done():
+			t.Fatalf("%s: the request never arrived", open.how)
+		}
+		_ = s.Close()
 	}
 }

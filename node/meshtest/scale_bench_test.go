@@ -28,6 +28,7 @@ import (
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/meshtest"
+	"github.com/libp2p/go-libp2p/core/network"
 )
 
 var (
@@ -44,6 +45,14 @@ var (
 	scaleWaves   = flag.Int("scale.waves", 10, "BenchmarkScale: start the nodes in this many groups, each meshed before the next starts (meshtest.Options.Waves): the setup's peak, which Go's heap and stacks keep, is then a group's (1: all at once, as before)")
 	scaleSetupGC = flag.Int("scale.setupgc", 25, "BenchmarkScale: the GC percent (GOGC) while the mesh starts, the process's own after it (0: the process's own throughout, as before): fewer part-used spans left by the setup")
 	scaleProfile = flag.String("scale.profile", "", "BenchmarkScale: write heap and goroutine profiles at rest (after setup, after GC) into this directory as heap-N.pprof, goroutine-N.pprof, and a CPU profile of the formations, cpu-formation-N.pprof")
+)
+
+// Lookup round trips (issue 19).
+var scaleLookupOnly = flag.Bool("scale.lookuponly", false, "BenchmarkScale: stop after the lookups (no price ticks or formation), and print where each lookup's time went")
+
+var (
+	scaleQuickLookup   = flag.Bool("scale.quicklookup", false, "BenchmarkScale: directory lookups return once the peers closest to the index key have answered (dht.LookupOptions.QuickIndexLookup), rather than when the DHT's query ends")
+	scaleIdentifyFirst = flag.Bool("scale.identifyfirst", false, "BenchmarkScale: DHT requests and offer fetches wait for identify on a new connection (dht.LookupOptions.IdentifyFirst: as before), for a baseline")
 )
 
 // Price re-sends (issue 19): the pacing before gossip.Resend, for a
@@ -259,6 +268,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 				c.Logger = slog.New(&traceHandler{log: tl, node: i})
 			}
 			c.OldAwardRules = *scaleOldAwards && oldRules(i)
+			c.DirectoryLookup = dht.LookupOptions{QuickIndexLookup: *scaleQuickLookup, IdentifyFirst: *scaleIdentifyFirst}
 			if *scaleFixedResend {
 				c.PriceResend = gossip.Resend{Floor: 30 * time.Second, Cap: 30 * time.Second}
 			}
@@ -461,21 +471,31 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	var found float64
 	hops := 0
 	const lookups = 40
+	var tm lookupTimings
 	for range lookups {
 		nd := others[rng.IntN(len(others))]
+		dials := countDials(nd)
 		start := time.Now()
 		res, err := nd.FindGPUs(ctx, dht.Query{Model: "H100"})
+		took := time.Since(start)
+		dials.stop()
 		if err != nil {
 			b.Fatal(err)
 		}
-		lat = append(lat, time.Since(start))
+		lat = append(lat, took)
 		hops += res.Hops
 		r.LookupHopsMax = max(r.LookupHopsMax, res.Hops)
 		found += float64(res.Providers) / float64(providers)
+		tm.add(res, took, dials.n.Load())
 	}
 	r.LookupP50Ms, r.LookupP95Ms, r.LookupP99Ms = pctMs(lat, 50), pctMs(lat, 95), pctMs(lat, 99)
 	r.LookupHopsMean = float64(hops) / lookups
 	r.OffersFound = found / lookups
+	say("lookups: p50/p95/p99 %.0f/%.0f/%.0f ms, %.2f hops, %.3f of the offers found", r.LookupP50Ms, r.LookupP95Ms, r.LookupP99Ms, r.LookupHopsMean, r.OffersFound)
+	tm.say(say)
+	if *scaleLookupOnly {
+		return r
+	}
 
 	// Price ticks: a provider quotes a new ask; every peer's board gets it.
 	say("price ticks")
@@ -1036,3 +1056,64 @@ func timeline(evs []step, sub int, provIdx map[int]int) string {
 	}
 	return "[" + strings.Join(split, ", ") + "]" + b.String()
 }
+
+// lookupTimings adds up where lookups' time went (dht.FindTiming), for
+// -scale.lookuponly.
+type lookupTimings struct {
+	n                                                     int
+	total, first, last, end, offer, reqTime, open, read   time.Duration
+	reqs, fetches, fetchDialed, dials, providers, queried int
+}
+
+func (t *lookupTimings) add(res dht.FindResult, took time.Duration, dials int64) {
+	x := res.Timing
+	t.n++
+	t.total += took
+	t.first += x.FirstProvider
+	t.last += x.LastProvider
+	t.end += x.LookupEnd
+	t.offer += x.LastOffer
+	t.reqs += x.Requests
+	t.reqTime += x.RequestTime
+	t.fetches += x.Fetches
+	t.open += x.FetchOpen
+	t.read += x.FetchRead
+	t.fetchDialed += x.FetchDialed
+	t.dials += int(dials)
+	t.providers += res.Providers
+	t.queried += res.Queried
+}
+
+func (t *lookupTimings) say(say func(string, ...any)) {
+	if t.n == 0 {
+		return
+	}
+	ms := func(d time.Duration, k int) float64 {
+		return float64(d) / float64(max(k, 1)) / float64(time.Millisecond)
+	}
+	n := float64(t.n)
+	say("lookup, mean: %.0f ms in all; first provider at %.0f ms, last new one at %.0f, lookup ended at %.0f, last offer at %.0f",
+		ms(t.total, t.n), ms(t.first, t.n), ms(t.last, t.n), ms(t.end, t.n), ms(t.offer, t.n))
+	say("lookup, mean: %.1f DHT requests of %.0f ms each; %.1f offer fetches: open %.0f ms + read %.0f ms, %.1f of them dialed; %.1f connections dialed a lookup; %.1f providers",
+		float64(t.reqs)/n, ms(t.reqTime, t.reqs), float64(t.fetches)/n, ms(t.open, t.fetches), ms(t.read, t.fetches), float64(t.fetchDialed)/n, float64(t.dials)/n, float64(t.providers)/n)
+}
+
+// dialCounter counts the connections a host opens.
+type dialCounter struct {
+	n  atomic.Int64
+	nd *node.Node
+	nf *network.NotifyBundle
+}
+
+func countDials(nd *node.Node) *dialCounter {
+	c := &dialCounter{nd: nd}
+	c.nf = &network.NotifyBundle{ConnectedF: func(_ network.Network, cn network.Conn) {
+		if cn.Stat().Direction == network.DirOutbound {
+			c.n.Add(1)
+		}
+	}}
+	nd.Host().Network().Notify(c.nf)
+	return c
+}
+
+func (c *dialCounter) stop() { c.nd.Host().Network().StopNotify(c.nf) }
