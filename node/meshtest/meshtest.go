@@ -1,7 +1,9 @@
 // Package meshtest starts many real gpumesh nodes in one test process on a
 // simulated network (libp2p's mocknet): real hosts, DHT and GossipSub, with
 // in-memory links instead of sockets, so tests of 50+ peers take seconds.
-// Keys are derived from a seed, so a failing run can be replayed.
+// Keys are derived from a seed, so a failing run can be replayed. With
+// Options.TCP the nodes listen on loopback TCP instead, so that peers in
+// another process can reach them.
 package meshtest
 
 import (
@@ -10,6 +12,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -86,6 +89,14 @@ type Options struct {
 	// Identify and ping, which the host runs itself, are not counted.
 	CountProtocols bool
 
+	// TCP puts each node on a libp2p host of its own listening on a
+	// loopback TCP port, as a node started by hand has, rather than on
+	// the simulated network: peers in another process (a flood's, made
+	// to spend its own CPU) can then reach the mesh. Net is unused; the
+	// options that act on the simulated network (Latency, ConnHigh,
+	// CountProtocols, LinkOnDial) cannot be used with it.
+	TCP bool
+
 	// Progress, if set, is told how Start is getting on (a line at each
 	// tenth of the nodes started and dialed, and at each stage): a mesh of
 	// thousands takes minutes.
@@ -157,6 +168,9 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 	if opts.GPUs == "" {
 		opts.GPUs = "mock:dgxh100"
 	}
+	if opts.TCP && (opts.Latency > 0 || opts.ConnHigh > 0 || opts.CountProtocols || opts.LinkOnDial) {
+		t.Fatal("meshtest: Options.TCP puts the nodes on real sockets: Latency, ConnHigh, CountProtocols and LinkOnDial act on the simulated network only; leave them unset")
+	}
 	m := &Mesh{Net: mocknet.New(), seed: opts.Seed, opts: opts}
 	m.links.net = m.Net
 	m.ctx, m.cancel = context.WithCancel(context.Background())
@@ -188,7 +202,7 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 	if opts.Latency > 0 {
 		m.Net.SetLinkDefaults(mocknet.LinkOptions{Latency: opts.Latency})
 	}
-	if !opts.LinkOnDial {
+	if !opts.LinkOnDial && !opts.TCP {
 		if err := m.Net.LinkAll(); err != nil {
 			t.Fatalf("meshtest: link: %v", err)
 		}
@@ -243,6 +257,10 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node, error) {
 	opts := m.opts
 	id := Key(opts.Seed, i)
+	if opts.TCP {
+		cfg := node.Config{Identity: &id, Listen: []string{"/ip4/127.0.0.1/tcp/0"}, NoMDNS: true, NoNAT: true, GPUs: "none"}
+		return m.newNode(ctx, i, provider, cfg)
+	}
 	addr := ma.StringCast(fmt.Sprintf("/ip4/127.%d.%d.%d/tcp/4021", (i>>16)&0xff, (i>>8)&0xff, i&0xff))
 	var h host.Host
 	h, err := m.Net.AddPeer(id.Key, addr)
@@ -267,7 +285,12 @@ func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node,
 		}
 		h = sh
 	}
-	cfg := node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true, GPUs: "none"}
+	return m.newNode(ctx, i, provider, node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true, GPUs: "none"})
+}
+
+// newNode makes and starts node i from cfg and the mesh's options.
+func (m *Mesh) newNode(ctx context.Context, i int, provider bool, cfg node.Config) (*node.Node, error) {
+	opts := m.opts
 	if opts.Private {
 		cfg.Swarm = SwarmOf(opts.Seed)
 	}
@@ -435,7 +458,7 @@ func (m *Mesh) Add(t testing.TB, provider bool, dials ...int) *node.Node {
 		t.Fatal(err)
 	}
 	m.Nodes = append(m.Nodes, nd)
-	if !m.opts.LinkOnDial {
+	if !m.opts.LinkOnDial && !m.opts.TCP {
 		if err := m.Net.LinkAll(); err != nil {
 			t.Fatalf("meshtest: link: %v", err)
 		}
@@ -593,6 +616,9 @@ func PollBounded(ctx context.Context, cond func(at *Step) (ok bool, seen string)
 // Isolate cuts node i off from every other node, as if its machine fell off
 // the network: no goodbye, nothing withdrawn.
 func (m *Mesh) Isolate(i int) error {
+	if m.opts.TCP {
+		return errors.New("meshtest: Isolate cuts links of the simulated network; a mesh on TCP (Options.TCP) has none")
+	}
 	id := m.Nodes[i].Host().ID()
 	m.links.mu.Lock()
 	if m.links.isolated == nil {
