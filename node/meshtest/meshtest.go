@@ -25,13 +25,18 @@ import (
 
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/libp2p/go-libp2p"
 	ifconnmgr "github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -258,8 +263,11 @@ func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node,
 	opts := m.opts
 	id := Key(opts.Seed, i)
 	if opts.TCP {
-		cfg := node.Config{Identity: &id, Listen: []string{"/ip4/127.0.0.1/tcp/0"}, NoMDNS: true, NoNAT: true, GPUs: "none"}
-		return m.newNode(ctx, i, provider, cfg)
+		h, err := tcpHost(id, opts)
+		if err != nil {
+			return nil, fmt.Errorf("meshtest: host of peer %d: %w", i, err)
+		}
+		return m.newNode(ctx, i, provider, node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true, GPUs: "none"})
 	}
 	addr := ma.StringCast(fmt.Sprintf("/ip4/127.%d.%d.%d/tcp/4021", (i>>16)&0xff, (i>>8)&0xff, i&0xff))
 	var h host.Host
@@ -286,6 +294,41 @@ func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node,
 		h = sh
 	}
 	return m.newNode(ctx, i, provider, node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true, GPUs: "none"})
+}
+
+// tcpHost is a node's libp2p host on a loopback TCP port (Options.TCP),
+// made as a node makes its own with NAT traversal off (node/host.go: TCP,
+// Noise, yamux, the swarm's PSK, the same connection manager and
+// resource limits), and with its reachability set rather than probed:
+// libp2p's AutoNAT client, which NoNAT does not stop, can deadlock with
+// identify on Close (its subscription closed while an identify push
+// emits to it), leaving a node that never closes.
+func tcpHost(id node.Identity, opts Options) (host.Host, error) {
+	cm, err := connmgr.NewConnManager(64, 256, connmgr.WithGracePeriod(time.Minute))
+	if err != nil {
+		return nil, err
+	}
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(rcmgr.DefaultLimits.AutoScale()))
+	if err != nil {
+		return nil, err
+	}
+	o := []libp2p.Option{
+		libp2p.Identity(id.Key),
+		libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
+		libp2p.Security(noise.ID, noise.New),
+		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.ConnectionManager(cm),
+		libp2p.ResourceManager(rm),
+		libp2p.Ping(true),
+		libp2p.DisableRelay(),
+		libp2p.DisableMetrics(),
+		libp2p.ForceReachabilityPublic(),
+	}
+	if opts.Private {
+		o = append(o, libp2p.PrivateNetwork(SwarmOf(opts.Seed).PSK))
+	}
+	return libp2p.New(o...)
 }
 
 // newNode makes and starts node i from cfg and the mesh's options.
