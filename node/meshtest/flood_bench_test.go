@@ -79,6 +79,14 @@ func BenchmarkFormationUnderFloodFromAnotherProcess(b *testing.B) {
 	})
 }
 
+// floodStderr is what a flood process wrote on stderr, for a failure.
+func floodStderr(f floodRun) string {
+	if pf, ok := f.(*processFlood); ok {
+		return fmt.Sprintf(" (flood process exit %d; its stderr: %s)", pf.cmd.ProcessState.ExitCode(), pf.stderr)
+	}
+	return ""
+}
+
 // floodMeshConfig is the flood benchmarks' mesh: ten providers in two
 // zones at prices 1.50 to 2.40, every peer's negotiation steps traced.
 func floodMeshConfig(tl *traceLog) func(int, *node.Config) {
@@ -172,6 +180,9 @@ func floodCases(b *testing.B, m *meshtest.Mesh, tl *traceLog, newFlood func(b *t
 				b.StopTimer()
 				if f != nil {
 					n, took := f.close()
+					if took <= 0 {
+						b.Fatalf("the %s flood was not sent to the end%s", fl.name, floodStderr(f))
+					}
 					sendTime += took
 					bids += n
 					if pf, ok := f.(*processFlood); ok {

@@ -169,7 +169,7 @@ func (f *processFlood) start(ctx context.Context, _ int) <-chan struct{} {
 }
 
 // close ends the flood process and returns the bids its flooders got and
-// how long the flood took to send.
+// how long the flood took to send (0 if it did not say, or failed).
 func (f *processFlood) close() (int64, time.Duration) {
 	f.stdin.Close()
 	var bids int64
@@ -177,6 +177,9 @@ func (f *processFlood) close() (int64, time.Duration) {
 		bids, _ = strconv.ParseInt(n, 10, 64)
 	}
 	f.stop()
+	if f.cmd.ProcessState.ExitCode() != 0 {
+		return bids, 0 // not a whole flood
+	}
 	return bids, f.took
 }
 
