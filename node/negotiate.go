@@ -416,8 +416,11 @@ func (n *Node) admitDirectRFB(data []byte, from peer.ID) (*gossip.RequestForBids
 
 // LevelTrace is the log level of a negotiation's steps on this peer
 // (below Debug, so a debug log does not show them): a message "negotiation
-// step" with the job, the step (submitted, received, queued, answered,
-// sent, formed, failed), and the message's kind where there is one. A
+// step" with the job, the step (stored: the submitted job on disk;
+// handed: its negotiation handed to the loop; submitted: taken by it; paced: its direct requests past this
+// peer's pacer; received, queued, answered, sent; ended; recording and
+// recorded: the outcome's record begun, and a formed job's on disk), and
+// the message's kind where there is one. A
 // benchmark's handler reads them to split a formation's time by step.
 const LevelTrace = slog.LevelDebug - 4
 
@@ -821,6 +824,7 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 					}
 					return
 				}
+				n.trace(rfb.Job, "paced", nil)
 			}
 			for _, p := range r.Ask {
 				n.sendOn(ctx, RFBProtocol, p, &rfb, true)

@@ -46,6 +46,7 @@ func (n *Node) SubmitJob(ctx context.Context, spec jobspec.Spec) (*Job, error) {
 	if err := n.addJob(job); err != nil {
 		return nil, fmt.Errorf("job not submitted: %w", err)
 	}
+	n.trace(id, "stored", nil)
 	if err := n.negotiate(ctx, id, spec); err != nil {
 		n.finishJob(job.ID, JobFailed, err.Error(), nil)
 		return nil, err
@@ -78,6 +79,7 @@ func (n *Node) negotiate(ctx context.Context, id gossip.JobID, spec jobspec.Spec
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	n.trace(id, "handed", nil)
 	lctx, done := n.lifeContext()
 	if lctx == nil {
 		return nil
@@ -287,6 +289,7 @@ func (n *Node) explainNoBids(ctx context.Context, j Job) string {
 // reservations lapsing on the providers as they would after a crash in
 // the run; the run starts members only after "running" is on disk.
 func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
+	n.trace(id, "recording", nil)
 	j, ok := n.Job(id.String())
 	if !ok {
 		return
@@ -301,6 +304,7 @@ func (n *Node) recordOutcome(id gossip.JobID, o gossip.Outcome) {
 		if _, ok := n.moveJob(j.ID, JobFormed, []JobState{JobNegotiating, JobQueued}, func(j *Job) {
 			j.Members, j.Cost, j.Spares = o.Members, o.Cost, o.Spares
 		}); ok {
+			n.trace(id, "recorded", nil)
 			n.dequeue(j.ID)
 			n.startRun(j.ID)
 		} else {

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,19 +53,72 @@ import (
 // robin), as a flooder that reads the directory would.
 func BenchmarkFormationUnderFlood(b *testing.B) {
 	tl := &traceLog{honest: map[string]bool{}, events: map[string][]step{}}
-	m := meshtest.Start(b, 50, meshtest.Options{Seed: 50, Private: true, Providers: 10, Executors: []string{"process"}, Config: func(i int, c *node.Config) {
+	m := meshtest.Start(b, 50, meshtest.Options{Seed: 50, Private: true, Providers: 10, Executors: []string{"process"}, Config: floodMeshConfig(tl)})
+	var flooders atomic.Int64 // identities made so far, for fresh keys and addresses
+	floodCases(b, m, tl, func(b *testing.B, ctx context.Context, identities, _ int, direct bool) floodRun {
+		f := newFlood(b, ctx, m, identities, &flooders)
+		f.direct = direct
+		return f
+	})
+}
+
+// BenchmarkFormationUnderFloodFromAnotherProcess is
+// BenchmarkFormationUnderFlood with the flood sent by another process
+// (processFlood): the same 50 peers, on loopback TCP rather than the
+// simulated network, and the same flooders, each a stock libp2p host of
+// its own in a process at the lowest CPU priority, so that their routers
+// and signing do not take the CPU of the peers they attack (in one
+// process they took about 30% of it). Besides the same metrics it
+// reports the flood process's CPU time a flood.
+func BenchmarkFormationUnderFloodFromAnotherProcess(b *testing.B) {
+	tl := &traceLog{honest: map[string]bool{}, events: map[string][]step{}}
+	m := meshtest.Start(b, 50, meshtest.Options{Seed: 50, Private: true, TCP: true, Providers: 10, Executors: []string{"process"}, Config: floodMeshConfig(tl)})
+	var flooders atomic.Int64
+	floodCases(b, m, tl, func(b *testing.B, ctx context.Context, identities, per int, direct bool) floodRun {
+		return newProcessFlood(b, ctx, m, 50, 10, identities, per, direct, &flooders)
+	})
+}
+
+// floodStderr is what a flood process wrote on stderr, for a failure.
+func floodStderr(f floodRun) string {
+	if pf, ok := f.(*processFlood); ok {
+		return fmt.Sprintf(" (flood process exit %d; its stderr: %s)", pf.cmd.ProcessState.ExitCode(), pf.stderr)
+	}
+	return ""
+}
+
+// floodMeshConfig is the flood benchmarks' mesh: ten providers in two
+// zones at prices 1.50 to 2.40, every peer's negotiation steps traced.
+func floodMeshConfig(tl *traceLog) func(int, *node.Config) {
+	return func(i int, c *node.Config) {
 		c.Logger = slog.New(&traceHandler{log: tl, node: i})
 		if i < 10 {
 			c.Price = fmt.Sprintf("fixed:%d.%d0", 1+(5+i)/10, (5+i)%10)
 			c.Region = []string{"eu-west/ams1", "us-east/nyc2"}[i%2]
 		}
-	}})
+	}
+}
+
+// floodRun is one flood of a benchmark iteration.
+type floodRun interface {
+	// start sends the flood, per requests from each identity; the
+	// channel is closed once all are sent.
+	start(ctx context.Context, per int) <-chan struct{}
+	// close ends the flood: the bids the providers sent the flooders,
+	// and how long the flood took to send.
+	close() (bids int64, took time.Duration)
+}
+
+// floodCases runs the flood benchmarks' cases on m: no flood (the
+// baseline, first), then each flood that newFlood makes (identities
+// flooders of per requests each; direct: to the providers, not on the
+// topic).
+func floodCases(b *testing.B, m *meshtest.Mesh, tl *traceLog, newFlood func(b *testing.B, ctx context.Context, identities, per int, direct bool) floodRun) {
 	spec, err := jobspec.Parse([]byte("name: honest\ncommand: [sleep, \"3600\"]\nresources: {gpus: 8, gpu: {model: H100}}\nmaxPrice: 2.50\ntimeout: 1h\n"), "yaml")
 	if err != nil {
 		b.Fatal(err)
 	}
 	var baseP99 float64
-	var flooders atomic.Int64 // identities made so far, for fresh keys and addresses
 	for _, fl := range []struct {
 		name            string
 		identities, per int
@@ -81,18 +136,23 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 			var lat []time.Duration
 			var splits []split
 			checked0 := validations(m)
-			cpu0, wall0 := cpuTime(), time.Now()
-			var sendTime time.Duration
+			cpu0, wall0, machine0 := cpuTime(), time.Now(), machineBusy()
+			var sendTime, floodCPU time.Duration
 			var bids int64
 			failed := 0
 			sched0 := schedLatencies()
 			b.ResetTimer()
 			for range b.N {
 				b.StopTimer()
-				f := newFlood(b, ctx, m, fl.identities, &flooders)
-				f.direct = fl.direct
+				var f floodRun
+				if fl.identities > 0 {
+					f = newFlood(b, ctx, fl.identities, fl.per, fl.direct)
+				}
 				b.StartTimer()
-				sent := f.start(ctx, fl.per)
+				var sent <-chan struct{}
+				if f != nil {
+					sent = f.start(ctx, fl.per)
+				}
 				for i := 0; ; i++ {
 					select {
 					case <-sent:
@@ -102,8 +162,9 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 					if sent == nil && i >= floodJobs {
 						break
 					}
+					start := time.Now()
 					took, id, formed := formOne(b, ctx, m, m.Nodes[10+i%40], spec)
-					sp := tl.split(id, 10+i%40)
+					sp := tl.split(id, 10+i%40, start, start.Add(took))
 					sp.took = took
 					if took > 500*time.Millisecond {
 						b.Logf("a slow job's steps (peer:step:kind:ms from submit):%s", sp.steps)
@@ -117,9 +178,17 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 					splits = append(splits, sp)
 				}
 				b.StopTimer()
-				sendTime += f.took
-				bids += f.bids.Load()
-				f.close()
+				if f != nil {
+					n, took := f.close()
+					if took <= 0 {
+						b.Fatalf("the %s flood was not sent to the end%s", fl.name, floodStderr(f))
+					}
+					sendTime += took
+					bids += n
+					if pf, ok := f.(*processFlood); ok {
+						floodCPU += pf.cpu
+					}
+				}
 				b.StartTimer()
 			}
 			b.StopTimer()
@@ -134,6 +203,12 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 			b.ReportMetric(float64(failed), "failed-jobs")
 			cpu, wall := cpuTime()-cpu0, time.Since(wall0)
 			b.ReportMetric(cpu.Seconds()/wall.Seconds(), "cpu-cores-busy")
+			// What the rest of the machine took meanwhile (other
+			// processes than this one and its flood process): on a
+			// shared machine, the CPU the mesh did not get.
+			if machine := machineBusy() - machine0; machine > 0 {
+				b.ReportMetric(max(machine-cpu-floodCPU, 0).Seconds()/wall.Seconds(), "others-cores-busy")
+			}
 			checked := validations(m)
 			var provs, others uint64
 			for i := range checked {
@@ -146,9 +221,9 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 			b.ReportMetric(float64(provs)/10/float64(b.N), "topic-checks/provider")
 			b.ReportMetric(float64(others)/40/float64(b.N), "topic-checks/other-peer")
 			reportSplits(b, splits)
-			// How long goroutines of the whole process (every peer's, the
-			// flooders') waited to run once runnable: a tail that no
-			// queue of a peer explains shows here.
+			// How long goroutines of the whole process (every peer's, and
+			// the flooders' when they share it) waited to run once
+			// runnable: a tail that no queue of a peer explains shows here.
 			p99, p999 := schedQuantiles(sched0, schedLatencies())
 			b.ReportMetric(p99, "sched-p99-ms")
 			b.ReportMetric(p999, "sched-p999-ms")
@@ -164,6 +239,9 @@ func BenchmarkFormationUnderFlood(b *testing.B) {
 			}
 			b.ReportMetric(sendTime.Seconds()/float64(b.N), "flood-send-s")
 			b.ReportMetric(float64(bids)/float64(b.N), "bids-to-flooders")
+			if floodCPU > 0 {
+				b.ReportMetric(floodCPU.Seconds()/float64(b.N), "flood-process-cpu-s")
+			}
 		})
 	}
 }
@@ -344,15 +422,16 @@ func (f *flood) start(ctx context.Context, per int) <-chan struct{} {
 // flooderLabels mark the flooders' goroutines in a CPU profile.
 var flooderLabels = pprof.Labels("peer", "flooder")
 
-func (f *flood) close() {
+func (f *flood) close() (int64, time.Duration) {
 	f.cancel()
 	for _, h := range f.hosts {
 		h.Close()
 	}
+	return f.bids.Load(), f.took
 }
 
 // traceLog keeps the negotiation steps (node.LevelTrace) of the honest
-// jobs: those some peer submitted; a flooder's requests are never
+// jobs: those some peer stored or submitted; a flooder's requests are never
 // submitted on a mesh peer, so their steps are not kept.
 type traceLog struct {
 	mu     sync.Mutex
@@ -391,7 +470,7 @@ func (h *traceHandler) Handle(_ context.Context, r slog.Record) error {
 	})
 	h.log.mu.Lock()
 	defer h.log.mu.Unlock()
-	if st.step == "submitted" {
+	if st.step == "stored" || st.step == "submitted" {
 		h.log.honest[job] = true
 	}
 	if h.log.honest[job] {
@@ -404,18 +483,23 @@ func (h *traceHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h *traceHandler) WithGroup(string) slog.Handler      { return h }
 
 // split is an honest job's formation split by step, each from the one
-// before: submit to its loop, to the first request sent, to the last
-// request (of those bid on before the award) delivered to a provider, the
-// most it waited in a provider's queue, to the last bid in before the
-// award, to the award sent, to the outcome.
+// before: the SubmitJob call to its record on disk (store), to its
+// negotiation handed to its submitter's loop (hand: the price board
+// read), to the loop taking it (enter), to its direct requests past the
+// pacer (pace, part of send), to the first request sent (send), to the
+// last request (of those bid on before the award) delivered to a
+// provider, the most it waited in a provider's queue, to the last bid in
+// before the award, to the award sent, to the outcome (end); then to the
+// outcome's record begun (rec: a goroutine's start), to the formed record
+// on disk (write), and to the benchmark seeing it (seen: its polling).
 type split struct {
-	steps                                         string // every step, for a slow job
-	took                                          time.Duration
-	loop                                          time.Duration // submitted to ended, on the submitter's loop
-	submit, send, deliver, queue, bid, award, end time.Duration
+	steps                                                                             string // every step, for a slow job
+	took                                                                              time.Duration
+	loop                                                                              time.Duration // submitted to ended, on the submitter's loop
+	store, hand, enter, pace, send, deliver, queue, bid, award, end, rec, write, seen time.Duration
 }
 
-var splitNames = []string{"submit", "send", "deliver", "queue", "bid", "award", "end"}
+var splitNames = []string{"store", "hand", "enter", "pace", "send", "deliver", "queue", "bid", "award", "end", "rec", "write", "seen"}
 
 // outside is the part of took that the submitter's loop did not see: from
 // the SubmitJob call until its loop took the negotiation, and from its
@@ -428,7 +512,7 @@ func (s split) outside() time.Duration {
 }
 
 func (s split) parts() []time.Duration {
-	return []time.Duration{s.submit, s.send, s.deliver, s.queue, s.bid, s.award, s.end}
+	return []time.Duration{s.store, s.hand, s.enter, s.pace, s.send, s.deliver, s.queue, s.bid, s.award, s.end, s.rec, s.write, s.seen}
 }
 
 func (s split) String() string {
@@ -440,27 +524,46 @@ func (s split) String() string {
 	return b.String()
 }
 
-// split reads job's steps (submitted on mesh peer sub) and forgets them.
-func (t *traceLog) split(job string, sub int) split {
+// split reads job's steps (submitted on mesh peer sub, whose SubmitJob
+// was called at start, and seen formed at seen) and forgets them.
+func (t *traceLog) split(job string, sub int, start, seen time.Time) split {
 	t.mu.Lock()
 	evs := t.events[job]
 	delete(t.events, job)
 	delete(t.honest, job)
 	t.mu.Unlock()
-	var submitted, sent, award, end time.Time
+	var stored, handed, submitted, paced, sent, award, end, recording, recorded time.Time
 	queued := map[int]time.Time{}
 	var lastQueued, lastBid time.Time
 	var queueWait time.Duration
+	first := func(t *time.Time, at time.Time) {
+		if t.IsZero() {
+			*t = at
+		}
+	}
 	for _, e := range evs {
+		if e.node != sub {
+			continue
+		}
 		switch {
-		case e.node == sub && e.step == "submitted" && submitted.IsZero():
-			submitted = e.at
-		case e.node == sub && e.step == "sent" && e.kind == "request" && sent.IsZero():
-			sent = e.at
-		case e.node == sub && e.step == "sent" && e.kind == "award" && award.IsZero():
-			award = e.at
-		case e.node == sub && e.step == "ended" && end.IsZero():
-			end = e.at
+		case e.step == "stored":
+			first(&stored, e.at)
+		case e.step == "handed":
+			first(&handed, e.at)
+		case e.step == "submitted":
+			first(&submitted, e.at)
+		case e.step == "paced":
+			first(&paced, e.at)
+		case e.step == "sent" && e.kind == "request":
+			first(&sent, e.at)
+		case e.step == "sent" && e.kind == "award":
+			first(&award, e.at)
+		case e.step == "ended":
+			first(&end, e.at)
+		case e.step == "recording":
+			first(&recording, e.at)
+		case e.step == "recorded":
+			first(&recorded, e.at)
 		}
 	}
 	for _, e := range evs {
@@ -491,10 +594,11 @@ func (t *traceLog) split(job string, sub int) split {
 	}
 	var all strings.Builder
 	for _, e := range evs {
-		fmt.Fprintf(&all, " %d:%s:%s:%d", e.node, e.step, e.kind, e.at.Sub(submitted).Milliseconds())
+		fmt.Fprintf(&all, " %d:%s:%s:%d", e.node, e.step, e.kind, e.at.Sub(start).Milliseconds())
 	}
-	return split{steps: all.String(), loop: d(submitted, end), submit: 0, send: d(submitted, sent), deliver: d(sent, lastQueued), queue: queueWait,
-		bid: d(lastQueued, lastBid), award: d(lastBid, award), end: d(award, end)}
+	return split{steps: all.String(), loop: d(submitted, end), store: d(start, stored), hand: d(stored, handed), enter: d(handed, submitted), pace: d(submitted, paced),
+		send: d(submitted, sent), deliver: d(sent, lastQueued), queue: queueWait, bid: d(lastQueued, lastBid), award: d(lastBid, award),
+		end: d(award, end), rec: d(end, recording), write: d(recording, recorded), seen: d(recorded, seen)}
 }
 
 // reportSplits reports the p99 of each step of the jobs' formation, and
@@ -505,10 +609,10 @@ func reportSplits(b *testing.B, splits []split) {
 	}
 	slices.SortFunc(splits, func(x, y split) int { return int(x.took - y.took) })
 	i := min(max((len(splits)*99+99)/100-1, 0), len(splits)-1)
-	for k, name := range splitNames[1:] {
+	for k, name := range splitNames {
 		ds := make([]time.Duration, len(splits))
 		for j, s := range splits {
-			ds[j] = s.parts()[k+1]
+			ds[j] = s.parts()[k]
 		}
 		slices.Sort(ds)
 		b.ReportMetric(float64(ds[i])/float64(time.Millisecond), name+"-p99-ms")
@@ -540,6 +644,32 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// machineBusy is the CPU time the whole machine has been busy (not idle,
+// not waiting for I/O) since boot, from /proc/stat; 0 where it cannot be
+// read.
+func machineBusy() time.Duration {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0
+	}
+	var busy int64
+	for i, v := range f[1:] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0
+		}
+		if i != 3 && i != 4 && i < 8 { // idle, iowait; guest time is counted in user already
+			busy += n
+		}
+	}
+	return time.Duration(busy) * time.Second / 100 // USER_HZ is 100 on Linux
 }
 
 // schedLatencies is the process's scheduler latencies so far: how long

@@ -1,7 +1,9 @@
 // Package meshtest starts many real gpumesh nodes in one test process on a
 // simulated network (libp2p's mocknet): real hosts, DHT and GossipSub, with
 // in-memory links instead of sockets, so tests of 50+ peers take seconds.
-// Keys are derived from a seed, so a failing run can be replayed.
+// Keys are derived from a seed, so a failing run can be replayed. With
+// Options.TCP the nodes listen on loopback TCP instead, so that peers in
+// another process can reach them.
 package meshtest
 
 import (
@@ -10,6 +12,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -22,13 +25,18 @@ import (
 
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/libp2p/go-libp2p"
 	ifconnmgr "github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -93,6 +101,14 @@ type Options struct {
 	// the next group's are made, and Go reuses their memory: the mesh's
 	// peak, which the heap and the stacks keep after it, is a group's.
 	Waves int
+
+	// TCP puts each node on a libp2p host of its own listening on a
+	// loopback TCP port, as a node started by hand has, rather than on
+	// the simulated network: peers in another process (a flood's, made
+	// to spend its own CPU) can then reach the mesh. Net is unused; the
+	// options that act on the simulated network (Latency, ConnHigh,
+	// CountProtocols, LinkOnDial) cannot be used with it.
+	TCP bool
 
 	// Progress, if set, is told how Start is getting on (a line at each
 	// tenth of the nodes started and dialed, and at each stage): a mesh of
@@ -165,6 +181,9 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 	if opts.GPUs == "" {
 		opts.GPUs = "mock:dgxh100"
 	}
+	if opts.TCP && (opts.Latency > 0 || opts.ConnHigh > 0 || opts.CountProtocols || opts.LinkOnDial) {
+		t.Fatal("meshtest: Options.TCP puts the nodes on real sockets: Latency, ConnHigh, CountProtocols and LinkOnDial act on the simulated network only; leave them unset")
+	}
 	m := &Mesh{Net: mocknet.New(), seed: opts.Seed, opts: opts}
 	m.links.net = m.Net
 	m.ctx, m.cancel = context.WithCancel(context.Background())
@@ -216,11 +235,13 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 			}
 			m.Nodes = append(m.Nodes, nd)
 		}
-		if !opts.LinkOnDial && w == 0 {
+		switch {
+		case opts.LinkOnDial || opts.TCP: // linked as they dial, or not on the simulated network
+		case w == 0:
 			if err := m.Net.LinkAll(); err != nil {
 				t.Fatalf("meshtest: link: %v", err)
 			}
-		} else if !opts.LinkOnDial {
+		default:
 			for i := lo; i < hi; i++ { // each new node to every node before it
 				for j := range i {
 					if _, err := m.Net.LinkPeers(m.Nodes[i].Host().ID(), m.Nodes[j].Host().ID()); err != nil {
@@ -279,6 +300,13 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node, error) {
 	opts := m.opts
 	id := Key(opts.Seed, i)
+	if opts.TCP {
+		h, err := tcpHost(id, opts)
+		if err != nil {
+			return nil, fmt.Errorf("meshtest: host of peer %d: %w", i, err)
+		}
+		return m.newNode(ctx, i, provider, node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true, GPUs: "none"})
+	}
 	addr := ma.StringCast(fmt.Sprintf("/ip4/127.%d.%d.%d/tcp/4021", (i>>16)&0xff, (i>>8)&0xff, i&0xff))
 	var h host.Host
 	h, err := m.Net.AddPeer(id.Key, addr)
@@ -303,7 +331,47 @@ func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node,
 		}
 		h = sh
 	}
-	cfg := node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true, GPUs: "none"}
+	return m.newNode(ctx, i, provider, node.Config{Host: h, Identity: &id, NoMDNS: true, NoNAT: true, GPUs: "none"})
+}
+
+// tcpHost is a node's libp2p host on a loopback TCP port (Options.TCP),
+// made as a node makes its own with NAT traversal off (node/host.go: TCP,
+// Noise, yamux, the swarm's PSK, the same connection manager and
+// resource limits), and with its reachability set rather than probed:
+// libp2p's AutoNAT client, which NoNAT does not stop, can deadlock with
+// identify on Close (its subscription closed while an identify push
+// emits to it), leaving a node that never closes.
+func tcpHost(id node.Identity, opts Options) (host.Host, error) {
+	cm, err := connmgr.NewConnManager(64, 256, connmgr.WithGracePeriod(time.Minute))
+	if err != nil {
+		return nil, err
+	}
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(rcmgr.DefaultLimits.AutoScale()))
+	if err != nil {
+		return nil, err
+	}
+	o := []libp2p.Option{
+		libp2p.Identity(id.Key),
+		libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
+		libp2p.Security(noise.ID, noise.New),
+		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.ConnectionManager(cm),
+		libp2p.ResourceManager(rm),
+		libp2p.Ping(true),
+		libp2p.DisableRelay(),
+		libp2p.DisableMetrics(),
+		libp2p.ForceReachabilityPublic(),
+	}
+	if opts.Private {
+		o = append(o, libp2p.PrivateNetwork(SwarmOf(opts.Seed).PSK))
+	}
+	return libp2p.New(o...)
+}
+
+// newNode makes and starts node i from cfg and the mesh's options.
+func (m *Mesh) newNode(ctx context.Context, i int, provider bool, cfg node.Config) (*node.Node, error) {
+	opts := m.opts
 	if opts.Private {
 		cfg.Swarm = SwarmOf(opts.Seed)
 	}
@@ -553,7 +621,7 @@ func (m *Mesh) Add(t testing.TB, provider bool, dials ...int) *node.Node {
 		t.Fatal(err)
 	}
 	m.Nodes = append(m.Nodes, nd)
-	if !m.opts.LinkOnDial {
+	if !m.opts.LinkOnDial && !m.opts.TCP {
 		if err := m.Net.LinkAll(); err != nil {
 			t.Fatalf("meshtest: link: %v", err)
 		}
@@ -718,6 +786,9 @@ func PollBounded(ctx context.Context, cond func(at *Step) (ok bool, seen string)
 // Isolate cuts node i off from every other node, as if its machine fell off
 // the network: no goodbye, nothing withdrawn.
 func (m *Mesh) Isolate(i int) error {
+	if m.opts.TCP {
+		return errors.New("meshtest: Isolate cuts links of the simulated network; a mesh on TCP (Options.TCP) has none")
+	}
 	id := m.Nodes[i].Host().ID()
 	m.links.mu.Lock()
 	if m.links.isolated == nil {
