@@ -130,7 +130,23 @@ type author struct {
 	id     peer.ID
 	bucket requestBucket
 	seen   time.Time // when a request of it was last checked (accepted or not); zero: never
+	// dropped is its last request this peer Ignored for the bound on all
+	// submitters together (zero: none since), quiet whether the submitter
+	// was quiet when it came, and copies how many copies of it have come
+	// since: GossipSub does not remember an ignored message as seen, so
+	// relays offer it again, and a copy is the same request, not a new
+	// one (see Admit).
+	dropped       JobID
+	droppedQuiet  bool
+	droppedCopies int
 }
+
+// maxDroppedCopies bounds the copies of one dropped request that are
+// checked as that request rather than as new ones: a submitter sending
+// copies of its own dropped request past it pays for them as for new
+// requests. A peer sees an honest request from at most its mesh peers
+// and the peers gossiping it, a few times each.
+const maxDroppedCopies = 8
 
 // requestBucket is one submitter's allowance: tokens of its rate and the
 // deadlines of its open requests (at most MaxOpen, in no order).
@@ -273,14 +289,30 @@ func (v *RFBValidator) Admit(rfb RequestForBids, signer, from peer.ID, now time.
 		return RequestForBids{}, Ignore, fmt.Errorf("%w: %v from now, at most %v", ErrFarRequest, d.Round(time.Millisecond), l.MaxAhead)
 	}
 	a := v.lookup(signer, now)
+	// A copy of the request this peer last dropped for the total is that
+	// request again: it was counted against its submitter's rate then,
+	// and is checked as then (quiet or not), not as a new request of a
+	// submitter that just asked — else an honest submitter's one request,
+	// dropped while a flood spent the bound, would find it needs the
+	// reserve at every later copy, and be charged for each.
+	again := a.dropped == rfb.Job && rfb.Job != (JobID{}) && a.droppedCopies < maxDroppedCopies
 	quiet := v.quiet(a, now)
-	a.seen = now
-	if err := a.bucket.check(l, now); err != nil {
-		verdict := Ignore
-		if from == signer {
-			verdict = Reject
+	if again {
+		quiet = a.droppedQuiet
+		a.droppedCopies++
+		a.bucket.refill(now)
+		if len(a.bucket.open) >= l.MaxOpen {
+			return RequestForBids{}, Ignore, fmt.Errorf("%w: %d whose deadline has not passed, at most %d", ErrTooManyRequests, len(a.bucket.open), l.MaxOpen)
 		}
-		return RequestForBids{}, verdict, err
+	} else {
+		a.seen = now
+		if err := a.bucket.check(l, now); err != nil {
+			verdict := Ignore
+			if from == signer {
+				verdict = Reject
+			}
+			return RequestForBids{}, verdict, err
+		}
 	}
 	own := v.cfg.Self != "" && from == v.cfg.Self // not held to the total (RFBValidatorConfig.Self)
 	if err := v.checkTotal(quiet, now); err != nil && !own {
@@ -290,10 +322,18 @@ func (v *RFBValidator) Admit(rfb RequestForBids, signer, from peer.ID, now time.
 		// dropped before its signature is checked (Refuses). An honest
 		// submitter's request is checked once a peer (GossipSub's seen
 		// messages), as when accepted.
-		a.bucket.tokens.ReserveN(now, 1)
+		if !again {
+			a.bucket.tokens.ReserveN(now, 1)
+			a.dropped, a.droppedQuiet, a.droppedCopies = rfb.Job, quiet, 0
+		}
 		return RequestForBids{}, Ignore, err
 	}
-	a.bucket.take(deadline, now)
+	if again {
+		a.bucket.open = append(a.bucket.open, deadline.UnixMilli()) // its rate was counted when it was dropped
+	} else {
+		a.bucket.take(deadline, now)
+	}
+	a.dropped, a.droppedCopies = JobID{}, 0
 	if v.total != nil && !own {
 		v.total.ReserveN(now, 1)
 	}

@@ -413,3 +413,48 @@ func TestAPeersOwnRequestsAreNotHeldToTheTotalBound(t *testing.T) {
 		t.Fatalf("this peer's name on a request a relay delivered: %v (%v), want held to the bound", verdict, err)
 	}
 }
+
+// A copy of a request this peer dropped for the total bound (GossipSub
+// offers an ignored message again) is checked as that request: a quiet
+// submitter's one request, dropped while a flood spent the bound, passes
+// at a later copy once a token is back, rather than needing the reserve
+// as a submitter that just asked. Copies past maxDroppedCopies are new
+// requests again.
+func TestACopyOfADroppedRequestIsCheckedAsThatRequest(t *testing.T) {
+	newV := func() *RFBValidator {
+		v := NewRFBValidator(RFBValidatorConfig{Limits: RFBLimits{Burst: 20, Rate: 10, MaxOpen: 20},
+			Total: TotalLimits{Burst: 4, Rate: 10, Reserve: 2, Quiet: time.Minute}})
+		for i := range 4 { // four quiet submitters spend the bound
+			if _, verdict, err := v.Validate(floodRFB(t, i, 0, t0, 5*time.Second), testID(i), testID(i), t0); verdict != Accept {
+				t.Fatalf("submitter %d: %v (%v)", i, verdict, err)
+			}
+		}
+		return v
+	}
+	stranger, relay := testID(100), testID(200)
+	req := floodRFB(t, 100, 1, t0, 5*time.Second)
+
+	v := newV()
+	if _, verdict, err := v.Validate(req, stranger, relay, t0); verdict != Ignore || !errors.Is(err, ErrTopicBusy) {
+		t.Fatalf("the stranger's request with the bound spent: %v (%v), want ignored for the total", verdict, err)
+	}
+	later := t0.Add(150 * time.Millisecond) // 1.5 tokens back: enough for a quiet submitter, not for one that asked
+	if _, verdict, err := v.Validate(req, stranger, relay, later); verdict != Accept {
+		t.Fatalf("a copy of it once a token is back: %v (%v), want accepted as the quiet submitter's request it is", verdict, err)
+	}
+	// Another request of the stranger now is a new one of a submitter
+	// that asked: it needs the reserve.
+	if _, verdict, _ := v.Validate(floodRFB(t, 100, 2, later, 5*time.Second), stranger, relay, later); verdict != Ignore {
+		t.Errorf("the stranger's second request: %v, want ignored (it asked within the minute)", verdict)
+	}
+
+	v = newV()
+	for k := range maxDroppedCopies + 1 {
+		if _, verdict, _ := v.Validate(req, stranger, relay, t0); verdict != Ignore {
+			t.Fatalf("copy %d with the bound spent: %v, want ignored", k, verdict)
+		}
+	}
+	if _, verdict, _ := v.Validate(req, stranger, relay, later); verdict != Ignore {
+		t.Errorf("a copy past %d copies: %v, want ignored (checked as a new request of a submitter that asked)", maxDroppedCopies, verdict)
+	}
+}
