@@ -164,9 +164,11 @@ func TestAnHonestJobFormsWhenItsProviderFreesGPUsAfterTheTopicRequest(t *testing
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Asked directly, then again and on the topic: answered 3 times, with
-	// no bid.
-	testwait.Until(t, ctx, "the provider to answer the honest request directly, again and on the topic", func() (bool, string) {
+	// Asked directly, then on the topic (or again, directly, if the topic's
+	// copy is slow): answered twice, with no bid. At least one more ask of
+	// the submitter's (2 rounds, a fallback wait apart) comes after the
+	// GPUs are let go below: without them nothing asks again.
+	testwait.Until(t, ctx, "the provider to answer the honest request directly and once more", func() (bool, string) {
 		n := 0
 		steps.mu.Lock()
 		for _, s := range steps.steps {
@@ -179,7 +181,7 @@ func TestAnHonestJobFormsWhenItsProviderFreesGPUsAfterTheTopicRequest(t *testing
 		if cur.State != node.JobNegotiating {
 			t.Fatalf("the honest job: %s (%s) after %d answers, want negotiating", cur.State, cur.Reason, n)
 		}
-		return n >= 3, fmt.Sprintf("answered %d times", n)
+		return n >= 2, fmt.Sprintf("answered %d times", n)
 	})
 	if err := hostile.Send(ctx, prov.Host().ID(), &gossip.Release{Job: held, From: hostile.ID.PeerID, Provider: prov.Host().ID(), Reason: "done"}); err != nil {
 		t.Fatal(err)
