@@ -36,7 +36,8 @@ package gossip
 //     a listing too short may be an old one.
 //   - Asking again after the topic (Reasks, 2 rounds): while no cluster
 //     can form, each FallbackWait after the request went on the topic
-//     every asked provider that is not a member is asked again directly.
+//     every asked provider that is not a member is asked again directly,
+//     and providers named since (Candidates) are asked for the first time.
 //     A request on the topic is published once, and a peer whose bound on
 //     all submitters together (TopicTotal) is spent by a flood ignores it
 //     at every hop; a direct request counts against no such bound. And a
@@ -250,9 +251,26 @@ func (n *Negotiation) reask(now time.Time) {
 	}
 	n.reasks++
 	n.lastAsk = now
+	asked := 0
 	for _, c := range n.cands {
-		if c.asked && !n.gone[c.Provider] && !n.isMember(c.Provider) {
+		if !c.asked {
+			continue
+		}
+		asked++
+		if !n.gone[c.Provider] && !n.isMember(c.Provider) {
 			n.ready.Ask = append(n.ready.Ask, c.Provider)
+		}
+	}
+	// Named since the topic (Candidates: a provider busy then lists GPUs
+	// free now), asked for the first time, up to Fanout in all.
+	for i, c := range n.cands {
+		if asked >= n.cfg.Fanout {
+			break
+		}
+		if !c.asked && n.usableOf(c.GPUs) > 0 {
+			n.cands[i].asked = true
+			n.ready.Ask = append(n.ready.Ask, c.Provider)
+			asked++
 		}
 	}
 }

@@ -684,6 +684,12 @@ func (n *Node) negotiationLoop(ctx context.Context, res *gossip.Reservations) {
 			}
 		}
 		for id, ng := range negs {
+			if w := ng.Wake(); !w.IsZero() && !w.After(now) && ng.Phase() == gossip.Collecting {
+				// Due (a fallback or a round of asking again): the board
+				// may name providers since, e.g. one busy when asked whose
+				// GPUs are free now (gossip's Reasks ask them).
+				ng.Candidates(n.boardCandidates(ng.Request().Needs, now), false, now)
+			}
 			ng.Tick(now)
 			n.flush(ctx, ng, ng.Ready())
 			switch w := ng.Wake(); {
