@@ -223,6 +223,13 @@ func (n *Negotiation) toTopic(now time.Time) {
 	n.lastAsk = now
 	req := n.rfb
 	n.ready.RequestForBids = &req
+	n.askUnasked()
+	n.cfg.Expect = 0
+}
+
+// askUnasked asks the candidates not asked yet that list usable GPUs, in
+// their order, until Fanout providers in all have been asked.
+func (n *Negotiation) askUnasked() {
 	asked := 0
 	for _, c := range n.cands {
 		if c.asked {
@@ -239,7 +246,6 @@ func (n *Negotiation) toTopic(now time.Time) {
 			asked++
 		}
 	}
-	n.cfg.Expect = 0
 }
 
 // reask is a round of asking again after the topic (see Reasks): when
@@ -251,28 +257,14 @@ func (n *Negotiation) reask(now time.Time) {
 	}
 	n.reasks++
 	n.lastAsk = now
-	asked := 0
 	for _, c := range n.cands {
-		if !c.asked {
-			continue
-		}
-		asked++
-		if !n.gone[c.Provider] && !n.isMember(c.Provider) {
+		if c.asked && !n.gone[c.Provider] && !n.isMember(c.Provider) {
 			n.ready.Ask = append(n.ready.Ask, c.Provider)
 		}
 	}
 	// Named since the topic (Candidates: a provider busy then lists GPUs
-	// free now), asked for the first time, up to Fanout in all.
-	for i, c := range n.cands {
-		if asked >= n.cfg.Fanout {
-			break
-		}
-		if !c.asked && n.usableOf(c.GPUs) > 0 {
-			n.cands[i].asked = true
-			n.ready.Ask = append(n.ready.Ask, c.Provider)
-			asked++
-		}
-	}
+	// free now), asked for the first time.
+	n.askUnasked()
 }
 
 // directClose is maybeClose's part for a direct negotiation with no
