@@ -198,8 +198,10 @@ func TestLookupReturnsOnceTheClosestHoldersAnswered(t *testing.T) {
 	}
 
 	// The default lookup, run to the DHT query's end, waits for the
-	// silent holder, and runs out of the time it is given.
-	res, silent := ask(LookupOptions{}, 2*time.Second)
+	// silent holder, and runs out of the time it is given (the quick
+	// lookup's, under the silent holder's request timeout: a loaded
+	// machine's lookup reaches it well within that).
+	res, silent := ask(LookupOptions{}, 8*time.Second)
 	if silent.asked.Load() == 0 {
 		t.Fatal("the silent holder was never asked by the whole lookup")
 	}
