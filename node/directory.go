@@ -156,8 +156,18 @@ func (n *Node) publishLoop(ctx context.Context, identified <-chan struct{}) {
 		}
 		retry = publishRetryMin
 		tableAtPublish = n.dht.RoutingTableSize()
-		timer.Reset(ttl / 2)
+		timer.Reset(renewAfter(n.LocalGPUs().Offer, ttl))
 	}
+}
+
+// renewAfter is when to publish again after publishing o: once half of
+// the life it has left has passed. That life is the TTL less the time the
+// publication took and less what the whole-second expiry cut off.
+func renewAfter(o *dht.Offer, ttl time.Duration) time.Duration {
+	if o == nil {
+		return ttl / 2
+	}
+	return max(time.Until(o.ExpiresAt())/2, publishRetryMin)
 }
 
 func (n *Node) offerTTL() time.Duration {

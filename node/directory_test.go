@@ -113,7 +113,11 @@ func TestEveryLiveOfferIsFoundFromEveryPeer(t *testing.T) {
 
 func TestWithdrawnForgedReplayedAndExpiredOffersAreNotFound(t *testing.T) {
 	const n, h100, a100 = 30, 4, 2
-	const ttl = 3 * time.Second
+	// Long enough that a provider's renewal lands before its record ages
+	// out on a loaded machine (3 s was not: with -race and four runs at
+	// once a publication took over a second, and a find met the live
+	// provider's record expired).
+	const ttl = 8 * time.Second
 	m := directoryMesh(t, n, h100, a100, ttl)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -133,20 +137,24 @@ func TestWithdrawnForgedReplayedAndExpiredOffersAreNotFound(t *testing.T) {
 	// A replayed older record of provider 1 is refused; its newest stands.
 	victim := m.Nodes[1]
 	key := dht.OfferKey(victim.Identity().PeerID)
-	old, err := finder.Directory().Get(ctx, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	var old []byte
+	testwait.Until(t, ctx, "provider 1's record", func() (bool, string) {
+		var err error
+		old, err = finder.Directory().Get(ctx, key)
+		l := victim.LocalGPUs()
+		return err == nil, fmt.Sprintf("%v (published %v, expires %v)", err, l.PublishedAt.Format(time.StampMilli), l.Offer.ExpiresAt().Format(time.StampMilli))
+	})
 	before := victim.LocalGPUs().PublishedAt
 	victim.OffersChanged()
 	testwait.Until(t, ctx, "provider 1 to republish", func() bool { return victim.LocalGPUs().PublishedAt.After(before) })
 	// (The put itself may "succeed": peers that hold the newer record
 	// refuse the older one, and a peer that held none keeps both and
 	// selects the newer on every read.)
+	newest := victim.LocalGPUs().Offer.Seq
 	_ = finder.Directory().Put(ctx, key, old)
 	got, err := finder.Directory().Offer(ctx, victim.Identity().PeerID)
-	if err != nil || got.Seq != victim.LocalGPUs().Offer.Seq {
-		t.Fatalf("after replay: seq %v (%v), want the newest %d", got, err, victim.LocalGPUs().Offer.Seq)
+	if err != nil || got.Seq < newest { // (its renewal may be newer still)
+		t.Fatalf("after replay: %v (%v), want seq %d or later", got, err, newest)
 	}
 
 	// A forged offer: signed by the finder, naming provider 1.
@@ -189,11 +197,12 @@ func TestWithdrawnForgedReplayedAndExpiredOffersAreNotFound(t *testing.T) {
 	if err := m.Isolate(h100); err != nil {
 		t.Fatal(err)
 	}
-	testwait.Until(t, ctx, "the lost provider's offer to expire", func() bool {
-		return !slices.Contains(providersOf(find(dht.Query{Model: "A100"})), lost)
+	live := peerIDs(m, h100+1, h100+a100)
+	testwait.Until(t, ctx, "the lost provider's offer to expire, the others' found", func() (bool, string) {
+		got := providersOf(find(dht.Query{Model: "A100"}))
+		if slices.Contains(got, lost) {
+			return false, "the lost provider is still found"
+		}
+		return slices.Equal(got, live), fmt.Sprintf("found %v, want %v", got, live)
 	})
-	res := find(dht.Query{Model: "A100"})
-	if len(res.Matches) != a100-1 {
-		t.Fatalf("after expiry: %d A100 providers, want %d", len(res.Matches), a100-1)
-	}
 }
