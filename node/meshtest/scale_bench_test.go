@@ -44,7 +44,7 @@ var (
 	scaleNote    = flag.String("scale.note", "", "BenchmarkScale: a note kept with each size's JSON line (e.g. \"measured under load\")")
 	scaleWaves   = flag.Int("scale.waves", 10, "BenchmarkScale: start the nodes in this many groups, each meshed before the next starts (meshtest.Options.Waves): the setup's peak, which Go's heap and stacks keep, is then a group's (1: all at once, as before)")
 	scaleSetupGC = flag.Int("scale.setupgc", 25, "BenchmarkScale: the GC percent (GOGC) while the mesh starts, the process's own after it (0: the process's own throughout, as before): fewer part-used spans left by the setup")
-	scaleProfile = flag.String("scale.profile", "", "BenchmarkScale: write heap and goroutine profiles at rest (after setup, after GC) into this directory as heap-N.pprof, goroutine-N.pprof, and a CPU profile of the formations, cpu-formation-N.pprof")
+	scaleProfile = flag.String("scale.profile", "", "BenchmarkScale: write heap and goroutine profiles at rest (after setup, after GC) into this directory as heap-N.pprof, goroutine-N.pprof, and a CPU and a mutex profile of the formations, cpu-formation-N.pprof and mutex-formation-N.pprof")
 )
 
 // Lookup round trips (issue 19).
@@ -627,16 +627,21 @@ func writeProfiles(b *testing.B, dir string, n int) {
 	}
 	runtime.GC()
 	for _, p := range []string{"heap", "goroutine"} {
-		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("%s-%d.pprof", p, n)))
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := pprof.Lookup(p).WriteTo(f, 0); err != nil {
-			b.Fatal(err)
-		}
-		if err := f.Close(); err != nil {
-			b.Fatal(err)
-		}
+		writeProfile(b, dir, fmt.Sprintf("%s-%d.pprof", p, n), p)
+	}
+}
+
+// writeProfile writes the runtime profile of that name into dir/file.
+func writeProfile(b *testing.B, dir, file, name string) {
+	f, err := os.Create(filepath.Join(dir, file))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.Lookup(name).WriteTo(f, 0); err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		b.Fatal(err)
 	}
 }
 
@@ -949,6 +954,12 @@ func measureFormation(b *testing.B, ctx context.Context, m *meshtest.Mesh, provs
 			b.Fatal(err)
 		}
 		defer pprof.StopCPUProfile()
+		// And where goroutines waited on each other's locks.
+		runtime.SetMutexProfileFraction(20)
+		defer func() {
+			runtime.SetMutexProfileFraction(0)
+			writeProfile(b, *scaleProfile, fmt.Sprintf("mutex-formation-%d.pprof", len(m.Nodes)), "mutex")
+		}()
 	}
 	say("8-GPU formations")
 	cur, old := form(8, 20)
