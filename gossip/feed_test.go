@@ -42,7 +42,7 @@ func TestPriceFeedCarriesTicksAndPenalizesForgers(t *testing.T) {
 	feeds := make([]*PriceFeed, len(hs))
 	gs := make([]*Gossip, len(hs))
 	for i, h := range hs {
-		g, err := New(ctx, h, Config{Swarm: "test"})
+		g, err := New(ctx, h, Config{Swarm: "test", ScoreView: true})
 		if err != nil {
 			t.Fatal(err)
 		}

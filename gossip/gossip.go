@@ -37,6 +37,13 @@ const MaxMessageSize = 64 << 10
 // Config of a Gossip. The zero value joins the public swarm.
 type Config struct {
 	Swarm string // swarm ID; "" means "public"
+	// ScoreView keeps a copy of GossipSub's peer scores, refreshed every
+	// second, for Score. Off, Score knows no peer: nothing in a node reads
+	// the scores (GossipSub keeps and applies its own), and the refresh
+	// scores every connected peer each second (9% of the CPU of a
+	// 1,000-peer simulated mesh; docs/scale.md). Tests that watch a
+	// peer's score fall turn it on.
+	ScoreView bool
 }
 
 // Gossip is one peer's GossipSub router.
@@ -91,13 +98,12 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Gossip, error) {
 		swarm = "public"
 	}
 	g := &Gossip{swarm: swarm, stats: &statsTracer{}}
-	ps, err := pubsub.NewGossipSub(ctx, h,
+	opts := []pubsub.Option{
 		pubsub.WithGossipSubParams(routerParams()),
 		pubsub.WithMessageSigning(true),
 		pubsub.WithStrictSignatureVerification(true),
 		pubsub.WithMaxMessageSize(MaxMessageSize),
 		pubsub.WithPeerScore(scoreParams(TopicName(swarm, PricesTopic), TopicName(swarm, RFBTopic)), scoreThresholds()),
-		pubsub.WithPeerScoreInspect(pubsub.PeerScoreInspectFn(g.setScores), scoreInspectPeriod),
 		pubsub.WithRawTracer(g.stats),
 		// A peer's own messages go to every topic peer in good standing, not
 		// only its mesh: a tick is out before the mesh forms, in fewer hops,
@@ -108,7 +114,11 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Gossip, error) {
 		pubsub.WithPeerOutboundQueueSize(outboundQueue),
 		pubsub.WithValidateQueueSize(validateQueue),
 		pubsub.WithAppSpecificRpcInspector(g.prefilter),
-	)
+	}
+	if cfg.ScoreView {
+		opts = append(opts, pubsub.WithPeerScoreInspect(pubsub.PeerScoreInspectFn(g.setScores), scoreInspectPeriod))
+	}
+	ps, err := pubsub.NewGossipSub(ctx, h, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
@@ -159,7 +169,8 @@ func (g *Gossip) setScores(s map[peer.ID]float64) {
 }
 
 // Score is GossipSub's score of a connected peer, as of at most a second
-// ago; ok is false for a peer it does not score (yet).
+// ago; ok is false for a peer it does not score (yet), and for every peer
+// without Config.ScoreView.
 func (g *Gossip) Score(p peer.ID) (score float64, ok bool) {
 	g.scoreMu.Lock()
 	defer g.scoreMu.Unlock()

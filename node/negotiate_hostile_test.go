@@ -209,8 +209,8 @@ func TestARequestCannotMakeProvidersDialAnAddressItNames(t *testing.T) {
 func TestAFloodOfRequestsIsGraylistedAndAJobStillForms(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	prov := tcpNode(t, node.Config{GPUs: "mock:dgxh100", Price: "fixed:2.10", Executors: []string{"process"}})
-	sub := tcpNode(t, node.Config{GPUs: "none", Bootstrap: []string{prov.Info().Addrs[0]}})
+	prov := tcpNode(t, node.Config{GPUs: "mock:dgxh100", Price: "fixed:2.10", Executors: []string{"process"}, ScoreView: true})
+	sub := tcpNode(t, node.Config{GPUs: "none", Bootstrap: []string{prov.Info().Addrs[0]}, ScoreView: true})
 	h := newRFBPeer(t, ctx)
 	for _, nd := range []*node.Node{prov, sub} {
 		if err := h.h.Connect(ctx, peer.AddrInfo{ID: nd.Host().ID(), Addrs: nd.Host().Addrs()}); err != nil {

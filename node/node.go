@@ -184,6 +184,10 @@ type Config struct {
 	// standing-by members (gossip.NegotiationConfig.OldAwardRules): for
 	// the scale harness's comparison. No flag sets it.
 	OldAwardRules bool
+	// ScoreView keeps GossipSub's peer scores for Gossip().Score
+	// (gossip.Config.ScoreView): for tests that watch a peer's score fall.
+	// No flag sets it.
+	ScoreView bool
 	// DirectoryLookup turns off cuts of a directory lookup's round trips
 	// (dht.LookupOptions; zero: all of them made), for the scale
 	// harness's baselines. No flag sets it.
@@ -582,7 +586,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	// GossipSub lives until Close has left its topics, not until ctx ends.
 	gctx, stopGossip := context.WithCancel(context.WithoutCancel(ctx))
 	n.stopGossip = stopGossip
-	if n.gossip, err = gossip.New(gctx, n.host, gossip.Config{Swarm: n.cfg.Swarm.ID()}); err != nil {
+	if n.gossip, err = gossip.New(gctx, n.host, gossip.Config{Swarm: n.cfg.Swarm.ID(), ScoreView: n.cfg.ScoreView}); err != nil {
 		return err
 	}
 	// Capabilities, each in its own file: the GPU directory, then prices

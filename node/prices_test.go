@@ -134,6 +134,7 @@ func TestSpotMarketOn50Peers(t *testing.T) {
 	m := meshtest.Start(t, n, meshtest.Options{Seed: 4, Config: func(i int, c *node.Config) {
 		c.PriceBoard = gossip.BoardConfig{Probation: time.Millisecond, Maturity: maturity}
 		c.Clock = clock
+		c.ScoreView = true
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()

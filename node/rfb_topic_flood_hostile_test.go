@@ -22,7 +22,9 @@ import (
 // and a stranger that asks once on the topic afterwards (a bare peer,
 // quiet till then: the bound keeps room for such) still gets a bid.
 func TestAFloodOfTopicRequestsFromManyIdentitiesIsBoundedAtEveryPeer(t *testing.T) {
-	m := meshtest.Start(t, 3, h100s(0xd7, 1))
+	o := h100s(0xd7, 1)
+	o.Config = func(_ int, c *node.Config) { c.ScoreView = true }
+	m := meshtest.Start(t, 3, o)
 	prov, sub := m.Nodes[0], m.Nodes[2]
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
