@@ -134,6 +134,11 @@ type NegotiationConfig struct {
 	Fanout       int           // with Direct, providers asked at most; 0: 32
 	MinAsk       int           // with Direct, providers asked at least (when named); 0: 3
 	FallbackWait time.Duration // with Direct, no cluster possible this long after the request: broadcast it too; 0: 1 s
+	// SendReports: with Direct, the node reports when each asked
+	// provider's request left (Negotiation.Sent), and the fallback waits
+	// FallbackWait after the requests went out rather than after they were
+	// asked for (at most one more FallbackWait; see negotiation_direct.go).
+	SendReports bool
 	// Reasks: with Direct, once the request went on the topic, rounds of
 	// asking the named providers again directly, one each FallbackWait
 	// while no cluster can form; 0: 2, negative: none.
@@ -296,6 +301,8 @@ type Negotiation struct {
 	broadcast bool        // the request went on the topic as well
 	reasks    int         // rounds of asking again since the topic (Reasks)
 	lastAsk   time.Time   // when the request last went out (the topic, or a round of asking again)
+	sending   int         // with SendReports: asks before the topic the node has not reported sent or failed
+	lastOut   time.Time   // with SendReports: when the last request reported sent left
 
 	refused  bool      // a member refused or took back its award
 	refusers []peer.ID // who did, each once (Outcome.Refused)

@@ -34,6 +34,18 @@ package gossip
 //     From then on the negotiation takes bids as a broadcast one does,
 //     and the named providers not asked yet are asked too (up to Fanout):
 //     a listing too short may be an old one.
+//   - Waiting for the requests to go out (SendReports): the fallback
+//     wait counts from when the node's requests left, not from when the
+//     negotiation asked for them. A submitter whose sends wait on its own
+//     CPU, a dial or a lookup (up to 1,082 ms at 1,000 simulated peers in
+//     one process, docs/scale.md) would otherwise give a provider its
+//     request 100 ms before the fallback, and each early fallback puts
+//     the request before every provider of the class, whose bids then
+//     load the mesh further. While a request is neither sent nor failed
+//     the fallback waits, and once every one is reported it comes
+//     FallbackWait after the last sent; never more than one more
+//     FallbackWait (2 s in all by default), so a dial that hangs on a
+//     provider gone delays the topic by at most that.
 //   - Asking again after the topic (Reasks, 2 rounds): while no cluster
 //     can form, each FallbackWait after the request went on the topic
 //     every asked provider that is not a member is asked again directly,
@@ -196,6 +208,9 @@ func (n *Negotiation) askMore() {
 		}
 		n.cands[i].asked = true
 		n.ready.Ask = append(n.ready.Ask, n.cands[i].Provider)
+		if n.cfg.SendReports {
+			n.sending++
+		}
 		have += n.usableOf(n.cands[i].GPUs)
 		asked++
 	}
@@ -281,7 +296,7 @@ func (n *Negotiation) directClose(now time.Time) (mayFail bool) {
 		return true
 	}
 	n.askMore()
-	if !now.Before(n.started.Add(n.cfg.FallbackWait)) && (!n.final || n.unasked() || len(n.bids) < n.cfg.Expect || n.cfg.Expect == 0) {
+	if !now.Before(n.fallbackAt()) && (!n.final || n.unasked() || len(n.bids) < n.cfg.Expect || n.cfg.Expect == 0) {
 		n.reaskSilent()
 		n.toTopic(now)
 		return false
@@ -314,5 +329,39 @@ func (n *Negotiation) directWake() time.Time {
 		}
 		return n.lastAsk.Add(n.cfg.FallbackWait)
 	}
-	return n.started.Add(n.cfg.FallbackWait)
+	return n.fallbackAt()
+}
+
+// Sent tells a direct negotiation with SendReports that its request to
+// provider p left at time at (ok), or could not be sent (a provider not
+// found, a stream refused). Each ask the negotiation made before the
+// topic is reported once; reports of asks after it, of providers not
+// asked, and more than were asked, change nothing.
+func (n *Negotiation) Sent(p peer.ID, ok bool, at time.Time) {
+	if !n.cfg.Direct || !n.cfg.SendReports || n.phase != Collecting || n.broadcast || n.sending == 0 ||
+		!slices.ContainsFunc(n.cands, func(c candidate) bool { return c.asked && c.Provider == p }) {
+		return
+	}
+	n.sending--
+	if ok && at.After(n.lastOut) {
+		n.lastOut = at
+	}
+}
+
+// fallbackAt is when a direct negotiation that cannot form a cluster goes
+// on the topic: FallbackWait after the request, or with SendReports after
+// the last request out (see Waiting for the requests to go out).
+func (n *Negotiation) fallbackAt() time.Time {
+	at := n.started.Add(n.cfg.FallbackWait)
+	if !n.cfg.SendReports {
+		return at
+	}
+	hold := at.Add(n.cfg.FallbackWait)
+	if n.sending > 0 {
+		return hold
+	}
+	if out := n.lastOut.Add(n.cfg.FallbackWait); out.After(at) {
+		at = out
+	}
+	return earliest(at, hold)
 }

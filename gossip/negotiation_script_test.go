@@ -88,7 +88,8 @@ func runScript(t *testing.T, script string) string {
 			r.cfg.NoHostNet = num("nohostnet", 0) == 1
 		case "submit":
 			needs := needsOf(uint32(num("gpus", 8)), uint32(num("perNode", 0)), Placement(args["placement"]), price("max"))
-			cfg := NegotiationConfig{Expect: int(num("expect", 0)), Direct: num("direct", 0) == 1, Fanout: int(num("fanout", 0)), Private: num("private", 0) == 1}
+			cfg := NegotiationConfig{Expect: int(num("expect", 0)), Direct: num("direct", 0) == 1, Fanout: int(num("fanout", 0)), Private: num("private", 0) == 1,
+				SendReports: num("reports", 0) == 1}
 			if g, ok := args["fallback"]; ok {
 				d, err := time.ParseDuration(g)
 				if err != nil {
@@ -169,6 +170,20 @@ func runScript(t *testing.T, script string) string {
 				m.slow = map[peer.ID]time.Duration{}
 			}
 			m.slow[testID(pos[0])] = d
+		case "sendlag":
+			// The submitter's request to the provider leaves this long
+			// after it was asked for (its CPU, a dial, a lookup).
+			if len(pos) != 1 {
+				fail("want the provider's number")
+			}
+			d, err := time.ParseDuration(args["after"])
+			if err != nil {
+				fail("after: %v", err)
+			}
+			if m.sendLag == nil {
+				m.sendLag = map[peer.ID]time.Duration{}
+			}
+			m.sendLag[testID(pos[0])] = d
 		case "topic":
 			m.lost = num("lost", 0) == 1
 		case "free":

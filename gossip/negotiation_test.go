@@ -347,6 +347,19 @@ type meshNet struct {
 	lost bool
 	// until: run stops at this time (zero: when nothing is left to do).
 	until time.Time
+	// sendLag is how long after it is asked for the submitter's request
+	// to each provider leaves (none: at once); outgoing holds them until
+	// then. The node's report of each (Negotiation.Sent) comes as it
+	// leaves.
+	sendLag  map[peer.ID]time.Duration
+	outgoing []outgoingAsk
+}
+
+// outgoingAsk is a request to a provider that leaves the submitter late.
+type outgoingAsk struct {
+	at time.Time
+	p  peer.ID
+	n  *Negotiation
 }
 
 // lateMsg is a slow provider's answer on its way.
@@ -401,6 +414,23 @@ func (m *meshNet) send(msg Message) {
 	m.queue = append(m.queue, got)
 }
 
+// leave sends the late requests due by now, each reported to its
+// negotiation as it leaves.
+func (m *meshNet) leave() {
+	m.outgoing = slices.DeleteFunc(m.outgoing, func(o outgoingAsk) bool {
+		if o.at.After(m.now) {
+			return false
+		}
+		m.logf("request to %s out", m.names[o.p])
+		o.n.Sent(o.p, true, m.now)
+		if b, err := m.provs[o.p].Bid(o.n.rfb, m.now); err == nil {
+			m.send(&b)
+		}
+		m.drain(o.n)
+		return true
+	})
+}
+
 // arrive moves the slow answers due by now into the queue, in order.
 func (m *meshNet) arrive() {
 	m.late = slices.DeleteFunc(m.late, func(l lateMsg) bool {
@@ -431,6 +461,11 @@ func (m *meshNet) drain(n *Negotiation) {
 		}
 		m.logf("ask %s", strings.Join(names, " "))
 		for _, p := range rd.Ask {
+			if d, ok := m.sendLag[p]; ok {
+				m.outgoing = append(m.outgoing, outgoingAsk{m.now.Add(d), p, n})
+				continue
+			}
+			n.Sent(p, true, m.now)
 			if b, err := m.provs[p].Bid(n.rfb, m.now); err == nil {
 				m.send(&b)
 			}
@@ -515,6 +550,9 @@ func (m *meshNet) run(shuffle bool) {
 		for _, l := range m.late {
 			wake = earliest(wake, l.at)
 		}
+		for _, o := range m.outgoing {
+			wake = earliest(wake, o.at)
+		}
 		if !m.until.IsZero() && (wake.IsZero() || wake.After(m.until)) {
 			m.now = later(m.now, m.until)
 			return
@@ -524,6 +562,7 @@ func (m *meshNet) run(shuffle bool) {
 		}
 		m.now = later(m.now, wake)
 		m.arrive()
+		m.leave()
 		if len(m.queue) > 0 {
 			continue // the answers first: they came before the timer
 		}

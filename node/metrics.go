@@ -31,6 +31,9 @@ func (n *Node) startMetrics() error {
 		gauge("dht_routing_table_peers", "Peers in the DHT routing table.", func() float64 { return float64(n.dht.RoutingTableSize()) }),
 		gauge("gossip_peers", "Connected peers that speak GossipSub.", func() float64 { return float64(n.gossip.Peers()) }),
 		gauge("uptime_seconds", "Seconds since the node started.", func() float64 { return time.Since(n.started).Seconds() }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "gpumesh", Name: "requests_for_bids_on_topic_total",
+			Help: "This peer's own requests for bids put on the swarm's topic: direct requests whose named providers were too few or silent."},
+			func() float64 { return float64(n.TopicRequests()) }),
 	)
 	n.reg.MustRegister(refusalCollector{n})
 	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "gpumesh", Name: "build_info", Help: "Version and swarm of this peer."}, []string{"version", "swarm"})

@@ -62,6 +62,15 @@ type negEvent struct {
 	start  *startQuery         // a provider's member starting: its reservation, now running
 	ended  *gossip.Reservation // a provider's member has ended: its reservation ends
 	cands  *candidates         // providers the directory names for a negotiation
+	sent   *sentAsk            // this peer's request to a provider has left (or could not)
+}
+
+// sentAsk reports a direct request for bids sent (gossip.Negotiation.Sent).
+type sentAsk struct {
+	job      gossip.JobID
+	provider peer.ID
+	ok       bool
+	at       time.Time
 }
 
 // candidates are providers the directory named for a job's request.
@@ -123,6 +132,9 @@ type negState struct {
 	topicPace *gossip.RFBPacer
 
 	sent atomic.Uint64 // negotiation messages this peer has sent (broadcasts count once)
+	// onTopic is this peer's own requests for bids put on the topic (a
+	// direct request's fallback: its named providers too few or silent).
+	onTopic atomic.Uint64
 	// rfbChecked is the topic's requests for bids this peer's validator
 	// has been handed (each after GossipSub checked its signature).
 	rfbChecked atomic.Uint64
@@ -745,6 +757,11 @@ func (n *Node) handleEvent(ctx context.Context, ev negEvent, negs map[gossip.Job
 			ng.Candidates(ev.cands.list, ev.cands.final, now)
 			n.flush(ctx, ng, ng.Ready())
 		}
+	case ev.sent != nil:
+		if ng, ok := negs[ev.sent.job]; ok {
+			ng.Sent(ev.sent.provider, ev.sent.ok, ev.sent.at)
+			n.flush(ctx, ng, ng.Ready())
+		}
 	case ev.ended != nil:
 		if res != nil {
 			res.End(ev.ended.Job, ev.ended.Submitter)
@@ -828,12 +845,15 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 					if ctx.Err() == nil {
 						n.log.Warn("request for bids not sent", "job", rfb.Job, "err", err)
 					}
+					for _, p := range r.Ask {
+						n.reportSent(ctx, rfb.Job, p)(false)
+					}
 					return
 				}
 				n.trace(rfb.Job, "paced", nil)
 			}
 			for _, p := range r.Ask {
-				n.sendOn(ctx, RFBProtocol, p, &rfb, true)
+				n.sendOn(ctx, RFBProtocol, p, &rfb, true, n.reportSent(ctx, rfb.Job, p))
 			}
 		}()
 	}
@@ -842,6 +862,7 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 		data, err := gossip.MarshalNegotiation(rfb)
 		if err == nil {
 			n.sent.Add(1)
+			n.onTopic.Add(1)
 			n.wg.Add(1)
 			go func() {
 				defer n.wg.Done()
@@ -879,7 +900,17 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 
 // send delivers one message to a peer on NegotiateProtocol (see sendOn).
 func (n *Node) send(ctx context.Context, to peer.ID, msg gossip.Message) {
-	n.sendOn(ctx, NegotiateProtocol, to, msg, false)
+	n.sendOn(ctx, NegotiateProtocol, to, msg, false, nil)
+}
+
+// reportSent is sendOn's done for a direct request of job to provider p:
+// it tells the job's negotiation when the request left (or that it could
+// not), so its fallback to the topic waits for the request rather than
+// for the ask (gossip.NegotiationConfig.SendReports).
+func (n *Node) reportSent(ctx context.Context, job gossip.JobID, p peer.ID) func(ok bool) {
+	return func(ok bool) {
+		n.deliver(ctx, negEvent{sent: &sentAsk{job: job, provider: p, ok: ok, at: n.now()}})
+	}
 }
 
 // sendOn delivers one message to a peer on its own stream of proto,
@@ -892,10 +923,18 @@ func (n *Node) send(ctx context.Context, to peer.ID, msg gossip.Message) {
 // message names, so no message can make this peer dial a third party.
 // own marks this peer's own requests (bounded by its fan-out), which may
 // look their peer up even when maxLookups are under way. msg must not
-// change after the call.
-func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg gossip.Message, own bool) {
+// change after the call. done, when not nil, is called once the message
+// has left (true) or cannot be sent (false), on the sending goroutine.
+func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg gossip.Message, own bool, done func(ok bool)) {
 	n.sent.Add(1)
 	if to == n.id.PeerID { // a peer that is its own provider: nothing to sign
+		if done != nil {
+			n.wg.Add(1)
+			go func() { // the loop calls sendOn: done must not wait on it
+				defer n.wg.Done()
+				done(true)
+			}()
+		}
 		n.selfMu.Lock()
 		n.self = append(n.self, msg)
 		n.selfMu.Unlock()
@@ -908,6 +947,10 @@ func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg go
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
+		sent := false
+		if done != nil {
+			defer func() { done(sent) }()
+		}
 		data, err := n.sealNegotiation(msg)
 		if err != nil {
 			n.log.Warn("negotiation message not sent", "to", to, "err", err)
@@ -954,6 +997,7 @@ func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg go
 			return
 		}
 		n.trace(msg.JobID(), "sent", msg)
+		sent = true
 		_ = s.Close()
 	}()
 }
@@ -1012,6 +1056,11 @@ func (n *Node) endLookup(p peer.ID) {
 // requests for bids (once each, however far gossip carries them), bids,
 // awards, answers, confirms and releases.
 func (n *Node) NegotiationMessages() uint64 { return n.sent.Load() }
+
+// TopicRequests is how many of its own requests for bids this peer has
+// put on the topic: the direct requests that fell back (their named
+// providers too few, or silent for gossip's FallbackWait).
+func (n *Node) TopicRequests() uint64 { return n.onTopic.Load() }
 
 // RFBValidations is how many requests for bids of the topic this peer has
 // validated (their signatures checked, then the validator's rules): the

@@ -184,6 +184,11 @@ type Config struct {
 	// standing-by members (gossip.NegotiationConfig.OldAwardRules): for
 	// the scale harness's comparison. No flag sets it.
 	OldAwardRules bool
+	// OldFallback: this peer's direct requests fall back to the topic
+	// FallbackWait after they were asked for, not after they left
+	// (gossip.NegotiationConfig.SendReports off): for the scale harness's
+	// comparison. No flag sets it.
+	OldFallback bool
 	// ScoreView keeps GossipSub's peer scores for Gossip().Score
 	// (gossip.Config.ScoreView): for tests that watch a peer's score fall.
 	// No flag sets it.

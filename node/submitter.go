@@ -67,7 +67,7 @@ func (n *Node) negotiate(ctx context.Context, id gossip.JobID, spec jobspec.Spec
 	// Direct: the request goes to the providers named below, not to the
 	// whole swarm (gossip/negotiation_direct.go); the topic only when they
 	// are too few or do not answer.
-	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{Ranking: n.Ranking(), Direct: true, Private: n.cfg.Swarm.Private(), OldAwardRules: n.cfg.OldAwardRules}, now)
+	ng, err := gossip.NewNegotiation(rfb, gossip.NegotiationConfig{Ranking: n.Ranking(), Direct: true, Private: n.cfg.Swarm.Private(), OldAwardRules: n.cfg.OldAwardRules, SendReports: !n.cfg.OldFallback}, now)
 	if err != nil {
 		return err
 	}

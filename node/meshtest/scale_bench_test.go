@@ -66,6 +66,12 @@ var scaleTrace = flag.Bool("scale.trace", false, "BenchmarkScale: print each for
 // scaleOldAwards compares the award rules before standing-by members.
 var scaleOldAwards = flag.Bool("scale.oldawards", false, "BenchmarkScale: every other formation is submitted from a peer with the award rules before standing-by members (node.Config.OldAwardRules), on the same mesh, and reported apart (old-form8-*, old-form64-*): a before and after in one run")
 
+// scaleOldFallback compares the topic fallback counted from the asks.
+var scaleOldFallback = flag.Bool("scale.oldfallback", false, "BenchmarkScale: every other formation is submitted from a peer whose direct requests fall back to the topic a wait after they were asked for, not after they left (node.Config.OldFallback), reported apart as -scale.oldawards's are (with both flags, those peers have both old rules)")
+
+// scaleCompare says some formations are submitted by peers with old rules.
+func scaleCompare() bool { return *scaleOldAwards || *scaleOldFallback }
+
 var scaleFixedResend = flag.Bool("scale.fixedresend", false, "BenchmarkScale: providers re-send unchanged asks every 30 s whatever the board (the pacing before gossip.Resend), for a baseline")
 
 // BenchmarkScale runs whole gpumesh nodes (directory, prices, negotiation)
@@ -206,6 +212,10 @@ type scaleResult struct {
 	OldForm8P50Ms, OldForm8P99Ms, OldForm8Msgs    float64 `json:",omitempty"`
 	OldForm64P50Ms, OldForm64P99Ms, OldForm64Msgs float64 `json:",omitempty"`
 	OldFailed                                     int     `json:",omitempty"`
+	// Jobs whose request went on the topic (its direct requests fell
+	// back), of the Form8/Form64 jobs and, with a comparison, the old ones.
+	Form8OnTopic, Form64OnTopic       int
+	OldForm8OnTopic, OldForm64OnTopic int `json:",omitempty"`
 }
 
 func (r scaleResult) report(b *testing.B) {
@@ -224,7 +234,7 @@ func (r scaleResult) report(b *testing.B) {
 	} {
 		b.ReportMetric(m.v, m.unit)
 	}
-	if *scaleOldAwards {
+	if scaleCompare() {
 		for _, m := range []struct {
 			v    float64
 			unit string
@@ -268,6 +278,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 				c.Logger = slog.New(&traceHandler{log: tl, node: i})
 			}
 			c.OldAwardRules = *scaleOldAwards && oldRules(i)
+			c.OldFallback = *scaleOldFallback && oldRules(i)
 			c.DirectoryLookup = dht.LookupOptions{QuickIndexLookup: *scaleQuickLookup, IdentifyFirst: *scaleIdentifyFirst}
 			if *scaleFixedResend {
 				c.PriceResend = gossip.Resend{Floor: 30 * time.Second, Cap: 30 * time.Second}
@@ -871,10 +882,11 @@ func measureFormation(b *testing.B, ctx context.Context, m *meshtest.Mesh, provs
 	}
 	type stats struct {
 		p50, p99, perJob float64
-		failed           int
+		failed, onTopic  int
 	}
 	// form forms jobs one after another; with -scale.oldawards, as many
-	// again alternating with them from peers with the old award rules.
+	// again alternating with them from peers with the old rules
+	// (-scale.oldawards, -scale.oldfallback).
 	form := func(gpus, jobs int) (cur, old stats) {
 		spec, err := jobspec.Parse([]byte(fmt.Sprintf("name: scale\ncommand: [sleep, \"3600\"]\nresources: {gpus: %d, gpu: {model: H100}}\nmaxPrice: 2.50\ntimeout: 1h\n", gpus)), "yaml")
 		if err != nil {
@@ -882,13 +894,13 @@ func measureFormation(b *testing.B, ctx context.Context, m *meshtest.Mesh, provs
 		}
 		var lat [2][]time.Duration
 		var total [2]uint64
-		var failed, tried [2]int
+		var failed, tried, onTopic [2]int
 		rounds := 1
-		if *scaleOldAwards {
+		if scaleCompare() {
 			rounds = 2
 		}
 		for k := range jobs * rounds {
-			rules := k % rounds // 1: the old award rules
+			rules := k % rounds // 1: the old rules
 			var nd *node.Node
 			for {
 				nd = others[rng.IntN(len(others))]
@@ -897,7 +909,7 @@ func measureFormation(b *testing.B, ctx context.Context, m *meshtest.Mesh, provs
 				}
 			}
 			tried[rules]++
-			m0 := msgs()
+			m0, t0 := msgs(), nd.TopicRequests()
 			start := time.Now()
 			job, err := nd.SubmitJob(ctx, spec)
 			if err != nil {
@@ -910,6 +922,9 @@ func measureFormation(b *testing.B, ctx context.Context, m *meshtest.Mesh, provs
 			})
 			took := time.Since(start)
 			total[rules] += msgs() - m0
+			if nd.TopicRequests() > t0 {
+				onTopic[rules]++
+			}
 			if *scaleTrace {
 				sub := slices.Index(m.Nodes, nd)
 				say("  %d-GPU job%s %s: %v %s", gpus, map[int]string{0: "", 1: " (old rules)"}[rules], j.State, took.Round(time.Millisecond), timeline(tl.take(job.ID), sub, providers(m, provs)))
@@ -937,9 +952,9 @@ func measureFormation(b *testing.B, ctx context.Context, m *meshtest.Mesh, provs
 		}
 		st := func(r int) stats {
 			if len(lat[r]) == 0 {
-				return stats{failed: failed[r]}
+				return stats{failed: failed[r], onTopic: onTopic[r]}
 			}
-			return stats{pctMs(lat[r], 50), pctMs(lat[r], 99), float64(total[r]) / float64(max(tried[r], 1)), failed[r]}
+			return stats{pctMs(lat[r], 50), pctMs(lat[r], 99), float64(total[r]) / float64(max(tried[r], 1)), failed[r], onTopic[r]}
 		}
 		return st(0), st(1)
 	}
@@ -965,21 +980,25 @@ func measureFormation(b *testing.B, ctx context.Context, m *meshtest.Mesh, provs
 	cur, old := form(8, 20)
 	r.Form8P50Ms, r.Form8P99Ms, r.Form8Msgs, r.Form8Failed = cur.p50, cur.p99, cur.perJob, cur.failed
 	r.OldForm8P50Ms, r.OldForm8P99Ms, r.OldForm8Msgs, r.OldFailed = old.p50, old.p99, old.perJob, old.failed
+	r.Form8OnTopic, r.OldForm8OnTopic = cur.onTopic, old.onTopic
 	say("64-GPU formations")
 	cur, old = form(64, 8)
 	r.Form64P50Ms, r.Form64P99Ms, r.Form64Msgs, r.Form64Failed = cur.p50, cur.p99, cur.perJob, cur.failed
 	r.OldForm64P50Ms, r.OldForm64P99Ms, r.OldForm64Msgs = old.p50, old.p99, old.perJob
 	r.OldFailed += old.failed
-	if *scaleOldAwards {
-		say("8-GPU p50/p99 %.0f/%.0f ms (old rules %.0f/%.0f), 64-GPU %.0f/%.0f ms (old rules %.0f/%.0f), failed %d (old rules %d)",
+	r.Form64OnTopic, r.OldForm64OnTopic = cur.onTopic, old.onTopic
+	if scaleCompare() {
+		say("8-GPU p50/p99 %.0f/%.0f ms (old rules %.0f/%.0f), 64-GPU %.0f/%.0f ms (old rules %.0f/%.0f), failed %d (old rules %d), on the topic: 8-GPU %d (old rules %d), 64-GPU %d (old rules %d)",
 			r.Form8P50Ms, r.Form8P99Ms, r.OldForm8P50Ms, r.OldForm8P99Ms, r.Form64P50Ms, r.Form64P99Ms, r.OldForm64P50Ms, r.OldForm64P99Ms,
-			r.Form8Failed+r.Form64Failed, r.OldFailed)
+			r.Form8Failed+r.Form64Failed, r.OldFailed, r.Form8OnTopic, r.OldForm8OnTopic, r.Form64OnTopic, r.OldForm64OnTopic)
+	} else {
+		say("on the topic: %d of the 8-GPU jobs, %d of the 64-GPU jobs", r.Form8OnTopic, r.Form64OnTopic)
 	}
 	say("done")
 }
 
-// oldRules says whether mesh peer i submits by the old award rules under
-// -scale.oldawards: every odd one.
+// oldRules says whether mesh peer i submits by the old rules under
+// -scale.oldawards or -scale.oldfallback: every odd one.
 func oldRules(i int) bool { return i%2 == 1 }
 
 // providers maps a provider's mesh index to its index among provs.
