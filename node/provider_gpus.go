@@ -101,19 +101,53 @@ func (n *Node) noteFree(res *gossip.Reservations, now time.Time) {
 	}
 }
 
-// freeTicks gossips this provider's asks again soon after its free GPUs
-// change (GPUs leased, a member ended, a reservation lapsed), at most once
-// a second (the price topic allows a provider 2 ticks a second), so a
-// submitter whose job is queued hears of GPUs freed at once rather than at
-// the next heartbeat.
+// freeTicks gossips this provider's asks again after its free GPUs change
+// (GPUs leased, a member ended, a reservation lapsed), at most once a
+// second (the price topic allows a provider 2 ticks a second). GPUs freed
+// are told at once, so a submitter whose job is queued hears of them
+// rather than at the next heartbeat. GPUs taken are told fallSettle
+// later: the tick is not urgent (a submitter that asks meanwhile gets a
+// smaller bid or none, and asks others), a tick sent at once floods every
+// peer while the cluster that took them is still forming (each peer checks
+// its signature: ~1,000 checks a member at 1,000 peers, docs/scale.md),
+// and GPUs freed again before it is due (a job cancelled or failed at its
+// start) cost no tick at all.
 func (n *Node) freeTicks(ctx context.Context) {
 	defer n.wg.Done()
 	var last time.Time
+	told := n.FreeGPUs()   // free GPUs as of the last tick
+	var settle *time.Timer // a fall waiting to be told
+	var settled <-chan time.Time
+	defer func() {
+		if settle != nil {
+			settle.Stop()
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-n.freeMoved:
+			switch free := n.FreeGPUs(); {
+			case freedSince(told, free):
+			case maps.Equal(told, free): // taken and freed again: nothing to tell
+				if settle != nil {
+					settle.Stop()
+					settle, settled = nil, nil
+				}
+				continue
+			default: // taken: told once it has settled
+				if settle == nil {
+					settle = time.NewTimer(fallSettle)
+					settled = settle.C
+				}
+				continue
+			}
+		case <-settled:
+		}
+		if settle != nil {
+			settle.Stop()
+			settle, settled = nil, nil
 		}
 		if wait := time.Second - time.Since(last); wait > 0 {
 			t := time.NewTimer(wait)
@@ -125,8 +159,22 @@ func (n *Node) freeTicks(ctx context.Context) {
 			}
 		}
 		last = time.Now()
+		told = n.FreeGPUs()
 		n.stepPrices(ctx, n.now())
 	}
+}
+
+// fallSettle is how long after GPUs are taken freeTicks tells of it.
+const fallSettle = 2 * time.Second
+
+// freedSince reports whether a class has more free GPUs now than before.
+func freedSince(before, now map[string]uint32) bool {
+	for c, f := range now {
+		if f > before[c] {
+			return true
+		}
+	}
+	return false
 }
 
 // FreeGPUs is this provider's GPUs per class that no job holds (nil for a
