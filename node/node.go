@@ -184,6 +184,15 @@ type Config struct {
 	// standing-by members (gossip.NegotiationConfig.OldAwardRules): for
 	// the scale harness's comparison. No flag sets it.
 	OldAwardRules bool
+	// TakenTickDelay is how long after GPUs are taken this provider
+	// gossips its asks again with them gone (GPUs freed: at once); 0: 2 s.
+	// For tests. No flag sets it.
+	TakenTickDelay time.Duration
+	// IdentifyFirst: this peer's negotiation messages wait for identify
+	// on a connection just dialed before they go (the host's NewStream),
+	// as before internal/lazystream: for the scale harness's comparison
+	// (-scale.identifyfirst, with DirectoryLookup's). No flag sets it.
+	IdentifyFirst bool
 	// OldFallback: this peer's direct requests fall back to the topic
 	// FallbackWait after they were asked for, not after they left
 	// (gossip.NegotiationConfig.SendReports off): for the scale harness's

@@ -58,6 +58,10 @@ type localAsk struct {
 	sent      gossip.Tick // last tick published; zero: none yet
 	alone     bool        // it went out with no topic peer: send again soon
 	jitter    float64     // of the wait before the next re-send (gossip.Resend.Due), drawn at each send
+	// taken is when available fell below what the last tick told (GPUs
+	// taken); zero: it has not. A fall is told once it is
+	// Config.TakenTickDelay old (see freeTicks).
+	taken time.Time
 }
 
 // LocalAsk is one of this peer's quotes in GET /v0/prices.
@@ -260,7 +264,16 @@ func (n *Node) stepPrices(ctx context.Context, now time.Time) {
 	}
 	quotes := n.board.Len()
 	for class, a := range n.asks {
-		if a.sent.Ask != a.ask || a.sent.Available != a.available || a.alone || n.cfg.PriceResend.Due(a.sent, quotes, now, a.jitter) {
+		moved := a.sent.Available != a.available
+		if a.available < a.sent.Available { // GPUs taken: told once it has lasted
+			if a.taken.IsZero() {
+				a.taken = now
+			}
+			moved = !now.Before(a.taken.Add(n.takenTickDelay()))
+		} else {
+			a.taken = time.Time{}
+		}
+		if a.sent.Ask != a.ask || moved || a.alone || n.cfg.PriceResend.Due(a.sent, quotes, now, a.jitter) {
 			out = append(out, class)
 		}
 	}
@@ -307,7 +320,7 @@ func (n *Node) publishAsk(ctx context.Context, class string) error {
 	}
 	n.priceMu.Lock()
 	if a := n.asks[class]; a != nil {
-		a.sent, a.alone, a.jitter = t, alone, 0.9+0.1*rand.Float64()
+		a.sent, a.alone, a.jitter, a.taken = t, alone, 0.9+0.1*rand.Float64(), time.Time{}
 	}
 	n.priceMu.Unlock()
 	n.log.Debug("price tick sent", "class", class, "ask", n.unit.Format(t.Ask), "available", t.Available, "alone", alone)

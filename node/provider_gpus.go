@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -105,13 +106,14 @@ func (n *Node) noteFree(res *gossip.Reservations, now time.Time) {
 // (GPUs leased, a member ended, a reservation lapsed), at most once a
 // second (the price topic allows a provider 2 ticks a second). GPUs freed
 // are told at once, so a submitter whose job is queued hears of them
-// rather than at the next heartbeat. GPUs taken are told fallSettle
-// later: the tick is not urgent (a submitter that asks meanwhile gets a
-// smaller bid or none, and asks others), a tick sent at once floods every
-// peer while the cluster that took them is still forming (each peer checks
-// its signature: ~1,000 checks a member at 1,000 peers, docs/scale.md),
-// and GPUs freed again before it is due (a job cancelled or failed at its
-// start) cost no tick at all.
+// rather than at the next heartbeat. GPUs taken are told once they have
+// stayed taken Config.TakenTickDelay (2 s; stepPrices holds the fall back
+// till then, and the price loop's steps with it): the tick is not urgent
+// (a submitter that asks meanwhile gets a smaller bid or none, and asks
+// others); a tick sent at once floods every peer while the cluster that
+// took the GPUs is still forming (each peer checks its signature: ~1,000
+// checks a member at 1,000 peers, docs/scale.md); and GPUs freed again
+// before then (a job cancelled, or failed at its start) cost no tick.
 func (n *Node) freeTicks(ctx context.Context) {
 	defer n.wg.Done()
 	var last time.Time
@@ -136,9 +138,10 @@ func (n *Node) freeTicks(ctx context.Context) {
 					settle, settled = nil, nil
 				}
 				continue
-			default: // taken: told once it has settled
+			default: // taken: told once it has lasted (stepPrices notes when it began)
+				n.stepPrices(ctx, n.now())
 				if settle == nil {
-					settle = time.NewTimer(fallSettle)
+					settle = time.NewTimer(n.takenTickDelay())
 					settled = settle.C
 				}
 				continue
@@ -164,8 +167,12 @@ func (n *Node) freeTicks(ctx context.Context) {
 	}
 }
 
-// fallSettle is how long after GPUs are taken freeTicks tells of it.
-const fallSettle = 2 * time.Second
+// takenTickDelay is how long after GPUs are taken a tick tells of it
+// (Config.TakenTickDelay; stepPrices holds the fall back until then,
+// freeTicks steps the prices then).
+func (n *Node) takenTickDelay() time.Duration {
+	return cmp.Or(n.cfg.TakenTickDelay, 2*time.Second)
+}
 
 // freedSince reports whether a class has more free GPUs now than before.
 func freedSince(before, now map[string]uint32) bool {
