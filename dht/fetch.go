@@ -6,6 +6,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/gpumesh/gpumesh/internal/lazystream"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -53,7 +54,7 @@ func (d *Directory) fetchOffer(ctx context.Context, info peer.AddrInfo, ft *fetc
 	}
 	ft.dialed = d.host.Network().Connectedness(info.ID) != network.Connected
 	t0 := time.Now()
-	s, err := openLazy(ctx, d.host, info.ID, d.offerProto, d.lookup.IdentifyFirst)
+	s, err := lazystream.Open(ctx, d.host, info.ID, d.offerProto, d.lookup.IdentifyFirst)
 	ft.open = time.Since(t0)
 	if err != nil {
 		return nil, err

@@ -9,75 +9,29 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gpumesh/gpumesh/internal/lazystream"
 	pb "github.com/libp2p/go-libp2p-kad-dht/pb"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-msgio"
-	msmux "github.com/multiformats/go-multistream"
 	"google.golang.org/protobuf/proto"
 )
 
-// Round trips of a lookup (docs/scale.md, "Lookup round trips").
-//
-// A libp2p host's NewStream waits, on a connection it has just dialed,
-// for identify to finish (one round trip) before it sends the first byte
-// of a request, and kad-dht's message sender opens its streams that way:
-// every DHT request to a peer this one was not connected to took two
-// round trips, and so did every offer fetch from a provider. Here a
-// request goes out at once on a new stream, its protocol negotiated
-// optimistically (multistream-select's lazy client: the protocol's name
-// rides with the request, and a peer that does not speak it answers with
-// a refusal the read reports); identify still runs beside it.
+// Round trips of a lookup (docs/scale.md, "Lookup round trips"): kad-dht's
+// message sender opens its streams with the host's NewStream, which on a
+// connection just dialed waits for identify (a round trip) before the
+// request; every DHT request to a peer this one was not connected to took
+// two round trips, and so did every offer fetch from a provider. Here
+// each goes out at once (internal/lazystream).
 
 // requestTimeout bounds one DHT request: write, and read the answer.
 const requestTimeout = 10 * time.Second
 
-// openLazy opens a stream to p for proto without waiting for identify
-// (dialing p if there is no connection), the protocol negotiated with
-// the first write. With identifyFirst it is the host's NewStream.
-func openLazy(ctx context.Context, h host.Host, p peer.ID, proto protocol.ID, identifyFirst bool) (network.Stream, error) {
-	if identifyFirst {
-		return h.NewStream(ctx, p, proto)
-	}
-	s, err := h.Network().NewStream(ctx, p)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.SetProtocol(proto); err != nil {
-		_ = s.Reset()
-		return nil, err
-	}
-	return &lazyStream{Stream: s, rw: msmux.NewMSSelect(s, proto)}, nil
-}
-
-// lazyStream is a stream whose protocol is negotiated by its first write
-// and read.
-type lazyStream struct {
-	network.Stream
-	rw msmux.LazyConn
-}
-
-func (s *lazyStream) Read(b []byte) (int, error)  { return s.rw.Read(b) }
-func (s *lazyStream) Write(b []byte) (int, error) { return s.rw.Write(b) }
-
-// CloseWrite sends what the negotiation holds back, then closes the
-// write side.
-func (s *lazyStream) CloseWrite() error {
-	_ = s.rw.Flush()
-	return s.Stream.CloseWrite()
-}
-
-// Close waits for the negotiation's answer at most requestTimeout.
-func (s *lazyStream) Close() error {
-	_ = s.Stream.SetReadDeadline(time.Now().Add(requestTimeout))
-	return s.rw.Close()
-}
-
 // messenger is the DHT's message sender (kaddht.WithCustomMessageSender):
 // each request on a stream of its own (a stream costs no round trip on a
-// multiplexed connection), opened by openLazy, and every answer shown to
+// multiplexed connection), opened by lazystream.Open, and every answer shown to
 // the lookup that asked for it (watchAnswers).
 type messenger struct {
 	h             host.Host
@@ -154,7 +108,7 @@ func (m *messenger) send(ctx context.Context, p peer.ID, pmes *pb.Message) (netw
 	if err != nil {
 		return nil, err
 	}
-	s, err := openLazy(ctx, m.h, p, m.proto, m.identifyFirst)
+	s, err := lazystream.Open(ctx, m.h, p, m.proto, m.identifyFirst)
 	if err != nil {
 		return nil, err
 	}

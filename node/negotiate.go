@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/lazystream"
 	"github.com/gpumesh/gpumesh/node/jobnet"
 	"github.com/gpumesh/gpumesh/node/jobwire"
 	"github.com/gpumesh/gpumesh/node/sessionwire"
@@ -1005,7 +1006,12 @@ func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg go
 		} else if looked {
 			n.traceNote(msg.JobID(), "looked up", msgKind(msg))
 		}
-		s, err := n.host.NewStream(sctx, to, proto)
+		// At once, not after identify on a new connection (a round trip:
+		// a request to a provider, or a bid to a submitter, this peer was
+		// not connected to); but a bid whose form depends on the peer's
+		// version (bidForPeer) waits for identify to tell it.
+		b, _ := msg.(*gossip.Bid)
+		s, err := lazystream.Open(sctx, n.host, to, proto, n.cfg.IdentifyFirst || (b != nil && b.NoHostNet))
 		if err != nil {
 			n.log.Debug("negotiation send", "to", to, "err", err)
 			return
@@ -1017,7 +1023,7 @@ func (n *Node) sendOn(ctx context.Context, proto protocol.ID, to peer.ID, msg go
 			// open: the connection manager tags connected peers only).
 			n.host.ConnManager().TagPeer(to, askedTag, askedTagValue)
 		}
-		if m, older := n.bidForPeer(to, msg); older { // identified by now (NewStream)
+		if m, older := n.bidForPeer(to, msg); older { // identified by now (lazystream.Open waited)
 			if data, err = n.sealNegotiation(m); err != nil {
 				_ = s.Reset()
 				return

@@ -52,7 +52,7 @@ var scaleLookupOnly = flag.Bool("scale.lookuponly", false, "BenchmarkScale: stop
 
 var (
 	scaleQuickLookup   = flag.Bool("scale.quicklookup", false, "BenchmarkScale: directory lookups return once the peers closest to the index key have answered (dht.LookupOptions.QuickIndexLookup), rather than when the DHT's query ends")
-	scaleIdentifyFirst = flag.Bool("scale.identifyfirst", false, "BenchmarkScale: DHT requests and offer fetches wait for identify on a new connection (dht.LookupOptions.IdentifyFirst: as before), for a baseline")
+	scaleIdentifyFirst = flag.Bool("scale.identifyfirst", false, "BenchmarkScale: DHT requests, offer fetches and negotiation messages wait for identify on a new connection (dht.LookupOptions.IdentifyFirst, node.Config.IdentifyFirst: as before), for a baseline")
 )
 
 // Price re-sends (issue 19): the pacing before gossip.Resend, for a
@@ -280,6 +280,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 			c.OldAwardRules = *scaleOldAwards && oldRules(i)
 			c.OldFallback = *scaleOldFallback && oldRules(i)
 			c.DirectoryLookup = dht.LookupOptions{QuickIndexLookup: *scaleQuickLookup, IdentifyFirst: *scaleIdentifyFirst}
+			c.IdentifyFirst = *scaleIdentifyFirst
 			if *scaleFixedResend {
 				c.PriceResend = gossip.Resend{Floor: 30 * time.Second, Cap: 30 * time.Second}
 			}
