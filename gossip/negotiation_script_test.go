@@ -77,6 +77,17 @@ func runScript(t *testing.T, script string) string {
 			}
 			return p
 		}
+		// after is the provider a line names and its after= duration.
+		after := func() (peer.ID, time.Duration) {
+			if len(pos) != 1 {
+				fail("want the provider's number")
+			}
+			d, err := time.ParseDuration(args["after"])
+			if err != nil {
+				fail("after: %v", err)
+			}
+			return testID(pos[0]), d
+		}
 		switch words[0] {
 		case "provider":
 			if len(pos) != 1 {
@@ -159,31 +170,19 @@ func runScript(t *testing.T, script string) string {
 				m.drain(n)
 			}
 		case "slow":
-			if len(pos) != 1 {
-				fail("want the provider's number")
-			}
-			d, err := time.ParseDuration(args["after"])
-			if err != nil {
-				fail("after: %v", err)
-			}
+			p, d := after()
 			if m.slow == nil {
 				m.slow = map[peer.ID]time.Duration{}
 			}
-			m.slow[testID(pos[0])] = d
+			m.slow[p] = d
 		case "sendlag":
 			// The submitter's request to the provider leaves this long
 			// after it was asked for (its CPU, a dial, a lookup).
-			if len(pos) != 1 {
-				fail("want the provider's number")
-			}
-			d, err := time.ParseDuration(args["after"])
-			if err != nil {
-				fail("after: %v", err)
-			}
+			p, d := after()
 			if m.sendLag == nil {
 				m.sendLag = map[peer.ID]time.Duration{}
 			}
-			m.sendLag[testID(pos[0])] = d
+			m.sendLag[p] = d
 		case "topic":
 			m.lost = num("lost", 0) == 1
 		case "free":
