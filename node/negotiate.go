@@ -818,7 +818,7 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 		if !ok {
 			if s, ok := settled[msg.JobID()]; ok {
 				if rel := s.s.Step(msg); rel != nil {
-					n.sendRelease(ctx, rel)
+					n.send(ctx, rel.Provider, rel)
 				}
 			}
 			return
@@ -884,7 +884,7 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 	}
 	for i := range r.Releases {
 		n.traceNote(ng.Job(), "release", r.Releases[i].Reason)
-		n.sendRelease(ctx, &r.Releases[i])
+		n.send(ctx, r.Releases[i].Provider, &r.Releases[i])
 	}
 	if r.Outcome != nil {
 		n.trace(ng.Job(), "ended", nil)
@@ -903,47 +903,6 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 func (n *Node) send(ctx context.Context, to peer.ID, msg gossip.Message) {
 	n.sendOn(ctx, NegotiateProtocol, to, msg, false, nil)
 }
-
-// sendRelease sends a Release to its provider and, when the send fails
-// (the provider not reached, a stream refused, sendTimeout passed under
-// load), sends it again, releaseRetries times at most, releaseBackoff
-// after the failure and twice as long after each next one: a release
-// lost leaves the provider's GPUs held until its reservation lapses (a
-// minute for a member never started; seen at 1,000 simulated peers,
-// docs/scale.md). A release the provider gets twice frees nothing twice.
-func (n *Node) sendRelease(ctx context.Context, rel *gossip.Release) {
-	n.sendReleaseTry(ctx, rel, 0)
-}
-
-func (n *Node) sendReleaseTry(ctx context.Context, rel *gossip.Release, try int) {
-	var again func(ok bool)
-	if try < releaseRetries {
-		again = func(ok bool) { // on sendOn's goroutine, which n.wg counts
-			if ok || ctx.Err() != nil {
-				return
-			}
-			n.traceNote(rel.Job, "release again", strconv.Itoa(try+1))
-			t := time.NewTimer(releaseBackoff << try)
-			defer t.Stop()
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			n.sendReleaseTry(ctx, rel, try+1)
-		}
-	}
-	n.sendOn(ctx, NegotiateProtocol, rel.Provider, rel, false, again)
-}
-
-// A release that could not be sent is sent again releaseRetries times,
-// releaseBackoff after the failure and twice as long after each next: at
-// 2, 6 and 14 s, past a libp2p swarm's backoff of a peer it failed to
-// dial (5 s and more), which fails every dial before it.
-const (
-	releaseRetries = 3
-	releaseBackoff = 2 * time.Second
-)
 
 // reportSent is sendOn's done for a direct request of job to provider p:
 // it tells the job's negotiation when the request left (or that it could
