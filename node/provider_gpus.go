@@ -132,11 +132,15 @@ func (n *Node) freeTicks(ctx context.Context) {
 		case <-n.freeMoved:
 			switch free := n.FreeGPUs(); {
 			case freedSince(told, free):
-			case maps.Equal(told, free): // taken and freed again: nothing to tell
+			case maps.Equal(told, free): // taken and freed again: nothing to tell here
 				if settle != nil {
 					settle.Stop()
 					settle, settled = nil, nil
 				}
+				// But a price step may have told the fall since told was
+				// set: stepPrices sends the GPUs freed if it did (at most
+				// one a fall, and falls wait TakenTickDelay), else nothing.
+				n.stepPrices(ctx, n.now())
 				continue
 			default: // taken: told once it has lasted (stepPrices notes when it began)
 				n.stepPrices(ctx, n.now())
