@@ -25,6 +25,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/gpumesh/gpumesh/internal/scaledoc"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/meshtest"
@@ -34,7 +35,7 @@ import (
 var (
 	scalePeers   = flag.String("scale.peers", "1000", "BenchmarkScale: peer counts, comma-separated (e.g. 1000,3000,10000)")
 	scaleLatency = flag.Duration("scale.latency", 20*time.Millisecond, "BenchmarkScale: one-way latency of every simulated link")
-	scaleOut     = flag.String("scale.out", "", "BenchmarkScale: append each size's figures as a JSON line to this file (docs/scale.md's table is made from it)")
+	scaleOut     = flag.String("scale.out", "", "BenchmarkScale: append each size's figures as a JSON line to this file; a scale.md beside it gets its table and plot made anew from the lines (internal/scaledoc)")
 	scaleRest    = flag.Duration("scale.rest", 30*time.Second, "BenchmarkScale: the window over which resting gossip is measured (at least one re-send interval of an unchanged ask, so each provider's re-send falls in it: P/0.25 s, 120 s at 300 peers; see gossip.Resend)")
 	scaleOnly    = flag.Bool("scale.restonly", false, "BenchmarkScale: measure setup, memory and rest only (no lookups, ticks or formation): for profiling")
 	scaleNoCM    = flag.Bool("scale.noconnmgr", false, "BenchmarkScale: simulated nodes without a connection manager (as mocknet's hosts are), for comparison")
@@ -114,6 +115,13 @@ func BenchmarkScale(b *testing.B) {
 				scaleResults[n] = r
 				if *scaleOut != "" && !*scaleOnly && !*scaleFormOnly {
 					appendJSONLine(b, *scaleOut, r)
+					// The figures in docs/scale.md and its plot, made anew
+					// from the lines when the file is beside it.
+					if md := filepath.Join(filepath.Dir(*scaleOut), "scale.md"); fileExists(md) {
+						if err := scaledoc.Update(*scaleOut, md); err != nil {
+							b.Logf("the figures are in %s, but %s was not updated: %v", *scaleOut, md, err)
+						}
+					}
 				}
 			}
 			r.report(b)
@@ -853,6 +861,11 @@ func pctMs(lat []time.Duration, p int) float64 {
 	slices.Sort(s)
 	i := min(max((len(s)*p+99)/100-1, 0), len(s)-1)
 	return float64(s[i]) / float64(time.Millisecond)
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 func appendJSONLine(b *testing.B, path string, v any) {
