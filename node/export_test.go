@@ -9,6 +9,7 @@ import (
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/exec/receipt"
+	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -16,6 +17,10 @@ import (
 // channel closed at the next change of any job, so a test waits on the event
 // instead of polling Job.
 func (n *Node) JobMoved() <-chan struct{} { return n.jobMoved() }
+
+// SendRelease is sendRelease: a Release sent, and sent again while it
+// cannot be.
+func (n *Node) SendRelease(ctx context.Context, rel *gossip.Release) { n.sendRelease(ctx, rel) }
 
 // ScoreFound is scoreFound, for tests of gpus find's scores.
 func (n *Node) ScoreFound(res dht.FindResult, count int, minScore float64) GPUsFound {

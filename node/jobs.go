@@ -244,7 +244,7 @@ func (n *Node) releaseMembers(id string, members []gossip.Member, reason string)
 	}
 	defer done()
 	for _, m := range members {
-		n.send(ctx, m.Provider, &gossip.Release{Job: jobID(id), From: n.id.PeerID, Provider: m.Provider, Reason: reason})
+		n.sendRelease(ctx, &gossip.Release{Job: jobID(id), From: n.id.PeerID, Provider: m.Provider, Reason: reason})
 	}
 }
 

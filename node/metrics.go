@@ -34,6 +34,9 @@ func (n *Node) startMetrics() error {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "gpumesh", Name: "requests_for_bids_on_topic_total",
 			Help: "This peer's own requests for bids put on the swarm's topic: direct requests whose named providers were too few or silent."},
 			func() float64 { return float64(n.TopicRequests()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "gpumesh", Name: "releases_sent_again_total",
+			Help: "Releases of this peer's ended jobs sent again after a send failed (a provider not reached): each frees GPUs that would otherwise stay held until the reservation lapses."},
+			func() float64 { again, _ := n.ReleasesSentAgain(); return float64(again) }),
 	)
 	n.reg.MustRegister(refusalCollector{n})
 	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "gpumesh", Name: "build_info", Help: "Version and swarm of this peer."}, []string{"version", "swarm"})

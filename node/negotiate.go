@@ -136,6 +136,10 @@ type negState struct {
 	// onTopic is this peer's own requests for bids put on the topic (a
 	// direct request's fallback: its named providers too few or silent).
 	onTopic atomic.Uint64
+	// releasesAgain is the releases this peer sent again after a failed
+	// send (its job ended); releasesDropped those it did not, the job not
+	// having ended (sendRelease).
+	releasesAgain, releasesDropped atomic.Uint64
 	// rfbChecked is the topic's requests for bids this peer's validator
 	// has been handed (each after GossipSub checked its signature).
 	rfbChecked atomic.Uint64
@@ -818,7 +822,7 @@ func (n *Node) stepMessage(ctx context.Context, msg gossip.Message, negs map[gos
 		if !ok {
 			if s, ok := settled[msg.JobID()]; ok {
 				if rel := s.s.Step(msg); rel != nil {
-					n.send(ctx, rel.Provider, rel)
+					n.sendRelease(ctx, rel)
 				}
 			}
 			return
@@ -884,7 +888,7 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 	}
 	for i := range r.Releases {
 		n.traceNote(ng.Job(), "release", r.Releases[i].Reason)
-		n.send(ctx, r.Releases[i].Provider, &r.Releases[i])
+		n.sendRelease(ctx, &r.Releases[i])
 	}
 	if r.Outcome != nil {
 		n.trace(ng.Job(), "ended", nil)
@@ -903,6 +907,69 @@ func (n *Node) flush(ctx context.Context, ng *gossip.Negotiation, r gossip.Ready
 func (n *Node) send(ctx context.Context, to peer.ID, msg gossip.Message) {
 	n.sendOn(ctx, NegotiateProtocol, to, msg, false, nil)
 }
+
+// sendRelease sends a Release to its provider and, when the send fails
+// (the provider not reached, a stream refused, sendTimeout passed under
+// load) and the job has ended by then, sends it again, releaseRetries
+// times at most, releaseBackoff after the failure and twice as long after
+// each next one: a release lost leaves the provider's GPUs held until its
+// reservation lapses (a minute for a member never started; seen at 1,000
+// simulated peers, docs/scale.md). A release the provider gets twice
+// frees nothing twice.
+//
+// Only an ended job's release goes again. A release names its job, not
+// its award, and a job's next attempt (a lost race, a failed run) keeps
+// the job's ID: a release of an earlier attempt that arrived late would
+// free the next attempt's reservation at the same provider (a provider
+// then leases more GPUs than it has). An ended job makes no attempt
+// again, and what it still holds anywhere is to go.
+func (n *Node) sendRelease(ctx context.Context, rel *gossip.Release) {
+	n.sendReleaseTry(ctx, rel, 0)
+}
+
+func (n *Node) sendReleaseTry(ctx context.Context, rel *gossip.Release, try int) {
+	var again func(ok bool)
+	if try < releaseRetries {
+		again = func(ok bool) { // on sendOn's goroutine, which n.wg counts
+			if ok || ctx.Err() != nil {
+				return
+			}
+			t := time.NewTimer(releaseBackoff << try)
+			defer t.Stop()
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if !n.jobEnded(rel.Job) {
+				n.traceNote(rel.Job, "release not sent again", "the job may try again")
+				n.releasesDropped.Add(1)
+				return
+			}
+			n.traceNote(rel.Job, "release again", strconv.Itoa(try+1))
+			n.releasesAgain.Add(1)
+			n.sendReleaseTry(ctx, rel, try+1)
+		}
+	}
+	n.sendOn(ctx, NegotiateProtocol, rel.Provider, rel, false, again)
+}
+
+// jobEnded reports whether this peer's job has ended (done, failed,
+// cancelled): it will make no attempt again. A job it has no record of
+// counts as not ended.
+func (n *Node) jobEnded(job gossip.JobID) bool {
+	j, ok := n.Job(job.String())
+	return ok && j.State.Ended()
+}
+
+// A release that could not be sent is sent again releaseRetries times,
+// releaseBackoff after the failure and twice as long after each next: at
+// 2, 6 and 14 s, past a libp2p swarm's backoff of a peer it failed to
+// dial (5 s and more), which fails every dial before it.
+const (
+	releaseRetries = 3
+	releaseBackoff = 2 * time.Second
+)
 
 // reportSent is sendOn's done for a direct request of job to provider p:
 // it tells the job's negotiation when the request left (or that it could
@@ -1067,6 +1134,13 @@ func (n *Node) NegotiationMessages() uint64 { return n.sent.Load() }
 // put on the topic: the direct requests that fell back (their named
 // providers too few, or silent for gossip's FallbackWait).
 func (n *Node) TopicRequests() uint64 { return n.onTopic.Load() }
+
+// ReleasesSentAgain is how many releases this peer sent again after a
+// send failed, its job having ended; and how many it did not, the job
+// not having ended (its next attempt may hold the same provider's GPUs).
+func (n *Node) ReleasesSentAgain() (again, notAgain uint64) {
+	return n.releasesAgain.Load(), n.releasesDropped.Load()
+}
 
 // RFBValidations is how many requests for bids of the topic this peer has
 // validated (their signatures checked, then the validator's rules): the

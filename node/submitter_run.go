@@ -334,7 +334,7 @@ func (n *Node) runJob(ctx context.Context, id string) {
 				// member that never ran is told to.
 				for _, r := range d.Release {
 					m := members[r]
-					n.send(context.WithoutCancel(ctx), m.Provider, &gossip.Release{Job: jobID(id), From: n.id.PeerID, Provider: m.Provider, Reason: "the job ended"})
+					n.sendRelease(context.WithoutCancel(ctx), &gossip.Release{Job: jobID(id), From: n.id.PeerID, Provider: m.Provider, Reason: "the job ended"})
 				}
 				switch d.State {
 				case attempt.StateRetry:
