@@ -22,17 +22,17 @@ import (
 	"github.com/gpumesh/gpumesh/internal/atomicfile"
 )
 
-// Run is one JSON line: the figures of one size in one run of the
-// benchmark (node/meshtest's scaleResult, the fields the docs show;
-// others are ignored).
+// Run is the figures of one JSON line that the docs show: one size in
+// one run of the benchmark (node/meshtest's scaleResult embeds it and
+// writes more; other fields are ignored here).
 type Run struct {
-	Note           string
+	Note           string `json:",omitempty"`
 	Peers          int
-	LatencyMs      float64
+	LatencyMs      float64 // one-way, every simulated link
 	SetupS         float64
-	MemMBPerPeer   float64
-	RestGossipBps  float64
-	RecordsPerPeer float64
+	MemMBPerPeer   float64 // heap and stacks in use at rest, a peer
+	RestGossipBps  float64 // bytes a second a peer sends, at rest
+	RecordsPerPeer float64 // directory records a peer stores, mean
 	RecordsMax     int
 	LookupP50Ms    float64
 	LookupP95Ms    float64
@@ -40,9 +40,9 @@ type Run struct {
 	LookupHopsMean float64
 	LookupHopsMax  int
 	Log2N          float64
-	OffersFound    float64
-	TickTo99Ms     float64
-	TickCopies     float64
+	OffersFound    float64 // share of live offers a lookup found, mean
+	TickTo99Ms     float64 // until 99% of peers have a new ask, mean of the ticks
+	TickCopies     float64 // copies received per tick delivered, a peer
 	Form8P50Ms     float64
 	Form8P99Ms     float64
 	Form8Msgs      float64

@@ -146,13 +146,12 @@ var scaleResults = map[int]scaleResult{}
 
 // scaleResult is what BenchmarkScale measured at one size.
 type scaleResult struct {
-	Note             string `json:",omitempty"`
-	Peers, Providers int
-	LatencyMs        float64
-	SetupS           float64
-	MemMBPerPeer     float64
-	HeapMBPeer       float64 // of MemMBPerPeer: heap in use
-	StackMBPeer      float64 // of MemMBPerPeer: goroutine stacks
+	// The figures docs/scale.md shows (its table and plots are made from
+	// them: internal/scaledoc); the rest of the line is for reading.
+	scaledoc.Run
+	Providers   int
+	HeapMBPeer  float64 // of MemMBPerPeer: heap in use
+	StackMBPeer float64 // of MemMBPerPeer: goroutine stacks
 	// Of HeapMBPeer, what live objects take at the last GC (the rest is
 	// free slots in spans that still hold some object: fragmentation);
 	// of StackMBPeer, what the goroutines use of their stacks (the bytes
@@ -195,26 +194,6 @@ type scaleResult struct {
 	// what the asker was doing: "refresh:check", "offer:self", ...
 	UpkeepFindNodes map[string]float64 `json:",omitempty"`
 
-	RestGossipBps  float64 // bytes a second a peer sends, at rest
-	RecordsPerPeer float64
-	RecordsMax     int
-	LookupP50Ms    float64
-	LookupP95Ms    float64
-	LookupP99Ms    float64
-	LookupHopsMean float64
-	LookupHopsMax  int
-	Log2N          float64
-	OffersFound    float64 // share of live offers a lookup found, mean
-	TickTo99Ms     float64 // until 99% of peers have a new ask, mean of the ticks
-	TickCopies     float64 // copies received per tick delivered, a peer
-	Form8P50Ms     float64
-	Form8P99Ms     float64
-	Form8Msgs      float64
-	Form8Failed    int
-	Form64P50Ms    float64
-	Form64P99Ms    float64
-	Form64Msgs     float64
-	Form64Failed   int
 	// With -scale.oldawards: the same figures of the jobs submitted by
 	// peers with the award rules before (node.Config.OldAwardRules).
 	OldForm8P50Ms, OldForm8P99Ms, OldForm8Msgs    float64 `json:",omitempty"`
@@ -260,7 +239,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Hour)
 	defer cancel()
 	providers := max(n/10, 8)
-	r := scaleResult{Note: *scaleNote, Peers: n, Providers: providers, LatencyMs: float64(latency) / float64(time.Millisecond), Log2N: math.Ceil(math.Log2(float64(n)))}
+	r := scaleResult{Run: scaledoc.Run{Note: *scaleNote, Peers: n, LatencyMs: float64(latency) / float64(time.Millisecond), Log2N: math.Ceil(math.Log2(float64(n)))}, Providers: providers}
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
