@@ -141,7 +141,8 @@ type NegotiationConfig struct {
 	SendReports bool
 	// Reasks: with Direct, once the request went on the topic, rounds of
 	// asking the named providers again directly, one each FallbackWait
-	// while no cluster can form; 0: 2, negative: none.
+	// while no cluster can form; 0: 2, negative: none; at most
+	// MaxAskedAgain-1 (providers count more as new requests).
 	Reasks int
 	// Private: the swarm is private, so a bid marked HostNet (its
 	// provider cannot make job networks) is taken, and a cluster with
@@ -187,7 +188,9 @@ func (c NegotiationConfig) withDefaults() NegotiationConfig {
 	if c.Reasks == 0 {
 		c.Reasks = 2
 	}
-	c.Reasks = max(c.Reasks, 0)
+	// Within what providers take as asks again (MaxAskedAgain, one of
+	// them beside the fallback): more would count as new requests.
+	c.Reasks = min(max(c.Reasks, 0), MaxAskedAgain-1)
 	return c
 }
 

@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"cmp"
 	"container/list"
 	"errors"
 	"fmt"
@@ -111,7 +112,21 @@ type RFBValidatorConfig struct {
 	// pacer bounds, are not held to Total (a flood of others' must not
 	// stop its own from going out). Empty: none.
 	Self peer.ID
+	// AskedAgain is how many times an open request (same submitter, job
+	// and deadline) may come again and be accepted without counting as a
+	// new one: a direct negotiation asks a provider again when its
+	// request may have been lost (see NegotiationConfig.Reasks), and its
+	// pacer counted the request once. Past that, a copy counts as a new
+	// request. 0: every copy counts (the topic's validator, where no
+	// honest peer publishes a request twice). At most MaxAskedAgain.
+	AskedAgain int
 }
+
+// MaxAskedAgain is the most times a direct negotiation asks one provider
+// again in one negotiation: once beside its fallback to the topic
+// (reaskSilent) and once a round after it (NegotiationConfig.Reasks, at
+// most MaxAskedAgain-1 rounds).
+const MaxAskedAgain = 3
 
 // RFBValidator decides which requests for bids a peer accepts and forwards.
 // Like TickValidator it is a state machine with no I/O and no clock: the
@@ -152,7 +167,15 @@ const maxDroppedCopies = 8
 // deadlines of its open requests (at most MaxOpen, in no order).
 type requestBucket struct {
 	tokens *rate.Limiter
-	open   []int64 // unix ms deadlines of accepted requests
+	open   []openRequest // accepted requests whose deadline has not passed
+}
+
+// openRequest is an accepted request: its deadline (unix ms), its job, and
+// how many times it came again (RFBValidatorConfig.AskedAgain).
+type openRequest struct {
+	deadline int64
+	job      JobID
+	again    int
 }
 
 func newBucket(l RFBLimits) requestBucket {
@@ -162,7 +185,7 @@ func newBucket(l RFBLimits) requestBucket {
 // refill forgets the open requests whose deadline has passed at now.
 func (b *requestBucket) refill(now time.Time) {
 	ms := now.UnixMilli()
-	b.open = slices.DeleteFunc(b.open, func(d int64) bool { return d <= ms })
+	b.open = slices.DeleteFunc(b.open, func(o openRequest) bool { return o.deadline <= ms })
 }
 
 // check says whether a request may go out at now; it takes nothing.
@@ -181,11 +204,32 @@ func (b *requestBucket) check(l RFBLimits, now time.Time) error {
 // token at the time next named has a token.
 const tokenSlack = 1e-9
 
-// take counts a request that check allowed at now (a token short by
-// tokenSlack is taken all the same).
-func (b *requestBucket) take(deadline, now time.Time) {
+// take counts a request of job that check allowed at now (a token short
+// by tokenSlack is taken all the same).
+func (b *requestBucket) take(job JobID, deadline, now time.Time) {
 	b.tokens.ReserveN(now, 1)
-	b.open = append(b.open, deadline.UnixMilli())
+	b.open = append(b.open, openRequest{deadline: deadline.UnixMilli(), job: job})
+}
+
+// askedAgain finds the open request of job with deadline, if any, and
+// counts one more time it came, up to most; it reports whether the
+// request was open and within most.
+func (b *requestBucket) askedAgain(job JobID, deadline, now time.Time, most int) bool {
+	if most <= 0 || job == (JobID{}) {
+		return false
+	}
+	b.refill(now)
+	ms := deadline.UnixMilli()
+	for i := range b.open {
+		if o := &b.open[i]; o.job == job && o.deadline == ms {
+			if o.again >= most {
+				return false
+			}
+			o.again++
+			return true
+		}
+	}
+	return false
 }
 
 // next is the earliest time from now at which check may allow a request.
@@ -197,7 +241,8 @@ func (b *requestBucket) next(l RFBLimits, now time.Time) time.Time {
 	}
 	if len(b.open) >= l.MaxOpen {
 		// The open request whose deadline comes first frees a slot.
-		at = latest(at, time.UnixMilli(slices.Min(b.open)+1))
+		first := slices.MinFunc(b.open, func(x, y openRequest) int { return cmp.Compare(x.deadline, y.deadline) })
+		at = latest(at, time.UnixMilli(first.deadline+1))
 	}
 	return at
 }
@@ -213,6 +258,7 @@ func latest(a, b time.Time) time.Time {
 func NewRFBValidator(cfg RFBValidatorConfig) *RFBValidator {
 	cfg.Limits = cfg.Limits.withDefaults()
 	orDefault(&cfg.MaxAuthors, 65536)
+	cfg.AskedAgain = min(max(cfg.AskedAgain, 0), MaxAskedAgain)
 	v := &RFBValidator{cfg: cfg, authors: make(map[peer.ID]*list.Element), lru: list.New()}
 	if t := cfg.Total; t.Burst > 0 {
 		v.cfg.Total.Reserve = min(max(t.Reserve, 0), t.Burst-1)
@@ -289,6 +335,11 @@ func (v *RFBValidator) Admit(rfb RequestForBids, signer, from peer.ID, now time.
 		return RequestForBids{}, Ignore, fmt.Errorf("%w: %v from now, at most %v", ErrFarRequest, d.Round(time.Millisecond), l.MaxAhead)
 	}
 	a := v.lookup(signer, now)
+	// The same request again (a direct negotiation's ask again, within
+	// AskedAgain): accepted as it was, counted nowhere again.
+	if a.bucket.askedAgain(rfb.Job, deadline, now, v.cfg.AskedAgain) {
+		return rfb, Accept, nil
+	}
 	// A copy of the request this peer last dropped for the total is that
 	// request again: it was counted against its submitter's rate then,
 	// and is checked as then (quiet or not), not as a new request of a
@@ -329,9 +380,9 @@ func (v *RFBValidator) Admit(rfb RequestForBids, signer, from peer.ID, now time.
 		return RequestForBids{}, Ignore, err
 	}
 	if again {
-		a.bucket.open = append(a.bucket.open, deadline.UnixMilli()) // its rate was counted when it was dropped
+		a.bucket.open = append(a.bucket.open, openRequest{deadline: deadline.UnixMilli(), job: rfb.Job}) // its rate was counted when it was dropped
 	} else {
-		a.bucket.take(deadline, now)
+		a.bucket.take(rfb.Job, deadline, now)
 	}
 	a.dropped, a.droppedCopies = JobID{}, 0
 	if v.total != nil && !own {
@@ -405,7 +456,7 @@ func (p *RFBPacer) Take(deadline, now time.Time) bool {
 	if p.bucket.check(p.limits, now) != nil {
 		return false
 	}
-	p.bucket.take(deadline, now)
+	p.bucket.take(JobID{}, deadline, now)
 	return true
 }
 

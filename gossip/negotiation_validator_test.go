@@ -458,3 +458,75 @@ func TestACopyOfADroppedRequestIsCheckedAsThatRequest(t *testing.T) {
 		t.Errorf("a copy past %d copies: %v, want ignored (checked as a new request of a submitter that asked)", maxDroppedCopies, verdict)
 	}
 }
+
+// A direct negotiation asks a provider again when its request may have
+// been lost, and its pacer counted the request once: the provider's
+// validator (AskedAgain) takes the same request (submitter, job,
+// deadline) again as often, counting it once; a copy past that, or one
+// with another deadline, counts as a new request; on the topic
+// (AskedAgain 0) every copy counts.
+func TestAnOpenRequestAskedAgainCountsOnce(t *testing.T) {
+	const burst = 8
+	for _, tt := range []struct {
+		name       string
+		askedAgain int
+		wantNew    int // of burst new requests right after, accepted
+	}{
+		{"direct", MaxAskedAgain, burst - 1},
+		{"topic", 0, burst - 1 - MaxAskedAgain},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			v := NewRFBValidator(RFBValidatorConfig{Limits: RFBLimits{Burst: burst, Rate: 0.001}, AskedAgain: tt.askedAgain})
+			sub := testID(1)
+			req := floodRFB(t, 1, 0, t0, 5*time.Second)
+			for i := range 1 + MaxAskedAgain {
+				if _, verdict, err := v.Validate(req, sub, sub, t0.Add(time.Duration(i)*time.Millisecond)); verdict != Accept {
+					t.Fatalf("ask %d of the same request: %v (%v), want it accepted", i+1, verdict, err)
+				}
+			}
+			accepted := 0
+			for n := 1; n <= burst; n++ {
+				if _, verdict, _ := v.Validate(floodRFB(t, 1, n, t0, 5*time.Second), sub, sub, t0.Add(10*time.Millisecond)); verdict == Accept {
+					accepted++
+				}
+			}
+			if accepted != tt.wantNew {
+				t.Errorf("%d new requests of %d accepted after the same one asked %d times, want %d", accepted, burst, 1+MaxAskedAgain, tt.wantNew)
+			}
+		})
+	}
+	t.Run("past the asks again, or another deadline", func(t *testing.T) {
+		v := NewRFBValidator(RFBValidatorConfig{Limits: RFBLimits{Burst: 3, Rate: 0.001}, AskedAgain: MaxAskedAgain})
+		sub := testID(1)
+		req := floodRFB(t, 1, 0, t0, 5*time.Second)
+		for i := range 1 + MaxAskedAgain {
+			if _, verdict, err := v.Validate(req, sub, sub, t0); verdict != Accept {
+				t.Fatalf("ask %d: %v (%v)", i+1, verdict, err)
+			}
+		}
+		// The same job with a later deadline is a new request: it takes
+		// the second token.
+		later := floodRFB(t, 1, 0, t0, 6*time.Second)
+		if _, verdict, err := v.Validate(later, sub, sub, t0); verdict != Accept {
+			t.Fatalf("the job with another deadline: %v (%v)", verdict, err)
+		}
+		// One copy past MaxAskedAgain takes the third, the next finds none.
+		if _, verdict, err := v.Validate(req, sub, sub, t0); verdict != Accept {
+			t.Fatalf("a copy past the asks again, a token left: %v (%v), want it counted and accepted", verdict, err)
+		}
+		if _, verdict, err := v.Validate(req, sub, sub, t0); verdict != Reject || !errors.Is(err, ErrRequestRate) {
+			t.Fatalf("a copy past the asks again, no token left: %v (%v), want rejected for the rate", verdict, err)
+		}
+	})
+}
+
+// A negotiation never asks a provider again more often than providers
+// take as asks again.
+func TestReasksStayWithinWhatProvidersTakeAsAsksAgain(t *testing.T) {
+	for _, r := range []int{0, 1, 2, 5, 100} {
+		c := NegotiationConfig{Reasks: r}.withDefaults()
+		if 1+c.Reasks > MaxAskedAgain { // one beside the fallback, one a round
+			t.Errorf("Reasks %d → %d: with the one beside the fallback, %d asks again, providers take %d", r, c.Reasks, 1+c.Reasks, MaxAskedAgain)
+		}
+	}
+}

@@ -176,7 +176,9 @@ func (n *Node) startJobs(ctx context.Context) error {
 	topic := n.gossip.Topic(gossip.RFBTopic)
 	var limits gossip.RFBLimits // the defaults, the same on every peer
 	n.rfbVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: gossip.TopicLimits(), Total: gossip.TopicTotal(), Self: n.host.ID()})
-	n.directVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: limits})
+	// A submitter's asks again of one request (its pacer counted it
+	// once) count once here too.
+	n.directVal = gossip.NewRFBValidator(gossip.RFBValidatorConfig{Limits: limits, AskedAgain: gossip.MaxAskedAgain})
 	n.rfbPace = gossip.NewRFBPacer(limits.Pace())
 	n.topicPace = gossip.NewRFBPacer(gossip.TopicLimits().Pace())
 	// Inline: GossipSub's few validation workers run it in turn, rather

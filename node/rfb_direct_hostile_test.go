@@ -398,3 +398,39 @@ func TestTheTopicsRequestsAreAnsweredAtABoundedRate(t *testing.T) {
 	}
 	waitFree(t, ctx, []*node.Node{prov})
 }
+
+// A submitter asks a provider again for the same request, as a direct
+// negotiation does when its request may have been lost (its pacer counted
+// the request once), speaking the real protocol: the provider counts it
+// once too. Asked once and again MaxAskedAgain times, then seven new
+// requests at once (eight, the burst, in all): every job gets a bid.
+// Counted as new requests, the asks again would have left three of the
+// seven over the submitter's burst.
+func TestAsksAgainOfOneRequestCostTheSubmitterOneRequest(t *testing.T) {
+	m := meshtest.Start(t, 2, h100s(0xd7, 1))
+	prov := m.Nodes[0]
+	adv := m.AddAdversary(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	provID := prov.Host().ID()
+	first := adv.Request(meshtest.NewJobID(), h100, 8, 2_500_000, "USDC:6")
+	jobs := []gossip.JobID{first.Job}
+	for range 1 + gossip.MaxAskedAgain {
+		if err := adv.Ask(ctx, provID, first); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range rfbBurst - 1 {
+		r := adv.Request(meshtest.NewJobID(), h100, 8, 2_500_000, "USDC:6")
+		jobs = append(jobs, r.Job)
+		_ = adv.Ask(ctx, provID, r) // a refusal shows as a job with no bid
+	}
+	for i, job := range jobs {
+		if _, err := adv.Received(ctx, func(msg gossip.Message) bool {
+			b, ok := msg.(*gossip.Bid)
+			return ok && b.Job == job
+		}); err != nil {
+			t.Fatalf("job %d of %d (the first asked %d times) got no bid: %v", i+1, len(jobs), 1+gossip.MaxAskedAgain, err)
+		}
+	}
+}
