@@ -433,4 +433,29 @@ func TestAsksAgainOfOneRequestCostTheSubmitterOneRequest(t *testing.T) {
 			t.Fatalf("job %d of %d (the first asked %d times) got no bid: %v", i+1, len(jobs), 1+gossip.MaxAskedAgain, err)
 		}
 	}
+	// A hostile submitter sends the same request on and on: past
+	// MaxAskedAgain each copy counts as a new request, so the copies run
+	// into its rate like any flood and buy no more answers than it.
+	refusedBefore := prov.Refused("rfb_direct", "rate")
+	start := time.Now()
+	const copies = 40
+	for range copies {
+		_ = adv.Ask(ctx, provID, first)
+	}
+	elapsed := time.Since(start)
+	testwait.Until(t, ctx, "the provider to refuse copies past the asks again", func() (bool, string) {
+		n := prov.Refused("rfb_direct", "rate") - refusedBefore
+		return n > 0, fmt.Sprintf("%d refused for the rate", n)
+	})
+	bids := 0
+	for _, msg := range adv.Inbox() {
+		if b, ok := msg.(*gossip.Bid); ok && b.Job == first.Job {
+			bids++
+		}
+	}
+	t.Logf("the first job: %d bids", bids)
+	// The first ask and its asks again, and what the rate refilled since.
+	if most := 1 + gossip.MaxAskedAgain + int(rfbRate*elapsed.Seconds()) + 1; bids > most {
+		t.Errorf("the first job got %d bids for %d copies in %v, want at most %d", bids, 1+gossip.MaxAskedAgain+copies, elapsed.Round(time.Millisecond), most)
+	}
 }
