@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -930,16 +931,19 @@ func (n *Node) sendRelease(ctx context.Context, rel *gossip.Release) {
 }
 
 func (n *Node) sendReleaseTry(ctx context.Context, rel *gossip.Release, try int) {
+	life := n.ctx
 	var again func(ok bool)
 	if try < releaseRetries {
 		again = func(ok bool) { // on sendOn's goroutine, which n.wg counts
 			if ok || ctx.Err() != nil {
 				return
 			}
-			t := time.NewTimer(releaseBackoff << try)
+			t := time.NewTimer(cmp.Or(n.cfg.ReleaseBackoff, releaseBackoff) << try)
 			defer t.Stop()
 			select {
 			case <-ctx.Done():
+				return
+			case <-life.Done(): // the peer stops: ctx may outlive it (a run's release)
 				return
 			case <-t.C:
 			}
@@ -970,7 +974,7 @@ func (n *Node) jobEnded(job gossip.JobID) bool {
 // dial (5 s and more), which fails every dial before it.
 const (
 	releaseRetries = 3
-	releaseBackoff = 2 * time.Second
+	releaseBackoff = 2 * time.Second // Config.ReleaseBackoff's default
 )
 
 // reportSent is sendOn's done for a direct request of job to provider p:

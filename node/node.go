@@ -188,6 +188,10 @@ type Config struct {
 	// gossips its asks again with them gone (GPUs freed: at once); 0: 2 s.
 	// For tests. No flag sets it.
 	TakenTickDelay time.Duration
+	// ReleaseBackoff is how long after a failed send an ended job's
+	// release is sent again (twice as long after each next failure);
+	// 0: 2 s. For tests. No flag sets it.
+	ReleaseBackoff time.Duration
 	// IdentifyFirst: this peer's negotiation messages wait for identify
 	// on a connection just dialed before they go (the host's NewStream),
 	// as before internal/lazystream: for the scale harness's comparison

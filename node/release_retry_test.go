@@ -98,6 +98,61 @@ func TestAReleaseThatCannotBeSentIsSentAgainOnlyOnceItsJobEnded(t *testing.T) {
 	}
 }
 
+// A peer that stops while an ended job's release waits to be sent again
+// stops at once: the wait (here an hour) ends with the peer, not with the
+// run's context, which outlives the run to let its releases go.
+func TestAPeerStopsWhileAReleaseWaitsToBeSentAgain(t *testing.T) {
+	fails := &sendFails{ch: make(chan struct{}, 1)}
+	o := h100s(0x61, 1)
+	o.Config = func(i int, c *node.Config) {
+		if i == 1 {
+			c.Logger = slog.New(fails)
+			c.ReleaseBackoff = time.Hour
+		}
+	}
+	m := meshtest.Start(t, 2, o)
+	sub := m.Nodes[1]
+	prov := m.AddAdversary(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	job, err := sub.SubmitJob(ctx, jobSpec(t, 16, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.CancelJob(ctx, job.ID); err != nil {
+		t.Fatal(err)
+	}
+	var id gossip.JobID
+	if err := id.UnmarshalText([]byte(job.ID)); err != nil {
+		t.Fatal(err)
+	}
+	a, b := sub.Host().ID(), prov.Host.ID()
+	fails.to.Store(b.String())
+	if err := m.Net.UnlinkPeers(a, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Net.DisconnectPeers(a, b); err != nil {
+		t.Fatal(err)
+	}
+	// The context a run's release gets: it never ends by itself.
+	sub.SendRelease(context.WithoutCancel(ctx), &gossip.Release{Job: id, From: a, Provider: b, Reason: "the job ended"})
+	select {
+	case <-fails.ch:
+	case <-ctx.Done():
+		t.Fatal("the release's send to a provider cut off did not fail")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- sub.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatalf("close: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the peer did not stop while a release waited an hour to be sent again")
+	}
+}
+
 // sendFails tells when a peer's negotiation message to peer to could not
 // be sent.
 type sendFails struct {
