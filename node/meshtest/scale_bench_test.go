@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -164,6 +165,11 @@ type scaleResult struct {
 	StreamsPeer      float64 // open streams per peer at rest (mean)
 	RSSMB, PeakRSSMB float64 // the process's resident memory at rest, and its peak so far (Linux; 0 elsewhere)
 	RestWindowS      float64
+	// RestCPUMsPeer is the process's CPU (user and system) over the rest
+	// window, ms a second a peer: one process on C cores holds at most
+	// C·1,000 ÷ it peers at rest, with nothing left for lookups, ticks
+	// or formation (Linux; 0 elsewhere).
+	RestCPUMsPeer float64 `json:",omitempty"`
 	// RestParts is RestGossipBps by part: "topic:<name>" (messages of that
 	// topic, every copy a peer sends), "ihave", "iwant", "graft", "prune",
 	// "idontwant", "subscriptions", "framing"; bytes a second per peer.
@@ -351,6 +357,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 		return out
 	}
 	q0, f0 := dhtRequests(), findNodes()
+	cpu0 := processCPU()
 	t0 := time.Now()
 	restTimeline(ctx, m, *scaleRest, say, findNodes)
 	s1, p1 := sent()
@@ -358,6 +365,10 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	q1, f1 := dhtRequests(), findNodes()
 	secs := time.Since(t0).Seconds()
 	r.RestWindowS = secs
+	if cpu1 := processCPU(); cpu1 > 0 {
+		r.RestCPUMsPeer = (cpu1 - cpu0).Seconds() * 1000 / secs / float64(n)
+		say("CPU at rest %.3f ms a second a peer (%.0f%% of a core for %d peers)", r.RestCPUMsPeer, r.RestCPUMsPeer*float64(n)/10, n)
+	}
 	r.RestGossipBps = float64(s1-s0) / secs / float64(n)
 	r.RestParts = map[string]float64{}
 	var partsLine []string
@@ -840,6 +851,16 @@ func pctMs(lat []time.Duration, p int) float64 {
 	slices.Sort(s)
 	i := min(max((len(s)*p+99)/100-1, 0), len(s)-1)
 	return float64(s[i]) / float64(time.Millisecond)
+}
+
+// processCPU is the CPU time this process has used, user and system (0
+// where getrusage is not there).
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func fileExists(path string) bool {
