@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/jobspec"
@@ -293,4 +294,25 @@ func TestAJobAskingForEgressFailsSayingNoProviderGivesIt(t *testing.T) {
 		t.Fatalf("job %s (%s), want failed naming --job-egress", j.State, j.Reason)
 	}
 	t.Logf("reason: %s", j.Reason)
+}
+
+// A job no provider bids on says why when the directory knows: its
+// providers quote no price (started without --price: a new user's first
+// provider, with only the flags it needs to offer its GPUs).
+func TestAJobNobodyBidsOnSaysWhyTheDirectorysProvidersDidNot(t *testing.T) {
+	m := meshtest.Start(t, 2, meshtest.Options{Seed: 0x71, Providers: 1, Executors: []string{"process"}, Private: true}) // no Price
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sub := m.Nodes[1]
+	// The directory must list the provider's offer first, or the reason
+	// would be that it lists nothing.
+	testwait.Until(t, ctx, "the provider's offer in the directory", func() (bool, string) {
+		res, err := sub.FindGPUs(ctx, dht.Query{Model: "H100"})
+		return err == nil && res.GPUs > 0, fmt.Sprintf("%d GPUs, %v", res.GPUs, err)
+	})
+	j := submit(t, ctx, sub, jobSpec(t, 8, ""))
+	const want = "none quoting a price in USDC:6 (a provider bids only once started with --price)"
+	if j.State != node.JobFailed || !strings.Contains(j.Reason, want) {
+		t.Fatalf("%s (%s), want failed saying %q", j.State, j.Reason, want)
+	}
 }

@@ -267,7 +267,11 @@ func (n *Node) explainNoBids(ctx context.Context, j Job) string {
 		}
 	}
 	s := fmt.Sprintf("the directory lists %d GPUs from %d providers", res.GPUs, res.Providers)
-	if cheapest > needs.MaxPrice {
+	switch {
+	case cheapest == 0:
+		// A provider without --price quotes nothing and bids on nothing.
+		s += fmt.Sprintf(", none quoting a price in %s (a provider bids only once started with --price)", needs.Unit)
+	case cheapest > needs.MaxPrice:
 		s += fmt.Sprintf(", the cheapest at %s %s, above the max %s", unit.Format(cheapest), unit.PerHour(), unit.Format(needs.MaxPrice))
 	}
 	return s
