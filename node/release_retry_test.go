@@ -23,50 +23,12 @@ import (
 func TestAReleaseThatCannotBeSentIsSentAgainOnlyOnceItsJobEnded(t *testing.T) {
 	for _, ended := range []bool{true, false} {
 		t.Run(fmt.Sprintf("ended=%v", ended), func(t *testing.T) {
-			fails := &sendFails{ch: make(chan struct{}, 1)}
-			o := h100s(0x60, 1)
-			o.Config = func(i int, c *node.Config) {
-				if i == 1 {
-					c.Logger = slog.New(fails)
-				}
-			}
-			m := meshtest.Start(t, 2, o)
-			sub := m.Nodes[1]
-			prov := m.AddAdversary(t, 0) // a provider speaking the real protocol: it records what it is sent
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			// 16 GPUs, more than the mesh has: the job waits for GPUs
-			// and ends only when cancelled.
-			job, err := sub.SubmitJob(ctx, jobSpec(t, 16, ""))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ended {
-				if _, err := sub.CancelJob(ctx, job.ID); err != nil {
-					t.Fatal(err)
-				}
-			}
-			var id gossip.JobID
-			if err := id.UnmarshalText([]byte(job.ID)); err != nil {
-				t.Fatal(err)
-			}
-			a, b := sub.Host().ID(), prov.Host.ID()
-			fails.to.Store(b.String())
-			if err := m.Net.UnlinkPeers(a, b); err != nil {
-				t.Fatal(err)
-			}
-			if err := m.Net.DisconnectPeers(a, b); err != nil {
-				t.Fatal(err)
-			}
-			sub.SendRelease(ctx, &gossip.Release{Job: id, From: a, Provider: b, Reason: "the job ended"})
-			select {
-			case <-fails.ch:
-			case <-ctx.Done():
-				t.Fatal("the release's send to a provider cut off did not fail")
-			}
-			if _, err := m.Net.LinkPeers(a, b); err != nil {
-				t.Fatal(err)
-			}
+			r := releaseCutOff(t, ctx, 0x60, ended, nil)
+			r.sub.SendRelease(ctx, r.rel)
+			r.waitFailedThenRelink(t, ctx)
+			sub, prov, id := r.sub, r.prov, r.rel.Job
 			if !ended {
 				testwait.For(t, 30*time.Second, "the submitter to decide on the release", func() (bool, string) {
 					again, notAgain := sub.ReleasesSentAgain()
@@ -75,19 +37,19 @@ func TestAReleaseThatCannotBeSentIsSentAgainOnlyOnceItsJobEnded(t *testing.T) {
 				if again, notAgain := sub.ReleasesSentAgain(); again != 0 || notAgain != 1 {
 					t.Fatalf("%d releases sent again, %d not, of a job not ended: want 0 and 1", again, notAgain)
 				}
-				if j, _ := sub.Job(job.ID); j.State.Ended() {
+				if j, _ := sub.Job(r.job); j.State.Ended() {
 					t.Fatalf("the job %s before the release was decided on: the test shows nothing", j.State)
 				}
 				for _, msg := range prov.Inbox() {
-					if r, ok := msg.(*gossip.Release); ok && r.Job == id {
+					if rel, ok := msg.(*gossip.Release); ok && rel.Job == id {
 						t.Fatal("the provider got the release of a job that had not ended")
 					}
 				}
 				return
 			}
 			if _, err := prov.Received(ctx, func(msg gossip.Message) bool {
-				r, ok := msg.(*gossip.Release)
-				return ok && r.Job == id
+				rel, ok := msg.(*gossip.Release)
+				return ok && rel.Job == id
 			}); err != nil {
 				t.Fatalf("the provider never got the release once it was back: %v", err)
 			}
@@ -102,25 +64,62 @@ func TestAReleaseThatCannotBeSentIsSentAgainOnlyOnceItsJobEnded(t *testing.T) {
 // stops at once: the wait (here an hour) ends with the peer, not with the
 // run's context, which outlives the run to let its releases go.
 func TestAPeerStopsWhileAReleaseWaitsToBeSentAgain(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r := releaseCutOff(t, ctx, 0x61, true, func(c *node.Config) { c.ReleaseBackoff = time.Hour })
+	// The context a run's release gets: it never ends by itself.
+	r.sub.SendRelease(context.WithoutCancel(ctx), r.rel)
+	r.waitFailed(t, ctx)
+	closed := make(chan error, 1)
+	go func() { closed <- r.sub.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatalf("close: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the peer did not stop while a release waited an hour to be sent again")
+	}
+}
+
+// releaseSetup is a submitter with a job (16 GPUs, more than its mesh
+// has: it waits for GPUs, and ends only when cancelled), a provider
+// speaking the real protocol that records what it is sent, cut off from
+// the submitter, and the release of the job to that provider.
+type releaseSetup struct {
+	m     *meshtest.Mesh
+	sub   *node.Node
+	prov  *meshtest.Adversary
+	job   string
+	rel   *gossip.Release
+	fails *sendFails
+}
+
+// releaseCutOff starts it, the job cancelled when ended; config, when
+// set, changes the submitter's.
+func releaseCutOff(t *testing.T, ctx context.Context, seed uint64, ended bool, config func(*node.Config)) *releaseSetup {
+	t.Helper()
 	fails := &sendFails{ch: make(chan struct{}, 1)}
-	o := h100s(0x61, 1)
+	o := h100s(seed, 1)
 	o.Config = func(i int, c *node.Config) {
 		if i == 1 {
 			c.Logger = slog.New(fails)
-			c.ReleaseBackoff = time.Hour
+			if config != nil {
+				config(c)
+			}
 		}
 	}
 	m := meshtest.Start(t, 2, o)
 	sub := m.Nodes[1]
 	prov := m.AddAdversary(t, 0)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 	job, err := sub.SubmitJob(ctx, jobSpec(t, 16, ""))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sub.CancelJob(ctx, job.ID); err != nil {
-		t.Fatal(err)
+	if ended {
+		if _, err := sub.CancelJob(ctx, job.ID); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var id gossip.JobID
 	if err := id.UnmarshalText([]byte(job.ID)); err != nil {
@@ -134,22 +133,26 @@ func TestAPeerStopsWhileAReleaseWaitsToBeSentAgain(t *testing.T) {
 	if err := m.Net.DisconnectPeers(a, b); err != nil {
 		t.Fatal(err)
 	}
-	// The context a run's release gets: it never ends by itself.
-	sub.SendRelease(context.WithoutCancel(ctx), &gossip.Release{Job: id, From: a, Provider: b, Reason: "the job ended"})
+	return &releaseSetup{m: m, sub: sub, prov: prov, job: job.ID, fails: fails,
+		rel: &gossip.Release{Job: id, From: a, Provider: b, Reason: "the job ended"}}
+}
+
+// waitFailed waits until the submitter's send to the cut-off provider failed.
+func (r *releaseSetup) waitFailed(t *testing.T, ctx context.Context) {
+	t.Helper()
 	select {
-	case <-fails.ch:
+	case <-r.fails.ch:
 	case <-ctx.Done():
 		t.Fatal("the release's send to a provider cut off did not fail")
 	}
-	closed := make(chan error, 1)
-	go func() { closed <- sub.Close() }()
-	select {
-	case err := <-closed:
-		if err != nil {
-			t.Fatalf("close: %v", err)
-		}
-	case <-ctx.Done():
-		t.Fatal("the peer did not stop while a release waited an hour to be sent again")
+}
+
+// waitFailedThenRelink waits for the failed send, then links the two again.
+func (r *releaseSetup) waitFailedThenRelink(t *testing.T, ctx context.Context) {
+	t.Helper()
+	r.waitFailed(t, ctx)
+	if _, err := r.m.Net.LinkPeers(r.sub.Host().ID(), r.prov.Host.ID()); err != nil {
+		t.Fatal(err)
 	}
 }
 
