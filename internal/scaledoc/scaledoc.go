@@ -26,7 +26,11 @@ import (
 // one run of the benchmark (node/meshtest's scaleResult embeds it and
 // writes more; other fields are ignored here).
 type Run struct {
-	Note           string `json:",omitempty"`
+	Note string `json:",omitempty"`
+	// Clock is "virtual" for a run in a bubble of testing/synctest (its
+	// times are of the bubble's clock: the protocol's on the simulated
+	// links, not the one process's CPU) and empty for one in real time.
+	Clock          string `json:",omitempty"`
 	Peers          int
 	LatencyMs      float64 // one-way, every simulated link
 	SetupS         float64
@@ -112,8 +116,8 @@ func Figures(runs []Run) string {
 	measured := map[int]bool{}
 	for i, r := range runs {
 		measured[r.Peers] = true
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s (max %d) | %s / %s / %s | %s, max %d (%s) | %s | %s | %s | %s / %s | %s | %s / %s | %s | %d | %s |\n",
-			i+1, num(float64(r.Peers), 0), num(r.MemMBPerPeer, 1), num(r.RestGossipBps, 0),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s (max %d) | %s / %s / %s | %s, max %d (%s) | %s | %s | %s | %s / %s | %s | %s / %s | %s | %d | %s |\n",
+			runLabel(i, r), num(float64(r.Peers), 0), num(r.MemMBPerPeer, 1), num(r.RestGossipBps, 0),
 			num(r.RecordsPerPeer, 1), r.RecordsMax,
 			num(r.LookupP50Ms, 0), num(r.LookupP95Ms, 0), num(r.LookupP99Ms, 0),
 			num(r.LookupHopsMean, 2), r.LookupHopsMax, num(r.Log2N, 0),
@@ -135,10 +139,22 @@ func Figures(runs []Run) string {
 		if note == "" {
 			note = "no note"
 		}
-		fmt.Fprintf(&b, "%d. %s peers, %s ms links: %s\n", i+1, num(float64(r.Peers), 0), num(r.LatencyMs, 0), note)
+		clock := ""
+		if r.Clock != "" {
+			clock = ", " + r.Clock + " time"
+		}
+		fmt.Fprintf(&b, "%d. %s peers, %s ms links%s: %s\n", i+1, num(float64(r.Peers), 0), num(r.LatencyMs, 0), clock, note)
 	}
 	fmt.Fprintf(&b, "\n![The figures against the peer count, with the targets](%s)\n", PlotFile)
 	return b.String()
+}
+
+// runLabel is a run's number in the table, marked "v" for virtual time.
+func runLabel(i int, r Run) string {
+	if r.Clock == "virtual" {
+		return strconv.Itoa(i+1) + " (v)"
+	}
+	return strconv.Itoa(i + 1)
 }
 
 // Splice puts figures between the Begin and End lines of md, replacing

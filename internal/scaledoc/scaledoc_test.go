@@ -66,19 +66,21 @@ func TestFiguresListEveryRunAndTheSizesNotMeasured(t *testing.T) {
 	runs := []Run{
 		{Peers: 1000, Note: "first", LatencyMs: 20, Form8P99Ms: 1234.4, OffersFound: 1},
 		{Peers: 1000, Note: "", LatencyMs: 20, Form8Failed: 1, Form64Failed: 2},
+		{Peers: 3000, Note: "in a bubble", LatencyMs: 20, Clock: "virtual"},
 	}
 	got := Figures(runs)
 	for _, want := range []string{
 		"| 1 | 1,000 |", "| 2 | 1,000 |", "/ 1,234 |", "| 3 |", // failed jobs: 1 + 2
-		"| – | 3,000 | not measured", "| – | 10,000 | not measured",
+		"| – | 10,000 | not measured",
 		"1. 1,000 peers, 20 ms links: first", "2. 1,000 peers, 20 ms links: no note",
+		"| 3 (v) | 3,000 |", "3. 3,000 peers, 20 ms links, virtual time: in a bubble",
 		"](" + PlotFile + ")",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("the figures lack %q:\n%s", want, got)
 		}
 	}
-	if strings.Contains(got, "| – | 1,000 |") {
+	if strings.Contains(got, "| – | 1,000 |") || strings.Contains(got, "| – | 3,000 |") {
 		t.Errorf("a size with runs is listed as not measured:\n%s", got)
 	}
 }

@@ -102,6 +102,14 @@ type Options struct {
 	// peak, which the heap and the stacks keep after it, is a group's.
 	Waves int
 
+	// WaveGap is how long each group of Waves runs, once meshed, before
+	// the next starts (0: none). Started in real time, a group of a large
+	// mesh takes longer than the connection managers' grace to join, so
+	// they trim its extra connections before the next group comes; in
+	// virtual time (testing/synctest) a group joins in well under a
+	// second, and without a gap every group's connections pile up.
+	WaveGap time.Duration
+
 	// TCP puts each node on a libp2p host of its own listening on a
 	// loopback TCP port, as a node started by hand has, rather than on
 	// the simulated network: peers in another process (a flood's, made
@@ -280,6 +288,14 @@ func Start(t testing.TB, n int, opts Options) *Mesh {
 		cancel()
 		if err != nil {
 			t.Fatal(err)
+		}
+		if opts.WaveGap > 0 { // the mesh runs on its own meanwhile
+			gap := time.NewTimer(opts.WaveGap)
+			select {
+			case <-gap.C:
+			case <-m.ctx.Done():
+				gap.Stop()
+			}
 		}
 	}
 	wctx, cancel := context.WithTimeout(ctx, setup)

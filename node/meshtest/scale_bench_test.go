@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/gpumesh/gpumesh/dht"
@@ -100,33 +101,96 @@ var scaleFixedResend = flag.Bool("scale.fixedresend", false, "BenchmarkScale: pr
 // Run it with `make bench-scale` or
 // go test -run '^$' -bench Scale -benchtime 1x -timeout 2h ./node/meshtest/ -scale.peers 1000,3000
 func BenchmarkScale(b *testing.B) {
-	var sizes []int
-	for _, f := range strings.Split(*scalePeers, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 20 {
-			b.Fatalf("-scale.peers: %q is not a count of 20 peers or more", f)
-		}
-		sizes = append(sizes, n)
+	if *scaleVirtual {
+		b.Skip("-scale.virtual: the sizes are measured by TestScaleVirtual (a bubble of testing/synctest needs a test)")
 	}
-	for _, n := range sizes {
+	for _, n := range scaleSizes(b) {
 		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
 			r, ok := scaleResults[n]
 			if !ok {
 				r = measureScale(b, n, *scaleLatency)
 				scaleResults[n] = r
-				if *scaleOut != "" && !*scaleOnly && !*scaleFormOnly {
-					appendJSONLine(b, *scaleOut, r)
-					// The figures in docs/scale.md and its plot, made anew
-					// from the lines when the file is beside it.
-					if md := filepath.Join(filepath.Dir(*scaleOut), "scale.md"); fileExists(md) {
-						if err := scaledoc.Update(*scaleOut, md); err != nil {
-							b.Logf("the figures are in %s, but %s was not updated: %v", *scaleOut, md, err)
-						}
-					}
-				}
+				recordScale(b, r)
 			}
 			r.report(b)
 		})
+	}
+}
+
+// scaleVirtual runs the sizes in virtual time.
+var scaleVirtual = flag.Bool("scale.virtual", false, "TestScaleVirtual: measure each size of -scale.peers as BenchmarkScale does, but inside a bubble of testing/synctest, in virtual time: time passes only when every goroutine of the mesh waits, so the figures are the protocol's on -scale.latency links however long the one process's CPU takes (the wall time is the CPU's)")
+
+// TestScaleVirtual is BenchmarkScale in virtual time (-scale.virtual):
+// the mesh runs in a bubble of testing/synctest, whose clock moves only
+// when every goroutine in it is blocked on a channel, a lock's condition
+// or a timer. The simulated links' latency, every timeout and every
+// figure in ms or per second are then of that clock: a mesh too large
+// for this machine's two cores in real time (3,000 peers: every node's
+// periodic work alone is more than the cores have, and the setup's dials
+// time out) is measured as if each peer had a core of its own; the
+// process's CPU sets only how long the run takes (SetupS is that, wall
+// seconds; SetupVirtualS the bubble's).
+//
+// One difference from BenchmarkScale: a job's process runs `true`, not
+// `sleep 3600`. A goroutine waiting on a child process (or on a pipe
+// from it) is not one the bubble can wait out, so its clock would stand
+// still for as long as the process ran; each job therefore ends at once
+// and its providers are free for the next job (in real time they stay
+// busy with it).
+//
+// go test -run '^TestScaleVirtual$' -timeout 3h ./node/meshtest/ -scale.virtual -scale.peers 3000 -scale.out ../../docs/scale.jsonl
+func TestScaleVirtual(t *testing.T) {
+	if !*scaleVirtual {
+		t.Skip("a scale run in virtual time: set -scale.virtual (and -scale.peers)")
+	}
+	for _, n := range scaleSizes(t) {
+		t.Run(fmt.Sprintf("peers=%d", n), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				// Recorded in the bubble, before the mesh is closed by
+				// the test's cleanup: a close that hung would lose it.
+				recordScale(t, measureScale(t, n, *scaleLatency))
+			})
+		})
+	}
+}
+
+// scaleWaveGap is meshtest.Options.WaveGap, in virtual time only: there
+// a wave of nodes joins in under a second of the bubble's clock, less
+// than the connection managers' grace (10 s); in real time a wave took
+// 30 to 90 s at 1,000 peers.
+var scaleWaveGap = flag.Duration("scale.wavegap", 15*time.Second, "TestScaleVirtual: each wave of nodes runs this long, once meshed, before the next starts (meshtest.Options.WaveGap), on the bubble's clock (0: none)")
+
+func waveGap() time.Duration {
+	if *scaleVirtual {
+		return *scaleWaveGap
+	}
+	return 0
+}
+
+// scaleSizes is -scale.peers.
+func scaleSizes(tb testing.TB) []int {
+	var sizes []int
+	for _, f := range strings.Split(*scalePeers, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 20 {
+			tb.Fatalf("-scale.peers: %q is not a count of 20 peers or more", f)
+		}
+		sizes = append(sizes, n)
+	}
+	return sizes
+}
+
+// recordScale appends r to -scale.out, if set, and remakes the figures of
+// the scale.md beside it.
+func recordScale(tb testing.TB, r scaleResult) {
+	if *scaleOut == "" || *scaleOnly || *scaleFormOnly {
+		return
+	}
+	appendJSONLine(tb, *scaleOut, r)
+	if md := filepath.Join(filepath.Dir(*scaleOut), "scale.md"); fileExists(md) {
+		if err := scaledoc.Update(*scaleOut, md); err != nil {
+			tb.Logf("the figures are in %s, but %s was not updated: %v", *scaleOut, md, err)
+		}
 	}
 }
 
@@ -150,9 +214,12 @@ type scaleResult struct {
 	// The figures docs/scale.md shows (its table and plots are made from
 	// them: internal/scaledoc); the rest of the line is for reading.
 	scaledoc.Run
-	Providers   int
-	HeapMBPeer  float64 // of MemMBPerPeer: heap in use
-	StackMBPeer float64 // of MemMBPerPeer: goroutine stacks
+	Providers  int
+	HeapMBPeer float64 // of MemMBPerPeer: heap in use
+	// SetupVirtualS is the setup's time on the bubble's clock
+	// (-scale.virtual; SetupS is then wall seconds).
+	SetupVirtualS float64 `json:",omitempty"`
+	StackMBPeer   float64 // of MemMBPerPeer: goroutine stacks
 	// Of HeapMBPeer, what live objects take at the last GC (the rest is
 	// free slots in spans that still hold some object: fragmentation);
 	// of StackMBPeer, what the goroutines use of their stacks (the bytes
@@ -241,7 +308,7 @@ func (r scaleResult) report(b *testing.B) {
 	}
 }
 
-func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
+func measureScale(b testing.TB, n int, latency time.Duration) scaleResult {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Hour)
 	defer cancel()
 	providers := max(n/10, 8)
@@ -252,9 +319,16 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	live0, stackUsed0 := memUsed()
 	g0 := runtime.NumGoroutine()
 	restoreGC := func() {}
-	setup := time.Now()
+	setup, wall0 := time.Now(), wallNow()
 	say := func(format string, args ...any) {
+		if *scaleVirtual {
+			fmt.Fprintf(os.Stderr, "scale %d: %5.0fs (wall %5.0fs)  %s\n", n, time.Since(setup).Seconds(), wallNow().Sub(wall0).Seconds(), fmt.Sprintf(format, args...))
+			return
+		}
 		fmt.Fprintf(os.Stderr, "scale %d: %5.0fs  %s\n", n, time.Since(setup).Seconds(), fmt.Sprintf(format, args...))
+	}
+	if *scaleVirtual {
+		r.Clock = "virtual"
 	}
 	tl := &traceLog{honest: map[string]bool{}, events: map[string][]step{}}
 	if *scaleSetupGC > 0 {
@@ -264,7 +338,7 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 	}
 	m := meshtest.Start(b, n, meshtest.Options{Waves: *scaleWaves, Seed: uint64(n), Private: true, Providers: providers, Executors: []string{"process"}, Latency: latency,
 		Progress: say, ConnLow: scaleConnLow, ConnHigh: scaleConnHigh * ifThen(*scaleNoCM, 0, 1), CountProtocols: true,
-		LinkOnDial: !*scaleLinkAll,
+		LinkOnDial: !*scaleLinkAll, WaveGap: waveGap(),
 		Config: func(i int, c *node.Config) {
 			c.NoBlockExchange = !*scaleBitswap
 			if *scaleTrace {
@@ -283,6 +357,9 @@ func measureScale(b *testing.B, n int, latency time.Duration) scaleResult {
 			}
 		}})
 	r.SetupS = time.Since(setup).Seconds()
+	if *scaleVirtual {
+		r.SetupVirtualS, r.SetupS = r.SetupS, wallNow().Sub(wall0).Seconds()
+	}
 	restoreGC()
 	say("%d peers up", n)
 	provs, others := m.Nodes[:providers], m.Nodes[providers:]
@@ -631,7 +708,7 @@ func topicShort(t string) string {
 
 // writeProfiles writes the heap (after GC) and goroutine profiles of the
 // process into dir as heap-n.pprof and goroutine-n.pprof.
-func writeProfiles(b *testing.B, dir string, n int) {
+func writeProfiles(b testing.TB, dir string, n int) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
 	}
@@ -642,7 +719,7 @@ func writeProfiles(b *testing.B, dir string, n int) {
 }
 
 // writeProfile writes the runtime profile of that name into dir/file.
-func writeProfile(b *testing.B, dir, file, name string) {
+func writeProfile(b testing.TB, dir, file, name string) {
 	f, err := os.Create(filepath.Join(dir, file))
 	if err != nil {
 		b.Fatal(err)
@@ -657,7 +734,7 @@ func writeProfile(b *testing.B, dir, file, name string) {
 
 // measureUpkeep runs each of the DHT's periodic tasks once on purpose, at
 // rest, and counts what it costs a peer (see scaleResult.UpkeepRefreshKB).
-func measureUpkeep(ctx context.Context, b *testing.B, m *meshtest.Mesh, provs []*node.Node, r *scaleResult, say func(string, ...any)) {
+func measureUpkeep(ctx context.Context, b testing.TB, m *meshtest.Mesh, provs []*node.Node, r *scaleResult, say func(string, ...any)) {
 	n := float64(len(m.Nodes))
 	r.UpkeepFindNodes = map[string]float64{}
 	dhtBytes := func() (v uint64) {
@@ -784,7 +861,7 @@ const findAllTimeout = 5 * time.Minute
 // lasts), saying every 15 s what it waits for and what it saw last, and
 // fails b naming both when it gives up, even while a check is still
 // running: a wait of the harness never hangs silently.
-func waitSaying(b *testing.B, ctx context.Context, say func(string, ...any), timeout time.Duration, what string, cond func() (bool, string)) {
+func waitSaying(b testing.TB, ctx context.Context, say func(string, ...any), timeout time.Duration, what string, cond func() (bool, string)) {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -863,12 +940,22 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// wallNow is the machine's clock, which a bubble of testing/synctest
+// does not replace (its time.Now is the bubble's).
+func wallNow() time.Time {
+	var tv syscall.Timeval
+	if err := syscall.Gettimeofday(&tv); err != nil {
+		return time.Time{}
+	}
+	return time.Unix(tv.Unix())
+}
+
 func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
 }
 
-func appendJSONLine(b *testing.B, path string, v any) {
+func appendJSONLine(b testing.TB, path string, v any) {
 	data, err := json.Marshal(v)
 	if err != nil {
 		b.Fatal(err)
@@ -886,7 +973,7 @@ func appendJSONLine(b *testing.B, path string, v any) {
 // measureFormation forms 8- and 64-GPU jobs one after another from random
 // peers without GPUs (see BenchmarkScale), each cancelled and its GPUs
 // seen free again before the next.
-func measureFormation(b *testing.B, ctx context.Context, m *meshtest.Mesh, provs, others []*node.Node, rng *rand.Rand, tl *traceLog, r *scaleResult, say func(string, ...any)) {
+func measureFormation(b testing.TB, ctx context.Context, m *meshtest.Mesh, provs, others []*node.Node, rng *rand.Rand, tl *traceLog, r *scaleResult, say func(string, ...any)) {
 	msgs := func() uint64 {
 		var s uint64
 		for _, nd := range m.Nodes {
@@ -902,7 +989,13 @@ func measureFormation(b *testing.B, ctx context.Context, m *meshtest.Mesh, provs
 	// again alternating with them from peers with the old rules
 	// (-scale.oldawards, -scale.oldfallback).
 	form := func(gpus, jobs int) (cur, old stats) {
-		spec, err := jobspec.Parse([]byte(fmt.Sprintf("name: scale\ncommand: [sleep, \"3600\"]\nresources: {gpus: %d, gpu: {model: H100}}\nmaxPrice: 2.50\ntimeout: 1h\n", gpus)), "yaml")
+		// In virtual time the process ends at once: the bubble's clock
+		// stands still while a goroutine waits on a child process.
+		command := `[sleep, "3600"]`
+		if *scaleVirtual {
+			command = `["true"]`
+		}
+		spec, err := jobspec.Parse([]byte(fmt.Sprintf("name: scale\ncommand: %s\nresources: {gpus: %d, gpu: {model: H100}}\nmaxPrice: 2.50\ntimeout: 1h\n", command, gpus)), "yaml")
 		if err != nil {
 			b.Fatal(err)
 		}
