@@ -8,8 +8,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/meshtest"
@@ -319,4 +321,39 @@ func TestAClosedStreamsLastWriteTakesTheLinksLatency(t *testing.T) {
 		}
 		_ = s.Close()
 	}
+}
+
+// TestAMeshRunsInVirtualTime: whole nodes run in a bubble of
+// testing/synctest (TestScaleVirtual's ground): on 20 ms links, waves
+// WaveGap apart take at least the gaps on the bubble's clock, a lookup
+// finds every provider in a few link delays, and every goroutine the
+// mesh started ends when it closes (synctest.Test fails otherwise).
+func TestAMeshRunsInVirtualTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n, providers, waves, gap, latency = 24, 4, 3, 20 * time.Second, 20 * time.Millisecond
+		start := time.Now()
+		m := meshtest.Start(t, n, meshtest.Options{Seed: 0x5e7, Providers: providers, Waves: waves, WaveGap: gap,
+			Latency: latency, LinkOnDial: true, ConnLow: 16, ConnHigh: 32})
+		if took := time.Since(start); took < (waves-1)*gap {
+			t.Fatalf("the mesh of %d waves %v apart started in %v of the bubble's clock, want at least %v", waves, gap, took, (waves-1)*gap)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		var res dht.FindResult
+		testwait.Until(t, ctx, "a lookup to find every provider", func() bool {
+			var err error
+			res, err = m.Nodes[n-1].FindGPUs(ctx, dht.Query{Model: "H100"})
+			return err == nil && res.Providers == providers
+		})
+		// The lookup's time is of the bubble's clock: whole link delays,
+		// whatever the CPU did meanwhile.
+		begin := time.Now()
+		if res, err := m.Nodes[n-2].FindGPUs(ctx, dht.Query{Model: "H100"}); err != nil || res.Providers != providers {
+			t.Fatalf("lookup: %d providers, %v; want %d", res.Providers, err, providers)
+		}
+		if took := time.Since(begin); took < 2*latency || took%latency != 0 {
+			t.Errorf("a lookup took %v of the bubble's clock, want whole %v link delays, at least a round trip", took, latency)
+		}
+		m.Close()
+	})
 }
