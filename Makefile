@@ -46,7 +46,7 @@ SCALEFLAGS ?=
 bench-scale: ## whole nodes at SCALE peers (e.g. SCALE=1000,3000,10000) on 20 ms simulated links: lookups, price ticks, formation, memory and bandwidth per peer (docs/scale.md); progress on stderr; figures appended to docs/scale.jsonl; SCALEFLAGS adds flags (-scale.profile DIR, -scale.note "...")
 	GODEBUG=adaptivestackstart=0 $(GO) test -run '^$$' -bench Scale -benchtime 1x -timeout 3h ./node/meshtest/ -scale.peers $(SCALE) -scale.out $(CURDIR)/docs/scale.jsonl $(SCALEFLAGS)
 
-bench-scale-virtual: ## as bench-scale, in virtual time (testing/synctest): the figures are the protocol's on the simulated links, however long this machine's CPU takes (3,000 peers: ~1 h on 2 cores); the jobs run `true`
+bench-scale-virtual: ## as bench-scale, in virtual time (testing/synctest): the figures are the protocol's on the simulated links, however long this machine's CPU takes (3,000 peers: 49 min on 2 cores, 19 GB: GOGC=25 GOMEMLIMIT=19GiB); the jobs run `true`
 	GODEBUG=adaptivestackstart=0 $(GO) test -run '^TestScaleVirtual$$' -v -timeout 3h ./node/meshtest/ -scale.virtual -scale.peers $(SCALE) -scale.out $(CURDIR)/docs/scale.jsonl $(SCALEFLAGS)
 
 scale-docs: ## rewrite docs/scale.md's table and docs/scale.svg from docs/scale.jsonl (bench-scale does it after each run)
