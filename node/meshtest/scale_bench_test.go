@@ -451,7 +451,7 @@ func measureScale(b testing.TB, n int, latency time.Duration) scaleResult {
 		return out
 	}
 	q0, f0 := dhtRequests(), findNodes()
-	cpu0 := processCPU()
+	cpu0 := cpuTime()
 	t0 := time.Now()
 	restTimeline(ctx, m, rest, say, findNodes)
 	s1, p1 := sent()
@@ -459,7 +459,7 @@ func measureScale(b testing.TB, n int, latency time.Duration) scaleResult {
 	q1, f1 := dhtRequests(), findNodes()
 	secs := time.Since(t0).Seconds()
 	r.RestWindowS = secs
-	if cpu1 := processCPU(); cpu1 > 0 {
+	if cpu1 := cpuTime(); cpu1 > 0 {
 		r.RestCPUMsPeer = (cpu1 - cpu0).Seconds() * 1000 / secs / float64(n)
 		say("CPU at rest %.3f ms a second a peer (%.0f%% of a core for %d peers)", r.RestCPUMsPeer, r.RestCPUMsPeer*float64(n)/10, n)
 	}
@@ -945,16 +945,6 @@ func pctMs(lat []time.Duration, p int) float64 {
 	slices.Sort(s)
 	i := min(max((len(s)*p+99)/100-1, 0), len(s)-1)
 	return float64(s[i]) / float64(time.Millisecond)
-}
-
-// processCPU is the CPU time this process has used, user and system (0
-// where getrusage is not there).
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // wallNow is the machine's clock, which a bubble of testing/synctest
