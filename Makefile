@@ -8,7 +8,7 @@ FUZZTIME ?= 15s
 # go-nvml's cgo header marks old NVML calls deprecated; we call none of them.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: all build run demo test race lint bench bench-scale bench-scale-virtual scale-docs fuzz clean localnet
+.PHONY: all build run demo test gpu-check gpu-check-build race lint bench bench-scale bench-scale-virtual scale-docs fuzz clean localnet
 
 all: build
 
@@ -26,6 +26,12 @@ chain/localnet/node_modules: chain/localnet/package-lock.json
 
 test: ## what CI runs: every test, with the race detector
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+gpu-check-build: build ## gpu-check's test, compiled into bin/ to carry to a GPU machine without the go tool (with bin/gpumesh)
+	$(GO) test -c -trimpath -ldflags '-s -w' -o bin/gpumesh-e2e.test ./cmd/gpumesh
+
+gpu-check: gpu-check-build ## on a machine with an NVIDIA driver: the real GPUs through NVML, published, found, a process job on one (skips without a driver); elsewhere: GPUMESH_E2E_BIN=bin/gpumesh bin/gpumesh-e2e.test -test.run RealGPUs -test.v
+	GPUMESH_E2E_BIN=$(BIN) bin/gpumesh-e2e.test -test.run TestRealGPUsEndToEnd -test.v -test.timeout 5m
 
 localnet: ## npm packages of the local Solana RPC that the chain tests run against (chain/localnet; Node.js >= 20.18)
 	npm ci --prefix chain/localnet --no-audit --no-fund

@@ -154,7 +154,7 @@ type Resources struct {
 
 // GPU says which GPUs a job can use.
 type GPU struct {
-	Model   string  `yaml:"model" json:"model"`                         // family, e.g. H100
+	Model   string  `yaml:"model" json:"model"`                         // family, e.g. H100, or class, e.g. H100-80GB; any case
 	MinVRAM Literal `yaml:"minVRAM,omitempty" json:"minVRAM,omitempty"` // memory per GPU in GB: 80GB, "80 GB" or 80; "": any
 }
 
@@ -463,7 +463,16 @@ func (s Spec) check(unit gossip.Unit) (gossip.Needs, Errors) {
 	case !gossip.ValidClass(r.GPU.Model):
 		bad("resources.gpu.model", "want a GPU family such as H100 (A-Z a-z 0-9 . _ + -), got %s", text.Clip(r.GPU.Model))
 	default:
-		n.Model = r.GPU.Model
+		// Classes and families are upper case where providers name them
+		// (exec.Class): "h100" is H100. A class ("H100-80GB", what `gpus
+		// local` and `gpus find` show) asks for that class exactly, as
+		// `gpus find --model` reads it.
+		m := strings.ToUpper(r.GPU.Model)
+		if family, _, ok := strings.Cut(m, "-"); ok && family != "" {
+			n.Class, n.Model = m, family
+		} else {
+			n.Model = m
+		}
 	}
 	if r.GPU.MinVRAM != "" {
 		gb, ok := parseGB(string(r.GPU.MinVRAM))

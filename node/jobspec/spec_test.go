@@ -514,3 +514,30 @@ func TestNetworkEgressParses(t *testing.T) {
 		t.Error("a spec without network wants egress")
 	}
 }
+
+// A model is read as `gpus find --model` reads it: in any case, and a
+// class (what `gpus local` lists) asks for that class. A provider's bid
+// names its class and family in upper case (exec.Class), and a need that
+// spelled them otherwise would match no bid.
+func TestJobSpecModelIsAFamilyOrAClassInAnyCase(t *testing.T) {
+	for _, tc := range []struct{ model, class, family string }{
+		{"H100", "", "H100"},
+		{"h100", "", "H100"},
+		{"H100-80GB", "H100-80GB", "H100"},
+		{"h100-80gb", "H100-80GB", "H100"},
+		{"RTX4090-24GB", "RTX4090-24GB", "RTX4090"},
+	} {
+		s := Spec{Name: "m", Command: []string{"true"}, Resources: Resources{GPUs: 1, GPU: GPU{Model: tc.model}}, MaxPrice: "1", Timeout: "1h"}
+		n, err := s.Needs(gossip.DefaultUnit)
+		if err != nil {
+			t.Fatalf("model %q: %v", tc.model, err)
+		}
+		if n.Class != tc.class || n.Model != tc.family {
+			t.Errorf("model %q: class %q family %q, want %q %q", tc.model, n.Class, n.Model, tc.class, tc.family)
+		}
+	}
+	s := Spec{Name: "m", Command: []string{"true"}, Resources: Resources{GPUs: 1, GPU: GPU{Model: "-80GB"}}, MaxPrice: "1", Timeout: "1h"}
+	if n, err := s.Needs(gossip.DefaultUnit); err != nil || n.Class != "" || n.Model != "-80GB" {
+		t.Errorf("model -80GB: %+v %v; want it taken as a family (no class before the dash)", n, err)
+	}
+}
