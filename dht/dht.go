@@ -176,7 +176,7 @@ func New(ctx context.Context, h host.Host, cfg Config) (*Directory, error) {
 		provided:   map[string]time.Time{},
 		put:        map[string]bool{},
 		host:       h,
-		offerProto: offerProtocol(cfg.Swarm),
+		offerProto: OfferProtocol(cfg.Swarm),
 		lookup:     cfg.Lookup,
 	}
 	if cfg.RefreshPeriod < 0 {
@@ -351,6 +351,10 @@ type FindResult struct {
 	Queried   int           `json:"queried"` // peers that answered, over the whole search
 	Elapsed   time.Duration `json:"elapsedNs"`
 	Timing    FindTiming    `json:"timing"`
+	// Named: the providers were named by the caller (Among: the cheapest
+	// the price board lists), not looked up under the index key; Indexed
+	// counts them. Cheaper offers the caller did not name may exist.
+	Named bool `json:"named,omitempty"`
 }
 
 // FindTiming is where a Find's time went: when the index lookup brought
@@ -368,6 +372,7 @@ type FindTiming struct {
 	FetchOpen     time.Duration `json:"fetchOpenNs"`     // of them, opening the stream (dial, identify, negotiation), all together
 	FetchRead     time.Duration `json:"fetchReadNs"`     // of them, reading the offer, all together
 	FetchDialed   int           `json:"fetchDialed"`     // fetches that found no connection to the provider
+	PeerWalks     int           `json:"peerWalks"`       // providers named without an address here, found by a DHT walk first (Among)
 }
 
 // maxParallelFetch bounds the offer fetches a Find runs at once.
@@ -410,7 +415,7 @@ func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
 		go func() {
 			defer wg.Done()
 			for info := range work {
-				d.fetchAndMatch(evctx, info, q, &mu, &res, start)
+				d.fetchAndMatch(evctx, info, q, &mu, &res, start, true)
 			}
 		}()
 	}
@@ -494,9 +499,9 @@ func (d *Directory) Find(ctx context.Context, q Query) (FindResult, error) {
 // the provider itself does not answer.
 const offerFallbackTimeout = 5 * time.Second
 
-// fetchAndMatch reads one provider's offer (from the provider, else from the
-// DHT) and adds what matches q to res.
-func (d *Directory) fetchAndMatch(ctx context.Context, info peer.AddrInfo, q Query, mu *sync.Mutex, res *FindResult, start time.Time) {
+// fetchAndMatch reads one provider's offer (from the provider, else, with
+// fallback, from the DHT) and adds what matches q to res.
+func (d *Directory) fetchAndMatch(ctx context.Context, info peer.AddrInfo, q Query, mu *sync.Mutex, res *FindResult, start time.Time, fallback bool) {
 	if ctx.Err() != nil {
 		return
 	}
@@ -516,6 +521,9 @@ func (d *Directory) fetchAndMatch(ctx context.Context, info peer.AddrInfo, q Que
 		mu.Unlock()
 	}()
 	if err != nil {
+		if !fallback {
+			return
+		}
 		fctx, cancel := context.WithTimeout(ctx, offerFallbackTimeout)
 		o, err = d.Offer(fctx, info.ID)
 		cancel()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/gpumesh/gpumesh/internal/lazystream"
@@ -15,10 +17,10 @@ import (
 // fetchTimeout bounds asking a provider for its offer directly.
 const fetchTimeout = 3 * time.Second
 
-// offerProtocol is "/gpumesh/<swarm>/offer/1.0.0": a peer opens a stream, and
+// OfferProtocol is "/gpumesh/<swarm>/offer/1.0.0": a peer opens a stream, and
 // the provider answers with its current sealed offer (at most MaxOfferSize
 // bytes) and closes it. The answer is checked like a DHT record.
-func offerProtocol(swarm string) protocol.ID {
+func OfferProtocol(swarm string) protocol.ID {
 	return ProtocolPrefix(swarm) + "/offer/1.0.0"
 }
 
@@ -76,3 +78,56 @@ func (d *Directory) fetchOffer(ctx context.Context, info peer.AddrInfo, ft *fetc
 	}
 	return o, nil
 }
+
+// Among fetches the offers of the providers named (the cheapest that the
+// price board lists, say) and returns the live ones that match q, cheapest
+// first: a search without the index lookup's walk. A provider this peer is
+// neither connected to nor has an address of is first found by a DHT walk
+// (Timing.PeerWalks). A provider that does not answer is left out (no
+// fallback to its DHT record: a caller that finds too few searches the
+// index). At most MaxNamed providers are asked; the rest are ignored.
+func (d *Directory) Among(ctx context.Context, q Query, providers []peer.ID) FindResult {
+	start := time.Now()
+	seen := map[peer.ID]bool{}
+	providers = slices.DeleteFunc(slices.Clone(providers), func(p peer.ID) bool {
+		dup := seen[p]
+		seen[p] = true
+		return dup
+	})
+	providers = providers[:min(len(providers), MaxNamed)]
+	res := FindResult{IndexKey: q.lookupKey(), Matches: []Match{}, Named: true, Indexed: len(providers)}
+	var (
+		mu sync.Mutex
+		wg sync.WaitGroup
+	)
+	sem := make(chan struct{}, maxParallelFetch)
+	for _, p := range providers {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			info := peer.AddrInfo{ID: p}
+			if d.host.Network().Connectedness(p) != network.Connected && len(d.host.Peerstore().Addrs(p)) == 0 {
+				mu.Lock()
+				res.Timing.PeerWalks++
+				mu.Unlock()
+				found, err := d.FindPeer(ctx, p)
+				if err != nil {
+					return
+				}
+				info = found
+			}
+			d.fetchAndMatch(ctx, info, q, &mu, &res, start, false)
+		}()
+	}
+	wg.Wait()
+	sortMatches(res.Matches, q.Unit)
+	res.Enough = res.GPUs >= q.Count
+	res.Partial = ctx.Err() != nil
+	res.Elapsed = time.Since(start)
+	return res
+}
+
+// MaxNamed bounds the providers one Among asks.
+const MaxNamed = 64

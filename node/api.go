@@ -389,7 +389,17 @@ func (n *Node) serveFindGPUs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
-	writeJSON(w, n.scoreFound(res, q.Count, minScore))
+	found := n.scoreFound(res, q.Count, minScore)
+	if res.Named && !found.Enough {
+		// The board's cheapest made the count, but not once the low
+		// scores were left out: search the whole index.
+		if res, err = n.dht.Find(ctx, q); err != nil {
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		found = n.scoreFound(res, q.Count, minScore)
+	}
+	writeJSON(w, found)
 }
 
 func (n *Node) serveProvider(w http.ResponseWriter, r *http.Request) {

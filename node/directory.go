@@ -14,6 +14,7 @@ import (
 	"github.com/gpumesh/gpumesh/exec"
 	"github.com/gpumesh/gpumesh/gossip"
 	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // Timing of offer publication.
@@ -23,6 +24,7 @@ const (
 	publishRetryMax  = 30 * time.Second // retries back off to this
 	withdrawTimeout  = 5 * time.Second  // a stopping peer's last publish (a DHT put starts with a lookup)
 	identifyDebounce = 500 * time.Millisecond
+	tableSettle      = 100 * time.Millisecond // a peer identified, the DHT's table still empty: publish this much later
 )
 
 // directoryState is the node's part of the GPU directory: the local GPU
@@ -120,23 +122,51 @@ func (n *Node) publishLoop(ctx context.Context, identified <-chan struct{}) {
 	retry := publishRetryMin
 	var lastTry time.Time
 	tableAtPublish := 0
+	deferred := false // a new peer came within identifyDebounce of the last try: the timer publishes, forced
 	for {
 		force := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
+			force, deferred = deferred, false
 		case <-n.republish:
 		case <-identified:
 			n.dirMu.Lock()
 			failed := n.publishErr != nil || n.offer == nil
 			n.dirMu.Unlock()
 			grown := n.dht.RoutingTableSize() >= 2*max(tableAtPublish, 1) || n.dht.Unpublished()
-			if !(failed || grown) || time.Since(lastTry) < identifyDebounce {
+			if !(failed || grown) {
+				continue
+			}
+			if failed {
+				retry = publishRetryMin // a new peer: earlier failures say little now
+			}
+			wait := identifyDebounce - time.Since(lastTry)
+			if n.dht.RoutingTableSize() == 0 {
+				// The DHT takes the new peer into its table on the same
+				// event, maybe after this: a put now would find none.
+				wait = max(wait, tableSettle)
+			}
+			if wait > 0 {
+				// Publish once the debounce has passed, not at the next
+				// retry or renewal (a new peer would find nothing
+				// meanwhile).
+				if !deferred {
+					if !timer.Stop() {
+						select {
+						case <-timer.C:
+						default:
+						}
+					}
+					timer.Reset(wait)
+					deferred = true
+				}
 				continue
 			}
 			force = grown
 		}
+		deferred = false
 		lastTry = time.Now()
 		err := n.publishOffer(ctx, false, force)
 		if !timer.Stop() {
@@ -342,9 +372,72 @@ func (n *Node) localReport() LocalGPUs {
 	return l
 }
 
-// FindGPUs searches the swarm's directory.
+// FindGPUs searches the swarm's directory. A search for a count of GPUs
+// first asks only the cheapest providers the price board lists for the
+// query's class, enough for twice the count (Among: no index lookup, one
+// round trip where their addresses are known); when their offers make the
+// count, that is the answer (FindResult.Named), else the index is searched
+// as for every other query (docs/scale.md, "Lookups for a count").
 func (n *Node) FindGPUs(ctx context.Context, q dht.Query) (dht.FindResult, error) {
+	if q.Count > 0 && n.board != nil {
+		if named := n.cheapestFor(q, n.now()); len(named) > 0 {
+			start := time.Now()
+			actx, cancel := context.WithTimeout(ctx, namedFindTimeout)
+			res := n.dht.Among(actx, q, named)
+			cancel()
+			if res.Enough {
+				return res, nil
+			}
+			full, err := n.dht.Find(ctx, q)
+			full.Elapsed = time.Since(start)
+			return full, err
+		}
+	}
 	return n.dht.Find(ctx, q)
+}
+
+// namedFindTimeout bounds asking the board's cheapest providers before a
+// search for a count falls back to the index.
+const namedFindTimeout = 2 * time.Second
+
+// cheapestFor is the providers the price board has live asks of, GPUs
+// free, of a class the query may take (its family or class; memory as the
+// class names it), in the query's unit at or below its max price: cheapest
+// first, until their GPUs make twice the count (at most dht.MaxNamed).
+// Nothing when they make less than the count.
+func (n *Node) cheapestFor(q dht.Query, now time.Time) []peer.ID {
+	match := func(class string) bool {
+		family, mem, _ := strings.Cut(class, "-")
+		if q.Model != "" && !strings.EqualFold(q.Model, class) && !strings.EqualFold(q.Model, family) {
+			return false
+		}
+		if q.MinVRAMGB > 0 {
+			gb, err := strconv.ParseUint(strings.TrimSuffix(strings.ToUpper(mem), "GB"), 10, 32)
+			if err == nil && uint32(gb) < q.MinVRAMGB {
+				return false
+			}
+		}
+		return true
+	}
+	n.priceMu.Lock()
+	ticks := n.board.Sellers(match, 4*dht.MaxNamed, now)
+	n.priceMu.Unlock()
+	var out []peer.ID
+	gpus := 0
+	for _, t := range ticks {
+		if q.MaxPrice > 0 && (t.Unit.String() != q.Unit || t.Ask > q.MaxPrice) {
+			continue
+		}
+		out = append(out, t.Provider)
+		gpus += int(t.Available)
+		if gpus >= 2*q.Count || len(out) == dht.MaxNamed {
+			break
+		}
+	}
+	if gpus < q.Count {
+		return nil
+	}
+	return out
 }
 
 // maxFindTime bounds one directory search from the local API.

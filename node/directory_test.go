@@ -7,12 +7,14 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/meshtest"
+	"github.com/libp2p/go-libp2p/core/network"
 )
 
 // directoryMesh starts n peers: h100 providers of 8x H100-80GB in region
@@ -76,7 +78,7 @@ func TestEveryLiveOfferIsFoundFromEveryPeer(t *testing.T) {
 		enough    bool
 		wantModel string
 	}{
-		{dht.Query{Model: "H100", Count: 8}, 0, h100, 8 * h100, true, "H100"},
+		{dht.Query{Model: "H100"}, 0, h100, 8 * h100, true, "H100"}, // a count is found among the board's cheapest: TestACountIsFoundAmongTheBoardsCheapest
 		{dht.Query{Model: "a100-40gb"}, h100, h100 + a100, 8 * a100, true, "A100"},
 		{dht.Query{MinVRAMGB: 80, Count: 1000}, 0, h100, 8 * h100, false, "H100"},
 		{dht.Query{Region: "us-east"}, h100, h100 + a100, 8 * a100, true, "A100"},
@@ -204,5 +206,108 @@ func TestWithdrawnForgedReplayedAndExpiredOffersAreNotFound(t *testing.T) {
 			return false, "the lost provider is still found"
 		}
 		return slices.Equal(got, live), fmt.Sprintf("found %v, want %v", got, live)
+	})
+}
+
+// A search for a count of GPUs asks the cheapest providers the price board
+// lists, enough for twice the count, and no one else (FindResult.Named);
+// a provider among them that gossips its asks but withholds its offer is
+// left out; when those that answer make less than the count, the search
+// falls back to the index and finds every provider (the withholder's offer
+// read from its DHT record).
+func TestACountIsFoundAmongTheBoardsCheapest(t *testing.T) {
+	const n, provs = 14, 5
+	m := meshtest.Start(t, n, meshtest.Options{Seed: 7, Providers: provs, Price: "fixed:2.10", Config: func(i int, c *node.Config) {
+		if i < provs {
+			c.Price = fmt.Sprintf("fixed:2.%d0", 1+i) // provider 0 the cheapest
+		}
+	}})
+	finder := m.Nodes[n-1]
+	ids := peerIDs(m, 0, provs)
+	want := func(i ...int) []string {
+		var out []string
+		for _, k := range i {
+			out = append(out, m.Nodes[k].Identity().PeerID.String())
+		}
+		sort.Strings(out)
+		return out
+	}
+	testwait.For(t, time.Minute, "every provider's ask on the finder's board and in the index", func() (bool, string) {
+		p := finder.Prices("H100-80GB")
+		if len(p.Classes) == 0 || p.Classes[0].Providers != provs {
+			return false, fmt.Sprintf("board: %+v", p.Classes)
+		}
+		res, err := finder.FindGPUs(context.Background(), dht.Query{Model: "H100"})
+		return err == nil && len(providersOf(res)) == provs, fmt.Sprintf("index: %v %v", providersOf(res), err)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	// Honest: the two cheapest make twice 8.
+	res, err := finder.FindGPUs(ctx, dht.Query{Model: "H100", Count: 8, Unit: "USDC:6"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Named || !res.Enough || res.GPUs != 16 || !slices.Equal(providersOf(res), want(0, 1)) {
+		t.Fatalf("count 8: named %v, enough %v, %d GPUs from %v; want named, 16 from the two cheapest %v", res.Named, res.Enough, res.GPUs, providersOf(res), want(0, 1))
+	}
+	if res.Matches[0].Offer.Provider != m.Nodes[0].Identity().PeerID || res.Matches[0].GPU.Price != 2_100_000 {
+		t.Fatalf("count 8: first match %s at %d, want provider 0 at 2.10", res.Matches[0].Offer.Provider, res.Matches[0].GPU.Price)
+	}
+	// A max price the board's cheapest meet.
+	res, err = finder.FindGPUs(ctx, dht.Query{Model: "H100-80GB", Count: 16, MaxPrice: 2_300_000, Unit: "USDC:6"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Named || !res.Enough || !slices.Equal(providersOf(res), want(0, 1, 2)) {
+		t.Fatalf("count 16 at 2.30: named %v, enough %v, %v; want named, the three at or below 2.30 %v", res.Named, res.Enough, providersOf(res), want(0, 1, 2))
+	}
+
+	// Provider 0 keeps gossiping its ask and withholds its offer.
+	m.Nodes[0].Host().SetStreamHandler(dht.OfferProtocol(m.Nodes[0].Info().Swarm), func(s network.Stream) { _ = s.Reset() })
+	res, err = finder.FindGPUs(ctx, dht.Query{Model: "H100", Count: 8, Unit: "USDC:6"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Named || !res.Enough || !slices.Equal(providersOf(res), want(1)) || res.Indexed != 2 {
+		t.Fatalf("count 8, provider 0 withholding: named %v, enough %v, %v of %d named; want named, only provider 1 of 2", res.Named, res.Enough, providersOf(res), res.Indexed)
+	}
+	// 40: all five named, four answer with 32: the index is searched.
+	res, err = finder.FindGPUs(ctx, dht.Query{Model: "H100", Count: 40, Unit: "USDC:6"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Named || !res.Enough || res.GPUs != 40 || !slices.Equal(providersOf(res), ids) {
+		t.Fatalf("count 40, provider 0 withholding: named %v, enough %v, %d GPUs from %v; want the index's 40 from all five", res.Named, res.Enough, res.GPUs, providersOf(res))
+	}
+}
+
+// A provider that started alone has backed off its failed publications
+// (retries 1 s, 2 s, 4 s, ... apart); the first peer to join finds its
+// offer in the index within a second of the bubble's clock, not at the
+// provider's next retry. (Before, the publication on the new peer's
+// identify often ran before the DHT had taken the peer into its table,
+// failed, and waited out the backoff: 4 s, at times 15 s, for a new user's
+// first `gpus find`.)
+func TestAnOfferReachesTheFirstPeerToJoinAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const alone = 10 * time.Second // the provider's tries: 0, 1, 3, 7 s; the next at 15 s
+		start := time.Now()
+		m := meshtest.Start(t, 2, meshtest.Options{Seed: 11, Providers: 1, Waves: 2, WaveGap: alone, Latency: 5 * time.Millisecond, LinkOnDial: true})
+		joined := start.Add(alone) // wave 2, the peer, starts after the gap
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		testwait.Until(t, ctx, "the provider's offer found by the peer", func() bool {
+			res, err := m.Nodes[1].FindGPUs(ctx, dht.Query{Model: "H100"})
+			return err == nil && res.Providers == 1
+		})
+		if took := time.Since(joined); took > time.Second {
+			t.Errorf("the offer was found %v after the peer joined (bubble's clock), want within a second", took)
+		}
+		t.Logf("found %v after the peer joined", time.Since(joined))
+		m.Close()
+		// Streams the nodes closed on the way out wait out their link's
+		// delay; the bubble's clock moves only while this goroutine runs.
+		time.Sleep(time.Second)
 	})
 }

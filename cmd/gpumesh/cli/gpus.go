@@ -142,8 +142,13 @@ func printFind(g *globals, found node.GPUsFound, count int) {
 		}
 		tw.Flush()
 	}
-	fmt.Fprintf(w, "found %s from %s (%d indexed under %s) in %s",
-		plural(res.GPUs, "GPU"), plural(res.Providers, "provider"), res.Indexed, res.IndexKey, res.Elapsed.Round(time.Millisecond))
+	if res.Named {
+		fmt.Fprintf(w, "found %s from %s (the cheapest %d the price board lists) in %s",
+			plural(res.GPUs, "GPU"), plural(res.Providers, "provider"), res.Indexed, res.Elapsed.Round(time.Millisecond))
+	} else {
+		fmt.Fprintf(w, "found %s from %s (%d indexed under %s) in %s",
+			plural(res.GPUs, "GPU"), plural(res.Providers, "provider"), res.Indexed, res.IndexKey, res.Elapsed.Round(time.Millisecond))
+	}
 	if count > 0 {
 		if res.Enough {
 			fmt.Fprintf(w, "; enough for %d", count)
@@ -154,6 +159,9 @@ func printFind(g *globals, found node.GPUsFound, count int) {
 	fmt.Fprintln(w)
 	if found.BelowScore > 0 {
 		fmt.Fprintf(w, "%s left out: their providers score below %g\n", plural(found.BelowScore, "offer"), found.MinScore)
+	}
+	if res.Named {
+		fmt.Fprintln(w, "the cheapest offers that make the count; every offer: leave out --count")
 	}
 	if res.Partial {
 		fmt.Fprintln(w, "partial: the search was cut short (time, or too many providers); narrow it with --model, --min-vram or --region")
