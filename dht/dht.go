@@ -355,6 +355,8 @@ type FindResult struct {
 	// the price board lists), not looked up under the index key; Indexed
 	// counts them. Cheaper offers the caller did not name may exist.
 	Named bool `json:"named,omitempty"`
+	// Unanswered are the named providers that gave no valid offer in time.
+	Unanswered []peer.ID `json:"unanswered,omitempty"`
 }
 
 // FindTiming is where a Find's time went: when the index lookup brought
@@ -501,9 +503,9 @@ const offerFallbackTimeout = 5 * time.Second
 
 // fetchAndMatch reads one provider's offer (from the provider, else, with
 // fallback, from the DHT) and adds what matches q to res.
-func (d *Directory) fetchAndMatch(ctx context.Context, info peer.AddrInfo, q Query, mu *sync.Mutex, res *FindResult, start time.Time, fallback bool) {
+func (d *Directory) fetchAndMatch(ctx context.Context, info peer.AddrInfo, q Query, mu *sync.Mutex, res *FindResult, start time.Time, fallback bool) (valid bool) {
 	if ctx.Err() != nil {
-		return
+		return false
 	}
 	var ft fetchTiming
 	o, err := d.fetchOffer(ctx, info, &ft)
@@ -522,17 +524,17 @@ func (d *Directory) fetchAndMatch(ctx context.Context, info peer.AddrInfo, q Que
 	}()
 	if err != nil {
 		if !fallback {
-			return
+			return false
 		}
 		fctx, cancel := context.WithTimeout(ctx, offerFallbackTimeout)
 		o, err = d.Offer(fctx, info.ID)
 		cancel()
 		if err != nil {
-			return
+			return false
 		}
 	}
 	if err := o.Check(d.validator.now()); err != nil {
-		return
+		return false
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -547,6 +549,7 @@ func (d *Directory) fetchAndMatch(ctx context.Context, info peer.AddrInfo, q Que
 	if matched {
 		res.Providers++
 	}
+	return true
 }
 
 // sortMatches orders matches by price in unit (no fixed ask, or an ask in

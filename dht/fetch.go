@@ -83,9 +83,13 @@ func (d *Directory) fetchOffer(ctx context.Context, info peer.AddrInfo, ft *fetc
 // price board lists, say) and returns the live ones that match q, cheapest
 // first: a search without the index lookup's walk. A provider this peer is
 // neither connected to nor has an address of is first found by a DHT walk
-// (Timing.PeerWalks). A provider that does not answer is left out (no
-// fallback to its DHT record: a caller that finds too few searches the
-// index). At most MaxNamed providers are asked; the rest are ignored.
+// (Timing.PeerWalks). Once the offers in hand make q.Count, the providers
+// still to answer get as long again as that took, and those that have not
+// answered by then are left out: a silent provider delays the answer by at
+// most what the others took. A provider that does not answer, or answers
+// with no valid offer, is listed in Unanswered (no fallback to its DHT
+// record: a caller that finds too few searches the index). At most
+// MaxNamed providers are asked.
 func (d *Directory) Among(ctx context.Context, q Query, providers []peer.ID) FindResult {
 	start := time.Now()
 	seen := map[peer.ID]bool{}
@@ -96,17 +100,26 @@ func (d *Directory) Among(ctx context.Context, q Query, providers []peer.ID) Fin
 	})
 	providers = providers[:min(len(providers), MaxNamed)]
 	res := FindResult{IndexKey: q.lookupKey(), Matches: []Match{}, Named: true, Indexed: len(providers)}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var (
-		mu sync.Mutex
-		wg sync.WaitGroup
+		mu      sync.Mutex
+		wg      sync.WaitGroup
+		enough  = make(chan struct{})
+		once    sync.Once
+		answers = map[peer.ID]bool{}
 	)
 	sem := make(chan struct{}, maxParallelFetch)
 	for _, p := range providers {
 		wg.Add(1)
-		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
-			defer func() { <-sem }()
+			select {
+			case sem <- struct{}{}:
+				defer func() { <-sem }()
+			case <-ctx.Done():
+				return
+			}
 			info := peer.AddrInfo{ID: p}
 			if d.host.Network().Connectedness(p) != network.Connected && len(d.host.Peerstore().Addrs(p)) == 0 {
 				mu.Lock()
@@ -118,13 +131,37 @@ func (d *Directory) Among(ctx context.Context, q Query, providers []peer.ID) Fin
 				}
 				info = found
 			}
-			d.fetchAndMatch(ctx, info, q, &mu, &res, start, false)
+			ok := d.fetchAndMatch(ctx, info, q, &mu, &res, start, false)
+			mu.Lock()
+			answers[p] = ok
+			made := res.GPUs >= q.Count
+			mu.Unlock()
+			if made {
+				once.Do(func() { close(enough) })
+			}
 		}()
 	}
-	wg.Wait()
+	all := make(chan struct{})
+	go func() { wg.Wait(); close(all) }()
+	select {
+	case <-all:
+	case <-enough:
+		grace := time.NewTimer(time.Since(start))
+		select {
+		case <-all:
+		case <-grace.C:
+		}
+		grace.Stop()
+	}
+	cancel()
+	<-all
+	for _, p := range providers {
+		if !answers[p] {
+			res.Unanswered = append(res.Unanswered, p)
+		}
+	}
 	sortMatches(res.Matches, q.Unit)
 	res.Enough = res.GPUs >= q.Count
-	res.Partial = ctx.Err() != nil
 	res.Elapsed = time.Since(start)
 	return res
 }

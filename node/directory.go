@@ -33,6 +33,12 @@ type directoryState struct {
 	gpus      exec.GPUSource
 	republish chan struct{} // a capacity or price change: publish now
 
+	// unanswered are providers a search for a count named that gave no
+	// valid offer (silent, or withholding it), until when they are not
+	// named again; at most maxUnanswered.
+	namedMu    sync.Mutex
+	unanswered map[peer.ID]time.Time
+
 	dirMu       sync.Mutex // guards the fields below
 	inventory   exec.Inventory
 	offer       *dht.Offer // last offer published
@@ -385,6 +391,7 @@ func (n *Node) FindGPUs(ctx context.Context, q dht.Query) (dht.FindResult, error
 			actx, cancel := context.WithTimeout(ctx, namedFindTimeout)
 			res := n.dht.Among(actx, q, named)
 			cancel()
+			n.noteUnanswered(res.Unanswered)
 			if res.Enough {
 				return res, nil
 			}
@@ -400,11 +407,56 @@ func (n *Node) FindGPUs(ctx context.Context, q dht.Query) (dht.FindResult, error
 // search for a count falls back to the index.
 const namedFindTimeout = 2 * time.Second
 
+// A provider that a search for a count named and that gave no valid offer
+// is not named again for unansweredFor; at most maxUnanswered are kept (a
+// provider past that is named again, and costs a search at most the time
+// the others took: dht.Directory.Among).
+const (
+	unansweredFor = 10 * time.Minute
+	maxUnanswered = 1024
+)
+
+func (n *Node) noteUnanswered(ps []peer.ID) {
+	if len(ps) == 0 {
+		return
+	}
+	now := n.now()
+	n.namedMu.Lock()
+	defer n.namedMu.Unlock()
+	if n.unanswered == nil {
+		n.unanswered = map[peer.ID]time.Time{}
+	}
+	for _, p := range ps {
+		if len(n.unanswered) >= maxUnanswered {
+			for q, until := range n.unanswered {
+				if !now.Before(until) {
+					delete(n.unanswered, q)
+				}
+			}
+			if len(n.unanswered) >= maxUnanswered {
+				return
+			}
+		}
+		n.unanswered[p] = now.Add(unansweredFor)
+	}
+}
+
+// skipNamed reports whether p gave no valid offer to a recent search.
+func (n *Node) skipNamed(p peer.ID, now time.Time) bool {
+	n.namedMu.Lock()
+	defer n.namedMu.Unlock()
+	until, ok := n.unanswered[p]
+	return ok && now.Before(until)
+}
+
 // cheapestFor is the providers the price board has live asks of, GPUs
 // free, of a class the query may take (its family or class; memory as the
-// class names it), in the query's unit at or below its max price: cheapest
-// first, until their GPUs make twice the count (at most dht.MaxNamed).
-// Nothing when they make less than the count.
+// class names it), in the query's unit at or below its max price, that
+// gave no recent search nothing (skipNamed): cheapest first, until their
+// GPUs make twice the count and they are two or more (one provider
+// claiming many GPUs and withholding its offer cannot send every search to
+// the index alone), at most dht.MaxNamed. Nothing when they make less than
+// the count.
 func (n *Node) cheapestFor(q dht.Query, now time.Time) []peer.ID {
 	match := func(class string) bool {
 		family, mem, _ := strings.Cut(class, "-")
@@ -425,12 +477,12 @@ func (n *Node) cheapestFor(q dht.Query, now time.Time) []peer.ID {
 	var out []peer.ID
 	gpus := 0
 	for _, t := range ticks {
-		if q.MaxPrice > 0 && (t.Unit.String() != q.Unit || t.Ask > q.MaxPrice) {
+		if q.MaxPrice > 0 && (t.Unit.String() != q.Unit || t.Ask > q.MaxPrice) || n.skipNamed(t.Provider, now) {
 			continue
 		}
 		out = append(out, t.Provider)
 		gpus += int(t.Available)
-		if gpus >= 2*q.Count || len(out) == dht.MaxNamed {
+		if gpus >= 2*q.Count && len(out) >= 2 || len(out) == dht.MaxNamed {
 			break
 		}
 	}

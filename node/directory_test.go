@@ -15,6 +15,7 @@ import (
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // directoryMesh starts n peers: h100 providers of 8x H100-80GB in region
@@ -310,4 +311,62 @@ func TestAnOfferReachesTheFirstPeerToJoinAtOnce(t *testing.T) {
 		// delay; the bubble's clock moves only while this goroutine runs.
 		time.Sleep(time.Second)
 	})
+}
+
+// A hostile provider gossips the cheapest ask (the real price protocol)
+// and, asked for its offer, holds the stream open and says nothing. A
+// search for a count that names it answers from the others once they make
+// the count, in at most twice what they took (the bubble's clock), not at
+// the fetch's timeout; it reports the silent provider, and the next search
+// does not name it.
+func TestASilentCheapProviderDoesNotHoldASearchForACount(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n, provs, latency = 8, 3, 10 * time.Millisecond
+		m := meshtest.Start(t, n, meshtest.Options{Seed: 5, Providers: provs, Latency: latency, LinkOnDial: true, Config: func(i int, c *node.Config) {
+			if i < provs {
+				c.Price = fmt.Sprintf("fixed:2.%d0", 1+i) // provider 0 the cheapest
+			}
+		}})
+		finder := m.Nodes[n-1]
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		testwait.Until(t, ctx, "every provider's ask on the finder's board", func() bool {
+			p := finder.Prices("H100-80GB")
+			return len(p.Classes) == 1 && p.Classes[0].Providers == provs
+		})
+		silent := m.Nodes[0].Identity().PeerID
+		release := make(chan struct{})
+		m.Nodes[0].Host().SetStreamHandler(dht.OfferProtocol(m.Nodes[0].Info().Swarm), func(s network.Stream) {
+			<-release
+			_ = s.Reset()
+		})
+		q := dht.Query{Model: "H100", Count: 8, Unit: "USDC:6"}
+		res, err := finder.FindGPUs(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.Named || !res.Enough || !slices.Equal(providersOf(res), want1(m, 1)) || !slices.Equal(res.Unanswered, []peer.ID{silent}) {
+			t.Fatalf("named %v, enough %v, found %v, unanswered %v; want named, enough, provider 1 only, provider 0 unanswered", res.Named, res.Enough, providersOf(res), res.Unanswered)
+		}
+		if res.Elapsed > 20*latency {
+			t.Fatalf("the search took %v of the bubble's clock with a silent provider named; want at most twice what the answer took (links %v)", res.Elapsed, latency)
+		}
+		t.Logf("with the silent provider named: %v", res.Elapsed)
+		res, err = finder.FindGPUs(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := append(want1(m, 1), want1(m, 2)...)
+		slices.Sort(next)
+		if !res.Named || !slices.Equal(providersOf(res), next) || len(res.Unanswered) != 0 {
+			t.Fatalf("the next search: named %v, found %v, unanswered %v; want providers 1 and 2, none unanswered", res.Named, providersOf(res), res.Unanswered)
+		}
+		close(release)
+		m.Close()
+		time.Sleep(time.Second) // closed streams wait out their link's delay (the bubble's clock)
+	})
+}
+
+func want1(m *meshtest.Mesh, i int) []string {
+	return []string{m.Nodes[i].Identity().PeerID.String()}
 }

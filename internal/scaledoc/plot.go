@@ -19,6 +19,7 @@ type panel struct {
 
 var panels = []panel{
 	{"lookup p95 (ms)", func(r Run) float64 { return r.LookupP95Ms }, TargetLookupP95Ms, true},
+	{"lookup for 8 GPUs p95 (ms)", func(r Run) float64 { return r.Lookup8P95Ms }, TargetLookupP95Ms, true},
 	{"price tick to 99% of peers (ms)", func(r Run) float64 { return r.TickTo99Ms }, TargetTickMs, true},
 	{"8-GPU formation p99 (ms)", func(r Run) float64 { return r.Form8P99Ms }, TargetForm8P99Ms, true},
 	{"resting gossip a peer (B/s)", func(r Run) float64 { return r.RestGossipBps }, TargetRestBps, true},

@@ -597,6 +597,34 @@ func measureScale(b testing.TB, n int, latency time.Duration) scaleResult {
 	r.OffersFound = found / lookups
 	say("lookups: p50/p95/p99 %.0f/%.0f/%.0f ms, %.2f hops, %.3f of the offers found", r.LookupP50Ms, r.LookupP95Ms, r.LookupP99Ms, r.LookupHopsMean, r.OffersFound)
 	tm.say(say)
+
+	// Lookups for a count: among the price board's cheapest providers
+	// first (node.FindGPUs), the index when they fall short.
+	say("%d lookups for 8 GPUs", lookups)
+	var lat8 []time.Duration
+	named, walks, namedAsked := 0, 0, 0
+	for range lookups {
+		nd := others[rng.IntN(len(others))]
+		start := time.Now()
+		res, err := nd.FindGPUs(ctx, dht.Query{Model: "H100", Count: 8, Unit: nd.PriceUnit().String()})
+		took := time.Since(start)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if !res.Enough {
+			b.Fatalf("a lookup for 8 H100s found %d GPUs from %d providers", res.GPUs, res.Providers)
+		}
+		lat8 = append(lat8, took)
+		if res.Named {
+			named++
+			walks += res.Timing.PeerWalks
+			namedAsked += res.Indexed
+		}
+	}
+	r.Lookup8P50Ms, r.Lookup8P95Ms, r.Lookup8P99Ms = pctMs(lat8, 50), pctMs(lat8, 95), pctMs(lat8, 99)
+	r.Lookup8Named = float64(named) / lookups
+	say("lookups for 8 GPUs: p50/p95/p99 %.0f/%.0f/%.0f ms; %d of %d among the board's cheapest (%.1f providers asked, %.1f of them found by a DHT walk first)",
+		r.Lookup8P50Ms, r.Lookup8P95Ms, r.Lookup8P99Ms, named, lookups, float64(namedAsked)/float64(max(named, 1)), float64(walks)/float64(max(named, 1)))
 	if *scaleLookupOnly {
 		return r
 	}
