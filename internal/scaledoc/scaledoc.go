@@ -52,16 +52,16 @@ type Run struct {
 	Lookup8P95Ms float64 `json:",omitempty"`
 	Lookup8P99Ms float64 `json:",omitempty"`
 	Lookup8Named float64 `json:",omitempty"` // share answered among the board's cheapest
-	TickTo99Ms     float64 // until 99% of peers have a new ask, mean of the ticks
-	TickCopies     float64 // copies received per tick delivered, a peer
-	Form8P50Ms     float64
-	Form8P99Ms     float64
-	Form8Msgs      float64
-	Form8Failed    int
-	Form64P50Ms    float64
-	Form64P99Ms    float64
-	Form64Msgs     float64
-	Form64Failed   int
+	TickTo99Ms   float64 // until 99% of peers have a new ask, mean of the ticks
+	TickCopies   float64 // copies received per tick delivered, a peer
+	Form8P50Ms   float64
+	Form8P99Ms   float64
+	Form8Msgs    float64
+	Form8Failed  int
+	Form64P50Ms  float64
+	Form64P99Ms  float64
+	Form64Msgs   float64
+	Form64Failed int
 }
 
 // Sizes the issue asks for: a size with no run gets a row that says so.
