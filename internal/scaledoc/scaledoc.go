@@ -132,9 +132,9 @@ func Figures(runs []Run) string {
 			num(r.RecordsPerPeer, 1), r.RecordsMax,
 			num(r.LookupP50Ms, 0), num(r.LookupP95Ms, 0), num(r.LookupP99Ms, 0),
 			num(r.LookupHopsMean, 2), r.LookupHopsMax, num(r.Log2N, 0),
-			num(100*r.OffersFound, 0)+"%", lookup8, num(r.TickTo99Ms, 0), num(r.TickCopies, 1),
-			num(r.Form8P50Ms, 0), num(r.Form8P99Ms, 0), num(r.Form8Msgs, 1),
-			num(r.Form64P50Ms, 0), num(r.Form64P99Ms, 0), num(r.Form64Msgs, 0),
+			num(100*r.OffersFound, 0)+"%", lookup8, measured0(r.TickTo99Ms, 0), measured0(r.TickCopies, 1),
+			measured0(r.Form8P50Ms, 0), measured0(r.Form8P99Ms, 0), measured0(r.Form8Msgs, 1),
+			measured0(r.Form64P50Ms, 0), measured0(r.Form64P99Ms, 0), measured0(r.Form64Msgs, 0),
 			r.Form8Failed+r.Form64Failed, num(r.SetupS, 0))
 	}
 	for _, n := range Sizes {
@@ -206,6 +206,16 @@ func Update(jsonl, md string) error {
 }
 
 // num writes v with the given decimals and thousands separated by commas.
+// measured0 is num for a figure that is never 0 when measured (a tick or
+// a formation takes at least a link's delay): 0 is a run that did not
+// measure it (-scale.lookuponly), shown "–".
+func measured0(v float64, decimals int) string {
+	if v == 0 {
+		return "–"
+	}
+	return num(v, decimals)
+}
+
 func num(v float64, decimals int) string {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
 		return "–"

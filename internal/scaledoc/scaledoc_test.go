@@ -64,7 +64,7 @@ func TestReadSaysWhichLineIsWrong(t *testing.T) {
 
 func TestFiguresListEveryRunAndTheSizesNotMeasured(t *testing.T) {
 	runs := []Run{
-		{Peers: 1000, Note: "first", LatencyMs: 20, Form8P99Ms: 1234.4, OffersFound: 1},
+		{Peers: 1000, Note: "first", LatencyMs: 20, Form8P50Ms: 113, Form8P99Ms: 1234.4, OffersFound: 1, Lookup8P50Ms: 40, Lookup8P95Ms: 120, Lookup8P99Ms: 160, Lookup8Named: 1},
 		{Peers: 1000, Note: "", LatencyMs: 20, Form8Failed: 1, Form64Failed: 2},
 		{Peers: 3000, Note: "in a bubble", LatencyMs: 20, Clock: "virtual"},
 	}
@@ -72,6 +72,8 @@ func TestFiguresListEveryRunAndTheSizesNotMeasured(t *testing.T) {
 	for _, want := range []string{
 		"| 1 | 1,000 |", "| 2 | 1,000 |", "/ 1,234 |", "| 3 |", // failed jobs: 1 + 2
 		"| – | 10,000 | not measured",
+		"| 40 / 120 / 160 (100% named) |", "| 113 / 1,234 |", // run 1: lookups for 8, formation
+		"| – / – |", // run 3 formed no job: not measured, not 0
 		"1. 1,000 peers, 20 ms links: first", "2. 1,000 peers, 20 ms links: no note",
 		"| 3 (v) | 3,000 |", "3. 3,000 peers, 20 ms links, virtual time: in a bubble",
 		"](" + PlotFile + ")",
