@@ -49,6 +49,15 @@ type fetchTiming struct {
 // fetchOffer asks a provider for its offer over a direct stream: one round
 // trip instead of a DHT value lookup, and as fresh as it gets.
 func (d *Directory) fetchOffer(ctx context.Context, info peer.AddrInfo, ft *fetchTiming) (*Offer, error) {
+	if info.ID == d.host.ID() { // this peer's own: no stream to itself
+		d.mu.Lock()
+		own := d.own
+		d.mu.Unlock()
+		if own == nil {
+			return nil, fmt.Errorf("offer of %s: this peer has published none", info.ID)
+		}
+		return d.validator.open(OfferKey(info.ID), own)
+	}
 	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
 	defer cancel()
 	if len(info.Addrs) > 0 {
@@ -121,7 +130,7 @@ func (d *Directory) Among(ctx context.Context, q Query, providers []peer.ID) Fin
 				return
 			}
 			info := peer.AddrInfo{ID: p}
-			if d.host.Network().Connectedness(p) != network.Connected && len(d.host.Peerstore().Addrs(p)) == 0 {
+			if p != d.host.ID() && d.host.Network().Connectedness(p) != network.Connected && len(d.host.Peerstore().Addrs(p)) == 0 {
 				mu.Lock()
 				res.Timing.PeerWalks++
 				mu.Unlock()
