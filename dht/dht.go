@@ -355,7 +355,8 @@ type FindResult struct {
 	// the price board lists), not looked up under the index key; Indexed
 	// counts them. Cheaper offers the caller did not name may exist.
 	Named bool `json:"named,omitempty"`
-	// Unanswered are the named providers that gave no valid offer in time.
+	// Unanswered are the named providers that failed: no valid offer,
+	// not found, or silent until the search's time was up (Among).
 	Unanswered []peer.ID `json:"unanswered,omitempty"`
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gpumesh/gpumesh/internal/lazystream"
@@ -93,12 +94,14 @@ func (d *Directory) fetchOffer(ctx context.Context, info peer.AddrInfo, ft *fetc
 // first: a search without the index lookup's walk. A provider this peer is
 // neither connected to nor has an address of is first found by a DHT walk
 // (Timing.PeerWalks). Once the offers in hand make q.Count, the providers
-// still to answer get as long again as that took, and those that have not
-// answered by then are left out: a silent provider delays the answer by at
-// most what the others took. A provider that does not answer, or answers
-// with no valid offer, is listed in Unanswered (no fallback to its DHT
-// record: a caller that finds too few searches the index). At most
-// MaxNamed providers are asked.
+// still to answer get as long again as that took, and are left out if
+// they have not answered by then: a silent provider delays the answer by
+// at most what the others took. That alone says nothing against them (a
+// provider farther away, or behind a walk, is slower); a provider whose
+// offer fetch failed, that answered with no valid offer, that no walk
+// found, or that was still silent when ctx ended, is listed in Unanswered.
+// No fallback to a provider's DHT record: a caller that finds too few
+// searches the index. At most MaxNamed providers are asked.
 func (d *Directory) Among(ctx context.Context, q Query, providers []peer.ID) FindResult {
 	start := time.Now()
 	seen := map[peer.ID]bool{}
@@ -112,12 +115,21 @@ func (d *Directory) Among(ctx context.Context, q Query, providers []peer.ID) Fin
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
-		mu      sync.Mutex
-		wg      sync.WaitGroup
-		enough  = make(chan struct{})
-		once    sync.Once
-		answers = map[peer.ID]bool{}
+		mu     sync.Mutex
+		wg     sync.WaitGroup
+		enough = make(chan struct{})
+		once   sync.Once
+		cut    atomic.Bool // the grace after the count was made has ended
+		failed = map[peer.ID]bool{}
 	)
+	fail := func(p peer.ID) {
+		if cut.Load() {
+			return // left out by the grace, not failed
+		}
+		mu.Lock()
+		failed[p] = true
+		mu.Unlock()
+	}
 	sem := make(chan struct{}, maxParallelFetch)
 	for _, p := range providers {
 		wg.Add(1)
@@ -136,13 +148,16 @@ func (d *Directory) Among(ctx context.Context, q Query, providers []peer.ID) Fin
 				mu.Unlock()
 				found, err := d.FindPeer(ctx, p)
 				if err != nil {
+					fail(p)
 					return
 				}
 				info = found
 			}
-			ok := d.fetchAndMatch(ctx, info, q, &mu, &res, start, false)
+			if !d.fetchAndMatch(ctx, info, q, &mu, &res, start, false) {
+				fail(p)
+				return
+			}
 			mu.Lock()
-			answers[p] = ok
 			made := res.GPUs >= q.Count
 			mu.Unlock()
 			if made {
@@ -159,13 +174,14 @@ func (d *Directory) Among(ctx context.Context, q Query, providers []peer.ID) Fin
 		select {
 		case <-all:
 		case <-grace.C:
+			cut.Store(true)
 		}
 		grace.Stop()
 	}
 	cancel()
 	<-all
 	for _, p := range providers {
-		if !answers[p] {
+		if failed[p] {
 			res.Unanswered = append(res.Unanswered, p)
 		}
 	}

@@ -33,9 +33,10 @@ type directoryState struct {
 	gpus      exec.GPUSource
 	republish chan struct{} // a capacity or price change: publish now
 
-	// unanswered are providers a search for a count named that gave no
-	// valid offer (silent, or withholding it), until when they are not
-	// named again; at most maxUnanswered.
+	// unanswered are providers a search for a count named that failed
+	// (dht.FindResult.Unanswered: no valid offer, not found, or silent
+	// for the whole search), until when they are not named again; at
+	// most maxUnanswered.
 	namedMu    sync.Mutex
 	unanswered map[peer.ID]time.Time
 
@@ -407,10 +408,11 @@ func (n *Node) FindGPUs(ctx context.Context, q dht.Query) (dht.FindResult, error
 // search for a count falls back to the index.
 const namedFindTimeout = 2 * time.Second
 
-// A provider that a search for a count named and that gave no valid offer
-// is not named again for unansweredFor; at most maxUnanswered are kept (a
-// provider past that is named again, and costs a search at most the time
-// the others took: dht.Directory.Among).
+// A provider that failed a search for a count (no valid offer, not
+// found, or silent for the whole search) is not named again for
+// unansweredFor; at most maxUnanswered are kept (one past that is named
+// again). One that is only slower than the others is left out of that
+// search's answer and named again (dht.Directory.Among).
 const (
 	unansweredFor = 10 * time.Minute
 	maxUnanswered = 1024
@@ -441,7 +443,7 @@ func (n *Node) noteUnanswered(ps []peer.ID) {
 	}
 }
 
-// skipNamed reports whether p gave no valid offer to a recent search.
+// skipNamed reports whether p failed a recent search for a count.
 func (n *Node) skipNamed(p peer.ID, now time.Time) bool {
 	n.namedMu.Lock()
 	defer n.namedMu.Unlock()
@@ -452,7 +454,7 @@ func (n *Node) skipNamed(p peer.ID, now time.Time) bool {
 // cheapestFor is the providers the price board has live asks of, GPUs
 // free, of a class the query may take (its family or class; memory as the
 // class names it), in the query's unit at or below its max price, that
-// gave no recent search nothing (skipNamed): cheapest first, until their
+// failed no recent search (skipNamed): cheapest first, until their
 // GPUs make twice the count and they are two or more (one provider
 // claiming many GPUs and withholding its offer cannot send every search to
 // the index alone), at most dht.MaxNamed. Nothing when they make less than

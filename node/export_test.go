@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/exec"
@@ -98,3 +99,19 @@ const RaceRetries = raceRetries
 // Refused is how many refusals of what (rfb_direct, negotiate, bill, ...)
 // for why this peer counted (its gpumesh_refused_total).
 func (n *Node) Refused(what, why string) uint64 { return n.refusedBy.count(what, why) }
+
+// NamedSkipped lists the providers a search for a count does not name now
+// (they failed a recent one), sorted.
+func (n *Node) NamedSkipped() []peer.ID {
+	now := n.now()
+	var out []peer.ID
+	n.namedMu.Lock()
+	for p, until := range n.unanswered {
+		if now.Before(until) {
+			out = append(out, p)
+		}
+	}
+	n.namedMu.Unlock()
+	slices.Sort(out)
+	return out
+}
