@@ -296,7 +296,7 @@ func TestAnOfferReachesTheFirstPeerToJoinAtOnce(t *testing.T) {
 		start := time.Now()
 		m := meshtest.Start(t, 2, meshtest.Options{Seed: 11, Providers: 1, Waves: 2, WaveGap: alone, Latency: 5 * time.Millisecond, LinkOnDial: true})
 		joined := start.Add(alone) // wave 2, the peer, starts after the gap
-		defer closeInBubble(m)
+		defer m.CloseInBubble()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		testwait.Until(t, ctx, "the provider's offer found by the peer", func() bool {
@@ -327,7 +327,7 @@ func TestASilentCheapProviderDoesNotHoldASearchForACount(t *testing.T) {
 				c.Price = fmt.Sprintf("fixed:2.%d0", 1+i) // provider 0 the cheapest
 			}
 		}})
-		defer closeInBubble(m)
+		defer m.CloseInBubble()
 		finder := m.Nodes[n-1]
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -374,17 +374,6 @@ func TestASilentCheapProviderDoesNotHoldASearchForACount(t *testing.T) {
 			t.Fatalf("count 8 after the silent provider was reported: named %v, %d named, found %v; want providers 1 and 2", res.Named, res.Indexed, providersOf(res))
 		}
 	})
-}
-
-// closeInBubble closes a mesh started in a bubble of testing/synctest,
-// from the bubble's own goroutine, and lets the bubble's clock run a
-// second: streams the nodes closed on the way out wait out their link's
-// delay, and the clock moves only while this goroutine is there to wait.
-// Deferred at the start, it runs on a failed assertion too (else the
-// bubble would end with goroutines blocked and crash the test binary).
-func closeInBubble(m *meshtest.Mesh) {
-	m.Close()
-	time.Sleep(time.Second)
 }
 
 func want1(m *meshtest.Mesh, i int) []string {

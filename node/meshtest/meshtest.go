@@ -838,6 +838,18 @@ const (
 // fails the test naming it, with every goroutine's stack on stderr).
 func (m *Mesh) Close() { _ = m.close() }
 
+// CloseInBubble closes a mesh started in a bubble of testing/synctest, from
+// the bubble's own goroutine, and then lets the bubble's clock run a
+// second: streams the nodes closed on the way out wait out their link's
+// delay, and the clock moves only while this goroutine is there to wait.
+// Deferred right after Start, it runs on a failed assertion too (else the
+// bubble would end with goroutines blocked and crash the test binary).
+// Outside a bubble the second is a real one.
+func (m *Mesh) CloseInBubble() {
+	m.Close()
+	time.Sleep(time.Second)
+}
+
 func (m *Mesh) close() error {
 	m.cancel()
 	say := func(format string, args ...any) {

@@ -334,6 +334,7 @@ func TestAMeshRunsInVirtualTime(t *testing.T) {
 		start := time.Now()
 		m := meshtest.Start(t, n, meshtest.Options{Seed: 0x5e7, Providers: providers, Waves: waves, WaveGap: gap,
 			Latency: latency, LinkOnDial: true, ConnLow: 16, ConnHigh: 32})
+		defer m.CloseInBubble()
 		if took := time.Since(start); took < (waves-1)*gap {
 			t.Fatalf("the mesh of %d waves %v apart started in %v of the bubble's clock, want at least %v", waves, gap, took, (waves-1)*gap)
 		}
@@ -354,6 +355,5 @@ func TestAMeshRunsInVirtualTime(t *testing.T) {
 		if took := time.Since(begin); took < 2*latency || took%latency != 0 {
 			t.Errorf("a lookup took %v of the bubble's clock, want whole %v link delays, at least a round trip", took, latency)
 		}
-		m.Close()
 	})
 }
