@@ -96,7 +96,8 @@ func (d *Directory) fetchOffer(ctx context.Context, info peer.AddrInfo, ft *fetc
 // (Timing.PeerWalks). Once the offers in hand make q.Count, the providers
 // still to answer get as long again as that took, and are left out if
 // they have not answered by then: a silent provider delays the answer by
-// at most what the others took. That alone says nothing against them (a
+// at most what the others took. Only another provider's answer starts
+// that clock (this peer's own offer takes no time to read). That alone says nothing against them (a
 // provider farther away, or behind a walk, is slower); a provider whose
 // offer fetch failed, that answered with no valid offer, that no walk
 // found, or that was still silent when ctx ended, is listed in Unanswered.
@@ -160,7 +161,9 @@ func (d *Directory) Among(ctx context.Context, q Query, providers []peer.ID) Fin
 			mu.Lock()
 			made := res.GPUs >= q.Count
 			mu.Unlock()
-			if made {
+			// This peer's own offer is read at once: it starts no clock, or
+			// the grace would end before any other provider could answer.
+			if made && p != d.host.ID() {
 				once.Do(func() { close(enough) })
 			}
 		}()

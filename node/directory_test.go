@@ -384,25 +384,30 @@ func want1(m *meshtest.Mesh, i int) []string {
 // cheapest (read here, not fetched over a stream to itself) and is not
 // taken for a provider that withheld it.
 func TestAProviderFindsItsOwnOfferForACount(t *testing.T) {
-	m := meshtest.Start(t, 4, meshtest.Options{Seed: 9, Providers: 2, Price: "fixed:2.10", Config: func(i int, c *node.Config) {
-		if i == 1 {
-			c.Price = "fixed:2.20"
+	// In a bubble: its own offer is read at once, so a grace timed from
+	// the start would end before the other provider's answer could come.
+	synctest.Test(t, func(t *testing.T) {
+		m := meshtest.Start(t, 4, meshtest.Options{Seed: 9, Providers: 2, Price: "fixed:2.10", Latency: 10 * time.Millisecond, LinkOnDial: true, Config: func(i int, c *node.Config) {
+			if i == 1 {
+				c.Price = "fixed:2.20"
+			}
+		}})
+		defer m.CloseInBubble()
+		self := m.Nodes[0]
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		testwait.Until(t, ctx, "both asks on provider 0's board", func() bool {
+			p := self.Prices("H100-80GB")
+			return len(p.Classes) == 1 && p.Classes[0].Providers == 2
+		})
+		for range 2 {
+			res, err := self.FindGPUs(ctx, dht.Query{Model: "H100", Count: 8, Unit: "USDC:6"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !res.Named || len(res.Unanswered) != 0 || !slices.Equal(providersOf(res), peerIDs(m, 0, 2)) || res.Matches[0].Offer.Provider != self.Identity().PeerID {
+				t.Fatalf("named %v, unanswered %v, found %v in %v; want both providers named and answering, this one first", res.Named, res.Unanswered, providersOf(res), res.Elapsed)
+			}
 		}
-	}})
-	self := m.Nodes[0]
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	testwait.Until(t, ctx, "both asks on provider 0's board", func() bool {
-		p := self.Prices("H100-80GB")
-		return len(p.Classes) == 1 && p.Classes[0].Providers == 2
 	})
-	for range 2 {
-		res, err := self.FindGPUs(ctx, dht.Query{Model: "H100", Count: 8, Unit: "USDC:6"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !res.Named || len(res.Unanswered) != 0 || !slices.Equal(providersOf(res), peerIDs(m, 0, 2)) || res.Matches[0].Offer.Provider != self.Identity().PeerID {
-			t.Fatalf("named %v, unanswered %v, found %v; want both providers named and answering, this one first", res.Named, res.Unanswered, providersOf(res))
-		}
-	}
 }
