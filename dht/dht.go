@@ -105,6 +105,11 @@ type LookupOptions struct {
 	// kad-dht's own message sender opens its streams), one round trip
 	// more to every peer not connected yet.
 	IdentifyFirst bool
+	// WalkThenFetch fetches the offer of a named provider this peer holds
+	// no address of (Among) once the DHT walk to it has ended, as before,
+	// rather than at the first answer that lists its addresses: a
+	// baseline for the scale harness (-scale.oldwalk).
+	WalkThenFetch bool
 }
 
 // indexClosest is how many of the peers closest to an index key that a

@@ -13,6 +13,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/core/routing"
+	ma "github.com/multiformats/go-multiaddr"
 )
 
 // fetchTimeout bounds asking a provider for its offer directly.
@@ -93,16 +95,18 @@ func (d *Directory) fetchOffer(ctx context.Context, info peer.AddrInfo, ft *fetc
 // price board lists, say) and returns the live ones that match q, cheapest
 // first: a search without the index lookup's walk. A provider this peer is
 // neither connected to nor has an address of is first found by a DHT walk
-// (Timing.PeerWalks). Once the offers in hand make q.Count, the providers
-// still to answer get as long again as that took, and are left out if
-// they have not answered by then: a silent provider delays the answer by
-// at most what the others took. Only another provider's answer starts
-// that clock (this peer's own offer takes no time to read). That alone says nothing against them (a
-// provider farther away, or behind a walk, is slower); a provider whose
-// offer fetch failed, that answered with no valid offer, that no walk
-// found, or that was still silent when ctx ended, is listed in Unanswered.
-// No fallback to a provider's DHT record: a caller that finds too few
-// searches the index. At most MaxNamed providers are asked.
+// (Timing.PeerWalks, walkAndFetch); so is one whose fetch failed, before
+// any connection to it, with the addresses this peer held. Once the offers
+// in hand make q.Count, the providers still to answer get as long again as
+// that took, and are left out if they have not answered by then: a silent
+// provider delays the answer by at most what the others took. Only another
+// provider's answer starts that clock (this peer's own offer takes no time
+// to read). Being left out says nothing against a provider (one farther
+// away, or behind a walk, is slower); a provider whose offer fetch failed,
+// that answered with no valid offer, that no walk found, or that was still
+// silent when ctx ended, is listed in Unanswered. No fallback to a
+// provider's DHT record: a caller that finds too few searches the index.
+// At most MaxNamed providers are asked.
 func (d *Directory) Among(ctx context.Context, q Query, providers []peer.ID) FindResult {
 	start := time.Now()
 	seen := map[peer.ID]bool{}
@@ -142,19 +146,19 @@ func (d *Directory) Among(ctx context.Context, q Query, providers []peer.ID) Fin
 			case <-ctx.Done():
 				return
 			}
-			info := peer.AddrInfo{ID: p}
-			if p != d.host.ID() && d.host.Network().Connectedness(p) != network.Connected && len(d.host.Peerstore().Addrs(p)) == 0 {
+			// Connected, or with an address here: fetched at once. A
+			// fetch that found no way to the provider with the addresses
+			// this peer holds (a stranger's word, perhaps false) is tried
+			// again after a walk; with none, the walk comes first.
+			connected := p == d.host.ID() || d.host.Network().Connectedness(p) == network.Connected
+			ok := (connected || len(d.host.Peerstore().Addrs(p)) > 0) && d.fetchAndMatch(ctx, peer.AddrInfo{ID: p}, q, &mu, &res, start, false)
+			if !ok && !connected && ctx.Err() == nil && d.host.Network().Connectedness(p) != network.Connected {
 				mu.Lock()
 				res.Timing.PeerWalks++
 				mu.Unlock()
-				found, err := d.FindPeer(ctx, p)
-				if err != nil {
-					fail(p)
-					return
-				}
-				info = found
+				ok = d.walkAndFetch(ctx, p, q, &mu, &res, start)
 			}
-			if !d.fetchAndMatch(ctx, info, q, &mu, &res, start, false) {
+			if !ok {
 				fail(p)
 				return
 			}
@@ -193,6 +197,92 @@ func (d *Directory) Among(ctx context.Context, q Query, providers []peer.ID) Fin
 	res.Elapsed = time.Since(start)
 	return res
 }
+
+// walkAndFetch fetches the offer of a provider this peer has no working
+// address of. A DHT walk to its peer ID finds the addresses; the fetch
+// starts at the first answer that lists them, while the walk goes on (the
+// walk would dial the provider and ask it for its closest peers before
+// returning: a round trip the fetch need not wait for). An answer's
+// addresses are a stranger's word: if the fetch fails with them, it is
+// tried once more when the walk has ended, with every address the walk's
+// answers listed for the provider (at most maxWalkAddrs) and what the walk
+// found. So a peer that answers with a false address costs a failed dial,
+// not the provider's offer. (A false address makes the DHT's own walk
+// fail: it does not dial a peer again once a dial failed.)
+func (d *Directory) walkAndFetch(ctx context.Context, p peer.ID, q Query, mu *sync.Mutex, res *FindResult, start time.Time) bool {
+	if d.lookup.WalkThenFetch {
+		found, err := d.FindPeer(ctx, p)
+		return err == nil && d.fetchAndMatch(ctx, found, q, mu, res, start, false)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the walk once the offer is in hand
+	walkCtx, endEvents := context.WithCancel(ctx)
+	defer endEvents()
+	evctx, events := routing.RegisterForQueryEvents(walkCtx)
+	var (
+		found   peer.AddrInfo
+		walkErr error
+		walked  = make(chan struct{})
+		drained = make(chan struct{})
+		listed  = make(chan peer.AddrInfo, 1)
+		addrs   []ma.Multiaddr // every address an answer listed for p; read once drained
+	)
+	go func() {
+		found, walkErr = d.FindPeer(evctx, p)
+		close(walked)
+	}()
+	go func() { // until walkCtx ends, which closes events once they are read
+		defer close(drained)
+		for ev := range events {
+			if ev.Type != routing.PeerResponse {
+				continue
+			}
+			for _, r := range ev.Responses {
+				if r.ID != p || len(r.Addrs) == 0 {
+					continue
+				}
+				if addrs == nil {
+					listed <- peer.AddrInfo{ID: p, Addrs: slices.Clone(r.Addrs)}
+				}
+				for _, a := range r.Addrs {
+					if len(addrs) < maxWalkAddrs && !slices.ContainsFunc(addrs, a.Equal) {
+						addrs = append(addrs, a)
+					}
+				}
+			}
+		}
+	}()
+	var tried []ma.Multiaddr
+	select {
+	case info := <-listed:
+		if d.fetchAndMatch(ctx, info, q, mu, res, start, false) {
+			return true
+		}
+		tried = info.Addrs
+		<-walked
+	case <-walked:
+	}
+	endEvents()
+	<-drained
+	// What the walk found first: a peer that fills its answers with
+	// addresses cannot crowd that out of the bound.
+	var merged []ma.Multiaddr
+	for _, a := range append(slices.Clone(found.Addrs), addrs...) {
+		if len(merged) < maxWalkAddrs && !slices.ContainsFunc(merged, a.Equal) {
+			merged = append(merged, a)
+		}
+	}
+	addrs = merged
+	fresh := slices.ContainsFunc(addrs, func(a ma.Multiaddr) bool { return !slices.ContainsFunc(tried, a.Equal) })
+	if walkErr != nil && !fresh {
+		return false // the walk found nothing this peer has not tried
+	}
+	return d.fetchAndMatch(ctx, peer.AddrInfo{ID: p, Addrs: addrs}, q, mu, res, start, false)
+}
+
+// maxWalkAddrs bounds the addresses of a provider walkAndFetch keeps from
+// a walk's answers.
+const maxWalkAddrs = 32
 
 // MaxNamed bounds the providers one Among asks.
 const MaxNamed = 64

@@ -73,6 +73,10 @@ var scaleOldAwards = flag.Bool("scale.oldawards", false, "BenchmarkScale: every 
 var scaleOldFallback = flag.Bool("scale.oldfallback", false, "BenchmarkScale: every other formation is submitted from a peer whose direct requests fall back to the topic a wait after they were asked for, not after they left (node.Config.OldFallback), reported apart as -scale.oldawards's are (with both flags, those peers have both old rules)")
 
 // scaleCompare says some formations are submitted by peers with old rules.
+// scaleOldWalk compares the search for a count's walk to a provider
+// before (dht.LookupOptions.WalkThenFetch).
+var scaleOldWalk = flag.Bool("scale.oldwalk", false, "BenchmarkScale: after the searches for 8 GPUs, as many from peers whose walk to a named provider they hold no address of ends before its offer is fetched (dht.LookupOptions.WalkThenFetch), on the same mesh, printed apart: a before and after in one run (the searches measured come from the other peers)")
+
 func scaleCompare() bool { return *scaleOldAwards || *scaleOldFallback }
 
 var scaleFixedResend = flag.Bool("scale.fixedresend", false, "BenchmarkScale: providers re-send unchanged asks every 30 s whatever the board (the pacing before gossip.Resend), for a baseline")
@@ -362,7 +366,7 @@ func measureScale(b testing.TB, n int, latency time.Duration) scaleResult {
 			}
 			c.OldAwardRules = *scaleOldAwards && oldRules(i)
 			c.OldFallback = *scaleOldFallback && oldRules(i)
-			c.DirectoryLookup = dht.LookupOptions{QuickIndexLookup: *scaleQuickLookup, IdentifyFirst: *scaleIdentifyFirst}
+			c.DirectoryLookup = dht.LookupOptions{QuickIndexLookup: *scaleQuickLookup, IdentifyFirst: *scaleIdentifyFirst, WalkThenFetch: *scaleOldWalk && oldRules(i)}
 			c.IdentifyFirst = *scaleIdentifyFirst
 			if *scaleFixedResend {
 				c.PriceResend = gossip.Resend{Floor: 30 * time.Second, Cap: 30 * time.Second}
@@ -601,30 +605,30 @@ func measureScale(b testing.TB, n int, latency time.Duration) scaleResult {
 	// Lookups for a count: among the price board's cheapest providers
 	// first (node.FindGPUs), the index when they fall short.
 	say("%d lookups for 8 GPUs", lookups)
-	var lat8 []time.Duration
-	named, walks, namedAsked := 0, 0, 0
-	for range lookups {
-		nd := others[rng.IntN(len(others))]
-		start := time.Now()
-		res, err := nd.FindGPUs(ctx, dht.Query{Model: "H100", Count: 8, Unit: nd.PriceUnit().String()})
-		took := time.Since(start)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if !res.Enough {
-			b.Fatalf("a lookup for 8 H100s found %d GPUs from %d providers", res.GPUs, res.Providers)
-		}
-		lat8 = append(lat8, took)
-		if res.Named {
-			named++
-			walks += res.Timing.PeerWalks
-			namedAsked += res.Indexed
+	newWalk, oldWalk := others, []*node.Node(nil)
+	if *scaleOldWalk {
+		newWalk, oldWalk = nil, nil
+		for _, nd := range others {
+			if oldRules(slices.Index(m.Nodes, nd)) {
+				oldWalk = append(oldWalk, nd)
+			} else {
+				newWalk = append(newWalk, nd)
+			}
 		}
 	}
-	r.Lookup8P50Ms, r.Lookup8P95Ms, r.Lookup8P99Ms = pctMs(lat8, 50), pctMs(lat8, 95), pctMs(lat8, 99)
-	r.Lookup8Named = float64(named) / lookups
-	say("lookups for 8 GPUs: p50/p95/p99 %.0f/%.0f/%.0f ms; %d of %d among the board's cheapest (%.1f providers asked, %.1f of them found by a DHT walk first)",
-		r.Lookup8P50Ms, r.Lookup8P95Ms, r.Lookup8P99Ms, named, lookups, float64(namedAsked)/float64(max(named, 1)), float64(walks)/float64(max(named, 1)))
+	var c8, old8 countSearches // with -scale.oldwalk, one of each in turn
+	for range int(lookups) {
+		c8.search(b, ctx, rng, newWalk)
+		if *scaleOldWalk {
+			old8.search(b, ctx, rng, oldWalk)
+		}
+	}
+	r.Lookup8P50Ms, r.Lookup8P95Ms, r.Lookup8P99Ms = pctMs(c8.lat, 50), pctMs(c8.lat, 95), pctMs(c8.lat, 99)
+	r.Lookup8Named = float64(c8.named) / lookups
+	c8.say(say, "")
+	if *scaleOldWalk {
+		old8.say(say, " (walk, then fetch: as before)")
+	}
 	if *scaleLookupOnly {
 		return r
 	}
@@ -973,6 +977,43 @@ func pctMs(lat []time.Duration, p int) float64 {
 	slices.Sort(s)
 	i := min(max((len(s)*p+99)/100-1, 0), len(s)-1)
 	return float64(s[i]) / float64(time.Millisecond)
+}
+
+// countSearches is what searches for 8 GPUs measured.
+type countSearches struct {
+	lat, walked              []time.Duration // every search's time; those of the searches that walked to a provider
+	named, walks, namedAsked int
+}
+
+// search runs a search for 8 H100s from a random peer of from.
+func (c *countSearches) search(b testing.TB, ctx context.Context, rng *rand.Rand, from []*node.Node) {
+	nd := from[rng.IntN(len(from))]
+	start := time.Now()
+	res, err := nd.FindGPUs(ctx, dht.Query{Model: "H100", Count: 8, Unit: nd.PriceUnit().String()})
+	took := time.Since(start)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if !res.Enough {
+		b.Fatalf("a lookup for 8 H100s found %d GPUs from %d providers", res.GPUs, res.Providers)
+	}
+	c.lat = append(c.lat, took)
+	if res.Timing.PeerWalks > 0 {
+		c.walked = append(c.walked, took)
+	}
+	if res.Named {
+		c.named++
+		c.walks += res.Timing.PeerWalks
+		c.namedAsked += res.Indexed
+	}
+}
+
+func (c countSearches) say(say func(string, ...any), what string) {
+	say("lookups for 8 GPUs%s: p50/p95/p99 %.0f/%.0f/%.0f ms; %d of %d among the board's cheapest (%.1f providers asked, %.1f of them found by a DHT walk first)",
+		what, pctMs(c.lat, 50), pctMs(c.lat, 95), pctMs(c.lat, 99), c.named, len(c.lat), float64(c.namedAsked)/float64(max(c.named, 1)), float64(c.walks)/float64(max(c.named, 1)))
+	if len(c.walked) > 0 {
+		say("lookups for 8 GPUs%s that walked to a provider: %d, p50/max %.0f/%.0f ms", what, len(c.walked), pctMs(c.walked, 50), pctMs(c.walked, 100))
+	}
 }
 
 // wallNow is the machine's clock, which a bubble of testing/synctest
