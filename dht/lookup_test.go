@@ -38,7 +38,21 @@ func newSilentHolder(t *testing.T, swarm string, key crypto.PrivKey) *silentHold
 	s := &silentHolder{h: loopHost(t, key, "127.0.0.1"), done: make(chan struct{})}
 	s.Stop = sync.OnceFunc(func() { close(s.done) })
 	t.Cleanup(s.Stop)
-	s.h.SetStreamHandler(ProtocolPrefix(swarm)+"/kad/1.0.0", func(st network.Stream) {
+	serveKad(s.h, swarm, func(req *pb.Message) *pb.Message {
+		if req.GetType() == pb.Message_GET_PROVIDERS {
+			s.asked.Add(1)
+			<-s.done // whatever the asker does meanwhile
+			return nil
+		}
+		return &pb.Message{Type: req.GetType(), Key: req.GetKey()}
+	})
+	return s
+}
+
+// serveKad answers the swarm's DHT protocol on h, on the real wire: each
+// request gets answer's reply, or, where it returns nil, the stream ends.
+func serveKad(h host.Host, swarm string, answer func(req *pb.Message) *pb.Message) {
+	h.SetStreamHandler(ProtocolPrefix(swarm)+"/kad/1.0.0", func(st network.Stream) {
 		defer st.Close()
 		r := msgio.NewVarintReaderSize(st, 64<<10)
 		w := msgio.NewVarintWriter(st)
@@ -51,18 +65,16 @@ func newSilentHolder(t *testing.T, swarm string, key crypto.PrivKey) *silentHold
 			if err := proto.Unmarshal(data, req); err != nil {
 				return
 			}
-			if req.GetType() == pb.Message_GET_PROVIDERS {
-				s.asked.Add(1)
-				<-s.done // whatever the asker does meanwhile
+			reply := answer(req)
+			if reply == nil {
 				return
 			}
-			reply, err := proto.Marshal(&pb.Message{Type: req.GetType(), Key: req.GetKey()})
-			if err != nil || w.WriteMsg(reply) != nil {
+			out, err := proto.Marshal(reply)
+			if err != nil || w.WriteMsg(out) != nil {
 				return
 			}
 		}
 	})
-	return s
 }
 
 // lookupSwarm is a private swarm's directory on real hosts on 127.0.0.1:

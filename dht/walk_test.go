@@ -10,11 +10,8 @@ import (
 
 	pb "github.com/libp2p/go-libp2p-kad-dht/pb"
 	"github.com/libp2p/go-libp2p/core/host"
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-msgio"
 	ma "github.com/multiformats/go-multiaddr"
-	"google.golang.org/protobuf/proto"
 )
 
 // deadAddr is an address on 127.0.0.1 where nothing listens.
@@ -37,29 +34,13 @@ func deadAddr(t *testing.T) ma.Multiaddr {
 func newLiar(t *testing.T, swarm string, target peer.ID, false ma.Multiaddr, honest peer.AddrInfo) (h host.Host, told *atomic.Int32) {
 	h = loopHost(t, nil, "127.0.0.1")
 	told = new(atomic.Int32)
-	h.SetStreamHandler(ProtocolPrefix(swarm)+"/kad/1.0.0", func(st network.Stream) {
-		defer st.Close()
-		r := msgio.NewVarintReaderSize(st, 64<<10)
-		w := msgio.NewVarintWriter(st)
-		for {
-			data, err := r.ReadMsg()
-			if err != nil {
-				return
-			}
-			req := new(pb.Message)
-			if err := proto.Unmarshal(data, req); err != nil {
-				return
-			}
-			reply := &pb.Message{Type: req.GetType(), Key: req.GetKey()}
-			if req.GetType() == pb.Message_FIND_NODE && peer.ID(req.GetKey()) == target {
-				told.Add(1)
-				reply.CloserPeers = pb.RawPeerInfosToPBPeers([]peer.AddrInfo{{ID: target, Addrs: []ma.Multiaddr{false}}, honest})
-			}
-			out, err := proto.Marshal(reply)
-			if err != nil || w.WriteMsg(out) != nil {
-				return
-			}
+	serveKad(h, swarm, func(req *pb.Message) *pb.Message {
+		reply := &pb.Message{Type: req.GetType(), Key: req.GetKey()}
+		if req.GetType() == pb.Message_FIND_NODE && peer.ID(req.GetKey()) == target {
+			told.Add(1)
+			reply.CloserPeers = pb.RawPeerInfosToPBPeers([]peer.AddrInfo{{ID: target, Addrs: []ma.Multiaddr{false}}, honest})
 		}
+		return reply
 	})
 	return h, told
 }
