@@ -244,11 +244,7 @@ func (d *Directory) walkAndFetch(ctx context.Context, p peer.ID, q Query, mu *sy
 				if addrs == nil {
 					listed <- peer.AddrInfo{ID: p, Addrs: slices.Clone(r.Addrs)}
 				}
-				for _, a := range r.Addrs {
-					if len(addrs) < maxWalkAddrs && !slices.ContainsFunc(addrs, a.Equal) {
-						addrs = append(addrs, a)
-					}
-				}
+				addrs = addAddrs(addrs, r.Addrs)
 			}
 		}
 	}()
@@ -266,13 +262,7 @@ func (d *Directory) walkAndFetch(ctx context.Context, p peer.ID, q Query, mu *sy
 	<-drained
 	// What the walk found first: a peer that fills its answers with
 	// addresses cannot crowd that out of the bound.
-	var merged []ma.Multiaddr
-	for _, a := range append(slices.Clone(found.Addrs), addrs...) {
-		if len(merged) < maxWalkAddrs && !slices.ContainsFunc(merged, a.Equal) {
-			merged = append(merged, a)
-		}
-	}
-	addrs = merged
+	addrs = addAddrs(addAddrs(nil, found.Addrs), addrs)
 	fresh := slices.ContainsFunc(addrs, func(a ma.Multiaddr) bool { return !slices.ContainsFunc(tried, a.Equal) })
 	if walkErr != nil && !fresh {
 		return false // the walk found nothing this peer has not tried
@@ -283,6 +273,16 @@ func (d *Directory) walkAndFetch(ctx context.Context, p peer.ID, q Query, mu *sy
 // maxWalkAddrs bounds the addresses of a provider walkAndFetch keeps from
 // a walk's answers.
 const maxWalkAddrs = 32
+
+// addAddrs appends to dst the addresses of src it lacks, up to maxWalkAddrs.
+func addAddrs(dst, src []ma.Multiaddr) []ma.Multiaddr {
+	for _, a := range src {
+		if len(dst) < maxWalkAddrs && !slices.ContainsFunc(dst, a.Equal) {
+			dst = append(dst, a)
+		}
+	}
+	return dst
+}
 
 // MaxNamed bounds the providers one Among asks.
 const MaxNamed = 64
