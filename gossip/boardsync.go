@@ -30,7 +30,7 @@ import (
 // Bounds of a board sync.
 const (
 	MaxSyncTicks      = 2048                                   // quotes in one answer
-	MaxSignedTickSize = 512                                    // bytes of one signed tick (GossipSub message)
+	MaxSignedTickSize = 768                                    // bytes of one signed tick (GossipSub message: a tick of MaxTickSize, its author, topic and signature)
 	MaxSyncAnswer     = 3 + MaxSyncTicks*(2+MaxSignedTickSize) // bytes of an answer
 	SyncRequestSize   = 3                                      // bytes of a request
 	syncVersion       = 1

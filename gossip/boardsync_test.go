@@ -11,7 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-const syncTopic = "/gpumesh/test/prices/2"
+const syncTopic = "/gpumesh/test/prices/3"
 
 func signed(t testing.TB, key int, tk Tick) []byte {
 	t.Helper()
@@ -116,7 +116,7 @@ func TestOpenSignedTickChecksTheProvidersSignature(t *testing.T) {
 		"no signature":    {edit(func(m *pb.Message) { m.Signature = nil }), ErrBadSignature},
 		"key attached":    {edit(func(m *pb.Message) { m.Key = []byte{1, 2, 3} }), ErrBadSignature},
 		"junk author":     {edit(func(m *pb.Message) { m.From = []byte("nobody") }), ErrBadSignature},
-		"other topic":     {signedOn(t, "/gpumesh/other/prices/2", tk), ErrBadSync},
+		"other topic":     {signedOn(t, "/gpumesh/other/prices/3", tk), ErrBadSync},
 		"not a message":   {[]byte{0xff, 0xff, 0xff}, ErrBadSync},
 		"over the bound":  {make([]byte, MaxSignedTickSize+1), ErrBadSync},
 		"another's seqno": {edit(func(m *pb.Message) { m.Seqno = []byte{9} }), ErrBadSignature},

@@ -14,8 +14,8 @@ import (
 )
 
 // PricesTopic is the name of the swarm's price topic:
-// "/gpumesh/<swarm>/prices/2" (version 2: ticks that say how long they
-// stand; see tickVersion).
+// "/gpumesh/<swarm>/prices/3" (version 3: ticks that say how long they
+// stand and where their provider is; see tickVersion).
 const PricesTopic = "prices"
 
 // PriceFeedConfig of a PriceFeed. The zero value is a feed in DefaultUnit

@@ -184,14 +184,15 @@ func (g *Gossip) Topic(name string) string {
 }
 
 // TopicName names a topic of a swarm: "/gpumesh/<swarm>/<name>/<version>",
-// version 2 for the price topic (ticks with Until), 1 for the others.
+// version 3 for the price topic (ticks with Until and the provider's
+// addresses: tickVersion), 1 for the others.
 func TopicName(swarm, name string) string {
 	if swarm == "" {
 		swarm = "public"
 	}
 	v := "/1"
 	if name == PricesTopic {
-		v = "/2"
+		v = "/3"
 	}
 	return "/gpumesh/" + swarm + "/" + name + v
 }

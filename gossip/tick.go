@@ -1,21 +1,32 @@
 package gossip
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 )
 
 // Bounds of a price tick. A tick past any of them is rejected by every
 // peer's validator, so no peer forwards it.
 const (
-	MaxTickSize  = 256  // bytes of an encoded tick
+	MaxTickSize  = 384  // bytes of an encoded tick
 	MaxAvailable = 4096 // GPUs of one class on one provider
 	maxClassLen  = 64   // bytes of a GPU class name
 	maxIDLen     = 64   // bytes of a peer ID
+
+	// A tick lists at most MaxTickAddrs of the provider's addresses, of at
+	// most maxAddrLen bytes each and MaxTickAddrBytes together (binary
+	// multiaddrs: /ip4/…/tcp/… is 8 bytes, a relayed address ~50).
+	MaxTickAddrs     = 4
+	MaxTickAddrBytes = 192
+	maxAddrLen       = 96
 
 	// MaxTickLife bounds how long after its time a tick may say it
 	// stands (Until): a decoder's bound. A board keeps a quote no longer
@@ -24,11 +35,12 @@ const (
 )
 
 // tickVersion is the first byte of every encoded tick. Version 2 added
-// Until; a version-1 peer's strict decoder rejects it (and would blame the
-// peer that delivered it), so version-2 ticks travel on their own topic,
-// prices/2 (see PricesTopic): old and new peers do not see each other's
-// prices, and neither penalizes the other.
-const tickVersion = 2
+// Until, version 3 the provider's addresses; an older peer's strict
+// decoder rejects a newer tick (and would blame the peer that delivered
+// it), so each version travels on its own topic, prices/3 now (see
+// TopicName): old and new peers do not see each other's prices, and
+// neither penalizes the other.
+const tickVersion = 3
 
 // ErrBadTick marks a tick that cannot be decoded or breaks a bound.
 var ErrBadTick = errors.New("bad price tick")
@@ -46,6 +58,13 @@ type Tick struct {
 	Seq       uint64    `json:"seq"`       // grows with every tick of the provider; > 0
 	Time      time.Time `json:"time"`      // when the provider made it; millisecond precision on the wire
 	Until     time.Time `json:"until"`     // the quote stands until then unless a newer tick replaces it; after Time, at most MaxTickLife later
+
+	// Addrs is where the provider says it can be reached (at most
+	// MaxTickAddrs; none is valid): a peer that names it in a search or a
+	// request for bids dials these instead of walking the DHT to its peer
+	// ID first. The provider's signature covers them, so they are its own
+	// word, which a dial checks (the handshake proves the peer ID).
+	Addrs []ma.Multiaddr `json:"addrs,omitempty"`
 }
 
 // The encoding is fixed and small, so that a decoder is easy to bound and to
@@ -61,6 +80,8 @@ type Tick struct {
 //	seq       8       > 0
 //	time      8       unix milliseconds, > 0
 //	until     8       unix milliseconds, > time, at most time + MaxTickLife
+//	addrs     1       0..MaxTickAddrs, then each as 1+n: a binary multiaddr,
+//	                  n in 1..96, not ending in /p2p, MaxTickAddrBytes in all
 //
 // Nothing may follow. The encoding of a valid tick is canonical: decoding
 // and encoding again gives the same bytes.
@@ -94,7 +115,64 @@ func (t *Tick) Check() error {
 	if _, err := peer.IDFromBytes([]byte(t.Provider)); err != nil {
 		return bad("provider: %v", err)
 	}
+	return checkTickAddrs(t.Addrs)
+}
+
+// checkTickAddrs says what is wrong with a tick's addresses, if anything.
+func checkTickAddrs(addrs []ma.Multiaddr) error {
+	if len(addrs) > MaxTickAddrs {
+		return fmt.Errorf("%w: %d addresses, at most %d", ErrBadTick, len(addrs), MaxTickAddrs)
+	}
+	total := 0
+	for i, a := range addrs {
+		n := len(a.Bytes())
+		total += n
+		switch {
+		case n == 0 || n > maxAddrLen:
+			return fmt.Errorf("%w: address %d of %d bytes, want 1..%d", ErrBadTick, i+1, n, maxAddrLen)
+		case a[len(a)-1].Code() == ma.P_P2P:
+			return fmt.Errorf("%w: address %s ends in a peer ID (the tick's provider is the peer)", ErrBadTick, a)
+		case total > MaxTickAddrBytes:
+			return fmt.Errorf("%w: addresses of %d bytes or more, at most %d", ErrBadTick, total, MaxTickAddrBytes)
+		}
+	}
 	return nil
+}
+
+// TickAddrs picks from a peer's addresses what its ticks list: public ones
+// first, then relayed, private and the rest (loopback), as many as fit
+// MaxTickAddrs and MaxTickAddrBytes; none that is unspecified, ends in a
+// peer ID or is longer than a tick takes.
+func TickAddrs(addrs []ma.Multiaddr) []ma.Multiaddr {
+	rank := func(a ma.Multiaddr) int {
+		_, err := a.ValueForProtocol(ma.P_CIRCUIT)
+		switch {
+		case err == nil:
+			return 1
+		case manet.IsIPLoopback(a):
+			return 3
+		case manet.IsPublicAddr(a):
+			return 0
+		}
+		return 2
+	}
+	sorted := slices.Clone(addrs)
+	slices.SortStableFunc(sorted, func(a, b ma.Multiaddr) int { return rank(a) - rank(b) })
+	var out []ma.Multiaddr
+	total := 0
+	for _, a := range sorted {
+		n := len(a.Bytes())
+		if len(a) == 0 || n > maxAddrLen || total+n > MaxTickAddrBytes || a[len(a)-1].Code() == ma.P_P2P ||
+			manet.IsIPUnspecified(a) || slices.ContainsFunc(out, a.Equal) {
+			continue
+		}
+		out = append(out, a)
+		total += n
+		if len(out) == MaxTickAddrs {
+			break
+		}
+	}
+	return out
 }
 
 // ValidClass reports whether s can name a GPU class on the wire.
@@ -119,7 +197,7 @@ func (t *Tick) Marshal() ([]byte, error) {
 	if err := t.Check(); err != nil {
 		return nil, err
 	}
-	b := make([]byte, 0, 56+len(t.Provider)+len(t.Class)+len(t.Unit.Token))
+	b := make([]byte, 0, 57+len(t.Provider)+len(t.Class)+len(t.Unit.Token)+MaxTickAddrBytes)
 	b = append(b, tickVersion)
 	b = appendString(b, string(t.Provider))
 	b = appendString(b, t.Class)
@@ -130,6 +208,10 @@ func (t *Tick) Marshal() ([]byte, error) {
 	b = binary.BigEndian.AppendUint64(b, t.Seq)
 	b = binary.BigEndian.AppendUint64(b, uint64(t.Time.UnixMilli()))
 	b = binary.BigEndian.AppendUint64(b, uint64(t.Until.UnixMilli()))
+	b = append(b, byte(len(t.Addrs)))
+	for _, a := range t.Addrs {
+		b = appendString(b, string(a.Bytes()))
+	}
 	return b, nil
 }
 
@@ -160,6 +242,24 @@ func UnmarshalTick(data []byte) (Tick, error) {
 	t.Seq = r.uint64()
 	ms := r.uint64()
 	until := r.uint64()
+	naddrs := int(r.byte("addresses"))
+	if r.err == nil && naddrs > MaxTickAddrs {
+		return Tick{}, fmt.Errorf("%w: %d addresses, at most %d", ErrBadTick, naddrs, MaxTickAddrs)
+	}
+	for i := 0; i < naddrs && r.err == nil; i++ {
+		raw := r.string("addresses")
+		if r.err != nil {
+			break
+		}
+		a, err := ma.NewMultiaddrBytes([]byte(raw))
+		if err != nil {
+			return Tick{}, fmt.Errorf("%w: address %d: %v", ErrBadTick, i+1, err)
+		}
+		if !bytes.Equal(a.Bytes(), []byte(raw)) {
+			return Tick{}, fmt.Errorf("%w: address %d not in canonical form", ErrBadTick, i+1)
+		}
+		t.Addrs = append(t.Addrs, a)
+	}
 	if r.err != nil {
 		return Tick{}, fmt.Errorf("%w: %w", ErrBadTick, r.err)
 	}

@@ -6,12 +6,14 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 )
 
 // testKey is the deterministic key of test peer i.
@@ -69,10 +71,87 @@ func TestTickRoundTrips(t *testing.T) {
 	}
 }
 
+func sampleAddrs() []ma.Multiaddr {
+	return []ma.Multiaddr{
+		ma.StringCast("/ip4/203.0.113.7/tcp/4001"),
+		ma.StringCast("/ip4/203.0.113.7/udp/4001/quic-v1"),
+		ma.StringCast("/ip4/198.51.100.1/tcp/4001/p2p/" + testID(9).String() + "/p2p-circuit"),
+	}
+}
+
+func TestATickCarriesItsProvidersAddresses(t *testing.T) {
+	in := sampleTick()
+	in.Addrs = sampleAddrs()
+	data, err := in.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := UnmarshalTick(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Addrs) != len(in.Addrs) {
+		t.Fatalf("decoded %d addresses, want %d", len(out.Addrs), len(in.Addrs))
+	}
+	for i := range in.Addrs {
+		if !out.Addrs[i].Equal(in.Addrs[i]) {
+			t.Errorf("address %d: %s, want %s", i, out.Addrs[i], in.Addrs[i])
+		}
+	}
+}
+
+func TestTickAddrsPicksWhatFits(t *testing.T) {
+	relay := "/ip4/198.51.100.1/tcp/4001/p2p/" + testID(9).String() + "/p2p-circuit"
+	got := TickAddrs([]ma.Multiaddr{
+		ma.StringCast("/ip4/127.0.0.1/tcp/4001"),
+		ma.StringCast("/ip4/0.0.0.0/tcp/4001"),
+		ma.StringCast("/ip4/192.168.1.5/tcp/4001"),
+		ma.StringCast(relay),
+		ma.StringCast("/ip4/1.2.3.4/tcp/4001"),
+		ma.StringCast("/ip4/1.2.3.4/tcp/4001"),
+		ma.StringCast("/ip4/1.2.3.5/tcp/4001/p2p/" + testID(1).String()),
+		ma.StringCast("/ip6/2600::1/udp/4001/quic-v1"),
+	})
+	want := []string{"/ip4/1.2.3.4/tcp/4001", "/ip6/2600::1/udp/4001/quic-v1", relay, "/ip4/192.168.1.5/tcp/4001"}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i].String() != want[i] {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	}
+	tk := sampleTick()
+	tk.Addrs = got
+	if _, err := tk.Marshal(); err != nil {
+		t.Fatalf("picked addresses do not encode: %v", err)
+	}
+	// Only loopback (one machine's swarm): that is what it lists.
+	if got := TickAddrs([]ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/4001")}); len(got) != 1 {
+		t.Fatalf("loopback alone: got %v", got)
+	}
+	// Many long addresses: the byte bound holds.
+	var long []ma.Multiaddr
+	for i := range 8 {
+		long = append(long, ma.StringCast(fmt.Sprintf("/ip4/198.51.100.%d/tcp/4001/p2p/%s/p2p-circuit", i, testID(i))))
+	}
+	n := 0
+	for _, a := range TickAddrs(long) {
+		n += len(a.Bytes())
+	}
+	if n > MaxTickAddrBytes || n == 0 {
+		t.Fatalf("%d bytes of addresses, want 1..%d", n, MaxTickAddrBytes)
+	}
+}
+
 func TestLargestTickFitsTheBound(t *testing.T) {
 	tk := sampleTick()
 	tk.Class = strings.Repeat("A", maxClassLen)
 	tk.Unit = Unit{Token: strings.Repeat("X", maxTokenLen), Decimals: maxDecimals}
+	long := ma.StringCast("/ip6/2001:db8::1/udp/4001/quic-v1/p2p/" + testID(9).String() + "/p2p-circuit")
+	for total := 0; total+len(long.Bytes()) <= MaxTickAddrBytes && len(tk.Addrs) < MaxTickAddrs; total += len(long.Bytes()) {
+		tk.Addrs = append(tk.Addrs, long)
+	}
 	data, err := tk.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -99,6 +178,15 @@ func TestTicksBreakingABoundDoNotEncode(t *testing.T) {
 		"until too far":  func(t *Tick) { t.Until = t.Time.Add(MaxTickLife + time.Millisecond) },
 		"lower token":    func(t *Tick) { t.Unit.Token = "usdc" },
 		"10 decimals":    func(t *Tick) { t.Unit.Decimals = 10 },
+		"5 addresses":    func(t *Tick) { t.Addrs = append(sampleAddrs(), sampleAddrs()[:2]...) },
+		"peer ID at end": func(t *Tick) {
+			t.Addrs = []ma.Multiaddr{ma.StringCast("/ip4/203.0.113.7/tcp/4001/p2p/" + testID(1).String())}
+		},
+		"empty address": func(t *Tick) { t.Addrs = []ma.Multiaddr{{}} },
+		"address bytes": func(t *Tick) {
+			long := ma.StringCast("/ip6/2001:db8::1/udp/4001/quic-v1/p2p/" + testID(9).String() + "/p2p-circuit")
+			t.Addrs = []ma.Multiaddr{long, long, long, long}
+		},
 	} {
 		tk := sampleTick()
 		mut(&tk)
@@ -113,11 +201,25 @@ func TestMalformedTicksDoNotDecode(t *testing.T) {
 	cases := map[string][]byte{
 		"empty":       {},
 		"version 1":   append([]byte{1}, good[1:]...), // an old peer's tick
-		"version 3":   append([]byte{3}, good[1:]...),
+		"version 2":   append([]byte{2}, good[1:]...), // before the addresses
+		"version 4":   append([]byte{4}, good[1:]...),
 		"truncated":   good[:len(good)-1],
 		"trailing":    append(append([]byte{}, good...), 0),
 		"oversized":   bytes.Repeat([]byte{1}, MaxTickSize+1),
 		"only header": {1},
+	}
+	withAddr := func(n byte, addr []byte) []byte {
+		b := append(append([]byte{}, good[:len(good)-1]...), n)
+		return append(append(b, byte(len(addr))), addr...)
+	}
+	okAddr := ma.StringCast("/ip4/203.0.113.7/tcp/4001").Bytes()
+	cases["5 addresses"] = append(withAddr(5, okAddr), bytes.Repeat(append([]byte{byte(len(okAddr))}, okAddr...), 4)...)
+	cases["junk address"] = withAddr(1, []byte{0xff, 0xff, 0xff})
+	cases["empty address"] = withAddr(1, nil)
+	cases["address cut short"] = withAddr(1, okAddr)[:len(good)+3]
+	cases["non-minimal varint"] = withAddr(1, append([]byte{0x84, 0x00}, okAddr[1:]...)) // ip4's code in two bytes
+	if _, err := UnmarshalTick(withAddr(1, okAddr)); err != nil {
+		t.Fatalf("the well-formed tick these cases break: %v", err)
 	}
 	for name, data := range cases {
 		if _, err := UnmarshalTick(data); !errors.Is(err, ErrBadTick) {
@@ -136,6 +238,9 @@ func FuzzUnmarshalTick(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{1, 0})
 	f.Add(good[:20])
+	tk.Addrs = sampleAddrs()
+	withAddrs, _ := tk.Marshal()
+	f.Add(withAddrs)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		tk, err := UnmarshalTick(data)
 		if err != nil {

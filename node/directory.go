@@ -482,6 +482,7 @@ func (n *Node) cheapestFor(q dht.Query, now time.Time) []peer.ID {
 		if q.MaxPrice > 0 && (t.Unit.String() != q.Unit || t.Ask > q.MaxPrice) || n.skipNamed(t.Provider, now) {
 			continue
 		}
+		n.learnAskAddrs(t)
 		out = append(out, t.Provider)
 		gpus += int(t.Available)
 		if gpus >= 2*q.Count && len(out) >= 2 || len(out) == dht.MaxNamed {

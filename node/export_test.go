@@ -115,3 +115,7 @@ func (n *Node) NamedSkipped() []peer.ID {
 	slices.Sort(out)
 	return out
 }
+
+// PublishTick gossips a tick this peer signs, whatever its asks: for
+// tests of what a provider's own ticks may claim.
+func (n *Node) PublishTick(ctx context.Context, t gossip.Tick) error { return n.feed.Publish(ctx, t) }

@@ -202,6 +202,12 @@ type Config struct {
 	// (gossip.NegotiationConfig.SendReports off): for the scale harness's
 	// comparison. No flag sets it.
 	OldFallback bool
+	// IgnoreAskAddrs: this peer does not dial the addresses a provider's
+	// price tick lists (gossip.Tick.Addrs) when it names the provider in a
+	// search for a count or a direct request for bids, but walks the DHT
+	// to its peer ID as before: for the scale harness's comparison
+	// (-scale.noaskaddrs). No flag sets it.
+	IgnoreAskAddrs bool
 	// ScoreView keeps GossipSub's peer scores for Gossip().Score
 	// (gossip.Config.ScoreView): for tests that watch a peer's score fall.
 	// No flag sets it.

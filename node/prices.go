@@ -4,12 +4,16 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/gpumesh/gpumesh/gossip"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	ma "github.com/multiformats/go-multiaddr"
 )
 
 // Timing of the price loop.
@@ -263,6 +267,7 @@ func (n *Node) stepPrices(ctx context.Context, now time.Time) {
 		}
 	}
 	quotes := n.board.Len()
+	addrs := gossip.TickAddrs(n.host.Addrs())
 	for class, a := range n.asks {
 		moved := a.sent.Available != a.available
 		if a.available < a.sent.Available { // GPUs taken: told once it has lasted
@@ -273,7 +278,11 @@ func (n *Node) stepPrices(ctx context.Context, now time.Time) {
 		} else {
 			a.taken = time.Time{}
 		}
-		if a.sent.Ask != a.ask || moved || a.alone || n.cfg.PriceResend.Due(a.sent, quotes, now, a.jitter) {
+		// Addresses that changed go out with the next tick, at most a
+		// minute after the last one: a peer's addresses settle in its
+		// first minutes (observed, relayed) and can flap.
+		readdr := !now.Before(a.sent.Time.Add(time.Minute)) && !slices.EqualFunc(a.sent.Addrs, addrs, ma.Multiaddr.Equal)
+		if a.sent.Ask != a.ask || moved || a.alone || readdr || n.cfg.PriceResend.Due(a.sent, quotes, now, a.jitter) {
 			out = append(out, class)
 		}
 	}
@@ -309,6 +318,7 @@ func (n *Node) publishAsk(ctx context.Context, class string) error {
 		Seq:       n.lastSeq,
 		Time:      now,
 		Until:     n.cfg.PriceResend.Until(now, n.board.Len()),
+		Addrs:     gossip.TickAddrs(n.host.Addrs()),
 	}
 	n.priceMu.Unlock()
 	alone := n.feed.Peers() == 0
@@ -325,6 +335,21 @@ func (n *Node) publishAsk(ctx context.Context, class string) error {
 	n.priceMu.Unlock()
 	n.log.Debug("price tick sent", "class", class, "ask", n.unit.Format(t.Ask), "available", t.Available, "alone", alone)
 	return nil
+}
+
+// learnAskAddrs adds the addresses a provider's tick lists to the
+// peerstore for a while (peerstore.TempAddrTTL), unless this peer is
+// connected to it: a peer about to name the provider (a search for a
+// count, a direct request for bids) then dials it at once instead of
+// walking the DHT to its peer ID first. They are the provider's own word,
+// signed with its tick; a dial checks the peer ID. A search whose fetch
+// fails with them still walks (dht.Directory.Among).
+func (n *Node) learnAskAddrs(t gossip.Tick) {
+	if n.cfg.IgnoreAskAddrs || len(t.Addrs) == 0 || t.Provider == n.id.PeerID ||
+		n.host.Network().Connectedness(t.Provider) == network.Connected {
+		return
+	}
+	n.host.Peerstore().AddAddrs(t.Provider, t.Addrs, peerstore.TempAddrTTL)
 }
 
 // Quote sets this peer's ask for a GPU class, per GPU-hour in the smallest

@@ -355,7 +355,7 @@ func TestPricesOverTheLocalAPI(t *testing.T) {
 	if q := p.Classes[0]; q.Class != "A100-40GB" || q.Providers != 1 || q.Counted != 0 {
 		t.Fatalf("board %+v: want one provider in probation", q)
 	}
-	if p.Token != "USDC" || p.Decimals != 6 || p.Policy != "auto:floor=1.50,target=0.7" || p.Topic != "/gpumesh/public/prices/2" {
+	if p.Token != "USDC" || p.Decimals != 6 || p.Policy != "auto:floor=1.50,target=0.7" || p.Topic != "/gpumesh/public/prices/3" {
 		t.Fatalf("answer %+v", p)
 	}
 	if all, err := cl.Prices(ctx, ""); err != nil || len(all.Classes) != 1 {

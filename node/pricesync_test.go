@@ -125,7 +125,7 @@ func TestBoardSyncRefusesWhatNoHonestPeerHandsOn(t *testing.T) {
 	}{
 		{name: "forged: names another provider", ticks: [][]byte{sign(evilID, topic, tick(victim, usd(0.01), now, now.Add(time.Minute)))}, bad: true},
 		{name: "altered after signing", ticks: [][]byte{altered}, bad: true},
-		{name: "of another swarm", ticks: [][]byte{sign(sybil, "/gpumesh/other/prices/2", tick(sybil.PeerID, usd(0.01), now, now.Add(time.Minute)))}, bad: true},
+		{name: "of another swarm", ticks: [][]byte{sign(sybil, "/gpumesh/other/prices/3", tick(sybil.PeerID, usd(0.01), now, now.Add(time.Minute)))}, bad: true},
 		{name: "stale: stood until a minute ago", ticks: [][]byte{sign(sybil, topic, tick(sybil.PeerID, usd(0.01), now.Add(-5*time.Minute), now.Add(-time.Minute)))}},
 		{name: "oversized answer", raw: oversized, bad: true},
 		{name: "a tick over its bound", raw: append([]byte{1, 0, 1, 0x02, 0x01}, make([]byte, gossip.MaxSignedTickSize+1)...), bad: true},

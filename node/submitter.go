@@ -122,6 +122,7 @@ func (n *Node) boardCandidates(needs gossip.Needs, now time.Time) []gossip.Candi
 		if t.Unit.String() != needs.Unit {
 			price = 0 // not comparable: its bid will say
 		}
+		n.learnAskAddrs(t)
 		out = append(out, gossip.Candidate{Provider: t.Provider, GPUs: t.Available, Price: price})
 	}
 	return out

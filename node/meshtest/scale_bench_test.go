@@ -75,6 +75,10 @@ var scaleOldFallback = flag.Bool("scale.oldfallback", false, "BenchmarkScale: ev
 // scaleCompare says some formations are submitted by peers with old rules.
 // scaleOldWalk compares the search for a count's walk to a provider
 // before (dht.LookupOptions.WalkThenFetch).
+// scaleNoAskAddrs compares the search for a count with and without the
+// addresses a provider's tick lists (node.Config.IgnoreAskAddrs).
+var scaleNoAskAddrs = flag.Bool("scale.noaskaddrs", false, "BenchmarkScale: after the searches for 8 GPUs, as many from peers that ignore the addresses a provider's price tick lists (node.Config.IgnoreAskAddrs: a provider they hold no address of is walked to in the DHT first), on the same mesh, printed apart: a before and after in one run (the searches measured come from the other peers; with -scale.oldwalk those peers also walk, then fetch)")
+
 var scaleOldWalk = flag.Bool("scale.oldwalk", false, "BenchmarkScale: after the searches for 8 GPUs, as many from peers whose walk to a named provider they hold no address of ends before its offer is fetched (dht.LookupOptions.WalkThenFetch), on the same mesh, printed apart: a before and after in one run (the searches measured come from the other peers)")
 
 func scaleCompare() bool { return *scaleOldAwards || *scaleOldFallback }
@@ -366,6 +370,7 @@ func measureScale(b testing.TB, n int, latency time.Duration) scaleResult {
 			}
 			c.OldAwardRules = *scaleOldAwards && oldRules(i)
 			c.OldFallback = *scaleOldFallback && oldRules(i)
+			c.IgnoreAskAddrs = *scaleNoAskAddrs && oldRules(i)
 			c.DirectoryLookup = dht.LookupOptions{QuickIndexLookup: *scaleQuickLookup, IdentifyFirst: *scaleIdentifyFirst, WalkThenFetch: *scaleOldWalk && oldRules(i)}
 			c.IdentifyFirst = *scaleIdentifyFirst
 			if *scaleFixedResend {
@@ -606,7 +611,8 @@ func measureScale(b testing.TB, n int, latency time.Duration) scaleResult {
 	// first (node.FindGPUs), the index when they fall short.
 	say("%d lookups for 8 GPUs", lookups)
 	newWalk, oldWalk := others, []*node.Node(nil)
-	if *scaleOldWalk {
+	asBefore := *scaleOldWalk || *scaleNoAskAddrs
+	if asBefore {
 		newWalk, oldWalk = nil, nil
 		for _, nd := range others {
 			if oldRules(slices.Index(m.Nodes, nd)) {
@@ -616,18 +622,23 @@ func measureScale(b testing.TB, n int, latency time.Duration) scaleResult {
 			}
 		}
 	}
-	var c8, old8 countSearches // with -scale.oldwalk, one of each in turn
+	var c8, old8 countSearches // with -scale.oldwalk or -scale.noaskaddrs, one of each in turn
 	for range int(lookups) {
 		c8.search(b, ctx, rng, newWalk)
-		if *scaleOldWalk {
+		if asBefore {
 			old8.search(b, ctx, rng, oldWalk)
 		}
 	}
 	r.Lookup8P50Ms, r.Lookup8P95Ms, r.Lookup8P99Ms = pctMs(c8.lat, 50), pctMs(c8.lat, 95), pctMs(c8.lat, 99)
 	r.Lookup8Named = float64(c8.named) / lookups
 	c8.say(say, "")
-	if *scaleOldWalk {
+	switch {
+	case *scaleOldWalk && *scaleNoAskAddrs:
+		old8.say(say, " (no tick addresses; walk, then fetch: as before)")
+	case *scaleOldWalk:
 		old8.say(say, " (walk, then fetch: as before)")
+	case *scaleNoAskAddrs:
+		old8.say(say, " (tick addresses ignored: walk first, as before)")
 	}
 	if *scaleLookupOnly {
 		return r
