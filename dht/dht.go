@@ -363,6 +363,10 @@ type FindResult struct {
 	// Unanswered are the named providers that failed: no valid offer,
 	// not found, or silent until the search's time was up (Among).
 	Unanswered []peer.ID `json:"unanswered,omitempty"`
+	// AddrsFailed are the named providers not reached at the addresses
+	// this peer held of them (a stranger's, their ticks', or from
+	// before), walked to in the DHT then (Among).
+	AddrsFailed []peer.ID `json:"addrsFailed,omitempty"`
 }
 
 // FindTiming is where a Find's time went: when the index lookup brought

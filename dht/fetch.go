@@ -151,10 +151,14 @@ func (d *Directory) Among(ctx context.Context, q Query, providers []peer.ID) Fin
 			// this peer holds (a stranger's word, perhaps false) is tried
 			// again after a walk; with none, the walk comes first.
 			connected := p == d.host.ID() || d.host.Network().Connectedness(p) == network.Connected
-			ok := (connected || len(d.host.Peerstore().Addrs(p)) > 0) && d.fetchAndMatch(ctx, peer.AddrInfo{ID: p}, q, &mu, &res, start, false)
+			held := !connected && len(d.host.Peerstore().Addrs(p)) > 0
+			ok := (connected || held) && d.fetchAndMatch(ctx, peer.AddrInfo{ID: p}, q, &mu, &res, start, false)
 			if !ok && !connected && ctx.Err() == nil && d.host.Network().Connectedness(p) != network.Connected {
 				mu.Lock()
 				res.Timing.PeerWalks++
+				if held {
+					res.AddrsFailed = append(res.AddrsFailed, p)
+				}
 				mu.Unlock()
 				ok = d.walkAndFetch(ctx, p, q, &mu, &res, start)
 			}

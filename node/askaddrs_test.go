@@ -32,7 +32,8 @@ func boardTick(n *Node, p peer.ID, class string) (gossip.Tick, bool) {
 // peer is neither connected to nor holds an address of is dialed at the
 // addresses its own signed tick lists, with no DHT walk to its peer ID
 // first. A provider whose tick lists a false address costs the searcher a
-// failed dial and then the walk: its offer is still found. Real hosts on
+// failed dial and then the walk: its offer is still found, and its
+// tick's addresses are not dialed again for ten minutes. Real hosts on
 // loopback, real gossip and DHT.
 func TestASearchDialsTheAddressesAProvidersTickLists(t *testing.T) {
 	const class = "H100-80GB"
@@ -118,5 +119,15 @@ func TestASearchDialsTheAddressesAProvidersTickLists(t *testing.T) {
 	}
 	if len(res.Unanswered) != 0 {
 		t.Fatalf("unanswered %v: a false address must not cost the provider its offer", res.Unanswered)
+	}
+	if !slices.Equal(res.AddrsFailed, []peer.ID{p1.host.ID()}) {
+		t.Fatalf("not reached at the addresses held: %v, want p1 %s", res.AddrsFailed, p1.host.ID())
+	}
+	// The dead address is not dialed again (a provider listing another
+	// host's addresses costs each peer one dial in ten minutes): p1 is
+	// walked to at once, p2 still reached at its tick's addresses.
+	res = search(finder)
+	if res.Timing.PeerWalks != 1 || len(res.AddrsFailed) != 0 {
+		t.Fatalf("searching again: %d DHT walks, not reached at %v; want 1 walk (to p1) and no failed address", res.Timing.PeerWalks, res.AddrsFailed)
 	}
 }

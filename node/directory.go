@@ -35,10 +35,13 @@ type directoryState struct {
 
 	// unanswered are providers a search for a count named that failed
 	// (dht.FindResult.Unanswered: no valid offer, not found, or silent
-	// for the whole search), until when they are not named again; at
-	// most maxUnanswered.
-	namedMu    sync.Mutex
-	unanswered map[peer.ID]time.Time
+	// for the whole search), until when they are not named again.
+	unanswered shunned
+	// badAskAddrs are providers a search could not reach at the
+	// addresses their ticks list (dht.FindResult.AddrsFailed), until when
+	// those are not dialed again: a provider listing another's
+	// addresses makes each peer dial them once in unansweredFor.
+	badAskAddrs shunned
 
 	dirMu       sync.Mutex // guards the fields below
 	inventory   exec.Inventory
@@ -392,7 +395,8 @@ func (n *Node) FindGPUs(ctx context.Context, q dht.Query) (dht.FindResult, error
 			actx, cancel := context.WithTimeout(ctx, namedFindTimeout)
 			res := n.dht.Among(actx, q, named)
 			cancel()
-			n.noteUnanswered(res.Unanswered)
+			n.unanswered.add(res.Unanswered, n.now(), unansweredFor)
+			n.badAskAddrs.add(res.AddrsFailed, n.now(), unansweredFor)
 			if res.Enough {
 				return res, nil
 			}
@@ -418,43 +422,50 @@ const (
 	maxUnanswered = 1024
 )
 
-func (n *Node) noteUnanswered(ps []peer.ID) {
+// shunned is a bounded set of peers, each until a time.
+type shunned struct {
+	mu    sync.Mutex
+	until map[peer.ID]time.Time
+}
+
+// add keeps ps until now+d; at most maxUnanswered peers (one past that
+// is not kept).
+func (s *shunned) add(ps []peer.ID, now time.Time, d time.Duration) {
 	if len(ps) == 0 {
 		return
 	}
-	now := n.now()
-	n.namedMu.Lock()
-	defer n.namedMu.Unlock()
-	if n.unanswered == nil {
-		n.unanswered = map[peer.ID]time.Time{}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.until == nil {
+		s.until = map[peer.ID]time.Time{}
 	}
 	for _, p := range ps {
-		if len(n.unanswered) >= maxUnanswered {
-			for q, until := range n.unanswered {
+		if _, ok := s.until[p]; !ok && len(s.until) >= maxUnanswered {
+			for q, until := range s.until {
 				if !now.Before(until) {
-					delete(n.unanswered, q)
+					delete(s.until, q)
 				}
 			}
-			if len(n.unanswered) >= maxUnanswered {
+			if len(s.until) >= maxUnanswered {
 				return
 			}
 		}
-		n.unanswered[p] = now.Add(unansweredFor)
+		s.until[p] = now.Add(d)
 	}
 }
 
-// skipNamed reports whether p failed a recent search for a count.
-func (n *Node) skipNamed(p peer.ID, now time.Time) bool {
-	n.namedMu.Lock()
-	defer n.namedMu.Unlock()
-	until, ok := n.unanswered[p]
+// has reports whether p is kept at now.
+func (s *shunned) has(p peer.ID, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	until, ok := s.until[p]
 	return ok && now.Before(until)
 }
 
 // cheapestFor is the providers the price board has live asks of, GPUs
 // free, of a class the query may take (its family or class; memory as the
 // class names it), in the query's unit at or below its max price, that
-// failed no recent search (skipNamed): cheapest first, until their
+// failed no recent search (unanswered): cheapest first, until their
 // GPUs make twice the count and they are two or more (one provider
 // claiming many GPUs and withholding its offer cannot send every search to
 // the index alone), at most dht.MaxNamed. Nothing when they make less than
@@ -479,7 +490,7 @@ func (n *Node) cheapestFor(q dht.Query, now time.Time) []peer.ID {
 	var out []peer.ID
 	gpus := 0
 	for _, t := range ticks {
-		if q.MaxPrice > 0 && (t.Unit.String() != q.Unit || t.Ask > q.MaxPrice) || n.skipNamed(t.Provider, now) {
+		if q.MaxPrice > 0 && (t.Unit.String() != q.Unit || t.Ask > q.MaxPrice) || n.unanswered.has(t.Provider, now) {
 			continue
 		}
 		n.learnAskAddrs(t)

@@ -105,13 +105,13 @@ func (n *Node) Refused(what, why string) uint64 { return n.refusedBy.count(what,
 func (n *Node) NamedSkipped() []peer.ID {
 	now := n.now()
 	var out []peer.ID
-	n.namedMu.Lock()
-	for p, until := range n.unanswered {
+	n.unanswered.mu.Lock()
+	for p, until := range n.unanswered.until {
 		if now.Before(until) {
 			out = append(out, p)
 		}
 	}
-	n.namedMu.Unlock()
+	n.unanswered.mu.Unlock()
 	slices.Sort(out)
 	return out
 }

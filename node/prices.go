@@ -343,10 +343,11 @@ func (n *Node) publishAsk(ctx context.Context, class string) error {
 // count, a direct request for bids) then dials it at once instead of
 // walking the DHT to its peer ID first. They are the provider's own word,
 // signed with its tick; a dial checks the peer ID. A search whose fetch
-// fails with them still walks (dht.Directory.Among).
+// fails with them still walks (dht.Directory.Among), and they are not
+// dialed again for unansweredFor (badAskAddrs).
 func (n *Node) learnAskAddrs(t gossip.Tick) {
 	if n.cfg.IgnoreAskAddrs || len(t.Addrs) == 0 || t.Provider == n.id.PeerID ||
-		n.host.Network().Connectedness(t.Provider) == network.Connected {
+		n.host.Network().Connectedness(t.Provider) == network.Connected || n.badAskAddrs.has(t.Provider, n.now()) {
 		return
 	}
 	n.host.Peerstore().AddAddrs(t.Provider, t.Addrs, peerstore.TempAddrTTL)
