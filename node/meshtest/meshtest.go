@@ -30,6 +30,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
@@ -93,6 +94,11 @@ type Options struct {
 	// protocol (Mesh.SentByProtocol): GossipSub, the DHT, gpumesh's own.
 	// Identify and ping, which the host runs itself, are not counted.
 	CountProtocols bool
+	// DualStack gives each simulated node three addresses beside its own
+	// (IPv4 QUIC, IPv6 TCP and QUIC), as a public dual-stack peer has:
+	// what its price ticks, DHT records and identify carry. Dials on the
+	// simulated network ignore addresses.
+	DualStack bool
 
 	// Waves starts the nodes in this many groups (0 or 1: all at once):
 	// each group is started, dials, bootstraps and is meshed before the
@@ -328,6 +334,13 @@ func (m *Mesh) startNode(ctx context.Context, i int, provider bool) (*node.Node,
 	h, err := m.Net.AddPeer(id.Key, addr)
 	if err != nil {
 		return nil, fmt.Errorf("meshtest: add peer %d: %w", i, err)
+	}
+	if opts.DualStack {
+		v4 := fmt.Sprintf("127.%d.%d.%d", (i>>16)&0xff, (i>>8)&0xff, i&0xff)
+		v6 := fmt.Sprintf("fd00::%x:%x", i>>16, i&0xffff)
+		for _, a := range []string{"/ip4/" + v4 + "/udp/4021/quic-v1", "/ip6/" + v6 + "/tcp/4021", "/ip6/" + v6 + "/udp/4021/quic-v1"} {
+			h.Peerstore().AddAddr(h.ID(), ma.StringCast(a), peerstore.PermanentAddrTTL)
+		}
 	}
 	if opts.ConnHigh > 0 || opts.CountProtocols || opts.LinkOnDial || opts.Latency > 0 {
 		sh := &simHost{Host: h, latency: opts.Latency}

@@ -83,6 +83,8 @@ var scaleOldWalk = flag.Bool("scale.oldwalk", false, "BenchmarkScale: after the 
 
 func scaleCompare() bool { return *scaleOldAwards || *scaleOldFallback }
 
+var scaleDualStack = flag.Bool("scale.dualstack", false, "BenchmarkScale: every simulated node has four addresses (IPv4 and IPv6, TCP and QUIC: meshtest.Options.DualStack), as a public dual-stack peer does, which its price ticks list: for resting gossip with real ticks' sizes")
+
 var scaleFixedResend = flag.Bool("scale.fixedresend", false, "BenchmarkScale: providers re-send unchanged asks every 30 s whatever the board (the pacing before gossip.Resend), for a baseline")
 
 // BenchmarkScale runs whole gpumesh nodes (directory, prices, negotiation)
@@ -362,7 +364,7 @@ func measureScale(b testing.TB, n int, latency time.Duration) scaleResult {
 	}
 	m := meshtest.Start(b, n, meshtest.Options{Waves: *scaleWaves, Seed: uint64(n), Private: true, Providers: providers, Executors: []string{"process"}, Latency: latency,
 		Progress: say, ConnLow: scaleConnLow, ConnHigh: scaleConnHigh * ifThen(*scaleNoCM, 0, 1), CountProtocols: true,
-		LinkOnDial: !*scaleLinkAll, WaveGap: waveGap(),
+		LinkOnDial: !*scaleLinkAll, WaveGap: waveGap(), DualStack: *scaleDualStack,
 		Config: func(i int, c *node.Config) {
 			c.NoBlockExchange = !*scaleBitswap
 			if *scaleTrace {
