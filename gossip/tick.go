@@ -140,7 +140,8 @@ func checkTickAddrs(addrs []ma.Multiaddr) error {
 }
 
 // TickAddrs picks from a peer's addresses what its ticks list: public ones
-// first, then relayed, private and the rest (loopback), as many as fit
+// first, then relayed, private and the rest (loopback), each kind in
+// byte order, as many as fit
 // MaxTickAddrs and MaxTickAddrBytes; none that is unspecified, ends in a
 // peer ID or is longer than a tick takes.
 func TickAddrs(addrs []ma.Multiaddr) []ma.Multiaddr {
@@ -156,8 +157,15 @@ func TickAddrs(addrs []ma.Multiaddr) []ma.Multiaddr {
 		}
 		return 2
 	}
+	// In a fixed order, whatever order the host gives them in: a
+	// provider compares its addresses with its last tick's.
 	sorted := slices.Clone(addrs)
-	slices.SortStableFunc(sorted, func(a, b ma.Multiaddr) int { return rank(a) - rank(b) })
+	slices.SortFunc(sorted, func(a, b ma.Multiaddr) int {
+		if d := rank(a) - rank(b); d != 0 {
+			return d
+		}
+		return bytes.Compare(a.Bytes(), b.Bytes())
+	})
 	var out []ma.Multiaddr
 	total := 0
 	for _, a := range sorted {

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -102,7 +103,7 @@ func TestATickCarriesItsProvidersAddresses(t *testing.T) {
 
 func TestTickAddrsPicksWhatFits(t *testing.T) {
 	relay := "/ip4/198.51.100.1/tcp/4001/p2p/" + testID(9).String() + "/p2p-circuit"
-	got := TickAddrs([]ma.Multiaddr{
+	in := []ma.Multiaddr{
 		ma.StringCast("/ip4/127.0.0.1/tcp/4001"),
 		ma.StringCast("/ip4/0.0.0.0/tcp/4001"),
 		ma.StringCast("/ip4/192.168.1.5/tcp/4001"),
@@ -111,7 +112,14 @@ func TestTickAddrsPicksWhatFits(t *testing.T) {
 		ma.StringCast("/ip4/1.2.3.4/tcp/4001"),
 		ma.StringCast("/ip4/1.2.3.5/tcp/4001/p2p/" + testID(1).String()),
 		ma.StringCast("/ip6/2600::1/udp/4001/quic-v1"),
-	})
+	}
+	got := TickAddrs(in)
+	// The same whatever order the host lists them in: a provider compares
+	// them with its last tick's.
+	slices.Reverse(in)
+	if again := TickAddrs(in); !slices.EqualFunc(again, got, ma.Multiaddr.Equal) {
+		t.Fatalf("in another order: %v, was %v", again, got)
+	}
 	want := []string{"/ip4/1.2.3.4/tcp/4001", "/ip6/2600::1/udp/4001/quic-v1", relay, "/ip4/192.168.1.5/tcp/4001"}
 	if len(got) != len(want) {
 		t.Fatalf("got %v, want %v", got, want)
