@@ -75,11 +75,11 @@ var scaleOldFallback = flag.Bool("scale.oldfallback", false, "BenchmarkScale: ev
 // scaleCompare says some formations are submitted by peers with old rules.
 // scaleOldWalk compares the search for a count's walk to a provider
 // before (dht.LookupOptions.WalkThenFetch).
+var scaleOldWalk = flag.Bool("scale.oldwalk", false, "BenchmarkScale: after the searches for 8 GPUs, as many from peers whose walk to a named provider they hold no address of ends before its offer is fetched (dht.LookupOptions.WalkThenFetch), on the same mesh, printed apart: a before and after in one run (the searches measured come from the other peers)")
+
 // scaleNoAskAddrs compares the search for a count with and without the
 // addresses a provider's tick lists (node.Config.IgnoreAskAddrs).
 var scaleNoAskAddrs = flag.Bool("scale.noaskaddrs", false, "BenchmarkScale: after the searches for 8 GPUs, as many from peers that ignore the addresses a provider's price tick lists (node.Config.IgnoreAskAddrs: a provider they hold no address of is walked to in the DHT first), on the same mesh, printed apart: a before and after in one run (the searches measured come from the other peers; with -scale.oldwalk those peers also walk, then fetch)")
-
-var scaleOldWalk = flag.Bool("scale.oldwalk", false, "BenchmarkScale: after the searches for 8 GPUs, as many from peers whose walk to a named provider they hold no address of ends before its offer is fetched (dht.LookupOptions.WalkThenFetch), on the same mesh, printed apart: a before and after in one run (the searches measured come from the other peers)")
 
 func scaleCompare() bool { return *scaleOldAwards || *scaleOldFallback }
 
