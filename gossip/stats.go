@@ -40,6 +40,8 @@ type statsTracer struct {
 	// Bytes sent, by part of an RPC (the topics' messages are counted
 	// per topic): what a peer's gossip bandwidth is made of.
 	sentIHave, sentIWant, sentGraft, sentPrune, sentIDontWant, sentSubs, sentOther atomic.Uint64
+
+	sends sendWatches // messages whose writes a publisher waits for (PriceFeed.PublishFlushed)
 }
 
 var _ pubsub.RawTracer = (*statsTracer)(nil)
@@ -152,9 +154,11 @@ func (s *statsTracer) SendRPC(rpc *pubsub.RPC, _ peer.ID) {
 		s.sentOther.Add(total - parts) // framing: field tags and lengths
 	}
 }
-func (s *statsTracer) SendRPCCompleted(*pubsub.RPC, peer.ID, time.Duration) {}
-func (s *statsTracer) DropRPC(*pubsub.RPC, peer.ID)                         {}
-func (s *statsTracer) UndeliverableMessage(*pubsub.Message)                 {}
+func (s *statsTracer) SendRPCCompleted(rpc *pubsub.RPC, p peer.ID, _ time.Duration) {
+	s.sends.note(rpc, p, true)
+}
+func (s *statsTracer) DropRPC(rpc *pubsub.RPC, p peer.ID)   { s.sends.note(rpc, p, false) }
+func (s *statsTracer) UndeliverableMessage(*pubsub.Message) {}
 
 // Stats counts what this peer saw of a topic it joined (zero for others).
 func (g *Gossip) Stats(topic string) TopicStats {

@@ -714,6 +714,7 @@ func (n *Node) Run(ctx context.Context) error {
 // Close stops everything Start started, in reverse order. Safe to call twice.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		n.withdrawAsks() // while the host is up: the last ticks
 		n.lifeMu.Lock()
 		n.closed = true
 		cancel := n.cancel

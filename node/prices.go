@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sort"
@@ -20,6 +21,12 @@ import (
 const (
 	priceTick = 5 * time.Second  // the loop's period: board upkeep, resends
 	priceStep = 30 * time.Second // a pricing policy's step
+
+	// A closing provider's last ticks say it has no GPUs available
+	// (withdrawAsks); they stand for withdrawnLife, and Close waits at
+	// most withdrawWait for them to be written to its topic peers.
+	withdrawnLife = time.Minute
+	withdrawWait  = 2 * time.Second
 )
 
 // An unchanged ask is gossiped again as Config.PriceResend paces it: every
@@ -44,6 +51,7 @@ type priceState struct {
 	asks     map[string]*localAsk // class -> this peer's quote
 	lastSeq  uint64
 	lastStep time.Time // of the policy
+	closing  bool      // the asks were withdrawn: no tick goes out any more
 	watchers map[int]func(gossip.Tick)
 	watchID  int
 
@@ -304,7 +312,7 @@ func (n *Node) publishAsk(ctx context.Context, class string) error {
 	now := n.now()
 	n.priceMu.Lock()
 	a := n.asks[class]
-	if a == nil {
+	if a == nil || n.closing {
 		n.priceMu.Unlock()
 		return nil // withdrawn meanwhile
 	}
@@ -335,6 +343,51 @@ func (n *Node) publishAsk(ctx context.Context, class string) error {
 	n.priceMu.Unlock()
 	n.log.Debug("price tick sent", "class", class, "ask", n.unit.Format(t.Ask), "available", t.Available, "alone", alone)
 	return nil
+}
+
+// withdrawAsks sends, as this peer's last ticks, one for each class it
+// told GPUs available in: the same ask with none available, standing for
+// withdrawnLife. Every peer that takes it stops naming this peer as a
+// seller (PriceBoard.Sellers) at once, rather than when its last ask
+// expires, up to the board's TTL (3 h) later; a search for a count or a
+// submitter picking providers then does not name a peer that is gone.
+// Close calls it while the host is still up, and waits for the ticks to
+// be written to the topic's peers (at most withdrawWait); no tick goes out
+// after it. A peer that dies without closing withdraws nothing.
+func (n *Node) withdrawAsks() {
+	if n.feed == nil {
+		return
+	}
+	n.pubMu.Lock()
+	defer n.pubMu.Unlock()
+	now := n.now()
+	n.priceMu.Lock()
+	n.closing = true
+	var out []gossip.Tick
+	for _, class := range slices.Sorted(maps.Keys(n.asks)) {
+		a := n.asks[class]
+		if a.sent.Seq == 0 || a.sent.Available == 0 {
+			continue // never told, or told none available
+		}
+		n.lastSeq = max(n.lastSeq+1, uint64(now.UnixNano()))
+		t := a.sent
+		t.Available, t.Seq, t.Time, t.Until, t.Addrs = 0, n.lastSeq, now, now.Add(withdrawnLife), nil
+		out = append(out, t)
+	}
+	n.priceMu.Unlock()
+	if len(out) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), withdrawWait)
+	defer cancel()
+	for _, t := range out {
+		written, err := n.feed.PublishFlushed(ctx, t)
+		if err != nil {
+			n.log.Warn("asks not withdrawn", "class", t.Class, "err", err)
+			return
+		}
+		n.log.Info("ask withdrawn", "class", t.Class, "peers", written)
+	}
 }
 
 // learnAskAddrs adds the addresses a provider's tick lists to the

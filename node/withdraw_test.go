@@ -1,0 +1,67 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/gpumesh/gpumesh/dht"
+	"github.com/gpumesh/gpumesh/internal/testwait"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// A provider that closes tells the price topic, as its last ticks, that
+// it has no GPUs available: every board stops naming it at once, not
+// when its ask expires (up to three hours later), so a search for a count
+// names the providers still there and dials no peer that is gone. Real
+// hosts on loopback, real gossip and DHT.
+func TestAClosingProviderWithdrawsItsAsk(t *testing.T) {
+	const class = "H100-80GB"
+	hub := startNode(t, Config{})
+	boot := []string{hub.Info().Addrs[0]}
+	p1 := startNode(t, Config{Bootstrap: boot, GPUs: "mock:dgxh100", Price: "fixed:1.90"})
+	p2 := startNode(t, Config{Bootstrap: boot, GPUs: "mock:dgxh100", Price: "fixed:2.20"})
+	finder := startNode(t, Config{Bootstrap: boot})
+	for _, n := range []*Node{hub, finder} {
+		testwait.For(t, 30*time.Second, "both providers on the board", func() (bool, string) {
+			_, ok1 := boardTick(n, p1.host.ID(), class)
+			_, ok2 := boardTick(n, p2.host.ID(), class)
+			return ok1 && ok2, fmt.Sprintf("p1 %v, p2 %v", ok1, ok2)
+		})
+	}
+	p1.priceMu.Lock()
+	last := p1.asks[class].sent
+	p1.priceMu.Unlock()
+
+	if err := p1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*Node{hub, finder} {
+		testwait.For(t, 10*time.Second, "p1 off the board's sellers", func() (bool, string) {
+			tk, ok := boardTick(n, p1.host.ID(), class)
+			return !ok, fmt.Sprintf("still selling %d at sequence %d (its last ask: %d)", tk.Available, tk.Seq, last.Seq)
+		})
+		if _, ok := boardTick(n, p2.host.ID(), class); !ok {
+			t.Fatal("p2 went off the board with p1")
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := finder.FindGPUs(ctx, dht.Query{Model: "H100", Count: 8, Unit: "USDC:6"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []peer.ID
+	for _, m := range res.Matches {
+		if !slices.Contains(got, m.Offer.Provider) {
+			got = append(got, m.Offer.Provider)
+		}
+	}
+	if !res.Named || !slices.Equal(got, []peer.ID{p2.host.ID()}) || len(res.Unanswered)+len(res.AddrsFailed) != 0 {
+		t.Fatalf("search for 8 after p1 closed: named %v, offers of %v, unanswered %v, not reached at %v; want p2 alone, named from the board, nobody unanswered",
+			res.Named, got, res.Unanswered, res.AddrsFailed)
+	}
+}
