@@ -13,7 +13,8 @@ import (
 
 // sendWatches follows the messages a peer published and waits for: which
 // neighbours each was written to (SendRPCCompleted: on the stream, not
-// only in the neighbour's queue) or dropped for (a full queue). The tracer
+// only in the neighbour's queue) or not (a full queue, or the neighbour
+// gone: a failed write, a closed connection). The tracer
 // looks at an RPC's messages only while a watch is open.
 type sendWatches struct {
 	open atomic.Int32
@@ -67,6 +68,23 @@ func (s *sendWatches) note(rpc *pubsub.RPC, p peer.ID, written bool) {
 				}
 				break
 			}
+		}
+	}
+}
+
+// gone records that p is gone (GossipSub dropped it: a write that failed,
+// a closed connection): no open watch waits for it any more.
+func (s *sendWatches) gone(p peer.ID) {
+	if s.open.Load() == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, w := range s.list {
+		if _, seen := w.written[p]; !seen {
+			w.written[p] = false
+			close(w.changed)
+			w.changed = make(chan struct{})
 		}
 	}
 }

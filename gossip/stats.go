@@ -111,7 +111,6 @@ func (s *statsTracer) Prune(p peer.ID, topic string) {
 
 func (s *statsTracer) Leave(topic string)                       {}
 func (s *statsTracer) AddPeer(peer.ID, protocol.ID)             {}
-func (s *statsTracer) RemovePeer(peer.ID)                       {}
 func (s *statsTracer) OnNewOutboundStream(peer.ID, protocol.ID) {}
 func (s *statsTracer) OnClosedOutboundStream(peer.ID)           {}
 func (s *statsTracer) ValidateMessage(*pubsub.Message)          {}

@@ -386,19 +386,35 @@ func (n *Node) localReport() LocalGPUs {
 // first asks only the cheapest providers the price board lists for the
 // query's class, enough for twice the count (Among: no index lookup, one
 // round trip where their addresses are known); when their offers make the
-// count, that is the answer (FindResult.Named), else the index is searched
-// as for every other query (docs/scale.md, "Lookups for a count").
+// count, that is the answer (FindResult.Named). When some of them did not
+// answer (gone without a word: their asks stand on the board until they
+// expire), the next cheapest are asked once more (namedRounds), the
+// silent ones left out; only then is the index searched, as for every
+// other query (docs/scale.md, "Lookups for a count").
 func (n *Node) FindGPUs(ctx context.Context, q dht.Query) (dht.FindResult, error) {
 	if q.Count > 0 && n.board != nil {
 		if named := n.cheapestFor(q, n.now()); len(named) > 0 {
 			start := time.Now()
-			actx, cancel := context.WithTimeout(ctx, namedFindTimeout)
-			res := n.dht.Among(actx, q, named)
-			cancel()
-			n.unanswered.add(res.Unanswered, n.now(), unansweredFor)
-			n.badAskAddrs.add(res.AddrsFailed, n.now(), unansweredFor)
-			if res.Enough {
-				return res, nil
+			var silent, addrsFailed []peer.ID
+			walks := 0
+			for round := 1; ; round++ {
+				actx, cancel := context.WithTimeout(ctx, namedFindTimeout)
+				res := n.dht.Among(actx, q, named)
+				cancel()
+				n.unanswered.add(res.Unanswered, n.now(), unansweredFor)
+				n.badAskAddrs.add(res.AddrsFailed, n.now(), unansweredFor)
+				silent, addrsFailed = append(silent, res.Unanswered...), append(addrsFailed, res.AddrsFailed...)
+				walks += res.Timing.PeerWalks
+				if res.Enough {
+					res.Elapsed, res.Unanswered, res.AddrsFailed, res.Timing.PeerWalks = time.Since(start), silent, addrsFailed, walks
+					return res, nil
+				}
+				if len(res.Unanswered) == 0 || round == namedRounds || ctx.Err() != nil {
+					break
+				}
+				if named = n.cheapestFor(q, n.now()); len(named) == 0 {
+					break
+				}
 			}
 			full, err := n.dht.Find(ctx, q)
 			full.Elapsed = time.Since(start)
@@ -407,6 +423,11 @@ func (n *Node) FindGPUs(ctx context.Context, q dht.Query) (dht.FindResult, error
 	}
 	return n.dht.Find(ctx, q)
 }
+
+// namedRounds bounds the rounds of asking the board's cheapest providers
+// (each without those that failed the one before) before a search for a
+// count falls back to the index.
+const namedRounds = 2
 
 // namedFindTimeout bounds asking the board's cheapest providers before a
 // search for a count falls back to the index.

@@ -65,3 +65,57 @@ func TestAClosingProviderWithdrawsItsAsk(t *testing.T) {
 			res.Named, got, res.Unanswered, res.AddrsFailed)
 	}
 }
+
+// A provider that dies says nothing: its ask stands on every board until
+// it expires. A search for a count that names such providers and is left
+// short asks the next cheapest the board lists, without them, before it
+// falls back to the index (whose DHT copies of the dead providers' offers
+// would be found as live). Real hosts on loopback; the dead providers'
+// hosts are closed, so a dial to them is refused as a dead machine's
+// would be.
+func TestASearchForACountAsksTheNextCheapestWhenTheCheapestAreGone(t *testing.T) {
+	const class = "H100-80GB"
+	hub := startNode(t, Config{})
+	boot := []string{hub.Info().Addrs[0]}
+	var provs []*Node
+	for _, price := range []string{"1.80", "1.90", "2.10", "2.20"} {
+		provs = append(provs, startNode(t, Config{Bootstrap: boot, GPUs: "mock:dgxh100", Price: "fixed:" + price}))
+	}
+	finder := startNode(t, Config{Bootstrap: boot})
+	testwait.For(t, 30*time.Second, "every provider on the finder's board", func() (bool, string) {
+		for i, p := range provs {
+			if _, ok := boardTick(finder, p.host.ID(), class); !ok {
+				return false, fmt.Sprintf("provider %d not yet", i)
+			}
+		}
+		return true, ""
+	})
+	dead := []peer.ID{provs[0].host.ID(), provs[1].host.ID()}
+	for _, p := range provs[:2] {
+		if err := p.host.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := finder.FindGPUs(ctx, dht.Query{Model: "H100", Count: 8, Unit: "USDC:6"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []peer.ID
+	for _, m := range res.Matches {
+		if !slices.Contains(got, m.Offer.Provider) {
+			got = append(got, m.Offer.Provider)
+		}
+	}
+	slices.Sort(got)
+	slices.Sort(res.Unanswered)
+	slices.Sort(dead)
+	alive := []peer.ID{provs[2].host.ID(), provs[3].host.ID()}
+	slices.Sort(alive)
+	if !res.Named || !res.Enough || !slices.Equal(got, alive) || !slices.Equal(res.Unanswered, dead) {
+		t.Fatalf("named %v, enough %v, offers of %v, unanswered %v; want the two live providers' offers from the board's next cheapest, the dead two unanswered (%v)",
+			res.Named, res.Enough, got, res.Unanswered, dead)
+	}
+	t.Logf("the cheapest two dead: %v, %d walks", res.Elapsed, res.Timing.PeerWalks)
+}

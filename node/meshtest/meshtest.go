@@ -827,7 +827,7 @@ func (m *Mesh) Isolate(i int) error {
 	m.links.mu.Unlock()
 	for _, nd := range m.Nodes {
 		other := nd.Host().ID()
-		if other == id {
+		if other == id || m.Net.LinksBetweenPeers(id, other) == nil { // never linked (Options.LinkOnDial)
 			continue
 		}
 		if err := m.Net.UnlinkPeers(id, other); err != nil {

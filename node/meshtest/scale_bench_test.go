@@ -32,6 +32,7 @@ import (
 	"github.com/gpumesh/gpumesh/node/jobspec"
 	"github.com/gpumesh/gpumesh/node/meshtest"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 var (
@@ -84,6 +85,13 @@ var scaleNoAskAddrs = flag.Bool("scale.noaskaddrs", false, "BenchmarkScale: afte
 func scaleCompare() bool { return *scaleOldAwards || *scaleOldFallback }
 
 var scaleDualStack = flag.Bool("scale.dualstack", false, "BenchmarkScale: every simulated node has four addresses (IPv4 and IPv6, TCP and QUIC: meshtest.Options.DualStack), as a public dual-stack peer does, which its price ticks list: for resting gossip with real ticks' sizes")
+
+// scaleLeave measures searches for a count after the cheapest providers
+// left, saying so (node.Node.Close withdraws their asks) or not.
+var (
+	scaleLeave    = flag.Int("scale.leave", 0, "BenchmarkScale: after the searches for 8 GPUs, this many of the cheapest providers leave, closing (node.Node.Close: their last ticks withdraw their asks), then as many searches for 8 GPUs again; stops there")
+	scaleLeaveDie = flag.Bool("scale.leavedie", false, "BenchmarkScale: with -scale.leave, the providers die instead (meshtest.Mesh.Isolate: cut off the network, nothing said): for a baseline")
+)
 
 var scaleFixedResend = flag.Bool("scale.fixedresend", false, "BenchmarkScale: providers re-send unchanged asks every 30 s whatever the board (the pacing before gossip.Resend), for a baseline")
 
@@ -642,6 +650,10 @@ func measureScale(b testing.TB, n int, latency time.Duration) scaleResult {
 	case *scaleNoAskAddrs:
 		old8.say(say, " (tick addresses ignored: walk first, as before)")
 	}
+	if *scaleLeave > 0 {
+		measureLeave(b, ctx, m, provs, others, rng, say)
+		return r
+	}
 	if *scaleLookupOnly {
 		return r
 	}
@@ -752,7 +764,7 @@ func procMB(field string) float64 {
 	return 0
 }
 
-func ifThen(c bool, a, b int) int {
+func ifThen[T any](c bool, a, b T) T {
 	if c {
 		return a
 	}
@@ -996,6 +1008,10 @@ func pctMs(lat []time.Duration, p int) float64 {
 type countSearches struct {
 	lat, walked              []time.Duration // every search's time; those of the searches that walked to a provider
 	named, walks, namedAsked int
+	unanswered               int // named providers that gave no offer
+	gone                     map[peer.ID]bool
+	goneFound                int // offers found of the gone providers
+	secondRound              int // named searches that asked the next cheapest after some did not answer
 }
 
 // search runs a search for 8 H100s from a random peer of from.
@@ -1019,11 +1035,23 @@ func (c *countSearches) search(b testing.TB, ctx context.Context, rng *rand.Rand
 		c.walks += res.Timing.PeerWalks
 		c.namedAsked += res.Indexed
 	}
+	c.unanswered += len(res.Unanswered)
+	if res.Named && len(res.Unanswered) > 0 {
+		c.secondRound++
+	}
+	for _, m := range res.Matches {
+		if c.gone[m.Offer.Provider] {
+			c.goneFound++
+		}
+	}
 }
 
 func (c countSearches) say(say func(string, ...any), what string) {
 	say("lookups for 8 GPUs%s: p50/p95/p99 %.0f/%.0f/%.0f ms; %d of %d among the board's cheapest (%.1f providers asked, %.1f of them found by a DHT walk first)",
 		what, pctMs(c.lat, 50), pctMs(c.lat, 95), pctMs(c.lat, 99), c.named, len(c.lat), float64(c.namedAsked)/float64(max(c.named, 1)), float64(c.walks)/float64(max(c.named, 1)))
+	if c.unanswered > 0 || c.gone != nil {
+		say("lookups for 8 GPUs%s: %d providers named gave no offer; %d answered by the next cheapest; %d offers of the providers gone found", what, c.unanswered, c.secondRound, c.goneFound)
+	}
 	if len(c.walked) > 0 {
 		say("lookups for 8 GPUs%s that walked to a provider: %d, p50/max %.0f/%.0f ms", what, len(c.walked), pctMs(c.walked, 50), pctMs(c.walked, 100))
 	}
@@ -1343,3 +1371,90 @@ func countDials(nd *node.Node) *dialCounter {
 }
 
 func (c *dialCounter) stop() { c.nd.Host().Network().StopNotify(c.nf) }
+
+// measureLeave has the -scale.leave cheapest providers leave, closing or
+// dying (-scale.leavedie), waits until the mesh has heard of it (99% of
+// peers have the withdrawals; every connection to the dead is gone), and
+// searches for 8 GPUs again.
+func measureLeave(b testing.TB, ctx context.Context, m *meshtest.Mesh, provs, others []*node.Node, rng *rand.Rand, say func(string, ...any)) {
+	const class = "H100-80GB"
+	ask := func(nd *node.Node) uint64 { a, _ := nd.Ask(class); return a }
+	cheap := slices.Clone(provs)
+	slices.SortFunc(cheap, func(x, y *node.Node) int {
+		return cmp.Or(cmp.Compare(ask(x), ask(y)), cmp.Compare(x.Host().ID(), y.Host().ID()))
+	})
+	leavers := cheap[:min(*scaleLeave, len(cheap)-2)]
+	how := ifThen(*scaleLeaveDie, "die (cut off the network, nothing said)", "close")
+	say("%d cheapest providers %s", len(leavers), how)
+	gone := map[peer.ID]bool{}
+	for _, nd := range leavers {
+		gone[nd.Host().ID()] = true
+	}
+	var withdrawn, heardAt atomic.Int64
+	var stops []func()
+	need := int64(math.Ceil(0.99 * float64((len(m.Nodes)-len(leavers))*len(leavers))))
+	start := time.Now()
+	for _, nd := range m.Nodes {
+		if gone[nd.Host().ID()] {
+			continue
+		}
+		var mu sync.Mutex
+		heard := map[peer.ID]bool{}
+		stops = append(stops, nd.WatchPrices(func(t gossip.Tick) {
+			if gone[t.Provider] && t.Available == 0 {
+				mu.Lock()
+				if !heard[t.Provider] {
+					heard[t.Provider] = true
+					if withdrawn.Add(1) == need {
+						heardAt.Store(int64(time.Since(start)))
+					}
+				}
+				mu.Unlock()
+			}
+		}))
+	}
+	var wg sync.WaitGroup
+	for _, nd := range leavers {
+		wg.Go(func() {
+			if *scaleLeaveDie {
+				_ = m.Isolate(slices.Index(m.Nodes, nd))
+			} else {
+				_ = nd.Close()
+			}
+		})
+	}
+	wg.Wait()
+	say("left in %.0f ms", float64(time.Since(start))/float64(time.Millisecond))
+	stayed := len(m.Nodes) - len(leavers)
+	if *scaleLeaveDie {
+		waitSaying(b, ctx, say, time.Minute, "every connection to the dead providers to close", func() (bool, string) {
+			open := 0
+			for _, nd := range m.Nodes {
+				if gone[nd.Host().ID()] {
+					continue
+				}
+				for p := range gone {
+					if nd.Host().Network().Connectedness(p) == network.Connected {
+						open++
+					}
+				}
+			}
+			return open == 0, fmt.Sprintf("%d open", open)
+		})
+	} else {
+		waitSaying(b, ctx, say, time.Minute, "99% of peers to hear each withdrawal", func() (bool, string) {
+			return withdrawn.Load() >= need, fmt.Sprintf("%d of %d", withdrawn.Load(), need)
+		})
+	}
+	if !*scaleLeaveDie {
+		say("99%% of peers' boards had the withdrawals %.0f ms after the providers began to close (%d of %d)", float64(heardAt.Load())/float64(time.Millisecond), withdrawn.Load(), stayed*len(leavers))
+	}
+	for _, s := range stops {
+		s()
+	}
+	c := countSearches{gone: gone}
+	for range 40 {
+		c.search(b, ctx, rng, others)
+	}
+	c.say(say, " after the cheapest providers "+ifThen(*scaleLeaveDie, "died", "closed"))
+}
