@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpumesh/gpumesh/dht"
 	"github.com/gpumesh/gpumesh/internal/testwait"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -50,16 +49,7 @@ func TestAClosingProviderWithdrawsItsAsk(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	res, err := finder.FindGPUs(ctx, dht.Query{Model: "H100", Count: 8, Unit: "USDC:6"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []peer.ID
-	for _, m := range res.Matches {
-		if !slices.Contains(got, m.Offer.Provider) {
-			got = append(got, m.Offer.Provider)
-		}
-	}
+	res, got := findH100s(t, ctx, finder, 8)
 	if !res.Named || !slices.Equal(got, []peer.ID{p2.host.ID()}) || len(res.Unanswered)+len(res.AddrsFailed) != 0 {
 		t.Fatalf("search for 8 after p1 closed: named %v, offers of %v, unanswered %v, not reached at %v; want p2 alone, named from the board, nobody unanswered",
 			res.Named, got, res.Unanswered, res.AddrsFailed)
@@ -98,17 +88,7 @@ func TestASearchForACountAsksTheNextCheapestWhenTheCheapestAreGone(t *testing.T)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	res, err := finder.FindGPUs(ctx, dht.Query{Model: "H100", Count: 8, Unit: "USDC:6"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []peer.ID
-	for _, m := range res.Matches {
-		if !slices.Contains(got, m.Offer.Provider) {
-			got = append(got, m.Offer.Provider)
-		}
-	}
-	slices.Sort(got)
+	res, got := findH100s(t, ctx, finder, 8)
 	slices.Sort(res.Unanswered)
 	slices.Sort(dead)
 	alive := []peer.ID{provs[2].host.ID(), provs[3].host.ID()}
