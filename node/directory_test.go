@@ -382,6 +382,59 @@ func TestASilentCheapProviderDoesNotHoldASearchForACount(t *testing.T) {
 	})
 }
 
+// Hostile providers, many identities, each gossip a cheap ask and hold
+// every request for their offer open, saying nothing. A search for a
+// count names them, then the next cheapest (more of them): it asks the
+// board at most twice (each round bounded at 2 s, the bubble's clock),
+// then searches the index; every silent one is then not named again by
+// this peer.
+func TestCheapSilentIdentitiesCostASearchAtMostTwoNamedRounds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n, silent, honest, latency = 9, 4, 2, 10 * time.Millisecond
+		m := meshtest.Start(t, n, meshtest.Options{Seed: 7, Providers: silent + honest, Latency: latency, LinkOnDial: true, Config: func(i int, c *node.Config) {
+			if i < silent+honest {
+				c.Price = fmt.Sprintf("fixed:1.%d0", 1+i) // the silent ones the cheapest
+			}
+		}})
+		defer m.CloseInBubble()
+		finder := m.Nodes[n-1]
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		testwait.Until(t, ctx, "every provider's ask on the finder's board", func() bool {
+			p := finder.Prices("H100-80GB")
+			return len(p.Classes) == 1 && p.Classes[0].Providers == silent+honest
+		})
+		release := make(chan struct{})
+		defer close(release) // before the mesh closes: deferred calls run last first
+		var hostile []peer.ID
+		for i := range silent {
+			hostile = append(hostile, m.Nodes[i].Identity().PeerID)
+			m.Nodes[i].Host().SetStreamHandler(dht.OfferProtocol(m.Nodes[i].Info().Swarm), func(s network.Stream) {
+				<-release
+				_ = s.Reset()
+			})
+		}
+		res, err := finder.FindGPUs(ctx, dht.Query{Model: "H100", Count: 8, Unit: "USDC:6"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Named || !res.Enough {
+			t.Fatalf("named %v, enough %v; want the index's answer after two named rounds", res.Named, res.Enough)
+		}
+		// Two named rounds of 2 s, then the index, whose fetch of a silent
+		// provider's offer gives up after 3 s (then its DHT copy is read):
+		// a third round would be 2 s more.
+		if bound := 2*node.NamedFindTimeout + 3*time.Second + time.Second; res.Elapsed > bound {
+			t.Fatalf("the search took %v of the bubble's clock, want at most %v: two named rounds of %v, then the index", res.Elapsed, bound, node.NamedFindTimeout)
+		}
+		slices.Sort(hostile)
+		if got := finder.NamedSkipped(); !slices.Equal(got, hostile) {
+			t.Fatalf("providers not named again: %v, want the %d silent ones %v", got, silent, hostile)
+		}
+		t.Logf("%d silent identities, the cheapest: answered from the index in %v", silent, res.Elapsed)
+	})
+}
+
 func want1(m *meshtest.Mesh, i int) []string {
 	return []string{m.Nodes[i].Identity().PeerID.String()}
 }

@@ -100,6 +100,9 @@ const RaceRetries = raceRetries
 // for why this peer counted (its gpumesh_refused_total).
 func (n *Node) Refused(what, why string) uint64 { return n.refusedBy.count(what, why) }
 
+// NamedFindTimeout bounds one named round of a search for a count.
+const NamedFindTimeout = namedFindTimeout
+
 // NamedSkipped lists the providers a search for a count does not name now
 // (they failed a recent one), sorted.
 func (n *Node) NamedSkipped() []peer.ID {
