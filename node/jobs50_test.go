@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -114,20 +115,33 @@ func TestHundredRacingSubmissionsNeverShareAGPU(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	for _, s := range subs {
+		waitJob(t, ctx, s.nd, s.id, "to end its race", func(j node.Job) bool { return j.State != node.JobNegotiating })
+	}
+	// Every race has ended: what the jobs hold now, read at once (a job
+	// read as formed when its own race ended may have failed since, and
+	// its GPUs gone to one whose race ended later).
 	held := map[string]int{}
+	holders := map[string][]sub{}
 	formed := 0
 	for _, s := range subs {
-		j := waitJob(t, ctx, s.nd, s.id, "to end its race", func(j node.Job) bool { return j.State != node.JobNegotiating })
+		j, _ := s.nd.Job(s.id)
 		if holds(j) {
 			formed++
 			for _, mb := range j.Members {
 				held[mb.Provider.String()] += int(mb.GPUs)
+				holders[mb.Provider.String()] = append(holders[mb.Provider.String()], s)
 			}
 		}
 	}
 	for p, g := range held {
 		if g > 8 {
-			t.Fatalf("provider %s leased %d of its 8 GPUs", p, g)
+			var now []string
+			for _, s := range holders[p] {
+				j, _ := s.nd.Job(s.id)
+				now = append(now, fmt.Sprintf("%s: %s %q, members %+v", s.id, j.State, j.Reason, j.Members))
+			}
+			t.Fatalf("provider %s leased %d of its 8 GPUs; its jobs now: %s", p, g, strings.Join(now, "; "))
 		}
 	}
 	if formed == 0 || formed > 10 {
