@@ -328,26 +328,15 @@ func TestAnOfferReachesTheFirstPeerToJoinAtOnce(t *testing.T) {
 func TestASilentCheapProviderDoesNotHoldASearchForACount(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const n, provs, latency = 8, 3, 10 * time.Millisecond
-		m := meshtest.Start(t, n, meshtest.Options{Seed: 5, Providers: provs, Latency: latency, LinkOnDial: true, Config: func(i int, c *node.Config) {
-			if i < provs {
-				c.Price = fmt.Sprintf("fixed:2.%d0", 1+i) // provider 0 the cheapest
-			}
-		}})
+		m := cheapestFirst(t, n, provs, 5, 2, latency)
 		defer m.CloseInBubble()
-		finder := m.Nodes[n-1]
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		testwait.Until(t, ctx, "every provider's ask on the finder's board", func() bool {
-			p := finder.Prices("H100-80GB")
-			return len(p.Classes) == 1 && p.Classes[0].Providers == provs
-		})
+		finder := boardFull(t, ctx, m, provs)
 		silent := m.Nodes[0].Identity().PeerID
 		release := make(chan struct{})
 		defer close(release) // before the mesh closes: deferred calls run last first
-		m.Nodes[0].Host().SetStreamHandler(dht.OfferProtocol(m.Nodes[0].Info().Swarm), func(s network.Stream) {
-			<-release
-			_ = s.Reset()
-		})
+		holdOffers(m.Nodes[0], release)
 		find := func(count int) dht.FindResult {
 			t.Helper()
 			res, err := finder.FindGPUs(ctx, dht.Query{Model: "H100", Count: count, Unit: "USDC:6"})
@@ -391,28 +380,17 @@ func TestASilentCheapProviderDoesNotHoldASearchForACount(t *testing.T) {
 func TestCheapSilentIdentitiesCostASearchAtMostTwoNamedRounds(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const n, silent, honest, latency = 9, 4, 2, 10 * time.Millisecond
-		m := meshtest.Start(t, n, meshtest.Options{Seed: 7, Providers: silent + honest, Latency: latency, LinkOnDial: true, Config: func(i int, c *node.Config) {
-			if i < silent+honest {
-				c.Price = fmt.Sprintf("fixed:1.%d0", 1+i) // the silent ones the cheapest
-			}
-		}})
+		m := cheapestFirst(t, n, silent+honest, 7, 1, latency) // the silent ones the cheapest
 		defer m.CloseInBubble()
-		finder := m.Nodes[n-1]
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		testwait.Until(t, ctx, "every provider's ask on the finder's board", func() bool {
-			p := finder.Prices("H100-80GB")
-			return len(p.Classes) == 1 && p.Classes[0].Providers == silent+honest
-		})
+		finder := boardFull(t, ctx, m, silent+honest)
 		release := make(chan struct{})
 		defer close(release) // before the mesh closes: deferred calls run last first
 		var hostile []peer.ID
 		for i := range silent {
 			hostile = append(hostile, m.Nodes[i].Identity().PeerID)
-			m.Nodes[i].Host().SetStreamHandler(dht.OfferProtocol(m.Nodes[i].Info().Swarm), func(s network.Stream) {
-				<-release
-				_ = s.Reset()
-			})
+			holdOffers(m.Nodes[i], release)
 		}
 		res, err := finder.FindGPUs(ctx, dht.Query{Model: "H100", Count: 8, Unit: "USDC:6"})
 		if err != nil {
@@ -432,6 +410,38 @@ func TestCheapSilentIdentitiesCostASearchAtMostTwoNamedRounds(t *testing.T) {
 			t.Fatalf("providers not named again: %v, want the %d silent ones %v", got, silent, hostile)
 		}
 		t.Logf("%d silent identities, the cheapest: answered from the index in %v", silent, res.Elapsed)
+	})
+}
+
+// cheapestFirst starts n nodes on links of latency, the first provs of
+// them providers asking fixed:<whole>.<i+1>0 a GPU-hour (provider 0 the
+// cheapest).
+func cheapestFirst(t *testing.T, n, provs int, seed uint64, whole int, latency time.Duration) *meshtest.Mesh {
+	return meshtest.Start(t, n, meshtest.Options{Seed: seed, Providers: provs, Latency: latency, LinkOnDial: true, Config: func(i int, c *node.Config) {
+		if i < provs {
+			c.Price = fmt.Sprintf("fixed:%d.%d0", whole, 1+i)
+		}
+	}})
+}
+
+// boardFull waits until the mesh's last node, the finder, has the asks of
+// all provs providers on its board, and returns it.
+func boardFull(t *testing.T, ctx context.Context, m *meshtest.Mesh, provs int) *node.Node {
+	t.Helper()
+	finder := m.Nodes[len(m.Nodes)-1]
+	testwait.Until(t, ctx, "every provider's ask on the finder's board", func() bool {
+		p := finder.Prices("H100-80GB")
+		return len(p.Classes) == 1 && p.Classes[0].Providers == provs
+	})
+	return finder
+}
+
+// holdOffers makes nd a provider that, asked for its offer, holds the
+// stream open and says nothing until release closes.
+func holdOffers(nd *node.Node, release <-chan struct{}) {
+	nd.Host().SetStreamHandler(dht.OfferProtocol(nd.Info().Swarm), func(s network.Stream) {
+		<-release
+		_ = s.Reset()
 	})
 }
 
